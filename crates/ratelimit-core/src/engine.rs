@@ -1,0 +1,227 @@
+//! The decision step over one or several rules, as a pure function.
+//!
+//! Stores call these functions inside whatever makes their step atomic (a lock,
+//! a transaction, a compare-and-swap loop). The rules of one request are decided
+//! all or nothing: if any rule denies, no rule consumes anything (a denying
+//! rule's penalty is still recorded), and the decision reported is the most
+//! restrictive one.
+
+use std::time::Duration;
+
+use crate::algorithm;
+use crate::clock::Timestamp;
+use crate::decision::Decision;
+use crate::error::{Error, ErrorKind, Result};
+use crate::rule::Rule;
+use crate::state::RuleState;
+
+/// A state to store for one rule, and how long to keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// The new state.
+    pub state: RuleState,
+    /// After this long the state is equivalent to no state and may be dropped.
+    /// Never zero.
+    pub ttl: Duration,
+}
+
+/// What one rule says about a request, before the rules are combined.
+#[derive(Debug)]
+struct Verdict {
+    decision: Decision,
+    /// What to store if every rule of the request allows it.
+    on_admit: Option<Write>,
+    /// What to store if the request is denied (a penalty being started).
+    on_deny: Option<Write>,
+}
+
+fn write(state: RuleState, ttl_us: u64) -> Write {
+    Write {
+        state,
+        ttl: Duration::from_micros(ttl_us.max(1)),
+    }
+}
+
+fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Result<Verdict> {
+    if cost > rule.capacity() {
+        return Err(Error::new(
+            ErrorKind::CostExceedsCapacity,
+            format!(
+                "a cost of {cost} can never fit rule {:?}, whose capacity is {}",
+                rule.name(),
+                rule.capacity()
+            ),
+        ));
+    }
+    let name = rule.shared_name().clone();
+    let limit = rule.quota().limit();
+    let blocked_until = state.map_or(0, |s| s.blocked_until);
+    let step = algorithm::step(rule, state.map(|s| &s.algorithm), now, cost);
+    if now < blocked_until {
+        let wait = blocked_until - now;
+        return Ok(Verdict {
+            decision: Decision::deny(
+                name,
+                limit,
+                0,
+                Duration::from_micros(step.reset_after.max(wait)),
+                Duration::from_micros(wait),
+            ),
+            on_admit: None,
+            on_deny: None,
+        });
+    }
+    if step.allowed {
+        let decision = Decision::allow(name, limit, step.remaining, Duration::from_micros(step.reset_after));
+        let on_admit = step.consumed.then(|| {
+            write(
+                RuleState {
+                    blocked_until: 0,
+                    algorithm: step.state,
+                },
+                step.ttl,
+            )
+        });
+        return Ok(Verdict {
+            decision,
+            on_admit,
+            on_deny: None,
+        });
+    }
+    match rule.penalty() {
+        Some(penalty) if cost > 0 => {
+            let p = crate::clock::duration_to_micros(penalty);
+            let decision = Decision::deny(
+                name,
+                limit,
+                0,
+                Duration::from_micros(step.reset_after.max(p)),
+                Duration::from_micros(step.retry_after.max(p)),
+            );
+            let on_deny = write(
+                RuleState {
+                    blocked_until: now.saturating_add(p),
+                    algorithm: step.state,
+                },
+                step.ttl.max(p),
+            );
+            Ok(Verdict {
+                decision,
+                on_admit: None,
+                on_deny: Some(on_deny),
+            })
+        }
+        _ => Ok(Verdict {
+            decision: Decision::deny(
+                name,
+                limit,
+                step.remaining,
+                Duration::from_micros(step.reset_after),
+                Duration::from_micros(step.retry_after),
+            ),
+            on_admit: None,
+            on_deny: None,
+        }),
+    }
+}
+
+/// Decides one request of `cost` units against one rule whose stored state is
+/// `state`, at `now`. Returns the decision and what to store (`None`: leave the
+/// stored state as it is).
+///
+/// A cost of 0 is a peek: it reports what a request of one unit would get and
+/// never writes. A cost above the rule's [capacity](Rule::capacity) is an
+/// [`ErrorKind::CostExceedsCapacity`] error.
+pub fn decide_one(
+    rule: &Rule,
+    state: Option<&RuleState>,
+    now: Timestamp,
+    cost: u64,
+) -> Result<(Decision, Option<Write>)> {
+    let v = evaluate(rule, state, now.as_micros(), cost)?;
+    let write = if v.decision.is_allowed() { v.on_admit } else { v.on_deny };
+    Ok((v.decision, write))
+}
+
+/// Decides one request of `cost` units against several rules at once, each with
+/// its stored state: all or nothing. Returns the most restrictive decision and,
+/// per rule in the same order, what to store.
+pub fn decide_all(
+    rules: &[(&Rule, Option<&RuleState>)],
+    now: Timestamp,
+    cost: u64,
+) -> Result<(Decision, Vec<Option<Write>>)> {
+    let now = now.as_micros();
+    let verdicts = rules
+        .iter()
+        .map(|(rule, state)| evaluate(rule, *state, now, cost))
+        .collect::<Result<Vec<_>>>()?;
+    let admitted = verdicts.iter().all(|v| v.decision.is_allowed());
+    let mut decision: Option<Decision> = None;
+    let mut writes = Vec::with_capacity(verdicts.len());
+    for v in verdicts {
+        writes.push(if admitted { v.on_admit } else { v.on_deny });
+        // When the request is denied, only denials compete for "most restrictive".
+        if admitted || !v.decision.is_allowed() {
+            match &decision {
+                Some(d) if !v.decision.is_more_restrictive_than(d) => {}
+                _ => decision = Some(v.decision),
+            }
+        }
+    }
+    let decision = decision.ok_or_else(|| Error::new(ErrorKind::InvalidInput, "a decision needs at least one rule"))?;
+    Ok((decision, writes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Algorithm, Quota};
+
+    fn rule(name: &str, limit: u64) -> Rule {
+        Rule::new(name, Algorithm::FixedWindow, Quota::per_second(limit).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn all_or_nothing_across_rules() {
+        let small = rule("small", 1);
+        let big = rule("big", 10);
+        let now = Timestamp::from_micros(5_000_000);
+        let (d, writes) = decide_all(&[(&small, None), (&big, None)], now, 1).unwrap();
+        assert!(d.is_allowed() && d.rule() == "small" && d.remaining() == 0);
+        let small_state = writes[0].clone().unwrap().state;
+        let (d, writes) = decide_all(&[(&small, Some(&small_state)), (&big, None)], now, 1).unwrap();
+        assert!(!d.is_allowed() && d.rule() == "small");
+        assert!(writes.iter().all(Option::is_none), "a denied request consumes nothing");
+    }
+
+    #[test]
+    fn penalty_blocks_after_a_denial() {
+        let r = rule("login", 1).with_penalty(Duration::from_secs(60)).unwrap();
+        let t0 = Timestamp::from_micros(1_000_000);
+        let (_, w) = decide_one(&r, None, t0, 1).unwrap();
+        let s = w.unwrap().state;
+        let (d, w) = decide_one(&r, Some(&s), t0, 1).unwrap();
+        assert_eq!(d.retry_after(), Some(Duration::from_secs(60)));
+        let blocked = w.unwrap();
+        assert_eq!(blocked.ttl, Duration::from_secs(60));
+        // A new window would allow, but the block holds; requests do not extend it.
+        let later = t0.saturating_add(Duration::from_secs(30));
+        let (d, w) = decide_one(&r, Some(&blocked.state), later, 1).unwrap();
+        assert!(!d.is_allowed() && d.retry_after() == Some(Duration::from_secs(30)) && w.is_none());
+        let after = t0.saturating_add(Duration::from_secs(60));
+        assert!(decide_one(&r, Some(&blocked.state), after, 1).unwrap().0.is_allowed());
+    }
+
+    #[test]
+    fn cost_above_capacity_is_an_error() {
+        let err = decide_one(&rule("r", 3), None, Timestamp::EPOCH, 4).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CostExceedsCapacity);
+    }
+
+    #[test]
+    fn peek_never_writes() {
+        let (d, w) = decide_one(&rule("r", 3), None, Timestamp::EPOCH, 0).unwrap();
+        assert!(d.is_allowed() && d.remaining() == 3 && w.is_none());
+    }
+}

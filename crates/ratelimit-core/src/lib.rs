@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+
+mod algorithm;
+pub mod clock;
+mod decision;
+mod duration;
+pub mod engine;
+mod error;
+pub mod key;
+mod limiter;
+pub mod quota;
+pub mod rule;
+pub mod state;
+pub mod storage;
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use decision::Decision;
+pub use duration::{ParseDurationError, format_duration, parse_duration};
+pub use error::{Error, ErrorKind, Result};
+pub use limiter::{Limiter, LimiterBuilder};
+pub use quota::{Quota, QuotaError};
+pub use rule::{Algorithm, Rule, RuleError};
+pub use storage::{CasOp, DecideEntry, DecideRequest, Storage, StorageStats};

@@ -1,0 +1,227 @@
+//! The limiter: the API applications call, from HTTP middleware or any async code.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::decision::Decision;
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::{DEFAULT_MAX_KEY_LEN, bounded_key, state_key};
+use crate::rule::Rule;
+use crate::storage::{DecideEntry, DecideRequest, Storage};
+
+/// Decides whether requests may proceed, against a shared [`Storage`].
+///
+/// Cheap to clone: clones share the store and the clock, so one limit holds
+/// across every task, thread and connection that uses a clone.
+///
+/// ```
+/// use ratelimit_core::{Algorithm, Limiter, ManualClock, Rule, Timestamp};
+/// # use ratelimit_core::{CasOp, Result, Storage, StorageStats};
+/// # use std::time::Duration;
+/// # #[derive(Debug, Default)] struct Store(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>);
+/// # #[async_trait::async_trait] impl Storage for Store {
+/// #   async fn get(&self, k: &str) -> Result<Option<Vec<u8>>> { Ok(self.0.lock().unwrap().get(k).cloned()) }
+/// #   async fn set(&self, k: &str, v: &[u8], _: Duration) -> Result<()> { self.0.lock().unwrap().insert(k.into(), v.into()); Ok(()) }
+/// #   async fn delete(&self, k: &str) -> Result<bool> { Ok(self.0.lock().unwrap().remove(k).is_some()) }
+/// #   async fn exists(&self, k: &str) -> Result<bool> { Ok(self.0.lock().unwrap().contains_key(k)) }
+/// #   async fn increment(&self, _: &str, _: i64, _: Duration) -> Result<i64> { unimplemented!() }
+/// #   async fn clear(&self) -> Result<u64> { Ok(0) }
+/// #   async fn close(&self) -> Result<()> { Ok(()) }
+/// #   async fn stats(&self) -> Result<StorageStats> { Ok(StorageStats::new("doc")) }
+/// #   async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
+/// #     let mut m = self.0.lock().unwrap();
+/// #     if ops.iter().any(|o| m.get(o.key).map(Vec::as_slice) != o.expected) { return Ok(false) }
+/// #     for o in ops { m.insert(o.key.into(), o.new_value.into()); } Ok(true) } }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+/// # let store = std::sync::Arc::new(Store::default());
+/// let clock = ManualClock::new(Timestamp::from_micros(0));
+/// let limiter = Limiter::builder(store).clock(clock.clone()).build();
+/// let rule = Rule::new("api", Algorithm::Gcra, "10/s".parse()?)?;
+///
+/// let d = limiter.check_cost(&rule, "alice", 10).await?;
+/// assert!(d.is_allowed() && d.remaining() == 0);
+/// let d = limiter.check(&rule, "alice").await?;
+/// assert_eq!(d.retry_after(), Some(Duration::from_millis(100)));
+/// // Waiting on a manual clock moves it, so this returns at once.
+/// assert!(limiter.until_ready(&rule, "alice").await?.is_allowed());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Limiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    max_key_len: usize,
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("storage", &self.inner.storage)
+            .field("clock", &self.inner.clock)
+            .field("max_key_len", &self.inner.max_key_len)
+            .finish()
+    }
+}
+
+/// Builds a [`Limiter`].
+#[derive(Debug)]
+#[must_use]
+pub struct LimiterBuilder {
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    max_key_len: usize,
+}
+
+impl LimiterBuilder {
+    /// Reads time from `clock` instead of the system clock.
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Reads time from a shared `clock`.
+    pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Keys longer than this many bytes are hashed (see [`crate::key`]); default
+    /// [`DEFAULT_MAX_KEY_LEN`], at least [`MIN_MAX_KEY_LEN`](crate::key::MIN_MAX_KEY_LEN).
+    pub fn max_key_len(mut self, max: usize) -> Self {
+        self.max_key_len = max.max(crate::key::MIN_MAX_KEY_LEN);
+        self
+    }
+
+    /// The limiter.
+    pub fn build(self) -> Limiter {
+        Limiter {
+            inner: Arc::new(Inner {
+                storage: self.storage,
+                clock: self.clock,
+                max_key_len: self.max_key_len,
+            }),
+        }
+    }
+}
+
+impl Limiter {
+    /// A limiter on `storage` with the system clock.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self::builder(storage).build()
+    }
+
+    /// A builder for a limiter on `storage`.
+    pub fn builder(storage: Arc<dyn Storage>) -> LimiterBuilder {
+        LimiterBuilder {
+            storage,
+            clock: Arc::new(SystemClock),
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+        }
+    }
+
+    /// The store.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The store key that holds `rule`'s state for `key` (after bounding the key).
+    pub fn state_key(&self, rule: &Rule, key: &str) -> String {
+        state_key(rule, &bounded_key(key, self.inner.max_key_len))
+    }
+
+    /// One request of cost 1 against `rule` for `key`.
+    pub async fn check(&self, rule: &Rule, key: &str) -> Result<Decision> {
+        self.check_cost(rule, key, 1).await
+    }
+
+    /// One request of `cost` units (weighted requests; 0 is a [peek](Self::peek)).
+    pub async fn check_cost(&self, rule: &Rule, key: &str, cost: u64) -> Result<Decision> {
+        let store_key = self.state_key(rule, key);
+        let entries = [DecideEntry { key: &store_key, rule }];
+        self.decide(&entries, cost).await
+    }
+
+    /// Whether a request of one unit would be allowed now, without consuming
+    /// anything. `remaining` is what is left now.
+    pub async fn peek(&self, rule: &Rule, key: &str) -> Result<Decision> {
+        self.check_cost(rule, key, 0).await
+    }
+
+    /// One request of `cost` units against several rules, each with its own key
+    /// (e.g. 10/s and 1000/h for a user, or a per-user and a per-route rule),
+    /// decided atomically: if any rule denies, none consumes. The decision
+    /// returned is the most restrictive.
+    pub async fn check_all(&self, checks: &[(&Rule, &str)], cost: u64) -> Result<Decision> {
+        let keys: Vec<String> = checks.iter().map(|(rule, key)| self.state_key(rule, key)).collect();
+        for (i, key) in keys.iter().enumerate() {
+            if keys.iter().skip(i + 1).any(|k| k == key) {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("the same rule and key appear twice in one check ({key:?})"),
+                ));
+            }
+        }
+        let entries: Vec<DecideEntry<'_>> = checks
+            .iter()
+            .zip(&keys)
+            .map(|((rule, _), key)| DecideEntry { key, rule })
+            .collect();
+        self.decide(&entries, cost).await
+    }
+
+    async fn decide(&self, entries: &[DecideEntry<'_>], cost: u64) -> Result<Decision> {
+        let request = DecideRequest {
+            now: self.inner.clock.now(),
+            cost,
+            entries,
+        };
+        self.inner.storage.decide(&request).await
+    }
+
+    /// Forgets `rule`'s state for `key` (its counters and any penalty). `true`
+    /// if there was state.
+    pub async fn reset(&self, rule: &Rule, key: &str) -> Result<bool> {
+        self.inner.storage.delete(&self.state_key(rule, key)).await
+    }
+
+    /// Waits until one unit is granted, then returns the admission. For
+    /// throttling outgoing work (calls to a third-party API, queue consumers).
+    pub async fn until_ready(&self, rule: &Rule, key: &str) -> Result<Decision> {
+        self.until_ready_cost(rule, key, 1, None).await
+    }
+
+    /// Waits until `cost` units are granted. With `max_wait`, gives up when the
+    /// next wait would go past it and returns that denial instead.
+    pub async fn until_ready_cost(
+        &self,
+        rule: &Rule,
+        key: &str,
+        cost: u64,
+        max_wait: Option<Duration>,
+    ) -> Result<Decision> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let decision = self.check_cost(rule, key, cost.max(1)).await?;
+            let wait = match decision.retry_after() {
+                None => return Ok(decision),
+                Some(wait) => wait.max(Duration::from_micros(1)),
+            };
+            if max_wait.is_some_and(|max| waited.saturating_add(wait) > max) {
+                return Ok(decision);
+            }
+            self.inner.clock.sleep(wait).await;
+            waited = waited.saturating_add(wait);
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Stored state of one rule for one key, and its byte encoding.
+//!
+//! Stores that keep bytes (SQLite, custom stores through the default decision
+//! step) store [`RuleState::encode`]'s output. The format is versioned:
+//!
+//! ```text
+//! byte 0      format version (1)
+//! byte 1      algorithm tag: 1 fixed window, 2 sliding log, 3 sliding counter,
+//!             4 token bucket, 5 leaky bucket, 6 GCRA
+//! bytes 2..10 blocked_until (u64 LE, µs since the epoch; 0 = not blocked)
+//! then        the algorithm's fields as u64 LE; the sliding log has a u32 LE
+//!             count followed by (timestamp, cost) pairs
+//! ```
+
+use std::fmt;
+
+use crate::rule::Algorithm;
+
+/// Fixed window: the start of the current window and what it has used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedWindowState {
+    /// Start of the window, µs since the epoch.
+    pub window_start: u64,
+    /// Units used in that window.
+    pub count: u64,
+}
+
+/// Sliding window log: admitted instants and their costs, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlidingLogState {
+    /// `(timestamp µs, cost)` pairs, sorted by timestamp, one per distinct instant.
+    pub entries: Vec<(u64, u64)>,
+}
+
+/// Sliding window counter: the counts of the current and the previous window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingCounterState {
+    /// Start of the current window, µs since the epoch.
+    pub window_start: u64,
+    /// Units used in the previous window.
+    pub previous: u64,
+    /// Units used in the current window.
+    pub current: u64,
+}
+
+/// Token bucket: tokens left, and the instant refills are counted from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucketState {
+    /// Whole tokens in the bucket.
+    pub tokens: u64,
+    /// Refills happen every emission interval after this instant (µs).
+    pub anchor: u64,
+}
+
+/// Leaky bucket: the water level, and the instant leaks are counted from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeakyBucketState {
+    /// Units in the bucket.
+    pub level: u64,
+    /// One unit leaks every emission interval after this instant (µs).
+    pub anchor: u64,
+}
+
+/// GCRA: the theoretical arrival time of the next unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraState {
+    /// Theoretical arrival time, µs since the epoch.
+    pub tat: u64,
+}
+
+/// The per-algorithm part of a rule's state.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlgorithmState {
+    FixedWindow(FixedWindowState),
+    SlidingWindowLog(SlidingLogState),
+    SlidingWindowCounter(SlidingCounterState),
+    TokenBucket(TokenBucketState),
+    LeakyBucket(LeakyBucketState),
+    Gcra(GcraState),
+}
+
+impl AlgorithmState {
+    /// The algorithm this state belongs to.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Self::FixedWindow(_) => Algorithm::FixedWindow,
+            Self::SlidingWindowLog(_) => Algorithm::SlidingWindowLog,
+            Self::SlidingWindowCounter(_) => Algorithm::SlidingWindowCounter,
+            Self::TokenBucket(_) => Algorithm::TokenBucket,
+            Self::LeakyBucket(_) => Algorithm::LeakyBucket,
+            Self::Gcra(_) => Algorithm::Gcra,
+        }
+    }
+}
+
+/// Everything stored for one rule and one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleState {
+    /// While `now < blocked_until`, every request is denied (the rule's penalty).
+    pub blocked_until: u64,
+    /// The algorithm's state.
+    pub algorithm: AlgorithmState,
+}
+
+/// A stored value that is not a valid rule state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(&'static str);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stored rate-limit state is corrupt: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+const VERSION: u8 = 1;
+
+impl RuleState {
+    /// The versioned byte encoding described in the [module docs](self).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(34);
+        out.push(VERSION);
+        let (tag, fields): (u8, [u64; 3]) = match &self.algorithm {
+            AlgorithmState::FixedWindow(s) => (1, [s.window_start, s.count, 0]),
+            AlgorithmState::SlidingWindowLog(s) => {
+                out.push(2);
+                out.extend_from_slice(&self.blocked_until.to_le_bytes());
+                let n = u32::try_from(s.entries.len()).unwrap_or(u32::MAX);
+                out.extend_from_slice(&n.to_le_bytes());
+                for (ts, cost) in s.entries.iter().take(n as usize) {
+                    out.extend_from_slice(&ts.to_le_bytes());
+                    out.extend_from_slice(&cost.to_le_bytes());
+                }
+                return out;
+            }
+            AlgorithmState::SlidingWindowCounter(s) => (3, [s.window_start, s.previous, s.current]),
+            AlgorithmState::TokenBucket(s) => (4, [s.tokens, s.anchor, 0]),
+            AlgorithmState::LeakyBucket(s) => (5, [s.level, s.anchor, 0]),
+            AlgorithmState::Gcra(s) => (6, [s.tat, 0, 0]),
+        };
+        out.push(tag);
+        out.extend_from_slice(&self.blocked_until.to_le_bytes());
+        let used = match tag {
+            1 | 4 | 5 => 2,
+            3 => 3,
+            _ => 1,
+        };
+        for f in fields.iter().take(used) {
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes [`RuleState::encode`]'s output; any other input is an error,
+    /// never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(bytes);
+        if r.u8()? != VERSION {
+            return Err(DecodeError("unknown format version"));
+        }
+        let tag = r.u8()?;
+        let blocked_until = r.u64()?;
+        let algorithm = match tag {
+            1 => AlgorithmState::FixedWindow(FixedWindowState {
+                window_start: r.u64()?,
+                count: r.u64()?,
+            }),
+            2 => {
+                let n = r.u32()? as usize;
+                if r.0.len() != n.saturating_mul(16) {
+                    return Err(DecodeError("sliding log length does not match its count"));
+                }
+                let mut entries = Vec::with_capacity(n);
+                let mut last = 0;
+                for _ in 0..n {
+                    let entry = (r.u64()?, r.u64()?);
+                    if entry.0 < last {
+                        return Err(DecodeError("sliding log is not sorted"));
+                    }
+                    last = entry.0;
+                    entries.push(entry);
+                }
+                AlgorithmState::SlidingWindowLog(SlidingLogState { entries })
+            }
+            3 => AlgorithmState::SlidingWindowCounter(SlidingCounterState {
+                window_start: r.u64()?,
+                previous: r.u64()?,
+                current: r.u64()?,
+            }),
+            4 => AlgorithmState::TokenBucket(TokenBucketState {
+                tokens: r.u64()?,
+                anchor: r.u64()?,
+            }),
+            5 => AlgorithmState::LeakyBucket(LeakyBucketState {
+                level: r.u64()?,
+                anchor: r.u64()?,
+            }),
+            6 => AlgorithmState::Gcra(GcraState { tat: r.u64()? }),
+            _ => return Err(DecodeError("unknown algorithm tag")),
+        };
+        if !r.0.is_empty() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok(Self {
+            blocked_until,
+            algorithm,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let (head, tail) = self.0.split_first_chunk::<N>().ok_or(DecodeError("value is truncated"))?;
+        self.0 = tail;
+        Ok(*head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<RuleState> {
+        let algos = vec![
+            AlgorithmState::FixedWindow(FixedWindowState { window_start: 7, count: 3 }),
+            AlgorithmState::SlidingWindowLog(SlidingLogState { entries: vec![(1, 2), (5, 1)] }),
+            AlgorithmState::SlidingWindowLog(SlidingLogState::default()),
+            AlgorithmState::SlidingWindowCounter(SlidingCounterState { window_start: 9, previous: 4, current: 2 }),
+            AlgorithmState::TokenBucket(TokenBucketState { tokens: 5, anchor: 11 }),
+            AlgorithmState::LeakyBucket(LeakyBucketState { level: 6, anchor: 12 }),
+            AlgorithmState::Gcra(GcraState { tat: u64::MAX }),
+        ];
+        algos
+            .into_iter()
+            .map(|algorithm| RuleState { blocked_until: 42, algorithm })
+            .collect()
+    }
+
+    #[test]
+    fn round_trips_every_algorithm() {
+        for s in samples() {
+            assert_eq!(RuleState::decode(&s.encode()).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn gcra_state_is_small() {
+        assert_eq!(samples()[6].encode().len(), 18);
+    }
+
+    #[test]
+    fn truncations_and_extensions_are_errors() {
+        for s in samples() {
+            let bytes = s.encode();
+            for cut in 0..bytes.len() {
+                assert!(RuleState::decode(&bytes[..cut]).is_err());
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(RuleState::decode(&longer).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = RuleState::decode(&bytes);
+        }
+    }
+}

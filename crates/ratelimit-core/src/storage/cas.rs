@@ -1,0 +1,75 @@
+//! The default decision step: read, decide with the core, compare-and-swap.
+
+use crate::decision::Decision;
+use crate::engine::{self, Write};
+use crate::error::{Error, ErrorKind, Result};
+use crate::state::RuleState;
+
+use super::{CasOp, DecideRequest, Storage};
+
+/// How many times [`decide_with_cas`] retries after losing a race before it
+/// gives up with a transient [`ErrorKind::Contention`] error.
+pub const MAX_CAS_ATTEMPTS: usize = 1_000;
+
+pub(crate) fn corrupt(key: &str, err: crate::state::DecodeError) -> Error {
+    Error::new(ErrorKind::CorruptState, format!("the value at {key:?} is not rate-limit state")).with_source(err)
+}
+
+/// The decision step built on [`Storage::get`] and
+/// [`Storage::compare_and_swap`]: read every rule's state, decide with the core,
+/// and write the new states only if none changed meanwhile; otherwise start over.
+///
+/// Exact under any concurrency as long as `compare_and_swap` is atomic. A
+/// decision that writes nothing (a peek, or a denial without a penalty) is
+/// answered from the states read.
+pub async fn decide_with_cas<S: Storage + ?Sized>(store: &S, request: &DecideRequest<'_>) -> Result<Decision> {
+    let entries = request.entries;
+    if entries.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidInput, "a decision needs at least one rule"));
+    }
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let mut raw = Vec::with_capacity(entries.len());
+        for entry in entries {
+            raw.push(store.get(entry.key).await?);
+        }
+        let states = raw
+            .iter()
+            .zip(entries)
+            .map(|(bytes, entry)| {
+                bytes
+                    .as_deref()
+                    .map(RuleState::decode)
+                    .transpose()
+                    .map_err(|e| corrupt(entry.key, e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rules: Vec<_> = entries.iter().zip(&states).map(|(e, s)| (e.rule, s.as_ref())).collect();
+        let (decision, writes) = engine::decide_all(&rules, request.now, request.cost)?;
+        let encoded: Vec<(usize, Vec<u8>, std::time::Duration)> = writes
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.map(|Write { state, ttl }| (i, state.encode(), ttl)))
+            .collect();
+        if encoded.is_empty() {
+            return Ok(decision);
+        }
+        let ops: Vec<CasOp<'_>> = encoded
+            .iter()
+            .filter_map(|(i, bytes, ttl)| {
+                Some(CasOp {
+                    key: entries.get(*i)?.key,
+                    expected: raw.get(*i)?.as_deref(),
+                    new_value: bytes,
+                    ttl: *ttl,
+                })
+            })
+            .collect();
+        if store.compare_and_swap(&ops).await? {
+            return Ok(decision);
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Contention,
+        format!("gave up after {MAX_CAS_ATTEMPTS} lost compare-and-swap races"),
+    ))
+}
