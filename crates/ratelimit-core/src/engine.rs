@@ -56,8 +56,10 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
     let name = rule.shared_name().clone();
     let limit = rule.quota().limit();
     let blocked_until = state.map_or(0, |s| s.blocked_until);
-    let step = algorithm::step(rule, state.map(|s| &s.algorithm), now, cost);
-    if now < blocked_until {
+    let blocked = now < blocked_until;
+    // A blocked key consumes nothing: look at its state as a peek would.
+    let step = algorithm::step(rule, state.map(|s| &s.algorithm), now, if blocked { 0 } else { cost });
+    if blocked {
         let wait = blocked_until - now;
         return Ok(Verdict {
             decision: Decision::deny(

@@ -1,1 +1,103 @@
-//! placeholder
+//! Test support for ratelimit stores: one conformance suite that any
+//! [`Storage`] runs, reference models of every algorithm, and a manual clock.
+//!
+//! Add this crate (and tokio with `macros` and `rt-multi-thread`) as
+//! dev-dependencies, then run the whole suite against your store:
+//!
+//! ```ignore
+//! use std::sync::Arc;
+//! use ratelimit_core::Storage;
+//! use ratelimit_testkit::ManualClock;
+//!
+//! ratelimit_testkit::storage_conformance_tests!(|clock: ManualClock| -> Arc<dyn Storage> {
+//!     Arc::new(my_crate::MyStore::with_clock(clock))
+//! });
+//! ```
+//!
+//! Each case gets a fresh, empty store whose expiry follows the given
+//! [`ManualClock`]; the limiter uses the same clock, so every decision is
+//! reproducible. Failures panic with what was expected and what came back:
+//! this crate is for tests only.
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test support: a failed expectation is a panic"
+)]
+
+pub mod conformance;
+pub mod model;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ratelimit_core::Storage;
+
+pub use ratelimit_core::{ManualClock, Timestamp};
+
+/// Makes fresh stores for the conformance suite.
+///
+/// Implemented for any `Fn(ManualClock) -> Arc<dyn Storage>`; implement it by
+/// hand when creating a store is async (a network store).
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// A new, empty store whose expiry of keys follows `clock`.
+    async fn store(&self, clock: ManualClock) -> Arc<dyn Storage>;
+}
+
+#[async_trait]
+impl<F> Harness for F
+where
+    F: Fn(ManualClock) -> Arc<dyn Storage> + Send + Sync + 'static,
+{
+    async fn store(&self, clock: ManualClock) -> Arc<dyn Storage> {
+        self(clock)
+    }
+}
+
+/// Runs the whole conformance suite against the store a [`Harness`] makes: one
+/// `#[test]` per case. Needs tokio (`macros`, `rt-multi-thread`) in the calling
+/// crate's dev-dependencies.
+#[macro_export]
+macro_rules! storage_conformance_tests {
+    ($harness:expr) => {
+        fn __conformance_harness() -> ::std::sync::Arc<dyn $crate::Harness> {
+            ::std::sync::Arc::new($harness)
+        }
+        $crate::storage_conformance_tests!(@async
+            kv_get_set_delete_exists, kv_values_expire, kv_increment, kv_clear, kv_close, kv_stats,
+            cas_semantics, peek_does_not_consume, reset_forgets_a_key, penalty_blocks_then_releases,
+            multi_quota_all_or_nothing, state_keys_expire, long_keys_are_bounded,
+            cost_above_capacity_is_an_error, corrupt_state_is_an_error, until_ready_waits,
+            concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness
+        );
+        $crate::storage_conformance_tests!(@model
+            model_fixed_window => FixedWindow,
+            model_sliding_window_log => SlidingWindowLog,
+            model_sliding_window_counter => SlidingWindowCounter,
+            model_token_bucket => TokenBucket,
+            model_leaky_bucket => LeakyBucket,
+            model_gcra => Gcra
+        );
+    };
+    (@async $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                $crate::conformance::$case(__conformance_harness()).await;
+            }
+        )*
+    };
+    (@model $($case:ident => $algorithm:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::conformance::matches_model(
+                    __conformance_harness(),
+                    ::ratelimit_core::Algorithm::$algorithm,
+                );
+            }
+        )*
+    };
+}

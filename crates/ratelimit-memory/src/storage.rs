@@ -1,0 +1,522 @@
+//! The memory store.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use foldhash::fast::RandomState;
+use parking_lot::{Mutex, MutexGuard};
+use ratelimit_core::engine::{self, Write};
+use ratelimit_core::{
+    CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Result, Storage, StorageStats, SystemClock,
+    Timestamp,
+};
+use std::hash::BuildHasher;
+
+use crate::config::MemoryConfig;
+use crate::shard::{Evicted, Shard, Value};
+
+/// Dead entries removed per lock hold by the sweep.
+const SWEEP_BATCH: usize = 1_024;
+
+/// The in-memory store: the embedded default.
+///
+/// Keys are spread over shards, each an LRU map behind its own lock, so the
+/// store holds at most [`max_size`](MemoryConfig::max_size) keys: when full, the
+/// least recently used key of the shard goes first (LRU is exact within a
+/// shard and approximate across shards). Every value expires; expired values
+/// are dropped when touched, when evicted, and by a background sweep.
+///
+/// Decisions run under the shard locks of their keys, so they are exact across
+/// any number of tasks and threads in one process. State is not shared between
+/// processes and is lost on restart: use the SQLite or Redis store for that.
+///
+/// Cheap to clone; clones share the same data.
+///
+/// ```
+/// use ratelimit_core::{Algorithm, Limiter, Rule};
+/// use ratelimit_memory::MemoryStorage;
+/// use std::sync::Arc;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = MemoryStorage::builder().max_size(10_000).build();
+/// let limiter = Limiter::new(Arc::new(store));
+/// let rule = Rule::new("api", Algorithm::SlidingWindowCounter, "2/minute".parse()?)?;
+/// assert!(limiter.check(&rule, "10.0.0.1").await?.is_allowed());
+/// assert!(limiter.check(&rule, "10.0.0.1").await?.is_allowed());
+/// assert!(!limiter.check(&rule, "10.0.0.1").await?.is_allowed());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryStorage {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    shards: Box<[Mutex<Shard>]>,
+    mask: usize,
+    shard_hasher: RandomState,
+    clock: Arc<dyn Clock>,
+    closed: AtomicBool,
+    evictions: AtomicU64,
+    expirations: AtomicU64,
+    max_size: usize,
+    cleanup: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Builds a [`MemoryStorage`].
+#[derive(Debug)]
+#[must_use]
+pub struct MemoryStorageBuilder {
+    config: MemoryConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemoryStorageBuilder {
+    /// The most keys held at once (at least 1).
+    pub fn max_size(mut self, max_size: usize) -> Self {
+        self.config.max_size = max_size;
+        self
+    }
+
+    /// How many independent locks (rounded down to a power of two).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.config.shards = shards;
+        self
+    }
+
+    /// How often to sweep expired keys in the background; `None` disables it.
+    pub fn cleanup_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.cleanup_interval = interval;
+        self
+    }
+
+    /// All settings at once.
+    pub fn config(mut self, config: MemoryConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The clock used for expiry of key-value operations (decisions use the
+    /// time in the request). Give it the limiter's clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store. If a cleanup interval is set and this runs inside a tokio
+    /// runtime, the background sweep starts now; otherwise call
+    /// [`MemoryStorage::start_cleanup`] from within a runtime later.
+    pub fn build(self) -> MemoryStorage {
+        let max_size = self.config.max_size.max(1);
+        let wanted = self.config.shards.clamp(1, max_size);
+        // Largest power of two not above `wanted`.
+        let count = 1usize << (usize::BITS - 1 - wanted.leading_zeros());
+        let map_hasher = RandomState::default();
+        let shards = (0..count)
+            .map(|i| {
+                let capacity = max_size / count + usize::from(i < max_size % count);
+                Mutex::new(Shard::new(capacity, map_hasher.clone()))
+            })
+            .collect();
+        let store = MemoryStorage {
+            shared: Arc::new(Shared {
+                shards,
+                mask: count - 1,
+                shard_hasher: RandomState::default(),
+                clock: self.clock,
+                closed: AtomicBool::new(false),
+                evictions: AtomicU64::new(0),
+                expirations: AtomicU64::new(0),
+                max_size,
+                cleanup: Mutex::new(None),
+            }),
+        };
+        if let Some(interval) = self.config.cleanup_interval {
+            // Without a runtime there is nothing to run the task on; the store
+            // still bounds itself through LRU eviction and lazy expiry.
+            let _ = store.start_cleanup(interval);
+        }
+        store
+    }
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl MemoryStorage {
+    /// A store with the default settings ([`MemoryConfig::default`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder with the default settings.
+    pub fn builder() -> MemoryStorageBuilder {
+        MemoryStorageBuilder {
+            config: MemoryConfig::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// A store configured by a `memory://` URL (see [`MemoryConfig::from_url`]).
+    pub fn from_url(url: &str) -> Result<Self> {
+        Ok(Self::builder().config(MemoryConfig::from_url(url)?).build())
+    }
+
+    /// The bound on stored keys.
+    pub fn max_size(&self) -> usize {
+        self.shared.max_size
+    }
+
+    /// Starts the background sweep of expired keys every `interval`, replacing a
+    /// running one. Fails outside a tokio runtime. The task stops by itself when
+    /// the store is dropped or closed.
+    pub fn start_cleanup(&self, interval: Duration) -> Result<()> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::new(ErrorKind::InvalidInput, "the cleanup task needs a tokio runtime").with_source(e)
+        })?;
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let period = interval.max(Duration::from_millis(1));
+        let task = handle.spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                match weak.upgrade() {
+                    Some(shared) if !shared.closed.load(Ordering::Acquire) => {
+                        shared.sweep();
+                    }
+                    _ => return,
+                }
+            }
+        });
+        if let Some(old) = self.shared.cleanup.lock().replace(task) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops the background sweep, if running.
+    pub fn stop_cleanup(&self) {
+        if let Some(task) = self.shared.cleanup.lock().take() {
+            task.abort();
+        }
+    }
+
+    /// Whether the background sweep is running.
+    pub fn is_cleanup_running(&self) -> bool {
+        self.shared.cleanup.lock().as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Sweeps expired keys now, in batches; returns how many were removed.
+    pub fn cleanup_expired(&self) -> u64 {
+        self.shared.sweep()
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::closed());
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> u64 {
+        self.shared.clock.now().as_micros()
+    }
+
+    fn shard_index(&self, key: &str) -> usize {
+        (self.shared.shard_hasher.hash_one(key) as usize) & self.shared.mask
+    }
+
+    #[allow(clippy::indexing_slicing, reason = "the index is masked to the shard count, a power of two")]
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        self.shared.shards[self.shard_index(key)].lock()
+    }
+
+    fn record(&self, evicted: Evicted) {
+        if evicted.live > 0 {
+            self.shared.evictions.fetch_add(evicted.live, Ordering::Relaxed);
+        }
+        self.count_expired(evicted.expired);
+    }
+
+    fn count_expired(&self, n: u64) {
+        if n > 0 {
+            self.shared.expirations.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Locks the shards of `keys` in index order (so concurrent multi-key
+    /// operations cannot deadlock) and returns the guards with, per key, the
+    /// position of its guard.
+    fn lock_many<'a>(&'a self, keys: impl Iterator<Item = &'a str>) -> (Vec<MutexGuard<'a, Shard>>, Vec<usize>) {
+        let indices: Vec<usize> = keys.map(|k| self.shard_index(k)).collect();
+        let mut order = indices.clone();
+        order.sort_unstable();
+        order.dedup();
+        let guards = order.iter().filter_map(|&i| self.shared.shards.get(i)).map(|s| s.lock()).collect();
+        let slots = indices
+            .iter()
+            .map(|i| order.binary_search(i).unwrap_or_default())
+            .collect();
+        (guards, slots)
+    }
+
+    fn decide_one(&self, entry: &DecideEntry<'_>, now: Timestamp, cost: u64) -> Result<Decision> {
+        let now_us = now.as_micros();
+        let mut shard = self.shard(entry.key);
+        match shard.map.get_mut(entry.key) {
+            Some(slot) if slot.is_live(now_us) => {
+                let state = slot.value.rule_state(entry.key)?;
+                let (decision, write) = engine::decide_one(entry.rule, Some(&state), now, cost)?;
+                if let Some(Write { state, ttl }) = write {
+                    slot.value = Value::State(state);
+                    slot.expires_at = expiry(now_us, ttl);
+                }
+                Ok(decision)
+            }
+            Some(slot) => {
+                let (decision, write) = engine::decide_one(entry.rule, None, now, cost)?;
+                if let Some(Write { state, ttl }) = write {
+                    slot.value = Value::State(state);
+                    slot.expires_at = expiry(now_us, ttl);
+                    self.count_expired(1);
+                }
+                Ok(decision)
+            }
+            None => {
+                let (decision, write) = engine::decide_one(entry.rule, None, now, cost)?;
+                if let Some(Write { state, ttl }) = write {
+                    let evicted = shard.put(entry.key, Value::State(state), expiry(now_us, ttl), now_us);
+                    drop(shard);
+                    self.record(evicted);
+                }
+                Ok(decision)
+            }
+        }
+    }
+
+    fn decide_many(&self, entries: &[DecideEntry<'_>], now: Timestamp, cost: u64) -> Result<Decision> {
+        let now_us = now.as_micros();
+        let (mut guards, slots) = self.lock_many(entries.iter().map(|e| e.key));
+        let mut expired = 0;
+        let mut states = Vec::with_capacity(entries.len());
+        for (entry, &slot) in entries.iter().zip(&slots) {
+            let shard = guards.get_mut(slot).ok_or_else(internal)?;
+            let state = match shard.live(entry.key, now_us, &mut expired) {
+                Some(e) => Some(e.value.rule_state(entry.key)?.into_owned()),
+                None => None,
+            };
+            states.push(state);
+        }
+        let rules: Vec<_> = entries.iter().zip(&states).map(|(e, s)| (e.rule, s.as_ref())).collect();
+        let (decision, writes) = engine::decide_all(&rules, now, cost)?;
+        let mut evicted = Evicted::default();
+        for ((entry, &slot), write) in entries.iter().zip(&slots).zip(writes) {
+            if let Some(Write { state, ttl }) = write {
+                let shard = guards.get_mut(slot).ok_or_else(internal)?;
+                let e = shard.put(entry.key, Value::State(state), expiry(now_us, ttl), now_us);
+                evicted.live += e.live;
+                evicted.expired += e.expired;
+            }
+        }
+        drop(guards);
+        evicted.expired += expired;
+        self.record(evicted);
+        Ok(decision)
+    }
+}
+
+fn expiry(now: u64, ttl: Duration) -> u64 {
+    Timestamp::from_micros(now).saturating_add(ttl).as_micros()
+}
+
+fn internal() -> Error {
+    Error::new(ErrorKind::Other, "memory store: shard bookkeeping is inconsistent")
+}
+
+impl Shared {
+    fn sweep(&self) -> u64 {
+        let now = self.clock.now().as_micros();
+        let mut removed = 0u64;
+        for shard in self.shards.iter() {
+            loop {
+                let n = shard.lock().sweep(now, SWEEP_BATCH);
+                removed += n as u64;
+                if n < SWEEP_BATCH {
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            self.expirations.fetch_add(removed, Ordering::Relaxed);
+        }
+        removed
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.ensure_open()?;
+        let now = self.now();
+        let mut expired = 0;
+        let value = self
+            .shard(key)
+            .live(key, now, &mut expired)
+            .map(|e| e.value.to_bytes().into_owned());
+        self.count_expired(expired);
+        Ok(value)
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        self.ensure_open()?;
+        let now = self.now();
+        let evicted = self.shard(key).put(key, Value::Bytes(value.into()), expiry(now, ttl), now);
+        self.record(evicted);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.ensure_open()?;
+        let now = self.now();
+        let removed = self.shard(key).map.pop(key);
+        Ok(removed.is_some_and(|e| e.is_live(now)))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.ensure_open()?;
+        let now = self.now();
+        Ok(self.shard(key).map.peek(key).is_some_and(|e| e.is_live(now)))
+    }
+
+    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
+        self.ensure_open()?;
+        let now = self.now();
+        let mut expired = 0;
+        let mut shard = self.shard(key);
+        let (current, expires_at) = match shard.live(key, now, &mut expired) {
+            Some(entry) => (parse_integer(key, &entry.value)?, entry.expires_at),
+            None => (0, expiry(now, ttl)),
+        };
+        let next = current.checked_add(amount).ok_or_else(|| {
+            Error::new(ErrorKind::WrongType, format!("incrementing {key:?} by {amount} overflows"))
+        })?;
+        let evicted = shard.put(key, Value::Bytes(next.to_string().into_bytes().into()), expires_at, now);
+        drop(shard);
+        self.record(evicted);
+        self.count_expired(expired);
+        Ok(next)
+    }
+
+    async fn clear(&self) -> Result<u64> {
+        self.ensure_open()?;
+        Ok(self.clear_all())
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            self.stop_cleanup();
+            self.clear_all();
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<StorageStats> {
+        self.ensure_open()?;
+        let now = self.now();
+        let (keys, bytes) = self
+            .shared
+            .shards
+            .iter()
+            .map(|s| s.lock().measure(now))
+            .fold((0, 0), |(k, b), (k2, b2)| (k + k2, b + b2));
+        let mut stats = StorageStats::new("memory");
+        stats.keys = Some(keys);
+        stats.evictions = Some(self.shared.evictions.load(Ordering::Relaxed));
+        stats.expirations = Some(self.shared.expirations.load(Ordering::Relaxed));
+        stats.approx_bytes = Some(bytes);
+        stats.details = vec![
+            ("max_size".to_owned(), self.shared.max_size.to_string()),
+            ("shards".to_owned(), self.shared.shards.len().to_string()),
+            ("cleanup_running".to_owned(), self.is_cleanup_running().to_string()),
+        ];
+        Ok(stats)
+    }
+
+    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
+        self.ensure_open()?;
+        let now = self.now();
+        let (mut guards, slots) = self.lock_many(ops.iter().map(|op| op.key));
+        let mut expired = 0;
+        for (op, &slot) in ops.iter().zip(&slots) {
+            let shard = guards.get_mut(slot).ok_or_else(internal)?;
+            let current = shard.live(op.key, now, &mut expired);
+            let matches = match (current, op.expected) {
+                (None, None) => true,
+                (Some(entry), Some(expected)) => entry.value.to_bytes().as_ref() == expected,
+                _ => false,
+            };
+            if !matches {
+                drop(guards);
+                self.count_expired(expired);
+                return Ok(false);
+            }
+        }
+        let mut evicted = Evicted {
+            live: 0,
+            expired,
+        };
+        for (op, &slot) in ops.iter().zip(&slots) {
+            let shard = guards.get_mut(slot).ok_or_else(internal)?;
+            let e = shard.put(op.key, Value::Bytes(op.new_value.into()), expiry(now, op.ttl), now);
+            evicted.live += e.live;
+            evicted.expired += e.expired;
+        }
+        drop(guards);
+        self.record(evicted);
+        Ok(true)
+    }
+
+    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+        self.ensure_open()?;
+        match request.entries {
+            [] => Err(Error::new(ErrorKind::InvalidInput, "a decision needs at least one rule")),
+            [entry] => self.decide_one(entry, request.now, request.cost),
+            many => self.decide_many(many, request.now, request.cost),
+        }
+    }
+}
+
+impl MemoryStorage {
+    fn clear_all(&self) -> u64 {
+        self.shared
+            .shards
+            .iter()
+            .map(|s| {
+                let mut shard = s.lock();
+                let n = shard.map.len() as u64;
+                shard.map.clear();
+                n
+            })
+            .sum()
+    }
+}
+
+fn parse_integer(key: &str, value: &Value) -> Result<i64> {
+    let not_integer = || Error::new(ErrorKind::WrongType, format!("the value at {key:?} is not an integer"));
+    match value {
+        Value::Bytes(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(not_integer),
+        Value::State(_) => Err(not_integer()),
+    }
+}
