@@ -1,1 +1,91 @@
-//! placeholder
+//! # ratelimit
+//!
+//! Rate limiting for Rust services: six algorithms (fixed window, sliding
+//! window log, sliding window counter, token bucket, leaky bucket, GCRA),
+//! several quotas per request decided atomically, penalties, weighted requests,
+//! and stores that keep limits exact across tasks, threads and processes.
+//!
+//! This facade re-exports the workspace's crates behind features:
+//!
+//! | feature  | default | what it adds |
+//! |----------|---------|--------------|
+//! | `memory` | yes     | [`memory::MemoryStorage`], the embedded in-memory store |
+//!
+//! ```
+//! # #[cfg(feature = "memory")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ratelimit::{Algorithm, Limiter, Rule};
+//!
+//! let limiter = Limiter::new(ratelimit::from_url("memory://")?);
+//! let rule = Rule::new("api", Algorithm::Gcra, "5/second".parse()?)?;
+//! let decision = limiter.check(&rule, "user-42").await?;
+//! assert!(decision.is_allowed());
+//! assert_eq!(decision.remaining(), 4);
+//! # Ok(()) }
+//! # #[cfg(not(feature = "memory"))] fn main() {}
+//! ```
+
+use std::sync::Arc;
+
+pub use ratelimit_core::*;
+
+/// The in-memory store (feature `memory`).
+#[cfg(feature = "memory")]
+pub mod memory {
+    pub use ratelimit_memory::*;
+}
+
+/// Builds a store from one URL, for twelve-factor configuration:
+///
+/// - `memory://` (feature `memory`), with optional `?max_size=N&shards=N&cleanup_interval=60s`.
+///
+/// An unknown scheme, or one whose feature is not enabled, is an
+/// [`ErrorKind::InvalidInput`] error that says which feature to enable.
+pub fn from_url(url: &str) -> Result<Arc<dyn Storage>> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    match scheme {
+        #[cfg(feature = "memory")]
+        "memory" => Ok(Arc::new(ratelimit_memory::MemoryStorage::from_url(url)?)),
+        #[cfg(not(feature = "memory"))]
+        "memory" => Err(missing_feature("memory", "memory")),
+        _ => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "unsupported store URL {:?}: expected memory://",
+                url.chars().take(64).collect::<String>()
+            ),
+        )),
+    }
+}
+
+#[allow(dead_code, reason = "used only when some store feature is disabled")]
+fn missing_feature(scheme: &str, feature: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!("{scheme}:// stores need the `{feature}` feature of the ratelimit crate"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_schemes_are_rejected() {
+        for url in ["ftp://x", "", "sqlite-ish"] {
+            assert_eq!(from_url(url).unwrap_err().kind(), ErrorKind::InvalidInput);
+        }
+    }
+
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn memory_url_builds_a_working_store() {
+        let store = from_url("memory://?max_size=10").unwrap();
+        store
+            .set("k", b"v", std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(store.stats().await.unwrap().backend, "memory");
+    }
+}

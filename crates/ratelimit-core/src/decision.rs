@@ -1,7 +1,8 @@
 //! Decisions: the outcome of asking whether a request may proceed.
 
-use std::sync::Arc;
 use std::time::Duration;
+
+use smol_str::SmolStr;
 
 /// Whether a request may proceed, and what a client should be told.
 ///
@@ -20,12 +21,13 @@ pub struct Decision {
     remaining: u64,
     reset_after: Duration,
     retry_after: Option<Duration>,
-    rule: Arc<str>,
+    rule: SmolStr,
 }
 
 impl Decision {
     /// An admission by `rule`, leaving `remaining` of `limit` units.
-    pub fn allow(rule: Arc<str>, limit: u64, remaining: u64, reset_after: Duration) -> Self {
+    #[inline]
+    pub fn allow(rule: SmolStr, limit: u64, remaining: u64, reset_after: Duration) -> Self {
         Self {
             allowed: true,
             limit,
@@ -37,7 +39,14 @@ impl Decision {
     }
 
     /// A denial by `rule`; the same request may succeed after `retry_after`.
-    pub fn deny(rule: Arc<str>, limit: u64, remaining: u64, reset_after: Duration, retry_after: Duration) -> Self {
+    #[inline]
+    pub fn deny(
+        rule: SmolStr,
+        limit: u64,
+        remaining: u64,
+        reset_after: Duration,
+        retry_after: Duration,
+    ) -> Self {
         Self {
             allowed: false,
             limit,
@@ -49,26 +58,31 @@ impl Decision {
     }
 
     /// Whether the request may proceed.
+    #[inline]
     pub fn is_allowed(&self) -> bool {
         self.allowed
     }
 
     /// The quota's limit (units per window) of the deciding rule.
+    #[inline]
     pub fn limit(&self) -> u64 {
         self.limit
     }
 
     /// Units still available right after this decision.
+    #[inline]
     pub fn remaining(&self) -> u64 {
         self.remaining
     }
 
     /// Time until the full limit is available again, if no more requests come.
+    #[inline]
     pub fn reset_after(&self) -> Duration {
         self.reset_after
     }
 
     /// When denied: how long until the same request could succeed.
+    #[inline]
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }

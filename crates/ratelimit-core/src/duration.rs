@@ -61,16 +61,23 @@ pub fn parse_duration(input: &str) -> Result<Duration, ParseDurationError> {
     let mut total: u64 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(ParseDurationError::new(input, "each part must start with a whole number"));
+            return Err(ParseDurationError::new(
+                input,
+                "each part must start with a whole number",
+            ));
         }
         let (number, tail) = rest.split_at(digits);
         let value: u64 = number
             .parse()
             .map_err(|_| ParseDurationError::new(input, "the number is too large"))?;
         let tail = tail.trim_start();
-        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c.is_whitespace()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c.is_whitespace())
+            .unwrap_or(tail.len());
         let (unit, after) = tail.split_at(unit_len);
         if unit.is_empty() {
             return Err(ParseDurationError::new(input, "a unit is missing"));
@@ -119,7 +126,14 @@ mod tests {
 
     #[test]
     fn accepts_common_forms() {
-        for (s, secs) in [("30s", 30), ("1m", 60), ("1h", 3600), ("1d", 86400), ("2 minutes", 120), ("1h30m", 5400)] {
+        for (s, secs) in [
+            ("30s", 30),
+            ("1m", 60),
+            ("1h", 3600),
+            ("1d", 86400),
+            ("2 minutes", 120),
+            ("1h30m", 5400),
+        ] {
             assert_eq!(parse_duration(s).unwrap(), Duration::from_secs(secs), "{s}");
         }
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));

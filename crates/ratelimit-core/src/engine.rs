@@ -35,6 +35,7 @@ struct Verdict {
     on_deny: Option<Write>,
 }
 
+#[inline]
 fn write(state: RuleState, ttl_us: u64) -> Write {
     Write {
         state,
@@ -42,6 +43,7 @@ fn write(state: RuleState, ttl_us: u64) -> Write {
     }
 }
 
+#[inline]
 fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Result<Verdict> {
     if cost > rule.capacity() {
         return Err(Error::new(
@@ -58,7 +60,12 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
     let blocked_until = state.map_or(0, |s| s.blocked_until);
     let blocked = now < blocked_until;
     // A blocked key consumes nothing: look at its state as a peek would.
-    let step = algorithm::step(rule, state.map(|s| &s.algorithm), now, if blocked { 0 } else { cost });
+    let step = algorithm::step(
+        rule,
+        state.map(|s| &s.algorithm),
+        now,
+        if blocked { 0 } else { cost },
+    );
     if blocked {
         let wait = blocked_until - now;
         return Ok(Verdict {
@@ -74,7 +81,12 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
         });
     }
     if step.allowed {
-        let decision = Decision::allow(name, limit, step.remaining, Duration::from_micros(step.reset_after));
+        let decision = Decision::allow(
+            name,
+            limit,
+            step.remaining,
+            Duration::from_micros(step.reset_after),
+        );
         let on_admit = step.consumed.then(|| {
             write(
                 RuleState {
@@ -134,6 +146,7 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
 /// A cost of 0 is a peek: it reports what a request of one unit would get and
 /// never writes. A cost above the rule's [capacity](Rule::capacity) is an
 /// [`ErrorKind::CostExceedsCapacity`] error.
+#[inline]
 pub fn decide_one(
     rule: &Rule,
     state: Option<&RuleState>,
@@ -141,7 +154,11 @@ pub fn decide_one(
     cost: u64,
 ) -> Result<(Decision, Option<Write>)> {
     let v = evaluate(rule, state, now.as_micros(), cost)?;
-    let write = if v.decision.is_allowed() { v.on_admit } else { v.on_deny };
+    let write = if v.decision.is_allowed() {
+        v.on_admit
+    } else {
+        v.on_deny
+    };
     Ok((v.decision, write))
 }
 
@@ -171,7 +188,12 @@ pub fn decide_all(
             }
         }
     }
-    let decision = decision.ok_or_else(|| Error::new(ErrorKind::InvalidInput, "a decision needs at least one rule"))?;
+    let decision = decision.ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            "a decision needs at least one rule",
+        )
+    })?;
     Ok((decision, writes))
 }
 
@@ -181,7 +203,12 @@ mod tests {
     use crate::{Algorithm, Quota};
 
     fn rule(name: &str, limit: u64) -> Rule {
-        Rule::new(name, Algorithm::FixedWindow, Quota::per_second(limit).unwrap()).unwrap()
+        Rule::new(
+            name,
+            Algorithm::FixedWindow,
+            Quota::per_second(limit).unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -192,14 +219,20 @@ mod tests {
         let (d, writes) = decide_all(&[(&small, None), (&big, None)], now, 1).unwrap();
         assert!(d.is_allowed() && d.rule() == "small" && d.remaining() == 0);
         let small_state = writes[0].clone().unwrap().state;
-        let (d, writes) = decide_all(&[(&small, Some(&small_state)), (&big, None)], now, 1).unwrap();
+        let (d, writes) =
+            decide_all(&[(&small, Some(&small_state)), (&big, None)], now, 1).unwrap();
         assert!(!d.is_allowed() && d.rule() == "small");
-        assert!(writes.iter().all(Option::is_none), "a denied request consumes nothing");
+        assert!(
+            writes.iter().all(Option::is_none),
+            "a denied request consumes nothing"
+        );
     }
 
     #[test]
     fn penalty_blocks_after_a_denial() {
-        let r = rule("login", 1).with_penalty(Duration::from_secs(60)).unwrap();
+        let r = rule("login", 1)
+            .with_penalty(Duration::from_secs(60))
+            .unwrap();
         let t0 = Timestamp::from_micros(1_000_000);
         let (_, w) = decide_one(&r, None, t0, 1).unwrap();
         let s = w.unwrap().state;
@@ -212,7 +245,12 @@ mod tests {
         let (d, w) = decide_one(&r, Some(&blocked.state), later, 1).unwrap();
         assert!(!d.is_allowed() && d.retry_after() == Some(Duration::from_secs(30)) && w.is_none());
         let after = t0.saturating_add(Duration::from_secs(60));
-        assert!(decide_one(&r, Some(&blocked.state), after, 1).unwrap().0.is_allowed());
+        assert!(
+            decide_one(&r, Some(&blocked.state), after, 1)
+                .unwrap()
+                .0
+                .is_allowed()
+        );
     }
 
     #[test]

@@ -88,7 +88,10 @@ impl Error {
 
     /// Attaches the underlying cause.
     #[must_use]
-    pub fn with_source(mut self, source: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Self {
         self.source = Some(source.into());
         self
     }
@@ -151,7 +154,9 @@ impl fmt::Display for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 
@@ -163,14 +168,21 @@ mod tests {
     fn transience_follows_kind_unless_overridden() {
         assert!(Error::new(ErrorKind::Timeout, "slow").is_transient());
         assert!(!Error::new(ErrorKind::CorruptState, "bad").is_transient());
-        assert!(Error::new(ErrorKind::Other, "x").with_transient(true).is_transient());
+        assert!(
+            Error::new(ErrorKind::Other, "x")
+                .with_transient(true)
+                .is_transient()
+        );
     }
 
     #[test]
     fn display_names_kind_and_source() {
         let io = std::io::Error::other("socket closed");
         let e = Error::new(ErrorKind::Unavailable, "redis unreachable").with_source(io);
-        assert_eq!(e.to_string(), "redis unreachable (unavailable, transient): socket closed");
+        assert_eq!(
+            e.to_string(),
+            "redis unreachable (unavailable, transient): socket closed"
+        );
         assert!(StdError::source(&e).is_some());
     }
 }

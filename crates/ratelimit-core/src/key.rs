@@ -20,6 +20,7 @@ pub const MIN_MAX_KEY_LEN: usize = 128;
 const KEPT_PREFIX: usize = 32;
 
 /// `key` itself if it is at most `max_len` bytes, otherwise its bounded form.
+#[inline]
 pub fn bounded_key(key: &str, max_len: usize) -> Cow<'_, str> {
     if key.len() <= max_len.max(MIN_MAX_KEY_LEN) {
         return Cow::Borrowed(key);
@@ -54,7 +55,10 @@ mod tests {
 
     #[test]
     fn short_keys_are_kept() {
-        assert!(matches!(bounded_key("user:1", 256), Cow::Borrowed("user:1")));
+        assert!(matches!(
+            bounded_key("user:1", 256),
+            Cow::Borrowed("user:1")
+        ));
     }
 
     #[test]

@@ -20,4 +20,5 @@ pub use error::{Error, ErrorKind, Result};
 pub use limiter::{Limiter, LimiterBuilder};
 pub use quota::{Quota, QuotaError};
 pub use rule::{Algorithm, Rule, RuleError};
+pub use smol_str::SmolStr;
 pub use storage::{CasOp, DecideEntry, DecideRequest, Storage, StorageStats};

@@ -147,8 +147,8 @@ impl Limiter {
 
     /// One request of `cost` units (weighted requests; 0 is a [peek](Self::peek)).
     pub async fn check_cost(&self, rule: &Rule, key: &str, cost: u64) -> Result<Decision> {
-        let store_key = self.state_key(rule, key);
-        let entries = [DecideEntry { key: &store_key, rule }];
+        let key = bounded_key(key, self.inner.max_key_len);
+        let entries = [DecideEntry { key: &key, rule }];
         self.decide(&entries, cost).await
     }
 
@@ -163,20 +163,30 @@ impl Limiter {
     /// decided atomically: if any rule denies, none consumes. The decision
     /// returned is the most restrictive.
     pub async fn check_all(&self, checks: &[(&Rule, &str)], cost: u64) -> Result<Decision> {
-        let keys: Vec<String> = checks.iter().map(|(rule, key)| self.state_key(rule, key)).collect();
-        for (i, key) in keys.iter().enumerate() {
-            if keys.iter().skip(i + 1).any(|k| k == key) {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("the same rule and key appear twice in one check ({key:?})"),
-                ));
-            }
-        }
+        let keys: Vec<_> = checks
+            .iter()
+            .map(|(_, key)| bounded_key(key, self.inner.max_key_len))
+            .collect();
         let entries: Vec<DecideEntry<'_>> = checks
             .iter()
             .zip(&keys)
             .map(|((rule, _), key)| DecideEntry { key, rule })
             .collect();
+        for (i, a) in entries.iter().enumerate() {
+            if entries
+                .iter()
+                .skip(i + 1)
+                .any(|b| a.rule.name() == b.rule.name() && a.key == b.key)
+            {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "the same rule and key appear twice in one check ({:?})",
+                        a.state_key()
+                    ),
+                ));
+            }
+        }
         self.decide(&entries, cost).await
     }
 
@@ -186,6 +196,9 @@ impl Limiter {
             cost,
             entries,
         };
+        if let Some(result) = self.inner.storage.decide_now(&request) {
+            return result;
+        }
         self.inner.storage.decide(&request).await
     }
 

@@ -63,7 +63,10 @@ impl fmt::Display for QuotaError {
                 format_duration(*window)
             ),
             Self::ZeroBurst => f.write_str("the burst must be at least 1"),
-            Self::BurstTooLarge(b) => write!(f, "a burst of {b} takes longer than the maximum horizon to refill"),
+            Self::BurstTooLarge(b) => write!(
+                f,
+                "a burst of {b} takes longer than the maximum horizon to refill"
+            ),
             Self::Parse { input, reason } => write!(
                 f,
                 "invalid quota {input:?}: {reason} (expected e.g. \"100/minute\", \"10/s\", \"1000/1h\" or \"5 per second\")"
@@ -152,13 +155,16 @@ impl Quota {
             burst: Some(burst),
             ..self
         };
-        if u128::from(burst) * u128::from(quota.emission_interval_us()) > u128::from(duration_to_micros(MAX_HORIZON)) {
+        if u128::from(burst) * u128::from(quota.emission_interval_us())
+            > u128::from(duration_to_micros(MAX_HORIZON))
+        {
             return Err(QuotaError::BurstTooLarge(burst));
         }
         Ok(quota)
     }
 
     /// Units per window.
+    #[inline]
     pub const fn limit(&self) -> u64 {
         self.limit
     }
@@ -169,6 +175,7 @@ impl Quota {
     }
 
     /// The burst: how many units a bucket algorithm can spend at once.
+    #[inline]
     pub const fn burst(&self) -> u64 {
         match self.burst {
             Some(b) => b,
@@ -182,12 +189,14 @@ impl Quota {
     }
 
     /// The window in microseconds.
+    #[inline]
     pub const fn window_micros(&self) -> u64 {
         self.window_us
     }
 
     /// The time one unit takes to come back, in microseconds: `window / limit`
     /// rounded up (so the rate never exceeds the quota).
+    #[inline]
     pub const fn emission_interval_us(&self) -> u64 {
         self.window_us.div_ceil(self.limit)
     }
@@ -220,7 +229,9 @@ impl FromStr for Quota {
         } else if let Some((l, p)) = s.split_once(" per ") {
             (l, p)
         } else {
-            return Err(parse_err("no '/' or ' per ' between the limit and the period"));
+            return Err(parse_err(
+                "no '/' or ' per ' between the limit and the period",
+            ));
         };
         let limit: u64 = limit
             .trim()
@@ -261,7 +272,11 @@ mod tests {
         ];
         for (s, limit, secs) in cases {
             let q: Quota = s.parse().unwrap();
-            assert_eq!((q.limit(), q.window()), (limit, Duration::from_secs(secs)), "{s}");
+            assert_eq!(
+                (q.limit(), q.window()),
+                (limit, Duration::from_secs(secs)),
+                "{s}"
+            );
         }
     }
 
@@ -284,8 +299,14 @@ mod tests {
 
     #[test]
     fn emission_interval_rounds_up() {
-        assert_eq!(Quota::per_second(3).unwrap().emission_interval_us(), 333_334);
-        assert_eq!(Quota::per_minute(100).unwrap().emission_interval_us(), 600_000);
+        assert_eq!(
+            Quota::per_second(3).unwrap().emission_interval_us(),
+            333_334
+        );
+        assert_eq!(
+            Quota::per_minute(100).unwrap().emission_interval_us(),
+            600_000
+        );
     }
 
     #[test]

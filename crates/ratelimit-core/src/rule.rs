@@ -2,8 +2,9 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
+
+use smol_str::SmolStr;
 
 use crate::quota::{MAX_HORIZON, Quota};
 
@@ -134,7 +135,10 @@ impl fmt::Display for RuleError {
                 "sliding_window_log keeps one entry per request; a limit of {l} is above its maximum of \
                  {MAX_SLIDING_LOG_LIMIT} (use sliding_window_counter for large limits)"
             ),
-            Self::InvalidPenalty(d) => write!(f, "invalid penalty {d:?}: it must be longer than zero and at most ~17 years"),
+            Self::InvalidPenalty(d) => write!(
+                f,
+                "invalid penalty {d:?}: it must be longer than zero and at most ~17 years"
+            ),
         }
     }
 }
@@ -159,7 +163,7 @@ impl std::error::Error for RuleError {}
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Rule {
-    name: Arc<str>,
+    name: SmolStr,
     algorithm: Algorithm,
     quota: Quota,
     penalty: Option<Duration>,
@@ -176,7 +180,7 @@ impl Rule {
             return Err(RuleError::LogLimitTooLarge(quota.limit()));
         }
         Ok(Self {
-            name: Arc::from(name),
+            name: SmolStr::new(name),
             algorithm,
             quota,
             penalty: None,
@@ -195,32 +199,39 @@ impl Rule {
     }
 
     /// The rule's name.
+    #[inline]
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The rule's name, shared (what a [`Decision`](crate::Decision) carries).
-    pub fn shared_name(&self) -> &Arc<str> {
+    /// The rule's name as a cheaply clonable string (what a
+    /// [`Decision`](crate::Decision) carries; short names are stored inline).
+    #[inline]
+    pub fn shared_name(&self) -> &SmolStr {
         &self.name
     }
 
     /// The algorithm.
+    #[inline]
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
 
     /// The quota.
+    #[inline]
     pub fn quota(&self) -> &Quota {
         &self.quota
     }
 
     /// The penalty, if any.
+    #[inline]
     pub fn penalty(&self) -> Option<Duration> {
         self.penalty
     }
 
     /// The most units one request can ever be granted: the burst for bucket
     /// algorithms and GCRA, the limit for window algorithms.
+    #[inline]
     pub fn capacity(&self) -> u64 {
         if self.algorithm.uses_burst() {
             self.quota.burst()
@@ -252,8 +263,13 @@ fn validate_name(name: &str) -> Result<(), RuleError> {
     if name.len() > MAX_RULE_NAME_LEN {
         return Err(invalid("it is longer than 128 bytes"));
     }
-    if !name.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b':' | b'{' | b'}')) {
-        return Err(invalid("only printable ASCII without spaces, ':', '{' or '}' is allowed"));
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b':' | b'{' | b'}'))
+    {
+        return Err(invalid(
+            "only printable ASCII without spaces, ':', '{' or '}' is allowed",
+        ));
     }
     Ok(())
 }
@@ -270,14 +286,23 @@ mod tests {
     fn names_are_validated() {
         assert!(Rule::new("api.v1/users", Algorithm::Gcra, q()).is_ok());
         for bad in ["", "a b", "a:b", "{tag}", "é", &"x".repeat(129)] {
-            assert!(matches!(Rule::new(bad, Algorithm::Gcra, q()), Err(RuleError::InvalidName { .. })), "{bad}");
+            assert!(
+                matches!(
+                    Rule::new(bad, Algorithm::Gcra, q()),
+                    Err(RuleError::InvalidName { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn burst_only_for_bucket_algorithms() {
         let bursty = q().with_burst(20).unwrap();
-        assert_eq!(Rule::new("r", Algorithm::Gcra, bursty).unwrap().capacity(), 20);
+        assert_eq!(
+            Rule::new("r", Algorithm::Gcra, bursty).unwrap().capacity(),
+            20
+        );
         assert_eq!(
             Rule::new("r", Algorithm::FixedWindow, bursty),
             Err(RuleError::BurstNotSupported(Algorithm::FixedWindow))
@@ -297,7 +322,10 @@ mod tests {
     fn penalty_is_validated() {
         let r = Rule::new("r", Algorithm::Gcra, q()).unwrap();
         assert!(r.clone().with_penalty(Duration::ZERO).is_err());
-        assert_eq!(r.with_penalty(Duration::from_secs(5)).unwrap().penalty(), Some(Duration::from_secs(5)));
+        assert_eq!(
+            r.with_penalty(Duration::from_secs(5)).unwrap().penalty(),
+            Some(Duration::from_secs(5))
+        );
     }
 
     #[test]
@@ -305,7 +333,10 @@ mod tests {
         for a in Algorithm::ALL {
             assert_eq!(a.as_str().parse::<Algorithm>().unwrap(), a);
         }
-        assert_eq!("Sliding-Window".parse::<Algorithm>().unwrap(), Algorithm::SlidingWindowCounter);
+        assert_eq!(
+            "Sliding-Window".parse::<Algorithm>().unwrap(),
+            Algorithm::SlidingWindowCounter
+        );
         assert!("lottery".parse::<Algorithm>().is_err());
     }
 }

@@ -214,7 +214,10 @@ struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let (head, tail) = self.0.split_first_chunk::<N>().ok_or(DecodeError("value is truncated"))?;
+        let (head, tail) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(DecodeError("value is truncated"))?;
         self.0 = tail;
         Ok(*head)
     }
@@ -239,17 +242,35 @@ mod tests {
 
     fn samples() -> Vec<RuleState> {
         let algos = vec![
-            AlgorithmState::FixedWindow(FixedWindowState { window_start: 7, count: 3 }),
-            AlgorithmState::SlidingWindowLog(SlidingLogState { entries: vec![(1, 2), (5, 1)] }),
+            AlgorithmState::FixedWindow(FixedWindowState {
+                window_start: 7,
+                count: 3,
+            }),
+            AlgorithmState::SlidingWindowLog(SlidingLogState {
+                entries: vec![(1, 2), (5, 1)],
+            }),
             AlgorithmState::SlidingWindowLog(SlidingLogState::default()),
-            AlgorithmState::SlidingWindowCounter(SlidingCounterState { window_start: 9, previous: 4, current: 2 }),
-            AlgorithmState::TokenBucket(TokenBucketState { tokens: 5, anchor: 11 }),
-            AlgorithmState::LeakyBucket(LeakyBucketState { level: 6, anchor: 12 }),
+            AlgorithmState::SlidingWindowCounter(SlidingCounterState {
+                window_start: 9,
+                previous: 4,
+                current: 2,
+            }),
+            AlgorithmState::TokenBucket(TokenBucketState {
+                tokens: 5,
+                anchor: 11,
+            }),
+            AlgorithmState::LeakyBucket(LeakyBucketState {
+                level: 6,
+                anchor: 12,
+            }),
             AlgorithmState::Gcra(GcraState { tat: u64::MAX }),
         ];
         algos
             .into_iter()
-            .map(|algorithm| RuleState { blocked_until: 42, algorithm })
+            .map(|algorithm| RuleState {
+                blocked_until: 42,
+                algorithm,
+            })
             .collect()
     }
 

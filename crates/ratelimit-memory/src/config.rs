@@ -51,7 +51,8 @@ impl MemoryConfig {
     /// ```
     pub fn from_url(input: &str) -> Result<Self, Error> {
         let invalid = |msg: String| Error::new(ErrorKind::InvalidInput, msg);
-        let url = url::Url::parse(input).map_err(|e| invalid(format!("invalid memory store URL: {e}")))?;
+        let url = url::Url::parse(input)
+            .map_err(|e| invalid(format!("invalid memory store URL: {e}")))?;
         if url.scheme() != "memory" {
             return Err(invalid(format!(
                 "a memory store URL starts with memory://, not {}://",
@@ -59,7 +60,9 @@ impl MemoryConfig {
             )));
         }
         if url.host_str().is_some_and(|h| !h.is_empty()) || !matches!(url.path(), "" | "/") {
-            return Err(invalid("a memory store URL has no host or path: use memory://?max_size=N".to_owned()));
+            return Err(invalid(
+                "a memory store URL has no host or path: use memory://?max_size=N".to_owned(),
+            ));
         }
         let mut config = Self::default();
         for (name, value) in url.query_pairs() {
@@ -68,16 +71,23 @@ impl MemoryConfig {
                     .parse::<usize>()
                     .ok()
                     .filter(|n| *n > 0)
-                    .ok_or_else(|| invalid(format!("{name} must be a whole number above 0, not {value:?}")))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "{name} must be a whole number above 0, not {value:?}"
+                        ))
+                    })
             };
             match name.as_ref() {
                 "max_size" => config.max_size = number()?,
                 "shards" => config.shards = number()?,
                 "cleanup_interval" if value == "off" => config.cleanup_interval = None,
                 "cleanup_interval" => {
-                    let d = parse_duration(&value).map_err(|e| invalid(format!("cleanup_interval: {e}")))?;
+                    let d = parse_duration(&value)
+                        .map_err(|e| invalid(format!("cleanup_interval: {e}")))?;
                     if d.is_zero() {
-                        return Err(invalid("cleanup_interval must be above 0 (or off)".to_owned()));
+                        return Err(invalid(
+                            "cleanup_interval must be above 0 (or off)".to_owned(),
+                        ));
                     }
                     config.cleanup_interval = Some(d);
                 }

@@ -1,12 +1,24 @@
-//! One shard: an LRU map of keys to values with expiry, behind one lock.
+//! One shard: a bounded map of keys to values with expiry, behind one lock.
+//!
+//! Entries live directly in a hash table, short keys inline, so a lookup
+//! touches the table's control bytes and one entry. Recency is a per-shard
+//! logical clock written into the entry on every hit. When the shard is full,
+//! the victim is the least recently used of [`SAMPLE`] randomly chosen entries,
+//! preferring any that already expired (Redis's approximated LRU; exact while
+//! the shard holds at most [`SAMPLE`] entries). A side vector of hashes, touched
+//! only on insert and removal, gives the random access that sampling needs.
 
 use std::borrow::Cow;
 use std::mem::size_of;
 
-use foldhash::fast::RandomState;
-use lru::LruCache;
-use ratelimit_core::state::RuleState;
+use hashbrown::HashTable;
+use ratelimit_core::state::{AlgorithmState, RuleState};
 use ratelimit_core::{Error, ErrorKind, Result};
+
+use crate::key::{KeyRef, StoreKey};
+
+/// Eviction candidates examined per eviction.
+pub(crate) const SAMPLE: usize = 8;
 
 /// A stored value: opaque bytes from the key-value API, or rule state kept
 /// decoded so decisions never serialise.
@@ -24,22 +36,27 @@ impl Value {
         }
     }
 
-    pub(crate) fn rule_state(&self, key: &str) -> Result<Cow<'_, RuleState>> {
+    pub(crate) fn rule_state(&self, key: &impl KeyRef) -> Result<Cow<'_, RuleState>> {
         match self {
             Self::State(s) => Ok(Cow::Borrowed(s)),
             Self::Bytes(b) => RuleState::decode(b).map(Cow::Owned).map_err(|e| {
-                Error::new(ErrorKind::CorruptState, format!("the value at {key:?} is not rate-limit state")).with_source(e)
+                Error::new(
+                    ErrorKind::CorruptState,
+                    format!("the value at {key} is not rate-limit state"),
+                )
+                .with_source(e)
             }),
         }
     }
 
-    fn approx_bytes(&self) -> usize {
+    fn heap_bytes(&self) -> usize {
         match self {
             Self::Bytes(b) => b.len(),
-            Self::State(s) => match &s.algorithm {
-                ratelimit_core::state::AlgorithmState::SlidingWindowLog(log) => log.entries.len() * 16,
-                _ => 0,
-            },
+            Self::State(RuleState {
+                algorithm: AlgorithmState::SlidingWindowLog(log),
+                ..
+            }) => log.entries.capacity() * 16,
+            Self::State(_) => 0,
         }
     }
 }
@@ -49,6 +66,12 @@ pub(crate) struct Entry {
     pub(crate) value: Value,
     /// µs since the epoch; the entry is dead once `now >= expires_at`.
     pub(crate) expires_at: u64,
+    key: StoreKey,
+    hash: u64,
+    /// The shard's logical clock at the last use.
+    last_used: u64,
+    /// Position of `hash` in `Shard::hashes`.
+    slot: usize,
 }
 
 impl Entry {
@@ -66,71 +89,298 @@ pub(crate) struct Evicted {
 
 #[derive(Debug)]
 pub(crate) struct Shard {
-    pub(crate) map: LruCache<Box<str>, Entry, RandomState>,
+    table: HashTable<Entry>,
+    hashes: Vec<u64>,
     capacity: usize,
+    clock: u64,
+    rng: u64,
 }
 
 impl Shard {
-    pub(crate) fn new(capacity: usize, hasher: RandomState) -> Self {
+    pub(crate) fn new(capacity: usize, seed: u64) -> Self {
         Self {
-            map: LruCache::unbounded_with_hasher(hasher),
+            table: HashTable::new(),
+            hashes: Vec::new(),
             capacity: capacity.max(1),
+            clock: 0,
+            rng: seed | 1,
         }
     }
 
-    /// The live entry at `key`, touching it as recently used; a dead one is
-    /// removed and counted in `expired`.
-    pub(crate) fn live(&mut self, key: &str, now: u64, expired: &mut u64) -> Option<&mut Entry> {
-        if self.map.peek(key).is_some_and(|e| !e.is_live(now)) {
-            self.map.pop(key);
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The entry at `key`, live or not, marked as just used.
+    pub(crate) fn touch(&mut self, hash: u64, key: &impl KeyRef) -> Option<&mut Entry> {
+        let t = self.tick();
+        let entry = self.table.find_mut(hash, |e| key.matches(&e.key))?;
+        entry.last_used = t;
+        Some(entry)
+    }
+
+    /// The live entry at `key`, marked as just used; a dead one is removed and
+    /// counted in `expired`.
+    pub(crate) fn live(
+        &mut self,
+        hash: u64,
+        key: &impl KeyRef,
+        now: u64,
+        expired: &mut u64,
+    ) -> Option<&mut Entry> {
+        let dead_slot = match self.touch(hash, key) {
+            None => return None,
+            Some(e) if e.is_live(now) => None,
+            Some(e) => Some(e.slot),
+        };
+        if let Some(slot) = dead_slot {
+            self.remove_slot(slot);
             *expired += 1;
             return None;
         }
-        self.map.get_mut(key)
+        self.table.find_mut(hash, |e| key.matches(&e.key))
     }
 
-    /// Stores `value` at `key`, evicting the least recently used entries to stay
-    /// within capacity.
-    pub(crate) fn put(&mut self, key: &str, value: Value, expires_at: u64, now: u64) -> Evicted {
-        let mut evicted = Evicted::default();
-        if let Some(entry) = self.map.get_mut(key) {
-            *entry = Entry { value, expires_at };
-            return evicted;
+    /// The entry at `key` without marking it used.
+    pub(crate) fn peek(&self, hash: u64, key: &impl KeyRef) -> Option<&Entry> {
+        self.table.find(hash, |e| key.matches(&e.key))
+    }
+
+    pub(crate) fn remove(&mut self, hash: u64, key: &impl KeyRef) -> Option<Entry> {
+        let slot = self.peek(hash, key)?.slot;
+        self.remove_slot(slot)
+    }
+
+    pub(crate) fn clear(&mut self) -> usize {
+        let n = self.table.len();
+        self.table.clear();
+        self.hashes.clear();
+        n
+    }
+
+    /// Removes the entry whose hash sits at `slot` of `hashes`, moving the last
+    /// hash into its place.
+    fn remove_slot(&mut self, slot: usize) -> Option<Entry> {
+        let hash = *self.hashes.get(slot)?;
+        let removed = self
+            .table
+            .find_entry(hash, |e| e.slot == slot)
+            .ok()
+            .map(|occupied| occupied.remove().0)?;
+        let last = self.hashes.len() - 1;
+        self.hashes.swap_remove(slot);
+        if slot != last
+            && let Some(moved_hash) = self.hashes.get(slot).copied()
+            && let Some(moved) = self.table.find_mut(moved_hash, |e| e.slot == last)
+        {
+            moved.slot = slot;
         }
-        while self.map.len() >= self.capacity {
-            match self.map.pop_lru() {
-                Some((_, old)) if old.is_live(now) => evicted.live += 1,
-                Some(_) => evicted.expired += 1,
+        Some(removed)
+    }
+
+    /// Stores `value` at `key`, evicting to stay within capacity.
+    pub(crate) fn put(
+        &mut self,
+        hash: u64,
+        key: &impl KeyRef,
+        value: Value,
+        expires_at: u64,
+        now: u64,
+    ) -> Evicted {
+        let t = self.tick();
+        if let Some(entry) = self.table.find_mut(hash, |e| key.matches(&e.key)) {
+            entry.value = value;
+            entry.expires_at = expires_at;
+            entry.last_used = t;
+            return Evicted::default();
+        }
+        let mut evicted = Evicted::default();
+        while self.table.len() >= self.capacity {
+            match self.evict_one(now) {
+                Some(true) => evicted.live += 1,
+                Some(false) => evicted.expired += 1,
                 None => break,
             }
         }
-        self.map.push(Box::from(key), Entry { value, expires_at });
+        let entry = Entry {
+            value,
+            expires_at,
+            key: key.to_store_key(),
+            hash,
+            last_used: t,
+            slot: self.hashes.len(),
+        };
+        self.hashes.push(hash);
+        self.table.insert_unique(hash, entry, |e| e.hash);
         evicted
     }
 
-    /// Removes up to `batch` dead entries; returns how many.
-    pub(crate) fn sweep(&mut self, now: u64, batch: usize) -> usize {
-        let dead: Vec<Box<str>> = self
-            .map
-            .iter()
-            .filter(|(_, e)| !e.is_live(now))
-            .take(batch)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in &dead {
-            self.map.pop(key);
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: cheap, and good enough to pick eviction candidates.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn at_slot(&self, slot: usize) -> Option<&Entry> {
+        let hash = *self.hashes.get(slot)?;
+        self.table.find(hash, |e| e.slot == slot)
+    }
+
+    /// Evicts one entry; `Some(true)` if it was live.
+    fn evict_one(&mut self, now: u64) -> Option<bool> {
+        let len = self.hashes.len();
+        let candidates: Vec<usize> = if len <= SAMPLE {
+            (0..len).collect()
+        } else {
+            (0..SAMPLE)
+                .map(|_| (self.next_random() % len as u64) as usize)
+                .collect()
+        };
+        // Dead entries go first, then the least recently used.
+        let (slot, live, _) = candidates
+            .into_iter()
+            .filter_map(|slot| {
+                self.at_slot(slot)
+                    .map(|e| (slot, e.is_live(now), e.last_used))
+            })
+            .min_by_key(|&(_, live, used)| (live, used))?;
+        self.remove_slot(slot)?;
+        Some(live)
+    }
+
+    /// Removes dead entries, examining at most `batch` entries per call,
+    /// starting at `cursor`; returns (removed, next cursor or `None` when done).
+    pub(crate) fn sweep(
+        &mut self,
+        now: u64,
+        cursor: usize,
+        batch: usize,
+    ) -> (usize, Option<usize>) {
+        let mut slot = cursor;
+        let mut removed = 0;
+        for _ in 0..batch {
+            match self.at_slot(slot).map(|e| e.is_live(now)) {
+                None => return (removed, None),
+                Some(false) => {
+                    // The last entry moves into `slot`: look at it again.
+                    self.remove_slot(slot);
+                    removed += 1;
+                }
+                Some(true) => slot += 1,
+            }
         }
-        dead.len()
+        (removed, Some(slot))
     }
 
     /// Live keys and their approximate footprint in bytes.
     pub(crate) fn measure(&self, now: u64) -> (u64, u64) {
-        let per_entry = size_of::<Entry>() + size_of::<Box<str>>() + 4 * size_of::<usize>();
-        self.map
+        let per_entry = size_of::<Entry>() + size_of::<u64>() + 1;
+        self.table
             .iter()
-            .filter(|(_, e)| e.is_live(now))
-            .fold((0, 0), |(n, bytes), (k, e)| {
-                (n + 1, bytes + (per_entry + k.len() + e.value.approx_bytes()) as u64)
+            .filter(|e| e.is_live(now))
+            .fold((0, 0), |(n, bytes), e| {
+                (
+                    n + 1,
+                    bytes + (per_entry + e.key.heap_bytes() + e.value.heap_bytes()) as u64,
+                )
             })
+    }
+
+    /// Every key, for consistency checks in tests.
+    #[cfg(test)]
+    fn keys(&self) -> Vec<&str> {
+        self.table.iter().map(|e| e.key.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Whole;
+    use std::hash::BuildHasher;
+
+    fn hash(key: &str) -> u64 {
+        foldhash::fast::FixedState::with_seed(1).hash_one(Whole(key))
+    }
+
+    fn put(s: &mut Shard, key: &str, expires: u64, now: u64) -> Evicted {
+        s.put(
+            hash(key),
+            &Whole(key),
+            Value::Bytes(Box::default()),
+            expires,
+            now,
+        )
+    }
+
+    fn consistent(s: &Shard) {
+        assert_eq!(s.hashes.len(), s.table.len());
+        for (slot, h) in s.hashes.iter().enumerate() {
+            let e = s.at_slot(slot).expect("every slot names an entry");
+            assert_eq!(e.hash, *h);
+        }
+        for key in s.keys() {
+            assert!(s.peek(hash(key), &Whole(key)).is_some());
+        }
+    }
+
+    #[test]
+    fn evicts_within_capacity_and_stays_consistent() {
+        let mut s = Shard::new(100, 7);
+        for i in 0..1_000 {
+            put(
+                &mut s,
+                &format!("k{i}"),
+                if i % 10 == 0 { 5 } else { 1_000 },
+                0,
+            );
+            if i % 97 == 0 {
+                consistent(&s);
+            }
+        }
+        assert_eq!(s.len(), 100);
+        consistent(&s);
+        assert!(s.remove(hash("k999"), &Whole("k999")).is_some());
+        consistent(&s);
+    }
+
+    #[test]
+    fn sweep_removes_every_dead_entry_in_batches() {
+        let mut s = Shard::new(1_000, 7);
+        for i in 0..1_000 {
+            put(&mut s, &format!("k{i}"), if i % 3 == 0 { 5 } else { 50 }, 0);
+        }
+        let (mut cursor, mut removed) = (Some(0), 0);
+        while let Some(c) = cursor {
+            let (n, next) = s.sweep(10, c, 64);
+            removed += n;
+            cursor = next;
+        }
+        assert_eq!((removed, s.len()), (334, 666));
+        consistent(&s);
+    }
+
+    #[test]
+    fn sampled_eviction_spares_recent_keys() {
+        // A key used just now is never the least recently used of a sample
+        // that contains any other key.
+        let mut s = Shard::new(1_000, 7);
+        for i in 0..1_000 {
+            put(&mut s, &format!("k{i}"), 1_000, 0);
+        }
+        for i in 0..500 {
+            s.touch(hash("k0"), &Whole("k0"));
+            put(&mut s, &format!("n{i}"), 1_000, 0);
+        }
+        assert!(s.peek(hash("k0"), &Whole("k0")).is_some());
+        consistent(&s);
     }
 }

@@ -9,24 +9,27 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
 use ratelimit_core::engine::{self, Write};
 use ratelimit_core::{
-    CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Result, Storage, StorageStats, SystemClock,
-    Timestamp,
+    CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Result, Storage,
+    StorageStats, SystemClock, Timestamp,
 };
 use std::hash::BuildHasher;
 
 use crate::config::MemoryConfig;
+use crate::key::{KeyRef, RuleKey, Whole};
 use crate::shard::{Evicted, Shard, Value};
 
-/// Dead entries removed per lock hold by the sweep.
+/// Entries examined per lock hold by the sweep.
 const SWEEP_BATCH: usize = 1_024;
 
 /// The in-memory store: the embedded default.
 ///
-/// Keys are spread over shards, each an LRU map behind its own lock, so the
-/// store holds at most [`max_size`](MemoryConfig::max_size) keys: when full, the
-/// least recently used key of the shard goes first (LRU is exact within a
-/// shard and approximate across shards). Every value expires; expired values
-/// are dropped when touched, when evicted, and by a background sweep.
+/// Keys are spread over shards, each a map behind its own lock, so the store
+/// holds at most [`max_size`](MemoryConfig::max_size) keys. When a shard is
+/// full, expired keys go first, then the least recently used: the store
+/// compares 8 random keys of the shard and evicts the one used longest ago
+/// (Redis's approximated LRU; exact in shards of up to 8 keys). Every value
+/// expires; expired values are dropped when touched, when evicted, and by a
+/// background sweep.
 ///
 /// Decisions run under the shard locks of their keys, so they are exact across
 /// any number of tasks and threads in one process. State is not shared between
@@ -58,7 +61,7 @@ pub struct MemoryStorage {
 struct Shared {
     shards: Box<[Mutex<Shard>]>,
     mask: usize,
-    shard_hasher: RandomState,
+    hasher: RandomState,
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
     evictions: AtomicU64,
@@ -115,18 +118,17 @@ impl MemoryStorageBuilder {
         let wanted = self.config.shards.clamp(1, max_size);
         // Largest power of two not above `wanted`.
         let count = 1usize << (usize::BITS - 1 - wanted.leading_zeros());
-        let map_hasher = RandomState::default();
         let shards = (0..count)
             .map(|i| {
                 let capacity = max_size / count + usize::from(i < max_size % count);
-                Mutex::new(Shard::new(capacity, map_hasher.clone()))
+                Mutex::new(Shard::new(capacity, 0x9E37_79B9_7F4A_7C15 ^ i as u64))
             })
             .collect();
         let store = MemoryStorage {
             shared: Arc::new(Shared {
                 shards,
                 mask: count - 1,
-                shard_hasher: RandomState::default(),
+                hasher: RandomState::default(),
                 clock: self.clock,
                 closed: AtomicBool::new(false),
                 evictions: AtomicU64::new(0),
@@ -179,7 +181,11 @@ impl MemoryStorage {
     /// the store is dropped or closed.
     pub fn start_cleanup(&self, interval: Duration) -> Result<()> {
         let handle = tokio::runtime::Handle::try_current().map_err(|e| {
-            Error::new(ErrorKind::InvalidInput, "the cleanup task needs a tokio runtime").with_source(e)
+            Error::new(
+                ErrorKind::InvalidInput,
+                "the cleanup task needs a tokio runtime",
+            )
+            .with_source(e)
         })?;
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
         let period = interval.max(Duration::from_millis(1));
@@ -212,7 +218,11 @@ impl MemoryStorage {
 
     /// Whether the background sweep is running.
     pub fn is_cleanup_running(&self) -> bool {
-        self.shared.cleanup.lock().as_ref().is_some_and(|t| !t.is_finished())
+        self.shared
+            .cleanup
+            .lock()
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
     }
 
     /// Sweeps expired keys now, in batches; returns how many were removed.
@@ -231,18 +241,29 @@ impl MemoryStorage {
         self.shared.clock.now().as_micros()
     }
 
-    fn shard_index(&self, key: &str) -> usize {
-        (self.shared.shard_hasher.hash_one(key) as usize) & self.shared.mask
+    /// The key's hash (computed once per operation) and its shard's index. The
+    /// shard comes from the middle bits: the table uses the low bits for slots
+    /// and the top bits for tags, which must stay varied within a shard.
+    fn locate(&self, key: &impl KeyRef) -> (u64, usize) {
+        let hash = self.shared.hasher.hash_one(key);
+        (hash, ((hash >> 32) as usize) & self.shared.mask)
     }
 
-    #[allow(clippy::indexing_slicing, reason = "the index is masked to the shard count, a power of two")]
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        self.shared.shards[self.shard_index(key)].lock()
+    /// The key's hash and its shard, locked.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "the index is masked to the shard count, a power of two"
+    )]
+    fn shard(&self, key: &impl KeyRef) -> (u64, MutexGuard<'_, Shard>) {
+        let (hash, index) = self.locate(key);
+        (hash, self.shared.shards[index].lock())
     }
 
     fn record(&self, evicted: Evicted) {
         if evicted.live > 0 {
-            self.shared.evictions.fetch_add(evicted.live, Ordering::Relaxed);
+            self.shared
+                .evictions
+                .fetch_add(evicted.live, Ordering::Relaxed);
         }
         self.count_expired(evicted.expired);
     }
@@ -256,25 +277,38 @@ impl MemoryStorage {
     /// Locks the shards of `keys` in index order (so concurrent multi-key
     /// operations cannot deadlock) and returns the guards with, per key, the
     /// position of its guard.
-    fn lock_many<'a>(&'a self, keys: impl Iterator<Item = &'a str>) -> (Vec<MutexGuard<'a, Shard>>, Vec<usize>) {
-        let indices: Vec<usize> = keys.map(|k| self.shard_index(k)).collect();
+    /// Also returns each key's hash.
+    fn lock_many<'a, K: KeyRef + 'a>(
+        &'a self,
+        keys: impl Iterator<Item = &'a K>,
+    ) -> (Vec<MutexGuard<'a, Shard>>, Vec<(u64, usize)>) {
+        let located: Vec<(u64, usize)> = keys.map(|k| self.locate(k)).collect();
+        let indices: Vec<usize> = located.iter().map(|(_, i)| *i).collect();
         let mut order = indices.clone();
         order.sort_unstable();
         order.dedup();
-        let guards = order.iter().filter_map(|&i| self.shared.shards.get(i)).map(|s| s.lock()).collect();
-        let slots = indices
+        let guards = order
             .iter()
-            .map(|i| order.binary_search(i).unwrap_or_default())
+            .filter_map(|&i| self.shared.shards.get(i))
+            .map(|s| s.lock())
+            .collect();
+        let slots = located
+            .iter()
+            .map(|(hash, i)| (*hash, order.binary_search(i).unwrap_or_default()))
             .collect();
         (guards, slots)
     }
 
     fn decide_one(&self, entry: &DecideEntry<'_>, now: Timestamp, cost: u64) -> Result<Decision> {
         let now_us = now.as_micros();
-        let mut shard = self.shard(entry.key);
-        match shard.map.get_mut(entry.key) {
+        let key = RuleKey {
+            rule: entry.rule.name(),
+            key: entry.key,
+        };
+        let (hash, mut shard) = self.shard(&key);
+        match shard.touch(hash, &key) {
             Some(slot) if slot.is_live(now_us) => {
-                let state = slot.value.rule_state(entry.key)?;
+                let state = slot.value.rule_state(&key)?;
                 let (decision, write) = engine::decide_one(entry.rule, Some(&state), now, cost)?;
                 if let Some(Write { state, ttl }) = write {
                     slot.value = Value::State(state);
@@ -294,7 +328,8 @@ impl MemoryStorage {
             None => {
                 let (decision, write) = engine::decide_one(entry.rule, None, now, cost)?;
                 if let Some(Write { state, ttl }) = write {
-                    let evicted = shard.put(entry.key, Value::State(state), expiry(now_us, ttl), now_us);
+                    let evicted =
+                        shard.put(hash, &key, Value::State(state), expiry(now_us, ttl), now_us);
                     drop(shard);
                     self.record(evicted);
                 }
@@ -303,26 +338,42 @@ impl MemoryStorage {
         }
     }
 
-    fn decide_many(&self, entries: &[DecideEntry<'_>], now: Timestamp, cost: u64) -> Result<Decision> {
+    fn decide_many(
+        &self,
+        entries: &[DecideEntry<'_>],
+        now: Timestamp,
+        cost: u64,
+    ) -> Result<Decision> {
         let now_us = now.as_micros();
-        let (mut guards, slots) = self.lock_many(entries.iter().map(|e| e.key));
+        let keys: Vec<RuleKey<'_>> = entries
+            .iter()
+            .map(|e| RuleKey {
+                rule: e.rule.name(),
+                key: e.key,
+            })
+            .collect();
+        let (mut guards, slots) = self.lock_many(keys.iter());
         let mut expired = 0;
         let mut states = Vec::with_capacity(entries.len());
-        for (entry, &slot) in entries.iter().zip(&slots) {
+        for (key, &(hash, slot)) in keys.iter().zip(&slots) {
             let shard = guards.get_mut(slot).ok_or_else(internal)?;
-            let state = match shard.live(entry.key, now_us, &mut expired) {
-                Some(e) => Some(e.value.rule_state(entry.key)?.into_owned()),
+            let state = match shard.live(hash, key, now_us, &mut expired) {
+                Some(e) => Some(e.value.rule_state(key)?.into_owned()),
                 None => None,
             };
             states.push(state);
         }
-        let rules: Vec<_> = entries.iter().zip(&states).map(|(e, s)| (e.rule, s.as_ref())).collect();
+        let rules: Vec<_> = entries
+            .iter()
+            .zip(&states)
+            .map(|(e, s)| (e.rule, s.as_ref()))
+            .collect();
         let (decision, writes) = engine::decide_all(&rules, now, cost)?;
         let mut evicted = Evicted::default();
-        for ((entry, &slot), write) in entries.iter().zip(&slots).zip(writes) {
+        for ((key, &(hash, slot)), write) in keys.iter().zip(&slots).zip(writes) {
             if let Some(Write { state, ttl }) = write {
                 let shard = guards.get_mut(slot).ok_or_else(internal)?;
-                let e = shard.put(entry.key, Value::State(state), expiry(now_us, ttl), now_us);
+                let e = shard.put(hash, key, Value::State(state), expiry(now_us, ttl), now_us);
                 evicted.live += e.live;
                 evicted.expired += e.expired;
             }
@@ -339,7 +390,10 @@ fn expiry(now: u64, ttl: Duration) -> u64 {
 }
 
 fn internal() -> Error {
-    Error::new(ErrorKind::Other, "memory store: shard bookkeeping is inconsistent")
+    Error::new(
+        ErrorKind::Other,
+        "memory store: shard bookkeeping is inconsistent",
+    )
 }
 
 impl Shared {
@@ -347,12 +401,11 @@ impl Shared {
         let now = self.clock.now().as_micros();
         let mut removed = 0u64;
         for shard in self.shards.iter() {
-            loop {
-                let n = shard.lock().sweep(now, SWEEP_BATCH);
+            let mut cursor = Some(0);
+            while let Some(start) = cursor {
+                let (n, next) = shard.lock().sweep(now, start, SWEEP_BATCH);
                 removed += n as u64;
-                if n < SWEEP_BATCH {
-                    break;
-                }
+                cursor = next;
             }
         }
         if removed > 0 {
@@ -368,9 +421,10 @@ impl Storage for MemoryStorage {
         self.ensure_open()?;
         let now = self.now();
         let mut expired = 0;
-        let value = self
-            .shard(key)
-            .live(key, now, &mut expired)
+        let key = Whole(key);
+        let (hash, mut shard) = self.shard(&key);
+        let value = shard
+            .live(hash, &key, now, &mut expired)
             .map(|e| e.value.to_bytes().into_owned());
         self.count_expired(expired);
         Ok(value)
@@ -379,7 +433,16 @@ impl Storage for MemoryStorage {
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         self.ensure_open()?;
         let now = self.now();
-        let evicted = self.shard(key).put(key, Value::Bytes(value.into()), expiry(now, ttl), now);
+        let key = Whole(key);
+        let (hash, mut shard) = self.shard(&key);
+        let evicted = shard.put(
+            hash,
+            &key,
+            Value::Bytes(value.into()),
+            expiry(now, ttl),
+            now,
+        );
+        drop(shard);
         self.record(evicted);
         Ok(())
     }
@@ -387,29 +450,44 @@ impl Storage for MemoryStorage {
     async fn delete(&self, key: &str) -> Result<bool> {
         self.ensure_open()?;
         let now = self.now();
-        let removed = self.shard(key).map.pop(key);
+        let key = Whole(key);
+        let (hash, mut shard) = self.shard(&key);
+        let removed = shard.remove(hash, &key);
         Ok(removed.is_some_and(|e| e.is_live(now)))
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
         self.ensure_open()?;
         let now = self.now();
-        Ok(self.shard(key).map.peek(key).is_some_and(|e| e.is_live(now)))
+        let key = Whole(key);
+        let (hash, shard) = self.shard(&key);
+        Ok(shard.peek(hash, &key).is_some_and(|e| e.is_live(now)))
     }
 
     async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
         self.ensure_open()?;
         let now = self.now();
         let mut expired = 0;
-        let mut shard = self.shard(key);
-        let (current, expires_at) = match shard.live(key, now, &mut expired) {
-            Some(entry) => (parse_integer(key, &entry.value)?, entry.expires_at),
+        let name = key;
+        let key = Whole(key);
+        let (hash, mut shard) = self.shard(&key);
+        let (current, expires_at) = match shard.live(hash, &key, now, &mut expired) {
+            Some(entry) => (parse_integer(name, &entry.value)?, entry.expires_at),
             None => (0, expiry(now, ttl)),
         };
         let next = current.checked_add(amount).ok_or_else(|| {
-            Error::new(ErrorKind::WrongType, format!("incrementing {key:?} by {amount} overflows"))
+            Error::new(
+                ErrorKind::WrongType,
+                format!("incrementing {name:?} by {amount} overflows"),
+            )
         })?;
-        let evicted = shard.put(key, Value::Bytes(next.to_string().into_bytes().into()), expires_at, now);
+        let evicted = shard.put(
+            hash,
+            &key,
+            Value::Bytes(next.to_string().into_bytes().into()),
+            expires_at,
+            now,
+        );
         drop(shard);
         self.record(evicted);
         self.count_expired(expired);
@@ -446,7 +524,10 @@ impl Storage for MemoryStorage {
         stats.details = vec![
             ("max_size".to_owned(), self.shared.max_size.to_string()),
             ("shards".to_owned(), self.shared.shards.len().to_string()),
-            ("cleanup_running".to_owned(), self.is_cleanup_running().to_string()),
+            (
+                "cleanup_running".to_owned(),
+                self.is_cleanup_running().to_string(),
+            ),
         ];
         Ok(stats)
     }
@@ -454,11 +535,12 @@ impl Storage for MemoryStorage {
     async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
         self.ensure_open()?;
         let now = self.now();
-        let (mut guards, slots) = self.lock_many(ops.iter().map(|op| op.key));
+        let keys: Vec<Whole<'_>> = ops.iter().map(|op| Whole(op.key)).collect();
+        let (mut guards, slots) = self.lock_many(keys.iter());
         let mut expired = 0;
-        for (op, &slot) in ops.iter().zip(&slots) {
+        for ((op, key), &(hash, slot)) in ops.iter().zip(&keys).zip(&slots) {
             let shard = guards.get_mut(slot).ok_or_else(internal)?;
-            let current = shard.live(op.key, now, &mut expired);
+            let current = shard.live(hash, key, now, &mut expired);
             let matches = match (current, op.expected) {
                 (None, None) => true,
                 (Some(entry), Some(expected)) => entry.value.to_bytes().as_ref() == expected,
@@ -470,13 +552,16 @@ impl Storage for MemoryStorage {
                 return Ok(false);
             }
         }
-        let mut evicted = Evicted {
-            live: 0,
-            expired,
-        };
-        for (op, &slot) in ops.iter().zip(&slots) {
+        let mut evicted = Evicted { live: 0, expired };
+        for ((op, key), &(hash, slot)) in ops.iter().zip(&keys).zip(&slots) {
             let shard = guards.get_mut(slot).ok_or_else(internal)?;
-            let e = shard.put(op.key, Value::Bytes(op.new_value.into()), expiry(now, op.ttl), now);
+            let e = shard.put(
+                hash,
+                key,
+                Value::Bytes(op.new_value.into()),
+                expiry(now, op.ttl),
+                now,
+            );
             evicted.live += e.live;
             evicted.expired += e.expired;
         }
@@ -486,32 +571,43 @@ impl Storage for MemoryStorage {
     }
 
     async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
-        self.ensure_open()?;
-        match request.entries {
-            [] => Err(Error::new(ErrorKind::InvalidInput, "a decision needs at least one rule")),
-            [entry] => self.decide_one(entry, request.now, request.cost),
-            many => self.decide_many(many, request.now, request.cost),
-        }
+        self.decide_sync(request)
+    }
+
+    fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
+        Some(self.decide_sync(request))
     }
 }
 
 impl MemoryStorage {
+    fn decide_sync(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+        self.ensure_open()?;
+        match request.entries {
+            [] => Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a decision needs at least one rule",
+            )),
+            [entry] => self.decide_one(entry, request.now, request.cost),
+            many => self.decide_many(many, request.now, request.cost),
+        }
+    }
+
     fn clear_all(&self) -> u64 {
         self.shared
             .shards
             .iter()
-            .map(|s| {
-                let mut shard = s.lock();
-                let n = shard.map.len() as u64;
-                shard.map.clear();
-                n
-            })
+            .map(|s| s.lock().clear() as u64)
             .sum()
     }
 }
 
 fn parse_integer(key: &str, value: &Value) -> Result<i64> {
-    let not_integer = || Error::new(ErrorKind::WrongType, format!("the value at {key:?} is not an integer"));
+    let not_integer = || {
+        Error::new(
+            ErrorKind::WrongType,
+            format!("the value at {key:?} is not an integer"),
+        )
+    };
     match value {
         Value::Bytes(b) => std::str::from_utf8(b)
             .ok()

@@ -9,7 +9,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use ratelimit_core::state::{AlgorithmState, RuleState};
-use ratelimit_core::{Algorithm, CasOp, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage, Timestamp};
+use ratelimit_core::{
+    Algorithm, CasOp, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage, Timestamp,
+};
 
 use crate::Harness;
 use crate::model::{Expected, Model};
@@ -51,12 +53,21 @@ pub async fn kv_get_set_delete_exists(h: Arc<dyn Harness>) {
 /// Values disappear when their TTL passes.
 pub async fn kv_values_expire(h: Arc<dyn Harness>) {
     let (store, _, clock) = setup(&h).await;
-    store.set("short", b"x", Duration::from_secs(10)).await.unwrap();
-    store.set("long", b"y", Duration::from_secs(30)).await.unwrap();
+    store
+        .set("short", b"x", Duration::from_secs(10))
+        .await
+        .unwrap();
+    store
+        .set("long", b"y", Duration::from_secs(30))
+        .await
+        .unwrap();
     clock.advance(Duration::from_secs(9));
     assert!(store.exists("short").await.unwrap());
     clock.advance(Duration::from_secs(1));
-    assert!(!store.exists("short").await.unwrap(), "a value is gone once its TTL has passed");
+    assert!(
+        !store.exists("short").await.unwrap(),
+        "a value is gone once its TTL has passed"
+    );
     assert_eq!(store.get("short").await.unwrap(), None);
     assert!(!store.delete("short").await.unwrap());
     assert_eq!(store.get("long").await.unwrap().as_deref(), Some(&b"y"[..]));
@@ -66,19 +77,46 @@ pub async fn kv_values_expire(h: Arc<dyn Harness>) {
 /// and refuses non-integers.
 pub async fn kv_increment(h: Arc<dyn Harness>) {
     let (store, _, clock) = setup(&h).await;
-    assert_eq!(store.increment("n", 5, Duration::from_secs(10)).await.unwrap(), 5);
+    assert_eq!(
+        store
+            .increment("n", 5, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        5
+    );
     clock.advance(Duration::from_secs(6));
-    assert_eq!(store.increment("n", -2, Duration::from_secs(100)).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .increment("n", -2, Duration::from_secs(100))
+            .await
+            .unwrap(),
+        3
+    );
     assert_eq!(store.get("n").await.unwrap().as_deref(), Some(&b"3"[..]));
     clock.advance(Duration::from_secs(4));
-    assert!(!store.exists("n").await.unwrap(), "increment keeps the first expiry");
-    assert_eq!(store.increment("n", 1, Duration::from_secs(10)).await.unwrap(), 1);
+    assert!(
+        !store.exists("n").await.unwrap(),
+        "increment keeps the first expiry"
+    );
+    assert_eq!(
+        store
+            .increment("n", 1, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        1
+    );
 
     store.set("text", b"hello", HOUR).await.unwrap();
     let err = store.increment("text", 1, HOUR).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WrongType);
-    store.set("big", i64::MAX.to_string().as_bytes(), HOUR).await.unwrap();
-    assert_eq!(store.increment("big", 1, HOUR).await.unwrap_err().kind(), ErrorKind::WrongType);
+    store
+        .set("big", i64::MAX.to_string().as_bytes(), HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.increment("big", 1, HOUR).await.unwrap_err().kind(),
+        ErrorKind::WrongType
+    );
 
     // Concurrent increments lose nothing.
     let tasks: Vec<_> = (0..32)
@@ -94,7 +132,10 @@ pub async fn kv_increment(h: Arc<dyn Harness>) {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(store.get("shared").await.unwrap().as_deref(), Some(&b"800"[..]));
+    assert_eq!(
+        store.get("shared").await.unwrap().as_deref(),
+        Some(&b"800"[..])
+    );
 }
 
 /// clear removes every key, including rule state.
@@ -111,7 +152,10 @@ pub async fn kv_clear(h: Arc<dyn Harness>) {
     for i in 0..10 {
         assert!(!store.exists(&format!("k{i}")).await.unwrap());
     }
-    assert!(limiter.check(&r, "u").await.unwrap().is_allowed(), "state is gone after clear");
+    assert!(
+        limiter.check(&r, "u").await.unwrap().is_allowed(),
+        "state is gone after clear"
+    );
 }
 
 /// After close, every operation fails with `Closed`; closing twice is fine.
@@ -121,7 +165,10 @@ pub async fn kv_close(h: Arc<dyn Harness>) {
     store.close().await.unwrap();
     store.close().await.unwrap();
     assert_eq!(store.get("k").await.unwrap_err().kind(), ErrorKind::Closed);
-    assert_eq!(store.set("k", b"v", HOUR).await.unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(
+        store.set("k", b"v", HOUR).await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
     let r = rule("r", Algorithm::Gcra, "1/s");
     let err = limiter.check(&r, "u").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed);
@@ -152,10 +199,30 @@ pub async fn cas_semantics(h: Arc<dyn Harness>) {
         new_value,
         ttl: Duration::from_secs(10),
     };
-    assert!(store.compare_and_swap(&[op("a", None, b"1")]).await.unwrap());
-    assert!(!store.compare_and_swap(&[op("a", None, b"2")]).await.unwrap());
-    assert!(!store.compare_and_swap(&[op("a", Some(b"0"), b"2")]).await.unwrap());
-    assert!(store.compare_and_swap(&[op("a", Some(b"1"), b"2")]).await.unwrap());
+    assert!(
+        store
+            .compare_and_swap(&[op("a", None, b"1")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .compare_and_swap(&[op("a", None, b"2")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .compare_and_swap(&[op("a", Some(b"0"), b"2")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .compare_and_swap(&[op("a", Some(b"1"), b"2")])
+            .await
+            .unwrap()
+    );
     assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"2"[..]));
 
     // One stale expectation stops every write.
@@ -169,7 +236,12 @@ pub async fn cas_semantics(h: Arc<dyn Harness>) {
 
     // An expired value counts as absent, and a CAS write carries its TTL.
     clock.advance(Duration::from_secs(10));
-    assert!(store.compare_and_swap(&[op("a", None, b"5")]).await.unwrap());
+    assert!(
+        store
+            .compare_and_swap(&[op("a", None, b"5")])
+            .await
+            .unwrap()
+    );
     clock.advance(Duration::from_secs(10));
     assert!(!store.exists("a").await.unwrap());
 }
@@ -188,7 +260,10 @@ pub async fn peek_does_not_consume(h: Arc<dyn Harness>) {
             assert_eq!(d.remaining(), expected, "{algorithm}");
         }
         let d = limiter.peek(&r, algorithm.as_str()).await.unwrap();
-        assert!(!d.is_allowed() && d.remaining() == 0 && d.retry_after().is_some(), "{algorithm}: {d:?}");
+        assert!(
+            !d.is_allowed() && d.remaining() == 0 && d.retry_after().is_some(),
+            "{algorithm}: {d:?}"
+        );
     }
 }
 
@@ -203,8 +278,15 @@ pub async fn reset_forgets_a_key(h: Arc<dyn Harness>) {
         }
         assert!(limiter.reset(&r, "a").await.unwrap());
         assert!(!limiter.reset(&r, "a").await.unwrap());
-        assert_eq!(limiter.check(&r, "a").await.unwrap().remaining(), 1, "{algorithm}");
-        assert!(!limiter.check(&r, "b").await.unwrap().is_allowed(), "{algorithm}");
+        assert_eq!(
+            limiter.check(&r, "a").await.unwrap().remaining(),
+            1,
+            "{algorithm}"
+        );
+        assert!(
+            !limiter.check(&r, "b").await.unwrap().is_allowed(),
+            "{algorithm}"
+        );
     }
 }
 
@@ -212,17 +294,30 @@ pub async fn reset_forgets_a_key(h: Arc<dyn Harness>) {
 pub async fn penalty_blocks_then_releases(h: Arc<dyn Harness>) {
     let (_, limiter, clock) = setup(&h).await;
     for algorithm in Algorithm::ALL {
-        let r = rule("pen", algorithm, "2/s").with_penalty(Duration::from_secs(60)).unwrap();
+        let r = rule("pen", algorithm, "2/s")
+            .with_penalty(Duration::from_secs(60))
+            .unwrap();
         let key = algorithm.as_str();
         limiter.check_cost(&r, key, 2).await.unwrap();
         let d = limiter.check(&r, key).await.unwrap();
-        assert_eq!(d.retry_after(), Some(Duration::from_secs(60)), "{algorithm}");
+        assert_eq!(
+            d.retry_after(),
+            Some(Duration::from_secs(60)),
+            "{algorithm}"
+        );
         clock.advance(Duration::from_secs(30));
         let d = limiter.check(&r, key).await.unwrap();
-        assert_eq!(d.retry_after(), Some(Duration::from_secs(30)), "{algorithm}: the block is not extended");
+        assert_eq!(
+            d.retry_after(),
+            Some(Duration::from_secs(30)),
+            "{algorithm}: the block is not extended"
+        );
         assert!(!limiter.peek(&r, key).await.unwrap().is_allowed());
         clock.advance(Duration::from_secs(30));
-        assert!(limiter.check(&r, key).await.unwrap().is_allowed(), "{algorithm}");
+        assert!(
+            limiter.check(&r, key).await.unwrap().is_allowed(),
+            "{algorithm}"
+        );
     }
 }
 
@@ -235,22 +330,41 @@ pub async fn multi_quota_all_or_nothing(h: Arc<dyn Harness>) {
         let key = algorithm.as_str();
         let both = [(&per_second, key), (&per_hour, key)];
         let d = limiter.check_all(&both, 1).await.unwrap();
-        assert!(d.is_allowed() && d.rule() == "ps" && d.remaining() == 1, "{algorithm}: {d:?}");
+        assert!(
+            d.is_allowed() && d.rule() == "ps" && d.remaining() == 1,
+            "{algorithm}: {d:?}"
+        );
         limiter.check_all(&both, 1).await.unwrap();
         let d = limiter.check_all(&both, 1).await.unwrap();
         assert!(!d.is_allowed() && d.rule() == "ps", "{algorithm}: {d:?}");
         // The hourly rule allowed, but consumed nothing for the denied request.
-        assert_eq!(limiter.peek(&per_hour, key).await.unwrap().remaining(), 3, "{algorithm}");
+        assert_eq!(
+            limiter.peek(&per_hour, key).await.unwrap().remaining(),
+            3,
+            "{algorithm}"
+        );
         // Different keys per rule: a per-user and a shared rule.
         let shared = rule("shared", algorithm, "1/hour");
-        let d = limiter.check_all(&[(&per_hour, "user-x"), (&shared, "all")], 1).await.unwrap();
+        let d = limiter
+            .check_all(&[(&per_hour, "user-x"), (&shared, "all")], 1)
+            .await
+            .unwrap();
         assert!(d.is_allowed() && d.rule() == "shared");
-        let d = limiter.check_all(&[(&per_hour, "user-y"), (&shared, "all")], 1).await.unwrap();
+        let d = limiter
+            .check_all(&[(&per_hour, "user-y"), (&shared, "all")], 1)
+            .await
+            .unwrap();
         assert!(!d.is_allowed() && d.rule() == "shared");
-        assert_eq!(limiter.peek(&per_hour, "user-y").await.unwrap().remaining(), 5);
+        assert_eq!(
+            limiter.peek(&per_hour, "user-y").await.unwrap().remaining(),
+            5
+        );
     }
     let r = rule("dup", Algorithm::Gcra, "1/s");
-    let err = limiter.check_all(&[(&r, "k"), (&r, "k")], 1).await.unwrap_err();
+    let err = limiter
+        .check_all(&[(&r, "k"), (&r, "k")], 1)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
 }
 
@@ -263,7 +377,10 @@ pub async fn state_keys_expire(h: Arc<dyn Harness>) {
         let key = limiter.state_key(&r, "idle");
         assert!(store.exists(&key).await.unwrap(), "{algorithm}");
         clock.advance(Duration::from_secs(2));
-        assert!(!store.exists(&key).await.unwrap(), "{algorithm}: state outlived its window");
+        assert!(
+            !store.exists(&key).await.unwrap(),
+            "{algorithm}: state outlived its window"
+        );
     }
 }
 
@@ -276,7 +393,10 @@ pub async fn long_keys_are_bounded(h: Arc<dyn Harness>) {
     b.push('b');
     assert!(limiter.check(&r, &a).await.unwrap().is_allowed());
     assert!(!limiter.check(&r, &a).await.unwrap().is_allowed());
-    assert!(limiter.check(&r, &b).await.unwrap().is_allowed(), "distinct long keys stay distinct");
+    assert!(
+        limiter.check(&r, &b).await.unwrap().is_allowed(),
+        "distinct long keys stay distinct"
+    );
     let key = limiter.state_key(&r, &a);
     assert!(key.len() <= 4 + 1 + 104, "{}", key.len());
     assert!(store.exists(&key).await.unwrap());
@@ -289,7 +409,10 @@ pub async fn cost_above_capacity_is_an_error(h: Arc<dyn Harness>) {
         let r = rule("cap", algorithm, "3/s");
         let err = limiter.check_cost(&r, "k", 4).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::CostExceedsCapacity, "{algorithm}");
-        let err = limiter.until_ready_cost(&r, "k", 4, None).await.unwrap_err();
+        let err = limiter
+            .until_ready_cost(&r, "k", 4, None)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::CostExceedsCapacity, "{algorithm}");
     }
 }
@@ -300,7 +423,13 @@ pub async fn corrupt_state_is_an_error(h: Arc<dyn Harness>) {
     let (store, limiter, _) = setup(&h).await;
     let r = rule("corrupt", Algorithm::Gcra, "1/s");
     let key = limiter.state_key(&r, "victim");
-    for garbage in [&b""[..], b"\x01", b"\x01\x06short", b"not state at all", &[0xff; 40]] {
+    for garbage in [
+        &b""[..],
+        b"\x01",
+        b"\x01\x06short",
+        b"not state at all",
+        &[0xff; 40],
+    ] {
         store.set(&key, garbage, HOUR).await.unwrap();
         let err = limiter.check(&r, "victim").await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::CorruptState, "{garbage:?}");
@@ -309,7 +438,10 @@ pub async fn corrupt_state_is_an_error(h: Arc<dyn Harness>) {
     // State of another algorithm (the rule was changed) starts afresh instead.
     let other = RuleState {
         blocked_until: 0,
-        algorithm: AlgorithmState::TokenBucket(ratelimit_core::state::TokenBucketState { tokens: 0, anchor: T0 }),
+        algorithm: AlgorithmState::TokenBucket(ratelimit_core::state::TokenBucketState {
+            tokens: 0,
+            anchor: T0,
+        }),
     };
     store.set(&key, &other.encode(), HOUR).await.unwrap();
     assert!(limiter.check(&r, "victim").await.unwrap().is_allowed());
@@ -323,9 +455,16 @@ pub async fn until_ready_waits(h: Arc<dyn Harness>) {
     let (_, limiter, clock) = setup(&h).await;
     let r = rule("wait", Algorithm::Gcra, "10/s");
     limiter.check_cost(&r, "api", 10).await.unwrap();
-    let d = limiter.until_ready_cost(&r, "api", 1, Some(Duration::from_millis(50))).await.unwrap();
+    let d = limiter
+        .until_ready_cost(&r, "api", 1, Some(Duration::from_millis(50)))
+        .await
+        .unwrap();
     assert!(!d.is_allowed() && d.retry_after() == Some(Duration::from_millis(100)));
-    assert_eq!(clock.now(), Timestamp::from_micros(T0), "a wait past the bound is not started");
+    assert_eq!(
+        clock.now(),
+        Timestamp::from_micros(T0),
+        "a wait past the bound is not started"
+    );
     let d = limiter.until_ready(&r, "api").await.unwrap();
     assert!(d.is_allowed());
     assert_eq!(clock.now(), Timestamp::from_micros(T0 + 100_000));
@@ -369,11 +508,19 @@ pub async fn concurrent_multi_rule_exactness(h: Arc<dyn Harness>) {
     let counts: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let tasks: Vec<_> = (0..64)
         .map(|i| {
-            let (limiter, per_user, global, counts) = (limiter.clone(), per_user.clone(), global.clone(), counts.clone());
+            let (limiter, per_user, global, counts) = (
+                limiter.clone(),
+                per_user.clone(),
+                global.clone(),
+                counts.clone(),
+            );
             tokio::spawn(async move {
                 let user = if i % 2 == 0 { "u0" } else { "u1" };
                 for _ in 0..3 {
-                    let d = limiter.check_all(&[(&per_user, user), (&global, "all")], 1).await.unwrap();
+                    let d = limiter
+                        .check_all(&[(&per_user, user), (&global, "all")], 1)
+                        .await
+                        .unwrap();
                     if d.is_allowed() {
                         counts[i % 2].fetch_add(1, Ordering::Relaxed);
                     }
@@ -385,11 +532,18 @@ pub async fn concurrent_multi_rule_exactness(h: Arc<dyn Harness>) {
     for t in tasks {
         t.await.unwrap();
     }
-    let (u0, u1) = (counts[0].load(Ordering::Relaxed), counts[1].load(Ordering::Relaxed));
+    let (u0, u1) = (
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+    );
     assert_eq!(u0 + u1, 50);
     for (user, n) in [("u0", u0), ("u1", u1)] {
         assert!(n <= 40);
-        assert_eq!(limiter.peek(&per_user, user).await.unwrap().remaining(), 40 - n, "{user}");
+        assert_eq!(
+            limiter.peek(&per_user, user).await.unwrap().remaining(),
+            40 - n,
+            "{user}"
+        );
     }
 }
 
@@ -418,10 +572,20 @@ pub struct Scenario {
 
 /// Random rules and request sequences for `algorithm`.
 pub fn scenarios(algorithm: Algorithm) -> impl Strategy<Value = Scenario> {
-    let windows = prop_oneof![Just(1_000u64), Just(7_000), Just(1_000_000), Just(60_000_000)];
+    let windows = prop_oneof![
+        Just(1_000u64),
+        Just(7_000),
+        Just(1_000_000),
+        Just(60_000_000)
+    ];
     let bursty = algorithm.uses_burst();
-    (windows, 1u64..=8, proptest::option::of(1u64..=10), proptest::option::of(0u64..3)).prop_flat_map(
-        move |(window, limit, burst, penalty)| {
+    (
+        windows,
+        1u64..=8,
+        proptest::option::of(1u64..=10),
+        proptest::option::of(0u64..3),
+    )
+        .prop_flat_map(move |(window, limit, burst, penalty)| {
             let mut quota = Quota::new(limit, Duration::from_micros(window)).unwrap();
             if bursty && let Some(b) = burst {
                 quota = quota.with_burst(b).unwrap();
@@ -448,8 +612,7 @@ pub fn scenarios(algorithm: Algorithm) -> impl Strategy<Value = Scenario> {
                 start_offset,
                 steps,
             })
-        },
-    )
+        })
 }
 
 async fn run_scenario(h: Arc<dyn Harness>, scenario: Scenario) -> Result<(), TestCaseError> {
@@ -470,26 +633,48 @@ async fn run_scenario(h: Arc<dyn Harness>, scenario: Scenario) -> Result<(), Tes
         };
         clock.advance(Duration::from_micros(dt));
         let now = clock.now().as_micros();
-        let decision = limiter.check_cost(rule, "k", *cost).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let decision = limiter
+            .check_cost(rule, "k", *cost)
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         if let Some(wait) = decision.retry_after() {
             retry_at = Some(now + u64::try_from(wait.as_micros()).unwrap_or(u64::MAX));
         }
         let expected = model.check(now, *cost);
-        prop_assert_eq!(Expected::of(&decision), expected, "step {} at t0+{} cost {}", i, now - T0, cost);
+        prop_assert_eq!(
+            Expected::of(&decision),
+            expected,
+            "step {} at t0+{} cost {}",
+            i,
+            now - T0,
+            cost
+        );
         prop_assert_eq!(decision.rule(), rule.name());
         prop_assert_eq!(decision.limit(), rule.quota().limit());
         if rule.algorithm() == Algorithm::Gcra
-            && let Some(bytes) = store.get(&state_key).await.map_err(|e| TestCaseError::fail(e.to_string()))?
+            && let Some(bytes) = store
+                .get(&state_key)
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?
         {
             // GCRA's stored state is exactly the theoretical arrival time.
-            let state = RuleState::decode(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let state =
+                RuleState::decode(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
             if let AlgorithmState::Gcra(g) = state.algorithm {
-                prop_assert_eq!(g.tat, model.tat(), "theoretical arrival time after step {}", i);
+                prop_assert_eq!(
+                    g.tat,
+                    model.tat(),
+                    "theoretical arrival time after step {}",
+                    i
+                );
             }
         }
     }
     model.check_invariants().map_err(TestCaseError::fail)?;
-    store.close().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    store
+        .close()
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     Ok(())
 }
 
@@ -505,8 +690,13 @@ pub fn matches_model(h: Arc<dyn Harness>, algorithm: Algorithm) {
         failure_persistence: None,
         ..Config::default()
     });
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let result = runner.run(&scenarios(algorithm), |scenario| runtime.block_on(run_scenario(h.clone(), scenario)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runner.run(&scenarios(algorithm), |scenario| {
+        runtime.block_on(run_scenario(h.clone(), scenario))
+    });
     if let Err(e) = result {
         panic!("{algorithm} disagrees with its reference model: {e}");
     }

@@ -92,7 +92,9 @@ impl Model {
     /// each admission of cost c moves it to max(TAT, t) + c × interval).
     pub fn tat(&self) -> u64 {
         let t = self.interval();
-        self.admitted.iter().fold(0, |tat, (at, c)| tat.max(*at) + c * t)
+        self.admitted
+            .iter()
+            .fold(0, |tat, (at, c)| tat.max(*at) + c * t)
     }
 
     /// Units a request could take at `now`, given the history.
@@ -101,7 +103,9 @@ impl Model {
         let aligned = now - now % w;
         match self.rule.algorithm() {
             Algorithm::FixedWindow => self.limit().saturating_sub(self.sum(aligned, aligned + w)),
-            Algorithm::SlidingWindowLog => self.limit().saturating_sub(self.sum((now + 1).saturating_sub(w), now + 1)),
+            Algorithm::SlidingWindowLog => self
+                .limit()
+                .saturating_sub(self.sum((now + 1).saturating_sub(w), now + 1)),
             Algorithm::SlidingWindowCounter => {
                 let current = self.sum(aligned, aligned + w);
                 let previous = self.sum(aligned.saturating_sub(w), aligned);
@@ -236,7 +240,9 @@ impl Model {
                 for (t, _) in &self.admitted {
                     let used = self.sum((t + 1).saturating_sub(w), t + 1);
                     if used > limit {
-                        return Err(format!("sliding window ending at {t} admitted {used} > {limit}"));
+                        return Err(format!(
+                            "sliding window ending at {t} admitted {used} > {limit}"
+                        ));
                     }
                 }
             }

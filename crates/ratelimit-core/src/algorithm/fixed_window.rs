@@ -6,7 +6,13 @@ use super::Step;
 use crate::quota::Quota;
 use crate::state::FixedWindowState;
 
-pub(super) fn step(q: &Quota, state: Option<&FixedWindowState>, now: u64, cost: u64) -> Step<FixedWindowState> {
+#[inline]
+pub(super) fn step(
+    q: &Quota,
+    state: Option<&FixedWindowState>,
+    now: u64,
+    cost: u64,
+) -> Step<FixedWindowState> {
     let window = q.window_micros();
     let limit = q.limit();
     let aligned = now - now % window;
@@ -22,7 +28,11 @@ pub(super) fn step(q: &Quota, state: Option<&FixedWindowState>, now: u64, cost: 
     let allowed = s.count.saturating_add(cost.max(1)) <= limit;
     let consumed = allowed && cost > 0;
     let next = FixedWindowState {
-        count: if consumed { s.count.saturating_add(cost) } else { s.count },
+        count: if consumed {
+            s.count.saturating_add(cost)
+        } else {
+            s.count
+        },
         ..s
     };
     let ttl = if next.count == 0 { 0 } else { until_end };

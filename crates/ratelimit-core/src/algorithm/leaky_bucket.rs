@@ -7,16 +7,28 @@ use super::Step;
 use crate::quota::Quota;
 use crate::state::LeakyBucketState;
 
-pub(super) fn step(q: &Quota, state: Option<&LeakyBucketState>, now: u64, cost: u64) -> Step<LeakyBucketState> {
+#[inline]
+pub(super) fn step(
+    q: &Quota,
+    state: Option<&LeakyBucketState>,
+    now: u64,
+    cost: u64,
+) -> Step<LeakyBucketState> {
     let interval = q.emission_interval_us();
     let capacity = q.burst();
     let s = match state {
-        None => LeakyBucketState { level: 0, anchor: now },
+        None => LeakyBucketState {
+            level: 0,
+            anchor: now,
+        },
         Some(s) => {
             let ticks = now.saturating_sub(s.anchor) / interval;
             let level = s.level.saturating_sub(ticks);
             if level == 0 {
-                LeakyBucketState { level: 0, anchor: now }
+                LeakyBucketState {
+                    level: 0,
+                    anchor: now,
+                }
             } else {
                 LeakyBucketState {
                     level,
@@ -32,7 +44,9 @@ pub(super) fn step(q: &Quota, state: Option<&LeakyBucketState>, now: u64, cost: 
         level: if consumed { s.level + cost } else { s.level },
         ..s
     };
-    let empty_at = next.anchor.saturating_add(next.level.saturating_mul(interval));
+    let empty_at = next
+        .anchor
+        .saturating_add(next.level.saturating_mul(interval));
     let ttl = empty_at.saturating_sub(now);
     let overflow = s.level.saturating_add(probe).saturating_sub(capacity);
     let retry_at = s.anchor.saturating_add(overflow.saturating_mul(interval));

@@ -36,6 +36,7 @@ pub(crate) struct Step<S> {
 }
 
 impl<S> Step<S> {
+    #[inline]
     fn map<T>(self, f: impl FnOnce(S) -> T) -> Step<T> {
         Step {
             allowed: self.allowed,
@@ -51,7 +52,13 @@ impl<S> Step<S> {
 
 /// Runs `rule`'s algorithm. A state of another algorithm (the rule was changed)
 /// counts as no state.
-pub(crate) fn step(rule: &Rule, state: Option<&AlgorithmState>, now: u64, cost: u64) -> Step<AlgorithmState> {
+#[inline]
+pub(crate) fn step(
+    rule: &Rule,
+    state: Option<&AlgorithmState>,
+    now: u64,
+    cost: u64,
+) -> Step<AlgorithmState> {
     let q = rule.quota();
     match rule.algorithm() {
         Algorithm::FixedWindow => {

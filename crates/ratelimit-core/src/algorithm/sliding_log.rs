@@ -6,13 +6,21 @@ use super::Step;
 use crate::quota::Quota;
 use crate::state::SlidingLogState;
 
-pub(super) fn step(q: &Quota, state: Option<&SlidingLogState>, now: u64, cost: u64) -> Step<SlidingLogState> {
+#[inline]
+pub(super) fn step(
+    q: &Quota,
+    state: Option<&SlidingLogState>,
+    now: u64,
+    cost: u64,
+) -> Step<SlidingLogState> {
     let window = q.window_micros();
     let limit = q.limit();
     // An entry counts while now < timestamp + window.
     let live: &[(u64, u64)] = match state {
         Some(s) => {
-            let first = s.entries.partition_point(|(ts, _)| ts.saturating_add(window) <= now);
+            let first = s
+                .entries
+                .partition_point(|(ts, _)| ts.saturating_add(window) <= now);
             s.entries.get(first..).unwrap_or_default()
         }
         None => &[],
@@ -43,7 +51,11 @@ pub(super) fn step(q: &Quota, state: Option<&SlidingLogState>, now: u64, cost: u
             _ => entries.insert(at, (now, cost)),
         }
     }
-    let used_after = if consumed { used.saturating_add(cost) } else { used };
+    let used_after = if consumed {
+        used.saturating_add(cost)
+    } else {
+        used
+    };
     let ttl = entries
         .last()
         .map_or(0, |(ts, _)| ts.saturating_add(window).saturating_sub(now));

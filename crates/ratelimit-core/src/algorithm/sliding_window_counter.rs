@@ -23,6 +23,7 @@ fn overlap_allowed(room: u64, window: u64, count: u64) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX).min(window)
 }
 
+#[inline]
 pub(super) fn step(
     q: &Quota,
     state: Option<&SlidingCounterState>,
@@ -51,7 +52,11 @@ pub(super) fn step(
     let allowed = estimate.saturating_add(probe) <= limit;
     let consumed = allowed && cost > 0;
     let next = SlidingCounterState {
-        current: if consumed { s.current.saturating_add(cost) } else { s.current },
+        current: if consumed {
+            s.current.saturating_add(cost)
+        } else {
+            s.current
+        },
         ..s
     };
     let end = s.window_start.saturating_add(window);

@@ -6,7 +6,13 @@ use super::Step;
 use crate::quota::Quota;
 use crate::state::TokenBucketState;
 
-pub(super) fn step(q: &Quota, state: Option<&TokenBucketState>, now: u64, cost: u64) -> Step<TokenBucketState> {
+#[inline]
+pub(super) fn step(
+    q: &Quota,
+    state: Option<&TokenBucketState>,
+    now: u64,
+    cost: u64,
+) -> Step<TokenBucketState> {
     let interval = q.emission_interval_us();
     let burst = q.burst();
     let s = match state {

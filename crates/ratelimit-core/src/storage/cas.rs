@@ -5,14 +5,18 @@ use crate::engine::{self, Write};
 use crate::error::{Error, ErrorKind, Result};
 use crate::state::RuleState;
 
-use super::{CasOp, DecideRequest, Storage};
+use super::{CasOp, DecideEntry, DecideRequest, Storage};
 
 /// How many times [`decide_with_cas`] retries after losing a race before it
 /// gives up with a transient [`ErrorKind::Contention`] error.
 pub const MAX_CAS_ATTEMPTS: usize = 1_000;
 
 pub(crate) fn corrupt(key: &str, err: crate::state::DecodeError) -> Error {
-    Error::new(ErrorKind::CorruptState, format!("the value at {key:?} is not rate-limit state")).with_source(err)
+    Error::new(
+        ErrorKind::CorruptState,
+        format!("the value at {key:?} is not rate-limit state"),
+    )
+    .with_source(err)
 }
 
 /// The decision step built on [`Storage::get`] and
@@ -22,28 +26,39 @@ pub(crate) fn corrupt(key: &str, err: crate::state::DecodeError) -> Error {
 /// Exact under any concurrency as long as `compare_and_swap` is atomic. A
 /// decision that writes nothing (a peek, or a denial without a penalty) is
 /// answered from the states read.
-pub async fn decide_with_cas<S: Storage + ?Sized>(store: &S, request: &DecideRequest<'_>) -> Result<Decision> {
+pub async fn decide_with_cas<S: Storage + ?Sized>(
+    store: &S,
+    request: &DecideRequest<'_>,
+) -> Result<Decision> {
     let entries = request.entries;
     if entries.is_empty() {
-        return Err(Error::new(ErrorKind::InvalidInput, "a decision needs at least one rule"));
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "a decision needs at least one rule",
+        ));
     }
+    let keys: Vec<String> = entries.iter().map(DecideEntry::state_key).collect();
     for _ in 0..MAX_CAS_ATTEMPTS {
         let mut raw = Vec::with_capacity(entries.len());
-        for entry in entries {
-            raw.push(store.get(entry.key).await?);
+        for key in &keys {
+            raw.push(store.get(key).await?);
         }
         let states = raw
             .iter()
-            .zip(entries)
-            .map(|(bytes, entry)| {
+            .zip(&keys)
+            .map(|(bytes, key)| {
                 bytes
                     .as_deref()
                     .map(RuleState::decode)
                     .transpose()
-                    .map_err(|e| corrupt(entry.key, e))
+                    .map_err(|e| corrupt(key, e))
             })
             .collect::<Result<Vec<_>>>()?;
-        let rules: Vec<_> = entries.iter().zip(&states).map(|(e, s)| (e.rule, s.as_ref())).collect();
+        let rules: Vec<_> = entries
+            .iter()
+            .zip(&states)
+            .map(|(e, s)| (e.rule, s.as_ref()))
+            .collect();
         let (decision, writes) = engine::decide_all(&rules, request.now, request.cost)?;
         let encoded: Vec<(usize, Vec<u8>, std::time::Duration)> = writes
             .into_iter()
@@ -57,7 +72,7 @@ pub async fn decide_with_cas<S: Storage + ?Sized>(store: &S, request: &DecideReq
             .iter()
             .filter_map(|(i, bytes, ttl)| {
                 Some(CasOp {
-                    key: entries.get(*i)?.key,
+                    key: keys.get(*i)?,
                     expected: raw.get(*i)?.as_deref(),
                     new_value: bytes,
                     ttl: *ttl,

@@ -130,13 +130,22 @@ pub struct CasOp<'a> {
     pub ttl: Duration,
 }
 
-/// One rule of a decision and the store key that holds its state.
+/// One rule of a decision and the caller's key it applies to.
 #[derive(Debug, Clone, Copy)]
 pub struct DecideEntry<'a> {
-    /// The store key (see [`Limiter::state_key`](crate::Limiter::state_key)).
+    /// The caller's key, already bounded by the limiter.
     pub key: &'a str,
     /// The rule.
     pub rule: &'a Rule,
+}
+
+impl DecideEntry<'_> {
+    /// The store key that holds this rule's state for this key:
+    /// `"{rule name}:{key}"` (see [`state_key`](crate::key::state_key)). A store
+    /// that can look state up without building the string may skip this.
+    pub fn state_key(&self) -> String {
+        crate::key::state_key(self.rule, self.key)
+    }
 }
 
 /// The input of the atomic decision step.
@@ -147,7 +156,8 @@ pub struct DecideRequest<'a> {
     pub now: Timestamp,
     /// Units the request costs; 0 is a peek.
     pub cost: u64,
-    /// The rules to apply, each with its key; at least one, keys distinct.
+    /// The rules to apply, each with its key; at least one, and no rule and key
+    /// twice.
     pub entries: &'a [DecideEntry<'a>],
 }
 
@@ -229,5 +239,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// A store that overrides it must return exactly what the default would.
     async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
         decide_with_cas(self, request).await
+    }
+
+    /// The decision step for stores that never wait (no I/O, no `.await`): the
+    /// [`Limiter`](crate::Limiter) calls this first and falls back to
+    /// [`decide`](Self::decide) when it returns `None`, which saves boxing a
+    /// future on every decision. An implementation must answer exactly as
+    /// `decide` would. The default returns `None`.
+    fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
+        let _ = request;
+        None
     }
 }

@@ -1,0 +1,67 @@
+//! Profiling aid: a long loop of memory-store GCRA decisions over 100k keys.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use ratelimit_core::{Algorithm, Limiter, Rule};
+use ratelimit_memory::MemoryStorage;
+
+fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map_or(100_000, |s| s.parse().unwrap());
+    let keys: Vec<String> = (0..n)
+        .map(|i| format!("client-{:07}", (i * 7919) % n))
+        .collect();
+    let shards: usize = std::env::var("SHARDS").map_or(64, |s| s.parse().unwrap());
+    let store = MemoryStorage::builder()
+        .max_size(2 * n)
+        .shards(shards)
+        .cleanup_interval(None)
+        .build();
+    let limiter = Limiter::new(Arc::new(store));
+    let rule = Rule::new("bench", Algorithm::Gcra, "1000/s".parse().unwrap()).unwrap();
+    for k in &keys {
+        ready(limiter.check(&rule, k)).unwrap();
+    }
+    if std::env::args().nth(2).as_deref() == Some("governor") {
+        let lim = governor::RateLimiter::keyed(governor::Quota::per_second(
+            std::num::NonZeroU32::new(1000).unwrap(),
+        ));
+        for k in &keys {
+            let _ = lim.check_key(k);
+        }
+        let start = std::time::Instant::now();
+        let rounds = 20_000_000 / n.max(1);
+        for _ in 0..rounds {
+            for k in &keys {
+                let _ = std::hint::black_box(lim.check_key(k));
+            }
+        }
+        println!(
+            "governor {:.1} ns/decision",
+            start.elapsed().as_nanos() as f64 / (rounds * n) as f64
+        );
+        return;
+    }
+    let start = std::time::Instant::now();
+    let rounds = 20_000_000 / n.max(1);
+    for _ in 0..rounds {
+        for k in &keys {
+            std::hint::black_box(ready(limiter.check(&rule, k)).unwrap());
+        }
+    }
+    let ops = (rounds * n) as f64;
+    println!("{:.1} ns/decision", start.elapsed().as_nanos() as f64 / ops);
+}

@@ -1,0 +1,206 @@
+//! Behaviour specific to the memory store: the size bound, LRU order, the
+//! background sweep and its stats.
+#![allow(clippy::unwrap_used, reason = "test helpers")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratelimit_core::{Algorithm, Limiter, ManualClock, Rule, Storage, Timestamp};
+use ratelimit_memory::MemoryStorage;
+
+const HOUR: Duration = Duration::from_secs(3_600);
+
+fn manual() -> ManualClock {
+    ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000))
+}
+
+#[tokio::test]
+async fn least_recently_used_key_goes_first() {
+    let store = MemoryStorage::builder().max_size(3).shards(1).build();
+    for key in ["a", "b", "c"] {
+        store.set(key, b"v", HOUR).await.unwrap();
+    }
+    // Touch "a": "b" is now the least recently used.
+    store.get("a").await.unwrap();
+    store.set("d", b"v", HOUR).await.unwrap();
+    assert!(store.exists("a").await.unwrap());
+    assert!(!store.exists("b").await.unwrap());
+    assert!(store.exists("c").await.unwrap() && store.exists("d").await.unwrap());
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.keys, stats.evictions), (Some(3), Some(1)));
+}
+
+#[tokio::test]
+async fn bound_holds_across_shards() {
+    for (max_size, shards) in [(1_000, 64), (5, 64), (1, 8), (777, 16)] {
+        let store = MemoryStorage::builder()
+            .max_size(max_size)
+            .shards(shards)
+            .build();
+        for i in 0..5_000 {
+            store.set(&format!("k{i}"), b"v", HOUR).await.unwrap();
+        }
+        let stats = store.stats().await.unwrap();
+        let keys = stats.keys.unwrap();
+        assert!(
+            keys <= max_size as u64 && keys > 0,
+            "{max_size}/{shards}: {keys}"
+        );
+        assert_eq!(stats.evictions.unwrap(), 5_000 - keys);
+    }
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// Ten million distinct clients against a bound of 100 000 keys: the store
+/// stays within its bound and the process's memory stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_million_distinct_keys_stay_bounded() {
+    let store = MemoryStorage::builder().max_size(100_000).build();
+    let limiter = Limiter::new(Arc::new(store.clone()));
+    let rule = Rule::new("flood", Algorithm::Gcra, "10/minute".parse().unwrap()).unwrap();
+    // Warm up to the bound first, then measure growth over the rest.
+    for i in 0..200_000u64 {
+        limiter.check(&rule, &format!("client-{i}")).await.unwrap();
+    }
+    let before = resident_bytes();
+    let tasks: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (limiter, rule) = (limiter.clone(), rule.clone());
+            tokio::spawn(async move {
+                let mut key = String::with_capacity(32);
+                for i in 0..4_900_000u64 {
+                    key.clear();
+                    use std::fmt::Write;
+                    write!(key, "flood-{t}-{i}").unwrap();
+                    assert!(limiter.check(&rule, &key).await.unwrap().is_allowed());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    let stats = store.stats().await.unwrap();
+    assert!(stats.keys.unwrap() <= 100_000, "{stats:?}");
+    assert!(stats.evictions.unwrap() >= 9_900_000, "{stats:?}");
+    assert!(
+        grown < 64 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_sweep_removes_expired_keys() {
+    let clock = manual();
+    let store = MemoryStorage::builder()
+        .clock(Arc::new(clock.clone()))
+        .cleanup_interval(Some(Duration::from_millis(5)))
+        .build();
+    assert!(store.is_cleanup_running());
+    for i in 0..500 {
+        store
+            .set(&format!("k{i}"), b"v", Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+    store.set("keep", b"v", HOUR).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    let mut swept = false;
+    for _ in 0..400 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if store.stats().await.unwrap().expirations == Some(500) {
+            swept = true;
+            break;
+        }
+    }
+    assert!(
+        swept,
+        "the sweep did not run: {:?}",
+        store.stats().await.unwrap()
+    );
+    assert_eq!(store.stats().await.unwrap().keys, Some(1));
+    store.stop_cleanup();
+    assert!(!store.is_cleanup_running());
+}
+
+#[tokio::test]
+async fn manual_sweep_and_lazy_expiry() {
+    let clock = manual();
+    let store = MemoryStorage::builder()
+        .clock(Arc::new(clock.clone()))
+        .cleanup_interval(None)
+        .build();
+    assert!(!store.is_cleanup_running());
+    for i in 0..3_000 {
+        store
+            .set(&format!("k{i}"), b"v", Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(store.get("k0").await.unwrap(), None, "expired on access");
+    assert_eq!(store.cleanup_expired(), 2_999);
+    assert_eq!(store.stats().await.unwrap().expirations, Some(3_000));
+}
+
+#[test]
+fn builds_outside_a_runtime_without_a_sweep() {
+    let store = MemoryStorage::builder()
+        .cleanup_interval(Some(Duration::from_secs(1)))
+        .build();
+    assert!(!store.is_cleanup_running());
+    assert!(store.start_cleanup(Duration::from_secs(1)).is_err());
+}
+
+#[tokio::test]
+async fn closing_the_store_ends_the_sweep() {
+    let store = MemoryStorage::builder()
+        .cleanup_interval(Some(Duration::from_millis(1)))
+        .build();
+    let clone = store.clone();
+    drop(store);
+    assert!(
+        clone.is_cleanup_running(),
+        "a clone keeps the store and its sweep alive"
+    );
+    clone.close().await.unwrap();
+    assert!(!clone.is_cleanup_running());
+}
+
+#[tokio::test]
+async fn stats_report_size() {
+    let store = MemoryStorage::builder().max_size(10).shards(2).build();
+    store.set("a", &[0; 1000], HOUR).await.unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.backend, "memory");
+    assert!(stats.approx_bytes.unwrap() >= 1000, "{stats:?}");
+    assert!(
+        stats
+            .details
+            .iter()
+            .any(|(k, v)| k == "max_size" && v == "10")
+    );
+}
+
+#[test]
+fn from_url_reads_options() {
+    let store = MemoryStorage::from_url("memory://?max_size=42").unwrap();
+    assert_eq!(store.max_size(), 42);
+    for bad in [
+        "memory://host",
+        "redis://localhost",
+        "memory://?max_size=-1",
+        "memory://?cleanup_interval=soon",
+        "not a url",
+    ] {
+        let err = MemoryStorage::from_url(bad).unwrap_err();
+        assert_eq!(err.kind(), ratelimit_core::ErrorKind::InvalidInput, "{bad}");
+    }
+}

@@ -1,0 +1,151 @@
+//! `cargo xtask bench`: runs criterion benchmarks that compare us with a peer in
+//! the same run, and turns criterion's estimates into one JSON file per suite
+//! plus a table in `docs/benchmarks.md`.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::cargo;
+
+const SUITES: &[&str] = &["memory"];
+
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let suites: Vec<&str> = if args.is_empty() {
+        SUITES.to_vec()
+    } else {
+        args.iter().map(String::as_str).collect()
+    };
+    for suite in &suites {
+        if !SUITES.contains(suite) {
+            return Err(format!(
+                "unknown benchmark suite {suite:?} (known: {})",
+                SUITES.join(", ")
+            ));
+        }
+    }
+    let root = workspace_root()?;
+    for suite in suites {
+        let criterion_dir = root.join("target/criterion").join(suite);
+        // Old results of renamed rows must not leak into this run's table.
+        let _ = fs::remove_dir_all(&criterion_dir);
+        cargo(&["bench", "-p", "ratelimit-bench", "--bench", suite], &[])?;
+        let rows = collect(&criterion_dir)?;
+        let table = write_outputs(&root, suite, &rows)?;
+        println!("{table}");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf, String> {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .map_err(|_| "run this through `cargo xtask`".to_owned())?;
+    Path::new(&manifest)
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "xtask has no parent directory".to_owned())
+}
+
+/// (benchmark id without the group, median ns per iteration)
+fn collect(dir: &Path) -> Result<Vec<(String, f64)>, String> {
+    let mut rows = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n == "new") {
+                    rows.push(read_estimate(&path)?);
+                } else {
+                    stack.push(path);
+                }
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    if rows.is_empty() {
+        return Err(format!("no criterion results under {}", dir.display()));
+    }
+    Ok(rows)
+}
+
+fn read_json(path: &Path) -> Result<Value, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn read_estimate(dir: &Path) -> Result<(String, f64), String> {
+    let bench = read_json(&dir.join("benchmark.json"))?;
+    let estimates = read_json(&dir.join("estimates.json"))?;
+    let id = bench
+        .get("full_id")
+        .and_then(Value::as_str)
+        .ok_or("benchmark.json has no full_id")?;
+    let id = id.split_once('/').map_or(id, |(_, rest)| rest).to_owned();
+    let median = estimates
+        .get("median")
+        .and_then(|m| m.get("point_estimate"))
+        .and_then(Value::as_f64)
+        .ok_or("estimates.json has no median")?;
+    Ok((id, median))
+}
+
+/// Pairs `ours/X` with `PEER/X'` (same row after the algorithm for GCRA) and
+/// writes the JSON and the Markdown table; returns the table.
+fn write_outputs(root: &Path, suite: &str, rows: &[(String, f64)]) -> Result<String, String> {
+    let mut out = Vec::new();
+    let mut table = String::from(
+        "| row | ours (ns/decision) | peer (ns/decision) | ratio ours/peer |\n|---|---:|---:|---:|\n",
+    );
+    for (id, ours_ns) in rows {
+        let Some(name) = id.strip_prefix("ours/") else {
+            continue;
+        };
+        let peer = rows.iter().find(|(pid, _)| {
+            !pid.starts_with("ours/") && pid.split_once('/').is_some_and(|(_, rest)| rest == name)
+        });
+        let (peer_ns, ratio) = match peer {
+            Some((_, p)) => (Some(*p), Some(ours_ns / p)),
+            None => (None, None),
+        };
+        out.push(json!({ "name": name, "ours_ns": round(*ours_ns), "peer_ns": peer_ns.map(round), "ratio": ratio.map(|r| round(r * 100.0) / 100.0) }));
+        let _ = writeln!(
+            table,
+            "| {name} | {ours_ns:.1} | {} | {} |",
+            peer_ns.map_or("–".to_owned(), |p| format!("{p:.1}")),
+            ratio.map_or("–".to_owned(), |r| format!("{r:.2}"))
+        );
+    }
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(format!("{suite}.json"));
+    let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+    fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    update_doc(root, suite, &table)?;
+    Ok(table)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Replaces the suite's section of `docs/benchmarks.md` (between markers).
+fn update_doc(root: &Path, suite: &str, table: &str) -> Result<(), String> {
+    let path = root.join("docs/benchmarks.md");
+    let doc = fs::read_to_string(&path).unwrap_or_default();
+    let begin = format!("<!-- bench:{suite}:begin -->");
+    let end = format!("<!-- bench:{suite}:end -->");
+    let section = format!("{begin}\n{table}{end}");
+    let updated = match (doc.find(&begin), doc.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{section}{}",
+            doc.get(..b).unwrap_or_default(),
+            doc.get(e + end.len()..).unwrap_or_default()
+        ),
+        _ => format!("{doc}\n{section}\n"),
+    };
+    fs::write(&path, updated).map_err(|e| format!("{}: {e}", path.display()))
+}
