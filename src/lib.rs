@@ -1,30 +1,4 @@
-//! # ratelimit
-//!
-//! Rate limiting for Rust services: six algorithms (fixed window, sliding
-//! window log, sliding window counter, token bucket, leaky bucket, GCRA),
-//! several quotas per request decided atomically, penalties, weighted requests,
-//! and stores that keep limits exact across tasks, threads and processes.
-//!
-//! This facade re-exports the workspace's crates behind features:
-//!
-//! | feature  | default | what it adds |
-//! |----------|---------|--------------|
-//! | `memory` | yes     | [`memory::MemoryStorage`], the embedded in-memory store |
-//!
-//! ```
-//! # #[cfg(feature = "memory")]
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use ratelimit::{Algorithm, Limiter, Rule};
-//!
-//! let limiter = Limiter::new(ratelimit::from_url("memory://")?);
-//! let rule = Rule::new("api", Algorithm::Gcra, "5/second".parse()?)?;
-//! let decision = limiter.check(&rule, "user-42").await?;
-//! assert!(decision.is_allowed());
-//! assert_eq!(decision.remaining(), 4);
-//! # Ok(()) }
-//! # #[cfg(not(feature = "memory"))] fn main() {}
-//! ```
+#![doc = include_str!("../README.md")]
 
 use std::sync::Arc;
 

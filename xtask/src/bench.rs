@@ -111,7 +111,7 @@ fn write_outputs(root: &Path, suite: &str, rows: &[(String, f64)]) -> Result<Str
             Some((_, p)) => (Some(*p), Some(ours_ns / p)),
             None => (None, None),
         };
-        out.push(json!({ "name": name, "ours_ns": round(*ours_ns), "peer_ns": peer_ns.map(round), "ratio": ratio.map(|r| round(r * 100.0) / 100.0) }));
+        out.push(json!({ "name": name, "ours_ns": round(*ours_ns), "peer_ns": peer_ns.map(round), "ratio": ratio.map(|r| (r * 100.0).round() / 100.0) }));
         let _ = writeln!(
             table,
             "| {name} | {ours_ns:.1} | {} | {} |",

@@ -13,13 +13,12 @@
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use governor::{Quota as GovQuota, RateLimiter};
+use ratelimit_bench::ready;
 use ratelimit_core::{Algorithm, Limiter, Rule};
 use ratelimit_memory::MemoryStorage;
 
@@ -28,15 +27,6 @@ const THREADS: [usize; 2] = [1, 2];
 const PER_SECOND: u32 = 1_000;
 
 /// Runs a future that the memory store completes without ever waiting.
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
 
 /// `n` keys in a scrambled order, so consecutive requests hit unrelated entries.
 fn keys(n: usize) -> Arc<Vec<String>> {

@@ -1,21 +1,12 @@
-//! Profiling aid: a long loop of memory-store GCRA decisions over 100k keys.
+//! Profiling aid: a long loop of memory-store GCRA decisions, for `perf record`.
+//! `cargo run --release -p ratelimit-bench --example profile_memory -- [KEYS] [governor]`
+//! (`SHARDS=n` sets the shard count).
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
+use ratelimit_bench::ready;
 use ratelimit_core::{Algorithm, Limiter, Rule};
 use ratelimit_memory::MemoryStorage;
-
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
 
 fn main() {
     let n: usize = std::env::args()
