@@ -26,8 +26,6 @@ const KEY_COUNTS: [(usize, &str); 3] = [(1, "1"), (100_000, "100k"), (1_000_000,
 const THREADS: [usize; 2] = [1, 2];
 const PER_SECOND: u32 = 1_000;
 
-/// Runs a future that the memory store completes without ever waiting.
-
 /// `n` keys in a scrambled order, so consecutive requests hit unrelated entries.
 fn keys(n: usize) -> Arc<Vec<String>> {
     let mut order: Vec<usize> = (0..n).collect();
