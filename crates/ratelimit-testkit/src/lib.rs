@@ -4,7 +4,7 @@
 //! Add this crate (and tokio with `macros` and `rt-multi-thread`) as
 //! dev-dependencies, then run the whole suite against your store:
 //!
-//! ```ignore
+//! ```text
 //! use std::sync::Arc;
 //! use ratelimit_core::Storage;
 //! use ratelimit_testkit::ManualClock;
