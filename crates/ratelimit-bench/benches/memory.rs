@@ -2,8 +2,10 @@
 //!
 //! Rows are `ours/ALGORITHM/KEYS/THREADS` and `governor/gcra/KEYS/THREADS`;
 //! `cargo xtask bench memory` turns criterion's estimates into
-//! `target/bench/memory.json`. Both limiters see the same keys in the same
-//! order, the same quota, and are prefilled so every key already has state.
+//! `target/bench/memory.json`. Both limiters see the same keys, the same
+//! quota, and are prefilled so every key already has state; the measured loop
+//! then visits the keys in one shared order that is unrelated to the order
+//! they were created and inserted in.
 #![allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,
@@ -26,22 +28,39 @@ const KEY_COUNTS: [(usize, &str); 3] = [(1, "1"), (100_000, "100k"), (1_000_000,
 const THREADS: [usize; 2] = [1, 2];
 const PER_SECOND: u32 = 1_000;
 
-/// `n` keys in a scrambled order, so consecutive requests hit unrelated entries.
-fn keys(n: usize) -> Arc<Vec<String>> {
+/// `0..n` in a pseudo-random order fixed by `seed`.
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut x = seed | 1;
     for i in (1..n).rev() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         order.swap(i, (x % (i as u64 + 1)) as usize);
     }
-    Arc::new(
-        order
-            .into_iter()
-            .map(|i| format!("client-{i:07}"))
-            .collect(),
-    )
+    order
+}
+
+/// `n` keys, and the order in which the measured loop visits them.
+///
+/// The visiting order is independent of the order the keys were created (and
+/// first inserted) in: real clients do not come back in the order they first
+/// arrived. Walking the keys in insertion order would instead let a store that
+/// allocates per key in insertion order run on the hardware prefetcher.
+struct Workload {
+    keys: Vec<String>,
+    order: Vec<usize>,
+}
+
+fn workload(n: usize) -> Arc<Workload> {
+    let keys = permutation(n, 0x9E37_79B9_7F4A_7C15)
+        .into_iter()
+        .map(|i| format!("client-{i:07}"))
+        .collect();
+    Arc::new(Workload {
+        keys,
+        order: permutation(n, 0x2545_F491_4F6C_DD1D),
+    })
 }
 
 /// Times `iters` decisions per thread on `threads` threads; reports the wall
@@ -50,10 +69,10 @@ fn keys(n: usize) -> Arc<Vec<String>> {
 fn run_threads(
     iters: u64,
     threads: usize,
-    keys: &Arc<Vec<String>>,
+    work: &Workload,
     op: impl Fn(&String) + Sync,
 ) -> Duration {
-    let n = keys.len();
+    let n = work.keys.len();
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -61,7 +80,7 @@ fn run_threads(
             s.spawn(move || {
                 let offset = t * (n / threads.max(1));
                 for i in 0..iters as usize {
-                    op(&keys[(offset + i) % n]);
+                    op(&work.keys[work.order[(offset + i) % n]]);
                 }
             });
         }
@@ -72,7 +91,7 @@ fn run_threads(
 fn ours(c: &mut Criterion, algorithm: Algorithm) {
     let mut group = c.benchmark_group("memory");
     for (n, label) in KEY_COUNTS {
-        let keys = keys(n);
+        let work = workload(n);
         let store = MemoryStorage::builder()
             .max_size(2 * n.max(1))
             .cleanup_interval(None)
@@ -84,7 +103,7 @@ fn ours(c: &mut Criterion, algorithm: Algorithm) {
             format!("{PER_SECOND}/s").parse().unwrap(),
         )
         .unwrap();
-        for key in keys.iter() {
+        for key in &work.keys {
             ready(limiter.check(&rule, key)).unwrap();
         }
         for threads in THREADS {
@@ -92,7 +111,7 @@ fn ours(c: &mut Criterion, algorithm: Algorithm) {
                 format!("ours/{}/{label}/{threads}t", algorithm.as_str()),
                 |b| {
                     b.iter_custom(|iters| {
-                        run_threads(iters, threads, &keys, |key| {
+                        run_threads(iters, threads, &work, |key| {
                             black_box(ready(limiter.check(&rule, key)).unwrap());
                         })
                     })
@@ -106,16 +125,16 @@ fn ours(c: &mut Criterion, algorithm: Algorithm) {
 fn governor_keyed(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory");
     for (n, label) in KEY_COUNTS {
-        let keys = keys(n);
+        let work = workload(n);
         let quota = GovQuota::per_second(NonZeroU32::new(PER_SECOND).unwrap());
         let limiter = RateLimiter::keyed(quota);
-        for key in keys.iter() {
+        for key in &work.keys {
             let _ = limiter.check_key(key);
         }
         for threads in THREADS {
             group.bench_function(format!("governor/gcra/{label}/{threads}t"), |b| {
                 b.iter_custom(|iters| {
-                    run_threads(iters, threads, &keys, |key| {
+                    run_threads(iters, threads, &work, |key| {
                         let _ = black_box(limiter.check_key(key));
                     })
                 })

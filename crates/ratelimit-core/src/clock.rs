@@ -89,7 +89,8 @@ pub struct SystemClock;
 
 struct Anchored {
     clock: quanta::Clock,
-    base: quanta::Instant,
+    /// The counter's raw reading at the anchor.
+    base: u64,
     /// Wall time (µs since the epoch) minus µs counted since `base`.
     offset: AtomicU64,
     /// µs since `base` at the last re-read of the wall clock.
@@ -107,7 +108,7 @@ impl Anchored {
         static ANCHOR: OnceLock<Anchored> = OnceLock::new();
         ANCHOR.get_or_init(|| {
             let clock = quanta::Clock::new();
-            let base = clock.now();
+            let base = clock.raw();
             Self {
                 clock,
                 base,
@@ -119,7 +120,7 @@ impl Anchored {
 
     #[inline]
     fn now(&self) -> u64 {
-        let counted = duration_to_micros(self.clock.now().saturating_duration_since(self.base));
+        let counted = self.clock.delta_as_nanos(self.base, self.clock.raw()) / 1_000;
         if counted.saturating_sub(self.synced_at.load(Ordering::Relaxed)) >= RESYNC_EVERY_US {
             // Several threads may do this at once; each stores a correct offset.
             self.synced_at.store(counted, Ordering::Relaxed);

@@ -1,5 +1,6 @@
 //! Decisions: the outcome of asking whether a request may proceed.
 
+use std::fmt;
 use std::time::Duration;
 
 use smol_str::SmolStr;
@@ -14,14 +15,35 @@ use smol_str::SmolStr;
 /// limit would be available again. `retry_after` is set exactly when the request
 /// was denied: the earliest time at which the same request could succeed if no
 /// other request arrived in between.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Decision {
-    allowed: bool,
+    rule: SmolStr,
     limit: u64,
     remaining: u64,
-    reset_after: Duration,
-    retry_after: Option<Duration>,
-    rule: SmolStr,
+    /// µs; kept as integers so a decision stays one cache line.
+    reset_after_us: u64,
+    /// µs; [`NOT_DENIED`] when allowed.
+    retry_after_us: u64,
+    allowed: bool,
+}
+
+const NOT_DENIED: u64 = u64::MAX;
+
+fn micros(d: Duration) -> u64 {
+    crate::clock::duration_to_micros(d).min(NOT_DENIED - 1)
+}
+
+impl fmt::Debug for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decision")
+            .field("allowed", &self.allowed)
+            .field("limit", &self.limit)
+            .field("remaining", &self.remaining)
+            .field("reset_after", &self.reset_after())
+            .field("retry_after", &self.retry_after())
+            .field("rule", &self.rule)
+            .finish()
+    }
 }
 
 impl Decision {
@@ -29,12 +51,12 @@ impl Decision {
     #[inline]
     pub fn allow(rule: SmolStr, limit: u64, remaining: u64, reset_after: Duration) -> Self {
         Self {
-            allowed: true,
+            rule,
             limit,
             remaining,
-            reset_after,
-            retry_after: None,
-            rule,
+            reset_after_us: micros(reset_after),
+            retry_after_us: NOT_DENIED,
+            allowed: true,
         }
     }
 
@@ -48,12 +70,44 @@ impl Decision {
         retry_after: Duration,
     ) -> Self {
         Self {
-            allowed: false,
+            rule,
             limit,
             remaining,
-            reset_after,
-            retry_after: Some(retry_after),
+            reset_after_us: micros(reset_after),
+            retry_after_us: micros(retry_after),
+            allowed: false,
+        }
+    }
+
+    /// An admission with times in µs (the engine's hot path).
+    #[inline]
+    pub(crate) fn allow_us(rule: SmolStr, limit: u64, remaining: u64, reset_after_us: u64) -> Self {
+        Self {
             rule,
+            limit,
+            remaining,
+            reset_after_us: reset_after_us.min(NOT_DENIED - 1),
+            retry_after_us: NOT_DENIED,
+            allowed: true,
+        }
+    }
+
+    /// A denial with times in µs (the engine's hot path).
+    #[inline]
+    pub(crate) fn deny_us(
+        rule: SmolStr,
+        limit: u64,
+        remaining: u64,
+        reset_after_us: u64,
+        retry_after_us: u64,
+    ) -> Self {
+        Self {
+            rule,
+            limit,
+            remaining,
+            reset_after_us: reset_after_us.min(NOT_DENIED - 1),
+            retry_after_us: retry_after_us.min(NOT_DENIED - 1),
+            allowed: false,
         }
     }
 
@@ -78,13 +132,13 @@ impl Decision {
     /// Time until the full limit is available again, if no more requests come.
     #[inline]
     pub fn reset_after(&self) -> Duration {
-        self.reset_after
+        Duration::from_micros(self.reset_after_us)
     }
 
     /// When denied: how long until the same request could succeed.
     #[inline]
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        (self.retry_after_us != NOT_DENIED).then(|| Duration::from_micros(self.retry_after_us))
     }
 
     /// The name of the rule that decided.
@@ -98,7 +152,7 @@ impl Decision {
         match (self.allowed, other.allowed) {
             (false, true) => true,
             (true, false) => false,
-            (false, false) => self.retry_after > other.retry_after,
+            (false, false) => self.retry_after_us > other.retry_after_us,
             (true, true) => self.remaining < other.remaining,
         }
     }

@@ -29,10 +29,21 @@ pub struct Write {
 #[derive(Debug)]
 struct Verdict {
     decision: Decision,
-    /// What to store if every rule of the request allows it.
-    on_admit: Option<Write>,
-    /// What to store if the request is denied (a penalty being started).
-    on_deny: Option<Write>,
+    /// What to store: if the rule allows, what it consumed (stored only if every
+    /// rule of the request allows); if it denies, a penalty being started
+    /// (stored whenever the request is denied).
+    write: Option<Write>,
+}
+
+impl Verdict {
+    /// The write to apply when the whole request was admitted or not.
+    fn write_if(self, admitted: bool) -> Option<Write> {
+        if self.decision.is_allowed() == admitted {
+            self.write
+        } else {
+            None
+        }
+    }
 }
 
 #[inline]
@@ -69,25 +80,13 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
     if blocked {
         let wait = blocked_until - now;
         return Ok(Verdict {
-            decision: Decision::deny(
-                name,
-                limit,
-                0,
-                Duration::from_micros(step.reset_after.max(wait)),
-                Duration::from_micros(wait),
-            ),
-            on_admit: None,
-            on_deny: None,
+            decision: Decision::deny_us(name, limit, 0, step.reset_after.max(wait), wait),
+            write: None,
         });
     }
     if step.allowed {
-        let decision = Decision::allow(
-            name,
-            limit,
-            step.remaining,
-            Duration::from_micros(step.reset_after),
-        );
-        let on_admit = step.consumed.then(|| {
+        let decision = Decision::allow_us(name, limit, step.remaining, step.reset_after);
+        let write = step.consumed.then(|| {
             write(
                 RuleState {
                     blocked_until: 0,
@@ -96,23 +95,19 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
                 step.ttl,
             )
         });
-        return Ok(Verdict {
-            decision,
-            on_admit,
-            on_deny: None,
-        });
+        return Ok(Verdict { decision, write });
     }
     match rule.penalty() {
         Some(penalty) if cost > 0 => {
             let p = crate::clock::duration_to_micros(penalty);
-            let decision = Decision::deny(
+            let decision = Decision::deny_us(
                 name,
                 limit,
                 0,
-                Duration::from_micros(step.reset_after.max(p)),
-                Duration::from_micros(step.retry_after.max(p)),
+                step.reset_after.max(p),
+                step.retry_after.max(p),
             );
-            let on_deny = write(
+            let penalty = write(
                 RuleState {
                     blocked_until: now.saturating_add(p),
                     algorithm: step.state,
@@ -121,20 +116,18 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
             );
             Ok(Verdict {
                 decision,
-                on_admit: None,
-                on_deny: Some(on_deny),
+                write: Some(penalty),
             })
         }
         _ => Ok(Verdict {
-            decision: Decision::deny(
+            decision: Decision::deny_us(
                 name,
                 limit,
                 step.remaining,
-                Duration::from_micros(step.reset_after),
-                Duration::from_micros(step.retry_after),
+                step.reset_after,
+                step.retry_after,
             ),
-            on_admit: None,
-            on_deny: None,
+            write: None,
         }),
     }
 }
@@ -154,12 +147,7 @@ pub fn decide_one(
     cost: u64,
 ) -> Result<(Decision, Option<Write>)> {
     let v = evaluate(rule, state, now.as_micros(), cost)?;
-    let write = if v.decision.is_allowed() {
-        v.on_admit
-    } else {
-        v.on_deny
-    };
-    Ok((v.decision, write))
+    Ok((v.decision, v.write))
 }
 
 /// Decides one request of `cost` units against several rules at once, each with
@@ -179,14 +167,16 @@ pub fn decide_all(
     let mut decision: Option<Decision> = None;
     let mut writes = Vec::with_capacity(verdicts.len());
     for v in verdicts {
-        writes.push(if admitted { v.on_admit } else { v.on_deny });
         // When the request is denied, only denials compete for "most restrictive".
-        if admitted || !v.decision.is_allowed() {
-            match &decision {
-                Some(d) if !v.decision.is_more_restrictive_than(d) => {}
-                _ => decision = Some(v.decision),
-            }
+        let competes = admitted || !v.decision.is_allowed();
+        if competes
+            && decision
+                .as_ref()
+                .is_none_or(|d| v.decision.is_more_restrictive_than(d))
+        {
+            decision = Some(v.decision.clone());
         }
+        writes.push(v.write_if(admitted));
     }
     let decision = decision.ok_or_else(|| {
         Error::new(

@@ -141,21 +141,34 @@ impl Limiter {
     }
 
     /// One request of cost 1 against `rule` for `key`.
-    pub async fn check(&self, rule: &Rule, key: &str) -> Result<Decision> {
-        self.check_cost(rule, key, 1).await
+    pub fn check<'a>(
+        &'a self,
+        rule: &'a Rule,
+        key: &'a str,
+    ) -> impl Future<Output = Result<Decision>> + Send + 'a {
+        self.check_cost(rule, key, 1)
     }
 
     /// One request of `cost` units (weighted requests; 0 is a [peek](Self::peek)).
     pub async fn check_cost(&self, rule: &Rule, key: &str, cost: u64) -> Result<Decision> {
         let key = bounded_key(key, self.inner.max_key_len);
         let entries = [DecideEntry { key: &key, rule }];
-        self.decide(&entries, cost).await
+        let request = self.request(&entries, cost);
+        // Stores that never wait answer here, without boxing a future.
+        if let Some(result) = self.inner.storage.decide_now(&request) {
+            return result;
+        }
+        self.inner.storage.decide(&request).await
     }
 
     /// Whether a request of one unit would be allowed now, without consuming
     /// anything. `remaining` is what is left now.
-    pub async fn peek(&self, rule: &Rule, key: &str) -> Result<Decision> {
-        self.check_cost(rule, key, 0).await
+    pub fn peek<'a>(
+        &'a self,
+        rule: &'a Rule,
+        key: &'a str,
+    ) -> impl Future<Output = Result<Decision>> + Send + 'a {
+        self.check_cost(rule, key, 0)
     }
 
     /// One request of `cost` units against several rules, each with its own key
@@ -187,19 +200,19 @@ impl Limiter {
                 ));
             }
         }
-        self.decide(&entries, cost).await
-    }
-
-    async fn decide(&self, entries: &[DecideEntry<'_>], cost: u64) -> Result<Decision> {
-        let request = DecideRequest {
-            now: self.inner.clock.now(),
-            cost,
-            entries,
-        };
+        let request = self.request(&entries, cost);
         if let Some(result) = self.inner.storage.decide_now(&request) {
             return result;
         }
         self.inner.storage.decide(&request).await
+    }
+
+    fn request<'a>(&self, entries: &'a [DecideEntry<'a>], cost: u64) -> DecideRequest<'a> {
+        DecideRequest {
+            now: self.inner.clock.now(),
+            cost,
+            entries,
+        }
     }
 
     /// Forgets `rule`'s state for `key` (its counters and any penalty). `true`

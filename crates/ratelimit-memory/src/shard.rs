@@ -384,3 +384,17 @@ mod tests {
         consistent(&s);
     }
 }
+#[cfg(test)]
+mod footprint {
+    /// Lookups at scale are bound by cache misses on entries: keep an entry
+    /// (key inline, value, expiry, bookkeeping) within a cache line and a half.
+    #[test]
+    fn entries_stay_small() {
+        assert!(
+            std::mem::size_of::<super::Entry>() <= 96,
+            "{}",
+            std::mem::size_of::<super::Entry>()
+        );
+        assert!(std::mem::size_of::<ratelimit_core::Decision>() <= 64);
+    }
+}
