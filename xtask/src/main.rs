@@ -8,7 +8,8 @@
 
 mod bench;
 
-use std::process::{Command, ExitCode};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, Stdio};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,13 +52,70 @@ fn provision() -> Result<(), String> {
     Ok(())
 }
 
+/// Passed and failed tests, summed over every `test result:` line.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match label {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test ARGS`, echoing its output and counting its results.
+fn cargo_test(args: &[&str], tally: &mut Tally) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!("$ cargo test {}", args.join(" "));
+    let mut child = Command::new(cargo)
+        .arg("test")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if let Some(out) = child.stdout.take() {
+        let mut stdout = std::io::stdout().lock();
+        for line in BufReader::new(out).lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            tally.add(&line);
+            let _ = writeln!(stdout, "{line}");
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo test {}` failed ({status})", args.join(" ")))
+    }
+}
+
 fn test() -> Result<(), String> {
     provision()?;
-    cargo(
-        &["test", "--workspace", "--all-features", "--all-targets"],
-        &[],
-    )?;
-    cargo(&["test", "--workspace", "--all-features", "--doc"], &[])
+    let mut tally = Tally::default();
+    let result = cargo_test(
+        &["--workspace", "--all-features", "--all-targets"],
+        &mut tally,
+    )
+    .and_then(|()| cargo_test(&["--workspace", "--all-features", "--doc"], &mut tally));
+    // One closing line, for people and for CI.
+    println!("total: {} passed, {} failed", tally.passed, tally.failed);
+    result
 }
 
 fn ci() -> Result<(), String> {

@@ -1,8 +1,8 @@
 //! Keys as the memory store holds them. Rule state lives at `"{rule}:{key}"`;
 //! decisions look it up from the rule name and the key without building that
-//! string, and the key-value API looks it up whole. Both forms hash the same
-//! bytes in the same 8-byte words, so they find the same entry. A key is hashed
-//! once per operation; the hash picks the shard and the slot in it.
+//! string, and the key-value API looks it up whole; both hash the same two
+//! parts, so they find the same entry. A key is hashed once per operation; the
+//! hash picks the shard and the slot in it.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -30,46 +30,24 @@ impl StoreKey {
 
 impl Hash for StoreKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_words(&[self.0.as_bytes()], state);
+        hash_key(&self.0, state);
     }
 }
 
-/// Keys up to this long are hashed in one call on a stack copy.
-const SHORT: usize = 64;
+/// Hashes a key as two parts: before and after its first `:`. Rule names
+/// cannot contain `:`, so `"{rule}:{key}"` given whole splits exactly into the
+/// parts a decision hashes, and both find the same entry without joining the
+/// string. A key without `:` hashes as itself and an empty second part.
+fn hash_key<H: Hasher>(key: &str, state: &mut H) {
+    match key.split_once(':') {
+        Some((head, tail)) => hash_parts(head, tail, state),
+        None => hash_parts(key, "", state),
+    }
+}
 
-/// Hashes the concatenation of `parts` so that any split of the same bytes
-/// hashes alike: short keys in one `write` of the joined bytes, longer ones as
-/// little-endian 8-byte words and the length.
-fn hash_words<H: Hasher>(parts: &[&[u8]], state: &mut H) {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    if len <= SHORT {
-        let mut buf = [0u8; SHORT];
-        let mut at = 0;
-        for part in parts {
-            if let Some(dst) = buf.get_mut(at..at + part.len()) {
-                dst.copy_from_slice(part);
-            }
-            at += part.len();
-        }
-        state.write(buf.get(..len).unwrap_or_default());
-        return;
-    }
-    let (mut word, mut filled, mut total) = (0u64, 0u32, 0usize);
-    for part in parts {
-        for &byte in *part {
-            word |= u64::from(byte) << (8 * filled);
-            filled += 1;
-            if filled == 8 {
-                state.write_u64(word);
-                (word, filled) = (0, 0);
-            }
-        }
-        total += part.len();
-    }
-    if filled > 0 {
-        state.write_u64(word);
-    }
-    state.write_usize(total);
+fn hash_parts<H: Hasher>(head: &str, tail: &str, state: &mut H) {
+    state.write(head.as_bytes());
+    state.write(tail.as_bytes());
 }
 
 /// A way to name a stored key without owning it.
@@ -85,7 +63,7 @@ pub(crate) struct Whole<'a>(pub(crate) &'a str);
 
 impl Hash for Whole<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_words(&[self.0.as_bytes()], state);
+        hash_key(self.0, state);
     }
 }
 
@@ -113,7 +91,7 @@ pub(crate) struct RuleKey<'a> {
 
 impl Hash for RuleKey<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_words(&[self.rule.as_bytes(), b":", self.key.as_bytes()], state);
+        hash_parts(self.rule, self.key, state);
     }
 }
 
