@@ -121,7 +121,11 @@ impl Anchored {
     #[inline]
     fn now(&self) -> u64 {
         let counted = self.clock.delta_as_nanos(self.base, self.clock.raw()) / 1_000;
-        if counted.saturating_sub(self.synced_at.load(Ordering::Relaxed)) >= RESYNC_EVERY_US {
+        // Re-read the wall clock every second, and whenever the counter reads
+        // behind the last re-read (it is not guaranteed to be monotonic across
+        // cores): the wrapping difference is then huge. Every reading is thus
+        // within a second of a wall-clock read, or is one.
+        if counted.wrapping_sub(self.synced_at.load(Ordering::Relaxed)) >= RESYNC_EVERY_US {
             // Several threads may do this at once; each stores a correct offset.
             self.synced_at.store(counted, Ordering::Relaxed);
             self.offset

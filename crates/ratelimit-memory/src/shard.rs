@@ -11,6 +11,9 @@
 use std::borrow::Cow;
 use std::mem::size_of;
 
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use ratelimit_core::state::{AlgorithmState, RuleState};
 use ratelimit_core::{Error, ErrorKind, Result};
@@ -67,11 +70,10 @@ pub(crate) struct Entry {
     /// µs since the epoch; the entry is dead once `now >= expires_at`.
     pub(crate) expires_at: u64,
     key: StoreKey,
-    hash: u64,
-    /// The shard's logical clock at the last use.
-    last_used: u64,
-    /// Position of `hash` in `Shard::hashes`.
-    slot: usize,
+    /// The shard's logical clock at the last use (wrapping; compared as ages).
+    last_used: u32,
+    /// Position of this entry's hash in `Shard::hashes`.
+    slot: u32,
 }
 
 impl Entry {
@@ -92,23 +94,27 @@ pub(crate) struct Shard {
     table: HashTable<Entry>,
     hashes: Vec<u64>,
     capacity: usize,
-    clock: u64,
+    clock: u32,
     rng: u64,
+    /// Recomputes an entry's hash when the table grows (entries do not carry it).
+    hasher: RandomState,
 }
 
 impl Shard {
-    pub(crate) fn new(capacity: usize, seed: u64) -> Self {
+    pub(crate) fn new(capacity: usize, seed: u64, hasher: RandomState) -> Self {
         Self {
             table: HashTable::new(),
             hashes: Vec::new(),
-            capacity: capacity.max(1),
+            // Slots are u32.
+            capacity: capacity.clamp(1, u32::MAX as usize),
             clock: 0,
             rng: seed | 1,
+            hasher,
         }
     }
 
-    fn tick(&mut self) -> u64 {
-        self.clock += 1;
+    fn tick(&mut self) -> u32 {
+        self.clock = self.clock.wrapping_add(1);
         self.clock
     }
 
@@ -137,7 +143,7 @@ impl Shard {
         let dead_slot = match self.touch(hash, key) {
             None => return None,
             Some(e) if e.is_live(now) => None,
-            Some(e) => Some(e.slot),
+            Some(e) => Some(e.slot as usize),
         };
         if let Some(slot) = dead_slot {
             self.remove_slot(slot);
@@ -153,7 +159,7 @@ impl Shard {
     }
 
     pub(crate) fn remove(&mut self, hash: u64, key: &impl KeyRef) -> Option<Entry> {
-        let slot = self.peek(hash, key)?.slot;
+        let slot = self.peek(hash, key)?.slot as usize;
         self.remove_slot(slot)
     }
 
@@ -170,16 +176,16 @@ impl Shard {
         let hash = *self.hashes.get(slot)?;
         let removed = self
             .table
-            .find_entry(hash, |e| e.slot == slot)
+            .find_entry(hash, |e| e.slot as usize == slot)
             .ok()
             .map(|occupied| occupied.remove().0)?;
         let last = self.hashes.len() - 1;
         self.hashes.swap_remove(slot);
         if slot != last
             && let Some(moved_hash) = self.hashes.get(slot).copied()
-            && let Some(moved) = self.table.find_mut(moved_hash, |e| e.slot == last)
+            && let Some(moved) = self.table.find_mut(moved_hash, |e| e.slot as usize == last)
         {
-            moved.slot = slot;
+            moved.slot = slot as u32;
         }
         Some(removed)
     }
@@ -212,12 +218,13 @@ impl Shard {
             value,
             expires_at,
             key: key.to_store_key(),
-            hash,
             last_used: t,
-            slot: self.hashes.len(),
+            slot: self.hashes.len() as u32,
         };
         self.hashes.push(hash);
-        self.table.insert_unique(hash, entry, |e| e.hash);
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(hash, entry, |e| hasher.hash_one(&e.key));
         evicted
     }
 
@@ -231,7 +238,7 @@ impl Shard {
 
     fn at_slot(&self, slot: usize) -> Option<&Entry> {
         let hash = *self.hashes.get(slot)?;
-        self.table.find(hash, |e| e.slot == slot)
+        self.table.find(hash, |e| e.slot as usize == slot)
     }
 
     /// Evicts one entry; `Some(true)` if it was live.
@@ -244,14 +251,15 @@ impl Shard {
                 .map(|_| (self.next_random() % len as u64) as usize)
                 .collect()
         };
-        // Dead entries go first, then the least recently used.
+        // Dead entries go first, then the least recently used (the oldest).
+        let clock = self.clock;
         let (slot, live, _) = candidates
             .into_iter()
             .filter_map(|slot| {
                 self.at_slot(slot)
-                    .map(|e| (slot, e.is_live(now), e.last_used))
+                    .map(|e| (slot, e.is_live(now), clock.wrapping_sub(e.last_used)))
             })
-            .min_by_key(|&(_, live, used)| (live, used))?;
+            .min_by_key(|&(_, live, age)| (live, std::cmp::Reverse(age)))?;
         self.remove_slot(slot)?;
         Some(live)
     }
@@ -305,10 +313,15 @@ impl Shard {
 mod tests {
     use super::*;
     use crate::key::Whole;
-    use std::hash::BuildHasher;
+
+    /// The shard and the tests must hash alike, as the store and its shards do.
+    fn hasher() -> RandomState {
+        static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+        HASHER.get_or_init(RandomState::default).clone()
+    }
 
     fn hash(key: &str) -> u64 {
-        foldhash::fast::FixedState::with_seed(1).hash_one(Whole(key))
+        hasher().hash_one(Whole(key))
     }
 
     fn put(s: &mut Shard, key: &str, expires: u64, now: u64) -> Evicted {
@@ -323,9 +336,9 @@ mod tests {
 
     fn consistent(s: &Shard) {
         assert_eq!(s.hashes.len(), s.table.len());
-        for (slot, h) in s.hashes.iter().enumerate() {
+        for slot in 0..s.hashes.len() {
             let e = s.at_slot(slot).expect("every slot names an entry");
-            assert_eq!(e.hash, *h);
+            assert_eq!(e.slot as usize, slot);
         }
         for key in s.keys() {
             assert!(s.peek(hash(key), &Whole(key)).is_some());
@@ -334,7 +347,7 @@ mod tests {
 
     #[test]
     fn evicts_within_capacity_and_stays_consistent() {
-        let mut s = Shard::new(100, 7);
+        let mut s = Shard::new(100, 7, hasher());
         for i in 0..1_000 {
             put(
                 &mut s,
@@ -354,7 +367,7 @@ mod tests {
 
     #[test]
     fn sweep_removes_every_dead_entry_in_batches() {
-        let mut s = Shard::new(1_000, 7);
+        let mut s = Shard::new(1_000, 7, hasher());
         for i in 0..1_000 {
             put(&mut s, &format!("k{i}"), if i % 3 == 0 { 5 } else { 50 }, 0);
         }
@@ -372,7 +385,7 @@ mod tests {
     fn sampled_eviction_spares_recent_keys() {
         // A key used just now is never the least recently used of a sample
         // that contains any other key.
-        let mut s = Shard::new(1_000, 7);
+        let mut s = Shard::new(1_000, 7, hasher());
         for i in 0..1_000 {
             put(&mut s, &format!("k{i}"), 1_000, 0);
         }
@@ -391,7 +404,7 @@ mod footprint {
     #[test]
     fn entries_stay_small() {
         assert!(
-            std::mem::size_of::<super::Entry>() <= 96,
+            std::mem::size_of::<super::Entry>() <= 80,
             "{}",
             std::mem::size_of::<super::Entry>()
         );

@@ -118,17 +118,22 @@ impl MemoryStorageBuilder {
         let wanted = self.config.shards.clamp(1, max_size);
         // Largest power of two not above `wanted`.
         let count = 1usize << (usize::BITS - 1 - wanted.leading_zeros());
+        let hasher = RandomState::default();
         let shards = (0..count)
             .map(|i| {
                 let capacity = max_size / count + usize::from(i < max_size % count);
-                Mutex::new(Shard::new(capacity, 0x9E37_79B9_7F4A_7C15 ^ i as u64))
+                Mutex::new(Shard::new(
+                    capacity,
+                    0x9E37_79B9_7F4A_7C15 ^ i as u64,
+                    hasher.clone(),
+                ))
             })
             .collect();
         let store = MemoryStorage {
             shared: Arc::new(Shared {
                 shards,
                 mask: count - 1,
-                hasher: RandomState::default(),
+                hasher,
                 clock: self.clock,
                 closed: AtomicBool::new(false),
                 evictions: AtomicU64::new(0),
