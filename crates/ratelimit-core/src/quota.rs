@@ -328,3 +328,34 @@ mod tests {
         assert_eq!(q.to_string().parse::<Quota>().unwrap(), q);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any string either parses into a valid quota or is rejected with an
+        /// error; never a panic, and what parses prints back to the same quota.
+        #[test]
+        fn parsing_never_panics(input in "\\PC{0,40}") {
+            if let Ok(q) = input.parse::<Quota>() {
+                prop_assert!(q.limit() >= 1 && q.window() >= MIN_WINDOW && q.window() <= MAX_WINDOW);
+                prop_assert_eq!(q.to_string().parse::<Quota>(), Ok(q));
+            }
+        }
+
+        #[test]
+        fn quota_like_strings_never_panic(limit in "[0-9]{0,25}", sep in "(/| per |//)", n in "[0-9]{0,22}", unit in "(s|m|h|d|ms|us|second|minutes|x|)") {
+            let _ = format!("{limit}{sep}{n}{unit}").parse::<Quota>();
+        }
+
+        #[test]
+        fn durations_never_panic(input in "[0-9a-zµ ]{0,30}") {
+            if let Ok(d) = crate::parse_duration(&input) {
+                // What parses formats back to the same duration.
+                prop_assert_eq!(crate::parse_duration(&crate::format_duration(d)).ok(), Some(d));
+            }
+        }
+    }
+}
