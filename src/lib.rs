@@ -10,9 +10,18 @@ pub mod memory {
     pub use ratelimit_memory::*;
 }
 
+/// The SQLite store (feature `sqlite`).
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use ratelimit_sqlite::*;
+}
+
 /// Builds a store from one URL, for twelve-factor configuration:
 ///
-/// - `memory://` (feature `memory`), with optional `?max_size=N&shards=N&cleanup_interval=60s`.
+/// - `memory://` (feature `memory`), with optional `?max_size=N&shards=N&cleanup_interval=60s`;
+/// - `sqlite:///absolute/path.db`, `sqlite://relative/path.db` or `sqlite::memory:`
+///   (feature `sqlite`), with optional `?synchronous=normal|full|off&pool_size=N&busy_timeout=5s&cleanup_interval=5m`.
+///   Opening a file does I/O: call this at start-up.
 ///
 /// An unknown scheme, or one whose feature is not enabled, is an
 /// [`ErrorKind::InvalidInput`] error that says which feature to enable.
@@ -23,10 +32,16 @@ pub fn from_url(url: &str) -> Result<Arc<dyn Storage>> {
         "memory" => Ok(Arc::new(ratelimit_memory::MemoryStorage::from_url(url)?)),
         #[cfg(not(feature = "memory"))]
         "memory" => Err(missing_feature("memory", "memory")),
+        #[cfg(feature = "sqlite")]
+        _ if url.starts_with("sqlite:") => {
+            Ok(Arc::new(ratelimit_sqlite::SqliteStorage::from_url(url)?))
+        }
+        #[cfg(not(feature = "sqlite"))]
+        _ if url.starts_with("sqlite:") => Err(missing_feature("sqlite", "sqlite")),
         _ => Err(Error::new(
             ErrorKind::InvalidInput,
             format!(
-                "unsupported store URL {:?}: expected memory://",
+                "unsupported store URL {:?}: expected memory:// or sqlite://",
                 url.chars().take(64).collect::<String>()
             ),
         )),
@@ -50,6 +65,17 @@ mod tests {
         for url in ["ftp://x", "", "sqlite-ish"] {
             assert_eq!(from_url(url).unwrap_err().kind(), ErrorKind::InvalidInput);
         }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn sqlite_url_builds_a_working_store() {
+        let store = from_url("sqlite::memory:").unwrap();
+        store
+            .set("k", b"v", std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(store.stats().await.unwrap().backend, "sqlite");
     }
 
     #[cfg(feature = "memory")]

@@ -679,12 +679,17 @@ async fn run_scenario(h: Arc<dyn Harness>, scenario: Scenario) -> Result<(), Tes
 }
 
 /// Random request sequences give the same decisions as the reference model,
-/// and the algorithm's promise holds over the whole history.
-pub fn matches_model(h: Arc<dyn Harness>, algorithm: Algorithm) {
-    let cases = std::env::var("RATELIMIT_MODEL_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000);
+/// and the algorithm's promise holds over the whole history. `cases` random
+/// sequences (0: `RATELIMIT_MODEL_CASES`, or 1 000).
+pub fn matches_model(h: Arc<dyn Harness>, algorithm: Algorithm, cases: u32) {
+    let cases = if cases > 0 {
+        cases
+    } else {
+        std::env::var("RATELIMIT_MODEL_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000)
+    };
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,

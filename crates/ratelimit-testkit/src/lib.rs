@@ -58,13 +58,20 @@ where
 
 /// Runs the whole conformance suite against the store a [`Harness`] makes: one
 /// `#[test]` per case. Needs tokio (`macros`, `rt-multi-thread`) in the calling
-/// crate's dev-dependencies.
+/// crate's dev-dependencies. `storage_conformance_tests!(harness, model_cases = N)`
+/// runs N random sequences per algorithm instead of the default 1 000 (for
+/// stores where each case is expensive, such as one database file per case).
 #[macro_export]
 macro_rules! storage_conformance_tests {
     ($harness:expr) => {
+        $crate::storage_conformance_tests!($harness, model_cases = 0);
+    };
+    ($harness:expr, model_cases = $cases:expr) => {
         fn __conformance_harness() -> ::std::sync::Arc<dyn $crate::Harness> {
             ::std::sync::Arc::new($harness)
         }
+        /// Model cases per algorithm; 0 means the default (or `RATELIMIT_MODEL_CASES`).
+        const __MODEL_CASES: u32 = $cases;
         $crate::storage_conformance_tests!(@async
             kv_get_set_delete_exists, kv_values_expire, kv_increment, kv_clear, kv_close, kv_stats,
             cas_semantics, peek_does_not_consume, reset_forgets_a_key, penalty_blocks_then_releases,
@@ -96,6 +103,7 @@ macro_rules! storage_conformance_tests {
                 $crate::conformance::matches_model(
                     __conformance_harness(),
                     ::ratelimit_core::Algorithm::$algorithm,
+                    __MODEL_CASES,
                 );
             }
         )*

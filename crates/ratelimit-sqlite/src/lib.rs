@@ -1,0 +1,9 @@
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod schema;
+mod storage;
+
+pub use config::{Location, SqliteConfig, Synchronous};
+pub use storage::{SqliteStorage, SqliteStorageBuilder};

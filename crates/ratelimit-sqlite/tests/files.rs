@@ -1,0 +1,168 @@
+//! What the store does with the files it is given: bad files are clear errors
+//! naming the path, never a panic or a silently recreated database; state
+//! outlives the process.
+#![allow(clippy::unwrap_used, reason = "test helpers")]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ratelimit_core::{Algorithm, ErrorKind, Limiter, Rule, Storage};
+use ratelimit_sqlite::{Location, SqliteConfig, SqliteStorage};
+
+fn dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join("ratelimit-sqlite-files")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_and_left_alone() {
+    let path = dir("garbage").join("notes.db");
+    let garbage = b"these are my notes, not a database; please do not recreate me".repeat(200);
+    std::fs::write(&path, &garbage).unwrap();
+    let err = SqliteStorage::open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(
+        err.to_string().contains("is not a SQLite database"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        garbage,
+        "the file is untouched"
+    );
+}
+
+#[test]
+fn a_directory_is_refused() {
+    let path = dir("directory");
+    let err = SqliteStorage::open(&path).unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_parent_directory_is_a_clear_error() {
+    let path = dir("missing").join("no/such/dir/rl.db");
+    let err = SqliteStorage::open(&path).unwrap_err();
+    assert!(err.to_string().contains("cannot be opened"), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let path = dir("newer").join("rl.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+    }
+    let err = SqliteStorage::open(&path).unwrap_err();
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn urls_open_files_and_memory() {
+    let path = dir("url").join("rl.db");
+    let url = format!(
+        "sqlite://{}?synchronous=full&pool_size=2&cleanup_interval=off",
+        path.display()
+    );
+    let store = SqliteStorage::from_url(&url).unwrap();
+    assert_eq!(store.path(), Some(path.as_path()));
+    assert!(
+        SqliteStorage::from_url("sqlite::memory:")
+            .unwrap()
+            .path()
+            .is_none()
+    );
+    for bad in [
+        "postgres://x",
+        "sqlite:/x.db",
+        "sqlite://",
+        "sqlite:///x.db?colour=red",
+        "sqlite:///x.db?synchronous=maybe",
+    ] {
+        assert_eq!(
+            SqliteConfig::from_url(bad).unwrap_err().kind(),
+            ErrorKind::InvalidInput,
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart() {
+    let path = dir("restart").join("rl.db");
+    let rule = Rule::new("daily", Algorithm::FixedWindow, "5/day".parse().unwrap()).unwrap();
+    {
+        let limiter = Limiter::new(Arc::new(SqliteStorage::open(&path).unwrap()));
+        for _ in 0..3 {
+            assert!(limiter.check(&rule, "client").await.unwrap().is_allowed());
+        }
+    }
+    let store = SqliteStorage::builder(Location::File(path.clone()))
+        .build()
+        .unwrap();
+    let limiter = Limiter::new(Arc::new(store.clone()));
+    assert_eq!(limiter.peek(&rule, "client").await.unwrap().remaining(), 2);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.backend, stats.keys), ("sqlite", Some(1)));
+    assert!(
+        stats
+            .details
+            .iter()
+            .any(|(k, v)| k == "journal_mode" && v == "wal"),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_deletes_expired_rows_in_batches() {
+    let path = dir("cleanup").join("rl.db");
+    let clock = ratelimit_core::ManualClock::new(ratelimit_core::Timestamp::from_micros(
+        1_700_000_000_000_000,
+    ));
+    let mut config = SqliteConfig::new(Location::File(path));
+    config.cleanup_batch = 7;
+    config.cleanup_interval = None;
+    let store = SqliteStorage::builder(Location::Memory)
+        .config(config)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    for i in 0..50 {
+        store
+            .set(
+                &format!("short{i}"),
+                b"v",
+                std::time::Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .set("long", b"v", std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    clock.advance(std::time::Duration::from_secs(2));
+    assert_eq!(store.cleanup_expired().await.unwrap(), 50);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.keys, stats.expirations), (Some(1), Some(50)));
+}
