@@ -3,7 +3,9 @@
 //!
 //! `ratelimit-sqlite-worker DB ALGORITHM QUOTA KEY TASKS REQUESTS` runs TASKS
 //! concurrent tasks, each making REQUESTS checks of KEY under a rule named
-//! after the algorithm, and prints how many were admitted.
+//! after the algorithm, and prints how many were admitted. With
+//! `RATELIMIT_WORKER_STREAM=1` it also prints `+` on a line of its own as soon
+//! as each admission has come back (and so has been committed).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ fn run() -> Result<u64, Box<dyn std::error::Error>> {
     let algorithm: Algorithm = algorithm.parse()?;
     let rule = Rule::new(algorithm.as_str(), algorithm, quota.parse()?)?;
     let (tasks, requests): (u64, u64) = (tasks.parse()?, requests.parse()?);
+    let stream = std::env::var_os("RATELIMIT_WORKER_STREAM").is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -48,6 +51,10 @@ fn run() -> Result<u64, Box<dyn std::error::Error>> {
                 for _ in 0..requests {
                     if limiter.check(&rule, &key).await?.is_allowed() {
                         admitted.fetch_add(1, Ordering::Relaxed);
+                        if stream {
+                            // Stdout is line-buffered: the line leaves now.
+                            println!("+");
+                        }
                     }
                 }
                 Ok::<(), ratelimit_core::Error>(())
