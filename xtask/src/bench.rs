@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use crate::cargo;
 
-const SUITES: &[&str] = &["memory"];
+const SUITES: &[&str] = &["memory", "sqlite"];
+/// Suites reported as decisions per second (the rest as ns per decision).
+const RATE_SUITES: &[&str] = &["sqlite"];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let suites: Vec<&str> = if args.is_empty() {
@@ -93,29 +95,46 @@ fn read_estimate(dir: &Path) -> Result<(String, f64), String> {
     Ok((id, median))
 }
 
-/// Pairs `ours/X` with `PEER/X'` (same row after the algorithm for GCRA) and
-/// writes the JSON and the Markdown table; returns the table.
+/// Pairs `ours/X` with `PEER/X` and writes the JSON and the Markdown table;
+/// returns the table. Latency suites report ns per decision (ratio = ours /
+/// peer, lower is better for us); rate suites report decisions per second
+/// (ratio = ours / peer, higher is better for us).
 fn write_outputs(root: &Path, suite: &str, rows: &[(String, f64)]) -> Result<String, String> {
+    let rate = RATE_SUITES.contains(&suite);
+    let (unit, field) = if rate {
+        ("decisions/s", "per_s")
+    } else {
+        ("ns/decision", "ns")
+    };
     let mut out = Vec::new();
-    let mut table = String::from(
-        "| row | ours (ns/decision) | peer (ns/decision) | ratio ours/peer |\n|---|---:|---:|---:|\n",
+    let mut table = format!(
+        "| row | ours ({unit}) | peer ({unit}) | ratio ours/peer |\n|---|---:|---:|---:|\n"
     );
     for (id, ours_ns) in rows {
         let Some(name) = id.strip_prefix("ours/") else {
             continue;
         };
-        let peer = rows.iter().find(|(pid, _)| {
-            !pid.starts_with("ours/") && pid.split_once('/').is_some_and(|(_, rest)| rest == name)
-        });
-        let (peer_ns, ratio) = match peer {
-            Some((_, p)) => (Some(*p), Some(ours_ns / p)),
-            None => (None, None),
-        };
-        out.push(json!({ "name": name, "ours_ns": round(*ours_ns), "peer_ns": peer_ns.map(round), "ratio": ratio.map(|r| (r * 100.0).round() / 100.0) }));
+        let peer_ns = rows
+            .iter()
+            .find(|(pid, _)| {
+                !pid.starts_with("ours/")
+                    && pid.split_once('/').is_some_and(|(_, rest)| rest == name)
+            })
+            .map(|(_, p)| *p);
+        let value = |ns: f64| if rate { 1e9 / ns } else { ns };
+        let ours = value(*ours_ns);
+        let peer = peer_ns.map(value);
+        let ratio = peer.map(|p| ((ours / p) * 100.0).round() / 100.0);
+        out.push(json!({
+            "name": name,
+            format!("ours_{field}"): round(ours),
+            format!("peer_{field}"): peer.map(round),
+            "ratio": ratio,
+        }));
         let _ = writeln!(
             table,
-            "| {name} | {ours_ns:.1} | {} | {} |",
-            peer_ns.map_or("–".to_owned(), |p| format!("{p:.1}")),
+            "| {name} | {ours:.1} | {} | {} |",
+            peer.map_or("–".to_owned(), |p| format!("{p:.1}")),
             ratio.map_or("–".to_owned(), |r| format!("{r:.2}"))
         );
     }

@@ -48,7 +48,9 @@ pub(crate) fn prepare(conn: &mut Connection, path: Option<&Path>) -> Result<()> 
             format!(
                 "{place} is read-only: the store needs to write to it (and to its -wal and -shm files)"
             ),
-        ));
+        )
+        // Retrying will not make the file writable.
+        .with_transient(false));
     }
     if version < SCHEMA_VERSION {
         let tx = conn

@@ -152,6 +152,9 @@ impl SqliteStorageBuilder {
         drop(first);
         let pool = Pool::builder()
             .thread_pool(helper_threads())
+            // A connection to a local file does not go stale; checking it on
+            // every checkout would cost a statement per operation.
+            .test_on_check_out(false)
             .max_size(size)
             .min_idle(Some(size.min(2)))
             .connection_timeout(config.busy_timeout.max(Duration::from_secs(1)))

@@ -166,3 +166,51 @@ async fn cleanup_deletes_expired_rows_in_batches() {
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.keys, stats.expirations), (Some(1), Some(50)));
 }
+
+/// Makes `path` read-only for this process: permission bits for a normal user;
+/// for root, whom permission bits do not stop, the immutable attribute.
+fn make_read_only(path: &std::path::Path) -> impl Drop {
+    struct Restore(PathBuf, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if self.1 {
+                let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+            }
+        }
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if root {
+        let status = Command::new("chattr").arg("+i").arg(path).status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "running as root, the test needs `chattr +i` (e2fsprogs, on a filesystem with attributes) \
+             to make a file read-only; run it as a normal user or install chattr"
+        );
+        Restore(path.to_path_buf(), true)
+    } else {
+        let mut perms = std::fs::metadata(path).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(path, perms).unwrap();
+        Restore(path.to_path_buf(), false)
+    }
+}
+
+use std::process::Command;
+
+#[test]
+fn a_read_only_file_is_refused() {
+    let path = dir("readonly").join("rl.db");
+    drop(SqliteStorage::open(&path).unwrap());
+    let _restore = make_read_only(&path);
+    let err = SqliteStorage::open(&path).unwrap_err();
+    assert!(err.to_string().contains("is read-only"), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+}
