@@ -116,9 +116,11 @@ fn write_outputs(root: &Path, suite: &str, rows: &[(String, f64)]) -> Result<Str
         };
         let peer_ns = rows
             .iter()
+            // `X+variant` rows of ours pair with the peer's `X`.
             .find(|(pid, _)| {
+                let base = name.split_once('+').map_or(name, |(b, _)| b);
                 !pid.starts_with("ours/")
-                    && pid.split_once('/').is_some_and(|(_, rest)| rest == name)
+                    && pid.split_once('/').is_some_and(|(_, rest)| rest == base)
             })
             .map(|(_, p)| *p);
         let value = |ns: f64| if rate { 1e9 / ns } else { ns };

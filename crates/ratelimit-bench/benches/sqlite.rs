@@ -6,7 +6,8 @@
 //! task, each decision one `BEGIN IMMEDIATE` transaction that reads the
 //! state, decides with the same core engine and writes it back — what our
 //! store does, without our layers. Rows are `ours|peer/ALGORITHM/cTASKS`;
-//! `cargo xtask bench sqlite` turns them into decisions per second.
+//! `cargo xtask bench sqlite` turns them into decisions per second. Our
+//! `+in_place` rows use `Blocking::InPlace` and pair with the same peer row.
 #![allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,
@@ -22,7 +23,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ratelimit_core::engine;
 use ratelimit_core::state::RuleState;
 use ratelimit_core::{Algorithm, Clock, Limiter, Rule, SystemClock};
-use ratelimit_sqlite::{Location, SqliteStorage};
+use ratelimit_sqlite::{Blocking, Location, SqliteStorage};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 const CONCURRENCY: [usize; 2] = [1, 16];
@@ -129,19 +130,26 @@ fn all(c: &mut Criterion) {
         let rule = rule(algorithm);
         for tasks in CONCURRENCY {
             let name = format!("{}/c{tasks}", algorithm.as_str());
-            // Both sides on a fresh file with the same schema and settings.
-            let path = fresh_db(&format!("ours-{name}").replace('/', "-"));
-            let store = runtime.block_on(async {
-                SqliteStorage::builder(Location::File(path.clone()))
-                    .pool_size(tasks.max(1) as u32)
-                    .cleanup_interval(None)
-                    .build()
-                    .unwrap()
-            });
-            let limiter = Limiter::new(Arc::new(store));
-            group.bench_function(format!("ours/{name}"), |b| {
-                b.iter_custom(|iters| ours(&runtime, &limiter, &rule, iters, tasks))
-            });
+            // Both sides on a fresh file with the same schema and settings;
+            // ours in both blocking modes (`+in_place` rows pair with the same peer).
+            for (suffix, blocking) in [
+                ("", Blocking::SpawnBlocking),
+                ("+in_place", Blocking::InPlace),
+            ] {
+                let path = fresh_db(&format!("ours-{name}{suffix}").replace(['/', '+'], "-"));
+                let store = runtime.block_on(async {
+                    SqliteStorage::builder(Location::File(path.clone()))
+                        .pool_size(tasks.max(1) as u32)
+                        .blocking(blocking)
+                        .cleanup_interval(None)
+                        .build()
+                        .unwrap()
+                });
+                let limiter = Limiter::new(Arc::new(store));
+                group.bench_function(format!("ours/{name}{suffix}"), |b| {
+                    b.iter_custom(|iters| ours(&runtime, &limiter, &rule, iters, tasks))
+                });
+            }
             let path = fresh_db(&format!("peer-{name}").replace('/', "-"));
             drop(SqliteStorage::open(&path).unwrap());
             group.bench_function(format!("peer/{name}"), |b| {

@@ -5,5 +5,5 @@ mod error;
 mod schema;
 mod storage;
 
-pub use config::{Location, SqliteConfig, Synchronous};
+pub use config::{Blocking, Location, SqliteConfig, Synchronous};
 pub use storage::{SqliteStorage, SqliteStorageBuilder};

@@ -17,7 +17,7 @@ use ratelimit_core::{
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::config::{Location, SqliteConfig};
+use crate::config::{Blocking, Location, SqliteConfig};
 use crate::error::{pool as pool_error, sqlite};
 use crate::schema;
 
@@ -99,6 +99,12 @@ impl SqliteStorageBuilder {
     /// How often to delete expired rows in the background; `None` disables it.
     pub fn cleanup_interval(mut self, interval: Option<Duration>) -> Self {
         self.config.cleanup_interval = interval;
+        self
+    }
+
+    /// Where SQLite's blocking calls run (see [`Blocking`]).
+    pub fn blocking(mut self, blocking: Blocking) -> Self {
+        self.config.blocking = blocking;
         self
     }
 
@@ -342,20 +348,23 @@ impl SqliteStorage {
             )
             .with_source(e)
         })?;
-        handle
-            .spawn_blocking(move || {
-                let path = inner.path.as_deref();
-                let mut conn = inner.pool.get().map_err(|e| pool_error(e, path))?;
-                f(&mut conn, path)
-            })
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    "a SQLite operation panicked or was cancelled",
-                )
-                .with_source(e)
-            })?
+        let job = move || {
+            let path = inner.path.as_deref();
+            let mut conn = inner.pool.get().map_err(|e| pool_error(e, path))?;
+            f(&mut conn, path)
+        };
+        if self.inner.config.blocking == Blocking::InPlace
+            && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return tokio::task::block_in_place(job);
+        }
+        handle.spawn_blocking(job).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Other,
+                "a SQLite operation panicked or was cancelled",
+            )
+            .with_source(e)
+        })?
     }
 }
 

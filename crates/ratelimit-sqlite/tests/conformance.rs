@@ -20,6 +20,26 @@ mod in_memory {
     });
 }
 
+/// Blocking calls on the calling worker (`Blocking::InPlace`); the async
+/// cases run on a multi-thread runtime, where that mode applies.
+mod in_place {
+    use super::*;
+    use ratelimit_sqlite::Blocking;
+
+    ratelimit_testkit::storage_conformance_tests!(
+        |clock: ManualClock| -> Arc<dyn Storage> {
+            Arc::new(
+                SqliteStorage::builder(Location::Memory)
+                    .blocking(Blocking::InPlace)
+                    .clock(Arc::new(clock))
+                    .build()
+                    .expect("an in-memory database opens"),
+            )
+        },
+        model_cases = 100
+    );
+}
+
 /// The same SQL and transactions on a WAL file; one file per store, so fewer
 /// random model sequences than in memory.
 mod on_file {

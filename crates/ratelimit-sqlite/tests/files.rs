@@ -107,16 +107,35 @@ fn urls_open_files_and_memory() {
     }
 }
 
+/// State written by one process is honoured by the next one, after the first
+/// has exited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_a_restart() {
     let path = dir("restart").join("rl.db");
-    let rule = Rule::new("daily", Algorithm::FixedWindow, "5/day".parse().unwrap()).unwrap();
-    {
-        let limiter = Limiter::new(Arc::new(SqliteStorage::open(&path).unwrap()));
-        for _ in 0..3 {
-            assert!(limiter.check(&rule, "client").await.unwrap().is_allowed());
-        }
-    }
+    let first = Command::new(env!("CARGO_BIN_EXE_ratelimit-sqlite-worker"))
+        .args([
+            path.to_str().unwrap(),
+            "fixed_window",
+            "5/366d",
+            "client",
+            "1",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&first.stdout).trim(), "3");
+
+    let rule = Rule::new(
+        "fixed_window",
+        Algorithm::FixedWindow,
+        "5/366d".parse().unwrap(),
+    )
+    .unwrap();
     let store = SqliteStorage::builder(Location::File(path.clone()))
         .build()
         .unwrap();
