@@ -1,7 +1,7 @@
 //! The memory store.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,8 +9,8 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
 use ratelimit_core::engine::{self, Write};
 use ratelimit_core::{
-    CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Result, Storage,
-    StorageStats, SystemClock, Timestamp,
+    CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic, Result,
+    Storage, StorageStats, SystemClock, Timestamp,
 };
 use std::hash::BuildHasher;
 
@@ -67,7 +67,7 @@ struct Shared {
     evictions: AtomicU64,
     expirations: AtomicU64,
     max_size: usize,
-    cleanup: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    cleanup: Periodic,
 }
 
 /// Builds a [`MemoryStorage`].
@@ -139,7 +139,7 @@ impl MemoryStorageBuilder {
                 evictions: AtomicU64::new(0),
                 expirations: AtomicU64::new(0),
                 max_size,
-                cleanup: Mutex::new(None),
+                cleanup: Periodic::new(),
             }),
         };
         if let Some(interval) = self.config.cleanup_interval {
@@ -185,49 +185,25 @@ impl MemoryStorage {
     /// running one. Fails outside a tokio runtime. The task stops by itself when
     /// the store is dropped or closed.
     pub fn start_cleanup(&self, interval: Duration) -> Result<()> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                "the cleanup task needs a tokio runtime",
-            )
-            .with_source(e)
-        })?;
-        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
-        let period = interval.max(Duration::from_millis(1));
-        let task = handle.spawn(async move {
-            let mut ticker = tokio::time::interval(period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
-            loop {
-                ticker.tick().await;
-                match weak.upgrade() {
-                    Some(shared) if !shared.closed.load(Ordering::Acquire) => {
-                        shared.sweep();
-                    }
-                    _ => return,
+        self.shared
+            .cleanup
+            .start(&self.shared, interval, |shared| async move {
+                if shared.closed.load(Ordering::Acquire) {
+                    return false;
                 }
-            }
-        });
-        if let Some(old) = self.shared.cleanup.lock().replace(task) {
-            old.abort();
-        }
-        Ok(())
+                shared.sweep();
+                true
+            })
     }
 
     /// Stops the background sweep, if running.
     pub fn stop_cleanup(&self) {
-        if let Some(task) = self.shared.cleanup.lock().take() {
-            task.abort();
-        }
+        self.shared.cleanup.stop();
     }
 
     /// Whether the background sweep is running.
     pub fn is_cleanup_running(&self) -> bool {
-        self.shared
-            .cleanup
-            .lock()
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
+        self.shared.cleanup.is_running()
     }
 
     /// Sweeps expired keys now, in batches; returns how many were removed.

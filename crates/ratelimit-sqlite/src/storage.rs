@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use ratelimit_core::engine;
 use ratelimit_core::state::RuleState;
 use ratelimit_core::{
-    CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Result, Rule, Storage,
-    StorageStats, SystemClock, Timestamp,
+    CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic, Result, Rule,
+    Storage, StorageStats, SystemClock, Timestamp,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -60,7 +59,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
     expired_removed: AtomicU64,
-    cleanup: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    cleanup: Periodic,
 }
 
 /// Builds a [`SqliteStorage`].
@@ -177,7 +176,7 @@ impl SqliteStorageBuilder {
                 clock: self.clock,
                 closed: AtomicBool::new(false),
                 expired_removed: AtomicU64::new(0),
-                cleanup: Mutex::new(None),
+                cleanup: Periodic::new(),
                 config,
             }),
         };
@@ -248,49 +247,26 @@ impl SqliteStorage {
     /// Fails outside a tokio runtime. Stops by itself when the store is closed
     /// or dropped.
     pub fn start_cleanup(&self, interval: Duration) -> Result<()> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                "the cleanup task needs a tokio runtime",
-            )
-            .with_source(e)
-        })?;
-        let weak = Arc::downgrade(&self.inner);
-        let period = interval.max(Duration::from_millis(1));
-        let task = handle.spawn(async move {
-            let mut ticker = tokio::time::interval(period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
-            loop {
-                ticker.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
+        self.inner
+            .cleanup
+            .start(&self.inner, interval, |inner| async move {
                 if inner.closed.load(Ordering::Acquire) {
-                    return;
+                    return false;
                 }
                 // A failed sweep (a busy database) is retried at the next tick.
                 let _ = SqliteStorage { inner }.cleanup_expired().await;
-            }
-        });
-        if let Some(old) = self.inner.cleanup.lock().replace(task) {
-            old.abort();
-        }
-        Ok(())
+                true
+            })
     }
 
     /// Stops the cleanup task, if running.
     pub fn stop_cleanup(&self) {
-        if let Some(task) = self.inner.cleanup.lock().take() {
-            task.abort();
-        }
+        self.inner.cleanup.stop();
     }
 
     /// Whether the cleanup task is running.
     pub fn is_cleanup_running(&self) -> bool {
-        self.inner
-            .cleanup
-            .lock()
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
+        self.inner.cleanup.is_running()
     }
 
     /// Deletes expired rows now, in batches of `cleanup_batch` (each its own
