@@ -147,14 +147,10 @@ impl SqliteStorageBuilder {
         });
         // Check the file once, with a plain connection, so a bad file is a
         // clear error rather than a pool that never fills.
-        let mut first = Connection::open_in_memory().map_err(|e| sqlite(e, path.as_deref()))?;
         if let Some(p) = &path {
-            first = Connection::open(p).map_err(|e| sqlite(e, path.as_deref()))?;
+            let mut first = Connection::open(p).map_err(|e| sqlite(e, Some(p)))?;
+            schema::prepare(&mut first, Some(p))?;
         }
-        if path.is_some() {
-            schema::prepare(&mut first, path.as_deref())?;
-        }
-        drop(first);
         let pool = Pool::builder()
             .thread_pool(helper_threads())
             // A connection to a local file does not go stale; checking it on
