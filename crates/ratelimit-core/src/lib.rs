@@ -6,6 +6,7 @@ mod decision;
 mod duration;
 pub mod engine;
 mod error;
+pub mod http;
 pub mod key;
 mod limiter;
 mod periodic;

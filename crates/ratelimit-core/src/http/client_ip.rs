@@ -1,0 +1,424 @@
+//! The client's address behind reverse proxies.
+//!
+//! The peer address of a connection is the only address nobody can forge.
+//! Forwarding headers (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`) are
+//! written by whoever sent the request, so they are believed only as far as a
+//! chain of *trusted* proxies vouches for them. Starting from the peer (which
+//! must itself be trusted), the walk goes from the right end of the header
+//! (the hop nearest to us) to the left, past every trusted proxy, and stops at
+//! the first address that is not one: that is the client. Anything a client
+//! writes into the header itself sits to the left of what the trusted proxies
+//! appended, so it is never reached. Work is bounded by a hop limit, and
+//! garbage (`unknown`, obfuscated identifiers, invalid UTF-8) stops the walk
+//! at the last trusted hop.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use ipnet::{IpNet, Ipv6Net};
+
+/// A forwarding header that proxies may set.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardingHeader {
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    XForwardedFor,
+    /// `X-Real-IP: client` (nginx).
+    XRealIp,
+}
+
+impl ForwardingHeader {
+    /// The header's name, lower-case.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Forwarded => "forwarded",
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::XRealIp => "x-real-ip",
+        }
+    }
+}
+
+/// Read access to a request's headers, implemented by each adapter.
+pub trait Headers {
+    /// Every value of the header `name` (lower-case; match it
+    /// case-insensitively), in the order received.
+    fn get_all(&self, name: &str) -> Vec<&[u8]>;
+}
+
+impl Headers for [(&str, &[u8])] {
+    fn get_all(&self, name: &str) -> Vec<&[u8]> {
+        self.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+            .collect()
+    }
+}
+
+/// A trusted-proxy entry that is not an address or a CIDR block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidProxy(pub String);
+
+impl fmt::Display for InvalidProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid trusted proxy {:?}: expected an IP address or a CIDR block such as 10.0.0.0/8 or fd00::/8",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidProxy {}
+
+/// How to find the client's address: which proxies are trusted, and which
+/// forwarding headers they set.
+///
+/// With no trusted proxies (the default) the client is always the peer, and
+/// forwarding headers are ignored: a client that sends its own
+/// `X-Forwarded-For` gains nothing.
+///
+/// ```
+/// use ratelimit_core::http::ClientIpPolicy;
+/// use std::net::IpAddr;
+///
+/// let policy = ClientIpPolicy::new().trust(["10.0.0.0/8"])?;
+/// let peer: IpAddr = "10.0.0.5".parse()?;
+/// let headers: &[(&str, &[u8])] = &[("X-Forwarded-For", b"6.6.6.6, 203.0.113.9, 10.1.1.1")];
+/// // 10.1.1.1 is a trusted hop; 203.0.113.9 is the first untrusted one; the
+/// // spoofed 6.6.6.6 to its left is never reached.
+/// assert_eq!(policy.client_ip(peer, headers), "203.0.113.9".parse::<IpAddr>()?);
+/// // From an untrusted peer, the header is ignored.
+/// assert_eq!(policy.client_ip("198.51.100.1".parse()?, headers), "198.51.100.1".parse::<IpAddr>()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientIpPolicy {
+    trusted: Vec<IpNet>,
+    headers: Vec<ForwardingHeader>,
+    max_hops: usize,
+}
+
+impl Default for ClientIpPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The longest single hop considered; longer ones are garbage.
+const MAX_HOP_LEN: usize = 256;
+
+impl ClientIpPolicy {
+    /// No trusted proxies; headers `Forwarded`, then `X-Forwarded-For`, then
+    /// `X-Real-IP` (the first one present is used); at most 20 hops examined.
+    pub fn new() -> Self {
+        Self {
+            trusted: Vec::new(),
+            headers: vec![
+                ForwardingHeader::Forwarded,
+                ForwardingHeader::XForwardedFor,
+                ForwardingHeader::XRealIp,
+            ],
+            max_hops: 20,
+        }
+    }
+
+    /// Also trusts these proxies: addresses (`10.0.0.1`, `::1`) or CIDR blocks
+    /// (`10.0.0.0/8`, `fd00::/8`).
+    pub fn trust<S: AsRef<str>>(
+        mut self,
+        proxies: impl IntoIterator<Item = S>,
+    ) -> Result<Self, InvalidProxy> {
+        for proxy in proxies {
+            let text = proxy.as_ref().trim();
+            let net = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| InvalidProxy(text.chars().take(64).collect()))?;
+            self.trusted.push(net);
+        }
+        Ok(self)
+    }
+
+    /// Which headers the proxies set, in order of preference: the first one
+    /// present on a request is used. An empty list ignores all headers.
+    #[must_use]
+    pub fn headers(mut self, headers: Vec<ForwardingHeader>) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// At most this many hops are examined per request (default 20).
+    #[must_use]
+    pub fn max_hops(mut self, hops: usize) -> Self {
+        self.max_hops = hops.max(1);
+        self
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address for a connection from `peer` carrying `headers`.
+    pub fn client_ip<H: Headers + ?Sized>(&self, peer: IpAddr, headers: &H) -> IpAddr {
+        let peer = peer.to_canonical();
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        for header in &self.headers {
+            let values = headers.get_all(header.name());
+            if !values.is_empty() {
+                return self.walk(peer, *header, &values);
+            }
+        }
+        peer
+    }
+
+    fn walk(&self, peer: IpAddr, header: ForwardingHeader, values: &[&[u8]]) -> IpAddr {
+        let mut nearest_trusted = peer;
+        let hops = values
+            .iter()
+            .rev()
+            .flat_map(|value| value.rsplit(|b| *b == b','))
+            .take(self.max_hops);
+        for hop in hops {
+            let ip = match header {
+                ForwardingHeader::Forwarded => forwarded_for(hop),
+                ForwardingHeader::XForwardedFor | ForwardingHeader::XRealIp => address(hop),
+            };
+            match ip {
+                Some(ip) if self.is_trusted(ip) => nearest_trusted = ip,
+                Some(ip) => return ip,
+                // A trusted proxy reported something we cannot read: believe no further.
+                None => return nearest_trusted,
+            }
+        }
+        nearest_trusted
+    }
+}
+
+/// An address as proxies write it: `203.0.113.9`, `203.0.113.9:4711`,
+/// `2001:db8::1`, `[2001:db8::1]:4711`, optionally quoted.
+fn address(raw: &[u8]) -> Option<IpAddr> {
+    if raw.len() > MAX_HOP_LEN {
+        return None;
+    }
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    let ip = if let Some(rest) = text.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        if !(after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok()))
+        {
+            return None;
+        }
+        IpAddr::V6(inside.parse::<Ipv6Addr>().ok()?)
+    } else if let Ok(ip) = text.parse::<IpAddr>() {
+        ip
+    } else {
+        text.parse::<SocketAddr>().ok()?.ip()
+    };
+    Some(ip.to_canonical())
+}
+
+/// The `for=` parameter of one RFC 7239 element (`for=…;proto=…;by=…`).
+fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    element.split(|b| *b == b';').find_map(|pair| {
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        let (name, value) = pair.split_at(eq);
+        let name = std::str::from_utf8(name).ok()?.trim();
+        if name.eq_ignore_ascii_case("for") {
+            address(value.get(1..)?)
+        } else {
+            None
+        }
+    })
+}
+
+/// The rate-limit key of a client address: IPv4 addresses as they are, IPv6
+/// addresses grouped by their first `ipv6_prefix` bits (one /64 is usually
+/// one subscriber, who can otherwise rotate through 2^64 addresses).
+///
+/// ```
+/// use ratelimit_core::http::ip_key;
+///
+/// assert_eq!(ip_key("203.0.113.9".parse()?, 64), "203.0.113.9");
+/// assert_eq!(ip_key("2001:db8:1:2:aaaa::1".parse()?, 64), "2001:db8:1:2::/64");
+/// assert_eq!(ip_key("::ffff:203.0.113.9".parse()?, 64), "203.0.113.9");
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
+pub fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match Ipv6Net::new(v6, ipv6_prefix.min(128)) {
+            Ok(net) => net.trunc().to_string(),
+            Err(_) => v6.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn policy() -> ClientIpPolicy {
+        ClientIpPolicy::new()
+            .trust(["10.0.0.0/8", "fd00::/8", "192.0.2.1"])
+            .unwrap()
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof() {
+        let h: &[(&str, &[u8])] = &[
+            ("x-forwarded-for", b"1.2.3.4"),
+            ("forwarded", b"for=1.2.3.4"),
+            ("x-real-ip", b"1.2.3.4"),
+        ];
+        assert_eq!(
+            policy().client_ip(ip("198.51.100.7"), h),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            ClientIpPolicy::new().client_ip(ip("10.0.0.1"), h),
+            ip("10.0.0.1"),
+            "no proxy trusted by default"
+        );
+    }
+
+    #[test]
+    fn walks_from_the_right_past_trusted_hops() {
+        let p = policy();
+        let one: &[(&str, &[u8])] = &[("X-Forwarded-For", b"203.0.113.9")];
+        assert_eq!(p.client_ip(ip("10.0.0.1"), one), ip("203.0.113.9"));
+        let spoofed: &[(&str, &[u8])] = &[("X-Forwarded-For", b"6.6.6.6, 203.0.113.9, 10.9.9.9")];
+        assert_eq!(p.client_ip(ip("10.0.0.1"), spoofed), ip("203.0.113.9"));
+        // Several header lines are one list, in order.
+        let lines: &[(&str, &[u8])] = &[
+            ("x-forwarded-for", b"6.6.6.6, 203.0.113.9"),
+            ("x-forwarded-for", b"10.2.2.2"),
+        ];
+        assert_eq!(p.client_ip(ip("10.0.0.1"), lines), ip("203.0.113.9"));
+        // Every hop trusted: the leftmost one.
+        let all: &[(&str, &[u8])] = &[("x-forwarded-for", b"10.3.3.3, 10.2.2.2")];
+        assert_eq!(p.client_ip(ip("10.0.0.1"), all), ip("10.3.3.3"));
+    }
+
+    #[test]
+    fn reads_forwarded_with_quotes_ports_and_ipv6() {
+        let p = policy();
+        let h: &[(&str, &[u8])] = &[(
+            "Forwarded",
+            b"for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, For=10.1.1.1;by=10.0.0.1",
+        )];
+        assert_eq!(p.client_ip(ip("10.0.0.1"), h), ip("2001:db8:cafe::17"));
+        // `unknown` or an obfuscated id: believe no further than the last trusted hop.
+        let hidden: &[(&str, &[u8])] =
+            &[("forwarded", b"for=203.0.113.9, for=_hidden, for=10.1.1.1")];
+        assert_eq!(p.client_ip(ip("10.0.0.1"), hidden), ip("10.1.1.1"));
+        // Forwarded is preferred when several headers are present.
+        let both: &[(&str, &[u8])] = &[
+            ("x-forwarded-for", b"1.1.1.1"),
+            ("forwarded", b"for=203.0.113.9"),
+        ];
+        assert_eq!(p.client_ip(ip("10.0.0.1"), both), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn x_real_ip_and_ports() {
+        let p = policy();
+        let h: &[(&str, &[u8])] = &[("x-real-ip", b" 203.0.113.9:5555 ")];
+        assert_eq!(p.client_ip(ip("192.0.2.1"), h), ip("203.0.113.9"));
+        let only_xff = p.clone().headers(vec![ForwardingHeader::XForwardedFor]);
+        assert_eq!(only_xff.client_ip(ip("192.0.2.1"), h), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn hostile_input_is_bounded_and_sane() {
+        let p = policy();
+        // Thousands of trusted hops: only max_hops are looked at.
+        let many = vec!["10.1.1.1"; 5_000].join(",");
+        let h: &[(&str, &[u8])] = &[("x-forwarded-for", many.as_bytes())];
+        assert_eq!(p.client_ip(ip("10.0.0.1"), h), ip("10.1.1.1"));
+        // Invalid UTF-8, giant hops, empty values: the nearest trusted hop.
+        for garbage in [
+            &b"\xff\xfe, 10.2.2.2"[..],
+            &[b'1'; 100_000],
+            b"",
+            b",,,",
+            b"for=\"[::1",
+        ] {
+            let h: &[(&str, &[u8])] = &[("x-forwarded-for", garbage)];
+            let got = p.client_ip(ip("10.0.0.1"), h);
+            assert!(got == ip("10.0.0.1") || got == ip("10.2.2.2"), "{got}");
+        }
+        // An IPv4-mapped IPv6 peer is its IPv4 address.
+        let h: &[(&str, &[u8])] = &[];
+        assert_eq!(p.client_ip(ip("::ffff:10.0.0.1"), h), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_prefix() {
+        assert_eq!(
+            ip_key(ip("2001:db8:1:2::1"), 64),
+            ip_key(ip("2001:db8:1:2:ffff::9"), 64)
+        );
+        assert_ne!(
+            ip_key(ip("2001:db8:1:2::1"), 64),
+            ip_key(ip("2001:db8:1:3::1"), 64)
+        );
+        assert_eq!(ip_key(ip("2001:db8::1"), 128), "2001:db8::1/128");
+        assert_eq!(ip_key(ip("2001:db8::1"), 200), "2001:db8::1/128");
+    }
+
+    #[test]
+    fn bad_proxy_entries_are_errors() {
+        assert!(ClientIpPolicy::new().trust(["10.0.0.0/33"]).is_err());
+        assert!(ClientIpPolicy::new().trust(["proxy.internal"]).is_err());
+        assert!(ClientIpPolicy::new().trust(["::1", "127.0.0.1"]).is_ok());
+    }
+
+    proptest! {
+        /// Whatever bytes the headers hold, the answer is the peer or an
+        /// address that one of the hops spells; never a panic.
+        #[test]
+        fn any_header_bytes_are_safe(values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 0..6)) {
+            let p = policy();
+            let peer = ip("10.0.0.1");
+            let hops: Vec<IpAddr> = values
+                .iter()
+                .flat_map(|v| v.split(|b| *b == b','))
+                .flat_map(|hop| [address(hop), forwarded_for(hop)])
+                .flatten()
+                .collect();
+            for name in ["x-forwarded-for", "forwarded"] {
+                let h: Vec<(&str, &[u8])> = values.iter().map(|v| (name, v.as_slice())).collect();
+                let got = p.client_ip(peer, h.as_slice());
+                prop_assert!(got == peer || hops.contains(&got), "{got} from {values:?}");
+            }
+        }
+
+        /// Addresses written the usual ways are read back exactly.
+        #[test]
+        fn written_addresses_are_read(v4 in any::<[u8; 4]>(), v6 in any::<[u16; 8]>(), port in any::<u16>()) {
+            let a = IpAddr::from(v4);
+            let b = IpAddr::from(v6).to_canonical();
+            prop_assert_eq!(address(a.to_string().as_bytes()), Some(a));
+            prop_assert_eq!(address(format!("{a}:{port}").as_bytes()), Some(a));
+            prop_assert_eq!(address(format!("[{b}]:{port}").as_bytes()), Some(b));
+            prop_assert_eq!(forwarded_for(format!("proto=https;for=\"[{b}]:{port}\"").as_bytes()), Some(b));
+        }
+    }
+}
