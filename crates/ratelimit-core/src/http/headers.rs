@@ -1,0 +1,214 @@
+//! Rate-limit response headers, rendered from a decision.
+//!
+//! Two families exist in the wild, and clients know one or the other:
+//!
+//! - legacy `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`
+//!   (the reset as seconds from now, or as a Unix time: [`ResetFormat`]);
+//! - the IETF httpapi draft's structured fields
+//!   `RateLimit-Policy: "name";q=LIMIT;w=WINDOW` and
+//!   `RateLimit: "name";r=REMAINING;t=SECONDS`.
+//!
+//! `Retry-After` is plain HTTP: it goes on every denial, whatever the style.
+//! All seconds are rounded up, so a client that waits as told is never early.
+
+use std::time::Duration;
+
+use crate::clock::{Timestamp, duration_to_micros};
+use crate::decision::Decision;
+
+/// Which rate-limit headers to send.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderStyle {
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    Legacy,
+    /// `RateLimit-Policy` and `RateLimit` (IETF draft).
+    #[default]
+    Ietf,
+    /// Both families.
+    Both,
+    /// No rate-limit headers (`Retry-After` is still sent on denials).
+    None,
+}
+
+/// How `X-RateLimit-Reset` is written.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResetFormat {
+    /// Seconds from now until the limit is fully available again (GitHub-style
+    /// clients that want a delay; the default).
+    #[default]
+    Seconds,
+    /// The Unix time (seconds) at which the limit is fully available again.
+    UnixTime,
+}
+
+fn ceil_secs(micros: u64) -> u64 {
+    micros.div_ceil(1_000_000)
+}
+
+/// A structured-field string: quoted, with `"` and `\` escaped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The rate-limit headers for `decision`, made by a rule whose window is
+/// `window`, at wall time `now`, in `style`. Header names are lower-case.
+///
+/// ```
+/// use ratelimit_core::http::{HeaderStyle, ResetFormat, rate_limit_headers};
+/// use ratelimit_core::{Decision, SmolStr, Timestamp};
+/// use std::time::Duration;
+///
+/// let d = Decision::allow(SmolStr::new("api"), 100, 42, Duration::from_millis(30_500));
+/// let now = Timestamp::from_micros(1_700_000_000_000_000);
+/// let h = rate_limit_headers(&d, Duration::from_secs(60), now, HeaderStyle::Both, ResetFormat::Seconds);
+/// assert!(h.contains(&("ratelimit-policy", "\"api\";q=100;w=60".to_owned())));
+/// assert!(h.contains(&("ratelimit", "\"api\";r=42;t=31".to_owned())));
+/// assert!(h.contains(&("x-ratelimit-reset", "31".to_owned())));
+/// ```
+pub fn rate_limit_headers(
+    decision: &Decision,
+    window: Duration,
+    now: Timestamp,
+    style: HeaderStyle,
+    reset: ResetFormat,
+) -> Vec<(&'static str, String)> {
+    let reset_us = duration_to_micros(decision.reset_after());
+    let reset_secs = ceil_secs(reset_us);
+    let mut headers = Vec::with_capacity(5);
+    if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both) {
+        let reset_value = match reset {
+            ResetFormat::Seconds => reset_secs,
+            ResetFormat::UnixTime => ceil_secs(now.as_micros().saturating_add(reset_us)),
+        };
+        headers.push(("x-ratelimit-limit", decision.limit().to_string()));
+        headers.push(("x-ratelimit-remaining", decision.remaining().to_string()));
+        headers.push(("x-ratelimit-reset", reset_value.to_string()));
+    }
+    if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
+        let name = sf_string(decision.rule());
+        let window_secs = ceil_secs(duration_to_micros(window)).max(1);
+        headers.push((
+            "ratelimit-policy",
+            format!("{name};q={};w={window_secs}", decision.limit()),
+        ));
+        headers.push((
+            "ratelimit",
+            format!("{name};r={};t={reset_secs}", decision.remaining()),
+        ));
+    }
+    headers
+}
+
+/// `Retry-After` for a denial: whole seconds, rounded up, at least 1. `None`
+/// for an admission.
+pub fn retry_after_header(decision: &Decision) -> Option<String> {
+    let wait = duration_to_micros(decision.retry_after()?);
+    Some(ceil_secs(wait).max(1).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smol_str::SmolStr;
+
+    const NOW: Timestamp = Timestamp::from_micros(1_700_000_000_250_000);
+
+    fn denied() -> Decision {
+        Decision::deny(
+            SmolStr::new("login"),
+            5,
+            0,
+            Duration::from_secs(90),
+            Duration::from_millis(200),
+        )
+    }
+
+    #[test]
+    fn styles_select_the_families() {
+        let d = denied();
+        let names = |style| -> Vec<&str> {
+            rate_limit_headers(
+                &d,
+                Duration::from_secs(60),
+                NOW,
+                style,
+                ResetFormat::Seconds,
+            )
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+        };
+        assert_eq!(
+            names(HeaderStyle::Legacy),
+            [
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset"
+            ]
+        );
+        assert_eq!(names(HeaderStyle::Ietf), ["ratelimit-policy", "ratelimit"]);
+        assert_eq!(names(HeaderStyle::Both).len(), 5);
+        assert!(names(HeaderStyle::None).is_empty());
+    }
+
+    #[test]
+    fn reset_is_seconds_or_unix_time_rounded_up() {
+        let d = denied();
+        let reset = |format| {
+            rate_limit_headers(
+                &d,
+                Duration::from_secs(60),
+                NOW,
+                HeaderStyle::Legacy,
+                format,
+            )
+            .into_iter()
+            .find(|(n, _)| *n == "x-ratelimit-reset")
+            .map(|(_, v)| v)
+            .unwrap()
+        };
+        assert_eq!(reset(ResetFormat::Seconds), "90");
+        // 1_700_000_000.25 s + 90 s, rounded up.
+        assert_eq!(reset(ResetFormat::UnixTime), "1700000091");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_at_least_a_second() {
+        assert_eq!(retry_after_header(&denied()).as_deref(), Some("1"));
+        let long = Decision::deny(
+            SmolStr::new("r"),
+            1,
+            0,
+            Duration::ZERO,
+            Duration::from_micros(2_000_001),
+        );
+        assert_eq!(retry_after_header(&long).as_deref(), Some("3"));
+        let ok = Decision::allow(SmolStr::new("r"), 1, 0, Duration::ZERO);
+        assert_eq!(retry_after_header(&ok), None);
+    }
+
+    #[test]
+    fn ietf_fields_escape_names_and_round_windows() {
+        let d = Decision::allow(SmolStr::new(r#"we"ird\rule"#), 10, 3, Duration::ZERO);
+        let h = rate_limit_headers(
+            &d,
+            Duration::from_millis(1),
+            NOW,
+            HeaderStyle::Ietf,
+            ResetFormat::Seconds,
+        );
+        assert_eq!(h[0].1, r#""we\"ird\\rule";q=10;w=1"#);
+        assert_eq!(h[1].1, r#""we\"ird\\rule";r=3;t=0"#);
+    }
+}
