@@ -47,12 +47,20 @@ pub trait Headers {
     fn get_all(&self, name: &str) -> Vec<&[u8]>;
 }
 
+/// A plain list of `(name, value)` pairs, for tests and simple integrations.
 impl Headers for [(&str, &[u8])] {
     fn get_all(&self, name: &str) -> Vec<&[u8]> {
         self.iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| *v)
             .collect()
+    }
+}
+
+/// The same list by reference, so it can stand behind a `&dyn Headers`.
+impl Headers for &[(&str, &[u8])] {
+    fn get_all(&self, name: &str) -> Vec<&[u8]> {
+        (**self).get_all(name)
     }
 }
 

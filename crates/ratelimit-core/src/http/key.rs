@@ -1,0 +1,318 @@
+//! Rate-limit keys for HTTP requests, from a framework-free view of the request.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use smol_str::SmolStr;
+
+use super::client_ip::{ClientIpPolicy, Headers, ip_key};
+
+/// Who the application's own authentication says the caller is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// The user (or API client) id.
+    pub user: SmolStr,
+    /// The subscription tier, if the application knows it.
+    pub tier: Option<SmolStr>,
+}
+
+/// What the policy sees of a request; each adapter fills one from its
+/// framework's request.
+#[derive(Clone, Copy)]
+pub struct RequestView<'a> {
+    /// The method (`GET`, ...).
+    pub method: &'a str,
+    /// The path, without the query string.
+    pub path: &'a str,
+    /// The matched route pattern (`/users/{id}`), when the framework knows it.
+    pub route: Option<&'a str>,
+    /// The connection's peer address.
+    pub peer: IpAddr,
+    /// The request's headers.
+    pub headers: &'a dyn Headers,
+    /// The caller's identity, if the application's authentication attached one.
+    pub identity: Option<&'a Identity>,
+}
+
+impl fmt::Debug for RequestView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestView")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("route", &self.route)
+            .field("peer", &self.peer)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A custom key function: `None` means "no key for this request".
+pub type KeyFn = Arc<dyn Fn(&RequestView<'_>) -> Option<String> + Send + Sync>;
+
+/// Where a request's rate-limit key comes from.
+#[non_exhaustive]
+#[derive(Clone)]
+pub enum KeySource {
+    /// The client's address (through the trusted-proxy policy; IPv6 grouped by
+    /// prefix): `ip:203.0.113.9`, `ip:2001:db8:1:2::/64`.
+    Ip,
+    /// A header's value, such as an API key: `header:x-api-key:VALUE`.
+    /// Missing, empty or non-UTF-8 values count as no key.
+    Header(SmolStr),
+    /// The authenticated user: `user:ID`.
+    User,
+    /// The matched route pattern (or the path if there is none), so the whole
+    /// route shares one limit: `route:/users/{id}`.
+    Route,
+    /// The application's own function.
+    Custom(KeyFn),
+    /// Several sources joined (`user:42|route:/export`); missing if any part is.
+    Composite(Vec<KeySource>),
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ip => f.write_str("Ip"),
+            Self::Header(h) => write!(f, "Header({h:?})"),
+            Self::User => f.write_str("User"),
+            Self::Route => f.write_str("Route"),
+            Self::Custom(_) => f.write_str("Custom(..)"),
+            Self::Composite(parts) => f.debug_tuple("Composite").field(parts).finish(),
+        }
+    }
+}
+
+/// What to do when a request has no key (no identity, header missing).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingKey {
+    /// Limit the request by its client address instead (the default, and what
+    /// anonymous users get in tiered setups).
+    #[default]
+    UseIp,
+    /// Refuse the request with this status (e.g. 400 or 401).
+    Reject(u16),
+}
+
+/// The outcome of key extraction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtractedKey {
+    /// The key to limit the request by.
+    Key(String),
+    /// No key, and the policy says to refuse the request with this status.
+    Reject(u16),
+}
+
+/// Turns requests into keys: a source, the fallback for requests without one,
+/// the trusted-proxy policy, and the IPv6 grouping prefix.
+///
+/// ```
+/// use ratelimit_core::http::{ClientIpPolicy, ExtractedKey, KeyExtractor, KeySource, MissingKey, RequestView};
+///
+/// let extractor = KeyExtractor::new(KeySource::Header("x-api-key".into()))
+///     .on_missing(MissingKey::Reject(401));
+/// let headers: &[(&str, &[u8])] = &[("X-Api-Key", b"k-123")];
+/// let view = RequestView {
+///     method: "GET", path: "/", route: None, peer: "198.51.100.7".parse()?,
+///     headers: &headers, identity: None,
+/// };
+/// assert_eq!(extractor.extract(&view), ExtractedKey::Key("header:x-api-key:k-123".into()));
+/// let none: &[(&str, &[u8])] = &[];
+/// let anonymous = RequestView { headers: &none, ..view };
+/// assert_eq!(extractor.extract(&anonymous), ExtractedKey::Reject(401));
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct KeyExtractor {
+    source: KeySource,
+    missing: MissingKey,
+    proxies: ClientIpPolicy,
+    ipv6_prefix: u8,
+}
+
+/// The longest header value used as a key; longer values are hashed by the
+/// limiter anyway, this only bounds the work here.
+const MAX_HEADER_KEY: usize = 1_024;
+
+impl KeyExtractor {
+    /// Keys from `source`; falls back to the client address; trusts no proxy;
+    /// groups IPv6 by /64.
+    pub fn new(source: KeySource) -> Self {
+        Self {
+            source,
+            missing: MissingKey::default(),
+            proxies: ClientIpPolicy::new(),
+            ipv6_prefix: 64,
+        }
+    }
+
+    /// What to do when a request has no key.
+    #[must_use]
+    pub fn on_missing(mut self, missing: MissingKey) -> Self {
+        self.missing = missing;
+        self
+    }
+
+    /// How to find the client address behind proxies.
+    #[must_use]
+    pub fn proxies(mut self, proxies: ClientIpPolicy) -> Self {
+        self.proxies = proxies;
+        self
+    }
+
+    /// IPv6 clients are grouped by this prefix length (default 64).
+    #[must_use]
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits.min(128);
+        self
+    }
+
+    /// The client address of `view`, through the proxy policy.
+    pub fn client_ip(&self, view: &RequestView<'_>) -> IpAddr {
+        self.proxies.client_ip(view.peer, view.headers)
+    }
+
+    /// The key of `view`, or what to do without one.
+    pub fn extract(&self, view: &RequestView<'_>) -> ExtractedKey {
+        match self.key(&self.source, view) {
+            Some(key) => ExtractedKey::Key(key),
+            None => match self.missing {
+                MissingKey::UseIp => ExtractedKey::Key(self.ip(view)),
+                MissingKey::Reject(status) => ExtractedKey::Reject(status),
+            },
+        }
+    }
+
+    fn ip(&self, view: &RequestView<'_>) -> String {
+        format!("ip:{}", ip_key(self.client_ip(view), self.ipv6_prefix))
+    }
+
+    fn key(&self, source: &KeySource, view: &RequestView<'_>) -> Option<String> {
+        match source {
+            KeySource::Ip => Some(self.ip(view)),
+            KeySource::Header(name) => {
+                let values = view.headers.get_all(&name.to_ascii_lowercase());
+                let value = values.first()?;
+                let value = std::str::from_utf8(value.get(..value.len().min(MAX_HEADER_KEY))?)
+                    .ok()?
+                    .trim();
+                (!value.is_empty()).then(|| format!("header:{}:{value}", name.to_ascii_lowercase()))
+            }
+            KeySource::User => view.identity.map(|id| format!("user:{}", id.user)),
+            KeySource::Route => Some(format!("route:{}", view.route.unwrap_or(view.path))),
+            KeySource::Custom(f) => f(view).filter(|k| !k.is_empty()),
+            KeySource::Composite(parts) => {
+                let keys = parts
+                    .iter()
+                    .map(|p| self.key(p, view))
+                    .collect::<Option<Vec<_>>>()?;
+                (!keys.is_empty()).then(|| keys.join("|"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(
+        headers: &'a &'a [(&'a str, &'a [u8])],
+        identity: Option<&'a Identity>,
+    ) -> RequestView<'a> {
+        RequestView {
+            method: "POST",
+            path: "/users/42/export",
+            route: Some("/users/{id}/export"),
+            peer: "10.0.0.1".parse().unwrap(),
+            headers,
+            identity,
+        }
+    }
+
+    #[test]
+    fn each_source() {
+        let alice = Identity {
+            user: "alice".into(),
+            tier: Some("pro".into()),
+        };
+        let h: &[(&str, &[u8])] = &[("x-forwarded-for", b"203.0.113.9"), ("X-API-Key", b" k1 ")];
+        let v = view(&h, Some(&alice));
+        let key = |s: KeySource| KeyExtractor::new(s).extract(&v);
+        assert_eq!(
+            key(KeySource::Ip),
+            ExtractedKey::Key("ip:10.0.0.1".into()),
+            "no proxy trusted"
+        );
+        let behind = KeyExtractor::new(KeySource::Ip)
+            .proxies(ClientIpPolicy::new().trust(["10.0.0.0/8"]).unwrap());
+        assert_eq!(
+            behind.extract(&v),
+            ExtractedKey::Key("ip:203.0.113.9".into())
+        );
+        assert_eq!(
+            key(KeySource::Header("X-Api-Key".into())),
+            ExtractedKey::Key("header:x-api-key:k1".into())
+        );
+        assert_eq!(key(KeySource::User), ExtractedKey::Key("user:alice".into()));
+        assert_eq!(
+            key(KeySource::Route),
+            ExtractedKey::Key("route:/users/{id}/export".into())
+        );
+        let composite = KeySource::Composite(vec![KeySource::User, KeySource::Route]);
+        assert_eq!(
+            key(composite),
+            ExtractedKey::Key("user:alice|route:/users/{id}/export".into())
+        );
+        let custom: KeyFn = Arc::new(|v: &RequestView<'_>| {
+            v.identity
+                .and_then(|i| i.tier.as_ref())
+                .map(|t| format!("tier:{t}"))
+        });
+        assert_eq!(
+            key(KeySource::Custom(custom)),
+            ExtractedKey::Key("tier:pro".into())
+        );
+    }
+
+    #[test]
+    fn missing_keys_fall_back_or_reject() {
+        let h: &[(&str, &[u8])] = &[("x-api-key", b"   "), ("x-other", b"\xff")];
+        let v = view(&h, None);
+        for source in [
+            KeySource::User,
+            KeySource::Header("x-api-key".into()),
+            KeySource::Header("x-other".into()),
+            KeySource::Header("x-absent".into()),
+            KeySource::Composite(vec![KeySource::Ip, KeySource::User]),
+            KeySource::Custom(Arc::new(|_: &RequestView<'_>| Some(String::new()))),
+        ] {
+            let e = KeyExtractor::new(source.clone());
+            assert_eq!(
+                e.extract(&v),
+                ExtractedKey::Key("ip:10.0.0.1".into()),
+                "{source:?}"
+            );
+            let strict = e.on_missing(MissingKey::Reject(401));
+            assert_eq!(strict.extract(&v), ExtractedKey::Reject(401), "{source:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_prefix() {
+        let h: &[(&str, &[u8])] = &[];
+        let mut v = view(&h, None);
+        v.peer = "2001:db8:1:2::7".parse().unwrap();
+        let e = KeyExtractor::new(KeySource::Ip);
+        assert_eq!(
+            e.extract(&v),
+            ExtractedKey::Key("ip:2001:db8:1:2::/64".into())
+        );
+        assert_eq!(
+            e.ipv6_prefix(48).extract(&v),
+            ExtractedKey::Key("ip:2001:db8:1::/48".into())
+        );
+    }
+}
