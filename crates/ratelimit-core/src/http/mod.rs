@@ -3,13 +3,16 @@
 //! So far: a view of a request that every adapter fills ([`RequestView`]),
 //! finding the client's address behind reverse proxies ([`ClientIpPolicy`]),
 //! turning a request into a key ([`KeyExtractor`], [`KeySource`], [`ip_key`]),
-//! and rendering the rate-limit response headers ([`rate_limit_headers`],
-//! [`retry_after_header`]).
+//! deciding what applies to a request ([`RouteTable`]: deny and allow lists,
+//! exemptions, route rules), and rendering the rate-limit response headers
+//! ([`rate_limit_headers`], [`retry_after_header`]).
 
 mod client_ip;
 mod headers;
 mod key;
+mod routes;
 
 pub use client_ip::{ClientIpPolicy, ForwardingHeader, Headers, InvalidProxy, ip_key};
 pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 pub use key::{ExtractedKey, Identity, KeyExtractor, KeyFn, KeySource, MissingKey, RequestView};
+pub use routes::{Applies, ExemptFn, Limits, RouteError, RouteTable};
