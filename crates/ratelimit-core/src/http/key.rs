@@ -176,7 +176,13 @@ impl KeyExtractor {
 
     /// The key of `view`, or what to do without one.
     pub fn extract(&self, view: &RequestView<'_>) -> ExtractedKey {
-        match self.key(&self.source, view) {
+        self.extract_with(&self.source, view)
+    }
+
+    /// Like [`extract`](Self::extract), with another source (a route's own)
+    /// and this extractor's fallback, proxies and IPv6 grouping.
+    pub fn extract_with(&self, source: &KeySource, view: &RequestView<'_>) -> ExtractedKey {
+        match self.key(source, view) {
             Some(key) => ExtractedKey::Key(key),
             None => match self.missing {
                 MissingKey::UseIp => ExtractedKey::Key(self.ip(view)),

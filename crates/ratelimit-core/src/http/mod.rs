@@ -5,14 +5,17 @@
 //! turning a request into a key ([`KeyExtractor`], [`KeySource`], [`ip_key`]),
 //! deciding what applies to a request ([`RouteTable`]: deny and allow lists,
 //! exemptions, route rules), and rendering the rate-limit response headers
-//! ([`rate_limit_headers`], [`retry_after_header`]).
+//! ([`rate_limit_headers`], [`retry_after_header`]); [`HttpPolicy`] puts them
+//! together into the one call every adapter makes.
 
 mod client_ip;
 mod headers;
 mod key;
+mod policy;
 mod routes;
 
 pub use client_ip::{ClientIpPolicy, ForwardingHeader, Headers, InvalidProxy, ip_key};
 pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 pub use key::{ExtractedKey, Identity, KeyExtractor, KeyFn, KeySource, MissingKey, RequestView};
-pub use routes::{Applies, ExemptFn, Limits, RouteError, RouteTable};
+pub use policy::{BlockedHook, ErrorHook, HttpPolicy, Outcome};
+pub use routes::{Applies, ErrorMode, ExemptFn, Limits, RouteError, RouteTable};

@@ -23,6 +23,20 @@ pub struct Limits {
     pub cost: u64,
     /// The key source for this route; `None` uses the policy's default.
     pub key: Option<KeySource>,
+    /// What to do when the store fails; `None` uses the policy's default.
+    pub on_store_error: Option<ErrorMode>,
+}
+
+/// What to do with a request when the store cannot decide (down, slow, corrupt).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorMode {
+    /// Refuse the request with 503 (the default: a limiter that silently stops
+    /// limiting is a limiter an attacker can switch off).
+    #[default]
+    FailClosed,
+    /// Let the request through unlimited (the seeds' `skip_on_error`).
+    FailOpen,
 }
 
 impl Limits {
@@ -32,6 +46,7 @@ impl Limits {
             rules,
             cost: 1,
             key: None,
+            on_store_error: None,
         }
     }
 
@@ -46,6 +61,13 @@ impl Limits {
     #[must_use]
     pub fn key(mut self, key: KeySource) -> Self {
         self.key = Some(key);
+        self
+    }
+
+    /// What this route does when the store fails.
+    #[must_use]
+    pub fn on_store_error(mut self, mode: ErrorMode) -> Self {
+        self.on_store_error = Some(mode);
         self
     }
 }

@@ -1,0 +1,271 @@
+//! The whole HTTP decision, as every adapter uses it: request view in,
+//! "proceed with these headers" or "respond with this" out.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
+use super::key::{ExtractedKey, KeyExtractor, RequestView};
+use super::routes::{Applies, ErrorMode, RouteTable};
+use crate::decision::Decision;
+use crate::error::Error;
+use crate::limiter::Limiter;
+
+/// Called with every request that is (or, in shadow mode, would be) denied.
+pub type BlockedHook = Arc<dyn Fn(&RequestView<'_>, &Decision) + Send + Sync>;
+/// Called with every store failure, whatever the error mode does with it.
+pub type ErrorHook = Arc<dyn Fn(&RequestView<'_>, &Error) + Send + Sync>;
+
+/// What the adapter should do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Pass the request on, and add these headers to the response.
+    Proceed {
+        /// Rate-limit headers for the response (empty when not limited).
+        headers: Vec<(&'static str, String)>,
+        /// The decision, for handlers that want to read it.
+        decision: Option<Decision>,
+    },
+    /// Answer without calling the handler.
+    Respond {
+        /// The status (429, 403, 503, or the missing-key status).
+        status: u16,
+        /// Headers, including `Retry-After` on denials.
+        headers: Vec<(&'static str, String)>,
+        /// A JSON body.
+        body: String,
+        /// The decision, when one was made.
+        decision: Option<Decision>,
+    },
+}
+
+/// The framework-free HTTP rate-limiting policy: what applies to a request,
+/// its key, the decision, and the response. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpPolicy {
+    limiter: Limiter,
+    routes: Arc<RouteTable>,
+    keys: Arc<KeyExtractor>,
+    style: HeaderStyle,
+    reset: ResetFormat,
+    denied_status: u16,
+    on_store_error: ErrorMode,
+    shadow: bool,
+    on_blocked: Option<BlockedHook>,
+    on_error: Option<ErrorHook>,
+}
+
+impl fmt::Debug for HttpPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpPolicy")
+            .field("routes", &self.routes)
+            .field("keys", &self.keys)
+            .field("style", &self.style)
+            .field("denied_status", &self.denied_status)
+            .field("on_store_error", &self.on_store_error)
+            .field("shadow", &self.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl HttpPolicy {
+    /// A policy deciding with `limiter`, applying `routes`, keying requests
+    /// with `keys`; IETF headers, 429 on denial, fail closed, not in shadow mode.
+    pub fn new(limiter: Limiter, routes: RouteTable, keys: KeyExtractor) -> Self {
+        Self {
+            limiter,
+            routes: Arc::new(routes),
+            keys: Arc::new(keys),
+            style: HeaderStyle::default(),
+            reset: ResetFormat::default(),
+            denied_status: 429,
+            on_store_error: ErrorMode::default(),
+            shadow: false,
+            on_blocked: None,
+            on_error: None,
+        }
+    }
+
+    /// Which rate-limit headers to send, and how to write the legacy reset.
+    #[must_use]
+    pub fn headers(mut self, style: HeaderStyle, reset: ResetFormat) -> Self {
+        self.style = style;
+        self.reset = reset;
+        self
+    }
+
+    /// The status of a denial (default 429).
+    #[must_use]
+    pub fn denied_status(mut self, status: u16) -> Self {
+        self.denied_status = status;
+        self
+    }
+
+    /// What routes without their own setting do when the store fails.
+    #[must_use]
+    pub fn on_store_error(mut self, mode: ErrorMode) -> Self {
+        self.on_store_error = mode;
+        self
+    }
+
+    /// Decide and report (hooks, headers) but never block.
+    #[must_use]
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// Called for every denied request (also in shadow mode).
+    #[must_use]
+    pub fn on_blocked(mut self, hook: BlockedHook) -> Self {
+        self.on_blocked = Some(hook);
+        self
+    }
+
+    /// Called for every store failure.
+    #[must_use]
+    pub fn on_error(mut self, hook: ErrorHook) -> Self {
+        self.on_error = Some(hook);
+        self
+    }
+
+    /// The limiter.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    fn respond(
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        error: &str,
+        message: &str,
+    ) -> Outcome {
+        Outcome::Respond {
+            status,
+            headers,
+            body: format!(
+                "{{\"error\":{},\"message\":{}}}",
+                json_string(error),
+                json_string(message)
+            ),
+            decision: None,
+        }
+    }
+
+    /// Decides what happens to the request seen through `view`.
+    pub async fn check(&self, view: &RequestView<'_>) -> Outcome {
+        let unlimited = Outcome::Proceed {
+            headers: Vec::new(),
+            decision: None,
+        };
+        let client = self.keys.client_ip(view);
+        let limits = match self.routes.resolve(view, client) {
+            Applies::Denied => {
+                return Self::respond(403, Vec::new(), "forbidden", "this client is not allowed");
+            }
+            Applies::Allowed | Applies::Exempt | Applies::Unlimited => return unlimited,
+            Applies::Limited(limits) => limits,
+        };
+        let key = match &limits.key {
+            Some(source) => self.keys.extract_with(source, view),
+            None => self.keys.extract(view),
+        };
+        let key = match key {
+            ExtractedKey::Key(key) => key,
+            ExtractedKey::Reject(status) => {
+                return Self::respond(
+                    status,
+                    Vec::new(),
+                    "missing_key",
+                    "the request carries no rate-limit key",
+                );
+            }
+        };
+        let checks: Vec<_> = limits
+            .rules
+            .iter()
+            .map(|rule| (rule, key.as_str()))
+            .collect();
+        if checks.is_empty() {
+            return unlimited;
+        }
+        match self.limiter.check_all(&checks, limits.cost).await {
+            Ok(decision) => self.outcome(view, decision, &limits.rules),
+            Err(error) => {
+                if let Some(hook) = &self.on_error {
+                    hook(view, &error);
+                }
+                match limits.on_store_error.unwrap_or(self.on_store_error) {
+                    ErrorMode::FailOpen => unlimited,
+                    ErrorMode::FailClosed => Self::respond(
+                        503,
+                        Vec::new(),
+                        "rate_limiter_unavailable",
+                        "the rate limiter cannot decide right now; try again shortly",
+                    ),
+                }
+            }
+        }
+    }
+
+    fn outcome(
+        &self,
+        view: &RequestView<'_>,
+        decision: Decision,
+        rules: &[crate::rule::Rule],
+    ) -> Outcome {
+        let window = rules
+            .iter()
+            .find(|r| r.name() == decision.rule())
+            .map_or(Duration::ZERO, |r| r.quota().window());
+        let mut headers = rate_limit_headers(
+            &decision,
+            window,
+            self.limiter.clock().now(),
+            self.style,
+            self.reset,
+        );
+        if decision.is_allowed() {
+            return Outcome::Proceed {
+                headers,
+                decision: Some(decision),
+            };
+        }
+        if let Some(hook) = &self.on_blocked {
+            hook(view, &decision);
+        }
+        if self.shadow {
+            return Outcome::Proceed {
+                headers,
+                decision: Some(decision),
+            };
+        }
+        let retry = retry_after_header(&decision).unwrap_or_else(|| "1".to_owned());
+        headers.push(("retry-after", retry.clone()));
+        Outcome::Respond {
+            status: self.denied_status,
+            headers,
+            body: format!(
+                "{{\"error\":\"rate_limited\",\"message\":{},\"retry_after\":{retry}}}",
+                json_string(&format!("too many requests; retry in {retry} s"))
+            ),
+            decision: Some(decision),
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The framework-free HTTP policy end to end: real limiter, memory store,
+//! manual clock; a store that always fails for the error modes.
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ratelimit::http::{
+    ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor, KeySource, Limits, MissingKey,
+    Outcome, RequestView, ResetFormat, RouteTable,
+};
+use ratelimit::memory::MemoryStorage;
+use ratelimit::{
+    Algorithm, CasOp, Error, ErrorKind, Limiter, ManualClock, Result, Rule, Storage, StorageStats,
+    Timestamp,
+};
+
+const NONE: &[(&str, &[u8])] = &[];
+
+fn view<'a>(
+    path: &'a str,
+    headers: &'a &'a [(&'a str, &'a [u8])],
+    identity: Option<&'a Identity>,
+) -> RequestView<'a> {
+    RequestView {
+        method: "GET",
+        path,
+        route: None,
+        peer: "198.51.100.7".parse().unwrap(),
+        headers,
+        identity,
+    }
+}
+
+fn policy(routes: RouteTable) -> (HttpPolicy, ManualClock) {
+    let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
+    let store = MemoryStorage::builder()
+        .clock(Arc::new(clock.clone()))
+        .build();
+    let limiter = Limiter::builder(Arc::new(store))
+        .clock(clock.clone())
+        .build();
+    (
+        HttpPolicy::new(limiter, routes, KeyExtractor::new(KeySource::Ip)),
+        clock,
+    )
+}
+
+fn header<'a>(headers: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn rule(name: &str, quota: &str) -> Rule {
+    Rule::new(name, Algorithm::FixedWindow, quota.parse().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn limit_reached_gives_429_with_retry_after_and_headers() {
+    let (p, clock) =
+        policy(RouteTable::new().default_limits(Limits::new(vec![rule("api", "2/minute")])));
+    let p = p.headers(HeaderStyle::Both, ResetFormat::Seconds);
+    for remaining in ["1", "0"] {
+        match p.check(&view("/", &NONE, None)).await {
+            Outcome::Proceed { headers, decision } => {
+                assert_eq!(header(&headers, "x-ratelimit-remaining"), Some(remaining));
+                assert!(
+                    header(&headers, "ratelimit")
+                        .is_some_and(|v| v.contains(&format!("r={remaining}")))
+                );
+                assert!(decision.unwrap().is_allowed());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    match p.check(&view("/", &NONE, None)).await {
+        Outcome::Respond {
+            status,
+            headers,
+            body,
+            ..
+        } => {
+            assert_eq!(status, 429);
+            let retry: u64 = header(&headers, "retry-after").unwrap().parse().unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+            assert!(
+                body.contains("\"error\":\"rate_limited\"")
+                    && body.contains(&format!("\"retry_after\":{retry}")),
+                "{body}"
+            );
+            assert_eq!(header(&headers, "x-ratelimit-remaining"), Some("0"));
+        }
+        other => panic!("{other:?}"),
+    }
+    clock.advance(Duration::from_secs(60));
+    assert!(matches!(
+        p.check(&view("/", &NONE, None)).await,
+        Outcome::Proceed { .. }
+    ));
+}
+
+#[tokio::test]
+async fn lists_exemptions_and_missing_keys() {
+    let routes = RouteTable::new()
+        .default_limits(Limits::new(vec![rule("api", "1/minute")]))
+        .route(
+            "/keys",
+            &[],
+            Limits::new(vec![rule("keyed", "1/minute")]).key(KeySource::Header("x-api-key".into())),
+        )
+        .unwrap()
+        .exempt("/health")
+        .unwrap()
+        .deny(["198.51.100.0/24"])
+        .unwrap();
+    let (p, _) = policy(routes.clone());
+    match p.check(&view("/", &NONE, None)).await {
+        Outcome::Respond { status, .. } => assert_eq!(status, 403),
+        other => panic!("{other:?}"),
+    }
+    let (p, _) = policy(
+        RouteTable::new()
+            .exempt("/health")
+            .unwrap()
+            .default_limits(Limits::new(vec![rule("api", "1/minute")])),
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            p.check(&view("/health", &NONE, None)).await,
+            Outcome::Proceed {
+                headers: Vec::new(),
+                decision: None
+            }
+        );
+    }
+    // A route keyed by a header, rejecting requests without it.
+    let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
+    let limiter = Limiter::builder(Arc::new(MemoryStorage::new()))
+        .clock(clock)
+        .build();
+    let strict = HttpPolicy::new(
+        limiter,
+        RouteTable::new()
+            .route(
+                "/keys",
+                &[],
+                Limits::new(vec![rule("keyed", "1/minute")])
+                    .key(KeySource::Header("x-api-key".into())),
+            )
+            .unwrap(),
+        KeyExtractor::new(KeySource::Ip).on_missing(MissingKey::Reject(401)),
+    );
+    match strict.check(&view("/keys", &NONE, None)).await {
+        Outcome::Respond { status, body, .. } => {
+            assert!(status == 401 && body.contains("missing_key"), "{body}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let with_key: &[(&str, &[u8])] = &[("x-api-key", b"k1")];
+    assert!(matches!(
+        strict.check(&view("/keys", &with_key, None)).await,
+        Outcome::Proceed { .. }
+    ));
+    assert!(matches!(
+        strict.check(&view("/keys", &with_key, None)).await,
+        Outcome::Respond { status: 429, .. }
+    ));
+    let other_key: &[(&str, &[u8])] = &[("x-api-key", b"k2")];
+    assert!(matches!(
+        strict.check(&view("/keys", &other_key, None)).await,
+        Outcome::Proceed { .. }
+    ));
+}
+
+#[tokio::test]
+async fn shadow_mode_reports_but_never_blocks() {
+    let blocked = Arc::new(AtomicU32::new(0));
+    let seen = blocked.clone();
+    let (p, _) =
+        policy(RouteTable::new().default_limits(Limits::new(vec![rule("api", "1/minute")])));
+    let p = p.shadow(true).on_blocked(Arc::new(move |_, d| {
+        assert!(!d.is_allowed());
+        seen.fetch_add(1, Ordering::SeqCst);
+    }));
+    for _ in 0..4 {
+        match p.check(&view("/", &NONE, None)).await {
+            Outcome::Proceed { headers, .. } => assert!(header(&headers, "ratelimit").is_some()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(blocked.load(Ordering::SeqCst), 3);
+}
+
+/// A store whose every operation fails as an unreachable server would.
+#[derive(Debug)]
+struct Down;
+
+fn down() -> Error {
+    Error::new(ErrorKind::Unavailable, "store is down")
+}
+
+#[async_trait]
+impl Storage for Down {
+    async fn get(&self, _: &str) -> Result<Option<Vec<u8>>> {
+        Err(down())
+    }
+    async fn set(&self, _: &str, _: &[u8], _: Duration) -> Result<()> {
+        Err(down())
+    }
+    async fn delete(&self, _: &str) -> Result<bool> {
+        Err(down())
+    }
+    async fn exists(&self, _: &str) -> Result<bool> {
+        Err(down())
+    }
+    async fn increment(&self, _: &str, _: i64, _: Duration) -> Result<i64> {
+        Err(down())
+    }
+    async fn clear(&self) -> Result<u64> {
+        Err(down())
+    }
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn stats(&self) -> Result<StorageStats> {
+        Err(down())
+    }
+    async fn compare_and_swap(&self, _: &[CasOp<'_>]) -> Result<bool> {
+        Err(down())
+    }
+}
+
+#[tokio::test]
+async fn store_failure_fails_closed_by_default_or_open_per_route() {
+    let errors = Arc::new(AtomicU32::new(0));
+    let seen = errors.clone();
+    let routes = RouteTable::new()
+        .default_limits(Limits::new(vec![rule("api", "10/minute")]))
+        .route(
+            "/open",
+            &[],
+            Limits::new(vec![rule("open", "10/minute")]).on_store_error(ErrorMode::FailOpen),
+        )
+        .unwrap();
+    let p = HttpPolicy::new(
+        Limiter::new(Arc::new(Down)),
+        routes,
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .on_error(Arc::new(move |_, e| {
+        assert!(e.is_transient());
+        seen.fetch_add(1, Ordering::SeqCst);
+    }));
+    match p.check(&view("/", &NONE, None)).await {
+        Outcome::Respond { status, body, .. } => {
+            assert!(status == 503 && body.contains("rate_limiter_unavailable"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        p.check(&view("/open", &NONE, None)).await,
+        Outcome::Proceed {
+            headers: Vec::new(),
+            decision: None
+        }
+    );
+    let open = p.clone().on_store_error(ErrorMode::FailOpen);
+    assert!(matches!(
+        open.check(&view("/", &NONE, None)).await,
+        Outcome::Proceed { .. }
+    ));
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        3,
+        "the hook sees every failure"
+    );
+}
