@@ -10,6 +10,12 @@ pub mod memory {
     pub use ratelimit_memory::*;
 }
 
+/// The tower layer for axum, hyper and tonic (feature `axum`).
+#[cfg(feature = "axum")]
+pub mod axum {
+    pub use ratelimit_axum::*;
+}
+
 /// The SQLite store (feature `sqlite`).
 #[cfg(feature = "sqlite")]
 pub mod sqlite {

@@ -30,7 +30,7 @@ pub struct RequestView<'a> {
     /// The connection's peer address.
     pub peer: IpAddr,
     /// The request's headers.
-    pub headers: &'a dyn Headers,
+    pub headers: &'a (dyn Headers + Sync),
     /// The caller's identity, if the application's authentication attached one.
     pub identity: Option<&'a Identity>,
 }
