@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::cargo;
 
-const SUITES: &[&str] = &["memory", "sqlite"];
+const SUITES: &[&str] = &["memory", "sqlite", "http"];
 /// Suites reported as decisions per second (the rest as ns per decision).
 const RATE_SUITES: &[&str] = &["sqlite"];
 
@@ -30,6 +30,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     let root = workspace_root()?;
     for suite in suites {
+        if suite == "http" {
+            http(&root)?;
+            continue;
+        }
         let criterion_dir = root.join("target/criterion").join(suite);
         // Old results of renamed rows must not leak into this run's table.
         let _ = fs::remove_dir_all(&criterion_dir);
@@ -38,6 +42,98 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         let table = write_outputs(&root, suite, &rows)?;
         println!("{table}");
     }
+    Ok(())
+}
+
+/// Requests per second that `wrk` measures against `http-bench-server MODE`.
+fn wrk_rps(server: &Path, mode: &str) -> Result<f64, String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(server)
+        .args([mode, "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", server.display()))?;
+    let addr = child
+        .stdout
+        .take()
+        .and_then(|out| BufReader::new(out).lines().next())
+        .and_then(Result::ok)
+        .ok_or("the bench server did not print its address")?;
+    let out = Command::new("wrk")
+        .args(["-t1", "-c32", "-d10s", &format!("http://{addr}/")])
+        .output();
+    let _ = child.kill();
+    let _ = child.wait();
+    let out =
+        out.map_err(|e| format!("cannot run wrk ({e}); install it: apt-get install -y wrk"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Non-2xx") {
+        return Err(format!(
+            "{mode}: some responses were not 2xx; the quota must not deny:\n{text}"
+        ));
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// `cargo xtask bench http`: wrk against the same route with no limiter, our
+/// layer (without and with headers), and tower_governor, one after another in
+/// the same run.
+fn http(root: &Path) -> Result<(), String> {
+    cargo(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "ratelimit-bench",
+            "--bin",
+            "http-bench-server",
+        ],
+        &[],
+    )?;
+    let server = root.join("target/release/http-bench-server");
+    let mut rps = Vec::new();
+    for mode in ["none", "ours", "ours-headers", "governor"] {
+        let r = wrk_rps(&server, mode)?;
+        eprintln!("{mode}: {r:.0} requests/s");
+        rps.push((mode, r));
+    }
+    let get = |m: &str| {
+        rps.iter()
+            .find(|(mode, _)| *mode == m)
+            .map_or(0.0, |(_, r)| *r)
+    };
+    let rows = [
+        ("axum/vs-no-limiter", get("ours"), get("none")),
+        ("axum/vs-tower_governor", get("ours"), get("governor")),
+        (
+            "axum+ietf-headers/vs-no-limiter",
+            get("ours-headers"),
+            get("none"),
+        ),
+    ];
+    let mut out = Vec::new();
+    let mut table = String::from(
+        "| row | ours (requests/s) | peer (requests/s) | ratio ours/peer | overhead per request (µs) |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (name, ours, peer) in rows {
+        let ratio = ((ours / peer) * 100.0).round() / 100.0;
+        let overhead = round(1e6 / ours - 1e6 / peer);
+        out.push(json!({ "name": name, "ours_per_s": round(ours), "peer_per_s": round(peer), "ratio": ratio, "overhead_us": overhead }));
+        let _ = writeln!(
+            table,
+            "| {name} | {ours:.0} | {peer:.0} | {ratio:.2} | {overhead:.2} |"
+        );
+    }
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+    fs::write(dir.join("http.json"), text).map_err(|e| e.to_string())?;
+    update_doc(root, "http", &table)?;
+    println!("{table}");
     Ok(())
 }
 

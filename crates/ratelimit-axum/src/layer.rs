@@ -1,5 +1,7 @@
 //! The layer.
 
+use std::sync::Arc;
+
 use ratelimit_core::http::HttpPolicy;
 use tower::Layer;
 
@@ -12,13 +14,15 @@ use crate::service::RateLimit;
 /// router, or one route (`route_layer`).
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
-    policy: HttpPolicy,
+    policy: Arc<HttpPolicy>,
 }
 
 impl RateLimitLayer {
     /// A layer applying `policy`.
     pub fn new(policy: HttpPolicy) -> Self {
-        Self { policy }
+        Self {
+            policy: Arc::new(policy),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, MatchedPath};
@@ -21,11 +22,11 @@ pub struct RateLimitDecision(pub Decision);
 #[derive(Debug, Clone)]
 pub struct RateLimit<S> {
     inner: S,
-    policy: HttpPolicy,
+    policy: Arc<HttpPolicy>,
 }
 
 impl<S> RateLimit<S> {
-    pub(crate) fn new(inner: S, policy: HttpPolicy) -> Self {
+    pub(crate) fn new(inner: S, policy: Arc<HttpPolicy>) -> Self {
         Self { inner, policy }
     }
 }

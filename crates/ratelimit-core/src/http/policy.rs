@@ -197,15 +197,15 @@ impl HttpPolicy {
                 );
             }
         };
-        let checks: Vec<_> = limits
-            .rules
-            .iter()
-            .map(|rule| (rule, key.as_str()))
-            .collect();
-        if checks.is_empty() {
-            return unlimited;
-        }
-        match self.limiter.check_all(&checks, limits.cost).await {
+        let result = match limits.rules.as_slice() {
+            [] => return unlimited,
+            [rule] => self.limiter.check_cost(rule, &key, limits.cost).await,
+            rules => {
+                let checks: Vec<_> = rules.iter().map(|rule| (rule, key.as_str())).collect();
+                self.limiter.check_all(&checks, limits.cost).await
+            }
+        };
+        match result {
             Ok(decision) => self.outcome(view, decision, &limits.rules),
             Err(error) => {
                 if let Some(hook) = &self.on_error {
