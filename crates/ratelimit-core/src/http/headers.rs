@@ -83,6 +83,9 @@ pub fn rate_limit_headers(
     style: HeaderStyle,
     reset: ResetFormat,
 ) -> Vec<(&'static str, String)> {
+    if style == HeaderStyle::None {
+        return Vec::new();
+    }
     let reset_us = duration_to_micros(decision.reset_after());
     let reset_secs = ceil_secs(reset_us);
     let mut headers = Vec::with_capacity(5);

@@ -182,22 +182,38 @@ impl KeyExtractor {
     /// Like [`extract`](Self::extract), with another source (a route's own)
     /// and this extractor's fallback, proxies and IPv6 grouping.
     pub fn extract_with(&self, source: &KeySource, view: &RequestView<'_>) -> ExtractedKey {
-        match self.key(source, view) {
+        self.resolve(source, view, self.client_ip(view))
+    }
+
+    /// Like [`extract_with`](Self::extract_with) (`None`: this extractor's
+    /// source) when the caller already found the client address with
+    /// [`client_ip`](Self::client_ip), so the forwarding headers are walked once.
+    pub fn extract_for_client(
+        &self,
+        source: Option<&KeySource>,
+        view: &RequestView<'_>,
+        client: IpAddr,
+    ) -> ExtractedKey {
+        self.resolve(source.unwrap_or(&self.source), view, client)
+    }
+
+    fn resolve(&self, source: &KeySource, view: &RequestView<'_>, client: IpAddr) -> ExtractedKey {
+        match self.key(source, view, client) {
             Some(key) => ExtractedKey::Key(key),
             None => match self.missing {
-                MissingKey::UseIp => ExtractedKey::Key(self.ip(view)),
+                MissingKey::UseIp => ExtractedKey::Key(self.ip(client)),
                 MissingKey::Reject(status) => ExtractedKey::Reject(status),
             },
         }
     }
 
-    fn ip(&self, view: &RequestView<'_>) -> String {
-        format!("ip:{}", ip_key(self.client_ip(view), self.ipv6_prefix))
+    fn ip(&self, client: IpAddr) -> String {
+        format!("ip:{}", ip_key(client, self.ipv6_prefix))
     }
 
-    fn key(&self, source: &KeySource, view: &RequestView<'_>) -> Option<String> {
+    fn key(&self, source: &KeySource, view: &RequestView<'_>, client: IpAddr) -> Option<String> {
         match source {
-            KeySource::Ip => Some(self.ip(view)),
+            KeySource::Ip => Some(self.ip(client)),
             KeySource::Header(name) => {
                 let values = view.headers.get_all(&name.to_ascii_lowercase());
                 let value = values.first()?;
@@ -212,7 +228,7 @@ impl KeyExtractor {
             KeySource::Composite(parts) => {
                 let keys = parts
                     .iter()
-                    .map(|p| self.key(p, view))
+                    .map(|p| self.key(p, view, client))
                     .collect::<Option<Vec<_>>>()?;
                 (!keys.is_empty()).then(|| keys.join("|"))
             }

@@ -182,10 +182,10 @@ impl HttpPolicy {
             Applies::Allowed | Applies::Exempt | Applies::Unlimited => return unlimited,
             Applies::Limited(limits) => limits,
         };
-        let key = match &limits.key {
-            Some(source) => self.keys.extract_with(source, view),
-            None => self.keys.extract(view),
-        };
+        // The client address is found once, for the lists and for the key.
+        let key = self
+            .keys
+            .extract_for_client(limits.key.as_ref(), view, client);
         let key = match key {
             ExtractedKey::Key(key) => key,
             ExtractedKey::Reject(status) => {
