@@ -17,6 +17,21 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv6Net};
 
+/// Parses addresses (`10.0.0.1`, a single host) and CIDR blocks (`10.0.0.0/8`).
+pub(crate) fn parse_nets<S: AsRef<str>>(
+    entries: impl IntoIterator<Item = S>,
+) -> Result<Vec<IpNet>, InvalidProxy> {
+    entries
+        .into_iter()
+        .map(|e| {
+            let text = e.as_ref().trim();
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| InvalidProxy(text.chars().take(64).collect()))
+        })
+        .collect()
+}
+
 /// A forwarding header that proxies may set.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,14 +153,7 @@ impl ClientIpPolicy {
         mut self,
         proxies: impl IntoIterator<Item = S>,
     ) -> Result<Self, InvalidProxy> {
-        for proxy in proxies {
-            let text = proxy.as_ref().trim();
-            let net = text
-                .parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| InvalidProxy(text.chars().take(64).collect()))?;
-            self.trusted.push(net);
-        }
+        self.trusted.extend(parse_nets(proxies)?);
         Ok(self)
     }
 

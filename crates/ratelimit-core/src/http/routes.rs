@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use smol_str::SmolStr;
 
-use super::client_ip::InvalidProxy;
+use super::client_ip::{InvalidProxy, parse_nets};
 use super::key::{KeySource, RequestView};
 use crate::rule::Rule;
 
@@ -166,20 +166,6 @@ impl fmt::Debug for RouteTable {
             .field("deny", &self.deny)
             .finish_non_exhaustive()
     }
-}
-
-fn parse_nets<S: AsRef<str>>(
-    entries: impl IntoIterator<Item = S>,
-) -> Result<Vec<IpNet>, InvalidProxy> {
-    entries
-        .into_iter()
-        .map(|e| {
-            let text = e.as_ref().trim();
-            text.parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| InvalidProxy(text.chars().take(64).collect()))
-        })
-        .collect()
 }
 
 impl RouteTable {
