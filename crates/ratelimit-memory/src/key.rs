@@ -69,7 +69,7 @@ impl Hash for Whole<'_> {
 
 impl fmt::Display for Whole<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
+        f.write_str(self.0)
     }
 }
 
@@ -97,7 +97,7 @@ impl Hash for RuleKey<'_> {
 
 impl fmt::Display for RuleKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{}:{}\"", self.rule, self.key.escape_debug())
+        write!(f, "{}:{}", self.rule, self.key)
     }
 }
 

@@ -15,8 +15,9 @@ use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
+use ratelimit_core::Result;
 use ratelimit_core::state::{AlgorithmState, RuleState};
-use ratelimit_core::{Error, ErrorKind, Result};
+use ratelimit_core::storage::corrupt_state;
 
 use crate::key::{KeyRef, StoreKey};
 
@@ -42,13 +43,9 @@ impl Value {
     pub(crate) fn rule_state(&self, key: &impl KeyRef) -> Result<Cow<'_, RuleState>> {
         match self {
             Self::State(s) => Ok(Cow::Borrowed(s)),
-            Self::Bytes(b) => RuleState::decode(b).map(Cow::Owned).map_err(|e| {
-                Error::new(
-                    ErrorKind::CorruptState,
-                    format!("the value at {key} is not rate-limit state"),
-                )
-                .with_source(e)
-            }),
+            Self::Bytes(b) => RuleState::decode(b)
+                .map(Cow::Owned)
+                .map_err(|e| corrupt_state(&key.to_string(), e)),
         }
     }
 

@@ -10,6 +10,7 @@ use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use ratelimit_core::engine;
 use ratelimit_core::state::RuleState;
+use ratelimit_core::storage::corrupt_state;
 use ratelimit_core::{
     CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic, Result, Rule,
     Storage, StorageStats, SystemClock, Timestamp,
@@ -556,13 +557,9 @@ impl Storage for SqliteStorage {
                 let mut states = Vec::with_capacity(entries.len());
                 for (key, _) in &entries {
                     let state = match read_live(tx, key, now_us, path)? {
-                        Some((bytes, _)) => Some(RuleState::decode(&bytes).map_err(|e| {
-                            Error::new(
-                                ErrorKind::CorruptState,
-                                format!("the value at {key:?} is not rate-limit state"),
-                            )
-                            .with_source(e)
-                        })?),
+                        Some((bytes, _)) => {
+                            Some(RuleState::decode(&bytes).map_err(|e| corrupt_state(key, e))?)
+                        }
                         None => None,
                     };
                     states.push(state);

@@ -11,7 +11,9 @@ use super::{CasOp, DecideEntry, DecideRequest, Storage};
 /// gives up with a transient [`ErrorKind::Contention`] error.
 pub const MAX_CAS_ATTEMPTS: usize = 1_000;
 
-pub(crate) fn corrupt(key: &str, err: crate::state::DecodeError) -> Error {
+/// The error for a stored value at `key` that is not rate-limit state: every
+/// store reports corrupt state the same way.
+pub fn corrupt_state(key: &str, err: crate::state::DecodeError) -> Error {
     Error::new(
         ErrorKind::CorruptState,
         format!("the value at {key:?} is not rate-limit state"),
@@ -51,7 +53,7 @@ pub async fn decide_with_cas<S: Storage + ?Sized>(
                     .as_deref()
                     .map(RuleState::decode)
                     .transpose()
-                    .map_err(|e| corrupt(key, e))
+                    .map_err(|e| corrupt_state(key, e))
             })
             .collect::<Result<Vec<_>>>()?;
         let rules: Vec<_> = entries

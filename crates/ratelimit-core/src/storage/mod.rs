@@ -108,7 +108,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use cas::{MAX_CAS_ATTEMPTS, decide_with_cas};
+pub use cas::{MAX_CAS_ATTEMPTS, corrupt_state, decide_with_cas};
 
 use crate::clock::Timestamp;
 use crate::decision::Decision;
