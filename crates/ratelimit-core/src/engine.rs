@@ -54,8 +54,12 @@ fn write(state: RuleState, ttl_us: u64) -> Write {
     }
 }
 
+/// Checks that a request of `cost` units can ever fit `rule`: a cost above
+/// the rule's [capacity](Rule::capacity) is an
+/// [`ErrorKind::CostExceedsCapacity`] error. The decision functions check
+/// this themselves; a store that decides natively calls it before deciding.
 #[inline]
-fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Result<Verdict> {
+pub fn check_cost(rule: &Rule, cost: u64) -> Result<()> {
     if cost > rule.capacity() {
         return Err(Error::new(
             ErrorKind::CostExceedsCapacity,
@@ -66,6 +70,12 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
             ),
         ));
     }
+    Ok(())
+}
+
+#[inline]
+fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Result<Verdict> {
+    check_cost(rule, cost)?;
     let name = rule.shared_name().clone();
     let limit = rule.quota().limit();
     let blocked_until = state.map_or(0, |s| s.blocked_until);

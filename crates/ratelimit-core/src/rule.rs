@@ -56,6 +56,21 @@ impl Algorithm {
         }
     }
 
+    /// The algorithm's tag in the stored state format
+    /// ([`state`](crate::state)): 1 fixed window, 2 sliding window log, 3
+    /// sliding window counter, 4 token bucket, 5 leaky bucket, 6 GCRA. Stores
+    /// that decide natively (the Redis scripts) use it too.
+    pub const fn state_tag(self) -> u8 {
+        match self {
+            Self::FixedWindow => 1,
+            Self::SlidingWindowLog => 2,
+            Self::SlidingWindowCounter => 3,
+            Self::TokenBucket => 4,
+            Self::LeakyBucket => 5,
+            Self::Gcra => 6,
+        }
+    }
+
     /// Whether the algorithm meters a steady rate with a burst (token bucket,
     /// leaky bucket, GCRA) rather than counting per window.
     pub const fn uses_burst(self) -> bool {

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! byte 0      format version (1)
-//! byte 1      algorithm tag: 1 fixed window, 2 sliding log, 3 sliding counter,
+//! byte 1      algorithm tag (Algorithm::state_tag): 1 fixed window, 2 sliding log, 3 sliding counter,
 //!             4 token bucket, 5 leaky bucket, 6 GCRA
 //! bytes 2..10 blocked_until (u64 LE, µs since the epoch; 0 = not blocked)
 //! then        the algorithm's fields as u64 LE; the sliding log has a u32 LE
@@ -122,10 +122,11 @@ impl RuleState {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(34);
         out.push(VERSION);
-        let (tag, fields): (u8, [u64; 3]) = match &self.algorithm {
-            AlgorithmState::FixedWindow(s) => (1, [s.window_start, s.count, 0]),
+        let tag = self.algorithm.algorithm().state_tag();
+        let fields: [u64; 3] = match &self.algorithm {
+            AlgorithmState::FixedWindow(s) => [s.window_start, s.count, 0],
             AlgorithmState::SlidingWindowLog(s) => {
-                out.push(2);
+                out.push(tag);
                 out.extend_from_slice(&self.blocked_until.to_le_bytes());
                 let n = u32::try_from(s.entries.len()).unwrap_or(u32::MAX);
                 out.extend_from_slice(&n.to_le_bytes());
@@ -135,10 +136,10 @@ impl RuleState {
                 }
                 return out;
             }
-            AlgorithmState::SlidingWindowCounter(s) => (3, [s.window_start, s.previous, s.current]),
-            AlgorithmState::TokenBucket(s) => (4, [s.tokens, s.anchor, 0]),
-            AlgorithmState::LeakyBucket(s) => (5, [s.level, s.anchor, 0]),
-            AlgorithmState::Gcra(s) => (6, [s.tat, 0, 0]),
+            AlgorithmState::SlidingWindowCounter(s) => [s.window_start, s.previous, s.current],
+            AlgorithmState::TokenBucket(s) => [s.tokens, s.anchor, 0],
+            AlgorithmState::LeakyBucket(s) => [s.level, s.anchor, 0],
+            AlgorithmState::Gcra(s) => [s.tat, 0, 0],
         };
         out.push(tag);
         out.extend_from_slice(&self.blocked_until.to_le_bytes());

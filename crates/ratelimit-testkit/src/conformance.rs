@@ -13,8 +13,8 @@ use ratelimit_core::{
     Algorithm, CasOp, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage, Timestamp,
 };
 
-use crate::Harness;
 use crate::model::{Expected, Model};
+use crate::{Expiry, Harness};
 
 /// The time every case starts at: a realistic epoch offset.
 pub const T0: u64 = 1_700_000_000_000_000;
@@ -27,6 +27,53 @@ pub async fn setup(h: &Arc<dyn Harness>) -> (Arc<dyn Storage>, Limiter, ManualCl
     let store = h.store(clock.clone()).await;
     let limiter = Limiter::builder(store.clone()).clock(clock.clone()).build();
     (store, limiter, clock)
+}
+
+/// Time passing in the expiry cases: the manual clock always, and real time
+/// too for stores whose keys expire in real time ([`Expiry::RealTime`]).
+struct Timeline {
+    clock: ManualClock,
+    real: bool,
+}
+
+impl Timeline {
+    fn new(h: &Arc<dyn Harness>, clock: ManualClock) -> Self {
+        Self {
+            clock,
+            real: h.expiry() == Expiry::RealTime,
+        }
+    }
+
+    /// `n` units: seconds on a manual clock, 200 ms in real time.
+    fn units(&self, n: u32) -> Duration {
+        if self.real {
+            Duration::from_millis(200) * n
+        } else {
+            Duration::from_secs(u64::from(n))
+        }
+    }
+
+    /// Whether boundaries can be checked to the microsecond (a manual clock);
+    /// in real time, checks keep a margin on each side.
+    fn exact(&self) -> bool {
+        !self.real
+    }
+
+    /// Added to a TTL before checking, in real time, that a key is gone.
+    fn margin(&self) -> Duration {
+        if self.real {
+            Duration::from_millis(300)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    async fn pass(&self, d: Duration) {
+        self.clock.advance(d);
+        if self.real {
+            tokio::time::sleep(d).await;
+        }
+    }
 }
 
 fn rule(name: &str, algorithm: Algorithm, quota: &str) -> Rule {
@@ -53,17 +100,18 @@ pub async fn kv_get_set_delete_exists(h: Arc<dyn Harness>) {
 /// Values disappear when their TTL passes.
 pub async fn kv_values_expire(h: Arc<dyn Harness>) {
     let (store, _, clock) = setup(&h).await;
-    store
-        .set("short", b"x", Duration::from_secs(10))
-        .await
-        .unwrap();
-    store
-        .set("long", b"y", Duration::from_secs(30))
-        .await
-        .unwrap();
-    clock.advance(Duration::from_secs(9));
-    assert!(store.exists("short").await.unwrap());
-    clock.advance(Duration::from_secs(1));
+    let t = Timeline::new(&h, clock);
+    store.set("short", b"x", t.units(10)).await.unwrap();
+    store.set("long", b"y", t.units(30)).await.unwrap();
+    if t.exact() {
+        t.pass(t.units(9)).await;
+        assert!(store.exists("short").await.unwrap());
+        t.pass(t.units(1)).await;
+    } else {
+        t.pass(t.units(5)).await;
+        assert!(store.exists("short").await.unwrap());
+        t.pass(t.units(5) + t.margin()).await;
+    }
     assert!(
         !store.exists("short").await.unwrap(),
         "a value is gone once its TTL has passed"
@@ -77,34 +125,17 @@ pub async fn kv_values_expire(h: Arc<dyn Harness>) {
 /// and refuses non-integers.
 pub async fn kv_increment(h: Arc<dyn Harness>) {
     let (store, _, clock) = setup(&h).await;
-    assert_eq!(
-        store
-            .increment("n", 5, Duration::from_secs(10))
-            .await
-            .unwrap(),
-        5
-    );
-    clock.advance(Duration::from_secs(6));
-    assert_eq!(
-        store
-            .increment("n", -2, Duration::from_secs(100))
-            .await
-            .unwrap(),
-        3
-    );
+    let t = Timeline::new(&h, clock);
+    assert_eq!(store.increment("n", 5, t.units(10)).await.unwrap(), 5);
+    t.pass(t.units(6)).await;
+    assert_eq!(store.increment("n", -2, t.units(100)).await.unwrap(), 3);
     assert_eq!(store.get("n").await.unwrap().as_deref(), Some(&b"3"[..]));
-    clock.advance(Duration::from_secs(4));
+    t.pass(t.units(4) + t.margin()).await;
     assert!(
         !store.exists("n").await.unwrap(),
         "increment keeps the first expiry"
     );
-    assert_eq!(
-        store
-            .increment("n", 1, Duration::from_secs(10))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(store.increment("n", 1, t.units(10)).await.unwrap(), 1);
 
     store.set("text", b"hello", HOUR).await.unwrap();
     let err = store.increment("text", 1, HOUR).await.unwrap_err();
@@ -193,11 +224,13 @@ pub async fn kv_stats(h: Arc<dyn Harness>) {
 /// compare_and_swap writes all or nothing.
 pub async fn cas_semantics(h: Arc<dyn Harness>) {
     let (store, _, clock) = setup(&h).await;
+    let t = Timeline::new(&h, clock);
+    let ttl = t.units(10);
     let op = |key, expected, new_value| CasOp {
         key,
         expected,
         new_value,
-        ttl: Duration::from_secs(10),
+        ttl,
     };
     assert!(
         store
@@ -235,14 +268,14 @@ pub async fn cas_semantics(h: Arc<dyn Harness>) {
     assert_eq!(store.get("b").await.unwrap().as_deref(), Some(&b"4"[..]));
 
     // An expired value counts as absent, and a CAS write carries its TTL.
-    clock.advance(Duration::from_secs(10));
+    t.pass(ttl + t.margin()).await;
     assert!(
         store
             .compare_and_swap(&[op("a", None, b"5")])
             .await
             .unwrap()
     );
-    clock.advance(Duration::from_secs(10));
+    t.pass(ttl + t.margin()).await;
     assert!(!store.exists("a").await.unwrap());
 }
 
@@ -370,6 +403,9 @@ pub async fn multi_quota_all_or_nothing(h: Arc<dyn Harness>) {
 
 /// Rule state expires once it no longer matters: no idle client is kept forever.
 pub async fn state_keys_expire(h: Arc<dyn Harness>) {
+    if h.expiry() == Expiry::RealTime {
+        return state_keys_expire_in_real_time(h).await;
+    }
     let (store, limiter, clock) = setup(&h).await;
     for algorithm in Algorithm::ALL {
         let r = rule("ttl", algorithm, "4/s");
@@ -382,6 +418,34 @@ pub async fn state_keys_expire(h: Arc<dyn Harness>) {
             "{algorithm}: state outlived its window"
         );
     }
+}
+
+/// [`state_keys_expire`] on a store that decides, and expires keys, on its own
+/// real clock: every algorithm's state is gone two windows later.
+async fn state_keys_expire_in_real_time(h: Arc<dyn Harness>) {
+    let store = h
+        .real_time_store()
+        .await
+        .expect("a RealTime harness provides real_time_store");
+    let limiter = Limiter::new(store.clone());
+    let mut keys = Vec::new();
+    for algorithm in Algorithm::ALL {
+        let r = rule("ttl", algorithm, "4/500ms");
+        limiter.check_cost(&r, algorithm.as_str(), 3).await.unwrap();
+        let key = limiter.state_key(&r, algorithm.as_str());
+        assert!(store.exists(&key).await.unwrap(), "{algorithm}");
+        keys.push((algorithm, key));
+    }
+    // The longest-lived state (the sliding window counter's) matters for two
+    // windows.
+    tokio::time::sleep(Duration::from_millis(1_000 + 300)).await;
+    for (algorithm, key) in keys {
+        assert!(
+            !store.exists(&key).await.unwrap(),
+            "{algorithm}: state outlived its window"
+        );
+    }
+    store.close().await.unwrap();
 }
 
 /// Huge keys are bounded before they reach the store, and stay distinct.

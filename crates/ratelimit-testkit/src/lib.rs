@@ -16,7 +16,9 @@
 //!
 //! Each case gets a fresh, empty store whose expiry follows the given
 //! [`ManualClock`]; the limiter uses the same clock, so every decision is
-//! reproducible. Failures panic with what was expected and what came back:
+//! reproducible. A store whose keys expire in real time (a server) implements
+//! [`Harness`] by hand and says so with [`Expiry::RealTime`]; the feature
+//! `redis` adds [`redis`], which starts real `redis-server` topologies. Failures panic with what was expected and what came back:
 //! this crate is for tests only.
 #![allow(
     clippy::panic,
@@ -28,6 +30,8 @@
 
 pub mod conformance;
 pub mod model;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -36,14 +40,45 @@ use ratelimit_core::Storage;
 
 pub use ratelimit_core::{ManualClock, Timestamp};
 
+/// How the keys of a [`Harness`]'s stores expire, as far as the conformance
+/// suite needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Keys expire when the [`ManualClock`] given to [`Harness::store`] passes
+    /// their TTL (in-process stores). The expiry cases move the clock only.
+    FollowsClock,
+    /// Keys expire on the store's own clock, in real time (a server such as
+    /// Redis). The expiry cases wait for real time to pass, with margins.
+    /// [`Harness::store`]'s stores still decide at the manual clock's time and
+    /// must keep rule state at least as long as that clock says it matters,
+    /// even when real time runs ahead of it (the Redis store's client time
+    /// with a skew allowance does this). [`Harness::real_time_store`] must
+    /// return a store that decides on its own clock, for the case that waits
+    /// for rule state to expire.
+    RealTime,
+}
+
 /// Makes fresh stores for the conformance suite.
 ///
-/// Implemented for any `Fn(ManualClock) -> Arc<dyn Storage>`; implement it by
-/// hand when creating a store is async (a network store).
+/// Implemented for any `Fn(ManualClock) -> Arc<dyn Storage>` (whose keys
+/// follow the clock); implement it by hand when creating a store is async or
+/// its keys expire in real time (a network store).
 #[async_trait]
 pub trait Harness: Send + Sync + 'static {
-    /// A new, empty store whose expiry of keys follows `clock`.
+    /// A new, empty store deciding at the time the limiter passes (`clock`'s),
+    /// whose keys expire as [`expiry`](Self::expiry) says.
     async fn store(&self, clock: ManualClock) -> Arc<dyn Storage>;
+
+    /// How the stores' keys expire (default [`Expiry::FollowsClock`]).
+    fn expiry(&self) -> Expiry {
+        Expiry::FollowsClock
+    }
+
+    /// For [`Expiry::RealTime`] harnesses: a new, empty store that decides on
+    /// its own real clock, so its rule states expire in real time.
+    async fn real_time_store(&self) -> Option<Arc<dyn Storage>> {
+        None
+    }
 }
 
 #[async_trait]

@@ -1,0 +1,88 @@
+//! The Lua scripts, composed from `scripts/*.lua` at compile time.
+//!
+//! A decision script is the shared prelude (number helpers, the state codec),
+//! one algorithm's step, and the engine (`decide.lua`). Requests whose rules
+//! all use one algorithm run that algorithm's script; a request mixing
+//! algorithms runs the script holding all six. Either way, all rules of a
+//! request are decided by one call.
+
+use std::sync::LazyLock;
+
+use ratelimit_core::Algorithm;
+
+/// One script: its source and its SHA-1 (what `EVALSHA` names it by).
+#[derive(Debug)]
+pub(crate) struct LuaScript {
+    pub(crate) code: &'static str,
+    pub(crate) sha: String,
+}
+
+impl LuaScript {
+    fn new(code: &'static str) -> Self {
+        Self {
+            code,
+            sha: redis::Script::new(code).get_hash().to_owned(),
+        }
+    }
+}
+
+macro_rules! decision_script {
+    ($($algorithm:literal),+) => {
+        concat!(
+            include_str!("scripts/prelude.lua"),
+            $(include_str!(concat!("scripts/", $algorithm, ".lua")),)+
+            include_str!("scripts/decide.lua")
+        )
+    };
+}
+
+pub(crate) struct Scripts {
+    /// By algorithm tag − 1.
+    per_algorithm: [LuaScript; 6],
+    mixed: LuaScript,
+    pub(crate) increment: LuaScript,
+    pub(crate) compare_and_swap: LuaScript,
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    per_algorithm: [
+        LuaScript::new(decision_script!("fixed_window")),
+        LuaScript::new(decision_script!("sliding_window_log")),
+        LuaScript::new(decision_script!("sliding_window_counter")),
+        LuaScript::new(decision_script!("token_bucket")),
+        LuaScript::new(decision_script!("leaky_bucket")),
+        LuaScript::new(decision_script!("gcra")),
+    ],
+    mixed: LuaScript::new(decision_script!(
+        "fixed_window",
+        "sliding_window_log",
+        "sliding_window_counter",
+        "token_bucket",
+        "leaky_bucket",
+        "gcra"
+    )),
+    increment: LuaScript::new(include_str!("scripts/increment.lua")),
+    compare_and_swap: LuaScript::new(include_str!("scripts/compare_and_swap.lua")),
+});
+
+impl Scripts {
+    /// The script deciding rules of these algorithms.
+    pub(crate) fn decision(&self, mut algorithms: impl Iterator<Item = Algorithm>) -> &LuaScript {
+        let Some(first) = algorithms.next() else {
+            return &self.mixed;
+        };
+        if algorithms.any(|a| a != first) {
+            return &self.mixed;
+        }
+        self.per_algorithm
+            .get(usize::from(first.state_tag()).wrapping_sub(1))
+            .unwrap_or(&self.mixed)
+    }
+
+    /// Every script, for loading ahead of time.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &LuaScript> {
+        self.per_algorithm
+            .iter()
+            .chain([&self.mixed, &self.increment, &self.compare_and_swap])
+    }
+}

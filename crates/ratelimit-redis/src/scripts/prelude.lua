@@ -1,0 +1,143 @@
+-- ratelimit: shared part of every decision script.
+--
+-- Numbers are Lua doubles. Every quantity the algorithms handle stays below
+-- 2^53 (times are microseconds since the epoch, and the core bounds every
+-- horizon by 2^49 µs), where doubles are exact integers. A stored field at or
+-- above 2^53 is treated as corrupt state rather than computed inexactly.
+-- Products that can exceed 2^53 (the sliding window counter's weights) go
+-- through muldiv, which is exact.
+
+local TWO53 = 9007199254740992
+local TWO52 = 4503599627370496
+
+-- floor(a / b) for integers 0 <= a < 2^53, b > 0.
+local function fdiv(a, b)
+  local q = math.floor(a / b)
+  local r = a - q * b
+  if r < 0 then
+    q = q - 1
+  elseif r >= b then
+    q = q + 1
+  end
+  return q
+end
+
+-- u64::saturating_sub
+local function sub(a, b)
+  if a > b then return a - b end
+  return 0
+end
+
+-- cost.max(1): a peek asks about one unit.
+local function probe_of(cost)
+  if cost < 1 then return 1 end
+  return cost
+end
+
+-- floor(a * b / c) and (a * b) mod c, exactly, for integers a, b < 2^53,
+-- c > 0, when the quotient is below 2^53.
+local function muldiv(a, b, c)
+  local p = a * b
+  if p < TWO52 then
+    -- The product is exact.
+    local q = fdiv(p, c)
+    return q, p - q * c
+  end
+  -- Shift-and-add over b's bits, keeping a * (bits so far) as q * c + r.
+  local qa = fdiv(a, c)
+  local ra = a - qa * c
+  local bit = 1
+  while bit * 2 <= b do bit = bit * 2 end
+  local q, r = 0, 0
+  while bit >= 1 do
+    q = q * 2
+    r = r * 2
+    if r >= c then q = q + 1; r = r - c end
+    if b >= bit then
+      b = b - bit
+      q = q + qa
+      r = r + ra
+      if r >= c then q = q + 1; r = r - c end
+    end
+    bit = bit / 2
+  end
+  return q, r
+end
+
+-- The stored state format of ratelimit_core::state (version 1):
+-- u8 version, u8 algorithm tag, u64 LE blocked_until, then the algorithm's
+-- u64 LE fields; the sliding log (tag 2) has a u32 LE count and
+-- (timestamp, cost) pairs instead.
+local FIELDS = { [1] = 2, [3] = 3, [4] = 2, [5] = 2, [6] = 1 }
+local UNPACK = { '<I8', '<I8I8', '<I8I8I8' }
+local PACK = { '<BBI8I8', '<BBI8I8I8', '<BBI8I8I8I8' }
+
+-- A decoded state: { tag =, blocked =, [1..k] = fields } or, for the log,
+-- { tag = 2, blocked =, n = count, e = { ts1, cost1, ts2, cost2, ... } }.
+-- Returns nil and a reason for anything that is not valid state.
+local function decode(v)
+  local len = #v
+  if len < 1 then return nil, 'value is truncated' end
+  if string.byte(v, 1) ~= 1 then return nil, 'unknown format version' end
+  if len < 10 then return nil, 'value is truncated' end
+  local tag = string.byte(v, 2)
+  local blocked = struct.unpack('<I8', v, 3)
+  if blocked >= TWO53 then return nil, 'a time at or beyond 2^53 microseconds' end
+  if tag == 2 then
+    if len < 14 then return nil, 'value is truncated' end
+    local n = struct.unpack('<I4', v, 11)
+    if len - 14 ~= n * 16 then
+      return nil, 'sliding log length does not match its count'
+    end
+    local e = {}
+    local last = 0
+    local pos = 15
+    for i = 1, n do
+      local ts, c
+      ts, c, pos = struct.unpack('<I8I8', v, pos)
+      if ts >= TWO53 or c >= TWO53 then
+        return nil, 'a value at or beyond 2^53'
+      end
+      if ts < last then return nil, 'sliding log is not sorted' end
+      last = ts
+      e[2 * i - 1] = ts
+      e[2 * i] = c
+    end
+    return { tag = 2, blocked = blocked, n = n, e = e }
+  end
+  local k = FIELDS[tag]
+  if k == nil then return nil, 'unknown algorithm tag' end
+  if len < 10 + 8 * k then return nil, 'value is truncated' end
+  if len > 10 + 8 * k then return nil, 'trailing bytes' end
+  local a, b, c = struct.unpack(UNPACK[k], v, 11)
+  local s = { tag = tag, blocked = blocked }
+  s[1] = a
+  if k >= 2 then s[2] = b end
+  if k >= 3 then s[3] = c end
+  for i = 1, k do
+    if s[i] >= TWO53 then return nil, 'a value at or beyond 2^53' end
+  end
+  return s
+end
+
+local function encode(s)
+  if s.tag == 2 then
+    local parts = { struct.pack('<BBI8I4', 1, 2, s.blocked, s.n) }
+    local e = s.e
+    for i = 1, s.n do
+      parts[i + 1] = struct.pack('<I8I8', e[2 * i - 1], e[2 * i])
+    end
+    return table.concat(parts)
+  end
+  local k = FIELDS[s.tag]
+  if k == 1 then return struct.pack(PACK[1], 1, s.tag, s.blocked, s[1]) end
+  if k == 2 then return struct.pack(PACK[2], 1, s.tag, s.blocked, s[1], s[2]) end
+  return struct.pack(PACK[3], 1, s.tag, s.blocked, s[1], s[2], s[3])
+end
+
+-- Algorithm steps, by tag. Each is step(q, s, now, cost) with
+-- q = { limit =, window =, burst =, interval = } and s the decoded state of
+-- the same algorithm (or nil), and returns
+-- allowed, remaining, reset_after, retry_after, next state, consumed, ttl
+-- exactly as ratelimit_core's algorithm::step does.
+local STEP = {}
