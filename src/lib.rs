@@ -22,12 +22,24 @@ pub mod sqlite {
     pub use ratelimit_sqlite::*;
 }
 
+/// The Redis store (feature `redis`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use ratelimit_redis::*;
+}
+
 /// Builds a store from one URL, for twelve-factor configuration:
 ///
 /// - `memory://` (feature `memory`), with optional `?max_size=N&shards=N&cleanup_interval=60s`;
 /// - `sqlite:///absolute/path.db`, `sqlite://relative/path.db` or `sqlite::memory:`
 ///   (feature `sqlite`), with optional `?synchronous=normal|full|off&pool_size=N&busy_timeout=5s&cleanup_interval=5m`.
 ///   Opening a file does I/O: call this at start-up.
+/// - `redis://`, `rediss://`, `redis+unix://`, `redis+cluster://`,
+///   `redis+sentinel://` (feature `redis`; see
+///   [`RedisConfig::from_url`](ratelimit_redis::RedisConfig::from_url) for the
+///   forms and options). The store connects on first use and must be created
+///   inside a tokio runtime; `RedisStorage::connect` checks the connection at
+///   start-up instead.
 ///
 /// An unknown scheme, or one whose feature is not enabled, is an
 /// [`ErrorKind::InvalidInput`] error that says which feature to enable.
@@ -44,14 +56,25 @@ pub fn from_url(url: &str) -> Result<Arc<dyn Storage>> {
         }
         #[cfg(not(feature = "sqlite"))]
         _ if url.starts_with("sqlite:") => Err(missing_feature("sqlite", "sqlite")),
+        #[cfg(feature = "redis")]
+        s if is_redis(s) => Ok(Arc::new(ratelimit_redis::RedisStorage::from_url(url)?)),
+        #[cfg(not(feature = "redis"))]
+        s if is_redis(s) => Err(missing_feature(s, "redis")),
+        // Only the scheme is shown: the rest of a URL may hold a password.
         _ => Err(Error::new(
             ErrorKind::InvalidInput,
             format!(
-                "unsupported store URL {:?}: expected memory:// or sqlite://",
-                url.chars().take(64).collect::<String>()
+                "unsupported store URL scheme {:?}: expected memory://, sqlite:// or redis://",
+                scheme.chars().take(32).collect::<String>()
             ),
         )),
     }
+}
+
+/// Whether `scheme` names a Redis deployment.
+fn is_redis(scheme: &str) -> bool {
+    let base = scheme.split_once('+').map_or(scheme, |(b, _)| b);
+    matches!(base, "redis" | "rediss" | "valkey" | "valkeys" | "unix")
 }
 
 #[allow(dead_code, reason = "used only when some store feature is disabled")]
@@ -82,6 +105,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.stats().await.unwrap().backend, "sqlite");
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_urls_build_redis_stores() {
+        for url in [
+            "redis://127.0.0.1:1",
+            "rediss://localhost:1",
+            "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+            "redis+sentinel://127.0.0.1:1/mymaster",
+        ] {
+            let store = from_url(url).unwrap();
+            assert!(format!("{store:?}").contains("RedisStorage"), "{url}");
+        }
+        assert_eq!(
+            from_url("redis://h?bogus=1").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
     }
 
     #[cfg(feature = "memory")]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::cargo;
 
-const SUITES: &[&str] = &["memory", "sqlite", "http"];
+const SUITES: &[&str] = &["memory", "sqlite", "http", "redis"];
 /// Suites reported as decisions per second (the rest as ns per decision).
 const RATE_SUITES: &[&str] = &["sqlite"];
 
@@ -32,6 +32,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     for suite in suites {
         if suite == "http" {
             http(&root)?;
+            continue;
+        }
+        if suite == "redis" {
+            redis(&root)?;
             continue;
         }
         let criterion_dir = root.join("target/criterion").join(suite);
@@ -133,6 +137,54 @@ fn http(root: &Path) -> Result<(), String> {
     let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
     fs::write(dir.join("http.json"), text).map_err(|e| e.to_string())?;
     update_doc(root, "http", &table)?;
+    println!("{table}");
+    Ok(())
+}
+
+/// `cargo xtask bench redis`: the `redis-bench` binary starts its own
+/// `redis-server`, measures our store and `redis-benchmark` on the same
+/// script back to back, and prints the rows as JSON.
+fn redis(root: &Path) -> Result<(), String> {
+    cargo(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "ratelimit-bench",
+            "--bin",
+            "redis-bench",
+        ],
+        &[],
+    )?;
+    let bench = root.join("target/release/redis-bench");
+    let out = std::process::Command::new(&bench)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bench.display()))?;
+    if !out.status.success() {
+        return Err(format!("redis-bench failed ({})", out.status));
+    }
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("redis-bench printed no JSON rows: {e}"))?;
+    let mut table = String::from(
+        "| row | ours (decisions/s) | redis-benchmark (decisions/s) | ratio ours/peer |\n|---|---:|---:|---:|\n",
+    );
+    for row in &rows {
+        let field = |name: &str| row.get(name).and_then(Value::as_f64).unwrap_or(0.0);
+        let _ = writeln!(
+            table,
+            "| {} | {:.0} | {:.0} | {:.2} |",
+            row.get("name").and_then(Value::as_str).unwrap_or("?"),
+            field("ours_per_s"),
+            field("peer_per_s"),
+            field("ratio")
+        );
+    }
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+    fs::write(dir.join("redis.json"), text).map_err(|e| e.to_string())?;
+    update_doc(root, "redis", &table)?;
     println!("{table}");
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! - `ci`: format check, clippy with `-D warnings`, every test, doc tests and
 //!   rustdoc with broken intra-doc links denied: what must pass before a change lands.
 //! - `test`: provisions what the tests need on this machine, then runs every test.
-//! - `bench [memory]`: runs benchmarks against their peers and writes
+//! - `bench [memory|sqlite|http|redis]`: runs benchmarks against their peers and writes
 //!   `target/bench/<name>.json` and `docs/benchmarks.md`.
 
 mod bench;
@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::run(args.get(1..).unwrap_or_default()),
         _ => {
-            eprintln!("usage: cargo xtask <ci | test | bench [memory]>");
+            eprintln!("usage: cargo xtask <ci | test | bench [memory|sqlite|http|redis]>");
             return ExitCode::from(2);
         }
     };
@@ -46,10 +46,51 @@ pub(crate) fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     }
 }
 
-/// What the tests need that cargo does not fetch. Nothing yet: the memory
-/// store and the testkit run in-process.
+/// What the tests need that cargo does not fetch: `redis-server` and
+/// `redis-cli` (the Redis store's tests start real servers, clusters and
+/// Sentinels). Installs Debian's package when missing and running as root;
+/// otherwise stops with the command to run. The Redis tests never skip.
 fn provision() -> Result<(), String> {
-    Ok(())
+    if on_path("redis-server") && on_path("redis-cli") {
+        return Ok(());
+    }
+    let install = "apt-get install -y redis-server";
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !is_root || !on_path("apt-get") {
+        return Err(format!(
+            "the tests need redis-server and redis-cli, which are not installed; install them \
+             (Debian/Ubuntu: `sudo {install}`) and run this again"
+        ));
+    }
+    eprintln!("$ {install}");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A fresh machine may have no package lists yet.
+    let installed = apt(&["install", "-y", "redis-server"])
+        || (apt(&["update"]) && apt(&["install", "-y", "redis-server"]));
+    if !installed {
+        return Err(format!(
+            "`{install}` failed; install redis-server and run this again"
+        ));
+    }
+    if on_path("redis-server") && on_path("redis-cli") {
+        Ok(())
+    } else {
+        Err("redis-server was installed but is not on PATH".to_owned())
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// Passed and failed tests, summed over every `test result:` line.

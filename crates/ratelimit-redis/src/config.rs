@@ -218,7 +218,12 @@ impl RedisConfig {
     pub fn from_url(url: &str) -> Result<Self, Error> {
         let parts = UrlParts::split(url)?;
         let mut options = Options::default();
+        let unix = matches!(parts.scheme, "redis+unix" | "valkey+unix" | "unix");
         for (name, value) in url::form_urlencoded::parse(parts.query.as_bytes()) {
+            // A socket URL carries its database and credentials in the query.
+            if unix && matches!(name.as_ref(), "db" | "user" | "pass") {
+                continue;
+            }
             options.set(&name, &value)?;
         }
         let topology = match parts.scheme {

@@ -259,7 +259,7 @@ fn pick<T>(items: &[T], i: usize) -> &T {
     &items[i % items.len()]
 }
 
-/// The live masters listed by `CLUSTER NODES`.
+/// The live masters that serve slots, as `CLUSTER NODES` lists them.
 fn parse_cluster_masters(text: &str) -> Vec<(String, u16)> {
     text.lines()
         .filter_map(|line| {
@@ -271,7 +271,10 @@ fn parse_cluster_masters(text: &str) -> Vec<(String, u16)> {
                 && !flags
                     .split(',')
                     .any(|f| matches!(f, "fail" | "fail?" | "noaddr" | "handshake"));
-            if !is_live_master {
+            // Fields after the link state are the node's slot ranges: a
+            // master without slots holds no keys.
+            let has_slots = fields.nth(5).is_some();
+            if !is_live_master || !has_slots {
                 return None;
             }
             // host:port@cport[,hostname]
@@ -294,6 +297,7 @@ mod tests {
 67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
 292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
 6ec23923021cf3ffec47632106199cb7f496ce01 127.0.0.1:30005@31005 master,fail - 0 1426238316232 5 connected
+824fe116063bc5fcf9f4ffd895bc17aee7731ac3 127.0.0.1:30006@31006 master - 0 1426238316232 6 connected
 e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
 ";
         assert_eq!(

@@ -13,3 +13,11 @@ pub use config::{
     TimeSource, TlsCertificates, Topology,
 };
 pub use storage::{RedisStorage, RedisStorageBuilder};
+
+/// The Lua source of the decision script for requests whose rules all use
+/// `algorithm` (what the store loads and calls with `EVALSHA`), for
+/// inspection and for benchmarking the script on its own. Its arguments are
+/// described at the top of its engine part.
+pub fn decision_script(algorithm: ratelimit_core::Algorithm) -> &'static str {
+    scripts::SCRIPTS.decision(std::iter::once(algorithm)).code
+}

@@ -147,8 +147,15 @@ impl RedisStorageBuilder {
     /// so a wrong address or password is an error now rather than later.
     pub async fn connect(self) -> Result<RedisStorage> {
         let store = self.build()?;
-        store.ping().await?;
-        store.load_scripts().await?;
+        // Boxed: the redis crate's connection futures nest deeply, and an
+        // application future holding them inline can pass the compiler's
+        // query depth limit.
+        let check: std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> =
+            Box::pin(async {
+                store.ping().await?;
+                store.load_scripts().await
+            });
+        check.await?;
         Ok(store)
     }
 }

@@ -213,7 +213,7 @@ impl RedisServer {
             let config = dir.join("redis.conf");
             let mut text = format!(
                 "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\nlogfile {log}\n\
-                 daemonize no\nsave \"\"\nappendonly no\n",
+                 daemonize no\nsave \"\"\nappendonly no\nrepl-diskless-sync-delay 0\n",
                 dir = dir.display(),
                 log = dir.join("redis.log").display(),
             );
@@ -408,7 +408,8 @@ impl RedisCluster {
     }
 
     /// Waits until every running node sees the cluster as ok, with every
-    /// slot served.
+    /// slot served, and every replica is in sync with its master (a replica
+    /// that never synced cannot take over).
     pub fn wait_healthy(&self) {
         for node in &self.nodes {
             wait_until("the cluster to be ok", || {
@@ -417,6 +418,11 @@ impl RedisCluster {
                 };
                 let text = reply.text();
                 text.contains("cluster_state:ok") && text.contains("cluster_slots_ok:16384")
+            });
+            wait_until("the replicas to sync", || {
+                info_field(node, "replication", "role").as_deref() != Some("slave")
+                    || info_field(node, "replication", "master_link_status").as_deref()
+                        == Some("up")
             });
         }
     }

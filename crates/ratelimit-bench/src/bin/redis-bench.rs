@@ -1,0 +1,176 @@
+//! `cargo xtask bench redis`: decisions per second through the Redis store,
+//! beside `redis-benchmark` running the same decision script with `EVALSHA`,
+//! against the same freshly started `redis-server`, in the same run.
+//!
+//! Rows are `ALGORITHM/cTASKS`. Ours: `TASKS` tokio tasks calling
+//! `Limiter::check` on one `RedisStorage` (one multiplexed connection, which
+//! pipelines whatever the tasks have in flight), on a single-threaded runtime
+//! so that, like `redis-benchmark`, the client uses one core and the server the
+//! other. The peer: `redis-benchmark -c TASKS -P 1`, i.e. TASKS connections
+//! each waiting for every reply before sending the next request. Both spread
+//! requests over 1 000 keys, with a quota that never denies (every call runs
+//! the full read-decide-write path). Prints the rows as JSON on stdout.
+//!
+//! `REDIS_BENCH_ONLY=gcra/c1` runs one row, and `REDIS_BENCH_SIDE=ours` (or
+//! `peer`) one side of it, for profiling.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ratelimit_core::{Algorithm, Limiter, Quota, Rule};
+use ratelimit_redis::RedisStorage;
+use ratelimit_testkit::redis::RedisServer;
+use serde_json::json;
+
+const KEYS: u64 = 1_000;
+const MEASURE: Duration = Duration::from_secs(4);
+const WARM_UP: Duration = Duration::from_secs(1);
+const ALGORITHMS: [Algorithm; 2] = [Algorithm::Gcra, Algorithm::SlidingWindowCounter];
+const CONCURRENCY: [u64; 2] = [1, 50];
+
+fn rule(algorithm: Algorithm) -> Result<Rule, Box<dyn std::error::Error>> {
+    Ok(Rule::new(
+        "bench",
+        algorithm,
+        Quota::per_second(1_000_000)?,
+    )?)
+}
+
+/// Decisions per second through our store with `tasks` concurrent tasks.
+fn ours(url: &str, algorithm: Algorithm, tasks: u64) -> Result<f64, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let rule = rule(algorithm)?;
+    runtime.block_on(async {
+        let store = RedisStorage::connect(url).await?;
+        let limiter = Limiter::new(Arc::new(store));
+        let counting = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let (limiter, rule) = (limiter.clone(), rule.clone());
+                let (counting, stop, done) = (counting.clone(), stop.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        i = i.wrapping_add(7_919);
+                        let key = format!("k{}", i % KEYS);
+                        limiter.check(&rule, &key).await?;
+                        if counting.load(Ordering::Relaxed) {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok::<(), ratelimit_core::Error>(())
+                })
+            })
+            .collect();
+        tokio::time::sleep(WARM_UP).await;
+        counting.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        tokio::time::sleep(MEASURE).await;
+        let n = done.load(Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            h.await??;
+        }
+        Ok(n as f64 / elapsed.as_secs_f64())
+    })
+}
+
+/// Requests per second `redis-benchmark` reports for the same script call.
+fn peer(
+    port: u16,
+    sha: &str,
+    algorithm: Algorithm,
+    clients: u64,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let rule = rule(algorithm)?;
+    let q = rule.quota();
+    let run = |requests: u64| -> Result<f64, Box<dyn std::error::Error>> {
+        let key = format!("peer:bench:{{__rand_int__}}{}", algorithm.state_tag());
+        let out = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-P",
+                "1",
+                "-n",
+                &requests.to_string(),
+            ])
+            .args(["-r", &KEYS.to_string(), "--csv"])
+            .args(["EVALSHA", sha, "1", &key, "", "1", "0"])
+            .args([
+                algorithm.state_tag().to_string(),
+                q.limit().to_string(),
+                q.window_micros().to_string(),
+                q.burst().to_string(),
+                q.emission_interval_us().to_string(),
+                "0".to_owned(),
+            ])
+            .output()
+            .map_err(|e| {
+                format!(
+                    "cannot run redis-benchmark ({e}); install it: apt-get install -y redis-tools"
+                )
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .nth(1)
+            .and_then(|line| line.split(',').nth(1))
+            .and_then(|rps| rps.trim_matches('"').parse().ok())
+            .ok_or_else(|| {
+                format!(
+                    "no rate in redis-benchmark's output:\n{text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into()
+            })
+    };
+    // A short run sizes the measured one to about MEASURE.
+    let estimate = run(5_000 * clients.min(4))?;
+    let requests = (estimate * MEASURE.as_secs_f64()) as u64;
+    run(requests.max(10_000))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let server = RedisServer::start();
+    let url = format!("{}?prefix=bench:", server.url());
+    let mut rows = Vec::new();
+    for algorithm in ALGORITHMS {
+        let script = ratelimit_redis::decision_script(algorithm);
+        let sha = server.cmd(&["SCRIPT", "LOAD", script]).text();
+        for tasks in CONCURRENCY {
+            let name = format!("{}/c{tasks}", algorithm.as_str());
+            if std::env::var("REDIS_BENCH_ONLY").is_ok_and(|only| only != name) {
+                continue;
+            }
+            let side = std::env::var("REDIS_BENCH_SIDE").unwrap_or_default();
+            // The compared pair runs back to back on the same server.
+            let ours = if side == "peer" {
+                f64::NAN
+            } else {
+                ours(&url, algorithm, tasks)?
+            };
+            let peer = if side == "ours" {
+                f64::NAN
+            } else {
+                peer(server.port(), &sha, algorithm, tasks)?
+            };
+            eprintln!("{name}: ours {ours:.0}/s, redis-benchmark {peer:.0}/s");
+            rows.push(json!({
+                "name": name,
+                "ours_per_s": (ours * 10.0).round() / 10.0,
+                "peer_per_s": (peer * 10.0).round() / 10.0,
+                "ratio": ((ours / peer) * 100.0).round() / 100.0,
+            }));
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&rows)?);
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! Differential test: the Lua scripts against the core's Rust engine.
+//!
+//! Random rules (every algorithm, small and very large quotas, bursts,
+//! penalties), several rules per request on the same or on shared keys, and
+//! random request sequences (costs, peeks, clock jumps to exactly the retry
+//! instant and one microsecond before it) run through the Redis store and
+//! through a reference store that applies `engine::decide_all` to states in a
+//! map, at the same injected times. Every decision must be identical, and
+//! whenever the reference holds a live state, Redis must hold the same bytes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test"
+)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use ratelimit_core::state::RuleState;
+use ratelimit_core::{Algorithm, Clock, Decision, Limiter, ManualClock, Quota, Rule, Timestamp};
+use ratelimit_core::{Storage, engine};
+
+const T0: u64 = 1_700_000_000_000_000;
+
+/// The reference: rule states in a map, expiring like the memory store's.
+#[derive(Default)]
+struct Reference {
+    states: HashMap<String, (RuleState, u64)>,
+}
+
+impl Reference {
+    fn live(&self, key: &str, now: u64) -> Option<&RuleState> {
+        self.states
+            .get(key)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(s, _)| s)
+    }
+
+    fn decide(
+        &mut self,
+        checks: &[(&Rule, &str)],
+        now: u64,
+        cost: u64,
+    ) -> Result<Decision, ratelimit_core::ErrorKind> {
+        let keys: Vec<String> = checks
+            .iter()
+            .map(|(rule, key)| ratelimit_core::key::state_key(rule, key))
+            .collect();
+        let states: Vec<Option<RuleState>> =
+            keys.iter().map(|k| self.live(k, now).cloned()).collect();
+        let rules: Vec<(&Rule, Option<&RuleState>)> = checks
+            .iter()
+            .zip(&states)
+            .map(|((rule, _), state)| (*rule, state.as_ref()))
+            .collect();
+        let (decision, writes) =
+            engine::decide_all(&rules, Timestamp::from_micros(now), cost).map_err(|e| e.kind())?;
+        for (key, write) in keys.into_iter().zip(writes) {
+            if let Some(w) = write {
+                let expires = now + u64::try_from(w.ttl.as_micros()).unwrap();
+                self.states.insert(key, (w.state, expires));
+            }
+        }
+        Ok(decision)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Advance {
+    By(u64),
+    ToRetry,
+    JustBeforeRetry,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    advance: Advance,
+    cost: u64,
+    /// Which rules apply to this request (bit i: rule i); never empty.
+    rules: u8,
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    rules: Vec<Rule>,
+    /// Per rule: whether it limits the caller's key or one shared key.
+    shared: Vec<bool>,
+    start: u64,
+    steps: Vec<Step>,
+}
+
+fn algorithm() -> impl Strategy<Value = Algorithm> {
+    prop::sample::select(Algorithm::ALL.to_vec())
+}
+
+fn rule(index: usize) -> impl Strategy<Value = Rule> {
+    let window = prop_oneof![
+        Just(1_000u64),
+        Just(7_000),
+        Just(1_000_000),
+        Just(60_000_000),
+        Just(3_600_000_000),
+        Just(86_400_000_000),
+    ];
+    let limit = prop_oneof![4 => 1u64..=8, 1 => 9u64..=1_000, 1 => Just(1_000_000u64)];
+    (
+        algorithm(),
+        window,
+        limit,
+        proptest::option::of(1u64..=12),
+        proptest::option::weighted(0.3, 1u64..=3),
+    )
+        .prop_filter_map(
+            "a valid rule",
+            move |(algorithm, window, limit, burst, penalty)| {
+                let limit = if algorithm == Algorithm::SlidingWindowLog {
+                    limit.min(10_000)
+                } else {
+                    limit
+                };
+                let mut quota = Quota::new(limit, Duration::from_micros(window)).ok()?;
+                if algorithm.uses_burst()
+                    && let Some(b) = burst
+                {
+                    quota = quota.with_burst(b.max(limit / 2)).ok()?;
+                }
+                let mut rule = Rule::new(&format!("r{index}"), algorithm, quota).ok()?;
+                if let Some(p) = penalty {
+                    let p = [window / 2, window, 3 * window][p as usize - 1].max(1);
+                    rule = rule.with_penalty(Duration::from_micros(p)).ok()?;
+                }
+                Some(rule)
+            },
+        )
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (1usize..=3)
+        .prop_flat_map(|n| {
+            let rules: Vec<_> = (0..n).map(rule).collect();
+            (rules, proptest::collection::vec(any::<bool>(), n))
+        })
+        .prop_flat_map(|(rules, shared)| {
+            let n = rules.len();
+            let widest = rules
+                .iter()
+                .map(|r| r.quota().window_micros())
+                .max()
+                .unwrap_or(1);
+            let finest = rules
+                .iter()
+                .map(|r| r.quota().emission_interval_us())
+                .min()
+                .unwrap_or(1);
+            let capacity = rules.iter().map(Rule::capacity).max().unwrap_or(1);
+            let advance = prop_oneof![
+                2 => Just(Advance::By(0)),
+                3 => (0..=finest).prop_map(Advance::By),
+                2 => (0..=widest * 2).prop_map(Advance::By),
+                2 => Just(Advance::ToRetry),
+                2 => Just(Advance::JustBeforeRetry),
+            ];
+            let cost = prop_oneof![
+                4 => Just(1u64),
+                1 => Just(0u64),
+                3 => 0..=capacity,
+                1 => Just(capacity + 1),
+            ];
+            let step = (advance, cost, 1u8..(1u8 << n)).prop_map(|(advance, cost, rules)| Step {
+                advance,
+                cost,
+                rules,
+            });
+            (
+                Just(rules),
+                Just(shared),
+                0..widest,
+                proptest::collection::vec(step, 1..40),
+            )
+        })
+        .prop_map(|(rules, shared, start, steps)| Scenario {
+            rules,
+            shared,
+            start,
+            steps,
+        })
+}
+
+async fn run(scenario: Scenario, url: &str) -> Result<(), TestCaseError> {
+    let clock = ManualClock::new(Timestamp::from_micros(T0 + scenario.start));
+    let store = common::store(url, false, common::TEST_TIME);
+    let limiter = Limiter::builder(std::sync::Arc::new(store.clone()))
+        .clock(clock.clone())
+        .build();
+    let mut reference = Reference::default();
+    let mut retry_at: Option<u64> = None;
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let now = clock.now().as_micros();
+        let dt = match (step.advance, retry_at) {
+            (Advance::By(dt), _) => dt,
+            (Advance::ToRetry, Some(at)) => at.saturating_sub(now),
+            (Advance::JustBeforeRetry, Some(at)) => at.saturating_sub(now + 1),
+            (_, None) => 0,
+        };
+        clock.advance(Duration::from_micros(dt));
+        let now = clock.now().as_micros();
+        let checks: Vec<(&Rule, &str)> = scenario
+            .rules
+            .iter()
+            .zip(&scenario.shared)
+            .enumerate()
+            .filter(|(j, _)| step.rules & (1 << j) != 0)
+            .map(|(_, (rule, shared))| (rule, if *shared { "all" } else { "k" }))
+            .collect();
+        let ours = limiter
+            .check_all(&checks, step.cost)
+            .await
+            .map_err(|e| e.kind());
+        let expected = reference.decide(&checks, now, step.cost);
+        prop_assert_eq!(
+            &ours,
+            &expected,
+            "step {} at t0+{} cost {} rules {:?}",
+            i,
+            now - T0,
+            step.cost,
+            checks
+        );
+        if let Ok(Some(wait)) = ours.as_ref().map(Decision::retry_after) {
+            retry_at = Some(now + u64::try_from(wait.as_micros()).unwrap());
+        }
+        for (rule, key) in &checks {
+            let state_key = ratelimit_core::key::state_key(rule, key);
+            if let Some(state) = reference.live(&state_key, now) {
+                let stored = store
+                    .get(&state_key)
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let expected = state.encode();
+                prop_assert_eq!(
+                    stored.as_deref(),
+                    Some(expected.as_slice()),
+                    "state of {} after step {}",
+                    state_key,
+                    i
+                );
+            }
+        }
+    }
+    store
+        .close()
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    Ok(())
+}
+
+#[test]
+fn lua_scripts_decide_exactly_as_the_rust_engine() {
+    let url = common::standalone().url();
+    let cases = std::env::var("RATELIMIT_PARITY_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&scenario(), |s| runtime.block_on(run(s, &url)));
+    if let Err(e) = result {
+        panic!("the Lua scripts and the Rust engine disagree: {e}");
+    }
+}
+
+/// States the store never writes: a time at or past 2^53 µs cannot be
+/// computed exactly in Lua, so the scripts call such a state corrupt (where
+/// the Rust engine would compute with it).
+#[tokio::test]
+async fn times_beyond_lua_precision_are_corrupt_state() {
+    let store = common::store(&common::standalone().url(), false, common::TEST_TIME);
+    let limiter = Limiter::new(std::sync::Arc::new(store.clone()));
+    let rule = Rule::new("huge", Algorithm::Gcra, "1/s".parse().unwrap()).unwrap();
+    let state = RuleState {
+        blocked_until: 0,
+        algorithm: ratelimit_core::state::AlgorithmState::Gcra(ratelimit_core::state::GcraState {
+            tat: 1 << 53,
+        }),
+    };
+    let key = limiter.state_key(&rule, "k");
+    store
+        .set(&key, &state.encode(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let err = limiter.check(&rule, "k").await.unwrap_err();
+    assert_eq!(err.kind(), ratelimit_core::ErrorKind::CorruptState);
+    assert!(err.to_string().contains("2^53"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 64, failure_persistence: None, ..Config::default() })]
+
+    /// The scripts' exact `floor(a × b / c)` (the sliding window counter's
+    /// weights, whose products pass 2^53 for large quotas and long windows)
+    /// against 128-bit integer arithmetic, 50 triples per call.
+    #[test]
+    fn lua_muldiv_is_exact(triples in proptest::collection::vec(
+        (1u64..(1 << 45)).prop_flat_map(|c| {
+            // Products on both sides of 2^52, where the fast path stops.
+            let small = 1u64 << 26;
+            (prop_oneof![0..small, 0u64..(1 << 45)], prop_oneof![0..=c.min(small), 0..=c], Just(c))
+        }),
+        50,
+    )) {
+        let script = format!(
+            "{}\nlocal out = {{}}\nfor i = 1, #ARGV, 3 do\n  local q, r = muldiv(tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]))\n  out[#out + 1] = q\n  out[#out + 1] = r\nend\nreturn out",
+            include_str!("../src/scripts/prelude.lua")
+        );
+        let mut args = vec!["EVAL".to_owned(), script, "0".to_owned()];
+        for (a, b, c) in &triples {
+            args.extend([a.to_string(), b.to_string(), c.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = common::standalone().cmd(&args);
+        let ratelimit_testkit::redis::Reply::Array(Some(items)) = reply else {
+            panic!("{reply:?}");
+        };
+        for (i, (a, b, c)) in triples.iter().enumerate() {
+            let product = u128::from(*a) * u128::from(*b);
+            let expected = (product / u128::from(*c), product % u128::from(*c));
+            let got = (items[2 * i].text().parse::<u128>().unwrap(), items[2 * i + 1].text().parse::<u128>().unwrap());
+            prop_assert_eq!(got, expected, "muldiv({}, {}, {})", a, b, c);
+        }
+    }
+}
