@@ -43,8 +43,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         let _ = fs::remove_dir_all(&criterion_dir);
         cargo(&["bench", "-p", "ratelimit-bench", "--bench", suite], &[])?;
         let rows = collect(&criterion_dir)?;
-        let table = write_outputs(&root, suite, &rows)?;
-        println!("{table}");
+        write_outputs(&root, suite, &rows)?;
     }
     Ok(())
 }
@@ -87,18 +86,7 @@ fn wrk_rps(server: &Path, mode: &str) -> Result<f64, String> {
 /// layer (without and with headers), and tower_governor, one after another in
 /// the same run.
 fn http(root: &Path) -> Result<(), String> {
-    cargo(
-        &[
-            "build",
-            "--release",
-            "-p",
-            "ratelimit-bench",
-            "--bin",
-            "http-bench-server",
-        ],
-        &[],
-    )?;
-    let server = root.join("target/release/http-bench-server");
+    let server = release_binary(root, "http-bench-server")?;
     let mut rps = Vec::new();
     for mode in ["none", "ours", "ours-headers", "governor"] {
         let r = wrk_rps(&server, mode)?;
@@ -132,31 +120,14 @@ fn http(root: &Path) -> Result<(), String> {
             "| {name} | {ours:.0} | {peer:.0} | {ratio:.2} | {overhead:.2} |"
         );
     }
-    let dir = root.join("target/bench");
-    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
-    fs::write(dir.join("http.json"), text).map_err(|e| e.to_string())?;
-    update_doc(root, "http", &table)?;
-    println!("{table}");
-    Ok(())
+    publish(root, "http", &out, &table)
 }
 
 /// `cargo xtask bench redis`: the `redis-bench` binary starts its own
 /// `redis-server`, measures our store and `redis-benchmark` on the same
 /// script back to back, and prints the rows as JSON.
 fn redis(root: &Path) -> Result<(), String> {
-    cargo(
-        &[
-            "build",
-            "--release",
-            "-p",
-            "ratelimit-bench",
-            "--bin",
-            "redis-bench",
-        ],
-        &[],
-    )?;
-    let bench = root.join("target/release/redis-bench");
+    let bench = release_binary(root, "redis-bench")?;
     let out = std::process::Command::new(&bench)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -180,11 +151,28 @@ fn redis(root: &Path) -> Result<(), String> {
             field("ratio")
         );
     }
+    publish(root, "redis", &rows, &table)
+}
+
+/// Builds a benchmark binary of `ratelimit-bench` in release mode and
+/// returns its path.
+fn release_binary(root: &Path, name: &str) -> Result<PathBuf, String> {
+    cargo(
+        &["build", "--release", "-p", "ratelimit-bench", "--bin", name],
+        &[],
+    )?;
+    Ok(root.join("target/release").join(name))
+}
+
+/// Writes a suite's rows to `target/bench/SUITE.json` and its table to
+/// `docs/benchmarks.md`, and prints the table.
+fn publish(root: &Path, suite: &str, rows: &[Value], table: &str) -> Result<(), String> {
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
-    fs::write(dir.join("redis.json"), text).map_err(|e| e.to_string())?;
-    update_doc(root, "redis", &table)?;
+    let path = dir.join(format!("{suite}.json"));
+    let text = serde_json::to_string_pretty(rows).map_err(|e| e.to_string())?;
+    fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    update_doc(root, suite, table)?;
     println!("{table}");
     Ok(())
 }
@@ -243,11 +231,11 @@ fn read_estimate(dir: &Path) -> Result<(String, f64), String> {
     Ok((id, median))
 }
 
-/// Pairs `ours/X` with `PEER/X` and writes the JSON and the Markdown table;
-/// returns the table. Latency suites report ns per decision (ratio = ours /
-/// peer, lower is better for us); rate suites report decisions per second
-/// (ratio = ours / peer, higher is better for us).
-fn write_outputs(root: &Path, suite: &str, rows: &[(String, f64)]) -> Result<String, String> {
+/// Pairs `ours/X` with `PEER/X` and writes the JSON and the Markdown table.
+/// Latency suites report ns per decision (ratio = ours / peer, lower is
+/// better for us); rate suites report decisions per second (ratio = ours /
+/// peer, higher is better for us).
+fn write_outputs(root: &Path, suite: &str, rows: &[(String, f64)]) -> Result<(), String> {
     let rate = RATE_SUITES.contains(&suite);
     let (unit, field) = if rate {
         ("decisions/s", "per_s")
@@ -288,13 +276,7 @@ fn write_outputs(root: &Path, suite: &str, rows: &[(String, f64)]) -> Result<Str
             ratio.map_or("–".to_owned(), |r| format!("{r:.2}"))
         );
     }
-    let dir = root.join("target/bench");
-    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let path = dir.join(format!("{suite}.json"));
-    let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
-    fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-    update_doc(root, suite, &table)?;
-    Ok(table)
+    publish(root, suite, &out, &table)
 }
 
 fn round(x: f64) -> f64 {

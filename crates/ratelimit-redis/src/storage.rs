@@ -676,30 +676,16 @@ impl Storage for RedisStorage {
             .and_then(|i| entries.get(i))
             .ok_or_else(|| unexpected("decision", &reply))?;
         let rule = entry.rule;
-        let us = |i: usize| {
+        let count = |i: usize| {
             field(i)
                 .and_then(|v| u64::try_from(v).ok())
-                .map(Duration::from_micros)
                 .ok_or_else(|| unexpected("decision", &reply))
         };
+        let us = |i: usize| count(i).map(Duration::from_micros);
+        let (name, limit) = (rule.shared_name().clone(), rule.quota().limit());
         match field(0) {
-            Some(1) => Ok(Decision::allow(
-                rule.shared_name().clone(),
-                rule.quota().limit(),
-                field(2)
-                    .and_then(|v| u64::try_from(v).ok())
-                    .ok_or_else(|| unexpected("decision", &reply))?,
-                us(3)?,
-            )),
-            Some(0) => Ok(Decision::deny(
-                rule.shared_name().clone(),
-                rule.quota().limit(),
-                field(2)
-                    .and_then(|v| u64::try_from(v).ok())
-                    .ok_or_else(|| unexpected("decision", &reply))?,
-                us(3)?,
-                us(4)?,
-            )),
+            Some(1) => Ok(Decision::allow(name, limit, count(2)?, us(3)?)),
+            Some(0) => Ok(Decision::deny(name, limit, count(2)?, us(3)?, us(4)?)),
             Some(-1) => {
                 let why = match items.get(2) {
                     Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),

@@ -30,6 +30,7 @@
 
 pub mod conformance;
 pub mod model;
+pub mod processes;
 #[cfg(feature = "redis")]
 pub mod redis;
 
