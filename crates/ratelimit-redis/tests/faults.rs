@@ -59,6 +59,39 @@ impl Tally {
     }
 }
 
+impl Tally {
+    fn summary(&self) -> String {
+        format!(
+            "{} ok, {} transient errors (last: {:?}), permanent: {:?}",
+            self.ok.load(Ordering::Relaxed),
+            self.transient_errors.load(Ordering::Relaxed),
+            self.last_transient.lock(),
+            self.permanent_errors.lock()
+        )
+    }
+
+    /// Waits until, after the fault at `since`, a second has passed without
+    /// errors and 200 decisions more have succeeded; panics with `context()`
+    /// after [`RECOVERY_BOUND`].
+    async fn wait_for_recovery(&self, since: Instant, context: impl Fn() -> String) {
+        let at_fault = self.ok.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let calm_since = self.last_error.lock().map_or(since, |t| t.max(since));
+            let recovered = self.ok.load(Ordering::Relaxed) > at_fault + 200;
+            if recovered && calm_since.elapsed() > Duration::from_secs(1) {
+                return;
+            }
+            assert!(
+                since.elapsed() < RECOVERY_BOUND,
+                "no recovery: {}\n{}",
+                self.summary(),
+                context()
+            );
+        }
+    }
+}
+
 /// Runs `tasks` tasks deciding on distinct keys until `stop` is set.
 fn load(
     limiter: &Limiter,
@@ -114,25 +147,9 @@ async fn a_sentinel_failover_under_load_is_followed() {
     let failed_over = Instant::now();
 
     // Keep the load on until decisions have succeeded again for a while.
-    let at_failover = tally.ok.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let recovered = tally.ok.load(Ordering::Relaxed) > at_failover + 200;
-        let quiet = tally
-            .last_error
-            .lock()
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(1));
-        if recovered && quiet {
-            break;
-        }
-        assert!(
-            failed_over.elapsed() < RECOVERY_BOUND,
-            "no recovery after the failover: {} ok, {} transient errors, permanent: {:?}",
-            tally.ok.load(Ordering::Relaxed),
-            tally.transient_errors.load(Ordering::Relaxed),
-            tally.permanent_errors.lock()
-        );
-    }
+    tally
+        .wait_for_recovery(failed_over, || "after a Sentinel failover".to_owned())
+        .await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.expect("no load task panicked");
@@ -140,8 +157,8 @@ async fn a_sentinel_failover_under_load_is_followed() {
 
     assert!(
         tally.permanent_errors.lock().is_empty(),
-        "only transient errors during a failover: {:?}",
-        tally.permanent_errors.lock()
+        "only transient errors during a failover: {}",
+        tally.summary()
     );
     let (first, last) = (*tally.first_error.lock(), *tally.last_error.lock());
     if let (Some(first), Some(last)) = (first, last) {
@@ -297,41 +314,23 @@ async fn a_cluster_master_failure_is_survived_through_its_replica() {
     let victim = cluster.nodes().iter().position(is_master).unwrap();
     cluster.nodes_mut()[victim].stop();
     let killed = Instant::now();
-    let at_kill = tally.ok.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let recovered = tally.ok.load(Ordering::Relaxed) > at_kill + 500;
-        let quiet = tally
-            .last_error
-            .lock()
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(1));
-        if recovered && quiet && tally.first_error.lock().is_some() {
-            break;
-        }
-        assert!(
-            killed.elapsed() < RECOVERY_BOUND,
-            "no recovery after a master died: {} ok, {} transient errors (last: {:?}), permanent: {:?}\n{}",
-            tally.ok.load(Ordering::Relaxed),
-            tally.transient_errors.load(Ordering::Relaxed),
-            tally.last_transient.lock(),
-            tally.permanent_errors.lock(),
-            cluster
+    tally
+        .wait_for_recovery(killed, || {
+            let alive = cluster
                 .nodes()
                 .iter()
-                .filter(|n| ratelimit_testkit::redis::command(n.port(), &["PING"]).is_ok())
-                .map(|n| n.cmd(&["CLUSTER", "NODES"]).text())
-                .next()
-                .unwrap_or_default()
-        );
-    }
+                .find(|n| ratelimit_testkit::redis::command(n.port(), &["PING"]).is_ok());
+            alive.map_or_else(String::new, |n| n.cmd(&["CLUSTER", "NODES"]).text())
+        })
+        .await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.expect("no load task panicked");
     }
     assert!(
         tally.permanent_errors.lock().is_empty(),
-        "only transient errors while the replica takes over: {:?}",
-        tally.permanent_errors.lock()
+        "only transient errors while the replica takes over: {}",
+        tally.summary()
     );
     let first = tally.first_error.lock().unwrap();
     let last = tally.last_error.lock().unwrap();
