@@ -56,6 +56,11 @@ pub(crate) fn redis(err: RedisError, what: &str) -> Error {
         _ if err.code() == Some("BUSY") || err.code() == Some("OOM") => {
             (ErrorKind::Unavailable, true, "met a busy or full server")
         }
+        _ if err.code() == Some("WRONGTYPE") => (
+            ErrorKind::WrongType,
+            false,
+            "met a key holding another type",
+        ),
         _ if err.code() == Some("NOAUTH") || err.code() == Some("WRONGPASS") => {
             (ErrorKind::Unavailable, false, "was refused by the server")
         }

@@ -126,6 +126,12 @@ impl RedisStorageBuilder {
     /// so a server that is down shows up as errors of the first calls. Must
     /// be called inside a tokio runtime (with its timer enabled).
     pub fn build(self) -> Result<RedisStorage> {
+        let config = &self.config;
+        if config.connect_timeout.is_zero() || config.response_timeout.is_zero() {
+            return Err(invalid(
+                "the connect and response timeouts of a Redis store must be above 0".to_owned(),
+            ));
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(invalid(
                 "a Redis store must be created inside a tokio runtime".to_owned(),
@@ -196,20 +202,23 @@ impl RedisStorage {
         }
     }
 
+    /// A builder with the settings a URL gives (see [`RedisConfig::from_url`]
+    /// for the forms and options), to adjust in code before building.
+    pub fn builder_from_url(url: &str) -> Result<RedisStorageBuilder> {
+        Ok(RedisStorageBuilder {
+            config: RedisConfig::from_url(url)?,
+        })
+    }
+
     /// A store for a URL (see [`RedisConfig::from_url`] for the forms and
     /// options), connecting lazily; inside a tokio runtime.
     pub fn from_url(url: &str) -> Result<Self> {
-        Self::builder(Topology::Standalone(String::new()))
-            .config(RedisConfig::from_url(url)?)
-            .build()
+        Self::builder_from_url(url)?.build()
     }
 
     /// A store for a URL, connected and checked (see [`RedisStorageBuilder::connect`]).
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::builder(Topology::Standalone(String::new()))
-            .config(RedisConfig::from_url(url)?)
-            .connect()
-            .await
+        Self::builder_from_url(url)?.connect().await
     }
 
     /// The same connections with another key prefix: a separate keyspace
@@ -226,7 +235,8 @@ impl RedisStorage {
         &self.prefix
     }
 
-    /// The settings.
+    /// The settings the store was built with (a [`with_prefix`](Self::with_prefix)
+    /// view keeps them, but for its own [`prefix`](Self::prefix)).
     pub fn config(&self) -> &RedisConfig {
         &self.inner.config
     }

@@ -316,10 +316,16 @@ async fn a_bad_password_or_address_is_an_error_at_connect() {
 }
 
 #[test]
-fn a_store_outside_a_runtime_is_an_error_not_a_panic() {
+fn a_store_outside_a_runtime_or_without_timeouts_is_an_error_not_a_panic() {
     let err = RedisStorage::from_url("redis://127.0.0.1:1").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("tokio runtime"), "{err}");
+    let err = RedisStorage::builder_from_url("redis://127.0.0.1:1")
+        .unwrap()
+        .response_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("above 0"), "{err}");
 }
 
 #[tokio::test]
@@ -344,4 +350,34 @@ async fn a_unix_socket_server() {
     let r = rule("unix", "1/hour");
     assert!(limiter.check(&r, "k").await.unwrap().is_allowed());
     assert!(!limiter.check(&r, "k").await.unwrap().is_allowed());
+}
+
+/// Keys under the prefix that someone else filled with another Redis type
+/// give typed errors, not panics or protocol errors.
+#[tokio::test]
+async fn foreign_values_at_store_keys_are_typed_errors() {
+    let server = common::standalone();
+    let store = common::store(&server.url(), false, TimeSource::Server);
+    let limiter = Limiter::new(Arc::new(store.clone()));
+    let r = rule("foreign", "5/s");
+    let state_key = store.redis_key(&limiter.state_key(&r, "k"));
+    server.cmd(&["HSET", &state_key, "field", "value"]);
+    let err = limiter.check(&r, "k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CorruptState, "{err}");
+    let plain = store.redis_key("plain");
+    server.cmd(&["LPUSH", &plain, "x"]);
+    assert_eq!(
+        store.get("plain").await.unwrap_err().kind(),
+        ErrorKind::WrongType
+    );
+    assert_eq!(
+        store
+            .increment("plain", 1, Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::WrongType
+    );
+    assert!(limiter.reset(&r, "k").await.unwrap());
+    assert!(limiter.check(&r, "k").await.unwrap().is_allowed());
 }

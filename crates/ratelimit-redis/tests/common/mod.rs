@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ratelimit_core::Storage;
-use ratelimit_redis::{RedisConfig, RedisStorage, TimeSource};
+use ratelimit_redis::{RedisStorage, TimeSource};
 use ratelimit_testkit::redis::{RedisCluster, RedisSentinel, RedisServer};
 use ratelimit_testkit::{Expiry, Harness, ManualClock};
 
@@ -53,8 +53,8 @@ pub(crate) const TEST_TIME: TimeSource = TimeSource::Client {
 
 /// A store on `url` with a fresh prefix, deciding at `time`; lazy.
 pub(crate) fn store(url: &str, tagged: bool, time: TimeSource) -> RedisStorage {
-    RedisStorage::builder(ratelimit_redis::Topology::Standalone(String::new()))
-        .config(RedisConfig::from_url(url).expect("a valid URL"))
+    RedisStorage::builder_from_url(url)
+        .expect("a valid URL")
         .prefix(unique_prefix(tagged))
         .time_source(time)
         .response_timeout(Duration::from_secs(5))
