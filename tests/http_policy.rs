@@ -1,21 +1,17 @@
 //! The framework-free HTTP policy end to end: real limiter, memory store,
-//! manual clock; a store that always fails for the error modes.
+//! manual clock; a closed store for the error modes.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use ratelimit::http::{
     ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor, KeySource, Limits, MissingKey,
     Outcome, RequestView, ResetFormat, RouteTable,
 };
 use ratelimit::memory::MemoryStorage;
-use ratelimit::{
-    Algorithm, CasOp, Error, ErrorKind, Limiter, ManualClock, Result, Rule, Storage, StorageStats,
-    Timestamp,
-};
+use ratelimit::{Algorithm, ErrorKind, Limiter, ManualClock, Rule, Storage, Timestamp};
 
 const NONE: &[(&str, &[u8])] = &[];
 
@@ -66,13 +62,13 @@ async fn limit_reached_gives_429_with_retry_after_and_headers() {
     let p = p.headers(HeaderStyle::Both, ResetFormat::Seconds);
     for remaining in ["1", "0"] {
         match p.check(&view("/", &NONE, None)).await {
-            Outcome::Proceed { headers, decision } => {
+            Outcome::Proceed { headers, admission } => {
                 assert_eq!(header(&headers, "x-ratelimit-remaining"), Some(remaining));
                 assert!(
                     header(&headers, "ratelimit")
                         .is_some_and(|v| v.contains(&format!("r={remaining}")))
                 );
-                assert!(decision.unwrap().is_allowed());
+                assert!(admission.unwrap().decision().is_allowed());
             }
             other => panic!("{other:?}"),
         }
@@ -133,7 +129,7 @@ async fn lists_exemptions_and_missing_keys() {
             p.check(&view("/health", &NONE, None)).await,
             Outcome::Proceed {
                 headers: Vec::new(),
-                decision: None
+                admission: None
             }
         );
     }
@@ -195,45 +191,6 @@ async fn shadow_mode_reports_but_never_blocks() {
     assert_eq!(blocked.load(Ordering::SeqCst), 3);
 }
 
-/// A store whose every operation fails as an unreachable server would.
-#[derive(Debug)]
-struct Down;
-
-fn down() -> Error {
-    Error::new(ErrorKind::Unavailable, "store is down")
-}
-
-#[async_trait]
-impl Storage for Down {
-    async fn get(&self, _: &str) -> Result<Option<Vec<u8>>> {
-        Err(down())
-    }
-    async fn set(&self, _: &str, _: &[u8], _: Duration) -> Result<()> {
-        Err(down())
-    }
-    async fn delete(&self, _: &str) -> Result<bool> {
-        Err(down())
-    }
-    async fn exists(&self, _: &str) -> Result<bool> {
-        Err(down())
-    }
-    async fn increment(&self, _: &str, _: i64, _: Duration) -> Result<i64> {
-        Err(down())
-    }
-    async fn clear(&self) -> Result<u64> {
-        Err(down())
-    }
-    async fn close(&self) -> Result<()> {
-        Ok(())
-    }
-    async fn stats(&self) -> Result<StorageStats> {
-        Err(down())
-    }
-    async fn compare_and_swap(&self, _: &[CasOp<'_>]) -> Result<bool> {
-        Err(down())
-    }
-}
-
 #[tokio::test]
 async fn store_failure_fails_closed_by_default_or_open_per_route() {
     let errors = Arc::new(AtomicU32::new(0));
@@ -246,13 +203,16 @@ async fn store_failure_fails_closed_by_default_or_open_per_route() {
             Limits::new(vec![rule("open", "10/minute")]).on_store_error(ErrorMode::FailOpen),
         )
         .unwrap();
+    // A real store in a real failed state.
+    let store = MemoryStorage::new();
+    store.close().await.unwrap();
     let p = HttpPolicy::new(
-        Limiter::new(Arc::new(Down)),
+        Limiter::new(Arc::new(store)),
         routes,
         KeyExtractor::new(KeySource::Ip),
     )
     .on_error(Arc::new(move |_, e| {
-        assert!(e.is_transient());
+        assert_eq!(e.kind(), ErrorKind::Closed);
         seen.fetch_add(1, Ordering::SeqCst);
     }));
     match p.check(&view("/", &NONE, None)).await {
@@ -265,7 +225,7 @@ async fn store_failure_fails_closed_by_default_or_open_per_route() {
         p.check(&view("/open", &NONE, None)).await,
         Outcome::Proceed {
             headers: Vec::new(),
-            decision: None
+            admission: None
         }
     );
     let open = p.clone().on_store_error(ErrorMode::FailOpen);
@@ -278,4 +238,31 @@ async fn store_failure_fails_closed_by_default_or_open_per_route() {
         3,
         "the hook sees every failure"
     );
+}
+
+#[tokio::test]
+async fn check_now_answers_like_check_and_admissions_charge_more() {
+    let (p, _) =
+        policy(RouteTable::new().default_limits(Limits::new(vec![rule("api", "10/minute")])));
+    let v = view("/", &NONE, None);
+    let Some(Outcome::Proceed {
+        admission: Some(admission),
+        ..
+    }) = p.check_now(&v)
+    else {
+        panic!("the memory store decides at once")
+    };
+    assert_eq!(admission.decision().remaining(), 9);
+    assert_eq!(admission.key(), "ip:198.51.100.7");
+    // More units once the handler knows the real cost; all or nothing.
+    let charged = admission.charge(5).await.unwrap();
+    assert!(charged.is_allowed() && charged.remaining() == 4);
+    let refused = admission.charge(5).await.unwrap();
+    assert!(!refused.is_allowed() && refused.remaining() == 4);
+    match p.check(&v).await {
+        Outcome::Proceed {
+            admission: Some(a), ..
+        } => assert_eq!(a.decision().remaining(), 3),
+        other => panic!("{other:?}"),
+    }
 }

@@ -1,7 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+mod body;
+mod decision;
+mod future;
 mod layer;
 mod service;
 
+pub use body::ResponseBody;
+pub use decision::RateLimitDecision;
+pub use future::ResponseFuture;
 pub use layer::RateLimitLayer;
-pub use service::{RateLimit, RateLimitDecision};
+pub use service::{PeerFn, RateLimit, connect_info_peer};

@@ -1,33 +1,55 @@
 //! The service: translates a request into the core's view, asks the policy,
 //! and answers or passes the request on.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, MatchedPath};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use ratelimit_core::Decision;
-use ratelimit_core::http::{Headers, HttpPolicy, Identity, Outcome, RequestView};
+use axum::extract::{ConnectInfo, MatchedPath, OriginalUri};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use ratelimit_core::http::{Headers, HttpPolicy, Identity, Outcome, RequestView, is_grpc};
 use tower::Service;
 
-/// The decision for the current request, inserted into its extensions for
-/// handlers: `Extension(RateLimitDecision(d)): Extension<RateLimitDecision>`.
-#[derive(Debug, Clone)]
-pub struct RateLimitDecision(pub Decision);
+use crate::body::ResponseBody;
+use crate::decision::RateLimitDecision;
+use crate::future::ResponseFuture;
+
+/// Finds a request's peer address in its extensions.
+pub type PeerFn = Arc<dyn Fn(&Extensions) -> Option<IpAddr> + Send + Sync>;
+
+/// The default peer lookup: axum's `ConnectInfo<SocketAddr>`, or a
+/// `SocketAddr` the server put in the extensions (hyper services).
+pub fn connect_info_peer(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .or_else(|| extensions.get::<SocketAddr>().map(SocketAddr::ip))
+}
 
 /// The [`tower::Service`] that [`RateLimitLayer`](crate::RateLimitLayer) builds.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RateLimit<S> {
     inner: S,
     policy: Arc<HttpPolicy>,
+    peer: PeerFn,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> RateLimit<S> {
-    pub(crate) fn new(inner: S, policy: Arc<HttpPolicy>) -> Self {
-        Self { inner, policy }
+    pub(crate) fn new(inner: S, policy: Arc<HttpPolicy>, peer: PeerFn) -> Self {
+        Self {
+            inner,
+            policy,
+            peer,
+        }
     }
 }
 
@@ -42,25 +64,13 @@ impl Headers for HeaderView<'_> {
             .map(HeaderValue::as_bytes)
             .collect()
     }
+
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(HeaderValue::as_bytes)
+    }
 }
 
-fn respond<B: From<String>>(
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: String,
-) -> Response<B> {
-    let mut response = Response::new(B::from(body));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
-    let map = response.headers_mut();
-    map.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    add_headers(map, headers);
-    response
-}
-
-fn add_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
+pub(crate) fn add_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
     for (name, value) in headers {
         if let Ok(value) = HeaderValue::from_str(&value) {
             map.insert(HeaderName::from_static(name), value);
@@ -68,71 +78,135 @@ fn add_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
     }
 }
 
-const NO_PEER: &str = "{\"error\":\"rate_limiter_misconfigured\",\"message\":\"no peer address: serve the app with \
-                       into_make_service_with_connect_info::<SocketAddr>()\"}";
+fn respond<B>(
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let map = response.headers_mut();
+    map.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // The outcome's own content type (gRPC's) replaces JSON's.
+    add_headers(map, headers);
+    response
+}
+
+const NO_PEER: &str = "{\"error\":\"rate_limiter_misconfigured\",\"message\":\"no peer address: serve the \
+                       app with into_make_service_with_connect_info::<SocketAddr>(), or give the layer a \
+                       peer function\"}";
+
+/// What to do with a request once the policy has spoken.
+enum Action<B> {
+    Answer(Response<ResponseBody<B>>),
+    Forward(Vec<(&'static str, String)>),
+}
+
+/// Applies an outcome: the layer's answer (in gRPC's form for gRPC requests),
+/// or the request goes on with the handler's view of the decision.
+fn act<B, ReqBody>(outcome: Outcome, grpc: bool, request: &mut Request<ReqBody>) -> Action<B> {
+    let outcome = if grpc { outcome.into_grpc() } else { outcome };
+    match outcome {
+        Outcome::Respond {
+            status,
+            headers,
+            body,
+            ..
+        } => Action::Answer(respond(status, headers, body)),
+        Outcome::Proceed { headers, admission } => {
+            if let Some(admission) = admission {
+                request
+                    .extensions_mut()
+                    .insert(RateLimitDecision(admission));
+            }
+            Action::Forward(headers)
+        }
+    }
+}
+
+fn view<'a, B>(
+    request: &'a Request<B>,
+    peer: IpAddr,
+    headers: &'a HeaderView<'a>,
+) -> RequestView<'a> {
+    // Inside a nested router axum strips the prefix from the URI; the
+    // route table matches the full path, as the client sent it.
+    let path = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| request.uri().path(), |original| original.0.path());
+    RequestView {
+        method: request.method().as_str(),
+        path,
+        route: request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+        peer,
+        headers,
+        identity: request.extensions().get::<Identity>(),
+    }
+}
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: From<String> + Send + 'static,
+    ResBody: Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        // The service that was polled ready handles this request; a clone
-        // takes its place for the next one.
+        let Some(peer) = (self.peer)(request.extensions()) else {
+            // Without a peer address every client would share one key:
+            // refuse loudly rather than limit wrongly.
+            return ResponseFuture::answered(respond(500, Vec::new(), NO_PEER.to_owned()));
+        };
+        let (outcome, grpc) = {
+            let headers = HeaderView(request.headers());
+            let grpc = is_grpc(&headers);
+            (self.policy.check_now(&view(&request, peer, &headers)), grpc)
+        };
+        if let Some(outcome) = outcome {
+            // The store decided at once: no boxed future, and the service
+            // that was polled ready takes the request.
+            return match act(outcome, grpc, &mut request) {
+                Action::Answer(response) => ResponseFuture::answered(response),
+                Action::Forward(headers) => {
+                    ResponseFuture::forwarded(self.inner.call(request), headers)
+                }
+            };
+        }
+        // The store must wait. The service that was polled ready handles this
+        // request once decided; a clone takes its place for the next one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            let Some(peer) = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-            else {
-                // Without a peer address every client would share one key:
-                // refuse loudly rather than limit wrongly.
-                return Ok(respond(500, Vec::new(), NO_PEER.to_owned()));
-            };
+        let policy = Arc::clone(&self.policy);
+        ResponseFuture::deciding(Box::pin(async move {
             let outcome = {
                 let headers = HeaderView(request.headers());
-                let view = RequestView {
-                    method: request.method().as_str(),
-                    path: request.uri().path(),
-                    route: request
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map(MatchedPath::as_str),
-                    peer,
-                    headers: &headers,
-                    identity: request.extensions().get::<Identity>(),
-                };
-                policy.check(&view).await
+                policy.check(&view(&request, peer, &headers)).await
             };
-            match outcome {
-                Outcome::Respond {
-                    status,
-                    headers,
-                    body,
-                    ..
-                } => Ok(respond(status, headers, body)),
-                Outcome::Proceed { headers, decision } => {
-                    if let Some(decision) = decision {
-                        request.extensions_mut().insert(RateLimitDecision(decision));
-                    }
-                    let mut response = inner.call(request).await?;
+            match act(outcome, grpc, &mut request) {
+                Action::Answer(response) => Ok(response),
+                Action::Forward(headers) => {
+                    let mut response = inner.call(request).await?.map(ResponseBody::inner);
                     add_headers(response.headers_mut(), headers);
                     Ok(response)
                 }
             }
-        })
+        }))
     }
 }

@@ -1,33 +1,34 @@
-//! The layer on a real axum server, through a real HTTP client.
+//! What is particular to the tower layer, on real servers through real
+//! clients: `route_layer` and nested routers, a missing peer address, the
+//! decision extractor and charging more from a handler, a plain hyper service,
+//! and gRPC through tonic. The behaviour every adapter shares is in
+//! `behaviour.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::Router;
 use axum::routing::get;
-use axum::{Extension, Router};
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use ratelimit_axum::{RateLimitDecision, RateLimitLayer};
-use ratelimit_core::http::{
-    ClientIpPolicy, HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable,
-};
+use ratelimit_core::http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
 use ratelimit_core::{Algorithm, Limiter, Rule};
 use ratelimit_memory::MemoryStorage;
+use ratelimit_testkit::http::TestClient;
 
 fn rule(name: &str, quota: &str) -> Rule {
     Rule::new(name, Algorithm::Gcra, quota.parse().unwrap()).unwrap()
 }
 
-fn policy(routes: RouteTable, keys: KeyExtractor) -> HttpPolicy {
-    HttpPolicy::new(Limiter::new(Arc::new(MemoryStorage::new())), routes, keys)
+fn policy(quota: &str) -> HttpPolicy {
+    HttpPolicy::new(
+        Limiter::new(Arc::new(MemoryStorage::new())),
+        RouteTable::new().default_limits(Limits::new(vec![rule("api", quota)])),
+        KeyExtractor::new(KeySource::Ip),
+    )
 }
 
-async fn serve(app: Router, connect_info: bool) -> SocketAddr {
+async fn serve(app: Router, connect_info: bool) -> TestClient {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -42,193 +43,193 @@ async fn serve(app: Router, connect_info: bool) -> SocketAddr {
             axum::serve(listener, app).await.unwrap();
         }
     });
-    addr
-}
-
-fn client() -> Client<HttpConnector, Body> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-async fn get_path(
-    client: &Client<HttpConnector, Body>,
-    addr: SocketAddr,
-    path: &str,
-    xff: Option<&str>,
-) -> Reply {
-    let mut req = Request::get(format!("http://{addr}{path}"));
-    if let Some(xff) = xff {
-        req = req.header("x-forwarded-for", xff);
-    }
-    let res = client
-        .request(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body =
-        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn app(policy: HttpPolicy) -> Router {
-    Router::new()
-        .route("/", get(|| async { "hello" }))
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/decision",
-            get(
-                |Extension(RateLimitDecision(d)): Extension<RateLimitDecision>| async move {
-                    d.remaining().to_string()
-                },
-            ),
-        )
-        .layer(RateLimitLayer::new(policy))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limit_reached_answers_429_with_headers() {
-    let routes = RouteTable::new()
-        .default_limits(Limits::new(vec![rule("api", "3/minute")]))
-        .exempt("/health")
-        .unwrap();
-    let addr = serve(app(policy(routes, KeyExtractor::new(KeySource::Ip))), true).await;
-    let c = client();
-    for remaining in ["2", "1", "0"] {
-        let r = get_path(&c, addr, "/", None).await;
-        assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(r.body, "hello");
-        let header = r.headers["ratelimit"].to_str().unwrap();
-        assert!(header.contains(&format!("r={remaining}")), "{header}");
-        assert!(r.headers.contains_key("ratelimit-policy"));
-    }
-    let r = get_path(&c, addr, "/", None).await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=20).contains(&retry), "{retry}");
-    assert!(r.body.contains("rate_limited"), "{}", r.body);
-    assert_eq!(r.headers["content-type"], "application/json");
-    // Exempt paths are never limited.
-    for _ in 0..5 {
-        assert_eq!(
-            get_path(&c, addr, "/health", None).await.status,
-            StatusCode::OK
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_hundred_of_one_hundred_fifty_concurrent_requests_pass() {
-    let routes = RouteTable::new().default_limits(Limits::new(vec![rule("api", "100/hour")]));
-    let addr = serve(app(policy(routes, KeyExtractor::new(KeySource::Ip))), true).await;
-    let c = client();
-    let tasks: Vec<_> = (0..150)
-        .map(|_| {
-            let c = c.clone();
-            tokio::spawn(async move { get_path(&c, addr, "/", None).await.status })
-        })
-        .collect();
-    let mut ok = 0;
-    let mut limited = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            StatusCode::OK => ok += 1,
-            StatusCode::TOO_MANY_REQUESTS => limited += 1,
-            other => panic!("{other}"),
-        }
-    }
-    assert_eq!((ok, limited), (100, 50));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwarded_for_is_honoured_only_from_trusted_proxies() {
-    let routes = || RouteTable::new().default_limits(Limits::new(vec![rule("api", "1/hour")]));
-    let c = client();
-    // Untrusted peer: a client cannot pick its own key.
-    let addr = serve(
-        app(policy(routes(), KeyExtractor::new(KeySource::Ip))),
-        true,
-    )
-    .await;
-    assert_eq!(
-        get_path(&c, addr, "/", Some("203.0.113.1")).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get_path(&c, addr, "/", Some("203.0.113.2")).await.status,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    // Behind a trusted proxy (the loopback peer), each forwarded client has its own limit.
-    let keys = KeyExtractor::new(KeySource::Ip)
-        .proxies(ClientIpPolicy::new().trust(["127.0.0.1"]).unwrap());
-    let addr = serve(app(policy(routes(), keys)), true).await;
-    assert_eq!(
-        get_path(&c, addr, "/", Some("203.0.113.1")).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get_path(&c, addr, "/", Some("203.0.113.2")).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get_path(&c, addr, "/", Some("203.0.113.1")).await.status,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handlers_read_their_decision() {
-    let routes = RouteTable::new().default_limits(Limits::new(vec![rule("api", "10/minute")]));
-    let addr = serve(app(policy(routes, KeyExtractor::new(KeySource::Ip))), true).await;
-    assert_eq!(get_path(&client(), addr, "/decision", None).await.body, "9");
+    TestClient::new(addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_layer_limits_one_route_only() {
-    let limited = policy(
-        RouteTable::new().default_limits(Limits::new(vec![rule("export", "1/hour")])),
-        KeyExtractor::new(KeySource::Ip),
-    );
     let app = Router::new()
         .route("/export", get(|| async { "export" }))
-        .route_layer(RateLimitLayer::new(limited))
+        .route_layer(RateLimitLayer::new(policy("1/hour")))
         .route("/free", get(|| async { "free" }));
-    let addr = serve(app, true).await;
-    let c = client();
-    assert_eq!(
-        get_path(&c, addr, "/export", None).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get_path(&c, addr, "/export", None).await.status,
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    let c = serve(app, true).await;
+    assert_eq!(c.get("/export", &[]).await.status, 200);
+    assert_eq!(c.get("/export", &[]).await.status, 429);
     for _ in 0..3 {
-        assert_eq!(
-            get_path(&c, addr, "/free", None).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(c.get("/free", &[]).await.status, 200);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_connect_info_the_layer_refuses_loudly() {
-    let routes = RouteTable::new().default_limits(Limits::new(vec![rule("api", "10/minute")]));
-    let addr = serve(app(policy(routes, KeyExtractor::new(KeySource::Ip))), false).await;
-    let r = get_path(&client(), addr, "/", None).await;
-    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+async fn a_nested_router_is_limited_by_its_full_route() {
+    let routes = RouteTable::new()
+        .route(
+            "/api/users/{id}",
+            &[],
+            Limits::new(vec![rule("users", "1/hour")]),
+        )
+        .unwrap();
+    let policy = HttpPolicy::new(
+        Limiter::new(Arc::new(MemoryStorage::new())),
+        routes,
+        KeyExtractor::new(KeySource::Route),
+    );
+    let api = Router::new()
+        .route("/users/{id}", get(|| async { "user" }))
+        .layer(RateLimitLayer::new(policy));
+    let app = Router::new()
+        .nest("/api", api)
+        .route("/", get(|| async { "home" }));
+    let c = serve(app, true).await;
+    assert_eq!(c.get("/api/users/1", &[]).await.status, 200);
+    // Keyed by route: every id shares the route's limit.
+    assert_eq!(c.get("/api/users/2", &[]).await.status, 429);
+    assert_eq!(c.get("/", &[]).await.status, 200);
+    assert_eq!(c.get("/", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_peer_address_the_layer_refuses_loudly() {
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(RateLimitLayer::new(policy("10/minute")));
+    let r = serve(app, false).await.get("/", &[]).await;
+    assert_eq!(r.status, 500);
     assert!(
         r.body.contains("into_make_service_with_connect_info"),
         "{}",
         r.body
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_extractor_says_when_the_layer_is_missing() {
+    async fn handler(d: RateLimitDecision) -> String {
+        d.decision().remaining().to_string()
+    }
+    let app = Router::new()
+        .route("/limited", get(handler))
+        .route_layer(RateLimitLayer::new(policy("10/minute")))
+        .route("/outside", get(handler));
+    let c = serve(app, true).await;
+    assert_eq!(c.get("/limited", &[]).await.body, "9");
+    let r = c.get("/outside", &[]).await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("RateLimitLayer"), "{}", r.body);
+}
+
+/// A handler charges more once it knows the real cost (here, one unit per
+/// 1 kB of response): the next requests see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_can_charge_more_after_the_fact() {
+    async fn report(d: RateLimitDecision) -> String {
+        let body = "x".repeat(5_000);
+        let extra = body.len() as u64 / 1_000;
+        match d.charge(extra).await {
+            Ok(charged) if charged.is_allowed() => {
+                format!("charged {extra}, {} left", charged.remaining())
+            }
+            Ok(denied) => format!("too large: {:?}", denied.retry_after()),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+    let app = Router::new()
+        .route("/report", get(report))
+        .layer(RateLimitLayer::new(policy("10/hour")));
+    let c = serve(app, true).await;
+    // 1 for the request, 5 charged: 4 left.
+    assert_eq!(c.get("/report", &[]).await.body, "charged 5, 4 left");
+    // The next request fits (3 left) but its 5 more do not: nothing charged.
+    assert!(c.get("/report", &[]).await.body.starts_with("too large"));
+    let r = c.get("/report", &[]).await;
+    assert!(r.body.starts_with("too large"), "{}", r.body);
+    assert!(
+        r.header("ratelimit").is_some_and(|v| v.contains("r=2")),
+        "{:?}",
+        r.header("ratelimit")
+    );
+}
+
+/// Any tower HTTP service, here a plain hyper server whose connection loop
+/// records the peer address in the request extensions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_hyper_service() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    use tower::{Layer, ServiceExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limited = RateLimitLayer::new(policy("2/hour")).layer(tower::service_fn(
+        |_: http::Request<hyper::body::Incoming>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                hyper::body::Bytes::from("hello"),
+            )))
+        },
+    ));
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let service = limited.clone().map_request(move |mut r: http::Request<_>| {
+                r.extensions_mut().insert(peer);
+                r
+            });
+            tokio::spawn(async move {
+                let _ = Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .await;
+            });
+        }
+    });
+    let c = TestClient::new(addr);
+    assert_eq!(c.get("/", &[]).await.body, "hello");
+    assert_eq!(c.get("/", &[]).await.status, 200);
+    let r = c.get("/", &[]).await;
+    assert_eq!(r.status, 429);
+    assert!(r.body.contains("rate_limited"));
+}
+
+/// gRPC: a denial is the status RESOURCE_EXHAUSTED, with the wait in its
+/// message and the rate-limit metadata; a tonic client sees a `Status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_denials_are_resource_exhausted() {
+    use tonic::transport::server::TcpConnectInfo;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let layer = RateLimitLayer::new(policy("2/hour"))
+        .peer(|e| e.get::<TcpConnectInfo>()?.remote_addr().map(|a| a.ip()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let check = || HealthCheckRequest {
+        service: String::new(),
+    };
+    for _ in 0..2 {
+        let response = client.check(check()).await.unwrap();
+        assert!(response.metadata().get("ratelimit").is_some());
+    }
+    let status = client.check(check()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("retry in"),
+        "{}",
+        status.message()
+    );
+    assert!(status.metadata().get("retry-after").is_some());
 }

@@ -3,7 +3,17 @@
 //! example share.
 
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+
+use axum::Router;
+use axum::routing::get;
+use ratelimit_axum::RateLimitLayer;
+use ratelimit_core::http::{
+    HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits, ResetFormat, RouteTable,
+};
+use ratelimit_core::{Algorithm, Limiter, Quota, Rule};
+use ratelimit_memory::MemoryStorage;
 
 /// Runs a future that completes without ever waiting (a memory-store
 /// decision), polling it in place: no executor overhead in the figures.
@@ -15,4 +25,49 @@ pub fn ready<F: Future>(future: F) -> F::Output {
             return v;
         }
     }
+}
+
+/// The HTTP benchmark's quota: high enough that nothing is denied.
+pub const RATE: u64 = 1_000_000;
+
+/// The app the HTTP benchmark serves: `GET /` answering "hello" behind no
+/// limiter (`none`), our layer on the memory store without (`ours`) or with
+/// (`ours-headers`) the IETF headers, or tower_governor (`governor`), all with
+/// the same GCRA quota, keyed by peer address.
+pub fn http_app(mode: &str) -> Result<Router, Box<dyn std::error::Error>> {
+    let router = Router::new().route("/", get(|| async { "hello" }));
+    Ok(match mode {
+        "none" => router,
+        // `ours` sends no rate-limit headers, like tower_governor's default;
+        // `ours-headers` adds the IETF fields.
+        "ours" | "ours-headers" => {
+            let rule = Rule::new(
+                "bench",
+                Algorithm::Gcra,
+                Quota::per_second(RATE)?.with_burst(RATE)?,
+            )?;
+            let routes = RouteTable::new().default_limits(Limits::new(vec![rule]));
+            let style = if mode == "ours" {
+                HeaderStyle::None
+            } else {
+                HeaderStyle::Ietf
+            };
+            let policy = HttpPolicy::new(
+                Limiter::new(Arc::new(MemoryStorage::new())),
+                routes,
+                KeyExtractor::new(KeySource::Ip),
+            )
+            .headers(style, ResetFormat::Seconds);
+            router.layer(RateLimitLayer::new(policy))
+        }
+        "governor" => {
+            let config = tower_governor::governor::GovernorConfigBuilder::default()
+                .per_nanosecond(1_000_000_000 / RATE)
+                .burst_size(RATE as u32)
+                .finish()
+                .ok_or("tower_governor rejected the quota")?;
+            router.layer(tower_governor::GovernorLayer::new(Arc::new(config)))
+        }
+        other => return Err(format!("unknown mode {other:?}: none, ours or governor").into()),
+    })
 }

@@ -161,6 +161,16 @@ impl Limiter {
         self.inner.storage.decide(&request).await
     }
 
+    /// [`check_cost`](Self::check_cost) without waiting: the decision if the
+    /// store can make it at once (the memory store always can), `None` if it
+    /// must wait (a database, a server) — then call `check_cost`. Lets
+    /// middleware skip building a future on the fast path.
+    pub fn check_cost_now(&self, rule: &Rule, key: &str, cost: u64) -> Option<Result<Decision>> {
+        let key = bounded_key(key, self.inner.max_key_len);
+        let entries = [DecideEntry { key: &key, rule }];
+        self.inner.storage.decide_now(&self.request(&entries, cost))
+    }
+
     /// Whether a request of one unit would be allowed now, without consuming
     /// anything. `remaining` is what is left now.
     pub fn peek<'a>(
@@ -176,30 +186,8 @@ impl Limiter {
     /// decided atomically: if any rule denies, none consumes. The decision
     /// returned is the most restrictive.
     pub async fn check_all(&self, checks: &[(&Rule, &str)], cost: u64) -> Result<Decision> {
-        let keys: Vec<_> = checks
-            .iter()
-            .map(|(_, key)| bounded_key(key, self.inner.max_key_len))
-            .collect();
-        let entries: Vec<DecideEntry<'_>> = checks
-            .iter()
-            .zip(&keys)
-            .map(|((rule, _), key)| DecideEntry { key, rule })
-            .collect();
-        for (i, a) in entries.iter().enumerate() {
-            if entries
-                .iter()
-                .skip(i + 1)
-                .any(|b| a.rule.name() == b.rule.name() && a.key == b.key)
-            {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!(
-                        "the same rule and key appear twice in one check ({:?})",
-                        a.state_key()
-                    ),
-                ));
-            }
-        }
+        let keys = self.bounded_keys(checks);
+        let entries = entries(checks, &keys)?;
         let request = self.request(&entries, cost);
         if let Some(result) = self.inner.storage.decide_now(&request) {
             return result;
@@ -207,6 +195,25 @@ impl Limiter {
         self.inner.storage.decide(&request).await
     }
 
+    /// [`check_all`](Self::check_all) without waiting: the decision if the
+    /// store can make it at once, `None` if it must wait (see
+    /// [`check_cost_now`](Self::check_cost_now)).
+    pub fn check_all_now(&self, checks: &[(&Rule, &str)], cost: u64) -> Option<Result<Decision>> {
+        let keys = self.bounded_keys(checks);
+        match entries(checks, &keys) {
+            Ok(entries) => self.inner.storage.decide_now(&self.request(&entries, cost)),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn bounded_keys<'a>(&self, checks: &[(&Rule, &'a str)]) -> Vec<std::borrow::Cow<'a, str>> {
+        checks
+            .iter()
+            .map(|(_, key)| bounded_key(key, self.inner.max_key_len))
+            .collect()
+    }
+
+    #[inline]
     fn request<'a>(&self, entries: &'a [DecideEntry<'a>], cost: u64) -> DecideRequest<'a> {
         DecideRequest {
             now: self.inner.clock.now(),
@@ -250,4 +257,32 @@ impl Limiter {
             waited = waited.saturating_add(wait);
         }
     }
+}
+
+/// The entries of a multi-rule check; the same rule and key twice is an error.
+fn entries<'a>(
+    checks: &[(&'a Rule, &str)],
+    keys: &'a [std::borrow::Cow<'_, str>],
+) -> Result<Vec<DecideEntry<'a>>> {
+    let entries: Vec<DecideEntry<'a>> = checks
+        .iter()
+        .zip(keys)
+        .map(|((rule, _), key)| DecideEntry { key, rule })
+        .collect();
+    for (i, a) in entries.iter().enumerate() {
+        if entries
+            .iter()
+            .skip(i + 1)
+            .any(|b| a.rule.name() == b.rule.name() && a.key == b.key)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the same rule and key appear twice in one check ({:?})",
+                    a.state_key()
+                ),
+            ));
+        }
+    }
+    Ok(entries)
 }

@@ -29,6 +29,8 @@
 )]
 
 pub mod conformance;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod model;
 pub mod processes;
 #[cfg(feature = "redis")]

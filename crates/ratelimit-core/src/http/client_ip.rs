@@ -60,6 +60,12 @@ pub trait Headers {
     /// Every value of the header `name` (lower-case; match it
     /// case-insensitively), in the order received.
     fn get_all(&self, name: &str) -> Vec<&[u8]>;
+
+    /// The first value of the header `name`. The default takes it from
+    /// [`get_all`](Self::get_all); adapters override it to skip building a list.
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.get_all(name).first().copied()
+    }
 }
 
 /// A plain list of `(name, value)` pairs, for tests and simple integrations.
@@ -272,12 +278,36 @@ fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
 pub fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> String {
+    let mut out = String::with_capacity(15);
+    push_ip_key(&mut out, ip, ipv6_prefix);
+    out
+}
+
+/// Appends [`ip_key`]'s text to `out`. IPv4 addresses (the common case) are
+/// written digit by digit, without the formatting machinery: this runs for
+/// every request.
+pub(crate) fn push_ip_key(out: &mut impl std::fmt::Write, ip: IpAddr, ipv6_prefix: u8) {
     match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match Ipv6Net::new(v6, ipv6_prefix.min(128)) {
-            Ok(net) => net.trunc().to_string(),
-            Err(_) => v6.to_string(),
-        },
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    let _ = out.write_char('.');
+                }
+                if octet >= 100 {
+                    let _ = out.write_char(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    let _ = out.write_char(char::from(b'0' + octet / 10 % 10));
+                }
+                let _ = out.write_char(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = match Ipv6Net::new(v6, ipv6_prefix.min(128)) {
+                Ok(net) => write!(out, "{}", net.trunc()),
+                Err(_) => write!(out, "{v6}"),
+            };
+        }
     }
 }
 

@@ -1,21 +1,25 @@
 //! The framework-free HTTP side of rate limiting, shared by every adapter.
 //!
-//! So far: a view of a request that every adapter fills ([`RequestView`]),
-//! finding the client's address behind reverse proxies ([`ClientIpPolicy`]),
-//! turning a request into a key ([`KeyExtractor`], [`KeySource`], [`ip_key`]),
+//! A view of a request that every adapter fills ([`RequestView`]), finding
+//! the client's address behind reverse proxies ([`ClientIpPolicy`]), turning
+//! a request into a key ([`KeyExtractor`], [`KeySource`], [`ip_key`]),
 //! deciding what applies to a request ([`RouteTable`]: deny and allow lists,
 //! exemptions, route rules), and rendering the rate-limit response headers
 //! ([`rate_limit_headers`], [`retry_after_header`]); [`HttpPolicy`] puts them
-//! together into the one call every adapter makes.
+//! together into the one call every adapter makes, and hands handlers an
+//! [`Admission`] (the decision, and a way to charge more). gRPC requests get
+//! the same outcomes in gRPC's form ([`Outcome::into_grpc`]).
 
 mod client_ip;
+mod grpc;
 mod headers;
 mod key;
 mod policy;
 mod routes;
 
 pub use client_ip::{ClientIpPolicy, ForwardingHeader, Headers, InvalidProxy, ip_key};
+pub use grpc::{grpc_status, is_grpc};
 pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 pub use key::{ExtractedKey, Identity, KeyExtractor, KeyFn, KeySource, MissingKey, RequestView};
-pub use policy::{BlockedHook, ErrorHook, HttpPolicy, Outcome};
+pub use policy::{Admission, BlockedHook, ErrorHook, HttpPolicy, Outcome};
 pub use routes::{Applies, ErrorMode, ExemptFn, Limits, RouteError, RouteTable};

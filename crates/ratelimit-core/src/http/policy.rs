@@ -7,15 +7,73 @@ use std::time::Duration;
 
 use super::headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 use super::key::{ExtractedKey, KeyExtractor, RequestView};
-use super::routes::{Applies, ErrorMode, RouteTable};
+use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use crate::decision::Decision;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::limiter::Limiter;
+use crate::rule::Rule;
+use smol_str::SmolStr;
 
 /// Called with every request that is (or, in shadow mode, would be) denied.
 pub type BlockedHook = Arc<dyn Fn(&RequestView<'_>, &Decision) + Send + Sync>;
 /// Called with every store failure, whatever the error mode does with it.
 pub type ErrorHook = Arc<dyn Fn(&RequestView<'_>, &Error) + Send + Sync>;
+
+/// What the policy decided for a request it lets through, for its handler:
+/// the decision, and a way to charge more units to the same rules and key
+/// (for costs known only once the work is done, such as a response's size).
+/// Adapters put it where handlers can read it (axum: a request extension).
+#[derive(Clone)]
+pub struct Admission {
+    decision: Decision,
+    limiter: Limiter,
+    rules: Arc<[Rule]>,
+    key: SmolStr,
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission")
+            .field("decision", &self.decision)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Admission {
+    fn eq(&self, other: &Self) -> bool {
+        self.decision == other.decision && self.key == other.key && self.rules == other.rules
+    }
+}
+
+impl Eq for Admission {}
+
+impl Admission {
+    /// The decision that let the request through (in shadow mode, possibly a
+    /// denial that was not enforced).
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// The key the request was limited by.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Charges `cost` more units to the request's rules and key, all or
+    /// nothing like any decision. If they do not fit, nothing is charged and
+    /// the denial comes back: the handler decides what to do (say, refuse to
+    /// send a response that large); later requests are limited as usual.
+    pub async fn charge(&self, cost: u64) -> Result<Decision> {
+        match &*self.rules {
+            [rule] => self.limiter.check_cost(rule, &self.key, cost).await,
+            rules => {
+                let checks: Vec<_> = rules.iter().map(|r| (r, self.key.as_str())).collect();
+                self.limiter.check_all(&checks, cost).await
+            }
+        }
+    }
+}
 
 /// What the adapter should do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +82,9 @@ pub enum Outcome {
     Proceed {
         /// Rate-limit headers for the response (empty when not limited).
         headers: Vec<(&'static str, String)>,
-        /// The decision, for handlers that want to read it.
-        decision: Option<Decision>,
+        /// The decision and a way to charge more, for handlers (`None` when
+        /// the request was not limited: exempt, allowed, no rule).
+        admission: Option<Admission>,
     },
     /// Answer without calling the handler.
     Respond {
@@ -82,6 +141,14 @@ fn json_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// The policy's work before the decision.
+enum Begun<'p> {
+    /// Decided without the store.
+    Done(Outcome),
+    /// These limits apply to this key.
+    Decide(&'p Limits, SmolStr),
 }
 
 impl HttpPolicy {
@@ -170,49 +237,109 @@ impl HttpPolicy {
 
     /// Decides what happens to the request seen through `view`.
     pub async fn check(&self, view: &RequestView<'_>) -> Outcome {
+        match self.begin(view) {
+            Begun::Done(outcome) => outcome,
+            Begun::Decide(limits, key) => {
+                let result = match &*limits.rules {
+                    [rule] => self.limiter.check_cost(rule, &key, limits.cost).await,
+                    rules => {
+                        let checks: Vec<_> = rules.iter().map(|r| (r, key.as_str())).collect();
+                        self.limiter.check_all(&checks, limits.cost).await
+                    }
+                };
+                self.finish(view, limits, key, result)
+            }
+        }
+    }
+
+    /// [`check`](Self::check) without waiting: the outcome if the store can
+    /// decide at once (the memory store always can), `None` if it must wait —
+    /// then call `check`. Adapters use it to skip building a future on the
+    /// fast path.
+    pub fn check_now(&self, view: &RequestView<'_>) -> Option<Outcome> {
+        match self.begin(view) {
+            Begun::Done(outcome) => Some(outcome),
+            Begun::Decide(limits, key) => {
+                let result = match &*limits.rules {
+                    [rule] => self.limiter.check_cost_now(rule, &key, limits.cost)?,
+                    rules => {
+                        let checks: Vec<_> = rules.iter().map(|r| (r, key.as_str())).collect();
+                        self.limiter.check_all_now(&checks, limits.cost)?
+                    }
+                };
+                Some(self.finish(view, limits, key, result))
+            }
+        }
+    }
+
+    /// Everything before the decision: lists, exemptions, the route's
+    /// limits, the key.
+    fn begin<'p>(&'p self, view: &RequestView<'_>) -> Begun<'p> {
         let unlimited = Outcome::Proceed {
             headers: Vec::new(),
-            decision: None,
+            admission: None,
         };
         let client = self.keys.client_ip(view);
         let limits = match self.routes.resolve(view, client) {
             Applies::Denied => {
-                return Self::respond(403, Vec::new(), "forbidden", "this client is not allowed");
+                return Begun::Done(Self::respond(
+                    403,
+                    Vec::new(),
+                    "forbidden",
+                    "this client is not allowed",
+                ));
             }
-            Applies::Allowed | Applies::Exempt | Applies::Unlimited => return unlimited,
+            Applies::Allowed | Applies::Exempt | Applies::Unlimited => {
+                return Begun::Done(unlimited);
+            }
+            Applies::Limited(limits) if limits.rules.is_empty() => return Begun::Done(unlimited),
             Applies::Limited(limits) => limits,
         };
         // The client address is found once, for the lists and for the key.
-        let key = self
+        match self
             .keys
-            .extract_for_client(limits.key.as_ref(), view, client);
-        let key = match key {
-            ExtractedKey::Key(key) => key,
-            ExtractedKey::Reject(status) => {
-                return Self::respond(
-                    status,
-                    Vec::new(),
-                    "missing_key",
-                    "the request carries no rate-limit key",
-                );
-            }
-        };
-        let result = match limits.rules.as_slice() {
-            [] => return unlimited,
-            [rule] => self.limiter.check_cost(rule, &key, limits.cost).await,
-            rules => {
-                let checks: Vec<_> = rules.iter().map(|rule| (rule, key.as_str())).collect();
-                self.limiter.check_all(&checks, limits.cost).await
-            }
-        };
+            .extract_for_client(limits.key.as_ref(), view, client)
+        {
+            ExtractedKey::Key(key) => Begun::Decide(limits, key),
+            ExtractedKey::Reject(status) => Begun::Done(Self::respond(
+                status,
+                Vec::new(),
+                "missing_key",
+                "the request carries no rate-limit key",
+            )),
+        }
+    }
+
+    /// Everything after the decision: headers, hooks, the response, or the
+    /// error mode when the store failed.
+    fn finish(
+        &self,
+        view: &RequestView<'_>,
+        limits: &Limits,
+        key: SmolStr,
+        result: Result<Decision>,
+    ) -> Outcome {
         match result {
-            Ok(decision) => self.outcome(view, decision, &limits.rules),
+            Ok(decision) => self.outcome(view, decision, limits, key),
             Err(error) => {
+                let mode = limits.on_store_error.unwrap_or(self.on_store_error);
+                tracing::warn!(
+                    target: "ratelimit::http",
+                    error = %error,
+                    kind = error.kind().as_str(),
+                    method = view.method,
+                    path = view.path,
+                    mode = ?mode,
+                    "the rate-limit store failed"
+                );
                 if let Some(hook) = &self.on_error {
                     hook(view, &error);
                 }
-                match limits.on_store_error.unwrap_or(self.on_store_error) {
-                    ErrorMode::FailOpen => unlimited,
+                match mode {
+                    ErrorMode::FailOpen => Outcome::Proceed {
+                        headers: Vec::new(),
+                        admission: None,
+                    },
                     ErrorMode::FailClosed => Self::respond(
                         503,
                         Vec::new(),
@@ -228,33 +355,52 @@ impl HttpPolicy {
         &self,
         view: &RequestView<'_>,
         decision: Decision,
-        rules: &[crate::rule::Rule],
+        limits: &Limits,
+        key: SmolStr,
     ) -> Outcome {
-        let window = rules
-            .iter()
-            .find(|r| r.name() == decision.rule())
-            .map_or(Duration::ZERO, |r| r.quota().window());
-        let mut headers = rate_limit_headers(
-            &decision,
-            window,
-            self.limiter.clock().now(),
-            self.style,
-            self.reset,
-        );
-        if decision.is_allowed() {
-            return Outcome::Proceed {
-                headers,
-                decision: Some(decision),
+        let mut headers = if self.style == HeaderStyle::None {
+            Vec::new()
+        } else {
+            let window = match &*limits.rules {
+                [rule] => rule.quota().window(),
+                rules => rules
+                    .iter()
+                    .find(|r| r.name() == decision.rule())
+                    .map_or(Duration::ZERO, |r| r.quota().window()),
             };
+            rate_limit_headers(
+                &decision,
+                window,
+                self.limiter.clock().now(),
+                self.style,
+                self.reset,
+            )
+        };
+        let admit = |headers, decision| Outcome::Proceed {
+            headers,
+            admission: Some(Admission {
+                decision,
+                limiter: self.limiter.clone(),
+                rules: Arc::clone(&limits.rules),
+                key,
+            }),
+        };
+        if decision.is_allowed() {
+            return admit(headers, decision);
         }
         if let Some(hook) = &self.on_blocked {
             hook(view, &decision);
         }
+        tracing::info!(
+            target: "ratelimit::http",
+            rule = decision.rule(),
+            method = view.method,
+            path = view.path,
+            shadow = self.shadow,
+            "request over its rate limit"
+        );
         if self.shadow {
-            return Outcome::Proceed {
-                headers,
-                decision: Some(decision),
-            };
+            return admit(headers, decision);
         }
         let retry = retry_after_header(&decision).unwrap_or_else(|| "1".to_owned());
         headers.push(("retry-after", retry.clone()));

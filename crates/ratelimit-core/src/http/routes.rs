@@ -18,7 +18,7 @@ use crate::rule::Rule;
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// The rules; all must allow.
-    pub rules: Vec<Rule>,
+    pub rules: Arc<[Rule]>,
     /// Units one request costs (default 1).
     pub cost: u64,
     /// The key source for this route; `None` uses the policy's default.
@@ -43,7 +43,7 @@ impl Limits {
     /// These rules, cost 1, the default key.
     pub fn new(rules: Vec<Rule>) -> Self {
         Self {
-            rules,
+            rules: rules.into(),
             cost: 1,
             key: None,
             on_store_error: None,
@@ -152,6 +152,8 @@ pub struct RouteTable {
     entries: Vec<Vec<(Option<Vec<SmolStr>>, Limits)>>,
     default: Option<Limits>,
     exempt: matchit::Router<()>,
+    /// Whether any exempt pattern was added (an empty router is not searched).
+    has_exempt: bool,
     exempt_when: Option<ExemptFn>,
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
@@ -220,6 +222,7 @@ impl RouteTable {
             pattern: pattern.to_owned(),
             reason: e.to_string(),
         })?;
+        self.has_exempt = true;
         Ok(self)
     }
 
@@ -271,13 +274,12 @@ impl RouteTable {
         if self.allow.iter().any(|n| n.contains(&client)) {
             return Applies::Allowed;
         }
-        if self.exempt.at(path).is_ok() {
+        if self.has_exempt && self.exempt.at(path).is_ok() {
             return Applies::Exempt;
         }
-        let routed = self
-            .router
-            .at(path)
-            .ok()
+        let routed = (!self.entries.is_empty())
+            .then(|| self.router.at(path).ok())
+            .flatten()
             .and_then(|m| self.entries.get(*m.value))
             .and_then(|list| {
                 list.iter().find(|(methods, _)| {

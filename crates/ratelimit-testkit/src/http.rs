@@ -1,0 +1,654 @@
+//! The HTTP behaviour suite: one table of scenarios that every framework
+//! adapter runs against its own real server, through a real HTTP client.
+//!
+//! An adapter implements [`HttpHarness`] (start a server applying a policy to
+//! the suite's routes) and calls [`http_behaviour_tests!`](crate::http_behaviour_tests)
+//! with it; every scenario becomes a test. Any difference between adapters is
+//! a bug in an adapter, fixed by moving logic into the core's policy.
+//!
+//! The routes every harness serves, all behind the policy:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | 200 `ok` |
+//! | `GET /health` | 200 `ok` |
+//! | `GET /users/{id}`, `POST /users/{id}` | 200 `user` (route pattern `/users/{id}`) |
+//! | `GET /decision` | 200 `remaining=N` from the handler's view of the decision, or `none` |
+//!
+//! The harness's app plays the part of the application's own authentication:
+//! a request's `x-user` header (and `x-tier`) becomes the
+//! [`Identity`](ratelimit_core::http::Identity) the policy sees.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use ratelimit_core::http::{
+    ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits,
+    MissingKey, RequestView, ResetFormat, RouteTable,
+};
+use ratelimit_core::{Algorithm, Limiter, Rule, Storage};
+
+/// A running server of the framework under test; stopped when dropped.
+pub struct Server {
+    /// Where it listens (127.0.0.1 and an ephemeral port).
+    pub addr: SocketAddr,
+    /// Whatever keeps the server alive (a task handle, a shutdown sender).
+    pub guard: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.addr).finish()
+    }
+}
+
+/// Starts real servers of one framework for the suite.
+#[async_trait]
+pub trait HttpHarness: Send + Sync + 'static {
+    /// A server on `127.0.0.1:0` serving the suite's routes (see the
+    /// [module docs](self)) behind `policy`, with `x-user` / `x-tier` turned
+    /// into the request's identity before the policy runs.
+    async fn serve(&self, policy: HttpPolicy) -> Server;
+
+    /// A new, empty store for one scenario's policy (the memory store, or
+    /// any other: the suite runs the same over each).
+    async fn store(&self) -> Arc<dyn Storage>;
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status.
+    pub status: u16,
+    /// The headers (names lower-case).
+    pub headers: http::HeaderMap,
+    /// The body, as text.
+    pub body: String,
+}
+
+impl Reply {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A real HTTP/1.1 client (hyper's).
+#[derive(Clone, Debug)]
+pub struct TestClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl TestClient {
+    /// A client for the server at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            addr,
+        }
+    }
+
+    /// Sends `method path` with `headers` and reads the whole response.
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(Bytes::new())).expect("a request"))
+            .await
+            .expect("the server answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// `GET path` with `headers`.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send("GET", path, headers).await
+    }
+}
+
+fn rule(name: &str, quota: &str) -> Rule {
+    Rule::new(
+        name,
+        Algorithm::FixedWindow,
+        quota.parse().expect("a quota"),
+    )
+    .expect("a rule")
+}
+
+/// A policy over a fresh store of the harness.
+async fn policy(h: &Arc<dyn HttpHarness>, routes: RouteTable, keys: KeyExtractor) -> HttpPolicy {
+    HttpPolicy::new(Limiter::new(h.store().await), routes, keys)
+}
+
+fn default_limit(quota: &str) -> RouteTable {
+    RouteTable::new().default_limits(Limits::new(vec![rule("api", quota)]))
+}
+
+async fn start(h: &Arc<dyn HttpHarness>, policy: HttpPolicy) -> (Server, TestClient) {
+    let server = h.serve(policy).await;
+    let client = TestClient::new(server.addr);
+    (server, client)
+}
+
+/// Limit reached: 429 with `Retry-After`, the JSON body, and the rate-limit
+/// headers; the handler is not called.
+pub async fn limit_reached(h: Arc<dyn HttpHarness>) {
+    let p = policy(
+        &h,
+        default_limit("2/minute"),
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .await
+    .headers(HeaderStyle::Both, ResetFormat::Seconds);
+    let (_server, c) = start(&h, p).await;
+    for remaining in ["1", "0"] {
+        let r = c.get("/", &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some(remaining));
+    }
+    let r = c.get("/", &[]).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in whole seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(
+        r.body.contains("\"error\":\"rate_limited\"")
+            && r.body.contains(&format!("\"retry_after\":{retry}")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    assert!(
+        r.header("ratelimit-policy")
+            .is_some_and(|v| v.contains("q=2"))
+    );
+    assert!(r.header("ratelimit").is_some_and(|v| v.contains("r=0")));
+}
+
+/// Each header style on allowed responses: legacy (seconds or Unix time),
+/// IETF, both, none.
+pub async fn header_styles(h: Arc<dyn HttpHarness>) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for (style, reset, legacy, ietf) in [
+        (HeaderStyle::Legacy, ResetFormat::Seconds, true, false),
+        (HeaderStyle::Legacy, ResetFormat::UnixTime, true, false),
+        (HeaderStyle::Ietf, ResetFormat::Seconds, false, true),
+        (HeaderStyle::Both, ResetFormat::Seconds, true, true),
+        (HeaderStyle::None, ResetFormat::Seconds, false, false),
+    ] {
+        let p = policy(
+            &h,
+            default_limit("5/minute"),
+            KeyExtractor::new(KeySource::Ip),
+        )
+        .await
+        .headers(style, reset);
+        let (_server, c) = start(&h, p).await;
+        let r = c.get("/", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ratelimit-limit").is_some(), legacy, "{style:?}");
+        assert_eq!(r.header("ratelimit").is_some(), ietf, "{style:?}");
+        assert_eq!(r.header("ratelimit-policy").is_some(), ietf, "{style:?}");
+        if legacy {
+            assert_eq!(r.header("x-ratelimit-remaining"), Some("4"));
+            let reset_value: u64 = r
+                .header("x-ratelimit-reset")
+                .and_then(|v| v.parse().ok())
+                .expect("a numeric reset");
+            if reset == ResetFormat::UnixTime {
+                assert!(
+                    reset_value >= now && reset_value <= now + 61,
+                    "{reset_value} vs {now}"
+                );
+            } else {
+                assert!(reset_value <= 60, "{reset_value}");
+            }
+        }
+        if ietf {
+            assert_eq!(
+                r.header("ratelimit-policy"),
+                Some("\"api\";q=5;w=60"),
+                "{style:?}"
+            );
+            assert!(
+                r.header("ratelimit")
+                    .is_some_and(|v| v.starts_with("\"api\";r=4;t=")),
+                "{:?}",
+                r.header("ratelimit")
+            );
+        }
+    }
+}
+
+/// Exempt paths and the exemption predicate are never limited.
+pub async fn exemptions(h: Arc<dyn HttpHarness>) {
+    let routes = default_limit("1/minute")
+        .exempt("/health")
+        .expect("a pattern")
+        .exempt_when(Arc::new(|v: &RequestView<'_>| {
+            v.headers.get("x-internal") == Some(b"yes".as_slice())
+        }));
+    let (_server, c) = start(
+        &h,
+        policy(&h, routes, KeyExtractor::new(KeySource::Ip)).await,
+    )
+    .await;
+    for _ in 0..4 {
+        let r = c.get("/health", &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("ratelimit").is_none(), "exempt: no headers");
+        assert_eq!(c.get("/", &[("x-internal", "yes")]).await.status, 200);
+    }
+    assert_eq!(c.get("/", &[]).await.status, 200);
+    assert_eq!(c.get("/", &[]).await.status, 429);
+}
+
+/// The deny list answers 403 before anything else; the allow list is never
+/// limited; both see the client behind a trusted proxy.
+pub async fn allow_and_deny_lists(h: Arc<dyn HttpHarness>) {
+    let denied = default_limit("5/minute")
+        .deny(["127.0.0.1"])
+        .expect("a CIDR");
+    let (server, c) = start(
+        &h,
+        policy(&h, denied, KeyExtractor::new(KeySource::Ip)).await,
+    )
+    .await;
+    for path in ["/", "/health", "/users/1"] {
+        let r = c.get(path, &[]).await;
+        assert_eq!(r.status, 403, "{path}");
+        assert!(r.body.contains("forbidden"), "{}", r.body);
+    }
+    drop(server);
+
+    let allowed = default_limit("1/minute")
+        .allow(["127.0.0.0/8"])
+        .expect("a CIDR");
+    let (server, c) = start(
+        &h,
+        policy(&h, allowed, KeyExtractor::new(KeySource::Ip)).await,
+    )
+    .await;
+    for _ in 0..3 {
+        let r = c.get("/", &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("ratelimit").is_none());
+    }
+    drop(server);
+
+    // Behind a trusted proxy the lists apply to the forwarded client.
+    let proxies = ClientIpPolicy::new().trust(["127.0.0.1"]).expect("a CIDR");
+    let routes = default_limit("5/minute")
+        .deny(["203.0.113.0/24"])
+        .expect("a CIDR")
+        .allow(["198.51.100.7"])
+        .expect("an address");
+    let keys = KeyExtractor::new(KeySource::Ip).proxies(proxies);
+    let (_server, c) = start(&h, policy(&h, routes, keys).await).await;
+    assert_eq!(
+        c.get("/", &[("x-forwarded-for", "203.0.113.9")])
+            .await
+            .status,
+        403
+    );
+    let r = c.get("/", &[("x-forwarded-for", "198.51.100.7")]).await;
+    assert!(r.status == 200 && r.header("ratelimit").is_none());
+    let r = c.get("/", &[("x-forwarded-for", "192.0.2.1")]).await;
+    assert!(r.status == 200 && r.header("ratelimit").is_some());
+}
+
+/// Rules per route and method, several rules on one route, a cost per route.
+pub async fn routes_and_methods(h: Arc<dyn HttpHarness>) {
+    let routes = RouteTable::new()
+        .route(
+            "/users/{id}",
+            &["POST"],
+            Limits::new(vec![rule("user-writes", "1/minute")]),
+        )
+        .expect("a pattern")
+        .route(
+            "/users/{id}",
+            &["GET"],
+            Limits::new(vec![
+                rule("user-reads-minute", "3/minute"),
+                rule("user-reads-hour", "4/hour"),
+            ]),
+        )
+        .expect("a pattern")
+        .route(
+            "/decision",
+            &[],
+            Limits::new(vec![rule("expensive", "4/minute")]).cost(2),
+        )
+        .expect("a pattern")
+        .default_limits(Limits::new(vec![rule("api", "10/minute")]));
+    let p = policy(&h, routes, KeyExtractor::new(KeySource::Ip))
+        .await
+        .headers(HeaderStyle::Ietf, ResetFormat::Seconds);
+    let (_server, c) = start(&h, p).await;
+    assert_eq!(c.send("POST", "/users/1", &[]).await.status, 200);
+    // The route's limit covers every id: the pattern is limited, not the path.
+    assert_eq!(c.send("POST", "/users/2", &[]).await.status, 429);
+    // GET on the same pattern has its own rules: all must pass, the most
+    // restrictive is reported.
+    for remaining in ["2", "1", "0"] {
+        let r = c.get("/users/1", &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.header("ratelimit")
+                .is_some_and(|v| v.contains("\"user-reads-minute\";r=")
+                    && v.contains(&format!("r={remaining}"))),
+            "{:?}",
+            r.header("ratelimit")
+        );
+    }
+    let r = c.get("/users/1", &[]).await;
+    assert_eq!(r.status, 429);
+    assert!(
+        r.header("ratelimit")
+            .is_some_and(|v| v.contains("user-reads-minute"))
+    );
+    // A cost of 2 against 4 per minute: two requests.
+    assert_eq!(c.get("/decision", &[]).await.status, 200);
+    assert_eq!(c.get("/decision", &[]).await.status, 200);
+    assert_eq!(c.get("/decision", &[]).await.status, 429);
+    // Other routes get the default.
+    assert_eq!(c.get("/", &[]).await.status, 200);
+}
+
+/// A client that sends its own `X-Forwarded-For` to a server that trusts no
+/// proxy gains nothing; behind a trusted proxy, forwarded clients are told
+/// apart, walking from the right past trusted hops.
+pub async fn forwarded_for_only_from_trusted_proxies(h: Arc<dyn HttpHarness>) {
+    let (server, c) = start(
+        &h,
+        policy(
+            &h,
+            default_limit("1/minute"),
+            KeyExtractor::new(KeySource::Ip),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        c.get("/", &[("x-forwarded-for", "203.0.113.1")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.get("/", &[("x-forwarded-for", "203.0.113.2")])
+            .await
+            .status,
+        429
+    );
+    assert_eq!(
+        c.get("/", &[("forwarded", "for=203.0.113.3")]).await.status,
+        429
+    );
+    drop(server);
+
+    let proxies = ClientIpPolicy::new()
+        .trust(["127.0.0.1", "10.0.0.0/8"])
+        .expect("CIDRs");
+    let keys = KeyExtractor::new(KeySource::Ip).proxies(proxies);
+    let (_server, c) = start(&h, policy(&h, default_limit("1/minute"), keys).await).await;
+    assert_eq!(
+        c.get("/", &[("x-forwarded-for", "203.0.113.1")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.get("/", &[("x-forwarded-for", "203.0.113.2")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.get("/", &[("x-forwarded-for", "203.0.113.1")])
+            .await
+            .status,
+        429
+    );
+    // A spoofed leftmost entry behind a real chain: the client is the first
+    // untrusted hop from the right (203.0.113.4), not what it claimed.
+    assert_eq!(
+        c.get(
+            "/",
+            &[("x-forwarded-for", "6.6.6.6, 203.0.113.4, 10.1.1.1")]
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        c.get(
+            "/",
+            &[("x-forwarded-for", "7.7.7.7, 203.0.113.4, 10.1.1.1")]
+        )
+        .await
+        .status,
+        429
+    );
+}
+
+/// IPv6 clients share their /64 (configurable).
+pub async fn ipv6_prefix_grouping(h: Arc<dyn HttpHarness>) {
+    let proxies = ClientIpPolicy::new().trust(["127.0.0.1"]).expect("a CIDR");
+    let keys = KeyExtractor::new(KeySource::Ip).proxies(proxies.clone());
+    let (server, c) = start(&h, policy(&h, default_limit("1/minute"), keys).await).await;
+    let xff = |ip: &'static str| [("x-forwarded-for", ip)];
+    assert_eq!(c.get("/", &xff("2001:db8:1:2::1")).await.status, 200);
+    assert_eq!(c.get("/", &xff("2001:db8:1:2:ffff::9")).await.status, 429);
+    assert_eq!(c.get("/", &xff("2001:db8:1:3::1")).await.status, 200);
+    drop(server);
+
+    let keys = KeyExtractor::new(KeySource::Ip)
+        .proxies(proxies)
+        .ipv6_prefix(48);
+    let (_server, c) = start(&h, policy(&h, default_limit("1/minute"), keys).await).await;
+    assert_eq!(c.get("/", &xff("2001:db8:1:2::1")).await.status, 200);
+    assert_eq!(c.get("/", &xff("2001:db8:1:3::1")).await.status, 429);
+}
+
+/// Keys from the application's identity and from a header (an API key), with
+/// the fallback for requests without one: the client address, or a refusal.
+pub async fn identity_and_header_keys(h: Arc<dyn HttpHarness>) {
+    let (server, c) = start(
+        &h,
+        policy(
+            &h,
+            default_limit("1/minute"),
+            KeyExtractor::new(KeySource::User),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(c.get("/", &[("x-user", "alice")]).await.status, 200);
+    assert_eq!(c.get("/", &[("x-user", "alice")]).await.status, 429);
+    assert_eq!(c.get("/", &[("x-user", "bob")]).await.status, 200);
+    // Anonymous requests fall back to the client address.
+    assert_eq!(c.get("/", &[]).await.status, 200);
+    assert_eq!(c.get("/", &[]).await.status, 429);
+    drop(server);
+
+    let strict = KeyExtractor::new(KeySource::Header("x-api-key".into()))
+        .on_missing(MissingKey::Reject(401));
+    let (_server, c) = start(&h, policy(&h, default_limit("1/minute"), strict).await).await;
+    let r = c.get("/", &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("missing_key"), "{}", r.body);
+    assert_eq!(c.get("/", &[("x-api-key", "k1")]).await.status, 200);
+    assert_eq!(c.get("/", &[("x-api-key", "k1")]).await.status, 429);
+    assert_eq!(c.get("/", &[("x-api-key", "k2")]).await.status, 200);
+}
+
+/// A failing store: 503 by default (fail closed), the request passes where
+/// the route fails open; the error hook sees every failure.
+pub async fn store_failures(h: Arc<dyn HttpHarness>) {
+    // A real store in a real failed state: closed.
+    let store = h.store().await;
+    store.close().await.expect("close");
+    let errors = Arc::new(AtomicU32::new(0));
+    let seen = errors.clone();
+    let routes = default_limit("10/minute")
+        .route(
+            "/health",
+            &[],
+            Limits::new(vec![rule("open", "10/minute")]).on_store_error(ErrorMode::FailOpen),
+        )
+        .expect("a pattern");
+    let p = HttpPolicy::new(
+        Limiter::new(store),
+        routes,
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .on_error(Arc::new(move |_, _| {
+        seen.fetch_add(1, Ordering::SeqCst);
+    }));
+    let (_server, c) = start(&h, p.clone()).await;
+    let r = c.get("/", &[]).await;
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("rate_limiter_unavailable"), "{}", r.body);
+    assert_eq!(c.get("/health", &[]).await.status, 200);
+    assert_eq!(errors.load(Ordering::SeqCst), 2);
+    drop(_server);
+
+    let open = p.on_store_error(ErrorMode::FailOpen);
+    let (_server, c) = start(&h, open).await;
+    let r = c.get("/", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert_eq!(errors.load(Ordering::SeqCst), 3);
+}
+
+/// Shadow mode decides and reports (headers, the blocked hook) but never blocks.
+pub async fn shadow_mode(h: Arc<dyn HttpHarness>) {
+    let blocked = Arc::new(AtomicU32::new(0));
+    let seen = blocked.clone();
+    let p = policy(
+        &h,
+        default_limit("1/minute"),
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .await
+    .shadow(true)
+    .on_blocked(Arc::new(move |_, _| {
+        seen.fetch_add(1, Ordering::SeqCst);
+    }));
+    let (_server, c) = start(&h, p).await;
+    for _ in 0..4 {
+        let r = c.get("/", &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+        assert!(r.header("ratelimit").is_some_and(|v| v.contains("r=0")));
+    }
+    assert_eq!(blocked.load(Ordering::SeqCst), 3);
+}
+
+/// 150 concurrent requests against a limit of 100: exactly 100 pass.
+pub async fn concurrent_requests(h: Arc<dyn HttpHarness>) {
+    let (_server, c) = start(
+        &h,
+        policy(
+            &h,
+            default_limit("100/hour"),
+            KeyExtractor::new(KeySource::Ip),
+        )
+        .await,
+    )
+    .await;
+    let tasks: Vec<_> = (0..150)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get("/", &[]).await.status })
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        match t.await.expect("a request task") {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((ok, limited), (100, 50));
+}
+
+/// Handlers see the decision; routes the policy does not limit have none.
+pub async fn handlers_see_the_decision(h: Arc<dyn HttpHarness>) {
+    let routes = default_limit("10/minute")
+        .exempt("/health")
+        .expect("a pattern");
+    let (_server, c) = start(
+        &h,
+        policy(&h, routes, KeyExtractor::new(KeySource::Ip)).await,
+    )
+    .await;
+    assert_eq!(c.get("/decision", &[]).await.body, "remaining=9");
+    assert_eq!(c.get("/decision", &[]).await.body, "remaining=8");
+    let allowed = default_limit("10/minute")
+        .allow(["127.0.0.1"])
+        .expect("a CIDR");
+    let (_server, c) = start(
+        &h,
+        policy(&h, allowed, KeyExtractor::new(KeySource::Ip)).await,
+    )
+    .await;
+    assert_eq!(c.get("/decision", &[]).await.body, "none");
+}
+
+/// Runs the whole HTTP behaviour suite against a [`HttpHarness`]: one
+/// `#[tokio::test]` per scenario.
+#[macro_export]
+macro_rules! http_behaviour_tests {
+    ($harness:expr) => {
+        fn __http_harness() -> ::std::sync::Arc<dyn $crate::http::HttpHarness> {
+            ::std::sync::Arc::new($harness)
+        }
+        $crate::http_behaviour_tests!(@cases
+            limit_reached, header_styles, exemptions, allow_and_deny_lists,
+            routes_and_methods, forwarded_for_only_from_trusted_proxies,
+            ipv6_prefix_grouping, identity_and_header_keys, store_failures,
+            shadow_mode, concurrent_requests, handlers_see_the_decision
+        );
+    };
+    (@cases $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::http::$case(__http_harness()).await;
+            }
+        )*
+    };
+}
