@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::cargo;
+use crate::{cargo, on_path};
 
 const SUITES: &[&str] = &["memory", "sqlite", "http", "redis"];
 /// Suites reported as decisions per second (the rest as ns per decision).
@@ -51,6 +51,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 /// Rounds of the HTTP benchmark (each runs every mode once).
 const HTTP_ROUNDS: usize = 3;
 
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -61,7 +65,16 @@ fn median(values: &[f64]) -> f64 {
 fn wrk_rps(server: &Path, mode: &str) -> Result<f64, String> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let mut child = Command::new(server)
+    // The server on the first core, wrk on the second (when there are two).
+    let pin = on_path("taskset") && available_cores() >= 2;
+    let mut server_cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(server);
+        c
+    } else {
+        Command::new(server)
+    };
+    let mut child = server_cmd
         .args([mode, "0"])
         .stdout(Stdio::piped())
         .spawn()
@@ -72,7 +85,14 @@ fn wrk_rps(server: &Path, mode: &str) -> Result<f64, String> {
         .and_then(|out| BufReader::new(out).lines().next())
         .and_then(Result::ok)
         .ok_or("the bench server did not print its address")?;
-    let out = Command::new("wrk")
+    let mut wrk = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", "wrk"]);
+        c
+    } else {
+        Command::new("wrk")
+    };
+    let out = wrk
         .args(["-t1", "-c32", "-d5s", &format!("http://{addr}/")])
         .output();
     let _ = child.kill();

@@ -72,7 +72,8 @@ impl Headers for HeaderView<'_> {
 
 pub(crate) fn add_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
     for (name, value) in headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        // The string's buffer becomes the header's: no copy.
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
             map.insert(HeaderName::from_static(name), value);
         }
     }

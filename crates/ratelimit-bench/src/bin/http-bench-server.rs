@@ -3,10 +3,14 @@
 //! behind no limiter, our layer (memory store), or tower_governor, all with
 //! the same quota (GCRA, 1 000 000 per second, burst 1 000 000: high enough
 //! that nothing is denied, so the figures compare per-request overhead).
+//!
+//! One runtime worker thread: `cargo xtask bench http` pins the server to
+//! one core and wrk to the other, so the two do not fight over the same
+//! cores and every mode gets the same conditions.
 
 use std::net::SocketAddr;
 
-#[tokio::main]
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "none".to_owned());

@@ -47,9 +47,8 @@ fn ceil_secs(micros: u64) -> u64 {
     micros.div_ceil(1_000_000)
 }
 
-/// A structured-field string: quoted, with `"` and `\` escaped.
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+/// Appends a structured-field string: quoted, with `"` and `\` escaped.
+fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         if c == '"' || c == '\\' {
@@ -58,6 +57,44 @@ fn sf_string(s: &str) -> String {
         out.push(c);
     }
     out.push('"');
+}
+
+/// Appends `n` in decimal. Headers are rendered for every request; this
+/// skips the formatting machinery.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        if let Some(d) = digits.get_mut(start) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || start == 0 {
+            break;
+        }
+    }
+    for d in digits.iter().skip(start) {
+        out.push(char::from(*d));
+    }
+}
+
+fn decimal(n: u64) -> String {
+    let mut out = String::with_capacity(20);
+    push_u64(&mut out, n);
+    out
+}
+
+/// `"name";KEY=value;KEY=value`, the shape of both IETF fields.
+fn ietf_field(name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) -> String {
+    let mut out = String::with_capacity(name.len() + 32);
+    push_sf_string(&mut out, name);
+    for (key, value) in [(k1, v1), (k2, v2)] {
+        out.push(';');
+        out.push_str(key);
+        out.push('=');
+        push_u64(&mut out, value);
+    }
     out
 }
 
@@ -94,20 +131,23 @@ pub fn rate_limit_headers(
             ResetFormat::Seconds => reset_secs,
             ResetFormat::UnixTime => ceil_secs(now.as_micros().saturating_add(reset_us)),
         };
-        headers.push(("x-ratelimit-limit", decision.limit().to_string()));
-        headers.push(("x-ratelimit-remaining", decision.remaining().to_string()));
-        headers.push(("x-ratelimit-reset", reset_value.to_string()));
+        headers.push(("x-ratelimit-limit", decimal(decision.limit())));
+        headers.push(("x-ratelimit-remaining", decimal(decision.remaining())));
+        headers.push(("x-ratelimit-reset", decimal(reset_value)));
     }
     if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
-        let name = sf_string(decision.rule());
         let window_secs = ceil_secs(duration_to_micros(window)).max(1);
         headers.push((
             "ratelimit-policy",
-            format!("{name};q={};w={window_secs}", decision.limit()),
+            ietf_field(decision.rule(), ("q", decision.limit()), ("w", window_secs)),
         ));
         headers.push((
             "ratelimit",
-            format!("{name};r={};t={reset_secs}", decision.remaining()),
+            ietf_field(
+                decision.rule(),
+                ("r", decision.remaining()),
+                ("t", reset_secs),
+            ),
         ));
     }
     headers
@@ -117,7 +157,7 @@ pub fn rate_limit_headers(
 /// for an admission.
 pub fn retry_after_header(decision: &Decision) -> Option<String> {
     let wait = duration_to_micros(decision.retry_after()?);
-    Some(ceil_secs(wait).max(1).to_string())
+    Some(decimal(ceil_secs(wait).max(1)))
 }
 
 #[cfg(test)]
@@ -213,5 +253,12 @@ mod tests {
         );
         assert_eq!(h[0].1, r#""we\"ird\\rule";q=10;w=1"#);
         assert_eq!(h[1].1, r#""we\"ird\\rule";r=3;t=0"#);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decimals_match_display(n: u64) {
+            proptest::prop_assert_eq!(decimal(n), n.to_string());
+        }
     }
 }
