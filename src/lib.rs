@@ -16,6 +16,12 @@ pub mod axum {
     pub use ratelimit_axum::*;
 }
 
+/// The actix-web middleware (feature `actix`).
+#[cfg(feature = "actix")]
+pub mod actix {
+    pub use ratelimit_actix::*;
+}
+
 /// The SQLite store (feature `sqlite`).
 #[cfg(feature = "sqlite")]
 pub mod sqlite {

@@ -71,6 +71,18 @@ pub enum KeySource {
     Composite(Vec<KeySource>),
 }
 
+impl KeySource {
+    /// Whether keys from this source may depend on the matched route
+    /// pattern (`Route`, and custom functions, which may read it).
+    pub fn reads_route(&self) -> bool {
+        match self {
+            Self::Route | Self::Custom(_) => true,
+            Self::Composite(parts) => parts.iter().any(Self::reads_route),
+            Self::Ip | Self::Header(_) | Self::User => false,
+        }
+    }
+}
+
 impl fmt::Debug for KeySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -168,6 +180,11 @@ impl KeyExtractor {
     pub fn ipv6_prefix(mut self, bits: u8) -> Self {
         self.ipv6_prefix = bits.min(128);
         self
+    }
+
+    /// The default key source.
+    pub fn source(&self) -> &KeySource {
+        &self.source
     }
 
     /// The client address of `view`, through the proxy policy.

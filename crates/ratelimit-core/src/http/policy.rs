@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
-use super::key::{ExtractedKey, KeyExtractor, RequestView};
+use super::key::{ExtractedKey, KeyExtractor, KeySource, RequestView};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use crate::decision::Decision;
 use crate::error::{Error, Result};
@@ -113,6 +113,7 @@ pub struct HttpPolicy {
     shadow: bool,
     on_blocked: Option<BlockedHook>,
     on_error: Option<ErrorHook>,
+    reads_route: bool,
 }
 
 impl fmt::Debug for HttpPolicy {
@@ -155,7 +156,13 @@ impl HttpPolicy {
     /// A policy deciding with `limiter`, applying `routes`, keying requests
     /// with `keys`; IETF headers, 429 on denial, fail closed, not in shadow mode.
     pub fn new(limiter: Limiter, routes: RouteTable, keys: KeyExtractor) -> Self {
+        let reads_route = keys.source().reads_route()
+            || routes.has_exempt_predicate()
+            || routes
+                .all_limits()
+                .any(|l| l.key.as_ref().is_some_and(KeySource::reads_route));
         Self {
+            reads_route,
             limiter,
             routes: Arc::new(routes),
             keys: Arc::new(keys),
@@ -210,6 +217,14 @@ impl HttpPolicy {
     pub fn on_error(mut self, hook: ErrorHook) -> Self {
         self.on_error = Some(hook);
         self
+    }
+
+    /// Whether deciding may need the request's matched route pattern
+    /// ([`RequestView::route`]): a key or exemption predicate reads it.
+    /// Adapters whose framework computes the pattern at a cost (actix) fill
+    /// it only when this is true; the route table itself matches paths.
+    pub fn reads_route(&self) -> bool {
+        self.reads_route
     }
 
     /// The limiter.

@@ -251,6 +251,21 @@ impl RouteTable {
         Ok(self)
     }
 
+    /// Every limits of the table (routes and default), for adapters that
+    /// want to know what the policy will ask of a request.
+    pub fn all_limits(&self) -> impl Iterator<Item = &Limits> {
+        self.entries
+            .iter()
+            .flatten()
+            .map(|(_, limits)| limits)
+            .chain(self.default.as_ref())
+    }
+
+    /// Whether the exemption predicate may read the matched route pattern.
+    pub(crate) fn has_exempt_predicate(&self) -> bool {
+        self.exempt_when.is_some()
+    }
+
     /// What applies to `view`, whose client address is `client` (found with a
     /// [`ClientIpPolicy`](super::ClientIpPolicy)).
     pub fn resolve(&self, view: &RequestView<'_>, client: IpAddr) -> Applies<'_> {

@@ -1,0 +1,240 @@
+//! The middleware: translates a request into the core's view, asks the
+//! policy, and answers or passes the request on.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix_web::body::EitherBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use actix_web::{Error, HttpMessage, HttpResponse};
+use ratelimit_core::http::{Headers, HttpPolicy, Identity, Outcome, RequestView};
+
+use crate::decision::RateLimitDecision;
+use crate::future::ResponseFuture;
+
+/// Applies an [`HttpPolicy`] to every request of an `App`, a `scope` or a
+/// `resource` (`.wrap(RateLimit::new(policy))`).
+///
+/// actix-web builds one app per worker thread by calling the app factory
+/// once per worker. Build the middleware *outside* the factory and clone it
+/// in: clones share the policy and its store, so every worker counts against
+/// one limit. (A policy built inside the factory would give each worker its
+/// own memory store: N workers, N times the limit.)
+///
+/// ```no_run
+/// use actix_web::{App, HttpServer, web};
+/// use ratelimit_actix::RateLimit;
+/// use ratelimit_core::http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
+/// use ratelimit_core::{Algorithm, Limiter, Rule};
+///
+/// # async fn run(store: std::sync::Arc<dyn ratelimit_core::Storage>) -> std::io::Result<()> {
+/// let rule = Rule::new("api", Algorithm::Gcra, "100/minute".parse().unwrap()).unwrap();
+/// let routes = RouteTable::new().default_limits(Limits::new(vec![rule]));
+/// let limit = RateLimit::new(HttpPolicy::new(Limiter::new(store), routes, KeyExtractor::new(KeySource::Ip)));
+/// HttpServer::new(move || {
+///     App::new()
+///         .wrap(limit.clone())
+///         .route("/", web::get().to(|| async { "hello" }))
+/// })
+/// .bind(("127.0.0.1", 8080))?
+/// .run()
+/// .await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    policy: Arc<HttpPolicy>,
+}
+
+impl RateLimit {
+    /// Middleware applying `policy`.
+    pub fn new(policy: HttpPolicy) -> Self {
+        Self::shared(Arc::new(policy))
+    }
+
+    /// Middleware applying a policy shared with other code.
+    pub fn shared(policy: Arc<HttpPolicy>) -> Self {
+        Self { policy }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &HttpPolicy {
+        &self.policy
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for RateLimit
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = RateLimitMiddleware<S>;
+    type InitError = ();
+    type Future = std::future::Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        std::future::ready(Ok(RateLimitMiddleware {
+            service: Rc::new(service),
+            policy: Arc::clone(&self.policy),
+        }))
+    }
+}
+
+/// The service [`RateLimit`] wraps around an app, scope or resource.
+#[derive(Debug)]
+pub struct RateLimitMiddleware<S> {
+    service: Rc<S>,
+    policy: Arc<HttpPolicy>,
+}
+
+/// actix's header map seen through the core's [`Headers`] trait.
+struct HeaderView<'a>(&'a HeaderMap);
+
+impl Headers for HeaderView<'_> {
+    fn get_all(&self, name: &str) -> Vec<&[u8]> {
+        self.0.get_all(name).map(HeaderValue::as_bytes).collect()
+    }
+
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(HeaderValue::as_bytes)
+    }
+}
+
+pub(crate) fn add_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            map.insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+fn respond(status: u16, headers: Vec<(&'static str, String)>, body: String) -> HttpResponse {
+    let mut response = HttpResponse::build(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    )
+    .insert_header((CONTENT_TYPE, "application/json"))
+    .body(body);
+    add_headers(response.headers_mut(), headers);
+    response
+}
+
+const NO_PEER: &str = "{\"error\":\"rate_limiter_misconfigured\",\"message\":\"no peer address for this \
+                       request (a Unix socket?): the rate limiter cannot key it\"}";
+
+/// What to do with a request once the policy has spoken.
+enum Action {
+    Answer(HttpResponse),
+    Forward(Vec<(&'static str, String)>),
+}
+
+/// Applies an outcome: the middleware's answer, or the request goes on with
+/// the handler's view of the decision.
+fn act(outcome: Outcome, request: &ServiceRequest) -> Action {
+    match outcome {
+        Outcome::Respond {
+            status,
+            headers,
+            body,
+            ..
+        } => Action::Answer(respond(status, headers, body)),
+        Outcome::Proceed { headers, admission } => {
+            if let Some(admission) = admission {
+                request
+                    .extensions_mut()
+                    .insert(RateLimitDecision(admission));
+            }
+            Action::Forward(headers)
+        }
+    }
+}
+
+/// Asks `policy` about `request`: at once if the store can decide at once
+/// (`now`), otherwise `None`.
+fn decide_now(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> Option<Outcome> {
+    // The pattern costs a lookup and an allocation: only when it is read.
+    let route = policy
+        .reads_route()
+        .then(|| request.match_pattern())
+        .flatten();
+    let extensions = request.extensions();
+    let headers = HeaderView(request.headers());
+    policy.check_now(&RequestView {
+        method: request.method().as_str(),
+        path: request.path(),
+        route: route.as_deref(),
+        peer,
+        headers: &headers,
+        identity: extensions.get::<Identity>(),
+    })
+}
+
+async fn decide(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> Outcome {
+    let route = policy
+        .reads_route()
+        .then(|| request.match_pattern())
+        .flatten();
+    let headers = HeaderView(request.headers());
+    // The identity is copied out: no borrow of the extensions across the wait.
+    let identity = request.extensions().get::<Identity>().cloned();
+    policy
+        .check(&RequestView {
+            method: request.method().as_str(),
+            path: request.path(),
+            route: route.as_deref(),
+            peer,
+            headers: &headers,
+            identity: identity.as_ref(),
+        })
+        .await
+}
+
+impl<S, B> Service<ServiceRequest> for RateLimitMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, B>;
+
+    forward_ready!(service);
+
+    fn call(&self, request: ServiceRequest) -> Self::Future {
+        // The socket's peer, never `realip_remote_addr()`, which believes
+        // whatever forwarding header the client sends. Proxies are the
+        // policy's business.
+        let Some(peer) = request.peer_addr().map(|a| a.ip()) else {
+            let response = respond(500, Vec::new(), NO_PEER.to_owned());
+            return ResponseFuture::answered(request.into_response(response).map_into_right_body());
+        };
+        if let Some(outcome) = decide_now(&self.policy, &request, peer) {
+            return match act(outcome, &request) {
+                Action::Answer(response) => {
+                    ResponseFuture::answered(request.into_response(response).map_into_right_body())
+                }
+                Action::Forward(headers) => {
+                    ResponseFuture::forwarded(self.service.call(request), headers)
+                }
+            };
+        }
+        let (service, policy) = (Rc::clone(&self.service), Arc::clone(&self.policy));
+        ResponseFuture::deciding(Box::pin(async move {
+            let outcome = decide(&policy, &request, peer).await;
+            match act(outcome, &request) {
+                Action::Answer(response) => {
+                    Ok(request.into_response(response).map_into_right_body())
+                }
+                Action::Forward(headers) => {
+                    let mut response = service.call(request).await?;
+                    add_headers(response.headers_mut(), headers);
+                    Ok(response.map_into_left_body())
+                }
+            }
+        }))
+    }
+}

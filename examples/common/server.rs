@@ -1,0 +1,117 @@
+//! What the example servers (axum, actix-web, rocket) share: their flags and
+//! the policy they build from them. Each example includes this file and adds
+//! only its framework's glue.
+//!
+//! ```text
+//! --listen 127.0.0.1:8080   address to serve on
+//! --storage memory://       any URL ratelimit::from_url accepts
+//! --algorithm gcra          fixed_window, sliding_window_log, sliding_window_counter,
+//!                           token_bucket, leaky_bucket, gcra
+//! --limit 100 --window 60s  the quota
+//! --key ip                  ip, or header:NAME (e.g. header:x-api-key)
+//! --headers ietf            legacy, ietf, both or none
+//! --trust 10.0.0.0/8,…      trusted reverse proxies (addresses or CIDRs)
+//! ```
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ratelimit::http::{
+    ClientIpPolicy, HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits, ResetFormat,
+    RouteTable,
+};
+use ratelimit::{Algorithm, Limiter, Quota, Rule, parse_duration};
+
+/// The example servers' options.
+pub(crate) struct Options {
+    pub(crate) listen: SocketAddr,
+    pub(crate) storage: String,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) limit: u64,
+    pub(crate) window: Duration,
+    pub(crate) key: KeySource,
+    pub(crate) headers: HeaderStyle,
+    pub(crate) trust: Vec<String>,
+}
+
+/// Reads the flags (see the module docs).
+pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
+    let mut o = Options {
+        listen: "127.0.0.1:8080".parse()?,
+        storage: "memory://".to_owned(),
+        algorithm: Algorithm::Gcra,
+        limit: 100,
+        window: Duration::from_secs(60),
+        key: KeySource::Ip,
+        headers: HeaderStyle::Ietf,
+        trust: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => o.listen = value()?.parse()?,
+            "--storage" => o.storage = value()?,
+            "--algorithm" => o.algorithm = value()?.parse()?,
+            "--limit" => o.limit = value()?.parse()?,
+            "--window" => o.window = parse_duration(&value()?)?,
+            "--key" => {
+                let v = value()?;
+                o.key = match v.split_once(':') {
+                    None if v == "ip" => KeySource::Ip,
+                    Some(("header", name)) if !name.is_empty() => KeySource::Header(name.into()),
+                    _ => return Err(format!("--key is ip or header:NAME, not {v:?}").into()),
+                };
+            }
+            "--headers" => {
+                o.headers = match value()?.as_str() {
+                    "legacy" => HeaderStyle::Legacy,
+                    "ietf" => HeaderStyle::Ietf,
+                    "both" => HeaderStyle::Both,
+                    "none" => HeaderStyle::None,
+                    other => {
+                        return Err(format!(
+                            "--headers is legacy, ietf, both or none, not {other:?}"
+                        )
+                        .into());
+                    }
+                }
+            }
+            "--trust" => o.trust = value()?.split(',').map(str::to_owned).collect(),
+            "--help" | "-h" => {
+                println!(
+                    "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
+                     --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,..."
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other:?} (try --help)").into()),
+        }
+    }
+    Ok(o)
+}
+
+/// The policy the flags describe: `/` limited, `/health` exempt.
+pub(crate) fn policy(o: &Options) -> Result<HttpPolicy, Box<dyn Error>> {
+    let rule = Rule::new("api", o.algorithm, Quota::new(o.limit, o.window)?)?;
+    let routes = RouteTable::new()
+        .default_limits(Limits::new(vec![rule]))
+        .exempt("/health")?;
+    let keys = KeyExtractor::new(o.key.clone()).proxies(ClientIpPolicy::new().trust(&o.trust)?);
+    Ok(
+        HttpPolicy::new(Limiter::new(ratelimit::from_url(&o.storage)?), routes, keys)
+            .headers(o.headers, ResetFormat::Seconds),
+    )
+}
+
+/// The line a server prints once it listens.
+pub(crate) fn describe(o: &Options, addr: SocketAddr) -> String {
+    format!(
+        "listening on http://{addr} ({} {} per {:?}, store {})",
+        o.algorithm, o.limit, o.window, o.storage
+    )
+}
+
+/// The body of `GET /`.
+pub(crate) const HELLO: &str = r#"{"message":"hello"}"#;
