@@ -22,6 +22,12 @@ pub mod actix {
     pub use ratelimit_actix::*;
 }
 
+/// The Rocket fairing and request guards (feature `rocket`).
+#[cfg(feature = "rocket")]
+pub mod rocket {
+    pub use ratelimit_rocket::*;
+}
+
 /// The SQLite store (feature `sqlite`).
 #[cfg(feature = "sqlite")]
 pub mod sqlite {

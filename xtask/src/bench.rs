@@ -111,49 +111,83 @@ fn wrk_rps(server: &Path, mode: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{text}"))
 }
 
-/// `cargo xtask bench http`: wrk against the same route with no limiter, our
-/// layer (without and with headers), and tower_governor, taking turns in the
-/// same run.
+/// `cargo xtask bench http`: wrk against the same route of each framework's
+/// server with no limiter, our adapter, and that framework's governor
+/// adapter, taking turns in the same run.
+/// One framework's benchmark server, its modes, and the rows they make:
+/// (row, our mode, the peer's mode).
+struct HttpServer {
+    binary: &'static str,
+    modes: &'static [&'static str],
+    rows: &'static [(&'static str, &'static str, &'static str)],
+}
+
+const HTTP_SERVERS: &[HttpServer] = &[
+    HttpServer {
+        binary: "http-bench-server",
+        modes: &["none", "ours", "ours-headers", "governor"],
+        rows: &[
+            ("axum/vs-no-limiter", "ours", "none"),
+            ("axum/vs-tower_governor", "ours", "governor"),
+            ("axum+ietf-headers/vs-no-limiter", "ours-headers", "none"),
+        ],
+    },
+    HttpServer {
+        binary: "actix-bench-server",
+        modes: &["none", "ours", "governor"],
+        rows: &[
+            ("actix/vs-no-limiter", "ours", "none"),
+            ("actix/vs-actix-governor", "ours", "governor"),
+        ],
+    },
+    HttpServer {
+        binary: "rocket-bench-server",
+        modes: &["none", "ours", "governor"],
+        rows: &[
+            ("rocket/vs-no-limiter", "ours", "none"),
+            ("rocket/vs-rocket-governor", "ours", "governor"),
+        ],
+    },
+];
+
 fn http(root: &Path) -> Result<(), String> {
-    let server = release_binary(root, "http-bench-server")?;
-    // The modes take turns, round after round, and each keeps its median: a
-    // slow stretch of this shared machine then hits every mode alike.
-    const MODES: [&str; 4] = ["none", "ours", "ours-headers", "governor"];
-    let mut samples: Vec<(&str, Vec<f64>)> = MODES.iter().map(|m| (*m, Vec::new())).collect();
-    for round in 1..=HTTP_ROUNDS {
-        for (mode, runs) in &mut samples {
-            let r = wrk_rps(&server, mode)?;
-            eprintln!("round {round}, {mode}: {r:.0} requests/s");
-            runs.push(r);
-        }
-    }
-    let get = |m: &str| {
-        samples
-            .iter()
-            .find(|(mode, _)| *mode == m)
-            .map_or(0.0, |(_, runs)| median(runs))
-    };
-    let rows = [
-        ("axum/vs-no-limiter", get("ours"), get("none")),
-        ("axum/vs-tower_governor", get("ours"), get("governor")),
-        (
-            "axum+ietf-headers/vs-no-limiter",
-            get("ours-headers"),
-            get("none"),
-        ),
-    ];
     let mut out = Vec::new();
     let mut table = String::from(
         "| row | ours (requests/s) | peer (requests/s) | ratio ours/peer | overhead per request (µs) |\n|---|---:|---:|---:|---:|\n",
     );
-    for (name, ours, peer) in rows {
-        let ratio = ((ours / peer) * 100.0).round() / 100.0;
-        let overhead = round(1e6 / ours - 1e6 / peer);
-        out.push(json!({ "name": name, "ours_per_s": round(ours), "peer_per_s": round(peer), "ratio": ratio, "overhead_us": overhead }));
-        let _ = writeln!(
-            table,
-            "| {name} | {ours:.0} | {peer:.0} | {ratio:.2} | {overhead:.2} |"
-        );
+    for server in HTTP_SERVERS {
+        let binary = release_binary(root, server.binary)?;
+        // The modes take turns, round after round, and each keeps its
+        // median: a slow stretch of this shared machine then hits every mode
+        // alike.
+        let mut samples: Vec<(&str, Vec<f64>)> =
+            server.modes.iter().map(|m| (*m, Vec::new())).collect();
+        for round in 1..=HTTP_ROUNDS {
+            for (mode, runs) in &mut samples {
+                let r = wrk_rps(&binary, mode)?;
+                eprintln!(
+                    "{}, round {round}, {mode}: {r:.0} requests/s",
+                    server.binary
+                );
+                runs.push(r);
+            }
+        }
+        let get = |m: &str| {
+            samples
+                .iter()
+                .find(|(mode, _)| *mode == m)
+                .map_or(0.0, |(_, runs)| median(runs))
+        };
+        for (name, ours_mode, peer_mode) in server.rows {
+            let (ours, peer) = (get(ours_mode), get(peer_mode));
+            let ratio = ((ours / peer) * 100.0).round() / 100.0;
+            let overhead = round(1e6 / ours - 1e6 / peer);
+            out.push(json!({ "name": name, "ours_per_s": round(ours), "peer_per_s": round(peer), "ratio": ratio, "overhead_us": overhead }));
+            let _ = writeln!(
+                table,
+                "| {name} | {ours:.0} | {peer:.0} | {ratio:.2} | {overhead:.2} |"
+            );
+        }
     }
     publish(root, "http", &out, &table)
 }

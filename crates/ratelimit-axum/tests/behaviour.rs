@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use axum::Router;
@@ -59,7 +60,19 @@ struct Axum {
 #[async_trait]
 impl HttpHarness for Axum {
     async fn serve(&self, policy: HttpPolicy) -> Server {
+        let calls = Arc::new(AtomicU64::new(0));
+        let (counted, read) = (calls.clone(), calls);
         let app = Router::new()
+            .route(
+                "/counted",
+                get(move || async move {
+                    format!("counted={}", counted.fetch_add(1, Ordering::SeqCst) + 1)
+                }),
+            )
+            .route(
+                "/calls",
+                get(move || async move { format!("calls={}", read.load(Ordering::SeqCst)) }),
+            )
             .route("/", get(|| async { "ok" }))
             .route("/health", get(|| async { "ok" }))
             .route(

@@ -40,26 +40,8 @@ pub fn http_app(mode: &str) -> Result<Router, Box<dyn std::error::Error>> {
         "none" => router,
         // `ours` sends no rate-limit headers, like tower_governor's default;
         // `ours-headers` adds the IETF fields.
-        "ours" | "ours-headers" => {
-            let rule = Rule::new(
-                "bench",
-                Algorithm::Gcra,
-                Quota::per_second(RATE)?.with_burst(RATE)?,
-            )?;
-            let routes = RouteTable::new().default_limits(Limits::new(vec![rule]));
-            let style = if mode == "ours" {
-                HeaderStyle::None
-            } else {
-                HeaderStyle::Ietf
-            };
-            let policy = HttpPolicy::new(
-                Limiter::new(Arc::new(MemoryStorage::new())),
-                routes,
-                KeyExtractor::new(KeySource::Ip),
-            )
-            .headers(style, ResetFormat::Seconds);
-            router.layer(RateLimitLayer::new(policy))
-        }
+        "ours" => router.layer(RateLimitLayer::new(bench_policy(false)?)),
+        "ours-headers" => router.layer(RateLimitLayer::new(bench_policy(true)?)),
         "governor" => {
             let config = tower_governor::governor::GovernorConfigBuilder::default()
                 .per_nanosecond(1_000_000_000 / RATE)
@@ -68,6 +50,33 @@ pub fn http_app(mode: &str) -> Result<Router, Box<dyn std::error::Error>> {
                 .ok_or("tower_governor rejected the quota")?;
             router.layer(tower_governor::GovernorLayer::new(Arc::new(config)))
         }
-        other => return Err(format!("unknown mode {other:?}: none, ours or governor").into()),
+        other => {
+            return Err(
+                format!("unknown mode {other:?}: none, ours, ours-headers or governor").into(),
+            );
+        }
     })
+}
+
+/// The policy every HTTP benchmark server applies: GCRA at [`RATE`] per
+/// second with a burst of [`RATE`], keyed by peer address, on the memory
+/// store; IETF headers or none.
+pub fn bench_policy(headers: bool) -> Result<HttpPolicy, Box<dyn std::error::Error>> {
+    let rule = Rule::new(
+        "bench",
+        Algorithm::Gcra,
+        Quota::per_second(RATE)?.with_burst(RATE)?,
+    )?;
+    let routes = RouteTable::new().default_limits(Limits::new(vec![rule]));
+    let style = if headers {
+        HeaderStyle::Ietf
+    } else {
+        HeaderStyle::None
+    };
+    Ok(HttpPolicy::new(
+        Limiter::new(Arc::new(MemoryStorage::new())),
+        routes,
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .headers(style, ResetFormat::Seconds))
 }

@@ -14,6 +14,8 @@
 //! | `GET /health` | 200 `ok` |
 //! | `GET /users/{id}`, `POST /users/{id}` | 200 `user` (route pattern `/users/{id}`) |
 //! | `GET /decision` | 200 `remaining=N` from the handler's view of the decision, or `none` |
+//! | `GET /counted` | 200 `counted=N`: the handler counts its calls (one counter per server) |
+//! | `GET /calls` | 200 `calls=N`: how many times `/counted`'s handler ran |
 //!
 //! The harness's app plays the part of the application's own authentication:
 //! a request's `x-user` header (and `x-tier`) becomes the
@@ -605,6 +607,55 @@ pub async fn concurrent_requests(h: Arc<dyn HttpHarness>) {
     assert_eq!((ok, limited), (100, 50));
 }
 
+/// A refused request never reaches its handler: not on a denial, not on the
+/// deny list, not when the store fails closed.
+pub async fn refused_requests_never_reach_the_handler(h: Arc<dyn HttpHarness>) {
+    let calls = |c: TestClient| async move { c.get("/calls", &[]).await.body };
+    let routes = default_limit("2/minute")
+        .exempt("/calls")
+        .expect("a pattern");
+    let (_server, c) = start(
+        &h,
+        policy(&h, routes, KeyExtractor::new(KeySource::Ip)).await,
+    )
+    .await;
+    assert_eq!(c.get("/counted", &[]).await.body, "counted=1");
+    assert_eq!(c.get("/counted", &[]).await.body, "counted=2");
+    assert_eq!(c.get("/counted", &[]).await.status, 429);
+    assert_eq!(c.get("/counted", &[]).await.status, 429);
+    assert_eq!(calls(c.clone()).await, "calls=2");
+
+    // The denied client comes through a trusted proxy; the test reads the
+    // counter as the proxy itself.
+    let denied = default_limit("5/minute")
+        .exempt("/calls")
+        .expect("a pattern")
+        .deny(["203.0.113.0/24"])
+        .expect("a CIDR");
+    let keys = KeyExtractor::new(KeySource::Ip)
+        .proxies(ClientIpPolicy::new().trust(["127.0.0.1"]).expect("a CIDR"));
+    let (_server, c) = start(&h, policy(&h, denied, keys).await).await;
+    let r = c
+        .get("/counted", &[("x-forwarded-for", "203.0.113.9")])
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(calls(c.clone()).await, "calls=0");
+
+    let store = h.store().await;
+    store.close().await.expect("close");
+    let routes = default_limit("5/minute")
+        .exempt("/calls")
+        .expect("a pattern");
+    let failing = HttpPolicy::new(
+        Limiter::new(store),
+        routes,
+        KeyExtractor::new(KeySource::Ip),
+    );
+    let (_server, c) = start(&h, failing).await;
+    assert_eq!(c.get("/counted", &[]).await.status, 503);
+    assert_eq!(calls(c).await, "calls=0");
+}
+
 /// Handlers see the decision; routes the policy does not limit have none.
 pub async fn handlers_see_the_decision(h: Arc<dyn HttpHarness>) {
     let routes = default_limit("10/minute")
@@ -640,7 +691,8 @@ macro_rules! http_behaviour_tests {
             limit_reached, header_styles, exemptions, allow_and_deny_lists,
             routes_and_methods, forwarded_for_only_from_trusted_proxies,
             ipv6_prefix_grouping, identity_and_header_keys, store_failures,
-            shadow_mode, concurrent_requests, handlers_see_the_decision
+            shadow_mode, concurrent_requests, handlers_see_the_decision,
+            refused_requests_never_reach_the_handler
         );
     };
     (@cases $($case:ident),* $(,)?) => {

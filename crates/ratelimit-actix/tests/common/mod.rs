@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
@@ -45,6 +46,14 @@ async fn decision(decision: Option<RateLimitDecision>) -> String {
     )
 }
 
+async fn counted(calls: web::Data<AtomicU64>) -> String {
+    format!("counted={}", calls.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+async fn read_calls(calls: web::Data<AtomicU64>) -> String {
+    format!("calls={}", calls.load(Ordering::SeqCst))
+}
+
 /// Stops the server when the scenario is done.
 pub(crate) struct Stop(pub(crate) ServerHandle);
 
@@ -58,10 +67,14 @@ impl Drop for Stop {
 /// address and handle.
 pub(crate) async fn start(limit: RateLimit, workers: usize) -> (SocketAddr, ServerHandle) {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let calls = web::Data::new(AtomicU64::new(0));
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             let server = HttpServer::new(move || {
                 App::new()
+                    .app_data(calls.clone())
+                    .route("/counted", web::get().to(counted))
+                    .route("/calls", web::get().to(read_calls))
                     .wrap(limit.clone())
                     .wrap(from_fn(auth))
                     .route("/", web::get().to(|| async { "ok" }))

@@ -287,16 +287,41 @@ impl HttpPolicy {
         }
     }
 
+    /// [`check`](Self::check) with `limits` in place of the route table's:
+    /// the deny and allow lists and the exemptions still apply, then
+    /// `limits` decide. For adapters whose routes carry their own limits (a
+    /// per-route guard).
+    pub async fn check_with(&self, view: &RequestView<'_>, limits: &Limits) -> Outcome {
+        match self.begin_with(view, Some(limits)) {
+            Begun::Done(outcome) => outcome,
+            Begun::Decide(limits, key) => {
+                let result = match &*limits.rules {
+                    [rule] => self.limiter.check_cost(rule, &key, limits.cost).await,
+                    rules => {
+                        let checks: Vec<_> = rules.iter().map(|r| (r, key.as_str())).collect();
+                        self.limiter.check_all(&checks, limits.cost).await
+                    }
+                };
+                self.finish(view, limits, key, result)
+            }
+        }
+    }
+
     /// Everything before the decision: lists, exemptions, the route's
     /// limits, the key.
     fn begin<'p>(&'p self, view: &RequestView<'_>) -> Begun<'p> {
+        self.begin_with(view, None)
+    }
+
+    /// [`begin`](Self::begin), with `given` limits in place of the table's.
+    fn begin_with<'p>(&'p self, view: &RequestView<'_>, given: Option<&'p Limits>) -> Begun<'p> {
         let unlimited = Outcome::Proceed {
             headers: Vec::new(),
             admission: None,
         };
         let client = self.keys.client_ip(view);
-        let limits = match self.routes.resolve(view, client) {
-            Applies::Denied => {
+        let limits = match (self.routes.resolve(view, client), given) {
+            (Applies::Denied, _) => {
                 return Begun::Done(Self::respond(
                     403,
                     Vec::new(),
@@ -304,12 +329,14 @@ impl HttpPolicy {
                     "this client is not allowed",
                 ));
             }
-            Applies::Allowed | Applies::Exempt | Applies::Unlimited => {
-                return Begun::Done(unlimited);
-            }
-            Applies::Limited(limits) if limits.rules.is_empty() => return Begun::Done(unlimited),
-            Applies::Limited(limits) => limits,
+            (Applies::Allowed | Applies::Exempt, _) => return Begun::Done(unlimited),
+            (_, Some(given)) => given,
+            (Applies::Unlimited, None) => return Begun::Done(unlimited),
+            (Applies::Limited(limits), None) => limits,
         };
+        if limits.rules.is_empty() {
+            return Begun::Done(unlimited);
+        }
         // The client address is found once, for the lists and for the key.
         match self
             .keys

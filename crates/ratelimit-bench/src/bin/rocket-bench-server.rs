@@ -1,0 +1,64 @@
+//! The Rocket server `cargo xtask bench http` loads with wrk:
+//! `rocket-bench-server none|ours|governor PORT`. `GET /` answers "hello"
+//! behind no limiter, our fairing (memory store), or rocket-governor's
+//! guard, all with the same quota as the axum server (see
+//! `ratelimit_bench::RATE`), keyed by client address. One worker: the bench
+//! pins the server to one core.
+
+use std::num::NonZeroU32;
+
+use ratelimit_bench::{RATE, bench_policy};
+use ratelimit_rocket::RateLimit;
+use rocket_governor::{Method, Quota, RocketGovernable, RocketGovernor};
+
+struct Governed;
+
+impl RocketGovernable<'_> for Governed {
+    fn quota(_: Method, _: &str) -> Quota {
+        let rate =
+            NonZeroU32::new(u32::try_from(RATE).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        Quota::per_second(rate).allow_burst(rate)
+    }
+}
+
+#[rocket::get("/")]
+fn plain() -> &'static str {
+    "hello"
+}
+
+#[rocket::get("/")]
+fn governed(_limit: RocketGovernor<'_, Governed>) -> &'static str {
+    "hello"
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "none".to_owned());
+    let port: u16 = args.next().unwrap_or_else(|| "0".to_owned()).parse()?;
+    let config = rocket::Config {
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        port,
+        workers: 1,
+        log_level: rocket::config::LogLevel::Off,
+        ..rocket::Config::release_default()
+    };
+    let rocket = rocket::custom(config);
+    let rocket = match mode.as_str() {
+        "none" => rocket.mount("/", rocket::routes![plain]),
+        "ours" => rocket
+            .attach(RateLimit::new(bench_policy(false)?))
+            .mount("/", rocket::routes![plain]),
+        "governor" => rocket.mount("/", rocket::routes![governed]).register(
+            "/",
+            rocket::catchers![rocket_governor::rocket_governor_catcher],
+        ),
+        other => return Err(format!("unknown mode {other:?}: none, ours or governor").into()),
+    };
+    let rocket = rocket.attach(rocket::fairing::AdHoc::on_liftoff("address", |rocket| {
+        Box::pin(async move {
+            println!("127.0.0.1:{}", rocket.config().port);
+        })
+    }));
+    rocket::execute(rocket.launch())?;
+    Ok(())
+}

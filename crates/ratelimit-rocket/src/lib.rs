@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+mod cache;
+mod decision;
+mod fairing;
+mod guard;
+mod view;
+
+pub use cache::set_identity;
+pub use decision::RateLimitDecision;
+pub use fairing::RateLimit;
+pub use guard::{RateLimited, RateLimitedBy, RouteLimits};

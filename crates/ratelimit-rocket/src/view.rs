@@ -1,0 +1,105 @@
+//! Rocket's request seen through the core's request view.
+
+use std::net::IpAddr;
+
+use ratelimit_core::http::{Headers, HttpPolicy, Limits, Outcome, RequestView};
+use rocket::Request;
+use rocket::http::HeaderMap;
+
+struct HeaderView<'a>(&'a HeaderMap<'a>);
+
+impl Headers for HeaderView<'_> {
+    fn get_all(&self, name: &str) -> Vec<&[u8]> {
+        self.0.get(name).map(str::as_bytes).collect()
+    }
+
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.get_one(name).map(str::as_bytes)
+    }
+}
+
+pub(crate) const NO_PEER: &str = "{\"error\":\"rate_limiter_misconfigured\",\"message\":\"no peer address for \
+                                  this request: the rate limiter cannot key it\"}";
+
+/// The outcome for a request without a peer address.
+pub(crate) fn no_peer() -> Outcome {
+    Outcome::Respond {
+        status: 500,
+        headers: Vec::new(),
+        body: NO_PEER.to_owned(),
+        decision: None,
+    }
+}
+
+/// Rocket's route pattern in the core's syntax: `/users/<id>` becomes
+/// `/users/{id}`, `/files/<path..>` becomes `/files/{*path}`.
+pub(crate) fn pattern(rocket_path: &str) -> String {
+    let mut out = String::with_capacity(rocket_path.len());
+    let mut rest = rocket_path;
+    while let Some(start) = rest.find('<') {
+        out.push_str(rest.get(..start).unwrap_or_default());
+        let after = rest.get(start + 1..).unwrap_or_default();
+        let Some(end) = after.find('>') else {
+            out.push_str(rest.get(start..).unwrap_or_default());
+            return out;
+        };
+        let name = after.get(..end).unwrap_or_default();
+        match name.strip_suffix("..") {
+            Some(name) => {
+                out.push_str("{*");
+                out.push_str(name);
+            }
+            None => {
+                out.push('{');
+                out.push_str(name);
+            }
+        }
+        out.push('}');
+        rest = after.get(end + 1..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Asks `policy` about `request` (with `limits` in place of the route table's,
+/// when given). The peer is the socket's (`Request::remote`), never
+/// `client_ip()`, which believes `X-Real-IP` by default; proxies are the
+/// policy's business.
+pub(crate) async fn decide(
+    policy: &HttpPolicy,
+    request: &Request<'_>,
+    limits: Option<&Limits>,
+) -> Outcome {
+    let Some(peer): Option<IpAddr> = request.remote().map(|a| a.ip()) else {
+        return no_peer();
+    };
+    let route = request.route().map(|r| pattern(r.uri.path()));
+    let identity = crate::cache::identity(request);
+    let headers = HeaderView(request.headers());
+    let view = RequestView {
+        method: request.method().as_str(),
+        path: request.uri().path().as_str(),
+        route: route.as_deref(),
+        peer,
+        headers: &headers,
+        identity: identity.as_ref(),
+    };
+    match limits {
+        Some(limits) => policy.check_with(&view, limits).await,
+        None => policy.check(&view).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rocket_patterns_become_core_patterns() {
+        assert_eq!(pattern("/users/<id>"), "/users/{id}");
+        assert_eq!(pattern("/files/<path..>"), "/files/{*path}");
+        assert_eq!(pattern("/a/<x>/b/<y>"), "/a/{x}/b/{y}");
+        assert_eq!(pattern("/plain"), "/plain");
+        assert_eq!(pattern("/broken/<x"), "/broken/<x");
+    }
+}
