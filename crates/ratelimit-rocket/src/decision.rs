@@ -30,7 +30,7 @@ impl<'r> FromRequest<'r> for RateLimitDecision {
     type Error = &'static str;
 
     async fn from_request(request: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        match crate::cache::admission(request) {
+        match crate::cache::RequestState::of(request).admission() {
             Some(admission) => Outcome::Success(Self(admission)),
             None => Outcome::Error((
                 Status::InternalServerError,

@@ -13,7 +13,7 @@ use rocket::http::{ContentType, Header, Method, Status};
 use rocket::route::{self, Handler, Route};
 use rocket::{Build, Data, Request, Response, Rocket};
 
-use crate::cache::{store, take_outcome};
+use crate::cache::RequestState;
 use crate::view::decide;
 
 /// Where a request the policy answers is sent instead of its own route, so
@@ -136,7 +136,7 @@ impl Fairing for RateLimit {
         }
         let outcome = decide(&self.policy, request, None).await;
         let answered = matches!(outcome, Outcome::Respond { .. });
-        store(request, outcome);
+        RequestState::of(request).store(outcome);
         if answered {
             // A fairing cannot refuse a request, but it can send it
             // elsewhere: its handler never runs.
@@ -148,7 +148,7 @@ impl Fairing for RateLimit {
     }
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
-        match take_outcome(request) {
+        match RequestState::of(request).take_outcome() {
             Some(Outcome::Proceed { headers, .. }) => {
                 for (name, value) in headers {
                     response.set_header(Header::new(name, value));

@@ -8,7 +8,7 @@ use rocket::Request;
 use rocket::http::Status;
 use rocket::request::{self, FromRequest};
 
-use crate::cache::store;
+use crate::cache::RequestState;
 use crate::fairing::Managed;
 use crate::view::decide;
 
@@ -77,15 +77,12 @@ async fn guard(
     limits: impl FnOnce(&Managed) -> Option<Arc<Limits>>,
 ) -> request::Outcome<Option<Admission>, ()> {
     let Some(managed) = request.rocket().state::<Managed>() else {
-        store(
-            request,
-            Outcome::Respond {
-                status: 500,
-                headers: Vec::new(),
-                body: NO_FAIRING.to_owned(),
-                decision: None,
-            },
-        );
+        RequestState::of(request).store(Outcome::Respond {
+            status: 500,
+            headers: Vec::new(),
+            body: NO_FAIRING.to_owned(),
+            decision: None,
+        });
         return request::Outcome::Error((Status::InternalServerError, ()));
     };
     let limits = limits(managed);
@@ -94,7 +91,7 @@ async fn guard(
         Outcome::Respond { status, .. } => request::Outcome::Error((Status::new(*status), ())),
         Outcome::Proceed { admission, .. } => request::Outcome::Success(admission.clone()),
     };
-    store(request, outcome);
+    RequestState::of(request).store(outcome);
     result
 }
 

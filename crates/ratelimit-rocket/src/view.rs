@@ -74,7 +74,7 @@ pub(crate) async fn decide(
         return no_peer();
     };
     let route = request.route().map(|r| pattern(r.uri.path()));
-    let identity = crate::cache::identity(request);
+    let identity = crate::cache::RequestState::of(request).identity();
     let headers = HeaderView(request.headers());
     let view = RequestView {
         method: request.method().as_str(),
