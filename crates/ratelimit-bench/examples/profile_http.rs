@@ -1,6 +1,7 @@
 //! Profiling aid: the HTTP benchmark's app called in a loop without a
 //! network, to measure and `perf record` what the layer adds per request.
-//! `cargo run --release -p ratelimit-bench --example profile_http -- [none|ours|ours-headers|governor] [N]`
+//! `cargo run --release -p ratelimit-bench --example profile_http -- [none|ours|ours-headers|governor|policy] [N]`
+//! (`policy` times `HttpPolicy::check_now` alone, without axum.)
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -16,6 +17,10 @@ fn main() {
     let n: u32 = std::env::args()
         .nth(2)
         .map_or(2_000_000, |s| s.parse().unwrap());
+    if mode == "policy" {
+        policy_alone(n);
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -34,4 +39,24 @@ fn main() {
         let ns = start.elapsed().as_nanos() as f64 / f64::from(n);
         println!("{mode}: {ns:.0} ns per request");
     });
+}
+
+/// The policy's decision for the benchmark's request, with no framework.
+fn policy_alone(n: u32) {
+    let policy = ratelimit_bench::bench_policy(false).unwrap();
+    let headers: &[(&str, &[u8])] = &[("host", b"x"), ("user-agent", b"wrk")];
+    let view = ratelimit_core::http::RequestView {
+        method: "GET",
+        path: "/",
+        route: Some("/"),
+        peer: "127.0.0.1".parse().unwrap(),
+        headers: &headers,
+        identity: None,
+    };
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(policy.check_now(std::hint::black_box(&view)));
+    }
+    let ns = start.elapsed().as_nanos() as f64 / f64::from(n);
+    println!("policy: {ns:.0} ns per decision");
 }
