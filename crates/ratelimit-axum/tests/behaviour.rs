@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -14,23 +14,16 @@ use axum::response::Response;
 use axum::routing::get;
 use ratelimit_axum::{RateLimitDecision, RateLimitLayer};
 use ratelimit_core::Storage;
-use ratelimit_core::http::{HttpPolicy, Identity};
-use ratelimit_testkit::http::{HttpHarness, Server};
+use ratelimit_core::http::HttpPolicy;
+use ratelimit_testkit::http::{
+    HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
+};
 
 /// The app's own authentication, as the suite expects it: `x-user` (and
 /// `x-tier`) name the caller.
 async fn auth(mut request: Request, next: Next) -> Response {
     let headers = request.headers();
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(Into::into)
-    };
-    let identity = text("x-user").map(|user| Identity {
-        user,
-        tier: text("x-tier"),
-    });
+    let identity = suite_identity(|name| headers.get(name).and_then(|v| v.to_str().ok()));
     if let Some(identity) = identity {
         request.extensions_mut().insert(identity);
     }
@@ -38,10 +31,7 @@ async fn auth(mut request: Request, next: Next) -> Response {
 }
 
 async fn decision(decision: Option<RateLimitDecision>) -> String {
-    decision.map_or_else(
-        || "none".to_owned(),
-        |d| format!("remaining={}", d.decision().remaining()),
-    )
+    decision_body(decision.as_ref().map(|d| d.decision()))
 }
 
 /// Stops the server when the scenario is done.
@@ -63,16 +53,8 @@ impl HttpHarness for Axum {
         let calls = Arc::new(AtomicU64::new(0));
         let (counted, read) = (calls.clone(), calls);
         let app = Router::new()
-            .route(
-                "/counted",
-                get(move || async move {
-                    format!("counted={}", counted.fetch_add(1, Ordering::SeqCst) + 1)
-                }),
-            )
-            .route(
-                "/calls",
-                get(move || async move { format!("calls={}", read.load(Ordering::SeqCst)) }),
-            )
+            .route("/counted", get(move || async move { count_call(&counted) }))
+            .route("/calls", get(move || async move { calls_body(&read) }))
             .route("/", get(|| async { "ok" }))
             .route("/health", get(|| async { "ok" }))
             .route(

@@ -92,27 +92,49 @@ impl Tally {
     }
 }
 
-/// Runs `tasks` tasks deciding on distinct keys until `stop` is set.
-fn load(
-    limiter: &Limiter,
-    tasks: usize,
-    stop: &Arc<AtomicBool>,
-    tally: &Arc<Tally>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..tasks)
-        .map(|t| {
-            let (limiter, stop, tally) = (limiter.clone(), stop.clone(), tally.clone());
-            tokio::spawn(async move {
-                let rule = generous_rule();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    tally.record(limiter.check(&rule, &format!("k{t}-{}", i % 50)).await);
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
+/// Tasks deciding on distinct keys until stopped, counting what they get.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `tasks` tasks on `limiter`.
+    fn start(limiter: &Limiter, tasks: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let tasks = (0..tasks)
+            .map(|t| {
+                let (limiter, stop, tally) = (limiter.clone(), stop.clone(), tally.clone());
+                tokio::spawn(async move {
+                    let rule = generous_rule();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        tally.record(limiter.check(&rule, &format!("k{t}-{}", i % 50)).await);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
             })
-        })
-        .collect()
+            .collect();
+        Self { stop, tally, tasks }
+    }
+
+    /// Stops the tasks (none may have panicked) and checks that every error
+    /// they met was transient, during `what`.
+    async fn finish(self, what: &str) -> Arc<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("no load task panicked");
+        }
+        assert!(
+            self.tally.permanent_errors.lock().is_empty(),
+            "only transient errors {what}: {}",
+            self.tally.summary()
+        );
+        self.tally
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -129,9 +151,8 @@ async fn a_sentinel_failover_under_load_is_followed() {
     .await
     .unwrap();
     let limiter = Limiter::new(Arc::new(store.clone()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let tasks = load(&limiter, 8, &stop, &tally);
+    let load = Load::start(&limiter, 8);
+    let tally = load.tally.clone();
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = tally.ok.load(Ordering::Relaxed);
@@ -150,16 +171,7 @@ async fn a_sentinel_failover_under_load_is_followed() {
     tally
         .wait_for_recovery(failed_over, || "after a Sentinel failover".to_owned())
         .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("no load task panicked");
-    }
-
-    assert!(
-        tally.permanent_errors.lock().is_empty(),
-        "only transient errors during a failover: {}",
-        tally.summary()
-    );
+    let tally = load.finish("during a failover").await;
     let (first, last) = (*tally.first_error.lock(), *tally.last_error.lock());
     if let (Some(first), Some(last)) = (first, last) {
         let window = last - first;
@@ -305,9 +317,8 @@ async fn a_cluster_master_failure_is_survived_through_its_replica() {
     .await
     .unwrap();
     let limiter = Limiter::new(Arc::new(store));
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let tasks = load(&limiter, 8, &stop, &tally);
+    let load = Load::start(&limiter, 8);
+    let tally = load.tally.clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Kill a master outright; its replica must take over its slots.
@@ -323,15 +334,7 @@ async fn a_cluster_master_failure_is_survived_through_its_replica() {
             alive.map_or_else(String::new, |n| n.cmd(&["CLUSTER", "NODES"]).text())
         })
         .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("no load task panicked");
-    }
-    assert!(
-        tally.permanent_errors.lock().is_empty(),
-        "only transient errors while the replica takes over: {}",
-        tally.summary()
-    );
+    let tally = load.finish("while the replica takes over").await;
     let first = tally.first_error.lock().unwrap();
     let last = tally.last_error.lock().unwrap();
     eprintln!(

@@ -19,11 +19,13 @@
 //!
 //! The harness's app plays the part of the application's own authentication:
 //! a request's `x-user` header (and `x-tier`) becomes the
-//! [`Identity`](ratelimit_core::http::Identity) the policy sees.
+//! [`Identity`] the policy sees.
+//! [`suite_identity`], [`decision_body`], [`count_call`] and [`calls_body`]
+//! are those pieces, for a harness to call from its framework's handlers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -33,10 +35,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ratelimit_core::http::{
-    ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits,
+    ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor, KeySource, Limits,
     MissingKey, RequestView, ResetFormat, RouteTable,
 };
-use ratelimit_core::{Algorithm, Limiter, Rule, Storage};
+use ratelimit_core::{Algorithm, Decision, Limiter, Rule, Storage};
 
 /// A running server of the framework under test; stopped when dropped.
 pub struct Server {
@@ -131,6 +133,69 @@ impl TestClient {
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.send("GET", path, headers).await
     }
+
+    /// The status of `GET path` with `headers`.
+    pub async fn status(&self, path: &str, headers: &[(&str, &str)]) -> u16 {
+        self.get(path, headers).await.status
+    }
+
+    /// Sends `requests` concurrent `GET /` and counts the answers: `(200s,
+    /// 429s)`. Any other status panics. With `new_connections`, each request
+    /// opens its own connection (and closes it), so they spread over a
+    /// server's workers.
+    pub async fn burst(&self, requests: usize, new_connections: bool) -> (usize, usize) {
+        let tasks: Vec<_> = (0..requests)
+            .map(|_| {
+                let c = if new_connections {
+                    Self::new(self.addr)
+                } else {
+                    self.clone()
+                };
+                let headers: &[(&str, &str)] = if new_connections {
+                    &[("connection", "close")]
+                } else {
+                    &[]
+                };
+                tokio::spawn(async move { c.status("/", headers).await })
+            })
+            .collect();
+        let (mut ok, mut limited) = (0, 0);
+        for t in tasks {
+            match t.await.expect("a request task") {
+                200 => ok += 1,
+                429 => limited += 1,
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        (ok, limited)
+    }
+}
+
+/// The suite's authentication: `x-user` (and `x-tier`), read through
+/// `header`, become the caller's identity.
+pub fn suite_identity<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<Identity> {
+    header("x-user").map(|user| Identity {
+        user: user.into(),
+        tier: header("x-tier").map(Into::into),
+    })
+}
+
+/// The body of `GET /decision`: what the handler saw of the decision.
+pub fn decision_body(decision: Option<&Decision>) -> String {
+    decision.map_or_else(
+        || "none".to_owned(),
+        |d| format!("remaining={}", d.remaining()),
+    )
+}
+
+/// The body of `GET /counted`, counting this call in `calls`.
+pub fn count_call(calls: &AtomicU64) -> String {
+    format!("counted={}", calls.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+/// The body of `GET /calls`: how many times `/counted` ran.
+pub fn calls_body(calls: &AtomicU64) -> String {
+    format!("calls={}", calls.load(Ordering::SeqCst))
 }
 
 fn rule(name: &str, quota: &str) -> Rule {
@@ -270,10 +335,10 @@ pub async fn exemptions(h: Arc<dyn HttpHarness>) {
         let r = c.get("/health", &[]).await;
         assert_eq!(r.status, 200);
         assert!(r.header("ratelimit").is_none(), "exempt: no headers");
-        assert_eq!(c.get("/", &[("x-internal", "yes")]).await.status, 200);
+        assert_eq!(c.status("/", &[("x-internal", "yes")]).await, 200);
     }
-    assert_eq!(c.get("/", &[]).await.status, 200);
-    assert_eq!(c.get("/", &[]).await.status, 429);
+    assert_eq!(c.status("/", &[]).await, 200);
+    assert_eq!(c.status("/", &[]).await, 429);
 }
 
 /// The deny list answers 403 before anything else; the allow list is never
@@ -319,9 +384,7 @@ pub async fn allow_and_deny_lists(h: Arc<dyn HttpHarness>) {
     let keys = KeyExtractor::new(KeySource::Ip).proxies(proxies);
     let (_server, c) = start(&h, policy(&h, routes, keys).await).await;
     assert_eq!(
-        c.get("/", &[("x-forwarded-for", "203.0.113.9")])
-            .await
-            .status,
+        c.status("/", &[("x-forwarded-for", "203.0.113.9")]).await,
         403
     );
     let r = c.get("/", &[("x-forwarded-for", "198.51.100.7")]).await;
@@ -382,11 +445,11 @@ pub async fn routes_and_methods(h: Arc<dyn HttpHarness>) {
             .is_some_and(|v| v.contains("user-reads-minute"))
     );
     // A cost of 2 against 4 per minute: two requests.
-    assert_eq!(c.get("/decision", &[]).await.status, 200);
-    assert_eq!(c.get("/decision", &[]).await.status, 200);
-    assert_eq!(c.get("/decision", &[]).await.status, 429);
+    assert_eq!(c.status("/decision", &[]).await, 200);
+    assert_eq!(c.status("/decision", &[]).await, 200);
+    assert_eq!(c.status("/decision", &[]).await, 429);
     // Other routes get the default.
-    assert_eq!(c.get("/", &[]).await.status, 200);
+    assert_eq!(c.status("/", &[]).await, 200);
 }
 
 /// A client that sends its own `X-Forwarded-For` to a server that trusts no
@@ -404,19 +467,15 @@ pub async fn forwarded_for_only_from_trusted_proxies(h: Arc<dyn HttpHarness>) {
     )
     .await;
     assert_eq!(
-        c.get("/", &[("x-forwarded-for", "203.0.113.1")])
-            .await
-            .status,
+        c.status("/", &[("x-forwarded-for", "203.0.113.1")]).await,
         200
     );
     assert_eq!(
-        c.get("/", &[("x-forwarded-for", "203.0.113.2")])
-            .await
-            .status,
+        c.status("/", &[("x-forwarded-for", "203.0.113.2")]).await,
         429
     );
     assert_eq!(
-        c.get("/", &[("forwarded", "for=203.0.113.3")]).await.status,
+        c.status("/", &[("forwarded", "for=203.0.113.3")]).await,
         429
     );
     drop(server);
@@ -427,41 +486,33 @@ pub async fn forwarded_for_only_from_trusted_proxies(h: Arc<dyn HttpHarness>) {
     let keys = KeyExtractor::new(KeySource::Ip).proxies(proxies);
     let (_server, c) = start(&h, policy(&h, default_limit("1/minute"), keys).await).await;
     assert_eq!(
-        c.get("/", &[("x-forwarded-for", "203.0.113.1")])
-            .await
-            .status,
+        c.status("/", &[("x-forwarded-for", "203.0.113.1")]).await,
         200
     );
     assert_eq!(
-        c.get("/", &[("x-forwarded-for", "203.0.113.2")])
-            .await
-            .status,
+        c.status("/", &[("x-forwarded-for", "203.0.113.2")]).await,
         200
     );
     assert_eq!(
-        c.get("/", &[("x-forwarded-for", "203.0.113.1")])
-            .await
-            .status,
+        c.status("/", &[("x-forwarded-for", "203.0.113.1")]).await,
         429
     );
     // A spoofed leftmost entry behind a real chain: the client is the first
     // untrusted hop from the right (203.0.113.4), not what it claimed.
     assert_eq!(
-        c.get(
+        c.status(
             "/",
             &[("x-forwarded-for", "6.6.6.6, 203.0.113.4, 10.1.1.1")]
         )
-        .await
-        .status,
+        .await,
         200
     );
     assert_eq!(
-        c.get(
+        c.status(
             "/",
             &[("x-forwarded-for", "7.7.7.7, 203.0.113.4, 10.1.1.1")]
         )
-        .await
-        .status,
+        .await,
         429
     );
 }
@@ -472,17 +523,17 @@ pub async fn ipv6_prefix_grouping(h: Arc<dyn HttpHarness>) {
     let keys = KeyExtractor::new(KeySource::Ip).proxies(proxies.clone());
     let (server, c) = start(&h, policy(&h, default_limit("1/minute"), keys).await).await;
     let xff = |ip: &'static str| [("x-forwarded-for", ip)];
-    assert_eq!(c.get("/", &xff("2001:db8:1:2::1")).await.status, 200);
-    assert_eq!(c.get("/", &xff("2001:db8:1:2:ffff::9")).await.status, 429);
-    assert_eq!(c.get("/", &xff("2001:db8:1:3::1")).await.status, 200);
+    assert_eq!(c.status("/", &xff("2001:db8:1:2::1")).await, 200);
+    assert_eq!(c.status("/", &xff("2001:db8:1:2:ffff::9")).await, 429);
+    assert_eq!(c.status("/", &xff("2001:db8:1:3::1")).await, 200);
     drop(server);
 
     let keys = KeyExtractor::new(KeySource::Ip)
         .proxies(proxies)
         .ipv6_prefix(48);
     let (_server, c) = start(&h, policy(&h, default_limit("1/minute"), keys).await).await;
-    assert_eq!(c.get("/", &xff("2001:db8:1:2::1")).await.status, 200);
-    assert_eq!(c.get("/", &xff("2001:db8:1:3::1")).await.status, 429);
+    assert_eq!(c.status("/", &xff("2001:db8:1:2::1")).await, 200);
+    assert_eq!(c.status("/", &xff("2001:db8:1:3::1")).await, 429);
 }
 
 /// Keys from the application's identity and from a header (an API key), with
@@ -498,12 +549,12 @@ pub async fn identity_and_header_keys(h: Arc<dyn HttpHarness>) {
         .await,
     )
     .await;
-    assert_eq!(c.get("/", &[("x-user", "alice")]).await.status, 200);
-    assert_eq!(c.get("/", &[("x-user", "alice")]).await.status, 429);
-    assert_eq!(c.get("/", &[("x-user", "bob")]).await.status, 200);
+    assert_eq!(c.status("/", &[("x-user", "alice")]).await, 200);
+    assert_eq!(c.status("/", &[("x-user", "alice")]).await, 429);
+    assert_eq!(c.status("/", &[("x-user", "bob")]).await, 200);
     // Anonymous requests fall back to the client address.
-    assert_eq!(c.get("/", &[]).await.status, 200);
-    assert_eq!(c.get("/", &[]).await.status, 429);
+    assert_eq!(c.status("/", &[]).await, 200);
+    assert_eq!(c.status("/", &[]).await, 429);
     drop(server);
 
     let strict = KeyExtractor::new(KeySource::Header("x-api-key".into()))
@@ -512,9 +563,9 @@ pub async fn identity_and_header_keys(h: Arc<dyn HttpHarness>) {
     let r = c.get("/", &[]).await;
     assert_eq!(r.status, 401);
     assert!(r.body.contains("missing_key"), "{}", r.body);
-    assert_eq!(c.get("/", &[("x-api-key", "k1")]).await.status, 200);
-    assert_eq!(c.get("/", &[("x-api-key", "k1")]).await.status, 429);
-    assert_eq!(c.get("/", &[("x-api-key", "k2")]).await.status, 200);
+    assert_eq!(c.status("/", &[("x-api-key", "k1")]).await, 200);
+    assert_eq!(c.status("/", &[("x-api-key", "k1")]).await, 429);
+    assert_eq!(c.status("/", &[("x-api-key", "k2")]).await, 200);
 }
 
 /// A failing store: 503 by default (fail closed), the request passes where
@@ -544,7 +595,7 @@ pub async fn store_failures(h: Arc<dyn HttpHarness>) {
     let r = c.get("/", &[]).await;
     assert_eq!(r.status, 503);
     assert!(r.body.contains("rate_limiter_unavailable"), "{}", r.body);
-    assert_eq!(c.get("/health", &[]).await.status, 200);
+    assert_eq!(c.status("/health", &[]).await, 200);
     assert_eq!(errors.load(Ordering::SeqCst), 2);
     drop(_server);
 
@@ -590,21 +641,7 @@ pub async fn concurrent_requests(h: Arc<dyn HttpHarness>) {
         .await,
     )
     .await;
-    let tasks: Vec<_> = (0..150)
-        .map(|_| {
-            let c = c.clone();
-            tokio::spawn(async move { c.get("/", &[]).await.status })
-        })
-        .collect();
-    let (mut ok, mut limited) = (0, 0);
-    for t in tasks {
-        match t.await.expect("a request task") {
-            200 => ok += 1,
-            429 => limited += 1,
-            other => panic!("unexpected status {other}"),
-        }
-    }
-    assert_eq!((ok, limited), (100, 50));
+    assert_eq!(c.burst(150, false).await, (100, 50));
 }
 
 /// A refused request never reaches its handler: not on a denial, not on the
@@ -621,8 +658,8 @@ pub async fn refused_requests_never_reach_the_handler(h: Arc<dyn HttpHarness>) {
     .await;
     assert_eq!(c.get("/counted", &[]).await.body, "counted=1");
     assert_eq!(c.get("/counted", &[]).await.body, "counted=2");
-    assert_eq!(c.get("/counted", &[]).await.status, 429);
-    assert_eq!(c.get("/counted", &[]).await.status, 429);
+    assert_eq!(c.status("/counted", &[]).await, 429);
+    assert_eq!(c.status("/counted", &[]).await, 429);
     assert_eq!(calls(c.clone()).await, "calls=2");
 
     // The denied client comes through a trusted proxy; the test reads the
@@ -652,7 +689,7 @@ pub async fn refused_requests_never_reach_the_handler(h: Arc<dyn HttpHarness>) {
         KeyExtractor::new(KeySource::Ip),
     );
     let (_server, c) = start(&h, failing).await;
-    assert_eq!(c.get("/counted", &[]).await.status, 503);
+    assert_eq!(c.status("/counted", &[]).await, 503);
     assert_eq!(calls(c).await, "calls=0");
 }
 

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
@@ -13,8 +13,10 @@ use actix_web::{App, Error, HttpMessage, HttpServer, web};
 use async_trait::async_trait;
 use ratelimit_actix::{RateLimit, RateLimitDecision};
 use ratelimit_core::Storage;
-use ratelimit_core::http::{HttpPolicy, Identity};
-use ratelimit_testkit::http::{HttpHarness, Server};
+use ratelimit_core::http::HttpPolicy;
+use ratelimit_testkit::http::{
+    HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
+};
 
 /// The app's own authentication, as the suite expects it: `x-user` (and
 /// `x-tier`) name the caller.
@@ -22,17 +24,8 @@ async fn auth(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let text = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(Into::into)
-    };
-    let identity = text("x-user").map(|user| Identity {
-        user,
-        tier: text("x-tier"),
-    });
+    let headers = request.headers();
+    let identity = suite_identity(|name| headers.get(name).and_then(|v| v.to_str().ok()));
     if let Some(identity) = identity {
         request.extensions_mut().insert(identity);
     }
@@ -40,18 +33,15 @@ async fn auth(
 }
 
 async fn decision(decision: Option<RateLimitDecision>) -> String {
-    decision.map_or_else(
-        || "none".to_owned(),
-        |d| format!("remaining={}", d.decision().remaining()),
-    )
+    decision_body(decision.as_ref().map(|d| d.decision()))
 }
 
 async fn counted(calls: web::Data<AtomicU64>) -> String {
-    format!("counted={}", calls.fetch_add(1, Ordering::SeqCst) + 1)
+    count_call(&calls)
 }
 
 async fn read_calls(calls: web::Data<AtomicU64>) -> String {
-    format!("calls={}", calls.load(Ordering::SeqCst))
+    calls_body(&calls)
 }
 
 /// Stops the server when the scenario is done.

@@ -252,19 +252,7 @@ impl HttpPolicy {
 
     /// Decides what happens to the request seen through `view`.
     pub async fn check(&self, view: &RequestView<'_>) -> Outcome {
-        match self.begin(view) {
-            Begun::Done(outcome) => outcome,
-            Begun::Decide(limits, key) => {
-                let result = match &*limits.rules {
-                    [rule] => self.limiter.check_cost(rule, &key, limits.cost).await,
-                    rules => {
-                        let checks: Vec<_> = rules.iter().map(|r| (r, key.as_str())).collect();
-                        self.limiter.check_all(&checks, limits.cost).await
-                    }
-                };
-                self.finish(view, limits, key, result)
-            }
-        }
+        self.decide(view, self.begin_with(view, None)).await
     }
 
     /// [`check`](Self::check) without waiting: the outcome if the store can
@@ -272,7 +260,7 @@ impl HttpPolicy {
     /// then call `check`. Adapters use it to skip building a future on the
     /// fast path.
     pub fn check_now(&self, view: &RequestView<'_>) -> Option<Outcome> {
-        match self.begin(view) {
+        match self.begin_with(view, None) {
             Begun::Done(outcome) => Some(outcome),
             Begun::Decide(limits, key) => {
                 let result = match &*limits.rules {
@@ -292,7 +280,13 @@ impl HttpPolicy {
     /// `limits` decide. For adapters whose routes carry their own limits (a
     /// per-route guard).
     pub async fn check_with(&self, view: &RequestView<'_>, limits: &Limits) -> Outcome {
-        match self.begin_with(view, Some(limits)) {
+        self.decide(view, self.begin_with(view, Some(limits))).await
+    }
+
+    /// Finishes what [`begin_with`](Self::begin_with) started, through the
+    /// store.
+    async fn decide(&self, view: &RequestView<'_>, begun: Begun<'_>) -> Outcome {
+        match begun {
             Begun::Done(outcome) => outcome,
             Begun::Decide(limits, key) => {
                 let result = match &*limits.rules {
@@ -308,12 +302,7 @@ impl HttpPolicy {
     }
 
     /// Everything before the decision: lists, exemptions, the route's
-    /// limits, the key.
-    fn begin<'p>(&'p self, view: &RequestView<'_>) -> Begun<'p> {
-        self.begin_with(view, None)
-    }
-
-    /// [`begin`](Self::begin), with `given` limits in place of the table's.
+    /// limits (`given` ones in place of the table's), the key.
     fn begin_with<'p>(&'p self, view: &RequestView<'_>, given: Option<&'p Limits>) -> Begun<'p> {
         let unlimited = Outcome::Proceed {
             headers: Vec::new(),

@@ -4,13 +4,15 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use ratelimit_core::Storage;
-use ratelimit_core::http::{HttpPolicy, Identity};
+use ratelimit_core::http::HttpPolicy;
 use ratelimit_rocket::{RateLimit, RateLimitDecision, set_identity};
-use ratelimit_testkit::http::{HttpHarness, Server};
+use ratelimit_testkit::http::{
+    HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
+};
 use rocket::fairing::AdHoc;
 use rocket::{Build, Rocket, Route, State};
 
@@ -38,10 +40,7 @@ fn user_post(id: u64) -> &'static str {
 
 #[rocket::get("/decision")]
 fn decision(decision: Option<RateLimitDecision>) -> String {
-    decision.map_or_else(
-        || "none".to_owned(),
-        |d| format!("remaining={}", d.decision().remaining()),
-    )
+    decision_body(decision.as_ref().map(|d| d.decision()))
 }
 
 /// How many times `/counted` ran, per server.
@@ -49,12 +48,12 @@ pub(crate) struct Calls(AtomicU64);
 
 #[rocket::get("/counted")]
 fn counted(calls: &State<Calls>) -> String {
-    format!("counted={}", calls.0.fetch_add(1, Ordering::SeqCst) + 1)
+    count_call(&calls.0)
 }
 
 #[rocket::get("/calls")]
 fn calls(calls: &State<Calls>) -> String {
-    format!("calls={}", calls.0.load(Ordering::SeqCst))
+    calls_body(&calls.0)
 }
 
 /// The suite's routes.
@@ -81,12 +80,7 @@ pub(crate) fn app() -> Rocket<Build> {
         .manage(Calls(AtomicU64::new(0)))
         .attach(AdHoc::on_request("auth", |request, _| {
             Box::pin(async move {
-                let text = |name: &str| request.headers().get_one(name).map(Into::into);
-                if let Some(user) = text("x-user") {
-                    let identity = Identity {
-                        user,
-                        tier: text("x-tier"),
-                    };
+                if let Some(identity) = suite_identity(|name| request.headers().get_one(name)) {
                     set_identity(request, identity);
                 }
             })
