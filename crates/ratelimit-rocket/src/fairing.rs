@@ -4,16 +4,17 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::io::Cursor;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ratelimit_core::http::{HttpPolicy, Limits, Outcome};
 use rocket::fairing::{self, Fairing, Info, Kind};
 use rocket::http::uri::Origin;
 use rocket::http::{ContentType, Header, Method, Status};
 use rocket::route::{self, Handler, Route};
-use rocket::{Build, Data, Request, Response, Rocket};
+use rocket::{Build, Data, Orbit, Request, Response, Rocket};
 
 use crate::cache::RequestState;
+use crate::routes::RouteIndex;
 use crate::view::decide;
 
 /// Where a request the policy answers is sent instead of its own route, so
@@ -52,6 +53,9 @@ const ANSWER_PATH: &str = "/__ratelimit/answer";
 pub struct RateLimit {
     policy: Arc<HttpPolicy>,
     every_route: bool,
+    /// The app's routes, indexed at liftoff when the policy keys by route:
+    /// the fairing decides before Rocket matches one.
+    routes: Arc<OnceLock<RouteIndex>>,
 }
 
 impl RateLimit {
@@ -60,6 +64,7 @@ impl RateLimit {
         Self {
             policy: Arc::new(policy),
             every_route: true,
+            routes: Arc::default(),
         }
     }
 
@@ -68,6 +73,7 @@ impl RateLimit {
         Self {
             policy: Arc::new(policy),
             every_route: false,
+            routes: Arc::default(),
         }
     }
 
@@ -80,6 +86,8 @@ impl RateLimit {
 /// What the guards find in Rocket's managed state.
 pub(crate) struct Managed {
     pub(crate) policy: Arc<HttpPolicy>,
+    /// Whether the fairing already decided every request by the route table.
+    pub(crate) every_route: bool,
     /// Per [`RouteLimits`](crate::RouteLimits) type, its limits, built once.
     limits: Mutex<HashMap<TypeId, Arc<Limits>>>,
 }
@@ -110,13 +118,14 @@ impl Fairing for RateLimit {
     fn info(&self) -> Info {
         Info {
             name: "ratelimit",
-            kind: Kind::Ignite | Kind::Request | Kind::Response,
+            kind: Kind::Ignite | Kind::Liftoff | Kind::Request | Kind::Response,
         }
     }
 
     async fn on_ignite(&self, rocket: Rocket<Build>) -> fairing::Result {
         let rocket = rocket.manage(Managed {
             policy: Arc::clone(&self.policy),
+            every_route: self.every_route,
             limits: Mutex::new(HashMap::new()),
         });
         Ok(if self.every_route {
@@ -130,11 +139,18 @@ impl Fairing for RateLimit {
         })
     }
 
+    async fn on_liftoff(&self, rocket: &Rocket<Orbit>) {
+        // Every route is mounted by now, also those of later fairings.
+        if self.every_route && self.policy.reads_route() {
+            let _ = self.routes.set(RouteIndex::new(rocket.routes()));
+        }
+    }
+
     async fn on_request(&self, request: &mut Request<'_>, _: &mut Data<'_>) {
         if !self.every_route {
             return;
         }
-        let outcome = decide(&self.policy, request, None).await;
+        let outcome = decide(&self.policy, request, None, self.routes.get()).await;
         let answered = matches!(outcome, Outcome::Respond { .. });
         RequestState::of(request).store(outcome);
         if answered {

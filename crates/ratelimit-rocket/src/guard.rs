@@ -19,7 +19,9 @@ const NO_FAIRING: &str = "{\"error\":\"rate_limiter_misconfigured\",\"message\":
 /// and the default), for applications that attach
 /// [`RateLimit::guards_only`](crate::RateLimit::guards_only). Its value is
 /// the admission (`None` when the request is not limited: exempt or
-/// allow-listed).
+/// allow-listed). Under the every-route fairing ([`RateLimit::new`](crate::RateLimit::new)),
+/// which has already decided by the same table, it charges nothing more and
+/// gives the fairing's admission.
 ///
 /// ```no_run
 /// use ratelimit_rocket::RateLimited;
@@ -86,7 +88,11 @@ async fn guard(
         return request::Outcome::Error((Status::InternalServerError, ()));
     };
     let limits = limits(managed);
-    let outcome = decide(&managed.policy, request, limits.as_deref()).await;
+    if limits.is_none() && managed.every_route {
+        // The fairing decided by the table already: one request, one charge.
+        return request::Outcome::Success(RequestState::of(request).admission());
+    }
+    let outcome = decide(&managed.policy, request, limits.as_deref(), None).await;
     let result = match &outcome {
         Outcome::Respond { status, .. } => request::Outcome::Error((Status::new(*status), ())),
         Outcome::Proceed { admission, .. } => request::Outcome::Success(admission.clone()),

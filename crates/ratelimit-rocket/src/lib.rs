@@ -4,6 +4,7 @@ mod cache;
 mod decision;
 mod fairing;
 mod guard;
+mod routes;
 mod view;
 
 pub use cache::set_identity;

@@ -6,6 +6,8 @@ use ratelimit_core::http::{Headers, HttpPolicy, Limits, Outcome, RequestView};
 use rocket::Request;
 use rocket::http::HeaderMap;
 
+use crate::routes::RouteIndex;
+
 struct HeaderView<'a>(&'a HeaderMap<'a>);
 
 impl Headers for HeaderView<'_> {
@@ -62,18 +64,26 @@ pub(crate) fn pattern(rocket_path: &str) -> String {
 }
 
 /// Asks `policy` about `request` (with `limits` in place of the route table's,
-/// when given). The peer is the socket's (`Request::remote`), never
-/// `client_ip()`, which believes `X-Real-IP` by default; proxies are the
-/// policy's business.
+/// when given). The route pattern is the matched route's, or, before
+/// routing, what `index` says Rocket will match. The peer is the socket's
+/// (`Request::remote`), never `client_ip()`, which believes `X-Real-IP` by
+/// default; proxies are the policy's business.
 pub(crate) async fn decide(
     policy: &HttpPolicy,
     request: &Request<'_>,
     limits: Option<&Limits>,
+    index: Option<&RouteIndex>,
 ) -> Outcome {
     let Some(peer): Option<IpAddr> = request.remote().map(|a| a.ip()) else {
         return no_peer();
     };
-    let route = request.route().map(|r| pattern(r.uri.path()));
+    let route = match (request.route(), index) {
+        (Some(route), _) => Some(pattern(route.uri.path())),
+        (None, Some(index)) => index
+            .find(request.method(), request.uri().path().as_str())
+            .map(str::to_owned),
+        (None, None) => None,
+    };
     let identity = crate::cache::RequestState::of(request).identity();
     let headers = HeaderView(request.headers());
     let view = RequestView {

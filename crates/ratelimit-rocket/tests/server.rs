@@ -132,6 +132,31 @@ async fn guards_key_by_rockets_route_pattern() {
     assert_eq!(c.get("/users/2/profile", &[]).await.status, 429);
 }
 
+/// The every-route fairing decides before Rocket routes the request, yet
+/// keys by the route Rocket will match, as guards and other adapters do. A
+/// `RateLimited` guard under it charges nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fairing_keys_by_rockets_route_pattern() {
+    let p = policy(
+        RouteTable::new().default_limits(Limits::new(vec![rule("per-route", "1/hour")])),
+        KeySource::Route,
+    );
+    let rocket = common::app()
+        .attach(RateLimit::new(p))
+        .mount("/", rocket::routes![profile])
+        .mount("/", common::routes());
+    let (addr, _stop) = common::launch(rocket).await;
+    let c = TestClient::new(addr);
+    assert_eq!(c.status("/users/1/profile", &[]).await, 200);
+    assert_eq!(c.status("/users/2/profile", &[]).await, 429);
+    // Another route, another key; a path no route matches is its own key.
+    assert_eq!(c.status("/users/1", &[]).await, 200);
+    assert_eq!(c.status("/users/2", &[]).await, 429);
+    assert_eq!(c.status("/nowhere/1", &[]).await, 404);
+    assert_eq!(c.status("/nowhere/2", &[]).await, 404);
+    assert_eq!(c.status("/nowhere/1", &[]).await, 429);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_without_the_fairing_says_so() {
     let rocket = common::app().mount("/", rocket::routes![guarded]);
