@@ -3,7 +3,8 @@
 //! Random rules (every algorithm, small and very large quotas, bursts,
 //! penalties), several rules per request on the same or on shared keys, and
 //! random request sequences (costs, peeks, clock jumps to exactly the retry
-//! instant and one microsecond before it) run through the Redis store and
+//! instant and one microsecond before it, rules changed under the same name as
+//! by a reload) run through the Redis store and
 //! through a reference store that applies `engine::decide_all` to states in a
 //! map, at the same injected times. Every decision must be identical, and
 //! whenever the reference holds a live state, Redis must hold the same bytes.
@@ -28,18 +29,31 @@ use ratelimit_core::{Storage, engine};
 
 const T0: u64 = 1_700_000_000_000_000;
 
-/// The reference: rule states in a map, expiring like the memory store's.
+/// The reference: rule states in a map, expiring like the memory store's,
+/// each with the rule that wrote it.
 #[derive(Default)]
 struct Reference {
-    states: HashMap<String, (RuleState, u64)>,
+    states: HashMap<String, (RuleState, u64, Rule)>,
 }
 
 impl Reference {
     fn live(&self, key: &str, now: u64) -> Option<&RuleState> {
         self.states
             .get(key)
-            .filter(|(_, expires)| *expires > now)
-            .map(|(s, _)| s)
+            .filter(|(_, expires, _)| *expires > now)
+            .map(|(s, _, _)| s)
+    }
+
+    /// Whether `key` holds a state that has expired at `now` and was written
+    /// by another form of `rule`. Under the rule that wrote it, an expired
+    /// state decides like no state at all (that is what its TTL means), so
+    /// Redis may keep it a little longer; under a changed rule it need not.
+    /// Redis expires keys in real time, not at the test's injected times, so
+    /// the test expires such a state itself.
+    fn expired_under_another_rule(&self, key: &str, now: u64, rule: &Rule) -> bool {
+        self.states
+            .get(key)
+            .is_some_and(|(_, expires, writer)| *expires <= now && writer != rule)
     }
 
     fn decide(
@@ -61,10 +75,10 @@ impl Reference {
             .collect();
         let (decision, writes) =
             engine::decide_all(&rules, Timestamp::from_micros(now), cost).map_err(|e| e.kind())?;
-        for (key, write) in keys.into_iter().zip(writes) {
+        for ((key, write), (rule, _)) in keys.into_iter().zip(writes).zip(checks) {
             if let Some(w) = write {
                 let expires = now + u64::try_from(w.ttl.as_micros()).unwrap();
-                self.states.insert(key, (w.state, expires));
+                self.states.insert(key, (w.state, expires, (*rule).clone()));
             }
         }
         Ok(decision)
@@ -84,11 +98,16 @@ struct Step {
     cost: u64,
     /// Which rules apply to this request (bit i: rule i); never empty.
     rules: u8,
+    /// Which rules apply in their changed form (bit i: rule i's alternate,
+    /// the same name with another quota or algorithm, as after a reload).
+    changed: u8,
 }
 
 #[derive(Debug, Clone)]
 struct Scenario {
     rules: Vec<Rule>,
+    /// Per rule, the same rule name with another algorithm or quota.
+    alternates: Vec<Rule>,
     /// Per rule: whether it limits the caller's key or one shared key.
     shared: Vec<bool>,
     start: u64,
@@ -144,21 +163,22 @@ fn scenario() -> impl Strategy<Value = Scenario> {
     (1usize..=3)
         .prop_flat_map(|n| {
             let rules: Vec<_> = (0..n).map(rule).collect();
-            (rules, proptest::collection::vec(any::<bool>(), n))
+            let alternates: Vec<_> = (0..n).map(rule).collect();
+            (
+                rules,
+                alternates,
+                proptest::collection::vec(any::<bool>(), n),
+            )
         })
-        .prop_flat_map(|(rules, shared)| {
+        .prop_flat_map(|(rules, alternates, shared)| {
             let n = rules.len();
-            let widest = rules
-                .iter()
-                .map(|r| r.quota().window_micros())
-                .max()
-                .unwrap_or(1);
-            let finest = rules
-                .iter()
+            let all = || rules.iter().chain(&alternates);
+            let widest = all().map(|r| r.quota().window_micros()).max().unwrap_or(1);
+            let finest = all()
                 .map(|r| r.quota().emission_interval_us())
                 .min()
                 .unwrap_or(1);
-            let capacity = rules.iter().map(Rule::capacity).max().unwrap_or(1);
+            let capacity = all().map(Rule::capacity).max().unwrap_or(1);
             let advance = prop_oneof![
                 2 => Just(Advance::By(0)),
                 3 => (0..=finest).prop_map(Advance::By),
@@ -172,20 +192,27 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 3 => 0..=capacity,
                 1 => Just(capacity + 1),
             ];
-            let step = (advance, cost, 1u8..(1u8 << n)).prop_map(|(advance, cost, rules)| Step {
-                advance,
-                cost,
-                rules,
-            });
+            // Mostly the rules as first written; now and then a changed one.
+            let changed = prop_oneof![4 => Just(0u8), 1 => 0u8..(1u8 << n)];
+            let step = (advance, cost, 1u8..(1u8 << n), changed).prop_map(
+                |(advance, cost, rules, changed)| Step {
+                    advance,
+                    cost,
+                    rules,
+                    changed,
+                },
+            );
             (
                 Just(rules),
+                Just(alternates),
                 Just(shared),
                 0..widest,
                 proptest::collection::vec(step, 1..40),
             )
         })
-        .prop_map(|(rules, shared, start, steps)| Scenario {
+        .prop_map(|(rules, alternates, shared, start, steps)| Scenario {
             rules,
+            alternates,
             shared,
             start,
             steps,
@@ -213,11 +240,28 @@ async fn run(scenario: Scenario, url: &str) -> Result<(), TestCaseError> {
         let checks: Vec<(&Rule, &str)> = scenario
             .rules
             .iter()
+            .zip(&scenario.alternates)
             .zip(&scenario.shared)
             .enumerate()
             .filter(|(j, _)| step.rules & (1 << j) != 0)
-            .map(|(_, (rule, shared))| (rule, if *shared { "all" } else { "k" }))
+            .map(|(j, ((rule, alternate), shared))| {
+                let rule = if step.changed & (1 << j) != 0 {
+                    alternate
+                } else {
+                    rule
+                };
+                (rule, if *shared { "all" } else { "k" })
+            })
             .collect();
+        for (rule, key) in &checks {
+            let state_key = ratelimit_core::key::state_key(rule, key);
+            if reference.expired_under_another_rule(&state_key, now, rule) {
+                store
+                    .delete(&state_key)
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+        }
         let ours = limiter
             .check_all(&checks, step.cost)
             .await

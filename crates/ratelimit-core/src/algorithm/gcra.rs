@@ -12,7 +12,10 @@ pub(super) fn step(q: &Quota, state: Option<&GcraState>, now: u64, cost: u64) ->
     let interval = q.emission_interval_us();
     let tolerance = q.burst().saturating_mul(interval);
     let limit_at = now.saturating_add(tolerance);
-    let base = state.map_or(now, |s| s.tat.max(now));
+    // Under an unchanged quota the stored TAT never passes `limit_at`; after a
+    // quota change it can (debt measured in the old emission interval). It is
+    // capped at a full bucket, so a client waits at most one new window.
+    let base = state.map_or(now, |s| s.tat.max(now).min(limit_at));
     let probe = cost.max(1);
     let probe_tat = base.saturating_add(probe.saturating_mul(interval));
     let allowed = probe_tat <= limit_at;
@@ -50,5 +53,21 @@ mod tests {
         assert!(!b.allowed && b.retry_after == 15);
         let c = step(&q, Some(&a.state), 1025, 1);
         assert!(c.allowed && c.state.tat == 1075 && c.remaining == 0);
+    }
+
+    #[test]
+    fn debt_from_an_older_quota_is_capped_at_a_full_bucket() {
+        let day = Quota::new(100, std::time::Duration::from_secs(86_400)).unwrap();
+        let minute = Quota::new(100, std::time::Duration::from_secs(60)).unwrap();
+        let mut state = None;
+        for _ in 0..50 {
+            state = Some(step(&day, state.as_ref(), 0, 1).state);
+        }
+        // Half a day of debt under the old quota; under the new one the
+        // client waits one emission interval, not half a day.
+        let s = step(&minute, state.as_ref(), 0, 1);
+        assert!(!s.allowed);
+        assert_eq!(s.retry_after, minute.emission_interval_us());
+        assert!(s.reset_after <= minute.window_micros());
     }
 }

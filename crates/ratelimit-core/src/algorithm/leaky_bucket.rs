@@ -23,7 +23,9 @@ pub(super) fn step(
         },
         Some(s) => {
             let ticks = now.saturating_sub(s.anchor) / interval;
-            let level = s.level.saturating_sub(ticks);
+            // Above capacity only after a quota change: capped at a full
+            // bucket, so a client waits at most one new window.
+            let level = s.level.saturating_sub(ticks).min(capacity);
             if level == 0 {
                 LeakyBucketState {
                     level: 0,
@@ -64,6 +66,17 @@ pub(super) fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_level_from_an_older_quota_is_capped_at_a_full_bucket() {
+        let big = Quota::new(1_000, std::time::Duration::from_secs(1_000)).unwrap();
+        let small = Quota::new(10, std::time::Duration::from_secs(10)).unwrap();
+        let full = step(&big, None, 0, 500).state;
+        let s = step(&small, Some(&full), 0, 1);
+        assert!(!s.allowed);
+        assert_eq!(s.retry_after, small.emission_interval_us());
+        assert!(s.reset_after <= small.window_micros());
+    }
 
     #[test]
     fn drains_one_unit_per_interval() {

@@ -4,6 +4,8 @@ STEP[6] = function(q, s, now, cost)
   local limit_at = now + q.burst * interval
   local base = now
   if s ~= nil and s[1] > now then base = s[1] end
+  -- A state from an older quota is capped at a full bucket (gcra.rs).
+  if base > limit_at then base = limit_at end
   local probe_tat = base + probe_of(cost) * interval
   local allowed = probe_tat <= limit_at
   local consumed = allowed and cost > 0

@@ -6,6 +6,8 @@ STEP[5] = function(q, s, now, cost)
   if s ~= nil then
     local ticks = fdiv(sub(now, s[2]), interval)
     local l = sub(s[1], ticks)
+    -- Above capacity only after a quota change: capped (leaky_bucket.rs).
+    if l > capacity then l = capacity end
     if l > 0 then
       level, anchor = l, s[2] + ticks * interval
     end
