@@ -36,7 +36,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ratelimit_core::http::{
     ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor, KeySource, Limits,
-    MissingKey, RequestView, ResetFormat, RouteTable,
+    MissingKey, RequestView, ResetFormat, RouteTable, Tiers, tier_resolver_fn,
 };
 use ratelimit_core::{Algorithm, Decision, Limiter, Rule, Storage};
 
@@ -568,6 +568,65 @@ pub async fn identity_and_header_keys(h: Arc<dyn HttpHarness>) {
     assert_eq!(c.status("/", &[("x-api-key", "k2")]).await, 200);
 }
 
+/// Tiers: `x-tier` (or the resolver, for `x-user: paying-…` without one)
+/// picks per-path limits keyed by user; anonymous callers, unknown tiers and
+/// uncovered paths get the default per IP. The resolver's path makes even a
+/// store that decides at once wait once, so adapters take both paths.
+pub async fn tiers(h: Arc<dyn HttpHarness>) {
+    let tiers = Tiers::new()
+        .rule(
+            "free",
+            "/users/{id}",
+            &["POST"],
+            Limits::new(vec![rule("users-free", "1/hour")]),
+        )
+        .expect("a tier rule")
+        .rule(
+            "pro",
+            "/users/{id}",
+            &["POST"],
+            Limits::new(vec![rule("users-pro", "3/hour")]),
+        )
+        .expect("a tier rule")
+        .resolver(tier_resolver_fn(|who: Identity| async move {
+            Ok(who.user.starts_with("paying-").then(|| "pro".into()))
+        }));
+    let p = policy(
+        &h,
+        default_limit("2/minute"),
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .await
+    .tiers(tiers);
+    let (_server, c) = start(&h, p).await;
+    let free = [("x-user", "fiona"), ("x-tier", "free")];
+    assert_eq!(c.send("POST", "/users/1", &free).await.status, 200);
+    assert_eq!(c.send("POST", "/users/2", &free).await.status, 429);
+    let pro = [("x-user", "paying-paul")];
+    for expected in [200, 200, 200, 429] {
+        assert_eq!(c.send("POST", "/users/1", &pro).await.status, expected);
+    }
+    // The same user under another id shares the tier's count.
+    let r = c
+        .send("POST", "/users/9", &[("x-user", "paying-paul")])
+        .await;
+    assert_eq!(r.status, 429);
+    // Uncovered path, unknown tier, anonymous: the default, per IP (one
+    // client address here, so they share it).
+    assert_eq!(c.status("/", &pro).await, 200);
+    assert_eq!(
+        c.send(
+            "POST",
+            "/users/1",
+            &[("x-user", "gina"), ("x-tier", "gold")]
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(c.status("/", &[]).await, 429);
+}
+
 /// A failing store: 503 by default (fail closed), the request passes where
 /// the route fails open; the error hook sees every failure.
 pub async fn store_failures(h: Arc<dyn HttpHarness>) {
@@ -729,7 +788,7 @@ macro_rules! http_behaviour_tests {
             routes_and_methods, forwarded_for_only_from_trusted_proxies,
             ipv6_prefix_grouping, identity_and_header_keys, store_failures,
             shadow_mode, concurrent_requests, handlers_see_the_decision,
-            refused_requests_never_reach_the_handler
+            refused_requests_never_reach_the_handler, tiers
         );
     };
     (@cases $($case:ident),* $(,)?) => {

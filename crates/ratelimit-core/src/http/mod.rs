@@ -4,7 +4,8 @@
 //! the client's address behind reverse proxies ([`ClientIpPolicy`]), turning
 //! a request into a key ([`KeyExtractor`], [`KeySource`], [`ip_key`]),
 //! deciding what applies to a request ([`RouteTable`]: deny and allow lists,
-//! exemptions, route rules), and rendering the rate-limit response headers
+//! exemptions, route rules; [`Tiers`]: per-tier limits for identified
+//! callers), and rendering the rate-limit response headers
 //! ([`rate_limit_headers`], [`retry_after_header`]); [`HttpPolicy`] puts them
 //! together into the one call every adapter makes, and hands handlers an
 //! [`Admission`] (the decision, and a way to charge more). gRPC requests get
@@ -16,6 +17,7 @@ mod headers;
 mod key;
 mod policy;
 mod routes;
+mod tiers;
 
 pub use client_ip::{ClientIpPolicy, ForwardingHeader, Headers, InvalidProxy, ip_key};
 pub use grpc::{grpc_status, is_grpc};
@@ -23,3 +25,6 @@ pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_head
 pub use key::{ExtractedKey, Identity, KeyExtractor, KeyFn, KeySource, MissingKey, RequestView};
 pub use policy::{Admission, BlockedHook, ErrorHook, HttpPolicy, Outcome};
 pub use routes::{Applies, ErrorMode, ExemptFn, Limits, RouteError, RouteTable};
+pub use tiers::{
+    DEFAULT_TIER_CACHE_CAPACITY, DEFAULT_TIER_CACHE_TTL, TierResolver, Tiers, tier_resolver_fn,
+};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 use super::key::{ExtractedKey, KeyExtractor, KeySource, RequestView};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
+use super::tiers::{Known, Tiers};
 use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::limiter::Limiter;
@@ -113,6 +114,7 @@ pub struct HttpPolicy {
     shadow: bool,
     on_blocked: Option<BlockedHook>,
     on_error: Option<ErrorHook>,
+    tiers: Option<Arc<Tiers>>,
     reads_route: bool,
 }
 
@@ -150,6 +152,15 @@ enum Begun<'p> {
     Done(Outcome),
     /// These limits apply to this key.
     Decide(&'p Limits, SmolStr),
+    /// The caller's tier must be resolved first.
+    ResolveTier,
+}
+
+fn unlimited() -> Outcome {
+    Outcome::Proceed {
+        headers: Vec::new(),
+        admission: None,
+    }
 }
 
 impl HttpPolicy {
@@ -173,7 +184,20 @@ impl HttpPolicy {
             shadow: false,
             on_blocked: None,
             on_error: None,
+            tiers: None,
         }
+    }
+
+    /// Per-tier limits: a caller whose identity has a tier (given by the
+    /// application or found by the tiers' resolver) gets its tier's limits
+    /// for the paths the tier covers, in place of the route table's.
+    #[must_use]
+    pub fn tiers(mut self, tiers: Tiers) -> Self {
+        self.reads_route |= tiers
+            .all_limits()
+            .any(|l| l.key.as_ref().is_some_and(KeySource::reads_route));
+        self.tiers = Some(Arc::new(tiers));
+        self
     }
 
     /// Which rate-limit headers to send, and how to write the legacy reset.
@@ -252,7 +276,7 @@ impl HttpPolicy {
 
     /// Decides what happens to the request seen through `view`.
     pub async fn check(&self, view: &RequestView<'_>) -> Outcome {
-        self.decide(view, self.begin_with(view, None)).await
+        self.decide(view, self.begin_with(view, None, None)).await
     }
 
     /// [`check`](Self::check) without waiting: the outcome if the store can
@@ -260,8 +284,9 @@ impl HttpPolicy {
     /// then call `check`. Adapters use it to skip building a future on the
     /// fast path.
     pub fn check_now(&self, view: &RequestView<'_>) -> Option<Outcome> {
-        match self.begin_with(view, None) {
+        match self.begin_with(view, None, None) {
             Begun::Done(outcome) => Some(outcome),
+            Begun::ResolveTier => None,
             Begun::Decide(limits, key) => {
                 let result = match &*limits.rules {
                     [rule] => self.limiter.check_cost_now(rule, &key, limits.cost)?,
@@ -280,12 +305,25 @@ impl HttpPolicy {
     /// `limits` decide. For adapters whose routes carry their own limits (a
     /// per-route guard).
     pub async fn check_with(&self, view: &RequestView<'_>, limits: &Limits) -> Outcome {
-        self.decide(view, self.begin_with(view, Some(limits))).await
+        self.decide(view, self.begin_with(view, Some(limits), None))
+            .await
     }
 
-    /// Finishes what [`begin_with`](Self::begin_with) started, through the
-    /// store.
+    /// Finishes what [`begin_with`](Self::begin_with) started: resolves the
+    /// caller's tier if needed, then decides through the store.
     async fn decide(&self, view: &RequestView<'_>, begun: Begun<'_>) -> Outcome {
+        let begun = match begun {
+            Begun::ResolveTier => {
+                let tier = match (&self.tiers, view.identity) {
+                    (Some(tiers), Some(identity)) => {
+                        tiers.resolve(identity, self.limiter.clock().now()).await
+                    }
+                    _ => None,
+                };
+                self.begin_with(view, None, Some(tier))
+            }
+            begun => begun,
+        };
         match begun {
             Begun::Done(outcome) => outcome,
             Begun::Decide(limits, key) => {
@@ -298,19 +336,23 @@ impl HttpPolicy {
                 };
                 self.finish(view, limits, key, result)
             }
+            // Not reached: with the tier resolved, it is never asked for again.
+            Begun::ResolveTier => unlimited(),
         }
     }
 
-    /// Everything before the decision: lists, exemptions, the route's
-    /// limits (`given` ones in place of the table's), the key.
-    fn begin_with<'p>(&'p self, view: &RequestView<'_>, given: Option<&'p Limits>) -> Begun<'p> {
-        let unlimited = Outcome::Proceed {
-            headers: Vec::new(),
-            admission: None,
-        };
+    /// Everything before the decision: lists, exemptions, the limits (`given`
+    /// ones in place of the table's; else the caller's tier's, `resolved`
+    /// or known without waiting; else the route table's), the key.
+    fn begin_with<'p>(
+        &'p self,
+        view: &RequestView<'_>,
+        given: Option<&'p Limits>,
+        resolved: Option<Option<SmolStr>>,
+    ) -> Begun<'p> {
         let client = self.keys.client_ip(view);
-        let limits = match (self.routes.resolve(view, client), given) {
-            (Applies::Denied, _) => {
+        let table = match self.routes.resolve(view, client) {
+            Applies::Denied => {
                 return Begun::Done(Self::respond(
                     403,
                     Vec::new(),
@@ -318,13 +360,31 @@ impl HttpPolicy {
                     "this client is not allowed",
                 ));
             }
-            (Applies::Allowed | Applies::Exempt, _) => return Begun::Done(unlimited),
-            (_, Some(given)) => given,
-            (Applies::Unlimited, None) => return Begun::Done(unlimited),
-            (Applies::Limited(limits), None) => limits,
+            Applies::Allowed | Applies::Exempt => return Begun::Done(unlimited()),
+            Applies::Unlimited => None,
+            Applies::Limited(limits) => Some(limits),
+        };
+        let limits = match (given, &self.tiers, view.identity) {
+            (Some(given), _, _) => Some(given),
+            (None, Some(tiers), Some(identity)) => {
+                let tier = match resolved {
+                    Some(tier) => tier,
+                    None => match tiers.known(identity, self.limiter.clock().now()) {
+                        Known::Tier(tier) => tier,
+                        Known::Resolve => return Begun::ResolveTier,
+                    },
+                };
+                tiers
+                    .limits(tier.as_ref(), view.method, view.path, view.route)
+                    .or(table)
+            }
+            (None, _, _) => table,
+        };
+        let Some(limits) = limits else {
+            return Begun::Done(unlimited());
         };
         if limits.rules.is_empty() {
-            return Begun::Done(unlimited);
+            return Begun::Done(unlimited());
         }
         // The client address is found once, for the lists and for the key.
         match self
@@ -367,10 +427,7 @@ impl HttpPolicy {
                     hook(view, &error);
                 }
                 match mode {
-                    ErrorMode::FailOpen => Outcome::Proceed {
-                        headers: Vec::new(),
-                        admission: None,
-                    },
+                    ErrorMode::FailOpen => unlimited(),
                     ErrorMode::FailClosed => Self::respond(
                         503,
                         Vec::new(),

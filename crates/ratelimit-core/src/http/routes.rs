@@ -279,6 +279,23 @@ impl RouteTable {
         }
     }
 
+    /// The limits of the route `method path` matches, without the default,
+    /// the lists or the exemptions.
+    pub fn route_limits(&self, method: &str, path: &str) -> Option<&Limits> {
+        (!self.entries.is_empty())
+            .then(|| self.router.at(path).ok())
+            .flatten()
+            .and_then(|m| self.entries.get(*m.value))
+            .and_then(|list| {
+                list.iter().find(|(methods, _)| {
+                    methods
+                        .as_ref()
+                        .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
+                })
+            })
+            .map(|(_, limits)| limits)
+    }
+
     /// [`resolve`](Self::resolve) without the exemption predicate, from the
     /// method, path and client address alone.
     pub fn resolve_path(&self, method: &str, path: &str, client: IpAddr) -> Applies<'_> {
@@ -292,19 +309,7 @@ impl RouteTable {
         if self.has_exempt && self.exempt.at(path).is_ok() {
             return Applies::Exempt;
         }
-        let routed = (!self.entries.is_empty())
-            .then(|| self.router.at(path).ok())
-            .flatten()
-            .and_then(|m| self.entries.get(*m.value))
-            .and_then(|list| {
-                list.iter().find(|(methods, _)| {
-                    methods
-                        .as_ref()
-                        .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
-                })
-            })
-            .map(|(_, limits)| limits);
-        match routed.or(self.default.as_ref()) {
+        match self.route_limits(method, path).or(self.default.as_ref()) {
             Some(limits) => Applies::Limited(limits),
             None => Applies::Unlimited,
         }
