@@ -3,20 +3,21 @@
 
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use actix_web::body::EitherBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage, HttpResponse};
-use ratelimit_core::http::{Headers, HttpPolicy, Identity, Outcome, RequestView};
+use ratelimit_core::http::{Headers, HttpPolicy, Identity, Outcome, RequestView, SharedPolicy};
 
 use crate::decision::RateLimitDecision;
 use crate::future::ResponseFuture;
 
 /// Applies an [`HttpPolicy`] to every request of an `App`, a `scope` or a
-/// `resource` (`.wrap(RateLimit::new(policy))`).
+/// `resource` (`.wrap(RateLimit::new(policy))`). The policy can be replaced
+/// while the server runs, through the [`SharedPolicy`] the middleware was
+/// given (or [`policy`](Self::policy)).
 ///
 /// actix-web builds one app per worker thread by calling the app factory
 /// once per worker. Build the middleware *outside* the factory and clone it
@@ -46,22 +47,20 @@ use crate::future::ResponseFuture;
 /// ```
 #[derive(Debug, Clone)]
 pub struct RateLimit {
-    policy: Arc<HttpPolicy>,
+    policy: SharedPolicy,
 }
 
 impl RateLimit {
-    /// Middleware applying `policy`.
-    pub fn new(policy: HttpPolicy) -> Self {
-        Self::shared(Arc::new(policy))
+    /// Middleware applying `policy` (an `HttpPolicy`, or a [`SharedPolicy`]
+    /// to replace it later).
+    pub fn new(policy: impl Into<SharedPolicy>) -> Self {
+        Self {
+            policy: policy.into(),
+        }
     }
 
-    /// Middleware applying a policy shared with other code.
-    pub fn shared(policy: Arc<HttpPolicy>) -> Self {
-        Self { policy }
-    }
-
-    /// The policy.
-    pub fn policy(&self) -> &HttpPolicy {
+    /// The policy, replaceable while the server runs.
+    pub fn policy(&self) -> &SharedPolicy {
         &self.policy
     }
 }
@@ -80,7 +79,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         std::future::ready(Ok(RateLimitMiddleware {
             service: Rc::new(service),
-            policy: Arc::clone(&self.policy),
+            policy: self.policy.clone(),
         }))
     }
 }
@@ -89,7 +88,7 @@ where
 #[derive(Debug)]
 pub struct RateLimitMiddleware<S> {
     service: Rc<S>,
-    policy: Arc<HttpPolicy>,
+    policy: SharedPolicy,
 }
 
 /// actix's header map seen through the core's [`Headers`] trait.
@@ -212,7 +211,9 @@ where
             let response = respond(500, Vec::new(), NO_PEER.to_owned());
             return ResponseFuture::answered(request.into_response(response).map_into_right_body());
         };
-        if let Some(outcome) = decide_now(&self.policy, &request, peer) {
+        // One policy for the whole request, even if it is replaced meanwhile.
+        let policy = self.policy.load();
+        if let Some(outcome) = decide_now(&policy, &request, peer) {
             return match act(outcome, &request) {
                 Action::Answer(response) => {
                     ResponseFuture::answered(request.into_response(response).map_into_right_body())
@@ -222,7 +223,7 @@ where
                 }
             };
         }
-        let (service, policy) = (Rc::clone(&self.service), Arc::clone(&self.policy));
+        let (service, policy) = (Rc::clone(&self.service), policy.into_owned());
         ResponseFuture::deciding(Box::pin(async move {
             let outcome = decide(&policy, &request, peer).await;
             match act(outcome, &request) {

@@ -4,19 +4,22 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::Extensions;
-use ratelimit_core::http::HttpPolicy;
+use ratelimit_core::http::SharedPolicy;
 use tower::Layer;
 
 use crate::service::{PeerFn, RateLimit, connect_info_peer};
 
-/// Applies an [`HttpPolicy`] to every request of the wrapped service.
+/// Applies an [`HttpPolicy`](ratelimit_core::http::HttpPolicy) to every
+/// request of the wrapped service.
 ///
 /// Cheap to clone, and clones share the policy and its store: one limit holds
 /// across every connection, whether the layer wraps a whole router, a nested
-/// router, or one route (`route_layer`).
+/// router, or one route (`route_layer`). The policy can be replaced while
+/// the server runs, through the [`SharedPolicy`] the layer was given (or
+/// [`policy`](Self::policy)).
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    policy: Arc<HttpPolicy>,
+    policy: SharedPolicy,
     peer: PeerFn,
 }
 
@@ -29,12 +32,13 @@ impl std::fmt::Debug for RateLimitLayer {
 }
 
 impl RateLimitLayer {
-    /// A layer applying `policy`; the peer address comes from axum's
+    /// A layer applying `policy` (an `HttpPolicy`, or a [`SharedPolicy`] to
+    /// replace it later); the peer address comes from axum's
     /// `ConnectInfo<SocketAddr>` (or a `SocketAddr` in the request
     /// extensions).
-    pub fn new(policy: HttpPolicy) -> Self {
+    pub fn new(policy: impl Into<SharedPolicy>) -> Self {
         Self {
-            policy: Arc::new(policy),
+            policy: policy.into(),
             peer: Arc::new(connect_info_peer),
         }
     }
@@ -51,8 +55,8 @@ impl RateLimitLayer {
         self
     }
 
-    /// The policy.
-    pub fn policy(&self) -> &HttpPolicy {
+    /// The policy, replaceable while the server runs.
+    pub fn policy(&self) -> &SharedPolicy {
         &self.policy
     }
 }
@@ -61,6 +65,6 @@ impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, Arc::clone(&self.policy), Arc::clone(&self.peer))
+        RateLimit::new(inner, self.policy.clone(), Arc::clone(&self.peer))
     }
 }

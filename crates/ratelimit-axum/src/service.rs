@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, MatchedPath, OriginalUri};
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use ratelimit_core::http::{Headers, HttpPolicy, Identity, Outcome, RequestView, is_grpc};
+use ratelimit_core::http::{Headers, Identity, Outcome, RequestView, SharedPolicy, is_grpc};
 use tower::Service;
 
 use crate::body::ResponseBody;
@@ -30,7 +30,7 @@ pub fn connect_info_peer(extensions: &Extensions) -> Option<IpAddr> {
 #[derive(Clone)]
 pub struct RateLimit<S> {
     inner: S,
-    policy: Arc<HttpPolicy>,
+    policy: SharedPolicy,
     peer: PeerFn,
 }
 
@@ -44,7 +44,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
 }
 
 impl<S> RateLimit<S> {
-    pub(crate) fn new(inner: S, policy: Arc<HttpPolicy>, peer: PeerFn) -> Self {
+    pub(crate) fn new(inner: S, policy: SharedPolicy, peer: PeerFn) -> Self {
         Self {
             inner,
             policy,
@@ -175,10 +175,12 @@ where
             // refuse loudly rather than limit wrongly.
             return ResponseFuture::answered(respond(500, Vec::new(), NO_PEER.to_owned()));
         };
+        // One policy for the whole request, even if it is replaced meanwhile.
+        let policy = self.policy.load();
         let (outcome, grpc) = {
             let headers = HeaderView(request.headers());
             let grpc = is_grpc(&headers);
-            (self.policy.check_now(&view(&request, peer, &headers)), grpc)
+            (policy.check_now(&view(&request, peer, &headers)), grpc)
         };
         if let Some(outcome) = outcome {
             // The store decided at once: no boxed future, and the service
@@ -194,7 +196,7 @@ where
         // request once decided; a clone takes its place for the next one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let policy = Arc::clone(&self.policy);
+        let policy = policy.into_owned();
         ResponseFuture::deciding(Box::pin(async move {
             let outcome = {
                 let headers = HeaderView(request.headers());

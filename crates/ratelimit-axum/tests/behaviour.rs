@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::routing::get;
 use ratelimit_axum::{RateLimitDecision, RateLimitLayer};
 use ratelimit_core::Storage;
-use ratelimit_core::http::HttpPolicy;
+use ratelimit_core::http::SharedPolicy;
 use ratelimit_testkit::http::{
     HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
 };
@@ -49,7 +49,7 @@ struct Axum {
 
 #[async_trait]
 impl HttpHarness for Axum {
-    async fn serve(&self, policy: HttpPolicy) -> Server {
+    async fn serve(&self, policy: SharedPolicy) -> Server {
         let calls = Arc::new(AtomicU64::new(0));
         let (counted, read) = (calls.clone(), calls);
         let app = Router::new()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use ratelimit_core::http::{HttpPolicy, Limits, Outcome};
+use ratelimit_core::http::{Limits, Outcome, SharedPolicy};
 use rocket::fairing::{self, Fairing, Info, Kind};
 use rocket::http::uri::Origin;
 use rocket::http::{ContentType, Header, Method, Status};
@@ -51,41 +51,42 @@ const ANSWER_PATH: &str = "/__ratelimit/answer";
 /// ```
 #[derive(Debug, Clone)]
 pub struct RateLimit {
-    policy: Arc<HttpPolicy>,
+    policy: SharedPolicy,
     every_route: bool,
-    /// The app's routes, indexed at liftoff when the policy keys by route:
+    /// The app's routes, indexed at liftoff, for policies that key by route:
     /// the fairing decides before Rocket matches one.
     routes: Arc<OnceLock<RouteIndex>>,
 }
 
 impl RateLimit {
-    /// A fairing that limits every request with `policy`.
-    pub fn new(policy: HttpPolicy) -> Self {
+    /// A fairing that limits every request with `policy` (an `HttpPolicy`,
+    /// or a [`SharedPolicy`] to replace it later).
+    pub fn new(policy: impl Into<SharedPolicy>) -> Self {
         Self {
-            policy: Arc::new(policy),
+            policy: policy.into(),
             every_route: true,
             routes: Arc::default(),
         }
     }
 
     /// A fairing that limits only the routes with a rate-limit guard.
-    pub fn guards_only(policy: HttpPolicy) -> Self {
+    pub fn guards_only(policy: impl Into<SharedPolicy>) -> Self {
         Self {
-            policy: Arc::new(policy),
+            policy: policy.into(),
             every_route: false,
             routes: Arc::default(),
         }
     }
 
-    /// The policy.
-    pub fn policy(&self) -> &HttpPolicy {
+    /// The policy, replaceable while the server runs.
+    pub fn policy(&self) -> &SharedPolicy {
         &self.policy
     }
 }
 
 /// What the guards find in Rocket's managed state.
 pub(crate) struct Managed {
-    pub(crate) policy: Arc<HttpPolicy>,
+    pub(crate) policy: SharedPolicy,
     /// Whether the fairing already decided every request by the route table.
     pub(crate) every_route: bool,
     /// Per [`RouteLimits`](crate::RouteLimits) type, its limits, built once.
@@ -124,7 +125,7 @@ impl Fairing for RateLimit {
 
     async fn on_ignite(&self, rocket: Rocket<Build>) -> fairing::Result {
         let rocket = rocket.manage(Managed {
-            policy: Arc::clone(&self.policy),
+            policy: self.policy.clone(),
             every_route: self.every_route,
             limits: Mutex::new(HashMap::new()),
         });
@@ -140,8 +141,10 @@ impl Fairing for RateLimit {
     }
 
     async fn on_liftoff(&self, rocket: &Rocket<Orbit>) {
-        // Every route is mounted by now, also those of later fairings.
-        if self.every_route && self.policy.reads_route() {
+        // Every route is mounted by now, also those of later fairings. The
+        // index is built even if the policy does not key by route yet: a
+        // replacement policy may.
+        if self.every_route {
             let _ = self.routes.set(RouteIndex::new(rocket.routes()));
         }
     }
@@ -150,7 +153,9 @@ impl Fairing for RateLimit {
         if !self.every_route {
             return;
         }
-        let outcome = decide(&self.policy, request, None, self.routes.get()).await;
+        let policy = self.policy.current();
+        let routes = self.routes.get().filter(|_| policy.reads_route());
+        let outcome = decide(&policy, request, None, routes).await;
         let answered = matches!(outcome, Outcome::Respond { .. });
         RequestState::of(request).store(outcome);
         if answered {

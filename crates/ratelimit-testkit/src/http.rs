@@ -36,7 +36,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ratelimit_core::http::{
     ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor, KeySource, Limits,
-    MissingKey, RequestView, ResetFormat, RouteTable, Tiers, tier_resolver_fn,
+    MissingKey, RequestView, ResetFormat, RouteTable, SharedPolicy, Tiers, tier_resolver_fn,
 };
 use ratelimit_core::{Algorithm, Decision, Limiter, Rule, Storage};
 
@@ -60,7 +60,7 @@ pub trait HttpHarness: Send + Sync + 'static {
     /// A server on `127.0.0.1:0` serving the suite's routes (see the
     /// [module docs](self)) behind `policy`, with `x-user` / `x-tier` turned
     /// into the request's identity before the policy runs.
-    async fn serve(&self, policy: HttpPolicy) -> Server;
+    async fn serve(&self, policy: SharedPolicy) -> Server;
 
     /// A new, empty store for one scenario's policy (the memory store, or
     /// any other: the suite runs the same over each).
@@ -216,8 +216,8 @@ fn default_limit(quota: &str) -> RouteTable {
     RouteTable::new().default_limits(Limits::new(vec![rule("api", quota)]))
 }
 
-async fn start(h: &Arc<dyn HttpHarness>, policy: HttpPolicy) -> (Server, TestClient) {
-    let server = h.serve(policy).await;
+async fn start(h: &Arc<dyn HttpHarness>, policy: impl Into<SharedPolicy>) -> (Server, TestClient) {
+    let server = h.serve(policy.into()).await;
     let client = TestClient::new(server.addr);
     (server, client)
 }
@@ -627,6 +627,31 @@ pub async fn tiers(h: Arc<dyn HttpHarness>) {
     assert_eq!(c.status("/", &[]).await, 429);
 }
 
+/// The policy replaced while the server runs: requests from then on get the
+/// new one, through every worker of the server.
+pub async fn policy_replaced_while_serving(h: Arc<dyn HttpHarness>) {
+    let shared = SharedPolicy::new(
+        policy(
+            &h,
+            default_limit("1/minute"),
+            KeyExtractor::new(KeySource::Ip),
+        )
+        .await,
+    );
+    let (_server, c) = start(&h, shared.clone()).await;
+    assert_eq!(c.status("/", &[]).await, 200);
+    assert_eq!(c.status("/", &[]).await, 429);
+    let looser = policy(
+        &h,
+        RouteTable::new().default_limits(Limits::new(vec![rule("api-v2", "3/minute")])),
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .await;
+    shared.replace(looser);
+    // New connections, so that every worker is asked.
+    assert_eq!(TestClient::new(c.addr).burst(5, true).await, (3, 2));
+}
+
 /// A failing store: 503 by default (fail closed), the request passes where
 /// the route fails open; the error hook sees every failure.
 pub async fn store_failures(h: Arc<dyn HttpHarness>) {
@@ -788,7 +813,7 @@ macro_rules! http_behaviour_tests {
             routes_and_methods, forwarded_for_only_from_trusted_proxies,
             ipv6_prefix_grouping, identity_and_header_keys, store_failures,
             shadow_mode, concurrent_requests, handlers_see_the_decision,
-            refused_requests_never_reach_the_handler, tiers
+            refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving
         );
     };
     (@cases $($case:ident),* $(,)?) => {

@@ -13,7 +13,7 @@ use actix_web::{App, Error, HttpMessage, HttpServer, web};
 use async_trait::async_trait;
 use ratelimit_actix::{RateLimit, RateLimitDecision};
 use ratelimit_core::Storage;
-use ratelimit_core::http::HttpPolicy;
+use ratelimit_core::http::SharedPolicy;
 use ratelimit_testkit::http::{
     HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
 };
@@ -94,7 +94,7 @@ pub(crate) struct Actix {
 
 #[async_trait]
 impl HttpHarness for Actix {
-    async fn serve(&self, policy: HttpPolicy) -> Server {
+    async fn serve(&self, policy: SharedPolicy) -> Server {
         let (addr, handle) = start(RateLimit::new(policy), 2).await;
         Server {
             addr,

@@ -8,7 +8,8 @@
 //! callers), and rendering the rate-limit response headers
 //! ([`rate_limit_headers`], [`retry_after_header`]); [`HttpPolicy`] puts them
 //! together into the one call every adapter makes, and hands handlers an
-//! [`Admission`] (the decision, and a way to charge more). gRPC requests get
+//! [`Admission`] (the decision, and a way to charge more). Adapters hold a
+//! [`SharedPolicy`], which can be replaced while requests run. gRPC requests get
 //! the same outcomes in gRPC's form ([`Outcome::into_grpc`]).
 
 mod client_ip;
@@ -17,6 +18,7 @@ mod headers;
 mod key;
 mod policy;
 mod routes;
+mod shared;
 mod tiers;
 
 pub use client_ip::{ClientIpPolicy, ForwardingHeader, Headers, InvalidProxy, ip_key};
@@ -25,6 +27,7 @@ pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_head
 pub use key::{ExtractedKey, Identity, KeyExtractor, KeyFn, KeySource, MissingKey, RequestView};
 pub use policy::{Admission, BlockedHook, ErrorHook, HttpPolicy, Outcome};
 pub use routes::{Applies, ErrorMode, ExemptFn, Limits, RouteError, RouteTable};
+pub use shared::{PolicyGuard, SharedPolicy};
 pub use tiers::{
     DEFAULT_TIER_CACHE_CAPACITY, DEFAULT_TIER_CACHE_TTL, TierResolver, Tiers, tier_resolver_fn,
 };

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use ratelimit_core::Storage;
-use ratelimit_core::http::HttpPolicy;
+use ratelimit_core::http::SharedPolicy;
 use ratelimit_rocket::{RateLimit, RateLimitDecision, set_identity};
 use ratelimit_testkit::http::{
     HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
@@ -120,7 +120,7 @@ pub(crate) struct RocketHarness {
 
 #[async_trait]
 impl HttpHarness for RocketHarness {
-    async fn serve(&self, policy: HttpPolicy) -> Server {
+    async fn serve(&self, policy: SharedPolicy) -> Server {
         let (addr, stop) = launch(app().attach(RateLimit::new(policy)).mount("/", routes())).await;
         Server {
             addr,
