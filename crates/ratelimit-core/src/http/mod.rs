@@ -5,7 +5,8 @@
 //! a request into a key ([`KeyExtractor`], [`KeySource`], [`ip_key`]),
 //! deciding what applies to a request ([`RouteTable`]: deny and allow lists,
 //! exemptions, route rules; [`Tiers`]: per-tier limits for identified
-//! callers), and rendering the rate-limit response headers
+//! callers; [`RuntimeLists`]: allow and deny lists changed at runtime and
+//! kept in the store), and rendering the rate-limit response headers
 //! ([`rate_limit_headers`], [`retry_after_header`]); [`HttpPolicy`] puts them
 //! together into the one call every adapter makes, and hands handlers an
 //! [`Admission`] (the decision, and a way to charge more). Adapters hold a
@@ -16,6 +17,7 @@ mod client_ip;
 mod grpc;
 mod headers;
 mod key;
+mod lists;
 mod policy;
 mod routes;
 mod shared;
@@ -25,6 +27,7 @@ pub use client_ip::{ClientIpPolicy, ForwardingHeader, Headers, InvalidProxy, ip_
 pub use grpc::{grpc_status, is_grpc};
 pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 pub use key::{ExtractedKey, Identity, KeyExtractor, KeyFn, KeySource, MissingKey, RequestView};
+pub use lists::{DEFAULT_LIST_REFRESH, ListEntry, ListKind, RuntimeLists, parse_net};
 pub use policy::{Admission, BlockedHook, ErrorHook, HttpPolicy, Outcome};
 pub use routes::{Applies, ErrorMode, ExemptFn, Limits, RouteError, RouteTable};
 pub use shared::{PolicyGuard, SharedPolicy};

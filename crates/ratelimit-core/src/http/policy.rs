@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 use super::key::{ExtractedKey, KeyExtractor, KeySource, RequestView};
+use super::lists::{ListKind, RuntimeLists};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use super::tiers::{Known, Tiers};
 use crate::decision::Decision;
@@ -115,6 +116,7 @@ pub struct HttpPolicy {
     on_blocked: Option<BlockedHook>,
     on_error: Option<ErrorHook>,
     tiers: Option<Arc<Tiers>>,
+    lists: Option<RuntimeLists>,
     reads_route: bool,
 }
 
@@ -185,7 +187,23 @@ impl HttpPolicy {
             on_blocked: None,
             on_error: None,
             tiers: None,
+            lists: None,
         }
+    }
+
+    /// Also applies allow and deny lists kept in the store and changed at
+    /// runtime: a client on the runtime deny list is refused (403) before
+    /// anything else; one on the runtime allow list is never limited (unless
+    /// the route table's own deny list refuses it).
+    #[must_use]
+    pub fn runtime_lists(mut self, lists: RuntimeLists) -> Self {
+        self.lists = Some(lists);
+        self
+    }
+
+    /// The runtime lists, if the policy applies any.
+    pub fn lists(&self) -> Option<&RuntimeLists> {
+        self.lists.as_ref()
     }
 
     /// Per-tier limits: a caller whose identity has a tier (given by the
@@ -351,16 +369,22 @@ impl HttpPolicy {
         resolved: Option<Option<SmolStr>>,
     ) -> Begun<'p> {
         let client = self.keys.client_ip(view);
+        let listed = self.lists.as_ref().and_then(|l| l.verdict(client));
+        let forbidden = || {
+            Begun::Done(Self::respond(
+                403,
+                Vec::new(),
+                "forbidden",
+                "this client is not allowed",
+            ))
+        };
+        if listed == Some(ListKind::Deny) {
+            return forbidden();
+        }
         let table = match self.routes.resolve(view, client) {
-            Applies::Denied => {
-                return Begun::Done(Self::respond(
-                    403,
-                    Vec::new(),
-                    "forbidden",
-                    "this client is not allowed",
-                ));
-            }
+            Applies::Denied => return forbidden(),
             Applies::Allowed | Applies::Exempt => return Begun::Done(unlimited()),
+            _ if listed == Some(ListKind::Allow) => return Begun::Done(unlimited()),
             Applies::Unlimited => None,
             Applies::Limited(limits) => Some(limits),
         };

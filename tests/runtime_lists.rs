@@ -1,0 +1,217 @@
+//! Runtime allow and deny lists: kept in the store, changed by any instance,
+//! seen by every instance, applied by the policy.
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratelimit::http::{
+    HttpPolicy, KeyExtractor, KeySource, Limits, ListKind, Outcome, RequestView, RouteTable,
+    RuntimeLists,
+};
+use ratelimit::memory::MemoryStorage;
+use ratelimit::{Algorithm, ErrorKind, Limiter, ManualClock, Rule, Storage, Timestamp};
+
+const NONE: &[(&str, &[u8])] = &[];
+
+fn policy(store: Arc<dyn Storage>, lists: RuntimeLists, routes: RouteTable) -> HttpPolicy {
+    HttpPolicy::new(
+        Limiter::new(store),
+        routes,
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .runtime_lists(lists)
+}
+
+fn limited() -> RouteTable {
+    RouteTable::new().default_limits(Limits::new(vec![
+        Rule::new("api", Algorithm::FixedWindow, "1/hour".parse().unwrap()).unwrap(),
+    ]))
+}
+
+async fn status(p: &HttpPolicy, peer: &str) -> u16 {
+    let view = RequestView {
+        method: "GET",
+        path: "/",
+        route: None,
+        peer: peer.parse().unwrap(),
+        headers: &NONE,
+        identity: None,
+    };
+    match p.check(&view).await {
+        Outcome::Proceed { .. } => 200,
+        Outcome::Respond { status, .. } => status,
+    }
+}
+
+#[tokio::test]
+async fn entries_are_added_listed_expired_and_removed() {
+    let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
+    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let lists = RuntimeLists::load_with_clock(store, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    lists
+        .add(ListKind::Deny, "203.0.113.7", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    lists
+        .add(ListKind::Deny, "198.51.100.0/24", None)
+        .await
+        .unwrap();
+    lists
+        .add(ListKind::Allow, "10.0.0.0/8", None)
+        .await
+        .unwrap();
+    assert!(lists.is_denied("203.0.113.7".parse().unwrap()));
+    assert!(lists.is_denied("198.51.100.200".parse().unwrap()));
+    assert!(lists.is_denied("::ffff:198.51.100.1".parse().unwrap()));
+    assert!(lists.is_allowed("10.9.9.9".parse().unwrap()));
+    assert_eq!(lists.list(ListKind::Deny).await.unwrap().len(), 2);
+
+    clock.advance(Duration::from_secs(61));
+    assert!(!lists.is_denied("203.0.113.7".parse().unwrap()), "expired");
+    let deny = lists.list(ListKind::Deny).await.unwrap();
+    assert_eq!(deny.len(), 1);
+    assert_eq!(deny[0].net.to_string(), "198.51.100.0/24");
+
+    assert!(
+        lists
+            .remove(ListKind::Deny, "198.51.100.0/24")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !lists
+            .remove(ListKind::Deny, "198.51.100.0/24")
+            .await
+            .unwrap()
+    );
+    assert!(!lists.is_denied("198.51.100.200".parse().unwrap()));
+    assert_eq!(
+        lists
+            .add(ListKind::Deny, "not an address", None)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+}
+
+#[tokio::test]
+async fn the_policy_refuses_denied_and_exempts_allowed_clients() {
+    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let lists = RuntimeLists::load(store.clone()).await.unwrap();
+    let routes = limited().deny(["192.0.2.1"]).unwrap();
+    let p = policy(store, lists.clone(), routes);
+    assert_eq!(status(&p, "203.0.113.7").await, 200);
+    lists
+        .add(ListKind::Deny, "203.0.113.7", None)
+        .await
+        .unwrap();
+    assert_eq!(status(&p, "203.0.113.7").await, 403);
+
+    lists
+        .add(ListKind::Allow, "198.51.100.9", None)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            status(&p, "198.51.100.9").await,
+            200,
+            "allowed: never limited"
+        );
+    }
+    // On both lists: refused. The policy's own deny list beats a runtime allow.
+    lists
+        .add(ListKind::Allow, "203.0.113.7", None)
+        .await
+        .unwrap();
+    assert_eq!(status(&p, "203.0.113.7").await, 403);
+    lists.add(ListKind::Allow, "192.0.2.1", None).await.unwrap();
+    assert_eq!(status(&p, "192.0.2.1").await, 403);
+}
+
+/// Two instances sharing one store: a change through one reaches the other
+/// within its refresh interval, by itself.
+#[tokio::test]
+async fn every_instance_sees_a_change() {
+    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let a = RuntimeLists::load(store.clone()).await.unwrap();
+    let b = RuntimeLists::load(store.clone())
+        .await
+        .unwrap()
+        .refresh_every(Duration::from_millis(50));
+    let pb = policy(store, b, limited());
+    a.add(ListKind::Deny, "203.0.113.7", None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if status(&pb, "203.0.113.7").await == 403 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Concurrent changes from many tasks through separate instances all land:
+/// the list is changed by compare-and-swap, never by blind overwrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_all_land() {
+    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let lists = RuntimeLists::load(store).await.unwrap();
+                lists
+                    .add(ListKind::Deny, &format!("203.0.113.{i}"), None)
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let lists = RuntimeLists::load(store).await.unwrap();
+    assert_eq!(lists.list(ListKind::Deny).await.unwrap().len(), 40);
+}
+
+/// A list value that is not ours is reported, never overwritten, and the
+/// instance keeps its last good snapshot.
+#[tokio::test]
+async fn a_corrupt_list_is_an_error_and_the_last_snapshot_stays() {
+    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let lists = RuntimeLists::load(store.clone()).await.unwrap();
+    lists
+        .add(ListKind::Deny, "203.0.113.7", None)
+        .await
+        .unwrap();
+    store
+        .set(ListKind::Deny.store_key(), b"junk", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let e = lists
+        .add(ListKind::Deny, "203.0.113.8", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CorruptState);
+    assert_eq!(
+        lists.refresh().await.unwrap_err().kind(),
+        ErrorKind::CorruptState
+    );
+    assert!(lists.is_denied("203.0.113.7".parse().unwrap()));
+    assert_eq!(
+        store
+            .get(ListKind::Deny.store_key())
+            .await
+            .unwrap()
+            .unwrap(),
+        b"junk"
+    );
+    assert_eq!(
+        RuntimeLists::load(store).await.unwrap_err().kind(),
+        ErrorKind::CorruptState
+    );
+}
