@@ -2,6 +2,8 @@
 
 mod algorithm;
 pub mod clock;
+#[cfg(feature = "config")]
+pub mod config;
 mod decision;
 mod duration;
 pub mod engine;

@@ -163,15 +163,27 @@ impl Tiers {
         methods: &[&str],
         limits: Limits,
     ) -> Result<Self, RouteError> {
+        self.add_rule(tier, pattern, methods, limits)?;
+        Ok(self)
+    }
+
+    /// [`rule`](Self::rule) in place; on error nothing changes.
+    pub(crate) fn add_rule(
+        &mut self,
+        tier: &str,
+        pattern: &str,
+        methods: &[&str],
+        limits: Limits,
+    ) -> Result<(), RouteError> {
         let limits = if limits.key.is_none() {
             limits.key(KeySource::User)
         } else {
             limits
         };
-        let table = self.tables.remove(tier).unwrap_or_default();
+        let table = self.tables.get(tier).cloned().unwrap_or_default();
         self.tables
             .insert(tier.into(), table.route(pattern, methods, limits)?);
-        Ok(self)
+        Ok(())
     }
 
     /// Declares `tier` even if it has no rules yet, so that its callers are

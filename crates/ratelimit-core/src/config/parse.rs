@@ -1,0 +1,437 @@
+//! The merged configuration tree → [`Config`], reporting every field that is
+//! missing, unknown, of the wrong type or out of range. What depends on
+//! several fields (rule references, duplicates, patterns, costs) is checked
+//! afterwards by [`compile`](super::build::compile), on the `Config`, so
+//! that configurations built in code get the same checks.
+
+use std::collections::BTreeSet;
+
+use figment::value::Value;
+
+use super::model::{
+    Config, DefaultsConfig, ExemptConfig, KeySpec, ListsConfig, ProxiesConfig, RouteConfig,
+    RuleConfig, StorageConfig, TierCacheConfig, TierConfig, TierLimit, TierRuleConfig,
+};
+use super::reader::{Reader, Table, whole};
+use crate::http::{ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat};
+use crate::rule::Algorithm;
+
+const TOP: &[&str] = &[
+    "storage",
+    "defaults",
+    "rules",
+    "routes",
+    "tiers",
+    "tier_cache",
+    "exempt",
+    "lists",
+    "proxies",
+];
+
+/// What reading found: the configuration, and the rules that were broken
+/// (so that references to them are not reported a second time).
+pub(crate) struct Read {
+    pub(crate) config: Config,
+    pub(crate) broken_rules: BTreeSet<String>,
+}
+
+/// Reads the whole tree. Problems go to `r`.
+pub(crate) fn read(r: &mut Reader<'_>, root: &Value) -> Read {
+    let mut config = Config::default();
+    let mut broken_rules = BTreeSet::new();
+    let Some(top) = Table::of(r, "", root) else {
+        return Read {
+            config,
+            broken_rules,
+        };
+    };
+    if let Some(t) = top.table(r, "storage") {
+        config.storage = storage(r, &t);
+    }
+    if let Some(t) = top.table(r, "defaults") {
+        config.defaults = defaults(r, &t);
+    }
+    if let Some(t) = top.table(r, "rules") {
+        for (name, value) in t.entries() {
+            let path = t.field_path(name);
+            r.note_origin(&path, value);
+            let Some(rule_table) = Table::of(r, &path, value) else {
+                broken_rules.insert(name.clone());
+                continue;
+            };
+            let before = r.problems.list.len();
+            match rule(r, &rule_table, true) {
+                Some(rule) if r.problems.list.len() == before => {
+                    config.rules.insert(name.clone(), rule);
+                }
+                _ => {
+                    broken_rules.insert(name.clone());
+                }
+            }
+        }
+    }
+    for t in top.tables(r, "routes") {
+        if let Some(route) = route(r, &t) {
+            config.routes.push(route);
+        }
+    }
+    if let Some(t) = top.table(r, "tiers") {
+        for (name, value) in t.entries() {
+            let path = t.field_path(name);
+            if let Some(tier_table) = Table::of(r, &path, value) {
+                config.tiers.insert(name.clone(), tier(r, &tier_table));
+            }
+        }
+    }
+    if let Some(t) = top.table(r, "tier_cache") {
+        config.tier_cache = tier_cache(r, &t);
+    }
+    if let Some(t) = top.table(r, "exempt") {
+        config.exempt = ExemptConfig {
+            paths: strings(r, &t, "paths"),
+        };
+        t.finish(r, &["paths"]);
+    }
+    if let Some(t) = top.table(r, "lists") {
+        config.lists = lists(r, &t);
+    }
+    if let Some(t) = top.table(r, "proxies") {
+        config.proxies = proxies(r, &t);
+    }
+    top.finish(r, TOP);
+    Read {
+        config,
+        broken_rules,
+    }
+}
+
+fn strings(r: &mut Reader<'_>, t: &Table<'_>, key: &str) -> Vec<String> {
+    t.strings(r, key)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect()
+}
+
+fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
+    let mut s = StorageConfig::default();
+    if let Some(url) = t.string(r, "url") {
+        if url.trim().is_empty() {
+            r.problem(
+                &t.field_path("url"),
+                t.value_of("url"),
+                "the store URL is empty (expected e.g. memory://, sqlite:///var/lib/app/limits.db or redis://host:6379)",
+            );
+        }
+        if !url.trim().is_empty() && !known_store_scheme(&url) {
+            r.problem(
+                &t.field_path("url"),
+                t.value_of("url"),
+                format!(
+                    "unsupported store URL scheme {:?} (expected memory://, sqlite://, redis://, rediss://, redis+cluster:// or redis+sentinel://)",
+                    url.split_once(':').map_or("", |(s, _)| s).chars().take(32).collect::<String>()
+                ),
+            );
+        }
+        s.url = url;
+    }
+    if let Some(options) = t.table(r, "options") {
+        for (key, value) in options.entries() {
+            let path = options.field_path(key);
+            r.note_origin(&path, value);
+            let text = match value {
+                Value::String(_, v) => Some(v.clone()),
+                Value::Num(_, n) => whole(n).map(|n| n.to_string()),
+                Value::Bool(_, b) => Some(b.to_string()),
+                _ => None,
+            };
+            match text {
+                Some(text) => {
+                    s.options.insert(key.clone(), text);
+                }
+                None => r.problem(
+                    &path,
+                    Some(value),
+                    "expected a string, a number or a boolean",
+                ),
+            }
+        }
+    }
+    t.finish(r, &["url", "options"]);
+    s
+}
+
+/// Whether `url` names a store some feature of the facade opens.
+fn known_store_scheme(url: &str) -> bool {
+    if url.starts_with("sqlite:") {
+        return true;
+    }
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    let base = scheme.split_once('+').map_or(scheme, |(b, _)| b);
+    matches!(
+        base,
+        "memory" | "redis" | "rediss" | "valkey" | "valkeys" | "unix"
+    )
+}
+
+/// `"allow"`/`"deny"` (also `fail_open`/`fail_closed`).
+pub(crate) fn error_mode(text: &str) -> Result<ErrorMode, String> {
+    match text.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+        "deny" | "fail_closed" | "closed" => Ok(ErrorMode::FailClosed),
+        "allow" | "fail_open" | "open" => Ok(ErrorMode::FailOpen),
+        _ => Err(format!(
+            "unknown error mode {:?} (expected \"deny\" to fail closed or \"allow\" to fail open)",
+            cut(text)
+        )),
+    }
+}
+
+pub(crate) fn header_style(text: &str) -> Result<HeaderStyle, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "legacy" => Ok(HeaderStyle::Legacy),
+        "ietf" => Ok(HeaderStyle::Ietf),
+        "both" => Ok(HeaderStyle::Both),
+        "none" => Ok(HeaderStyle::None),
+        _ => Err(format!(
+            "unknown header style {:?} (expected legacy, ietf, both or none)",
+            cut(text)
+        )),
+    }
+}
+
+fn reset_format(text: &str) -> Result<ResetFormat, String> {
+    match text.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+        "seconds" => Ok(ResetFormat::Seconds),
+        "unix" | "unix_time" | "epoch" => Ok(ResetFormat::UnixTime),
+        _ => Err(format!(
+            "unknown reset format {:?} (expected \"seconds\" from now or \"unix\" time)",
+            cut(text)
+        )),
+    }
+}
+
+fn forwarding_header(text: &str) -> Result<ForwardingHeader, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "forwarded" => Ok(ForwardingHeader::Forwarded),
+        "x-forwarded-for" => Ok(ForwardingHeader::XForwardedFor),
+        "x-real-ip" => Ok(ForwardingHeader::XRealIp),
+        _ => Err(format!(
+            "unknown forwarding header {:?} (expected forwarded, x-forwarded-for or x-real-ip)",
+            cut(text)
+        )),
+    }
+}
+
+fn cut(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+fn defaults(r: &mut Reader<'_>, t: &Table<'_>) -> DefaultsConfig {
+    let mut d = DefaultsConfig::default();
+    if let Some(a) = t.parsed(r, "algorithm", str::parse::<Algorithm>) {
+        d.algorithm = a;
+    }
+    if let Some(k) = t.parsed(r, "key", str::parse::<KeySpec>) {
+        d.key = k;
+    }
+    if let Some(value) = t.raw(r, "missing_key") {
+        let path = t.field_path("missing_key");
+        let status = match value {
+            Value::String(_, s) if s.trim() == "ip" => Some(None),
+            Value::String(_, s) if s.trim() == "reject" => Some(Some(400)),
+            Value::Num(_, n) => whole(n)
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| (400..=599).contains(n))
+                .map(Some),
+            _ => None,
+        };
+        match status {
+            Some(None) => d.missing_key = MissingKey::UseIp,
+            Some(Some(status)) => d.missing_key = MissingKey::Reject(status),
+            None => r.problem(
+                &path,
+                Some(value),
+                "expected \"ip\" (key the request by its address), \"reject\" (refuse it with 400) or a status from 400 to 599",
+            ),
+        }
+    }
+    if let Some(h) = t.parsed(r, "headers", header_style) {
+        d.headers = h;
+    }
+    if let Some(f) = t.parsed(r, "reset_format", reset_format) {
+        d.reset_format = f;
+    }
+    if let Some(m) = t.parsed(r, "on_store_error", error_mode) {
+        d.on_store_error = m;
+    }
+    if let Some(s) = t.integer(r, "denied_status", 400, 599) {
+        d.denied_status = u16::try_from(s).unwrap_or(429);
+    }
+    if let Some(s) = t.boolean(r, "shadow") {
+        d.shadow = s;
+    }
+    if let Some(p) = t.integer(r, "ipv6_prefix", 1, 128) {
+        d.ipv6_prefix = u8::try_from(p).unwrap_or(64);
+    }
+    d.rules = strings(r, t, "rules");
+    t.finish(
+        r,
+        &[
+            "algorithm",
+            "key",
+            "missing_key",
+            "headers",
+            "reset_format",
+            "on_store_error",
+            "denied_status",
+            "shadow",
+            "ipv6_prefix",
+            "rules",
+        ],
+    );
+    d
+}
+
+const RULE_FIELDS: &[&str] = &["algorithm", "limit", "window", "burst", "penalty"];
+
+/// A rule's fields; `finish`: report fields not a rule's (false when the
+/// table also holds a tier entry's own fields).
+fn rule(r: &mut Reader<'_>, t: &Table<'_>, finish: bool) -> Option<RuleConfig> {
+    let algorithm = t.parsed(r, "algorithm", str::parse::<Algorithm>);
+    let limit = t.required_integer(r, "limit", 1, u64::MAX);
+    let window = t.required_duration(r, "window");
+    let burst = t.integer(r, "burst", 1, u64::MAX);
+    let penalty = t.duration(r, "penalty");
+    if finish {
+        t.finish(r, RULE_FIELDS);
+    }
+    Some(RuleConfig {
+        algorithm,
+        limit: limit?,
+        window: window?,
+        burst,
+        penalty,
+    })
+}
+
+fn route(r: &mut Reader<'_>, t: &Table<'_>) -> Option<RouteConfig> {
+    let path = t.required_string(r, "path");
+    let methods = strings(r, t, "methods");
+    let rules = strings(r, t, "rules");
+    let cost = t.integer(r, "cost", 1, u64::MAX).unwrap_or(1);
+    let key = t.parsed(r, "key", str::parse::<KeySpec>);
+    let on_store_error = t.parsed(r, "on_store_error", error_mode);
+    t.finish(
+        r,
+        &["path", "methods", "rules", "cost", "key", "on_store_error"],
+    );
+    Some(RouteConfig {
+        path: path?,
+        methods,
+        rules,
+        cost,
+        key,
+        on_store_error,
+    })
+}
+
+fn tier(r: &mut Reader<'_>, t: &Table<'_>) -> TierConfig {
+    let mut tier = TierConfig::default();
+    for entry in t.tables(r, "rules") {
+        let path = entry.required_string(r, "path");
+        let methods = strings(r, &entry, "methods");
+        let cost = entry.integer(r, "cost", 1, u64::MAX).unwrap_or(1);
+        let key = entry.parsed(r, "key", str::parse::<KeySpec>);
+        let named = entry.string(r, "rule");
+        let inline = RULE_FIELDS.iter().any(|f| entry.value_of(f).is_some());
+        let limit = match (named, inline) {
+            (Some(_), true) => {
+                r.problem(
+                    &entry.field_path("rule"),
+                    entry.value_of("rule"),
+                    "give either `rule` (the name of a rule of [rules]) or the rule's own `limit` and `window`, not both",
+                );
+                None
+            }
+            (Some(name), false) => Some(TierLimit::Named(name)),
+            (None, true) => {
+                let name = entry.string(r, "name");
+                rule(r, &entry, false).map(|rule| TierLimit::Inline { name, rule })
+            }
+            (None, false) => {
+                r.problem(
+                    &entry.field_path("limit"),
+                    Some(entry.value()),
+                    "missing (expected `rule = \"<name>\"` or the rule's own `limit` and `window`)",
+                );
+                None
+            }
+        };
+        let mut known: Vec<&str> = vec!["path", "methods", "cost", "key", "rule", "name"];
+        known.extend_from_slice(RULE_FIELDS);
+        entry.finish(r, &known);
+        if let (Some(path), Some(limit)) = (path, limit) {
+            tier.rules.push(TierRuleConfig {
+                path,
+                methods,
+                limit,
+                cost,
+                key,
+            });
+        }
+    }
+    t.finish(r, &["rules"]);
+    tier
+}
+
+fn tier_cache(r: &mut Reader<'_>, t: &Table<'_>) -> TierCacheConfig {
+    let mut c = TierCacheConfig::default();
+    if let Some(ttl) = t.duration(r, "ttl") {
+        c.ttl = ttl;
+    }
+    if let Some(capacity) = t.integer(r, "capacity", 0, 100_000_000) {
+        c.capacity = usize::try_from(capacity).unwrap_or(c.capacity);
+    }
+    t.finish(r, &["ttl", "capacity"]);
+    c
+}
+
+fn lists(r: &mut Reader<'_>, t: &Table<'_>) -> ListsConfig {
+    let mut l = ListsConfig {
+        allow: strings(r, t, "allow"),
+        deny: strings(r, t, "deny"),
+        ..ListsConfig::default()
+    };
+    if let Some(runtime) = t.boolean(r, "runtime") {
+        l.runtime = runtime;
+    }
+    if let Some(refresh) = t.duration(r, "refresh") {
+        l.refresh = refresh;
+    }
+    t.finish(r, &["allow", "deny", "runtime", "refresh"]);
+    l
+}
+
+fn proxies(r: &mut Reader<'_>, t: &Table<'_>) -> ProxiesConfig {
+    let mut p = ProxiesConfig {
+        trusted: strings(r, t, "trusted"),
+        ..ProxiesConfig::default()
+    };
+    if let Some(headers) = t.strings(r, "headers") {
+        p.headers = headers
+            .into_iter()
+            .filter_map(|(path, h)| match forwarding_header(&h) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    r.problem(&path, t.value_of("headers"), e);
+                    None
+                }
+            })
+            .collect();
+    }
+    if let Some(hops) = t.integer(r, "max_hops", 1, 1_000) {
+        p.max_hops = usize::try_from(hops).unwrap_or(p.max_hops);
+    }
+    t.finish(r, &["trusted", "headers", "max_hops"]);
+    p
+}
