@@ -21,7 +21,7 @@ use ratelimit::actix::RateLimit;
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let o = server::parse_args()?;
-    let limit = RateLimit::new(server::policy(&o)?);
+    let limit = RateLimit::new(server::policy(&o).await?);
     let http = HttpServer::new(move || {
         App::new()
             .wrap(limit.clone())

@@ -25,7 +25,7 @@ use ratelimit::axum::RateLimitLayer;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let o = server::parse_args()?;
-    let policy = server::policy(&o)?;
+    let policy = server::policy(&o).await?;
     let app = Router::new()
         .route(
             "/",

@@ -31,7 +31,7 @@ fn health() -> &'static str {
 #[rocket::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let o = server::parse_args()?;
-    let policy = server::policy(&o)?;
+    let policy = server::policy(&o).await?;
     let config = rocket::Config {
         address: o.listen.ip(),
         port: o.listen.port(),

@@ -40,6 +40,55 @@ pub mod redis {
     pub use ratelimit_redis::*;
 }
 
+/// Declarative configuration (feature `config`, on by default): one file
+/// plus environment overrides builds the whole stack, store and policy.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // Reads limits.toml (and RATELIMIT__… variables), opens its store,
+/// // serves its policy, and rereads it on SIGHUP.
+/// let live = ratelimit::config::start("limits.toml").await?;
+/// live.reload_on_hangup()?;
+/// let policy = live.policy(); // hand it (or `&live`) to any adapter
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "config")]
+pub mod config {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    pub use ratelimit_core::config::*;
+
+    use crate::Storage;
+
+    /// Opens the store `config`'s `[storage]` section names (its URL with
+    /// its options), with [`from_url`](crate::from_url).
+    pub fn open_store(config: &Config) -> Result<Arc<dyn Storage>, ConfigErrors> {
+        crate::from_url(&config.storage.full_url()).map_err(|e| {
+            ConfigErrors::single(
+                config.source_of("storage.url"),
+                "storage.url",
+                e.message().to_owned(),
+            )
+        })
+    }
+
+    /// The whole stack from one file: reads and checks it (with
+    /// `RATELIMIT__…` environment overrides), opens its store, and serves
+    /// its policy. Every problem is reported at once.
+    pub async fn start(path: impl AsRef<Path>) -> Result<LivePolicy, ConfigErrors> {
+        start_with(Loader::file(path.as_ref()), PolicyCode::new()).await
+    }
+
+    /// [`start`] from any [`Loader`], with the application's code (custom
+    /// keys, a tier resolver, hooks).
+    pub async fn start_with(loader: Loader, code: PolicyCode) -> Result<LivePolicy, ConfigErrors> {
+        let config = loader.load()?;
+        let store = open_store(&config)?;
+        LivePolicy::start_from(config, loader, store, code).await
+    }
+}
+
 /// Builds a store from one URL, for twelve-factor configuration:
 ///
 /// - `memory://` (feature `memory`), with optional `?max_size=N&shards=N&cleanup_interval=60s`;

@@ -11,6 +11,8 @@
 //! --key ip                  ip, or header:NAME (e.g. header:x-api-key)
 //! --headers ietf            legacy, ietf, both or none
 //! --trust 10.0.0.0/8,…      trusted reverse proxies (addresses or CIDRs)
+//! --config FILE             everything from a configuration file instead
+//!                           (examples/config/); reloaded on SIGHUP
 //! ```
 
 use std::error::Error;
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use ratelimit::http::{
     ClientIpPolicy, HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits, ResetFormat,
-    RouteTable,
+    RouteTable, SharedPolicy,
 };
 use ratelimit::{Algorithm, Limiter, Quota, Rule, parse_duration};
 
@@ -33,6 +35,7 @@ pub(crate) struct Options {
     pub(crate) key: KeySource,
     pub(crate) headers: HeaderStyle,
     pub(crate) trust: Vec<String>,
+    pub(crate) config: Option<String>,
 }
 
 /// Reads the flags (see the module docs).
@@ -46,6 +49,7 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
         key: KeySource::Ip,
         headers: HeaderStyle::Ietf,
         trust: Vec::new(),
+        config: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -79,10 +83,12 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
                 }
             }
             "--trust" => o.trust = value()?.split(',').map(str::to_owned).collect(),
+            "--config" => o.config = Some(value()?),
             "--help" | "-h" => {
                 println!(
                     "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
-                     --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,..."
+                     --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,... \
+                     | --config FILE (reloaded on SIGHUP)"
                 );
                 std::process::exit(0);
             }
@@ -92,21 +98,29 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
     Ok(o)
 }
 
-/// The policy the flags describe: `/` limited, `/health` exempt.
-pub(crate) fn policy(o: &Options) -> Result<HttpPolicy, Box<dyn Error>> {
+/// The policy the flags describe (`/` limited, `/health` exempt), or the
+/// one `--config FILE` describes, reloaded on SIGHUP.
+pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> {
+    if let Some(file) = &o.config {
+        let live = ratelimit::config::start(file).await?;
+        live.reload_on_hangup()?;
+        return Ok(live.policy());
+    }
     let rule = Rule::new("api", o.algorithm, Quota::new(o.limit, o.window)?)?;
     let routes = RouteTable::new()
         .default_limits(Limits::new(vec![rule]))
         .exempt("/health")?;
     let keys = KeyExtractor::new(o.key.clone()).proxies(ClientIpPolicy::new().trust(&o.trust)?);
-    Ok(
-        HttpPolicy::new(Limiter::new(ratelimit::from_url(&o.storage)?), routes, keys)
-            .headers(o.headers, ResetFormat::Seconds),
-    )
+    let policy = HttpPolicy::new(Limiter::new(ratelimit::from_url(&o.storage)?), routes, keys)
+        .headers(o.headers, ResetFormat::Seconds);
+    Ok(policy.into())
 }
 
 /// The line a server prints once it listens.
 pub(crate) fn describe(o: &Options, addr: SocketAddr) -> String {
+    if let Some(file) = &o.config {
+        return format!("listening on http://{addr} (configuration {file})");
+    }
     format!(
         "listening on http://{addr} ({} {} per {:?}, store {})",
         o.algorithm, o.limit, o.window, o.storage

@@ -34,6 +34,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use ratelimit_core::config::{LivePolicy, Loader, PolicyCode};
 use ratelimit_core::http::{
     ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor, KeySource, Limits,
     MissingKey, RequestView, ResetFormat, RouteTable, SharedPolicy, Tiers, tier_resolver_fn,
@@ -652,6 +653,129 @@ pub async fn policy_replaced_while_serving(h: Arc<dyn HttpHarness>) {
     assert_eq!(TestClient::new(c.addr).burst(5, true).await, (3, 2));
 }
 
+/// A configuration file reloaded while clients hammer the server: a valid
+/// change applies, an invalid one is refused with its problems while the
+/// previous policy keeps serving, and no request fails because of a swap.
+/// Counters of a rule that keeps its name and algorithm survive a change of
+/// its limit.
+pub async fn config_reloaded_under_load(h: Arc<dyn HttpHarness>) {
+    let file = ConfigFile::new();
+    let config = |limit: u32| {
+        format!(
+            "[defaults]\nkey = \"header:x-client\"\nrules = [\"api\"]\n\
+             [rules.api]\nalgorithm = \"sliding_window_log\"\nlimit = {limit}\nwindow = \"1h\"\n\
+             [exempt]\npaths = [\"/health\"]\n"
+        )
+    };
+    file.write(&config(5));
+    let loader = Loader::file(&file.path).env_prefix(None);
+    let live = LivePolicy::start_from(
+        loader.load().expect("a valid file"),
+        loader,
+        h.store().await,
+        PolicyCode::new(),
+    )
+    .await
+    .expect("a valid policy");
+    let (_server, c) = start(&h, live.policy()).await;
+    let keep = [("x-client", "keep")];
+    for expected in [200, 200, 200, 200, 200, 429] {
+        assert_eq!(c.status("/", &keep).await, expected);
+    }
+
+    // Clients keep sending while the file changes underneath.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..6)
+        .map(|i| {
+            let (c, stop) = (TestClient::new(c.addr), stop.clone());
+            tokio::spawn(async move {
+                let client = format!("load-{i}");
+                let mut answered = 0_u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let status = c.status("/", &[("x-client", &client)]).await;
+                    assert!(
+                        status == 200 || status == 429,
+                        "a request failed during a reload: {status}"
+                    );
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(60));
+    pause().await;
+    file.write(&config(8));
+    live.reload().await.expect("a valid change applies");
+    pause().await;
+    file.write(
+        "[rules.api]\nlimit = 0\nwindow = \"1h\"\n[defaults]\nrules = [\"api\", \"nope\"]\n",
+    );
+    let refused = live
+        .reload()
+        .await
+        .expect_err("an invalid change is refused");
+    let listed: Vec<String> = refused
+        .errors()
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "rules.api.limit: 0 is out of range (expected a whole number from 1)",
+            "defaults.rules[1]: no rule named `nope` (expected one of the rules of [rules]: none are defined)",
+        ]
+    );
+    pause().await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        assert!(
+            task.await.expect("a load task") > 0,
+            "every client was answered"
+        );
+    }
+    // The refused file changed nothing: still 8, and `keep`'s 5 still count.
+    assert_eq!(
+        live.config().await.rules.get("api").map(|r| r.limit),
+        Some(8)
+    );
+    for expected in [200, 200, 200, 429] {
+        assert_eq!(c.status("/", &keep).await, expected);
+    }
+}
+
+/// A configuration file in the temporary directory, removed when dropped.
+struct ConfigFile {
+    path: std::path::PathBuf,
+}
+
+impl ConfigFile {
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ratelimit-suite-{}-{}.toml",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        Self { path }
+    }
+
+    /// Replaces the file whole (written aside, then renamed, as editors and
+    /// deployment tools do), so a reload never reads half a file.
+    fn write(&self, text: &str) {
+        let aside = self.path.with_extension("toml.new");
+        std::fs::write(&aside, text).expect("write the configuration");
+        std::fs::rename(&aside, &self.path).expect("replace the configuration");
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// A failing store: 503 by default (fail closed), the request passes where
 /// the route fails open; the error hook sees every failure.
 pub async fn store_failures(h: Arc<dyn HttpHarness>) {
@@ -813,7 +937,8 @@ macro_rules! http_behaviour_tests {
             routes_and_methods, forwarded_for_only_from_trusted_proxies,
             ipv6_prefix_grouping, identity_and_header_keys, store_failures,
             shadow_mode, concurrent_requests, handlers_see_the_decision,
-            refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving
+            refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving,
+            config_reloaded_under_load
         );
     };
     (@cases $($case:ident),* $(,)?) => {

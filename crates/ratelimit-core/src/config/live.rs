@@ -63,14 +63,14 @@ impl LivePolicy {
         Self::start_inner(config, None, storage, code).await
     }
 
-    /// [`start`](Self::start) with the configuration `loader` reads, which
-    /// [`reload`](Self::reload) reads again.
+    /// [`start`](Self::start) with `config` as `loader` read it;
+    /// [`reload`](Self::reload) reads it again.
     pub async fn start_from(
+        config: Config,
         loader: Loader,
         storage: Arc<dyn Storage>,
         code: PolicyCode,
     ) -> Result<Self, ConfigErrors> {
-        let config = loader.load()?;
         Self::start_inner(config, Some(loader), storage, code).await
     }
 
