@@ -177,6 +177,7 @@ pub(crate) fn compile(
     };
     let rules = c.rules();
     let d = &config.defaults;
+    c.ranges();
 
     // Routes.
     let mut routes = RouteTable::new();
@@ -213,6 +214,7 @@ pub(crate) fn compile(
         }
         let Some(limits) = c.limits(&rules, &at, &route.rules, route.cost, route.key.as_ref())
         else {
+            c.pattern(&format!("{at}.path"), &route.path);
             continue;
         };
         let limits = match route.on_store_error {
@@ -302,6 +304,63 @@ impl Checker<'_> {
     fn problem(&mut self, path: &str, message: String) {
         let source = self.config.origin.of(path);
         self.problems.push(source, path, message);
+    }
+
+    /// What a file cannot get wrong (its reading checks it) but code can.
+    fn ranges(&mut self) {
+        let config = self.config;
+        let d = &config.defaults;
+        if !(400..=599).contains(&d.denied_status) {
+            self.problem(
+                "defaults.denied_status",
+                format!(
+                    "{} is out of range (expected a whole number from 400 to 599)",
+                    d.denied_status
+                ),
+            );
+        }
+        if !(1..=128).contains(&d.ipv6_prefix) {
+            self.problem(
+                "defaults.ipv6_prefix",
+                format!(
+                    "{} is out of range (expected a whole number from 1 to 128)",
+                    d.ipv6_prefix
+                ),
+            );
+        }
+        if config.proxies.max_hops == 0 {
+            self.problem(
+                "proxies.max_hops",
+                "0 is out of range (expected a whole number from 1 to 1000)".to_owned(),
+            );
+        }
+        let zero_costs: Vec<String> = config
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.cost == 0)
+            .map(|(i, _)| format!("routes[{i}].cost"))
+            .chain(config.tiers.iter().flat_map(|(name, t)| {
+                t.rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.cost == 0)
+                    .map(move |(i, _)| format!("tiers.{name}.rules[{i}].cost"))
+            }))
+            .collect();
+        for at in zero_costs {
+            self.problem(
+                &at,
+                "0 is out of range (expected a whole number from 1)".to_owned(),
+            );
+        }
+    }
+
+    /// Reports `pattern` if it is not a valid path pattern on its own.
+    fn pattern(&mut self, at: &str, pattern: &str) {
+        if let Err(e) = matchit::Router::<()>::new().insert(pattern, ()) {
+            self.problem(at, pattern_message(&e.to_string()));
+        }
     }
 
     /// The named rules, each checked.
@@ -610,6 +669,7 @@ impl Checker<'_> {
                     None => Some(KeySource::User),
                 };
                 let (Some(limits), Some(key)) = (limits, key) else {
+                    self.pattern(&format!("{at}.path"), &entry.path);
                     continue;
                 };
                 let limits = limits.cost(entry.cost).key(key);
