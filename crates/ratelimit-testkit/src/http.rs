@@ -724,7 +724,7 @@ pub async fn config_reloaded_under_load(h: Arc<dyn HttpHarness>) {
         listed,
         [
             "rules.api.limit: 0 is out of range (expected a whole number from 1)",
-            "defaults.rules[1]: no rule named `nope` (expected one of the rules of [rules]: none are defined)",
+            "defaults.rules[1]: no rule named `nope` (expected one of the rules of [rules]: api)",
         ]
     );
     pause().await;

@@ -356,6 +356,13 @@ impl Checker<'_> {
         }
     }
 
+    /// The names of the rules of `[rules]`, broken ones included.
+    fn known(&self, rules: &BTreeMap<String, Rule>) -> Vec<String> {
+        let mut names: BTreeSet<String> = rules.keys().cloned().collect();
+        names.extend(self.broken.iter().cloned());
+        names.into_iter().collect()
+    }
+
     /// Reports `pattern` if it is not a valid path pattern on its own.
     fn pattern(&mut self, at: &str, pattern: &str) {
         if let Err(e) = matchit::Router::<()>::new().insert(pattern, ()) {
@@ -446,7 +453,7 @@ impl Checker<'_> {
                 }
                 None if self.broken.contains(name) => ok = false,
                 None => {
-                    let known: Vec<&str> = rules.keys().map(String::as_str).collect();
+                    let known = self.known(rules);
                     self.problem(
                         &path,
                         format!(
@@ -608,7 +615,7 @@ impl Checker<'_> {
                                 .then(|| Limits::new(vec![rule.clone()])),
                             None if self.broken.contains(name) => None,
                             None => {
-                                let known: Vec<&str> = rules.keys().map(String::as_str).collect();
+                                let known = self.known(rules);
                                 self.problem(
                                     &rules_at,
                                     format!(
@@ -681,6 +688,36 @@ impl Checker<'_> {
         }
         Some(tiers)
     }
+}
+
+/// Every rule of `config` by the name its counters are kept under: the
+/// named rules and the tiers' own rules.
+pub(crate) fn all_rules(config: &Config) -> Result<BTreeMap<String, Rule>, ConfigErrors> {
+    let mut c = Checker {
+        config,
+        code: None,
+        problems: Problems::default(),
+        broken: BTreeSet::new(),
+    };
+    let mut rules = c.rules();
+    for (tier, t) in &config.tiers {
+        for (i, entry) in t.rules.iter().enumerate() {
+            if let TierLimit::Inline { name, rule } = &entry.limit {
+                let methods: Vec<String> = entry
+                    .methods
+                    .iter()
+                    .map(|m| m.trim().to_ascii_uppercase())
+                    .collect();
+                let name = name
+                    .clone()
+                    .unwrap_or_else(|| inline_name(tier, &entry.path, &methods));
+                if let Some(built) = c.rule(&format!("tiers.{tier}.rules[{i}]"), &name, rule) {
+                    rules.insert(name, built);
+                }
+            }
+        }
+    }
+    c.problems.into_result(rules)
 }
 
 /// The name an inline tier rule's counters are kept under: the tier, the

@@ -226,6 +226,15 @@ impl Config {
         build::compile(self, &BTreeSet::new(), None).map(|_| ())
     }
 
+    /// Every rule by the name its counters are kept under: the named rules
+    /// and the tiers' own rules (`<tier><path>[#METHODS]` unless they give a
+    /// `name`). Operators' tools use it to read or reset a key's state.
+    pub fn built_rules(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::Rule>, ConfigErrors> {
+        build::all_rules(self)
+    }
+
     /// Where the value at `path` (`rules.api.limit`) came from: the file, an
     /// environment variable, or `runtime change`.
     pub fn source_of(&self, path: &str) -> String {

@@ -39,7 +39,11 @@ impl<'a> Reader<'a> {
 
     /// Where `value` (at `path`) came from.
     pub(crate) fn source(&self, path: &str, value: Option<&Value>) -> String {
-        let metadata = value.and_then(|v| self.figment?.get_metadata(v.tag()));
+        // A table merged from several sources carries the tag of the last
+        // one to touch it: only single values name their source.
+        let metadata = value
+            .filter(|v| !matches!(v, Value::Dict(..)))
+            .and_then(|v| self.figment?.get_metadata(v.tag()));
         match metadata {
             Some(m) if m.name.contains("environment") => {
                 format!("environment variable {}{}", self.env_prefix, env_name(path))

@@ -174,13 +174,13 @@ configuration: proxies.max_hops: 0 is out of range (expected a whole number from
 configuration: extra: unknown field `extra` (expected one of: storage, defaults, rules, routes, tiers, tier_cache, exempt, lists, proxies)
 configuration: rules.bad name: invalid rule name "bad name": only printable ASCII without spaces, ':', '{' or '}' is allowed
 configuration: rules.burst_on_window.burst: fixed_window counts per window and takes no burst (a burst applies to token_bucket, leaky_bucket and gcra)
-configuration: routes[0].rules[1]: no rule named `ghost` (expected one of the rules of [rules]: ok, small, tiny)
+configuration: routes[0].rules[1]: no rule named `ghost` (expected one of the rules of [rules]: bad name, badwindow, burst_on_window, missing, negative, ok, small, tiny, typo, zero, zeroburst)
 configuration: routes[1].path: invalid path pattern: Parameters must be registered with a valid name (expected a path such as /users/{id} or /files/{*rest})
 configuration: routes[2].methods[1]: unknown method "FETCH" (expected one of GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH)
 configuration: routes[2].path: duplicate route: routes[0] already limits GET /a
 configuration: routes[3].cost: a cost of 3 is more than rule `small` allows at once (its burst is 2): every request would be denied (expected a cost of at most 2, or a larger burst)
 configuration: routes[4].rules: no rules (expected the names of one or more rules of [rules])
-configuration: defaults.rules[0]: no rule named `nope` (expected one of the rules of [rules]: ok, small, tiny)
+configuration: defaults.rules[0]: no rule named `nope` (expected one of the rules of [rules]: bad name, badwindow, burst_on_window, missing, negative, ok, small, tiny, typo, zero, zeroburst)
 configuration: exempt.paths[1]: invalid path pattern: Catch-all parameters are only allowed at the end of a route (expected a path such as /users/{id} or /files/{*rest})
 configuration: lists.allow[0]: invalid address or CIDR block "10.0.0.0/33": expected e.g. 203.0.113.7, 10.0.0.0/8 or fd00::/8
 configuration: lists.deny[0]: invalid address or CIDR block "banana": expected e.g. 203.0.113.7, 10.0.0.0/8 or fd00::/8
