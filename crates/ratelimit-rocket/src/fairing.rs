@@ -21,7 +21,7 @@ use crate::view::decide;
 /// that its handler never runs.
 const ANSWER_PATH: &str = "/__ratelimit/answer";
 
-/// Applies an [`HttpPolicy`] in a Rocket application.
+/// Applies an [`HttpPolicy`](ratelimit_core::http::HttpPolicy) in a Rocket application.
 ///
 /// - `rocket.attach(RateLimit::new(policy))` protects every route with one
 ///   line: the fairing decides before routing, and a request the policy

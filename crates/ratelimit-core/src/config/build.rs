@@ -24,12 +24,12 @@ use crate::rule::{Rule, RuleError};
 /// ```
 /// use std::sync::Arc;
 /// use ratelimit_core::config::PolicyCode;
-/// use ratelimit_core::http::tier_resolver_fn;
+/// use ratelimit_core::http::{Identity, tier_resolver_fn};
 ///
 /// let code = PolicyCode::new()
 ///     .key("tenant", Arc::new(|view| view.identity.map(|i| i.user.to_string())))
-///     .tier_resolver(tier_resolver_fn(|user: String| async move {
-///         Ok(Some(if user.starts_with("vip") { "pro".into() } else { "free".into() }))
+///     .tier_resolver(tier_resolver_fn(|who: Identity| async move {
+///         Ok(Some(if who.user.starts_with("vip") { "pro".into() } else { "free".into() }))
 ///     }));
 /// assert!(code.has_key("tenant"));
 /// ```
@@ -227,10 +227,10 @@ pub(crate) fn compile(
             Err(e) => c.problem(&format!("{at}.path"), pattern_message(&e.reason)),
         }
     }
-    if !d.rules.is_empty() {
-        if let Some(limits) = c.limits(&rules, "defaults", &d.rules, 1, None) {
-            routes = routes.default_limits(limits);
-        }
+    if !d.rules.is_empty()
+        && let Some(limits) = c.limits(&rules, "defaults", &d.rules, 1, None)
+    {
+        routes = routes.default_limits(limits);
     }
     for (i, pattern) in config.exempt.paths.iter().enumerate() {
         match routes.clone().exempt(pattern) {
@@ -238,10 +238,8 @@ pub(crate) fn compile(
             Err(e) => c.problem(&format!("exempt.paths[{i}]"), pattern_message(&e.reason)),
         }
     }
-    if let Some(code) = code {
-        if let Some(predicate) = &code.exempt_when {
-            routes = routes.exempt_when(predicate.clone());
-        }
+    if let Some(predicate) = code.and_then(|c| c.exempt_when.as_ref()) {
+        routes = routes.exempt_when(predicate.clone());
     }
     let allow = c.nets("lists.allow", &config.lists.allow);
     let deny = c.nets("lists.deny", &config.lists.deny);
