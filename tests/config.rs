@@ -12,44 +12,18 @@ use ratelimit::config::{
     Config, Format, LivePolicy, Loader, PolicyCode, RuleConfig, StorageConfig, TierLimit,
     TierRuleConfig,
 };
-use ratelimit::http::{HttpPolicy, Identity, Outcome, RequestView, tier_resolver_fn};
+use ratelimit::http::{Identity, Outcome, RequestView, tier_resolver_fn};
 use ratelimit::memory::MemoryStorage;
 
-const NONE: &[(&str, &[u8])] = &[];
+mod common;
+
+use common::{NONE, admitted};
 
 fn identity(user: &str) -> Identity {
     Identity {
         user: user.into(),
         tier: None,
     }
-}
-
-/// How many of `n` requests get through.
-async fn admitted(
-    p: &HttpPolicy,
-    n: usize,
-    method: &str,
-    path: &str,
-    peer: &str,
-    who: Option<&Identity>,
-) -> usize {
-    let mut ok = 0;
-    for _ in 0..n {
-        let view = RequestView {
-            method,
-            path,
-            route: None,
-            peer: peer.parse().unwrap(),
-            headers: &NONE,
-            identity: who,
-        };
-        match p.check(&view).await {
-            Outcome::Proceed { .. } => ok += 1,
-            Outcome::Respond { status: 429, .. } => {}
-            other => panic!("{other:?}"),
-        }
-    }
-    ok
 }
 
 #[tokio::test]

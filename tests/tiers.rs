@@ -13,7 +13,9 @@ use ratelimit::http::{
 use ratelimit::memory::MemoryStorage;
 use ratelimit::{Algorithm, Error, ErrorKind, Limiter, ManualClock, Rule, SmolStr, Timestamp};
 
-const NONE: &[(&str, &[u8])] = &[];
+mod common;
+
+use common::{NONE, admitted};
 
 fn rule(name: &str, quota: &str) -> Rule {
     Rule::new(name, Algorithm::FixedWindow, quota.parse().unwrap()).unwrap()
@@ -57,34 +59,6 @@ fn policy(tiers: Tiers) -> (HttpPolicy, ManualClock) {
     let routes = RouteTable::new().default_limits(Limits::new(vec![rule("default", "3/minute")]));
     let policy = HttpPolicy::new(limiter, routes, KeyExtractor::new(KeySource::Ip)).tiers(tiers);
     (policy, clock)
-}
-
-/// How many of `n` requests from `peer` get through.
-async fn admitted(
-    p: &HttpPolicy,
-    n: usize,
-    method: &str,
-    path: &str,
-    peer: &str,
-    who: Option<&Identity>,
-) -> usize {
-    let mut ok = 0;
-    for _ in 0..n {
-        let view = RequestView {
-            method,
-            path,
-            route: None,
-            peer: peer.parse().unwrap(),
-            headers: &NONE,
-            identity: who,
-        };
-        match p.check(&view).await {
-            Outcome::Proceed { .. } => ok += 1,
-            Outcome::Respond { status: 429, .. } => {}
-            other => panic!("{other:?}"),
-        }
-    }
-    ok
 }
 
 const TASK: &str = "/api/v1/tasks/task";

@@ -181,30 +181,18 @@ pub(crate) fn compile(
 
     // Routes.
     let mut routes = RouteTable::new();
-    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut seen = Covered::default();
     for (i, route) in config.routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         let methods = c.methods(&format!("{at}.methods"), &route.methods);
-        for m in method_keys(&methods) {
-            let earlier = seen
-                .get(&(route.path.clone(), "*".to_owned()))
-                .or_else(|| seen.get(&(route.path.clone(), m.clone())))
-                .copied();
-            seen.entry((route.path.clone(), m.clone())).or_insert(i);
-            if let Some(first) = earlier {
-                c.problem(
-                    &format!("{at}.path"),
-                    format!(
-                        "duplicate route: routes[{first}] already limits {} {}",
-                        if m == "*" {
-                            "any method on"
-                        } else {
-                            m.as_str()
-                        },
-                        route.path
-                    ),
-                );
-            }
+        for (first, what) in seen.add(&route.path, &methods, i) {
+            c.problem(
+                &format!("{at}.path"),
+                format!(
+                    "duplicate route: routes[{first}] already limits {what} {}",
+                    route.path
+                ),
+            );
         }
         if route.rules.is_empty() {
             c.problem(
@@ -272,12 +260,36 @@ pub(crate) fn compile(
     })
 }
 
-/// `"*"` for any method, else each method.
-fn method_keys(methods: &[String]) -> Vec<String> {
-    if methods.is_empty() {
-        vec!["*".to_owned()]
-    } else {
-        methods.to_vec()
+/// The path-and-method pairs entries cover, to find entries an earlier one
+/// shadows (the first matching entry applies).
+#[derive(Default)]
+struct Covered(BTreeMap<(String, String), usize>);
+
+impl Covered {
+    /// Records entry `i` for `path` and `methods` (empty: any). Returns, for
+    /// each method an earlier entry already covers, that entry and how the
+    /// method reads in a message (`GET`, `any method on`).
+    fn add(&mut self, path: &str, methods: &[String], i: usize) -> Vec<(usize, String)> {
+        let any = vec!["*".to_owned()];
+        let methods = if methods.is_empty() { &any } else { methods };
+        let mut shadowed = Vec::new();
+        for m in methods {
+            let earlier = self
+                .0
+                .get(&(path.to_owned(), "*".to_owned()))
+                .or_else(|| self.0.get(&(path.to_owned(), m.clone())))
+                .copied();
+            self.0.entry((path.to_owned(), m.clone())).or_insert(i);
+            if let Some(first) = earlier {
+                let what = if m == "*" {
+                    "any method on".to_owned()
+                } else {
+                    m.clone()
+                };
+                shadowed.push((first, what));
+            }
+        }
+        shadowed
     }
 }
 
@@ -354,11 +366,19 @@ impl Checker<'_> {
         }
     }
 
-    /// The names of the rules of `[rules]`, broken ones included.
-    fn known(&self, rules: &BTreeMap<String, Rule>) -> Vec<String> {
-        let mut names: BTreeSet<String> = rules.keys().cloned().collect();
-        names.extend(self.broken.iter().cloned());
-        names.into_iter().collect()
+    /// Reports a reference to `name`, which `[rules]` does not define.
+    fn unknown_rule(&mut self, at: &str, name: &str, rules: &BTreeMap<String, Rule>) {
+        let mut known: BTreeSet<&str> = rules.keys().map(String::as_str).collect();
+        known.extend(self.broken.iter().map(String::as_str));
+        let known = if known.is_empty() {
+            "none are defined".to_owned()
+        } else {
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        };
+        self.problem(
+            at,
+            format!("no rule named `{name}` (expected one of the rules of [rules]: {known})"),
+        );
     }
 
     /// Reports `pattern` if it is not a valid path pattern on its own.
@@ -451,18 +471,7 @@ impl Checker<'_> {
                 }
                 None if self.broken.contains(name) => ok = false,
                 None => {
-                    let known = self.known(rules);
-                    self.problem(
-                        &path,
-                        format!(
-                            "no rule named `{name}` (expected one of the rules of [rules]: {})",
-                            if known.is_empty() {
-                                "none are defined".to_owned()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    );
+                    self.unknown_rule(&path, name, rules);
                     ok = false;
                 }
             }
@@ -582,26 +591,18 @@ impl Checker<'_> {
         let mut inline: BTreeMap<String, (String, crate::rule::Algorithm)> = BTreeMap::new();
         for (tier_name, tier) in &config.tiers {
             tiers = tiers.tier(tier_name);
-            let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+            let mut seen = Covered::default();
             for (i, entry) in tier.rules.iter().enumerate() {
                 let at = format!("tiers.{tier_name}.rules[{i}]");
                 let methods = self.methods(&format!("{at}.methods"), &entry.methods);
-                for m in method_keys(&methods) {
-                    let earlier = seen
-                        .get(&(entry.path.clone(), "*".to_owned()))
-                        .or_else(|| seen.get(&(entry.path.clone(), m.clone())))
-                        .copied();
-                    seen.entry((entry.path.clone(), m.clone())).or_insert(i);
-                    if let Some(first) = earlier {
-                        self.problem(
-                            &format!("{at}.path"),
-                            format!(
-                                "duplicate entry: tiers.{tier_name}.rules[{first}] already covers {} {}",
-                                if m == "*" { "any method on" } else { m.as_str() },
-                                entry.path
-                            ),
-                        );
-                    }
+                for (first, what) in seen.add(&entry.path, &methods, i) {
+                    self.problem(
+                        &format!("{at}.path"),
+                        format!(
+                            "duplicate entry: tiers.{tier_name}.rules[{first}] already covers {what} {}",
+                            entry.path
+                        ),
+                    );
                 }
                 let limits = match &entry.limit {
                     TierLimit::Named(name) => {
@@ -613,18 +614,7 @@ impl Checker<'_> {
                                 .then(|| Limits::new(vec![rule.clone()])),
                             None if self.broken.contains(name) => None,
                             None => {
-                                let known = self.known(rules);
-                                self.problem(
-                                    &rules_at,
-                                    format!(
-                                        "no rule named `{name}` (expected one of the rules of [rules]: {})",
-                                        if known.is_empty() {
-                                            "none are defined".to_owned()
-                                        } else {
-                                            known.join(", ")
-                                        }
-                                    ),
-                                );
+                                self.unknown_rule(&rules_at, name, rules);
                                 None
                             }
                         }
