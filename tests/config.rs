@@ -262,6 +262,11 @@ async fn tier_rules_change_through_the_api() {
         3
     );
     assert_eq!(live.config().await.tiers["pro"].rules.len(), 1);
+    // Started from a configuration, not a file: nothing to reload.
+    assert_eq!(
+        live.reload().await.unwrap_err().to_string(),
+        "invalid configuration: configuration: this policy was not loaded from a file: there is nothing to reload"
+    );
 }
 
 #[tokio::test]

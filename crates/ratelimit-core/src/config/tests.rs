@@ -446,3 +446,39 @@ fn files_are_found_by_extension() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn stores_methods_and_code_built_values_are_checked() {
+    assert_eq!(
+        errors(
+            "[storage]\nurl = \"postgres://db\"\n[rules.a]\nlimit = 1\nwindow = \"1s\"\n[[routes]]\npath = \"/\"\nmethods = [\"get\", \"GET\"]\nrules = [\"a\"]\n"
+        ),
+        "configuration: storage.url: unsupported store URL scheme \"postgres\" (expected memory://, sqlite://, redis://, rediss://, redis+cluster:// or redis+sentinel://)\n\
+         configuration: routes[0].methods[1]: method GET is listed twice"
+    );
+    // What a file's reading rules out, code can still set: the same checks.
+    let mut config = Config::default();
+    config.defaults.denied_status = 200;
+    config.defaults.ipv6_prefix = 0;
+    config.proxies.max_hops = 0;
+    config.mark_changed();
+    let found: Vec<String> = config
+        .check()
+        .unwrap_err()
+        .errors()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "runtime change: defaults.denied_status: 200 is out of range (expected a whole number from 400 to 599)",
+            "runtime change: defaults.ipv6_prefix: 0 is out of range (expected a whole number from 1 to 128)",
+            "runtime change: proxies.max_hops: 0 is out of range (expected a whole number from 1 to 1000)",
+        ]
+    );
+    assert_eq!(
+        ConfigErrors::single("limits.toml", "", "cannot read the file: gone").to_string(),
+        "invalid configuration: limits.toml: cannot read the file: gone"
+    );
+}
