@@ -338,6 +338,15 @@ impl Checker<'_> {
                 ),
             );
         }
+        if config.lists.refresh < std::time::Duration::from_millis(100) {
+            self.problem(
+                "lists.refresh",
+                format!(
+                    "{} is too often (expected at least 100ms: each refresh reads the store)",
+                    crate::format_duration(config.lists.refresh)
+                ),
+            );
+        }
         if config.proxies.max_hops == 0 {
             self.problem(
                 "proxies.max_hops",

@@ -461,6 +461,7 @@ fn stores_methods_and_code_built_values_are_checked() {
     config.defaults.denied_status = 200;
     config.defaults.ipv6_prefix = 0;
     config.proxies.max_hops = 0;
+    config.lists.refresh = std::time::Duration::ZERO;
     config.mark_changed();
     let found: Vec<String> = config
         .check()
@@ -474,6 +475,7 @@ fn stores_methods_and_code_built_values_are_checked() {
         [
             "runtime change: defaults.denied_status: 200 is out of range (expected a whole number from 400 to 599)",
             "runtime change: defaults.ipv6_prefix: 0 is out of range (expected a whole number from 1 to 128)",
+            "runtime change: lists.refresh: 0s is too often (expected at least 100ms: each refresh reads the store)",
             "runtime change: proxies.max_hops: 0 is out of range (expected a whole number from 1 to 1000)",
         ]
     );
