@@ -8,6 +8,7 @@ mod decision;
 mod duration;
 pub mod engine;
 mod error;
+pub mod guard;
 pub mod http;
 pub mod key;
 mod limiter;

@@ -1,0 +1,597 @@
+//! A store behind guards: a deadline on every call, a circuit breaker, and a
+//! local cache of denials.
+//!
+//! [`GuardedStorage`] wraps any [`Storage`] (usually a remote one: Redis):
+//!
+//! - **Deadline.** Every call gets at most this long; past it the call fails
+//!   with a transient [`ErrorKind::Timeout`], and the HTTP policy answers by
+//!   the rule's error mode (fail closed by default, or open).
+//! - **Circuit breaker.** After `failures` consecutive transient failures it
+//!   opens: calls fail at once with [`ErrorKind::Unavailable`] without
+//!   touching the store. After `cooldown` one call goes through as a probe
+//!   (half-open); its success closes the breaker, its failure opens it for
+//!   another cool-down. Errors that are not transient (a wrong type, bad
+//!   input) say nothing about the store's health and do not count.
+//! - **Deny cache** (Envoy's over-limit cache). Once the store says a rule
+//!   denies a key until `T`, the same rule and key are denied locally until
+//!   `T` for requests costing at least as much, without a round trip (rules
+//!   with a penalty are never cached: a denial there has effects). It only
+//!   ever denies, and only what the store would deny: the state of a denied
+//!   key can only get worse until `T` (other requests consume more), except
+//!   through a reset, which goes through this store and clears the entry, or
+//!   a changed rule, which has another cache entry. A reset made through
+//!   another instance is seen here at `T` at the latest. Bounded in size.
+//!   A request of several rules denied from the cache reports the cached
+//!   rule and its wait, which may be shorter than another of its rules would
+//!   give (the client then retries early and is denied again).
+//!
+//! Counters are in [`GuardedStorage::status`] and in the store's
+//! [`stats`](Storage::stats) details.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use ratelimit_core::guard::{Breaker, GuardedStorage};
+//! # use ratelimit_core::Storage;
+//! # fn wrap(redis: Arc<dyn Storage>) -> GuardedStorage {
+//! GuardedStorage::new(redis)
+//!     .deadline(Duration::from_millis(100))
+//!     .breaker(Breaker::new(5, Duration::from_secs(1)))
+//!     .deny_cache(100_000)
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use smol_str::SmolStr;
+
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::decision::Decision;
+use crate::error::{Error, ErrorKind, Result};
+use crate::rule::Rule;
+use crate::storage::{CasOp, DecideRequest, Storage, StorageStats};
+
+/// When the circuit breaker opens and how long it stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    /// Consecutive transient failures that open it.
+    pub failures: u32,
+    /// How long it stays open before a probe.
+    pub cooldown: Duration,
+}
+
+impl Breaker {
+    /// Opens after `failures` consecutive transient failures (at least 1),
+    /// probes after `cooldown`.
+    pub fn new(failures: u32, cooldown: Duration) -> Self {
+        Self {
+            failures: failures.max(1),
+            cooldown,
+        }
+    }
+}
+
+/// The circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go to the store.
+    Closed,
+    /// Calls fail at once, until the cool-down ends.
+    Open,
+    /// One probe call is on its way; others fail at once.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half_open`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// What the guards have done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GuardStatus {
+    /// The breaker's state (`Closed` when there is no breaker).
+    pub breaker: BreakerState,
+    /// Times the breaker opened.
+    pub breaker_opened: u64,
+    /// Calls refused by the open breaker.
+    pub breaker_rejected: u64,
+    /// Calls that ran past the deadline.
+    pub deadline_exceeded: u64,
+    /// Other transient store failures.
+    pub transient_failures: u64,
+    /// Decisions answered by the deny cache.
+    pub deny_cache_hits: u64,
+    /// Denials in the deny cache now.
+    pub deny_cache_entries: usize,
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+#[derive(Debug)]
+struct BreakerCell {
+    config: Breaker,
+    state: AtomicU8,
+    failures: AtomicU32,
+    opened_at_us: AtomicU64,
+}
+
+/// A call the breaker let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Normal,
+    Probe,
+}
+
+impl BreakerCell {
+    fn admit(&self, now: Timestamp) -> Option<Pass> {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => Some(Pass::Normal),
+            OPEN => {
+                let since = now
+                    .as_micros()
+                    .saturating_sub(self.opened_at_us.load(Ordering::Acquire));
+                let cooled = since >= crate::clock::duration_to_micros(self.config.cooldown);
+                (cooled
+                    && self
+                        .state
+                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok())
+                .then_some(Pass::Probe)
+            }
+            _ => None,
+        }
+    }
+
+    /// Records a call's outcome; whether the breaker just opened.
+    fn record(&self, pass: Pass, healthy: bool, now: Timestamp) -> bool {
+        if healthy {
+            self.failures.store(0, Ordering::Release);
+            if self.state.load(Ordering::Acquire) != CLOSED
+                && self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED
+            {
+                tracing::info!(target: "ratelimit::guard", "store circuit breaker closed: the store answers again");
+            }
+            return false;
+        }
+        if pass == Pass::Probe {
+            self.opened_at_us.store(now.as_micros(), Ordering::Release);
+            self.state.store(OPEN, Ordering::Release);
+            return false;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= self.config.failures
+            && self
+                .state
+                .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.opened_at_us.store(now.as_micros(), Ordering::Release);
+            tracing::warn!(
+                target: "ratelimit::guard",
+                failures,
+                cooldown_ms = self.config.cooldown.as_millis() as u64,
+                "store circuit breaker opened: calls fail at once until a probe succeeds"
+            );
+            return true;
+        }
+        false
+    }
+
+    fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => BreakerState::Closed,
+            OPEN => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+}
+
+/// A cached denial: this rule denies this key, for requests costing at
+/// least `cost`, until `until`.
+#[derive(Debug, Clone)]
+struct Denied {
+    rule: Rule,
+    cost: u64,
+    until: Timestamp,
+    decision: Decision,
+}
+
+const SHARDS: usize = 16;
+
+/// Whether a denial of `request` may come from the cache: not a peek, and
+/// no rule with a penalty (a denial there is not free of effects: after a
+/// block ends, the store's next denial starts a new one, which a cached
+/// answer would skip).
+fn cacheable(request: &DecideRequest<'_>) -> bool {
+    request.cost > 0 && request.entries.iter().all(|e| e.rule.penalty().is_none())
+}
+
+#[derive(Debug)]
+struct DenyCache {
+    capacity_per_shard: usize,
+    shards: Vec<Mutex<HashMap<String, Denied>>>,
+}
+
+impl DenyCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> Option<&Mutex<HashMap<String, Denied>>> {
+        // FNV-1a: cheap, and the keys are the limiter's, not an attacker's
+        // choice of hash inputs that matter here (a collision only shares a
+        // shard).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let i = usize::try_from(h % SHARDS as u64).unwrap_or(0);
+        self.shards.get(i)
+    }
+
+    /// The cached denial answering `request`, if any.
+    fn lookup(&self, request: &DecideRequest<'_>) -> Option<Decision> {
+        if !cacheable(request) {
+            return None;
+        }
+        for entry in request.entries {
+            let key = entry.state_key();
+            let Some(shard) = self.shard(&key) else {
+                continue;
+            };
+            let mut map = shard.lock();
+            if let Some(d) = map.get(&key) {
+                if d.until <= request.now {
+                    map.remove(&key);
+                    continue;
+                }
+                if d.rule == *entry.rule && request.cost >= d.cost {
+                    let retry = d.until.saturating_duration_since(request.now);
+                    let reset = d.decision.reset_after().saturating_sub(
+                        d.decision
+                            .retry_after()
+                            .unwrap_or_default()
+                            .saturating_sub(retry),
+                    );
+                    return Some(Decision::deny(
+                        SmolStr::new(d.decision.rule()),
+                        d.decision.limit(),
+                        d.decision.remaining(),
+                        reset.max(retry),
+                        retry,
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Remembers a denial the store just made.
+    fn remember(&self, request: &DecideRequest<'_>, decision: &Decision) {
+        let Some(retry) = decision.retry_after() else {
+            return;
+        };
+        if decision.is_allowed() || !cacheable(request) || retry.is_zero() {
+            return;
+        }
+        let Some(entry) = request
+            .entries
+            .iter()
+            .find(|e| e.rule.name() == decision.rule())
+        else {
+            return;
+        };
+        let key = entry.state_key();
+        let Some(shard) = self.shard(&key) else {
+            return;
+        };
+        let mut map = shard.lock();
+        if map.len() >= self.capacity_per_shard && !map.contains_key(&key) {
+            let now = request.now;
+            map.retain(|_, d| d.until > now);
+            if map.len() >= self.capacity_per_shard {
+                // Full of live denials: drop one (any) to make room.
+                if let Some(victim) = map.keys().next().cloned() {
+                    map.remove(&victim);
+                }
+            }
+        }
+        map.insert(
+            key,
+            Denied {
+                rule: entry.rule.clone(),
+                cost: request.cost,
+                until: request.now.saturating_add(retry),
+                decision: decision.clone(),
+            },
+        );
+    }
+
+    fn forget(&self, state_key: &str) {
+        if let Some(shard) = self.shard(state_key) {
+            shard.lock().remove(state_key);
+        }
+    }
+
+    fn clear(&self) {
+        for s in &self.shards {
+            s.lock().clear();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+/// A store behind a deadline, a circuit breaker and a deny cache (see the
+/// [module docs](self)). Each guard is off until configured.
+pub struct GuardedStorage {
+    inner: Arc<dyn Storage>,
+    deadline: Option<Duration>,
+    breaker: Option<BreakerCell>,
+    deny_cache: Option<DenyCache>,
+    clock: Arc<dyn Clock>,
+    breaker_opened: AtomicU64,
+    breaker_rejected: AtomicU64,
+    deadline_exceeded: AtomicU64,
+    transient_failures: AtomicU64,
+    deny_cache_hits: AtomicU64,
+}
+
+impl fmt::Debug for GuardedStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedStorage")
+            .field("inner", &self.inner)
+            .field("deadline", &self.deadline)
+            .field("breaker", &self.breaker.as_ref().map(|b| b.config))
+            .field("deny_cache", &self.deny_cache.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardedStorage {
+    /// `inner` with no guard yet.
+    pub fn new(inner: Arc<dyn Storage>) -> Self {
+        Self {
+            inner,
+            deadline: None,
+            breaker: None,
+            deny_cache: None,
+            clock: Arc::new(SystemClock),
+            breaker_opened: AtomicU64::new(0),
+            breaker_rejected: AtomicU64::new(0),
+            deadline_exceeded: AtomicU64::new(0),
+            transient_failures: AtomicU64::new(0),
+            deny_cache_hits: AtomicU64::new(0),
+        }
+    }
+
+    /// Every call gets at most `deadline`.
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// A circuit breaker.
+    #[must_use]
+    pub fn breaker(mut self, breaker: Breaker) -> Self {
+        self.breaker = Some(BreakerCell {
+            config: breaker,
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            opened_at_us: AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// A deny cache of at most `capacity` denials (0: none).
+    #[must_use]
+    pub fn deny_cache(mut self, capacity: usize) -> Self {
+        self.deny_cache = (capacity > 0).then(|| DenyCache::new(capacity));
+        self
+    }
+
+    /// The clock the breaker's cool-down is measured with (tests).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store behind the guards.
+    pub fn inner(&self) -> &Arc<dyn Storage> {
+        &self.inner
+    }
+
+    /// What the guards have done so far.
+    pub fn status(&self) -> GuardStatus {
+        GuardStatus {
+            breaker: self
+                .breaker
+                .as_ref()
+                .map_or(BreakerState::Closed, BreakerCell::state),
+            breaker_opened: self.breaker_opened.load(Ordering::Relaxed),
+            breaker_rejected: self.breaker_rejected.load(Ordering::Relaxed),
+            deadline_exceeded: self.deadline_exceeded.load(Ordering::Relaxed),
+            transient_failures: self.transient_failures.load(Ordering::Relaxed),
+            deny_cache_hits: self.deny_cache_hits.load(Ordering::Relaxed),
+            deny_cache_entries: self.deny_cache.as_ref().map_or(0, DenyCache::len),
+        }
+    }
+
+    /// Runs `call` behind the breaker and the deadline.
+    async fn guarded<T, F>(&self, call: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let pass = match &self.breaker {
+            Some(b) => match b.admit(self.clock.now()) {
+                Some(pass) => Some(pass),
+                None => {
+                    self.breaker_rejected.fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::new(
+                        ErrorKind::Unavailable,
+                        "the store's circuit breaker is open: not calling the store until it answers a probe",
+                    )
+                    .with_transient(true));
+                }
+            },
+            None => None,
+        };
+        let result = match self.deadline {
+            Some(deadline) => match tokio::time::timeout(deadline, call).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
+                    Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the store did not answer within its deadline of {}",
+                            crate::format_duration(deadline)
+                        ),
+                    )
+                    .with_transient(true))
+                }
+            },
+            None => call.await,
+        };
+        let failed = matches!(&result, Err(e) if e.is_transient());
+        if failed && !matches!(&result, Err(e) if e.kind() == ErrorKind::Timeout) {
+            self.transient_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (Some(b), Some(pass)) = (&self.breaker, pass)
+            && b.record(pass, !failed, self.clock.now())
+        {
+            self.breaker_opened.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Storage for GuardedStorage {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.guarded(self.inner.get(key)).await
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        if let Some(c) = &self.deny_cache {
+            c.forget(key);
+        }
+        self.guarded(self.inner.set(key, value, ttl)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        if let Some(c) = &self.deny_cache {
+            c.forget(key);
+        }
+        self.guarded(self.inner.delete(key)).await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.guarded(self.inner.exists(key)).await
+    }
+
+    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
+        self.guarded(self.inner.increment(key, amount, ttl)).await
+    }
+
+    async fn clear(&self) -> Result<u64> {
+        if let Some(c) = &self.deny_cache {
+            c.clear();
+        }
+        self.guarded(self.inner.clear()).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+
+    async fn stats(&self) -> Result<StorageStats> {
+        let mut stats = self.guarded(self.inner.stats()).await?;
+        let s = self.status();
+        stats.details.extend([
+            ("breaker".to_owned(), s.breaker.as_str().to_owned()),
+            ("breaker_opened".to_owned(), s.breaker_opened.to_string()),
+            (
+                "breaker_rejected".to_owned(),
+                s.breaker_rejected.to_string(),
+            ),
+            (
+                "deadline_exceeded".to_owned(),
+                s.deadline_exceeded.to_string(),
+            ),
+            (
+                "transient_failures".to_owned(),
+                s.transient_failures.to_string(),
+            ),
+            ("deny_cache_hits".to_owned(), s.deny_cache_hits.to_string()),
+            (
+                "deny_cache_entries".to_owned(),
+                s.deny_cache_entries.to_string(),
+            ),
+        ]);
+        Ok(stats)
+    }
+
+    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
+        if let Some(c) = &self.deny_cache {
+            for op in ops {
+                c.forget(op.key);
+            }
+        }
+        self.guarded(self.inner.compare_and_swap(ops)).await
+    }
+
+    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+        if let Some(hit) = self.cached(request) {
+            return Ok(hit);
+        }
+        let decision = self.guarded(self.inner.decide(request)).await?;
+        if let Some(c) = &self.deny_cache {
+            c.remember(request, &decision);
+        }
+        Ok(decision)
+    }
+
+    fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
+        if let Some(hit) = self.cached(request) {
+            return Some(Ok(hit));
+        }
+        // A store that answers without waiting needs no deadline.
+        let result = self.inner.decide_now(request)?;
+        if let (Some(c), Ok(d)) = (&self.deny_cache, &result) {
+            c.remember(request, d);
+        }
+        Some(result)
+    }
+}
+
+impl GuardedStorage {
+    fn cached(&self, request: &DecideRequest<'_>) -> Option<Decision> {
+        let hit = self.deny_cache.as_ref()?.lookup(request)?;
+        self.deny_cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(hit)
+    }
+}
