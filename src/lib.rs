@@ -62,15 +62,18 @@ pub mod config {
     use crate::Storage;
 
     /// Opens the store `config`'s `[storage]` section names (its URL with
-    /// its options), with [`from_url`](crate::from_url).
+    /// its options), with [`from_url`](crate::from_url), behind the guards
+    /// it asks for (`timeout`, `breaker`, `deny_cache`).
     pub fn open_store(config: &Config) -> Result<Arc<dyn Storage>, ConfigErrors> {
-        crate::from_url(&config.storage.full_url()).map_err(|e| {
-            ConfigErrors::single(
-                config.source_of("storage.url"),
-                "storage.url",
-                e.message().to_owned(),
-            )
-        })
+        crate::from_url(&config.storage.full_url())
+            .map(|store| config.storage.guard(store))
+            .map_err(|e| {
+                ConfigErrors::single(
+                    config.source_of("storage.url"),
+                    "storage.url",
+                    e.message().to_owned(),
+                )
+            })
     }
 
     /// The whole stack from one file: reads and checks it (with

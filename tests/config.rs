@@ -67,7 +67,7 @@ async fn one_call_builds_the_stack_from_a_file() {
     std::fs::write(
         &file,
         format!(
-            "[storage]\nurl = \"sqlite://{}\"\n[defaults]\nrules = [\"api\"]\n[rules.api]\nlimit = 2\nwindow = \"1m\"\n",
+            "[storage]\nurl = \"sqlite://{}\"\ntimeout = \"2s\"\ndeny_cache = 100\nbreaker = {{ failures = 3, cooldown = \"1s\" }}\n[defaults]\nrules = [\"api\"]\n[rules.api]\nlimit = 2\nwindow = \"1m\"\n",
             db.display()
         ),
     )
@@ -78,11 +78,30 @@ async fn one_call_builds_the_stack_from_a_file() {
         admitted(&policy, 3, "GET", "/", "198.51.100.1", None).await,
         2
     );
-    assert_eq!(
-        live.limiter().storage().stats().await.unwrap().backend,
-        "sqlite"
-    );
+    let stats = live.limiter().storage().stats().await.unwrap();
+    assert_eq!(stats.backend, "sqlite");
     assert!(db.exists());
+    // The file asked for guards: the store is behind them; the first
+    // denial filled the deny cache, the next one is answered from it.
+    let detail = |name: &str| {
+        stats
+            .details
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(detail("breaker").as_deref(), Some("closed"));
+    assert_eq!(detail("deny_cache_entries").as_deref(), Some("1"));
+    assert_eq!(
+        admitted(&policy, 1, "GET", "/", "198.51.100.1", None).await,
+        0
+    );
+    let stats = live.limiter().storage().stats().await.unwrap();
+    assert!(
+        stats
+            .details
+            .contains(&("deny_cache_hits".to_owned(), "1".to_owned()))
+    );
 
     // The store cannot change while running; the policy stays.
     let mut moved = live.config().await;

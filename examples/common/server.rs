@@ -11,17 +11,22 @@
 //! --key ip                  ip, or header:NAME (e.g. header:x-api-key)
 //! --headers ietf            legacy, ietf, both or none
 //! --trust 10.0.0.0/8,…      trusted reverse proxies (addresses or CIDRs)
+//! --on-error deny           what the store failing does: deny (503) or allow
+//! --store-timeout 100       a deadline (ms) on every store call, with a
+//!                           circuit breaker (5 failures, 1 s cool-down)
 //! --config FILE             everything from a configuration file instead
 //!                           (examples/config/); reloaded on SIGHUP
 //! ```
 
 use std::error::Error;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use ratelimit::guard::{Breaker, GuardedStorage};
 use ratelimit::http::{
-    ClientIpPolicy, HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits, ResetFormat,
-    RouteTable, SharedPolicy,
+    ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits,
+    ResetFormat, RouteTable, SharedPolicy,
 };
 use ratelimit::{Algorithm, Limiter, Quota, Rule, parse_duration};
 
@@ -36,6 +41,8 @@ pub(crate) struct Options {
     pub(crate) headers: HeaderStyle,
     pub(crate) trust: Vec<String>,
     pub(crate) config: Option<String>,
+    pub(crate) on_error: ErrorMode,
+    pub(crate) store_timeout: Option<Duration>,
 }
 
 /// Reads the flags (see the module docs).
@@ -50,6 +57,8 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
         headers: HeaderStyle::Ietf,
         trust: Vec::new(),
         config: None,
+        on_error: ErrorMode::FailClosed,
+        store_timeout: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -84,11 +93,23 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
             }
             "--trust" => o.trust = value()?.split(',').map(str::to_owned).collect(),
             "--config" => o.config = Some(value()?),
+            "--on-error" => {
+                o.on_error = match value()?.as_str() {
+                    "deny" => ErrorMode::FailClosed,
+                    "allow" => ErrorMode::FailOpen,
+                    other => {
+                        return Err(format!("--on-error is deny or allow, not {other:?}").into());
+                    }
+                }
+            }
+            "--store-timeout" => {
+                o.store_timeout = Some(Duration::from_millis(value()?.parse()?));
+            }
             "--help" | "-h" => {
                 println!(
                     "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
                      --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,... \
-                     | --config FILE (reloaded on SIGHUP)"
+                     --on-error deny|allow --store-timeout MS | --config FILE (reloaded on SIGHUP)"
                 );
                 std::process::exit(0);
             }
@@ -111,8 +132,17 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
         .default_limits(Limits::new(vec![rule]))
         .exempt("/health")?;
     let keys = KeyExtractor::new(o.key.clone()).proxies(ClientIpPolicy::new().trust(&o.trust)?);
-    let policy = HttpPolicy::new(Limiter::new(ratelimit::from_url(&o.storage)?), routes, keys)
-        .headers(o.headers, ResetFormat::Seconds);
+    let mut store = ratelimit::from_url(&o.storage)?;
+    if let Some(deadline) = o.store_timeout {
+        store = Arc::new(
+            GuardedStorage::new(store)
+                .deadline(deadline)
+                .breaker(Breaker::new(5, Duration::from_secs(1))),
+        );
+    }
+    let policy = HttpPolicy::new(Limiter::new(store), routes, keys)
+        .headers(o.headers, ResetFormat::Seconds)
+        .on_store_error(o.on_error);
     Ok(policy.into())
 }
 

@@ -89,6 +89,13 @@ pub struct StorageConfig {
     /// `[storage.options]`: store options added to the URL's query
     /// (`prefix`, `response_timeout`, `pool_size`, …).
     pub options: BTreeMap<String, String>,
+    /// A deadline on every store call (none by default).
+    pub timeout: Option<Duration>,
+    /// `[storage.breaker]`: a circuit breaker around the store (none by
+    /// default).
+    pub breaker: Option<crate::guard::Breaker>,
+    /// How many denials the local deny cache keeps (0, the default: none).
+    pub deny_cache: usize,
 }
 
 impl Default for StorageConfig {
@@ -96,11 +103,34 @@ impl Default for StorageConfig {
         Self {
             url: "memory://".to_owned(),
             options: BTreeMap::new(),
+            timeout: None,
+            breaker: None,
+            deny_cache: 0,
         }
     }
 }
 
 impl StorageConfig {
+    /// Whether any guard (deadline, breaker, deny cache) is asked for.
+    pub fn guarded(&self) -> bool {
+        self.timeout.is_some() || self.breaker.is_some() || self.deny_cache > 0
+    }
+
+    /// `store` behind the guards this section asks for.
+    pub fn guard(&self, store: Arc<dyn crate::Storage>) -> Arc<dyn crate::Storage> {
+        if !self.guarded() {
+            return store;
+        }
+        let mut g = crate::guard::GuardedStorage::new(store).deny_cache(self.deny_cache);
+        if let Some(t) = self.timeout {
+            g = g.deadline(t);
+        }
+        if let Some(b) = self.breaker {
+            g = g.breaker(b);
+        }
+        Arc::new(g)
+    }
+
     /// The URL with the options appended to its query string.
     pub fn full_url(&self) -> String {
         if self.options.is_empty() {
@@ -475,7 +505,7 @@ mod tests {
     fn store_options_join_the_url() {
         let mut s = StorageConfig {
             url: "redis://h:6379/0".into(),
-            options: BTreeMap::new(),
+            ..StorageConfig::default()
         };
         assert_eq!(s.full_url(), "redis://h:6379/0");
         s.options.insert("prefix".into(), "app 1:".into());

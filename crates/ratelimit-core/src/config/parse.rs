@@ -157,7 +157,22 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
             }
         }
     }
-    t.finish(r, &["url", "options"]);
+    s.timeout = t.duration(r, "timeout");
+    if let Some(b) = t.table(r, "breaker") {
+        let failures = b.integer(r, "failures", 1, 1_000_000).unwrap_or(5);
+        let cooldown = b
+            .duration(r, "cooldown")
+            .unwrap_or(std::time::Duration::from_secs(1));
+        s.breaker = Some(crate::guard::Breaker::new(
+            u32::try_from(failures).unwrap_or(5),
+            cooldown,
+        ));
+        b.finish(r, &["failures", "cooldown"]);
+    }
+    if let Some(n) = t.integer(r, "deny_cache", 0, 100_000_000) {
+        s.deny_cache = usize::try_from(n).unwrap_or(0);
+    }
+    t.finish(r, &["url", "options", "timeout", "breaker", "deny_cache"]);
     s
 }
 
