@@ -146,7 +146,7 @@ x = 1
 fn every_problem_is_reported_at_once() {
     let expected = r#"configuration: storage.url: the store URL is empty (expected e.g. memory://, sqlite:///var/lib/app/limits.db or redis://host:6379)
 configuration: storage.options.nested: expected a string, a number or a boolean
-configuration: storage.urll: unknown field `urll` (expected one of: url, options); did you mean `url`?
+configuration: storage.urll: unknown field `urll` (expected one of: url, options, timeout, breaker, deny_cache); did you mean `url`?
 configuration: defaults.algorithm: unknown algorithm "fast" (expected one of fixed_window, sliding_window_log, sliding_window_counter, token_bucket, leaky_bucket, gcra)
 configuration: defaults.key: invalid key "ipv4" (expected ip, user, route, header:<name>, custom:<name>, or parts joined by +, such as user+route)
 configuration: defaults.missing_key: expected "ip" (key the request by its address), "reject" (refuse it with 400) or a status from 400 to 599
