@@ -11,6 +11,13 @@
 //! requests over 1 000 keys, with a quota that never denies (every call runs
 //! the full read-decide-write path). Prints the rows as JSON on stdout.
 //!
+//! The row `attack/c50` is an attack pattern: 90% of requests come from 100
+//! keys already over their limit, 10% from legitimate clients, each under
+//! its limit. Ours: the store
+//! behind the deny cache (`GuardedStorage::deny_cache`); the peer: the same
+//! store without it. Both report decisions/s and Redis round trips (script
+//! calls, from `INFO commandstats`) per decision.
+//!
 //! `REDIS_BENCH_ONLY=gcra/c1` runs one row, and `REDIS_BENCH_SIDE=ours` (or
 //! `peer`) one side of it, for profiling.
 
@@ -19,7 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ratelimit_core::{Algorithm, Limiter, Quota, Rule};
+use ratelimit_core::guard::GuardedStorage;
+use ratelimit_core::{Algorithm, Limiter, Quota, Rule, Storage};
 use ratelimit_redis::RedisStorage;
 use ratelimit_testkit::redis::RedisServer;
 use serde_json::json;
@@ -138,6 +146,105 @@ fn peer(
     run(requests.max(10_000))
 }
 
+/// Script calls the server has run so far.
+fn script_calls(server: &RedisServer) -> u64 {
+    let info = server.cmd(&["INFO", "commandstats"]).text();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// The attack pattern with or without the deny cache: (decisions/s, round
+/// trips per decision).
+fn attack(
+    server: &RedisServer,
+    url: &str,
+    cache: bool,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    const TASKS: u64 = 50;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let rule = Rule::new(
+        "attack",
+        Algorithm::SlidingWindowCounter,
+        Quota::per_hour(10)?,
+    )?;
+    runtime.block_on(async {
+        let redis: Arc<dyn Storage> = Arc::new(RedisStorage::connect(url).await?);
+        redis.clear().await?;
+        let store: Arc<dyn Storage> = if cache {
+            Arc::new(GuardedStorage::new(redis).deny_cache(100_000))
+        } else {
+            redis
+        };
+        let limiter = Limiter::new(store);
+        // The attackers are over their limit before the run.
+        for a in 0..100 {
+            for _ in 0..10 {
+                limiter.check(&rule, &format!("attacker-{a}")).await?;
+            }
+        }
+        let calls_before = script_calls(server);
+        let counting = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let handles: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let (limiter, rule) = (limiter.clone(), rule.clone());
+                let (counting, stop) = (counting.clone(), stop.clone());
+                let (done, total) = (done.clone(), total.clone());
+                tokio::spawn(async move {
+                    let (mut i, mut fresh) = (t, 0_u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        i = i.wrapping_add(7_919);
+                        let key = if i % 10 == 0 {
+                            // A legitimate client: a key of its own, under
+                            // its limit.
+                            fresh += 1;
+                            format!("client-{t}-{fresh}")
+                        } else {
+                            format!("attacker-{}", i % 100)
+                        };
+                        limiter.check(&rule, &key).await?;
+                        // Denials from the deny cache never wait: let the
+                        // timer (and the other tasks) run.
+                        if i % 64 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        total.fetch_add(1, Ordering::Relaxed);
+                        if counting.load(Ordering::Relaxed) {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok::<(), ratelimit_core::Error>(())
+                })
+            })
+            .collect();
+        tokio::time::sleep(WARM_UP).await;
+        counting.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        tokio::time::sleep(MEASURE).await;
+        let n = done.load(Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            h.await??;
+        }
+        let trips = script_calls(server).saturating_sub(calls_before) as f64;
+        let decisions = total.load(Ordering::Relaxed).max(1) as f64;
+        Ok((n as f64 / elapsed.as_secs_f64(), trips / decisions))
+    })
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = RedisServer::start();
     let url = format!("{}?prefix=bench:", server.url());
@@ -170,6 +277,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "ratio": ((ours / peer) * 100.0).round() / 100.0,
             }));
         }
+    }
+    if std::env::var("REDIS_BENCH_ONLY").is_ok_and(|only| only == "attack/c50")
+        || std::env::var("REDIS_BENCH_ONLY").is_err()
+    {
+        let (ours, ours_trips) = attack(&server, &url, true)?;
+        let (peer, peer_trips) = attack(&server, &url, false)?;
+        eprintln!(
+            "attack/c50: with the deny cache {ours:.0}/s ({ours_trips:.3} round trips per decision), \
+             without {peer:.0}/s ({peer_trips:.3})"
+        );
+        rows.push(json!({
+            "name": "attack/c50",
+            "ours_per_s": (ours * 10.0).round() / 10.0,
+            "peer_per_s": (peer * 10.0).round() / 10.0,
+            "ratio": ((ours / peer) * 100.0).round() / 100.0,
+            "ours_round_trips_per_decision": (ours_trips * 1000.0).round() / 1000.0,
+            "peer_round_trips_per_decision": (peer_trips * 1000.0).round() / 1000.0,
+        }));
     }
     println!("{}", serde_json::to_string_pretty(&rows)?);
     Ok(())
