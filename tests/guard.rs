@@ -227,6 +227,15 @@ async fn deadlines_and_the_breaker_against_a_paused_then_killed_redis() {
         ),
         (BreakerState::Open, 1, 3, 3)
     );
+    // Stats still answer, with the guards' state, while the store does not.
+    let stats = guarded.stats().await.unwrap();
+    assert_eq!(stats.backend, "unavailable");
+    assert!(
+        stats
+            .details
+            .contains(&("breaker".to_owned(), "open".to_owned())),
+        "{stats:?}"
+    );
     pause.join().unwrap().unwrap();
     // Redis answers again: a probe closes the breaker.
     eventually("the breaker closing after the pause", async || {

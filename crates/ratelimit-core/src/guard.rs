@@ -529,7 +529,19 @@ impl Storage for GuardedStorage {
     }
 
     async fn stats(&self) -> Result<StorageStats> {
-        let mut stats = self.guarded(self.inner.stats()).await?;
+        // Not through the breaker, and never failing for the store's sake:
+        // the guards' own state is most wanted when the store is down.
+        let inner = match self.deadline {
+            Some(d) => tokio::time::timeout(d, self.inner.stats())
+                .await
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "stats timed out"))),
+            None => self.inner.stats().await,
+        };
+        let mut stats = inner.unwrap_or_else(|e| {
+            let mut s = StorageStats::new("unavailable");
+            s.details.push(("error".to_owned(), e.to_string()));
+            s
+        });
         let s = self.status();
         stats.details.extend([
             ("breaker".to_owned(), s.breaker.as_str().to_owned()),
