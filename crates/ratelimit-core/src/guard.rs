@@ -111,7 +111,8 @@ pub struct GuardStatus {
     pub breaker_rejected: u64,
     /// Calls that ran past the deadline.
     pub deadline_exceeded: u64,
-    /// Other transient store failures.
+    /// Transient failures the store itself returned (its own timeouts
+    /// included).
     pub transient_failures: u64,
     /// Decisions answered by the deny cache.
     pub deny_cache_hits: u64,
@@ -209,6 +210,8 @@ struct Denied {
     rule: Rule,
     cost: u64,
     until: Timestamp,
+    /// When the key's state is whole again, as the store said.
+    reset_at: Timestamp,
     decision: Decision,
 }
 
@@ -266,12 +269,7 @@ impl DenyCache {
                 }
                 if d.rule == *entry.rule && request.cost >= d.cost {
                     let retry = d.until.saturating_duration_since(request.now);
-                    let reset = d.decision.reset_after().saturating_sub(
-                        d.decision
-                            .retry_after()
-                            .unwrap_or_default()
-                            .saturating_sub(retry),
-                    );
+                    let reset = d.reset_at.saturating_duration_since(request.now);
                     return Some(Decision::deny(
                         SmolStr::new(d.decision.rule()),
                         d.decision.limit(),
@@ -321,6 +319,7 @@ impl DenyCache {
                 rule: entry.rule.clone(),
                 cost: request.cost,
                 until: request.now.saturating_add(retry),
+                reset_at: request.now.saturating_add(decision.reset_after()),
                 decision: decision.clone(),
             },
         );
@@ -459,27 +458,33 @@ impl GuardedStorage {
             },
             None => None,
         };
-        let result = match self.deadline {
-            Some(deadline) => match tokio::time::timeout(deadline, call).await {
-                Ok(r) => r,
-                Err(_) => {
-                    self.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
-                    Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "the store did not answer within its deadline of {}",
-                            crate::format_duration(deadline)
-                        ),
-                    )
-                    .with_transient(true))
+        let answered = match self.deadline {
+            Some(deadline) => tokio::time::timeout(deadline, call)
+                .await
+                .map_err(|_| deadline),
+            None => Ok(call.await),
+        };
+        let result = match answered {
+            Ok(r) => {
+                // The store's own failures (its own timeouts included).
+                if matches!(&r, Err(e) if e.is_transient()) {
+                    self.transient_failures.fetch_add(1, Ordering::Relaxed);
                 }
-            },
-            None => call.await,
+                r
+            }
+            Err(deadline) => {
+                self.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the store did not answer within its deadline of {}",
+                        crate::format_duration(deadline)
+                    ),
+                )
+                .with_transient(true))
+            }
         };
         let failed = matches!(&result, Err(e) if e.is_transient());
-        if failed && !matches!(&result, Err(e) if e.kind() == ErrorKind::Timeout) {
-            self.transient_failures.fetch_add(1, Ordering::Relaxed);
-        }
         if let (Some(b), Some(pass)) = (&self.breaker, pass)
             && b.record(pass, !failed, self.clock.now())
         {
