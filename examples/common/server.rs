@@ -77,31 +77,10 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
                     _ => return Err(format!("--key is ip or header:NAME, not {v:?}").into()),
                 };
             }
-            "--headers" => {
-                o.headers = match value()?.as_str() {
-                    "legacy" => HeaderStyle::Legacy,
-                    "ietf" => HeaderStyle::Ietf,
-                    "both" => HeaderStyle::Both,
-                    "none" => HeaderStyle::None,
-                    other => {
-                        return Err(format!(
-                            "--headers is legacy, ietf, both or none, not {other:?}"
-                        )
-                        .into());
-                    }
-                }
-            }
+            "--headers" => o.headers = value()?.parse()?,
             "--trust" => o.trust = value()?.split(',').map(str::to_owned).collect(),
             "--config" => o.config = Some(value()?),
-            "--on-error" => {
-                o.on_error = match value()?.as_str() {
-                    "deny" => ErrorMode::FailClosed,
-                    "allow" => ErrorMode::FailOpen,
-                    other => {
-                        return Err(format!("--on-error is deny or allow, not {other:?}").into());
-                    }
-                }
-            }
+            "--on-error" => o.on_error = value()?.parse()?,
             "--store-timeout" => {
                 o.store_timeout = Some(Duration::from_millis(value()?.parse()?));
             }

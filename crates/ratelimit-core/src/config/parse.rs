@@ -189,31 +189,6 @@ fn known_store_scheme(url: &str) -> bool {
     )
 }
 
-/// `"allow"`/`"deny"` (also `fail_open`/`fail_closed`).
-pub(crate) fn error_mode(text: &str) -> Result<ErrorMode, String> {
-    match text.trim().to_ascii_lowercase().replace('-', "_").as_str() {
-        "deny" | "fail_closed" | "closed" => Ok(ErrorMode::FailClosed),
-        "allow" | "fail_open" | "open" => Ok(ErrorMode::FailOpen),
-        _ => Err(format!(
-            "unknown error mode {:?} (expected \"deny\" to fail closed or \"allow\" to fail open)",
-            cut(text)
-        )),
-    }
-}
-
-pub(crate) fn header_style(text: &str) -> Result<HeaderStyle, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "legacy" => Ok(HeaderStyle::Legacy),
-        "ietf" => Ok(HeaderStyle::Ietf),
-        "both" => Ok(HeaderStyle::Both),
-        "none" => Ok(HeaderStyle::None),
-        _ => Err(format!(
-            "unknown header style {:?} (expected legacy, ietf, both or none)",
-            cut(text)
-        )),
-    }
-}
-
 fn reset_format(text: &str) -> Result<ResetFormat, String> {
     match text.trim().to_ascii_lowercase().replace('-', "_").as_str() {
         "seconds" => Ok(ResetFormat::Seconds),
@@ -270,13 +245,13 @@ fn defaults(r: &mut Reader<'_>, t: &Table<'_>) -> DefaultsConfig {
             ),
         }
     }
-    if let Some(h) = t.parsed(r, "headers", header_style) {
+    if let Some(h) = t.parsed(r, "headers", str::parse::<HeaderStyle>) {
         d.headers = h;
     }
     if let Some(f) = t.parsed(r, "reset_format", reset_format) {
         d.reset_format = f;
     }
-    if let Some(m) = t.parsed(r, "on_store_error", error_mode) {
+    if let Some(m) = t.parsed(r, "on_store_error", str::parse::<ErrorMode>) {
         d.on_store_error = m;
     }
     if let Some(s) = t.integer(r, "denied_status", 400, 599) {
@@ -335,7 +310,7 @@ fn route(r: &mut Reader<'_>, t: &Table<'_>) -> Option<RouteConfig> {
     let rules = strings(r, t, "rules");
     let cost = t.integer(r, "cost", 1, u64::MAX).unwrap_or(1);
     let key = t.parsed(r, "key", str::parse::<KeySpec>);
-    let on_store_error = t.parsed(r, "on_store_error", error_mode);
+    let on_store_error = t.parsed(r, "on_store_error", str::parse::<ErrorMode>);
     t.finish(
         r,
         &["path", "methods", "rules", "cost", "key", "on_store_error"],

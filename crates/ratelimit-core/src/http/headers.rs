@@ -31,6 +31,24 @@ pub enum HeaderStyle {
     None,
 }
 
+impl std::str::FromStr for HeaderStyle {
+    type Err = super::UnknownSetting;
+
+    /// `legacy`, `ietf`, `both` or `none`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "legacy" => Ok(Self::Legacy),
+            "ietf" => Ok(Self::Ietf),
+            "both" => Ok(Self::Both),
+            "none" => Ok(Self::None),
+            _ => Err(super::UnknownSetting(format!(
+                "unknown header style {:?} (expected legacy, ietf, both or none)",
+                super::cut(text)
+            ))),
+        }
+    }
+}
+
 /// How `X-RateLimit-Reset` is written.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

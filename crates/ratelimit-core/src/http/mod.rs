@@ -31,6 +31,24 @@ pub use lists::{DEFAULT_LIST_REFRESH, ListEntry, ListKind, RuntimeLists, parse_n
 pub use policy::{Admission, BlockedHook, ErrorHook, HttpPolicy, Outcome};
 pub use routes::{Applies, ErrorMode, ExemptFn, Limits, RouteError, RouteTable};
 pub use shared::{PolicyGuard, SharedPolicy};
+/// A setting's name that is none of the accepted ones (`"fancy"` for a
+/// header style); the message lists what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownSetting(pub String);
+
+impl std::fmt::Display for UnknownSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UnknownSetting {}
+
+/// The input of a failed parse, cut to 64 characters for messages.
+fn cut(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
 pub use tiers::{
     DEFAULT_TIER_CACHE_CAPACITY, DEFAULT_TIER_CACHE_TTL, TierResolver, Tiers, tier_resolver_fn,
 };

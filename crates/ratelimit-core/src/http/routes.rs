@@ -39,6 +39,23 @@ pub enum ErrorMode {
     FailOpen,
 }
 
+impl std::str::FromStr for ErrorMode {
+    type Err = super::UnknownSetting;
+
+    /// `deny` (also `fail_closed`, `closed`) or `allow` (also `fail_open`,
+    /// `open`).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "deny" | "fail_closed" | "closed" => Ok(Self::FailClosed),
+            "allow" | "fail_open" | "open" => Ok(Self::FailOpen),
+            _ => Err(super::UnknownSetting(format!(
+                "unknown error mode {:?} (expected \"deny\" to fail closed or \"allow\" to fail open)",
+                super::cut(text)
+            ))),
+        }
+    }
+}
+
 impl Limits {
     /// These rules, cost 1, the default key.
     pub fn new(rules: Vec<Rule>) -> Self {
