@@ -26,8 +26,25 @@ impl Drop for Server {
     }
 }
 
+/// Builds the example as a program and returns its path. `cargo test
+/// --all-targets` compiles examples only as test harnesses, so the program
+/// an operator runs is built here, with the workspace-wide feature set the
+/// test run itself uses (the dependencies are then already built).
 fn example() -> PathBuf {
-    // CARGO_TARGET_TMPDIR is <target>/tmp; cargo builds examples next to it.
+    let status = Command::new(env!("CARGO"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--all-features",
+            "--example",
+            "saas_tiers",
+        ])
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo build --example saas_tiers failed");
+    // CARGO_TARGET_TMPDIR is <target>/tmp; cargo puts examples next to it.
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     target.parent().unwrap().join("debug/examples/saas_tiers")
 }
@@ -67,7 +84,8 @@ async fn tiers_from_a_file_reloaded_on_sighup() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("tiers.yaml");
     replace(&file, &config(1));
-    let mut child = Command::new(example())
+    let program = example();
+    let mut child = Command::new(&program)
         .args([
             "--config",
             file.to_str().unwrap(),
@@ -76,12 +94,7 @@ async fn tiers_from_a_file_reloaded_on_sighup() {
         ])
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "start {}: {e} (cargo test builds the examples)",
-                example().display()
-            )
-        });
+        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
