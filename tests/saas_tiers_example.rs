@@ -10,44 +10,14 @@
     reason = "test code"
 )]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::example::Example;
 use ratelimit_testkit::http::TestClient;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Builds the example as a program and returns its path. `cargo test
-/// --all-targets` compiles examples only as test harnesses, so the program
-/// an operator runs is built here, with the workspace-wide feature set the
-/// test run itself uses (the dependencies are then already built).
-fn example() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "--quiet",
-            "--workspace",
-            "--all-features",
-            "--example",
-            "saas_tiers",
-        ])
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "cargo build --example saas_tiers failed");
-    // CARGO_TARGET_TMPDIR is <target>/tmp; cargo puts examples next to it.
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    target.parent().unwrap().join("debug/examples/saas_tiers")
-}
 
 fn config(free_limit: u32) -> String {
     let text = std::fs::read_to_string(concat!(
@@ -70,9 +40,9 @@ fn replace(path: &PathBuf, text: &str) {
     std::fs::rename(&aside, path).unwrap();
 }
 
-fn hangup(server: &Server) {
+fn hangup(server: &Example) {
     let status = Command::new("kill")
-        .args(["-HUP", &server.0.id().to_string()])
+        .args(["-HUP", &server.pid().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -84,29 +54,8 @@ async fn tiers_from_a_file_reloaded_on_sighup() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("tiers.yaml");
     replace(&file, &config(1));
-    let program = example();
-    let mut child = Command::new(&program)
-        .args([
-            "--config",
-            file.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let server = Server(child);
-    let addr = line
-        .strip_prefix("listening on http://")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{line}"))
-        .parse()
-        .unwrap();
-    let c = TestClient::new(addr);
+    let server = Example::start("saas_tiers", &["--config", file.to_str().unwrap()]);
+    let c = TestClient::new(server.addr);
     let task = |user: &'static str| {
         let c = c.clone();
         async move {

@@ -14,6 +14,8 @@
 //! --on-error deny           what the store failing does: deny (503) or allow
 //! --store-timeout 100       a deadline (ms) on every store call, with a
 //!                           circuit breaker (5 failures, 1 s cool-down)
+//! --deny-cache 10000        a local cache of up to N denials in front of
+//!                           the store (see docs/operations.md)
 //! --config FILE             everything from a configuration file instead
 //!                           (examples/config/); reloaded on SIGHUP
 //! ```
@@ -43,6 +45,7 @@ pub(crate) struct Options {
     pub(crate) config: Option<String>,
     pub(crate) on_error: ErrorMode,
     pub(crate) store_timeout: Option<Duration>,
+    pub(crate) deny_cache: usize,
 }
 
 /// Reads the flags (see the module docs).
@@ -59,6 +62,7 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
         config: None,
         on_error: ErrorMode::FailClosed,
         store_timeout: None,
+        deny_cache: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -84,11 +88,12 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
             "--store-timeout" => {
                 o.store_timeout = Some(Duration::from_millis(value()?.parse()?));
             }
+            "--deny-cache" => o.deny_cache = value()?.parse()?,
             "--help" | "-h" => {
                 println!(
                     "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
                      --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,... \
-                     --on-error deny|allow --store-timeout MS | --config FILE (reloaded on SIGHUP)"
+                     --on-error deny|allow --store-timeout MS --deny-cache N | --config FILE (reloaded on SIGHUP)"
                 );
                 std::process::exit(0);
             }
@@ -112,12 +117,14 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
         .exempt("/health")?;
     let keys = KeyExtractor::new(o.key.clone()).proxies(ClientIpPolicy::new().trust(&o.trust)?);
     let mut store = ratelimit::from_url(&o.storage)?;
-    if let Some(deadline) = o.store_timeout {
-        store = Arc::new(
-            GuardedStorage::new(store)
+    if o.store_timeout.is_some() || o.deny_cache > 0 {
+        let mut guarded = GuardedStorage::new(store).deny_cache(o.deny_cache);
+        if let Some(deadline) = o.store_timeout {
+            guarded = guarded
                 .deadline(deadline)
-                .breaker(Breaker::new(5, Duration::from_secs(1))),
-        );
+                .breaker(Breaker::new(5, Duration::from_secs(1)));
+        }
+        store = Arc::new(guarded);
     }
     let policy = HttpPolicy::new(Limiter::new(store), routes, keys)
         .headers(o.headers, ResetFormat::Seconds)

@@ -6,6 +6,8 @@
     reason = "test helpers; each test file uses some"
 )]
 
+pub(crate) mod example;
+
 use ratelimit::http::{HttpPolicy, Identity, Outcome, RequestView};
 
 /// No headers.

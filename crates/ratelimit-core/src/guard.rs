@@ -54,6 +54,7 @@ use smol_str::SmolStr;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
+use crate::observe;
 use crate::rule::Rule;
 use crate::storage::{CasOp, DecideRequest, Storage, StorageStats};
 
@@ -153,7 +154,10 @@ impl BreakerCell {
                         .state
                         .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok())
-                .then_some(Pass::Probe)
+                .then(|| {
+                    observe::gauge(observe::BREAKER_STATE, 2.0);
+                    Pass::Probe
+                })
             }
             _ => None,
         }
@@ -167,12 +171,14 @@ impl BreakerCell {
                 && self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED
             {
                 tracing::info!(target: "ratelimit::guard", "store circuit breaker closed: the store answers again");
+                observe::gauge(observe::BREAKER_STATE, 0.0);
             }
             return false;
         }
         if pass == Pass::Probe {
             self.opened_at_us.store(now.as_micros(), Ordering::Release);
             self.state.store(OPEN, Ordering::Release);
+            observe::gauge(observe::BREAKER_STATE, 1.0);
             return false;
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
@@ -183,6 +189,8 @@ impl BreakerCell {
                 .is_ok()
         {
             self.opened_at_us.store(now.as_micros(), Ordering::Release);
+            observe::gauge(observe::BREAKER_STATE, 1.0);
+            observe::counter(observe::BREAKER_OPENED, 1);
             tracing::warn!(
                 target: "ratelimit::guard",
                 failures,
@@ -310,6 +318,7 @@ impl DenyCache {
                 // Full of live denials: drop one (any) to make room.
                 if let Some(victim) = map.keys().next().cloned() {
                     map.remove(&victim);
+                    observe::evicted("deny_cache", 1);
                 }
             }
         }
@@ -609,6 +618,7 @@ impl GuardedStorage {
     fn cached(&self, request: &DecideRequest<'_>) -> Option<Decision> {
         let hit = self.deny_cache.as_ref()?.lookup(request)?;
         self.deny_cache_hits.fetch_add(1, Ordering::Relaxed);
+        observe::counter(observe::DENY_CACHE_HITS, 1);
         Some(hit)
     }
 }

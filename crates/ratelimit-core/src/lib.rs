@@ -12,6 +12,7 @@ pub mod guard;
 pub mod http;
 pub mod key;
 mod limiter;
+pub mod observe;
 mod periodic;
 pub mod quota;
 pub mod rule;

@@ -8,6 +8,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{DEFAULT_MAX_KEY_LEN, bounded_key, state_key};
+use crate::observe;
 use crate::rule::Rule;
 use crate::storage::{DecideEntry, DecideRequest, Storage};
 
@@ -153,12 +154,34 @@ impl Limiter {
     pub async fn check_cost(&self, rule: &Rule, key: &str, cost: u64) -> Result<Decision> {
         let key = bounded_key(key, self.inner.max_key_len);
         let entries = [DecideEntry { key: &key, rule }];
-        let request = self.request(&entries, cost);
+        self.decide(&entries, cost).await
+    }
+
+    /// Decides through the store: at once if it can, else waiting for it.
+    async fn decide(&self, entries: &[DecideEntry<'_>], cost: u64) -> Result<Decision> {
+        let request = self.request(entries, cost);
         // Stores that never wait answer here, without boxing a future.
-        if let Some(result) = self.inner.storage.decide_now(&request) {
-            return result;
-        }
-        self.inner.storage.decide(&request).await
+        let result = match self.inner.storage.decide_now(&request) {
+            Some(result) => result,
+            None => {
+                let timer = observe::Timer::start();
+                let result = self.inner.storage.decide(&request).await;
+                timer.stop();
+                result
+            }
+        };
+        observe::decision(entries, cost, &result);
+        result
+    }
+
+    /// Decides through the store if it can answer at once.
+    fn decide_now(&self, entries: &[DecideEntry<'_>], cost: u64) -> Option<Result<Decision>> {
+        let result = self
+            .inner
+            .storage
+            .decide_now(&self.request(entries, cost))?;
+        observe::decision(entries, cost, &result);
+        Some(result)
     }
 
     /// [`check_cost`](Self::check_cost) without waiting: the decision if the
@@ -168,7 +191,7 @@ impl Limiter {
     pub fn check_cost_now(&self, rule: &Rule, key: &str, cost: u64) -> Option<Result<Decision>> {
         let key = bounded_key(key, self.inner.max_key_len);
         let entries = [DecideEntry { key: &key, rule }];
-        self.inner.storage.decide_now(&self.request(&entries, cost))
+        self.decide_now(&entries, cost)
     }
 
     /// Whether a request of one unit would be allowed now, without consuming
@@ -188,11 +211,7 @@ impl Limiter {
     pub async fn check_all(&self, checks: &[(&Rule, &str)], cost: u64) -> Result<Decision> {
         let keys = self.bounded_keys(checks);
         let entries = entries(checks, &keys)?;
-        let request = self.request(&entries, cost);
-        if let Some(result) = self.inner.storage.decide_now(&request) {
-            return result;
-        }
-        self.inner.storage.decide(&request).await
+        self.decide(&entries, cost).await
     }
 
     /// [`check_all`](Self::check_all) without waiting: the decision if the
@@ -201,7 +220,7 @@ impl Limiter {
     pub fn check_all_now(&self, checks: &[(&Rule, &str)], cost: u64) -> Option<Result<Decision>> {
         let keys = self.bounded_keys(checks);
         match entries(checks, &keys) {
-            Ok(entries) => self.inner.storage.decide_now(&self.request(&entries, cost)),
+            Ok(entries) => self.decide_now(&entries, cost),
             Err(e) => Some(Err(e)),
         }
     }

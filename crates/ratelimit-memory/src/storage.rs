@@ -245,6 +245,7 @@ impl MemoryStorage {
             self.shared
                 .evictions
                 .fetch_add(evicted.live, Ordering::Relaxed);
+            ratelimit_core::observe::evicted("memory_store", evicted.live);
         }
         self.count_expired(evicted.expired);
     }

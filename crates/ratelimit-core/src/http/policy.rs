@@ -133,7 +133,8 @@ impl fmt::Debug for HttpPolicy {
     }
 }
 
-fn json_string(s: &str) -> String {
+/// `s` as a JSON string literal.
+pub(crate) fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

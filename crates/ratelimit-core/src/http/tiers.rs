@@ -361,6 +361,7 @@ impl TierCache {
             if entries.len() >= self.capacity {
                 let drop = (self.capacity / 8).max(1);
                 let victims: Vec<SmolStr> = entries.keys().take(drop).cloned().collect();
+                crate::observe::evicted("tier_cache", victims.len() as u64);
                 for victim in victims {
                     entries.remove(&victim);
                 }
