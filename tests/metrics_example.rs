@@ -183,3 +183,40 @@ async fn store_latency_deny_cache_and_breaker_are_visible() {
     let page = scrape(&c).await;
     assert_eq!(sample(&page, "ratelimit_breaker_state", &[]), 0.0, "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_blocks_are_visible() {
+    let dir = std::env::temp_dir().join(format!("ratelimit-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("limits.toml");
+    std::fs::write(
+        &file,
+        "[defaults]\nrules = [\"api\"]\n[rules.api]\nlimit = 1\nwindow = \"1h\"\n\
+         [exempt]\npaths = [\"/health\"]\n\
+         [auto_block]\ndenials = 1\nwithin = \"1m\"\nblock_for = \"10m\"\n",
+    )
+    .unwrap();
+    let server = Example::start("prometheus_metrics", &["--config", file.to_str().unwrap()]);
+    let c = TestClient::new(server.addr);
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(c.status("/", &[]).await);
+    }
+    assert_eq!(codes, [200, 429, 429, 403]);
+    let blocked = c.get("/", &[]).await;
+    assert_eq!(blocked.header("retry-after"), Some("600"));
+    let page = scrape(&c).await;
+    assert_eq!(
+        sample(&page, "ratelimit_auto_blocks_total", &[]),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(sample(&page, "ratelimit_auto_blocked_clients", &[]), 1.0);
+    // Refusing a blocked client takes no decision.
+    let d = "ratelimit_decisions_total";
+    assert_eq!(
+        sample(&page, d, &[("rule", "api"), ("outcome", "denied")]),
+        2.0
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -127,13 +127,15 @@ pub(crate) struct Compiled {
 }
 
 impl Compiled {
-    /// The policy, deciding with `limiter`.
+    /// The policy, deciding with `limiter`; `previous`: the policy it
+    /// replaces, if any.
     pub(crate) fn into_policy(
         self,
         config: &Config,
         limiter: Limiter,
         code: &PolicyCode,
         lists: Option<RuntimeLists>,
+        previous: Option<&HttpPolicy>,
     ) -> HttpPolicy {
         let d = &config.defaults;
         let mut policy = HttpPolicy::new(limiter, self.routes, self.keys)
@@ -155,6 +157,14 @@ impl Compiled {
         }
         if let Some(lists) = lists {
             policy = policy.runtime_lists(lists.refresh_every(config.lists.refresh));
+        }
+        if let Some(rule) = config.auto_block {
+            policy = policy.auto_block(rule);
+            // A reload with the same rule keeps the clients' records and
+            // blocks.
+            if let Some(previous) = previous {
+                policy = policy.keep_auto_block(previous);
+            }
         }
         policy
     }

@@ -83,7 +83,7 @@ impl LivePolicy {
         let limiter = code.limiter(storage);
         let compiled = compile(&config, &Default::default(), Some(&code))?;
         let lists = lists_for(&config, None, &limiter).await?;
-        let policy = compiled.into_policy(&config, limiter.clone(), &code, lists.clone());
+        let policy = compiled.into_policy(&config, limiter.clone(), &code, lists.clone(), None);
         Ok(Self(Arc::new(Inner {
             shared: SharedPolicy::new(policy),
             limiter,
@@ -235,8 +235,14 @@ impl LivePolicy {
         }
         let compiled = compile(&config, &Default::default(), Some(&self.0.code))?;
         let lists = lists_for(&config, state.lists.as_ref(), &self.0.limiter).await?;
-        let policy =
-            compiled.into_policy(&config, self.0.limiter.clone(), &self.0.code, lists.clone());
+        let previous = self.0.shared.current();
+        let policy = compiled.into_policy(
+            &config,
+            self.0.limiter.clone(),
+            &self.0.code,
+            lists.clone(),
+            Some(&previous),
+        );
         self.0.shared.replace(policy);
         state.config = config;
         state.lists = lists;

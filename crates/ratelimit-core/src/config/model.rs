@@ -38,6 +38,9 @@ pub struct Config {
     pub lists: ListsConfig,
     /// `[proxies]`: which forwarding headers to believe, from whom.
     pub proxies: ProxiesConfig,
+    /// `[auto_block]`: clients denied too often are refused for a while
+    /// (off when absent).
+    pub auto_block: Option<crate::http::AutoBlock>,
     /// Where each field came from, for error messages.
     pub(crate) origin: Origin,
 }

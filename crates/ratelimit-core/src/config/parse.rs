@@ -13,7 +13,7 @@ use super::model::{
     RuleConfig, StorageConfig, TierCacheConfig, TierConfig, TierLimit, TierRuleConfig,
 };
 use super::reader::{Reader, Table, whole};
-use crate::http::{ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat};
+use crate::http::{AutoBlock, ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat};
 use crate::rule::Algorithm;
 
 const TOP: &[&str] = &[
@@ -26,6 +26,7 @@ const TOP: &[&str] = &[
     "exempt",
     "lists",
     "proxies",
+    "auto_block",
 ];
 
 /// What reading found: the configuration, and the rules that were broken
@@ -97,6 +98,9 @@ pub(crate) fn read(r: &mut Reader<'_>, root: &Value) -> Read {
     }
     if let Some(t) = top.table(r, "proxies") {
         config.proxies = proxies(r, &t);
+    }
+    if let Some(t) = top.table(r, "auto_block") {
+        config.auto_block = auto_block(r, &t);
     }
     top.finish(r, TOP);
     Read {
@@ -384,6 +388,27 @@ fn tier_cache(r: &mut Reader<'_>, t: &Table<'_>) -> TierCacheConfig {
     }
     t.finish(r, &["ttl", "capacity"]);
     c
+}
+
+fn auto_block(r: &mut Reader<'_>, t: &Table<'_>) -> Option<AutoBlock> {
+    let denials = t.required_integer(r, "denials", 0, u64::from(u32::MAX));
+    let mut positive = |key: &str| {
+        let d = t.required_duration(r, key)?;
+        if d.is_zero() {
+            r.problem(&t.field_path(key), t.value_of(key), "must be above 0");
+            return None;
+        }
+        Some(d)
+    };
+    let within = positive("within");
+    let block_for = positive("block_for");
+    let clients = t.integer(r, "max_clients", 16, 100_000_000);
+    t.finish(r, &["denials", "within", "block_for", "max_clients"]);
+    let mut rule = AutoBlock::new(u32::try_from(denials?).ok()?, within?, block_for?);
+    if let Some(clients) = clients {
+        rule = rule.max_clients(usize::try_from(clients).unwrap_or(usize::MAX));
+    }
+    Some(rule)
 }
 
 fn lists(r: &mut Reader<'_>, t: &Table<'_>) -> ListsConfig {

@@ -138,6 +138,11 @@ trusted = ["10.0.0.0/8", "not-an-ip"]
 headers = ["x-forwarded-for", "via"]
 max_hops = 0
 
+[auto_block]
+denials = -1
+within = "0s"
+blok_for = "1h"
+
 [extra]
 x = 1
 "#;
@@ -171,7 +176,11 @@ configuration: tier_cache.ttl: invalid duration "forever": each part must start 
 configuration: lists.refresh: not a duration (expected a number of seconds from 0, or a duration such as "30s", "1m", "1h" or "1d")
 configuration: proxies.headers[1]: unknown forwarding header "via" (expected forwarded, x-forwarded-for or x-real-ip)
 configuration: proxies.max_hops: 0 is out of range (expected a whole number from 1 to 1000)
-configuration: extra: unknown field `extra` (expected one of: storage, defaults, rules, routes, tiers, tier_cache, exempt, lists, proxies)
+configuration: auto_block.denials: -1 is out of range (expected a whole number from 0 to 4294967295)
+configuration: auto_block.within: must be above 0
+configuration: auto_block.block_for: missing (expected a duration such as "30s", "1m", "1h" or "1d")
+configuration: auto_block.blok_for: unknown field `blok_for` (expected one of: denials, within, block_for, max_clients); did you mean `block_for`?
+configuration: extra: unknown field `extra` (expected one of: storage, defaults, rules, routes, tiers, tier_cache, exempt, lists, proxies, auto_block)
 configuration: rules.bad name: invalid rule name "bad name": only printable ASCII without spaces, ':', '{' or '}' is allowed
 configuration: rules.burst_on_window.burst: fixed_window counts per window and takes no burst (a burst applies to token_bucket, leaky_bucket and gcra)
 configuration: routes[0].rules[1]: no rule named `ghost` (expected one of the rules of [rules]: bad name, badwindow, burst_on_window, missing, negative, ok, small, tiny, typo, zero, zeroburst)
@@ -194,7 +203,7 @@ configuration: tiers.pro.rules[1].path: duplicate entry: tiers.pro.rules[0] alre
     let all = Config::parse(BROKEN, Format::Toml).unwrap_err();
     assert!(
         all.to_string()
-            .starts_with("invalid configuration (42 problems):\n  configuration: storage.url: ")
+            .starts_with("invalid configuration (46 problems):\n  configuration: storage.url: ")
     );
 }
 

@@ -182,6 +182,11 @@ impl KeyExtractor {
         self
     }
 
+    /// The IPv6 grouping prefix length.
+    pub fn ipv6_prefix_len(&self) -> u8 {
+        self.ipv6_prefix
+    }
+
     /// The default key source.
     pub fn source(&self) -> &KeySource {
         &self.source

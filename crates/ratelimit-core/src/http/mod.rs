@@ -11,8 +11,10 @@
 //! together into the one call every adapter makes, and hands handlers an
 //! [`Admission`] (the decision, and a way to charge more). Adapters hold a
 //! [`SharedPolicy`], which can be replaced while requests run. gRPC requests get
-//! the same outcomes in gRPC's form ([`Outcome::into_grpc`]).
+//! the same outcomes in gRPC's form ([`Outcome::into_grpc`]). Clients
+//! denied again and again can be blocked for a while ([`AutoBlock`]).
 
+mod auto_block;
 mod client_ip;
 mod grpc;
 mod headers;
@@ -23,6 +25,7 @@ mod routes;
 mod shared;
 mod tiers;
 
+pub use auto_block::{AutoBlock, DEFAULT_AUTO_BLOCK_CLIENTS};
 pub use client_ip::{ClientIpPolicy, ForwardingHeader, Headers, InvalidProxy, ip_key};
 pub use grpc::{grpc_status, is_grpc};
 pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};

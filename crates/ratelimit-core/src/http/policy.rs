@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::auto_block::{AutoBlock, AutoBlocker};
 use super::headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 use super::key::{ExtractedKey, KeyExtractor, KeySource, RequestView};
 use super::lists::{ListKind, RuntimeLists};
@@ -117,6 +118,7 @@ pub struct HttpPolicy {
     on_error: Option<ErrorHook>,
     tiers: Option<Arc<Tiers>>,
     lists: Option<RuntimeLists>,
+    auto_block: Option<Arc<AutoBlocker>>,
     reads_route: bool,
 }
 
@@ -189,7 +191,51 @@ impl HttpPolicy {
             on_error: None,
             tiers: None,
             lists: None,
+            auto_block: None,
         }
+    }
+
+    /// Blocks clients that keep being denied: more than `rule.denials`
+    /// denials within `rule.within` refuse the client (403, with
+    /// `Retry-After`) for `rule.block_for`, before any store call. Counted
+    /// per instance; with [runtime lists](Self::runtime_lists) a block also
+    /// goes on the shared deny list for the same duration. IPv6 clients are
+    /// blocked by the key extractor's prefix. In shadow mode blocks are
+    /// counted and logged, never applied. Off by default.
+    #[must_use]
+    pub fn auto_block(mut self, rule: AutoBlock) -> Self {
+        self.auto_block = Some(Arc::new(AutoBlocker::new(
+            rule,
+            self.keys.ipv6_prefix_len(),
+        )));
+        self
+    }
+
+    /// Takes over `previous`'s automatic-blocking records and blocks when
+    /// both block by the same rule (a configuration reload).
+    #[cfg(feature = "config")]
+    pub(crate) fn keep_auto_block(mut self, previous: &HttpPolicy) -> Self {
+        if let (Some(mine), Some(theirs)) = (&self.auto_block, &previous.auto_block)
+            && mine.config() == theirs.config()
+            && mine.ipv6_prefix() == theirs.ipv6_prefix()
+        {
+            self.auto_block = Some(Arc::clone(theirs));
+        }
+        self
+    }
+
+    /// The automatic blocking rule, if any, with the clients blocked now and
+    /// the blocks so far.
+    pub fn auto_block_status(&self) -> Option<(AutoBlock, usize, u64)> {
+        self.auto_block
+            .as_ref()
+            .map(|b| (*b.config(), b.blocked_now(), b.blocks()))
+    }
+
+    /// Lifts an automatic block of `ip` on this instance (a block on the
+    /// runtime deny list is removed there); whether there was one.
+    pub fn unblock(&self, ip: std::net::IpAddr) -> bool {
+        self.auto_block.as_ref().is_some_and(|b| b.unblock(ip))
     }
 
     /// Also applies allow and deny lists kept in the store and changed at
@@ -370,6 +416,21 @@ impl HttpPolicy {
         resolved: Option<Option<SmolStr>>,
     ) -> Begun<'p> {
         let client = self.keys.client_ip(view);
+        if let Some(blocker) = &self.auto_block
+            && !self.shadow
+            && let Some(wait) = blocker.blocked(client, self.limiter.clock().now())
+        {
+            return Begun::Done(Self::respond(
+                403,
+                vec![(
+                    "retry-after",
+                    // Rounded up: a client retrying then is no longer blocked.
+                    wait.as_micros().div_ceil(1_000_000).max(1).to_string(),
+                )],
+                "blocked",
+                "this client was denied too often and is blocked for a while",
+            ));
+        }
         let listed = self.lists.as_ref().and_then(|l| l.verdict(client));
         let forbidden = || {
             Begun::Done(Self::respond(
@@ -464,6 +525,43 @@ impl HttpPolicy {
         }
     }
 
+    /// Counts a denial towards automatic blocking; announces a new block
+    /// and shares it through the runtime deny list.
+    fn strike(&self, blocker: &AutoBlocker, view: &RequestView<'_>) {
+        let client = self.keys.client_ip(view);
+        let Some(blocked) = blocker.denied(client, self.limiter.clock().now()) else {
+            return;
+        };
+        let rule = blocker.config();
+        tracing::warn!(
+            target: "ratelimit::http",
+            client = %blocked.client,
+            denials = rule.denials,
+            within_s = rule.within.as_secs_f64(),
+            block_for_s = rule.block_for.as_secs_f64(),
+            shadow = self.shadow,
+            "client blocked automatically: denied too often"
+        );
+        if self.shadow {
+            return;
+        }
+        if let (Some(lists), Ok(runtime)) = (&self.lists, tokio::runtime::Handle::try_current()) {
+            let lists = lists.clone();
+            let net = blocked.client.to_string();
+            let ttl = rule.block_for;
+            runtime.spawn(async move {
+                if let Err(error) = lists.add(ListKind::Deny, &net, Some(ttl)).await {
+                    tracing::warn!(
+                        target: "ratelimit::http",
+                        %error,
+                        client = %net,
+                        "an automatic block could not be shared through the runtime deny list"
+                    );
+                }
+            });
+        }
+    }
+
     fn outcome(
         &self,
         view: &RequestView<'_>,
@@ -512,6 +610,9 @@ impl HttpPolicy {
             shadow = self.shadow,
             "request over its rate limit"
         );
+        if let Some(blocker) = &self.auto_block {
+            self.strike(blocker, view);
+        }
         if self.shadow {
             return admit(headers, decision);
         }

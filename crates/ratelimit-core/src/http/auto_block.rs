@@ -1,0 +1,316 @@
+//! Automatic blocking of abusive clients (ratethrottle's DDoS protection):
+//! a client denied more than `denials` times within `within` is refused
+//! (403) for `block_for`, without a store call.
+//!
+//! Counted per instance, by client address (IPv6 grouped by the key
+//! extractor's prefix, /64 by default). When the policy also applies
+//! [runtime lists](super::RuntimeLists), a block is added to the shared deny
+//! list with the same duration, so every instance refuses the client within
+//! the lists' refresh interval. Both tables are bounded (`max_clients`);
+//! past the bound the oldest-looking entries make room, so a flood of
+//! addresses costs memory up to the bound, never more.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use parking_lot::Mutex;
+
+use crate::clock::{Timestamp, duration_to_micros};
+use crate::observe;
+
+/// The default bound on clients tracked (and on clients blocked).
+pub const DEFAULT_AUTO_BLOCK_CLIENTS: usize = 100_000;
+
+const SHARDS: usize = 16;
+
+/// When a client is blocked automatically, and for how long. Off unless a
+/// policy is given one ([`HttpPolicy::auto_block`](super::HttpPolicy::auto_block)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoBlock {
+    /// Denials a client may have within `within`; one more blocks it.
+    pub denials: u32,
+    /// The period denials are counted over.
+    pub within: Duration,
+    /// How long a block lasts.
+    pub block_for: Duration,
+    /// Clients tracked at most (and blocked at most).
+    pub max_clients: usize,
+}
+
+impl AutoBlock {
+    /// Blocks a client for `block_for` once it is denied more than `denials`
+    /// times within `within`; tracks up to [`DEFAULT_AUTO_BLOCK_CLIENTS`].
+    pub fn new(denials: u32, within: Duration, block_for: Duration) -> Self {
+        Self {
+            denials,
+            within,
+            block_for,
+            max_clients: DEFAULT_AUTO_BLOCK_CLIENTS,
+        }
+    }
+
+    /// Tracks (and blocks) at most `clients` clients (at least 16).
+    #[must_use]
+    pub fn max_clients(mut self, clients: usize) -> Self {
+        self.max_clients = clients.max(SHARDS);
+        self
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Denials by client: when counting started, how many.
+    strikes: HashMap<IpNet, (u64, u32)>,
+    /// Blocked clients, until when (µs).
+    blocked: HashMap<IpNet, u64>,
+}
+
+/// A new block: the client and when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Blocked {
+    pub(crate) client: IpNet,
+    pub(crate) until: Timestamp,
+}
+
+/// The auto-blocker's state.
+#[derive(Debug)]
+pub(crate) struct AutoBlocker {
+    config: AutoBlock,
+    ipv6_prefix: u8,
+    per_shard: usize,
+    shards: Vec<Mutex<Shard>>,
+    blocked_now: AtomicUsize,
+    blocks: AtomicU64,
+}
+
+impl AutoBlocker {
+    pub(crate) fn new(config: AutoBlock, ipv6_prefix: u8) -> Self {
+        Self {
+            config,
+            ipv6_prefix,
+            per_shard: config.max_clients.div_ceil(SHARDS).max(1),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            blocked_now: AtomicUsize::new(0),
+            blocks: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &AutoBlock {
+        &self.config
+    }
+
+    #[cfg(feature = "config")]
+    pub(crate) fn ipv6_prefix(&self) -> u8 {
+        self.ipv6_prefix
+    }
+
+    /// The client's group: the address, or its IPv6 prefix.
+    fn group(&self, ip: IpAddr) -> IpNet {
+        let ip = ip.to_canonical();
+        let bits = match ip {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => self.ipv6_prefix,
+        };
+        IpNet::new(ip, bits).map_or_else(|_| IpNet::from(ip), |n| n.trunc())
+    }
+
+    fn shard(&self, client: &IpNet) -> Option<&Mutex<Shard>> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let bytes = match client.addr() {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        for b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.shards
+            .get(usize::try_from(h % SHARDS as u64).unwrap_or(0))
+    }
+
+    /// How long `ip` stays blocked, if it is.
+    pub(crate) fn blocked(&self, ip: IpAddr, now: Timestamp) -> Option<Duration> {
+        let client = self.group(ip);
+        let mut shard = self.shard(&client)?.lock();
+        let until = *shard.blocked.get(&client)?;
+        let now = now.as_micros();
+        if until > now {
+            return Some(Duration::from_micros(until - now));
+        }
+        shard.blocked.remove(&client);
+        self.blocked_now.fetch_sub(1, Ordering::Relaxed);
+        observe::gauge(observe::AUTO_BLOCKED, self.blocked_now() as f64);
+        None
+    }
+
+    /// Counts a denial of `ip`; the new block when this one crossed the
+    /// threshold.
+    pub(crate) fn denied(&self, ip: IpAddr, now: Timestamp) -> Option<Blocked> {
+        let client = self.group(ip);
+        let now_us = now.as_micros();
+        let within = duration_to_micros(self.config.within);
+        let mut shard = self.shard(&client)?.lock();
+        if shard.blocked.get(&client).is_some_and(|u| *u > now_us) {
+            return None;
+        }
+        if !shard.strikes.contains_key(&client) && shard.strikes.len() >= self.per_shard {
+            shard
+                .strikes
+                .retain(|_, (start, _)| now_us.saturating_sub(*start) < within);
+            if shard.strikes.len() >= self.per_shard
+                && let Some(victim) = shard.strikes.keys().next().copied()
+            {
+                shard.strikes.remove(&victim);
+            }
+        }
+        let strikes = shard.strikes.entry(client).or_insert((now_us, 0));
+        if now_us.saturating_sub(strikes.0) >= within {
+            *strikes = (now_us, 0);
+        }
+        strikes.1 = strikes.1.saturating_add(1);
+        if strikes.1 <= self.config.denials {
+            return None;
+        }
+        shard.strikes.remove(&client);
+        let until = now.saturating_add(self.config.block_for);
+        if shard.blocked.len() >= self.per_shard {
+            let before = shard.blocked.len();
+            shard.blocked.retain(|_, u| *u > now_us);
+            if shard.blocked.len() >= self.per_shard
+                && let Some(victim) = shard.blocked.keys().next().copied()
+            {
+                shard.blocked.remove(&victim);
+                observe::evicted("auto_block", 1);
+            }
+            self.blocked_now
+                .fetch_sub(before - shard.blocked.len(), Ordering::Relaxed);
+        }
+        if shard.blocked.insert(client, until.as_micros()).is_none() {
+            self.blocked_now.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(shard);
+        self.blocks.fetch_add(1, Ordering::Relaxed);
+        observe::counter(observe::AUTO_BLOCKS, 1);
+        observe::gauge(observe::AUTO_BLOCKED, self.blocked_now() as f64);
+        Some(Blocked { client, until })
+    }
+
+    /// Clients blocked now (expired blocks are dropped when next seen).
+    pub(crate) fn blocked_now(&self) -> usize {
+        self.blocked_now.load(Ordering::Relaxed)
+    }
+
+    /// Blocks so far.
+    pub(crate) fn blocks(&self) -> u64 {
+        self.blocks.load(Ordering::Relaxed)
+    }
+
+    /// Lifts the block of `ip`; whether it was blocked.
+    pub(crate) fn unblock(&self, ip: IpAddr) -> bool {
+        let client = self.group(ip);
+        let Some(shard) = self.shard(&client) else {
+            return false;
+        };
+        let removed = shard.lock().blocked.remove(&client).is_some();
+        if removed {
+            self.blocked_now.fetch_sub(1, Ordering::Relaxed);
+            observe::gauge(observe::AUTO_BLOCKED, self.blocked_now() as f64);
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: u64) -> Timestamp {
+        Timestamp::from_micros(s * 1_000_000)
+    }
+
+    #[test]
+    fn blocks_after_the_threshold_for_the_duration() {
+        let b = AutoBlocker::new(
+            AutoBlock::new(3, Duration::from_secs(10), Duration::from_secs(60)),
+            64,
+        );
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(b.denied(ip, at(1)), None);
+        }
+        let blocked = b.denied(ip, at(2)).unwrap();
+        assert_eq!(blocked.until, at(62));
+        assert_eq!(blocked.client.to_string(), "203.0.113.9/32");
+        assert_eq!(b.blocked(ip, at(30)), Some(Duration::from_secs(32)));
+        assert_eq!(b.blocked_now(), 1);
+        assert_eq!(b.blocked(ip, at(62)), None);
+        assert_eq!(b.blocked_now(), 0);
+        // Another client is not touched.
+        assert_eq!(b.blocked("203.0.113.10".parse().unwrap(), at(30)), None);
+    }
+
+    #[test]
+    fn denials_spread_over_periods_do_not_block() {
+        let b = AutoBlocker::new(
+            AutoBlock::new(2, Duration::from_secs(10), Duration::from_secs(60)),
+            64,
+        );
+        let ip: IpAddr = "198.51.100.1".parse().unwrap();
+        for s in [0, 5, 10, 15, 20, 25] {
+            assert_eq!(b.denied(ip, at(s)), None, "at {s}");
+        }
+        assert_eq!(b.blocks(), 0);
+    }
+
+    #[test]
+    fn ipv6_clients_are_blocked_by_prefix() {
+        let b = AutoBlocker::new(
+            AutoBlock::new(1, Duration::from_secs(10), Duration::from_secs(60)),
+            64,
+        );
+        b.denied("2001:db8:1:2::1".parse().unwrap(), at(0));
+        let blocked = b
+            .denied("2001:db8:1:2::ffff".parse().unwrap(), at(0))
+            .unwrap();
+        assert_eq!(blocked.client.to_string(), "2001:db8:1:2::/64");
+        assert!(
+            b.blocked("2001:db8:1:2:abcd::".parse().unwrap(), at(1))
+                .is_some()
+        );
+        assert!(
+            b.blocked("2001:db8:1:3::1".parse().unwrap(), at(1))
+                .is_none()
+        );
+        assert!(b.unblock("2001:db8:1:2::7".parse().unwrap()));
+        assert!(
+            b.blocked("2001:db8:1:2::1".parse().unwrap(), at(1))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_flood_of_addresses_stays_within_the_bound() {
+        let b = AutoBlocker::new(
+            AutoBlock::new(0, Duration::from_secs(10), Duration::from_secs(60)).max_clients(1_000),
+            64,
+        );
+        for i in 0..50_000u32 {
+            let ip = IpAddr::from(i.wrapping_mul(2_654_435_761).to_be_bytes());
+            b.denied(ip, at(1));
+        }
+        let (strikes, blocked): (usize, usize) = b
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.lock();
+                (s.strikes.len(), s.blocked.len())
+            })
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        assert!(blocked <= 1_008 && blocked >= 900, "{blocked}");
+        assert_eq!(strikes, 0);
+        assert_eq!(b.blocked_now(), blocked);
+        assert_eq!(b.blocks(), 50_000);
+    }
+}
