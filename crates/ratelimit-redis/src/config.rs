@@ -8,6 +8,9 @@ use crate::error::invalid;
 
 /// The prefix every key of a store starts with, unless configured otherwise.
 pub const DEFAULT_PREFIX: &str = "ratelimit:";
+/// The default deadline of every store call: a slow or unreachable Redis
+/// costs a request at most this, then the rule's error mode answers.
+pub const DEFAULT_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
 /// The most connections one store opens per server.
 pub const MAX_CONNECTIONS: usize = 64;
 /// The port a Sentinel listens on when its address names none.
@@ -165,13 +168,14 @@ pub struct RedisConfig {
 
 impl RedisConfig {
     /// Defaults for `topology`: prefix `ratelimit:`, connect timeout 1 s,
-    /// response timeout 500 ms, one connection, server time.
+    /// response timeout [`DEFAULT_RESPONSE_TIMEOUT`] (100 ms), one connection,
+    /// server time.
     pub fn new(topology: Topology) -> Self {
         Self {
             topology,
             prefix: DEFAULT_PREFIX.to_owned(),
             connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_millis(500),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             connections: 1,
             time_source: TimeSource::Server,
             tls: TlsCertificates::default(),

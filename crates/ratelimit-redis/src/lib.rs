@@ -9,8 +9,8 @@ mod sentinel;
 mod storage;
 
 pub use config::{
-    DEFAULT_PREFIX, DEFAULT_SENTINEL_PORT, MAX_CONNECTIONS, RedisConfig, SentinelConfig,
-    TimeSource, TlsCertificates, Topology,
+    DEFAULT_PREFIX, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SENTINEL_PORT, MAX_CONNECTIONS, RedisConfig,
+    SentinelConfig, TimeSource, TlsCertificates, Topology,
 };
 pub use storage::{RedisStorage, RedisStorageBuilder};
 

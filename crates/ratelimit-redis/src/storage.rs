@@ -86,7 +86,7 @@ impl RedisStorageBuilder {
         self
     }
 
-    /// The longest any call waits for its answer (default 500 ms).
+    /// The longest any call waits for its answer (default 100 ms).
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.config.response_timeout = timeout;
         self
