@@ -161,4 +161,34 @@ mod tests {
             assert_eq!(format_duration(parse_duration(s).unwrap()), s);
         }
     }
+
+    proptest::proptest! {
+        /// Whatever the text, parsing answers (a duration or an error),
+        /// never panics.
+        #[test]
+        fn any_text_is_answered(text in "\\PC{0,40}") {
+            let _ = parse_duration(&text);
+        }
+
+        /// Text made of the grammar's own pieces, in any order: answered.
+        #[test]
+        fn pieces_in_any_order_are_answered(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[0-9]{1,25}", "(ms|s|m|h|d|us|µs|sec|seconds|minutes|hours|days)",
+                    "[ .,+-]", "[0-9]{1,3}\\.[0-9]{1,3}",
+                ],
+                0..8,
+            )
+        ) {
+            let _ = parse_duration(&pieces.concat());
+        }
+
+        /// What is formatted reads back as the same duration.
+        #[test]
+        fn formatted_durations_read_back(ms in 0u64..10_000_000_000) {
+            let d = Duration::from_millis(ms);
+            proptest::prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+    }
 }

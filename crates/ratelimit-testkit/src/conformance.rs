@@ -514,6 +514,78 @@ pub async fn corrupt_state_is_an_error(h: Arc<dyn Harness>) {
     assert!(limiter.check(&r, "victim").await.unwrap().is_allowed());
 }
 
+/// Arbitrary bytes where rule state should be (a corrupted or foreign value
+/// in the store), for every algorithm: each decision is an answer or a
+/// `CorruptState` error, never a panic nor another error; a reset recovers.
+/// Inputs from proptest: random bytes, and valid states with bytes flipped
+/// or cut (the likelier corruption). `RATELIMIT_FUZZ_CASES` cases per
+/// algorithm (default 48).
+pub async fn arbitrary_state_bytes_are_answered_or_corrupt(h: Arc<dyn Harness>) {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let (store, limiter, _) = setup(&h).await;
+    let cases: usize = std::env::var("RATELIMIT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    let mut runner = TestRunner::deterministic();
+    let (mut answered, mut corrupt) = (0, 0);
+    for algorithm in Algorithm::ALL {
+        let r = rule("fuzz", algorithm, "5/s");
+        let key = limiter.state_key(&r, "victim");
+        limiter.check(&r, "victim").await.unwrap();
+        let valid = store.get(&key).await.unwrap().unwrap_or_default();
+        let random = proptest::collection::vec(any::<u8>(), 0..96).boxed();
+        let mangled = (
+            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(move |(flips, cut)| {
+                let mut v = valid.clone();
+                for (at, byte) in flips {
+                    if !v.is_empty() {
+                        let i = at.index(v.len());
+                        if let Some(b) = v.get_mut(i) {
+                            *b ^= byte | 1;
+                        }
+                    }
+                }
+                let keep = cut.index(v.len() + 1);
+                v.truncate(keep.max(v.len() / 2));
+                v
+            })
+            .boxed();
+        let inputs = prop_oneof![random, mangled];
+        for _ in 0..cases {
+            let bytes = inputs.new_tree(&mut runner).unwrap().current();
+            store.set(&key, &bytes, HOUR).await.unwrap();
+            for cost in [1, 0] {
+                match limiter.check_cost(&r, "victim", cost).await {
+                    Ok(_) => answered += 1,
+                    Err(e) => {
+                        assert_eq!(
+                            e.kind(),
+                            ErrorKind::CorruptState,
+                            "{algorithm}, {bytes:?}: {e}"
+                        );
+                        corrupt += 1;
+                    }
+                }
+            }
+        }
+
+        limiter.reset(&r, "victim").await.unwrap();
+        assert!(limiter.check(&r, "victim").await.unwrap().is_allowed());
+    }
+    // Both outcomes were met: the inputs are not all of one kind.
+    assert!(
+        answered > 0 && corrupt > 0,
+        "{answered} answered, {corrupt} corrupt"
+    );
+}
+
 /// until_ready waits exactly as long as needed; with a bound it gives up.
 pub async fn until_ready_waits(h: Arc<dyn Harness>) {
     let (_, limiter, clock) = setup(&h).await;

@@ -102,19 +102,45 @@ impl TestClient {
         }
     }
 
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Sends `method path` with `headers` and reads the whole response.
     pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let bytes: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        self.send_bytes(method, path, &bytes).await
+    }
+
+    /// Sends `method path` with header values as raw bytes (invalid UTF-8
+    /// among them) and reads the whole response.
+    pub async fn send_bytes(&self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        self.try_send_bytes(method, path, headers)
+            .await
+            .expect("the server answers")
+    }
+
+    /// [`send_bytes`](Self::send_bytes), with the server closing the
+    /// connection instead of answering as an error.
+    pub async fn try_send_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> Result<Reply, String> {
         let mut request = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr));
         for (name, value) in headers {
-            request = request.header(*name, *value);
+            let value = http::HeaderValue::from_bytes(value).expect("a header value");
+            request = request.header(*name, value);
         }
         let response = self
             .client
             .request(request.body(Full::new(Bytes::new())).expect("a request"))
             .await
-            .expect("the server answers");
+            .map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
@@ -123,11 +149,11 @@ impl TestClient {
             .await
             .expect("a body")
             .to_bytes();
-        Reply {
+        Ok(Reply {
             status,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        })
     }
 
     /// `GET path` with `headers`.
@@ -515,6 +541,80 @@ pub async fn forwarded_for_only_from_trusted_proxies(h: Arc<dyn HttpHarness>) {
         )
         .await,
         429
+    );
+}
+
+/// Hostile forwarding headers from behind a trusted proxy: thousands of
+/// hops, invalid UTF-8, malformed `Forwarded`, a giant value. The server
+/// answers every one (a framework may refuse an oversized head with its
+/// own 4xx), the walk stays bounded, and the key stays sane: garbage stops
+/// the walk at the nearest trusted hop (here the proxy itself), so it never
+/// makes a new key per request.
+pub async fn hostile_forwarding_headers(h: Arc<dyn HttpHarness>) {
+    let proxies = ClientIpPolicy::new()
+        .trust(["127.0.0.1", "10.0.0.0/8"])
+        .expect("CIDRs");
+    let keys = KeyExtractor::new(KeySource::Ip).proxies(proxies);
+    let (_server, c) = start(&h, policy(&h, default_limit("3/minute"), keys).await).await;
+
+    // Two thousand hops, the client on the right: one key per client.
+    let hops = |client: &str| {
+        let mut v = "1.1.1.1, ".repeat(2_000);
+        v.push_str(client);
+        v
+    };
+    let long_a = hops("198.51.100.7");
+    let xff_a = [("x-forwarded-for", long_a.as_str())];
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(c.status("/", &xff_a).await);
+    }
+    assert_eq!(seen, [200, 200, 200, 429]);
+    let long_b = hops("198.51.100.8");
+    assert_eq!(
+        c.status("/", &[("x-forwarded-for", long_b.as_str())]).await,
+        200
+    );
+
+    // Garbage on the right: every one of these is keyed by the proxy.
+    let garbage: [(&str, &[u8]); 5] = [
+        ("x-forwarded-for", b"198.51.100.9, \xff\xfe\x80"),
+        ("x-forwarded-for", b"198.51.100.9, 999.1.1.1"),
+        ("forwarded", b"for=\"[2001:db8::1"),
+        ("forwarded", b"for=198.51.100.9;;;,for=_hidden"),
+        ("forwarded", b"for=unknown"),
+    ];
+    let mut seen = Vec::new();
+    for header in garbage {
+        seen.push(c.send_bytes("GET", "/", &[header]).await.status);
+    }
+    assert_eq!(seen, [200, 200, 200, 429, 429]);
+    // A well-formed client is still told apart.
+    assert_eq!(
+        c.status("/", &[("x-forwarded-for", "198.51.100.20")]).await,
+        200
+    );
+
+    // A giant value: answered (by the limiter, or refused by the
+    // framework's own bound on a request head), and the server lives on.
+    // (actix-web closes the connection instead).
+    let giant = "9".repeat(256 * 1024);
+    let giant = c
+        .try_send_bytes("GET", "/", &[("x-forwarded-for", giant.as_bytes())])
+        .await;
+    if let Ok(reply) = giant {
+        assert!(
+            matches!(reply.status, 200 | 429 | 400 | 413 | 431),
+            "giant header: {}",
+            reply.status
+        );
+    }
+    let fresh = TestClient::new(c.addr());
+    assert_eq!(
+        fresh
+            .status("/", &[("x-forwarded-for", "198.51.100.21")])
+            .await,
+        200
     );
 }
 
@@ -935,7 +1035,7 @@ macro_rules! http_behaviour_tests {
         $crate::http_behaviour_tests!(@cases
             limit_reached, header_styles, exemptions, allow_and_deny_lists,
             routes_and_methods, forwarded_for_only_from_trusted_proxies,
-            ipv6_prefix_grouping, identity_and_header_keys, store_failures,
+            hostile_forwarding_headers, ipv6_prefix_grouping, identity_and_header_keys, store_failures,
             shadow_mode, concurrent_requests, handlers_see_the_decision,
             refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving,
             config_reloaded_under_load

@@ -114,7 +114,8 @@ macro_rules! storage_conformance_tests {
             kv_get_set_delete_exists, kv_values_expire, kv_increment, kv_clear, kv_close, kv_stats,
             cas_semantics, peek_does_not_consume, reset_forgets_a_key, penalty_blocks_then_releases,
             multi_quota_all_or_nothing, state_keys_expire, long_keys_are_bounded,
-            cost_above_capacity_is_an_error, corrupt_state_is_an_error, until_ready_waits,
+            cost_above_capacity_is_an_error, corrupt_state_is_an_error,
+            arbitrary_state_bytes_are_answered_or_corrupt, until_ready_waits,
             concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness
         );
         $crate::storage_conformance_tests!(@model

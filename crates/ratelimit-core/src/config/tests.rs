@@ -493,3 +493,177 @@ fn stores_methods_and_code_built_values_are_checked() {
         "invalid configuration: limits.toml: cannot read the file: gone"
     );
 }
+
+/// Fuzzing the reader: documents built from the configuration's own
+/// vocabulary (sections, fields, plausible and hostile values), and
+/// arbitrary text in each format. Every document is answered, a
+/// configuration or its problems, never a panic; an accepted one checks
+/// and compiles.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SECTIONS: &[&str] = &[
+        "storage",
+        "defaults",
+        "rules.api",
+        "rules.login",
+        "tier_cache",
+        "exempt",
+        "lists",
+        "proxies",
+        "auto_block",
+        "tiers.pro",
+        "storage.breaker",
+        "storage.options",
+    ];
+
+    const FIELDS: &[&str] = &[
+        "url",
+        "timeout",
+        "deny_cache",
+        "failures",
+        "cooldown",
+        "algorithm",
+        "key",
+        "missing_key",
+        "headers",
+        "reset_format",
+        "on_store_error",
+        "denied_status",
+        "shadow",
+        "ipv6_prefix",
+        "rules",
+        "limit",
+        "window",
+        "burst",
+        "penalty",
+        "ttl",
+        "capacity",
+        "paths",
+        "allow",
+        "deny",
+        "runtime",
+        "refresh",
+        "trusted",
+        "max_hops",
+        "denials",
+        "within",
+        "block_for",
+        "max_clients",
+        "path",
+        "methods",
+        "cost",
+        "rule",
+        "name",
+    ];
+
+    const WORDS: &[&str] = &[
+        "gcra",
+        "fixed_window",
+        "token_bucket",
+        "ip",
+        "user+route",
+        "header:x-key",
+        "custom:tenant",
+        "memory://",
+        "redis://h",
+        "/a/{id}",
+        "/files/{*rest}",
+        "10.0.0.0/8",
+        "::1",
+        "deny",
+        "allow",
+        "api",
+        "login",
+        "GET",
+        "reject",
+        "unix",
+        "both",
+    ];
+
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u64..5_000).prop_map(|n| n.to_string()),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| format!("{f:?}")),
+            any::<bool>().prop_map(|b| b.to_string()),
+            "\"[0-9]{1,4}(ms|s|m|h|d)\"",
+            proptest::sample::select(WORDS).prop_map(|w| format!("{w:?}")),
+            "\"[^\"\\\\\\p{Cc}]{0,12}\"",
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(", "))),
+                proptest::collection::vec((proptest::sample::select(FIELDS), inner), 0..4)
+                    .prop_map(|v| {
+                        let fields: Vec<String> =
+                            v.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                        format!("{{ {} }}", fields.join(", "))
+                    }),
+            ]
+        })
+    }
+
+    fn document() -> impl Strategy<Value = String> {
+        let section = (
+            proptest::sample::select(SECTIONS),
+            proptest::collection::vec((proptest::sample::select(FIELDS), value()), 0..6),
+        );
+        let routes = proptest::collection::vec((proptest::sample::select(FIELDS), value()), 0..5);
+        (
+            proptest::collection::vec(section, 0..6),
+            proptest::collection::vec(routes, 0..3),
+        )
+            .prop_map(|(sections, routes)| {
+                let mut text = String::new();
+                let mut seen = std::collections::BTreeSet::new();
+                for (name, fields) in sections {
+                    if !seen.insert(name) {
+                        continue;
+                    }
+                    text.push_str(&format!("[{name}]\n"));
+                    let mut keys = std::collections::BTreeSet::new();
+                    for (k, v) in fields {
+                        if keys.insert(k) {
+                            text.push_str(&format!("{k} = {v}\n"));
+                        }
+                    }
+                }
+                for fields in routes {
+                    text.push_str("[[routes]]\n");
+                    let mut keys = std::collections::BTreeSet::new();
+                    for (k, v) in fields {
+                        if keys.insert(k) {
+                            text.push_str(&format!("{k} = {v}\n"));
+                        }
+                    }
+                }
+                text
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn documents_of_the_vocabulary_are_answered(text in document()) {
+            if let Ok(config) = Config::parse(&text, Format::Toml) {
+                prop_assert!(config.check().is_ok(), "accepted but failing its check:\n{text}");
+                let built = config.built_rules();
+                prop_assert!(built.is_ok(), "accepted but not compiling:\n{text}");
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_is_answered_in_every_format(text in "\\PC{0,200}") {
+            for format in [Format::Toml, Format::Yaml, Format::Json] {
+                let _ = Config::parse(&text, format);
+            }
+        }
+    }
+}
