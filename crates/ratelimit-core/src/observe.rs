@@ -263,7 +263,8 @@ impl Status {
 /// what it found: whether the store answered and how fast, its kind, its
 /// key count, and (for a [guarded](crate::guard::GuardedStorage) store) the
 /// breaker's state and the guards' counters. Never fails: a store that does
-/// not answer is reported unhealthy.
+/// not answer, reports its connection `unavailable` (a detail named
+/// `connection`), or whose breaker is open is reported unhealthy.
 pub async fn status(store: &dyn Storage, timeout: Duration) -> Status {
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(timeout, store.stats()).await;
@@ -285,14 +286,19 @@ pub async fn status(store: &dyn Storage, timeout: Duration) -> Status {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    // A guarded store reports its store's failure as a detail.
-    let error = find("error");
+    // A guarded store reports its store's failure as `error`; a store that
+    // answers its stats without its server (Redis) says so in `connection`.
+    let error =
+        find("error").or_else(|| find("connection").filter(|c| c.starts_with("unavailable")));
+    let breaker = find("breaker");
     Status {
         backend: stats.backend.to_owned(),
-        healthy: error.is_none() && stats.backend != "unavailable",
+        healthy: error.is_none()
+            && stats.backend != "unavailable"
+            && breaker.as_deref() != Some("open"),
         latency,
         keys: stats.keys,
-        breaker: find("breaker"),
+        breaker,
         error,
         details: stats.details,
     }

@@ -308,7 +308,7 @@ mod tests {
                 (s.strikes.len(), s.blocked.len())
             })
             .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
-        assert!(blocked <= 1_008 && blocked >= 900, "{blocked}");
+        assert!((900..=1_008).contains(&blocked), "{blocked}");
         assert_eq!(strikes, 0);
         assert_eq!(b.blocked_now(), blocked);
         assert_eq!(b.blocks(), 50_000);
