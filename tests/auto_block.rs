@@ -55,16 +55,20 @@ async fn statuses(p: &HttpPolicy, peer: &str, n: usize) -> Vec<u16> {
     out
 }
 
-#[tokio::test]
-async fn a_client_denied_too_often_is_blocked_for_a_while() {
+/// A policy over a fresh memory store on a manual clock, blocking after 3
+/// denials a minute for 10 minutes.
+fn on_manual_clock() -> (ManualClock, HttpPolicy) {
     let clock = ManualClock::new(Timestamp::from_micros(0));
     let limiter = Limiter::builder(Arc::new(MemoryStorage::new()))
         .clock(clock.clone())
         .build();
-    let p = policy(
-        limiter,
-        AutoBlock::new(3, Duration::from_secs(60), Duration::from_secs(600)),
-    );
+    let rule = AutoBlock::new(3, Duration::from_secs(60), Duration::from_secs(600));
+    (clock, policy(limiter, rule))
+}
+
+#[tokio::test]
+async fn a_client_denied_too_often_is_blocked_for_a_while() {
+    let (clock, p) = on_manual_clock();
     // Two admitted, three denials tolerated, the fourth blocks.
     assert_eq!(
         statuses(&p, "203.0.113.9", 7).await,
@@ -92,14 +96,7 @@ async fn a_client_denied_too_often_is_blocked_for_a_while() {
 
 #[tokio::test]
 async fn denials_spread_out_do_not_block() {
-    let clock = ManualClock::new(Timestamp::from_micros(0));
-    let limiter = Limiter::builder(Arc::new(MemoryStorage::new()))
-        .clock(clock.clone())
-        .build();
-    let p = policy(
-        limiter,
-        AutoBlock::new(3, Duration::from_secs(60), Duration::from_secs(600)),
-    );
+    let (clock, p) = on_manual_clock();
     // Three denials a minute, for ten minutes: never more than allowed.
     for _ in 0..10 {
         assert_eq!(
