@@ -248,15 +248,8 @@ impl DenyCache {
     }
 
     fn shard(&self, key: &str) -> Option<&Mutex<HashMap<String, Denied>>> {
-        // FNV-1a: cheap, and the keys are the limiter's, not an attacker's
-        // choice of hash inputs that matter here (a collision only shares a
-        // shard).
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in key.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let i = usize::try_from(h % SHARDS as u64).unwrap_or(0);
-        self.shards.get(i)
+        self.shards
+            .get(crate::key::shard_index(key.as_bytes(), SHARDS))
     }
 
     /// The cached denial answering `request`, if any.

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 
 use crate::clock::{Timestamp, duration_to_micros};
+use crate::key::shard_index;
 use crate::observe;
 
 /// The default bound on clients tracked (and on clients blocked).
@@ -118,16 +119,11 @@ impl AutoBlocker {
     }
 
     fn shard(&self, client: &IpNet) -> Option<&Mutex<Shard>> {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let bytes = match client.addr() {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
+        let index = match client.addr() {
+            IpAddr::V4(a) => shard_index(&a.octets(), SHARDS),
+            IpAddr::V6(a) => shard_index(&a.octets(), SHARDS),
         };
-        for b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.shards
-            .get(usize::try_from(h % SHARDS as u64).unwrap_or(0))
+        self.shards.get(index)
     }
 
     /// How long `ip` stays blocked, if it is.
