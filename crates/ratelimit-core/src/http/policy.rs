@@ -2,6 +2,7 @@
 //! "proceed with these headers" or "respond with this" out.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,9 +157,17 @@ enum Begun<'p> {
     /// Decided without the store.
     Done(Outcome),
     /// These limits apply to this key.
-    Decide(&'p Limits, SmolStr),
+    Decide(Target<'p>),
     /// The caller's tier must be resolved first.
     ResolveTier,
+}
+
+/// What a request is decided against: the limits, its key, and the client
+/// address (found once, for the lists, the key and automatic blocking).
+struct Target<'p> {
+    limits: &'p Limits,
+    key: SmolStr,
+    client: IpAddr,
 }
 
 fn unlimited() -> Outcome {
@@ -234,7 +243,7 @@ impl HttpPolicy {
 
     /// Lifts an automatic block of `ip` on this instance (a block on the
     /// runtime deny list is removed there); whether there was one.
-    pub fn unblock(&self, ip: std::net::IpAddr) -> bool {
+    pub fn unblock(&self, ip: IpAddr) -> bool {
         self.auto_block.as_ref().is_some_and(|b| b.unblock(ip))
     }
 
@@ -352,15 +361,16 @@ impl HttpPolicy {
         match self.begin_with(view, None, None) {
             Begun::Done(outcome) => Some(outcome),
             Begun::ResolveTier => None,
-            Begun::Decide(limits, key) => {
+            Begun::Decide(to) => {
+                let (limits, key) = (to.limits, to.key.as_str());
                 let result = match &*limits.rules {
-                    [rule] => self.limiter.check_cost_now(rule, &key, limits.cost)?,
+                    [rule] => self.limiter.check_cost_now(rule, key, limits.cost)?,
                     rules => {
-                        let checks: Vec<_> = rules.iter().map(|r| (r, key.as_str())).collect();
+                        let checks: Vec<_> = rules.iter().map(|r| (r, key)).collect();
                         self.limiter.check_all_now(&checks, limits.cost)?
                     }
                 };
-                Some(self.finish(view, limits, key, result))
+                Some(self.finish(view, to, result))
             }
         }
     }
@@ -391,15 +401,16 @@ impl HttpPolicy {
         };
         match begun {
             Begun::Done(outcome) => outcome,
-            Begun::Decide(limits, key) => {
+            Begun::Decide(to) => {
+                let (limits, key) = (to.limits, to.key.as_str());
                 let result = match &*limits.rules {
-                    [rule] => self.limiter.check_cost(rule, &key, limits.cost).await,
+                    [rule] => self.limiter.check_cost(rule, key, limits.cost).await,
                     rules => {
-                        let checks: Vec<_> = rules.iter().map(|r| (r, key.as_str())).collect();
+                        let checks: Vec<_> = rules.iter().map(|r| (r, key)).collect();
                         self.limiter.check_all(&checks, limits.cost).await
                     }
                 };
-                self.finish(view, limits, key, result)
+                self.finish(view, to, result)
             }
             // Not reached: with the tier resolved, it is never asked for again.
             Begun::ResolveTier => unlimited(),
@@ -477,7 +488,11 @@ impl HttpPolicy {
             .keys
             .extract_for_client(limits.key.as_ref(), view, client)
         {
-            ExtractedKey::Key(key) => Begun::Decide(limits, key),
+            ExtractedKey::Key(key) => Begun::Decide(Target {
+                limits,
+                key,
+                client,
+            }),
             ExtractedKey::Reject(status) => Begun::Done(Self::respond(
                 status,
                 Vec::new(),
@@ -489,17 +504,11 @@ impl HttpPolicy {
 
     /// Everything after the decision: headers, hooks, the response, or the
     /// error mode when the store failed.
-    fn finish(
-        &self,
-        view: &RequestView<'_>,
-        limits: &Limits,
-        key: SmolStr,
-        result: Result<Decision>,
-    ) -> Outcome {
+    fn finish(&self, view: &RequestView<'_>, to: Target<'_>, result: Result<Decision>) -> Outcome {
         match result {
-            Ok(decision) => self.outcome(view, decision, limits, key),
+            Ok(decision) => self.outcome(view, decision, to),
             Err(error) => {
-                let mode = limits.on_store_error.unwrap_or(self.on_store_error);
+                let mode = to.limits.on_store_error.unwrap_or(self.on_store_error);
                 tracing::warn!(
                     target: "ratelimit::http",
                     error = %error,
@@ -527,8 +536,7 @@ impl HttpPolicy {
 
     /// Counts a denial towards automatic blocking; announces a new block
     /// and shares it through the runtime deny list.
-    fn strike(&self, blocker: &AutoBlocker, view: &RequestView<'_>) {
-        let client = self.keys.client_ip(view);
+    fn strike(&self, blocker: &AutoBlocker, client: IpAddr) {
         let Some(blocked) = blocker.denied(client, self.limiter.clock().now()) else {
             return;
         };
@@ -562,13 +570,12 @@ impl HttpPolicy {
         }
     }
 
-    fn outcome(
-        &self,
-        view: &RequestView<'_>,
-        decision: Decision,
-        limits: &Limits,
-        key: SmolStr,
-    ) -> Outcome {
+    fn outcome(&self, view: &RequestView<'_>, decision: Decision, to: Target<'_>) -> Outcome {
+        let Target {
+            limits,
+            key,
+            client,
+        } = to;
         let mut headers = if self.style == HeaderStyle::None {
             Vec::new()
         } else {
@@ -611,7 +618,7 @@ impl HttpPolicy {
             "request over its rate limit"
         );
         if let Some(blocker) = &self.auto_block {
-            self.strike(blocker, view);
+            self.strike(blocker, client);
         }
         if self.shadow {
             return admit(headers, decision);
