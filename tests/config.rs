@@ -121,6 +121,43 @@ async fn one_call_builds_the_stack_from_a_file() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[tokio::test]
+async fn approximate_mode_from_a_file_wraps_the_guarded_store() {
+    let dir = std::env::temp_dir().join(format!("ratelimit-approx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("limits.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[storage]\nurl = \"sqlite://{}\"\ntimeout = \"2s\"\n[storage.approximate]\nflush = \"1h\"\n[defaults]\nrules = [\"api\"]\n[rules.api]\nlimit = 10\nwindow = \"1m\"\n",
+            dir.join("limits.db").display()
+        ),
+    )
+    .unwrap();
+    let live = ratelimit::config::start(&file).await.unwrap();
+    let policy = live.policy().current();
+    assert_eq!(
+        admitted(&policy, 12, "GET", "/", "198.51.100.1", None).await,
+        10
+    );
+    let stats = live.limiter().storage().stats().await.unwrap();
+    let detail = |name: &str| {
+        stats
+            .details
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    // The first request went to the store and gave a budget of 9, spent
+    // locally; the 11th went to the store with those 9 and was denied,
+    // the 12th was denied locally. The deadline guard is underneath.
+    assert_eq!(detail("approximate_local_decisions").as_deref(), Some("10"));
+    assert_eq!(detail("approximate_store_decisions").as_deref(), Some("2"));
+    assert_eq!(detail("approximate_flushed_units").as_deref(), Some("9"));
+    assert_eq!(detail("breaker").as_deref(), Some("closed"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The seed's tiers from a file, with the application's resolver (a lookup
 /// that counts its calls, standing in for the database).
 const TIERS: &str = r#"

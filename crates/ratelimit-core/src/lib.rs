@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod algorithm;
+pub mod approximate;
 pub mod clock;
 #[cfg(feature = "config")]
 pub mod config;

@@ -17,6 +17,8 @@
 //! | `ratelimit_evictions_total` | counter | `cache` (`memory_store`, `deny_cache`, `tier_cache`) | live entries dropped to stay within a size bound |
 //! | `ratelimit_auto_blocks_total` | counter | — | clients put on the deny list by [automatic blocking](crate::http::AutoBlock) |
 //! | `ratelimit_auto_blocked_clients` | gauge | — | clients blocked automatically now (this instance) |
+//! | `ratelimit_approximate_local_decisions_total` | counter | — | decisions [approximate mode](crate::approximate) answered without the store (added at each flush) |
+//! | `ratelimit_approximate_unrecorded_units_total` | counter | — | units approximate mode admitted that no longer fitted when written: measured over-admission |
 //!
 //! Call [`describe`] once after installing the recorder to give each metric
 //! its help text and unit.
@@ -53,6 +55,11 @@ pub const EVICTIONS: &str = "ratelimit_evictions_total";
 pub const AUTO_BLOCKS: &str = "ratelimit_auto_blocks_total";
 /// Gauge: clients blocked automatically now.
 pub const AUTO_BLOCKED: &str = "ratelimit_auto_blocked_clients";
+/// Counter: decisions answered locally by [approximate mode](crate::approximate).
+pub const APPROXIMATE_LOCAL: &str = "ratelimit_approximate_local_decisions_total";
+/// Counter: units approximate mode admitted that no longer fitted when
+/// written to the store.
+pub const APPROXIMATE_UNRECORDED: &str = "ratelimit_approximate_unrecorded_units_total";
 
 /// Gives every metric above its help text and unit in the installed
 /// recorder. Does nothing without the `metrics` feature.
@@ -85,6 +92,14 @@ pub fn describe() {
         );
         describe_counter!(AUTO_BLOCKS, "Clients put on the deny list automatically.");
         describe_gauge!(AUTO_BLOCKED, "Clients blocked automatically now.");
+        describe_counter!(
+            APPROXIMATE_LOCAL,
+            "Decisions approximate mode answered locally, without the store."
+        );
+        describe_counter!(
+            APPROXIMATE_UNRECORDED,
+            "Units approximate mode admitted that no longer fitted in the store: over-admission."
+        );
     }
 }
 

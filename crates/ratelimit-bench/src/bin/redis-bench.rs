@@ -18,6 +18,15 @@
 //! store without it. Both report decisions/s and Redis round trips (script
 //! calls, from `INFO commandstats`) per decision.
 //!
+//! The row `approximate/c50` is 50 tasks on 10 hot keys that never reach
+//! their limit: ours in approximate mode (`ApproximateStorage`, flush every
+//! 50 ms), the peer the same store exact; decisions/s and round trips per
+//! decision. The row `approximate/over-admission` is 4 instances (4
+//! connections, as 4 processes would have), 12 tasks each, on one key of a
+//! limit of 5 000/s: admissions per second exact, in approximate mode, and
+//! in approximate mode with `instances(4)`, and how many more than exact
+//! each admitted, in percent.
+//!
 //! `REDIS_BENCH_ONLY=gcra/c1` runs one row, and `REDIS_BENCH_SIDE=ours` (or
 //! `peer`) one side of it, for profiling.
 
@@ -26,6 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ratelimit_core::approximate::{Approximate, ApproximateStorage};
 use ratelimit_core::guard::GuardedStorage;
 use ratelimit_core::{Algorithm, Limiter, Quota, Rule, Storage};
 use ratelimit_redis::RedisStorage;
@@ -37,6 +47,10 @@ const MEASURE: Duration = Duration::from_secs(4);
 const WARM_UP: Duration = Duration::from_secs(1);
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::Gcra, Algorithm::SlidingWindowCounter];
 const CONCURRENCY: [u64; 2] = [1, 50];
+/// The flush period of the approximate-mode rows.
+const HOT_FLUSH: Duration = Duration::from_millis(50);
+/// The limit of the over-admission row, per second.
+const HOT_LIMIT: u64 = 5_000;
 
 fn rule(algorithm: Algorithm) -> Result<Rule, Box<dyn std::error::Error>> {
     Ok(Rule::new(
@@ -55,43 +69,62 @@ fn ours(url: &str, algorithm: Algorithm, tasks: u64) -> Result<f64, Box<dyn std:
     runtime.block_on(async {
         let store = RedisStorage::connect(url).await?;
         let limiter = Limiter::new(Arc::new(store));
-        let (per_s, _) = drive(&limiter, &rule, tasks, |_, i, _| format!("k{}", i % KEYS)).await?;
-        Ok(per_s)
+        let driven = drive(&[limiter], &rule, tasks, |_, i, _| format!("k{}", i % KEYS)).await?;
+        Ok(driven.per_s)
     })
 }
 
-/// Runs `tasks` tasks checking `rule` on the keys `key(task, i, n)` names
-/// (`i` steps through a sequence spread over tasks, `n` counts the task's
-/// requests) for the warm-up and then the measured time: decisions/s over
-/// the measured time, and all decisions made.
+/// What [`drive`] measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Driven {
+    /// Decisions per second over the measured time.
+    per_s: f64,
+    /// Admissions per second over the measured time.
+    admitted_per_s: f64,
+    /// Decisions made, warm-up included.
+    total: u64,
+}
+
+/// Runs `tasks` tasks on each of `limiters`, checking `rule` on the keys
+/// `key(task, i, n)` names (`i` steps through a sequence spread over tasks,
+/// `n` counts the task's requests), for the warm-up and then the measured
+/// time.
 async fn drive(
-    limiter: &Limiter,
+    limiters: &[Limiter],
     rule: &Rule,
     tasks: u64,
     key: fn(u64, u64, u64) -> String,
-) -> Result<(f64, u64), Box<dyn std::error::Error>> {
+) -> Result<Driven, Box<dyn std::error::Error>> {
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let (done, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let (limiter, rule) = (limiter.clone(), rule.clone());
+    let done = Arc::new(AtomicU64::new(0));
+    let admitted = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = limiters
+        .iter()
+        .flat_map(|limiter| (0..tasks).map(move |t| (limiter.clone(), t)))
+        .map(|(limiter, t)| {
+            let rule = rule.clone();
             let (counting, stop) = (counting.clone(), stop.clone());
-            let (done, total) = (done.clone(), total.clone());
+            let (done, admitted, total) = (done.clone(), admitted.clone(), total.clone());
             tokio::spawn(async move {
                 let (mut i, mut n) = (t, 0_u64);
                 while !stop.load(Ordering::Relaxed) {
                     i = i.wrapping_add(7_919);
                     n += 1;
-                    limiter.check(&rule, &key(t, i, n)).await?;
-                    // Answers that never wait (the deny cache's) would
-                    // starve the timer on this one thread: let it run.
+                    let allowed = limiter.check(&rule, &key(t, i, n)).await?.is_allowed();
+                    // Answers that never wait (the deny cache's, local
+                    // counting's) would starve the timer on this one
+                    // thread: let it run.
                     if n % 64 == 0 {
                         tokio::task::yield_now().await;
                     }
                     total.fetch_add(1, Ordering::Relaxed);
                     if counting.load(Ordering::Relaxed) {
                         done.fetch_add(1, Ordering::Relaxed);
+                        if allowed {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 Ok::<(), ratelimit_core::Error>(())
@@ -102,16 +135,20 @@ async fn drive(
     counting.store(true, Ordering::Relaxed);
     let start = Instant::now();
     tokio::time::sleep(MEASURE).await;
-    let n = done.load(Ordering::Relaxed);
-    let elapsed = start.elapsed();
+    let (n, a) = (
+        done.load(Ordering::Relaxed),
+        admitted.load(Ordering::Relaxed),
+    );
+    let elapsed = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.await??;
     }
-    Ok((
-        n as f64 / elapsed.as_secs_f64(),
-        total.load(Ordering::Relaxed),
-    ))
+    Ok(Driven {
+        per_s: n as f64 / elapsed,
+        admitted_per_s: a as f64 / elapsed,
+        total: total.load(Ordering::Relaxed),
+    })
 }
 
 /// Requests per second `redis-benchmark` reports for the same script call.
@@ -218,7 +255,7 @@ fn attack(
             }
         }
         let calls_before = script_calls(server);
-        let (per_s, decisions) = drive(&limiter, &rule, TASKS, |t, i, n| {
+        let driven = drive(&[limiter], &rule, TASKS, |t, i, n| {
             if i % 10 == 0 {
                 // A legitimate client: a key of its own, under its limit.
                 format!("client-{t}-{n}")
@@ -228,7 +265,55 @@ fn attack(
         })
         .await?;
         let trips = script_calls(server).saturating_sub(calls_before) as f64;
-        Ok((per_s, trips / decisions.max(1) as f64))
+        Ok((driven.per_s, trips / driven.total.max(1) as f64))
+    })
+}
+
+/// How the hot-key rows run the store: exact, or in approximate mode
+/// shared by this many instances.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Exact,
+    Approximate(u64),
+}
+
+/// `instances` limiters, each on its own connection (as separate processes
+/// would be), in `mode`, checking `rule` from 10 tasks each on `key`: what
+/// they measured and the round trips per decision.
+fn hot(
+    server: &RedisServer,
+    url: &str,
+    mode: Mode,
+    instances: usize,
+    rule: &Rule,
+    key: fn(u64, u64, u64) -> String,
+) -> Result<(Driven, f64), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut stores = Vec::new();
+        for _ in 0..instances {
+            let redis: Arc<dyn Storage> = Arc::new(RedisStorage::connect(url).await?);
+            stores.push(match mode {
+                Mode::Exact => redis,
+                Mode::Approximate(n) => Arc::new(ApproximateStorage::new(
+                    redis,
+                    Approximate::new(HOT_FLUSH).instances(n),
+                )),
+            });
+        }
+        if let Some(first) = stores.first() {
+            first.clear().await?;
+        }
+        let limiters: Vec<Limiter> = stores.iter().cloned().map(Limiter::new).collect();
+        let calls_before = script_calls(server);
+        let driven = drive(&limiters, rule, 50 / instances as u64, key).await?;
+        let trips = script_calls(server).saturating_sub(calls_before) as f64;
+        for s in &stores {
+            s.close().await?;
+        }
+        Ok((driven, trips / driven.total.max(1) as f64))
     })
 }
 
@@ -284,6 +369,63 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "ratio": ((ours / peer) * 100.0).round() / 100.0,
             "ours_round_trips_per_decision": (ours_trips * 1000.0).round() / 1000.0,
             "peer_round_trips_per_decision": (peer_trips * 1000.0).round() / 1000.0,
+        }));
+    }
+    if selected("approximate/c50") {
+        // Ten hot keys under a limit they never reach: throughput.
+        let rule = Rule::new("hot", Algorithm::Gcra, Quota::per_second(1_000_000)?)?;
+        let key: fn(u64, u64, u64) -> String = |_, i, _| format!("hot-{}", i % 10);
+        let (ours, ours_trips) = hot(&server, &url, Mode::Approximate(1), 1, &rule, key)?;
+        let (peer, peer_trips) = hot(&server, &url, Mode::Exact, 1, &rule, key)?;
+        eprintln!(
+            "approximate/c50: approximate {:.0}/s ({ours_trips:.4} round trips per decision), exact {:.0}/s ({peer_trips:.3})",
+            ours.per_s, peer.per_s
+        );
+        rows.push(json!({
+            "name": "approximate/c50",
+            "ours_per_s": (ours.per_s * 10.0).round() / 10.0,
+            "peer_per_s": (peer.per_s * 10.0).round() / 10.0,
+            "ratio": ((ours.per_s / peer.per_s) * 100.0).round() / 100.0,
+            "ours_round_trips_per_decision": (ours_trips * 10_000.0).round() / 10_000.0,
+            "peer_round_trips_per_decision": (peer_trips * 1000.0).round() / 1000.0,
+        }));
+    }
+    if selected("approximate/over-admission") {
+        // One key, 4 instances asking far more than its limit allows.
+        let rule = Rule::new(
+            "over",
+            Algorithm::SlidingWindowCounter,
+            Quota::per_second(HOT_LIMIT)?,
+        )?;
+        let key: fn(u64, u64, u64) -> String = |_, _, _| "one".to_owned();
+        let (exact, _) = hot(&server, &url, Mode::Exact, 4, &rule, key)?;
+        let (alone, _) = hot(&server, &url, Mode::Approximate(1), 4, &rule, key)?;
+        let (shared, _) = hot(&server, &url, Mode::Approximate(4), 4, &rule, key)?;
+        let over = |d: &Driven| (d.admitted_per_s / exact.admitted_per_s - 1.0) * 100.0;
+        eprintln!(
+            "approximate/over-admission: limit {HOT_LIMIT}/s; exact admits {:.0}/s ({:.0} decisions/s); \
+             approximate {:.0}/s ({:+.1}%, {:.0} decisions/s); with instances(4) {:.0}/s ({:+.1}%, {:.0} decisions/s)",
+            exact.admitted_per_s,
+            exact.per_s,
+            alone.admitted_per_s,
+            over(&alone),
+            alone.per_s,
+            shared.admitted_per_s,
+            over(&shared),
+            shared.per_s
+        );
+        rows.push(json!({
+            "name": "approximate/over-admission",
+            "limit_per_s": HOT_LIMIT,
+            "ours_per_s": (alone.per_s * 10.0).round() / 10.0,
+            "peer_per_s": (exact.per_s * 10.0).round() / 10.0,
+            "ratio": ((alone.per_s / exact.per_s) * 100.0).round() / 100.0,
+            "ours_admitted_per_s": alone.admitted_per_s.round(),
+            "peer_admitted_per_s": exact.admitted_per_s.round(),
+            "over_admission_pct": (over(&alone) * 10.0).round() / 10.0,
+            "shared_admitted_per_s": shared.admitted_per_s.round(),
+            "shared_over_admission_pct": (over(&shared) * 10.0).round() / 10.0,
+            "shared_per_s": (shared.per_s * 10.0).round() / 10.0,
         }));
     }
     println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -99,6 +99,9 @@ pub struct StorageConfig {
     pub breaker: Option<crate::guard::Breaker>,
     /// How many denials the local deny cache keeps (0, the default: none).
     pub deny_cache: usize,
+    /// `[storage.approximate]`: count hot keys locally and write them in
+    /// batches (off by default; see [`approximate`](crate::approximate)).
+    pub approximate: Option<crate::approximate::Approximate>,
 }
 
 impl Default for StorageConfig {
@@ -109,6 +112,7 @@ impl Default for StorageConfig {
             timeout: None,
             breaker: None,
             deny_cache: 0,
+            approximate: None,
         }
     }
 }
@@ -119,19 +123,25 @@ impl StorageConfig {
         self.timeout.is_some() || self.breaker.is_some() || self.deny_cache > 0
     }
 
-    /// `store` behind the guards this section asks for.
+    /// `store` behind the guards this section asks for, and behind
+    /// approximate mode when it is on (whose store calls then go through
+    /// the guards).
     pub fn guard(&self, store: Arc<dyn crate::Storage>) -> Arc<dyn crate::Storage> {
-        if !self.guarded() {
-            return store;
+        let mut store = store;
+        if self.guarded() {
+            let mut g = crate::guard::GuardedStorage::new(store).deny_cache(self.deny_cache);
+            if let Some(t) = self.timeout {
+                g = g.deadline(t);
+            }
+            if let Some(b) = self.breaker {
+                g = g.breaker(b);
+            }
+            store = Arc::new(g);
         }
-        let mut g = crate::guard::GuardedStorage::new(store).deny_cache(self.deny_cache);
-        if let Some(t) = self.timeout {
-            g = g.deadline(t);
+        if let Some(a) = self.approximate {
+            store = Arc::new(crate::approximate::ApproximateStorage::new(store, a));
         }
-        if let Some(b) = self.breaker {
-            g = g.breaker(b);
-        }
-        Arc::new(g)
+        store
     }
 
     /// The URL with the options appended to its query string.

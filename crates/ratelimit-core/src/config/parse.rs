@@ -176,7 +176,42 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
     if let Some(n) = t.integer(r, "deny_cache", 0, 100_000_000) {
         s.deny_cache = usize::try_from(n).unwrap_or(0);
     }
-    t.finish(r, &["url", "options", "timeout", "breaker", "deny_cache"]);
+    if let Some(a) = t.table(r, "approximate") {
+        let flush = match a.duration(r, "flush") {
+            Some(d) if d.is_zero() => {
+                r.problem(
+                    &a.field_path("flush"),
+                    a.value_of("flush"),
+                    "must be above 0",
+                );
+                d
+            }
+            Some(d) => d,
+            None => crate::approximate::DEFAULT_APPROXIMATE_FLUSH,
+        };
+        let keys = a
+            .integer(r, "max_keys", 1, 100_000_000)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(crate::approximate::DEFAULT_APPROXIMATE_KEYS);
+        let instances = a.integer(r, "instances", 1, 1_000_000).unwrap_or(1);
+        s.approximate = Some(
+            crate::approximate::Approximate::new(flush)
+                .max_keys(keys)
+                .instances(instances),
+        );
+        a.finish(r, &["flush", "max_keys", "instances"]);
+    }
+    t.finish(
+        r,
+        &[
+            "url",
+            "options",
+            "timeout",
+            "breaker",
+            "deny_cache",
+            "approximate",
+        ],
+    );
     s
 }
 

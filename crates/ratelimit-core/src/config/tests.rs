@@ -151,7 +151,7 @@ x = 1
 fn every_problem_is_reported_at_once() {
     let expected = r#"configuration: storage.url: the store URL is empty (expected e.g. memory://, sqlite:///var/lib/app/limits.db or redis://host:6379)
 configuration: storage.options.nested: expected a string, a number or a boolean
-configuration: storage.urll: unknown field `urll` (expected one of: url, options, timeout, breaker, deny_cache); did you mean `url`?
+configuration: storage.urll: unknown field `urll` (expected one of: url, options, timeout, breaker, deny_cache, approximate); did you mean `url`?
 configuration: defaults.algorithm: unknown algorithm "fast" (expected one of fixed_window, sliding_window_log, sliding_window_counter, token_bucket, leaky_bucket, gcra)
 configuration: defaults.key: invalid key "ipv4" (expected ip, user, route, header:<name>, custom:<name>, or parts joined by +, such as user+route)
 configuration: defaults.missing_key: expected "ip" (key the request by its address), "reject" (refuse it with 400) or a status from 400 to 599
@@ -204,6 +204,39 @@ configuration: tiers.pro.rules[1].path: duplicate entry: tiers.pro.rules[0] alre
     assert!(
         all.to_string()
             .starts_with("invalid configuration (46 problems):\n  configuration: storage.url: ")
+    );
+}
+
+#[test]
+fn approximate_mode_reads_with_defaults_and_rejects_a_zero_flush() {
+    let config = Config::parse("[storage.approximate]\n", Format::Toml).unwrap();
+    assert_eq!(
+        config.storage.approximate,
+        Some(crate::approximate::Approximate::new(
+            crate::approximate::DEFAULT_APPROXIMATE_FLUSH
+        ))
+    );
+    let config = Config::parse(
+        "[storage.approximate]\nflush = \"20ms\"\nmax_keys = 500\ninstances = 3\n",
+        Format::Toml,
+    )
+    .unwrap();
+    let a = config.storage.approximate.unwrap();
+    assert_eq!(
+        (a.flush(), a.keys(), a.shared_by()),
+        (std::time::Duration::from_millis(20), 500, 3)
+    );
+    let e = Config::parse(
+        "[storage.approximate]\nflush = \"0s\"\ninstances = 0\nmax = 1\n",
+        Format::Toml,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid configuration (3 problems):\n  \
+         configuration: storage.approximate.flush: must be above 0\n  \
+         configuration: storage.approximate.instances: 0 is out of range (expected a whole number from 1 to 1000000)\n  \
+         configuration: storage.approximate.max: unknown field `max` (expected one of: flush, max_keys, instances)"
     );
 }
 
@@ -517,12 +550,16 @@ mod fuzz {
         "tiers.pro",
         "storage.breaker",
         "storage.options",
+        "storage.approximate",
     ];
 
     const FIELDS: &[&str] = &[
         "url",
         "timeout",
         "deny_cache",
+        "flush",
+        "max_keys",
+        "instances",
         "failures",
         "cooldown",
         "algorithm",
