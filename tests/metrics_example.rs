@@ -1,7 +1,7 @@
 //! The `prometheus_metrics` example as an operator runs it: a real process,
 //! real requests, its `/metrics` scraped and its `/status` read; against the
 //! memory store, then against a real redis-server behind the guards, paused
-//! until the breaker opens.
+//! until the breaker opens, and in approximate mode.
 #![cfg(unix)]
 #![allow(
     clippy::unwrap_used,
@@ -219,4 +219,68 @@ async fn automatic_blocks_are_visible() {
         2.0
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approximate_mode_from_the_flag_is_exact_alone_and_counted() {
+    let redis = RedisServer::start();
+    let server = Example::start(
+        "prometheus_metrics",
+        &[
+            "--storage",
+            &redis.url(),
+            "--algorithm",
+            "fixed_window",
+            "--limit",
+            "100",
+            "--window",
+            "1h",
+            "--approximate",
+            "20",
+        ],
+    );
+    let c = TestClient::new(server.addr);
+    // One instance never admits more than its limit, even from 150
+    // concurrent requests.
+    let (ok, limited) = c.burst(150, false).await;
+    assert_eq!((ok, limited), (100, 50));
+    // Local decisions reach the metrics at the next flush.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let page = loop {
+        let page = scrape(&c).await;
+        if sample(&page, "ratelimit_approximate_local_decisions_total", &[]) > 0.0
+            || Instant::now() > deadline
+        {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let local = sample(&page, "ratelimit_approximate_local_decisions_total", &[]);
+    assert!(local > 100.0, "most of 150 decisions were local: {page}");
+    assert_eq!(
+        sample(&page, "ratelimit_approximate_unrecorded_units_total", &[]),
+        0.0
+    );
+    let status = c.get("/status", &[]).await;
+    assert!(
+        status
+            .body
+            .contains("\"approximate_unrecorded_units\":\"0\""),
+        "{}",
+        status.body
+    );
+    // Every admitted unit is in Redis: its own answer for this client is
+    // "nothing left".
+    let store = ratelimit::redis::RedisStorage::connect(&redis.url())
+        .await
+        .unwrap();
+    let exact = ratelimit::Limiter::new(std::sync::Arc::new(store));
+    let rule = ratelimit::Rule::new(
+        "api",
+        ratelimit::Algorithm::FixedWindow,
+        ratelimit::Quota::new(100, Duration::from_secs(3600)).unwrap(),
+    )
+    .unwrap();
+    let left = exact.peek(&rule, "ip:127.0.0.1").await.unwrap();
+    assert_eq!(left.remaining(), 0, "{left:?}");
 }

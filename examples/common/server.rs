@@ -16,6 +16,8 @@
 //!                           circuit breaker (5 failures, 1 s cool-down)
 //! --deny-cache 10000        a local cache of up to N denials in front of
 //!                           the store (see docs/operations.md)
+//! --approximate 50          approximate mode: hot keys counted locally and
+//!                           written every MS milliseconds (docs/operations.md)
 //! --config FILE             everything from a configuration file instead
 //!                           (examples/config/); reloaded on SIGHUP
 //! ```
@@ -25,6 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ratelimit::approximate::{Approximate, ApproximateStorage};
 use ratelimit::guard::{Breaker, GuardedStorage};
 use ratelimit::http::{
     ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits,
@@ -46,6 +49,7 @@ pub(crate) struct Options {
     pub(crate) on_error: ErrorMode,
     pub(crate) store_timeout: Option<Duration>,
     pub(crate) deny_cache: usize,
+    pub(crate) approximate: Option<Duration>,
 }
 
 /// Reads the flags (see the module docs).
@@ -63,6 +67,7 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
         on_error: ErrorMode::FailClosed,
         store_timeout: None,
         deny_cache: 0,
+        approximate: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -89,11 +94,14 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
                 o.store_timeout = Some(Duration::from_millis(value()?.parse()?));
             }
             "--deny-cache" => o.deny_cache = value()?.parse()?,
+            "--approximate" => {
+                o.approximate = Some(Duration::from_millis(value()?.parse()?));
+            }
             "--help" | "-h" => {
                 println!(
                     "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
                      --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,... \
-                     --on-error deny|allow --store-timeout MS --deny-cache N | --config FILE (reloaded on SIGHUP)"
+                     --on-error deny|allow --store-timeout MS --deny-cache N --approximate MS | --config FILE (reloaded on SIGHUP)"
                 );
                 std::process::exit(0);
             }
@@ -125,6 +133,9 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
                 .breaker(Breaker::new(5, Duration::from_secs(1)));
         }
         store = Arc::new(guarded);
+    }
+    if let Some(flush) = o.approximate {
+        store = Arc::new(ApproximateStorage::new(store, Approximate::new(flush)));
     }
     let policy = HttpPolicy::new(Limiter::new(store), routes, keys)
         .headers(o.headers, ResetFormat::Seconds)
