@@ -43,6 +43,14 @@ pub(crate) fn sqlite(err: rusqlite::Error, path: Option<&Path>) -> Error {
         .with_source(err)
 }
 
+/// Whether `err` is SQLite's "database or disk is full".
+pub(crate) fn is_disk_full(err: &Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|e| e.downcast_ref::<rusqlite::Error>())
+        .and_then(rusqlite::Error::sqlite_error_code)
+        == Some(ErrorCode::DiskFull)
+}
+
 pub(crate) fn pool(err: r2d2::Error, path: Option<&Path>) -> Error {
     Error::new(
         ErrorKind::Unavailable,

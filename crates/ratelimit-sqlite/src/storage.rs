@@ -61,6 +61,9 @@ struct Inner {
     closed: AtomicBool,
     expired_removed: AtomicU64,
     cleanup: Periodic,
+    /// A write failed on a full disk, and the log has not been truncated
+    /// since (see [`make_room`]).
+    disk_was_full: AtomicBool,
 }
 
 /// Builds a [`SqliteStorage`].
@@ -174,6 +177,7 @@ impl SqliteStorageBuilder {
                 closed: AtomicBool::new(false),
                 expired_removed: AtomicU64::new(0),
                 cleanup: Periodic::new(),
+                disk_was_full: AtomicBool::new(false),
                 config,
             }),
         };
@@ -324,7 +328,23 @@ impl SqliteStorage {
         let job = move || {
             let path = inner.path.as_deref();
             let mut conn = inner.pool.get().map_err(|e| pool_error(e, path))?;
-            f(&mut conn, path)
+            let result = f(&mut conn, path);
+            match &result {
+                Err(e) if crate::error::is_disk_full(e) => {
+                    inner.disk_was_full.store(true, Ordering::Relaxed);
+                    make_room(&conn, "PASSIVE");
+                }
+                // The first success after a full disk: there is room again,
+                // enough for the log to move into the database.
+                Ok(_)
+                    if inner.disk_was_full.load(Ordering::Relaxed)
+                        && inner.disk_was_full.swap(false, Ordering::Relaxed) =>
+                {
+                    make_room(&conn, "TRUNCATE");
+                }
+                _ => {}
+            }
+            result
         };
         if self.inner.config.blocking == Blocking::InPlace
             && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
@@ -339,6 +359,20 @@ impl SqliteStorage {
             .with_source(e)
         })?
     }
+}
+
+/// Gives the write-ahead log's space back around a full disk. The log grows
+/// by a page with every commit and starts over only after a checkpoint has
+/// copied it into the database; SQLite's automatic checkpoint waits for
+/// 1 000 pages (4 MB), which a nearly full disk never lets the log reach:
+/// a store on a disk that filled up would then fail every write, however
+/// much room (under 4 MB) was freed. So: after a write failed on a full
+/// disk, a `PASSIVE` checkpoint (it never waits; when it copies everything,
+/// the next commit starts the log over, reusing its space); after the first
+/// write that succeeds again, a `TRUNCATE` one (the log's file shrinks to
+/// nothing). Best effort: a checkpoint that fails changes nothing.
+fn make_room(conn: &Connection, mode: &str) {
+    let _ = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
 }
 
 /// Runs `f` in a `BEGIN IMMEDIATE` transaction: the write lock is taken first,
