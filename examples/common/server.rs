@@ -13,7 +13,7 @@
 //! --trust 10.0.0.0/8,…      trusted reverse proxies (addresses or CIDRs)
 //! --on-error deny           what the store failing does: deny (503) or allow
 //! --store-timeout 100       a deadline (ms) on every store call, with a
-//!                           circuit breaker (5 failures, 1 s cool-down)
+//!                           circuit breaker (5 failures, 250 ms cool-down)
 //! --deny-cache 10000        a local cache of up to N denials in front of
 //!                           the store (see docs/operations.md)
 //! --approximate 50          approximate mode: hot keys counted locally and
@@ -130,7 +130,7 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
         if let Some(deadline) = o.store_timeout {
             guarded = guarded
                 .deadline(deadline)
-                .breaker(Breaker::new(5, Duration::from_secs(1)));
+                .breaker(Breaker::new(5, Duration::from_millis(250)));
         }
         store = Arc::new(guarded);
     }
