@@ -58,6 +58,15 @@ async fn every_example_configuration_loads_and_serves() {
     );
 }
 
+/// A store's stats detail `name`.
+fn detail(stats: &ratelimit::StorageStats, name: &str) -> Option<String> {
+    stats
+        .details
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+}
+
 #[tokio::test]
 async fn one_call_builds_the_stack_from_a_file() {
     let dir = std::env::temp_dir().join(format!("ratelimit-config-{}", std::process::id()));
@@ -83,13 +92,7 @@ async fn one_call_builds_the_stack_from_a_file() {
     assert!(db.exists());
     // The file asked for guards: the store is behind them; the first
     // denial filled the deny cache, the next one is answered from it.
-    let detail = |name: &str| {
-        stats
-            .details
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let detail = |name: &str| detail(&stats, name);
     assert_eq!(detail("breaker").as_deref(), Some("closed"));
     assert_eq!(detail("deny_cache_entries").as_deref(), Some("1"));
     assert_eq!(
@@ -141,13 +144,7 @@ async fn approximate_mode_from_a_file_wraps_the_guarded_store() {
         10
     );
     let stats = live.limiter().storage().stats().await.unwrap();
-    let detail = |name: &str| {
-        stats
-            .details
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let detail = |name: &str| detail(&stats, name);
     // The first request went to the store and gave a budget of 9, spent
     // locally; the 11th went to the store with those 9 and was denied,
     // the 12th was denied locally. The deadline guard is underneath.

@@ -299,10 +299,22 @@ impl Drop for Immutable {
     }
 }
 
-fn integrity(db: &Path) -> String {
+/// Nothing corrupt, nothing lost, nothing counted twice: SQLite's integrity
+/// check passes, and each task's key used exactly what the task saw
+/// admitted (its peer is `task_peer`).
+async fn assert_intact(db: &Path, seen: &[Arc<Seen>]) {
     let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap()
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    drop(conn);
+    let limiter = Limiter::new(Arc::new(SqliteStorage::open(db).unwrap()));
+    for (t, s) in seen.iter().enumerate() {
+        let key = format!("ip:{}", task_peer(u8::try_from(t).unwrap(), 0));
+        let used = 1_000_000 - limiter.peek(&rule(), &key).await.unwrap().remaining();
+        assert_eq!(used, s.limited.load(Ordering::Relaxed), "{key}");
+    }
 }
 
 fn task_peer(t: u8, _: u64) -> IpAddr {
@@ -340,17 +352,9 @@ async fn a_database_made_read_only_mid_run_fails_closed_and_recovers() {
         first.contains("read-only") || first.contains("I/O error"),
         "{first}"
     );
-    // Nothing corrupt, nothing lost, nothing counted twice: each task's
-    // admissions are exactly what its key used.
     drop(policy);
     drop(store);
-    assert_eq!(integrity(&db), "ok");
-    let limiter = Limiter::new(Arc::new(SqliteStorage::open(&db).unwrap()));
-    for (t, s) in seen.iter().enumerate() {
-        let key = format!("ip:{}", task_peer(u8::try_from(t).unwrap(), 0));
-        let used = 1_000_000 - limiter.peek(&rule(), &key).await.unwrap().remaining();
-        assert_eq!(used, s.limited.load(Ordering::Relaxed), "{key}");
-    }
+    assert_intact(&db, &seen).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -434,12 +438,5 @@ async fn a_full_disk_fails_open_and_recovers_when_space_is_freed() {
 
     drop(policy);
     drop(store);
-    assert_eq!(integrity(&db), "ok");
-    let limiter = Limiter::new(Arc::new(SqliteStorage::open(&db).unwrap()));
-    for (t, s) in seen.iter().enumerate() {
-        let key = format!("ip:{}", task_peer(u8::try_from(t).unwrap(), 0));
-        let used = 1_000_000 - limiter.peek(&rule(), &key).await.unwrap().remaining();
-        assert_eq!(used, s.limited.load(Ordering::Relaxed), "{key}");
-    }
-    drop(limiter);
+    assert_intact(&db, &seen).await;
 }
