@@ -221,20 +221,45 @@ fn redis(root: &Path) -> Result<(), String> {
         );
     }
     for row in &rows {
-        let trips = |name: &str| row.get(name).and_then(Value::as_f64);
-        if let (Some(ours), Some(peer)) = (
-            trips("ours_round_trips_per_decision"),
-            trips("peer_round_trips_per_decision"),
-        ) {
-            let _ = writeln!(
-                table,
-                "\n`{}`: 90% of requests from 100 keys over their limit, 10% from clients under theirs; the peer column is the same store \
-                 without the deny cache. Redis round trips per decision: {ours:.3} with the cache, {peer:.3} without.",
-                row.get("name").and_then(Value::as_str).unwrap_or("?"),
-            );
-        }
+        let _ = write!(table, "{}", redis_footnote(row));
     }
     publish(root, "redis", &rows, &table)
+}
+
+/// What a row of the Redis suite measures beyond decisions per second, as
+/// a paragraph for the table (empty for plain rows).
+fn redis_footnote(row: &Value) -> String {
+    let name = row.get("name").and_then(Value::as_str).unwrap_or("?");
+    let field = |f: &str| row.get(f).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let (ours_trips, peer_trips) = (
+        field("ours_round_trips_per_decision"),
+        field("peer_round_trips_per_decision"),
+    );
+    if name.starts_with("attack/") {
+        format!(
+            "\n`{name}`: 90% of requests from 100 keys over their limit, 10% from clients under theirs; the peer column is the same \
+             store without the deny cache. Redis round trips per decision: {ours_trips:.3} with the cache, {peer_trips:.3} without.\n"
+        )
+    } else if name == "approximate/c50" {
+        format!(
+            "\n`{name}`: 50 tasks on 10 hot keys under their limit; ours in approximate mode (flush every 50 ms), the peer column \
+             the same store exact. Redis round trips per decision: {ours_trips:.4} approximate, {peer_trips:.3} exact.\n"
+        )
+    } else if name == "approximate/over-admission" {
+        format!(
+            "\n`{name}`: 4 instances (own connections), 12 tasks each, on one key limited to {:.0}/s, asking far more; the \
+             columns are decisions/s, approximate against exact. Admitted per second: exact {:.0}, approximate {:.0} ({:+.1}%), \
+             approximate with `instances(4)` {:.0} ({:+.1}%).\n",
+            field("limit_per_s"),
+            field("peer_admitted_per_s"),
+            field("ours_admitted_per_s"),
+            field("over_admission_pct"),
+            field("shared_admitted_per_s"),
+            field("shared_over_admission_pct"),
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// Builds a benchmark binary of `ratelimit-bench` in release mode and
