@@ -293,7 +293,7 @@ async fn a_write_that_timed_out_is_not_sent_again_and_a_reset_drops_pending_unit
     let server = RedisServer::start();
     let store = Arc::new(ApproximateStorage::new(
         redis(&server).await,
-        Approximate::new(Duration::from_millis(30)),
+        Approximate::new(Duration::from_millis(300)),
     ));
     let limiter = Limiter::new(store.clone());
     let exact = Limiter::new(store.inner().clone());
@@ -311,7 +311,7 @@ async fn a_write_that_timed_out_is_not_sent_again_and_a_reset_drops_pending_unit
     }
     pause.join().unwrap().unwrap();
     let mut waited = 0;
-    while store.status().flush_errors == 0 && waited < 100 {
+    while store.status().flush_errors == 0 && waited < 200 {
         tokio::time::sleep(Duration::from_millis(10)).await;
         waited += 1;
     }
