@@ -394,6 +394,18 @@ impl Shared {
         self.shards.get(shard_of(state_key)).map(Mutex::lock)
     }
 
+    /// Runs `f` on the local entry of `state_key`, if it counts for `rule`
+    /// (an entry of a changed rule is another's).
+    fn with_local<T>(
+        &self,
+        state_key: &str,
+        rule: &Rule,
+        f: impl FnOnce(&mut Local) -> T,
+    ) -> Option<T> {
+        let mut table = self.shard(state_key)?;
+        table.get_mut(state_key).filter(|l| l.rule == *rule).map(f)
+    }
+
     fn capacity_per_shard(&self) -> usize {
         self.config.max_keys.div_ceil(SHARDS).max(1)
     }
@@ -504,13 +516,7 @@ impl Shared {
             .entries
             .iter()
             .map(|e| {
-                let key = e.state_key();
-                self.shard(&key)
-                    .and_then(|mut t| {
-                        t.get_mut(&key)
-                            .filter(|l| l.rule == *e.rule)
-                            .map(|l| std::mem::take(&mut l.pending))
-                    })
+                self.with_local(&e.state_key(), e.rule, |l| std::mem::take(&mut l.pending))
                     .unwrap_or(0)
             })
             .collect()
@@ -529,12 +535,7 @@ impl Shared {
             return;
         }
         let kept = self
-            .shard(state_key)
-            .and_then(|mut t| {
-                t.get_mut(state_key)
-                    .filter(|l| l.rule == *rule)
-                    .map(|l| l.pending += units)
-            })
+            .with_local(state_key, rule, |l| l.pending += units)
             .is_some();
         if !kept {
             self.unrecorded(units);
@@ -726,11 +727,8 @@ impl Shared {
     async fn write(&self, batch: Batch, now: Timestamp) {
         let _held = batch.gate.lock().await;
         let units = self
-            .shard(&batch.state_key)
-            .and_then(|mut t| {
-                t.get_mut(&batch.state_key)
-                    .filter(|l| l.rule == batch.rule)
-                    .map(|l| std::mem::take(&mut l.pending))
+            .with_local(&batch.state_key, &batch.rule, |l| {
+                std::mem::take(&mut l.pending)
             })
             .unwrap_or(0);
         if units == 0 {
@@ -743,14 +741,11 @@ impl Shared {
         };
         match self.record(&entry, units, now).await {
             Ok(d) => {
-                if let Some(mut table) = self.shard(&batch.state_key)
-                    && let Some(l) = table.get_mut(&batch.state_key)
-                    && l.rule == batch.rule
-                {
+                self.with_local(&batch.state_key, &batch.rule, |l| {
                     l.budget = self.config.budget(d.remaining(), l.pending);
                     l.synced_at = now;
                     l.reset_at = now.saturating_add(d.reset_after());
-                }
+                });
             }
             Err(e) => {
                 self.flush_errors.fetch_add(1, Ordering::Relaxed);
