@@ -7,10 +7,9 @@ use std::task::{Context, Poll, ready};
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::ResponseBody;
 use crate::service::add_headers;
 
-type Deciding<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+type Deciding<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
 pin_project! {
     /// The future of [`RateLimit`](crate::RateLimit). When the store decides at
@@ -27,14 +26,14 @@ pin_project! {
 pin_project! {
     #[project = StateProjection]
     enum State<F, B, E> {
-        Answered { response: Option<Response<ResponseBody<B>>> },
+        Answered { response: Option<Response<B>> },
         Forwarded { #[pin] future: F, headers: Vec<(&'static str, String)> },
         Deciding { future: Deciding<B, E> },
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn answered(response: Response<ResponseBody<B>>) -> Self {
+    pub(crate) fn answered(response: Response<B>) -> Self {
         Self {
             state: State::Answered {
                 response: Some(response),
@@ -59,7 +58,7 @@ impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -69,7 +68,7 @@ where
                 None => Poll::Pending,
             },
             StateProjection::Forwarded { future, headers } => {
-                let mut response = ready!(future.poll(cx))?.map(ResponseBody::inner);
+                let mut response = ready!(future.poll(cx))?;
                 add_headers(response.headers_mut(), std::mem::take(headers));
                 Poll::Ready(Ok(response))
             }

@@ -6,7 +6,7 @@ mod future;
 mod layer;
 mod service;
 
-pub use body::ResponseBody;
+pub use body::{AnswerBody, ResponseBody};
 pub use decision::RateLimitDecision;
 pub use future::ResponseFuture;
 pub use layer::RateLimitLayer;

@@ -10,7 +10,7 @@ use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response, St
 use ratelimit_core::http::{Headers, Identity, Outcome, RequestView, SharedPolicy, is_grpc};
 use tower::Service;
 
-use crate::body::ResponseBody;
+use crate::body::AnswerBody;
 use crate::decision::RateLimitDecision;
 use crate::future::ResponseFuture;
 
@@ -79,12 +79,12 @@ pub(crate) fn add_headers(map: &mut HeaderMap, headers: Vec<(&'static str, Strin
     }
 }
 
-fn respond<B>(
+fn respond<B: AnswerBody>(
     status: u16,
     headers: Vec<(&'static str, String)>,
     body: String,
-) -> Response<ResponseBody<B>> {
-    let mut response = Response::new(ResponseBody::full(body));
+) -> Response<B> {
+    let mut response = Response::new(B::answer(bytes::Bytes::from(body)));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let map = response.headers_mut();
@@ -103,21 +103,31 @@ const NO_PEER: &str = "{\"error\":\"rate_limiter_misconfigured\",\"message\":\"n
 
 /// What to do with a request once the policy has spoken.
 enum Action<B> {
-    Answer(Response<ResponseBody<B>>),
+    Answer(Response<B>),
     Forward(Vec<(&'static str, String)>),
 }
 
 /// Applies an outcome: the layer's answer (in gRPC's form for gRPC requests),
 /// or the request goes on with the handler's view of the decision.
-fn act<B, ReqBody>(outcome: Outcome, grpc: bool, request: &mut Request<ReqBody>) -> Action<B> {
-    let outcome = if grpc { outcome.into_grpc() } else { outcome };
+fn act<B: AnswerBody, ReqBody>(outcome: Outcome, request: &mut Request<ReqBody>) -> Action<B> {
     match outcome {
-        Outcome::Respond {
-            status,
-            headers,
-            body,
-            ..
-        } => Action::Answer(respond(status, headers, body)),
+        answer @ Outcome::Respond { .. } => {
+            // Only an answer differs for gRPC, so only an answer asks.
+            let answer = if is_grpc(&HeaderView(request.headers())) {
+                answer.into_grpc()
+            } else {
+                answer
+            };
+            match answer {
+                Outcome::Respond {
+                    status,
+                    headers,
+                    body,
+                    ..
+                } => Action::Answer(respond(status, headers, body)),
+                Outcome::Proceed { headers, .. } => Action::Forward(headers),
+            }
+        }
         Outcome::Proceed { headers, admission } => {
             if let Some(admission) = admission {
                 request
@@ -159,9 +169,9 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Send + 'static,
+    ResBody: AnswerBody + Send + 'static,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
@@ -177,15 +187,11 @@ where
         };
         // One policy for the whole request, even if it is replaced meanwhile.
         let policy = self.policy.load();
-        let (outcome, grpc) = {
-            let headers = HeaderView(request.headers());
-            let grpc = is_grpc(&headers);
-            (policy.check_now(&view(&request, peer, &headers)), grpc)
-        };
+        let outcome = policy.check_now(&view(&request, peer, &HeaderView(request.headers())));
         if let Some(outcome) = outcome {
             // The store decided at once: no boxed future, and the service
             // that was polled ready takes the request.
-            return match act(outcome, grpc, &mut request) {
+            return match act(outcome, &mut request) {
                 Action::Answer(response) => ResponseFuture::answered(response),
                 Action::Forward(headers) => {
                     ResponseFuture::forwarded(self.inner.call(request), headers)
@@ -198,14 +204,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let policy = policy.into_owned();
         ResponseFuture::deciding(Box::pin(async move {
-            let outcome = {
-                let headers = HeaderView(request.headers());
-                policy.check(&view(&request, peer, &headers)).await
-            };
-            match act(outcome, grpc, &mut request) {
+            let outcome = policy
+                .check(&view(&request, peer, &HeaderView(request.headers())))
+                .await;
+            match act(outcome, &mut request) {
                 Action::Answer(response) => Ok(response),
                 Action::Forward(headers) => {
-                    let mut response = inner.call(request).await?.map(ResponseBody::inner);
+                    let mut response = inner.call(request).await?;
                     add_headers(response.headers_mut(), headers);
                     Ok(response)
                 }

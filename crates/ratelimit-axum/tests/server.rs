@@ -190,8 +190,59 @@ async fn a_plain_hyper_service() {
     assert!(r.body.contains("rate_limited"));
 }
 
+/// A service whose body type the layer cannot write goes behind it with its
+/// body wrapped in `ResponseBody::inner`; denials come back in the wrapper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_type_of_its_own_goes_behind_the_layer_wrapped() {
+    use http_body_util::BodyExt;
+    use ratelimit_axum::ResponseBody;
+    use tower::{Service, ServiceBuilder, ServiceExt};
+
+    // `MapErr<Full<Bytes>, _>` is no `AnswerBody`.
+    let inner = tower::service_fn(|_: http::Request<()>| async {
+        let body = http_body_util::Full::new(bytes::Bytes::from("hello"))
+            .map_err(|never| -> std::io::Error { match never {} });
+        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    });
+    let mut limited = ServiceBuilder::new()
+        .layer(RateLimitLayer::new(policy("1/hour")))
+        .map_response(|r: http::Response<_>| r.map(ResponseBody::inner))
+        .service(inner);
+    let peer: std::net::SocketAddr = "192.0.2.7:5000".parse().unwrap();
+    let request = || {
+        let mut r = http::Request::new(());
+        r.extensions_mut().insert(peer);
+        r
+    };
+    let first = limited
+        .ready()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "hello");
+    let second = limited
+        .ready()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 429);
+    let body = second.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("rate_limited"),
+        "{body:?}"
+    );
+}
+
 /// gRPC: a denial is the status RESOURCE_EXHAUSTED, with the wait in its
 /// message and the rate-limit metadata; a tonic client sees a `Status`.
+/// (Feature `tonic`: the layer answers in tonic's own body type.)
+#[cfg(feature = "tonic")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_denials_are_resource_exhausted() {
     use tonic::transport::server::TcpConnectInfo;
