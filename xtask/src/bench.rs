@@ -49,7 +49,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// Rounds of the HTTP benchmark (each runs every mode once).
-const HTTP_ROUNDS: usize = 3;
+const HTTP_ROUNDS: usize = 5;
 
 fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
@@ -120,6 +120,10 @@ struct HttpServer {
     binary: &'static str,
     modes: &'static [&'static str],
     rows: &'static [(&'static str, &'static str, &'static str)],
+    /// An example of `ratelimit-bench` that calls the same app in a loop
+    /// without a network and prints "MODE: N ns per request": the
+    /// per-request cost free of the network's noise.
+    in_process: Option<&'static str>,
 }
 
 const HTTP_SERVERS: &[HttpServer] = &[
@@ -131,6 +135,7 @@ const HTTP_SERVERS: &[HttpServer] = &[
             ("axum/vs-tower_governor", "ours", "governor"),
             ("axum+ietf-headers/vs-no-limiter", "ours-headers", "none"),
         ],
+        in_process: Some("profile_http"),
     },
     HttpServer {
         binary: "actix-bench-server",
@@ -139,6 +144,7 @@ const HTTP_SERVERS: &[HttpServer] = &[
             ("actix/vs-no-limiter", "ours", "none"),
             ("actix/vs-actix-governor", "ours", "governor"),
         ],
+        in_process: None,
     },
     HttpServer {
         binary: "rocket-bench-server",
@@ -147,13 +153,14 @@ const HTTP_SERVERS: &[HttpServer] = &[
             ("rocket/vs-no-limiter", "ours", "none"),
             ("rocket/vs-rocket-governor", "ours", "governor"),
         ],
+        in_process: None,
     },
 ];
 
 fn http(root: &Path) -> Result<(), String> {
     let mut out = Vec::new();
     let mut table = String::from(
-        "| row | ours (requests/s) | peer (requests/s) | ratio ours/peer | overhead per request (µs) |\n|---|---:|---:|---:|---:|\n",
+        "| row | ours (requests/s) | peer (requests/s) | ratio ours/peer | overhead per request (µs) | in process: ours / peer (ns per request) |\n|---|---:|---:|---:|---:|---:|\n",
     );
     for server in HTTP_SERVERS {
         let binary = release_binary(root, server.binary)?;
@@ -178,18 +185,94 @@ fn http(root: &Path) -> Result<(), String> {
                 .find(|(mode, _)| *mode == m)
                 .map_or(0.0, |(_, runs)| median(runs))
         };
+        let in_process = match server.in_process {
+            Some(example) => in_process_ns(root, example, server.modes)?,
+            None => Vec::new(),
+        };
+        let ns = |m: &str| {
+            in_process
+                .iter()
+                .find(|(mode, _)| *mode == m)
+                .map(|(_, ns)| *ns)
+        };
         for (name, ours_mode, peer_mode) in server.rows {
             let (ours, peer) = (get(ours_mode), get(peer_mode));
             let ratio = ((ours / peer) * 100.0).round() / 100.0;
             let overhead = round(1e6 / ours - 1e6 / peer);
-            out.push(json!({ "name": name, "ours_per_s": round(ours), "peer_per_s": round(peer), "ratio": ratio, "overhead_us": overhead }));
+            let mut row = json!({ "name": name, "ours_per_s": round(ours), "peer_per_s": round(peer), "ratio": ratio, "overhead_us": overhead });
+            let cell = match (ns(ours_mode), ns(peer_mode), row.as_object_mut()) {
+                (Some(o), Some(p), Some(fields)) => {
+                    fields.insert("in_process_ours_ns".into(), json!(o.round()));
+                    fields.insert("in_process_peer_ns".into(), json!(p.round()));
+                    format!("{o:.0} / {p:.0} (+{:.0})", o - p)
+                }
+                _ => "—".to_owned(),
+            };
+            out.push(row);
             let _ = writeln!(
                 table,
-                "| {name} | {ours:.0} | {peer:.0} | {ratio:.2} | {overhead:.2} |"
+                "| {name} | {ours:.0} | {peer:.0} | {ratio:.2} | {overhead:.2} | {cell} |"
             );
         }
     }
     publish(root, "http", &out, &table)
+}
+
+/// Runs of each mode in the in-process measurement (the median is kept).
+const IN_PROCESS_ROUNDS: usize = 5;
+/// Requests per in-process run: below the bench quota's burst, so every
+/// mode is allowed all of them.
+const IN_PROCESS_REQUESTS: &str = "900000";
+
+/// Nanoseconds per request of each mode, measured in process by `example`
+/// (pinned to one core; the modes take turns, each keeping its median).
+fn in_process_ns(
+    root: &Path,
+    example: &str,
+    modes: &[&'static str],
+) -> Result<Vec<(&'static str, f64)>, String> {
+    cargo(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "ratelimit-bench",
+            "--example",
+            example,
+        ],
+        &[],
+    )?;
+    let binary = root.join("target/release/examples").join(example);
+    let mut samples: Vec<(&'static str, Vec<f64>)> =
+        modes.iter().map(|m| (*m, Vec::new())).collect();
+    for _ in 0..IN_PROCESS_ROUNDS {
+        for (mode, runs) in &mut samples {
+            let mut command = if on_path("taskset") {
+                let mut c = std::process::Command::new("taskset");
+                c.args(["-c", "0"]).arg(&binary);
+                c
+            } else {
+                std::process::Command::new(&binary)
+            };
+            let out = command
+                .args([*mode, IN_PROCESS_REQUESTS])
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let ns = text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<f64>().ok())
+                .filter(|_| out.status.success())
+                .ok_or_else(|| format!("{example} {mode} printed no figure: {text}"))?;
+            eprintln!("{example}, in process, {mode}: {ns:.0} ns per request");
+            runs.push(ns);
+        }
+    }
+    Ok(samples
+        .into_iter()
+        .map(|(mode, runs)| (mode, median(&runs)))
+        .collect())
 }
 
 /// `cargo xtask bench redis`: the `redis-bench` binary starts its own

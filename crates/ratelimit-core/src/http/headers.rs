@@ -65,26 +65,45 @@ fn ceil_secs(micros: u64) -> u64 {
     micros.div_ceil(1_000_000)
 }
 
+fn escaped(b: &u8) -> bool {
+    matches!(b, b'"' | b'\\')
+}
+
+/// The length of `s` as a structured-field string (quotes and escapes).
+fn sf_string_len(s: &str) -> usize {
+    s.len() + 2 + s.bytes().filter(escaped).count()
+}
+
 /// Appends a structured-field string: quoted, with `"` and `\` escaped.
 fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+    if s.bytes().any(|b| escaped(&b)) {
+        for c in s.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
         }
-        out.push(c);
+    } else {
+        // Rule names rarely need escaping: copied at once.
+        out.push_str(s);
     }
     out.push('"');
 }
 
+/// The number of decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 /// Appends `n` in decimal. Headers are rendered for every request; this
-/// skips the formatting machinery.
+/// skips the formatting machinery and copies the digits at once.
 fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
+    let mut buf = [0u8; 20];
+    let mut start = buf.len();
     loop {
         start -= 1;
-        if let Some(d) = digits.get_mut(start) {
+        if let Some(d) = buf.get_mut(start) {
             *d = b'0' + (n % 10) as u8;
         }
         n /= 10;
@@ -92,20 +111,25 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for d in digits.iter().skip(start) {
-        out.push(char::from(*d));
+    if let Some(text) = buf.get(start..).and_then(|b| std::str::from_utf8(b).ok()) {
+        out.push_str(text);
     }
 }
 
+// Header values are made with their exact length as capacity: an adapter
+// turning the `String` into `Bytes` then takes its buffer as it is, with no
+// second allocation.
+
 fn decimal(n: u64) -> String {
-    let mut out = String::with_capacity(20);
+    let mut out = String::with_capacity(digits(n));
     push_u64(&mut out, n);
     out
 }
 
 /// `"name";KEY=value;KEY=value`, the shape of both IETF fields.
 fn ietf_field(name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) -> String {
-    let mut out = String::with_capacity(name.len() + 32);
+    let len = sf_string_len(name) + k1.len() + k2.len() + 4 + digits(v1) + digits(v2);
+    let mut out = String::with_capacity(len);
     push_sf_string(&mut out, name);
     for (key, value) in [(k1, v1), (k2, v2)] {
         out.push(';');
@@ -182,6 +206,23 @@ pub fn retry_after_header(decision: &Decision) -> Option<String> {
 mod tests {
     use super::*;
     use smol_str::SmolStr;
+
+    #[test]
+    fn values_are_made_with_their_exact_length() {
+        for n in [0, 9, 10, 99, 100, 12_345, u64::MAX] {
+            let text = decimal(n);
+            assert_eq!(text, n.to_string());
+            assert_eq!(text.capacity(), text.len(), "{n}");
+        }
+        for name in ["api", "a\"b", "back\\slash", "ünï"] {
+            let field = ietf_field(name, ("q", 0), ("w", u64::MAX));
+            assert_eq!(field.capacity(), field.len(), "{field}");
+        }
+        assert_eq!(
+            ietf_field("a\"b", ("r", 7), ("t", 60)),
+            "\"a\\\"b\";r=7;t=60"
+        );
+    }
 
     const NOW: Timestamp = Timestamp::from_micros(1_700_000_000_250_000);
 
