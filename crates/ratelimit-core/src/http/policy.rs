@@ -12,6 +12,7 @@ use super::key::{ExtractedKey, KeyExtractor, KeySource, RequestView};
 use super::lists::{ListKind, RuntimeLists};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use super::tiers::{Known, Tiers};
+use crate::clock::Timestamp;
 use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::limiter::Limiter;
@@ -586,13 +587,15 @@ impl HttpPolicy {
                     .find(|r| r.name() == decision.rule())
                     .map_or(Duration::ZERO, |r| r.quota().window()),
             };
-            rate_limit_headers(
-                &decision,
-                window,
-                self.limiter.clock().now(),
-                self.style,
-                self.reset,
-            )
+            // Only a legacy reset written as a Unix time needs the wall clock.
+            let now = if self.reset == ResetFormat::UnixTime
+                && matches!(self.style, HeaderStyle::Legacy | HeaderStyle::Both)
+            {
+                self.limiter.clock().now()
+            } else {
+                Timestamp::from_micros(0)
+            };
+            rate_limit_headers(&decision, window, now, self.style, self.reset)
         };
         let admit = |headers, decision| Outcome::Proceed {
             headers,
