@@ -120,10 +120,17 @@ struct HttpServer {
     binary: &'static str,
     modes: &'static [&'static str],
     rows: &'static [(&'static str, &'static str, &'static str)],
-    /// An example of `ratelimit-bench` that calls the same app in a loop
-    /// without a network and prints "MODE: N ns per request": the
-    /// per-request cost free of the network's noise.
-    in_process: Option<&'static str>,
+    /// How to call the same app in a loop without a network; it prints
+    /// "MODE: N ns per request": the per-request cost free of the
+    /// network's noise.
+    in_process: InProcess,
+}
+
+enum InProcess {
+    /// An example of `ratelimit-bench`: `EXAMPLE MODE N`.
+    Example(&'static str),
+    /// The server binary itself: `SERVER MODE in-process N`.
+    Server,
 }
 
 const HTTP_SERVERS: &[HttpServer] = &[
@@ -135,7 +142,7 @@ const HTTP_SERVERS: &[HttpServer] = &[
             ("axum/vs-tower_governor", "ours", "governor"),
             ("axum+ietf-headers/vs-no-limiter", "ours-headers", "none"),
         ],
-        in_process: Some("profile_http"),
+        in_process: InProcess::Example("profile_http"),
     },
     HttpServer {
         binary: "actix-bench-server",
@@ -144,7 +151,7 @@ const HTTP_SERVERS: &[HttpServer] = &[
             ("actix/vs-no-limiter", "ours", "none"),
             ("actix/vs-actix-governor", "ours", "governor"),
         ],
-        in_process: None,
+        in_process: InProcess::Server,
     },
     HttpServer {
         binary: "rocket-bench-server",
@@ -153,7 +160,7 @@ const HTTP_SERVERS: &[HttpServer] = &[
             ("rocket/vs-no-limiter", "ours", "none"),
             ("rocket/vs-rocket-governor", "ours", "governor"),
         ],
-        in_process: None,
+        in_process: InProcess::Server,
     },
 ];
 
@@ -185,10 +192,7 @@ fn http(root: &Path) -> Result<(), String> {
                 .find(|(mode, _)| *mode == m)
                 .map_or(0.0, |(_, runs)| median(runs))
         };
-        let in_process = match server.in_process {
-            Some(example) => in_process_ns(root, example, server.modes)?,
-            None => Vec::new(),
-        };
+        let in_process = in_process_ns(root, &server.in_process, &binary, server.modes)?;
         let ns = |m: &str| {
             in_process
                 .iter()
@@ -222,27 +226,36 @@ fn http(root: &Path) -> Result<(), String> {
 const IN_PROCESS_ROUNDS: usize = 5;
 /// Requests per in-process run: below the bench quota's burst, so every
 /// mode is allowed all of them.
-const IN_PROCESS_REQUESTS: &str = "900000";
+const IN_PROCESS_REQUESTS: &str = "400000";
 
-/// Nanoseconds per request of each mode, measured in process by `example`
-/// (pinned to one core; the modes take turns, each keeping its median).
+/// Nanoseconds per request of each mode, measured in process (pinned to
+/// one core; the modes take turns, each keeping its median).
 fn in_process_ns(
     root: &Path,
-    example: &str,
+    how: &InProcess,
+    server: &Path,
     modes: &[&'static str],
 ) -> Result<Vec<(&'static str, f64)>, String> {
-    cargo(
-        &[
-            "build",
-            "--release",
-            "-p",
-            "ratelimit-bench",
-            "--example",
-            example,
-        ],
-        &[],
-    )?;
-    let binary = root.join("target/release/examples").join(example);
+    let (binary, flag) = match how {
+        InProcess::Example(example) => {
+            cargo(
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "ratelimit-bench",
+                    "--example",
+                    example,
+                ],
+                &[],
+            )?;
+            (root.join("target/release/examples").join(example), None)
+        }
+        InProcess::Server => (server.to_path_buf(), Some("in-process")),
+    };
+    let name = binary
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let mut samples: Vec<(&'static str, Vec<f64>)> =
         modes.iter().map(|m| (*m, Vec::new())).collect();
     for _ in 0..IN_PROCESS_ROUNDS {
@@ -255,7 +268,9 @@ fn in_process_ns(
                 std::process::Command::new(&binary)
             };
             let out = command
-                .args([*mode, IN_PROCESS_REQUESTS])
+                .arg(*mode)
+                .args(flag)
+                .arg(IN_PROCESS_REQUESTS)
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
             let text = String::from_utf8_lossy(&out.stdout);
@@ -264,8 +279,8 @@ fn in_process_ns(
                 .nth(1)
                 .and_then(|n| n.parse::<f64>().ok())
                 .filter(|_| out.status.success())
-                .ok_or_else(|| format!("{example} {mode} printed no figure: {text}"))?;
-            eprintln!("{example}, in process, {mode}: {ns:.0} ns per request");
+                .ok_or_else(|| format!("{name} {mode} printed no figure: {text}"))?;
+            eprintln!("{name}, in process, {mode}: {ns:.0} ns per request");
             runs.push(ns);
         }
     }

@@ -4,6 +4,10 @@
 //! guard, all with the same quota as the axum server (see
 //! `ratelimit_bench::RATE`), keyed by client address. One worker: the bench
 //! pins the server to one core.
+//!
+//! `rocket-bench-server MODE in-process N` serves nothing: it dispatches N
+//! requests to the same app through Rocket's local client (no network) and
+//! prints "MODE: X ns per request".
 
 use std::num::NonZeroU32;
 
@@ -34,7 +38,9 @@ fn governed(_limit: RocketGovernor<'_, Governed>) -> &'static str {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "none".to_owned());
-    let port: u16 = args.next().unwrap_or_else(|| "0".to_owned()).parse()?;
+    let second = args.next().unwrap_or_else(|| "0".to_owned());
+    let in_process = second == "in-process";
+    let port: u16 = if in_process { 0 } else { second.parse()? };
     let config = rocket::Config {
         address: std::net::Ipv4Addr::LOCALHOST.into(),
         port,
@@ -54,6 +60,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         other => return Err(format!("unknown mode {other:?}: none, ours or governor").into()),
     };
+    if in_process {
+        let n: u32 = args.next().unwrap_or_else(|| "200000".to_owned()).parse()?;
+        let ns = rocket::execute(async move {
+            let client = rocket::local::asynchronous::Client::untracked(rocket).await?;
+            let peer: std::net::SocketAddr = "127.0.0.1:40000".parse()?;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                let response = client.get("/").remote(peer).dispatch().await;
+                if response.status() != rocket::http::Status::Ok {
+                    return Err(format!("status {}", response.status()).into());
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error>>(start.elapsed().as_nanos() as f64 / f64::from(n))
+        })?;
+        println!("{mode}: {ns:.0} ns per request");
+        return Ok(());
+    }
     let rocket = rocket.attach(rocket::fairing::AdHoc::on_liftoff("address", |rocket| {
         Box::pin(async move {
             println!("127.0.0.1:{}", rocket.config().port);
