@@ -153,9 +153,7 @@ impl Fairing for RateLimit {
         if !self.every_route {
             return;
         }
-        let policy = self.policy.current();
-        let routes = self.routes.get().filter(|_| policy.reads_route());
-        let outcome = decide(&policy, request, None, routes).await;
+        let outcome = decide(&self.policy, request, None, self.routes.get()).await;
         let answered = matches!(outcome, Outcome::Respond { .. });
         RequestState::of(request).store(outcome);
         if answered {

@@ -92,8 +92,7 @@ async fn guard(
         // The fairing decided by the table already: one request, one charge.
         return request::Outcome::Success(RequestState::of(request).admission());
     }
-    let policy = managed.policy.current();
-    let outcome = decide(&policy, request, limits.as_deref(), None).await;
+    let outcome = decide(&managed.policy, request, limits.as_deref(), None).await;
     let result = match &outcome {
         Outcome::Respond { status, .. } => request::Outcome::Error((Status::new(*status), ())),
         Outcome::Proceed { admission, .. } => request::Outcome::Success(admission.clone()),

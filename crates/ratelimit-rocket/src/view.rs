@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use ratelimit_core::http::{Headers, HttpPolicy, Limits, Outcome, RequestView};
+use ratelimit_core::http::{Headers, Limits, Outcome, RequestView, SharedPolicy};
 use rocket::Request;
 use rocket::http::HeaderMap;
 
@@ -65,11 +65,13 @@ pub(crate) fn pattern(rocket_path: &str) -> String {
 
 /// Asks `policy` about `request` (with `limits` in place of the route table's,
 /// when given). The route pattern is the matched route's, or, before
-/// routing, what `index` says Rocket will match. The peer is the socket's
-/// (`Request::remote`), never `client_ip()`, which believes `X-Real-IP` by
-/// default; proxies are the policy's business.
+/// routing, what `index` says Rocket will match; it is looked up only when
+/// the policy reads it. The peer is the socket's (`Request::remote`), never
+/// `client_ip()`, which believes `X-Real-IP` by default; proxies are the
+/// policy's business. A store that decides at once (the memory store) is
+/// asked without a future.
 pub(crate) async fn decide(
-    policy: &HttpPolicy,
+    policy: &SharedPolicy,
     request: &Request<'_>,
     limits: Option<&Limits>,
     index: Option<&RouteIndex>,
@@ -77,12 +79,17 @@ pub(crate) async fn decide(
     let Some(peer): Option<IpAddr> = request.remote().map(|a| a.ip()) else {
         return no_peer();
     };
-    let route = match (request.route(), index) {
-        (Some(route), _) => Some(pattern(route.uri.path())),
-        (None, Some(index)) => index
-            .find(request.method(), request.uri().path().as_str())
-            .map(str::to_owned),
-        (None, None) => None,
+    let policy = policy.load();
+    let route = if policy.reads_route() {
+        match (request.route(), index) {
+            (Some(route), _) => Some(pattern(route.uri.path())),
+            (None, Some(index)) => index
+                .find(request.method(), request.uri().path().as_str())
+                .map(str::to_owned),
+            (None, None) => None,
+        }
+    } else {
+        None
     };
     let identity = crate::cache::RequestState::of(request).identity();
     let headers = HeaderView(request.headers());
@@ -94,6 +101,15 @@ pub(crate) async fn decide(
         headers: &headers,
         identity: identity.as_ref(),
     };
+    let now = match limits {
+        Some(limits) => policy.check_with_now(&view, limits),
+        None => policy.check_now(&view),
+    };
+    if let Some(outcome) = now {
+        return outcome;
+    }
+    // The store must wait: the same policy, owned across the wait.
+    let policy = policy.into_owned();
     match limits {
         Some(limits) => policy.check_with(&view, limits).await,
         None => policy.check(&view).await,

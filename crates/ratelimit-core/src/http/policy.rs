@@ -359,7 +359,18 @@ impl HttpPolicy {
     /// then call `check`. Adapters use it to skip building a future on the
     /// fast path.
     pub fn check_now(&self, view: &RequestView<'_>) -> Option<Outcome> {
-        match self.begin_with(view, None, None) {
+        self.decide_now(view, None)
+    }
+
+    /// [`check_with`](Self::check_with) without waiting: the outcome if the
+    /// store can decide at once, `None` if it must wait (then call
+    /// `check_with`).
+    pub fn check_with_now(&self, view: &RequestView<'_>, limits: &Limits) -> Option<Outcome> {
+        self.decide_now(view, Some(limits))
+    }
+
+    fn decide_now(&self, view: &RequestView<'_>, given: Option<&Limits>) -> Option<Outcome> {
+        match self.begin_with(view, given, None) {
             Begun::Done(outcome) => Some(outcome),
             Begun::ResolveTier => None,
             Begun::Decide(to) => {
