@@ -159,8 +159,15 @@ enum Begun<'p> {
     Done(Outcome),
     /// These limits apply to this key.
     Decide(Target<'p>),
-    /// The caller's tier must be resolved first.
-    ResolveTier,
+    /// The caller's tier must be resolved first; what was found so far.
+    ResolveTier(Pending<'p>),
+}
+
+/// What a request waiting for its tier has found already: the route table's
+/// limits (used when the tier does not cover the request) and the client.
+struct Pending<'p> {
+    table: Option<&'p Limits>,
+    client: IpAddr,
 }
 
 /// What a request is decided against: the limits, its key, and the client
@@ -351,7 +358,7 @@ impl HttpPolicy {
 
     /// Decides what happens to the request seen through `view`.
     pub async fn check(&self, view: &RequestView<'_>) -> Outcome {
-        self.decide(view, self.begin_with(view, None, None)).await
+        self.decide(view, self.begin_with(view, None)).await
     }
 
     /// [`check`](Self::check) without waiting: the outcome if the store can
@@ -370,9 +377,9 @@ impl HttpPolicy {
     }
 
     fn decide_now(&self, view: &RequestView<'_>, given: Option<&Limits>) -> Option<Outcome> {
-        match self.begin_with(view, given, None) {
+        match self.begin_with(view, given) {
             Begun::Done(outcome) => Some(outcome),
-            Begun::ResolveTier => None,
+            Begun::ResolveTier(_) => None,
             Begun::Decide(to) => {
                 let (limits, key) = (to.limits, to.key.as_str());
                 let result = match &*limits.rules {
@@ -392,23 +399,24 @@ impl HttpPolicy {
     /// `limits` decide. For adapters whose routes carry their own limits (a
     /// per-route guard).
     pub async fn check_with(&self, view: &RequestView<'_>, limits: &Limits) -> Outcome {
-        self.decide(view, self.begin_with(view, Some(limits), None))
-            .await
+        self.decide(view, self.begin_with(view, Some(limits))).await
     }
 
     /// Finishes what [`begin_with`](Self::begin_with) started: resolves the
     /// caller's tier if needed, then decides through the store.
     async fn decide(&self, view: &RequestView<'_>, begun: Begun<'_>) -> Outcome {
         let begun = match begun {
-            Begun::ResolveTier => {
-                let tier = match (&self.tiers, view.identity) {
-                    (Some(tiers), Some(identity)) => {
-                        tiers.resolve(identity, self.limiter.clock().now()).await
-                    }
-                    _ => None,
-                };
-                self.begin_with(view, None, Some(tier))
-            }
+            Begun::ResolveTier(pending) => match (&self.tiers, view.identity) {
+                (Some(tiers), Some(identity)) => {
+                    let tier = tiers.resolve(identity, self.limiter.clock().now()).await;
+                    let limits = tiers
+                        .limits(tier.as_ref(), view.method, view.path, view.route)
+                        .or(pending.table);
+                    self.target(view, limits, pending.client)
+                }
+                // Not reached: a tier is asked for only with tiers and an identity.
+                _ => self.target(view, pending.table, pending.client),
+            },
             begun => begun,
         };
         match begun {
@@ -424,20 +432,17 @@ impl HttpPolicy {
                 };
                 self.finish(view, to, result)
             }
-            // Not reached: with the tier resolved, it is never asked for again.
-            Begun::ResolveTier => unlimited(),
+            // Not reached: `target` never asks for a tier.
+            Begun::ResolveTier(_) => unlimited(),
         }
     }
 
     /// Everything before the decision: lists, exemptions, the limits (`given`
-    /// ones in place of the table's; else the caller's tier's, `resolved`
-    /// or known without waiting; else the route table's), the key.
-    fn begin_with<'p>(
-        &'p self,
-        view: &RequestView<'_>,
-        given: Option<&'p Limits>,
-        resolved: Option<Option<SmolStr>>,
-    ) -> Begun<'p> {
+    /// ones in place of the table's; else the caller's tier's when known
+    /// without waiting; else the route table's), the key. A tier that must
+    /// be looked up comes back as `Begun::ResolveTier`, with what was found
+    /// so far.
+    fn begin_with<'p>(&'p self, view: &RequestView<'_>, given: Option<&'p Limits>) -> Begun<'p> {
         let client = self.keys.client_ip(view);
         if let Some(blocker) = &self.auto_block
             && !self.shadow
@@ -473,22 +478,31 @@ impl HttpPolicy {
             Applies::Unlimited => None,
             Applies::Limited(limits) => Some(limits),
         };
-        let limits = match (given, &self.tiers, view.identity) {
-            (Some(given), _, _) => Some(given),
+        match (given, &self.tiers, view.identity) {
+            (Some(given), _, _) => self.target(view, Some(given), client),
             (None, Some(tiers), Some(identity)) => {
-                let tier = match resolved {
-                    Some(tier) => tier,
-                    None => match tiers.known(identity, self.limiter.clock().now()) {
-                        Known::Tier(tier) => tier,
-                        Known::Resolve => return Begun::ResolveTier,
-                    },
-                };
-                tiers
-                    .limits(tier.as_ref(), view.method, view.path, view.route)
-                    .or(table)
+                match tiers.known(identity, self.limiter.clock().now()) {
+                    Known::Tier(tier) => {
+                        let limits = tiers
+                            .limits(tier.as_ref(), view.method, view.path, view.route)
+                            .or(table);
+                        self.target(view, limits, client)
+                    }
+                    Known::Resolve => Begun::ResolveTier(Pending { table, client }),
+                }
             }
-            (None, _, _) => table,
-        };
+            (None, _, _) => self.target(view, table, client),
+        }
+    }
+
+    /// The request's key for `limits`, or the answer when nothing limits it
+    /// or it carries no key.
+    fn target<'p>(
+        &self,
+        view: &RequestView<'_>,
+        limits: Option<&'p Limits>,
+        client: IpAddr,
+    ) -> Begun<'p> {
         let Some(limits) = limits else {
             return Begun::Done(unlimited());
         };
