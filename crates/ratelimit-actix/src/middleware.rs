@@ -104,10 +104,29 @@ impl Headers for HeaderView<'_> {
     }
 }
 
+/// The header names the policy writes, made once at compile time; any other
+/// name is checked when it comes.
+fn header_name(name: &'static str) -> Option<HeaderName> {
+    Some(match name {
+        "ratelimit" => const { HeaderName::from_static("ratelimit") },
+        "ratelimit-policy" => const { HeaderName::from_static("ratelimit-policy") },
+        "x-ratelimit-limit" => const { HeaderName::from_static("x-ratelimit-limit") },
+        "x-ratelimit-remaining" => const { HeaderName::from_static("x-ratelimit-remaining") },
+        "x-ratelimit-reset" => const { HeaderName::from_static("x-ratelimit-reset") },
+        "retry-after" => const { HeaderName::from_static("retry-after") },
+        other => return HeaderName::from_bytes(other.as_bytes()).ok(),
+    })
+}
+
 pub(crate) fn add_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
     for (name, value) in headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            map.insert(HeaderName::from_static(name), value);
+        // The string's buffer becomes the header's: no copy (the core makes
+        // values with their exact length, so `Bytes` takes them as they are).
+        if let (Some(name), Ok(value)) = (
+            header_name(name),
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(value)),
+        ) {
+            map.insert(name, value);
         }
     }
 }
