@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ratelimit::http::{
-    AutoBlock, HttpPolicy, KeyExtractor, KeySource, Limits, ListKind, Outcome, RequestView,
-    RouteTable, RuntimeLists,
+    AutoBlock, HttpPolicy, KeyExtractor, KeySource, Limits, ListKind, RouteTable, RuntimeLists,
 };
 use ratelimit::memory::MemoryStorage;
 use ratelimit::{Algorithm, Clock, Limiter, ManualClock, Rule, Storage, SystemClock, Timestamp};
 
-const NONE: &[(&str, &[u8])] = &[];
+mod common;
 
 fn policy(limiter: Limiter, rule: AutoBlock) -> HttpPolicy {
     let routes = RouteTable::new().default_limits(Limits::new(vec![
@@ -25,26 +24,7 @@ fn policy(limiter: Limiter, rule: AutoBlock) -> HttpPolicy {
 
 /// The status a request from `peer` gets, and its `Retry-After`.
 async fn send(p: &HttpPolicy, peer: &str) -> (u16, Option<String>) {
-    let view = RequestView {
-        method: "GET",
-        path: "/",
-        route: None,
-        peer: peer.parse().unwrap(),
-        headers: &NONE,
-        identity: None,
-    };
-    match p.check(&view).await {
-        Outcome::Proceed { .. } => (200, None),
-        Outcome::Respond {
-            status, headers, ..
-        } => {
-            let retry = headers
-                .iter()
-                .find(|(n, _)| *n == "retry-after")
-                .map(|(_, v)| v.clone());
-            (status, retry)
-        }
-    }
+    common::get_from(p, peer).await
 }
 
 async fn statuses(p: &HttpPolicy, peer: &str, n: usize) -> Vec<u16> {

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ratelimit::http::{
-    HttpPolicy, KeyExtractor, KeySource, Limits, ListKind, Outcome, RequestView, RouteTable,
-    RuntimeLists,
+    HttpPolicy, KeyExtractor, KeySource, Limits, ListKind, RouteTable, RuntimeLists,
 };
 use ratelimit::memory::MemoryStorage;
 use ratelimit::{Algorithm, ErrorKind, Limiter, ManualClock, Rule, Storage, Timestamp};
 
-const NONE: &[(&str, &[u8])] = &[];
+mod common;
 
 fn policy(store: Arc<dyn Storage>, lists: RuntimeLists, routes: RouteTable) -> HttpPolicy {
     HttpPolicy::new(
@@ -30,18 +29,7 @@ fn limited() -> RouteTable {
 }
 
 async fn status(p: &HttpPolicy, peer: &str) -> u16 {
-    let view = RequestView {
-        method: "GET",
-        path: "/",
-        route: None,
-        peer: peer.parse().unwrap(),
-        headers: &NONE,
-        identity: None,
-    };
-    match p.check(&view).await {
-        Outcome::Proceed { .. } => 200,
-        Outcome::Respond { status, .. } => status,
-    }
+    common::get_from(p, peer).await.0
 }
 
 #[tokio::test]

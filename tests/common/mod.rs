@@ -41,3 +41,28 @@ pub(crate) async fn admitted(
     }
     ok
 }
+
+/// The status a `GET /` from `peer` gets (200 when it goes through), and the
+/// answer's `Retry-After`, if any.
+pub(crate) async fn get_from(p: &HttpPolicy, peer: &str) -> (u16, Option<String>) {
+    let view = RequestView {
+        method: "GET",
+        path: "/",
+        route: None,
+        peer: peer.parse().unwrap(),
+        headers: &NONE,
+        identity: None,
+    };
+    match p.check(&view).await {
+        Outcome::Proceed { .. } => (200, None),
+        Outcome::Respond {
+            status, headers, ..
+        } => {
+            let retry = headers
+                .iter()
+                .find(|(n, _)| *n == "retry-after")
+                .map(|(_, v)| v.clone());
+            (status, retry)
+        }
+    }
+}
