@@ -22,19 +22,10 @@ use ratelimit::redis::RedisStorage;
 use ratelimit::{Algorithm, Limiter, ManualClock, Quota, Rule, Storage, Timestamp};
 use ratelimit_testkit::redis::RedisServer;
 
+mod common;
+
 fn rules() -> Vec<Rule> {
-    Algorithm::ALL
-        .iter()
-        .map(|&a| {
-            let quota = Quota::new(20, Duration::from_secs(10)).unwrap();
-            let quota = if a.uses_burst() {
-                quota.with_burst(25).unwrap()
-            } else {
-                quota
-            };
-            Rule::new(&format!("r-{a}"), a, quota).unwrap()
-        })
-        .collect()
+    common::every_algorithm(20, 25)
 }
 
 #[derive(Debug, Clone)]
@@ -215,13 +206,11 @@ async fn under_the_limit_every_unit_reaches_the_store() {
     // Written by the background flush, without being asked.
     let exact = Limiter::new(store.inner().clone());
     let mut left = 0;
-    for _ in 0..100 {
+    common::poll_until(100, Duration::from_millis(10), async || {
         left = exact.peek(&rule, "hot").await.unwrap().remaining();
-        if left == 1_000_000 - 4_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        left == 1_000_000 - 4_000
+    })
+    .await;
     assert_eq!(left, 1_000_000 - 4_000, "{:?}", store.status());
     assert!(
         store.status().local_decisions > 3_000,
@@ -310,26 +299,23 @@ async fn a_write_that_timed_out_is_not_sent_again_and_a_reset_drops_pending_unit
         assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
     }
     pause.join().unwrap().unwrap();
-    let mut waited = 0;
-    while store.status().flush_errors == 0 && waited < 200 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        waited += 1;
-    }
+    common::poll_until(200, Duration::from_millis(10), async || {
+        store.status().flush_errors > 0
+    })
+    .await;
     let s = store.status();
     assert!(s.flush_errors > 0 && s.uncertain_units == 9, "{s:?}");
     // The write that timed out ran once Redis answered again; it was not
     // sent twice.
     let mut left = 0;
-    for _ in 0..200 {
+    common::poll_until(200, Duration::from_millis(10), async || {
         // The peek itself times out while Redis is still paused.
         if let Ok(d) = exact.peek(&rule, "k").await {
             left = d.remaining();
         }
-        if left == 990 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        left == 990
+    })
+    .await;
     assert_eq!(left, 990, "{:?}", store.status());
 
     // A reset drops the key's pending units with its state.
@@ -356,26 +342,23 @@ async fn pending_units_wait_out_a_dead_store() {
     for _ in 0..9 {
         assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
     }
-    let mut waited = 0;
-    while store.status().flush_errors == 0 && waited < 200 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        waited += 1;
-    }
+    common::poll_until(200, Duration::from_millis(10), async || {
+        store.status().flush_errors > 0
+    })
+    .await;
     let s = store.status();
     assert!(s.flush_errors > 0 && s.uncertain_units == 0, "{s:?}");
     // Restarted empty (no persistence): the 9 pending units are written
     // by a later flush, once.
     server.restart();
     let mut left = 0;
-    for _ in 0..300 {
+    common::poll_until(300, Duration::from_millis(10), async || {
         if let Ok(d) = exact.peek(&rule, "k").await {
             left = d.remaining();
         }
-        if left == 991 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        left == 991
+    })
+    .await;
     assert_eq!(left, 991, "{:?}", store.status());
 }
 

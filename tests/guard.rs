@@ -19,21 +19,12 @@ use ratelimit::redis::RedisStorage;
 use ratelimit::{Algorithm, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage, Timestamp};
 use ratelimit_testkit::redis::RedisServer;
 
+mod common;
+
 /// Every algorithm, and two with a penalty (whose denials the cache must
 /// leave to the store).
 fn rules() -> Vec<Rule> {
-    let mut rules: Vec<Rule> = Algorithm::ALL
-        .iter()
-        .map(|&a| {
-            let quota = Quota::new(4, Duration::from_secs(10)).unwrap();
-            let quota = if a.uses_burst() {
-                quota.with_burst(6).unwrap()
-            } else {
-                quota
-            };
-            Rule::new(&format!("r-{a}"), a, quota).unwrap()
-        })
-        .collect();
+    let mut rules = common::every_algorithm(4, 6);
     for a in [Algorithm::FixedWindow, Algorithm::Gcra] {
         let rule = Rule::new(
             &format!("p-{a}"),
@@ -174,14 +165,11 @@ async fn the_deny_cache_is_exact_under_concurrency_and_saves_round_trips() {
 }
 
 /// Polls `f` until it holds (a liveness bound, not a timing assertion).
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} never happened");
+async fn eventually(what: &str, f: impl AsyncFnMut() -> bool) {
+    assert!(
+        common::poll_until(200, Duration::from_millis(50), f).await,
+        "{what} never happened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,10 @@
 
 pub(crate) mod example;
 
+use std::time::Duration;
+
 use ratelimit::http::{HttpPolicy, Identity, Outcome, RequestView};
+use ratelimit::{Algorithm, Quota, Rule};
 
 /// No headers.
 pub(crate) const NONE: &[(&str, &[u8])] = &[];
@@ -65,4 +68,37 @@ pub(crate) async fn get_from(p: &HttpPolicy, peer: &str) -> (u16, Option<String>
             (status, retry)
         }
     }
+}
+
+/// One rule per algorithm, named `r-ALGORITHM`: `limit` per 10 s, with a
+/// burst of `burst` on the algorithms that take one.
+pub(crate) fn every_algorithm(limit: u64, burst: u64) -> Vec<Rule> {
+    Algorithm::ALL
+        .iter()
+        .map(|&a| {
+            let quota = Quota::new(limit, Duration::from_secs(10)).unwrap();
+            let quota = if a.uses_burst() {
+                quota.with_burst(burst).unwrap()
+            } else {
+                quota
+            };
+            Rule::new(&format!("r-{a}"), a, quota).unwrap()
+        })
+        .collect()
+}
+
+/// Asks `f` up to `tries` times, `every` apart, until it holds; whether it
+/// did (a liveness bound, not a timing assertion).
+pub(crate) async fn poll_until(
+    tries: u32,
+    every: Duration,
+    mut f: impl AsyncFnMut() -> bool,
+) -> bool {
+    for _ in 0..tries {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+    }
+    false
 }
