@@ -61,20 +61,24 @@ fn median(values: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// `program` as a command, pinned to `core` with `taskset` when `pin`.
+fn pinned(pin: bool, core: &str, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    if pin {
+        let mut c = std::process::Command::new("taskset");
+        c.args(["-c", core]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
 /// Requests per second that `wrk` measures against `http-bench-server MODE`.
 fn wrk_rps(server: &Path, mode: &str) -> Result<f64, String> {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     // The server on the first core, wrk on the second (when there are two).
     let pin = on_path("taskset") && available_cores() >= 2;
-    let mut server_cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(server);
-        c
-    } else {
-        Command::new(server)
-    };
-    let mut child = server_cmd
+    let mut child = pinned(pin, "0", server)
         .args([mode, "0"])
         .stdout(Stdio::piped())
         .spawn()
@@ -85,14 +89,7 @@ fn wrk_rps(server: &Path, mode: &str) -> Result<f64, String> {
         .and_then(|out| BufReader::new(out).lines().next())
         .and_then(Result::ok)
         .ok_or("the bench server did not print its address")?;
-    let mut wrk = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "1", "wrk"]);
-        c
-    } else {
-        Command::new("wrk")
-    };
-    let out = wrk
+    let out = pinned(pin, "1", "wrk")
         .args(["-t1", "-c32", "-d5s", &format!("http://{addr}/")])
         .output();
     let _ = child.kill();
@@ -260,14 +257,7 @@ fn in_process_ns(
         modes.iter().map(|m| (*m, Vec::new())).collect();
     for _ in 0..IN_PROCESS_ROUNDS {
         for (mode, runs) in &mut samples {
-            let mut command = if on_path("taskset") {
-                let mut c = std::process::Command::new("taskset");
-                c.args(["-c", "0"]).arg(&binary);
-                c
-            } else {
-                std::process::Command::new(&binary)
-            };
-            let out = command
+            let out = pinned(on_path("taskset"), "0", &binary)
                 .arg(*mode)
                 .args(flag)
                 .arg(IN_PROCESS_REQUESTS)
