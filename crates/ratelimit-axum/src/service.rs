@@ -130,24 +130,20 @@ enum Action<B> {
 /// Applies an outcome: the layer's answer (in gRPC's form for gRPC requests),
 /// or the request goes on with the handler's view of the decision.
 fn act<B: AnswerBody, ReqBody>(outcome: Outcome, request: &mut Request<ReqBody>) -> Action<B> {
-    match outcome {
-        answer @ Outcome::Respond { .. } => {
-            // Only an answer differs for gRPC, so only an answer asks.
-            let answer = if is_grpc(&HeaderView(request.headers())) {
-                answer.into_grpc()
-            } else {
-                answer
-            };
-            match answer {
-                Outcome::Respond {
-                    status,
-                    headers,
-                    body,
-                    ..
-                } => Action::Answer(respond(status, headers, body)),
-                Outcome::Proceed { headers, .. } => Action::Forward(headers),
-            }
+    // Only an answer differs for gRPC, so only an answer asks.
+    let outcome = match outcome {
+        answer @ Outcome::Respond { .. } if is_grpc(&HeaderView(request.headers())) => {
+            answer.into_grpc()
         }
+        other => other,
+    };
+    match outcome {
+        Outcome::Respond {
+            status,
+            headers,
+            body,
+            ..
+        } => Action::Answer(respond(status, headers, body)),
         Outcome::Proceed { headers, admission } => {
             if let Some(admission) = admission {
                 request
