@@ -10,8 +10,17 @@
 //!   opens: calls fail at once with [`ErrorKind::Unavailable`] without
 //!   touching the store. After `cooldown` one call goes through as a probe
 //!   (half-open); its success closes the breaker, its failure opens it for
-//!   another cool-down. Errors that are not transient (a wrong type, bad
-//!   input) say nothing about the store's health and do not count.
+//!   another cool-down. A probe whose caller gave up (its future dropped: a
+//!   client that disconnected) counts as a failed probe, and a half-open
+//!   state older than one cool-down hands the probe to the next call, so the
+//!   breaker can never stay half-open. Errors that are not transient (a wrong
+//!   type, bad input) say nothing about the store's health and do not count.
+//! - **Background probe.** While the breaker is open, a task on the tokio
+//!   runtime asks the store a cheap question (`exists` on a fixed key) with a
+//!   backoff from 10 ms up to at most 250 ms, and closes the breaker as soon
+//!   as it answers: service comes back when the store does, not when traffic
+//!   happens to arrive. It stops once the breaker closes or the store is
+//!   dropped.
 //! - **Deny cache** (Envoy's over-limit cache). Once the store says a rule
 //!   denies a key until `T`, the same rule and key are denied locally until
 //!   `T` for requests costing at least as much, without a round trip (rules
@@ -44,7 +53,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -125,12 +134,22 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
+/// The key the background probe asks about (it never exists).
+const PROBE_KEY: &str = "ratelimit:breaker-probe";
+/// The background probe's first and longest wait between attempts.
+const PROBE_FIRST_WAIT: Duration = Duration::from_millis(10);
+const PROBE_MAX_WAIT: Duration = Duration::from_millis(250);
+
 #[derive(Debug)]
 struct BreakerCell {
     config: Breaker,
     state: AtomicU8,
     failures: AtomicU32,
-    opened_at_us: AtomicU64,
+    /// When the breaker last opened, or, while half-open, when the probe
+    /// went out (µs).
+    since_us: AtomicU64,
+    /// Whether a background probe task is running.
+    probing: AtomicBool,
 }
 
 /// A call the breaker let through.
@@ -141,26 +160,45 @@ enum Pass {
 }
 
 impl BreakerCell {
-    fn admit(&self, now: Timestamp) -> Option<Pass> {
-        match self.state.load(Ordering::Acquire) {
-            CLOSED => Some(Pass::Normal),
-            OPEN => {
-                let since = now
-                    .as_micros()
-                    .saturating_sub(self.opened_at_us.load(Ordering::Acquire));
-                let cooled = since >= crate::clock::duration_to_micros(self.config.cooldown);
-                (cooled
-                    && self
-                        .state
-                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok())
-                .then(|| {
-                    observe::gauge(observe::BREAKER_STATE, 2.0);
-                    Pass::Probe
-                })
-            }
-            _ => None,
+    fn new(config: Breaker) -> Self {
+        Self {
+            config,
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            since_us: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a call may go to the store now, and as what. Open past its
+    /// cool-down, or half-open with a probe out for longer than one (the
+    /// probe is lost: hung without a deadline), the caller becomes the probe.
+    fn admit(&self, now: Timestamp) -> Option<Pass> {
+        let state = self.state.load(Ordering::Acquire);
+        if state == CLOSED {
+            return Some(Pass::Normal);
+        }
+        let since = self.since_us.load(Ordering::Acquire);
+        let cooled = now.as_micros().saturating_sub(since)
+            >= crate::clock::duration_to_micros(self.config.cooldown);
+        // Whoever moves `since` forward owns the probe: one caller per cool-down.
+        let elected = cooled
+            && self
+                .since_us
+                .compare_exchange(since, now.as_micros(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        if !elected {
+            return None;
+        }
+        if state == OPEN {
+            // Only a store that is still open goes half-open (it may have
+            // closed meanwhile: then this call is a probe of a healthy store).
+            let _ = self
+                .state
+                .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire);
+            observe::gauge(observe::BREAKER_STATE, 2.0);
+        }
+        Some(Pass::Probe)
     }
 
     /// Records a call's outcome; whether the breaker just opened.
@@ -176,9 +214,13 @@ impl BreakerCell {
             return false;
         }
         if pass == Pass::Probe {
-            self.opened_at_us.store(now.as_micros(), Ordering::Release);
-            self.state.store(OPEN, Ordering::Release);
-            observe::gauge(observe::BREAKER_STATE, 1.0);
+            // A failed probe: open for another cool-down, unless a healthy
+            // answer closed the breaker meanwhile.
+            if self.state.load(Ordering::Acquire) != CLOSED {
+                self.since_us.store(now.as_micros(), Ordering::Release);
+                self.state.store(OPEN, Ordering::Release);
+                observe::gauge(observe::BREAKER_STATE, 1.0);
+            }
             return false;
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
@@ -188,7 +230,7 @@ impl BreakerCell {
                 .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            self.opened_at_us.store(now.as_micros(), Ordering::Release);
+            self.since_us.store(now.as_micros(), Ordering::Release);
             observe::gauge(observe::BREAKER_STATE, 1.0);
             observe::counter(observe::BREAKER_OPENED, 1);
             tracing::warn!(
@@ -209,6 +251,67 @@ impl BreakerCell {
             _ => BreakerState::HalfOpen,
         }
     }
+}
+
+/// A probe on its way: if its caller gives up before the store answers (the
+/// future is dropped), the probe counts as failed, so the breaker reopens
+/// for one cool-down instead of staying half-open.
+struct ProbeGuard<'a> {
+    cell: &'a BreakerCell,
+    clock: &'a dyn Clock,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cell.record(Pass::Probe, false, self.clock.now());
+        }
+    }
+}
+
+/// Probes `store` in the background while `cell` is open, with a bounded
+/// backoff, and closes it when the store answers. At most one such task
+/// per breaker; it ends when the breaker closes or is dropped.
+fn spawn_background_probe(cell: &Arc<BreakerCell>, store: &Arc<dyn Storage>, clock: &Arc<dyn Clock>, deadline: Option<Duration>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if cell.probing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (weak, store, clock) = (Arc::downgrade(cell), Arc::clone(store), Arc::clone(clock));
+    // A probe waits no longer than a call would (one second without a deadline).
+    let limit = deadline.unwrap_or(Duration::from_secs(1));
+    runtime.spawn(async move {
+        let mut wait = PROBE_FIRST_WAIT;
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(cell) = weak.upgrade() else { return };
+            if cell.state() == BreakerState::Closed {
+                cell.probing.store(false, Ordering::Release);
+                // It may have opened again between the two loads, while
+                // this task still held the flag: then this task goes on.
+                if cell.state() == BreakerState::Closed || cell.probing.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                wait = PROBE_FIRST_WAIT;
+                continue;
+            }
+            let healthy = match tokio::time::timeout(limit, store.exists(PROBE_KEY)).await {
+                Ok(Ok(_)) => true,
+                // A refusal that is not transient is still an answer.
+                Ok(Err(e)) => !e.is_transient(),
+                Err(_) => false,
+            };
+            if healthy {
+                cell.record(Pass::Probe, true, clock.now());
+                wait = PROBE_FIRST_WAIT;
+            } else {
+                wait = (wait * 2).min(PROBE_MAX_WAIT);
+            }
+        }
+    });
 }
 
 /// A cached denial: this rule denies this key, for requests costing at
@@ -349,7 +452,7 @@ impl DenyCache {
 pub struct GuardedStorage {
     inner: Arc<dyn Storage>,
     deadline: Option<Duration>,
-    breaker: Option<BreakerCell>,
+    breaker: Option<Arc<BreakerCell>>,
     deny_cache: Option<DenyCache>,
     clock: Arc<dyn Clock>,
     breaker_opened: AtomicU64,
@@ -397,12 +500,7 @@ impl GuardedStorage {
     /// A circuit breaker.
     #[must_use]
     pub fn breaker(mut self, breaker: Breaker) -> Self {
-        self.breaker = Some(BreakerCell {
-            config: breaker,
-            state: AtomicU8::new(CLOSED),
-            failures: AtomicU32::new(0),
-            opened_at_us: AtomicU64::new(0),
-        });
+        self.breaker = Some(Arc::new(BreakerCell::new(breaker)));
         self
     }
 
@@ -431,7 +529,7 @@ impl GuardedStorage {
             breaker: self
                 .breaker
                 .as_ref()
-                .map_or(BreakerState::Closed, BreakerCell::state),
+                .map_or(BreakerState::Closed, |b| b.state()),
             breaker_opened: self.breaker_opened.load(Ordering::Relaxed),
             breaker_rejected: self.breaker_rejected.load(Ordering::Relaxed),
             deadline_exceeded: self.deadline_exceeded.load(Ordering::Relaxed),
@@ -460,12 +558,24 @@ impl GuardedStorage {
             },
             None => None,
         };
+        // A probe whose caller gives up counts as a failed probe.
+        let mut probe = match (&self.breaker, pass) {
+            (Some(cell), Some(Pass::Probe)) => Some(ProbeGuard {
+                cell,
+                clock: &*self.clock,
+                armed: true,
+            }),
+            _ => None,
+        };
         let answered = match self.deadline {
             Some(deadline) => tokio::time::timeout(deadline, call)
                 .await
                 .map_err(|_| deadline),
             None => Ok(call.await),
         };
+        if let Some(probe) = &mut probe {
+            probe.armed = false;
+        }
         let result = match answered {
             Ok(r) => {
                 // The store's own failures (its own timeouts included).
@@ -491,6 +601,7 @@ impl GuardedStorage {
             && b.record(pass, !failed, self.clock.now())
         {
             self.breaker_opened.fetch_add(1, Ordering::Relaxed);
+            spawn_background_probe(b, &self.inner, &self.clock, self.deadline);
         }
         result
     }
@@ -613,5 +724,162 @@ impl GuardedStorage {
         self.deny_cache_hits.fetch_add(1, Ordering::Relaxed);
         observe::counter(observe::DENY_CACHE_HITS, 1);
         Some(hit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const HEALTHY: u8 = 0;
+    const FAILING: u8 = 1;
+    const HANGING: u8 = 2;
+
+    /// A store that answers, fails with a transient error, or never answers.
+    #[derive(Debug, Default)]
+    struct Switch(AtomicU8);
+
+    impl Switch {
+        async fn gate(&self) -> Result<()> {
+            match self.0.load(Ordering::SeqCst) {
+                HEALTHY => Ok(()),
+                FAILING => Err(Error::new(ErrorKind::Unavailable, "down").with_transient(true)),
+                _ => std::future::pending().await,
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Storage for Switch {
+        async fn get(&self, _: &str) -> Result<Option<Vec<u8>>> {
+            self.gate().await.map(|()| None)
+        }
+        async fn set(&self, _: &str, _: &[u8], _: Duration) -> Result<()> {
+            self.gate().await
+        }
+        async fn delete(&self, _: &str) -> Result<bool> {
+            self.gate().await.map(|()| false)
+        }
+        async fn exists(&self, _: &str) -> Result<bool> {
+            self.gate().await.map(|()| false)
+        }
+        async fn increment(&self, _: &str, amount: i64, _: Duration) -> Result<i64> {
+            self.gate().await.map(|()| amount)
+        }
+        async fn clear(&self) -> Result<u64> {
+            self.gate().await.map(|()| 0)
+        }
+        async fn close(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn stats(&self) -> Result<StorageStats> {
+            Ok(StorageStats::new("switch"))
+        }
+        async fn compare_and_swap(&self, _: &[CasOp<'_>]) -> Result<bool> {
+            self.gate().await.map(|()| true)
+        }
+    }
+
+    /// A guarded switch with a breaker (2 failures, 1 s) on a manual clock,
+    /// and no deadline: its calls can be polled by hand, outside a runtime.
+    fn guarded() -> (Arc<Switch>, Arc<ManualClock>, GuardedStorage) {
+        let switch = Arc::new(Switch::default());
+        let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
+        let store = GuardedStorage::new(switch.clone())
+            .breaker(Breaker::new(2, Duration::from_secs(1)))
+            .clock(clock.clone());
+        (switch, clock, store)
+    }
+
+    /// Polls `f` once.
+    fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn call(store: &GuardedStorage) -> Poll<Result<bool>> {
+        poll_once(pin!(store.exists("k")))
+    }
+
+    fn open(switch: &Switch, store: &GuardedStorage) {
+        switch.0.store(FAILING, Ordering::SeqCst);
+        for _ in 0..2 {
+            assert!(matches!(call(store), Poll::Ready(Err(_))));
+        }
+        assert_eq!(store.status().breaker, BreakerState::Open);
+    }
+
+    #[test]
+    fn a_dropped_probe_counts_as_a_failed_probe() {
+        let (switch, clock, store) = guarded();
+        open(&switch, &store);
+        clock.advance(Duration::from_secs(1));
+        switch.0.store(HANGING, Ordering::SeqCst);
+        {
+            let probe = pin!(store.exists("k"));
+            assert!(poll_once(probe).is_pending());
+            assert_eq!(store.status().breaker, BreakerState::HalfOpen);
+            // The caller gives up: the future is dropped here.
+        }
+        assert_eq!(
+            store.status().breaker,
+            BreakerState::Open,
+            "a dropped probe reopens the breaker"
+        );
+        switch.0.store(HEALTHY, Ordering::SeqCst);
+        let rejected = matches!(call(&store), Poll::Ready(Err(e)) if e.kind() == ErrorKind::Unavailable);
+        assert!(rejected, "a new cool-down starts at the dropped probe");
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(call(&store), Poll::Ready(Ok(false))));
+        assert_eq!(store.status().breaker, BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_half_open_state_expires_after_one_cool_down() {
+        let (switch, clock, store) = guarded();
+        open(&switch, &store);
+        clock.advance(Duration::from_secs(1));
+        switch.0.store(HANGING, Ordering::SeqCst);
+        let mut lost = Box::pin(store.exists("k"));
+        assert!(poll_once(lost.as_mut()).is_pending());
+        switch.0.store(HEALTHY, Ordering::SeqCst);
+        // One probe at a time while it is young...
+        clock.advance(Duration::from_millis(999));
+        assert!(matches!(call(&store), Poll::Ready(Err(_))));
+        assert_eq!(store.status().breaker, BreakerState::HalfOpen);
+        // ...and the next call probes once it is a cool-down old.
+        clock.advance(Duration::from_millis(1));
+        assert!(matches!(call(&store), Poll::Ready(Ok(false))));
+        assert_eq!(store.status().breaker, BreakerState::Closed);
+        // The lost probe, given up late, does not reopen a healthy breaker.
+        drop(lost);
+        assert_eq!(store.status().breaker, BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_background_probe_closes_the_breaker_without_traffic() {
+        let switch = Arc::new(Switch::default());
+        let store = GuardedStorage::new(switch.clone())
+            .deadline(Duration::from_millis(50))
+            // A cool-down no request would ever outlast in this test.
+            .breaker(Breaker::new(1, Duration::from_secs(3_600)));
+        switch.0.store(FAILING, Ordering::SeqCst);
+        assert!(store.exists("k").await.is_err());
+        assert_eq!(store.status().breaker, BreakerState::Open);
+        switch.0.store(HANGING, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.status().breaker, BreakerState::Open, "a hanging store is not healthy");
+        switch.0.store(HEALTHY, Ordering::SeqCst);
+        let mut waited = Duration::ZERO;
+        while store.status().breaker != BreakerState::Closed {
+            assert!(waited < Duration::from_secs(10), "the breaker never closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+        assert!(store.exists("k").await.is_ok());
     }
 }
