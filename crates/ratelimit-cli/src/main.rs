@@ -253,7 +253,7 @@ fn check_config(file: &str, no_env: bool) -> Result<(), Failure> {
     let rules = config.built_rules().map_err(|e| e.to_string())?;
     println!(
         "{file}: ok: store {}, {} rules, {} routes, {} tiers",
-        redact(&config.storage.url),
+        ratelimit::storage::redact_url(&config.storage.url),
         config.rules.len(),
         config.routes.len(),
         config.tiers.len()
@@ -292,22 +292,6 @@ fn source_note(config: &Config, path: &str) -> String {
         String::new()
     } else {
         format!(" (from {})", sources.join(", "))
-    }
-}
-
-/// A URL without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = url.get(scheme + 3..at).unwrap_or_default();
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!(
-                "{}{user}:***{}",
-                url.get(..scheme + 3).unwrap_or_default(),
-                url.get(at..).unwrap_or_default()
-            )
-        }
-        _ => url.to_owned(),
     }
 }
 

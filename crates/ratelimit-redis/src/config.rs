@@ -1,5 +1,6 @@
 //! Settings of the Redis store, from code or from one URL.
 
+use ratelimit_core::storage::redact_url;
 use std::time::Duration;
 
 use ratelimit_core::{Error, parse_duration};
@@ -34,10 +35,10 @@ pub enum Topology {
 impl std::fmt::Debug for Topology {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Standalone(url) => f.debug_tuple("Standalone").field(&redact(url)).finish(),
+            Self::Standalone(url) => f.debug_tuple("Standalone").field(&redact_url(url)).finish(),
             Self::Cluster(nodes) => f
                 .debug_tuple("Cluster")
-                .field(&nodes.iter().map(|n| redact(n)).collect::<Vec<_>>())
+                .field(&nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>())
                 .finish(),
             Self::Sentinel(s) => f.debug_tuple("Sentinel").field(s).finish(),
         }
@@ -434,7 +435,7 @@ impl<'a> UrlParts<'a> {
             invalid(format!(
                 "a Redis store URL starts with redis://, rediss://, redis+cluster:// or \
                  redis+sentinel://, not {:?}",
-                redact(url)
+                redact_url(url)
             ))
         })?;
         let (rest, fragment) = match rest.split_once('#') {
@@ -458,7 +459,7 @@ impl<'a> UrlParts<'a> {
         if hosts.iter().any(|h| h.is_empty()) {
             return Err(invalid(format!(
                 "an empty host in the Redis URL {:?}",
-                redact(url)
+                redact_url(url)
             )));
         }
         Ok(Self {
@@ -627,7 +628,7 @@ fn check(url: &str) -> Result<redis::ConnectionInfo, Error> {
     redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
         Error::new(
             ratelimit_core::ErrorKind::InvalidInput,
-            format!("invalid Redis URL {:?}", redact(url)),
+            format!("invalid Redis URL {:?}", redact_url(url)),
         )
         .with_source(e)
     })
@@ -635,23 +636,6 @@ fn check(url: &str) -> Result<redis::ConnectionInfo, Error> {
 
 fn cut(s: &str) -> String {
     s.chars().take(80).collect()
-}
-
-/// A URL for an error message: without its password, and bounded.
-pub(crate) fn redact(url: &str) -> String {
-    let shown = match (url.find("://"), url.rfind('@')) {
-        (Some(start), Some(at)) if at > start => {
-            let userinfo = url.get(start + 3..at).unwrap_or_default();
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!(
-                "{}{user}:***{}",
-                url.get(..start + 3).unwrap_or_default(),
-                url.get(at..).unwrap_or_default()
-            )
-        }
-        _ => url.to_owned(),
-    };
-    cut(&shown)
 }
 
 #[cfg(test)]

@@ -83,9 +83,10 @@ impl Origin {
     }
 }
 
-/// `[storage]`.
+/// `[storage]`. Its `Debug` form shows the URL and options without their
+/// credentials ([`redact_url`](crate::storage::redact_url)).
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StorageConfig {
     /// A store URL (`memory://`, `sqlite:///path.db`, `redis://host`, …).
     pub url: String,
@@ -102,6 +103,18 @@ pub struct StorageConfig {
     /// `[storage.approximate]`: count hot keys locally and write them in
     /// batches (off by default; see [`approximate`](crate::approximate)).
     pub approximate: Option<crate::approximate::Approximate>,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("url", &crate::storage::redact_url(&self.full_url()))
+            .field("timeout", &self.timeout)
+            .field("breaker", &self.breaker)
+            .field("deny_cache", &self.deny_cache)
+            .field("approximate", &self.approximate)
+            .finish()
+    }
 }
 
 impl Default for StorageConfig {
@@ -376,8 +389,9 @@ pub struct ProxiesConfig {
     /// Proxies (addresses or CIDR blocks) whose forwarding headers are
     /// believed. Empty (the default): none are, the peer is the client.
     pub trusted: Vec<String>,
-    /// Which forwarding headers they set (default all three).
-    pub headers: Vec<ForwardingHeader>,
+    /// The one forwarding header they set (default `X-Forwarded-For`); any
+    /// other is ignored, since a client could send it through the proxy.
+    pub header: ForwardingHeader,
     /// At most this many hops are walked (default 20).
     pub max_hops: usize,
 }
@@ -386,11 +400,7 @@ impl Default for ProxiesConfig {
     fn default() -> Self {
         Self {
             trusted: Vec::new(),
-            headers: vec![
-                ForwardingHeader::Forwarded,
-                ForwardingHeader::XForwardedFor,
-                ForwardingHeader::XRealIp,
-            ],
+            header: ForwardingHeader::XForwardedFor,
             max_hops: 20,
         }
     }

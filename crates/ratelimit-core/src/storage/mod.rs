@@ -103,6 +103,9 @@
 
 mod cas;
 
+mod url;
+pub use url::redact_url;
+
 use std::fmt;
 use std::time::Duration;
 
