@@ -3,6 +3,8 @@
 //! can send them (about ten seconds here, several million keys a minute;
 //! printed, never asserted). The store holds at most its bound the whole
 //! time, the process's memory stays flat, and the evictions are counted.
+//! A key whose limit was spent before the flood is still denied after it:
+//! eviction is no way to reset a limit.
 //! `RATELIMIT_FLOOD_KEYS` sets the number of keys.
 #![cfg(target_os = "linux")]
 #![allow(
@@ -63,6 +65,11 @@ async fn a_key_flood_stays_within_the_stores_bound() {
     );
     let c = TestClient::new(server.addr);
 
+    // A victim spends its limit first.
+    for _ in 0..10 {
+        assert_eq!(c.status("/", &[("x-key", "spent")]).await, 200);
+    }
+    assert_eq!(c.status("/", &[("x-key", "spent")]).await, 429);
     // Warm up past the bound, then measure from there.
     flood(&c, 0, 2 * BOUND).await;
     assert!(keys(&c).await <= BOUND);
@@ -123,6 +130,11 @@ async fn a_key_flood_stays_within_the_stores_bound() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(evicted >= (total + BOUND) as f64, "{evicted} evictions");
+    assert_eq!(
+        c.status("/", &[("x-key", "spent")]).await,
+        429,
+        "the flood reset a spent limit"
+    );
 }
 
 async fn flood(c: &TestClient, from: u64, n: u64) {

@@ -31,6 +31,13 @@ pub enum ErrorKind {
     CostExceedsCapacity,
     /// The caller passed something invalid (an empty rule list, a bad URL, ...).
     InvalidInput,
+    /// The store is at its size bound and holds nothing it may drop: every
+    /// entry it examined is state that still denies (a spent limit, a
+    /// penalty), which it never evicts, since evicting it would reset a
+    /// limit. A new key is not stored until entries expire. Not transient by
+    /// default: it says nothing about the store's health (a circuit breaker
+    /// does not count it).
+    Full,
     /// Anything else a store reports.
     Other,
 }
@@ -52,6 +59,7 @@ impl ErrorKind {
             Self::WrongType => "wrong_type",
             Self::CostExceedsCapacity => "cost_exceeds_capacity",
             Self::InvalidInput => "invalid_input",
+            Self::Full => "full",
             Self::Other => "other",
         }
     }

@@ -51,6 +51,9 @@ pub const BREAKER_OPENED: &str = "ratelimit_breaker_opened_total";
 pub const DENY_CACHE_HITS: &str = "ratelimit_deny_cache_hits_total";
 /// Counter: live entries evicted to stay within a bound, by `cache`.
 pub const EVICTIONS: &str = "ratelimit_evictions_total";
+/// Counter: new keys a store refused because it was at its bound and every
+/// entry it could drop still denied ([`ErrorKind::Full`](crate::ErrorKind::Full)).
+pub const STORE_FULL: &str = "ratelimit_store_full_total";
 /// Counter: clients blocked automatically.
 pub const AUTO_BLOCKS: &str = "ratelimit_auto_blocks_total";
 /// Gauge: clients blocked automatically now.
@@ -89,6 +92,10 @@ pub fn describe() {
         describe_counter!(
             EVICTIONS,
             "Live entries evicted to stay within a size bound, by cache."
+        );
+        describe_counter!(
+            STORE_FULL,
+            "New keys a store refused: at its bound, with nothing it may drop."
         );
         describe_counter!(AUTO_BLOCKS, "Clients put on the deny list automatically.");
         describe_gauge!(AUTO_BLOCKED, "Clients blocked automatically now.");
@@ -165,6 +172,14 @@ pub fn evicted(cache: &'static str, n: u64) {
         metrics::counter!(EVICTIONS, "cache" => cache).increment(n);
     }
     let _ = (cache, n);
+}
+
+/// Counts a new key a store refused because it was at its bound and every
+/// entry it could drop still denied ([`ErrorKind::Full`](crate::ErrorKind::Full)).
+/// For stores outside this crate; does nothing without the `metrics` feature.
+#[inline]
+pub fn refused_full() {
+    counter(STORE_FULL, 1);
 }
 
 #[inline]

@@ -2,11 +2,18 @@
 //!
 //! Entries live directly in a hash table, short keys inline, so a lookup
 //! touches the table's control bytes and one entry. Recency is a per-shard
-//! logical clock written into the entry on every hit. When the shard is full,
-//! the victim is the least recently used of [`SAMPLE`] randomly chosen entries,
-//! preferring any that already expired (Redis's approximated LRU; exact while
-//! the shard holds at most [`SAMPLE`] entries). A side vector of hashes, touched
-//! only on insert and removal, gives the random access that sampling needs.
+//! logical clock written into the entry on every hit. A side vector of
+//! hashes, touched only on insert and removal, gives the random access that
+//! sampling needs.
+//!
+//! When the shard is full, the victim is chosen among [`SAMPLE`] randomly
+//! chosen entries (all of them while the shard holds at most [`SAMPLE`]):
+//! expired entries first, then the least recently used of the *evictable*
+//! ones (Redis's approximated LRU). State that is still denying is never
+//! evicted, since dropping it would be a way to reset a limit: rule state
+//! whose last write left no room for one more unit, and state in a penalty.
+//! If [`ROUNDS`] samples and a bounded scan find nothing evictable, the
+//! insertion is refused ([`Full`]) and the shard stays within its bound.
 
 use std::borrow::Cow;
 use std::mem::size_of;
@@ -21,8 +28,19 @@ use ratelimit_core::storage::corrupt_state;
 
 use crate::key::{KeyRef, StoreKey};
 
-/// Eviction candidates examined per eviction.
+/// Eviction candidates examined per sample.
 pub(crate) const SAMPLE: usize = 8;
+
+/// Samples taken before the scan, while they find only denying state.
+pub(crate) const ROUNDS: usize = 4;
+
+/// Entries the scan examines at the most, after the samples found nothing.
+pub(crate) const SCAN: usize = 256;
+
+/// Nothing could be evicted: every entry examined is state that still
+/// denies. The insertion did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Full;
 
 /// A stored value: opaque bytes from the key-value API, or rule state kept
 /// decoded so decisions never serialise.
@@ -69,18 +87,57 @@ pub(crate) struct Entry {
     key: StoreKey,
     /// The shard's logical clock at the last use (wrapping; compared as ages).
     last_used: u32,
-    /// Position of this entry's hash in `Shard::hashes`.
-    slot: u32,
+    /// Position of this entry's hash in `Shard::hashes` (the low 31 bits),
+    /// and, in the top bit, whether the entry is denying state: rule state
+    /// whose last write left no room for one more unit, which dropping would
+    /// let through. One word for both keeps an entry within its footprint.
+    packed: u32,
 }
+
+/// The top bit of [`Entry::packed`].
+const DENYING: u32 = 1 << 31;
 
 impl Entry {
     pub(crate) fn is_live(&self, now: u64) -> bool {
         now < self.expires_at
     }
+
+    fn slot(&self) -> usize {
+        (self.packed & !DENYING) as usize
+    }
+
+    fn set_slot(&mut self, slot: usize) {
+        self.packed = (self.packed & DENYING) | (slot as u32 & !DENYING);
+    }
+
+    /// Whether the entry is denying state (see [`Entry::packed`]).
+    fn denying(&self) -> bool {
+        self.packed & DENYING != 0
+    }
+
+    /// Marks whether the entry is denying state, after a write.
+    pub(crate) fn set_denying(&mut self, denying: bool) {
+        self.packed = if denying {
+            self.packed | DENYING
+        } else {
+            self.packed & !DENYING
+        };
+    }
+
+    /// What dropping the entry would lose, for eviction: `None` for state
+    /// that still denies (never evicted), else 0 for an expired entry and 1
+    /// for a live one.
+    fn loss(&self, now: u64) -> Option<u8> {
+        if !self.is_live(now) {
+            return Some(0);
+        }
+        let penalised = matches!(&self.value, Value::State(s) if now < s.blocked_until);
+        (!penalised && !self.denying()).then_some(1)
+    }
 }
 
 /// What an insertion pushed out.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Evicted {
     pub(crate) live: u64,
     pub(crate) expired: u64,
@@ -102,8 +159,8 @@ impl Shard {
         Self {
             table: HashTable::new(),
             hashes: Vec::new(),
-            // Slots are u32.
-            capacity: capacity.clamp(1, u32::MAX as usize),
+            // Slots take 31 bits.
+            capacity: capacity.clamp(1, (DENYING - 1) as usize),
             clock: 0,
             rng: seed | 1,
             hasher,
@@ -140,7 +197,7 @@ impl Shard {
         let dead_slot = match self.touch(hash, key) {
             None => return None,
             Some(e) if e.is_live(now) => None,
-            Some(e) => Some(e.slot as usize),
+            Some(e) => Some(e.slot()),
         };
         if let Some(slot) = dead_slot {
             self.remove_slot(slot);
@@ -156,7 +213,7 @@ impl Shard {
     }
 
     pub(crate) fn remove(&mut self, hash: u64, key: &impl KeyRef) -> Option<Entry> {
-        let slot = self.peek(hash, key)?.slot as usize;
+        let slot = self.peek(hash, key)?.slot();
         self.remove_slot(slot)
     }
 
@@ -173,56 +230,68 @@ impl Shard {
         let hash = *self.hashes.get(slot)?;
         let removed = self
             .table
-            .find_entry(hash, |e| e.slot as usize == slot)
+            .find_entry(hash, |e| e.slot() == slot)
             .ok()
             .map(|occupied| occupied.remove().0)?;
         let last = self.hashes.len() - 1;
         self.hashes.swap_remove(slot);
         if slot != last
             && let Some(moved_hash) = self.hashes.get(slot).copied()
-            && let Some(moved) = self.table.find_mut(moved_hash, |e| e.slot as usize == last)
+            && let Some(moved) = self.table.find_mut(moved_hash, |e| e.slot() == last)
         {
-            moved.slot = slot as u32;
+            moved.set_slot(slot);
         }
         Some(removed)
     }
 
-    /// Stores `value` at `key`, evicting to stay within capacity.
+    /// Stores `value` at `key` (`denying`: see [`Entry::packed`]),
+    /// evicting to stay within capacity; [`Full`] if nothing could be.
     pub(crate) fn put(
         &mut self,
         hash: u64,
         key: &impl KeyRef,
         value: Value,
+        denying: bool,
         expires_at: u64,
         now: u64,
-    ) -> Evicted {
+    ) -> Result<Evicted, Full> {
         let t = self.tick();
         if let Some(entry) = self.table.find_mut(hash, |e| key.matches(&e.key)) {
             entry.value = value;
             entry.expires_at = expires_at;
             entry.last_used = t;
-            return Evicted::default();
+            entry.set_denying(denying);
+            return Ok(Evicted::default());
         }
-        let mut evicted = Evicted::default();
-        while self.table.len() >= self.capacity {
-            match self.evict_one(now) {
-                Some(true) => evicted.live += 1,
-                Some(false) => evicted.expired += 1,
-                None => break,
-            }
-        }
-        let entry = Entry {
+        let evicted = self.make_room(1, now, &[])?;
+        let mut entry = Entry {
             value,
             expires_at,
             key: key.to_store_key(),
             last_used: t,
-            slot: self.hashes.len() as u32,
+            packed: self.hashes.len() as u32,
         };
+        entry.set_denying(denying);
         self.hashes.push(hash);
         let hasher = &self.hasher;
         self.table
             .insert_unique(hash, entry, |e| hasher.hash_one(&e.key));
-        evicted
+        Ok(evicted)
+    }
+
+    /// Evicts until `new` more entries fit, sparing the entries whose hash
+    /// is in `keep` (the other keys of the same operation); [`Full`] if that
+    /// many cannot be made to fit (what was evicted until then stays so).
+    pub(crate) fn make_room(&mut self, new: usize, now: u64, keep: &[u64]) -> Result<Evicted, Full> {
+        let mut evicted = Evicted::default();
+        while self.table.len() + new > self.capacity {
+            match self.evict_one(now, keep) {
+                Some(true) => evicted.live += 1,
+                Some(false) => evicted.expired += 1,
+                None => return Err(Full),
+            }
+        }
+        Ok(evicted)
     }
 
     fn next_random(&mut self) -> u64 {
@@ -235,30 +304,60 @@ impl Shard {
 
     fn at_slot(&self, slot: usize) -> Option<&Entry> {
         let hash = *self.hashes.get(slot)?;
-        self.table.find(hash, |e| e.slot as usize == slot)
+        self.table.find(hash, |e| e.slot() == slot)
     }
 
-    /// Evicts one entry; `Some(true)` if it was live.
-    fn evict_one(&mut self, now: u64) -> Option<bool> {
+    /// Evicts one entry that is not denying state and whose hash is not in
+    /// `keep`: expired first, then the least recently used of a sample.
+    /// `Some(true)` if it was live; `None` if no such entry was found.
+    fn evict_one(&mut self, now: u64, keep: &[u64]) -> Option<bool> {
         let len = self.hashes.len();
-        let candidates: Vec<usize> = if len <= SAMPLE {
-            (0..len).collect()
+        // (slot, loss, age): the lowest loss, then the oldest.
+        let mut best: Option<(usize, u8, u32)> = None;
+        if len <= SAMPLE {
+            for slot in 0..len {
+                self.consider(slot, now, keep, &mut best);
+            }
         } else {
-            (0..SAMPLE)
-                .map(|_| (self.next_random() % len as u64) as usize)
-                .collect()
-        };
-        // Dead entries go first, then the least recently used (the oldest).
-        let clock = self.clock;
-        let (slot, live, _) = candidates
-            .into_iter()
-            .filter_map(|slot| {
-                self.at_slot(slot)
-                    .map(|e| (slot, e.is_live(now), clock.wrapping_sub(e.last_used)))
-            })
-            .min_by_key(|&(_, live, age)| (live, std::cmp::Reverse(age)))?;
+            for _ in 0..ROUNDS {
+                for _ in 0..SAMPLE {
+                    let slot = (self.next_random() % len as u64) as usize;
+                    self.consider(slot, now, keep, &mut best);
+                }
+                if best.is_some() {
+                    break;
+                }
+            }
+            // Samples found only denying state: look at a bounded run of
+            // entries from a random place before giving up.
+            let start = (self.next_random() % len as u64) as usize;
+            for i in 0..SCAN.min(len) {
+                if best.is_some() {
+                    break;
+                }
+                self.consider((start + i) % len, now, keep, &mut best);
+            }
+        }
+        let (slot, loss, _) = best?;
         self.remove_slot(slot)?;
-        Some(live)
+        Some(loss > 0)
+    }
+
+    /// Makes the entry at `slot` the eviction candidate if it may be evicted
+    /// and loses less, or as much but was used longer ago, than `best`.
+    fn consider(&self, slot: usize, now: u64, keep: &[u64], best: &mut Option<(usize, u8, u32)>) {
+        let (Some(e), Some(hash)) = (self.at_slot(slot), self.hashes.get(slot)) else {
+            return;
+        };
+        if keep.contains(hash) {
+            return;
+        }
+        let Some(loss) = e.loss(now) else { return };
+        let age = self.clock.wrapping_sub(e.last_used);
+        let better = best.is_none_or(|(_, l, a)| (loss, std::cmp::Reverse(age)) < (l, std::cmp::Reverse(a)));
+        if better {
+            *best = Some((slot, loss, age));
+        }
     }
 
     /// Removes dead entries, examining at most `batch` entries per call,
@@ -326,16 +425,22 @@ mod tests {
             hash(key),
             &Whole(key),
             Value::Bytes(Box::default()),
+            false,
             expires,
             now,
         )
+        .expect("room")
+    }
+
+    fn put_denying(s: &mut Shard, key: &str, expires: u64, now: u64) -> Result<Evicted, Full> {
+        s.put(hash(key), &Whole(key), Value::Bytes(Box::default()), true, expires, now)
     }
 
     fn consistent(s: &Shard) {
         assert_eq!(s.hashes.len(), s.table.len());
         for slot in 0..s.hashes.len() {
             let e = s.at_slot(slot).expect("every slot names an entry");
-            assert_eq!(e.slot as usize, slot);
+            assert_eq!(e.slot(), slot);
         }
         for key in s.keys() {
             assert!(s.peek(hash(key), &Whole(key)).is_some());
@@ -375,6 +480,48 @@ mod tests {
             cursor = next;
         }
         assert_eq!((removed, s.len()), (334, 666));
+        consistent(&s);
+    }
+
+    #[test]
+    fn denying_state_is_never_evicted() {
+        let mut s = Shard::new(64, 7, hasher());
+        for i in 0..16 {
+            put_denying(&mut s, &format!("exhausted{i}"), 1_000, 0).unwrap();
+        }
+        // A flood of fresh keys evicts only its own kind.
+        for i in 0..10_000 {
+            put(&mut s, &format!("flood{i}"), 1_000, 0);
+        }
+        for i in 0..16 {
+            let key = format!("exhausted{i}");
+            assert!(s.peek(hash(&key), &Whole(key.as_str())).is_some(), "{key} evicted");
+        }
+        consistent(&s);
+        // Full of denying state: a new key is refused, the bound holds.
+        for i in 16..64 {
+            put_denying(&mut s, &format!("exhausted{i}"), 1_000, 0).unwrap();
+        }
+        assert_eq!(s.len(), 64);
+        assert_eq!(put_denying(&mut s, "one-more", 1_000, 0), Err(Full));
+        assert_eq!(s.len(), 64);
+        // Once they expire, they go first.
+        assert_eq!(put(&mut s, "later", 2_000, 1_000).expired, 1);
+        consistent(&s);
+    }
+
+    #[test]
+    fn room_for_several_spares_the_operation_s_own_keys() {
+        let mut s = Shard::new(2, 7, hasher());
+        put(&mut s, "a", 1_000, 0);
+        put(&mut s, "b", 1_000, 0);
+        // Room for one more, keeping `a`: `b` goes.
+        assert_eq!(s.make_room(1, 0, &[hash("a")]).unwrap().live, 1);
+        assert!(s.peek(hash("a"), &Whole("a")).is_some());
+        // Room for two more, keeping `a`: impossible, nothing more goes.
+        put(&mut s, "c", 1_000, 0);
+        assert_eq!(s.make_room(2, 0, &[hash("a")]), Err(Full));
+        assert_eq!(s.len(), 1);
         consistent(&s);
     }
 

@@ -16,7 +16,7 @@ use std::hash::BuildHasher;
 
 use crate::config::MemoryConfig;
 use crate::key::{KeyRef, RuleKey, Whole};
-use crate::shard::{Evicted, Shard, Value};
+use crate::shard::{Evicted, Full, Shard, Value};
 
 /// Entries examined per lock hold by the sweep.
 const SWEEP_BATCH: usize = 1_024;
@@ -30,6 +30,16 @@ const SWEEP_BATCH: usize = 1_024;
 /// (Redis's approximated LRU; exact in shards of up to 8 keys). Every value
 /// expires; expired values are dropped when touched, when evicted, and by a
 /// background sweep.
+///
+/// Eviction is never a way to reset a limit: state that still denies (a key
+/// whose last decision left no room for one more unit, or a key in a
+/// penalty) is never evicted, so a flood of fresh keys, of any rule, can
+/// only push out state that gives nothing away. When a shard holds nothing
+/// else (after four samples and a scan of up to 256 keys), a *new* key is
+/// refused with [`ErrorKind::Full`] and the bound holds: the HTTP policy
+/// answers by its error mode (503 by default). Keys already stored keep
+/// being decided. Size `max_size` above the number of keys that can be
+/// spent at once (see docs/operations.md).
 ///
 /// Decisions run under the shard locks of their keys, so they are exact across
 /// any number of tasks and threads in one process. State is not shared between
@@ -66,6 +76,8 @@ struct Shared {
     closed: AtomicBool,
     evictions: AtomicU64,
     expirations: AtomicU64,
+    /// New keys refused: full of state that still denies.
+    refused: AtomicU64,
     max_size: usize,
     cleanup: Periodic,
 }
@@ -138,6 +150,7 @@ impl MemoryStorageBuilder {
                 closed: AtomicBool::new(false),
                 evictions: AtomicU64::new(0),
                 expirations: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
                 max_size,
                 cleanup: Periodic::new(),
             }),
@@ -295,6 +308,7 @@ impl MemoryStorage {
                 if let Some(Write { state, ttl }) = write {
                     slot.value = Value::State(state);
                     slot.expires_at = expiry(now_us, ttl);
+                    slot.set_denying(spent(&decision));
                 }
                 Ok(decision)
             }
@@ -303,6 +317,7 @@ impl MemoryStorage {
                 if let Some(Write { state, ttl }) = write {
                     slot.value = Value::State(state);
                     slot.expires_at = expiry(now_us, ttl);
+                    slot.set_denying(spent(&decision));
                     self.count_expired(1);
                 }
                 Ok(decision)
@@ -310,8 +325,16 @@ impl MemoryStorage {
             None => {
                 let (decision, write) = engine::decide_one(entry.rule, None, now, cost)?;
                 if let Some(Write { state, ttl }) = write {
-                    let evicted =
-                        shard.put(hash, &key, Value::State(state), expiry(now_us, ttl), now_us);
+                    let evicted = shard
+                        .put(
+                            hash,
+                            &key,
+                            Value::State(state),
+                            spent(&decision),
+                            expiry(now_us, ttl),
+                            now_us,
+                        )
+                        .map_err(|Full| self.full())?;
                     drop(shard);
                     self.record(evicted);
                 }
@@ -351,11 +374,45 @@ impl MemoryStorage {
             .map(|(e, s)| (e.rule, s.as_ref()))
             .collect();
         let (decision, writes) = engine::decide_all(&rules, now, cost)?;
+        // Room first, sparing this request's own keys, so that the request
+        // is stored whole or not at all.
+        let hashes: Vec<u64> = slots.iter().map(|&(hash, _)| hash).collect();
+        let mut new_per_guard = vec![0_usize; guards.len()];
+        for ((key, &(hash, slot)), write) in keys.iter().zip(&slots).zip(&writes) {
+            let shard = guards.get(slot).ok_or_else(internal)?;
+            if write.is_some() && shard.peek(hash, key).is_none() {
+                *new_per_guard.get_mut(slot).ok_or_else(internal)? += 1;
+            }
+        }
         let mut evicted = Evicted::default();
-        for ((key, &(hash, slot)), write) in keys.iter().zip(&slots).zip(writes) {
+        for (shard, new) in guards.iter_mut().zip(new_per_guard) {
+            if new > 0 {
+                let e = shard
+                    .make_room(new, now_us, &hashes)
+                    .map_err(|Full| self.full())?;
+                evicted.live += e.live;
+                evicted.expired += e.expired;
+            }
+        }
+        for (((key, &(hash, slot)), write), rule) in
+            keys.iter().zip(&slots).zip(writes).zip(entries)
+        {
             if let Some(Write { state, ttl }) = write {
+                // Whether this rule, on its own, has room for one more unit.
+                let denying = !engine::decide_one(rule.rule, Some(&state), now, 0)?
+                    .0
+                    .is_allowed();
                 let shard = guards.get_mut(slot).ok_or_else(internal)?;
-                let e = shard.put(hash, key, Value::State(state), expiry(now_us, ttl), now_us);
+                let e = shard
+                    .put(
+                        hash,
+                        key,
+                        Value::State(state),
+                        denying,
+                        expiry(now_us, ttl),
+                        now_us,
+                    )
+                    .map_err(|Full| self.full())?;
                 evicted.live += e.live;
                 evicted.expired += e.expired;
             }
@@ -365,6 +422,36 @@ impl MemoryStorage {
         self.record(evicted);
         Ok(decision)
     }
+
+    /// The error for a store that is full of state that still denies.
+    fn full(&self) -> Error {
+        let refused = self.shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        ratelimit_core::observe::refused_full();
+        // Logged at the 1st, 2nd, 4th, 8th… refusal: a flood cannot flood the log.
+        if refused.is_power_of_two() {
+            tracing::warn!(
+                target: "ratelimit::memory",
+                max_size = self.shared.max_size,
+                refused,
+                "the memory store is full of state that still denies: a new key was not stored \
+                 (raise max_size; see docs/operations.md)"
+            );
+        }
+        Error::new(
+            ErrorKind::Full,
+            format!(
+                "the memory store holds {} keys, its bound, and every key it could drop still \
+                 denies (a spent limit or a penalty): a new key is not stored until some expire",
+                self.shared.max_size
+            ),
+        )
+    }
+}
+
+/// Whether a decision left its rule without room for one more unit: the
+/// state it wrote still denies.
+fn spent(decision: &Decision) -> bool {
+    decision.remaining() == 0
 }
 
 fn expiry(now: u64, ttl: Duration) -> u64 {
@@ -417,13 +504,16 @@ impl Storage for MemoryStorage {
         let now = self.now();
         let key = Whole(key);
         let (hash, mut shard) = self.shard(&key);
-        let evicted = shard.put(
-            hash,
-            &key,
-            Value::Bytes(value.into()),
-            expiry(now, ttl),
-            now,
-        );
+        let evicted = shard
+            .put(
+                hash,
+                &key,
+                Value::Bytes(value.into()),
+                false,
+                expiry(now, ttl),
+                now,
+            )
+            .map_err(|Full| self.full())?;
         drop(shard);
         self.record(evicted);
         Ok(())
@@ -463,13 +553,16 @@ impl Storage for MemoryStorage {
                 format!("incrementing {name:?} by {amount} overflows"),
             )
         })?;
-        let evicted = shard.put(
-            hash,
-            &key,
-            Value::Bytes(next.to_string().into_bytes().into()),
-            expires_at,
-            now,
-        );
+        let evicted = shard
+            .put(
+                hash,
+                &key,
+                Value::Bytes(next.to_string().into_bytes().into()),
+                false,
+                expires_at,
+                now,
+            )
+            .map_err(|Full| self.full())?;
         drop(shard);
         self.record(evicted);
         self.count_expired(expired);
@@ -507,6 +600,10 @@ impl Storage for MemoryStorage {
             ("max_size".to_owned(), self.shared.max_size.to_string()),
             ("shards".to_owned(), self.shared.shards.len().to_string()),
             (
+                "refused_full".to_owned(),
+                self.shared.refused.load(Ordering::Relaxed).to_string(),
+            ),
+            (
                 "cleanup_running".to_owned(),
                 self.is_cleanup_running().to_string(),
             ),
@@ -534,16 +631,37 @@ impl Storage for MemoryStorage {
                 return Ok(false);
             }
         }
+        // Room first, sparing the operation's own keys: all or nothing.
+        let hashes: Vec<u64> = slots.iter().map(|&(hash, _)| hash).collect();
+        let mut new_per_guard = vec![0_usize; guards.len()];
+        for (key, &(hash, slot)) in keys.iter().zip(&slots) {
+            let shard = guards.get(slot).ok_or_else(internal)?;
+            if shard.peek(hash, key).is_none() {
+                *new_per_guard.get_mut(slot).ok_or_else(internal)? += 1;
+            }
+        }
         let mut evicted = Evicted { live: 0, expired };
+        for (shard, new) in guards.iter_mut().zip(new_per_guard) {
+            if new > 0 {
+                let e = shard
+                    .make_room(new, now, &hashes)
+                    .map_err(|Full| self.full())?;
+                evicted.live += e.live;
+                evicted.expired += e.expired;
+            }
+        }
         for ((op, key), &(hash, slot)) in ops.iter().zip(&keys).zip(&slots) {
             let shard = guards.get_mut(slot).ok_or_else(internal)?;
-            let e = shard.put(
-                hash,
-                key,
-                Value::Bytes(op.new_value.into()),
-                expiry(now, op.ttl),
-                now,
-            );
+            let e = shard
+                .put(
+                    hash,
+                    key,
+                    Value::Bytes(op.new_value.into()),
+                    false,
+                    expiry(now, op.ttl),
+                    now,
+                )
+                .map_err(|Full| self.full())?;
             evicted.live += e.live;
             evicted.expired += e.expired;
         }

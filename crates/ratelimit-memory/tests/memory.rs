@@ -96,6 +96,73 @@ async fn ten_million_distinct_keys_stay_bounded() {
     );
 }
 
+/// A flood of fresh keys (400 000 against a bound of 1 000) evicts only
+/// state that gives nothing away when dropped: a key that spent its limit
+/// stays denied, and another rule's penalty stays in force. A store full of
+/// such state refuses new keys (`ErrorKind::Full`) and keeps its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_flood_cannot_reset_spent_limits_or_penalties() {
+    let store = MemoryStorage::builder().max_size(1_000).shards(4).build();
+    let limiter = Limiter::new(Arc::new(store.clone()));
+    let api = Rule::new("api", Algorithm::SlidingWindowCounter, "3/hour".parse().unwrap()).unwrap();
+    let login = Rule::new("login", Algorithm::FixedWindow, "1/hour".parse().unwrap())
+        .unwrap()
+        .with_penalty(Duration::from_secs(3_600))
+        .unwrap();
+    for _ in 0..3 {
+        assert!(limiter.check(&api, "victim").await.unwrap().is_allowed());
+    }
+    assert!(!limiter.check(&api, "victim").await.unwrap().is_allowed());
+    assert!(limiter.check(&login, "guesser").await.unwrap().is_allowed());
+    assert!(!limiter.check(&login, "guesser").await.unwrap().is_allowed());
+    for i in 0..400_000u64 {
+        let d = limiter.check(&api, &format!("fresh-{i}")).await.unwrap();
+        assert!(d.is_allowed() && d.remaining() == 2);
+    }
+    assert!(!limiter.check(&api, "victim").await.unwrap().is_allowed(), "the spent limit was reset");
+    assert!(!limiter.check(&login, "guesser").await.unwrap().is_allowed(), "the penalty was evicted");
+    let stats = store.stats().await.unwrap();
+    assert!(stats.keys.unwrap() <= 1_000, "{stats:?}");
+
+    // Every key spent: nothing may be dropped, so new keys are refused.
+    let mut refused = 0;
+    for i in 0..3_000u64 {
+        let key = format!("spent-{i}");
+        match limiter.check_cost(&api, &key, 3).await {
+            Ok(d) => assert!(d.is_allowed()),
+            Err(e) => {
+                assert_eq!(e.kind(), ratelimit_core::ErrorKind::Full, "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 2_000, "{refused} refused");
+    let stats = store.stats().await.unwrap();
+    assert!(stats.keys.unwrap() <= 1_000, "{stats:?}");
+    assert!(!limiter.check(&api, "victim").await.unwrap().is_allowed());
+    assert!(!limiter.check(&login, "guesser").await.unwrap().is_allowed());
+    assert!(
+        stats.details.iter().any(|(k, v)| k == "refused_full" && v.parse::<u64>().unwrap() == refused),
+        "{stats:?}"
+    );
+}
+
+/// Two rules of one request whose keys land in a shard of capacity 1:
+/// the request cannot be stored whole, so it is refused, never half stored.
+#[tokio::test]
+async fn a_request_is_stored_whole_or_not_at_all() {
+    let store = MemoryStorage::builder().max_size(1).shards(1).build();
+    let limiter = Limiter::new(Arc::new(store.clone()));
+    let a = Rule::new("a", Algorithm::FixedWindow, "5/hour".parse().unwrap()).unwrap();
+    let b = Rule::new("b", Algorithm::FixedWindow, "5/hour".parse().unwrap()).unwrap();
+    let err = limiter.check_all(&[(&a, "k"), (&b, "k")], 1).await.unwrap_err();
+    assert_eq!(err.kind(), ratelimit_core::ErrorKind::Full);
+    assert_eq!(store.stats().await.unwrap().keys, Some(0));
+    // One rule fits.
+    assert!(limiter.check(&a, "k").await.unwrap().is_allowed());
+    assert_eq!(limiter.check(&a, "k").await.unwrap().remaining(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_sweep_removes_expired_keys() {
     let clock = manual();
