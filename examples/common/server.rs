@@ -11,6 +11,9 @@
 //! --key ip                  ip, or header:NAME (e.g. header:x-api-key)
 //! --headers ietf            legacy, ietf, both or none
 //! --trust 10.0.0.0/8,…      trusted reverse proxies (addresses or CIDRs)
+//! --client-ip-header x-forwarded-for
+//!                           the one header those proxies set: forwarded,
+//!                           x-forwarded-for (default) or x-real-ip
 //! --on-error deny           what the store failing does: deny (503) or allow
 //! --store-timeout 100       a deadline (ms) on every store call, with a
 //!                           circuit breaker (5 failures, 250 ms cool-down)
@@ -30,7 +33,7 @@ use std::time::Duration;
 use ratelimit::approximate::{Approximate, ApproximateStorage};
 use ratelimit::guard::{Breaker, GuardedStorage};
 use ratelimit::http::{
-    ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits,
+    ClientIpPolicy, ErrorMode, ForwardingHeader, HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits,
     ResetFormat, RouteTable, SharedPolicy,
 };
 use ratelimit::{Algorithm, Limiter, Quota, Rule, parse_duration};
@@ -45,6 +48,7 @@ pub(crate) struct Options {
     pub(crate) key: KeySource,
     pub(crate) headers: HeaderStyle,
     pub(crate) trust: Vec<String>,
+    pub(crate) client_ip_header: ForwardingHeader,
     pub(crate) config: Option<String>,
     pub(crate) on_error: ErrorMode,
     pub(crate) store_timeout: Option<Duration>,
@@ -63,6 +67,7 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
         key: KeySource::Ip,
         headers: HeaderStyle::Ietf,
         trust: Vec::new(),
+        client_ip_header: ForwardingHeader::XForwardedFor,
         config: None,
         on_error: ErrorMode::FailClosed,
         store_timeout: None,
@@ -88,6 +93,7 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
             }
             "--headers" => o.headers = value()?.parse()?,
             "--trust" => o.trust = value()?.split(',').map(str::to_owned).collect(),
+            "--client-ip-header" => o.client_ip_header = value()?.parse()?,
             "--config" => o.config = Some(value()?),
             "--on-error" => o.on_error = value()?.parse()?,
             "--store-timeout" => {
@@ -101,7 +107,7 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
                 println!(
                     "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
                      --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,... \
-                     --on-error deny|allow --store-timeout MS --deny-cache N --approximate MS | --config FILE (reloaded on SIGHUP)"
+                     --client-ip-header forwarded|x-forwarded-for|x-real-ip --on-error deny|allow --store-timeout MS --deny-cache N --approximate MS | --config FILE (reloaded on SIGHUP)"
                 );
                 std::process::exit(0);
             }
@@ -123,7 +129,11 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
     let routes = RouteTable::new()
         .default_limits(Limits::new(vec![rule]))
         .exempt("/health")?;
-    let keys = KeyExtractor::new(o.key.clone()).proxies(ClientIpPolicy::new().trust(&o.trust)?);
+    let keys = KeyExtractor::new(o.key.clone()).proxies(
+        ClientIpPolicy::new()
+            .trust(&o.trust)?
+            .header(o.client_ip_header),
+    );
     let mut store = ratelimit::from_url(&o.storage)?;
     if o.store_timeout.is_some() || o.deny_cache > 0 {
         let mut guarded = GuardedStorage::new(store).deny_cache(o.deny_cache);
@@ -150,7 +160,11 @@ pub(crate) fn describe(o: &Options, addr: SocketAddr) -> String {
     }
     format!(
         "listening on http://{addr} ({} {} per {:?}, store {})",
-        o.algorithm, o.limit, o.window, o.storage
+        o.algorithm,
+        o.limit,
+        o.window,
+        // Never a password in a banner or a log.
+        ratelimit::storage::redact_url(&o.storage)
     )
 }
 

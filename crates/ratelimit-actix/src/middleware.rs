@@ -173,6 +173,11 @@ fn act(outcome: Outcome, request: &ServiceRequest) -> Action {
 
 /// Asks `policy` about `request`: at once if the store can decide at once
 /// (`now`), otherwise `None`.
+///
+/// The path the policy sees is the one actix-web routes on
+/// (`match_info()`): percent-encoded characters decoded, except `/`, `%`
+/// and `+`. The raw `path()` would let `/h%65alth` reach the `/health`
+/// handler under another route's limits.
 fn decide_now(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> Option<Outcome> {
     // The pattern costs a lookup and an allocation: only when it is read.
     let route = policy
@@ -183,7 +188,7 @@ fn decide_now(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> Op
     let headers = HeaderView(request.headers());
     policy.check_now(&RequestView {
         method: request.method().as_str(),
-        path: request.path(),
+        path: request.match_info().as_str(),
         route: route.as_deref(),
         peer,
         headers: &headers,
@@ -202,7 +207,7 @@ async fn decide(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> 
     policy
         .check(&RequestView {
             method: request.method().as_str(),
-            path: request.path(),
+            path: request.match_info().as_str(),
             route: route.as_deref(),
             peer,
             headers: &headers,

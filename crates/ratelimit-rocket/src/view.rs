@@ -1,5 +1,6 @@
 //! Rocket's request seen through the core's request view.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use ratelimit_core::http::{Headers, Limits, Outcome, RequestView, SharedPolicy};
@@ -63,6 +64,32 @@ pub(crate) fn pattern(rocket_path: &str) -> String {
     out
 }
 
+/// The path as Rocket routes on it: its segments percent-decoded, empty
+/// ones (from `//` or a trailing `/`) dropped. A decoded `/` or `%` inside a
+/// segment is written encoded again, so the segment stays one segment.
+/// Borrowed when the path is already in that form.
+pub(crate) fn routed_path<'a>(raw: &'a str, segments: impl Iterator<Item = &'a str>) -> Cow<'a, str> {
+    let plain = !raw.contains('%') && !raw.contains("//") && (raw == "/" || !raw.ends_with('/'));
+    if plain {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    for segment in segments {
+        out.push('/');
+        for c in segment.chars() {
+            match c {
+                '/' => out.push_str("%2F"),
+                '%' => out.push_str("%25"),
+                c => out.push(c),
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
 /// Asks `policy` about `request` (with `limits` in place of the route table's,
 /// when given). The route pattern is the matched route's, or, before
 /// routing, what `index` says Rocket will match; it is looked up only when
@@ -80,11 +107,15 @@ pub(crate) async fn decide(
         return no_peer();
     };
     let policy = policy.load();
+    let uri_path = request.uri().path();
+    // The path Rocket dispatches on: `/h%65alth`, `//health` and `/health/`
+    // all reach the `/health` route, so all must be decided as `/health`.
+    let path = routed_path(uri_path.as_str(), uri_path.segments());
     let route = if policy.reads_route() {
         match (request.route(), index) {
             (Some(route), _) => Some(pattern(route.uri.path())),
             (None, Some(index)) => index
-                .find(request.method(), request.uri().path().as_str())
+                .find(request.method(), &path)
                 .map(str::to_owned),
             (None, None) => None,
         }
@@ -95,7 +126,7 @@ pub(crate) async fn decide(
     let headers = HeaderView(request.headers());
     let view = RequestView {
         method: request.method().as_str(),
-        path: request.uri().path().as_str(),
+        path: &path,
         route: route.as_deref(),
         peer,
         headers: &headers,
@@ -119,6 +150,23 @@ pub(crate) async fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_seen_as_rocket_routes_them() {
+        let routed = |raw: &str| {
+            let uri = rocket::http::uri::Origin::parse(raw).unwrap();
+            routed_path(uri.path().as_str(), uri.path().segments()).into_owned()
+        };
+        assert_eq!(routed("/health"), "/health");
+        assert_eq!(routed("/h%65alth"), "/health");
+        assert_eq!(routed("//health//"), "/health");
+        assert_eq!(routed("/health/"), "/health");
+        assert_eq!(routed("/"), "/");
+        assert_eq!(routed("//"), "/");
+        assert_eq!(routed("/a%2Fb/c"), "/a%2Fb/c");
+        assert_eq!(routed("/a%25b"), "/a%25b");
+        assert_eq!(routed("/users/%37"), "/users/7");
+    }
 
     #[test]
     fn rocket_patterns_become_core_patterns() {

@@ -368,6 +368,63 @@ pub async fn exemptions(h: Arc<dyn HttpHarness>) {
     assert_eq!(c.status("/", &[]).await, 429);
 }
 
+/// A route's limit holds however its path is spelled: percent-encoded
+/// letters, doubled, trailing and dot segments, a query, and `HEAD` for a
+/// `GET` route. Each spelling the framework dispatches to the handler is
+/// decided by that route's rule, never by the relaxed default; the handler
+/// runs once, for the one request the strict rule allows.
+pub async fn path_spellings(h: Arc<dyn HttpHarness>) {
+    let routes = default_limit("1000/hour")
+        .route(
+            "/counted",
+            &["GET"],
+            Limits::new(vec![rule("strict", "1/hour")]),
+        )
+        .expect("a pattern");
+    let (_server, c) = start(
+        &h,
+        policy(&h, routes, KeyExtractor::new(KeySource::Ip)).await,
+    )
+    .await;
+    assert_eq!(c.get("/counted", &[]).await.body, "counted=1");
+    let spellings = [
+        ("GET", "/counted"),
+        ("HEAD", "/counted"),
+        ("GET", "/c%6Funted"),
+        ("GET", "/%63ounted"),
+        ("GET", "/%63%6F%75%6E%74%65%64"),
+        ("GET", "//counted"),
+        ("GET", "/counted/"),
+        ("GET", "/counted//"),
+        ("GET", "///counted///"),
+        ("GET", "/./counted"),
+        ("GET", "/counted?page=2"),
+        ("GET", "/counted%2F"),
+        ("GET", "/%2Fcounted"),
+        ("GET", "/COUNTED"),
+    ];
+    for (method, path) in spellings {
+        let r = c.send(method, path, &[]).await;
+        assert_ne!(
+            r.status, 200,
+            "{method} {path} got past the strict rule: {} {:?}",
+            r.status, r.body
+        );
+        if r.status == 429 {
+            assert!(
+                r.header("ratelimit").is_some_and(|v| v.starts_with("\"strict\"")),
+                "{method} {path} was decided by another rule: {:?}",
+                r.header("ratelimit")
+            );
+        }
+    }
+    assert_eq!(
+        c.get("/calls", &[]).await.body,
+        "calls=1",
+        "no other spelling reached the handler"
+    );
+}
+
 /// The deny list answers 403 before anything else; the allow list is never
 /// limited; both see the client behind a trusted proxy.
 pub async fn allow_and_deny_lists(h: Arc<dyn HttpHarness>) {
@@ -1034,7 +1091,7 @@ macro_rules! http_behaviour_tests {
         }
         $crate::http_behaviour_tests!(@cases
             limit_reached, header_styles, exemptions, allow_and_deny_lists,
-            routes_and_methods, forwarded_for_only_from_trusted_proxies,
+            routes_and_methods, path_spellings, forwarded_for_only_from_trusted_proxies,
             hostile_forwarding_headers, ipv6_prefix_grouping, identity_and_header_keys, store_failures,
             shadow_mode, concurrent_requests, handlers_see_the_decision,
             refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving,

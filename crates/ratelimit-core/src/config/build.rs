@@ -252,7 +252,7 @@ pub(crate) fn compile(
     let proxies = ClientIpPolicy::new()
         .trust(&trusted)
         .unwrap_or_default()
-        .headers(config.proxies.headers.clone())
+        .header(config.proxies.header)
         .max_hops(config.proxies.max_hops);
     let source = c.key_source("defaults.key", &d.key);
     let keys = KeyExtractor::new(source.unwrap_or(KeySource::Ip))

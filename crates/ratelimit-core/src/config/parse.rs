@@ -240,15 +240,7 @@ fn reset_format(text: &str) -> Result<ResetFormat, String> {
 }
 
 fn forwarding_header(text: &str) -> Result<ForwardingHeader, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "forwarded" => Ok(ForwardingHeader::Forwarded),
-        "x-forwarded-for" => Ok(ForwardingHeader::XForwardedFor),
-        "x-real-ip" => Ok(ForwardingHeader::XRealIp),
-        _ => Err(format!(
-            "unknown forwarding header {:?} (expected forwarded, x-forwarded-for or x-real-ip)",
-            cut(text)
-        )),
-    }
+    text.parse().map_err(|e: crate::http::UnknownSetting| e.0)
 }
 
 fn cut(text: &str) -> String {
@@ -467,21 +459,45 @@ fn proxies(r: &mut Reader<'_>, t: &Table<'_>) -> ProxiesConfig {
         trusted: strings(r, t, "trusted"),
         ..ProxiesConfig::default()
     };
+    if let Some(text) = t.string(r, "header") {
+        match forwarding_header(&text) {
+            Ok(h) => p.header = h,
+            Err(e) => r.problem(&t.field_path("header"), t.value_of("header"), e),
+        }
+    }
+    // `headers`, a list, is what older files say: one entry is that header;
+    // several are refused, since "the first one present" lets a client pick
+    // a header the proxy does not set and forge it.
     if let Some(headers) = t.strings(r, "headers") {
-        p.headers = headers
-            .into_iter()
-            .filter_map(|(path, h)| match forwarding_header(&h) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    r.problem(&path, t.value_of("headers"), e);
-                    None
-                }
-            })
-            .collect();
+        let mut parsed = Vec::new();
+        for (path, h) in headers {
+            match forwarding_header(&h) {
+                Ok(h) => parsed.push(h),
+                Err(e) => r.problem(&path, t.value_of("headers"), e),
+            }
+        }
+        if t.value_of("header").is_some() {
+            r.problem(
+                &t.field_path("headers"),
+                t.value_of("headers"),
+                "give `header` alone (`headers` is its older spelling)".to_owned(),
+            );
+        } else if parsed.len() > 1 {
+            r.problem(
+                &t.field_path("headers"),
+                t.value_of("headers"),
+                "several forwarding headers cannot be trusted at once: a client would send the one \
+                 its proxy does not set and choose its own address; name the one header the proxy \
+                 sets, e.g. header = \"x-forwarded-for\""
+                    .to_owned(),
+            );
+        } else if let Some(&h) = parsed.first() {
+            p.header = h;
+        }
     }
     if let Some(hops) = t.integer(r, "max_hops", 1, 1_000) {
         p.max_hops = usize::try_from(hops).unwrap_or(p.max_hops);
     }
-    t.finish(r, &["trusted", "headers", "max_hops"]);
+    t.finish(r, &["trusted", "header", "headers", "max_hops"]);
     p
 }

@@ -17,7 +17,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv6Net};
 
-/// Parses addresses (`10.0.0.1`, a single host) and CIDR blocks (`10.0.0.0/8`).
+/// Parses addresses (`10.0.0.1`, a single host) and CIDR blocks (`10.0.0.0/8`),
+/// [canonical](canonical_net) as clients are.
 pub(crate) fn parse_nets<S: AsRef<str>>(
     entries: impl IntoIterator<Item = S>,
 ) -> Result<Vec<IpNet>, InvalidProxy> {
@@ -25,11 +26,52 @@ pub(crate) fn parse_nets<S: AsRef<str>>(
         .into_iter()
         .map(|e| {
             let text = e.as_ref().trim();
-            text.parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| InvalidProxy(text.chars().take(64).collect()))
+            parse_canonical_net(text).ok_or_else(|| InvalidProxy(text.chars().take(64).collect()))
         })
         .collect()
+}
+
+/// An address or CIDR block, [canonical](canonical_net).
+pub(crate) fn parse_canonical_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+        .map(canonical_net)
+}
+
+/// The IPv4-mapped block `::ffff:0:0/96`, through which an IPv4 client may
+/// reach a dual-stack socket.
+const MAPPED: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
+    Ok(net) => net,
+    Err(_) => panic!("a valid prefix"),
+};
+
+/// `net` written as clients are: clients are compared in canonical form
+/// (an IPv4-mapped IPv6 address is its IPv4 address), so a block inside the
+/// mapped range (`::ffff:127.0.0.1`, `::ffff:10.0.0.0/104`) becomes the IPv4
+/// block it stands for (`127.0.0.1/32`, `10.0.0.0/8`). Without this, such an
+/// entry would never match anybody.
+pub(crate) fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 && MAPPED.contains(&v6.network()) => {
+            match (v6.network().to_ipv4_mapped(), v6.prefix_len().checked_sub(96)) {
+                (Some(v4), Some(len)) => ipnet::Ipv4Net::new(v4, len).map_or(net, IpNet::V4),
+                _ => net,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Whether `net` holds the canonical client address `ip`. An IPv6 block
+/// wider than the mapped range (`::/0`, `::/64`) also holds the IPv4
+/// clients it covers through that range.
+pub(crate) fn net_contains(net: &IpNet, ip: &IpAddr) -> bool {
+    net.contains(ip)
+        || match (net, ip) {
+            (IpNet::V6(n), IpAddr::V4(v4)) => n.contains(&v4.to_ipv6_mapped()),
+            _ => false,
+        }
 }
 
 /// A forwarding header that proxies may set.
@@ -42,6 +84,23 @@ pub enum ForwardingHeader {
     XForwardedFor,
     /// `X-Real-IP: client` (nginx).
     XRealIp,
+}
+
+impl std::str::FromStr for ForwardingHeader {
+    type Err = super::UnknownSetting;
+
+    /// `forwarded`, `x-forwarded-for` or `x-real-ip` (any case).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "forwarded" => Ok(Self::Forwarded),
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "x-real-ip" => Ok(Self::XRealIp),
+            _ => Err(super::UnknownSetting(format!(
+                "unknown forwarding header {:?} (expected forwarded, x-forwarded-for or x-real-ip)",
+                super::cut(text)
+            ))),
+        }
+    }
 }
 
 impl ForwardingHeader {
@@ -101,12 +160,20 @@ impl fmt::Display for InvalidProxy {
 
 impl std::error::Error for InvalidProxy {}
 
-/// How to find the client's address: which proxies are trusted, and which
-/// forwarding headers they set.
+/// How to find the client's address: which proxies are trusted, and the one
+/// forwarding header they set.
 ///
 /// With no trusted proxies (the default) the client is always the peer, and
 /// forwarding headers are ignored: a client that sends its own
 /// `X-Forwarded-For` gains nothing.
+///
+/// Behind trusted proxies, exactly one header is read: the one they set
+/// ([`header`](Self::header), `X-Forwarded-For` by default). Any other
+/// forwarding header on the request came from the client through the proxy
+/// untouched, so it is never looked at: a policy that took "the first header
+/// present" would let a client behind a proxy that appends `X-Forwarded-For`
+/// send its own `Forwarded: for=…` and choose its address (a fresh key per
+/// request, or a victim's).
 ///
 /// ```
 /// use ratelimit_core::http::ClientIpPolicy;
@@ -125,7 +192,7 @@ impl std::error::Error for InvalidProxy {}
 #[derive(Debug, Clone)]
 pub struct ClientIpPolicy {
     trusted: Vec<IpNet>,
-    headers: Vec<ForwardingHeader>,
+    header: ForwardingHeader,
     max_hops: usize,
 }
 
@@ -139,16 +206,12 @@ impl Default for ClientIpPolicy {
 const MAX_HOP_LEN: usize = 256;
 
 impl ClientIpPolicy {
-    /// No trusted proxies; headers `Forwarded`, then `X-Forwarded-For`, then
-    /// `X-Real-IP` (the first one present is used); at most 20 hops examined.
+    /// No trusted proxies; behind trusted ones, the header
+    /// `X-Forwarded-For`; at most 20 hops examined.
     pub fn new() -> Self {
         Self {
             trusted: Vec::new(),
-            headers: vec![
-                ForwardingHeader::Forwarded,
-                ForwardingHeader::XForwardedFor,
-                ForwardingHeader::XRealIp,
-            ],
+            header: ForwardingHeader::XForwardedFor,
             max_hops: 20,
         }
     }
@@ -163,12 +226,17 @@ impl ClientIpPolicy {
         Ok(self)
     }
 
-    /// Which headers the proxies set, in order of preference: the first one
-    /// present on a request is used. An empty list ignores all headers.
+    /// The forwarding header the trusted proxies set; the others are
+    /// ignored (default `X-Forwarded-For`).
     #[must_use]
-    pub fn headers(mut self, headers: Vec<ForwardingHeader>) -> Self {
-        self.headers = headers;
+    pub fn header(mut self, header: ForwardingHeader) -> Self {
+        self.header = header;
         self
+    }
+
+    /// The forwarding header the trusted proxies set.
+    pub fn forwarding_header(&self) -> ForwardingHeader {
+        self.header
     }
 
     /// At most this many hops are examined per request (default 20).
@@ -181,7 +249,7 @@ impl ClientIpPolicy {
     /// Whether `ip` is a trusted proxy.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.trusted.iter().any(|net| net.contains(&ip))
+        self.trusted.iter().any(|net| net_contains(net, &ip))
     }
 
     /// The client's address for a connection from `peer` carrying `headers`.
@@ -190,13 +258,11 @@ impl ClientIpPolicy {
         if !self.is_trusted(peer) {
             return peer;
         }
-        for header in &self.headers {
-            let values = headers.get_all(header.name());
-            if !values.is_empty() {
-                return self.walk(peer, *header, &values);
-            }
+        let values = headers.get_all(self.header.name());
+        if values.is_empty() {
+            return peer;
         }
-        peer
+        self.walk(peer, self.header, &values)
     }
 
     fn walk(&self, peer: IpAddr, header: ForwardingHeader, values: &[&[u8]]) -> IpAddr {
@@ -364,7 +430,7 @@ mod tests {
 
     #[test]
     fn reads_forwarded_with_quotes_ports_and_ipv6() {
-        let p = policy();
+        let p = policy().header(ForwardingHeader::Forwarded);
         let h: &[(&str, &[u8])] = &[(
             "Forwarded",
             b"for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, For=10.1.1.1;by=10.0.0.1",
@@ -374,21 +440,32 @@ mod tests {
         let hidden: &[(&str, &[u8])] =
             &[("forwarded", b"for=203.0.113.9, for=_hidden, for=10.1.1.1")];
         assert_eq!(p.client_ip(ip("10.0.0.1"), hidden), ip("10.1.1.1"));
-        // Forwarded is preferred when several headers are present.
-        let both: &[(&str, &[u8])] = &[
-            ("x-forwarded-for", b"1.1.1.1"),
-            ("forwarded", b"for=203.0.113.9"),
+    }
+
+    #[test]
+    fn only_the_header_the_proxy_sets_is_read() {
+        // The proxy appends X-Forwarded-For; the client added a Forwarded
+        // header of its own, which the proxy passed on untouched.
+        let forged: &[(&str, &[u8])] = &[
+            ("forwarded", b"for=6.6.6.6"),
+            ("x-real-ip", b"6.6.6.7"),
+            ("x-forwarded-for", b"203.0.113.9"),
         ];
-        assert_eq!(p.client_ip(ip("10.0.0.1"), both), ip("203.0.113.9"));
+        assert_eq!(policy().client_ip(ip("10.0.0.1"), forged), ip("203.0.113.9"));
+        // Without the proxy's header: the proxy itself, never the forgery.
+        let only_forged: &[(&str, &[u8])] = &[("forwarded", b"for=6.6.6.6")];
+        assert_eq!(policy().client_ip(ip("10.0.0.1"), only_forged), ip("10.0.0.1"));
+        let p = policy().header(ForwardingHeader::Forwarded);
+        assert_eq!(p.forwarding_header(), ForwardingHeader::Forwarded);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), forged), ip("6.6.6.6"));
     }
 
     #[test]
     fn x_real_ip_and_ports() {
-        let p = policy();
+        let p = policy().header(ForwardingHeader::XRealIp);
         let h: &[(&str, &[u8])] = &[("x-real-ip", b" 203.0.113.9:5555 ")];
         assert_eq!(p.client_ip(ip("192.0.2.1"), h), ip("203.0.113.9"));
-        let only_xff = p.clone().headers(vec![ForwardingHeader::XForwardedFor]);
-        assert_eq!(only_xff.client_ip(ip("192.0.2.1"), h), ip("192.0.2.1"));
+        assert_eq!(policy().client_ip(ip("192.0.2.1"), h), ip("192.0.2.1"));
     }
 
     #[test]
@@ -430,6 +507,20 @@ mod tests {
     }
 
     #[test]
+    fn mapped_entries_stand_for_their_ipv4_blocks() {
+        let nets = parse_nets(["::ffff:127.0.0.1", "::ffff:10.0.0.0/104", "::/0", "2001:db8::/32"]).unwrap();
+        let shown: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "::/0", "2001:db8::/32"]);
+        let held = |net: &IpNet, client: &str| net_contains(net, &ip(client).to_canonical());
+        assert!(held(&nets[0], "127.0.0.1") && held(&nets[0], "::ffff:127.0.0.1"));
+        assert!(held(&nets[1], "10.200.0.1") && !held(&nets[1], "11.0.0.1"));
+        assert!(held(&nets[2], "192.0.2.1"), "::/0 covers IPv4 clients too");
+        assert!(!held(&nets[3], "192.0.2.1"));
+        let trusting = ClientIpPolicy::new().trust(["::ffff:10.0.0.1"]).unwrap();
+        assert!(trusting.is_trusted(ip("10.0.0.1")));
+    }
+
+    #[test]
     fn bad_proxy_entries_are_errors() {
         assert!(ClientIpPolicy::new().trust(["10.0.0.0/33"]).is_err());
         assert!(ClientIpPolicy::new().trust(["proxy.internal"]).is_err());
@@ -449,9 +540,9 @@ mod tests {
                 .flat_map(|hop| [address(hop), forwarded_for(hop)])
                 .flatten()
                 .collect();
-            for name in ["x-forwarded-for", "forwarded"] {
-                let h: Vec<(&str, &[u8])> = values.iter().map(|v| (name, v.as_slice())).collect();
-                let got = p.client_ip(peer, h.as_slice());
+            for header in [ForwardingHeader::XForwardedFor, ForwardingHeader::Forwarded] {
+                let h: Vec<(&str, &[u8])> = values.iter().map(|v| (header.name(), v.as_slice())).collect();
+                let got = p.clone().header(header).client_ip(peer, h.as_slice());
                 prop_assert!(got == peer || hops.contains(&got), "{got} from {values:?}");
             }
         }

@@ -192,6 +192,11 @@ impl KeyExtractor {
         &self.source
     }
 
+    /// How the client address is found behind proxies.
+    pub fn proxy_policy(&self) -> &ClientIpPolicy {
+        &self.proxies
+    }
+
     /// The client address of `view`, through the proxy policy.
     pub fn client_ip(&self, view: &RequestView<'_>) -> IpAddr {
         self.proxies.client_ip(view.peer, view.headers)

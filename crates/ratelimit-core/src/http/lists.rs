@@ -22,6 +22,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+use super::client_ip::{canonical_net, net_contains, parse_canonical_net};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::storage::{CasOp, Storage};
@@ -85,12 +86,13 @@ pub struct ListEntry {
 }
 
 /// Parses an address or CIDR block (`203.0.113.7`, `10.0.0.0/8`, `fd00::/8`).
+/// An IPv4-mapped entry (`::ffff:203.0.113.7`) is its IPv4 address, as
+/// clients are.
 pub fn parse_net(text: &str) -> Result<IpNet> {
     let text = text.trim();
-    text.parse::<IpNet>()
+    parse_canonical_net(text)
         .map(|n| n.trunc())
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| {
+        .ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidInput,
                 format!(
@@ -114,10 +116,12 @@ impl Snapshot {
         let mut snapshot = Self::default();
         for e in entries {
             let expires = e.expires.map_or(0, Timestamp::as_micros);
-            if e.net.prefix_len() == e.net.max_prefix_len() {
-                snapshot.hosts.insert(e.net.addr(), expires);
+            // Entries written before they were canonicalised may be mapped.
+            let net = canonical_net(e.net);
+            if net.prefix_len() == net.max_prefix_len() {
+                snapshot.hosts.insert(net.addr(), expires);
             } else {
-                snapshot.nets.push((e.net, expires));
+                snapshot.nets.push((net, expires));
             }
         }
         snapshot
@@ -129,7 +133,7 @@ impl Snapshot {
             || self
                 .nets
                 .iter()
-                .any(|(net, e)| live(*e) && net.contains(&ip))
+                .any(|(net, e)| live(*e) && net_contains(net, &ip))
     }
 }
 
@@ -463,5 +467,17 @@ mod tests {
         assert!(!s.contains("203.0.113.7".parse().unwrap(), 100));
         assert!(!s.contains("203.0.113.8".parse().unwrap(), 0));
         assert!(s.contains("2001:db8::1".parse().unwrap(), u64::MAX));
+    }
+
+    #[test]
+    fn mapped_entries_match_their_ipv4_clients() {
+        assert_eq!(parse_net("::ffff:127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
+        assert_eq!(parse_net(" ::ffff:10.1.2.3/104 ").unwrap().to_string(), "10.0.0.0/8");
+        // An entry stored mapped by an older version still matches.
+        let s = Snapshot::of(&[ListEntry {
+            net: "::ffff:198.51.100.0/120".parse().unwrap(),
+            expires: None,
+        }]);
+        assert!(s.contains("198.51.100.20".parse().unwrap(), 0));
     }
 }

@@ -443,22 +443,11 @@ impl HttpPolicy {
     /// be looked up comes back as `Begun::ResolveTier`, with what was found
     /// so far.
     fn begin_with<'p>(&'p self, view: &RequestView<'_>, given: Option<&'p Limits>) -> Begun<'p> {
+        // The order: deny lists, then allow lists and exemptions, then
+        // automatic blocks, then limits. An exempt path (a load balancer's
+        // health check) stays reachable whatever a client behind the same
+        // proxy did.
         let client = self.keys.client_ip(view);
-        if let Some(blocker) = &self.auto_block
-            && !self.shadow
-            && let Some(wait) = blocker.blocked(client, self.limiter.clock().now())
-        {
-            return Begun::Done(Self::respond(
-                403,
-                vec![(
-                    "retry-after",
-                    // Rounded up: a client retrying then is no longer blocked.
-                    wait.as_micros().div_ceil(1_000_000).max(1).to_string(),
-                )],
-                "blocked",
-                "this client was denied too often and is blocked for a while",
-            ));
-        }
         let listed = self.lists.as_ref().and_then(|l| l.verdict(client));
         let forbidden = || {
             Begun::Done(Self::respond(
@@ -478,6 +467,21 @@ impl HttpPolicy {
             Applies::Unlimited => None,
             Applies::Limited(limits) => Some(limits),
         };
+        if let Some(blocker) = &self.auto_block
+            && !self.shadow
+            && let Some(wait) = blocker.blocked(client, self.limiter.clock().now())
+        {
+            return Begun::Done(Self::respond(
+                403,
+                vec![(
+                    "retry-after",
+                    // Rounded up: a client retrying then is no longer blocked.
+                    wait.as_micros().div_ceil(1_000_000).max(1).to_string(),
+                )],
+                "blocked",
+                "this client was denied too often and is blocked for a while",
+            ));
+        }
         match (given, &self.tiers, view.identity) {
             (Some(given), _, _) => self.target(view, Some(given), client),
             (None, Some(tiers), Some(identity)) => {
@@ -563,6 +567,12 @@ impl HttpPolicy {
     /// Counts a denial towards automatic blocking; announces a new block
     /// and shares it through the runtime deny list.
     fn strike(&self, blocker: &AutoBlocker, client: IpAddr) {
+        // A trusted proxy is where a client lands when its forwarding header
+        // says nothing usable (`for=unknown`): blocking it would block
+        // everyone behind it.
+        if self.keys.proxy_policy().is_trusted(client) {
+            return;
+        }
         let Some(blocked) = blocker.denied(client, self.limiter.clock().now()) else {
             return;
         };

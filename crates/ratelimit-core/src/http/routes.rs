@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use smol_str::SmolStr;
 
-use super::client_ip::{InvalidProxy, parse_nets};
+use super::client_ip::{InvalidProxy, net_contains, parse_nets};
 use super::key::{KeySource, RequestView};
 use crate::rule::Rule;
 
@@ -297,17 +297,21 @@ impl RouteTable {
     }
 
     /// The limits of the route `method path` matches, without the default,
-    /// the lists or the exemptions.
+    /// the lists or the exemptions. An entry for `GET` also applies to
+    /// `HEAD`: axum, actix-web and Rocket all answer `HEAD` with the `GET`
+    /// handler, so a `GET` limit must hold for both spellings.
     pub fn route_limits(&self, method: &str, path: &str) -> Option<&Limits> {
-        (!self.entries.is_empty())
-            .then(|| self.router.at(path).ok())
-            .flatten()
-            .and_then(|m| self.entries.get(*m.value))
-            .and_then(|list| {
-                list.iter().find(|(methods, _)| {
-                    methods
-                        .as_ref()
-                        .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
+        if self.entries.is_empty() {
+            return None;
+        }
+        let head = method.eq_ignore_ascii_case("HEAD");
+        self.entries
+            .get(*self.router.at(path).ok()?.value)?
+            .iter()
+            .find(|(methods, _)| {
+                methods.as_ref().is_none_or(|ms| {
+                    ms.iter()
+                        .any(|m| m.eq_ignore_ascii_case(method) || (head && m == "GET"))
                 })
             })
             .map(|(_, limits)| limits)
@@ -317,10 +321,10 @@ impl RouteTable {
     /// method, path and client address alone.
     pub fn resolve_path(&self, method: &str, path: &str, client: IpAddr) -> Applies<'_> {
         let client = client.to_canonical();
-        if self.deny.iter().any(|n| n.contains(&client)) {
+        if self.deny.iter().any(|n| net_contains(n, &client)) {
             return Applies::Denied;
         }
-        if self.allow.iter().any(|n| n.contains(&client)) {
+        if self.allow.iter().any(|n| net_contains(n, &client)) {
             return Applies::Allowed;
         }
         if self.has_exempt && self.exempt.at(path).is_ok() {
@@ -374,6 +378,9 @@ mod tests {
         assert_eq!(name(t.resolve_path("GET", "/users/7", c)), "user-any");
         assert_eq!(name(t.resolve_path("GET", "/files/a/b/c.txt", c)), "files");
         assert_eq!(name(t.resolve_path("DELETE", "/files/a", c)), "default");
+        // HEAD is answered by the GET handler in every framework.
+        assert_eq!(name(t.resolve_path("HEAD", "/files/a", c)), "files");
+        assert_eq!(name(t.resolve_path("head", "/users/7", c)), "user-any");
         assert_eq!(name(t.resolve_path("GET", "/users/7/extra", c)), "default");
         assert_eq!(
             name(RouteTable::new().resolve_path("GET", "/", c)),
@@ -416,6 +423,14 @@ mod tests {
             name(t.resolve_path("GET", "/", ip("::ffff:10.6.6.6"))),
             "Denied"
         );
+        // Entries spelled IPv4-mapped match as clients do.
+        let mapped = RouteTable::new()
+            .deny(["::ffff:127.0.0.1"])
+            .unwrap()
+            .allow(["::ffff:192.0.2.0/120"])
+            .unwrap();
+        assert_eq!(name(mapped.resolve_path("GET", "/", ip("127.0.0.1"))), "Denied");
+        assert_eq!(name(mapped.resolve_path("GET", "/", ip("192.0.2.9"))), "Allowed");
         assert_eq!(
             name(t.resolve_path("GET", "/", ip("198.51.100.1"))),
             "default"
