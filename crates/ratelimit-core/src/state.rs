@@ -1,16 +1,24 @@
 //! Stored state of one rule for one key, and its byte encoding.
 //!
-//! Stores that keep bytes (SQLite, custom stores through the default decision
-//! step) store [`RuleState::encode`]'s output. The format is versioned:
+//! Stores that keep bytes (SQLite, Redis, custom stores through the default
+//! decision step) store [`RuleState::encode`]'s output. The format is versioned:
 //!
 //! ```text
-//! byte 0      format version (1)
+//! byte 0      format version: 2 for the sliding log, 1 for every other algorithm
 //! byte 1      algorithm tag (Algorithm::state_tag): 1 fixed window, 2 sliding log, 3 sliding counter,
 //!             4 token bucket, 5 leaky bucket, 6 GCRA
 //! bytes 2..10 blocked_until (u64 LE, µs since the epoch; 0 = not blocked)
 //! then        the algorithm's fields as u64 LE; the sliding log has a u32 LE
-//!             count followed by (timestamp, cost) pairs
+//!             count followed by (timestamp, running total) pairs: each
+//!             entry's cost plus the costs of the entries before it
 //! ```
+//!
+//! The sliding log's running totals let a store that reads the bytes
+//! directly (the Redis script) find the units in the window by a binary
+//! search for its first live entry, and the wait of a denial by a second
+//! one: a denial costs O(log n) on a log of n entries instead of reading
+//! them all. Version 1 of the sliding log (pairs of timestamp and cost, as
+//! written before) is still read.
 
 use std::fmt;
 
@@ -116,6 +124,8 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 const VERSION: u8 = 1;
+/// The sliding log's format, with running totals.
+const LOG_VERSION: u8 = 2;
 
 impl RuleState {
     /// The versioned byte encoding described in the [module docs](self).
@@ -126,13 +136,18 @@ impl RuleState {
         let fields: [u64; 3] = match &self.algorithm {
             AlgorithmState::FixedWindow(s) => [s.window_start, s.count, 0],
             AlgorithmState::SlidingWindowLog(s) => {
+                out.clear();
+                out.push(LOG_VERSION);
                 out.push(tag);
                 out.extend_from_slice(&self.blocked_until.to_le_bytes());
                 let n = u32::try_from(s.entries.len()).unwrap_or(u32::MAX);
+                out.reserve(4 + 16 * n as usize);
                 out.extend_from_slice(&n.to_le_bytes());
+                let mut total = 0u64;
                 for (ts, cost) in s.entries.iter().take(n as usize) {
+                    total = total.saturating_add(*cost);
                     out.extend_from_slice(&ts.to_le_bytes());
-                    out.extend_from_slice(&cost.to_le_bytes());
+                    out.extend_from_slice(&total.to_le_bytes());
                 }
                 return out;
             }
@@ -158,10 +173,14 @@ impl RuleState {
     /// never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
+        let version = r.u8()?;
+        if version != VERSION && version != LOG_VERSION {
             return Err(DecodeError("unknown format version"));
         }
         let tag = r.u8()?;
+        if version == LOG_VERSION && tag != 2 {
+            return Err(DecodeError("unknown format version"));
+        }
         let blocked_until = r.u64()?;
         let algorithm = match tag {
             1 => AlgorithmState::FixedWindow(FixedWindowState {
@@ -174,14 +193,24 @@ impl RuleState {
                     return Err(DecodeError("sliding log length does not match its count"));
                 }
                 let mut entries = Vec::with_capacity(n);
-                let mut last = 0;
+                let (mut last, mut total) = (0, 0);
                 for _ in 0..n {
-                    let entry = (r.u64()?, r.u64()?);
-                    if entry.0 < last {
+                    let (ts, value) = (r.u64()?, r.u64()?);
+                    if ts < last {
                         return Err(DecodeError("sliding log is not sorted"));
                     }
-                    last = entry.0;
-                    entries.push(entry);
+                    last = ts;
+                    let cost = if version == LOG_VERSION {
+                        // A running total: never below the one before.
+                        let cost = value
+                            .checked_sub(total)
+                            .ok_or(DecodeError("sliding log totals go down"))?;
+                        total = value;
+                        cost
+                    } else {
+                        value
+                    };
+                    entries.push((ts, cost));
                 }
                 AlgorithmState::SlidingWindowLog(SlidingLogState { entries })
             }
@@ -280,6 +309,40 @@ mod tests {
         for s in samples() {
             assert_eq!(RuleState::decode(&s.encode()).unwrap(), s);
         }
+    }
+
+    #[test]
+    fn the_sliding_log_is_written_with_running_totals() {
+        let log = RuleState {
+            blocked_until: 0,
+            algorithm: AlgorithmState::SlidingWindowLog(SlidingLogState {
+                entries: vec![(10, 2), (20, 1), (30, 4)],
+            }),
+        };
+        let bytes = log.encode();
+        assert_eq!(bytes[0], 2);
+        let totals: Vec<u64> = bytes[14..]
+            .chunks(16)
+            .map(|pair| u64::from_le_bytes(pair[8..].try_into().unwrap()))
+            .collect();
+        assert_eq!(totals, [2, 3, 7]);
+        // Totals that go down are corrupt.
+        let mut bad = bytes.clone();
+        bad[14 + 16 + 8] = 1;
+        assert!(RuleState::decode(&bad).is_err());
+        // Version 1 (timestamp and cost) is still read.
+        let mut v1 = vec![1, 2];
+        v1.extend_from_slice(&0u64.to_le_bytes());
+        v1.extend_from_slice(&3u32.to_le_bytes());
+        for (ts, cost) in [(10u64, 2u64), (20, 1), (30, 4)] {
+            v1.extend_from_slice(&ts.to_le_bytes());
+            v1.extend_from_slice(&cost.to_le_bytes());
+        }
+        assert_eq!(RuleState::decode(&v1).unwrap(), log);
+        // Version 2 is the sliding log's alone.
+        let mut gcra = samples()[6].encode();
+        gcra[0] = 2;
+        assert!(RuleState::decode(&gcra).is_err());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! Random rules (every algorithm, small and very large quotas, bursts,
 //! penalties), several rules per request on the same or on shared keys, and
 //! random request sequences (costs, peeks, clock jumps to exactly the retry
-//! instant and one microsecond before it, rules changed under the same name as
-//! by a reload) run through the Redis store and
+//! instant and one microsecond before it, the clock stepping back, rules
+//! changed under the same name as by a reload) run through the Redis store and
 //! through a reference store that applies `engine::decide_all` to states in a
 //! map, at the same injected times. Every decision must be identical, and
 //! whenever the reference holds a live state, Redis must hold the same bytes.
@@ -88,6 +88,8 @@ impl Reference {
 #[derive(Debug, Clone, Copy)]
 enum Advance {
     By(u64),
+    /// The clock steps back (a client's clock, or a machine's, corrected).
+    Back(u64),
     ToRetry,
     JustBeforeRetry,
 }
@@ -183,6 +185,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 2 => Just(Advance::By(0)),
                 3 => (0..=finest).prop_map(Advance::By),
                 2 => (0..=widest * 2).prop_map(Advance::By),
+                1 => (0..=widest).prop_map(Advance::Back),
                 2 => Just(Advance::ToRetry),
                 2 => Just(Advance::JustBeforeRetry),
             ];
@@ -231,6 +234,10 @@ async fn run(scenario: Scenario, url: &str) -> Result<(), TestCaseError> {
         let now = clock.now().as_micros();
         let dt = match (step.advance, retry_at) {
             (Advance::By(dt), _) => dt,
+            (Advance::Back(dt), _) => {
+                clock.set(Timestamp::from_micros(now.saturating_sub(dt).max(T0)));
+                0
+            }
             (Advance::ToRetry, Some(at)) => at.saturating_sub(now),
             (Advance::JustBeforeRetry, Some(at)) => at.saturating_sub(now + 1),
             (_, None) => 0,
@@ -260,6 +267,8 @@ async fn run(scenario: Scenario, url: &str) -> Result<(), TestCaseError> {
                     .delete(&state_key)
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                // Gone from both: a clock stepping back finds it in neither.
+                reference.states.remove(&state_key);
             }
         }
         let ours = limiter
@@ -348,6 +357,46 @@ async fn times_beyond_lua_precision_are_corrupt_state() {
     let err = limiter.check(&rule, "k").await.unwrap_err();
     assert_eq!(err.kind(), ratelimit_core::ErrorKind::CorruptState);
     assert!(err.to_string().contains("2^53"), "{err}");
+}
+
+/// A sliding log stored in the format of earlier versions (version 1:
+/// timestamp and cost pairs) is read by the script as the core reads it,
+/// decided alike, and written back in the current format, byte for byte
+/// what the core writes.
+#[tokio::test]
+async fn a_sliding_log_of_the_first_format_is_read_and_rewritten() {
+    use ratelimit_core::state::{AlgorithmState, SlidingLogState};
+    let store = common::store(&common::standalone().url(), false, common::TEST_TIME);
+    let clock = ManualClock::new(Timestamp::from_micros(T0 + 500));
+    let limiter = Limiter::builder(std::sync::Arc::new(store.clone()))
+        .clock(clock.clone())
+        .build();
+    let rule = Rule::new("log", Algorithm::SlidingWindowLog, Quota::new(5, Duration::from_micros(1_000)).unwrap()).unwrap();
+    let entries: Vec<(u64, u64)> = vec![(T0 + 100, 2), (T0 + 200, 1), (T0 + 400, 1)];
+    let mut v1 = vec![1u8, 2];
+    v1.extend_from_slice(&0u64.to_le_bytes());
+    v1.extend_from_slice(&3u32.to_le_bytes());
+    for (ts, cost) in &entries {
+        v1.extend_from_slice(&ts.to_le_bytes());
+        v1.extend_from_slice(&cost.to_le_bytes());
+    }
+    let key = limiter.state_key(&rule, "k");
+    store.set(&key, &v1, Duration::from_secs(60)).await.unwrap();
+    let state = RuleState::decode(&v1).unwrap();
+    let now = Timestamp::from_micros(T0 + 500);
+    for cost in [0, 2, 1] {
+        let (expected, write) = engine::decide_one(&rule, Some(&RuleState::decode(&store.get(&key).await.unwrap().unwrap()).unwrap()), now, cost).unwrap();
+        assert_eq!(limiter.check_cost(&rule, "k", cost).await.unwrap(), expected, "cost {cost}");
+        if let Some(write) = write {
+            assert_eq!(store.get(&key).await.unwrap().unwrap(), write.state.encode());
+        }
+    }
+    let after = RuleState::decode(&store.get(&key).await.unwrap().unwrap()).unwrap();
+    let AlgorithmState::SlidingWindowLog(SlidingLogState { entries: mut expected }) = state.algorithm else {
+        panic!("a log");
+    };
+    expected.push((T0 + 500, 1));
+    assert_eq!(after.algorithm, AlgorithmState::SlidingWindowLog(SlidingLogState { entries: expected }));
 }
 
 proptest! {

@@ -62,7 +62,12 @@ for i = 1, n do
   -- A blocked key consumes nothing: look at its state as a peek would.
   local step_cost = cost
   if blocked then step_cost = 0 end
-  local allowed, remaining, reset, retry, state, consumed, ttl = STEP[tag](q, same, now, step_cost)
+  -- A sliding log is read lazily: a corrupt pair it meets is reported here.
+  local ok, allowed, remaining, reset, retry, state, consumed, ttl = pcall(STEP[tag], q, same, now, step_cost)
+  if not ok then
+    if type(allowed) == 'table' and allowed.corrupt then return { -1, i - 1, allowed.corrupt } end
+    error(allowed)
+  end
   local v
   if blocked then
     local wait = blocked_until - now

@@ -64,23 +64,32 @@ local function muldiv(a, b, c)
   return q, r
 end
 
--- The stored state format of ratelimit_core::state (version 1):
+-- The stored state format of ratelimit_core::state:
 -- u8 version, u8 algorithm tag, u64 LE blocked_until, then the algorithm's
--- u64 LE fields; the sliding log (tag 2) has a u32 LE count and
--- (timestamp, cost) pairs instead.
+-- u64 LE fields. The sliding log (tag 2) has a u32 LE count and pairs
+-- instead: (timestamp, running total) in version 2, (timestamp, cost) in
+-- version 1, which is still read. Every other algorithm is version 1.
 local FIELDS = { [1] = 2, [3] = 3, [4] = 2, [5] = 2, [6] = 1 }
 local UNPACK = { '<I8', '<I8I8', '<I8I8I8' }
 local PACK = { '<BBI8I8', '<BBI8I8I8', '<BBI8I8I8I8' }
 
+-- Where the sliding log's pairs start (1-based).
+local LOG_PAIRS = 15
+
 -- A decoded state: { tag =, blocked =, [1..k] = fields } or, for the log,
--- { tag = 2, blocked =, n = count, e = { ts1, cost1, ts2, cost2, ... } }.
+-- a view of its pairs that is read lazily, so a decision on a long log
+-- reads O(log n) of them: { tag = 2, blocked =, n = count, raw = bytes,
+-- at = offset of the first pair, shift = what to subtract from every
+-- running total } (see log_pair).
 -- Returns nil and a reason for anything that is not valid state.
 local function decode(v)
   local len = #v
   if len < 1 then return nil, 'value is truncated' end
-  if string.byte(v, 1) ~= 1 then return nil, 'unknown format version' end
+  local version = string.byte(v, 1)
+  if version ~= 1 and version ~= 2 then return nil, 'unknown format version' end
   if len < 10 then return nil, 'value is truncated' end
   local tag = string.byte(v, 2)
+  if version == 2 and tag ~= 2 then return nil, 'unknown format version' end
   local blocked = struct.unpack('<I8', v, 3)
   if blocked >= TWO53 then return nil, 'a time at or beyond 2^53 microseconds' end
   if tag == 2 then
@@ -89,9 +98,13 @@ local function decode(v)
     if len - 14 ~= n * 16 then
       return nil, 'sliding log length does not match its count'
     end
-    local e = {}
-    local last = 0
-    local pos = 15
+    if version == 2 then
+      return { tag = 2, blocked = blocked, n = n, raw = v, at = LOG_PAIRS, shift = 0 }
+    end
+    -- Version 1: costs become running totals, once.
+    local parts = {}
+    local last, total = 0, 0
+    local pos = LOG_PAIRS
     for i = 1, n do
       local ts, c
       ts, c, pos = struct.unpack('<I8I8', v, pos)
@@ -100,10 +113,11 @@ local function decode(v)
       end
       if ts < last then return nil, 'sliding log is not sorted' end
       last = ts
-      e[2 * i - 1] = ts
-      e[2 * i] = c
+      total = total + c
+      if total >= TWO53 then return nil, 'a value at or beyond 2^53' end
+      parts[i] = struct.pack('<I8I8', ts, total)
     end
-    return { tag = 2, blocked = blocked, n = n, e = e }
+    return { tag = 2, blocked = blocked, n = n, raw = table.concat(parts), at = 1, shift = 0 }
   end
   local k = FIELDS[tag]
   if k == nil then return nil, 'unknown algorithm tag' end
@@ -120,12 +134,27 @@ local function decode(v)
   return s
 end
 
+-- Pair i (1-based) of a sliding log view: its timestamp and running total.
+-- A value a decoded view cannot vouch for (it reads lazily) is reported as
+-- corrupt state through error(), which decide.lua turns into its answer.
+local function log_pair(s, i)
+  local ts, total = struct.unpack('<I8I8', s.raw, s.at + 16 * (i - 1))
+  if ts >= TWO53 or total >= TWO53 then
+    error({ corrupt = 'a value at or beyond 2^53' })
+  end
+  return ts, total - s.shift
+end
+
 local function encode(s)
   if s.tag == 2 then
-    local parts = { struct.pack('<BBI8I4', 1, 2, s.blocked, s.n) }
-    local e = s.e
+    local head = struct.pack('<BBI8I4', 2, 2, s.blocked, s.n)
+    if s.shift == 0 then
+      return head .. string.sub(s.raw, s.at, s.at + 16 * s.n - 1)
+    end
+    local parts = { head }
     for i = 1, s.n do
-      parts[i + 1] = struct.pack('<I8I8', e[2 * i - 1], e[2 * i])
+      local ts, total = log_pair(s, i)
+      parts[i + 1] = struct.pack('<I8I8', ts, total)
     end
     return table.concat(parts)
   end
