@@ -400,7 +400,48 @@ async fn a_sliding_log_of_the_first_format_is_read_and_rewritten() {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 64, failure_persistence: None, ..Config::default() })]
+    #![proptest_config(Config { cases: 24, failure_persistence: None, ..Config::default() })]
+
+    /// Long sliding logs, which the script reads by parts (a head, then
+    /// single pairs and blocks of pairs): random logs of up to 5 000
+    /// entries, then requests at random times (some before the last entry:
+    /// the clock stepping back), decided and stored exactly as the engine.
+    #[test]
+    fn long_sliding_logs_decide_as_the_engine(
+        costs in proptest::collection::vec(1u64..4, 100..5_000),
+        gaps in proptest::collection::vec(1u64..50, 100..5_000),
+        steps in proptest::collection::vec((0u64..400_000, 0u64..6), 1..30),
+    ) {
+        use ratelimit_core::state::{AlgorithmState, SlidingLogState};
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let store = common::store(&common::standalone().url(), false, common::TEST_TIME);
+            let limit: u64 = costs.iter().sum::<u64>() + 3;
+            let rule = Rule::new("long", Algorithm::SlidingWindowLog, Quota::new(limit, Duration::from_micros(200_000)).unwrap()).unwrap();
+            let mut ts = T0;
+            let entries: Vec<(u64, u64)> = costs.iter().zip(&gaps).map(|(c, g)| { ts += g; (ts, *c) }).collect();
+            let mut state = RuleState { blocked_until: 0, algorithm: AlgorithmState::SlidingWindowLog(SlidingLogState { entries }) };
+            let clock = ManualClock::new(Timestamp::from_micros(T0));
+            let limiter = Limiter::builder(std::sync::Arc::new(store.clone())).clock(clock.clone()).build();
+            let key = limiter.state_key(&rule, "k");
+            store.set(&key, &state.encode(), Duration::from_secs(600)).await.unwrap();
+            for (at, cost) in steps {
+                let now = Timestamp::from_micros(T0 + at);
+                clock.set(now);
+                let (expected, write) = engine::decide_one(&rule, Some(&state), now, cost).unwrap();
+                let ours = limiter.check_cost(&rule, "k", cost).await.unwrap();
+                prop_assert_eq!(&ours, &expected, "at +{} cost {}", at, cost);
+                if let Some(w) = write {
+                    state = w.state;
+                    let stored = store.get(&key).await.unwrap().unwrap();
+                    prop_assert_eq!(stored, state.encode());
+                    // Keep the log long: the written log is what the next step reads.
+                }
+            }
+            Ok(())
+        })?;
+    }
+
 
     /// The scripts' exact `floor(a × b / c)` (the sliding window counter's
     /// weights, whose products pass 2^53 for large quotas and long windows)

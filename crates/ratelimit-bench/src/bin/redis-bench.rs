@@ -27,6 +27,13 @@
 //! in approximate mode with `instances(4)`, and how many more than exact
 //! each admitted, in percent.
 //!
+//! The row `sliding_window_log/denied-full/c50` is the cost of a denial on
+//! a full sliding log: 50 tasks asking one key whose log holds 10 000
+//! entries (every request denied), against 50 tasks asking fresh keys (an
+//! empty log, every request admitted), same store, same run. Besides
+//! decisions/s it reports the Redis time per script call (`INFO
+//! commandstats`); the goal is a denial costing at most twice a fresh key.
+//!
 //! `REDIS_BENCH_ONLY=gcra/c1` runs one row, and `REDIS_BENCH_SIDE=ours` (or
 //! `peer`) one side of it, for profiling.
 
@@ -37,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use ratelimit_core::approximate::{Approximate, ApproximateStorage};
 use ratelimit_core::guard::GuardedStorage;
-use ratelimit_core::{Algorithm, Limiter, Quota, Rule, Storage};
+use ratelimit_core::{Algorithm, Clock, Limiter, Quota, Rule, Storage};
 use ratelimit_redis::RedisStorage;
 use ratelimit_testkit::redis::RedisServer;
 use serde_json::json;
@@ -223,6 +230,70 @@ fn script_calls(server: &RedisServer) -> u64 {
         .sum()
 }
 
+/// Microseconds of Redis time per script call since the last `CONFIG RESETSTAT`.
+fn script_usec_per_call(server: &RedisServer) -> f64 {
+    let info = server.cmd(&["INFO", "commandstats"]).text();
+    let (calls, usec) = info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .fold((0.0, 0.0), |(calls, usec), line| {
+            let field = |name: &str| {
+                line.split(name)
+                    .nth(1)
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            (calls + field("calls="), usec + field("usec="))
+        });
+    usec / f64::max(calls, 1.0)
+}
+
+/// A denial on a sliding log of 10 000 entries, or (`full` false) a
+/// decision on a fresh key: (decisions/s, Redis µs per call).
+fn sliding_log(
+    server: &RedisServer,
+    url: &str,
+    full: bool,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    use ratelimit_core::state::{AlgorithmState, RuleState, SlidingLogState};
+    const ENTRIES: u64 = 10_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let rule = Rule::new(
+        "log",
+        Algorithm::SlidingWindowLog,
+        Quota::per_hour(ENTRIES)?,
+    )?;
+    runtime.block_on(async {
+        let store = RedisStorage::connect(url).await?;
+        store.clear().await?;
+        let limiter = Limiter::new(Arc::new(store.clone()));
+        // The log is full: one entry a millisecond over the last 10 s.
+        let now = ratelimit_core::SystemClock.now().as_micros();
+        let entries = (0..ENTRIES)
+            .map(|i| (now - 10_000_000 + i * 1_000, 1))
+            .collect();
+        let state = RuleState {
+            blocked_until: 0,
+            algorithm: AlgorithmState::SlidingWindowLog(SlidingLogState { entries }),
+        };
+        store
+            .set(&limiter.state_key(&rule, "full"), &state.encode(), Duration::from_secs(3_600))
+            .await?;
+        assert!(!limiter.check(&rule, "full").await?.is_allowed(), "the log is full");
+        server.cmd(&["CONFIG", "RESETSTAT"]);
+        let key: fn(u64, u64, u64) -> String = if full {
+            |_, _, _| "full".to_owned()
+        } else {
+            |t, _, n| format!("fresh-{t}-{n}")
+        };
+        let driven = drive(&[limiter], &rule, 50, key).await?;
+        Ok((driven.per_s, script_usec_per_call(server)))
+    })
+}
+
 /// The attack pattern with or without the deny cache: (decisions/s, round
 /// trips per decision).
 fn attack(
@@ -369,6 +440,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "ratio": ((ours / peer) * 100.0).round() / 100.0,
             "ours_round_trips_per_decision": (ours_trips * 1000.0).round() / 1000.0,
             "peer_round_trips_per_decision": (peer_trips * 1000.0).round() / 1000.0,
+        }));
+    }
+    if selected("sliding_window_log/denied-full/c50") {
+        let (ours, ours_usec) = sliding_log(&server, &url, true)?;
+        let (peer, peer_usec) = sliding_log(&server, &url, false)?;
+        eprintln!(
+            "sliding_window_log/denied-full/c50: denials on a 10 000-entry log {ours:.0}/s ({ours_usec:.1} µs of Redis \
+             per call), fresh keys {peer:.0}/s ({peer_usec:.1} µs)"
+        );
+        rows.push(json!({
+            "name": "sliding_window_log/denied-full/c50",
+            "ours_per_s": (ours * 10.0).round() / 10.0,
+            "peer_per_s": (peer * 10.0).round() / 10.0,
+            "ratio": ((ours / peer) * 100.0).round() / 100.0,
+            "ours_usec_per_call": (ours_usec * 10.0).round() / 10.0,
+            "peer_usec_per_call": (peer_usec * 10.0).round() / 10.0,
         }));
     }
     if selected("approximate/c50") {

@@ -27,12 +27,12 @@ local n = #KEYS
 -- Read and check every state before deciding anything.
 local states = {}
 for i = 1, n do
-  local raw = redis.pcall('GET', KEYS[i])
+  local raw, partial = read_state(KEYS[i])
   if type(raw) == 'table' and raw.err then
     return { -1, i - 1, raw.err }
   end
   if raw then
-    local s, why = decode(raw)
+    local s, why = decode(raw, partial, KEYS[i])
     if s == nil then return { -1, i - 1, why } end
     states[i] = s
   end

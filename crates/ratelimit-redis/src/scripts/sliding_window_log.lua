@@ -2,20 +2,18 @@
 -- State: a view of the pairs (timestamp, running total), sorted by timestamp
 -- (see decode and log_pair in the prelude). The units in the window and the
 -- wait of a denial are found by binary searches, so a denial reads O(log n)
--- pairs of a log of n; an admission writes the live pairs back.
+-- pairs of a log of n (each a GETRANGE of 16 bytes when the log was not read
+-- whole); an admission reads the live pairs once and writes them back.
 STEP[2] = function(q, s, now, cost)
   local window, limit = q.window, q.limit
   local view = s
   if view == nil then view = { n = 0, raw = '', at = 1, shift = 0 } end
   local n = view.n
   -- The first live pair: an entry counts while now < timestamp + window.
-  local lo, hi = 1, n + 1
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    local ts = log_pair(view, mid)
-    if ts + window <= now then lo = mid + 1 else hi = mid end
-  end
-  local first = lo
+  local first = log_search(view, 1, n + 1, function(i)
+    local ts = log_pair(view, i)
+    return ts + window > now
+  end)
   -- Units before the first live pair, and up to the last one.
   local prior, last_ts, last_total = 0, nil, 0
   if first > 1 then
@@ -32,16 +30,17 @@ STEP[2] = function(q, s, now, cost)
   local retry_after = 0
   if not allowed and n >= first then
     -- The first live pair whose leaving frees enough: its running total
-    -- reaches last_total + probe - limit.
+    -- reaches last_total + probe - limit. On a full log of single units
+    -- that is the first live pair itself, looked at first.
     local need = last_total + probe - limit
-    lo, hi = first, n + 1
-    while lo < hi do
-      local mid = math.floor((lo + hi) / 2)
-      local _, t = log_pair(view, mid)
-      if t >= need then hi = mid else lo = mid + 1 end
+    local reaches = function(i)
+      local _, t = log_pair(view, i)
+      return t >= need
     end
-    if lo <= n then
-      local ts = log_pair(view, lo)
+    local k = first
+    if not reaches(first) then k = log_search(view, first + 1, n + 1, reaches) end
+    if k <= n then
+      local ts = log_pair(view, k)
       retry_after = sub(ts + window, now)
     end
   end
@@ -50,26 +49,30 @@ STEP[2] = function(q, s, now, cost)
   -- with this request's units.
   local live = n - first + 1
   local from = view.at + 16 * (first - 1)
-  local state = { n = live, raw = view.raw, at = from, shift = view.shift + prior }
+  local state = { n = live, raw = view.raw, key = view.key, at = from, shift = view.shift + prior }
   local final_ts = last_ts
   if consumed then
+    -- The live pairs, read once, and this request's units.
+    local bytes = log_bytes(view, from, 16 * live)
+    state.key = nil
+    state.at = 1
     -- The new running total, as the view's bytes hold totals.
     local total = last_total + cost + view.shift
     if last_ts == nil or last_ts < now then
-      state.raw = string.sub(view.raw, from, from + 16 * live - 1) .. struct.pack('<I8I8', now, total)
+      state.raw = bytes .. struct.pack('<I8I8', now, total)
       state.n = live + 1
       final_ts = now
     elseif last_ts == now then
-      state.raw = string.sub(view.raw, from, from + 16 * (live - 1) - 1) .. struct.pack('<I8I8', now, total)
+      state.raw = string.sub(bytes, 1, 16 * (live - 1)) .. struct.pack('<I8I8', now, total)
     else
       -- The clock stepped back: insert (or merge) in order, the running
       -- totals from there on up by the cost; written relative to the first
       -- live pair.
+      local flat = { n = live, raw = bytes, at = 1, shift = view.shift + prior }
       local parts, m, add = {}, 0, 0
       local before = 0
-      for i = first, n do
-        local ts, t = log_pair(view, i)
-        t = t - prior
+      for i = 1, live do
+        local ts, t = log_pair(flat, i)
         if add == 0 and ts >= now then
           add = cost
           if ts > now then
@@ -85,7 +88,6 @@ STEP[2] = function(q, s, now, cost)
       state.n = m
       state.shift = 0
     end
-    state.at = 1
   end
   local used_after = used
   if consumed then used_after = used + cost end
