@@ -133,13 +133,17 @@ impl Load {
 }
 
 fn server(redis: &RedisServer, on_error: &str) -> Example {
+    limited_server(redis, on_error, "1000000")
+}
+
+fn limited_server(redis: &RedisServer, on_error: &str, limit: &str) -> Example {
     Example::start(
         "axum_server",
         &[
             "--storage",
             &redis.url(),
             "--limit",
-            "1000000",
+            limit,
             "--window",
             "1h",
             "--store-timeout",
@@ -148,6 +152,98 @@ fn server(redis: &RedisServer, on_error: &str) -> Example {
             on_error,
         ],
     )
+}
+
+/// Statuses of `n` requests sent `at_once` at a time.
+async fn statuses(client: &TestClient, n: usize, at_once: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n / at_once {
+        let batch: Vec<_> = (0..at_once)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move { c.status("/", &[]).await })
+            })
+            .collect();
+        for b in batch {
+            out.push(b.await.unwrap());
+        }
+    }
+    out
+}
+
+/// The breaker's probe dropped with its request: a client closes its
+/// connection while its request is the half-open probe, and Redis comes
+/// back. The limiter must not stay half-open (it answered 503 for 41 s and
+/// more failing closed, and let everything through failing open): within a
+/// few cool-downs the limiter decides again and its limit holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_dropped_by_its_client_does_not_leave_the_breaker_half_open() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    for on_error in ["deny", "allow"] {
+        redis.cmd(&["FLUSHALL"]);
+        let server = limited_server(&redis, on_error, "3");
+        let c = TestClient::new(server.addr);
+        assert_eq!(c.status("/", &[]).await, 200);
+        redis.pause();
+        // Five failures open the breaker (5 × the 100 ms deadline).
+        let failed = statuses(&c, 5, 1).await;
+        let expected = if on_error == "deny" { 503 } else { 200 };
+        assert_eq!(failed, [expected; 5], "{on_error}");
+        // Past the cool-down, one request becomes the probe; its client
+        // gives up after 30 ms, dropping the request.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let dropped = tokio::time::timeout(Duration::from_millis(30), c.status("/", &[])).await;
+        assert!(dropped.is_err(), "the probe waits for the paused store");
+        redis.resume();
+        // Decided by the limiter again. Every command sent while Redis was
+        // paused (five timed out, the dropped probe) still ran once it
+        // resumed: a timeout never un-sends a request, so the key's 3 units
+        // are spent, and from now on every answer is the limiter's 429.
+        let back = Instant::now();
+        loop {
+            let r = c.get("/", &[]).await;
+            if r.header("ratelimit").is_some() {
+                assert_eq!(r.status, 429, "{on_error}: {}", r.body);
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(5),
+                "{on_error}: still {} without a decision {:?} after Redis came back",
+                r.status,
+                back.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(statuses(&c, 5, 1).await, [429; 5], "{on_error}: the limit holds again");
+    }
+}
+
+/// Redis killed while an idle server fails its requests (all 503), then
+/// started again: a request arriving a second and a half later is served at
+/// once, four at a time, without traffic having to wake the breaker first
+/// (before, the first became the probe and the three beside it got 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_does_not_wait_for_traffic() {
+    let mut redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let server = server(&redis, "deny");
+    let c = TestClient::new(server.addr);
+    assert_eq!(c.status("/", &[]).await, 200);
+    redis.stop();
+    assert_eq!(statuses(&c, 20, 4).await, [503; 20]);
+    let mut redis = tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let next = statuses(&c, 4, 4).await;
+    assert_eq!(next, [200; 4], "the first requests after an idle recovery");
+    redis.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

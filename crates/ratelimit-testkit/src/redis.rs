@@ -304,6 +304,26 @@ impl RedisServer {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Freezes the process (`SIGSTOP`): connections stay open, nothing is
+    /// answered, as with a server stalled by the machine or a long fork.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [paused](Self::pause) process run again (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     /// Kills the process (as a crash would) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
