@@ -11,6 +11,9 @@ pub(crate) struct Example {
     child: Child,
     /// Where it listens.
     pub(crate) addr: SocketAddr,
+    /// The line it printed once listening.
+    #[allow(dead_code, reason = "read by some of the tests that share this module")]
+    pub(crate) banner: String,
 }
 
 impl Drop for Example {
@@ -43,7 +46,11 @@ impl Example {
             let _ = child.kill();
             panic!("{name} did not start: {line:?}");
         };
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            banner: line,
+        }
     }
 
     /// The process id (for signals).

@@ -36,7 +36,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ratelimit_core::config::{LivePolicy, Loader, PolicyCode};
 use ratelimit_core::http::{
-    ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor, KeySource, Limits,
+    AutoBlock, ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor, KeySource, Limits,
     MissingKey, RequestView, ResetFormat, RouteTable, SharedPolicy, Tiers, tier_resolver_fn,
 };
 use ratelimit_core::{Algorithm, Decision, Limiter, Rule, Storage};
@@ -475,6 +475,59 @@ pub async fn allow_and_deny_lists(h: Arc<dyn HttpHarness>) {
     assert!(r.status == 200 && r.header("ratelimit").is_none());
     let r = c.get("/", &[("x-forwarded-for", "192.0.2.1")]).await;
     assert!(r.status == 200 && r.header("ratelimit").is_some());
+    drop(_server);
+
+    // Entries spelled IPv4-mapped match the IPv4 clients they stand for.
+    let mapped = default_limit("5/minute")
+        .deny(["::ffff:127.0.0.1"])
+        .expect("an address");
+    let (_server, c) = start(
+        &h,
+        policy(&h, mapped, KeyExtractor::new(KeySource::Ip)).await,
+    )
+    .await;
+    assert_eq!(c.status("/", &[]).await, 403);
+}
+
+/// Behind a proxy that appends `X-Forwarded-For`, whatever other forwarding
+/// headers a client sends are its own: rotating `Forwarded: for=…` gains no
+/// fresh key, naming a victim spends nothing of the victim's, and
+/// `for=unknown` lands on the proxy, which is never blocked automatically.
+/// Exempt paths answer before automatic blocks: a blocked client's, or the
+/// load balancer's, health check still gets through.
+pub async fn forged_forwarding_headers_behind_a_proxy(h: Arc<dyn HttpHarness>) {
+    let routes = default_limit("3/minute").exempt("/health").expect("a pattern");
+    let keys = KeyExtractor::new(KeySource::Ip)
+        .proxies(ClientIpPolicy::new().trust(["127.0.0.1"]).expect("an address"));
+    let p = policy(&h, routes, keys)
+        .await
+        .auto_block(AutoBlock::new(2, std::time::Duration::from_secs(60), std::time::Duration::from_secs(900)));
+    let (_server, c) = start(&h, p).await;
+    let attacker = ("x-forwarded-for", "203.0.113.50");
+    let mut admitted = 0;
+    for i in 0..20 {
+        let forged = format!("for=198.51.100.{i}");
+        let r = c.get("/", &[("forwarded", &forged), ("x-real-ip", &format!("192.0.2.{i}")), attacker]).await;
+        assert!(matches!(r.status, 200 | 429 | 403), "{} {}", r.status, r.body);
+        admitted += usize::from(r.status == 200);
+    }
+    assert_eq!(admitted, 3, "forged headers rotated the key");
+    // The attacker named 198.51.100.7 above; that client's quota is whole.
+    for _ in 0..3 {
+        assert_eq!(c.status("/", &[("x-forwarded-for", "198.51.100.7")]).await, 200);
+    }
+    // The attacker is blocked now (403), yet its health check gets through.
+    assert_eq!(c.status("/", &[attacker]).await, 403);
+    assert_eq!(c.status("/health", &[attacker]).await, 200);
+    // No X-Forwarded-For: the client is the proxy itself. Its denials never
+    // block it, so everyone behind it is limited, not locked out.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(c.status("/", &[("forwarded", "for=unknown")]).await);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
+    assert!(!statuses.contains(&403), "the proxy was blocked: {statuses:?}");
+    assert_eq!(c.status("/health", &[]).await, 200);
 }
 
 /// Rules per route and method, several rules on one route, a cost per route.
@@ -1091,7 +1144,7 @@ macro_rules! http_behaviour_tests {
         }
         $crate::http_behaviour_tests!(@cases
             limit_reached, header_styles, exemptions, allow_and_deny_lists,
-            routes_and_methods, path_spellings, forwarded_for_only_from_trusted_proxies,
+            routes_and_methods, path_spellings, forged_forwarding_headers_behind_a_proxy, forwarded_for_only_from_trusted_proxies,
             hostile_forwarding_headers, ipv6_prefix_grouping, identity_and_header_keys, store_failures,
             shadow_mode, concurrent_requests, handlers_see_the_decision,
             refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving,
