@@ -187,6 +187,10 @@ struct Inner {
     refreshed_at: AtomicU64,
     refreshing: AtomicBool,
     last_error_log: AtomicU64,
+    /// Snapshots are stored under this lock, which counts the ones changes
+    /// stored: a refresh or a change that read the store before another
+    /// change stored its snapshot does not put an older one over it.
+    snapshots: parking_lot::Mutex<u64>,
 }
 
 /// Allow and deny lists kept in a store, changed at runtime. Give them to a
@@ -241,6 +245,7 @@ impl RuntimeLists {
             refreshed_at: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
             last_error_log: AtomicU64::new(0),
+            snapshots: parking_lot::Mutex::new(0),
         }));
         lists.refresh().await?;
         Ok(lists)
@@ -295,14 +300,22 @@ impl RuntimeLists {
             .collect())
     }
 
-    /// Rereads both lists from the store now.
+    /// Rereads both lists from the store now. If a change made through this
+    /// instance lands while the lists are being read, what was read may be
+    /// older than the change: it is dropped, and the next refresh is due at
+    /// once.
     pub async fn refresh(&self) -> Result<()> {
         let now = self.0.clock.now().as_micros();
+        let seen = *self.0.snapshots.lock();
         let (_, allow) = self.read(ListKind::Allow).await?;
         let (_, deny) = self.read(ListKind::Deny).await?;
-        self.0.allow.store(Arc::new(Snapshot::of(&allow)));
-        self.0.deny.store(Arc::new(Snapshot::of(&deny)));
-        self.0.refreshed_at.store(now.max(1), Ordering::Relaxed);
+        let (allow, deny) = (Arc::new(Snapshot::of(&allow)), Arc::new(Snapshot::of(&deny)));
+        let changes = self.0.snapshots.lock();
+        if *changes == seen {
+            self.0.allow.store(allow);
+            self.0.deny.store(deny);
+            self.0.refreshed_at.store(now.max(1), Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -389,6 +402,7 @@ impl RuntimeLists {
     ) -> Result<bool> {
         for _ in 0..CAS_ATTEMPTS {
             let now = self.0.clock.now().as_micros();
+            let seen = *self.0.snapshots.lock();
             let (current, mut entries) = self.read(kind).await?;
             entries.retain(|e| e.expires.is_none_or(|t| t.as_micros() > now));
             if !edit(&mut entries) {
@@ -407,9 +421,18 @@ impl RuntimeLists {
                 .await?;
             if swapped {
                 let snapshot = Arc::new(Snapshot::of(&entries));
-                match kind {
-                    ListKind::Allow => self.0.allow.store(snapshot),
-                    ListKind::Deny => self.0.deny.store(snapshot),
+                let mut changes = self.0.snapshots.lock();
+                if *changes == seen {
+                    match kind {
+                        ListKind::Allow => self.0.allow.store(snapshot),
+                        ListKind::Deny => self.0.deny.store(snapshot),
+                    }
+                    *changes += 1;
+                } else {
+                    // Another change stored a snapshot meanwhile, which may
+                    // be newer than this one: reread the store at once
+                    // instead of guessing.
+                    self.0.refreshed_at.store(0, Ordering::Relaxed);
                 }
                 return Ok(true);
             }
