@@ -108,14 +108,9 @@ impl AutoBlocker {
         self.ipv6_prefix
     }
 
-    /// The client's group: the address, or its IPv6 prefix.
+    /// The client's group, as it is keyed.
     fn group(&self, ip: IpAddr) -> IpNet {
-        let ip = ip.to_canonical();
-        let bits = match ip {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => self.ipv6_prefix,
-        };
-        IpNet::new(ip, bits).map_or_else(|_| IpNet::from(ip), |n| n.trunc())
+        super::client_ip::client_group(ip, self.ipv6_prefix)
     }
 
     fn shard(&self, client: &IpNet) -> Option<&Mutex<Shard>> {

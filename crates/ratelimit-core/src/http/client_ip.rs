@@ -331,9 +331,47 @@ fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
     })
 }
 
-/// The rate-limit key of a client address: IPv4 addresses as they are, IPv6
-/// addresses grouped by their first `ipv6_prefix` bits (one /64 is usually
-/// one subscriber, who can otherwise rotate through 2^64 addresses).
+/// The NAT64 well-known prefix `64:ff9b::/96`: an IPv4 host reached
+/// through a NAT64 gateway, its address in the last 32 bits.
+const NAT64: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
+    Ok(net) => net,
+    Err(_) => panic!("a valid prefix"),
+};
+
+/// The group a client address is limited and blocked as: an IPv4 address
+/// alone; an IPv6 address by its first `ipv6_prefix` bits (one /64 is
+/// usually one subscriber, who could otherwise rotate through 2^64
+/// addresses); an IPv6 address that carries an IPv4 host (mapped
+/// `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`)
+/// as that IPv4 address, since one /64 holds every such host; a 6to4
+/// address (`2002:AABB:CCDD::/48`, one IPv4 host's site) by at most 48 bits,
+/// since the site's 2^16 subnets belong to the same host.
+pub(crate) fn client_group(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
+    let v6 = match ip.to_canonical() {
+        IpAddr::V4(v4) => return IpNet::V4(v4.into()),
+        IpAddr::V6(v6) => v6,
+    };
+    let embedded = || {
+        let [.., a, b] = v6.segments();
+        std::net::Ipv4Addr::from((u32::from(a) << 16) | u32::from(b))
+    };
+    let segments = v6.segments();
+    let compatible = segments.get(..6).is_some_and(|s| s.iter().all(|&x| x == 0))
+        && !v6.is_unspecified()
+        && !v6.is_loopback();
+    if compatible || NAT64.contains(&v6) {
+        return IpNet::V4(embedded().into());
+    }
+    let bits = if segments.first() == Some(&0x2002) {
+        ipv6_prefix.min(48)
+    } else {
+        ipv6_prefix.min(128)
+    };
+    Ipv6Net::new(v6, bits).map_or(IpNet::V6(v6.into()), |n| IpNet::V6(n.trunc()))
+}
+
+/// The rate-limit key of a client address: its [group](client_group),
+/// written as an address (IPv4) or a prefix (IPv6).
 ///
 /// ```
 /// use ratelimit_core::http::ip_key;
@@ -341,6 +379,8 @@ fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
 /// assert_eq!(ip_key("203.0.113.9".parse()?, 64), "203.0.113.9");
 /// assert_eq!(ip_key("2001:db8:1:2:aaaa::1".parse()?, 64), "2001:db8:1:2::/64");
 /// assert_eq!(ip_key("::ffff:203.0.113.9".parse()?, 64), "203.0.113.9");
+/// assert_eq!(ip_key("64:ff9b::203.0.113.9".parse()?, 64), "203.0.113.9");
+/// assert_eq!(ip_key("2002:cb00:7109:5::1".parse()?, 64), "2002:cb00:7109::/48");
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
 pub fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> String {
@@ -353,9 +393,9 @@ pub fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> String {
 /// written digit by digit, without the formatting machinery: this runs for
 /// every request.
 pub(crate) fn push_ip_key(out: &mut impl std::fmt::Write, ip: IpAddr, ipv6_prefix: u8) {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
+    match client_group(ip, ipv6_prefix) {
+        IpNet::V4(net) => {
+            for (i, octet) in net.addr().octets().into_iter().enumerate() {
                 if i > 0 {
                     let _ = out.write_char('.');
                 }
@@ -368,11 +408,8 @@ pub(crate) fn push_ip_key(out: &mut impl std::fmt::Write, ip: IpAddr, ipv6_prefi
                 let _ = out.write_char(char::from(b'0' + octet % 10));
             }
         }
-        IpAddr::V6(v6) => {
-            let _ = match Ipv6Net::new(v6, ipv6_prefix.min(128)) {
-                Ok(net) => write!(out, "{}", net.trunc()),
-                Err(_) => write!(out, "{v6}"),
-            };
+        IpNet::V6(net) => {
+            let _ = write!(out, "{net}");
         }
     }
 }
@@ -518,6 +555,24 @@ mod tests {
         assert!(!held(&nets[3], "192.0.2.1"));
         let trusting = ClientIpPolicy::new().trust(["::ffff:10.0.0.1"]).unwrap();
         assert!(trusting.is_trusted(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn addresses_carrying_ipv4_hosts_are_those_hosts() {
+        for (client, key) in [
+            ("::203.0.113.9", "203.0.113.9"),
+            ("::198.51.100.1", "198.51.100.1"),
+            ("64:ff9b::203.0.113.9", "203.0.113.9"),
+            ("64:ff9b::c633:6401", "198.51.100.1"),
+            ("2002:cb00:7109:1::1", "2002:cb00:7109::/48"),
+            ("2002:cb00:7109:ffff::1", "2002:cb00:7109::/48"),
+            ("::1", "::/64"),
+            ("::", "::/64"),
+        ] {
+            assert_eq!(ip_key(ip(client), 64), key, "{client}");
+        }
+        // A wider prefix than /48 still applies to 6to4.
+        assert_eq!(ip_key(ip("2002:cb00:7109:1::1"), 32), "2002:cb00::/32");
     }
 
     #[test]

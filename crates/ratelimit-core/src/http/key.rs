@@ -62,12 +62,17 @@ pub enum KeySource {
     Header(SmolStr),
     /// The authenticated user: `user:ID`.
     User,
-    /// The matched route pattern (or the path if there is none), so the whole
-    /// route shares one limit: `route:/users/{id}`.
+    /// The matched route pattern, so the whole route shares one limit:
+    /// `route:/users/{id}`. A request that matched no route (a 404) gets
+    /// `route:<unmatched>`, one key for all of them: keying by its path
+    /// would give every path a client invents a fresh limit.
     Route,
     /// The application's own function.
     Custom(KeyFn),
-    /// Several sources joined (`user:42|route:/export`); missing if any part is.
+    /// Several sources joined (`user:42|route:/export`); missing if any part
+    /// is. Within each part `%` and `|` are written `%25` and `%7C`, so
+    /// parts a client chooses (a header) cannot shift the boundaries and
+    /// make two different requests share a key.
     Composite(Vec<KeySource>),
 }
 
@@ -144,6 +149,9 @@ pub struct KeyExtractor {
     proxies: ClientIpPolicy,
     ipv6_prefix: u8,
 }
+
+/// The route part of a request that matched no route.
+const UNMATCHED: &str = "<unmatched>";
 
 /// The longest header value used as a key; longer values are hashed by the
 /// limiter anyway, this only bounds the work here.
@@ -287,7 +295,7 @@ impl KeyExtractor {
                 (!value.is_empty()).then(|| joined(&["header:", &name, ":", value]))
             }
             KeySource::User => view.identity.map(|id| joined(&["user:", &id.user])),
-            KeySource::Route => Some(joined(&["route:", view.route.unwrap_or(view.path)])),
+            KeySource::Route => Some(joined(&["route:", view.route.unwrap_or(UNMATCHED)])),
             KeySource::Custom(f) => f(view).filter(|k| !k.is_empty()).map(SmolStr::from),
             KeySource::Composite(parts) => {
                 let keys = parts
@@ -299,7 +307,19 @@ impl KeyExtractor {
                     if i > 0 {
                         key.push('|');
                     }
-                    key.push_str(part);
+                    for piece in part.split_inclusive(['%', '|']) {
+                        match piece.char_indices().last() {
+                            Some((at, '%')) => {
+                                key.push_str(piece.get(..at).unwrap_or_default());
+                                key.push_str("%25");
+                            }
+                            Some((at, '|')) => {
+                                key.push_str(piece.get(..at).unwrap_or_default());
+                                key.push_str("%7C");
+                            }
+                            _ => key.push_str(piece),
+                        }
+                    }
                 }
                 (!keys.is_empty()).then(|| key.finish())
             }
@@ -367,6 +387,32 @@ mod tests {
         assert_eq!(
             key(KeySource::Custom(custom)),
             ExtractedKey::Key("tier:pro".into())
+        );
+    }
+
+    #[test]
+    fn unmatched_routes_share_one_key_and_composite_parts_keep_their_bounds() {
+        let h: &[(&str, &[u8])] = &[("x-a", b"1|header:x-b:2"), ("x-b", b"3")];
+        let mut v = view(&h, None);
+        v.route = None;
+        let e = KeyExtractor::new(KeySource::Route);
+        assert_eq!(e.extract(&v), ExtractedKey::Key("route:<unmatched>".into()));
+        v.path = "/invented/by/the/client";
+        assert_eq!(e.extract(&v), ExtractedKey::Key("route:<unmatched>".into()));
+        // Without escaping, these two requests would share one key.
+        let both = KeyExtractor::new(KeySource::Composite(vec![
+            KeySource::Header("x-a".into()),
+            KeySource::Header("x-b".into()),
+        ]));
+        let one = both.extract(&v);
+        let h2: &[(&str, &[u8])] = &[("x-a", b"1"), ("x-b", b"2|header:x-b:3")];
+        let other = both.extract(&view(&h2, None));
+        assert_ne!(one, other);
+        assert_eq!(one, ExtractedKey::Key("header:x-a:1%7Cheader:x-b:2|header:x-b:3".into()));
+        let h3: &[(&str, &[u8])] = &[("x-a", b"100%7C"), ("x-b", b"%")];
+        assert_eq!(
+            both.extract(&view(&h3, None)),
+            ExtractedKey::Key("header:x-a:100%257C|header:x-b:%25".into())
         );
     }
 
