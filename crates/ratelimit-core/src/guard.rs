@@ -339,18 +339,26 @@ fn cacheable(request: &DecideRequest<'_>) -> bool {
 #[derive(Debug)]
 struct DenyCache {
     capacity_per_shard: usize,
-    shards: Vec<Mutex<HashMap<String, Denied>>>,
+    shards: Vec<Mutex<DenyShard>>,
+}
+
+/// One lock's share of the deny cache.
+#[derive(Debug, Default)]
+struct DenyShard {
+    map: HashMap<String, Denied>,
+    /// Insertions into a full map before its next sweep ([`make_room`](crate::key::make_room)).
+    credit: usize,
 }
 
 impl DenyCache {
     fn new(capacity: usize) -> Self {
         Self {
             capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
-    fn shard(&self, key: &str) -> Option<&Mutex<HashMap<String, Denied>>> {
+    fn shard(&self, key: &str) -> Option<&Mutex<DenyShard>> {
         self.shards
             .get(crate::key::shard_index(key.as_bytes(), SHARDS))
     }
@@ -365,10 +373,10 @@ impl DenyCache {
             let Some(shard) = self.shard(&key) else {
                 continue;
             };
-            let mut map = shard.lock();
-            if let Some(d) = map.get(&key) {
+            let mut shard = shard.lock();
+            if let Some(d) = shard.map.get(&key) {
                 if d.until <= request.now {
-                    map.remove(&key);
+                    shard.map.remove(&key);
                     continue;
                 }
                 if d.rule == *entry.rule && request.cost >= d.cost {
@@ -406,19 +414,18 @@ impl DenyCache {
         let Some(shard) = self.shard(&key) else {
             return;
         };
-        let mut map = shard.lock();
-        if map.len() >= self.capacity_per_shard && !map.contains_key(&key) {
+        let mut shard = shard.lock();
+        if shard.map.len() >= self.capacity_per_shard && !shard.map.contains_key(&key) {
             let now = request.now;
-            map.retain(|_, d| d.until > now);
-            if map.len() >= self.capacity_per_shard {
-                // Full of live denials: drop one (any) to make room.
-                if let Some(victim) = map.keys().next().cloned() {
-                    map.remove(&victim);
-                    observe::evicted("deny_cache", 1);
-                }
+            let DenyShard { map, credit } = &mut *shard;
+            // Expired denials first; full of live ones, any (any is safe:
+            // the cache only ever saves a round trip).
+            let (_, live) = crate::key::make_room(map, self.capacity_per_shard, credit, |d| d.until > now);
+            if live > 0 {
+                observe::evicted("deny_cache", live as u64);
             }
         }
-        map.insert(
+        shard.map.insert(
             key,
             Denied {
                 rule: entry.rule.clone(),
@@ -432,18 +439,18 @@ impl DenyCache {
 
     fn forget(&self, state_key: &str) {
         if let Some(shard) = self.shard(state_key) {
-            shard.lock().remove(state_key);
+            shard.lock().map.remove(state_key);
         }
     }
 
     fn clear(&self) {
         for s in &self.shards {
-            s.lock().clear();
+            s.lock().map.clear();
         }
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().map.len()).sum()
     }
 }
 

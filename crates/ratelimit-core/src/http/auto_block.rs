@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 
 use crate::clock::{Timestamp, duration_to_micros};
-use crate::key::shard_index;
+use crate::key::{make_room, shard_index};
 use crate::observe;
 
 /// The default bound on clients tracked (and on clients blocked).
@@ -67,6 +67,9 @@ struct Shard {
     strikes: HashMap<IpNet, (u64, u32)>,
     /// Blocked clients, until when (µs).
     blocked: HashMap<IpNet, u64>,
+    /// Insertions into a full map before its next sweep ([`make_room`]).
+    strikes_credit: usize,
+    blocked_credit: usize,
 }
 
 /// A new block: the client and when it ends.
@@ -147,14 +150,14 @@ impl AutoBlocker {
             return None;
         }
         if !shard.strikes.contains_key(&client) && shard.strikes.len() >= self.per_shard {
-            shard
-                .strikes
-                .retain(|_, (start, _)| now_us.saturating_sub(*start) < within);
-            if shard.strikes.len() >= self.per_shard
-                && let Some(victim) = shard.strikes.keys().next().copied()
-            {
-                shard.strikes.remove(&victim);
-            }
+            let Shard {
+                strikes,
+                strikes_credit,
+                ..
+            } = &mut *shard;
+            make_room(strikes, self.per_shard, strikes_credit, |(start, _)| {
+                now_us.saturating_sub(*start) < within
+            });
         }
         let strikes = shard.strikes.entry(client).or_insert((now_us, 0));
         if now_us.saturating_sub(strikes.0) >= within {
@@ -166,17 +169,17 @@ impl AutoBlocker {
         }
         shard.strikes.remove(&client);
         let until = now.saturating_add(self.config.block_for);
-        if shard.blocked.len() >= self.per_shard {
-            let before = shard.blocked.len();
-            shard.blocked.retain(|_, u| *u > now_us);
-            if shard.blocked.len() >= self.per_shard
-                && let Some(victim) = shard.blocked.keys().next().copied()
-            {
-                shard.blocked.remove(&victim);
-                observe::evicted("auto_block", 1);
+        if shard.blocked.len() >= self.per_shard && !shard.blocked.contains_key(&client) {
+            let Shard {
+                blocked,
+                blocked_credit,
+                ..
+            } = &mut *shard;
+            let (dropped, live) = make_room(blocked, self.per_shard, blocked_credit, |u| *u > now_us);
+            if live > 0 {
+                observe::evicted("auto_block", live as u64);
             }
-            self.blocked_now
-                .fetch_sub(before - shard.blocked.len(), Ordering::Relaxed);
+            self.blocked_now.fetch_sub(dropped, Ordering::Relaxed);
         }
         if shard.blocked.insert(client, until.as_micros()).is_none() {
             self.blocked_now.fetch_add(1, Ordering::Relaxed);
