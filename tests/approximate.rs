@@ -387,3 +387,39 @@ async fn a_key_flood_stays_within_the_bound_and_stays_exact() {
     }
     assert_eq!(store.status().unrecorded_units, 0);
 }
+
+/// A decision that goes to the store with a key's pending units, dropped on
+/// the way (its client went away) before the store answered: the units are
+/// put back, and the next flush writes them. Lost, the store would have
+/// admitted them again.
+#[tokio::test]
+async fn pending_units_survive_a_decision_dropped_on_the_way() {
+    let gated = Arc::new(common::gated::Gated::new(Arc::new(MemoryStorage::new())));
+    let store = Arc::new(ApproximateStorage::new(
+        gated.clone(),
+        // No background flush within the test.
+        Approximate::new(Duration::from_secs(3_600)),
+    ));
+    let limiter = Limiter::new(store.clone());
+    let rule = Rule::new("ten", Algorithm::FixedWindow, Quota::per_hour(10).unwrap()).unwrap();
+    // The store's answer sets a budget; five more are counted locally.
+    assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
+    for _ in 0..5 {
+        assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
+    }
+    assert_eq!(store.status().local_decisions, 5, "{:?}", store.status());
+    // A request too big for the local budget goes to the store with the
+    // five pending units; the store hangs, and the request is given up.
+    gated.hang_decisions(true);
+    let given_up = tokio::time::timeout(Duration::from_millis(20), limiter.check_cost(&rule, "k", 5)).await;
+    assert!(given_up.is_err(), "the decision waited for the store");
+    gated.hang_decisions(false);
+    store.flush().await;
+    let exact = Limiter::new(store.inner().clone());
+    assert_eq!(
+        exact.peek(&rule, "k").await.unwrap().remaining(),
+        4,
+        "the five pending units reached the store: {:?}",
+        store.status()
+    );
+}

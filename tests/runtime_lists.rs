@@ -204,81 +204,34 @@ async fn a_corrupt_list_is_an_error_and_the_last_snapshot_stays() {
     );
 }
 
-/// A store whose second `get` answers only when released: the value it
-/// returns was read before anything that happens meanwhile.
-#[derive(Debug)]
-struct Held {
-    inner: Arc<dyn Storage>,
-    gets: std::sync::atomic::AtomicU32,
-    release: tokio::sync::Notify,
-}
-
-#[async_trait::async_trait]
-impl Storage for Held {
-    async fn get(&self, key: &str) -> ratelimit::Result<Option<Vec<u8>>> {
-        let value = self.inner.get(key).await;
-        if self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            self.release.notified().await;
-        }
-        value
-    }
-    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> ratelimit::Result<()> {
-        self.inner.set(key, value, ttl).await
-    }
-    async fn delete(&self, key: &str) -> ratelimit::Result<bool> {
-        self.inner.delete(key).await
-    }
-    async fn exists(&self, key: &str) -> ratelimit::Result<bool> {
-        self.inner.exists(key).await
-    }
-    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> ratelimit::Result<i64> {
-        self.inner.increment(key, amount, ttl).await
-    }
-    async fn clear(&self) -> ratelimit::Result<u64> {
-        self.inner.clear().await
-    }
-    async fn close(&self) -> ratelimit::Result<()> {
-        self.inner.close().await
-    }
-    async fn stats(&self) -> ratelimit::Result<ratelimit::StorageStats> {
-        self.inner.stats().await
-    }
-    async fn compare_and_swap(&self, ops: &[ratelimit::CasOp<'_>]) -> ratelimit::Result<bool> {
-        self.inner.compare_and_swap(ops).await
-    }
-}
-
 /// A refresh that read the deny list just before a change landed must not
 /// put its older snapshot over the change's: the new entry applies at once
 /// and stays applied.
 #[tokio::test]
 async fn a_refresh_never_hides_a_change_made_meanwhile() {
-    let held = Arc::new(Held {
-        inner: Arc::new(MemoryStorage::new()),
-        gets: std::sync::atomic::AtomicU32::new(0),
-        release: tokio::sync::Notify::new(),
-    });
+    let held = Arc::new(common::gated::Gated::new(Arc::new(MemoryStorage::new())));
+    held.hold_get(1);
     // The load reads both lists (gets 0 and 1): release the second.
     let loading = tokio::spawn({
         let store: Arc<dyn Storage> = held.clone();
         async move { RuntimeLists::load(store).await.unwrap() }
     });
     tokio::task::yield_now().await;
-    held.release.notify_one();
+    held.release();
     let lists = loading.await.unwrap();
     // Hold the refresh's read of the deny list (its second get)...
-    held.gets.store(0, std::sync::atomic::Ordering::SeqCst);
+    held.hold_get(1);
     let refreshing = tokio::spawn({
         let lists = lists.clone();
         async move { lists.refresh().await }
     });
-    while held.gets.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+    while held.gets() < 2 {
         tokio::task::yield_now().await;
     }
     // ...while a deny entry is added through this instance.
     lists.add(ListKind::Deny, "203.0.113.9", None).await.unwrap();
     assert!(lists.is_denied("203.0.113.9".parse().unwrap()));
-    held.release.notify_one();
+    held.release();
     refreshing.await.unwrap().unwrap();
     assert!(
         lists.is_denied("203.0.113.9".parse().unwrap()),

@@ -8,6 +8,7 @@
 )]
 
 pub(crate) mod example;
+pub(crate) mod gated;
 
 use std::time::Duration;
 

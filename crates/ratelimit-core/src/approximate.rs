@@ -40,7 +40,11 @@
 //! is retried at the next flush. A batch whose write timed out is not: a
 //! slow store may still run it, and writing it again could count it twice,
 //! so its units are counted as `uncertain` instead. A request that needs the
-//! store gets the error (and the rule's error mode).
+//! store gets the error (and the rule's error mode). A decision that took a
+//! key's pending units to the store and was dropped before it finished (its
+//! client went away) puts the units it had not written back as pending: if
+//! its write was already on its way they may be counted twice, so the limit
+//! errs strict, never loose.
 //! [`close`](Storage::close) writes whatever is pending before closing the
 //! store.
 //!
@@ -598,7 +602,15 @@ impl Shared {
             return Ok(d);
         }
         self.store_decisions.fetch_add(1, Ordering::Relaxed);
-        let pending = self.take_pending(request);
+        // Units taken from the local counts are at risk until written or
+        // put back: if this future is dropped on the way (its client went
+        // away), the guard puts back what was not written.
+        let mut taken = Taken {
+            shared: self,
+            request,
+            at_risk: self.take_pending(request),
+        };
+        let pending = taken.at_risk.clone();
         let decision = match (request.entries, pending.as_slice()) {
             ([entry], [units])
                 if *units > 0 && units.saturating_add(request.cost) <= entry.rule.capacity() =>
@@ -606,37 +618,45 @@ impl Shared {
                 let both = single(entry, request.now, units + request.cost);
                 match self.inner.decide(&both).await {
                     Ok(d) if d.is_allowed() => {
+                        taken.written(0);
                         self.batches.fetch_add(1, Ordering::Relaxed);
                         self.flushed_units.fetch_add(*units, Ordering::Relaxed);
                         Ok(d)
                     }
-                    Ok(_) => self.write_then_decide(request, &pending).await,
+                    Ok(_) => self.write_then_decide(request, &mut taken).await,
                     Err(e) => {
+                        taken.written(0);
                         self.failed(&entry.state_key(), entry.rule, *units, &e);
                         Err(e)
                     }
                 }
             }
-            _ => self.write_then_decide(request, &pending).await,
+            _ => self.write_then_decide(request, &mut taken).await,
         }?;
         self.remember(request, &decision);
         drop(held);
         Ok(decision)
     }
 
-    /// Writes each key's pending units, then decides `request` exactly.
+    /// Writes each key's pending units (those `taken` holds), then decides
+    /// `request` exactly.
     async fn write_then_decide(
         &self,
         request: &DecideRequest<'_>,
-        pending: &[u64],
+        taken: &mut Taken<'_, '_>,
     ) -> Result<Decision> {
-        for (i, (entry, units)) in request.entries.iter().zip(pending).enumerate() {
+        let pending = taken.at_risk.clone();
+        for (i, (entry, units)) in request.entries.iter().zip(&pending).enumerate() {
             if *units == 0 {
                 continue;
             }
-            if let Err(e) = self.record(entry, *units, request.now).await {
+            let recorded = self.record(entry, *units, request.now).await;
+            // Written, or handed to `failed` below: no longer at risk.
+            taken.written(i);
+            if let Err(e) = recorded {
                 // Put back what this and the following entries took.
-                for (entry, units) in request.entries.iter().zip(pending).skip(i) {
+                for (j, (entry, units)) in request.entries.iter().zip(&pending).enumerate().skip(i) {
+                    taken.written(j);
                     self.failed(&entry.state_key(), entry.rule, *units, &e);
                 }
                 return Err(e);
@@ -757,6 +777,44 @@ impl Shared {
                     "could not write locally counted units to the store"
                 );
                 self.failed(&batch.state_key, &batch.rule, units, &e);
+            }
+        }
+    }
+}
+
+/// Pending units taken from the local counts for a decision in the store,
+/// until they are written: dropped with units still at risk (the decision's
+/// future was dropped mid-way), it puts them back as pending. A write that
+/// was sent before the drop may still land, so those units may be counted
+/// twice: the limit errs strict, never loose.
+struct Taken<'s, 'r> {
+    shared: &'s Shared,
+    request: &'r DecideRequest<'r>,
+    /// Per entry of the request, units neither written nor put back.
+    at_risk: Vec<u64>,
+}
+
+impl Taken<'_, '_> {
+    /// Entry `i`'s units are taken care of.
+    fn written(&mut self, i: usize) {
+        if let Some(units) = self.at_risk.get_mut(i) {
+            *units = 0;
+        }
+    }
+}
+
+impl Drop for Taken<'_, '_> {
+    fn drop(&mut self) {
+        for (entry, units) in self.request.entries.iter().zip(&self.at_risk) {
+            if *units == 0 {
+                continue;
+            }
+            let kept = self
+                .shared
+                .with_local(&entry.state_key(), entry.rule, |l| l.pending += units)
+                .is_some();
+            if !kept {
+                self.shared.unrecorded(*units);
             }
         }
     }
