@@ -411,7 +411,8 @@ async fn pending_units_survive_a_decision_dropped_on_the_way() {
     // A request too big for the local budget goes to the store with the
     // five pending units; the store hangs, and the request is given up.
     gated.hang_decisions(true);
-    let given_up = tokio::time::timeout(Duration::from_millis(20), limiter.check_cost(&rule, "k", 5)).await;
+    let given_up =
+        tokio::time::timeout(Duration::from_millis(20), limiter.check_cost(&rule, "k", 5)).await;
     assert!(given_up.is_err(), "the decision waited for the store");
     gated.hang_decisions(false);
     store.flush().await;

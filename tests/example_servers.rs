@@ -22,7 +22,11 @@ async fn the_banner_shows_no_credentials() {
         &["--storage", "redis://:s3cret-pass@127.0.0.1:9/0?prefix=rl:"],
     );
     assert!(!server.banner.contains("s3cret-pass"), "{}", server.banner);
-    assert!(server.banner.contains("redis://:***@127.0.0.1:9/0"), "{}", server.banner);
+    assert!(
+        server.banner.contains("redis://:***@127.0.0.1:9/0"),
+        "{}",
+        server.banner
+    );
 }
 
 /// Requests through a proxy that appends `X-Forwarded-For` (played by the
@@ -39,7 +43,10 @@ async fn admitted_with_forged_forwarded(header: Option<&str>) -> usize {
     for i in 0..20 {
         let forged = format!("for=198.51.100.{i}");
         let status = c
-            .status("/", &[("forwarded", &forged), ("x-forwarded-for", "203.0.113.50")])
+            .status(
+                "/",
+                &[("forwarded", &forged), ("x-forwarded-for", "203.0.113.50")],
+            )
             .await;
         admitted += usize::from(status == 200);
     }
@@ -52,6 +59,9 @@ async fn admitted_with_forged_forwarded(header: Option<&str>) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trusted_header_is_the_one_named() {
     assert_eq!(admitted_with_forged_forwarded(None).await, 3);
-    assert_eq!(admitted_with_forged_forwarded(Some("x-forwarded-for")).await, 3);
+    assert_eq!(
+        admitted_with_forged_forwarded(Some("x-forwarded-for")).await,
+        3
+    );
     assert_eq!(admitted_with_forged_forwarded(Some("forwarded")).await, 20);
 }

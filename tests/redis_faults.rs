@@ -132,6 +132,16 @@ impl Load {
     }
 }
 
+/// `redis` started again (off the runtime's threads: it waits for the port).
+async fn restarted(mut redis: RedisServer) -> RedisServer {
+    tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap()
+}
+
 fn server(redis: &RedisServer, on_error: &str) -> Example {
     limited_server(redis, on_error, "1000000")
 }
@@ -216,7 +226,11 @@ async fn a_probe_dropped_by_its_client_does_not_leave_the_breaker_half_open() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(statuses(&c, 5, 1).await, [429; 5], "{on_error}: the limit holds again");
+        assert_eq!(
+            statuses(&c, 5, 1).await,
+            [429; 5],
+            "{on_error}: the limit holds again"
+        );
     }
 }
 
@@ -234,12 +248,7 @@ async fn recovery_does_not_wait_for_traffic() {
     assert_eq!(c.status("/", &[]).await, 200);
     redis.stop();
     assert_eq!(statuses(&c, 20, 4).await, [503; 20]);
-    let mut redis = tokio::task::spawn_blocking(move || {
-        redis.restart();
-        redis
-    })
-    .await
-    .unwrap();
+    let mut redis = restarted(redis).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let next = statuses(&c, 4, 4).await;
     assert_eq!(next, [200; 4], "the first requests after an idle recovery");
@@ -261,12 +270,7 @@ async fn redis_killed_under_load_follows_the_error_mode_and_recovers_by_itself()
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(closed_load.error_mode() > 0, "fail closed answered 503");
     assert!(open_load.error_mode() > 0, "fail open let requests through");
-    let mut redis = tokio::task::spawn_blocking(move || {
-        redis.restart();
-        redis
-    })
-    .await
-    .unwrap();
+    let mut redis = restarted(redis).await;
     let back = Instant::now();
     let closed_after = closed_load.wait_for_recovery(back, "fail closed").await;
     let open_after = open_load.wait_for_recovery(back, "fail open").await;

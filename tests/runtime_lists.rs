@@ -229,7 +229,10 @@ async fn a_refresh_never_hides_a_change_made_meanwhile() {
         tokio::task::yield_now().await;
     }
     // ...while a deny entry is added through this instance.
-    lists.add(ListKind::Deny, "203.0.113.9", None).await.unwrap();
+    lists
+        .add(ListKind::Deny, "203.0.113.9", None)
+        .await
+        .unwrap();
     assert!(lists.is_denied("203.0.113.9".parse().unwrap()));
     held.release();
     refreshing.await.unwrap().unwrap();

@@ -33,8 +33,8 @@ use std::time::Duration;
 use ratelimit::approximate::{Approximate, ApproximateStorage};
 use ratelimit::guard::{Breaker, GuardedStorage};
 use ratelimit::http::{
-    ClientIpPolicy, ErrorMode, ForwardingHeader, HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits,
-    ResetFormat, RouteTable, SharedPolicy,
+    ClientIpPolicy, ErrorMode, ForwardingHeader, HeaderStyle, HttpPolicy, KeyExtractor, KeySource,
+    Limits, ResetFormat, RouteTable, SharedPolicy,
 };
 use ratelimit::{Algorithm, Limiter, Quota, Rule, parse_duration};
 

@@ -5,6 +5,9 @@
 //! - `test`: provisions what the tests need on this machine, then runs every test.
 //! - `bench [memory|sqlite|http|redis]`: runs benchmarks against their peers and writes
 //!   `target/bench/<name>.json` and `docs/benchmarks.md`.
+//! - `soak [MINUTES]`: the three example servers over one Redis under steady
+//!   load while Redis is paused, killed and restarted at random (default 10
+//!   minutes; not in CI).
 
 mod bench;
 
@@ -17,8 +20,11 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("test") => test(),
         Some("bench") => bench::run(args.get(1..).unwrap_or_default()),
+        Some("soak") => soak(args.get(1).map_or("10", String::as_str)),
         _ => {
-            eprintln!("usage: cargo xtask <ci | test | bench [memory|sqlite|http|redis]>");
+            eprintln!(
+                "usage: cargo xtask <ci | test | bench [memory|sqlite|http|redis] | soak [MINUTES]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -157,6 +163,50 @@ fn test() -> Result<(), String> {
     // One closing line, for people and for CI.
     println!("total: {} passed, {} failed", tally.passed, tally.failed);
     result
+}
+
+/// `cargo xtask soak [MINUTES]`: builds the example servers and the `soak`
+/// driver (`crates/ratelimit-bench/src/bin/soak.rs`) in release mode and runs
+/// it; it prints admitted against allowed per window, latency percentiles
+/// and recovery times, and fails if any window admitted too many.
+fn soak(minutes: &str) -> Result<(), String> {
+    provision()?;
+    minutes
+        .parse::<f64>()
+        .ok()
+        .filter(|m| *m > 0.0)
+        .ok_or_else(|| format!("soak takes a number of minutes, not {minutes:?}"))?;
+    let examples = ["axum_server", "actix_server", "rocket_server"];
+    let mut args = vec!["build", "--release", "--workspace", "--all-features"];
+    for e in &examples {
+        args.extend(["--example", e]);
+    }
+    cargo(&args, &[])?;
+    cargo(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "ratelimit-bench",
+            "--bin",
+            "soak",
+        ],
+        &[],
+    )?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?
+        .join("target/release");
+    let status = Command::new(root.join("soak"))
+        .arg(minutes)
+        .args(examples.iter().map(|e| root.join("examples").join(e)))
+        .status()
+        .map_err(|e| format!("cannot run soak: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the soak failed ({status})"))
+    }
 }
 
 fn ci() -> Result<(), String> {

@@ -655,7 +655,8 @@ impl Shared {
             taken.written(i);
             if let Err(e) = recorded {
                 // Put back what this and the following entries took.
-                for (j, (entry, units)) in request.entries.iter().zip(&pending).enumerate().skip(i) {
+                for (j, (entry, units)) in request.entries.iter().zip(&pending).enumerate().skip(i)
+                {
                     taken.written(j);
                     self.failed(&entry.state_key(), entry.rule, *units, &e);
                 }

@@ -193,9 +193,9 @@ impl BreakerCell {
         if state == OPEN {
             // Only a store that is still open goes half-open (it may have
             // closed meanwhile: then this call is a probe of a healthy store).
-            let _ = self
-                .state
-                .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire);
+            let _ =
+                self.state
+                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire);
             observe::gauge(observe::BREAKER_STATE, 2.0);
         }
         Some(Pass::Probe)
@@ -273,7 +273,12 @@ impl Drop for ProbeGuard<'_> {
 /// Probes `store` in the background while `cell` is open, with a bounded
 /// backoff, and closes it when the store answers. At most one such task
 /// per breaker; it ends when the breaker closes or is dropped.
-fn spawn_background_probe(cell: &Arc<BreakerCell>, store: &Arc<dyn Storage>, clock: &Arc<dyn Clock>, deadline: Option<Duration>) {
+fn spawn_background_probe(
+    cell: &Arc<BreakerCell>,
+    store: &Arc<dyn Storage>,
+    clock: &Arc<dyn Clock>,
+    deadline: Option<Duration>,
+) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -292,7 +297,8 @@ fn spawn_background_probe(cell: &Arc<BreakerCell>, store: &Arc<dyn Storage>, clo
                 cell.probing.store(false, Ordering::Release);
                 // It may have opened again between the two loads, while
                 // this task still held the flag: then this task goes on.
-                if cell.state() == BreakerState::Closed || cell.probing.swap(true, Ordering::AcqRel) {
+                if cell.state() == BreakerState::Closed || cell.probing.swap(true, Ordering::AcqRel)
+                {
                     return;
                 }
                 wait = PROBE_FIRST_WAIT;
@@ -420,7 +426,8 @@ impl DenyCache {
             let DenyShard { map, credit } = &mut *shard;
             // Expired denials first; full of live ones, any (any is safe:
             // the cache only ever saves a round trip).
-            let (_, live) = crate::key::make_room(map, self.capacity_per_shard, credit, |d| d.until > now);
+            let (_, live) =
+                crate::key::make_room(map, self.capacity_per_shard, credit, |d| d.until > now);
             if live > 0 {
                 observe::evicted("deny_cache", live as u64);
             }
@@ -838,7 +845,8 @@ mod tests {
             "a dropped probe reopens the breaker"
         );
         switch.0.store(HEALTHY, Ordering::SeqCst);
-        let rejected = matches!(call(&store), Poll::Ready(Err(e)) if e.kind() == ErrorKind::Unavailable);
+        let rejected =
+            matches!(call(&store), Poll::Ready(Err(e)) if e.kind() == ErrorKind::Unavailable);
         assert!(rejected, "a new cool-down starts at the dropped probe");
         clock.advance(Duration::from_secs(1));
         assert!(matches!(call(&store), Poll::Ready(Ok(false))));
@@ -879,7 +887,11 @@ mod tests {
         assert_eq!(store.status().breaker, BreakerState::Open);
         switch.0.store(HANGING, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(store.status().breaker, BreakerState::Open, "a hanging store is not healthy");
+        assert_eq!(
+            store.status().breaker,
+            BreakerState::Open,
+            "a hanging store is not healthy"
+        );
         switch.0.store(HEALTHY, Ordering::SeqCst);
         let mut waited = Duration::ZERO;
         while store.status().breaker != BreakerState::Closed {

@@ -282,7 +282,12 @@ impl Shard {
     /// Evicts until `new` more entries fit, sparing the entries whose hash
     /// is in `keep` (the other keys of the same operation); [`Full`] if that
     /// many cannot be made to fit (what was evicted until then stays so).
-    pub(crate) fn make_room(&mut self, new: usize, now: u64, keep: &[u64]) -> Result<Evicted, Full> {
+    pub(crate) fn make_room(
+        &mut self,
+        new: usize,
+        now: u64,
+        keep: &[u64],
+    ) -> Result<Evicted, Full> {
         let mut evicted = Evicted::default();
         while self.table.len() + new > self.capacity {
             match self.evict_one(now, keep) {
@@ -354,7 +359,8 @@ impl Shard {
         }
         let Some(loss) = e.loss(now) else { return };
         let age = self.clock.wrapping_sub(e.last_used);
-        let better = best.is_none_or(|(_, l, a)| (loss, std::cmp::Reverse(age)) < (l, std::cmp::Reverse(a)));
+        let better =
+            best.is_none_or(|(_, l, a)| (loss, std::cmp::Reverse(age)) < (l, std::cmp::Reverse(a)));
         if better {
             *best = Some((slot, loss, age));
         }
@@ -433,7 +439,14 @@ mod tests {
     }
 
     fn put_denying(s: &mut Shard, key: &str, expires: u64, now: u64) -> Result<Evicted, Full> {
-        s.put(hash(key), &Whole(key), Value::Bytes(Box::default()), true, expires, now)
+        s.put(
+            hash(key),
+            &Whole(key),
+            Value::Bytes(Box::default()),
+            true,
+            expires,
+            now,
+        )
     }
 
     fn consistent(s: &Shard) {
@@ -495,7 +508,10 @@ mod tests {
         }
         for i in 0..16 {
             let key = format!("exhausted{i}");
-            assert!(s.peek(hash(&key), &Whole(key.as_str())).is_some(), "{key} evicted");
+            assert!(
+                s.peek(hash(&key), &Whole(key.as_str())).is_some(),
+                "{key} evicted"
+            );
         }
         consistent(&s);
         // Full of denying state: a new key is refused, the bound holds.

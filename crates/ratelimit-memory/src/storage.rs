@@ -376,24 +376,13 @@ impl MemoryStorage {
         let (decision, writes) = engine::decide_all(&rules, now, cost)?;
         // Room first, sparing this request's own keys, so that the request
         // is stored whole or not at all.
-        let hashes: Vec<u64> = slots.iter().map(|&(hash, _)| hash).collect();
-        let mut new_per_guard = vec![0_usize; guards.len()];
-        for ((key, &(hash, slot)), write) in keys.iter().zip(&slots).zip(&writes) {
-            let shard = guards.get(slot).ok_or_else(internal)?;
-            if write.is_some() && shard.peek(hash, key).is_none() {
-                *new_per_guard.get_mut(slot).ok_or_else(internal)? += 1;
-            }
-        }
-        let mut evicted = Evicted::default();
-        for (shard, new) in guards.iter_mut().zip(new_per_guard) {
-            if new > 0 {
-                let e = shard
-                    .make_room(new, now_us, &hashes)
-                    .map_err(|Full| self.full())?;
-                evicted.live += e.live;
-                evicted.expired += e.expired;
-            }
-        }
+        let mut evicted = self.make_room_for(
+            &mut guards,
+            &keys,
+            &slots,
+            writes.iter().map(Option::is_some),
+            now_us,
+        )?;
         for (((key, &(hash, slot)), write), rule) in
             keys.iter().zip(&slots).zip(writes).zip(entries)
         {
@@ -421,6 +410,39 @@ impl MemoryStorage {
         evicted.expired += expired;
         self.record(evicted);
         Ok(decision)
+    }
+
+    /// Makes room, in the locked shards, for the keys of one operation that
+    /// it writes (`writes`, per key) and that are not stored yet, sparing
+    /// every key of the operation; the full-store error if they cannot all
+    /// fit.
+    fn make_room_for<K: KeyRef>(
+        &self,
+        guards: &mut [MutexGuard<'_, Shard>],
+        keys: &[K],
+        slots: &[(u64, usize)],
+        writes: impl Iterator<Item = bool>,
+        now: u64,
+    ) -> Result<Evicted> {
+        let hashes: Vec<u64> = slots.iter().map(|&(hash, _)| hash).collect();
+        let mut new_per_guard = vec![0_usize; guards.len()];
+        for ((key, &(hash, slot)), writes) in keys.iter().zip(slots).zip(writes) {
+            let shard = guards.get(slot).ok_or_else(internal)?;
+            if writes && shard.peek(hash, key).is_none() {
+                *new_per_guard.get_mut(slot).ok_or_else(internal)? += 1;
+            }
+        }
+        let mut evicted = Evicted::default();
+        for (shard, new) in guards.iter_mut().zip(new_per_guard) {
+            if new > 0 {
+                let e = shard
+                    .make_room(new, now, &hashes)
+                    .map_err(|Full| self.full())?;
+                evicted.live += e.live;
+                evicted.expired += e.expired;
+            }
+        }
+        Ok(evicted)
     }
 
     /// The error for a store that is full of state that still denies.
@@ -632,24 +654,9 @@ impl Storage for MemoryStorage {
             }
         }
         // Room first, sparing the operation's own keys: all or nothing.
-        let hashes: Vec<u64> = slots.iter().map(|&(hash, _)| hash).collect();
-        let mut new_per_guard = vec![0_usize; guards.len()];
-        for (key, &(hash, slot)) in keys.iter().zip(&slots) {
-            let shard = guards.get(slot).ok_or_else(internal)?;
-            if shard.peek(hash, key).is_none() {
-                *new_per_guard.get_mut(slot).ok_or_else(internal)? += 1;
-            }
-        }
-        let mut evicted = Evicted { live: 0, expired };
-        for (shard, new) in guards.iter_mut().zip(new_per_guard) {
-            if new > 0 {
-                let e = shard
-                    .make_room(new, now, &hashes)
-                    .map_err(|Full| self.full())?;
-                evicted.live += e.live;
-                evicted.expired += e.expired;
-            }
-        }
+        let mut evicted =
+            self.make_room_for(&mut guards, &keys, &slots, std::iter::repeat(true), now)?;
+        evicted.expired += expired;
         for ((op, key), &(hash, slot)) in ops.iter().zip(&keys).zip(&slots) {
             let shard = guards.get_mut(slot).ok_or_else(internal)?;
             let e = shard

@@ -104,7 +104,12 @@ async fn ten_million_distinct_keys_stay_bounded() {
 async fn a_key_flood_cannot_reset_spent_limits_or_penalties() {
     let store = MemoryStorage::builder().max_size(1_000).shards(4).build();
     let limiter = Limiter::new(Arc::new(store.clone()));
-    let api = Rule::new("api", Algorithm::SlidingWindowCounter, "3/hour".parse().unwrap()).unwrap();
+    let api = Rule::new(
+        "api",
+        Algorithm::SlidingWindowCounter,
+        "3/hour".parse().unwrap(),
+    )
+    .unwrap();
     let login = Rule::new("login", Algorithm::FixedWindow, "1/hour".parse().unwrap())
         .unwrap()
         .with_penalty(Duration::from_secs(3_600))
@@ -119,8 +124,14 @@ async fn a_key_flood_cannot_reset_spent_limits_or_penalties() {
         let d = limiter.check(&api, &format!("fresh-{i}")).await.unwrap();
         assert!(d.is_allowed() && d.remaining() == 2);
     }
-    assert!(!limiter.check(&api, "victim").await.unwrap().is_allowed(), "the spent limit was reset");
-    assert!(!limiter.check(&login, "guesser").await.unwrap().is_allowed(), "the penalty was evicted");
+    assert!(
+        !limiter.check(&api, "victim").await.unwrap().is_allowed(),
+        "the spent limit was reset"
+    );
+    assert!(
+        !limiter.check(&login, "guesser").await.unwrap().is_allowed(),
+        "the penalty was evicted"
+    );
     let stats = store.stats().await.unwrap();
     assert!(stats.keys.unwrap() <= 1_000, "{stats:?}");
 
@@ -142,7 +153,10 @@ async fn a_key_flood_cannot_reset_spent_limits_or_penalties() {
     assert!(!limiter.check(&api, "victim").await.unwrap().is_allowed());
     assert!(!limiter.check(&login, "guesser").await.unwrap().is_allowed());
     assert!(
-        stats.details.iter().any(|(k, v)| k == "refused_full" && v.parse::<u64>().unwrap() == refused),
+        stats
+            .details
+            .iter()
+            .any(|(k, v)| k == "refused_full" && v.parse::<u64>().unwrap() == refused),
         "{stats:?}"
     );
 }
@@ -155,7 +169,10 @@ async fn a_request_is_stored_whole_or_not_at_all() {
     let limiter = Limiter::new(Arc::new(store.clone()));
     let a = Rule::new("a", Algorithm::FixedWindow, "5/hour".parse().unwrap()).unwrap();
     let b = Rule::new("b", Algorithm::FixedWindow, "5/hour".parse().unwrap()).unwrap();
-    let err = limiter.check_all(&[(&a, "k"), (&b, "k")], 1).await.unwrap_err();
+    let err = limiter
+        .check_all(&[(&a, "k"), (&b, "k")], 1)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ratelimit_core::ErrorKind::Full);
     assert_eq!(store.stats().await.unwrap().keys, Some(0));
     // One rule fits.

@@ -371,7 +371,12 @@ async fn a_sliding_log_of_the_first_format_is_read_and_rewritten() {
     let limiter = Limiter::builder(std::sync::Arc::new(store.clone()))
         .clock(clock.clone())
         .build();
-    let rule = Rule::new("log", Algorithm::SlidingWindowLog, Quota::new(5, Duration::from_micros(1_000)).unwrap()).unwrap();
+    let rule = Rule::new(
+        "log",
+        Algorithm::SlidingWindowLog,
+        Quota::new(5, Duration::from_micros(1_000)).unwrap(),
+    )
+    .unwrap();
     let entries: Vec<(u64, u64)> = vec![(T0 + 100, 2), (T0 + 200, 1), (T0 + 400, 1)];
     let mut v1 = vec![1u8, 2];
     v1.extend_from_slice(&0u64.to_le_bytes());
@@ -385,18 +390,37 @@ async fn a_sliding_log_of_the_first_format_is_read_and_rewritten() {
     let state = RuleState::decode(&v1).unwrap();
     let now = Timestamp::from_micros(T0 + 500);
     for cost in [0, 2, 1] {
-        let (expected, write) = engine::decide_one(&rule, Some(&RuleState::decode(&store.get(&key).await.unwrap().unwrap()).unwrap()), now, cost).unwrap();
-        assert_eq!(limiter.check_cost(&rule, "k", cost).await.unwrap(), expected, "cost {cost}");
+        let (expected, write) = engine::decide_one(
+            &rule,
+            Some(&RuleState::decode(&store.get(&key).await.unwrap().unwrap()).unwrap()),
+            now,
+            cost,
+        )
+        .unwrap();
+        assert_eq!(
+            limiter.check_cost(&rule, "k", cost).await.unwrap(),
+            expected,
+            "cost {cost}"
+        );
         if let Some(write) = write {
-            assert_eq!(store.get(&key).await.unwrap().unwrap(), write.state.encode());
+            assert_eq!(
+                store.get(&key).await.unwrap().unwrap(),
+                write.state.encode()
+            );
         }
     }
     let after = RuleState::decode(&store.get(&key).await.unwrap().unwrap()).unwrap();
-    let AlgorithmState::SlidingWindowLog(SlidingLogState { entries: mut expected }) = state.algorithm else {
+    let AlgorithmState::SlidingWindowLog(SlidingLogState {
+        entries: mut expected,
+    }) = state.algorithm
+    else {
         panic!("a log");
     };
     expected.push((T0 + 500, 1));
-    assert_eq!(after.algorithm, AlgorithmState::SlidingWindowLog(SlidingLogState { entries: expected }));
+    assert_eq!(
+        after.algorithm,
+        AlgorithmState::SlidingWindowLog(SlidingLogState { entries: expected })
+    );
 }
 
 proptest! {

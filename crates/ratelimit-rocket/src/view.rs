@@ -68,7 +68,10 @@ pub(crate) fn pattern(rocket_path: &str) -> String {
 /// ones (from `//` or a trailing `/`) dropped. A decoded `/` or `%` inside a
 /// segment is written encoded again, so the segment stays one segment.
 /// Borrowed when the path is already in that form.
-pub(crate) fn routed_path<'a>(raw: &'a str, segments: impl Iterator<Item = &'a str>) -> Cow<'a, str> {
+pub(crate) fn routed_path<'a>(
+    raw: &'a str,
+    segments: impl Iterator<Item = &'a str>,
+) -> Cow<'a, str> {
     let plain = !raw.contains('%') && !raw.contains("//") && (raw == "/" || !raw.ends_with('/'));
     if plain {
         return Cow::Borrowed(raw);
@@ -114,9 +117,7 @@ pub(crate) async fn decide(
     let route = if policy.reads_route() {
         match (request.route(), index) {
             (Some(route), _) => Some(pattern(route.uri.path())),
-            (None, Some(index)) => index
-                .find(request.method(), &path)
-                .map(str::to_owned),
+            (None, Some(index)) => index.find(request.method(), &path).map(str::to_owned),
             (None, None) => None,
         }
     } else {

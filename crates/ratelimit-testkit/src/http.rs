@@ -36,8 +36,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ratelimit_core::config::{LivePolicy, Loader, PolicyCode};
 use ratelimit_core::http::{
-    AutoBlock, ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor, KeySource, Limits,
-    MissingKey, RequestView, ResetFormat, RouteTable, SharedPolicy, Tiers, tier_resolver_fn,
+    AutoBlock, ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor,
+    KeySource, Limits, MissingKey, RequestView, ResetFormat, RouteTable, SharedPolicy, Tiers,
+    tier_resolver_fn,
 };
 use ratelimit_core::{Algorithm, Decision, Limiter, Rule, Storage};
 
@@ -412,7 +413,8 @@ pub async fn path_spellings(h: Arc<dyn HttpHarness>) {
         );
         if r.status == 429 {
             assert!(
-                r.header("ratelimit").is_some_and(|v| v.starts_with("\"strict\"")),
+                r.header("ratelimit")
+                    .is_some_and(|v| v.starts_with("\"strict\"")),
                 "{method} {path} was decided by another rule: {:?}",
                 r.header("ratelimit")
             );
@@ -496,25 +498,49 @@ pub async fn allow_and_deny_lists(h: Arc<dyn HttpHarness>) {
 /// Exempt paths answer before automatic blocks: a blocked client's, or the
 /// load balancer's, health check still gets through.
 pub async fn forged_forwarding_headers_behind_a_proxy(h: Arc<dyn HttpHarness>) {
-    let routes = default_limit("3/minute").exempt("/health").expect("a pattern");
-    let keys = KeyExtractor::new(KeySource::Ip)
-        .proxies(ClientIpPolicy::new().trust(["127.0.0.1"]).expect("an address"));
-    let p = policy(&h, routes, keys)
-        .await
-        .auto_block(AutoBlock::new(2, std::time::Duration::from_secs(60), std::time::Duration::from_secs(900)));
+    let routes = default_limit("3/minute")
+        .exempt("/health")
+        .expect("a pattern");
+    let keys = KeyExtractor::new(KeySource::Ip).proxies(
+        ClientIpPolicy::new()
+            .trust(["127.0.0.1"])
+            .expect("an address"),
+    );
+    let p = policy(&h, routes, keys).await.auto_block(AutoBlock::new(
+        2,
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(900),
+    ));
     let (_server, c) = start(&h, p).await;
     let attacker = ("x-forwarded-for", "203.0.113.50");
     let mut admitted = 0;
     for i in 0..20 {
         let forged = format!("for=198.51.100.{i}");
-        let r = c.get("/", &[("forwarded", &forged), ("x-real-ip", &format!("192.0.2.{i}")), attacker]).await;
-        assert!(matches!(r.status, 200 | 429 | 403), "{} {}", r.status, r.body);
+        let r = c
+            .get(
+                "/",
+                &[
+                    ("forwarded", &forged),
+                    ("x-real-ip", &format!("192.0.2.{i}")),
+                    attacker,
+                ],
+            )
+            .await;
+        assert!(
+            matches!(r.status, 200 | 429 | 403),
+            "{} {}",
+            r.status,
+            r.body
+        );
         admitted += usize::from(r.status == 200);
     }
     assert_eq!(admitted, 3, "forged headers rotated the key");
     // The attacker named 198.51.100.7 above; that client's quota is whole.
     for _ in 0..3 {
-        assert_eq!(c.status("/", &[("x-forwarded-for", "198.51.100.7")]).await, 200);
+        assert_eq!(
+            c.status("/", &[("x-forwarded-for", "198.51.100.7")]).await,
+            200
+        );
     }
     // The attacker is blocked now (403), yet its health check gets through.
     assert_eq!(c.status("/", &[attacker]).await, 403);
@@ -525,8 +551,15 @@ pub async fn forged_forwarding_headers_behind_a_proxy(h: Arc<dyn HttpHarness>) {
     for _ in 0..10 {
         statuses.push(c.status("/", &[("forwarded", "for=unknown")]).await);
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
-    assert!(!statuses.contains(&403), "the proxy was blocked: {statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(
+        !statuses.contains(&403),
+        "the proxy was blocked: {statuses:?}"
+    );
     assert_eq!(c.status("/health", &[]).await, 200);
 }
 

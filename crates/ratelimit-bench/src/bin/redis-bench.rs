@@ -280,9 +280,16 @@ fn sliding_log(
             algorithm: AlgorithmState::SlidingWindowLog(SlidingLogState { entries }),
         };
         store
-            .set(&limiter.state_key(&rule, "full"), &state.encode(), Duration::from_secs(3_600))
+            .set(
+                &limiter.state_key(&rule, "full"),
+                &state.encode(),
+                Duration::from_secs(3_600),
+            )
             .await?;
-        assert!(!limiter.check(&rule, "full").await?.is_allowed(), "the log is full");
+        assert!(
+            !limiter.check(&rule, "full").await?.is_allowed(),
+            "the log is full"
+        );
         server.cmd(&["CONFIG", "RESETSTAT"]);
         let key: fn(u64, u64, u64) -> String = if full {
             |_, _, _| "full".to_owned()

@@ -175,7 +175,8 @@ impl AutoBlocker {
                 blocked_credit,
                 ..
             } = &mut *shard;
-            let (dropped, live) = make_room(blocked, self.per_shard, blocked_credit, |u| *u > now_us);
+            let (dropped, live) =
+                make_room(blocked, self.per_shard, blocked_credit, |u| *u > now_us);
             if live > 0 {
                 observe::evicted("auto_block", live as u64);
             }

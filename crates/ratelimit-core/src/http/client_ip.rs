@@ -54,7 +54,10 @@ const MAPPED: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 
 pub(crate) fn canonical_net(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 && MAPPED.contains(&v6.network()) => {
-            match (v6.network().to_ipv4_mapped(), v6.prefix_len().checked_sub(96)) {
+            match (
+                v6.network().to_ipv4_mapped(),
+                v6.prefix_len().checked_sub(96),
+            ) {
                 (Some(v4), Some(len)) => ipnet::Ipv4Net::new(v4, len).map_or(net, IpNet::V4),
                 _ => net,
             }
@@ -488,10 +491,16 @@ mod tests {
             ("x-real-ip", b"6.6.6.7"),
             ("x-forwarded-for", b"203.0.113.9"),
         ];
-        assert_eq!(policy().client_ip(ip("10.0.0.1"), forged), ip("203.0.113.9"));
+        assert_eq!(
+            policy().client_ip(ip("10.0.0.1"), forged),
+            ip("203.0.113.9")
+        );
         // Without the proxy's header: the proxy itself, never the forgery.
         let only_forged: &[(&str, &[u8])] = &[("forwarded", b"for=6.6.6.6")];
-        assert_eq!(policy().client_ip(ip("10.0.0.1"), only_forged), ip("10.0.0.1"));
+        assert_eq!(
+            policy().client_ip(ip("10.0.0.1"), only_forged),
+            ip("10.0.0.1")
+        );
         let p = policy().header(ForwardingHeader::Forwarded);
         assert_eq!(p.forwarding_header(), ForwardingHeader::Forwarded);
         assert_eq!(p.client_ip(ip("10.0.0.1"), forged), ip("6.6.6.6"));
@@ -545,9 +554,18 @@ mod tests {
 
     #[test]
     fn mapped_entries_stand_for_their_ipv4_blocks() {
-        let nets = parse_nets(["::ffff:127.0.0.1", "::ffff:10.0.0.0/104", "::/0", "2001:db8::/32"]).unwrap();
+        let nets = parse_nets([
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.0/104",
+            "::/0",
+            "2001:db8::/32",
+        ])
+        .unwrap();
         let shown: Vec<String> = nets.iter().map(ToString::to_string).collect();
-        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "::/0", "2001:db8::/32"]);
+        assert_eq!(
+            shown,
+            ["127.0.0.1/32", "10.0.0.0/8", "::/0", "2001:db8::/32"]
+        );
         let held = |net: &IpNet, client: &str| net_contains(net, &ip(client).to_canonical());
         assert!(held(&nets[0], "127.0.0.1") && held(&nets[0], "::ffff:127.0.0.1"));
         assert!(held(&nets[1], "10.200.0.1") && !held(&nets[1], "11.0.0.1"));

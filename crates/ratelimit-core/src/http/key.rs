@@ -408,7 +408,10 @@ mod tests {
         let h2: &[(&str, &[u8])] = &[("x-a", b"1"), ("x-b", b"2|header:x-b:3")];
         let other = both.extract(&view(&h2, None));
         assert_ne!(one, other);
-        assert_eq!(one, ExtractedKey::Key("header:x-a:1%7Cheader:x-b:2|header:x-b:3".into()));
+        assert_eq!(
+            one,
+            ExtractedKey::Key("header:x-a:1%7Cheader:x-b:2|header:x-b:3".into())
+        );
         let h3: &[(&str, &[u8])] = &[("x-a", b"100%7C"), ("x-b", b"%")];
         assert_eq!(
             both.extract(&view(&h3, None)),

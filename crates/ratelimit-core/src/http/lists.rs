@@ -309,7 +309,10 @@ impl RuntimeLists {
         let seen = *self.0.snapshots.lock();
         let (_, allow) = self.read(ListKind::Allow).await?;
         let (_, deny) = self.read(ListKind::Deny).await?;
-        let (allow, deny) = (Arc::new(Snapshot::of(&allow)), Arc::new(Snapshot::of(&deny)));
+        let (allow, deny) = (
+            Arc::new(Snapshot::of(&allow)),
+            Arc::new(Snapshot::of(&deny)),
+        );
         let changes = self.0.snapshots.lock();
         if *changes == seen {
             self.0.allow.store(allow);
@@ -494,8 +497,14 @@ mod tests {
 
     #[test]
     fn mapped_entries_match_their_ipv4_clients() {
-        assert_eq!(parse_net("::ffff:127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
-        assert_eq!(parse_net(" ::ffff:10.1.2.3/104 ").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            parse_net("::ffff:127.0.0.1").unwrap().to_string(),
+            "127.0.0.1/32"
+        );
+        assert_eq!(
+            parse_net(" ::ffff:10.1.2.3/104 ").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         // An entry stored mapped by an older version still matches.
         let s = Snapshot::of(&[ListEntry {
             net: "::ffff:198.51.100.0/120".parse().unwrap(),

@@ -429,8 +429,14 @@ mod tests {
             .unwrap()
             .allow(["::ffff:192.0.2.0/120"])
             .unwrap();
-        assert_eq!(name(mapped.resolve_path("GET", "/", ip("127.0.0.1"))), "Denied");
-        assert_eq!(name(mapped.resolve_path("GET", "/", ip("192.0.2.9"))), "Allowed");
+        assert_eq!(
+            name(mapped.resolve_path("GET", "/", ip("127.0.0.1"))),
+            "Denied"
+        );
+        assert_eq!(
+            name(mapped.resolve_path("GET", "/", ip("192.0.2.9"))),
+            "Allowed"
+        );
         assert_eq!(
             name(t.resolve_path("GET", "/", ip("198.51.100.1"))),
             "default"

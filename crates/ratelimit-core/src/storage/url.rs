@@ -89,10 +89,19 @@ mod tests {
     fn no_credential_survives() {
         for (url, secret) in [
             ("redis://:s3cret-pass@127.0.0.1:6379", "s3cret-pass"),
-            ("rediss://user:s3cret@h:6380/3?protocol=resp3#insecure", "s3cret"),
+            (
+                "rediss://user:s3cret@h:6380/3?protocol=resp3#insecure",
+                "s3cret",
+            ),
             ("redis+cluster://u:s3cret@a:1,b:2", "s3cret"),
-            ("redis+sentinel://u:p4ss@s1:1,s2:2/m?sentinel_password=s3cret", "s3cret"),
-            ("redis+sentinel://u:p4ss@s1:1,s2:2/m?sentinel_password=s3cret", "p4ss"),
+            (
+                "redis+sentinel://u:p4ss@s1:1,s2:2/m?sentinel_password=s3cret",
+                "s3cret",
+            ),
+            (
+                "redis+sentinel://u:p4ss@s1:1,s2:2/m?sentinel_password=s3cret",
+                "p4ss",
+            ),
             ("redis+unix:///tmp/r.sock?db=2&pass=s3cret", "s3cret"),
             ("redis://t0ken-only@h", "t0ken-only"),
             ("redis://a:b@c@h", "b@c"),
@@ -101,7 +110,10 @@ mod tests {
             assert!(!shown.contains(secret), "{url} shown as {shown}");
             assert!(shown.contains("***"), "{shown}");
         }
-        assert_eq!(redact_url("sqlite:///var/lib/rl.db"), "sqlite:///var/lib/rl.db");
+        assert_eq!(
+            redact_url("sqlite:///var/lib/rl.db"),
+            "sqlite:///var/lib/rl.db"
+        );
         assert_eq!(redact_url("redis://h/0?db=1"), "redis://h/0?db=1");
         assert_eq!(redact_url("not a url"), "not a url");
         assert_eq!(redact_url(&"x".repeat(1_000)).chars().count(), 201);
