@@ -373,8 +373,11 @@ pub(crate) fn client_group(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
     Ipv6Net::new(v6, bits).map_or(IpNet::V6(v6.into()), |n| IpNet::V6(n.trunc()))
 }
 
-/// The rate-limit key of a client address: its [group](client_group),
-/// written as an address (IPv4) or a prefix (IPv6).
+/// The rate-limit key of a client address: an IPv4 address as it is; an
+/// IPv6 address by its first `ipv6_prefix` bits (one /64 is usually one
+/// subscriber); an IPv6 address that carries an IPv4 host (mapped,
+/// IPv4-compatible, NAT64) as that IPv4 address; a 6to4 address by at most
+/// its first 48 bits (one IPv4 host's site).
 ///
 /// ```
 /// use ratelimit_core::http::ip_key;
