@@ -3,8 +3,11 @@
 //! (default 10), while Redis is paused (`SIGSTOP`), killed and restarted at
 //! random intervals. Not part of CI: it is long, and it is for people.
 //!
-//! The servers share one limit (fixed window, 100 per 5 s, keyed by the
-//! client address, all three on the same Redis keys) and fail closed with a
+//! Redis writes every command to its append-only file before answering, so a
+//! kill loses nothing it acknowledged (without it, a restarted Redis forgets
+//! the window's count and admits the limit again: the first runs showed
+//! exactly that). The servers share one limit (fixed window, 100 per 5 s,
+//! keyed by the client address, all three on the same Redis keys) and fail closed with a
 //! 100 ms store deadline and a circuit breaker. Requests are not sent in the
 //! 100 ms around a window's boundary, so each answer belongs to one window
 //! beyond doubt. At the end it prints, per window, how many requests the
@@ -136,7 +139,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut redis = RedisServer::start();
+    // Every write on disk before Redis acknowledges it: a killed Redis must
+    // forget nothing, or a window would restart its count after a kill.
+    let mut redis = RedisServer::start_with(&["appendonly yes", "appendfsync always"]);
     let url = redis.url();
     let servers = vec![
         start("axum", axum, &url)?,
