@@ -8,6 +8,9 @@
 //! - `soak [MINUTES]`: the three example servers over one Redis under steady
 //!   load while Redis is paused, killed and restarted at random (default 10
 //!   minutes; not in CI).
+//! - `mutants [PATH...] [-- ARGS]`: mutation testing with `cargo-mutants` over
+//!   the given files or folders (default: the core's algorithms, engine, state
+//!   and quota); not in CI.
 
 mod bench;
 
@@ -21,9 +24,11 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::run(args.get(1..).unwrap_or_default()),
         Some("soak") => soak(args.get(1).map_or("10", String::as_str)),
+        Some("mutants") => mutants(args.get(1..).unwrap_or_default()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | test | bench [memory|sqlite|http|redis] | soak [MINUTES]>"
+                "usage: cargo xtask <ci | test | bench [memory|sqlite|http|redis] | soak [MINUTES] \
+                 | mutants [PATH...] [-- CARGO_MUTANTS_ARGS]>"
             );
             return ExitCode::from(2);
         }
@@ -206,6 +211,92 @@ fn soak(minutes: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("the soak failed ({status})"))
+    }
+}
+
+/// The files `cargo xtask mutants` mutates when given no path.
+const MUTANTS_DEFAULT: [&str; 4] = [
+    "crates/ratelimit-core/src/algorithm",
+    "crates/ratelimit-core/src/engine.rs",
+    "crates/ratelimit-core/src/state.rs",
+    "crates/ratelimit-core/src/quota.rs",
+];
+
+/// `cargo xtask mutants [PATH...] [-- ARGS]`: runs `cargo mutants` (installing
+/// it with `cargo install` when missing) over each path, a file or a folder
+/// under `crates/<package>/`. The mutants of a path are tested by its
+/// package's tests; the core's also by the memory store's, which run the
+/// engine through a real store. `ARGS` go to `cargo mutants` as they are (for
+/// example `--in-place` to reuse `target/`, `--shard 1/4`, `--iterate`).
+/// Results are under `target/mutants/<package>/mutants.out`.
+fn mutants(args: &[String]) -> Result<(), String> {
+    let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let (paths, extra) = args.split_at(split);
+    let extra: Vec<&str> = extra.iter().skip(1).map(String::as_str).collect();
+    let paths: Vec<&str> = if paths.is_empty() {
+        MUTANTS_DEFAULT.to_vec()
+    } else {
+        paths.iter().map(String::as_str).collect()
+    };
+    if !on_path("cargo-mutants") {
+        cargo(&["install", "--locked", "cargo-mutants"], &[])?;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?;
+    // One `cargo mutants` run per package, over all of that package's paths.
+    let mut runs: Vec<(String, Vec<String>)> = Vec::new();
+    for path in paths {
+        let path = path.trim_start_matches("./").trim_end_matches('/');
+        if !root.join(path).exists() {
+            return Err(format!("{path}: no such file or folder in the workspace"));
+        }
+        let package = path
+            .strip_prefix("crates/")
+            .and_then(|rest| rest.split('/').next())
+            .filter(|p| p.starts_with("ratelimit-"))
+            .ok_or_else(|| format!("{path}: not under crates/<package>/"))?
+            .to_owned();
+        let glob = if root.join(path).is_dir() {
+            format!("{path}/**/*.rs")
+        } else {
+            path.to_owned()
+        };
+        match runs.iter_mut().find(|(p, _)| *p == package) {
+            Some((_, files)) => files.push(glob),
+            None => runs.push((package, vec![glob])),
+        }
+    }
+    if runs.iter().any(|(p, _)| p == "ratelimit-redis") {
+        provision()?;
+    }
+    let mut failed = Vec::new();
+    for (package, files) in &runs {
+        let dir = root.join("target/mutants").join(package);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let output = dir.display().to_string();
+        let mut cmd = vec!["mutants", "--package", package, "--output", &output];
+        cmd.extend(["--test-package", package]);
+        if package == "ratelimit-core" {
+            cmd.extend(["--test-package", "ratelimit-memory"]);
+        }
+        for file in files {
+            cmd.extend(["--file", file]);
+        }
+        // Mutants are built without debug information: faster to link.
+        cmd.extend(["--profile", "mutants"]);
+        cmd.extend(extra.iter().copied());
+        // cargo-mutants exits non-zero when a mutant survives: go on with the
+        // other packages, and fail at the end.
+        if let Err(e) = cargo(&cmd, &[]) {
+            eprintln!("xtask: {e}; see {output}/mutants.out/missed.txt");
+            failed.push(package.as_str());
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("mutants survived or failed to build in {}", failed.join(", ")))
     }
 }
 

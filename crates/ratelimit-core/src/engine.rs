@@ -263,5 +263,18 @@ mod tests {
     fn peek_never_writes() {
         let (d, w) = decide_one(&rule("r", 3), None, Timestamp::EPOCH, 0).unwrap();
         assert!(d.is_allowed() && d.remaining() == 3 && w.is_none());
+        // Every algorithm, on a fresh key and on one partly spent: a peek
+        // answers like a request of one unit and writes nothing.
+        for algorithm in Algorithm::ALL {
+            let r = Rule::new("r", algorithm, Quota::per_second(3).unwrap()).unwrap();
+            let (d, w) = decide_one(&r, None, Timestamp::EPOCH, 0).unwrap();
+            assert!(d.is_allowed() && w.is_none(), "{algorithm:?} fresh");
+            let (_, spent) = decide_one(&r, None, Timestamp::EPOCH, 1).unwrap();
+            let spent = spent.expect("a request writes").state;
+            let later = Timestamp::from_micros(1_000);
+            let (d, w) = decide_one(&r, Some(&spent), later, 0).unwrap();
+            assert!(d.is_allowed() && w.is_none(), "{algorithm:?} spent");
+            assert_eq!(d.remaining(), 2, "{algorithm:?}");
+        }
     }
 }

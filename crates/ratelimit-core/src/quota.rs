@@ -322,6 +322,35 @@ mod tests {
     }
 
     #[test]
+    fn window_bounds_are_inclusive_and_exact() {
+        // 366 days is the longest window; one microsecond more is refused.
+        assert_eq!(MAX_WINDOW, Duration::from_secs(31_622_400));
+        assert!(Quota::new(1, MAX_WINDOW).is_ok());
+        assert!("10/366d".parse::<Quota>().is_ok());
+        assert_eq!(
+            Quota::new(1, MAX_WINDOW + Duration::from_micros(1)),
+            Err(QuotaError::WindowOutOfRange(
+                MAX_WINDOW + Duration::from_micros(1)
+            ))
+        );
+        assert!(Quota::new(1, MIN_WINDOW).is_ok());
+    }
+
+    #[test]
+    fn a_burst_that_empties_in_exactly_the_horizon_is_allowed() {
+        // One unit per microsecond: emptying the burst takes `burst` µs, so a
+        // burst of exactly 2^49 reaches the horizon and one more goes past it.
+        let q = Quota::new(1, MIN_WINDOW).unwrap();
+        assert_eq!(q.emission_interval_us(), 1);
+        let at_horizon = 1u64 << 49;
+        assert_eq!(q.with_burst(at_horizon).unwrap().burst(), at_horizon);
+        assert_eq!(
+            q.with_burst(at_horizon + 1),
+            Err(QuotaError::BurstTooLarge(at_horizon + 1))
+        );
+    }
+
+    #[test]
     fn display_round_trips() {
         let q: Quota = "100/1m".parse().unwrap();
         assert_eq!(q.to_string(), "100/1m");

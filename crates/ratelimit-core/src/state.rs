@@ -345,6 +345,41 @@ mod tests {
         assert!(RuleState::decode(&gcra).is_err());
     }
 
+    fn log_bytes(version: u8, pairs: &[(u64, u64)]) -> Vec<u8> {
+        let mut out = vec![version, 2];
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(pairs.len()).unwrap().to_le_bytes());
+        for (ts, value) in pairs {
+            out.extend_from_slice(&ts.to_le_bytes());
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn a_log_out_of_order_is_corrupt_and_says_so() {
+        let err = RuleState::decode(&log_bytes(2, &[(20, 1), (10, 2)])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "stored rate-limit state is corrupt: sliding log is not sorted"
+        );
+        let err = RuleState::decode(&log_bytes(1, &[(20, 1), (10, 2)])).unwrap_err();
+        assert!(err.to_string().ends_with("not sorted"), "{err}");
+    }
+
+    #[test]
+    fn log_timestamps_may_start_at_zero_and_repeat() {
+        // The clock's epoch is a valid instant, and a log written by an older
+        // version may hold two entries at one instant: both decode as written.
+        let decoded = RuleState::decode(&log_bytes(2, &[(0, 1), (0, 3), (7, 4)])).unwrap();
+        assert_eq!(
+            decoded.algorithm,
+            AlgorithmState::SlidingWindowLog(SlidingLogState {
+                entries: vec![(0, 1), (0, 2), (7, 1)],
+            })
+        );
+    }
+
     #[test]
     fn gcra_state_is_small() {
         assert_eq!(samples()[6].encode().len(), 18);

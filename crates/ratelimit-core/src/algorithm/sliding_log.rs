@@ -86,4 +86,21 @@ mod tests {
         let d = step(&q, Some(&c.state), 110, 2);
         assert!(d.allowed && d.remaining == 0 && d.state.entries == vec![(50, 1), (110, 2)]);
     }
+
+    #[test]
+    fn one_entry_per_instant_even_when_the_clock_steps_back() {
+        let q = Quota::new(10, std::time::Duration::from_micros(100)).unwrap();
+        let a = step(&q, None, 10, 1);
+        let b = step(&q, Some(&a.state), 10, 2);
+        assert_eq!(b.state.entries, vec![(10, 3)]);
+        let c = step(&q, Some(&b.state), 30, 1);
+        // The clock stepped back to 20: a new entry between the two, not
+        // merged into the later one (it must leave the window at 120, not 130).
+        let d = step(&q, Some(&c.state), 20, 2);
+        assert_eq!(d.state.entries, vec![(10, 3), (20, 2), (30, 1)]);
+        // Back again onto an existing instant: merged.
+        let e = step(&q, Some(&d.state), 20, 1);
+        assert_eq!(e.state.entries, vec![(10, 3), (20, 3), (30, 1)]);
+        assert_eq!(e.remaining, 3);
+    }
 }
