@@ -296,7 +296,10 @@ fn mutants(args: &[String]) -> Result<(), String> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("mutants survived or failed to build in {}", failed.join(", ")))
+        Err(format!(
+            "mutants survived or failed to build in {}",
+            failed.join(", ")
+        ))
     }
 }
 
