@@ -51,7 +51,7 @@ fn hash_parts<H: Hasher>(head: &str, tail: &str, state: &mut H) {
 }
 
 /// A way to name a stored key without owning it.
-pub(crate) trait KeyRef: Hash + fmt::Display {
+pub(crate) trait KeyRef: Hash {
     /// Whether `stored` is this key.
     fn matches(&self, stored: &StoreKey) -> bool;
     /// The owned key, to insert.
@@ -64,12 +64,6 @@ pub(crate) struct Whole<'a>(pub(crate) &'a str);
 impl Hash for Whole<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         hash_key(self.0, state);
-    }
-}
-
-impl fmt::Display for Whole<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
     }
 }
 

@@ -26,7 +26,7 @@ use ratelimit_core::Result;
 use ratelimit_core::state::{AlgorithmState, RuleState};
 use ratelimit_core::storage::corrupt_state;
 
-use crate::key::{KeyRef, StoreKey};
+use crate::key::{KeyRef, RuleKey, StoreKey};
 
 /// Eviction candidates examined per sample.
 pub(crate) const SAMPLE: usize = 8;
@@ -58,7 +58,7 @@ impl Value {
         }
     }
 
-    pub(crate) fn rule_state(&self, key: &impl KeyRef) -> Result<Cow<'_, RuleState>> {
+    pub(crate) fn rule_state(&self, key: &RuleKey<'_>) -> Result<Cow<'_, RuleState>> {
         match self {
             Self::State(s) => Ok(Cow::Borrowed(s)),
             Self::Bytes(b) => RuleState::decode(b)
@@ -106,6 +106,8 @@ impl Entry {
         (self.packed & !DENYING) as usize
     }
 
+    // The two halves have no bit in common, so `|` and `^` are the same here
+    // (that mutant is excluded in `.cargo/mutants.toml`).
     fn set_slot(&mut self, slot: usize) {
         self.packed = (self.packed & DENYING) | (slot as u32 & !DENYING);
     }
@@ -299,6 +301,9 @@ impl Shard {
         Ok(evicted)
     }
 
+    // Mutants that turn a shift around give another xorshift generator,
+    // as usable here (excluded in `.cargo/mutants.toml`); the spread of its
+    // output is tested.
     fn next_random(&mut self) -> u64 {
         // xorshift64: cheap, and good enough to pick eviction candidates.
         self.rng ^= self.rng << 13;
@@ -335,6 +340,8 @@ impl Shard {
             }
             // Samples found only denying state: look at a bounded run of
             // entries from a random place before giving up.
+            // Any random start will do (the mutants of this `%` only move
+            // it; excluded in `.cargo/mutants.toml`).
             let start = (self.next_random() % len as u64) as usize;
             for i in 0..SCAN.min(len) {
                 if best.is_some() {
@@ -359,6 +366,8 @@ impl Shard {
         }
         let Some(loss) = e.loss(now) else { return };
         let age = self.clock.wrapping_sub(e.last_used);
+        // On a tie either candidate is as good: `<` keeps the first (`<=`,
+        // excluded in `.cargo/mutants.toml`, would keep the last).
         let better =
             best.is_none_or(|(_, l, a)| (loss, std::cmp::Reverse(age)) < (l, std::cmp::Reverse(a)));
         if better {
@@ -539,6 +548,45 @@ mod tests {
         assert_eq!(s.make_room(2, 0, &[hash("a")]), Err(Full));
         assert_eq!(s.len(), 1);
         consistent(&s);
+    }
+
+    #[test]
+    fn eviction_samples_are_spread_over_every_slot() {
+        let mut s = Shard::new(10, 7, hasher());
+        let mut seen = std::collections::HashSet::new();
+        let mut buckets = [0u32; 10];
+        for _ in 0..10_000 {
+            let r = s.next_random();
+            seen.insert(r);
+            buckets[(r % 10) as usize] += 1;
+        }
+        assert_eq!(seen.len(), 10_000, "the generator repeats");
+        assert!(
+            buckets.iter().all(|&n| (800..1_200).contains(&n)),
+            "{buckets:?}"
+        );
+        // Every bit is set about half the time.
+        let mut ones = [0u32; 64];
+        for _ in 0..10_000 {
+            let r = s.next_random();
+            for (bit, n) in ones.iter_mut().enumerate() {
+                *n += u32::from(r >> bit & 1 == 1);
+            }
+        }
+        assert!(
+            ones.iter().all(|&n| (4_500..5_500).contains(&n)),
+            "{ones:?}"
+        );
+    }
+
+    #[test]
+    fn measure_counts_each_live_entry_its_hash_and_control_byte() {
+        let mut s = Shard::new(10, 7, hasher());
+        put(&mut s, "a", 1_000, 0);
+        put(&mut s, "b", 1_000, 0);
+        let per_entry = (size_of::<Entry>() + size_of::<u64>() + 1) as u64;
+        assert_eq!(s.measure(0), (2, 2 * per_entry));
+        assert_eq!(s.measure(1_000), (0, 0));
     }
 
     #[test]

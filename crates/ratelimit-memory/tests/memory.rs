@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ratelimit_core::{Algorithm, Limiter, ManualClock, Rule, Storage, Timestamp};
-use ratelimit_memory::MemoryStorage;
+use ratelimit_memory::{MemoryConfig, MemoryStorage};
 
 const HOUR: Duration = Duration::from_secs(3_600);
 
@@ -277,14 +277,112 @@ async fn stats_report_size() {
 fn from_url_reads_options() {
     let store = MemoryStorage::from_url("memory://?max_size=42").unwrap();
     assert_eq!(store.max_size(), 42);
+    let config = MemoryConfig::from_url("memory://?cleanup_interval=off&shards=3").unwrap();
+    assert_eq!((config.cleanup_interval, config.shards), (None, 3));
+    let config = MemoryConfig::from_url("memory://?cleanup_interval=90s").unwrap();
+    assert_eq!(config.cleanup_interval, Some(Duration::from_secs(90)));
     for bad in [
         "memory://host",
         "redis://localhost",
         "memory://?max_size=-1",
         "memory://?cleanup_interval=soon",
         "not a url",
+        "memory://?cleanup_interval=0s",
     ] {
         let err = MemoryStorage::from_url(bad).unwrap_err();
         assert_eq!(err.kind(), ratelimit_core::ErrorKind::InvalidInput, "{bad}");
     }
+}
+
+/// A key spent again after its window rolled over is still denying state: the
+/// second mark must not undo the first, or a flood of fresh keys would evict
+/// it and hand the spent key a fresh limit.
+#[tokio::test]
+async fn a_key_spent_in_two_windows_is_still_never_evicted() {
+    let clock = manual();
+    let store = MemoryStorage::builder()
+        .max_size(8)
+        .shards(1)
+        .clock(Arc::new(clock.clone()))
+        .build();
+    let limiter = Limiter::builder(Arc::new(store.clone()))
+        .shared_clock(Arc::new(clock.clone()))
+        .build();
+    let strict = Rule::new("strict", Algorithm::FixedWindow, "1/s".parse().unwrap()).unwrap();
+    let loose = Rule::new("loose", Algorithm::FixedWindow, "100/s".parse().unwrap()).unwrap();
+    assert!(limiter.check(&strict, "victim").await.unwrap().is_allowed());
+    // The next window: the expired entry is reused and spent again.
+    clock.advance(Duration::from_secs(1));
+    assert!(limiter.check(&strict, "victim").await.unwrap().is_allowed());
+    for i in 0..100 {
+        assert!(
+            limiter
+                .check(&loose, &format!("fresh-{i}"))
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+    }
+    assert!(
+        !limiter.check(&strict, "victim").await.unwrap().is_allowed(),
+        "the spent key was evicted"
+    );
+}
+
+/// The size estimate counts what a key holds on the heap: long keys and long
+/// sliding logs.
+#[tokio::test]
+async fn stats_count_long_keys_and_long_logs() {
+    async fn bytes(store: &MemoryStorage) -> u64 {
+        store.stats().await.unwrap().approx_bytes.unwrap()
+    }
+    let short = MemoryStorage::builder().max_size(1_000).shards(1).build();
+    let long = MemoryStorage::builder().max_size(1_000).shards(1).build();
+    for i in 0..100 {
+        short.set(&format!("k{i}"), b"v", HOUR).await.unwrap();
+        long.set(&format!("{i:0>100}"), b"v", HOUR).await.unwrap();
+    }
+    // Short keys are held inline; each long key adds its 100 bytes.
+    let (short, long) = (bytes(&short).await, bytes(&long).await);
+    assert_eq!(long - short, 100 * 100);
+
+    let clock = manual();
+    let store = MemoryStorage::builder()
+        .max_size(1_000)
+        .shards(1)
+        .clock(Arc::new(clock.clone()))
+        .build();
+    let limiter = Limiter::builder(Arc::new(store.clone()))
+        .shared_clock(Arc::new(clock.clone()))
+        .build();
+    let log = Rule::new(
+        "log",
+        Algorithm::SlidingWindowLog,
+        "1000/hour".parse().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bytes(&store).await, 0);
+    for _ in 0..1_000 {
+        assert!(limiter.check(&log, "k").await.unwrap().is_allowed());
+        clock.advance(Duration::from_millis(1));
+    }
+    // One entry of 16 bytes per instant (the log's spare capacity included),
+    // plus the bookkeeping of one entry.
+    let full = bytes(&store).await;
+    assert!((16 * 1_000..16 * 2_048 + 200).contains(&full), "{full}");
+}
+
+/// State that cannot be decoded is an error naming the key, not a fresh limit.
+#[tokio::test]
+async fn corrupt_rule_state_is_an_error_naming_its_key() {
+    let store = MemoryStorage::builder().build();
+    let limiter = Limiter::new(Arc::new(store.clone()));
+    let rule = Rule::new("api", Algorithm::Gcra, "5/s".parse().unwrap()).unwrap();
+    store
+        .set("api:client-7", b"not a state", HOUR)
+        .await
+        .unwrap();
+    let err = limiter.check(&rule, "client-7").await.unwrap_err();
+    assert_eq!(err.kind(), ratelimit_core::ErrorKind::CorruptState, "{err}");
+    assert!(err.to_string().contains("api:client-7"), "{err}");
 }
