@@ -413,6 +413,12 @@ impl Shard {
             })
     }
 
+    /// How many entries the shard holds at most.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Every key, for consistency checks in tests.
     #[cfg(test)]
     fn keys(&self) -> Vec<&str> {

@@ -136,6 +136,9 @@ impl MemoryStorageBuilder {
                 let capacity = max_size / count + usize::from(i < max_size % count);
                 Mutex::new(Shard::new(
                     capacity,
+                    // Any seed per shard will do (`Shard::new` makes it
+                    // non-zero): the mutants of this `^` are equivalent,
+                    // excluded in `.cargo/mutants.toml`.
                     0x9E37_79B9_7F4A_7C15 ^ i as u64,
                     hasher.clone(),
                 ))
@@ -253,6 +256,9 @@ impl MemoryStorage {
         (hash, self.shared.shards[index].lock())
     }
 
+    // The `> 0` guards here, in `count_expired`, `make_room_for` and the
+    // sweep only skip work for zero (`>= 0` is the same: excluded in
+    // `.cargo/mutants.toml`).
     fn record(&self, evicted: Evicted) {
         if evicted.live > 0 {
             self.shared
@@ -392,7 +398,8 @@ impl MemoryStorage {
                     .0
                     .is_allowed();
                 let shard = guards.get_mut(slot).ok_or_else(internal)?;
-                let e = shard
+                // Room was made above: `put` finds it and evicts nothing.
+                shard
                     .put(
                         hash,
                         key,
@@ -402,8 +409,6 @@ impl MemoryStorage {
                         now_us,
                     )
                     .map_err(|Full| self.full())?;
-                evicted.live += e.live;
-                evicted.expired += e.expired;
             }
         }
         drop(guards);
@@ -659,7 +664,8 @@ impl Storage for MemoryStorage {
         evicted.expired += expired;
         for ((op, key), &(hash, slot)) in ops.iter().zip(&keys).zip(&slots) {
             let shard = guards.get_mut(slot).ok_or_else(internal)?;
-            let e = shard
+            // Room was made above: `put` finds it and evicts nothing.
+            shard
                 .put(
                     hash,
                     key,
@@ -669,8 +675,6 @@ impl Storage for MemoryStorage {
                     now,
                 )
                 .map_err(|Full| self.full())?;
-            evicted.live += e.live;
-            evicted.expired += e.expired;
         }
         drop(guards);
         self.record(evicted);
@@ -721,5 +725,31 @@ fn parse_integer(key: &str, value: &Value) -> Result<i64> {
             .and_then(|s| s.parse().ok())
             .ok_or_else(not_integer),
         Value::State(_) => Err(not_integer()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_capacities_add_up_to_the_bound() {
+        for (max_size, shards) in [(1_000, 64), (5, 64), (1, 8), (777, 16), (10, 3)] {
+            let store = MemoryStorage::builder()
+                .max_size(max_size)
+                .shards(shards)
+                .cleanup_interval(None)
+                .build();
+            let caps: Vec<usize> = store
+                .shared
+                .shards
+                .iter()
+                .map(|s| s.lock().capacity())
+                .collect();
+            assert_eq!(caps.iter().sum::<usize>(), max_size, "{max_size}/{shards}");
+            let (lo, hi) = (caps.iter().min().unwrap(), caps.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{caps:?}");
+            assert!(caps.len().is_power_of_two() && caps.len() <= shards);
+        }
     }
 }

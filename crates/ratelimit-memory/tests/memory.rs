@@ -386,3 +386,109 @@ async fn corrupt_rule_state_is_an_error_naming_its_key() {
     assert_eq!(err.kind(), ratelimit_core::ErrorKind::CorruptState, "{err}");
     assert!(err.to_string().contains("api:client-7"), "{err}");
 }
+
+/// A key whose state expired starts afresh, and the expiry is counted.
+#[tokio::test]
+async fn expired_state_is_counted_when_a_decision_finds_it() {
+    let clock = manual();
+    let store = MemoryStorage::builder()
+        .cleanup_interval(None)
+        .clock(Arc::new(clock.clone()))
+        .build();
+    let limiter = Limiter::builder(Arc::new(store.clone()))
+        .shared_clock(Arc::new(clock.clone()))
+        .build();
+    let rule = Rule::new("r", Algorithm::FixedWindow, "1/s".parse().unwrap()).unwrap();
+    assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
+    clock.advance(Duration::from_secs(2));
+    assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
+    assert_eq!(store.stats().await.unwrap().expirations, Some(1));
+}
+
+/// A request checked against several rules marks each rule's entry by its
+/// own room: the spent rule's entry survives a flood, the other's may go. The
+/// room it makes is only for keys it adds, and what it evicts or finds
+/// expired is counted.
+#[tokio::test]
+async fn several_rules_mark_and_count_each_entry() {
+    let clock = manual();
+    let store = MemoryStorage::builder()
+        .max_size(4)
+        .shards(1)
+        .cleanup_interval(None)
+        .clock(Arc::new(clock.clone()))
+        .build();
+    let limiter = Limiter::builder(Arc::new(store.clone()))
+        .shared_clock(Arc::new(clock.clone()))
+        .build();
+    let strict = Rule::new("strict", Algorithm::FixedWindow, "1/hour".parse().unwrap()).unwrap();
+    let loose = Rule::new("loose", Algorithm::FixedWindow, "100/hour".parse().unwrap()).unwrap();
+    let both = [(&strict, "victim"), (&loose, "victim")];
+    assert!(limiter.check_all(&both, 1).await.unwrap().is_allowed());
+    for i in 0..20 {
+        let key = format!("fresh-{i}");
+        let pair = [(&loose, key.as_str()), (&loose, "other")];
+        assert!(limiter.check_all(&pair, 1).await.unwrap().is_allowed());
+    }
+    assert!(
+        !limiter.check(&strict, "victim").await.unwrap().is_allowed(),
+        "the spent rule's entry was evicted"
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.evictions, Some(19), "{stats:?}");
+
+    // Both keys already stored: nothing is evicted to make room.
+    let stored = [(&loose, "fresh-19"), (&loose, "other")];
+    assert!(limiter.check_all(&stored, 1).await.unwrap().is_allowed());
+    assert_eq!(store.stats().await.unwrap().evictions, Some(19));
+
+    // Every entry has expired: the request finds its spent entry expired and
+    // evicts an expired entry to add the other; both count as expirations.
+    clock.advance(Duration::from_secs(3_601));
+    let before = store.stats().await.unwrap().expirations.unwrap();
+    assert!(limiter.check_all(&both, 1).await.unwrap().is_allowed());
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.expirations, Some(before + 2), "{stats:?}");
+    assert_eq!(stats.evictions, Some(19), "{stats:?}");
+}
+
+/// A compare-and-swap that finds its key expired counts the expiry.
+#[tokio::test]
+async fn compare_and_swap_counts_the_expired_keys_it_finds() {
+    let clock = manual();
+    let store = MemoryStorage::builder()
+        .cleanup_interval(None)
+        .clock(Arc::new(clock.clone()))
+        .build();
+    store
+        .set("k", b"old", Duration::from_secs(1))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    let op = ratelimit_core::storage::CasOp {
+        key: "k",
+        expected: None,
+        new_value: b"new",
+        ttl: HOUR,
+    };
+    assert!(store.compare_and_swap(&[op]).await.unwrap());
+    assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"new"[..]));
+    assert_eq!(store.stats().await.unwrap().expirations, Some(1));
+}
+
+/// The memory store decides without awaiting: the synchronous path answers.
+#[tokio::test]
+async fn decisions_are_answered_synchronously() {
+    let limiter = Limiter::new(Arc::new(MemoryStorage::builder().build()));
+    let rule = Rule::new("r", Algorithm::Gcra, "2/s".parse().unwrap()).unwrap();
+    let d = limiter.check_cost_now(&rule, "k", 1).expect("answered now");
+    assert!(d.unwrap().is_allowed());
+    let pair = [(&rule, "a"), (&rule, "b")];
+    assert!(
+        limiter
+            .check_all_now(&pair, 1)
+            .expect("answered now")
+            .unwrap()
+            .is_allowed()
+    );
+}
