@@ -14,6 +14,22 @@ fn manual() -> ManualClock {
     ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000))
 }
 
+/// A store of `max_size` keys in one shard, without a sweep, and a limiter
+/// over it, both reading time from one manual clock.
+fn on_manual_clock(max_size: usize) -> (ManualClock, MemoryStorage, Limiter) {
+    let clock = manual();
+    let store = MemoryStorage::builder()
+        .max_size(max_size)
+        .shards(1)
+        .cleanup_interval(None)
+        .clock(Arc::new(clock.clone()))
+        .build();
+    let limiter = Limiter::builder(Arc::new(store.clone()))
+        .shared_clock(Arc::new(clock.clone()))
+        .build();
+    (clock, store, limiter)
+}
+
 #[tokio::test]
 async fn least_recently_used_key_goes_first() {
     let store = MemoryStorage::builder().max_size(3).shards(1).build();
@@ -299,15 +315,7 @@ fn from_url_reads_options() {
 /// it and hand the spent key a fresh limit.
 #[tokio::test]
 async fn a_key_spent_in_two_windows_is_still_never_evicted() {
-    let clock = manual();
-    let store = MemoryStorage::builder()
-        .max_size(8)
-        .shards(1)
-        .clock(Arc::new(clock.clone()))
-        .build();
-    let limiter = Limiter::builder(Arc::new(store.clone()))
-        .shared_clock(Arc::new(clock.clone()))
-        .build();
+    let (clock, _, limiter) = on_manual_clock(8);
     let strict = Rule::new("strict", Algorithm::FixedWindow, "1/s".parse().unwrap()).unwrap();
     let loose = Rule::new("loose", Algorithm::FixedWindow, "100/s".parse().unwrap()).unwrap();
     assert!(limiter.check(&strict, "victim").await.unwrap().is_allowed());
@@ -346,15 +354,7 @@ async fn stats_count_long_keys_and_long_logs() {
     let (short, long) = (bytes(&short).await, bytes(&long).await);
     assert_eq!(long - short, 100 * 100);
 
-    let clock = manual();
-    let store = MemoryStorage::builder()
-        .max_size(1_000)
-        .shards(1)
-        .clock(Arc::new(clock.clone()))
-        .build();
-    let limiter = Limiter::builder(Arc::new(store.clone()))
-        .shared_clock(Arc::new(clock.clone()))
-        .build();
+    let (clock, store, limiter) = on_manual_clock(1_000);
     let log = Rule::new(
         "log",
         Algorithm::SlidingWindowLog,
@@ -390,14 +390,7 @@ async fn corrupt_rule_state_is_an_error_naming_its_key() {
 /// A key whose state expired starts afresh, and the expiry is counted.
 #[tokio::test]
 async fn expired_state_is_counted_when_a_decision_finds_it() {
-    let clock = manual();
-    let store = MemoryStorage::builder()
-        .cleanup_interval(None)
-        .clock(Arc::new(clock.clone()))
-        .build();
-    let limiter = Limiter::builder(Arc::new(store.clone()))
-        .shared_clock(Arc::new(clock.clone()))
-        .build();
+    let (clock, store, limiter) = on_manual_clock(1_000);
     let rule = Rule::new("r", Algorithm::FixedWindow, "1/s".parse().unwrap()).unwrap();
     assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
     clock.advance(Duration::from_secs(2));
@@ -411,16 +404,7 @@ async fn expired_state_is_counted_when_a_decision_finds_it() {
 /// expired is counted.
 #[tokio::test]
 async fn several_rules_mark_and_count_each_entry() {
-    let clock = manual();
-    let store = MemoryStorage::builder()
-        .max_size(4)
-        .shards(1)
-        .cleanup_interval(None)
-        .clock(Arc::new(clock.clone()))
-        .build();
-    let limiter = Limiter::builder(Arc::new(store.clone()))
-        .shared_clock(Arc::new(clock.clone()))
-        .build();
+    let (clock, store, limiter) = on_manual_clock(4);
     let strict = Rule::new("strict", Algorithm::FixedWindow, "1/hour".parse().unwrap()).unwrap();
     let loose = Rule::new("loose", Algorithm::FixedWindow, "100/hour".parse().unwrap()).unwrap();
     let both = [(&strict, "victim"), (&loose, "victim")];
@@ -455,11 +439,7 @@ async fn several_rules_mark_and_count_each_entry() {
 /// A compare-and-swap that finds its key expired counts the expiry.
 #[tokio::test]
 async fn compare_and_swap_counts_the_expired_keys_it_finds() {
-    let clock = manual();
-    let store = MemoryStorage::builder()
-        .cleanup_interval(None)
-        .clock(Arc::new(clock.clone()))
-        .build();
+    let (clock, store, _) = on_manual_clock(1_000);
     store
         .set("k", b"old", Duration::from_secs(1))
         .await
