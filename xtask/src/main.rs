@@ -275,7 +275,10 @@ fn mutants(args: &[String]) -> Result<(), String> {
         let dir = root.join("target/mutants").join(package);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let output = dir.display().to_string();
-        let mut cmd = vec!["mutants", "--package", package, "--output", &output];
+        // Paths are the workspace's, wherever this runs from.
+        let workspace = root.display().to_string();
+        let mut cmd = vec!["mutants", "--dir", &workspace, "--package", package];
+        cmd.extend(["--output", &output]);
         cmd.extend(["--test-package", package]);
         if package == "ratelimit-core" {
             cmd.extend(["--test-package", "ratelimit-memory"]);
