@@ -334,13 +334,7 @@ mod tests {
         bad[14 + 16 + 8] = 1;
         assert!(RuleState::decode(&bad).is_err());
         // Version 1 (timestamp and cost) is still read.
-        let mut v1 = vec![1, 2];
-        v1.extend_from_slice(&0u64.to_le_bytes());
-        v1.extend_from_slice(&3u32.to_le_bytes());
-        for (ts, cost) in [(10u64, 2u64), (20, 1), (30, 4)] {
-            v1.extend_from_slice(&ts.to_le_bytes());
-            v1.extend_from_slice(&cost.to_le_bytes());
-        }
+        let v1 = log_bytes(1, &[(10, 2), (20, 1), (30, 4)]);
         assert_eq!(RuleState::decode(&v1).unwrap(), log);
         // Version 2 is the sliding log's alone.
         let mut gcra = samples()[6].encode();
