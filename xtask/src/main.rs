@@ -226,7 +226,8 @@ const MUTANTS_DEFAULT: [&str; 4] = [
 /// it with `cargo install` when missing) over each path, a file or a folder
 /// under `crates/<package>/`. The mutants of a path are tested by its
 /// package's tests; the core's also by the memory store's, which run the
-/// engine through a real store. `ARGS` go to `cargo mutants` as they are (for
+/// engine through a real store, and the core's HTTP policy (when only it is
+/// mutated) by the axum adapter's, which run the shared behaviour suite. `ARGS` go to `cargo mutants` as they are (for
 /// example `--in-place` to reuse `target/`, `--shard 1/4`, `--iterate`).
 /// Results are under `target/mutants/<package>/mutants.out`.
 fn mutants(args: &[String]) -> Result<(), String> {
@@ -281,7 +282,14 @@ fn mutants(args: &[String]) -> Result<(), String> {
         cmd.extend(["--output", &output]);
         cmd.extend(["--test-package", package]);
         if package == "ratelimit-core" {
-            cmd.extend(["--test-package", "ratelimit-memory"]);
+            // The HTTP policy is exercised end to end by the shared behaviour
+            // suite, which the axum adapter runs through a real server; the
+            // rest of the core by the memory store's suite.
+            if files.iter().all(|f| f.contains("/src/http")) {
+                cmd.extend(["--test-package", "ratelimit-axum"]);
+            } else {
+                cmd.extend(["--test-package", "ratelimit-memory"]);
+            }
         }
         for file in files {
             cmd.extend(["--file", file]);

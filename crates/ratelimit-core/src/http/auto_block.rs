@@ -169,6 +169,9 @@ impl AutoBlocker {
         }
         shard.strikes.remove(&client);
         let until = now.saturating_add(self.config.block_for);
+        // Only when full and the client is new: sweeping earlier would drop
+        // expired blocks sooner, which `blocked` does anyway when it meets
+        // them (so `&&` → `||` is an equivalent mutant).
         if shard.blocked.len() >= self.per_shard && !shard.blocked.contains_key(&client) {
             let Shard {
                 blocked,
@@ -283,6 +286,95 @@ mod tests {
             b.blocked("2001:db8:1:2::1".parse().unwrap(), at(1))
                 .is_none()
         );
+    }
+
+    /// `n` addresses of 10.0.0.0/8 that fall in shard `index`.
+    fn same_shard(index: usize, n: usize) -> Vec<IpAddr> {
+        (1..u32::MAX)
+            .map(|i| IpAddr::from((0x0a00_0000 | i).to_be_bytes()))
+            .filter(|ip| match ip {
+                IpAddr::V4(a) => shard_index(&a.octets(), SHARDS) == index,
+                IpAddr::V6(_) => false,
+            })
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn a_blocked_client_is_not_counted_again_until_its_block_ends() {
+        let b = AutoBlocker::new(
+            AutoBlock::new(1, Duration::from_secs(10), Duration::from_secs(60)),
+            64,
+        );
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(b.denied(ip, at(0)), None);
+        assert_eq!(b.denied(ip, at(0)).unwrap().until, at(60));
+        // Denials during the block neither extend it nor count as blocks.
+        for s in [1, 2, 3, 30, 59] {
+            assert_eq!(b.denied(ip, at(s)), None, "at {s}");
+        }
+        assert_eq!(b.blocks(), 1);
+        assert_eq!(b.blocked(ip, at(59)), Some(Duration::from_secs(1)));
+        // The instant the block ends, denials count afresh.
+        assert_eq!(b.denied(ip, at(60)), None);
+        assert_eq!(b.denied(ip, at(60)).unwrap().until, at(120));
+        assert_eq!(b.blocks(), 2);
+        assert_eq!(b.blocked_now(), 1);
+    }
+
+    #[test]
+    fn a_full_shard_keeps_the_strikes_of_clients_it_already_counts() {
+        // 16 clients at most: one per shard.
+        let b = AutoBlocker::new(
+            AutoBlock::new(2, Duration::from_secs(10), Duration::from_secs(60)).max_clients(16),
+            64,
+        );
+        let ip = same_shard(3, 1)[0];
+        assert_eq!(b.denied(ip, at(0)), None);
+        assert_eq!(b.denied(ip, at(1)), None);
+        assert!(b.denied(ip, at(2)).is_some());
+    }
+
+    #[test]
+    fn strikes_stay_within_the_bound() {
+        let b = AutoBlocker::new(
+            AutoBlock::new(5, Duration::from_secs(10), Duration::from_secs(60)).max_clients(160),
+            64,
+        );
+        for i in 0..5_000u32 {
+            let ip = IpAddr::from(i.wrapping_mul(2_654_435_761).to_be_bytes());
+            assert_eq!(b.denied(ip, at(1)), None);
+        }
+        for shard in &b.shards {
+            assert!(shard.lock().strikes.len() <= 10);
+        }
+        assert_eq!(b.blocks(), 0);
+    }
+
+    #[test]
+    fn a_full_shard_drops_strikes_that_ended_before_live_ones() {
+        // 8 clients per shard. In each of 4 shards: one client counted at
+        // 0 s (its period ends at 10 s) and 7 counted at 5 s; a new client
+        // at 10 s takes the ended one's place, so none of the 7 loses its
+        // strike: a second denial blocks each of them.
+        let b = AutoBlocker::new(
+            AutoBlock::new(1, Duration::from_secs(10), Duration::from_secs(60)).max_clients(128),
+            64,
+        );
+        for index in [0, 5, 9, 14] {
+            let ips = same_shard(index, 9);
+            let (old, rest) = ips.split_first().unwrap();
+            let (newcomer, live) = rest.split_last().unwrap();
+            assert_eq!(b.denied(*old, at(0)), None);
+            for ip in live {
+                assert_eq!(b.denied(*ip, at(5)), None);
+            }
+            assert_eq!(b.denied(*newcomer, at(10)), None);
+            for ip in live {
+                assert!(b.denied(*ip, at(11)).is_some(), "{ip} in shard {index}");
+            }
+        }
+        assert_eq!(b.blocks(), 28);
     }
 
     #[test]

@@ -56,3 +56,33 @@ fn cut(text: &str) -> String {
 pub use tiers::{
     DEFAULT_TIER_CACHE_CAPACITY, DEFAULT_TIER_CACHE_TTL, TierResolver, Tiers, tier_resolver_fn,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_in_any_case_and_name_what_is_accepted_when_unknown() {
+        assert_eq!(" Forwarded ".parse(), Ok(ForwardingHeader::Forwarded));
+        assert_eq!(
+            "X-Forwarded-For".parse(),
+            Ok(ForwardingHeader::XForwardedFor)
+        );
+        assert_eq!("x-real-ip".parse(), Ok(ForwardingHeader::XRealIp));
+        assert_eq!("IETF".parse(), Ok(HeaderStyle::Ietf));
+        let long = "y".repeat(100);
+        let message = long.parse::<ForwardingHeader>().unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!(
+                "unknown forwarding header {:?} (expected forwarded, x-forwarded-for or x-real-ip)",
+                "y".repeat(64)
+            )
+        );
+        let message = "fancy".parse::<HeaderStyle>().unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "unknown header style \"fancy\" (expected legacy, ietf, both or none)"
+        );
+    }
+}
