@@ -171,13 +171,13 @@ async fn a_block_is_shared_through_the_runtime_deny_list() {
 async fn configured_blocks_survive_a_reload_that_keeps_the_rule() {
     use ratelimit::config::{Config, Format, LivePolicy, PolicyCode};
 
-    let text = |limit: u32, denials: u32| {
+    let text = |limit: u32, denials: u32, prefix: u8| {
         format!(
-            "[defaults]\nrules = [\"api\"]\n[rules.api]\nlimit = {limit}\nwindow = \"1h\"\nalgorithm = \"fixed_window\"\n\
+            "[defaults]\nrules = [\"api\"]\nipv6_prefix = {prefix}\n[rules.api]\nlimit = {limit}\nwindow = \"1h\"\nalgorithm = \"fixed_window\"\n\
              [auto_block]\ndenials = {denials}\nwithin = \"1m\"\nblock_for = \"10m\"\n"
         )
     };
-    let config = Config::parse(&text(1, 1), Format::Toml).unwrap();
+    let config = Config::parse(&text(1, 1, 64), Format::Toml).unwrap();
     let live = LivePolicy::start(
         config,
         Arc::new(MemoryStorage::new()),
@@ -189,17 +189,29 @@ async fn configured_blocks_survive_a_reload_that_keeps_the_rule() {
     assert_eq!(statuses(&p(), "203.0.113.9", 4).await, [200, 429, 429, 403]);
 
     // Another limit, the same blocking rule: the block stays.
-    live.apply(Config::parse(&text(5, 1), Format::Toml).unwrap())
+    live.apply(Config::parse(&text(5, 1, 64), Format::Toml).unwrap())
         .await
         .unwrap();
     assert_eq!(send(&p(), "203.0.113.9").await.0, 403);
     assert_eq!(p().auto_block_status().unwrap().1, 1);
 
-    // Another blocking rule starts afresh: the client is under the new
-    // limit (1 of 5 used) and no longer blocked.
-    live.apply(Config::parse(&text(5, 2), Format::Toml).unwrap())
+    // The same rule over other IPv6 groups starts afresh: the client is
+    // under the new limit (1 of 5 used) and no longer blocked.
+    live.apply(Config::parse(&text(5, 1, 48), Format::Toml).unwrap())
         .await
         .unwrap();
     assert_eq!(send(&p(), "203.0.113.9").await.0, 200);
+    assert_eq!(p().auto_block_status().unwrap().2, 0);
+
+    // Another blocking rule starts afresh too. The client is blocked
+    // again, then not after the reload.
+    assert_eq!(
+        statuses(&p(), "203.0.113.9", 6).await,
+        [200, 200, 200, 429, 429, 403]
+    );
+    live.apply(Config::parse(&text(5, 2, 48), Format::Toml).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(send(&p(), "203.0.113.9").await.0, 429);
     assert_eq!(p().auto_block_status().unwrap().2, 0);
 }

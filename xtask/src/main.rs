@@ -222,14 +222,28 @@ const MUTANTS_DEFAULT: [&str; 4] = [
     "crates/ratelimit-core/src/quota.rs",
 ];
 
+/// The test targets that exercise the core's HTTP policy (in the core, the
+/// axum adapter and the facade), for `cargo xtask mutants`.
+const HTTP_POLICY_TESTS: [&str; 9] = [
+    "--lib",
+    "--test=server",
+    "--test=behaviour",
+    "--test=http_policy",
+    "--test=tiers",
+    "--test=runtime_lists",
+    "--test=auto_block",
+    "--test=key_flood",
+    "--test=config",
+];
+
 /// `cargo xtask mutants [PATH...] [-- ARGS]`: runs `cargo mutants` (installing
 /// it with `cargo install` when missing) over each path, a file or a folder
 /// under `crates/<package>/`. The mutants of a path are tested by its
 /// package's tests; the core's also by the memory store's, which run the
 /// engine through a real store, and the core's HTTP policy (when only it is
-/// mutated) by the axum adapter's, which run the shared behaviour suite. `ARGS` go to `cargo mutants` as they are (for
-/// example `--in-place` to reuse `target/`, `--shard 1/4`, `--iterate`).
-/// Results are under `target/mutants/<package>/mutants.out`.
+/// mutated) by [`HTTP_POLICY_TESTS`]. `ARGS` go to `cargo mutants` as they
+/// are (for example `--in-place` to reuse `target/`, `--shard 1/4`,
+/// `--iterate`). Results are under `target/mutants/<package>/mutants.out`.
 fn mutants(args: &[String]) -> Result<(), String> {
     let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
     let (paths, extra) = args.split_at(split);
@@ -282,12 +296,18 @@ fn mutants(args: &[String]) -> Result<(), String> {
         cmd.extend(["--output", &output]);
         cmd.extend(["--test-package", package]);
         if package == "ratelimit-core" {
-            // The HTTP policy is exercised end to end by the shared behaviour
-            // suite, which the axum adapter runs through a real server; the
-            // rest of the core by the memory store's suite.
             if files.iter().all(|f| f.contains("/src/http")) {
+                // The HTTP policy: the core's own tests, the facade's policy
+                // tests (through the memory store) and the shared behaviour
+                // suite, which the axum adapter runs through a real server.
                 cmd.extend(["--test-package", "ratelimit-axum"]);
+                cmd.extend(["--test-package", "ratelimit"]);
+                for target in HTTP_POLICY_TESTS {
+                    cmd.push("--cargo-test-arg");
+                    cmd.push(target);
+                }
             } else {
+                // The rest of the core, also through the memory store's suite.
                 cmd.extend(["--test-package", "ratelimit-memory"]);
             }
         }

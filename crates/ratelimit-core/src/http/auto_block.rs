@@ -180,9 +180,7 @@ impl AutoBlocker {
             } = &mut *shard;
             let (dropped, live) =
                 make_room(blocked, self.per_shard, blocked_credit, |u| *u > now_us);
-            if live > 0 {
-                observe::evicted("auto_block", live as u64);
-            }
+            observe::evicted("auto_block", live as u64);
             self.blocked_now.fetch_sub(dropped, Ordering::Relaxed);
         }
         if shard.blocked.insert(client, until.as_micros()).is_none() {
@@ -375,6 +373,35 @@ mod tests {
             }
         }
         assert_eq!(b.blocks(), 28);
+    }
+
+    #[test]
+    fn a_full_shard_drops_blocks_that_ended_before_live_ones() {
+        // 8 blocks per shard. In each of 4 shards: one client blocked at 0 s
+        // (until 60 s) and 7 at 30 s (until 90 s); a new block at 60 s takes
+        // the ended one's place, and the 7 stay blocked.
+        let b = AutoBlocker::new(
+            AutoBlock::new(0, Duration::from_secs(10), Duration::from_secs(60)).max_clients(128),
+            64,
+        );
+        for index in [1, 6, 10, 15] {
+            let ips = same_shard(index, 9);
+            let (old, rest) = ips.split_first().unwrap();
+            let (newcomer, live) = rest.split_last().unwrap();
+            assert!(b.denied(*old, at(0)).is_some());
+            for ip in live {
+                assert!(b.denied(*ip, at(30)).is_some());
+            }
+            assert!(b.denied(*newcomer, at(60)).is_some());
+            for ip in live {
+                assert_eq!(
+                    b.blocked(*ip, at(61)),
+                    Some(Duration::from_secs(29)),
+                    "{ip}"
+                );
+            }
+        }
+        assert_eq!(b.blocked_now(), 32);
     }
 
     #[test]

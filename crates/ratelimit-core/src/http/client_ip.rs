@@ -39,31 +39,23 @@ pub(crate) fn parse_canonical_net(text: &str) -> Option<IpNet> {
         .map(canonical_net)
 }
 
-/// The IPv4-mapped block `::ffff:0:0/96`, through which an IPv4 client may
-/// reach a dual-stack socket.
-const MAPPED: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
-    Ok(net) => net,
-    Err(_) => panic!("a valid prefix"),
-};
-
 /// `net` written as clients are: clients are compared in canonical form
 /// (an IPv4-mapped IPv6 address is its IPv4 address), so a block inside the
 /// mapped range (`::ffff:127.0.0.1`, `::ffff:10.0.0.0/104`) becomes the IPv4
 /// block it stands for (`127.0.0.1/32`, `10.0.0.0/8`). Without this, such an
 /// entry would never match anybody.
 pub(crate) fn canonical_net(net: IpNet) -> IpNet {
-    match net {
-        IpNet::V6(v6) if v6.prefix_len() >= 96 && MAPPED.contains(&v6.network()) => {
-            match (
-                v6.network().to_ipv4_mapped(),
-                v6.prefix_len().checked_sub(96),
-            ) {
-                (Some(v4), Some(len)) => ipnet::Ipv4Net::new(v4, len).map_or(net, IpNet::V4),
-                _ => net,
-            }
-        }
-        other => other,
+    // Inside the mapped range: the network is `::ffff:a.b.c.d` and the
+    // prefix at least 96 bits.
+    if let IpNet::V6(v6) = net
+        && let (Some(v4), Some(len)) = (
+            v6.network().to_ipv4_mapped(),
+            v6.prefix_len().checked_sub(96),
+        )
+    {
+        return ipnet::Ipv4Net::new(v4, len).map_or(net, IpNet::V4);
     }
+    net
 }
 
 /// Whether `net` holds the canonical client address `ip`. An IPv6 block
@@ -355,8 +347,8 @@ pub(crate) fn client_group(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
         IpAddr::V6(v6) => v6,
     };
     let embedded = || {
-        let [.., a, b] = v6.segments();
-        std::net::Ipv4Addr::from((u32::from(a) << 16) | u32::from(b))
+        let [.., a, b, c, d] = v6.octets();
+        std::net::Ipv4Addr::new(a, b, c, d)
     };
     let segments = v6.segments();
     let compatible = segments.get(..6).is_some_and(|s| s.iter().all(|&x| x == 0))
@@ -450,6 +442,51 @@ mod tests {
             ClientIpPolicy::new().client_ip(ip("10.0.0.1"), h),
             ip("10.0.0.1"),
             "no proxy trusted by default"
+        );
+    }
+
+    #[test]
+    fn at_most_max_hops_are_examined() {
+        let h: &[(&str, &[u8])] = &[(
+            "x-forwarded-for",
+            b"203.0.113.9, 10.0.0.4, 10.0.0.3, 10.0.0.2",
+        )];
+        let p = policy();
+        assert_eq!(p.client_ip(ip("10.0.0.1"), h), ip("203.0.113.9"));
+        // Two hops: both trusted, so the nearer of them stands for the client.
+        let p = policy().max_hops(2);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), h), ip("10.0.0.3"));
+        assert_eq!(
+            policy().max_hops(4).client_ip(ip("10.0.0.1"), h),
+            ip("203.0.113.9")
+        );
+        // At least one.
+        assert_eq!(
+            policy().max_hops(0).client_ip(ip("10.0.0.1"), h),
+            ip("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn a_hop_longer_than_256_bytes_is_not_read() {
+        let hop = |len: usize| format!("{:<len$}", "203.0.113.9");
+        let fits = hop(MAX_HOP_LEN);
+        let h: &[(&str, &[u8])] = &[("x-forwarded-for", fits.as_bytes())];
+        assert_eq!(policy().client_ip(ip("10.0.0.1"), h), ip("203.0.113.9"));
+        let long = hop(MAX_HOP_LEN + 1);
+        let h: &[(&str, &[u8])] = &[("x-forwarded-for", long.as_bytes())];
+        assert_eq!(policy().client_ip(ip("10.0.0.1"), h), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn an_invalid_proxy_is_named_in_the_error() {
+        let err = ClientIpPolicy::new()
+            .trust(["10.0.0.0/8", "ten"])
+            .unwrap_err();
+        assert_eq!(err, InvalidProxy("ten".into()));
+        assert_eq!(
+            err.to_string(),
+            "invalid trusted proxy \"ten\": expected an IP address or a CIDR block such as 10.0.0.0/8 or fd00::/8"
         );
     }
 

@@ -119,6 +119,21 @@ mod tests {
     }
 
     #[test]
+    fn http_statuses_map_to_grpc_codes() {
+        for (http, grpc) in [
+            (429, 8),
+            (403, 7),
+            (401, 16),
+            (400, 3),
+            (503, 14),
+            (500, 13),
+            (418, 13),
+        ] {
+            assert_eq!(grpc_status(http), grpc, "{http}");
+        }
+    }
+
+    #[test]
     fn a_denial_becomes_resource_exhausted() {
         let denial = Outcome::Respond {
             status: 429,

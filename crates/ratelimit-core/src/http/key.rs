@@ -346,6 +346,43 @@ mod tests {
     }
 
     #[test]
+    fn sources_that_may_read_the_route_say_so() {
+        let custom = KeySource::Custom(Arc::new(|_| None));
+        assert!(KeySource::Route.reads_route());
+        assert!(custom.reads_route());
+        assert!(KeySource::Composite(vec![KeySource::Ip, KeySource::Route]).reads_route());
+        for source in [
+            KeySource::Ip,
+            KeySource::Header("x-api-key".into()),
+            KeySource::User,
+            KeySource::Composite(vec![KeySource::Ip, KeySource::User]),
+        ] {
+            assert!(!source.reads_route(), "{source:?}");
+        }
+        let all = KeySource::Composite(vec![
+            KeySource::Ip,
+            KeySource::Header("x-api-key".into()),
+            KeySource::User,
+            KeySource::Route,
+            custom,
+        ]);
+        assert_eq!(
+            format!("{all:?}"),
+            r#"Composite([Ip, Header("x-api-key"), User, Route, Custom(..)])"#
+        );
+    }
+
+    #[test]
+    fn a_request_view_is_debugged_without_its_headers() {
+        let h: &[(&str, &[u8])] = &[("authorization", b"Bearer s3cret")];
+        let shown = format!("{:?}", view(&h, None));
+        assert_eq!(
+            shown,
+            r#"RequestView { method: "POST", path: "/users/42/export", route: Some("/users/{id}/export"), peer: 10.0.0.1, identity: None, .. }"#
+        );
+    }
+
+    #[test]
     fn each_source() {
         let alice = Identity {
             user: "alice".into(),

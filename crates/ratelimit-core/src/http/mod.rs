@@ -69,7 +69,10 @@ mod tests {
             Ok(ForwardingHeader::XForwardedFor)
         );
         assert_eq!("x-real-ip".parse(), Ok(ForwardingHeader::XRealIp));
+        assert_eq!("Legacy".parse(), Ok(HeaderStyle::Legacy));
         assert_eq!("IETF".parse(), Ok(HeaderStyle::Ietf));
+        assert_eq!("both".parse(), Ok(HeaderStyle::Both));
+        assert_eq!(" none".parse(), Ok(HeaderStyle::None));
         let long = "y".repeat(100);
         let message = long.parse::<ForwardingHeader>().unwrap_err().to_string();
         assert_eq!(
