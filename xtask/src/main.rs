@@ -224,7 +224,8 @@ const MUTANTS_DEFAULT: [&str; 4] = [
 
 /// The test targets that exercise the core's HTTP policy (in the core, the
 /// axum adapter and the facade), for `cargo xtask mutants`.
-/// (The facade's `config` test also needs its `sqlite` feature.)
+/// They go to every cargo call (`--cargo-arg`), so the build leaves out the
+/// facade's other tests; its `config` test also needs the `sqlite` feature.
 const HTTP_POLICY_TESTS: [&str; 8] = [
     "--lib",
     "--test=server",
@@ -304,7 +305,7 @@ fn mutants(args: &[String]) -> Result<(), String> {
                 cmd.extend(["--test-package", "ratelimit"]);
                 cmd.extend(["--features", "ratelimit/sqlite"]);
                 for target in HTTP_POLICY_TESTS {
-                    cmd.push("--cargo-test-arg");
+                    cmd.push("--cargo-arg");
                     cmd.push(target);
                 }
                 // cargo-mutants tests the unmutated tree with the mutated
