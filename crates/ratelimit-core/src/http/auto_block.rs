@@ -298,6 +298,25 @@ mod tests {
             .collect()
     }
 
+    /// Shards 8 entries wide, and for each of four shards: a client seen
+    /// first, seven seen next, and a newcomer that needs room.
+    fn full_shards(denials: u32) -> (AutoBlocker, Vec<(IpAddr, Vec<IpAddr>, IpAddr)>) {
+        let b = AutoBlocker::new(
+            AutoBlock::new(denials, Duration::from_secs(10), Duration::from_secs(60))
+                .max_clients(128),
+            64,
+        );
+        let shards = [0, 5, 9, 14]
+            .map(|index| {
+                let mut ips = same_shard(index, 9);
+                let newcomer = ips.pop().unwrap();
+                let first = ips.remove(0);
+                (first, ips, newcomer)
+            })
+            .to_vec();
+        (b, shards)
+    }
+
     #[test]
     fn a_blocked_client_is_not_counted_again_until_its_block_ends() {
         let b = AutoBlocker::new(
@@ -351,25 +370,19 @@ mod tests {
 
     #[test]
     fn a_full_shard_drops_strikes_that_ended_before_live_ones() {
-        // 8 clients per shard. In each of 4 shards: one client counted at
-        // 0 s (its period ends at 10 s) and 7 counted at 5 s; a new client
-        // at 10 s takes the ended one's place, so none of the 7 loses its
-        // strike: a second denial blocks each of them.
-        let b = AutoBlocker::new(
-            AutoBlock::new(1, Duration::from_secs(10), Duration::from_secs(60)).max_clients(128),
-            64,
-        );
-        for index in [0, 5, 9, 14] {
-            let ips = same_shard(index, 9);
-            let (old, rest) = ips.split_first().unwrap();
-            let (newcomer, live) = rest.split_last().unwrap();
-            assert_eq!(b.denied(*old, at(0)), None);
-            for ip in live {
+        // In each shard, the first client is counted at 0 s (its period
+        // ends at 10 s) and seven at 5 s; the newcomer at 10 s takes the
+        // ended one's place, so none of the seven loses its strike: a
+        // second denial blocks each of them.
+        let (b, shards) = full_shards(1);
+        for (old, live, newcomer) in shards {
+            assert_eq!(b.denied(old, at(0)), None);
+            for ip in &live {
                 assert_eq!(b.denied(*ip, at(5)), None);
             }
-            assert_eq!(b.denied(*newcomer, at(10)), None);
-            for ip in live {
-                assert!(b.denied(*ip, at(11)).is_some(), "{ip} in shard {index}");
+            assert_eq!(b.denied(newcomer, at(10)), None);
+            for ip in &live {
+                assert!(b.denied(*ip, at(11)).is_some(), "{ip}");
             }
         }
         assert_eq!(b.blocks(), 28);
@@ -377,23 +390,17 @@ mod tests {
 
     #[test]
     fn a_full_shard_drops_blocks_that_ended_before_live_ones() {
-        // 8 blocks per shard. In each of 4 shards: one client blocked at 0 s
-        // (until 60 s) and 7 at 30 s (until 90 s); a new block at 60 s takes
-        // the ended one's place, and the 7 stay blocked.
-        let b = AutoBlocker::new(
-            AutoBlock::new(0, Duration::from_secs(10), Duration::from_secs(60)).max_clients(128),
-            64,
-        );
-        for index in [1, 6, 10, 15] {
-            let ips = same_shard(index, 9);
-            let (old, rest) = ips.split_first().unwrap();
-            let (newcomer, live) = rest.split_last().unwrap();
-            assert!(b.denied(*old, at(0)).is_some());
-            for ip in live {
+        // In each shard, the first client is blocked at 0 s (until 60 s)
+        // and seven at 30 s (until 90 s); the newcomer's block at 60 s
+        // takes the ended one's place, and the seven stay blocked.
+        let (b, shards) = full_shards(0);
+        for (old, live, newcomer) in shards {
+            assert!(b.denied(old, at(0)).is_some());
+            for ip in &live {
                 assert!(b.denied(*ip, at(30)).is_some());
             }
-            assert!(b.denied(*newcomer, at(60)).is_some());
-            for ip in live {
+            assert!(b.denied(newcomer, at(60)).is_some());
+            for ip in &live {
                 assert_eq!(
                     b.blocked(*ip, at(61)),
                     Some(Duration::from_secs(29)),
