@@ -226,12 +226,19 @@ mod tests {
         Timestamp::from_micros(s * 1_000_000)
     }
 
+    /// Blocks for 60 s after more than `denials` denials within 10 s,
+    /// tracking up to `clients` clients; IPv6 grouped by /64.
+    fn blocker(denials: u32, clients: usize) -> AutoBlocker {
+        AutoBlocker::new(
+            AutoBlock::new(denials, Duration::from_secs(10), Duration::from_secs(60))
+                .max_clients(clients),
+            64,
+        )
+    }
+
     #[test]
     fn blocks_after_the_threshold_for_the_duration() {
-        let b = AutoBlocker::new(
-            AutoBlock::new(3, Duration::from_secs(10), Duration::from_secs(60)),
-            64,
-        );
+        let b = blocker(3, DEFAULT_AUTO_BLOCK_CLIENTS);
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
         for _ in 0..3 {
             assert_eq!(b.denied(ip, at(1)), None);
@@ -249,10 +256,7 @@ mod tests {
 
     #[test]
     fn denials_spread_over_periods_do_not_block() {
-        let b = AutoBlocker::new(
-            AutoBlock::new(2, Duration::from_secs(10), Duration::from_secs(60)),
-            64,
-        );
+        let b = blocker(2, DEFAULT_AUTO_BLOCK_CLIENTS);
         let ip: IpAddr = "198.51.100.1".parse().unwrap();
         for s in [0, 5, 10, 15, 20, 25] {
             assert_eq!(b.denied(ip, at(s)), None, "at {s}");
@@ -262,10 +266,7 @@ mod tests {
 
     #[test]
     fn ipv6_clients_are_blocked_by_prefix() {
-        let b = AutoBlocker::new(
-            AutoBlock::new(1, Duration::from_secs(10), Duration::from_secs(60)),
-            64,
-        );
+        let b = blocker(1, DEFAULT_AUTO_BLOCK_CLIENTS);
         b.denied("2001:db8:1:2::1".parse().unwrap(), at(0));
         let blocked = b
             .denied("2001:db8:1:2::ffff".parse().unwrap(), at(0))
@@ -301,11 +302,7 @@ mod tests {
     /// Shards 8 entries wide, and for each of four shards: a client seen
     /// first, seven seen next, and a newcomer that needs room.
     fn full_shards(denials: u32) -> (AutoBlocker, Vec<(IpAddr, Vec<IpAddr>, IpAddr)>) {
-        let b = AutoBlocker::new(
-            AutoBlock::new(denials, Duration::from_secs(10), Duration::from_secs(60))
-                .max_clients(128),
-            64,
-        );
+        let b = blocker(denials, 128);
         let shards = [0, 5, 9, 14]
             .map(|index| {
                 let mut ips = same_shard(index, 9);
@@ -319,10 +316,7 @@ mod tests {
 
     #[test]
     fn a_blocked_client_is_not_counted_again_until_its_block_ends() {
-        let b = AutoBlocker::new(
-            AutoBlock::new(1, Duration::from_secs(10), Duration::from_secs(60)),
-            64,
-        );
+        let b = blocker(1, DEFAULT_AUTO_BLOCK_CLIENTS);
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(b.denied(ip, at(0)), None);
         assert_eq!(b.denied(ip, at(0)).unwrap().until, at(60));
@@ -342,10 +336,7 @@ mod tests {
     #[test]
     fn a_full_shard_keeps_the_strikes_of_clients_it_already_counts() {
         // 16 clients at most: one per shard.
-        let b = AutoBlocker::new(
-            AutoBlock::new(2, Duration::from_secs(10), Duration::from_secs(60)).max_clients(16),
-            64,
-        );
+        let b = blocker(2, 16);
         let ip = same_shard(3, 1)[0];
         assert_eq!(b.denied(ip, at(0)), None);
         assert_eq!(b.denied(ip, at(1)), None);
@@ -354,10 +345,7 @@ mod tests {
 
     #[test]
     fn strikes_stay_within_the_bound() {
-        let b = AutoBlocker::new(
-            AutoBlock::new(5, Duration::from_secs(10), Duration::from_secs(60)).max_clients(160),
-            64,
-        );
+        let b = blocker(5, 160);
         for i in 0..5_000u32 {
             let ip = IpAddr::from(i.wrapping_mul(2_654_435_761).to_be_bytes());
             assert_eq!(b.denied(ip, at(1)), None);
@@ -413,10 +401,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_addresses_stays_within_the_bound() {
-        let b = AutoBlocker::new(
-            AutoBlock::new(0, Duration::from_secs(10), Duration::from_secs(60)).max_clients(1_000),
-            64,
-        );
+        let b = blocker(0, 1_000);
         for i in 0..50_000u32 {
             let ip = IpAddr::from(i.wrapping_mul(2_654_435_761).to_be_bytes());
             b.denied(ip, at(1));
