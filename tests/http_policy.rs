@@ -266,3 +266,150 @@ async fn check_now_answers_like_check_and_admissions_charge_more() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A legacy reset written as a Unix time is the limiter's clock plus the
+/// time to full: the policy reads the clock for it (and only for it).
+#[tokio::test]
+async fn a_unix_time_reset_is_read_from_the_limiters_clock() {
+    let (p, clock) =
+        policy(RouteTable::new().default_limits(Limits::new(vec![rule("api", "10/minute")])));
+    let now_s = 1_700_000_000;
+    clock.set(Timestamp::from_micros(now_s * 1_000_000));
+    for (style, reset, expected) in [
+        (HeaderStyle::Legacy, ResetFormat::UnixTime, now_s + 60),
+        (HeaderStyle::Both, ResetFormat::UnixTime, now_s + 60),
+        (HeaderStyle::Legacy, ResetFormat::Seconds, 60),
+    ] {
+        let p = p.clone().headers(style, reset);
+        let Outcome::Proceed { headers, .. } = p.check(&view("/", &NONE, None)).await else {
+            panic!("admitted")
+        };
+        let value: u64 = header(&headers, "x-ratelimit-reset")
+            .unwrap()
+            .parse()
+            .unwrap();
+        // The fixed window started at the test's first request, within 60 s.
+        assert!(
+            value <= expected && value + 60 > expected,
+            "{style:?} {reset:?}: {value}, expected about {expected}"
+        );
+    }
+}
+
+/// Which policies fill [`RequestView::route`]: those whose keys or
+/// exemption predicate read it, in the route table or in a tier.
+#[tokio::test]
+async fn reads_route_says_whether_a_key_or_predicate_reads_the_route() {
+    let limits = || Limits::new(vec![rule("api", "10/minute")]);
+    let by_route = || limits().key(KeySource::Route);
+    let (plain, _) = policy(RouteTable::new().default_limits(limits()));
+    assert!(!plain.reads_route());
+    let tiers = || ratelimit::http::Tiers::new();
+    assert!(!plain.clone().tiers(tiers().tier("free")).reads_route());
+    assert!(
+        plain
+            .clone()
+            .tiers(tiers().rule("pro", "/a", &["GET"], by_route()).unwrap())
+            .reads_route()
+    );
+    let (routed, _) = policy(
+        RouteTable::new()
+            .route("/a", &["GET"], by_route())
+            .unwrap()
+            .default_limits(limits()),
+    );
+    assert!(routed.reads_route());
+    // Tiers that do not read the route leave it read.
+    assert!(routed.tiers(tiers().tier("free")).reads_route());
+    let (defaulted, _) = policy(RouteTable::new().default_limits(by_route()));
+    assert!(defaulted.reads_route());
+    let (exempting, _) = policy(
+        RouteTable::new()
+            .default_limits(limits())
+            .exempt_when(Arc::new(|view: &RequestView<'_>| {
+                view.route == Some("/health")
+            })),
+    );
+    assert!(exempting.reads_route());
+}
+
+/// Admissions are equal when decision, key and rules all are.
+#[tokio::test]
+async fn admissions_compare_decision_key_and_rules() {
+    async fn admission(p: &HttpPolicy, peer: &str) -> ratelimit::http::Admission {
+        let headers = NONE;
+        let mut v = view("/", &headers, None);
+        v.peer = peer.parse().unwrap();
+        match p.check(&v).await {
+            Outcome::Proceed {
+                admission: Some(a), ..
+            } => a,
+            other => panic!("{other:?}"),
+        }
+    }
+    let tight = Limits::new(vec![rule("api", "10/minute")]);
+    let (a, _) = policy(RouteTable::new().default_limits(tight.clone()));
+    // The same tightest rule beside another: same decision, other rules.
+    let (b, _) = policy(RouteTable::new().default_limits(Limits::new(vec![
+        rule("api", "10/minute"),
+        rule("loose", "1000/minute"),
+    ])));
+    let first = admission(&a, "198.51.100.1").await;
+    assert_eq!(first, first.clone());
+    let other_key = admission(&a, "198.51.100.2").await;
+    assert_eq!(first.decision(), other_key.decision());
+    assert_ne!(first, other_key);
+    let other_rules = admission(&b, "198.51.100.1").await;
+    assert_eq!(first.decision(), other_rules.decision());
+    assert_eq!(first.key(), other_rules.key());
+    assert_ne!(first, other_rules);
+    let other_decision = admission(&a, "198.51.100.1").await;
+    assert_eq!(first.key(), other_decision.key());
+    assert_ne!(first, other_decision);
+}
+
+/// The memory store decides at once, so both fast paths answer.
+#[tokio::test]
+async fn check_with_now_answers_at_once_on_the_memory_store() {
+    let (p, _) = policy(RouteTable::new());
+    let limits = Limits::new(vec![rule("api", "1/minute")]);
+    let v = view("/", &NONE, None);
+    assert!(matches!(
+        p.check_with_now(&v, &limits),
+        Some(Outcome::Proceed {
+            admission: Some(_),
+            ..
+        })
+    ));
+    assert!(matches!(
+        p.check_with_now(&v, &limits),
+        Some(Outcome::Respond { status: 429, .. })
+    ));
+}
+
+/// `SharedPolicy::update` keeps the current policy when `change` fails, and
+/// says why.
+#[tokio::test]
+async fn a_failed_shared_update_keeps_the_policy_and_returns_the_error() {
+    let (p, _) = policy(RouteTable::new());
+    let shared = ratelimit::http::SharedPolicy::new(p);
+    let before = shared.current();
+    let result: Result<(), &str> = shared.update(|_| Err("bad reload"));
+    assert_eq!(result, Err("bad reload"));
+    assert!(Arc::ptr_eq(&before, &shared.current()), "kept");
+    shared
+        .update(|current| Ok::<_, ()>(current.clone().denied_status(503)))
+        .unwrap();
+    assert!(!Arc::ptr_eq(&before, &shared.current()), "replaced");
+}
+
+/// `lists` is what `runtime_lists` set.
+#[tokio::test]
+async fn the_policy_returns_its_runtime_lists() {
+    let (p, _) = policy(RouteTable::new());
+    assert!(p.lists().is_none());
+    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let lists = ratelimit::http::RuntimeLists::load(store).await.unwrap();
+    let p = p.runtime_lists(lists.clone());
+    assert!(Arc::ptr_eq(p.lists().unwrap().store(), lists.store()));
+}

@@ -241,3 +241,102 @@ async fn a_refresh_never_hides_a_change_made_meanwhile() {
         "the refresh put an older deny list over the change"
     );
 }
+
+/// A policy rereads the lists once per refresh interval, by the lists'
+/// clock: not before, once at the interval, not again until the next one.
+#[tokio::test]
+async fn the_lists_are_reread_once_per_interval() {
+    let t0 = Timestamp::from_micros(1_700_000_000_000_000);
+    let clock = ManualClock::new(t0);
+    let counted = Arc::new(common::gated::Gated::new(Arc::new(MemoryStorage::new())));
+    let store: Arc<dyn Storage> = counted.clone();
+    let lists = RuntimeLists::load_with_clock(store.clone(), Arc::new(clock.clone()))
+        .await
+        .unwrap()
+        .refresh_every(Duration::from_secs(10));
+    let p = policy(store, lists, limited());
+    // Count the store's reads without holding any.
+    counted.hold_get(u32::MAX);
+    let reads_after = |offset_us: u64| {
+        clock.set(Timestamp::from_micros(t0.as_micros() + offset_us));
+        let (p, counted) = (&p, &counted);
+        async move {
+            status(p, "203.0.113.7").await;
+            // The reread runs on this (current-thread) runtime: let it finish.
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            counted.gets()
+        }
+    };
+    assert_eq!(reads_after(9_999_999).await, 0, "before the interval");
+    assert_eq!(
+        reads_after(10_000_000).await,
+        2,
+        "both lists, at the interval"
+    );
+    assert_eq!(reads_after(10_000_000).await, 2);
+    assert_eq!(reads_after(19_999_999).await, 2);
+    assert_eq!(reads_after(20_000_000).await, 4);
+}
+
+/// A list entry added without an expiry outlives years without changes: the
+/// list's own key in the store lives for ten years after its last change.
+#[tokio::test]
+async fn a_permanent_entry_outlives_years_without_changes() {
+    let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
+    let store: Arc<dyn Storage> = Arc::new(
+        MemoryStorage::builder()
+            .clock(Arc::new(clock.clone()))
+            .build(),
+    );
+    let lists = RuntimeLists::load_with_clock(store.clone(), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    lists
+        .add(ListKind::Deny, "203.0.113.7", None)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(9 * 365 * 86_400));
+    let later = RuntimeLists::load_with_clock(store, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    assert!(later.is_denied("203.0.113.7".parse().unwrap()));
+    assert!(!later.is_allowed("203.0.113.7".parse().unwrap()));
+    assert_eq!(later.list(ListKind::Deny).await.unwrap().len(), 1);
+}
+
+/// An entry expires at its instant: it is no longer listed then, and a
+/// change made at that instant drops it from the store.
+#[tokio::test]
+async fn an_entry_expires_at_its_instant() {
+    let t0 = Timestamp::from_micros(1_700_000_000_000_000);
+    let clock = ManualClock::new(t0);
+    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let lists = RuntimeLists::load_with_clock(store, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    lists
+        .add(ListKind::Deny, "203.0.113.7", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(60));
+    assert!(lists.list(ListKind::Deny).await.unwrap().is_empty());
+    assert!(!lists.is_denied("203.0.113.7".parse().unwrap()));
+    lists
+        .add(ListKind::Deny, "203.0.113.8", None)
+        .await
+        .unwrap();
+    // Back one microsecond: had the change kept the expired entry, it would
+    // be listed again.
+    clock.set(Timestamp::from_micros(t0.as_micros() + 59_999_999));
+    let deny = lists.list(ListKind::Deny).await.unwrap();
+    assert_eq!(deny.len(), 1);
+    assert_eq!(deny[0].net.to_string(), "203.0.113.8/32");
+}
+
+#[test]
+fn list_kinds_are_named() {
+    assert_eq!(ListKind::Allow.as_str(), "allow");
+    assert_eq!(ListKind::Deny.to_string(), "deny");
+}

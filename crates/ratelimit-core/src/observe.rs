@@ -182,6 +182,41 @@ pub fn refused_full() {
     counter(STORE_FULL, 1);
 }
 
+/// Lets a repeated warning through at most once per interval, so that a
+/// failure met on every request (a store down, a resolver failing) cannot
+/// flood the log. The first warning always passes.
+#[derive(Debug)]
+pub(crate) struct LogThrottle {
+    interval_us: u64,
+    /// When a warning last passed (µs; 0: never).
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl LogThrottle {
+    pub(crate) const fn new(interval: Duration) -> Self {
+        // Any interval worth configuring fits in u64 microseconds (584 000 years).
+        #[allow(clippy::cast_possible_truncation, reason = "see above")]
+        let interval_us = interval.as_micros() as u64;
+        Self {
+            interval_us,
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a warning at `now_us` may be logged: yes for the first one,
+    /// then once `interval` has passed since the last that was; of two
+    /// threads asking at once, one.
+    pub(crate) fn allow(&self, now_us: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.last.load(Relaxed);
+        (last == 0 || now_us.saturating_sub(last) >= self.interval_us)
+            && self
+                .last
+                .compare_exchange(last, now_us.max(1), Relaxed, Relaxed)
+                .is_ok()
+    }
+}
+
 #[inline]
 pub(crate) fn counter(name: &'static str, n: u64) {
     #[cfg(feature = "metrics")]
@@ -343,5 +378,34 @@ fn unhealthy(latency: Duration, error: String) -> Status {
         breaker: None,
         error: Some(error),
         details: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_warning_passes_first_then_once_per_interval() {
+        let log = LogThrottle::new(Duration::from_secs(10));
+        assert!(log.allow(5), "the first warning passes, whenever it comes");
+        assert!(!log.allow(5));
+        assert!(!log.allow(10_000_004));
+        assert!(log.allow(10_000_005), "one interval after the last");
+        assert!(!log.allow(10_000_005));
+        assert!(!log.allow(3), "a clock that stepped back waits");
+        assert!(log.allow(40_000_000));
+        // Of many threads asking at once, one passes.
+        let log = std::sync::Arc::new(LogThrottle::new(Duration::from_secs(10)));
+        let passed: usize = (0..4)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || (0..1_000).filter(|_| log.allow(7)).count())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(passed, 1);
     }
 }

@@ -25,6 +25,7 @@ use ipnet::IpNet;
 use super::client_ip::{canonical_net, net_contains, parse_canonical_net};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{Error, ErrorKind, Result};
+use crate::observe::LogThrottle;
 use crate::storage::{CasOp, Storage};
 
 /// How often, at most, an instance rereads the lists by default.
@@ -37,7 +38,7 @@ const CAS_ATTEMPTS: usize = 32;
 /// The first line of a list value.
 const HEADER: &str = "ratelimit-list v1";
 /// Refresh failures are logged at most this often.
-const ERROR_LOG_INTERVAL_US: u64 = 10_000_000;
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
@@ -186,7 +187,7 @@ struct Inner {
     deny: ArcSwap<Snapshot>,
     refreshed_at: AtomicU64,
     refreshing: AtomicBool,
-    last_error_log: AtomicU64,
+    error_log: LogThrottle,
     /// Snapshots are stored under this lock, which counts the ones changes
     /// stored: a refresh or a change that read the store before another
     /// change stored its snapshot does not put an older one over it.
@@ -244,7 +245,7 @@ impl RuntimeLists {
             deny: ArcSwap::default(),
             refreshed_at: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
-            last_error_log: AtomicU64::new(0),
+            error_log: LogThrottle::new(ERROR_LOG_INTERVAL),
             snapshots: parking_lot::Mutex::new(0),
         }));
         lists.refresh().await?;
@@ -370,9 +371,7 @@ impl RuntimeLists {
             if let Err(error) = lists.refresh().await {
                 // Keep the last snapshot; try again after another interval.
                 lists.0.refreshed_at.store(now.max(1), Ordering::Relaxed);
-                let last = lists.0.last_error_log.load(Ordering::Relaxed);
-                if now.saturating_sub(last) >= ERROR_LOG_INTERVAL_US {
-                    lists.0.last_error_log.store(now.max(1), Ordering::Relaxed);
+                if lists.0.error_log.allow(now) {
                     tracing::warn!(
                         target: "ratelimit::lists",
                         %error,

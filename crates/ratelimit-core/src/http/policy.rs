@@ -623,6 +623,8 @@ impl HttpPolicy {
                     .map_or(Duration::ZERO, |r| r.quota().window()),
             };
             // Only a legacy reset written as a Unix time needs the wall clock.
+            // (Reading it for other styles would change no header, only cost
+            // a clock read: `.cargo/mutants.toml` excludes the `&&` → `||`.)
             let now = if self.reset == ResetFormat::UnixTime
                 && matches!(self.style, HeaderStyle::Legacy | HeaderStyle::Both)
             {
@@ -672,5 +674,18 @@ impl HttpPolicy {
             ),
             decision: Some(decision),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_string;
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_control_characters() {
+        assert_eq!(
+            json_string("a \"b\" \\ \u{0}\n\u{1f}\u{7f}é"),
+            "\"a \\\"b\\\" \\\\ \\u0000\\u000a\\u001f\u{7f}é\""
+        );
     }
 }

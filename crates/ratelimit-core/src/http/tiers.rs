@@ -14,7 +14,6 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +24,7 @@ use super::key::{Identity, KeySource};
 use super::routes::{Limits, RouteError, RouteTable};
 use crate::clock::Timestamp;
 use crate::error::Result;
+use crate::observe::LogThrottle;
 
 /// Finds the tier of an identity the application's authentication attached
 /// without one, typically with a database lookup. Results are cached for a
@@ -90,7 +90,7 @@ pub const DEFAULT_TIER_CACHE_CAPACITY: usize = 10_000;
 /// sending endless distinct paths cannot grow the set further).
 const MAX_LOGGED_FALLBACKS: usize = 4_096;
 /// Resolver failures are logged at most this often.
-const ERROR_LOG_INTERVAL_US: u64 = 10_000_000;
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Per-tier limits by route, the resolver that finds an identity's tier, and
 /// the cache of what it found. Give it to a policy with
@@ -113,7 +113,7 @@ pub struct Tiers {
     resolver: Option<Arc<dyn TierResolver>>,
     cache: TierCache,
     logged: Mutex<HashSet<(SmolStr, SmolStr)>>,
-    last_error_log: AtomicU64,
+    error_log: LogThrottle,
 }
 
 impl fmt::Debug for Tiers {
@@ -134,7 +134,7 @@ impl Default for Tiers {
             resolver: None,
             cache: TierCache::new(DEFAULT_TIER_CACHE_TTL, DEFAULT_TIER_CACHE_CAPACITY),
             logged: Mutex::new(HashSet::new()),
-            last_error_log: AtomicU64::new(0),
+            error_log: LogThrottle::new(ERROR_LOG_INTERVAL),
         }
     }
 }
@@ -249,14 +249,7 @@ impl Tiers {
                 tier
             }
             Err(error) => {
-                let last = self.last_error_log.load(Ordering::Relaxed);
-                let at = now.as_micros();
-                if at.saturating_sub(last) >= ERROR_LOG_INTERVAL_US
-                    && self
-                        .last_error_log
-                        .compare_exchange(last, at.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
+                if self.error_log.allow(now.as_micros()) {
                     tracing::warn!(
                         target: "ratelimit::tiers",
                         %error,
@@ -294,17 +287,9 @@ impl Tiers {
     }
 
     fn log_fallback(&self, tier: &str, path: &str, reason: &'static str) {
-        let mut logged = self.logged.lock();
-        let entry = (SmolStr::new(tier), SmolStr::new(path));
-        if logged.contains(&entry) {
+        let Some(last) = self.remember_fallback(tier, path) else {
             return;
-        }
-        if logged.len() >= MAX_LOGGED_FALLBACKS {
-            return;
-        }
-        logged.insert(entry);
-        let last = logged.len() == MAX_LOGGED_FALLBACKS;
-        drop(logged);
+        };
         tracing::warn!(
             target: "ratelimit::tiers",
             tier,
@@ -318,6 +303,19 @@ impl Tiers {
                 "{MAX_LOGGED_FALLBACKS} tier fallbacks logged; further ones are not"
             );
         }
+    }
+
+    /// Records a fallback of `tier` on `path` to be logged: `None` if it
+    /// was logged before or the record is full, else whether this one
+    /// filled the record.
+    fn remember_fallback(&self, tier: &str, path: &str) -> Option<bool> {
+        let mut logged = self.logged.lock();
+        let entry = (SmolStr::new(tier), SmolStr::new(path));
+        if logged.len() >= MAX_LOGGED_FALLBACKS || logged.contains(&entry) {
+            return None;
+        }
+        logged.insert(entry);
+        Some(logged.len() == MAX_LOGGED_FALLBACKS)
     }
 }
 
@@ -373,6 +371,8 @@ impl TierCache {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
     use crate::{Algorithm, Rule};
 
@@ -413,10 +413,17 @@ mod tests {
             tiers.limits(Some(&"free".into()), "GET", "/b/2", Some("/b/{id}"));
         }
         assert_eq!(tiers.logged.lock().len(), 2);
-        for i in 0..MAX_LOGGED_FALLBACKS + 10 {
+        for i in 2..MAX_LOGGED_FALLBACKS - 1 {
             tiers.limits(None, "GET", &format!("/flood/{i}"), None);
         }
+        assert_eq!(tiers.remember_fallback("free", "/a"), None, "logged before");
+        // The fallback that fills the record says so (one last line), and
+        // none is recorded after it.
+        assert_eq!(tiers.remember_fallback("", "/one-more"), Some(true));
+        assert_eq!(tiers.remember_fallback("", "/and-another"), None);
         assert_eq!(tiers.logged.lock().len(), MAX_LOGGED_FALLBACKS);
+        let fresh = Tiers::new();
+        assert_eq!(fresh.remember_fallback("free", "/a"), Some(false));
     }
 
     #[test]
@@ -425,16 +432,42 @@ mod tests {
         cache.insert("u".into(), Some("pro".into()), at(0));
         assert_eq!(cache.get("u", at(9)), Some(Some("pro".into())));
         assert_eq!(cache.get("u", at(10)), None);
-        for i in 0..1_000 {
+        // Expired entries stay until room is needed.
+        cache.insert("v".into(), None, at(20));
+        assert_eq!(cache.len(), 2);
+        for i in 0..14 {
             cache.insert(format!("user{i}").into(), None, at(20));
         }
+        assert_eq!(cache.len(), 16);
+        // Full: the expired entry goes first, then an eighth of the live ones.
+        cache.insert("w".into(), None, at(20));
+        assert_eq!(cache.len(), 16);
+        assert_eq!(cache.get("u", at(0)), None, "the expired entry went");
+        cache.insert("x".into(), None, at(20));
+        assert_eq!(cache.len(), 16 - 2 + 1);
+        // Updating a cached identity in a full cache drops nothing.
+        for i in 0..1_000 {
+            cache.insert(format!("flood{i}").into(), None, at(20));
+        }
         assert!(cache.len() <= 16);
-        // Expired entries make room first.
+        let cache = TierCache::new(Duration::from_secs(10), 2);
+        cache.insert("a".into(), None, at(0));
+        cache.insert("b".into(), Some("pro".into()), at(0));
+        cache.insert("a".into(), Some("free".into()), at(1));
+        assert_eq!(cache.get("a", at(1)), Some(Some("free".into())));
+        assert_eq!(cache.get("b", at(1)), Some(Some("pro".into())));
+        // Expired entries make room first; an entry expires at its instant.
         let cache = TierCache::new(Duration::from_secs(1), 2);
         cache.insert("a".into(), None, at(0));
         cache.insert("b".into(), None, at(0));
-        cache.insert("c".into(), None, at(5));
+        cache.insert("c".into(), None, at(1));
         assert_eq!(cache.len(), 1);
+        // Nothing is kept with a zero lifetime or capacity.
+        for (ttl, capacity) in [(0, 16), (10, 0)] {
+            let cache = TierCache::new(Duration::from_secs(ttl), capacity);
+            cache.insert("a".into(), Some("pro".into()), at(0));
+            assert_eq!(cache.len(), 0);
+        }
     }
 
     #[tokio::test]
@@ -470,5 +503,16 @@ mod tests {
             tier: Some("free".into()),
         };
         assert!(matches!(tiers.known(&given, at(0)), Known::Tier(Some(t)) if t == "free"));
+        assert_eq!(
+            tiers.cached(),
+            1,
+            "alice; not the failure, not the given tier"
+        );
+        let carol = Identity {
+            user: "carol".into(),
+            tier: None,
+        };
+        tiers.resolve(&carol, at(0)).await;
+        assert_eq!(tiers.cached(), 2);
     }
 }
