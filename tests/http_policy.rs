@@ -413,3 +413,20 @@ async fn the_policy_returns_its_runtime_lists() {
     let p = p.runtime_lists(lists.clone());
     assert!(Arc::ptr_eq(p.lists().unwrap().store(), lists.store()));
 }
+
+/// Several rules on one request: `RateLimit-Policy` names the rule that
+/// decided, with that rule's own window.
+#[tokio::test]
+async fn the_policy_header_carries_the_deciding_rules_window() {
+    let (p, _) = policy(RouteTable::new().default_limits(Limits::new(vec![
+        rule("hourly", "1000/hour"),
+        rule("burst", "10/minute"),
+    ])));
+    let Outcome::Proceed { headers, .. } = p.check(&view("/", &NONE, None)).await else {
+        panic!("admitted")
+    };
+    assert_eq!(
+        header(&headers, "ratelimit-policy"),
+        Some("\"burst\";q=10;w=60")
+    );
+}
