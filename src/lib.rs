@@ -4,6 +4,13 @@ use std::sync::Arc;
 
 pub use ratelimit_core::*;
 
+/// The framework-free HTTP policy every adapter applies (feature `http`, on
+/// with `config` and with every adapter).
+#[cfg(feature = "http")]
+pub mod http {
+    pub use ratelimit_http::*;
+}
+
 /// The in-memory store (feature `memory`).
 #[cfg(feature = "memory")]
 pub mod memory {
@@ -57,7 +64,7 @@ pub mod config {
     use std::path::Path;
     use std::sync::Arc;
 
-    pub use ratelimit_core::config::*;
+    pub use ratelimit_config::*;
 
     use crate::Storage;
 

@@ -222,7 +222,7 @@ const MUTANTS_DEFAULT: [&str; 4] = [
     "crates/ratelimit-core/src/quota.rs",
 ];
 
-/// The test targets that exercise the core's HTTP policy (in the core, the
+/// The test targets that exercise the HTTP policy (in `ratelimit-http`, the
 /// axum adapter and the facade), for `cargo xtask mutants`.
 /// They go to every cargo call (`--cargo-arg`), so the build leaves out the
 /// facade's other tests; its `config` test also needs the `sqlite` feature.
@@ -241,8 +241,8 @@ const HTTP_POLICY_TESTS: [&str; 8] = [
 /// it with `cargo install` when missing) over each path, a file or a folder
 /// under `crates/<package>/`. The mutants of a path are tested by its
 /// package's tests; the core's also by the memory store's, which run the
-/// engine through a real store, and the core's HTTP policy (when only it is
-/// mutated) by [`HTTP_POLICY_TESTS`]. `ARGS` go to `cargo mutants` as they
+/// engine through a real store, and the HTTP policy's by
+/// [`HTTP_POLICY_TESTS`]. `ARGS` go to `cargo mutants` as they
 /// are (for example `--in-place` to reuse `target/`, `--shard 1/4`,
 /// `--iterate`). Results are under `target/mutants/<package>/mutants.out`.
 fn mutants(args: &[String]) -> Result<(), String> {
@@ -296,29 +296,27 @@ fn mutants(args: &[String]) -> Result<(), String> {
         let mut cmd = vec!["mutants", "--dir", &workspace, "--package", package];
         cmd.extend(["--output", &output]);
         cmd.extend(["--test-package", package]);
-        if package == "ratelimit-core" {
-            if files.iter().all(|f| f.contains("/src/http")) {
-                // The HTTP policy: the core's own tests, the facade's policy
-                // tests (through the memory store) and the shared behaviour
-                // suite, which the axum adapter runs through a real server.
-                cmd.extend(["--test-package", "ratelimit-axum"]);
-                cmd.extend(["--test-package", "ratelimit"]);
-                cmd.extend(["--features", "ratelimit/sqlite"]);
-                for target in HTTP_POLICY_TESTS {
-                    cmd.push("--cargo-arg");
-                    cmd.push(target);
-                }
-                // cargo-mutants tests the unmutated tree with the mutated
-                // package alone, which has not all these targets: no
-                // baseline, so a timeout must be given.
-                cmd.push("--baseline=skip");
-                if !extra.iter().any(|a| a.starts_with("--timeout")) {
-                    cmd.extend(["--timeout", "120"]);
-                }
-            } else {
-                // The rest of the core, also through the memory store's suite.
-                cmd.extend(["--test-package", "ratelimit-memory"]);
+        if package == "ratelimit-http" {
+            // The HTTP policy: its own tests, the facade's policy tests
+            // (through the memory store) and the shared behaviour suite,
+            // which the axum adapter runs through a real server.
+            cmd.extend(["--test-package", "ratelimit-axum"]);
+            cmd.extend(["--test-package", "ratelimit"]);
+            cmd.extend(["--features", "ratelimit/sqlite"]);
+            for target in HTTP_POLICY_TESTS {
+                cmd.push("--cargo-arg");
+                cmd.push(target);
             }
+            // cargo-mutants tests the unmutated tree with the mutated
+            // package alone, which has not all these targets: no baseline,
+            // so a timeout must be given.
+            cmd.push("--baseline=skip");
+            if !extra.iter().any(|a| a.starts_with("--timeout")) {
+                cmd.extend(["--timeout", "120"]);
+            }
+        } else if package == "ratelimit-core" {
+            // The core, also through the memory store's suite.
+            cmd.extend(["--test-package", "ratelimit-memory"]);
         }
         for file in files {
             cmd.extend(["--file", file]);

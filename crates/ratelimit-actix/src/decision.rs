@@ -5,7 +5,7 @@ use std::ops::Deref;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
-use ratelimit_core::http::Admission;
+use ratelimit_http::Admission;
 
 /// The rate-limit decision for the current request, and a way to charge more
 /// units to its rules and key ([`Admission`]'s methods, through `Deref`).

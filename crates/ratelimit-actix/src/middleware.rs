@@ -1,4 +1,4 @@
-//! The middleware: translates a request into the core's view, asks the
+//! The middleware: translates a request into the HTTP policy's view, asks the
 //! policy, and answers or passes the request on.
 
 use std::net::IpAddr;
@@ -9,7 +9,7 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forwar
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage, HttpResponse};
-use ratelimit_core::http::{Headers, HttpPolicy, Identity, Outcome, RequestView, SharedPolicy};
+use ratelimit_http::{Headers, HttpPolicy, Identity, Outcome, RequestView, SharedPolicy};
 
 use crate::decision::RateLimitDecision;
 use crate::future::ResponseFuture;
@@ -28,7 +28,7 @@ use crate::future::ResponseFuture;
 /// ```no_run
 /// use actix_web::{App, HttpServer, web};
 /// use ratelimit_actix::RateLimit;
-/// use ratelimit_core::http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
+/// use ratelimit_http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
 /// use ratelimit_core::{Algorithm, Limiter, Rule};
 ///
 /// # async fn run(store: std::sync::Arc<dyn ratelimit_core::Storage>) -> std::io::Result<()> {
@@ -91,7 +91,7 @@ pub struct RateLimitMiddleware<S> {
     policy: SharedPolicy,
 }
 
-/// actix's header map seen through the core's [`Headers`] trait.
+/// actix's header map seen through the HTTP policy's [`Headers`] trait.
 struct HeaderView<'a>(&'a HeaderMap);
 
 impl Headers for HeaderView<'_> {
@@ -120,7 +120,7 @@ fn header_name(name: &'static str) -> Option<HeaderName> {
 
 pub(crate) fn add_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
     for (name, value) in headers {
-        // The string's buffer becomes the header's: no copy (the core makes
+        // The string's buffer becomes the header's: no copy (the policy makes
         // values with their exact length, so `Bytes` takes them as they are).
         if let (Some(name), Ok(value)) = (
             header_name(name),

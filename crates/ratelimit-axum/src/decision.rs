@@ -5,7 +5,7 @@ use std::ops::Deref;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::StatusCode;
 use http::request::Parts;
-use ratelimit_core::http::Admission;
+use ratelimit_http::Admission;
 
 /// The rate-limit decision for the current request, and a way to charge more
 /// units to its rules and key ([`Admission`]'s methods, through `Deref`).

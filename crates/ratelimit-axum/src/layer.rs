@@ -4,12 +4,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::Extensions;
-use ratelimit_core::http::SharedPolicy;
+use ratelimit_http::SharedPolicy;
 use tower::Layer;
 
 use crate::service::{PeerFn, RateLimit, connect_info_peer};
 
-/// Applies an [`HttpPolicy`](ratelimit_core::http::HttpPolicy) to every
+/// Applies an [`HttpPolicy`](ratelimit_http::HttpPolicy) to every
 /// request of the wrapped service.
 ///
 /// Cheap to clone, and clones share the policy and its store: one limit holds

@@ -1,4 +1,4 @@
-//! The service: translates a request into the core's view, asks the policy,
+//! The service: translates a request into the HTTP policy's view, asks the policy,
 //! and answers or passes the request on.
 
 use std::net::{IpAddr, SocketAddr};
@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, MatchedPath, OriginalUri};
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use ratelimit_core::http::{Headers, Identity, Outcome, RequestView, SharedPolicy, is_grpc};
+use ratelimit_http::{Headers, Identity, Outcome, RequestView, SharedPolicy, is_grpc};
 use tower::Service;
 
 use crate::body::AnswerBody;
@@ -53,7 +53,7 @@ impl<S> RateLimit<S> {
     }
 }
 
-/// An `http::HeaderMap` seen through the core's [`Headers`] trait.
+/// An `http::HeaderMap` seen through the HTTP policy's [`Headers`] trait.
 struct HeaderView<'a>(&'a HeaderMap);
 
 impl Headers for HeaderView<'_> {
@@ -88,7 +88,7 @@ fn header_name(name: &'static str) -> Option<HeaderName> {
 pub(crate) fn add_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
     map.reserve(headers.len());
     for (name, value) in headers {
-        // The string's buffer becomes the header's: no copy (the core makes
+        // The string's buffer becomes the header's: no copy (the policy makes
         // values with their exact length, so `Bytes` takes them as they are).
         if let (Some(name), Ok(value)) = (
             header_name(name),

@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::routing::get;
 use ratelimit_axum::{RateLimitDecision, RateLimitLayer};
 use ratelimit_core::Storage;
-use ratelimit_core::http::SharedPolicy;
+use ratelimit_http::SharedPolicy;
 use ratelimit_testkit::http::{
     HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
 };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 use ratelimit_axum::{RateLimitDecision, RateLimitLayer};
-use ratelimit_core::http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
+use ratelimit_http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
 use ratelimit_core::{Algorithm, Limiter, Rule};
 use ratelimit_memory::MemoryStorage;
 use ratelimit_testkit::http::TestClient;

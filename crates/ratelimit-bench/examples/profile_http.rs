@@ -45,7 +45,7 @@ fn main() {
 fn policy_alone(n: u32) {
     let policy = ratelimit_bench::bench_policy(false).unwrap();
     let headers: &[(&str, &[u8])] = &[("host", b"x"), ("user-agent", b"wrk")];
-    let view = ratelimit_core::http::RequestView {
+    let view = ratelimit_http::RequestView {
         method: "GET",
         path: "/",
         route: Some("/"),

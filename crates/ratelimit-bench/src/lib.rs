@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 use axum::Router;
 use axum::routing::get;
 use ratelimit_axum::RateLimitLayer;
-use ratelimit_core::http::{
+use ratelimit_http::{
     HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits, ResetFormat, RouteTable,
 };
 use ratelimit_core::{Algorithm, Limiter, Quota, Rule};

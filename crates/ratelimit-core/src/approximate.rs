@@ -267,7 +267,7 @@ fn eligible(request: &DecideRequest<'_>) -> bool {
 }
 
 fn shard_of(state_key: &str) -> usize {
-    crate::key::shard_index(state_key.as_bytes(), SHARDS)
+    crate::support::shard_index(state_key.as_bytes(), SHARDS)
 }
 
 fn single<'a>(entry: &'a DecideEntry<'a>, now: Timestamp, cost: u64) -> DecideRequest<'a> {

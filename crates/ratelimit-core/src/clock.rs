@@ -55,7 +55,7 @@ impl Timestamp {
 
 /// Whole microseconds in `d`, saturating at `u64::MAX`.
 #[inline]
-pub(crate) fn duration_to_micros(d: Duration) -> u64 {
+pub fn duration_to_micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 

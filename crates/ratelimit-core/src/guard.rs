@@ -352,7 +352,7 @@ struct DenyCache {
 #[derive(Debug, Default)]
 struct DenyShard {
     map: HashMap<String, Denied>,
-    /// Insertions into a full map before its next sweep ([`make_room`](crate::key::make_room)).
+    /// Insertions into a full map before its next sweep ([`make_room`](crate::support::make_room)).
     credit: usize,
 }
 
@@ -366,7 +366,7 @@ impl DenyCache {
 
     fn shard(&self, key: &str) -> Option<&Mutex<DenyShard>> {
         self.shards
-            .get(crate::key::shard_index(key.as_bytes(), SHARDS))
+            .get(crate::support::shard_index(key.as_bytes(), SHARDS))
     }
 
     /// The cached denial answering `request`, if any.
@@ -427,7 +427,7 @@ impl DenyCache {
             // Expired denials first; full of live ones, any (any is safe:
             // the cache only ever saves a round trip).
             let (_, live) =
-                crate::key::make_room(map, self.capacity_per_shard, credit, |d| d.until > now);
+                crate::support::make_room(map, self.capacity_per_shard, credit, |d| d.until > now);
             if live > 0 {
                 observe::evicted("deny_cache", live as u64);
             }

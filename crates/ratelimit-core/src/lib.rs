@@ -3,14 +3,11 @@
 mod algorithm;
 pub mod approximate;
 pub mod clock;
-#[cfg(feature = "config")]
-pub mod config;
 mod decision;
 mod duration;
 pub mod engine;
 mod error;
 pub mod guard;
-pub mod http;
 pub mod key;
 mod limiter;
 pub mod observe;
@@ -19,6 +16,7 @@ pub mod quota;
 pub mod rule;
 pub mod state;
 pub mod storage;
+pub mod support;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use decision::Decision;

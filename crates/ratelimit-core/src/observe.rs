@@ -15,7 +15,7 @@
 //! | `ratelimit_breaker_opened_total` | counter | — | times the breaker opened |
 //! | `ratelimit_deny_cache_hits_total` | counter | — | denials answered by the deny cache without a store call |
 //! | `ratelimit_evictions_total` | counter | `cache` (`memory_store`, `deny_cache`, `tier_cache`) | live entries dropped to stay within a size bound |
-//! | `ratelimit_auto_blocks_total` | counter | — | clients put on the deny list by [automatic blocking](crate::http::AutoBlock) |
+//! | `ratelimit_auto_blocks_total` | counter | — | clients put on the deny list by automatic blocking (`ratelimit-http`'s `AutoBlock`) |
 //! | `ratelimit_auto_blocked_clients` | gauge | — | clients blocked automatically now (this instance) |
 //! | `ratelimit_approximate_local_decisions_total` | counter | — | decisions [approximate mode](crate::approximate) answered without the store (added at each flush) |
 //! | `ratelimit_approximate_unrecorded_units_total` | counter | — | units approximate mode admitted that no longer fitted when written: measured over-admission |
@@ -182,50 +182,15 @@ pub fn refused_full() {
     counter(STORE_FULL, 1);
 }
 
-/// Lets a repeated warning through at most once per interval, so that a
-/// failure met on every request (a store down, a resolver failing) cannot
-/// flood the log. The first warning always passes.
-#[derive(Debug)]
-pub(crate) struct LogThrottle {
-    interval_us: u64,
-    /// When a warning last passed (µs; 0: never).
-    last: std::sync::atomic::AtomicU64,
-}
-
-impl LogThrottle {
-    pub(crate) const fn new(interval: Duration) -> Self {
-        // Any interval worth configuring fits in u64 microseconds (584 000 years).
-        #[allow(clippy::cast_possible_truncation, reason = "see above")]
-        let interval_us = interval.as_micros() as u64;
-        Self {
-            interval_us,
-            last: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    /// Whether a warning at `now_us` may be logged: yes for the first one,
-    /// then once `interval` has passed since the last that was; of two
-    /// threads asking at once, one.
-    pub(crate) fn allow(&self, now_us: u64) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let last = self.last.load(Relaxed);
-        (last == 0 || now_us.saturating_sub(last) >= self.interval_us)
-            && self
-                .last
-                .compare_exchange(last, now_us.max(1), Relaxed, Relaxed)
-                .is_ok()
-    }
-}
-
 #[inline]
-pub(crate) fn counter(name: &'static str, n: u64) {
+pub fn counter(name: &'static str, n: u64) {
     #[cfg(feature = "metrics")]
     metrics::counter!(name).increment(n);
     let _ = (name, n);
 }
 
 #[inline]
-pub(crate) fn gauge(name: &'static str, value: f64) {
+pub fn gauge(name: &'static str, value: f64) {
     #[cfg(feature = "metrics")]
     metrics::gauge!(name).set(value);
     let _ = (name, value);
@@ -303,7 +268,7 @@ pub struct Status {
 impl Status {
     /// The status as one JSON object.
     pub fn to_json(&self) -> String {
-        let text = |s: &str| crate::http::json_string(s);
+        let text = |s: &str| crate::support::json_string(s);
         let opt = |s: &Option<String>| s.as_deref().map_or_else(|| "null".to_owned(), text);
         let details: Vec<String> = self
             .details
@@ -378,34 +343,5 @@ fn unhealthy(latency: Duration, error: String) -> Status {
         breaker: None,
         error: Some(error),
         details: Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_throttled_warning_passes_first_then_once_per_interval() {
-        let log = LogThrottle::new(Duration::from_secs(10));
-        assert!(log.allow(5), "the first warning passes, whenever it comes");
-        assert!(!log.allow(5));
-        assert!(!log.allow(10_000_004));
-        assert!(log.allow(10_000_005), "one interval after the last");
-        assert!(!log.allow(10_000_005));
-        assert!(!log.allow(3), "a clock that stepped back waits");
-        assert!(log.allow(40_000_000));
-        // Of many threads asking at once, one passes.
-        let log = std::sync::Arc::new(LogThrottle::new(Duration::from_secs(10)));
-        let passed: usize = (0..4)
-            .map(|_| {
-                let log = log.clone();
-                std::thread::spawn(move || (0..1_000).filter(|_| log.allow(7)).count())
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .sum();
-        assert_eq!(passed, 1);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use ratelimit_core::http::{Admission, Identity, Outcome};
+use ratelimit_http::{Admission, Identity, Outcome};
 use rocket::Request;
 
 /// The adapter's state of one request.

@@ -2,7 +2,7 @@
 
 use std::ops::Deref;
 
-use ratelimit_core::http::Admission;
+use ratelimit_http::Admission;
 use rocket::Request;
 use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome};

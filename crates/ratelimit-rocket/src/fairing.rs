@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use ratelimit_core::http::{Limits, Outcome, SharedPolicy};
+use ratelimit_http::{Limits, Outcome, SharedPolicy};
 use rocket::fairing::{self, Fairing, Info, Kind};
 use rocket::http::uri::Origin;
 use rocket::http::{ContentType, Header, Method, Status};
@@ -21,7 +21,7 @@ use crate::view::decide;
 /// that its handler never runs.
 const ANSWER_PATH: &str = "/__ratelimit/answer";
 
-/// Applies an [`HttpPolicy`](ratelimit_core::http::HttpPolicy) in a Rocket application.
+/// Applies an [`HttpPolicy`](ratelimit_http::HttpPolicy) in a Rocket application.
 ///
 /// - `rocket.attach(RateLimit::new(policy))` protects every route with one
 ///   line: the fairing decides before routing, and a request the policy
@@ -38,7 +38,7 @@ const ANSWER_PATH: &str = "/__ratelimit/answer";
 /// response of a denied request.
 ///
 /// ```no_run
-/// use ratelimit_core::http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
+/// use ratelimit_http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
 /// use ratelimit_core::{Algorithm, Limiter, Rule};
 /// use ratelimit_rocket::RateLimit;
 ///

@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use ratelimit_core::http::{Admission, Limits, Outcome};
+use ratelimit_http::{Admission, Limits, Outcome};
 use rocket::Request;
 use rocket::http::Status;
 use rocket::request::{self, FromRequest};
@@ -38,7 +38,7 @@ pub struct RateLimited(pub Option<Admission>);
 /// and kept.
 ///
 /// ```no_run
-/// use ratelimit_core::http::Limits;
+/// use ratelimit_http::Limits;
 /// use ratelimit_core::{Algorithm, Rule};
 /// use ratelimit_rocket::{RateLimitedBy, RouteLimits};
 ///

@@ -9,7 +9,7 @@ use rocket::http::Method;
 
 use crate::view::pattern;
 
-/// The application's route patterns by method, in the core's syntax.
+/// The application's route patterns by method, in the route table's syntax.
 #[derive(Debug, Default)]
 pub(crate) struct RouteIndex {
     by_method: HashMap<Method, matchit::Router<String>>,

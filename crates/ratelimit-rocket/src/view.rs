@@ -1,9 +1,9 @@
-//! Rocket's request seen through the core's request view.
+//! Rocket's request seen through the HTTP policy's request view.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use ratelimit_core::http::{Headers, Limits, Outcome, RequestView, SharedPolicy};
+use ratelimit_http::{Headers, Limits, Outcome, RequestView, SharedPolicy};
 use rocket::Request;
 use rocket::http::HeaderMap;
 
@@ -34,7 +34,7 @@ pub(crate) fn no_peer() -> Outcome {
     }
 }
 
-/// Rocket's route pattern in the core's syntax: `/users/<id>` becomes
+/// Rocket's route pattern in the route table's syntax: `/users/<id>` becomes
 /// `/users/{id}`, `/files/<path..>` becomes `/files/{*path}`.
 pub(crate) fn pattern(rocket_path: &str) -> String {
     let mut out = String::with_capacity(rocket_path.len());

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ratelimit_core::http::{
+use ratelimit_http::{
     ErrorMode, HttpPolicy, KeyExtractor, KeySource, Limits, Outcome, RequestView, RouteTable,
 };
 use ratelimit_core::{Algorithm, Limiter, Quota, Rule};

@@ -34,8 +34,8 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use ratelimit_core::config::{LivePolicy, Loader, PolicyCode};
-use ratelimit_core::http::{
+use ratelimit_config::{LivePolicy, Loader, PolicyCode};
+use ratelimit_http::{
     AutoBlock, ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor,
     KeySource, Limits, MissingKey, RequestView, ResetFormat, RouteTable, SharedPolicy, Tiers,
     tier_resolver_fn,

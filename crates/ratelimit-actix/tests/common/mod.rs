@@ -13,7 +13,7 @@ use actix_web::{App, Error, HttpMessage, HttpServer, web};
 use async_trait::async_trait;
 use ratelimit_actix::{RateLimit, RateLimitDecision};
 use ratelimit_core::Storage;
-use ratelimit_core::http::SharedPolicy;
+use ratelimit_http::SharedPolicy;
 use ratelimit_testkit::http::{
     HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
 };

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use ratelimit_core::Storage;
-use ratelimit_core::http::SharedPolicy;
+use ratelimit_http::SharedPolicy;
 use ratelimit_rocket::{RateLimit, RateLimitDecision, set_identity};
 use ratelimit_testkit::http::{
     HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,

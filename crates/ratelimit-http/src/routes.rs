@@ -11,7 +11,7 @@ use smol_str::SmolStr;
 
 use super::client_ip::{InvalidProxy, net_contains, parse_nets};
 use super::key::{KeySource, RequestView};
-use crate::rule::Rule;
+use ratelimit_core::rule::Rule;
 
 /// The limits of a route: rules checked together (all must pass, decided
 /// atomically), what one request costs, and, optionally, its own key source.
@@ -143,7 +143,7 @@ pub type ExemptFn = Arc<dyn Fn(&RequestView<'_>) -> bool + Send + Sync>;
 /// pattern whose methods include the request's wins.
 ///
 /// ```
-/// use ratelimit_core::http::{Applies, Limits, RouteTable};
+/// use ratelimit_http::{Applies, Limits, RouteTable};
 /// use ratelimit_core::{Algorithm, Rule};
 ///
 /// let strict = Rule::new("writes", Algorithm::Gcra, "10/minute".parse()?)?;
@@ -268,6 +268,18 @@ impl RouteTable {
         Ok(self)
     }
 
+    /// Whether `pattern` is a valid route pattern on its own
+    /// (`/users/{id}`, `/files/{*rest}`); the error says why not. Patterns
+    /// are also checked when added, against the table's others.
+    pub fn check_pattern(pattern: &str) -> Result<(), RouteError> {
+        matchit::Router::<()>::new()
+            .insert(pattern, ())
+            .map_err(|e| RouteError {
+                pattern: pattern.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
     /// Every limits of the table (routes and default), for adapters that
     /// want to know what the policy will ask of a request.
     pub fn all_limits(&self) -> impl Iterator<Item = &Limits> {
@@ -340,7 +352,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Algorithm, Quota};
+    use ratelimit_core::{Algorithm, Quota};
 
     fn limits(name: &str) -> Limits {
         Limits::new(vec![

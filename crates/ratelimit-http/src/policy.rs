@@ -12,11 +12,12 @@ use super::key::{ExtractedKey, KeyExtractor, KeySource, RequestView};
 use super::lists::{ListKind, RuntimeLists};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use super::tiers::{Known, Tiers};
-use crate::clock::Timestamp;
-use crate::decision::Decision;
-use crate::error::{Error, Result};
-use crate::limiter::Limiter;
-use crate::rule::Rule;
+use ratelimit_core::clock::Timestamp;
+use ratelimit_core::support::json_string;
+use ratelimit_core::Decision;
+use ratelimit_core::{Error, Result};
+use ratelimit_core::Limiter;
+use ratelimit_core::rule::Rule;
 use smol_str::SmolStr;
 
 /// Called with every request that is (or, in shadow mode, would be) denied.
@@ -137,22 +138,6 @@ impl fmt::Debug for HttpPolicy {
     }
 }
 
-/// `s` as a JSON string literal.
-pub(crate) fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// The policy's work before the decision.
 enum Begun<'p> {
     /// Decided without the store.
@@ -228,10 +213,12 @@ impl HttpPolicy {
         self
     }
 
-    /// Takes over `previous`'s automatic-blocking records and blocks when
-    /// both block by the same rule (a configuration reload).
-    #[cfg(feature = "config")]
-    pub(crate) fn keep_auto_block(mut self, previous: &HttpPolicy) -> Self {
+    /// Takes over `previous`'s automatic-blocking records (the denials
+    /// counted and the clients blocked) when both policies block by the same
+    /// rule and group IPv6 clients alike: a policy rebuilt from a reloaded
+    /// configuration keeps blocking the clients its predecessor blocked.
+    #[must_use]
+    pub fn keep_auto_blocks_from(mut self, previous: &HttpPolicy) -> Self {
         if let (Some(mine), Some(theirs)) = (&self.auto_block, &previous.auto_block)
             && mine.config() == theirs.config()
             && mine.ipv6_prefix() == theirs.ipv6_prefix()
@@ -674,18 +661,5 @@ impl HttpPolicy {
             ),
             decision: Some(decision),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::json_string;
-
-    #[test]
-    fn json_strings_escape_quotes_backslashes_and_control_characters() {
-        assert_eq!(
-            json_string("a \"b\" \\ \u{0}\n\u{1f}\u{7f}é"),
-            "\"a \\\"b\\\" \\\\ \\u0000\\u000a\\u001f\u{7f}é\""
-        );
     }
 }

@@ -23,10 +23,10 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use super::client_ip::{canonical_net, net_contains, parse_canonical_net};
-use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::error::{Error, ErrorKind, Result};
-use crate::observe::LogThrottle;
-use crate::storage::{CasOp, Storage};
+use ratelimit_core::clock::{Clock, SystemClock, Timestamp, duration_to_micros};
+use ratelimit_core::{Error, ErrorKind, Result};
+use ratelimit_core::support::LogThrottle;
+use ratelimit_core::storage::{CasOp, Storage};
 
 /// How often, at most, an instance rereads the lists by default.
 pub const DEFAULT_LIST_REFRESH: Duration = Duration::from_secs(2);
@@ -39,10 +39,6 @@ const CAS_ATTEMPTS: usize = 32;
 const HEADER: &str = "ratelimit-list v1";
 /// Refresh failures are logged at most this often.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
 
 /// Which list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -207,7 +203,7 @@ struct Inner {
 /// ```
 /// # async fn demo(store: std::sync::Arc<dyn ratelimit_core::Storage>) -> ratelimit_core::Result<()> {
 /// use std::time::Duration;
-/// use ratelimit_core::http::{ListKind, RuntimeLists};
+/// use ratelimit_http::{ListKind, RuntimeLists};
 ///
 /// let lists = RuntimeLists::load(store).await?;
 /// lists.add(ListKind::Deny, "203.0.113.7", Some(Duration::from_secs(3600))).await?;
@@ -240,7 +236,7 @@ impl RuntimeLists {
         let lists = Self(Arc::new(Inner {
             store,
             clock,
-            refresh_us: AtomicU64::new(micros(DEFAULT_LIST_REFRESH)),
+            refresh_us: AtomicU64::new(duration_to_micros(DEFAULT_LIST_REFRESH)),
             allow: ArcSwap::default(),
             deny: ArcSwap::default(),
             refreshed_at: AtomicU64::new(0),
@@ -256,7 +252,7 @@ impl RuntimeLists {
     /// another instance's change takes to apply here. Applies to every clone.
     #[must_use]
     pub fn refresh_every(self, interval: Duration) -> Self {
-        self.0.refresh_us.store(micros(interval), Ordering::Relaxed);
+        self.0.refresh_us.store(duration_to_micros(interval), Ordering::Relaxed);
         self
     }
 

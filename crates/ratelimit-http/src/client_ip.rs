@@ -171,7 +171,7 @@ impl std::error::Error for InvalidProxy {}
 /// request, or a victim's).
 ///
 /// ```
-/// use ratelimit_core::http::ClientIpPolicy;
+/// use ratelimit_http::ClientIpPolicy;
 /// use std::net::IpAddr;
 ///
 /// let policy = ClientIpPolicy::new().trust(["10.0.0.0/8"])?;
@@ -372,7 +372,7 @@ pub(crate) fn client_group(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
 /// its first 48 bits (one IPv4 host's site).
 ///
 /// ```
-/// use ratelimit_core::http::ip_key;
+/// use ratelimit_http::ip_key;
 ///
 /// assert_eq!(ip_key("203.0.113.9".parse()?, 64), "203.0.113.9");
 /// assert_eq!(ip_key("2001:db8:1:2:aaaa::1".parse()?, 64), "2001:db8:1:2::/64");

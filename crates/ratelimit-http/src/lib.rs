@@ -31,7 +31,6 @@ pub use grpc::{grpc_status, is_grpc};
 pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 pub use key::{ExtractedKey, Identity, KeyExtractor, KeyFn, KeySource, MissingKey, RequestView};
 pub use lists::{DEFAULT_LIST_REFRESH, ListEntry, ListKind, RuntimeLists, parse_net};
-pub(crate) use policy::json_string;
 pub use policy::{Admission, BlockedHook, ErrorHook, HttpPolicy, Outcome};
 pub use routes::{Applies, ErrorMode, ExemptFn, Limits, RouteError, RouteTable};
 pub use shared::{PolicyGuard, SharedPolicy};

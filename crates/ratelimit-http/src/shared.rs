@@ -20,7 +20,7 @@ use super::policy::HttpPolicy;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use ratelimit_core::http::{HttpPolicy, KeyExtractor, KeySource, RouteTable, SharedPolicy};
+/// use ratelimit_http::{HttpPolicy, KeyExtractor, KeySource, RouteTable, SharedPolicy};
 /// # use ratelimit_core::{Limiter, Storage};
 /// # fn demo(store: Arc<dyn Storage>) {
 /// let policy = SharedPolicy::new(HttpPolicy::new(

@@ -1,4 +1,4 @@
-//! Declarative configuration (feature `config`): one file (TOML, YAML or
+//! Declarative configuration for ratelimit: one file (TOML, YAML or
 //! JSON, by extension) plus environment overrides describes the store, the
 //! defaults, named rules, route rules, tiers, exemptions, client lists and
 //! trusted proxies. It is checked whole before anything runs: every problem
@@ -17,7 +17,7 @@
 //! `examples/config/reference.toml` for a file that shows them all.
 //!
 //! ```
-//! use ratelimit_core::config::{Config, Format};
+//! use ratelimit_config::{Config, Format};
 //!
 //! let config = Config::parse(
 //!     r#"
@@ -36,7 +36,7 @@
 //! let broken = Config::parse("[rules.api]\nlimit = 0\nwindow = \"soon\"\n", Format::Toml)
 //!     .unwrap_err();
 //! assert_eq!(broken.errors().len(), 2);
-//! # Ok::<(), ratelimit_core::config::ConfigErrors>(())
+//! # Ok::<(), ratelimit_config::ConfigErrors>(())
 //! ```
 
 mod build;
@@ -231,7 +231,7 @@ impl Config {
     /// `name`). Operators' tools use it to read or reset a key's state.
     pub fn built_rules(
         &self,
-    ) -> Result<std::collections::BTreeMap<String, crate::Rule>, ConfigErrors> {
+    ) -> Result<std::collections::BTreeMap<String, ratelimit_core::Rule>, ConfigErrors> {
         build::all_rules(self)
     }
 

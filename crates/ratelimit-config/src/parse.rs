@@ -13,8 +13,8 @@ use super::model::{
     RuleConfig, StorageConfig, TierCacheConfig, TierConfig, TierLimit, TierRuleConfig,
 };
 use super::reader::{Reader, Table, whole};
-use crate::http::{AutoBlock, ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat};
-use crate::rule::Algorithm;
+use ratelimit_http::{AutoBlock, ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat};
+use ratelimit_core::rule::Algorithm;
 
 const TOP: &[&str] = &[
     "storage",
@@ -167,7 +167,7 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
         let cooldown = b
             .duration(r, "cooldown")
             .unwrap_or(std::time::Duration::from_secs(1));
-        s.breaker = Some(crate::guard::Breaker::new(
+        s.breaker = Some(ratelimit_core::guard::Breaker::new(
             u32::try_from(failures).unwrap_or(5),
             cooldown,
         ));
@@ -187,15 +187,15 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
                 d
             }
             Some(d) => d,
-            None => crate::approximate::DEFAULT_APPROXIMATE_FLUSH,
+            None => ratelimit_core::approximate::DEFAULT_APPROXIMATE_FLUSH,
         };
         let keys = a
             .integer(r, "max_keys", 1, 100_000_000)
             .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(crate::approximate::DEFAULT_APPROXIMATE_KEYS);
+            .unwrap_or(ratelimit_core::approximate::DEFAULT_APPROXIMATE_KEYS);
         let instances = a.integer(r, "instances", 1, 1_000_000).unwrap_or(1);
         s.approximate = Some(
-            crate::approximate::Approximate::new(flush)
+            ratelimit_core::approximate::Approximate::new(flush)
                 .max_keys(keys)
                 .instances(instances),
         );
@@ -240,7 +240,7 @@ fn reset_format(text: &str) -> Result<ResetFormat, String> {
 }
 
 fn forwarding_header(text: &str) -> Result<ForwardingHeader, String> {
-    text.parse().map_err(|e: crate::http::UnknownSetting| e.0)
+    text.parse().map_err(|e: ratelimit_http::UnknownSetting| e.0)
 }
 
 fn cut(text: &str) -> String {

@@ -22,16 +22,16 @@ use smol_str::SmolStr;
 
 use super::key::{Identity, KeySource};
 use super::routes::{Limits, RouteError, RouteTable};
-use crate::clock::Timestamp;
-use crate::error::Result;
-use crate::observe::LogThrottle;
+use ratelimit_core::Result;
+use ratelimit_core::clock::Timestamp;
+use ratelimit_core::support::LogThrottle;
 
 /// Finds the tier of an identity the application's authentication attached
 /// without one, typically with a database lookup. Results are cached for a
 /// short time ([`Tiers::cache`]).
 ///
 /// ```
-/// use ratelimit_core::http::{Identity, TierResolver};
+/// use ratelimit_http::{Identity, TierResolver};
 /// use ratelimit_core::{Result, SmolStr};
 ///
 /// struct Accounts; // say, a database pool
@@ -55,7 +55,7 @@ pub trait TierResolver: Send + Sync {
 /// A [`TierResolver`] from an async function of the identity.
 ///
 /// ```
-/// use ratelimit_core::http::{Tiers, tier_resolver_fn};
+/// use ratelimit_http::{Tiers, tier_resolver_fn};
 ///
 /// let tiers = Tiers::new().resolver(tier_resolver_fn(|identity| async move {
 ///     Ok(Some(if identity.user == "alice" { "pro" } else { "free" }.into()))
@@ -97,7 +97,7 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// [`HttpPolicy::tiers`](super::HttpPolicy::tiers).
 ///
 /// ```
-/// use ratelimit_core::http::{Limits, Tiers};
+/// use ratelimit_http::{Limits, Tiers};
 /// use ratelimit_core::{Algorithm, Rule};
 ///
 /// let free = Rule::new("tasks", Algorithm::FixedWindow, "1/hour".parse()?)?;
@@ -168,7 +168,7 @@ impl Tiers {
     }
 
     /// [`rule`](Self::rule) in place; on error nothing changes.
-    pub(crate) fn add_rule(
+    pub fn add_rule(
         &mut self,
         tier: &str,
         pattern: &str,
@@ -359,7 +359,7 @@ impl TierCache {
             if entries.len() >= self.capacity {
                 let drop = (self.capacity / 8).max(1);
                 let victims: Vec<SmolStr> = entries.keys().take(drop).cloned().collect();
-                crate::observe::evicted("tier_cache", victims.len() as u64);
+                ratelimit_core::observe::evicted("tier_cache", victims.len() as u64);
                 for victim in victims {
                     entries.remove(&victim);
                 }
@@ -374,7 +374,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-    use crate::{Algorithm, Rule};
+    use ratelimit_core::{Algorithm, Rule};
 
     fn limits(name: &str) -> Limits {
         Limits::new(vec![
@@ -478,7 +478,10 @@ mod tests {
             let n = counter.fetch_add(1, Ordering::SeqCst);
             async move {
                 if identity.user == "broken" {
-                    return Err(crate::Error::new(crate::ErrorKind::Unavailable, "db down"));
+                    return Err(ratelimit_core::Error::new(
+                        ratelimit_core::ErrorKind::Unavailable,
+                        "db down",
+                    ));
                 }
                 Ok((n < 100).then(|| SmolStr::new("pro")))
             }

@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use crate::clock::{Timestamp, duration_to_micros};
-use crate::decision::Decision;
+use ratelimit_core::clock::{Timestamp, duration_to_micros};
+use ratelimit_core::Decision;
 
 /// Which rate-limit headers to send.
 #[non_exhaustive]
@@ -144,7 +144,7 @@ fn ietf_field(name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) -> Strin
 /// `window`, at wall time `now`, in `style`. Header names are lower-case.
 ///
 /// ```
-/// use ratelimit_core::http::{HeaderStyle, ResetFormat, rate_limit_headers};
+/// use ratelimit_http::{HeaderStyle, ResetFormat, rate_limit_headers};
 /// use ratelimit_core::{Decision, SmolStr, Timestamp};
 /// use std::time::Duration;
 ///

@@ -18,9 +18,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 
-use crate::clock::{Timestamp, duration_to_micros};
-use crate::key::{make_room, shard_index};
-use crate::observe;
+use ratelimit_core::clock::{Timestamp, duration_to_micros};
+use ratelimit_core::support::{make_room, shard_index};
+use ratelimit_core::observe;
 
 /// The default bound on clients tracked (and on clients blocked).
 pub const DEFAULT_AUTO_BLOCK_CLIENTS: usize = 100_000;
@@ -106,7 +106,6 @@ impl AutoBlocker {
         &self.config
     }
 
-    #[cfg(feature = "config")]
     pub(crate) fn ipv6_prefix(&self) -> u8 {
         self.ipv6_prefix
     }

@@ -9,7 +9,7 @@ use figment::Figment;
 use figment::value::{Dict, Num, Value};
 
 use super::error::Problems;
-use crate::duration::parse_duration;
+use ratelimit_core::parse_duration;
 
 /// The longest duration written as a bare number of seconds (about 100 years).
 const MAX_DURATION_SECS: u64 = 100 * 366 * 86_400;

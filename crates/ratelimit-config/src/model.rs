@@ -9,11 +9,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http::{
+use ratelimit_http::{
     DEFAULT_LIST_REFRESH, DEFAULT_TIER_CACHE_CAPACITY, DEFAULT_TIER_CACHE_TTL, ErrorMode,
     ForwardingHeader, HeaderStyle, MissingKey, ResetFormat,
 };
-use crate::rule::Algorithm;
+use ratelimit_core::rule::Algorithm;
 
 /// A whole configuration: the store, the defaults, named rules, route rules,
 /// tiers, exemptions, client lists and trusted proxies.
@@ -40,7 +40,7 @@ pub struct Config {
     pub proxies: ProxiesConfig,
     /// `[auto_block]`: clients denied too often are refused for a while
     /// (off when absent).
-    pub auto_block: Option<crate::http::AutoBlock>,
+    pub auto_block: Option<ratelimit_http::AutoBlock>,
     /// Where each field came from, for error messages.
     pub(crate) origin: Origin,
 }
@@ -84,7 +84,7 @@ impl Origin {
 }
 
 /// `[storage]`. Its `Debug` form shows the URL and options without their
-/// credentials ([`redact_url`](crate::storage::redact_url)).
+/// credentials ([`redact_url`](ratelimit_core::storage::redact_url)).
 #[non_exhaustive]
 #[derive(Clone, PartialEq, Eq)]
 pub struct StorageConfig {
@@ -97,18 +97,18 @@ pub struct StorageConfig {
     pub timeout: Option<Duration>,
     /// `[storage.breaker]`: a circuit breaker around the store (none by
     /// default).
-    pub breaker: Option<crate::guard::Breaker>,
+    pub breaker: Option<ratelimit_core::guard::Breaker>,
     /// How many denials the local deny cache keeps (0, the default: none).
     pub deny_cache: usize,
     /// `[storage.approximate]`: count hot keys locally and write them in
-    /// batches (off by default; see [`approximate`](crate::approximate)).
-    pub approximate: Option<crate::approximate::Approximate>,
+    /// batches (off by default; see [`approximate`](ratelimit_core::approximate)).
+    pub approximate: Option<ratelimit_core::approximate::Approximate>,
 }
 
 impl std::fmt::Debug for StorageConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageConfig")
-            .field("url", &crate::storage::redact_url(&self.full_url()))
+            .field("url", &ratelimit_core::storage::redact_url(&self.full_url()))
             .field("timeout", &self.timeout)
             .field("breaker", &self.breaker)
             .field("deny_cache", &self.deny_cache)
@@ -139,10 +139,10 @@ impl StorageConfig {
     /// `store` behind the guards this section asks for, and behind
     /// approximate mode when it is on (whose store calls then go through
     /// the guards).
-    pub fn guard(&self, store: Arc<dyn crate::Storage>) -> Arc<dyn crate::Storage> {
+    pub fn guard(&self, store: Arc<dyn ratelimit_core::Storage>) -> Arc<dyn ratelimit_core::Storage> {
         let mut store = store;
         if self.guarded() {
-            let mut g = crate::guard::GuardedStorage::new(store).deny_cache(self.deny_cache);
+            let mut g = ratelimit_core::guard::GuardedStorage::new(store).deny_cache(self.deny_cache);
             if let Some(t) = self.timeout {
                 g = g.deadline(t);
             }
@@ -152,7 +152,7 @@ impl StorageConfig {
             store = Arc::new(g);
         }
         if let Some(a) = self.approximate {
-            store = Arc::new(crate::approximate::ApproximateStorage::new(store, a));
+            store = Arc::new(ratelimit_core::approximate::ApproximateStorage::new(store, a));
         }
         store
     }

@@ -127,7 +127,7 @@ pub enum ExtractedKey {
 /// the trusted-proxy policy, and the IPv6 grouping prefix.
 ///
 /// ```
-/// use ratelimit_core::http::{ClientIpPolicy, ExtractedKey, KeyExtractor, KeySource, MissingKey, RequestView};
+/// use ratelimit_http::{ClientIpPolicy, ExtractedKey, KeyExtractor, KeySource, MissingKey, RequestView};
 ///
 /// let extractor = KeyExtractor::new(KeySource::Header("x-api-key".into()))
 ///     .on_missing(MissingKey::Reject(401));

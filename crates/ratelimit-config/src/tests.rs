@@ -212,8 +212,8 @@ fn approximate_mode_reads_with_defaults_and_rejects_a_zero_flush() {
     let config = Config::parse("[storage.approximate]\n", Format::Toml).unwrap();
     assert_eq!(
         config.storage.approximate,
-        Some(crate::approximate::Approximate::new(
-            crate::approximate::DEFAULT_APPROXIMATE_FLUSH
+        Some(ratelimit_core::approximate::Approximate::new(
+            ratelimit_core::approximate::DEFAULT_APPROXIMATE_FLUSH
         ))
     );
     let config = Config::parse(
@@ -291,15 +291,15 @@ rules = [{ path = "/api/v1/tasks/task", methods = ["POST"], rule = "api" }]
     );
     assert_eq!(
         config.defaults.missing_key,
-        crate::http::MissingKey::Reject(401)
+        ratelimit_http::MissingKey::Reject(401)
     );
     assert_eq!(
         config.defaults.on_store_error,
-        crate::http::ErrorMode::FailOpen
+        ratelimit_http::ErrorMode::FailOpen
     );
     assert_eq!(
         config.defaults.algorithm,
-        crate::Algorithm::SlidingWindowCounter
+        ratelimit_core::Algorithm::SlidingWindowCounter
     );
     assert_eq!(config.rules["burst"].burst, Some(20));
     assert_eq!(

@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use super::error::{ConfigErrors, Problems};
 use super::model::{Config, KeySpec, RuleConfig, TierLimit};
-use crate::clock::Clock;
-use crate::http::{
+use ratelimit_core::Limiter;
+use ratelimit_core::clock::Clock;
+use ratelimit_core::quota::{Quota, QuotaError};
+use ratelimit_core::rule::{Rule, RuleError};
+use ratelimit_http::{
     BlockedHook, ClientIpPolicy, ErrorHook, ExemptFn, HttpPolicy, KeyExtractor, KeyFn, KeySource,
     Limits, RouteTable, RuntimeLists, TierResolver, Tiers, parse_net,
 };
-use crate::limiter::Limiter;
-use crate::quota::{Quota, QuotaError};
-use crate::rule::{Rule, RuleError};
 
 /// What an application adds to a configuration: the code a file cannot
 /// hold. Custom keys are registered by name and referred to in the file as
@@ -23,8 +23,8 @@ use crate::rule::{Rule, RuleError};
 ///
 /// ```
 /// use std::sync::Arc;
-/// use ratelimit_core::config::PolicyCode;
-/// use ratelimit_core::http::{Identity, tier_resolver_fn};
+/// use ratelimit_config::PolicyCode;
+/// use ratelimit_http::{Identity, tier_resolver_fn};
 ///
 /// let code = PolicyCode::new()
 ///     .key("tenant", Arc::new(|view| view.identity.map(|i| i.user.to_string())))
@@ -109,7 +109,7 @@ impl PolicyCode {
         self
     }
 
-    pub(crate) fn limiter(&self, storage: Arc<dyn crate::storage::Storage>) -> Limiter {
+    pub(crate) fn limiter(&self, storage: Arc<dyn ratelimit_core::storage::Storage>) -> Limiter {
         match &self.clock {
             Some(clock) => Limiter::builder(storage)
                 .shared_clock(clock.clone())
@@ -163,7 +163,7 @@ impl Compiled {
             // A reload with the same rule keeps the clients' records and
             // blocks.
             if let Some(previous) = previous {
-                policy = policy.keep_auto_block(previous);
+                policy = policy.keep_auto_blocks_from(previous);
             }
         }
         policy
@@ -353,7 +353,7 @@ impl Checker<'_> {
                 "lists.refresh",
                 format!(
                     "{} is too often (expected at least 100ms: each refresh reads the store)",
-                    crate::format_duration(config.lists.refresh)
+                    ratelimit_core::format_duration(config.lists.refresh)
                 ),
             );
         }
@@ -402,8 +402,8 @@ impl Checker<'_> {
 
     /// Reports `pattern` if it is not a valid path pattern on its own.
     fn pattern(&mut self, at: &str, pattern: &str) {
-        if let Err(e) = matchit::Router::<()>::new().insert(pattern, ()) {
-            self.problem(at, pattern_message(&e.to_string()));
+        if let Err(e) = RouteTable::check_pattern(pattern) {
+            self.problem(at, pattern_message(&e.reason));
         }
     }
 
@@ -607,7 +607,8 @@ impl Checker<'_> {
         }
         let mut tiers = Tiers::new().cache(config.tier_cache.ttl, config.tier_cache.capacity);
         // Inline rules by name: (where first defined, algorithm).
-        let mut inline: BTreeMap<String, (String, crate::rule::Algorithm)> = BTreeMap::new();
+        let mut inline: BTreeMap<String, (String, ratelimit_core::rule::Algorithm)> =
+            BTreeMap::new();
         for (tier_name, tier) in &config.tiers {
             tiers = tiers.tier(tier_name);
             let mut seen = Covered::default();
