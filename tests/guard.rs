@@ -1,4 +1,4 @@
-//! The store guards: the deny cache gives the same answers as the store it
+//! The store guards (layers): the deny cache gives the same answers as the store it
 //! fronts (a property over random traffic on every algorithm), exact under
 //! concurrency; the deadline and the circuit breaker against a real
 //! redis-server that is paused and killed.
@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use ratelimit::guard::{Breaker, BreakerState, GuardedStorage};
+use ratelimit::layer::{
+    Breaker, BreakerState, BreakerStorage, Deadline, DeadlineStorage, DenyCache, DenyCacheStorage,
+};
 use ratelimit::memory::MemoryStorage;
 use ratelimit::redis::RedisStorage;
 use ratelimit::{Algorithm, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage, Timestamp};
@@ -79,7 +81,7 @@ proptest! {
                 Arc::new(MemoryStorage::builder().clock(Arc::new(c.clone())).build())
             };
             let plain = limiter(memory(&clock), &clock);
-            let guarded_store = Arc::new(GuardedStorage::new(memory(&clock)).deny_cache(1_000));
+            let guarded_store = Arc::new(DenyCacheStorage::new(memory(&clock), DenyCache::new(1_000)));
             let guarded = limiter(guarded_store.clone(), &clock);
             let rules = rules();
             for (i, s) in steps.iter().enumerate() {
@@ -108,7 +110,7 @@ proptest! {
                     }
                 }
             }
-            HITS.fetch_add(guarded_store.status().deny_cache_hits, std::sync::atomic::Ordering::Relaxed);
+            HITS.fetch_add(guarded_store.status().hits, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         })?;
     }
@@ -126,7 +128,7 @@ fn the_property_exercises_the_cache() {
 async fn the_deny_cache_is_exact_under_concurrency_and_saves_round_trips() {
     let server = RedisServer::start();
     let redis: Arc<dyn Storage> = Arc::new(RedisStorage::connect(&server.url()).await.unwrap());
-    let guarded = Arc::new(GuardedStorage::new(redis).deny_cache(1_000));
+    let guarded = Arc::new(DenyCacheStorage::new(redis, DenyCache::new(1_000)));
     let limiter = Limiter::new(guarded.clone());
     let rule = Rule::new(
         "flood",
@@ -154,14 +156,14 @@ async fn the_deny_cache_is_exact_under_concurrency_and_saves_round_trips() {
     assert_eq!(allowed, 100, "exactly the limit, never one more");
     let status = guarded.status();
     assert!(
-        status.deny_cache_hits > 600,
+        status.hits > 600,
         "most of the 700 denials never reached Redis: {status:?}"
     );
-    assert_eq!(status.deny_cache_entries, 1);
+    assert_eq!(status.entries, 1);
     // A reset through this store clears the cached denial.
     assert!(limiter.reset(&rule, "attacker").await.unwrap());
     assert!(limiter.check(&rule, "attacker").await.unwrap().is_allowed());
-    assert_eq!(guarded.status().deny_cache_entries, 0);
+    assert_eq!(guarded.status().entries, 0);
 }
 
 /// Polls `f` until it holds (a liveness bound, not a timing assertion).
@@ -183,11 +185,14 @@ async fn deadlines_and_the_breaker_against_a_paused_then_killed_redis() {
             .await
             .unwrap(),
     );
-    let guarded = Arc::new(
-        GuardedStorage::new(redis)
-            .deadline(Duration::from_millis(100))
-            .breaker(Breaker::new(3, Duration::from_millis(300))),
-    );
+    let deadline = Arc::new(DeadlineStorage::new(
+        redis,
+        Deadline::new(Duration::from_millis(100)),
+    ));
+    let guarded = Arc::new(BreakerStorage::new(
+        deadline.clone(),
+        Breaker::new(3, Duration::from_millis(300)),
+    ));
     let limiter = Limiter::new(guarded.clone());
     let rule = Rule::new("api", Algorithm::Gcra, Quota::per_second(1000).unwrap()).unwrap();
     assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
@@ -207,12 +212,7 @@ async fn deadlines_and_the_breaker_against_a_paused_then_killed_redis() {
     assert_eq!(&kinds[3..], [ErrorKind::Unavailable; 3]);
     let s = guarded.status();
     assert_eq!(
-        (
-            s.breaker,
-            s.breaker_opened,
-            s.deadline_exceeded,
-            s.breaker_rejected
-        ),
+        (s.state, s.opened, deadline.exceeded(), s.rejected),
         (BreakerState::Open, 1, 3, 3)
     );
     // Stats still answer, with the guards' state, while the store does not.
@@ -230,27 +230,30 @@ async fn deadlines_and_the_breaker_against_a_paused_then_killed_redis() {
         limiter.check(&rule, "k").await.is_ok()
     })
     .await;
-    assert_eq!(guarded.status().breaker, BreakerState::Closed);
+    assert_eq!(guarded.status().state, BreakerState::Closed);
 
     // Killed: failures open the breaker; restarted: it closes by itself.
     server.stop();
     eventually("the breaker opening", async || {
         let _ = limiter.check(&rule, "k").await;
-        guarded.status().breaker != BreakerState::Closed
+        guarded.status().state != BreakerState::Closed
     })
     .await;
-    assert!(guarded.status().breaker_opened >= 2);
+    assert!(guarded.status().opened >= 2);
     server.restart();
     eventually("recovery after a restart", async || {
         limiter.check(&rule, "k").await.is_ok()
     })
     .await;
-    assert_eq!(guarded.status().breaker, BreakerState::Closed);
+    assert_eq!(guarded.status().state, BreakerState::Closed);
 }
 
 #[tokio::test]
 async fn the_deny_cache_stays_within_its_bound_under_a_key_flood() {
-    let guarded = Arc::new(GuardedStorage::new(Arc::new(MemoryStorage::new())).deny_cache(32));
+    let guarded = Arc::new(DenyCacheStorage::new(
+        Arc::new(MemoryStorage::new()),
+        DenyCache::new(32),
+    ));
     let limiter = Limiter::new(guarded.clone());
     let rule = Rule::new("one", Algorithm::FixedWindow, Quota::per_hour(1).unwrap()).unwrap();
     for i in 0..2_000 {
@@ -258,6 +261,6 @@ async fn the_deny_cache_stays_within_its_bound_under_a_key_flood() {
         assert!(limiter.check(&rule, &key).await.unwrap().is_allowed());
         assert!(!limiter.check(&rule, &key).await.unwrap().is_allowed());
     }
-    let entries = guarded.status().deny_cache_entries;
+    let entries = guarded.status().entries;
     assert!((1..=32).contains(&entries), "{entries}");
 }

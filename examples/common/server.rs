@@ -27,15 +27,15 @@
 
 use std::error::Error;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ratelimit::approximate::{Approximate, ApproximateStorage};
-use ratelimit::guard::{Breaker, GuardedStorage};
+use ratelimit::StorageExt as _;
+use ratelimit::approximate::Approximate;
 use ratelimit::http::{
     ClientIpPolicy, ErrorMode, ForwardingHeader, HeaderStyle, HttpPolicy, KeyExtractor, KeySource,
     Limits, ResetFormat, RouteTable, SharedPolicy,
 };
+use ratelimit::layer::{Breaker, Deadline, DenyCache};
 use ratelimit::{Algorithm, Limiter, Quota, Rule, parse_duration};
 
 /// The example servers' options.
@@ -135,17 +135,16 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
             .header(o.client_ip_header),
     );
     let mut store = ratelimit::from_url(&o.storage)?;
-    if o.store_timeout.is_some() || o.deny_cache > 0 {
-        let mut guarded = GuardedStorage::new(store).deny_cache(o.deny_cache);
-        if let Some(deadline) = o.store_timeout {
-            guarded = guarded
-                .deadline(deadline)
-                .breaker(Breaker::new(5, Duration::from_millis(250)));
-        }
-        store = Arc::new(guarded);
+    if let Some(deadline) = o.store_timeout {
+        store = store
+            .layer(Deadline::new(deadline))
+            .layer(Breaker::new(5, Duration::from_millis(250)));
+    }
+    if o.deny_cache > 0 {
+        store = store.layer(DenyCache::new(o.deny_cache));
     }
     if let Some(flush) = o.approximate {
-        store = Arc::new(ApproximateStorage::new(store, Approximate::new(flush)));
+        store = store.layer(Approximate::new(flush));
     }
     let policy = HttpPolicy::new(Limiter::new(store), routes, keys)
         .headers(o.headers, ResetFormat::Seconds)

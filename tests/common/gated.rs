@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use ratelimit::{CasOp, DecideRequest, Decision, Result, Storage, StorageStats};
+use ratelimit::layer::LayeredStorage;
+use ratelimit::{DecideRequest, Decision, Result, Storage};
 
 /// Delegates everything to `inner`, except that the `get` numbered by
 /// [`hold_get`](Self::hold_get) answers only once [`release`](Self::release)d
@@ -54,8 +54,13 @@ impl Gated {
     }
 }
 
+/// A layer: it overrides the operations it changes and forwards the
+/// others to `inner`.
 #[async_trait]
-impl Storage for Gated {
+impl LayeredStorage for Gated {
+    fn inner(&self) -> &Arc<dyn Storage> {
+        &self.inner
+    }
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let value = self.inner.get(key).await;
         if self.gets.fetch_add(1, Ordering::SeqCst) == self.held.load(Ordering::SeqCst) {
@@ -63,34 +68,14 @@ impl Storage for Gated {
         }
         value
     }
-    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        self.inner.set(key, value, ttl).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.inner.delete(key).await
-    }
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.inner.exists(key).await
-    }
-    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
-        self.inner.increment(key, amount, ttl).await
-    }
-    async fn clear(&self) -> Result<u64> {
-        self.inner.clear().await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
-    async fn stats(&self) -> Result<StorageStats> {
-        self.inner.stats().await
-    }
-    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
-        self.inner.compare_and_swap(ops).await
-    }
     async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
         self.inner.decide(request).await
+    }
+    /// Never at once: every decision goes through `decide`, where it can hang.
+    fn decide_now(&self, _: &DecideRequest<'_>) -> Option<Result<Decision>> {
+        None
     }
 }

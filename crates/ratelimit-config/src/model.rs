@@ -97,7 +97,7 @@ pub struct StorageConfig {
     pub timeout: Option<Duration>,
     /// `[storage.breaker]`: a circuit breaker around the store (none by
     /// default).
-    pub breaker: Option<ratelimit_core::guard::Breaker>,
+    pub breaker: Option<ratelimit_core::layer::Breaker>,
     /// How many denials the local deny cache keeps (0, the default: none).
     pub deny_cache: usize,
     /// `[storage.approximate]`: count hot keys locally and write them in
@@ -136,23 +136,24 @@ impl StorageConfig {
         self.timeout.is_some() || self.breaker.is_some() || self.deny_cache > 0
     }
 
-    /// `store` behind the guards this section asks for, and behind
-    /// approximate mode when it is on (whose store calls then go through
-    /// the guards).
+    /// `store` behind the layers this section asks for, innermost first:
+    /// the deadline, the breaker, the deny cache, approximate mode (whose
+    /// store calls then go through the guards).
     pub fn guard(&self, store: Arc<dyn ratelimit_core::Storage>) -> Arc<dyn ratelimit_core::Storage> {
+        use ratelimit_core::StorageExt as _;
+        use ratelimit_core::layer::{Deadline, DenyCache};
         let mut store = store;
-        if self.guarded() {
-            let mut g = ratelimit_core::guard::GuardedStorage::new(store).deny_cache(self.deny_cache);
-            if let Some(t) = self.timeout {
-                g = g.deadline(t);
-            }
-            if let Some(b) = self.breaker {
-                g = g.breaker(b);
-            }
-            store = Arc::new(g);
+        if let Some(t) = self.timeout {
+            store = store.layer(Deadline::new(t));
+        }
+        if let Some(b) = self.breaker {
+            store = store.layer(b);
+        }
+        if self.deny_cache > 0 {
+            store = store.layer(DenyCache::new(self.deny_cache));
         }
         if let Some(a) = self.approximate {
-            store = Arc::new(ratelimit_core::approximate::ApproximateStorage::new(store, a));
+            store = store.layer(a);
         }
         store
     }

@@ -167,7 +167,7 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
         let cooldown = b
             .duration(r, "cooldown")
             .unwrap_or(std::time::Duration::from_secs(1));
-        s.breaker = Some(ratelimit_core::guard::Breaker::new(
+        s.breaker = Some(ratelimit_core::layer::Breaker::new(
             u32::try_from(failures).unwrap_or(5),
             cooldown,
         ));

@@ -25,7 +25,7 @@
 //!   near the limit. Units admitted that no longer fit when the batch is
 //!   written are counted as `unrecorded` (see [`ApproximateStatus`]).
 //! - Denials are answered locally until the store's retry time, like the
-//!   [deny cache](crate::guard): they are exact.
+//!   [deny cache](crate::layer::DenyCache): they are exact.
 //! - `cargo xtask bench redis` measures the throughput gained and the
 //!   over-admission under load; docs/operations.md has the figures.
 //!
@@ -70,6 +70,7 @@ use smol_str::SmolStr;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::decision::Decision;
+use crate::layer::{Layer, LayeredStorage, stats_with};
 use crate::error::Result;
 use crate::observe;
 use crate::periodic::Periodic;
@@ -833,10 +834,18 @@ fn table_of<'g, 'a>(
         .map(|(_, g)| &mut **g)
 }
 
+impl Layer for Approximate {
+    type Wrapped = ApproximateStorage;
+
+    fn layer(self, inner: Arc<dyn Storage>) -> ApproximateStorage {
+        ApproximateStorage::new(inner, self)
+    }
+}
+
 #[async_trait]
-impl Storage for ApproximateStorage {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.shared.inner.get(key).await
+impl LayeredStorage for ApproximateStorage {
+    fn inner(&self) -> &Arc<dyn Storage> {
+        &self.shared.inner
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
@@ -847,14 +856,6 @@ impl Storage for ApproximateStorage {
     async fn delete(&self, key: &str) -> Result<bool> {
         self.forget(key);
         self.shared.inner.delete(key).await
-    }
-
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.shared.inner.exists(key).await
-    }
-
-    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
-        self.shared.inner.increment(key, amount, ttl).await
     }
 
     async fn clear(&self) -> Result<u64> {
@@ -873,7 +874,7 @@ impl Storage for ApproximateStorage {
     }
 
     async fn stats(&self) -> Result<StorageStats> {
-        let mut stats = self.shared.inner.stats().await?;
+        let mut stats = stats_with(self.shared.inner.stats().await, []);
         let s = self.status();
         stats.details.extend([
             ("approximate_keys".to_owned(), s.keys.to_string()),

@@ -182,6 +182,9 @@ pub fn refused_full() {
     counter(STORE_FULL, 1);
 }
 
+/// Adds `n` to the counter `name` (one of this module's names). For the
+/// workspace's other crates (the HTTP policy's automatic blocking) and for
+/// stores outside it; does nothing without the `metrics` feature.
 #[inline]
 pub fn counter(name: &'static str, n: u64) {
     #[cfg(feature = "metrics")]
@@ -189,6 +192,8 @@ pub fn counter(name: &'static str, n: u64) {
     let _ = (name, n);
 }
 
+/// Sets the gauge `name` (one of this module's names) to `value`; does
+/// nothing without the `metrics` feature.
 #[inline]
 pub fn gauge(name: &'static str, value: f64) {
     #[cfg(feature = "metrics")]
@@ -291,8 +296,8 @@ impl Status {
 
 /// Asks `store` for its [stats](Storage::stats) within `timeout` and tells
 /// what it found: whether the store answered and how fast, its kind, its
-/// key count, and (for a [guarded](crate::guard::GuardedStorage) store) the
-/// breaker's state and the guards' counters. Never fails: a store that does
+/// key count, and (for a store behind [layers](crate::layer)) the
+/// breaker's state and the layers' counters. Never fails: a store that does
 /// not answer, reports its connection `unavailable` (a detail named
 /// `connection`), or whose breaker is open is reported unhealthy.
 pub async fn status(store: &dyn Storage, timeout: Duration) -> Status {

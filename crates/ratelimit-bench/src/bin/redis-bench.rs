@@ -14,7 +14,7 @@
 //! The row `attack/c50` is an attack pattern: 90% of requests come from 100
 //! keys already over their limit, 10% from legitimate clients, each under
 //! its limit. Ours: the store
-//! behind the deny cache (`GuardedStorage::deny_cache`); the peer: the same
+//! behind the deny cache layer (`DenyCache`); the peer: the same
 //! store without it. Both report decisions/s and Redis round trips (script
 //! calls, from `INFO commandstats`) per decision.
 //!
@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ratelimit_core::approximate::{Approximate, ApproximateStorage};
-use ratelimit_core::guard::GuardedStorage;
+use ratelimit_core::layer::{DenyCache, DenyCacheStorage};
 use ratelimit_core::{Algorithm, Clock, Limiter, Quota, Rule, Storage};
 use ratelimit_redis::RedisStorage;
 use ratelimit_testkit::redis::RedisServer;
@@ -321,7 +321,7 @@ fn attack(
         let redis: Arc<dyn Storage> = Arc::new(RedisStorage::connect(url).await?);
         redis.clear().await?;
         let store: Arc<dyn Storage> = if cache {
-            Arc::new(GuardedStorage::new(redis).deny_cache(100_000))
+            Arc::new(DenyCacheStorage::new(redis, DenyCache::new(100_000)))
         } else {
             redis
         };

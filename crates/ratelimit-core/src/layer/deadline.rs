@@ -1,0 +1,130 @@
+//! A deadline on every store call.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Layer, LayeredStorage, stats_with};
+use crate::decision::Decision;
+use crate::error::{Error, ErrorKind, Result};
+use crate::storage::{CasOp, DecideRequest, Storage, StorageStats};
+
+/// Every call to the store gets at most this long; past it the call fails
+/// with a transient [`ErrorKind::Timeout`], and the HTTP policy answers by
+/// the route's error mode (fail closed by default, or open). A store that
+/// decides without waiting (the memory store) is not timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    deadline: Duration,
+}
+
+impl Deadline {
+    /// At most `deadline` per call.
+    pub const fn new(deadline: Duration) -> Self {
+        Self { deadline }
+    }
+
+    /// The longest a call may take.
+    pub const fn deadline(&self) -> Duration {
+        self.deadline
+    }
+}
+
+impl Layer for Deadline {
+    type Wrapped = DeadlineStorage;
+
+    fn layer(self, inner: Arc<dyn Storage>) -> DeadlineStorage {
+        DeadlineStorage::new(inner, self)
+    }
+}
+
+/// A store whose calls have a [`Deadline`].
+#[derive(Debug)]
+pub struct DeadlineStorage {
+    inner: Arc<dyn Storage>,
+    deadline: Duration,
+    exceeded: AtomicU64,
+}
+
+impl DeadlineStorage {
+    /// `inner` with `deadline`.
+    pub fn new(inner: Arc<dyn Storage>, deadline: Deadline) -> Self {
+        Self {
+            inner,
+            deadline: deadline.deadline,
+            exceeded: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls that ran past the deadline so far.
+    pub fn exceeded(&self) -> u64 {
+        self.exceeded.load(Ordering::Relaxed)
+    }
+
+    async fn timed<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.deadline, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.exceeded.fetch_add(1, Ordering::Relaxed);
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the store did not answer within its deadline of {}",
+                        crate::format_duration(self.deadline)
+                    ),
+                )
+                .with_transient(true))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LayeredStorage for DeadlineStorage {
+    fn inner(&self) -> &Arc<dyn Storage> {
+        &self.inner
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.timed(self.inner.get(key)).await
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        self.timed(self.inner.set(key, value, ttl)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.timed(self.inner.delete(key)).await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.timed(self.inner.exists(key)).await
+    }
+
+    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
+        self.timed(self.inner.increment(key, amount, ttl)).await
+    }
+
+    async fn clear(&self) -> Result<u64> {
+        self.timed(self.inner.clear()).await
+    }
+
+    async fn stats(&self) -> Result<StorageStats> {
+        let inner = self.timed(self.inner.stats()).await;
+        Ok(stats_with(
+            inner,
+            [("deadline_exceeded", self.exceeded().to_string())],
+        ))
+    }
+
+    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
+        self.timed(self.inner.compare_and_swap(ops)).await
+    }
+
+    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+        self.timed(self.inner.decide(request)).await
+    }
+}

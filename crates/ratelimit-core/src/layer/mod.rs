@@ -1,0 +1,227 @@
+//! Store layers: wrappers that add one concern to any store, composed like
+//! tower's layers.
+//!
+//! | layer | wraps a store in | what it adds |
+//! |---|---|---|
+//! | [`Deadline`] | [`DeadlineStorage`] | every call gets at most this long, then fails with a transient [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) |
+//! | [`Breaker`] | [`BreakerStorage`] | a circuit breaker: after consecutive transient failures, calls fail at once until a probe succeeds |
+//! | [`DenyCache`] | [`DenyCacheStorage`] | denials remembered locally until they end (never denies what the store would allow) |
+//! | [`Approximate`](crate::approximate::Approximate) | [`ApproximateStorage`](crate::approximate::ApproximateStorage) | hot keys counted locally, written in batches |
+//!
+//! Put them on with [`StorageExt::layer`], innermost first. The order the
+//! configuration uses, and the one to use unless you have a reason not to,
+//! is deadline, then breaker, then deny cache, then approximate mode:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use ratelimit_core::layer::{Breaker, Deadline, DenyCache};
+//! use ratelimit_core::{Storage, StorageExt};
+//! # fn wrap(redis: Arc<dyn Storage>) -> Arc<dyn Storage> {
+//! redis
+//!     // Innermost: a call the store does not answer in time is a failure...
+//!     .layer(Deadline::new(Duration::from_millis(100)))
+//!     // ...which the breaker counts, so a hanging store opens it...
+//!     .layer(Breaker::new(5, Duration::from_secs(1)))
+//!     // ...and a cached denial needs neither the store nor the breaker.
+//!     .layer(DenyCache::new(100_000))
+//! # }
+//! ```
+//!
+//! Each layer adds its counters to the store's [`stats`](Storage::stats)
+//! details, and answers `stats` even when the store cannot (its own state is
+//! most wanted then): the details then say `error`.
+//!
+//! # Writing a layer
+//!
+//! Implement [`LayeredStorage`]: say where the inner store is, and override
+//! only the operations the layer changes; the others forward. [`Storage`]
+//! comes with it. A [`Layer`] is the configuration that wraps a store.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use async_trait::async_trait;
+//! use ratelimit_core::layer::LayeredStorage;
+//! use ratelimit_core::{Result, Storage};
+//!
+//! /// Counts the reads of the store below.
+//! #[derive(Debug)]
+//! struct CountReads {
+//!     inner: Arc<dyn Storage>,
+//!     reads: AtomicU64,
+//! }
+//!
+//! #[async_trait]
+//! impl LayeredStorage for CountReads {
+//!     fn inner(&self) -> &Arc<dyn Storage> {
+//!         &self.inner
+//!     }
+//!     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+//!         self.reads.fetch_add(1, Ordering::Relaxed);
+//!         self.inner.get(key).await
+//!     }
+//! }
+//! ```
+
+mod breaker;
+mod deadline;
+mod deny_cache;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use breaker::{Breaker, BreakerState, BreakerStatus, BreakerStorage};
+pub use deadline::{Deadline, DeadlineStorage};
+pub use deny_cache::{DenyCache, DenyCacheStatus, DenyCacheStorage};
+
+use crate::decision::Decision;
+use crate::error::Result;
+use crate::storage::{CasOp, DecideRequest, Storage, StorageStats};
+
+/// The configuration of a store wrapper: wraps a store in it.
+pub trait Layer {
+    /// The wrapped store.
+    type Wrapped: Storage + 'static;
+
+    /// Wraps `inner`.
+    fn layer(self, inner: Arc<dyn Storage>) -> Self::Wrapped;
+}
+
+/// Putting layers on a store.
+pub trait StorageExt {
+    /// This store wrapped in `layer`.
+    fn layer<L: Layer>(self, layer: L) -> Arc<dyn Storage>;
+}
+
+impl StorageExt for Arc<dyn Storage> {
+    fn layer<L: Layer>(self, layer: L) -> Arc<dyn Storage> {
+        Arc::new(layer.layer(self))
+    }
+}
+
+/// A store that wraps another: every operation forwards to
+/// [`inner`](Self::inner) unless overridden. Every type implementing it is a
+/// [`Storage`]. An override keeps the contract of the [`Storage`] method of
+/// the same name.
+#[async_trait]
+pub trait LayeredStorage: Send + Sync + fmt::Debug {
+    /// The store this one wraps.
+    fn inner(&self) -> &Arc<dyn Storage>;
+
+    /// [`Storage::get`].
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.inner().get(key).await
+    }
+
+    /// [`Storage::set`].
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        self.inner().set(key, value, ttl).await
+    }
+
+    /// [`Storage::delete`].
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.inner().delete(key).await
+    }
+
+    /// [`Storage::exists`].
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.inner().exists(key).await
+    }
+
+    /// [`Storage::increment`].
+    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
+        self.inner().increment(key, amount, ttl).await
+    }
+
+    /// [`Storage::clear`].
+    async fn clear(&self) -> Result<u64> {
+        self.inner().clear().await
+    }
+
+    /// [`Storage::close`].
+    async fn close(&self) -> Result<()> {
+        self.inner().close().await
+    }
+
+    /// [`Storage::stats`].
+    async fn stats(&self) -> Result<StorageStats> {
+        self.inner().stats().await
+    }
+
+    /// [`Storage::compare_and_swap`].
+    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
+        self.inner().compare_and_swap(ops).await
+    }
+
+    /// [`Storage::decide`].
+    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+        self.inner().decide(request).await
+    }
+
+    /// [`Storage::decide_now`]. A layer that changes [`decide`](Self::decide)
+    /// changes this too (or returns `None`, sending every decision through
+    /// `decide`): forwarded, the inner store's answer would bypass the layer
+    /// (the memory store answers every decision here).
+    fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
+        self.inner().decide_now(request)
+    }
+}
+
+#[async_trait]
+impl<T: LayeredStorage> Storage for T {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        LayeredStorage::get(self, key).await
+    }
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        LayeredStorage::set(self, key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool> {
+        LayeredStorage::delete(self, key).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        LayeredStorage::exists(self, key).await
+    }
+    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
+        LayeredStorage::increment(self, key, amount, ttl).await
+    }
+    async fn clear(&self) -> Result<u64> {
+        LayeredStorage::clear(self).await
+    }
+    async fn close(&self) -> Result<()> {
+        LayeredStorage::close(self).await
+    }
+    async fn stats(&self) -> Result<StorageStats> {
+        LayeredStorage::stats(self).await
+    }
+    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
+        LayeredStorage::compare_and_swap(self, ops).await
+    }
+    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+        LayeredStorage::decide(self, request).await
+    }
+    fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
+        LayeredStorage::decide_now(self, request)
+    }
+}
+
+/// The inner store's stats with a layer's `details` added; when the store
+/// cannot answer, stats of an `unavailable` store saying why (a layer's own
+/// state is most wanted when its store is down).
+pub(crate) fn stats_with(
+    inner: Result<StorageStats>,
+    details: impl IntoIterator<Item = (&'static str, String)>,
+) -> StorageStats {
+    let mut stats = inner.unwrap_or_else(|e| {
+        let mut s = StorageStats::new("unavailable");
+        s.details.push(("error".to_owned(), e.to_string()));
+        s
+    });
+    stats
+        .details
+        .extend(details.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    stats
+}
