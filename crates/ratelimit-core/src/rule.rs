@@ -44,16 +44,60 @@ impl Algorithm {
         Self::Gcra,
     ];
 
+    /// Everything the code knows about one algorithm besides its step: one
+    /// row per algorithm, and the only place these facts are written. The
+    /// match has no wildcard, so a new algorithm does not compile until it
+    /// has its row.
+    const fn facts(self) -> Facts {
+        match self {
+            Self::FixedWindow => Facts {
+                name: "fixed_window",
+                aliases: &["fixed"],
+                tag: 1,
+                fields: Some(2),
+                burst: false,
+            },
+            Self::SlidingWindowLog => Facts {
+                name: "sliding_window_log",
+                aliases: &["sliding_log"],
+                tag: 2,
+                fields: None,
+                burst: false,
+            },
+            Self::SlidingWindowCounter => Facts {
+                name: "sliding_window_counter",
+                aliases: &["sliding_window"],
+                tag: 3,
+                fields: Some(3),
+                burst: false,
+            },
+            Self::TokenBucket => Facts {
+                name: "token_bucket",
+                aliases: &[],
+                tag: 4,
+                fields: Some(2),
+                burst: true,
+            },
+            Self::LeakyBucket => Facts {
+                name: "leaky_bucket",
+                aliases: &[],
+                tag: 5,
+                fields: Some(2),
+                burst: true,
+            },
+            Self::Gcra => Facts {
+                name: "gcra",
+                aliases: &[],
+                tag: 6,
+                fields: Some(1),
+                burst: true,
+            },
+        }
+    }
+
     /// The canonical snake_case name (`"sliding_window_counter"`).
     pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::FixedWindow => "fixed_window",
-            Self::SlidingWindowLog => "sliding_window_log",
-            Self::SlidingWindowCounter => "sliding_window_counter",
-            Self::TokenBucket => "token_bucket",
-            Self::LeakyBucket => "leaky_bucket",
-            Self::Gcra => "gcra",
-        }
+        self.facts().name
     }
 
     /// The algorithm's tag in the stored state format
@@ -61,21 +105,37 @@ impl Algorithm {
     /// sliding window counter, 4 token bucket, 5 leaky bucket, 6 GCRA. Stores
     /// that decide natively (the Redis scripts) use it too.
     pub const fn state_tag(self) -> u8 {
-        match self {
-            Self::FixedWindow => 1,
-            Self::SlidingWindowLog => 2,
-            Self::SlidingWindowCounter => 3,
-            Self::TokenBucket => 4,
-            Self::LeakyBucket => 5,
-            Self::Gcra => 6,
-        }
+        self.facts().tag
+    }
+
+    /// The algorithm whose [`state_tag`](Self::state_tag) is `tag`.
+    pub fn from_state_tag(tag: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.state_tag() == tag)
+    }
+
+    /// How many 64-bit fields its stored state has after the common header
+    /// ([`state`](crate::state)); `None` for the sliding window log, whose
+    /// length varies.
+    pub const fn state_fields(self) -> Option<u8> {
+        self.facts().fields
     }
 
     /// Whether the algorithm meters a steady rate with a burst (token bucket,
     /// leaky bucket, GCRA) rather than counting per window.
     pub const fn uses_burst(self) -> bool {
-        matches!(self, Self::TokenBucket | Self::LeakyBucket | Self::Gcra)
+        self.facts().burst
     }
+}
+
+/// See [`Algorithm::facts`].
+#[derive(Clone, Copy)]
+struct Facts {
+    name: &'static str,
+    /// Other names accepted when parsing.
+    aliases: &'static [&'static str],
+    tag: u8,
+    fields: Option<u8>,
+    burst: bool,
 }
 
 impl fmt::Display for Algorithm {
@@ -90,12 +150,14 @@ pub struct UnknownAlgorithm(pub String);
 
 impl fmt::Display for UnknownAlgorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown algorithm {:?} (expected one of fixed_window, sliding_window_log, \
-             sliding_window_counter, token_bucket, leaky_bucket, gcra)",
-            self.0
-        )
+        write!(f, "unknown algorithm {:?} (expected one of ", self.0)?;
+        for (i, a) in Algorithm::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(a.as_str())?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -106,15 +168,13 @@ impl FromStr for Algorithm {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let norm = s.trim().to_ascii_lowercase().replace('-', "_");
-        Ok(match norm.as_str() {
-            "fixed_window" | "fixed" => Self::FixedWindow,
-            "sliding_window_log" | "sliding_log" => Self::SlidingWindowLog,
-            "sliding_window_counter" | "sliding_window" => Self::SlidingWindowCounter,
-            "token_bucket" => Self::TokenBucket,
-            "leaky_bucket" => Self::LeakyBucket,
-            "gcra" => Self::Gcra,
-            _ => return Err(UnknownAlgorithm(s.chars().take(64).collect())),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|a| {
+                let facts = a.facts();
+                facts.name == norm || facts.aliases.contains(&norm.as_str())
+            })
+            .ok_or_else(|| UnknownAlgorithm(s.chars().take(64).collect()))
     }
 }
 
@@ -295,6 +355,36 @@ mod tests {
 
     fn q() -> Quota {
         Quota::per_second(10).unwrap()
+    }
+
+    /// The table's rows agree with `ALL`: tags 1..=n in order, distinct
+    /// names, and every name, alias and tag leads back to its algorithm.
+    #[test]
+    fn every_algorithm_has_one_consistent_row() {
+        for (i, a) in Algorithm::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(a.state_tag()), i + 1, "{a}");
+            assert_eq!(Algorithm::from_state_tag(a.state_tag()), Some(a));
+            assert_eq!(a.as_str().parse::<Algorithm>(), Ok(a));
+            for alias in a.facts().aliases {
+                assert_eq!(alias.parse::<Algorithm>(), Ok(a), "{alias}");
+            }
+            assert_eq!(a.state_fields().is_none(), a == Algorithm::SlidingWindowLog);
+        }
+        let mut names: Vec<_> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Algorithm::ALL.len());
+        assert_eq!(Algorithm::from_state_tag(0), None);
+        assert_eq!(Algorithm::from_state_tag(7), None);
+        assert_eq!(
+            "Token-Bucket".parse::<Algorithm>(),
+            Ok(Algorithm::TokenBucket)
+        );
+        assert_eq!(
+            "fast".parse::<Algorithm>().unwrap_err().to_string(),
+            "unknown algorithm \"fast\" (expected one of fixed_window, sliding_window_log, \
+             sliding_window_counter, token_bucket, leaky_bucket, gcra)"
+        );
     }
 
     #[test]

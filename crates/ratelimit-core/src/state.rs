@@ -133,8 +133,10 @@ impl RuleState {
         let mut out = Vec::with_capacity(34);
         out.push(VERSION);
         let tag = self.algorithm.algorithm().state_tag();
-        let fields: [u64; 3] = match &self.algorithm {
-            AlgorithmState::FixedWindow(s) => [s.window_start, s.count, 0],
+        // Each state's fields, counted beside them (the count must agree with
+        // `Algorithm::state_fields`: a test checks).
+        let (fields, used): ([u64; 3], usize) = match &self.algorithm {
+            AlgorithmState::FixedWindow(s) => ([s.window_start, s.count, 0], 2),
             AlgorithmState::SlidingWindowLog(s) => {
                 out.clear();
                 out.push(LOG_VERSION);
@@ -154,18 +156,15 @@ impl RuleState {
                 }
                 return out;
             }
-            AlgorithmState::SlidingWindowCounter(s) => [s.window_start, s.previous, s.current],
-            AlgorithmState::TokenBucket(s) => [s.tokens, s.anchor, 0],
-            AlgorithmState::LeakyBucket(s) => [s.level, s.anchor, 0],
-            AlgorithmState::Gcra(s) => [s.tat, 0, 0],
+            AlgorithmState::SlidingWindowCounter(s) => {
+                ([s.window_start, s.previous, s.current], 3)
+            }
+            AlgorithmState::TokenBucket(s) => ([s.tokens, s.anchor, 0], 2),
+            AlgorithmState::LeakyBucket(s) => ([s.level, s.anchor, 0], 2),
+            AlgorithmState::Gcra(s) => ([s.tat, 0, 0], 1),
         };
         out.push(tag);
         out.extend_from_slice(&self.blocked_until.to_le_bytes());
-        let used = match tag {
-            1 | 4 | 5 => 2,
-            3 => 3,
-            _ => 1,
-        };
         for f in fields.iter().take(used) {
             out.extend_from_slice(&f.to_le_bytes());
         }
@@ -181,16 +180,17 @@ impl RuleState {
             return Err(DecodeError("unknown format version"));
         }
         let tag = r.u8()?;
-        if version == LOG_VERSION && tag != 2 {
+        if version == LOG_VERSION && tag != Algorithm::SlidingWindowLog.state_tag() {
             return Err(DecodeError("unknown format version"));
         }
         let blocked_until = r.u64()?;
-        let algorithm = match tag {
-            1 => AlgorithmState::FixedWindow(FixedWindowState {
+        let algorithm = Algorithm::from_state_tag(tag).ok_or(DecodeError("unknown algorithm tag"))?;
+        let algorithm = match algorithm {
+            Algorithm::FixedWindow => AlgorithmState::FixedWindow(FixedWindowState {
                 window_start: r.u64()?,
                 count: r.u64()?,
             }),
-            2 => {
+            Algorithm::SlidingWindowLog => {
                 let n = r.u32()? as usize;
                 if r.0.len() != n.saturating_mul(16) {
                     return Err(DecodeError("sliding log length does not match its count"));
@@ -217,21 +217,20 @@ impl RuleState {
                 }
                 AlgorithmState::SlidingWindowLog(SlidingLogState { entries })
             }
-            3 => AlgorithmState::SlidingWindowCounter(SlidingCounterState {
+            Algorithm::SlidingWindowCounter => AlgorithmState::SlidingWindowCounter(SlidingCounterState {
                 window_start: r.u64()?,
                 previous: r.u64()?,
                 current: r.u64()?,
             }),
-            4 => AlgorithmState::TokenBucket(TokenBucketState {
+            Algorithm::TokenBucket => AlgorithmState::TokenBucket(TokenBucketState {
                 tokens: r.u64()?,
                 anchor: r.u64()?,
             }),
-            5 => AlgorithmState::LeakyBucket(LeakyBucketState {
+            Algorithm::LeakyBucket => AlgorithmState::LeakyBucket(LeakyBucketState {
                 level: r.u64()?,
                 anchor: r.u64()?,
             }),
-            6 => AlgorithmState::Gcra(GcraState { tat: r.u64()? }),
-            _ => return Err(DecodeError("unknown algorithm tag")),
+            Algorithm::Gcra => AlgorithmState::Gcra(GcraState { tat: r.u64()? }),
         };
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
@@ -272,6 +271,24 @@ impl Reader<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Each state encodes as many fields as its algorithm's row says.
+    #[test]
+    fn states_encode_the_fields_their_algorithm_declares() {
+        for state in samples() {
+            let algorithm = state.algorithm.algorithm();
+            let bytes = state.encode();
+            match algorithm.state_fields() {
+                Some(n) => assert_eq!(bytes.len(), 10 + 8 * usize::from(n), "{algorithm}"),
+                None => assert_eq!(algorithm, Algorithm::SlidingWindowLog),
+            }
+            assert_eq!(bytes.get(1), Some(&algorithm.state_tag()));
+        }
+        let covered: Vec<_> = samples().iter().map(|s| s.algorithm.algorithm()).collect();
+        for a in Algorithm::ALL {
+            assert!(covered.contains(&a), "no sample state for {a}");
+        }
+    }
 
     fn samples() -> Vec<RuleState> {
         let algos = vec![

@@ -86,3 +86,54 @@ impl Scripts {
             .chain([&self.mixed, &self.increment, &self.compare_and_swap])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lua(name: &str) -> String {
+        let path = format!("{}/src/scripts/{name}.lua", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The Lua side agrees with the core's table of algorithms: one script
+    /// per algorithm, by tag, holding that algorithm's step; the mixed
+    /// script holding all of them; and the prelude's table of state sizes
+    /// saying what `Algorithm::state_fields` says.
+    #[test]
+    fn the_scripts_follow_the_algorithm_table() {
+        assert_eq!(SCRIPTS.per_algorithm.len(), Algorithm::ALL.len());
+        for a in Algorithm::ALL {
+            let step = lua(a.as_str());
+            let script = SCRIPTS.decision(std::iter::once(a));
+            assert!(script.code.contains(&step), "{a}'s script lacks its step");
+            for other in Algorithm::ALL.into_iter().filter(|o| *o != a) {
+                assert!(!script.code.contains(&lua(other.as_str())), "{a}'s script holds {other}'s step");
+            }
+            assert!(SCRIPTS.mixed.code.contains(&step), "the mixed script lacks {a}");
+        }
+        let prelude = lua("prelude");
+        let line = prelude
+            .lines()
+            .find(|l| l.starts_with("local FIELDS = {"))
+            .expect("the prelude's FIELDS table");
+        let fields: Vec<(u8, u8)> = line
+            .trim_start_matches("local FIELDS = {")
+            .trim_end_matches('}')
+            .split(',')
+            .map(|entry| {
+                let (tag, n) = entry.split_once('=').expect("[tag] = n");
+                let tag = tag.trim().trim_start_matches('[').trim_end_matches(']');
+                (tag.parse().expect("a tag"), n.trim().parse().expect("a count"))
+            })
+            .collect();
+        for a in Algorithm::ALL {
+            let lua_fields = fields.iter().find(|(t, _)| *t == a.state_tag()).map(|(_, n)| *n);
+            assert_eq!(lua_fields, a.state_fields(), "{a}: prelude.lua's FIELDS");
+        }
+        assert_eq!(
+            fields.len(),
+            Algorithm::ALL.iter().filter(|a| a.state_fields().is_some()).count()
+        );
+    }
+}
