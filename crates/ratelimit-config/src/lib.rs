@@ -189,22 +189,61 @@ impl Loader {
             }
             ConfigErrors::single(source.clone(), "", message)
         })?;
-        let mut reader = Reader::new(
+        let reader = Reader::new(
             Some(&figment),
             source.clone(),
             self.env_prefix.clone().unwrap_or_default(),
         );
-        let read = parse::read(&mut reader, &root);
-        let mut config = read.config;
-        config.origin = Origin {
-            default: source,
-            fields: Arc::new(reader.origins.clone()),
-        };
-        let mut problems = reader.problems;
-        if let Err(more) = build::compile(&config, &read.broken_rules, None) {
-            problems.list.extend(more.0);
-        }
-        problems.into_result(config)
+        read_checked(reader, &root, source)
+    }
+}
+
+/// Reads the configuration at `root` and checks it whole: every problem at
+/// once, each named by `source` (or the environment variable it came from).
+fn read_checked(mut reader: Reader<'_>, root: &figment::value::Value, source: String) -> Result<Config, ConfigErrors> {
+    let read = parse::read(&mut reader, root);
+    let mut config = read.config;
+    config.origin = Origin {
+        default: source,
+        fields: Arc::new(reader.origins.clone()),
+    };
+    let mut problems = reader.problems;
+    if let Err(more) = build::compile(&config, &read.broken_rules, None) {
+        problems.list.extend(more.0);
+    }
+    problems.into_result(config)
+}
+
+/// A configuration as one section of an application's own serde
+/// configuration: read and checked exactly as a file is (every problem at
+/// once, each with its field path inside the section), without
+/// environment overrides.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct AppConfig {
+///     port: u16,
+///     ratelimit: ratelimit_config::Config,
+/// }
+///
+/// let app: AppConfig = toml::from_str(
+///     r#"
+///     port = 8080
+///
+///     [ratelimit.rules.api]
+///     limit = 100
+///     window = "1m"
+///     "#,
+/// )?;
+/// assert_eq!(app.ratelimit.rules["api"].limit, 100);
+/// # Ok::<(), toml::de::Error>(())
+/// ```
+impl<'de> serde::Deserialize<'de> for Config {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let root = <figment::value::Value as serde::Deserialize>::deserialize(d)?;
+        let source = "configuration".to_owned();
+        read_checked(Reader::new(None, source.clone(), String::new()), &root, source)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -14,6 +14,8 @@ pub mod observe;
 mod periodic;
 pub mod quota;
 pub mod rule;
+#[cfg(feature = "serde")]
+pub mod serde;
 pub mod state;
 pub mod storage;
 pub mod support;
