@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use actix_web::{App, HttpServer, web};
 use ratelimit_actix::{RateLimit, RateLimitDecision};
-use ratelimit_http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
 use ratelimit_core::{Algorithm, Limiter, Rule};
+use ratelimit_http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
 use ratelimit_memory::MemoryStorage;
 use ratelimit_testkit::http::TestClient;
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 use ratelimit_axum::{RateLimitDecision, RateLimitLayer};
-use ratelimit_http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
 use ratelimit_core::{Algorithm, Limiter, Rule};
+use ratelimit_http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
 use ratelimit_memory::MemoryStorage;
 use ratelimit_testkit::http::TestClient;
 

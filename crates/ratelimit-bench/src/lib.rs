@@ -9,10 +9,10 @@ use std::task::{Context, Poll, Waker};
 use axum::Router;
 use axum::routing::get;
 use ratelimit_axum::RateLimitLayer;
+use ratelimit_core::{Algorithm, Limiter, Quota, Rule};
 use ratelimit_http::{
     HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits, ResetFormat, RouteTable,
 };
-use ratelimit_core::{Algorithm, Limiter, Quota, Rule};
 use ratelimit_memory::MemoryStorage;
 
 /// Runs a future that completes without ever waiting (a memory-store

@@ -200,7 +200,11 @@ impl Loader {
 
 /// Reads the configuration at `root` and checks it whole: every problem at
 /// once, each named by `source` (or the environment variable it came from).
-fn read_checked(mut reader: Reader<'_>, root: &figment::value::Value, source: String) -> Result<Config, ConfigErrors> {
+fn read_checked(
+    mut reader: Reader<'_>,
+    root: &figment::value::Value,
+    source: String,
+) -> Result<Config, ConfigErrors> {
     let read = parse::read(&mut reader, root);
     let mut config = read.config;
     config.origin = Origin {
@@ -242,8 +246,12 @@ impl<'de> serde::Deserialize<'de> for Config {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let root = <figment::value::Value as serde::Deserialize>::deserialize(d)?;
         let source = "configuration".to_owned();
-        read_checked(Reader::new(None, source.clone(), String::new()), &root, source)
-            .map_err(serde::de::Error::custom)
+        read_checked(
+            Reader::new(None, source.clone(), String::new()),
+            &root,
+            source,
+        )
+        .map_err(serde::de::Error::custom)
     }
 }
 

@@ -9,9 +9,9 @@ use super::Loader;
 use super::build::{PolicyCode, compile};
 use super::error::ConfigErrors;
 use super::model::{Config, TierConfig, TierRuleConfig};
-use ratelimit_http::{RuntimeLists, SharedPolicy};
 use ratelimit_core::Limiter;
 use ratelimit_core::storage::Storage;
+use ratelimit_http::{RuntimeLists, SharedPolicy};
 
 /// Serves a [`Config`] as a [`SharedPolicy`] and changes it at runtime.
 ///

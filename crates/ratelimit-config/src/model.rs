@@ -9,11 +9,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ratelimit_core::rule::Algorithm;
 use ratelimit_http::{
     DEFAULT_LIST_REFRESH, DEFAULT_TIER_CACHE_CAPACITY, DEFAULT_TIER_CACHE_TTL, ErrorMode,
     ForwardingHeader, HeaderStyle, MissingKey, ResetFormat,
 };
-use ratelimit_core::rule::Algorithm;
 
 /// A whole configuration: the store, the defaults, named rules, route rules,
 /// tiers, exemptions, client lists and trusted proxies.
@@ -108,7 +108,10 @@ pub struct StorageConfig {
 impl std::fmt::Debug for StorageConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageConfig")
-            .field("url", &ratelimit_core::storage::redact_url(&self.full_url()))
+            .field(
+                "url",
+                &ratelimit_core::storage::redact_url(&self.full_url()),
+            )
             .field("timeout", &self.timeout)
             .field("breaker", &self.breaker)
             .field("deny_cache", &self.deny_cache)
@@ -139,7 +142,10 @@ impl StorageConfig {
     /// `store` behind the layers this section asks for, innermost first:
     /// the deadline, the breaker, the deny cache, approximate mode (whose
     /// store calls then go through the guards).
-    pub fn guard(&self, store: Arc<dyn ratelimit_core::Storage>) -> Arc<dyn ratelimit_core::Storage> {
+    pub fn guard(
+        &self,
+        store: Arc<dyn ratelimit_core::Storage>,
+    ) -> Arc<dyn ratelimit_core::Storage> {
         use ratelimit_core::StorageExt as _;
         use ratelimit_core::layer::{Deadline, DenyCache};
         let mut store = store;

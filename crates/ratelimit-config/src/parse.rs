@@ -13,8 +13,10 @@ use super::model::{
     RuleConfig, StorageConfig, TierCacheConfig, TierConfig, TierLimit, TierRuleConfig,
 };
 use super::reader::{Reader, Table, whole};
-use ratelimit_http::{AutoBlock, ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat};
 use ratelimit_core::rule::Algorithm;
+use ratelimit_http::{
+    AutoBlock, ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat,
+};
 
 const TOP: &[&str] = &[
     "storage",
@@ -240,7 +242,8 @@ fn reset_format(text: &str) -> Result<ResetFormat, String> {
 }
 
 fn forwarding_header(text: &str) -> Result<ForwardingHeader, String> {
-    text.parse().map_err(|e: ratelimit_http::UnknownSetting| e.0)
+    text.parse()
+        .map_err(|e: ratelimit_http::UnknownSetting| e.0)
 }
 
 fn cut(text: &str) -> String {

@@ -42,11 +42,16 @@ fn the_ratelimit_section_of_an_application_config_is_read_and_checked() {
         "#,
     )
     .unwrap();
-    assert_eq!((app.service.name.as_str(), app.service.port), ("orders", 8080));
+    assert_eq!(
+        (app.service.name.as_str(), app.service.port),
+        ("orders", 8080)
+    );
     assert_eq!(app.ratelimit.rules["api"].limit, 100);
     assert_eq!(app.ratelimit.routes.len(), 1);
     assert_eq!(
-        app.ratelimit.built_rules().unwrap()["login"].quota().limit(),
+        app.ratelimit.built_rules().unwrap()["login"]
+            .quota()
+            .limit(),
         5
     );
 }

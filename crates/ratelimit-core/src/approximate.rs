@@ -70,8 +70,8 @@ use smol_str::SmolStr;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::decision::Decision;
-use crate::layer::{Layer, LayeredStorage, stats_with};
 use crate::error::Result;
+use crate::layer::{Layer, LayeredStorage, stats_with};
 use crate::observe;
 use crate::periodic::Periodic;
 use crate::rule::Rule;

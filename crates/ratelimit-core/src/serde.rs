@@ -209,7 +209,8 @@ impl<'de> Deserialize<'de> for Quota {
 impl Serialize for Rule {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let quota = self.quota();
-        let fields = 4 + usize::from(quota.has_explicit_burst()) + usize::from(self.penalty().is_some());
+        let fields =
+            4 + usize::from(quota.has_explicit_burst()) + usize::from(self.penalty().is_some());
         let mut r = s.serialize_struct("Rule", fields)?;
         r.serialize_field("name", self.name())?;
         r.serialize_field("algorithm", &self.algorithm())?;
@@ -258,7 +259,8 @@ impl<'de> Deserialize<'de> for Rule {
                 let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
                 let algorithm: Algorithm =
                     algorithm.ok_or_else(|| de::Error::missing_field("algorithm"))?;
-                let rule = Rule::new(&name, algorithm, parts.quota()?).map_err(de::Error::custom)?;
+                let rule =
+                    Rule::new(&name, algorithm, parts.quota()?).map_err(de::Error::custom)?;
                 match penalty {
                     Some(p) => rule.with_penalty(p).map_err(de::Error::custom),
                     None => Ok(rule),
@@ -292,16 +294,26 @@ mod tests {
     fn quotas_and_rules_read_the_strings_users_write() {
         let q: Quota = serde_json::from_str(r#""100/minute""#).unwrap();
         assert_eq!(q, Quota::per_minute(100).unwrap());
-        let q: Quota = serde_json::from_str(r#"{"limit": 10, "window": "1h30m", "burst": 4}"#).unwrap();
-        assert_eq!((q.limit(), q.window(), q.burst()), (10, Duration::from_secs(5_400), 4));
+        let q: Quota =
+            serde_json::from_str(r#"{"limit": 10, "window": "1h30m", "burst": 4}"#).unwrap();
+        assert_eq!(
+            (q.limit(), q.window(), q.burst()),
+            (10, Duration::from_secs(5_400), 4)
+        );
         let q: Quota = serde_json::from_str(r#"{"limit": 10, "window": 60}"#).unwrap();
         assert_eq!(q, Quota::per_minute(10).unwrap());
         for (bad, why) in [
             (r#""0/s""#, "limit"),
             (r#"{"limit": 10}"#, "missing field `window`"),
             (r#"{"limit": 10, "window": "soon"}"#, "soon"),
-            (r#"{"limit": 10, "window": "1m", "brust": 2}"#, "unknown field `brust`"),
-            (r#"{"limit": 10, "window": "1m", "limit": 2}"#, "duplicate field `limit`"),
+            (
+                r#"{"limit": 10, "window": "1m", "brust": 2}"#,
+                "unknown field `brust`",
+            ),
+            (
+                r#"{"limit": 10, "window": "1m", "limit": 2}"#,
+                "duplicate field `limit`",
+            ),
         ] {
             let e = serde_json::from_str::<Quota>(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
@@ -313,10 +325,22 @@ mod tests {
         assert_eq!(rule.algorithm(), Algorithm::FixedWindow);
         assert_eq!(rule.penalty(), Some(Duration::from_secs(3_600)));
         for (bad, why) in [
-            (r#"{"name": "x", "algorithm": "fast", "limit": 5, "window": "1m"}"#, "unknown algorithm"),
-            (r#"{"name": "x", "algorithm": "fixed_window", "limit": 5, "window": "1m", "burst": 9}"#, "burst"),
-            (r#"{"name": "a b", "algorithm": "gcra", "limit": 5, "window": "1m"}"#, "name"),
-            (r#"{"algorithm": "gcra", "limit": 5, "window": "1m"}"#, "missing field `name`"),
+            (
+                r#"{"name": "x", "algorithm": "fast", "limit": 5, "window": "1m"}"#,
+                "unknown algorithm",
+            ),
+            (
+                r#"{"name": "x", "algorithm": "fixed_window", "limit": 5, "window": "1m", "burst": 9}"#,
+                "burst",
+            ),
+            (
+                r#"{"name": "a b", "algorithm": "gcra", "limit": 5, "window": "1m"}"#,
+                "name",
+            ),
+            (
+                r#"{"algorithm": "gcra", "limit": 5, "window": "1m"}"#,
+                "missing field `name`",
+            ),
         ] {
             let e = serde_json::from_str::<Rule>(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
@@ -326,17 +350,34 @@ mod tests {
     #[test]
     fn rules_and_quotas_round_trip() {
         let rules = [
-            Rule::new("api", Algorithm::Gcra, "100/minute".parse::<Quota>().unwrap().with_burst(10).unwrap()).unwrap(),
-            Rule::new("login", Algorithm::SlidingWindowLog, Quota::per_hour(5).unwrap())
-                .unwrap()
-                .with_penalty(Duration::from_secs(600))
-                .unwrap(),
+            Rule::new(
+                "api",
+                Algorithm::Gcra,
+                "100/minute"
+                    .parse::<Quota>()
+                    .unwrap()
+                    .with_burst(10)
+                    .unwrap(),
+            )
+            .unwrap(),
+            Rule::new(
+                "login",
+                Algorithm::SlidingWindowLog,
+                Quota::per_hour(5).unwrap(),
+            )
+            .unwrap()
+            .with_penalty(Duration::from_secs(600))
+            .unwrap(),
         ];
         for rule in rules {
             let text = serde_json::to_string(&rule).unwrap();
             assert_eq!(serde_json::from_str::<Rule>(&text).unwrap(), rule, "{text}");
             let quota = serde_json::to_string(&rule.quota()).unwrap();
-            assert_eq!(serde_json::from_str::<Quota>(&quota).unwrap(), *rule.quota(), "{quota}");
+            assert_eq!(
+                serde_json::from_str::<Quota>(&quota).unwrap(),
+                *rule.quota(),
+                "{quota}"
+            );
         }
         for a in Algorithm::ALL {
             let text = serde_json::to_string(&a).unwrap();
@@ -359,6 +400,10 @@ mod tests {
             r#"{"allowed":false,"rule":"api","limit":100,"remaining":0,"reset_after_ms":30500,"retry_after_ms":600}"#
         );
         let allowed = Decision::allow("api".into(), 100, 7, Duration::from_secs(1));
-        assert!(serde_json::to_string(&allowed).unwrap().ends_with(r#""retry_after_ms":null}"#));
+        assert!(
+            serde_json::to_string(&allowed)
+                .unwrap()
+                .ends_with(r#""retry_after_ms":null}"#)
+        );
     }
 }

@@ -156,9 +156,7 @@ impl RuleState {
                 }
                 return out;
             }
-            AlgorithmState::SlidingWindowCounter(s) => {
-                ([s.window_start, s.previous, s.current], 3)
-            }
+            AlgorithmState::SlidingWindowCounter(s) => ([s.window_start, s.previous, s.current], 3),
             AlgorithmState::TokenBucket(s) => ([s.tokens, s.anchor, 0], 2),
             AlgorithmState::LeakyBucket(s) => ([s.level, s.anchor, 0], 2),
             AlgorithmState::Gcra(s) => ([s.tat, 0, 0], 1),
@@ -184,7 +182,8 @@ impl RuleState {
             return Err(DecodeError("unknown format version"));
         }
         let blocked_until = r.u64()?;
-        let algorithm = Algorithm::from_state_tag(tag).ok_or(DecodeError("unknown algorithm tag"))?;
+        let algorithm =
+            Algorithm::from_state_tag(tag).ok_or(DecodeError("unknown algorithm tag"))?;
         let algorithm = match algorithm {
             Algorithm::FixedWindow => AlgorithmState::FixedWindow(FixedWindowState {
                 window_start: r.u64()?,
@@ -217,11 +216,13 @@ impl RuleState {
                 }
                 AlgorithmState::SlidingWindowLog(SlidingLogState { entries })
             }
-            Algorithm::SlidingWindowCounter => AlgorithmState::SlidingWindowCounter(SlidingCounterState {
-                window_start: r.u64()?,
-                previous: r.u64()?,
-                current: r.u64()?,
-            }),
+            Algorithm::SlidingWindowCounter => {
+                AlgorithmState::SlidingWindowCounter(SlidingCounterState {
+                    window_start: r.u64()?,
+                    previous: r.u64()?,
+                    current: r.u64()?,
+                })
+            }
             Algorithm::TokenBucket => AlgorithmState::TokenBucket(TokenBucketState {
                 tokens: r.u64()?,
                 anchor: r.u64()?,

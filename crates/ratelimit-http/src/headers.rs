@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use ratelimit_core::clock::{Timestamp, duration_to_micros};
 use ratelimit_core::Decision;
+use ratelimit_core::clock::{Timestamp, duration_to_micros};
 
 /// Which rate-limit headers to send.
 #[non_exhaustive]

@@ -24,9 +24,9 @@ use ipnet::IpNet;
 
 use super::client_ip::{canonical_net, net_contains, parse_canonical_net};
 use ratelimit_core::clock::{Clock, SystemClock, Timestamp, duration_to_micros};
-use ratelimit_core::{Error, ErrorKind, Result};
-use ratelimit_core::support::LogThrottle;
 use ratelimit_core::storage::{CasOp, Storage};
+use ratelimit_core::support::LogThrottle;
+use ratelimit_core::{Error, ErrorKind, Result};
 
 /// How often, at most, an instance rereads the lists by default.
 pub const DEFAULT_LIST_REFRESH: Duration = Duration::from_secs(2);
@@ -252,7 +252,9 @@ impl RuntimeLists {
     /// another instance's change takes to apply here. Applies to every clone.
     #[must_use]
     pub fn refresh_every(self, interval: Duration) -> Self {
-        self.0.refresh_us.store(duration_to_micros(interval), Ordering::Relaxed);
+        self.0
+            .refresh_us
+            .store(duration_to_micros(interval), Ordering::Relaxed);
         self
     }
 

@@ -12,12 +12,12 @@ use super::key::{ExtractedKey, KeyExtractor, KeySource, RequestView};
 use super::lists::{ListKind, RuntimeLists};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use super::tiers::{Known, Tiers};
-use ratelimit_core::clock::Timestamp;
-use ratelimit_core::support::json_string;
 use ratelimit_core::Decision;
-use ratelimit_core::{Error, Result};
 use ratelimit_core::Limiter;
+use ratelimit_core::clock::Timestamp;
 use ratelimit_core::rule::Rule;
+use ratelimit_core::support::json_string;
+use ratelimit_core::{Error, Result};
 use smol_str::SmolStr;
 
 /// Called with every request that is (or, in shadow mode, would be) denied.

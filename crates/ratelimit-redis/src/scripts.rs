@@ -108,9 +108,15 @@ mod tests {
             let script = SCRIPTS.decision(std::iter::once(a));
             assert!(script.code.contains(&step), "{a}'s script lacks its step");
             for other in Algorithm::ALL.into_iter().filter(|o| *o != a) {
-                assert!(!script.code.contains(&lua(other.as_str())), "{a}'s script holds {other}'s step");
+                assert!(
+                    !script.code.contains(&lua(other.as_str())),
+                    "{a}'s script holds {other}'s step"
+                );
             }
-            assert!(SCRIPTS.mixed.code.contains(&step), "the mixed script lacks {a}");
+            assert!(
+                SCRIPTS.mixed.code.contains(&step),
+                "the mixed script lacks {a}"
+            );
         }
         let prelude = lua("prelude");
         let line = prelude
@@ -124,16 +130,25 @@ mod tests {
             .map(|entry| {
                 let (tag, n) = entry.split_once('=').expect("[tag] = n");
                 let tag = tag.trim().trim_start_matches('[').trim_end_matches(']');
-                (tag.parse().expect("a tag"), n.trim().parse().expect("a count"))
+                (
+                    tag.parse().expect("a tag"),
+                    n.trim().parse().expect("a count"),
+                )
             })
             .collect();
         for a in Algorithm::ALL {
-            let lua_fields = fields.iter().find(|(t, _)| *t == a.state_tag()).map(|(_, n)| *n);
+            let lua_fields = fields
+                .iter()
+                .find(|(t, _)| *t == a.state_tag())
+                .map(|(_, n)| *n);
             assert_eq!(lua_fields, a.state_fields(), "{a}: prelude.lua's FIELDS");
         }
         assert_eq!(
             fields.len(),
-            Algorithm::ALL.iter().filter(|a| a.state_fields().is_some()).count()
+            Algorithm::ALL
+                .iter()
+                .filter(|a| a.state_fields().is_some())
+                .count()
         );
     }
 }

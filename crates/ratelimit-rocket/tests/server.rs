@@ -8,8 +8,8 @@ mod common;
 
 use std::sync::Arc;
 
-use ratelimit_http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
 use ratelimit_core::{Algorithm, Limiter, Rule};
+use ratelimit_http::{HttpPolicy, KeyExtractor, KeySource, Limits, RouteTable};
 use ratelimit_memory::MemoryStorage;
 use ratelimit_rocket::{RateLimit, RateLimitDecision, RateLimited, RateLimitedBy, RouteLimits};
 use ratelimit_testkit::http::TestClient;

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ratelimit_core::{Algorithm, Limiter, Quota, Rule};
 use ratelimit_http::{
     ErrorMode, HttpPolicy, KeyExtractor, KeySource, Limits, Outcome, RequestView, RouteTable,
 };
-use ratelimit_core::{Algorithm, Limiter, Quota, Rule};
 use ratelimit_sqlite::SqliteStorage;
 
 const NO_HEADERS: &[(&str, &[u8])] = &[];

@@ -35,12 +35,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ratelimit_config::{LivePolicy, Loader, PolicyCode};
+use ratelimit_core::{Algorithm, Decision, Limiter, Rule, Storage};
 use ratelimit_http::{
     AutoBlock, ClientIpPolicy, ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor,
     KeySource, Limits, MissingKey, RequestView, ResetFormat, RouteTable, SharedPolicy, Tiers,
     tier_resolver_fn,
 };
-use ratelimit_core::{Algorithm, Decision, Limiter, Rule, Storage};
 
 /// A running server of the framework under test; stopped when dropped.
 pub struct Server {

@@ -594,4 +594,3 @@ mod tests {
         assert!(Storage::exists(&store, "k").await.is_ok());
     }
 }
-

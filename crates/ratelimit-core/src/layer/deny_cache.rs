@@ -302,4 +302,3 @@ impl DenyTable {
         self.shards.iter().map(|s| s.lock().map.len()).sum()
     }
 }
-
