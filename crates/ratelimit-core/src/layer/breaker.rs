@@ -1,23 +1,4 @@
-//! A circuit breaker around a store.
-//!
-//! After `failures` consecutive transient failures the breaker opens: calls
-//! fail at once with [`ErrorKind::Unavailable`] without touching the store.
-//! After `cooldown` one call goes through as a probe (half-open); its
-//! success closes the breaker, its failure opens it for another cool-down. A
-//! probe whose caller gave up (its future dropped: a client that
-//! disconnected) counts as a failed probe, and a half-open state older than
-//! one cool-down hands the probe to the next call, so the breaker can never
-//! stay half-open. Errors that are not transient (a wrong type, bad input)
-//! say nothing about the store's health and do not count.
-//!
-//! While the breaker is open, a task on the tokio runtime asks the store a
-//! cheap question (`exists` on a fixed key) with a backoff from 10 ms up to
-//! at most 250 ms, and closes the breaker as soon as it answers: service
-//! comes back when the store does, not when traffic happens to arrive. It
-//! stops once the breaker closes or the store is dropped.
-//!
-//! Put a [`Deadline`](super::Deadline) inside the breaker, so that a store
-//! that hangs counts as failing.
+//! The circuit breaker layer.
 
 use std::fmt;
 use std::future::Future;
@@ -34,7 +15,27 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::observe;
 use crate::storage::{CasOp, DecideRequest, Storage, StorageStats};
 
-/// When the circuit breaker opens and how long it stays open.
+/// A circuit breaker around a store: when it opens and how long it stays
+/// open.
+///
+/// After `failures` consecutive transient failures the breaker opens: calls
+/// fail at once with [`ErrorKind::Unavailable`] without touching the store.
+/// After `cooldown` one call goes through as a probe (half-open); its
+/// success closes the breaker, its failure opens it for another cool-down. A
+/// probe whose caller gave up (its future dropped: a client that
+/// disconnected) counts as a failed probe, and a half-open state older than
+/// one cool-down hands the probe to the next call, so the breaker can never
+/// stay half-open. Errors that are not transient (a wrong type, bad input)
+/// say nothing about the store's health and do not count.
+///
+/// While the breaker is open, a task on the tokio runtime asks the store a
+/// cheap question (`exists` on a fixed key) with a backoff from 10 ms up to
+/// at most 250 ms, and closes the breaker as soon as it answers: service
+/// comes back when the store does, not when traffic happens to arrive. It
+/// stops once the breaker closes or the store is dropped.
+///
+/// Put a [`Deadline`](super::Deadline) inside the breaker, so that a store
+/// that hangs counts as failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Breaker {
     /// Consecutive transient failures that open it.
@@ -291,7 +292,7 @@ fn spawn_background_probe(
     });
 }
 
-/// A store behind a [`Breaker`] (see the [module docs](self)).
+/// A store behind a [`Breaker`] (see there for how it behaves).
 pub struct BreakerStorage {
     inner: Arc<dyn Storage>,
     cell: Arc<BreakerCell>,

@@ -1,17 +1,4 @@
-//! An exact local cache of denials (Envoy's over-limit cache).
-//!
-//! Once the store says a rule denies a key until `T`, the same rule and key
-//! are denied locally until `T` for requests costing at least as much,
-//! without a round trip (rules with a penalty are never cached: a denial
-//! there has effects). It only ever denies, and only what the store would
-//! deny: the state of a denied key can only get worse until `T` (other
-//! requests consume more), except through a reset, which goes through this
-//! store and clears the entry, or a changed rule, which has another cache
-//! entry. A reset made through another instance is seen here at `T` at the
-//! latest. Bounded in size. A request of several rules denied from the cache
-//! reports the cached rule and its wait, which may be shorter than another
-//! of its rules would give (the client then retries early and is denied
-//! again).
+//! The deny cache layer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,8 +17,20 @@ use crate::observe;
 use crate::rule::Rule;
 use crate::storage::{CasOp, DecideRequest, Storage, StorageStats};
 
-/// A cache of at most `capacity` denials in front of a store (see the
-/// [module docs](self)).
+/// An exact local cache of denials (Envoy's over-limit cache).
+///
+/// Once the store says a rule denies a key until `T`, the same rule and key
+/// are denied locally until `T` for requests costing at least as much,
+/// without a round trip (rules with a penalty are never cached: a denial
+/// there has effects). It only ever denies, and only what the store would
+/// deny: the state of a denied key can only get worse until `T` (other
+/// requests consume more), except through a reset, which goes through this
+/// store and clears the entry, or a changed rule, which has another cache
+/// entry. A reset made through another instance is seen here at `T` at the
+/// latest. Bounded in size. A request of several rules denied from the cache
+/// reports the cached rule and its wait, which may be shorter than another
+/// of its rules would give (the client then retries early and is denied
+/// again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DenyCache {
     capacity: usize,
