@@ -32,13 +32,22 @@ async fn status(p: &HttpPolicy, peer: &str) -> u16 {
     common::get_from(p, peer).await.0
 }
 
-#[tokio::test]
-async fn entries_are_added_listed_expired_and_removed() {
-    let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
+/// The instant the manual-clock tests start at.
+const T0: u64 = 1_700_000_000_000_000;
+
+/// Lists on a memory store, read by a manual clock at `T0`.
+async fn lists_on_a_manual_clock() -> (RuntimeLists, ManualClock) {
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
     let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let lists = RuntimeLists::load_with_clock(store, Arc::new(clock.clone()))
         .await
         .unwrap();
+    (lists, clock)
+}
+
+#[tokio::test]
+async fn entries_are_added_listed_expired_and_removed() {
+    let (lists, clock) = lists_on_a_manual_clock().await;
     lists
         .add(ListKind::Deny, "203.0.113.7", Some(Duration::from_secs(60)))
         .await
@@ -246,8 +255,7 @@ async fn a_refresh_never_hides_a_change_made_meanwhile() {
 /// clock: not before, once at the interval, not again until the next one.
 #[tokio::test]
 async fn the_lists_are_reread_once_per_interval() {
-    let t0 = Timestamp::from_micros(1_700_000_000_000_000);
-    let clock = ManualClock::new(t0);
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
     let counted = Arc::new(common::gated::Gated::new(Arc::new(MemoryStorage::new())));
     let store: Arc<dyn Storage> = counted.clone();
     let lists = RuntimeLists::load_with_clock(store.clone(), Arc::new(clock.clone()))
@@ -258,7 +266,7 @@ async fn the_lists_are_reread_once_per_interval() {
     // Count the store's reads without holding any.
     counted.hold_get(u32::MAX);
     let reads_after = |offset_us: u64| {
-        clock.set(Timestamp::from_micros(t0.as_micros() + offset_us));
+        clock.set(Timestamp::from_micros(T0 + offset_us));
         let (p, counted) = (&p, &counted);
         async move {
             status(p, "203.0.113.7").await;
@@ -284,7 +292,7 @@ async fn the_lists_are_reread_once_per_interval() {
 /// list's own key in the store lives for ten years after its last change.
 #[tokio::test]
 async fn a_permanent_entry_outlives_years_without_changes() {
-    let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
     let store: Arc<dyn Storage> = Arc::new(
         MemoryStorage::builder()
             .clock(Arc::new(clock.clone()))
@@ -310,12 +318,7 @@ async fn a_permanent_entry_outlives_years_without_changes() {
 /// change made at that instant drops it from the store.
 #[tokio::test]
 async fn an_entry_expires_at_its_instant() {
-    let t0 = Timestamp::from_micros(1_700_000_000_000_000);
-    let clock = ManualClock::new(t0);
-    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let lists = RuntimeLists::load_with_clock(store, Arc::new(clock.clone()))
-        .await
-        .unwrap();
+    let (lists, clock) = lists_on_a_manual_clock().await;
     lists
         .add(ListKind::Deny, "203.0.113.7", Some(Duration::from_secs(60)))
         .await
@@ -329,7 +332,7 @@ async fn an_entry_expires_at_its_instant() {
         .unwrap();
     // Back one microsecond: had the change kept the expired entry, it would
     // be listed again.
-    clock.set(Timestamp::from_micros(t0.as_micros() + 59_999_999));
+    clock.set(Timestamp::from_micros(T0 + 59_999_999));
     let deny = lists.list(ListKind::Deny).await.unwrap();
     assert_eq!(deny.len(), 1);
     assert_eq!(deny[0].net.to_string(), "203.0.113.8/32");

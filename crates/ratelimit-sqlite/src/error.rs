@@ -65,3 +65,76 @@ pub(crate) fn pool(err: r2d2::Error, path: Option<&Path>) -> Error {
 pub(crate) fn invalid(message: String) -> Error {
     Error::new(ErrorKind::InvalidInput, message)
 }
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::ffi;
+
+    use super::*;
+
+    fn mapped(code: i32, path: Option<&Path>) -> Error {
+        sqlite(
+            rusqlite::Error::SqliteFailure(ffi::Error::new(code), None),
+            path,
+        )
+    }
+
+    /// Each SQLite failure becomes the kind, transience and words the
+    /// fail-open / fail-closed modes and the operators read.
+    #[test]
+    fn sqlite_errors_map_to_kinds_transience_and_words() {
+        use ErrorKind::{CorruptState, InvalidInput, Other, Unavailable};
+        let path = Path::new("/var/lib/app/rl.db");
+        for (code, kind, transient, words) in [
+            (
+                ffi::SQLITE_BUSY,
+                Unavailable,
+                true,
+                "is busy (another writer holds the lock)",
+            ),
+            (
+                ffi::SQLITE_LOCKED,
+                Unavailable,
+                true,
+                "is busy (another writer holds the lock)",
+            ),
+            (ffi::SQLITE_READONLY, Unavailable, false, "is read-only"),
+            (
+                ffi::SQLITE_FULL,
+                Unavailable,
+                true,
+                "is full (no space left)",
+            ),
+            (
+                ffi::SQLITE_NOTADB,
+                InvalidInput,
+                false,
+                "is not a SQLite database",
+            ),
+            (ffi::SQLITE_CORRUPT, CorruptState, false, "is corrupt"),
+            (ffi::SQLITE_CANTOPEN, Unavailable, false, "cannot be opened"),
+            (ffi::SQLITE_PERM, Unavailable, false, "cannot be opened"),
+            (
+                ffi::SQLITE_IOERR,
+                Unavailable,
+                true,
+                "failed with an I/O error",
+            ),
+            (ffi::SQLITE_MISMATCH, Other, false, "failed"),
+        ] {
+            let e = mapped(code, Some(path));
+            assert_eq!((e.kind(), e.is_transient()), (kind, transient), "{code}");
+            assert_eq!(
+                e.message(),
+                format!("SQLite database /var/lib/app/rl.db {words}")
+            );
+        }
+        assert_eq!(
+            mapped(ffi::SQLITE_CORRUPT, None).message(),
+            "in-memory SQLite database is corrupt"
+        );
+        assert!(is_disk_full(&mapped(ffi::SQLITE_FULL, None)));
+        assert!(!is_disk_full(&mapped(ffi::SQLITE_IOERR, None)));
+        assert!(!is_disk_full(&Error::new(ErrorKind::Unavailable, "full")));
+    }
+}

@@ -329,6 +329,10 @@ impl SqliteStorage {
             let path = inner.path.as_deref();
             let mut conn = inner.pool.get().map_err(|e| pool_error(e, path))?;
             let result = f(&mut conn, path);
+            // Checkpoints around a full disk only give the log's space back:
+            // one more or one fewer changes no result, only the work done
+            // (`.cargo/mutants.toml` excludes the mutants of these guards;
+            // the disk-full fault test checks that the store recovers).
             match &result {
                 Err(e) if crate::error::is_disk_full(e) => {
                     inner.disk_was_full.store(true, Ordering::Relaxed);
@@ -346,6 +350,8 @@ impl SqliteStorage {
             }
             result
         };
+        // Where the job runs changes no result, only which thread waits
+        // (`.cargo/mutants.toml` excludes this condition's mutants).
         if self.inner.config.blocking == Blocking::InPlace
             && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
         {
@@ -504,7 +510,7 @@ impl Storage for SqliteStorage {
 
     async fn stats(&self) -> Result<StorageStats> {
         let now = micros(self.now());
-        let (rows, bytes, journal) = self
+        let (rows, bytes, journal, synchronous) = self
             .blocking(move |conn, path| {
                 let rows: i64 = conn
                     .query_row(
@@ -522,7 +528,12 @@ impl Storage for SqliteStorage {
                 let journal: String = conn
                     .pragma_query_value(None, "journal_mode", |r| r.get(0))
                     .map_err(|e| sqlite(e, path))?;
-                Ok((rows, pages.saturating_mul(size), journal))
+                // The mode the connection runs with, read back: what the
+                // store asked for only if SQLite took it.
+                let synchronous: i64 = conn
+                    .pragma_query_value(None, "synchronous", |r| r.get(0))
+                    .map_err(|e| sqlite(e, path))?;
+                Ok((rows, pages.saturating_mul(size), journal, synchronous))
             })
             .await?;
         let mut stats = StorageStats::new("sqlite");
@@ -534,7 +545,13 @@ impl Storage for SqliteStorage {
             ("journal_mode".to_owned(), journal),
             (
                 "synchronous".to_owned(),
-                self.inner.config.synchronous.pragma().to_owned(),
+                match synchronous {
+                    0 => "OFF".to_owned(),
+                    1 => "NORMAL".to_owned(),
+                    2 => "FULL".to_owned(),
+                    3 => "EXTRA".to_owned(),
+                    other => other.to_string(),
+                },
             ),
             (
                 "schema_version".to_owned(),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ratelimit_core::{Algorithm, ErrorKind, Limiter, Rule, Storage};
-use ratelimit_sqlite::{Location, SqliteConfig, SqliteStorage};
+use ratelimit_sqlite::{Blocking, Location, SqliteConfig, SqliteStorage, Synchronous};
 
 fn dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir()
@@ -98,6 +98,9 @@ fn urls_open_files_and_memory() {
         "sqlite://",
         "sqlite:///x.db?colour=red",
         "sqlite:///x.db?synchronous=maybe",
+        "sqlite:///x.db?pool_size=0",
+        "sqlite:///x.db?cleanup_interval=0s",
+        "sqlite:///x.db?cleanup_interval=soon",
     ] {
         assert_eq!(
             SqliteConfig::from_url(bad).unwrap_err().kind(),
@@ -105,6 +108,88 @@ fn urls_open_files_and_memory() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn url_options_set_what_they_name() {
+    let config = SqliteConfig::from_url(
+        "sqlite:///x.db?pool_size=3&cleanup_interval=5m&cleanup_batch=7&busy_timeout=250ms",
+    )
+    .unwrap();
+    assert_eq!(config.pool_size, 3);
+    assert_eq!(
+        config.cleanup_interval,
+        Some(std::time::Duration::from_secs(300))
+    );
+    assert_eq!(config.cleanup_batch, 7);
+    assert_eq!(config.busy_timeout, std::time::Duration::from_millis(250));
+    let off = SqliteConfig::from_url("sqlite:///x.db?cleanup_interval=off").unwrap();
+    assert_eq!(off.cleanup_interval, None);
+    for (value, blocking) in [
+        ("spawn", Blocking::SpawnBlocking),
+        ("in_place", Blocking::InPlace),
+    ] {
+        let url = format!("sqlite:///x.db?blocking={value}");
+        assert_eq!(SqliteConfig::from_url(&url).unwrap().blocking, blocking);
+    }
+    for (value, synchronous) in [
+        ("normal", Synchronous::Normal),
+        ("FULL", Synchronous::Full),
+        ("off", Synchronous::Off),
+    ] {
+        let url = format!("sqlite:///x.db?synchronous={value}");
+        assert_eq!(
+            SqliteConfig::from_url(&url).unwrap().synchronous,
+            synchronous
+        );
+    }
+    // Errors quote what was wrong, cut to 80 characters.
+    let long = "y".repeat(100);
+    let e = SqliteConfig::from_url(&format!("sqlite:///x.db?{long}=1")).unwrap_err();
+    assert!(
+        e.message().contains(&format!("{:?}", "y".repeat(80))),
+        "{e}"
+    );
+    assert!(!e.message().contains(&"y".repeat(81)), "{e}");
+    let e = SqliteConfig::from_url("sqlite:///x.db?blocking=sideways").unwrap_err();
+    assert!(e.message().contains("\"sideways\""), "{e}");
+}
+
+/// The synchronous mode asked for is the one SQLite runs with: the stats
+/// read it back from a connection.
+#[tokio::test]
+async fn the_synchronous_mode_asked_for_is_the_one_sqlite_runs() {
+    for (mode, expected) in [("off", "OFF"), ("normal", "NORMAL"), ("full", "FULL")] {
+        let path = dir(&format!("synchronous-{mode}")).join("rl.db");
+        let url = format!("sqlite://{}?synchronous={mode}", path.display());
+        let stats = SqliteStorage::from_url(&url)
+            .unwrap()
+            .stats()
+            .await
+            .unwrap();
+        let synchronous = stats
+            .details
+            .iter()
+            .find(|(name, _)| name == "synchronous")
+            .map(|(_, value)| value.as_str());
+        assert_eq!(synchronous, Some(expected), "{mode}");
+    }
+}
+
+/// Opening a file whose layout is current writes nothing: another process
+/// may be holding the write lock at that moment, and the open must not wait
+/// for it.
+#[test]
+fn opening_a_current_file_does_not_wait_for_the_write_lock() {
+    let path = dir("busy-open").join("rl.db");
+    drop(SqliteStorage::open(&path).unwrap());
+    let writer = rusqlite::Connection::open(&path).unwrap();
+    writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let store = SqliteStorage::builder(Location::File(path.clone()))
+        .busy_timeout(std::time::Duration::from_millis(50))
+        .build();
+    assert!(store.is_ok(), "{:?}", store.err());
+    writer.execute_batch("ROLLBACK").unwrap();
 }
 
 /// State written by one process is honoured by the next one, after the first
@@ -184,6 +269,61 @@ async fn cleanup_deletes_expired_rows_in_batches() {
     assert_eq!(store.cleanup_expired().await.unwrap(), 50);
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.keys, stats.expirations), (Some(1), Some(50)));
+}
+
+/// The background cleanup: started by the configuration, stopped and
+/// started again on demand, stopped by `close`. (Waits are liveness bounds;
+/// the one negative check gives a stopped task ten of its intervals.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_cleanup_runs_stops_and_starts_again() {
+    use std::time::Duration;
+    let clock = ratelimit_core::ManualClock::new(ratelimit_core::Timestamp::from_micros(
+        1_700_000_000_000_000,
+    ));
+    let mut config = SqliteConfig::new(Location::File(dir("background-cleanup").join("rl.db")));
+    config.cleanup_interval = Some(Duration::from_millis(20));
+    let store = SqliteStorage::builder(Location::Memory)
+        .config(config)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    assert!(store.is_cleanup_running());
+    let expire = |prefix: &'static str| {
+        let (store, clock) = (&store, &clock);
+        async move {
+            for i in 0..5 {
+                store
+                    .set(&format!("{prefix}{i}"), b"v", Duration::from_secs(1))
+                    .await
+                    .unwrap();
+            }
+            clock.advance(Duration::from_secs(2));
+        }
+    };
+    let removed = || async { store.stats().await.unwrap().expirations.unwrap() };
+    let until_removed = |n: u64| async move {
+        for _ in 0..500 {
+            if removed().await >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the cleanup never removed {n} rows");
+    };
+    expire("a").await;
+    until_removed(5).await;
+
+    store.stop_cleanup();
+    assert!(!store.is_cleanup_running());
+    expire("b").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(removed().await, 5, "a stopped cleanup removed rows");
+
+    store.start_cleanup(Duration::from_millis(20)).unwrap();
+    assert!(store.is_cleanup_running());
+    until_removed(10).await;
+    store.close().await.unwrap();
+    assert!(!store.is_cleanup_running());
 }
 
 /// Makes `path` read-only for this process: permission bits for a normal user;
