@@ -134,11 +134,6 @@ impl Default for StorageConfig {
 }
 
 impl StorageConfig {
-    /// Whether any guard (deadline, breaker, deny cache) is asked for.
-    pub fn guarded(&self) -> bool {
-        self.timeout.is_some() || self.breaker.is_some() || self.deny_cache > 0
-    }
-
     /// `store` behind the layers this section asks for, innermost first:
     /// the deadline, the breaker, the deny cache, approximate mode (whose
     /// store calls then go through the guards).
