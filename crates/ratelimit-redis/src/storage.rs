@@ -149,18 +149,17 @@ impl RedisStorageBuilder {
     }
 
     /// The store, connected: reaches the server (every Cluster master, the
-    /// Sentinels' current master), checks it answers and loads the scripts,
-    /// so a wrong address or password is an error now rather than later.
+    /// Sentinels' current master) and loads the scripts there, so a wrong
+    /// address or password is an error now rather than later.
     pub async fn connect(self) -> Result<RedisStorage> {
         let store = self.build()?;
         // Boxed: the redis crate's connection futures nest deeply, and an
         // application future holding them inline can pass the compiler's
         // query depth limit.
+        // Loading the scripts is the check: it reaches every node the store
+        // decides on.
         let check: std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> =
-            Box::pin(async {
-                store.ping().await?;
-                store.load_scripts().await
-            });
+            Box::pin(store.load_scripts());
         check.await?;
         Ok(store)
     }
@@ -307,25 +306,6 @@ impl RedisStorage {
             }
         };
         self.deadline(what, exchange).await
-    }
-
-    async fn ping(&self) -> Result<()> {
-        let backend = self.backend()?;
-        if let Some(masters) = backend
-            .cluster_masters()
-            .await
-            .map_err(|e| redis_error(e, "CLUSTER NODES"))?
-        {
-            for (host, port) in masters {
-                self.deadline(
-                    "PING",
-                    backend.send_to_node(&host, port, redis::cmd("PING")),
-                )
-                .await?;
-            }
-            return Ok(());
-        }
-        self.call("PING", &redis::cmd("PING")).await.map(drop)
     }
 
     /// Loads every script on the server (every Cluster master), so the first

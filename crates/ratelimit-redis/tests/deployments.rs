@@ -172,8 +172,14 @@ async fn cluster_keys_spread_and_requests_stay_in_one_slot() {
         .check_all(&[(&per_hour, &a), (&per_second, &b)], 1)
         .await
         .unwrap_err();
+    // Refused before it reaches the server, with the way out.
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert!(err.to_string().contains("Cluster slot"), "{err}");
+    assert!(!err.is_transient());
+    assert!(
+        err.to_string().contains("must share a Redis Cluster slot")
+            && err.to_string().contains("hash tag"),
+        "{err}"
+    );
     assert!(
         !store
             .exists(&limiter.state_key(&per_hour, &a))
@@ -380,4 +386,45 @@ async fn foreign_values_at_store_keys_are_typed_errors() {
     );
     assert!(limiter.reset(&r, "k").await.unwrap());
     assert!(limiter.check(&r, "k").await.unwrap().is_allowed());
+}
+
+/// Whether `server` holds each of the six decision scripts.
+fn scripts_on(server: &ratelimit_testkit::redis::RedisServer) -> Vec<bool> {
+    Algorithm::ALL
+        .into_iter()
+        .map(|a| {
+            let sha = redis::Script::new(ratelimit_redis::decision_script(a))
+                .get_hash()
+                .to_owned();
+            match server.cmd(&["SCRIPT", "EXISTS", &sha]) {
+                Reply::Array(Some(found)) => found == [Reply::Int(1)],
+                other => panic!("SCRIPT EXISTS answered {other:?}"),
+            }
+        })
+        .collect()
+}
+
+/// Connecting loads every script on the server, and on every master of a
+/// Cluster, before the first decision: no decision pays for a `NOSCRIPT`
+/// round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_loads_every_script_on_every_master() {
+    let server = tokio::task::spawn_blocking(ratelimit_testkit::redis::RedisServer::start)
+        .await
+        .unwrap();
+    assert_eq!(scripts_on(&server), [false; 6]);
+    let _store = RedisStorage::connect(&server.url()).await.unwrap();
+    assert_eq!(scripts_on(&server), [true; 6]);
+
+    let cluster =
+        tokio::task::spawn_blocking(|| ratelimit_testkit::redis::RedisCluster::start(3, 0))
+            .await
+            .unwrap();
+    for node in cluster.nodes() {
+        assert_eq!(scripts_on(node), [false; 6]);
+    }
+    let _store = RedisStorage::connect(&cluster.url()).await.unwrap();
+    for node in cluster.nodes() {
+        assert_eq!(scripts_on(node), [true; 6], "node {}", node.port());
+    }
 }

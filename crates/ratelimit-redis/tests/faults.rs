@@ -268,13 +268,23 @@ async fn the_store_reconnects_after_a_restart() {
     server.stop();
 }
 
+/// How many times the server ran command `name`, from `INFO commandstats`.
+fn command_calls(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test]
 async fn a_flushed_script_cache_is_refilled_by_itself() {
     let server = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
     let store = RedisStorage::connect(&server.url()).await.unwrap();
-    let limiter = Limiter::new(Arc::new(store));
+    let limiter = Limiter::new(Arc::new(store.clone()));
     let rule = Rule::new(
         "flush",
         Algorithm::SlidingWindowCounter,
@@ -291,16 +301,20 @@ async fn a_flushed_script_cache_is_refilled_by_itself() {
     // EVALSHA met NOSCRIPT once, EVAL sent the script (and cached it), and
     // every later call named it by SHA-1 again.
     let stats = server.cmd(&["INFO", "commandstats"]).text();
-    let calls = |name: &str| {
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let calls = |name: &str| command_calls(&stats, name);
     assert_eq!(calls("eval"), 1, "{stats}");
     assert_eq!(calls("evalsha"), 9, "{stats}");
+
+    // A script that fails for another reason (a foreign value at its key)
+    // is not sent again by its source: the error is the answer.
+    let foreign = store.redis_key(&limiter.state_key(&rule, "foreign"));
+    server.cmd(&["HSET", &foreign, "field", "value"]);
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    let err = limiter.check(&rule, "foreign").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CorruptState, "{err}");
+    let stats = server.cmd(&["INFO", "commandstats"]).text();
+    let calls = |name: &str| command_calls(&stats, name);
+    assert_eq!((calls("eval"), calls("evalsha")), (0, 1), "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
