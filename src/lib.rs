@@ -91,15 +91,40 @@ pub mod config {
     }
 
     /// [`start`] from any [`Loader`], with the application's code (custom
-    /// keys, a tier resolver, hooks).
+    /// keys, a tier resolver, hooks). `storage.url` is checked against the
+    /// stores this build opens ([`STORES`](crate::STORES)).
     pub async fn start_with(loader: Loader, code: PolicyCode) -> Result<LivePolicy, ConfigErrors> {
+        let loader = loader.stores(crate::STORES);
         let config = loader.load()?;
         let store = open_store(&config)?;
         LivePolicy::start_from(config, loader, store, code).await
     }
 }
 
-/// Builds a store from one URL, for twelve-factor configuration:
+/// The stores this build opens by URL, one per enabled store feature, in
+/// the order [`from_url`] asks them. Adding a store is one line here (and
+/// its feature).
+pub const STORES: &[storage::Opener] = &[
+    #[cfg(feature = "memory")]
+    ratelimit_memory::OPENER,
+    #[cfg(feature = "sqlite")]
+    ratelimit_sqlite::OPENER,
+    #[cfg(feature = "redis")]
+    ratelimit_redis::OPENER,
+];
+
+/// The built-in stores whose feature this build lacks, for errors.
+const DISABLED_STORES: &[&str] = &[
+    #[cfg(not(feature = "memory"))]
+    "memory",
+    #[cfg(not(feature = "sqlite"))]
+    "sqlite",
+    #[cfg(not(feature = "redis"))]
+    "redis",
+];
+
+/// Builds a store from one URL, for twelve-factor configuration, with the
+/// first of [`STORES`] that accepts it:
 ///
 /// - `memory://` (feature `memory`), with optional `?max_size=N&shards=N&cleanup_interval=60s`;
 /// - `sqlite:///absolute/path.db`, `sqlite://relative/path.db` or `sqlite::memory:`
@@ -112,48 +137,38 @@ pub mod config {
 ///   inside a tokio runtime; `RedisStorage::connect` checks the connection at
 ///   start-up instead.
 ///
-/// An unknown scheme, or one whose feature is not enabled, is an
-/// [`ErrorKind::InvalidInput`] error that says which feature to enable.
+/// A URL no enabled store accepts is an [`ErrorKind::InvalidInput`] error
+/// that lists what this build opens and the store features it lacks.
 pub fn from_url(url: &str) -> Result<Arc<dyn Storage>> {
-    let scheme = url.split_once("://").map_or("", |(s, _)| s);
-    match scheme {
-        #[cfg(feature = "memory")]
-        "memory" => Ok(Arc::new(ratelimit_memory::MemoryStorage::from_url(url)?)),
-        #[cfg(not(feature = "memory"))]
-        "memory" => Err(missing_feature("memory", "memory")),
-        #[cfg(feature = "sqlite")]
-        _ if url.starts_with("sqlite:") => {
-            Ok(Arc::new(ratelimit_sqlite::SqliteStorage::from_url(url)?))
-        }
-        #[cfg(not(feature = "sqlite"))]
-        _ if url.starts_with("sqlite:") => Err(missing_feature("sqlite", "sqlite")),
-        #[cfg(feature = "redis")]
-        s if is_redis(s) => Ok(Arc::new(ratelimit_redis::RedisStorage::from_url(url)?)),
-        #[cfg(not(feature = "redis"))]
-        s if is_redis(s) => Err(missing_feature(s, "redis")),
-        // Only the scheme is shown: the rest of a URL may hold a password.
-        _ => Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "unsupported store URL scheme {:?}: expected memory://, sqlite:// or redis://",
-                scheme.chars().take(32).collect::<String>()
-            ),
-        )),
+    match STORES.iter().find(|opener| opener.accepts(url)) {
+        Some(opener) => opener.open(url),
+        None => Err(Error::new(ErrorKind::InvalidInput, unsupported(url))),
     }
 }
 
-/// Whether `scheme` names a Redis deployment.
-fn is_redis(scheme: &str) -> bool {
-    let base = scheme.split_once('+').map_or(scheme, |(b, _)| b);
-    matches!(base, "redis" | "rediss" | "valkey" | "valkeys" | "unix")
-}
-
-#[allow(dead_code, reason = "used only when some store feature is disabled")]
-fn missing_feature(scheme: &str, feature: &str) -> Error {
-    Error::new(
-        ErrorKind::InvalidInput,
-        format!("{scheme}:// stores need the `{feature}` feature of the ratelimit crate"),
-    )
+/// Why no store opens `url`: only its scheme is shown, since the rest of a
+/// URL may hold a password.
+fn unsupported(url: &str) -> String {
+    let scheme = url.split_once(':').map_or("", |(s, _)| s);
+    let opened: Vec<&str> = STORES
+        .iter()
+        .flat_map(|o| o.examples().iter().copied())
+        .collect();
+    let mut message = format!(
+        "unsupported store URL scheme {:?}: this build opens {}",
+        scheme.chars().take(32).collect::<String>(),
+        if opened.is_empty() {
+            "no store".to_owned()
+        } else {
+            opened.join(", ")
+        }
+    );
+    if !DISABLED_STORES.is_empty() {
+        let features: Vec<String> = DISABLED_STORES.iter().map(|f| format!("`{f}`")).collect();
+        message.push_str("; more stores come with the ratelimit crate's features ");
+        message.push_str(&features.join(", "));
+    }
+    message
 }
 
 #[cfg(test)]
@@ -162,8 +177,52 @@ mod tests {
 
     #[test]
     fn unknown_schemes_are_rejected() {
-        for url in ["ftp://x", "", "sqlite-ish"] {
-            assert_eq!(from_url(url).unwrap_err().kind(), ErrorKind::InvalidInput);
+        for url in [
+            "ftp://x",
+            "",
+            "sqlite-ish",
+            "memoryx://",
+            "ftp://user:s3cret@host",
+        ] {
+            let err = from_url(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{url}");
+            assert!(
+                err.message().contains("unsupported store URL scheme"),
+                "{err}"
+            );
+            assert!(!err.message().contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_registry_has_one_opener_per_enabled_store() {
+        let names: Vec<&str> = STORES.iter().map(|o| o.store()).collect();
+        let mut expected = Vec::new();
+        if cfg!(feature = "memory") {
+            expected.push("memory");
+        }
+        if cfg!(feature = "sqlite") {
+            expected.push("sqlite");
+        }
+        if cfg!(feature = "redis") {
+            expected.push("redis");
+        }
+        assert_eq!(names, expected);
+        // Every example is opened by its own store, and by no other.
+        for opener in STORES {
+            for example in opener.examples() {
+                let takers: Vec<&str> = STORES
+                    .iter()
+                    .filter(|o| o.accepts(example))
+                    .map(|o| o.store())
+                    .collect();
+                assert_eq!(takers, [opener.store()], "{example}");
+            }
+        }
+        // The error lists what this build opens.
+        let message = from_url("ftp://x").unwrap_err().to_string();
+        for opener in STORES {
+            assert!(message.contains(opener.examples()[0]), "{message}");
         }
     }
 

@@ -256,7 +256,7 @@ async fn several_instances_account_for_every_unit_they_admit() {
     let flush = Duration::from_millis(20);
     for (name, config) in [
         ("alone", Approximate::new(flush)),
-        ("shared", Approximate::new(flush).instances(4)),
+        ("shared", Approximate::new(flush).with_instances(4)),
     ] {
         let rule = Rule::new(
             name,
@@ -367,7 +367,7 @@ async fn a_key_flood_stays_within_the_bound_and_stays_exact() {
     let memory: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let store = Arc::new(ApproximateStorage::new(
         memory.clone(),
-        Approximate::new(Duration::from_secs(60)).max_keys(32),
+        Approximate::new(Duration::from_secs(60)).with_max_keys(32),
     ));
     let limiter = Limiter::new(store.clone());
     let exact = Limiter::new(memory);

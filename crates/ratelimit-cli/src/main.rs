@@ -34,10 +34,7 @@ use ratelimit::{
     name = "ratelimit",
     version,
     about = "Operate ratelimit: check configurations, inspect and reset keys, store stats, runtime lists, rule simulations.",
-    after_help = "Store URLs: memory://, sqlite:///path/limits.db, redis://host:6379/0, \
-                  redis+cluster://h1:7000,h2:7001, redis+sentinel://s1:26379/mymaster, rediss://…\n\
-                  Keys are written as the policy makes them: ip:203.0.113.9, user:alice, \
-                  header:x-api-key:KEY, or parts joined by | (user:alice|route:/tasks)."
+    after_help = after_help()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -243,8 +240,23 @@ async fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
+/// The help's closing text: the store URLs this build opens, and how keys
+/// are written.
+fn after_help() -> String {
+    let urls: Vec<&str> = ratelimit::STORES
+        .iter()
+        .flat_map(|o| o.examples().iter().copied())
+        .collect();
+    format!(
+        "Store URLs: {}\n\
+         Keys are written as the policy makes them: ip:203.0.113.9, user:alice, \
+         header:x-api-key:KEY, or parts joined by | (user:alice|route:/tasks).",
+        urls.join(", ")
+    )
+}
+
 fn load(file: &str, env: bool) -> Result<Config, ConfigErrors> {
-    let loader = Loader::file(file);
+    let loader = Loader::file(file).stores(ratelimit::STORES);
     if env { loader } else { loader.env_prefix(None) }.load()
 }
 

@@ -84,6 +84,40 @@ fn check_config_prints_every_problem_and_fails() {
     );
 }
 
+/// The help lists the store URLs of every store this build opens (from the
+/// stores' own registrations), and a configuration naming another store is
+/// refused by `check-config` with that list.
+#[test]
+fn the_help_and_the_check_know_the_stores_of_this_build() {
+    let o = ratelimit(&["--help"], &[]);
+    assert_eq!(o.status.code(), Some(0));
+    let help = stdout(&o);
+    for url in [
+        "memory://",
+        "sqlite:///absolute/path/limits.db",
+        "redis://host:6379/0",
+        "redis+cluster://h1:7000,h2:7001",
+        "redis+sentinel://s1:26379/mymaster",
+    ] {
+        assert!(help.contains(url), "{url} missing from:\n{help}");
+    }
+    let dir = Scratch::new("stores");
+    let file = dir.file(
+        "pg.toml",
+        "[storage]\nurl = \"postgres://u:pw@db/limits\"\n",
+    );
+    let o = ratelimit(&["check-config", &file], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{file}: storage.url: unsupported store URL scheme \"postgres\" (this build opens memory://"
+        )) && err.contains("redis+sentinel://s1:26379/mymaster)")
+            && !err.contains("pw@"),
+        "{err}"
+    );
+}
+
 #[test]
 fn environment_overrides_beat_the_file_and_are_named_in_errors() {
     let dir = Scratch::new("env");

@@ -222,7 +222,7 @@ pub(crate) fn compile(
         let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
         match routes.clone().route(&route.path, &methods, limits) {
             Ok(next) => routes = next,
-            Err(e) => c.problem(&format!("{at}.path"), pattern_message(&e.reason)),
+            Err(e) => c.problem(&format!("{at}.path"), pattern_message(e.reason())),
         }
     }
     if !d.rules.is_empty()
@@ -233,7 +233,7 @@ pub(crate) fn compile(
     for (i, pattern) in config.exempt.paths.iter().enumerate() {
         match routes.clone().exempt(pattern) {
             Ok(next) => routes = next,
-            Err(e) => c.problem(&format!("exempt.paths[{i}]"), pattern_message(&e.reason)),
+            Err(e) => c.problem(&format!("exempt.paths[{i}]"), pattern_message(e.reason())),
         }
     }
     if let Some(predicate) = code.and_then(|c| c.exempt_when.as_ref()) {
@@ -403,7 +403,7 @@ impl Checker<'_> {
     /// Reports `pattern` if it is not a valid path pattern on its own.
     fn pattern(&mut self, at: &str, pattern: &str) {
         if let Err(e) = RouteTable::check_pattern(pattern) {
-            self.problem(at, pattern_message(&e.reason));
+            self.problem(at, pattern_message(e.reason()));
         }
     }
 
@@ -690,7 +690,7 @@ impl Checker<'_> {
                 let limits = limits.cost(entry.cost).key(key);
                 let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
                 if let Err(e) = tiers.add_rule(tier_name, &entry.path, &methods, limits) {
-                    self.problem(&format!("{at}.path"), pattern_message(&e.reason));
+                    self.problem(&format!("{at}.path"), pattern_message(e.reason()));
                 }
             }
         }

@@ -52,6 +52,7 @@ use std::sync::Arc;
 
 use figment::Figment;
 use figment::providers::{Env, Format as _, Json, Toml, Yaml};
+use ratelimit_core::storage::Opener;
 
 pub use build::PolicyCode;
 pub use error::{ConfigError, ConfigErrors};
@@ -105,6 +106,7 @@ impl Format {
 pub struct Loader {
     input: Input,
     env_prefix: Option<String>,
+    stores: &'static [Opener],
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,7 @@ impl Loader {
         Self {
             input: Input::File(path.into()),
             env_prefix: Some(ENV_PREFIX.to_owned()),
+            stores: &[],
         }
     }
 
@@ -131,6 +134,7 @@ impl Loader {
                 format,
             },
             env_prefix: None,
+            stores: &[],
         }
     }
 
@@ -139,6 +143,17 @@ impl Loader {
     #[must_use]
     pub fn env_prefix(mut self, prefix: Option<&str>) -> Self {
         self.env_prefix = prefix.map(str::to_owned);
+        self
+    }
+
+    /// Checks `storage.url` against these stores (the facade passes the
+    /// ones its features enable, `ratelimit::STORES`): a URL none of them
+    /// opens is a problem at load time, listed with the others. Without
+    /// stores (the default), only the URL's form is checked, and opening
+    /// it reports an unknown scheme.
+    #[must_use]
+    pub fn stores(mut self, stores: &'static [Opener]) -> Self {
+        self.stores = stores;
         self
     }
 
@@ -189,11 +204,12 @@ impl Loader {
             }
             ConfigErrors::single(source.clone(), "", message)
         })?;
-        let reader = Reader::new(
+        let mut reader = Reader::new(
             Some(&figment),
             source.clone(),
             self.env_prefix.clone().unwrap_or_default(),
         );
+        reader.stores = self.stores;
         read_checked(reader, &root, source)
     }
 }

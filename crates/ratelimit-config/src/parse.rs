@@ -14,6 +14,7 @@ use super::model::{
 };
 use super::reader::{Reader, Table, whole};
 use ratelimit_core::rule::Algorithm;
+use ratelimit_core::storage::Opener;
 use ratelimit_http::{
     AutoBlock, ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat,
 };
@@ -129,15 +130,10 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
                 "the store URL is empty (expected e.g. memory://, sqlite:///var/lib/app/limits.db or redis://host:6379)",
             );
         }
-        if !url.trim().is_empty() && !known_store_scheme(&url) {
-            r.problem(
-                &t.field_path("url"),
-                t.value_of("url"),
-                format!(
-                    "unsupported store URL scheme {:?} (expected memory://, sqlite://, redis://, rediss://, redis+cluster:// or redis+sentinel://)",
-                    url.split_once(':').map_or("", |(s, _)| s).chars().take(32).collect::<String>()
-                ),
-            );
+        if !url.trim().is_empty()
+            && let Some(problem) = store_url_problem(r.stores, &url)
+        {
+            r.problem(&t.field_path("url"), t.value_of("url"), problem);
         }
         s.url = url;
     }
@@ -198,8 +194,8 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
         let instances = a.integer(r, "instances", 1, 1_000_000).unwrap_or(1);
         s.approximate = Some(
             ratelimit_core::approximate::Approximate::new(flush)
-                .max_keys(keys)
-                .instances(instances),
+                .with_max_keys(keys)
+                .with_instances(instances),
         );
         a.finish(r, &["flush", "max_keys", "instances"]);
     }
@@ -217,17 +213,36 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
     s
 }
 
-/// Whether `url` names a store some feature of the facade opens.
-fn known_store_scheme(url: &str) -> bool {
-    if url.starts_with("sqlite:") {
-        return true;
+/// What is wrong with a store URL, if anything: no store of `stores`
+/// opens it or, without stores, it has no scheme. Only the scheme is shown:
+/// the rest of a URL may hold a password.
+fn store_url_problem(stores: &[Opener], url: &str) -> Option<String> {
+    let scheme = url.split_once(':').map_or("", |(s, _)| s);
+    let shown = || scheme.chars().take(32).collect::<String>();
+    if stores.is_empty() {
+        let well_formed = scheme
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        return (!well_formed).then(|| {
+            "the store URL has no scheme (expected e.g. memory://, sqlite:///var/lib/app/limits.db or redis://host:6379)".to_owned()
+        });
     }
-    let scheme = url.split_once("://").map_or("", |(s, _)| s);
-    let base = scheme.split_once('+').map_or(scheme, |(b, _)| b);
-    matches!(
-        base,
-        "memory" | "redis" | "rediss" | "valkey" | "valkeys" | "unix"
-    )
+    if stores.iter().any(|o| o.accepts(url)) {
+        return None;
+    }
+    let examples: Vec<&str> = stores
+        .iter()
+        .flat_map(|o| o.examples().iter().copied())
+        .collect();
+    Some(format!(
+        "unsupported store URL scheme {:?} (this build opens {})",
+        shown(),
+        examples.join(", ")
+    ))
 }
 
 fn reset_format(text: &str) -> Result<ResetFormat, String> {
@@ -243,7 +258,7 @@ fn reset_format(text: &str) -> Result<ResetFormat, String> {
 
 fn forwarding_header(text: &str) -> Result<ForwardingHeader, String> {
     text.parse()
-        .map_err(|e: ratelimit_http::UnknownSetting| e.0)
+        .map_err(|e: ratelimit_http::UnknownSetting| e.to_string())
 }
 
 fn cut(text: &str) -> String {

@@ -24,6 +24,8 @@ pub(crate) struct Reader<'a> {
     pub(crate) problems: Problems,
     /// Sources of fields that did not come from the file.
     pub(crate) origins: BTreeMap<String, String>,
+    /// The stores `storage.url` is checked against; none: its form only.
+    pub(crate) stores: &'static [ratelimit_core::storage::Opener],
 }
 
 impl<'a> Reader<'a> {
@@ -34,6 +36,7 @@ impl<'a> Reader<'a> {
             env_prefix,
             problems: Problems::default(),
             origins: BTreeMap::new(),
+            stores: &[],
         }
     }
 

@@ -223,7 +223,7 @@ fn approximate_mode_reads_with_defaults_and_rejects_a_zero_flush() {
     .unwrap();
     let a = config.storage.approximate.unwrap();
     assert_eq!(
-        (a.flush(), a.keys(), a.shared_by()),
+        (a.flush(), a.max_keys(), a.instances()),
         (std::time::Duration::from_millis(20), 500, 3)
     );
     let e = Config::parse(
@@ -489,14 +489,67 @@ fn files_are_found_by_extension() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A store registry for the tests: memory URLs only, never opened here.
+const TEST_STORES: &[ratelimit_core::storage::Opener] = &[ratelimit_core::storage::Opener::new(
+    "memory",
+    &["memory://", "memory://?max_size=10"],
+    test_accepts,
+    test_open,
+)];
+
+fn test_accepts(url: &str) -> bool {
+    url.starts_with("memory://")
+}
+
+fn test_open(_: &str) -> ratelimit_core::Result<Arc<dyn ratelimit_core::Storage>> {
+    Err(ratelimit_core::Error::new(
+        ratelimit_core::ErrorKind::Other,
+        "the configuration tests open no store",
+    ))
+}
+
 #[test]
 fn stores_methods_and_code_built_values_are_checked() {
+    let text = "[storage]\nurl = \"postgres://db\"\n[rules.a]\nlimit = 1\nwindow = \"1s\"\n[[routes]]\npath = \"/\"\nmethods = [\"get\", \"GET\"]\nrules = [\"a\"]\n";
+    let with_stores = Loader::text(text, Format::Toml)
+        .stores(TEST_STORES)
+        .load()
+        .unwrap_err()
+        .errors()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
     assert_eq!(
-        errors(
-            "[storage]\nurl = \"postgres://db\"\n[rules.a]\nlimit = 1\nwindow = \"1s\"\n[[routes]]\npath = \"/\"\nmethods = [\"get\", \"GET\"]\nrules = [\"a\"]\n"
-        ),
-        "configuration: storage.url: unsupported store URL scheme \"postgres\" (expected memory://, sqlite://, redis://, rediss://, redis+cluster:// or redis+sentinel://)\n\
+        with_stores,
+        "configuration: storage.url: unsupported store URL scheme \"postgres\" (this build opens memory://, memory://?max_size=10)\n\
          configuration: routes[0].methods[1]: method GET is listed twice"
+    );
+    // Without stores to check against, only the URL's form is checked.
+    assert_eq!(
+        errors(text),
+        "configuration: routes[0].methods[1]: method GET is listed twice"
+    );
+    for url in ["no scheme", "://x", "1x://y", "a b://c"] {
+        assert_eq!(
+            errors(&format!("[storage]\nurl = {url:?}\n")),
+            "configuration: storage.url: the store URL has no scheme (expected e.g. memory://, sqlite:///var/lib/app/limits.db or redis://host:6379)",
+            "{url}"
+        );
+    }
+    // What a store accepts passes, and only the scheme of a bad URL is shown.
+    let accepted = Loader::text("[storage]\nurl = \"memory://?max_size=5\"\n", Format::Toml)
+        .stores(TEST_STORES)
+        .load();
+    assert!(accepted.is_ok(), "{accepted:?}");
+    let secret = Loader::text("[storage]\nurl = \"redis://:s3cret@h\"\n", Format::Toml)
+        .stores(TEST_STORES)
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        secret.contains("scheme \"redis\"") && !secret.contains("s3cret"),
+        "{secret}"
     );
     // What a file's reading rules out, code can still set: the same checks.
     let mut config = Config::default();

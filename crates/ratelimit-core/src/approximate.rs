@@ -20,7 +20,7 @@
 //! - With `N` instances, all of which see `R` units left at their last
 //!   refresh, up to `N × R` units can be admitted before the next refresh
 //!   shows them: over-admission is at most `(N − 1) × R` per flush period per
-//!   key. [`Approximate::instances`] divides each budget by the number of
+//!   key. [`Approximate::with_instances`] divides each budget by the number of
 //!   instances, which removes most of it at the price of more round trips
 //!   near the limit. Units admitted that no longer fit when the batch is
 //!   written are counted as `unrecorded` (see [`ApproximateStatus`]).
@@ -31,7 +31,7 @@
 //!
 //! **What stays exact.** Peeks (cost 0) and rules with a penalty always go
 //! to the store. A key that has not been seen within one flush period is
-//! decided by the store. When the table is full ([`Approximate::max_keys`]),
+//! decided by the store. When the table is full ([`Approximate::with_max_keys`]),
 //! new keys are decided by the store, so a flood of unique keys costs
 //! bounded memory and loses nothing. A reset (or any write) through this
 //! store drops the key's local state, pending units included.
@@ -54,7 +54,7 @@
 //! use ratelimit_core::approximate::{Approximate, ApproximateStorage};
 //! # use ratelimit_core::Storage;
 //! # fn wrap(redis: Arc<dyn Storage>) -> ApproximateStorage {
-//! ApproximateStorage::new(redis, Approximate::new(Duration::from_millis(50)).max_keys(10_000))
+//! ApproximateStorage::new(redis, Approximate::new(Duration::from_millis(50)).with_max_keys(10_000))
 //! # }
 //! ```
 
@@ -113,7 +113,7 @@ impl Approximate {
     /// next refresh. Budgets shrink as the limit nears, and the last units
     /// are decided by the store. The price: more round trips near the limit.
     #[must_use]
-    pub fn instances(mut self, n: u64) -> Self {
+    pub fn with_instances(mut self, n: u64) -> Self {
         self.instances = n.max(1);
         self
     }
@@ -121,7 +121,7 @@ impl Approximate {
     /// At most `n` keys (at least 1) counted locally at once; others are
     /// decided by the store.
     #[must_use]
-    pub fn max_keys(mut self, n: usize) -> Self {
+    pub fn with_max_keys(mut self, n: usize) -> Self {
         self.max_keys = n.max(1);
         self
     }
@@ -132,12 +132,12 @@ impl Approximate {
     }
 
     /// The bound on locally counted keys.
-    pub fn keys(&self) -> usize {
+    pub fn max_keys(&self) -> usize {
         self.max_keys
     }
 
     /// How many instances share the store.
-    pub fn shared_by(&self) -> u64 {
+    pub fn instances(&self) -> u64 {
         self.instances
     }
 

@@ -38,6 +38,10 @@ pub enum ErrorKind {
     /// default: it says nothing about the store's health (a circuit breaker
     /// does not count it).
     Full,
+    /// The store does not offer this operation: a store that implements only
+    /// the decision step answers the key-value operations it has not written
+    /// with this kind (see [`Storage`](crate::Storage)).
+    Unsupported,
     /// Anything else a store reports.
     Other,
 }
@@ -60,6 +64,7 @@ impl ErrorKind {
             Self::CostExceedsCapacity => "cost_exceeds_capacity",
             Self::InvalidInput => "invalid_input",
             Self::Full => "full",
+            Self::Unsupported => "unsupported",
             Self::Other => "other",
         }
     }
@@ -130,6 +135,15 @@ impl Error {
     /// The error a closed store returns for every operation.
     pub fn closed() -> Self {
         Self::new(ErrorKind::Closed, "the store is closed")
+    }
+
+    /// The error a store returns for an operation it does not offer:
+    /// [`ErrorKind::Unsupported`], naming the operation.
+    pub fn unsupported(operation: &'static str) -> Self {
+        Self::new(
+            ErrorKind::Unsupported,
+            format!("this store does not support `{operation}`"),
+        )
     }
 }
 

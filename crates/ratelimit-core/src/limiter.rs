@@ -19,18 +19,12 @@ use crate::storage::{DecideEntry, DecideRequest, Storage};
 ///
 /// ```
 /// use ratelimit_core::{Algorithm, Limiter, ManualClock, Rule, Timestamp};
-/// # use ratelimit_core::{CasOp, Result, Storage, StorageStats};
+/// # use ratelimit_core::{CasOp, Decision, DecideRequest, Result, Storage};
 /// # use std::time::Duration;
 /// # #[derive(Debug, Default)] struct Store(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>);
 /// # #[async_trait::async_trait] impl Storage for Store {
+/// #   async fn decide(&self, r: &DecideRequest<'_>) -> Result<Decision> { ratelimit_core::storage::decide_with_cas(self, r).await }
 /// #   async fn get(&self, k: &str) -> Result<Option<Vec<u8>>> { Ok(self.0.lock().unwrap().get(k).cloned()) }
-/// #   async fn set(&self, k: &str, v: &[u8], _: Duration) -> Result<()> { self.0.lock().unwrap().insert(k.into(), v.into()); Ok(()) }
-/// #   async fn delete(&self, k: &str) -> Result<bool> { Ok(self.0.lock().unwrap().remove(k).is_some()) }
-/// #   async fn exists(&self, k: &str) -> Result<bool> { Ok(self.0.lock().unwrap().contains_key(k)) }
-/// #   async fn increment(&self, _: &str, _: i64, _: Duration) -> Result<i64> { unimplemented!() }
-/// #   async fn clear(&self) -> Result<u64> { Ok(0) }
-/// #   async fn close(&self) -> Result<()> { Ok(()) }
-/// #   async fn stats(&self) -> Result<StorageStats> { Ok(StorageStats::new("doc")) }
 /// #   async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
 /// #     let mut m = self.0.lock().unwrap();
 /// #     if ops.iter().any(|o| m.get(o.key).map(Vec::as_slice) != o.expected) { return Ok(false) }

@@ -146,7 +146,14 @@ impl fmt::Display for Algorithm {
 
 /// An algorithm name that is not known.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownAlgorithm(pub String);
+pub struct UnknownAlgorithm(String);
+
+impl UnknownAlgorithm {
+    /// The name that was given (cut to 64 characters).
+    pub fn input(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for UnknownAlgorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -37,7 +37,7 @@ pub use shared::{PolicyGuard, SharedPolicy};
 /// A setting's name that is none of the accepted ones (`"fancy"` for a
 /// header style); the message lists what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownSetting(pub String);
+pub struct UnknownSetting(String);
 
 impl std::fmt::Display for UnknownSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -107,10 +107,20 @@ pub enum Applies<'a> {
 /// A route table that could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteError {
+    pattern: String,
+    reason: String,
+}
+
+impl RouteError {
     /// The pattern or entry at fault.
-    pub pattern: String,
-    /// Why.
-    pub reason: String,
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Why it was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
 }
 
 impl fmt::Display for RouteError {

@@ -7,3 +7,25 @@ mod storage;
 
 pub use config::{DEFAULT_CLEANUP_INTERVAL, DEFAULT_MAX_SIZE, DEFAULT_SHARDS, MemoryConfig};
 pub use storage::{MemoryStorage, MemoryStorageBuilder};
+
+/// How registries open `memory://` URLs (the facade's `from_url`, the
+/// configuration's check of `storage.url`, the operator tool): with
+/// [`MemoryStorage::from_url`].
+pub const OPENER: ratelimit_core::storage::Opener = ratelimit_core::storage::Opener::new(
+    "memory",
+    &[
+        "memory://",
+        "memory://?max_size=100000&shards=64&cleanup_interval=60s",
+    ],
+    accepts,
+    open,
+);
+
+fn accepts(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(scheme, _)| scheme == "memory")
+}
+
+fn open(url: &str) -> ratelimit_core::Result<std::sync::Arc<dyn ratelimit_core::Storage>> {
+    Ok(std::sync::Arc::new(MemoryStorage::from_url(url)?))
+}

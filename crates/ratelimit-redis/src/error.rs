@@ -102,7 +102,8 @@ mod tests {
 
     #[test]
     fn every_failure_has_its_kind_and_transience() {
-        let unavailable = |why: &str| (ErrorKind::Unavailable, true, format!("Redis EVALSHA {why}"));
+        let unavailable =
+            |why: &str| (ErrorKind::Unavailable, true, format!("Redis EVALSHA {why}"));
         let refused = (
             ErrorKind::Unavailable,
             false,
@@ -112,7 +113,11 @@ mod tests {
             (
                 "timeout",
                 io::Error::from(io::ErrorKind::TimedOut).into(),
-                (ErrorKind::Timeout, true, "Redis EVALSHA timed out".to_owned()),
+                (
+                    ErrorKind::Timeout,
+                    true,
+                    "Redis EVALSHA timed out".to_owned(),
+                ),
             ),
             // An I/O error that is neither a timeout nor a dropped connection.
             (
@@ -228,6 +233,9 @@ mod tests {
         assert!(t.is_transient());
         assert_eq!(t.message(), "Redis EVALSHA did not answer within 250ms");
         let i = invalid("bad".to_owned());
-        assert_eq!((i.kind(), i.is_transient()), (ErrorKind::InvalidInput, false));
+        assert_eq!(
+            (i.kind(), i.is_transient()),
+            (ErrorKind::InvalidInput, false)
+        );
     }
 }

@@ -21,3 +21,32 @@ pub use storage::{RedisStorage, RedisStorageBuilder};
 pub fn decision_script(algorithm: ratelimit_core::Algorithm) -> &'static str {
     scripts::SCRIPTS.decision(std::iter::once(algorithm)).code
 }
+
+/// How registries open Redis URLs (the facade's `from_url`, the
+/// configuration's check of `storage.url`, the operator tool): with
+/// [`RedisStorage::from_url`], whose documentation lists the forms
+/// (`redis`, `rediss`, `valkey`, `valkeys`, `unix`, each with `+cluster` or
+/// `+sentinel`). The store connects on first use and must be created inside
+/// a tokio runtime.
+pub const OPENER: ratelimit_core::storage::Opener = ratelimit_core::storage::Opener::new(
+    "redis",
+    &[
+        "redis://host:6379/0",
+        "rediss://host:6380/0",
+        "redis+unix:///run/redis.sock",
+        "redis+cluster://h1:7000,h2:7001",
+        "redis+sentinel://s1:26379/mymaster",
+    ],
+    accepts,
+    open,
+);
+
+fn accepts(url: &str) -> bool {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    let base = scheme.split_once('+').map_or(scheme, |(base, _)| base);
+    matches!(base, "redis" | "rediss" | "valkey" | "valkeys" | "unix")
+}
+
+fn open(url: &str) -> ratelimit_core::Result<std::sync::Arc<dyn ratelimit_core::Storage>> {
+    Ok(std::sync::Arc::new(RedisStorage::from_url(url)?))
+}

@@ -2,7 +2,9 @@
 //! [`Storage`] runs, reference models of every algorithm, and a manual clock.
 //!
 //! Add this crate (and tokio with `macros` and `rt-multi-thread`) as
-//! dev-dependencies, then run the whole suite against your store:
+//! dev-dependencies, then run the whole suite against your store
+//! ([`decision_conformance_tests!`] instead if your store writes only the
+//! decision step):
 //!
 //! ```text
 //! use std::sync::Arc;
@@ -94,15 +96,40 @@ where
     }
 }
 
-/// Runs the whole conformance suite against the store a [`Harness`] makes: one
-/// `#[test]` per case. Needs tokio (`macros`, `rt-multi-thread`) in the calling
-/// crate's dev-dependencies. `storage_conformance_tests!(harness, model_cases = N)`
+/// Runs the whole conformance suite against the store a [`Harness`] makes
+/// (the decision step and every key-value operation): one `#[test]` per
+/// case. Needs tokio (`macros`, `rt-multi-thread`) in the calling crate's
+/// dev-dependencies. `storage_conformance_tests!(harness, model_cases = N)`
 /// runs N random sequences per algorithm instead of the default 1 000 (for
 /// stores where each case is expensive, such as one database file per case).
+/// Every built-in store runs it.
 #[macro_export]
 macro_rules! storage_conformance_tests {
     ($harness:expr) => {
         $crate::storage_conformance_tests!($harness, model_cases = 0);
+    };
+    ($harness:expr, model_cases = $cases:expr) => {
+        $crate::decision_conformance_tests!($harness, model_cases = $cases);
+        $crate::decision_conformance_tests!(@async
+            kv_get_set_delete_exists, kv_values_expire, kv_increment, kv_clear, kv_close, kv_stats,
+            cas_semantics, reset_forgets_a_key, state_keys_expire, long_keys_are_bounded,
+            corrupt_state_is_an_error, arbitrary_state_bytes_are_answered_or_corrupt
+        );
+    };
+}
+
+/// Runs the conformance cases of the decision step against the store a
+/// [`Harness`] makes: for a store that writes only
+/// [`Storage::decide`](ratelimit_core::Storage::decide) and leaves the
+/// key-value operations unsupported. The cases go through a
+/// [`Limiter`](ratelimit_core::Limiter) and never call another method of
+/// the store (the reference-model cases read GCRA's stored state when the
+/// store offers `get`). Same forms and needs as
+/// [`storage_conformance_tests!`], which includes these cases.
+#[macro_export]
+macro_rules! decision_conformance_tests {
+    ($harness:expr) => {
+        $crate::decision_conformance_tests!($harness, model_cases = 0);
     };
     ($harness:expr, model_cases = $cases:expr) => {
         fn __conformance_harness() -> ::std::sync::Arc<dyn $crate::Harness> {
@@ -110,15 +137,12 @@ macro_rules! storage_conformance_tests {
         }
         /// Model cases per algorithm; 0 means the default (or `RATELIMIT_MODEL_CASES`).
         const __MODEL_CASES: u32 = $cases;
-        $crate::storage_conformance_tests!(@async
-            kv_get_set_delete_exists, kv_values_expire, kv_increment, kv_clear, kv_close, kv_stats,
-            cas_semantics, peek_does_not_consume, reset_forgets_a_key, penalty_blocks_then_releases,
-            multi_quota_all_or_nothing, state_keys_expire, long_keys_are_bounded,
-            cost_above_capacity_is_an_error, corrupt_state_is_an_error,
-            arbitrary_state_bytes_are_answered_or_corrupt, until_ready_waits,
+        $crate::decision_conformance_tests!(@async
+            peek_does_not_consume, penalty_blocks_then_releases, multi_quota_all_or_nothing,
+            cost_above_capacity_is_an_error, until_ready_waits,
             concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness
         );
-        $crate::storage_conformance_tests!(@model
+        $crate::decision_conformance_tests!(@model
             model_fixed_window => FixedWindow,
             model_sliding_window_log => SlidingWindowLog,
             model_sliding_window_counter => SlidingWindowCounter,

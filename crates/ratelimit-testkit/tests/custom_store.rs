@@ -1,5 +1,5 @@
 //! A store written only from the `Storage` trait documentation: a map behind a
-//! mutex, with no `decide` of its own, so decisions go through the default
+//! mutex offering every key-value operation, whose `decide` is the core's
 //! compare-and-swap step. It must pass the whole conformance suite.
 
 use std::collections::HashMap;
@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ratelimit_core::{CasOp, Clock, Error, ErrorKind, Result, Storage, StorageStats};
+use ratelimit_core::storage::decide_with_cas;
+use ratelimit_core::{
+    CasOp, Clock, DecideRequest, Decision, Error, ErrorKind, Result, Storage, StorageStats,
+};
 use ratelimit_testkit::ManualClock;
 
 #[derive(Debug)]
@@ -55,6 +58,10 @@ impl MapStore {
 
 #[async_trait]
 impl Storage for MapStore {
+    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+        decide_with_cas(self, request).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.open()?.map.get(key).map(|(v, _)| v.clone()))
     }

@@ -377,7 +377,7 @@ fn hot(
                 Mode::Exact => redis,
                 Mode::Approximate(n) => Arc::new(ApproximateStorage::new(
                     redis,
-                    Approximate::new(HOT_FLUSH).instances(n),
+                    Approximate::new(HOT_FLUSH).with_instances(n),
                 )),
             });
         }

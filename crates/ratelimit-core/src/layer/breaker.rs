@@ -10,10 +10,9 @@ use async_trait::async_trait;
 
 use super::{Layer, LayeredStorage, stats_with};
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
 use crate::observe;
-use crate::storage::{CasOp, DecideRequest, Storage, StorageStats};
+use crate::storage::{Storage, StorageStats};
 
 /// A circuit breaker around a store: when it opens and how long it stays
 /// open.
@@ -380,28 +379,11 @@ impl LayeredStorage for BreakerStorage {
         &self.inner
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.gated(self.inner.get(key)).await
-    }
-
-    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        self.gated(self.inner.set(key, value, ttl)).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.gated(self.inner.delete(key)).await
-    }
-
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.gated(self.inner.exists(key)).await
-    }
-
-    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
-        self.gated(self.inner.increment(key, amount, ttl)).await
-    }
-
-    async fn clear(&self) -> Result<u64> {
-        self.gated(self.inner.clear()).await
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        call: impl Future<Output = Result<T>> + Send + 'a,
+    ) -> impl Future<Output = Result<T>> + Send + 'a {
+        self.gated(call)
     }
 
     /// Not through the breaker, and answered even when the store cannot.
@@ -418,14 +400,6 @@ impl LayeredStorage for BreakerStorage {
         ))
     }
 
-    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
-        self.gated(self.inner.compare_and_swap(ops)).await
-    }
-
-    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
-        self.gated(self.inner.decide(request)).await
-    }
-
     // `decide_now` forwards: a store that answers without waiting cannot
     // hang, and needs no breaker.
 }
@@ -438,7 +412,9 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
+    use crate::decision::Decision;
     use crate::layer::{Deadline, DeadlineStorage};
+    use crate::storage::{CasOp, DecideRequest};
 
     const HEALTHY: u8 = 0;
     const FAILING: u8 = 1;
@@ -460,6 +436,9 @@ mod tests {
 
     #[async_trait]
     impl Storage for Switch {
+        async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+            crate::storage::decide_with_cas(self, request).await
+        }
         async fn get(&self, _: &str) -> Result<Option<Vec<u8>>> {
             self.gate().await.map(|()| None)
         }

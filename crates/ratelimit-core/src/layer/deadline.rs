@@ -8,9 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Layer, LayeredStorage, stats_with};
-use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
-use crate::storage::{CasOp, DecideRequest, Storage, StorageStats};
+use crate::storage::{Storage, StorageStats};
 
 /// Every call to the store gets at most this long; past it the call fails
 /// with a transient [`ErrorKind::Timeout`], and the HTTP policy answers by
@@ -88,28 +87,11 @@ impl LayeredStorage for DeadlineStorage {
         &self.inner
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.timed(self.inner.get(key)).await
-    }
-
-    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        self.timed(self.inner.set(key, value, ttl)).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.timed(self.inner.delete(key)).await
-    }
-
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.timed(self.inner.exists(key)).await
-    }
-
-    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
-        self.timed(self.inner.increment(key, amount, ttl)).await
-    }
-
-    async fn clear(&self) -> Result<u64> {
-        self.timed(self.inner.clear()).await
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        call: impl Future<Output = Result<T>> + Send + 'a,
+    ) -> impl Future<Output = Result<T>> + Send + 'a {
+        self.timed(call)
     }
 
     async fn stats(&self) -> Result<StorageStats> {
@@ -118,13 +100,5 @@ impl LayeredStorage for DeadlineStorage {
             inner,
             [("deadline_exceeded", self.exceeded().to_string())],
         ))
-    }
-
-    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
-        self.timed(self.inner.compare_and_swap(ops)).await
-    }
-
-    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
-        self.timed(self.inner.decide(request)).await
     }
 }

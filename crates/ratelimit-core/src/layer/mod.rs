@@ -36,7 +36,40 @@
 //!
 //! Implement [`LayeredStorage`]: say where the inner store is, and override
 //! only the operations the layer changes; the others forward. [`Storage`]
-//! comes with it. A [`Layer`] is the configuration that wraps a store.
+//! comes with it. A [`Layer`] is the configuration that wraps a store. A
+//! layer that treats every call alike overrides
+//! [`around`](LayeredStorage::around) instead, which every forwarded call
+//! runs through (the deadline and the breaker are written so):
+//!
+//! ```
+//! use std::future::Future;
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use ratelimit_core::layer::LayeredStorage;
+//! use ratelimit_core::{Result, Storage};
+//!
+//! /// Counts the calls that reach the store below.
+//! #[derive(Debug)]
+//! struct CountCalls {
+//!     inner: Arc<dyn Storage>,
+//!     calls: AtomicU64,
+//! }
+//!
+//! impl LayeredStorage for CountCalls {
+//!     fn inner(&self) -> &Arc<dyn Storage> {
+//!         &self.inner
+//!     }
+//!     fn around<'a, T: Send + 'a>(
+//!         &'a self,
+//!         call: impl Future<Output = Result<T>> + Send + 'a,
+//!     ) -> impl Future<Output = Result<T>> + Send + 'a {
+//!         self.calls.fetch_add(1, Ordering::Relaxed);
+//!         call
+//!     }
+//! }
+//! ```
+//!
+//! Or override one operation:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -69,6 +102,7 @@ mod deadline;
 mod deny_cache;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,65 +141,83 @@ impl StorageExt for Arc<dyn Storage> {
 /// [`inner`](Self::inner) unless overridden. Every type implementing it is a
 /// [`Storage`]. An override keeps the contract of the [`Storage`] method of
 /// the same name.
+///
+/// A layer that treats every call to the store alike (a deadline, a circuit
+/// breaker) overrides [`around`](Self::around) alone: every forwarded
+/// operation except [`stats`](Self::stats), [`close`](Self::close) and
+/// [`decide_now`](Self::decide_now) runs through it.
 #[async_trait]
 pub trait LayeredStorage: Send + Sync + fmt::Debug {
     /// The store this one wraps.
     fn inner(&self) -> &Arc<dyn Storage>;
 
+    /// Runs one forwarded call to the inner store: `get`, `set`, `delete`,
+    /// `exists`, `increment`, `clear`, `compare_and_swap` and `decide`,
+    /// unless overridden. The default runs `call` as it is.
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        call: impl Future<Output = Result<T>> + Send + 'a,
+    ) -> impl Future<Output = Result<T>> + Send + 'a {
+        call
+    }
+
     /// [`Storage::get`].
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.inner().get(key).await
+        self.around(self.inner().get(key)).await
     }
 
     /// [`Storage::set`].
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        self.inner().set(key, value, ttl).await
+        self.around(self.inner().set(key, value, ttl)).await
     }
 
     /// [`Storage::delete`].
     async fn delete(&self, key: &str) -> Result<bool> {
-        self.inner().delete(key).await
+        self.around(self.inner().delete(key)).await
     }
 
     /// [`Storage::exists`].
     async fn exists(&self, key: &str) -> Result<bool> {
-        self.inner().exists(key).await
+        self.around(self.inner().exists(key)).await
     }
 
     /// [`Storage::increment`].
     async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
-        self.inner().increment(key, amount, ttl).await
+        self.around(self.inner().increment(key, amount, ttl)).await
     }
 
     /// [`Storage::clear`].
     async fn clear(&self) -> Result<u64> {
-        self.inner().clear().await
+        self.around(self.inner().clear()).await
     }
 
-    /// [`Storage::close`].
+    /// [`Storage::close`]. Not through [`around`](Self::around): closing
+    /// is never refused nor cut short.
     async fn close(&self) -> Result<()> {
         self.inner().close().await
     }
 
-    /// [`Storage::stats`].
+    /// [`Storage::stats`]. Not through [`around`](Self::around): a layer
+    /// that reports its own state overrides this.
     async fn stats(&self) -> Result<StorageStats> {
         self.inner().stats().await
     }
 
     /// [`Storage::compare_and_swap`].
     async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
-        self.inner().compare_and_swap(ops).await
+        self.around(self.inner().compare_and_swap(ops)).await
     }
 
     /// [`Storage::decide`].
     async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
-        self.inner().decide(request).await
+        self.around(self.inner().decide(request)).await
     }
 
     /// [`Storage::decide_now`]. A layer that changes [`decide`](Self::decide)
     /// changes this too (or returns `None`, sending every decision through
     /// `decide`): forwarded, the inner store's answer would bypass the layer
-    /// (the memory store answers every decision here).
+    /// (the memory store answers every decision here). Not through
+    /// [`around`](Self::around): it does not wait, so nothing can hang.
     fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
         self.inner().decide_now(request)
     }

@@ -9,7 +9,7 @@ use super::{CasOp, DecideEntry, DecideRequest, Storage};
 
 /// How many times [`decide_with_cas`] retries after losing a race before it
 /// gives up with a transient [`ErrorKind::Contention`] error.
-pub const MAX_CAS_ATTEMPTS: usize = 1_000;
+const MAX_CAS_ATTEMPTS: usize = 1_000;
 
 /// The error for a stored value at `key` that is not rate-limit state: every
 /// store reports corrupt state the same way.
@@ -27,7 +27,8 @@ pub fn corrupt_state(key: &str, err: crate::state::DecodeError) -> Error {
 ///
 /// Exact under any concurrency as long as `compare_and_swap` is atomic. A
 /// decision that writes nothing (a peek, or a denial without a penalty) is
-/// answered from the states read.
+/// answered from the states read. After 1 000 lost races in a row on the
+/// same keys it gives up with a transient [`ErrorKind::Contention`] error.
 pub async fn decide_with_cas<S: Storage + ?Sized>(
     store: &S,
     request: &DecideRequest<'_>,

@@ -2,30 +2,47 @@
 //!
 //! A store has two parts with separate contracts:
 //!
-//! 1. **Key-value operations** the seeds' users know — [`get`](Storage::get),
-//!    [`set`](Storage::set) with a TTL, [`delete`](Storage::delete),
-//!    [`exists`](Storage::exists), [`increment`](Storage::increment),
-//!    [`clear`](Storage::clear), [`close`](Storage::close) and
-//!    [`stats`](Storage::stats) — plus one primitive,
-//!    [`compare_and_swap`](Storage::compare_and_swap). Values are opaque bytes,
-//!    and every value has an expiry: no store keeps state for idle clients forever.
-//! 2. **The atomic decision step**, [`decide`](Storage::decide): apply the rules of
-//!    one request to their keys at a given time and store the result, atomically
-//!    with respect to every other caller of the same store. Its default
-//!    implementation ([`decide_with_cas`]) runs the core's algorithms in a
-//!    compare-and-swap loop, so a custom store is correct by implementing the
-//!    simple operations of part 1 faithfully. Built-in stores override it with
-//!    something faster (a lock, a transaction, a Lua script) that must give
+//! 1. **The atomic decision step**, [`decide`](Storage::decide), the one
+//!    method every store writes: apply the rules of one request to their keys
+//!    at a given time and store the result, atomically with respect to every
+//!    other caller of the same store. A store either runs the core's pure
+//!    step ([`engine::decide_all`](crate::engine::decide_all)) inside
+//!    whatever makes it atomic (a lock, a transaction, a Lua script), or, if
+//!    it offers [`get`](Storage::get) and
+//!    [`compare_and_swap`](Storage::compare_and_swap), delegates to
+//!    [`decide_with_cas`], the core's compare-and-swap loop. Both give
 //!    identical results.
+//! 2. **Key-value operations** the users of other rate limiters know —
+//!    [`get`](Storage::get), [`set`](Storage::set) with a TTL,
+//!    [`delete`](Storage::delete), [`exists`](Storage::exists),
+//!    [`increment`](Storage::increment), [`clear`](Storage::clear) — plus
+//!    [`compare_and_swap`](Storage::compare_and_swap). Values are opaque
+//!    bytes, and every value has an expiry: no store keeps state for idle
+//!    clients forever. Every built-in store offers them all. They are
+//!    optional for a new store: each defaults to an
+//!    [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) error, and
+//!    only the features that need one fail without it
+//!    ([`Limiter::reset`](crate::Limiter::reset) needs `delete`; the
+//!    operator tool's `inspect`, `reset` and `clear` need `get`, `delete` and
+//!    `clear`). [`close`](Storage::close) and [`stats`](Storage::stats) have
+//!    working defaults.
+//!
+//! The conformance kit (`ratelimit-testkit`) has one suite for each part:
+//! `decision_conformance_tests!` for a store that writes only `decide`,
+//! `storage_conformance_tests!` for one that offers everything.
 //!
 //! # Writing a store
 //!
+//! A store that keeps bytes under keys offers `get` and `compare_and_swap`,
+//! and decides with [`decide_with_cas`]:
+//!
 //! ```
 //! use async_trait::async_trait;
-//! use ratelimit_core::{CasOp, Error, ErrorKind, Limiter, Result, Storage, StorageStats};
+//! use ratelimit_core::storage::decide_with_cas;
+//! use ratelimit_core::{CasOp, Decision, DecideRequest, Error, ErrorKind, Limiter, Result, Storage};
 //! use std::collections::HashMap;
 //! use std::sync::{Arc, Mutex};
-//! use std::time::{Duration, Instant};
+//! use std::time::Instant;
 //!
 //! /// A store in a mutex-guarded map: every operation is trivially atomic.
 //! #[derive(Debug, Default)]
@@ -42,41 +59,11 @@
 //!
 //! #[async_trait]
 //! impl Storage for MapStore {
+//!     async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+//!         decide_with_cas(self, request).await
+//!     }
 //!     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
 //!         Ok(self.map()?.get(key).map(|(v, _)| v.clone()))
-//!     }
-//!     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-//!         self.map()?.insert(key.to_owned(), (value.to_vec(), Instant::now() + ttl));
-//!         Ok(())
-//!     }
-//!     async fn delete(&self, key: &str) -> Result<bool> {
-//!         Ok(self.map()?.remove(key).is_some())
-//!     }
-//!     async fn exists(&self, key: &str) -> Result<bool> {
-//!         Ok(self.map()?.contains_key(key))
-//!     }
-//!     async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
-//!         let mut map = self.map()?;
-//!         let entry = map.entry(key.to_owned()).or_insert_with(|| (b"0".to_vec(), Instant::now() + ttl));
-//!         let n: i64 = std::str::from_utf8(&entry.0).ok().and_then(|s| s.parse().ok())
-//!             .ok_or_else(|| Error::new(ErrorKind::WrongType, "not an integer"))?;
-//!         let n = n.checked_add(amount).ok_or_else(|| Error::new(ErrorKind::WrongType, "overflow"))?;
-//!         entry.0 = n.to_string().into_bytes();
-//!         Ok(n)
-//!     }
-//!     async fn clear(&self) -> Result<u64> {
-//!         let mut map = self.map()?;
-//!         let n = map.len() as u64;
-//!         map.clear();
-//!         Ok(n)
-//!     }
-//!     async fn close(&self) -> Result<()> {
-//!         Ok(())
-//!     }
-//!     async fn stats(&self) -> Result<StorageStats> {
-//!         let mut stats = StorageStats::new("map");
-//!         stats.keys = Some(self.map()?.len() as u64);
-//!         Ok(stats)
 //!     }
 //!     async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
 //!         let mut map = self.map()?;
@@ -88,6 +75,9 @@
 //!         }
 //!         Ok(true)
 //!     }
+//!     async fn delete(&self, key: &str) -> Result<bool> {
+//!         Ok(self.map()?.remove(key).is_some())
+//!     }
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -97,13 +87,20 @@
 //! assert!(limiter.check(&rule, "alice").await?.is_allowed());
 //! assert!(limiter.check(&rule, "alice").await?.is_allowed());
 //! assert!(!limiter.check(&rule, "alice").await?.is_allowed());
+//! assert!(limiter.reset(&rule, "alice").await?);
+//! // What the store does not offer says so.
+//! let store = MapStore::default();
+//! let err = store.increment("n", 1, std::time::Duration::from_secs(1)).await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::Unsupported);
 //! # Ok(())
 //! # }
 //! ```
 
 mod cas;
-
+mod opener;
 mod url;
+
+pub use opener::Opener;
 pub use url::redact_url;
 
 use std::fmt;
@@ -111,11 +108,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use cas::{MAX_CAS_ATTEMPTS, corrupt_state, decide_with_cas};
+pub use cas::{corrupt_state, decide_with_cas};
 
 use crate::clock::Timestamp;
 use crate::decision::Decision;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rule::Rule;
 
 /// One key of a [`Storage::compare_and_swap`]: if its current value is
@@ -194,55 +191,20 @@ impl StorageStats {
 
 /// Where rate-limit state lives. Object safe: use it as `Arc<dyn Storage>`.
 ///
-/// Every method may be called concurrently from many tasks. See the
-/// [module documentation](self) for the two parts of the contract and a complete
-/// custom store.
+/// Every method may be called concurrently from many tasks. A store must
+/// write [`decide`](Self::decide); every other method has a default (an
+/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) error for the
+/// key-value operations). See the [module documentation](self) for the two
+/// parts of the contract and a complete custom store.
 #[async_trait]
 pub trait Storage: Send + Sync + fmt::Debug {
-    /// The value at `key`, or `None` if it is absent or expired.
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
-
-    /// Stores `value` at `key`, replacing any value, expiring after `ttl`.
-    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
-
-    /// Removes `key`; `true` if it held a live value.
-    async fn delete(&self, key: &str) -> Result<bool>;
-
-    /// Whether `key` holds a live value.
-    async fn exists(&self, key: &str) -> Result<bool>;
-
-    /// Atomically adds `amount` to the integer at `key` (stored as its decimal
-    /// ASCII text, like Redis `INCRBY`) and returns the new value. An absent key
-    /// counts as 0 and is created with `ttl`; an existing key keeps its expiry.
-    /// A value that is not an integer, or an overflow, is an
-    /// [`ErrorKind::WrongType`](crate::ErrorKind::WrongType) error.
-    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64>;
-
-    /// Removes every key of this store (and only of this store: a store that
-    /// shares a server with others removes only its own prefix). Returns how many
-    /// keys were removed, when known.
-    async fn clear(&self) -> Result<u64>;
-
-    /// Releases resources (connections, background tasks). Later calls fail with
-    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed). Closing twice is fine.
-    async fn close(&self) -> Result<()>;
-
-    /// Counters and sizes, for operators.
-    async fn stats(&self) -> Result<StorageStats>;
-
-    /// Atomically: if every op's key currently holds its `expected` value, writes
-    /// every op's `new_value` with its `ttl` and returns `true`; otherwise writes
-    /// nothing and returns `false`. Ops name distinct keys. Atomic with respect to
-    /// every other operation on this store, from any task or process that shares it.
-    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool>;
-
     /// The atomic decision step: decides `request` with the core's algorithms
     /// ([`engine`](crate::engine)) and stores the resulting states, atomically
-    /// with respect to every other caller. The default runs [`decide_with_cas`].
-    /// A store that overrides it must return exactly what the default would.
-    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
-        decide_with_cas(self, request).await
-    }
+    /// with respect to every other caller. [`decide_with_cas`] implements it
+    /// for a store that offers [`get`](Self::get) and
+    /// [`compare_and_swap`](Self::compare_and_swap); a store that writes its
+    /// own must return exactly what that would.
+    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision>;
 
     /// The decision step for stores that never wait (no I/O, no `.await`): the
     /// [`Limiter`](crate::Limiter) calls this first and falls back to
@@ -252,5 +214,73 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
         let _ = request;
         None
+    }
+
+    /// The value at `key`, or `None` if it is absent or expired.
+    /// Default: unsupported.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let _ = key;
+        Err(Error::unsupported("get"))
+    }
+
+    /// Stores `value` at `key`, replacing any value, expiring after `ttl`.
+    /// Default: unsupported.
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        let _ = (key, value, ttl);
+        Err(Error::unsupported("set"))
+    }
+
+    /// Removes `key`; `true` if it held a live value.
+    /// [`Limiter::reset`](crate::Limiter::reset) uses it. Default: unsupported.
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let _ = key;
+        Err(Error::unsupported("delete"))
+    }
+
+    /// Whether `key` holds a live value. Default: unsupported.
+    async fn exists(&self, key: &str) -> Result<bool> {
+        let _ = key;
+        Err(Error::unsupported("exists"))
+    }
+
+    /// Atomically adds `amount` to the integer at `key` (stored as its decimal
+    /// ASCII text, like Redis `INCRBY`) and returns the new value. An absent key
+    /// counts as 0 and is created with `ttl`; an existing key keeps its expiry.
+    /// A value that is not an integer, or an overflow, is an
+    /// [`ErrorKind::WrongType`](crate::ErrorKind::WrongType) error.
+    /// Default: unsupported.
+    async fn increment(&self, key: &str, amount: i64, ttl: Duration) -> Result<i64> {
+        let _ = (key, amount, ttl);
+        Err(Error::unsupported("increment"))
+    }
+
+    /// Removes every key of this store (and only of this store: a store that
+    /// shares a server with others removes only its own prefix). Returns how many
+    /// keys were removed, when known. Default: unsupported.
+    async fn clear(&self) -> Result<u64> {
+        Err(Error::unsupported("clear"))
+    }
+
+    /// Atomically: if every op's key currently holds its `expected` value, writes
+    /// every op's `new_value` with its `ttl` and returns `true`; otherwise writes
+    /// nothing and returns `false`. Ops name distinct keys. Atomic with respect to
+    /// every other operation on this store, from any task or process that shares it.
+    /// Default: unsupported.
+    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
+        let _ = ops;
+        Err(Error::unsupported("compare_and_swap"))
+    }
+
+    /// Releases resources (connections, background tasks). Later calls fail with
+    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed). Closing twice is fine.
+    /// Default: nothing to release, `Ok`.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Counters and sizes, for operators. Default: stats of a `"custom"`
+    /// store that knows none of them.
+    async fn stats(&self) -> Result<StorageStats> {
+        Ok(StorageStats::new("custom"))
     }
 }
