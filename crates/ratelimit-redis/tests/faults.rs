@@ -284,7 +284,7 @@ async fn a_flushed_script_cache_is_refilled_by_itself() {
         .await
         .unwrap();
     let store = RedisStorage::connect(&server.url()).await.unwrap();
-    let limiter = Limiter::new(Arc::new(store.clone()));
+    let limiter = Limiter::new(Arc::new(store));
     let rule = Rule::new(
         "flush",
         Algorithm::SlidingWindowCounter,
@@ -305,16 +305,20 @@ async fn a_flushed_script_cache_is_refilled_by_itself() {
     assert_eq!(calls("eval"), 1, "{stats}");
     assert_eq!(calls("evalsha"), 9, "{stats}");
 
-    // A script that fails for another reason (a foreign value at its key)
-    // is not sent again by its source: the error is the answer.
-    let foreign = store.redis_key(&limiter.state_key(&rule, "foreign"));
-    server.cmd(&["HSET", &foreign, "field", "value"]);
+    // A script the server refuses for another reason (a full server) is
+    // not sent again by its source: the error is the answer.
+    assert_eq!(
+        server.cmd(&["CONFIG", "SET", "maxmemory", "1"]),
+        Reply::Status("OK".into())
+    );
     server.cmd(&["CONFIG", "RESETSTAT"]);
-    let err = limiter.check(&rule, "foreign").await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::CorruptState, "{err}");
+    let err = limiter.check(&rule, "full").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     let stats = server.cmd(&["INFO", "commandstats"]).text();
     let calls = |name: &str| command_calls(&stats, name);
     assert_eq!((calls("eval"), calls("evalsha")), (0, 1), "{stats}");
+    server.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    assert!(limiter.check(&rule, "full").await.unwrap().is_allowed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
