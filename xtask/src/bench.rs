@@ -346,7 +346,7 @@ fn redis_footnote(row: &Value) -> String {
         format!(
             "\n`{name}`: 4 instances (own connections), 12 tasks each, on one key limited to {:.0}/s, asking far more; the \
              columns are decisions/s, approximate against exact. Admitted per second: exact {:.0}, approximate {:.0} ({:+.1}%), \
-             approximate with `instances(4)` {:.0} ({:+.1}%).\n",
+             approximate with `with_instances(4)` {:.0} ({:+.1}%).\n",
             field("limit_per_s"),
             field("peer_admitted_per_s"),
             field("ours_admitted_per_s"),

@@ -24,7 +24,7 @@
 //! decision. The row `approximate/over-admission` is 4 instances (4
 //! connections, as 4 processes would have), 12 tasks each, on one key of a
 //! limit of 5 000/s: admissions per second exact, in approximate mode, and
-//! in approximate mode with `instances(4)`, and how many more than exact
+//! in approximate mode with `with_instances(4)`, and how many more than exact
 //! each admitted, in percent.
 //!
 //! The row `sliding_window_log/denied-full/c50` is the cost of a denial on
@@ -498,7 +498,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let over = |d: &Driven| (d.admitted_per_s / exact.admitted_per_s - 1.0) * 100.0;
         eprintln!(
             "approximate/over-admission: limit {HOT_LIMIT}/s; exact admits {:.0}/s ({:.0} decisions/s); \
-             approximate {:.0}/s ({:+.1}%, {:.0} decisions/s); with instances(4) {:.0}/s ({:+.1}%, {:.0} decisions/s)",
+             approximate {:.0}/s ({:+.1}%, {:.0} decisions/s); with with_instances(4) {:.0}/s ({:+.1}%, {:.0} decisions/s)",
             exact.admitted_per_s,
             exact.per_s,
             alone.admitted_per_s,
