@@ -742,4 +742,57 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("user:***@"), "{err}");
     }
+
+    /// What mutation testing found unpinned: a client certificate read
+    /// from files, a unix URL with nothing to carry, `#insecure` without
+    /// TLS, and the fragment named in its error.
+    #[test]
+    fn tls_files_unix_urls_and_fragments() {
+        let dir = std::env::temp_dir().join(format!("ratelimit-redis-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+        std::fs::write(&cert, b"CERT").unwrap();
+        std::fs::write(&key, b"KEY").unwrap();
+        let c = RedisConfig::from_url(&format!(
+            "rediss://h?tls_cert_file={}&tls_key_file={}",
+            cert.display(),
+            key.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            c.tls.client_certificate,
+            Some((b"CERT".to_vec(), b"KEY".to_vec()))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let c = RedisConfig::from_url("redis+unix:///tmp/r.sock").unwrap();
+        assert_eq!(
+            c.topology,
+            Topology::Standalone("redis+unix:///tmp/r.sock".to_owned())
+        );
+        let c = RedisConfig::from_url("redis+unix:///tmp/r.sock?protocol=resp3").unwrap();
+        assert_eq!(
+            c.topology,
+            Topology::Standalone("redis+unix:///tmp/r.sock?protocol=resp3".to_owned())
+        );
+
+        let err = RedisConfig::from_url("redis+sentinel://s1/m#insecure")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("#insecure") && err.contains("with TLS"),
+            "{err}"
+        );
+        let err = RedisConfig::from_url("rediss+sentinel://s1/m#weird")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("#weird"), "{err}");
+        let Topology::Sentinel(s) = RedisConfig::from_url("rediss+sentinel://s1/m#insecure")
+            .unwrap()
+            .topology
+        else {
+            panic!("not sentinel")
+        };
+        assert!(s.tls && s.insecure);
+    }
 }

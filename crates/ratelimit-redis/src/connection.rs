@@ -78,7 +78,11 @@ impl Handle {
 }
 
 /// The `rustls` crypto provider the TLS connections use, installed once for
-/// the process unless the application installed one.
+/// the process unless the application installed one. With one provider
+/// compiled in (ours: `ring`) rustls finds it by itself; this matters when
+/// the application's other dependencies compile in a second one, which the
+/// tests here do not (mutation testing: excluded as equivalent in
+/// `.cargo/mutants.toml`).
 #[cfg(feature = "tls")]
 fn ensure_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -101,6 +105,8 @@ fn certificates(tls: &TlsCertificates) -> Option<redis::TlsCertificates> {
     })
 }
 
+// Without TLS there are no certificates to give (compiled out of the tested
+// build, which has TLS: its mutants are excluded in `.cargo/mutants.toml`).
 #[cfg(not(feature = "tls"))]
 fn certificates(tls: &TlsCertificates) -> Option<redis::TlsCertificates> {
     let _ = tls;

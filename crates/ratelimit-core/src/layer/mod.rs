@@ -277,3 +277,130 @@ pub(crate) fn stats_with(
         .extend(details.into_iter().map(|(k, v)| (k.to_owned(), v)));
     stats
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::clock::Timestamp;
+    use crate::rule::{Algorithm, Rule};
+    use crate::storage::{DecideEntry, decide_with_cas};
+
+    /// A map offering every operation.
+    #[derive(Debug, Default)]
+    struct Map(Mutex<HashMap<String, Vec<u8>>>);
+
+    #[async_trait]
+    impl Storage for Map {
+        async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+            decide_with_cas(self, request).await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            Ok(self.0.lock().unwrap().get(key).cloned())
+        }
+        async fn set(&self, key: &str, value: &[u8], _: Duration) -> Result<()> {
+            self.0.lock().unwrap().insert(key.into(), value.into());
+            Ok(())
+        }
+        async fn delete(&self, key: &str) -> Result<bool> {
+            Ok(self.0.lock().unwrap().remove(key).is_some())
+        }
+        async fn exists(&self, key: &str) -> Result<bool> {
+            Ok(self.0.lock().unwrap().contains_key(key))
+        }
+        async fn increment(&self, _: &str, amount: i64, _: Duration) -> Result<i64> {
+            Ok(amount)
+        }
+        async fn clear(&self) -> Result<u64> {
+            Ok(0)
+        }
+        async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
+            let mut map = self.0.lock().unwrap();
+            if ops
+                .iter()
+                .any(|op| map.get(op.key).map(Vec::as_slice) != op.expected)
+            {
+                return Ok(false);
+            }
+            for op in ops {
+                map.insert(op.key.into(), op.new_value.into());
+            }
+            Ok(true)
+        }
+    }
+
+    /// Counts what runs through `around`; overrides nothing else.
+    #[derive(Debug)]
+    struct Counting {
+        inner: Arc<dyn Storage>,
+        calls: AtomicU64,
+    }
+
+    impl LayeredStorage for Counting {
+        fn inner(&self) -> &Arc<dyn Storage> {
+            &self.inner
+        }
+        fn around<'a, T: Send + 'a>(
+            &'a self,
+            call: impl Future<Output = Result<T>> + Send + 'a,
+        ) -> impl Future<Output = Result<T>> + Send + 'a {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            call
+        }
+    }
+
+    /// Every forwarded operation but `stats`, `close` and `decide_now` runs
+    /// through `around`, and each still reaches the store below.
+    #[tokio::test]
+    async fn forwarded_operations_run_through_around() {
+        let layer = Counting {
+            inner: Arc::new(Map::default()),
+            calls: AtomicU64::new(0),
+        };
+        let hour = Duration::from_secs(3_600);
+        let count = || layer.calls.load(Ordering::Relaxed);
+        Storage::set(&layer, "k", b"v", hour).await.unwrap();
+        assert_eq!(count(), 1);
+        assert_eq!(
+            Storage::get(&layer, "k").await.unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert!(Storage::exists(&layer, "k").await.unwrap());
+        assert!(Storage::delete(&layer, "k").await.unwrap());
+        assert_eq!(Storage::increment(&layer, "n", 5, hour).await.unwrap(), 5);
+        assert_eq!(Storage::clear(&layer).await.unwrap(), 0);
+        let op = CasOp {
+            key: "c",
+            expected: None,
+            new_value: b"1",
+            ttl: hour,
+        };
+        assert!(Storage::compare_and_swap(&layer, &[op]).await.unwrap());
+        assert_eq!(count(), 7);
+        let rule = Rule::new("r", Algorithm::Gcra, "1/s".parse().unwrap()).unwrap();
+        let entries = [DecideEntry {
+            key: "a",
+            rule: &rule,
+        }];
+        let request = DecideRequest {
+            now: Timestamp::from_micros(1_000_000),
+            cost: 1,
+            entries: &entries,
+        };
+        assert!(
+            Storage::decide(&layer, &request)
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+        assert_eq!(count(), 8);
+        // Not through `around`: reports, closing, and the answer-now path.
+        Storage::stats(&layer).await.unwrap();
+        Storage::close(&layer).await.unwrap();
+        assert!(Storage::decide_now(&layer, &request).is_none());
+        assert_eq!(count(), 8);
+    }
+}
