@@ -159,10 +159,10 @@ impl SentinelMaster {
     /// Called with every failed call: looks the master up again, in the
     /// background, when the failure suggests it moved.
     pub(crate) fn on_error(self: &Arc<Self>, err: &RedisError, generation: u64) {
+        // Every error that holds an I/O error (a timeout, a dropped or
+        // refused connection) has kind `Io` in redis 1.8: the test below
+        // sends each of them.
         let moved = err.is_io_error()
-            || err.is_timeout()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
             || matches!(
                 err.kind(),
                 redis::ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
@@ -191,6 +191,7 @@ impl SentinelMaster {
             // Someone found the master while this call waited for the lock.
             return Ok(());
         }
+        // (`<` or `<=`: the same but for one instant; `.cargo/mutants.toml`.)
         if seen.is_some()
             && lookup
                 .last
@@ -222,6 +223,13 @@ impl SentinelMaster {
                 ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config.clone())
             })
             .collect::<RedisResult<Vec<_>>>()?;
+        self.install(address, managers);
+        Ok(())
+    }
+
+    /// Swaps in connections to the master at `address`, one generation on:
+    /// a call that failed on an older generation starts no lookup.
+    fn install(&self, address: String, managers: Vec<ConnectionManager>) {
         let mut current = self.current.write();
         let generation = current.as_ref().map_or(0, |c| c.generation + 1);
         *current = Some(Arc::new(Current {
@@ -229,7 +237,6 @@ impl SentinelMaster {
             managers,
             generation,
         }));
-        Ok(())
     }
 }
 
@@ -245,5 +252,127 @@ pub(crate) fn describe(addr: &ConnectionAddr) -> String {
         }
         ConnectionAddr::Unix(path) => path.display().to_string(),
         _ => "unknown".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A master that no Sentinel will ever name: its one Sentinel's port
+    /// is closed, so a lookup fails at once.
+    fn unreachable_master() -> Arc<SentinelMaster> {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1);
+        let config = SentinelConfig {
+            sentinels: vec![("127.0.0.1".to_owned(), closed)],
+            master_name: "m".to_owned(),
+            db: 0,
+            username: None,
+            password: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            tls: false,
+            insecure: false,
+        };
+        let master = SentinelMaster::new(
+            &config,
+            None,
+            ConnectionManagerConfig::new(),
+            1,
+            Duration::from_secs(2),
+        );
+        Arc::new(master.unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn io_error(kind: std::io::ErrorKind) -> RedisError {
+        RedisError::from(std::io::Error::from(kind))
+    }
+
+    #[tokio::test]
+    async fn only_a_failure_that_suggests_a_move_starts_a_lookup() {
+        let master = unreachable_master();
+        let script_error = RedisError::from((redis::ErrorKind::Client, "a script failed"));
+        master.on_error(&script_error, 0);
+        assert!(!master.lookup_running.load(Ordering::Acquire));
+        // Each sign of a move on its own: any I/O error, a timeout, a
+        // dropped or refused connection, a demoted or lost master.
+        use std::io::ErrorKind as Io;
+        for error in [
+            io_error(Io::Other),
+            io_error(Io::TimedOut),
+            io_error(Io::ConnectionReset),
+            io_error(Io::ConnectionRefused),
+            RedisError::from((
+                redis::ErrorKind::Server(ServerErrorKind::ReadOnly),
+                "READONLY",
+            )),
+            RedisError::from((
+                redis::ErrorKind::Server(ServerErrorKind::MasterDown),
+                "MASTERDOWN",
+            )),
+        ] {
+            let master = unreachable_master();
+            master.on_error(&error, 0);
+            assert!(master.lookup_running.load(Ordering::Acquire), "{error}");
+            // The failed lookup ends, and the next failure may start another.
+            let mut waited = 0;
+            while master.lookup_running.load(Ordering::Acquire) {
+                assert!(waited < 200, "the lookup never ended");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                waited += 1;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn one_lookup_at_a_time() {
+        let master = unreachable_master();
+        // A lookup is running: another failure starts none (which would end
+        // and clear the flag while the first still runs).
+        master.lookup_running.store(true, Ordering::Release);
+        master.on_error(&io_error(std::io::ErrorKind::ConnectionReset), 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(master.lookup_running.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn lookups_after_a_failure_are_spaced() {
+        let master = unreachable_master();
+        master.install("127.0.0.1:1".to_owned(), Vec::new());
+        // The first lookup asks the (unreachable) Sentinels and fails; one
+        // right after it is skipped; one a lookup interval later asks again.
+        assert!(master.lookup(Some(0)).await.is_err());
+        assert!(master.lookup(Some(0)).await.is_ok());
+        tokio::time::sleep(MIN_LOOKUP_INTERVAL).await;
+        assert!(master.lookup(Some(0)).await.is_err());
+        // A caller that failed on another generation has nothing to do.
+        assert!(master.lookup(Some(7)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn each_master_found_is_a_new_generation() {
+        let master = unreachable_master();
+        master.install("10.0.0.1:6379".to_owned(), Vec::new());
+        master.install("10.0.0.2:6379".to_owned(), Vec::new());
+        assert_eq!(master.address().as_deref(), Some("10.0.0.2:6379"));
+        let generation = master.current.read().as_ref().map(|c| c.generation);
+        assert_eq!(generation, Some(1));
+        // A call that failed on the first master starts no lookup; one that
+        // failed on the second does (and fails: no Sentinel answers).
+        assert!(master.lookup(Some(0)).await.is_ok());
+        assert!(master.lookup(Some(1)).await.is_err());
+    }
+
+    #[test]
+    fn addresses_are_described_as_host_port_or_path() {
+        let tcp = ConnectionAddr::Tcp("10.0.0.1".to_owned(), 6379);
+        assert_eq!(describe(&tcp), "10.0.0.1:6379");
+        let v6 = ConnectionAddr::Tcp("::1".to_owned(), 26379);
+        assert_eq!(describe(&v6), "[::1]:26379");
+        let unix = ConnectionAddr::Unix("/run/redis.sock".into());
+        assert_eq!(describe(&unix), "/run/redis.sock");
     }
 }
