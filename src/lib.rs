@@ -149,18 +149,14 @@ pub fn from_url(url: &str) -> Result<Arc<dyn Storage>> {
 /// Why no store opens `url`: only its scheme is shown, since the rest of a
 /// URL may hold a password.
 fn unsupported(url: &str) -> String {
-    let scheme = url.split_once(':').map_or("", |(s, _)| s);
-    let opened: Vec<&str> = STORES
-        .iter()
-        .flat_map(|o| o.examples().iter().copied())
-        .collect();
+    let opened = storage::Opener::examples_of(STORES);
     let mut message = format!(
         "unsupported store URL scheme {:?}: this build opens {}",
-        scheme.chars().take(32).collect::<String>(),
+        storage::Opener::shown_scheme(url),
         if opened.is_empty() {
-            "no store".to_owned()
+            "no store"
         } else {
-            opened.join(", ")
+            &opened
         }
     );
     if !DISABLED_STORES.is_empty() {

@@ -372,6 +372,9 @@ async fn custom_keys_and_runtime_lists_come_from_the_application_and_the_store()
     };
     assert!(matches!(
         p.check(&view).await,
-        Outcome::Respond { status: 403, .. }
+        Outcome::Respond {
+            status: http::StatusCode::FORBIDDEN,
+            ..
+        }
     ));
 }

@@ -1,6 +1,11 @@
 //! The framework-free HTTP policy end to end: real limiter, memory store,
 //! manual clock; a closed store for the error modes.
-#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -44,11 +49,16 @@ fn policy(routes: RouteTable) -> (HttpPolicy, ManualClock) {
     )
 }
 
-fn header<'a>(headers: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &'a [(http::HeaderName, http::HeaderValue)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.to_str().unwrap())
+}
+
+/// An answer's body as JSON text.
+fn json(body: Option<ratelimit::http::ErrorBody>) -> String {
+    String::from_utf8(body.expect("a JSON body").to_json().to_vec()).unwrap()
 }
 
 fn rule(name: &str, quota: &str) -> Rule {
@@ -81,6 +91,7 @@ async fn limit_reached_gives_429_with_retry_after_and_headers() {
             ..
         } => {
             assert_eq!(status, 429);
+            let body = json(body);
             let retry: u64 = header(&headers, "retry-after").unwrap().parse().unwrap();
             assert!((1..=60).contains(&retry), "{retry}");
             assert!(
@@ -148,10 +159,12 @@ async fn lists_exemptions_and_missing_keys() {
                     .key(KeySource::Header("x-api-key".into())),
             )
             .unwrap(),
-        KeyExtractor::new(KeySource::Ip).on_missing(MissingKey::Reject(401)),
+        KeyExtractor::new(KeySource::Ip)
+            .on_missing(MissingKey::Reject(http::StatusCode::UNAUTHORIZED)),
     );
     match strict.check(&view("/keys", &NONE, None)).await {
         Outcome::Respond { status, body, .. } => {
+            let body = json(body);
             assert!(status == 401 && body.contains("missing_key"), "{body}")
         }
         other => panic!("{other:?}"),
@@ -163,7 +176,10 @@ async fn lists_exemptions_and_missing_keys() {
     ));
     assert!(matches!(
         strict.check(&view("/keys", &with_key, None)).await,
-        Outcome::Respond { status: 429, .. }
+        Outcome::Respond {
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            ..
+        }
     ));
     let other_key: &[(&str, &[u8])] = &[("x-api-key", b"k2")];
     assert!(matches!(
@@ -217,7 +233,7 @@ async fn store_failure_fails_closed_by_default_or_open_per_route() {
     }));
     match p.check(&view("/", &NONE, None)).await {
         Outcome::Respond { status, body, .. } => {
-            assert!(status == 503 && body.contains("rate_limiter_unavailable"))
+            assert!(status == 503 && json(body).contains("rate_limiter_unavailable"))
         }
         other => panic!("{other:?}"),
     }
@@ -383,7 +399,10 @@ async fn check_with_now_answers_at_once_on_the_memory_store() {
     ));
     assert!(matches!(
         p.check_with_now(&v, &limits),
-        Some(Outcome::Respond { status: 429, .. })
+        Some(Outcome::Respond {
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            ..
+        })
     ));
 }
 
@@ -398,7 +417,13 @@ async fn a_failed_shared_update_keeps_the_policy_and_returns_the_error() {
     assert_eq!(result, Err("bad reload"));
     assert!(Arc::ptr_eq(&before, &shared.current()), "kept");
     shared
-        .update(|current| Ok::<_, ()>(current.clone().denied_status(503)))
+        .update(|current| {
+            Ok::<_, ()>(
+                current
+                    .clone()
+                    .denied_status(http::StatusCode::SERVICE_UNAVAILABLE),
+            )
+        })
         .unwrap();
     assert!(!Arc::ptr_eq(&before, &shared.current()), "replaced");
 }

@@ -164,7 +164,10 @@ async fn the_resolver_finds_tiers_and_its_answers_are_cached() {
     // Cached: decided without waiting (and denied: the 10 are used).
     assert!(matches!(
         p.check_now(&view),
-        Some(Outcome::Respond { status: 429, .. })
+        Some(Outcome::Respond {
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            ..
+        })
     ));
     // After the TTL the resolver is asked again.
     clock.advance(Duration::from_secs(31));

@@ -39,7 +39,10 @@ pub(crate) async fn admitted(
         };
         match p.check(&view).await {
             Outcome::Proceed { .. } => ok += 1,
-            Outcome::Respond { status: 429, .. } => {}
+            Outcome::Respond {
+                status: http::StatusCode::TOO_MANY_REQUESTS,
+                ..
+            } => {}
             other => panic!("{other:?}"),
         }
     }
@@ -65,8 +68,8 @@ pub(crate) async fn get_from(p: &HttpPolicy, peer: &str) -> (u16, Option<String>
             let retry = headers
                 .iter()
                 .find(|(n, _)| *n == "retry-after")
-                .map(|(_, v)| v.clone());
-            (status, retry)
+                .map(|(_, v)| v.to_str().unwrap().to_owned());
+            (status.as_u16(), retry)
         }
     }
 }

@@ -9,7 +9,9 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forwar
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage, HttpResponse};
-use ratelimit_http::{Headers, HttpPolicy, Identity, Outcome, RequestView, SharedPolicy};
+use ratelimit_http::{
+    Decided, HttpPolicy, Identity, Outcome, PolicyGuard, RequestView, SharedPolicy,
+};
 
 use crate::decision::RateLimitDecision;
 use crate::future::ResponseFuture;
@@ -94,7 +96,7 @@ pub struct RateLimitMiddleware<S> {
 /// actix's header map seen through the HTTP policy's [`Headers`] trait.
 struct HeaderView<'a>(&'a HeaderMap);
 
-impl Headers for HeaderView<'_> {
+impl ratelimit_http::Headers for HeaderView<'_> {
     fn get_all(&self, name: &str) -> Vec<&[u8]> {
         self.0.get_all(name).map(HeaderValue::as_bytes).collect()
     }
@@ -106,48 +108,50 @@ impl Headers for HeaderView<'_> {
 
 /// The header names the policy writes, made once at compile time; any other
 /// name is checked when it comes.
-fn header_name(name: &'static str) -> Option<HeaderName> {
-    Some(match name {
+fn header_name(name: &http::HeaderName) -> Option<HeaderName> {
+    Some(match name.as_str() {
         "ratelimit" => const { HeaderName::from_static("ratelimit") },
         "ratelimit-policy" => const { HeaderName::from_static("ratelimit-policy") },
         "x-ratelimit-limit" => const { HeaderName::from_static("x-ratelimit-limit") },
         "x-ratelimit-remaining" => const { HeaderName::from_static("x-ratelimit-remaining") },
         "x-ratelimit-reset" => const { HeaderName::from_static("x-ratelimit-reset") },
         "retry-after" => const { HeaderName::from_static("retry-after") },
+        "content-type" => CONTENT_TYPE,
         other => return HeaderName::from_bytes(other.as_bytes()).ok(),
     })
 }
 
-pub(crate) fn add_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
+/// Adds the policy's headers (in the `http` crate's types) to actix's map.
+fn add_headers(map: &mut HeaderMap, headers: Headers) {
     for (name, value) in headers {
-        // The string's buffer becomes the header's: no copy (the policy makes
-        // values with their exact length, so `Bytes` takes them as they are).
         if let (Some(name), Ok(value)) = (
-            header_name(name),
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(value)),
+            header_name(&name),
+            HeaderValue::from_bytes(value.as_bytes()),
         ) {
             map.insert(name, value);
         }
     }
 }
 
-fn respond(status: u16, headers: Vec<(&'static str, String)>, body: String) -> HttpResponse {
-    let mut response = HttpResponse::build(
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-    )
-    .insert_header((CONTENT_TYPE, "application/json"))
-    .body(body);
+/// The inner service's response with the policy's headers.
+fn with_headers<B>(
+    mut response: ServiceResponse<B>,
+    headers: Headers,
+) -> ServiceResponse<EitherBody<B>> {
     add_headers(response.headers_mut(), headers);
-    response
+    response.map_into_left_body()
 }
 
-const NO_PEER: &str = "{\"error\":\"rate_limiter_misconfigured\",\"message\":\"no peer address for this \
-                       request (a Unix socket?): the rate limiter cannot key it\"}";
+/// The policy's headers.
+type Headers = Vec<(http::HeaderName, http::HeaderValue)>;
+
+const NO_PEER: &str =
+    "no peer address for this request (a Unix socket?): the rate limiter cannot key it";
 
 /// What to do with a request once the policy has spoken.
 enum Action {
     Answer(HttpResponse),
-    Forward(Vec<(&'static str, String)>),
+    Forward(Headers),
 }
 
 /// Applies an outcome: the middleware's answer, or the request goes on with
@@ -159,7 +163,14 @@ fn act(outcome: Outcome, request: &ServiceRequest) -> Action {
             headers,
             body,
             ..
-        } => Action::Answer(respond(status, headers, body)),
+        } => {
+            let status =
+                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = HttpResponse::build(status)
+                .body(body.map_or_else(bytes::Bytes::new, |b| b.to_json()));
+            add_headers(response.headers_mut(), headers);
+            Action::Answer(response)
+        }
         Outcome::Proceed { headers, admission } => {
             if let Some(admission) = admission {
                 request
@@ -171,14 +182,14 @@ fn act(outcome: Outcome, request: &ServiceRequest) -> Action {
     }
 }
 
-/// Asks `policy` about `request`: at once if the store can decide at once
-/// (`now`), otherwise `None`.
+/// Asks `policy` about `request`: at once if the store can decide at once,
+/// otherwise it hands the policy back for the wait.
 ///
 /// The path the policy sees is the one actix-web routes on
 /// (`match_info()`): percent-encoded characters decoded, except `/`, `%`
 /// and `+`. The raw `path()` would let `/h%65alth` reach the `/health`
 /// handler under another route's limits.
-fn decide_now(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> Option<Outcome> {
+fn decide_now(policy: PolicyGuard, request: &ServiceRequest, peer: IpAddr) -> Decided {
     // The pattern costs a lookup and an allocation: only when it is read.
     let route = policy
         .reads_route()
@@ -186,7 +197,7 @@ fn decide_now(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> Op
         .flatten();
     let extensions = request.extensions();
     let headers = HeaderView(request.headers());
-    policy.check_now(&RequestView {
+    policy.now_or_later(&RequestView {
         method: request.method().as_str(),
         path: request.match_info().as_str(),
         route: route.as_deref(),
@@ -216,6 +227,24 @@ async fn decide(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> 
         .await
 }
 
+impl<S, B> RateLimitMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: 'static,
+{
+    /// Applies an outcome decided at once: nothing boxed.
+    fn at_once(&self, outcome: Outcome, request: ServiceRequest) -> ResponseFuture<S::Future, B> {
+        match act(outcome, &request) {
+            Action::Answer(response) => {
+                ResponseFuture::answered(request.into_response(response).map_into_right_body())
+            }
+            Action::Forward(headers) => {
+                ResponseFuture::forwarded(self.service.call(request), headers, with_headers)
+            }
+        }
+    }
+}
+
 impl<S, B> Service<ServiceRequest> for RateLimitMiddleware<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
@@ -232,33 +261,21 @@ where
         // whatever forwarding header the client sends. Proxies are the
         // policy's business.
         let Some(peer) = request.peer_addr().map(|a| a.ip()) else {
-            let response = respond(500, Vec::new(), NO_PEER.to_owned());
-            return ResponseFuture::answered(request.into_response(response).map_into_right_body());
+            return self.at_once(Outcome::misconfigured(NO_PEER), request);
         };
         // One policy for the whole request, even if it is replaced meanwhile.
-        let policy = self.policy.load();
-        if let Some(outcome) = decide_now(&policy, &request, peer) {
-            return match act(outcome, &request) {
-                Action::Answer(response) => {
-                    ResponseFuture::answered(request.into_response(response).map_into_right_body())
-                }
-                Action::Forward(headers) => {
-                    ResponseFuture::forwarded(self.service.call(request), headers)
-                }
-            };
-        }
-        let (service, policy) = (Rc::clone(&self.service), policy.into_owned());
+        let policy = match decide_now(self.policy.load(), &request, peer) {
+            Decided::Now(outcome) => return self.at_once(outcome, request),
+            Decided::Later(policy) => policy,
+        };
+        let service = Rc::clone(&self.service);
         ResponseFuture::deciding(Box::pin(async move {
             let outcome = decide(&policy, &request, peer).await;
             match act(outcome, &request) {
                 Action::Answer(response) => {
                     Ok(request.into_response(response).map_into_right_body())
                 }
-                Action::Forward(headers) => {
-                    let mut response = service.call(request).await?;
-                    add_headers(response.headers_mut(), headers);
-                    Ok(response.map_into_left_body())
-                }
+                Action::Forward(headers) => Ok(with_headers(service.call(request).await?, headers)),
             }
         }))
     }

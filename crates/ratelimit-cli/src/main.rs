@@ -243,15 +243,11 @@ async fn run(command: Command) -> Result<(), Failure> {
 /// The help's closing text: the store URLs this build opens, and how keys
 /// are written.
 fn after_help() -> String {
-    let urls: Vec<&str> = ratelimit::STORES
-        .iter()
-        .flat_map(|o| o.examples().iter().copied())
-        .collect();
     format!(
         "Store URLs: {}\n\
          Keys are written as the policy makes them: ip:203.0.113.9, user:alice, \
          header:x-api-key:KEY, or parts joined by | (user:alice|route:/tasks).",
-        urls.join(", ")
+        ratelimit::storage::Opener::examples_of(ratelimit::STORES)
     )
 }
 

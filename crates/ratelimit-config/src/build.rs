@@ -140,7 +140,11 @@ impl Compiled {
         let d = &config.defaults;
         let mut policy = HttpPolicy::new(limiter, self.routes, self.keys)
             .headers(d.headers, d.reset_format)
-            .denied_status(d.denied_status)
+            // `ranges` has checked the status (400 to 599).
+            .denied_status(
+                http::StatusCode::from_u16(d.denied_status)
+                    .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS),
+            )
             .on_store_error(d.on_store_error)
             .shadow(d.shadow);
         if let Some(mut tiers) = self.tiers {

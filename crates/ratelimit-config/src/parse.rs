@@ -13,6 +13,7 @@ use super::model::{
     RuleConfig, StorageConfig, TierCacheConfig, TierConfig, TierLimit, TierRuleConfig,
 };
 use super::reader::{Reader, Table, whole};
+use http::StatusCode;
 use ratelimit_core::rule::Algorithm;
 use ratelimit_core::storage::Opener;
 use ratelimit_http::{
@@ -218,7 +219,6 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
 /// the rest of a URL may hold a password.
 fn store_url_problem(stores: &[Opener], url: &str) -> Option<String> {
     let scheme = url.split_once(':').map_or("", |(s, _)| s);
-    let shown = || scheme.chars().take(32).collect::<String>();
     if stores.is_empty() {
         let well_formed = scheme
             .chars()
@@ -234,14 +234,10 @@ fn store_url_problem(stores: &[Opener], url: &str) -> Option<String> {
     if stores.iter().any(|o| o.accepts(url)) {
         return None;
     }
-    let examples: Vec<&str> = stores
-        .iter()
-        .flat_map(|o| o.examples().iter().copied())
-        .collect();
     Some(format!(
         "unsupported store URL scheme {:?} (this build opens {})",
-        shown(),
-        examples.join(", ")
+        Opener::shown_scheme(url),
+        Opener::examples_of(stores)
     ))
 }
 
@@ -277,10 +273,11 @@ fn defaults(r: &mut Reader<'_>, t: &Table<'_>) -> DefaultsConfig {
         let path = t.field_path("missing_key");
         let status = match value {
             Value::String(_, s) if s.trim() == "ip" => Some(None),
-            Value::String(_, s) if s.trim() == "reject" => Some(Some(400)),
+            Value::String(_, s) if s.trim() == "reject" => Some(Some(StatusCode::BAD_REQUEST)),
             Value::Num(_, n) => whole(n)
                 .and_then(|n| u16::try_from(n).ok())
                 .filter(|n| (400..=599).contains(n))
+                .and_then(|n| StatusCode::from_u16(n).ok())
                 .map(Some),
             _ => None,
         };

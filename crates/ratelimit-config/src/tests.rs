@@ -291,7 +291,7 @@ rules = [{ path = "/api/v1/tasks/task", methods = ["POST"], rule = "api" }]
     );
     assert_eq!(
         config.defaults.missing_key,
-        ratelimit_http::MissingKey::Reject(401)
+        ratelimit_http::MissingKey::Reject(http::StatusCode::UNAUTHORIZED)
     );
     assert_eq!(
         config.defaults.on_store_error,

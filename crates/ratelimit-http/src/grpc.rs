@@ -5,8 +5,12 @@
 //! with `grpc-message` saying when to retry; the rate-limit headers and
 //! `retry-after` go along as response metadata.
 
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, StatusCode};
+
 use super::client_ip::Headers;
-use super::policy::Outcome;
+use super::headers::names;
+use super::outcome::Outcome;
 
 /// Whether a request is gRPC: its `content-type` is `application/grpc` or
 /// `application/grpc+…` (`+proto`, `+json`).
@@ -22,8 +26,8 @@ pub fn is_grpc(headers: &dyn Headers) -> bool {
 /// `UNAUTHENTICATED`, 400 → 3 `INVALID_ARGUMENT`, 503 → 14 `UNAVAILABLE`,
 /// anything else → 13 `INTERNAL` (a configured denial status other than 429
 /// maps by the same table).
-pub const fn grpc_status(http_status: u16) -> u8 {
-    match http_status {
+pub fn grpc_status(http_status: StatusCode) -> u8 {
+    match http_status.as_u16() {
         429 => 8,
         403 => 7,
         401 => 16,
@@ -47,22 +51,6 @@ fn percent_encode(message: &str) -> String {
     out
 }
 
-/// The `message` field of the policy's JSON bodies.
-fn message_of(body: &str) -> Option<String> {
-    let start = body.find("\"message\":\"")? + "\"message\":\"".len();
-    let rest = body.get(start..)?;
-    let mut out = String::new();
-    let mut chars = rest.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some(out),
-            '\\' => out.push(chars.next()?),
-            c => out.push(c),
-        }
-    }
-    None
-}
-
 impl Outcome {
     /// This outcome for a gRPC request: a `Respond` becomes a trailers-only
     /// gRPC response — HTTP 200, `content-type: application/grpc`,
@@ -78,18 +66,27 @@ impl Outcome {
                 body,
                 decision,
             } => {
-                let mut grpc = vec![
-                    ("content-type", "application/grpc".to_owned()),
-                    ("grpc-status", grpc_status(status).to_string()),
-                ];
-                if let Some(message) = message_of(&body) {
-                    grpc.push(("grpc-message", percent_encode(&message)));
+                let mut grpc = Vec::with_capacity(headers.len() + 3);
+                grpc.push((CONTENT_TYPE, HeaderValue::from_static("application/grpc")));
+                grpc.push((
+                    names::GRPC_STATUS,
+                    HeaderValue::from(u16::from(grpc_status(status))),
+                ));
+                if let Some(message) = body
+                    .as_ref()
+                    .and_then(|b| HeaderValue::try_from(percent_encode(b.message())).ok())
+                {
+                    grpc.push((names::GRPC_MESSAGE, message));
                 }
-                grpc.extend(headers);
+                grpc.extend(
+                    headers
+                        .into_iter()
+                        .filter(|(name, _)| *name != CONTENT_TYPE),
+                );
                 Self::Respond {
-                    status: 200,
+                    status: StatusCode::OK,
                     headers: grpc,
-                    body: String::new(),
+                    body: None,
                     decision,
                 }
             }
@@ -101,6 +98,7 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorBody;
 
     #[test]
     fn grpc_requests_are_recognised_by_content_type() {
@@ -129,17 +127,26 @@ mod tests {
             (500, 13),
             (418, 13),
         ] {
-            assert_eq!(grpc_status(http), grpc, "{http}");
+            assert_eq!(
+                grpc_status(StatusCode::from_u16(http).unwrap()),
+                grpc,
+                "{http}"
+            );
         }
     }
 
     #[test]
     fn a_denial_becomes_resource_exhausted() {
         let denial = Outcome::Respond {
-            status: 429,
-            headers: vec![("retry-after", "3".to_owned())],
-            body: r#"{"error":"rate_limited","message":"too many requests; retry in 3 s","retry_after":3}"#
-                .to_owned(),
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers: vec![
+                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (http::header::RETRY_AFTER, HeaderValue::from(3)),
+            ],
+            body: Some(
+                ErrorBody::new("rate_limited", "too many requests; retry in 3 s — soon")
+                    .with_retry_after(3),
+            ),
             decision: None,
         };
         let Outcome::Respond {
@@ -151,18 +158,38 @@ mod tests {
         else {
             panic!("still a response")
         };
-        assert_eq!((status, body.as_str()), (200, ""));
+        assert_eq!((status, body), (StatusCode::OK, None));
         let get = |name: &str| {
-            headers
+            let values: Vec<_> = headers
                 .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.as_str())
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.to_str().unwrap())
+                .collect();
+            assert!(values.len() <= 1, "{name} once: {values:?}");
+            values.first().copied()
         };
         assert_eq!(get("grpc-status"), Some("8"));
-        assert_eq!(get("grpc-message"), Some("too many requests; retry in 3 s"));
+        assert_eq!(
+            get("grpc-message"),
+            Some("too many requests; retry in 3 s %E2%80%94 soon")
+        );
         assert_eq!(get("retry-after"), Some("3"));
         assert_eq!(get("content-type"), Some("application/grpc"));
-        assert_eq!(grpc_status(503), 14);
+        assert_eq!(grpc_status(StatusCode::SERVICE_UNAVAILABLE), 14);
         assert_eq!(percent_encode("50% é"), "50%25 %C3%A9");
+    }
+
+    #[test]
+    fn only_answers_to_grpc_requests_change() {
+        let grpc: &[(&str, &[u8])] = &[("content-type", b"application/grpc")];
+        let json: &[(&str, &[u8])] = &[];
+        let answer = Outcome::misconfigured("m");
+        assert_eq!(answer.clone().for_request(&json), answer);
+        assert_eq!(answer.clone().for_request(&grpc), answer.into_grpc());
+        let proceed = Outcome::Proceed {
+            headers: Vec::new(),
+            admission: None,
+        };
+        assert_eq!(proceed.clone().for_request(&grpc), proceed);
     }
 }

@@ -13,6 +13,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use ratelimit_core::Decision;
 use ratelimit_core::clock::{Timestamp, duration_to_micros};
 
@@ -116,18 +118,25 @@ fn push_u64(out: &mut String, mut n: u64) {
     }
 }
 
-// Header values are made with their exact length as capacity: an adapter
-// turning the `String` into `Bytes` then takes its buffer as it is, with no
-// second allocation.
+/// The header names the policy writes, made at compile time.
+pub(crate) mod names {
+    use http::HeaderName;
 
-fn decimal(n: u64) -> String {
-    let mut out = String::with_capacity(digits(n));
-    push_u64(&mut out, n);
-    out
+    pub(crate) const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    pub(crate) const X_RATELIMIT_REMAINING: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining");
+    pub(crate) const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub(crate) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 }
 
-/// `"name";KEY=value;KEY=value`, the shape of both IETF fields.
-fn ietf_field(name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) -> String {
+/// `"name";KEY=value;KEY=value`, the shape of both IETF fields, made with its
+/// exact length as capacity: `Bytes` then takes the buffer as it is, with no
+/// second allocation. `None` if the rule's name holds a byte no header
+/// value may hold (a control character).
+fn ietf_field(name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) -> Option<HeaderValue> {
     let len = sf_string_len(name) + k1.len() + k2.len() + 4 + digits(v1) + digits(v2);
     let mut out = String::with_capacity(len);
     push_sf_string(&mut out, name);
@@ -137,11 +146,12 @@ fn ietf_field(name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) -> Strin
         out.push('=');
         push_u64(&mut out, value);
     }
-    out
+    debug_assert_eq!(out.len(), len);
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
 /// The rate-limit headers for `decision`, made by a rule whose window is
-/// `window`, at wall time `now`, in `style`. Header names are lower-case.
+/// `window`, at wall time `now`, in `style`.
 ///
 /// ```
 /// use ratelimit_http::{HeaderStyle, ResetFormat, rate_limit_headers};
@@ -151,9 +161,10 @@ fn ietf_field(name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) -> Strin
 /// let d = Decision::allow(SmolStr::new("api"), 100, 42, Duration::from_millis(30_500));
 /// let now = Timestamp::from_micros(1_700_000_000_000_000);
 /// let h = rate_limit_headers(&d, Duration::from_secs(60), now, HeaderStyle::Both, ResetFormat::Seconds);
-/// assert!(h.contains(&("ratelimit-policy", "\"api\";q=100;w=60".to_owned())));
-/// assert!(h.contains(&("ratelimit", "\"api\";r=42;t=31".to_owned())));
-/// assert!(h.contains(&("x-ratelimit-reset", "31".to_owned())));
+/// let value = |name: &str| h.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_str().unwrap());
+/// assert_eq!(value("ratelimit-policy"), Some("\"api\";q=100;w=60"));
+/// assert_eq!(value("ratelimit"), Some("\"api\";r=42;t=31"));
+/// assert_eq!(value("x-ratelimit-reset"), Some("31"));
 /// ```
 pub fn rate_limit_headers(
     decision: &Decision,
@@ -161,45 +172,52 @@ pub fn rate_limit_headers(
     now: Timestamp,
     style: HeaderStyle,
     reset: ResetFormat,
-) -> Vec<(&'static str, String)> {
+) -> Vec<(HeaderName, HeaderValue)> {
     if style == HeaderStyle::None {
         return Vec::new();
     }
     let reset_us = duration_to_micros(decision.reset_after());
     let reset_secs = ceil_secs(reset_us);
-    let mut headers = Vec::with_capacity(5);
+    let mut headers = Vec::with_capacity(6);
     if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both) {
         let reset_value = match reset {
             ResetFormat::Seconds => reset_secs,
             ResetFormat::UnixTime => ceil_secs(now.as_micros().saturating_add(reset_us)),
         };
-        headers.push(("x-ratelimit-limit", decimal(decision.limit())));
-        headers.push(("x-ratelimit-remaining", decimal(decision.remaining())));
-        headers.push(("x-ratelimit-reset", decimal(reset_value)));
+        headers.push((
+            names::X_RATELIMIT_LIMIT,
+            HeaderValue::from(decision.limit()),
+        ));
+        headers.push((
+            names::X_RATELIMIT_REMAINING,
+            HeaderValue::from(decision.remaining()),
+        ));
+        headers.push((names::X_RATELIMIT_RESET, HeaderValue::from(reset_value)));
     }
     if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
         let window_secs = ceil_secs(duration_to_micros(window)).max(1);
-        headers.push((
-            "ratelimit-policy",
-            ietf_field(decision.rule(), ("q", decision.limit()), ("w", window_secs)),
-        ));
-        headers.push((
-            "ratelimit",
-            ietf_field(
-                decision.rule(),
-                ("r", decision.remaining()),
-                ("t", reset_secs),
-            ),
-        ));
+        let name = decision.rule();
+        if let Some(v) = ietf_field(name, ("q", decision.limit()), ("w", window_secs)) {
+            headers.push((names::RATELIMIT_POLICY, v));
+        }
+        if let Some(v) = ietf_field(name, ("r", decision.remaining()), ("t", reset_secs)) {
+            headers.push((names::RATELIMIT, v));
+        }
     }
     headers
 }
 
+/// The seconds a denied client should wait: rounded up, at least 1. `None`
+/// for an admission.
+pub(crate) fn retry_after_secs(decision: &Decision) -> Option<u64> {
+    let wait = duration_to_micros(decision.retry_after()?);
+    Some(ceil_secs(wait).max(1))
+}
+
 /// `Retry-After` for a denial: whole seconds, rounded up, at least 1. `None`
 /// for an admission.
-pub fn retry_after_header(decision: &Decision) -> Option<String> {
-    let wait = duration_to_micros(decision.retry_after()?);
-    Some(decimal(ceil_secs(wait).max(1)))
+pub fn retry_after_header(decision: &Decision) -> Option<HeaderValue> {
+    retry_after_secs(decision).map(HeaderValue::from)
 }
 
 #[cfg(test)]
@@ -208,20 +226,17 @@ mod tests {
     use smol_str::SmolStr;
 
     #[test]
-    fn values_are_made_with_their_exact_length() {
-        for n in [0, 9, 10, 99, 100, 12_345, u64::MAX] {
-            let text = decimal(n);
-            assert_eq!(text, n.to_string());
-            assert_eq!(text.capacity(), text.len(), "{n}");
-        }
+    fn ietf_fields_are_made_with_their_exact_length_and_escaped() {
         for name in ["api", "a\"b", "back\\slash", "ünï"] {
-            let field = ietf_field(name, ("q", 0), ("w", u64::MAX));
-            assert_eq!(field.capacity(), field.len(), "{field}");
+            let field = ietf_field(name, ("q", 0), ("w", u64::MAX)).unwrap();
+            assert!(field.as_bytes().ends_with(b";q=0;w=18446744073709551615"));
         }
         assert_eq!(
-            ietf_field("a\"b", ("r", 7), ("t", 60)),
+            ietf_field("a\"b", ("r", 7), ("t", 60)).unwrap(),
             "\"a\\\"b\";r=7;t=60"
         );
+        // A control character cannot be sent: the field is left out.
+        assert_eq!(ietf_field("a\nb", ("r", 7), ("t", 60)), None);
     }
 
     const NOW: Timestamp = Timestamp::from_micros(1_700_000_000_250_000);
@@ -239,7 +254,7 @@ mod tests {
     #[test]
     fn styles_select_the_families() {
         let d = denied();
-        let names = |style| -> Vec<&str> {
+        let names = |style| -> Vec<String> {
             rate_limit_headers(
                 &d,
                 Duration::from_secs(60),
@@ -248,7 +263,7 @@ mod tests {
                 ResetFormat::Seconds,
             )
             .into_iter()
-            .map(|(n, _)| n)
+            .map(|(n, _)| n.as_str().to_owned())
             .collect()
         };
         assert_eq!(
@@ -276,7 +291,7 @@ mod tests {
                 format,
             )
             .into_iter()
-            .find(|(n, _)| *n == "x-ratelimit-reset")
+            .find(|(n, _)| n == "x-ratelimit-reset")
             .map(|(_, v)| v)
             .unwrap()
         };
@@ -287,7 +302,7 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up_to_at_least_a_second() {
-        assert_eq!(retry_after_header(&denied()).as_deref(), Some("1"));
+        assert_eq!(retry_after_header(&denied()).unwrap(), "1");
         let long = Decision::deny(
             SmolStr::new("r"),
             1,
@@ -295,7 +310,7 @@ mod tests {
             Duration::ZERO,
             Duration::from_micros(2_000_001),
         );
-        assert_eq!(retry_after_header(&long).as_deref(), Some("3"));
+        assert_eq!(retry_after_header(&long).unwrap(), "3");
         let ok = Decision::allow(SmolStr::new("r"), 1, 0, Duration::ZERO);
         assert_eq!(retry_after_header(&ok), None);
     }
@@ -317,7 +332,9 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn decimals_match_display(n: u64) {
-            proptest::prop_assert_eq!(decimal(n), n.to_string());
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            proptest::prop_assert_eq!(out, n.to_string());
         }
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use http::StatusCode;
 use smol_str::{SmolStr, SmolStrBuilder};
 
 use super::client_ip::{ClientIpPolicy, Headers, push_ip_key};
@@ -110,7 +111,7 @@ pub enum MissingKey {
     #[default]
     UseIp,
     /// Refuse the request with this status (e.g. 400 or 401).
-    Reject(u16),
+    Reject(StatusCode),
 }
 
 /// The outcome of key extraction.
@@ -120,7 +121,7 @@ pub enum ExtractedKey {
     /// stored inline: no allocation per request).
     Key(SmolStr),
     /// No key, and the policy says to refuse the request with this status.
-    Reject(u16),
+    Reject(StatusCode),
 }
 
 /// Turns requests into keys: a source, the fallback for requests without one,
@@ -128,9 +129,10 @@ pub enum ExtractedKey {
 ///
 /// ```
 /// use ratelimit_http::{ClientIpPolicy, ExtractedKey, KeyExtractor, KeySource, MissingKey, RequestView};
+/// use http::StatusCode;
 ///
 /// let extractor = KeyExtractor::new(KeySource::Header("x-api-key".into()))
-///     .on_missing(MissingKey::Reject(401));
+///     .on_missing(MissingKey::Reject(StatusCode::UNAUTHORIZED));
 /// let headers: &[(&str, &[u8])] = &[("X-Api-Key", b"k-123")];
 /// let view = RequestView {
 ///     method: "GET", path: "/", route: None, peer: "198.51.100.7".parse()?,
@@ -139,7 +141,7 @@ pub enum ExtractedKey {
 /// assert_eq!(extractor.extract(&view), ExtractedKey::Key("header:x-api-key:k-123".into()));
 /// let none: &[(&str, &[u8])] = &[];
 /// let anonymous = RequestView { headers: &none, ..view };
-/// assert_eq!(extractor.extract(&anonymous), ExtractedKey::Reject(401));
+/// assert_eq!(extractor.extract(&anonymous), ExtractedKey::Reject(StatusCode::UNAUTHORIZED));
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -474,8 +476,12 @@ mod tests {
                 ExtractedKey::Key("ip:10.0.0.1".into()),
                 "{source:?}"
             );
-            let strict = e.on_missing(MissingKey::Reject(401));
-            assert_eq!(strict.extract(&v), ExtractedKey::Reject(401), "{source:?}");
+            let strict = e.on_missing(MissingKey::Reject(StatusCode::UNAUTHORIZED));
+            assert_eq!(
+                strict.extract(&v),
+                ExtractedKey::Reject(StatusCode::UNAUTHORIZED),
+                "{source:?}"
+            );
         }
     }
 

@@ -13,13 +13,24 @@
 //! [`SharedPolicy`], which can be replaced while requests run. gRPC requests get
 //! the same outcomes in gRPC's form ([`Outcome::into_grpc`]). Clients
 //! denied again and again can be blocked for a while ([`AutoBlock`]).
+//!
+//! The [`Outcome`] speaks the `http` crate's types (`StatusCode`,
+//! `HeaderName`, `HeaderValue`) and answers with an [`ErrorBody`]
+//! serialised to JSON. What a framework adapter needs beyond translating
+//! requests and responses is here too, written once: [`Headers`] for
+//! `http::HeaderMap`, [`PolicyGuard::now_or_later`] (decide without a future
+//! when the store can), [`response`] and [`add_headers`] for frameworks on
+//! the `http` crate, [`static_name`] for those with their own header types,
+//! [`Outcome::misconfigured`], and the middleware's [`ResponseFuture`].
 
 mod auto_block;
 mod client_ip;
+mod future;
 mod grpc;
 mod headers;
 mod key;
 mod lists;
+mod outcome;
 mod policy;
 mod routes;
 mod shared;
@@ -27,13 +38,15 @@ mod tiers;
 
 pub use auto_block::{AutoBlock, DEFAULT_AUTO_BLOCK_CLIENTS};
 pub use client_ip::{ClientIpPolicy, ForwardingHeader, Headers, InvalidProxy, ip_key};
+pub use future::ResponseFuture;
 pub use grpc::{grpc_status, is_grpc};
 pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 pub use key::{ExtractedKey, Identity, KeyExtractor, KeyFn, KeySource, MissingKey, RequestView};
 pub use lists::{DEFAULT_LIST_REFRESH, ListEntry, ListKind, RuntimeLists, parse_net};
-pub use policy::{Admission, BlockedHook, ErrorHook, HttpPolicy, Outcome};
+pub use outcome::{ErrorBody, Outcome, add_headers, response, static_name};
+pub use policy::{Admission, BlockedHook, ErrorHook, HttpPolicy};
 pub use routes::{Applies, ErrorMode, ExemptFn, Limits, RouteError, RouteTable};
-pub use shared::{PolicyGuard, SharedPolicy};
+pub use shared::{Decided, PolicyGuard, SharedPolicy};
 /// A setting's name that is none of the accepted ones (`"fancy"` for a
 /// header style); the message lists what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,16 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::auto_block::{AutoBlock, AutoBlocker};
-use super::headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
+use super::headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_secs};
 use super::key::{ExtractedKey, KeyExtractor, KeySource, RequestView};
 use super::lists::{ListKind, RuntimeLists};
+use super::outcome::{ErrorBody, Outcome};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use super::tiers::{Known, Tiers};
+use http::header::RETRY_AFTER;
+use http::{HeaderValue, StatusCode};
 use ratelimit_core::Decision;
 use ratelimit_core::Limiter;
 use ratelimit_core::clock::Timestamp;
 use ratelimit_core::rule::Rule;
-use ratelimit_core::support::json_string;
 use ratelimit_core::{Error, Result};
 use smol_str::SmolStr;
 
@@ -81,30 +83,6 @@ impl Admission {
     }
 }
 
-/// What the adapter should do with a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Pass the request on, and add these headers to the response.
-    Proceed {
-        /// Rate-limit headers for the response (empty when not limited).
-        headers: Vec<(&'static str, String)>,
-        /// The decision and a way to charge more, for handlers (`None` when
-        /// the request was not limited: exempt, allowed, no rule).
-        admission: Option<Admission>,
-    },
-    /// Answer without calling the handler.
-    Respond {
-        /// The status (429, 403, 503, or the missing-key status).
-        status: u16,
-        /// Headers, including `Retry-After` on denials.
-        headers: Vec<(&'static str, String)>,
-        /// A JSON body.
-        body: String,
-        /// The decision, when one was made.
-        decision: Option<Decision>,
-    },
-}
-
 /// The framework-free HTTP rate-limiting policy: what applies to a request,
 /// its key, the decision, and the response. Cheap to clone.
 #[derive(Clone)]
@@ -114,7 +92,7 @@ pub struct HttpPolicy {
     keys: Arc<KeyExtractor>,
     style: HeaderStyle,
     reset: ResetFormat,
-    denied_status: u16,
+    denied_status: StatusCode,
     on_store_error: ErrorMode,
     shadow: bool,
     on_blocked: Option<BlockedHook>,
@@ -186,7 +164,7 @@ impl HttpPolicy {
             keys: Arc::new(keys),
             style: HeaderStyle::default(),
             reset: ResetFormat::default(),
-            denied_status: 429,
+            denied_status: StatusCode::TOO_MANY_REQUESTS,
             on_store_error: ErrorMode::default(),
             shadow: false,
             on_blocked: None,
@@ -279,7 +257,7 @@ impl HttpPolicy {
 
     /// The status of a denial (default 429).
     #[must_use]
-    pub fn denied_status(mut self, status: u16) -> Self {
+    pub fn denied_status(mut self, status: StatusCode) -> Self {
         self.denied_status = status;
         self
     }
@@ -325,22 +303,8 @@ impl HttpPolicy {
         &self.limiter
     }
 
-    fn respond(
-        status: u16,
-        headers: Vec<(&'static str, String)>,
-        error: &str,
-        message: &str,
-    ) -> Outcome {
-        Outcome::Respond {
-            status,
-            headers,
-            body: format!(
-                "{{\"error\":{},\"message\":{}}}",
-                json_string(error),
-                json_string(message)
-            ),
-            decision: None,
-        }
+    fn respond(status: StatusCode, error: &'static str, message: &'static str) -> Outcome {
+        Outcome::answer(status, Vec::new(), ErrorBody::new(error, message))
     }
 
     /// Decides what happens to the request seen through `view`.
@@ -438,8 +402,7 @@ impl HttpPolicy {
         let listed = self.lists.as_ref().and_then(|l| l.verdict(client));
         let forbidden = || {
             Begun::Done(Self::respond(
-                403,
-                Vec::new(),
+                StatusCode::FORBIDDEN,
                 "forbidden",
                 "this client is not allowed",
             ))
@@ -458,15 +421,18 @@ impl HttpPolicy {
             && !self.shadow
             && let Some(wait) = blocker.blocked(client, self.limiter.clock().now())
         {
-            return Begun::Done(Self::respond(
-                403,
+            // Rounded up: a client retrying then is no longer blocked.
+            let seconds = wait.as_micros().div_ceil(1_000_000).max(1);
+            return Begun::Done(Outcome::answer(
+                StatusCode::FORBIDDEN,
                 vec![(
-                    "retry-after",
-                    // Rounded up: a client retrying then is no longer blocked.
-                    wait.as_micros().div_ceil(1_000_000).max(1).to_string(),
+                    RETRY_AFTER,
+                    HeaderValue::from(u64::try_from(seconds).unwrap_or(u64::MAX)),
                 )],
-                "blocked",
-                "this client was denied too often and is blocked for a while",
+                ErrorBody::new(
+                    "blocked",
+                    "this client was denied too often and is blocked for a while",
+                ),
             ));
         }
         match (given, &self.tiers, view.identity) {
@@ -512,7 +478,6 @@ impl HttpPolicy {
             }),
             ExtractedKey::Reject(status) => Begun::Done(Self::respond(
                 status,
-                Vec::new(),
                 "missing_key",
                 "the request carries no rate-limit key",
             )),
@@ -541,8 +506,7 @@ impl HttpPolicy {
                 match mode {
                     ErrorMode::FailOpen => unlimited(),
                     ErrorMode::FailClosed => Self::respond(
-                        503,
-                        Vec::new(),
+                        StatusCode::SERVICE_UNAVAILABLE,
                         "rate_limiter_unavailable",
                         "the rate limiter cannot decide right now; try again shortly",
                     ),
@@ -650,16 +614,17 @@ impl HttpPolicy {
         if self.shadow {
             return admit(headers, decision);
         }
-        let retry = retry_after_header(&decision).unwrap_or_else(|| "1".to_owned());
-        headers.push(("retry-after", retry.clone()));
-        Outcome::Respond {
-            status: self.denied_status,
-            headers,
-            body: format!(
-                "{{\"error\":\"rate_limited\",\"message\":{},\"retry_after\":{retry}}}",
-                json_string(&format!("too many requests; retry in {retry} s"))
-            ),
-            decision: Some(decision),
+        let retry = retry_after_secs(&decision).unwrap_or(1);
+        headers.push((RETRY_AFTER, HeaderValue::from(retry)));
+        let body = ErrorBody::new(
+            "rate_limited",
+            format!("too many requests; retry in {retry} s"),
+        )
+        .with_retry_after(retry);
+        let mut answer = Outcome::answer(self.denied_status, headers, body);
+        if let Outcome::Respond { decision: d, .. } = &mut answer {
+            *d = Some(decision);
         }
+        answer
     }
 }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
+use super::key::RequestView;
+use super::outcome::Outcome;
 use super::policy::HttpPolicy;
+use super::routes::Limits;
 
 /// The running policy, replaceable at any time (a reloaded config, a tier
 /// rule changed through an admin API). Every adapter holds one: cloning it
@@ -106,6 +109,45 @@ impl PolicyGuard {
     pub fn into_owned(self) -> Arc<HttpPolicy> {
         Guard::into_inner(self.0)
     }
+
+    /// Decides for `view` at once when the store can (the memory store
+    /// decides without waiting): [`Decided::Now`], with no future to box.
+    /// Otherwise [`Decided::Later`] hands back this same policy, owned, for
+    /// the adapter to decide with ([`HttpPolicy::check`]) in a future that
+    /// owns the request.
+    pub fn now_or_later(self, view: &RequestView<'_>) -> Decided {
+        match self.check_now(view) {
+            Some(outcome) => Decided::Now(outcome),
+            None => Decided::Later(self.into_owned()),
+        }
+    }
+
+    /// Decides for `view` with `limits` in place of the route table's when
+    /// given: at once when the store can, otherwise across the wait with
+    /// this same policy (the guard is not held across the wait).
+    pub async fn decide(self, view: &RequestView<'_>, limits: Option<&Limits>) -> Outcome {
+        let now = match limits {
+            Some(limits) => self.check_with_now(view, limits),
+            None => self.check_now(view),
+        };
+        if let Some(outcome) = now {
+            return outcome;
+        }
+        let policy = self.into_owned();
+        match limits {
+            Some(limits) => policy.check_with(view, limits).await,
+            None => policy.check(view).await,
+        }
+    }
+}
+
+/// What [`PolicyGuard::now_or_later`] found.
+#[derive(Debug)]
+pub enum Decided {
+    /// The store decided at once.
+    Now(Outcome),
+    /// The store must wait: decide with this policy.
+    Later(Arc<HttpPolicy>),
 }
 
 impl Deref for PolicyGuard {

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use ratelimit_http::{Limits, Outcome, SharedPolicy};
+use bytes::Bytes;
+use ratelimit_http::{Limits, Outcome, SharedPolicy, static_name};
 use rocket::fairing::{self, Fairing, Info, Kind};
 use rocket::http::uri::Origin;
-use rocket::http::{ContentType, Header, Method, Status};
+use rocket::http::{Header, Method, Status};
 use rocket::route::{self, Handler, Route};
 use rocket::{Build, Data, Orbit, Request, Response, Rocket};
 
@@ -167,26 +168,26 @@ impl Fairing for RateLimit {
     }
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
-        match RequestState::of(request).take_outcome() {
-            Some(Outcome::Proceed { headers, .. }) => {
-                for (name, value) in headers {
-                    response.set_header(Header::new(name, value));
-                }
-            }
+        let headers = match RequestState::of(request).take_outcome() {
+            Some(Outcome::Proceed { headers, .. }) => headers,
             Some(Outcome::Respond {
                 status,
                 headers,
                 body,
                 ..
             }) => {
-                response.set_status(Status::new(status));
-                response.set_header(ContentType::JSON);
-                for (name, value) in headers {
-                    response.set_header(Header::new(name, value));
-                }
+                response.set_status(Status::new(status.as_u16()));
+                let body = body.map_or_else(Bytes::new, |b| b.to_json());
                 response.set_sized_body(body.len(), Cursor::new(body));
+                headers
             }
-            None => {}
+            None => return,
+        };
+        for (name, value) in headers {
+            // The policy writes UTF-8 (a rule's name may be non-ASCII).
+            if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
+                response.set_header(Header::new(static_name(&name), value.to_owned()));
+            }
         }
     }
 }

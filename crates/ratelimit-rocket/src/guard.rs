@@ -12,9 +12,6 @@ use crate::cache::RequestState;
 use crate::fairing::Managed;
 use crate::view::decide;
 
-const NO_FAIRING: &str = "{\"error\":\"rate_limiter_misconfigured\",\"message\":\"a rate-limit guard \
-                          needs the RateLimit fairing attached\"}";
-
 /// Limits the route it guards with the policy's route table (pattern rules
 /// and the default), for applications that attach
 /// [`RateLimit::guards_only`](crate::RateLimit::guards_only). Its value is
@@ -79,12 +76,9 @@ async fn guard(
     limits: impl FnOnce(&Managed) -> Option<Arc<Limits>>,
 ) -> request::Outcome<Option<Admission>, ()> {
     let Some(managed) = request.rocket().state::<Managed>() else {
-        RequestState::of(request).store(Outcome::Respond {
-            status: 500,
-            headers: Vec::new(),
-            body: NO_FAIRING.to_owned(),
-            decision: None,
-        });
+        RequestState::of(request).store(Outcome::misconfigured(
+            "a rate-limit guard needs the RateLimit fairing attached",
+        ));
         return request::Outcome::Error((Status::InternalServerError, ()));
     };
     let limits = limits(managed);
@@ -94,7 +88,9 @@ async fn guard(
     }
     let outcome = decide(&managed.policy, request, limits.as_deref(), None).await;
     let result = match &outcome {
-        Outcome::Respond { status, .. } => request::Outcome::Error((Status::new(*status), ())),
+        Outcome::Respond { status, .. } => {
+            request::Outcome::Error((Status::new(status.as_u16()), ()))
+        }
         Outcome::Proceed { admission, .. } => request::Outcome::Success(admission.clone()),
     };
     RequestState::of(request).store(outcome);

@@ -21,19 +21,6 @@ impl Headers for HeaderView<'_> {
     }
 }
 
-pub(crate) const NO_PEER: &str = "{\"error\":\"rate_limiter_misconfigured\",\"message\":\"no peer address for \
-                                  this request: the rate limiter cannot key it\"}";
-
-/// The outcome for a request without a peer address.
-pub(crate) fn no_peer() -> Outcome {
-    Outcome::Respond {
-        status: 500,
-        headers: Vec::new(),
-        body: NO_PEER.to_owned(),
-        decision: None,
-    }
-}
-
 /// Rocket's route pattern in the route table's syntax: `/users/<id>` becomes
 /// `/users/{id}`, `/files/<path..>` becomes `/files/{*path}`.
 pub(crate) fn pattern(rocket_path: &str) -> String {
@@ -107,7 +94,9 @@ pub(crate) async fn decide(
     index: Option<&RouteIndex>,
 ) -> Outcome {
     let Some(peer): Option<IpAddr> = request.remote().map(|a| a.ip()) else {
-        return no_peer();
+        return Outcome::misconfigured(
+            "no peer address for this request: the rate limiter cannot key it",
+        );
     };
     let policy = policy.load();
     let uri_path = request.uri().path();
@@ -133,19 +122,7 @@ pub(crate) async fn decide(
         headers: &headers,
         identity: identity.as_ref(),
     };
-    let now = match limits {
-        Some(limits) => policy.check_with_now(&view, limits),
-        None => policy.check_now(&view),
-    };
-    if let Some(outcome) = now {
-        return outcome;
-    }
-    // The store must wait: the same policy, owned across the wait.
-    let policy = policy.into_owned();
-    match limits {
-        Some(limits) => policy.check_with(&view, limits).await,
-        None => policy.check(&view).await,
-    }
+    policy.decide(&view, limits).await
 }
 
 #[cfg(test)]

@@ -125,7 +125,13 @@ impl Load {
                                 seen.error_mode.fetch_add(1, Ordering::Relaxed);
                                 *seen.last_error_mode.lock().unwrap() = Some(Instant::now());
                             }
-                            (Outcome::Respond { status: 503, .. }, ErrorMode::FailClosed) => {
+                            (
+                                Outcome::Respond {
+                                    status: http::StatusCode::SERVICE_UNAVAILABLE,
+                                    ..
+                                },
+                                ErrorMode::FailClosed,
+                            ) => {
                                 seen.error_mode.fetch_add(1, Ordering::Relaxed);
                                 *seen.last_error_mode.lock().unwrap() = Some(Instant::now());
                             }

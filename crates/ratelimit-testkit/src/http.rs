@@ -802,7 +802,7 @@ pub async fn identity_and_header_keys(h: Arc<dyn HttpHarness>) {
     drop(server);
 
     let strict = KeyExtractor::new(KeySource::Header("x-api-key".into()))
-        .on_missing(MissingKey::Reject(401));
+        .on_missing(MissingKey::Reject(http::StatusCode::UNAUTHORIZED));
     let (_server, c) = start(&h, policy(&h, default_limit("1/minute"), strict).await).await;
     let r = c.get("/", &[]).await;
     assert_eq!(r.status, 401);

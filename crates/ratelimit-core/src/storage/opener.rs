@@ -78,6 +78,41 @@ impl Opener {
     pub fn open(&self, url: &str) -> Result<Arc<dyn Storage>> {
         (self.open)(url)
     }
+
+    /// The example URLs of every opener in `stores`, joined with `", "`, for
+    /// help texts and errors; empty when `stores` is.
+    ///
+    /// ```
+    /// # use ratelimit_core::storage::Opener;
+    /// # fn no(_: &str) -> bool { false }
+    /// # fn open(_: &str) -> ratelimit_core::Result<std::sync::Arc<dyn ratelimit_core::Storage>> { unreachable!() }
+    /// let a = Opener::new("a", &["a://", "a+tls://"], no, open);
+    /// let b = Opener::new("b", &["b:///path"], no, open);
+    /// assert_eq!(Opener::examples_of(&[a, b]), "a://, a+tls://, b:///path");
+    /// ```
+    pub fn examples_of(stores: &[Opener]) -> String {
+        let examples: Vec<&str> = stores
+            .iter()
+            .flat_map(|o| o.examples.iter().copied())
+            .collect();
+        examples.join(", ")
+    }
+
+    /// The scheme of `url` as an error may show it: what comes before the
+    /// first `:`, cut to 32 characters, never the rest of the URL (which may
+    /// hold a password).
+    ///
+    /// ```
+    /// # use ratelimit_core::storage::Opener;
+    /// assert_eq!(Opener::shown_scheme("mongodb://user:secret@host"), "mongodb");
+    /// assert_eq!(Opener::shown_scheme("no scheme"), "");
+    /// assert_eq!(Opener::shown_scheme(&"x".repeat(100)).len(), 0);
+    /// assert_eq!(Opener::shown_scheme(&format!("{}:", "x".repeat(100))).len(), 32);
+    /// ```
+    pub fn shown_scheme(url: &str) -> String {
+        let scheme = url.split_once(':').map_or("", |(s, _)| s);
+        scheme.chars().take(32).collect()
+    }
 }
 
 impl fmt::Debug for Opener {
