@@ -22,7 +22,6 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use ratelimit::SmolStr;
 use ratelimit::axum::RateLimitLayer;
 use ratelimit::config::{Loader, PolicyCode};
 use ratelimit::http::{Identity, tier_resolver_fn};
@@ -35,11 +34,11 @@ struct Accounts {
 }
 
 impl Accounts {
-    async fn tier_of(&self, user: &str) -> Option<SmolStr> {
+    async fn tier_of(&self, user: &str) -> Option<String> {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         // A query's latency.
         tokio::time::sleep(Duration::from_millis(5)).await;
-        self.tiers.get(user).map(|t| SmolStr::new(*t))
+        self.tiers.get(user).map(|t| (*t).to_owned())
     }
 }
 
@@ -51,11 +50,9 @@ async fn auth(mut request: Request, next: Next) -> Response {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|u| SmolStr::new(u.trim()));
-    if let Some(user) = user {
-        request
-            .extensions_mut()
-            .insert(Identity { user, tier: None });
+        .map(|u| Identity::new(u.trim()));
+    if let Some(identity) = user {
+        request.extensions_mut().insert(identity);
     }
     next.run(request).await
 }
@@ -80,7 +77,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let db = accounts.clone();
     let code = PolicyCode::new().tier_resolver(tier_resolver_fn(move |who: Identity| {
         let db = db.clone();
-        async move { Ok(db.tier_of(&who.user).await) }
+        async move { Ok(db.tier_of(who.user()).await) }
     }));
     let live = ratelimit::config::start_with(Loader::file(&file), code).await?;
     live.reload_on_hangup()?;

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ratelimit::SmolStr;
 use ratelimit::config::{
     Config, Format, LivePolicy, Loader, PolicyCode, RuleConfig, StorageConfig, TierLimit,
     TierRuleConfig,
@@ -20,10 +19,7 @@ mod common;
 use common::{NONE, admitted};
 
 fn identity(user: &str) -> Identity {
-    Identity {
-        user: user.into(),
-        tier: None,
-    }
+    Identity::new(user)
 }
 
 #[tokio::test]
@@ -188,10 +184,10 @@ async fn tiers_policy(lookups: Arc<AtomicU32>) -> LivePolicy {
     let resolver = tier_resolver_fn(move |who: Identity| {
         lookups.fetch_add(1, Ordering::SeqCst);
         async move {
-            Ok(match who.user.as_str() {
-                "fiona" => Some(SmolStr::new("free")),
-                "paul" | "petra" => Some(SmolStr::new("pro")),
-                "gina" => Some(SmolStr::new("gold")),
+            Ok(match who.user() {
+                "fiona" => Some("free".to_owned()),
+                "paul" | "petra" => Some("pro".to_owned()),
+                "gina" => Some("gold".to_owned()),
                 _ => None,
             })
         }
@@ -342,7 +338,7 @@ async fn custom_keys_and_runtime_lists_come_from_the_application_and_the_store()
     assert_eq!(e.errors()[0].path, "defaults.key");
     let code = PolicyCode::new().key(
         "tenant",
-        Arc::new(|v| v.identity.map(|i| format!("tenant:{}", i.user))),
+        Arc::new(|v| v.identity.map(|i| format!("tenant:{}", i.user()))),
     );
     let live = LivePolicy::start(config, store, code).await.unwrap();
     let p = live.policy().current();

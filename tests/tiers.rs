@@ -11,7 +11,7 @@ use ratelimit::http::{
     tier_resolver_fn,
 };
 use ratelimit::memory::MemoryStorage;
-use ratelimit::{Algorithm, Error, ErrorKind, Limiter, ManualClock, Rule, SmolStr, Timestamp};
+use ratelimit::{Algorithm, Error, ErrorKind, Limiter, ManualClock, Rule, Timestamp};
 
 mod common;
 
@@ -22,9 +22,9 @@ fn rule(name: &str, quota: &str) -> Rule {
 }
 
 fn identity(user: &str, tier: Option<&str>) -> Identity {
-    Identity {
-        user: user.into(),
-        tier: tier.map(Into::into),
+    match tier {
+        Some(tier) => Identity::new(user).with_tier(tier),
+        None => Identity::new(user),
     }
 }
 
@@ -129,8 +129,8 @@ async fn the_resolver_finds_tiers_and_its_answers_are_cached() {
     let resolver = tier_resolver_fn(move |who: Identity| {
         counter.fetch_add(1, Ordering::SeqCst);
         async move {
-            match who.user.as_str() {
-                "paul" => Ok(Some(SmolStr::new("pro"))),
+            match who.user() {
+                "paul" => Ok(Some("pro".to_owned())),
                 "db-down" => Err(Error::new(ErrorKind::Unavailable, "the database is down")),
                 _ => Ok(None),
             }

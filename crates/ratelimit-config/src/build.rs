@@ -27,9 +27,9 @@ use ratelimit_http::{
 /// use ratelimit_http::{Identity, tier_resolver_fn};
 ///
 /// let code = PolicyCode::new()
-///     .key("tenant", Arc::new(|view| view.identity.map(|i| i.user.to_string())))
+///     .key("tenant", Arc::new(|view| view.identity.map(|i| i.user().to_owned())))
 ///     .tier_resolver(tier_resolver_fn(|who: Identity| async move {
-///         Ok(Some(if who.user.starts_with("vip") { "pro".into() } else { "free".into() }))
+///         Ok(Some(if who.user().starts_with("vip") { "pro".into() } else { "free".into() }))
 ///     }));
 /// assert!(code.has_key("tenant"));
 /// ```

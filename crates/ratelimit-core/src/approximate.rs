@@ -66,7 +66,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
-use smol_str::SmolStr;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::decision::Decision;
@@ -446,7 +445,7 @@ impl Shared {
                     let retry = until.saturating_duration_since(now);
                     let reset = local.reset_at.saturating_duration_since(now);
                     return Some(Decision::deny(
-                        SmolStr::new(decision.rule()),
+                        decision.rule(),
                         decision.limit(),
                         decision.remaining(),
                         reset.max(retry),
@@ -469,7 +468,7 @@ impl Shared {
             local.used_at = now;
             if answer.as_ref().is_none_or(|a| local.budget < a.remaining()) {
                 answer = Some(Decision::allow(
-                    SmolStr::new(entry.rule.name()),
+                    entry.rule.name(),
                     local.limit,
                     local.budget,
                     local.reset_at.saturating_duration_since(now),

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use smol_str::SmolStr;
 
+use crate::rule::Rule;
+
 /// Whether a request may proceed, and what a client should be told.
 ///
 /// A denial is a value, not an error. When several rules decided together, the
@@ -47,11 +49,12 @@ impl fmt::Debug for Decision {
 }
 
 impl Decision {
-    /// An admission by `rule`, leaving `remaining` of `limit` units.
+    /// An admission by the rule named `rule`, leaving `remaining` of
+    /// `limit` units.
     #[inline]
-    pub fn allow(rule: SmolStr, limit: u64, remaining: u64, reset_after: Duration) -> Self {
+    pub fn allow(rule: &str, limit: u64, remaining: u64, reset_after: Duration) -> Self {
         Self {
-            rule,
+            rule: SmolStr::new(rule),
             limit,
             remaining,
             reset_after_us: micros(reset_after),
@@ -60,23 +63,54 @@ impl Decision {
         }
     }
 
-    /// A denial by `rule`; the same request may succeed after `retry_after`.
+    /// A denial by the rule named `rule`; the same request may succeed
+    /// after `retry_after`.
     #[inline]
     pub fn deny(
-        rule: SmolStr,
+        rule: &str,
         limit: u64,
         remaining: u64,
         reset_after: Duration,
         retry_after: Duration,
     ) -> Self {
         Self {
-            rule,
+            rule: SmolStr::new(rule),
             limit,
             remaining,
             reset_after_us: micros(reset_after),
             retry_after_us: micros(retry_after),
             allowed: false,
         }
+    }
+
+    /// An admission by `rule` (its name and limit), for stores that decide
+    /// outside the engine (a Redis script): the name is shared, not copied.
+    #[inline]
+    pub fn allow_by(rule: &Rule, remaining: u64, reset_after: Duration) -> Self {
+        Self::allow_us(
+            rule.shared_name().clone(),
+            rule.quota().limit(),
+            remaining,
+            micros(reset_after),
+        )
+    }
+
+    /// A denial by `rule` (its name and limit), for stores that decide
+    /// outside the engine; the same request may succeed after `retry_after`.
+    #[inline]
+    pub fn deny_by(
+        rule: &Rule,
+        remaining: u64,
+        reset_after: Duration,
+        retry_after: Duration,
+    ) -> Self {
+        Self::deny_us(
+            rule.shared_name().clone(),
+            rule.quota().limit(),
+            remaining,
+            micros(reset_after),
+            micros(retry_after),
+        )
     }
 
     /// An admission with times in µs (the engine's hot path).

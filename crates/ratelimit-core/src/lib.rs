@@ -29,5 +29,4 @@ pub use limiter::{Limiter, LimiterBuilder};
 pub use periodic::Periodic;
 pub use quota::{Quota, QuotaError};
 pub use rule::{Algorithm, Rule, RuleError};
-pub use smol_str::SmolStr;
 pub use storage::{CasOp, DecideEntry, DecideRequest, Storage, StorageStats};

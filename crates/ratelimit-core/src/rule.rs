@@ -289,7 +289,7 @@ impl Rule {
     /// The rule's name as a cheaply clonable string (what a
     /// [`Decision`](crate::Decision) carries; short names are stored inline).
     #[inline]
-    pub fn shared_name(&self) -> &SmolStr {
+    pub(crate) fn shared_name(&self) -> &SmolStr {
         &self.name
     }
 

@@ -389,7 +389,7 @@ mod tests {
     #[test]
     fn decisions_serialise_for_logs_and_apis() {
         let denied = Decision::deny(
-            "api".into(),
+            "api",
             100,
             0,
             Duration::from_millis(30_500),
@@ -399,7 +399,7 @@ mod tests {
             serde_json::to_string(&denied).unwrap(),
             r#"{"allowed":false,"rule":"api","limit":100,"remaining":0,"reset_after_ms":30500,"retry_after_ms":600}"#
         );
-        let allowed = Decision::allow("api".into(), 100, 7, Duration::from_secs(1));
+        let allowed = Decision::allow("api", 100, 7, Duration::from_secs(1));
         assert!(
             serde_json::to_string(&allowed)
                 .unwrap()

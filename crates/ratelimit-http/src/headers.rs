@@ -155,10 +155,10 @@ fn ietf_field(name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) -> Optio
 ///
 /// ```
 /// use ratelimit_http::{HeaderStyle, ResetFormat, rate_limit_headers};
-/// use ratelimit_core::{Decision, SmolStr, Timestamp};
+/// use ratelimit_core::{Decision, Timestamp};
 /// use std::time::Duration;
 ///
-/// let d = Decision::allow(SmolStr::new("api"), 100, 42, Duration::from_millis(30_500));
+/// let d = Decision::allow("api", 100, 42, Duration::from_millis(30_500));
 /// let now = Timestamp::from_micros(1_700_000_000_000_000);
 /// let h = rate_limit_headers(&d, Duration::from_secs(60), now, HeaderStyle::Both, ResetFormat::Seconds);
 /// let value = |name: &str| h.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_str().unwrap());
@@ -223,7 +223,6 @@ pub fn retry_after_header(decision: &Decision) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smol_str::SmolStr;
 
     #[test]
     fn ietf_fields_are_made_with_their_exact_length_and_escaped() {
@@ -243,7 +242,7 @@ mod tests {
 
     fn denied() -> Decision {
         Decision::deny(
-            SmolStr::new("login"),
+            "login",
             5,
             0,
             Duration::from_secs(90),
@@ -303,21 +302,15 @@ mod tests {
     #[test]
     fn retry_after_rounds_up_to_at_least_a_second() {
         assert_eq!(retry_after_header(&denied()).unwrap(), "1");
-        let long = Decision::deny(
-            SmolStr::new("r"),
-            1,
-            0,
-            Duration::ZERO,
-            Duration::from_micros(2_000_001),
-        );
+        let long = Decision::deny("r", 1, 0, Duration::ZERO, Duration::from_micros(2_000_001));
         assert_eq!(retry_after_header(&long).unwrap(), "3");
-        let ok = Decision::allow(SmolStr::new("r"), 1, 0, Duration::ZERO);
+        let ok = Decision::allow("r", 1, 0, Duration::ZERO);
         assert_eq!(retry_after_header(&ok), None);
     }
 
     #[test]
     fn ietf_fields_escape_names_and_round_windows() {
-        let d = Decision::allow(SmolStr::new(r#"we"ird\rule"#), 10, 3, Duration::ZERO);
+        let d = Decision::allow(r#"we"ird\rule"#, 10, 3, Duration::ZERO);
         let h = rate_limit_headers(
             &d,
             Duration::from_millis(1),

@@ -9,13 +9,47 @@ use smol_str::{SmolStr, SmolStrBuilder};
 
 use super::client_ip::{ClientIpPolicy, Headers, push_ip_key};
 
-/// Who the application's own authentication says the caller is.
+/// Who the application's own authentication says the caller is: a user (or
+/// API client) id and, when the application knows it, a subscription tier.
+///
+/// ```
+/// use ratelimit_http::Identity;
+///
+/// let alice = Identity::new("alice").with_tier("pro");
+/// assert_eq!((alice.user(), alice.tier()), ("alice", Some("pro")));
+/// assert_eq!(Identity::new("bob").tier(), None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
+    pub(crate) user: SmolStr,
+    pub(crate) tier: Option<SmolStr>,
+}
+
+impl Identity {
+    /// The caller `user`, tier unknown (a tier resolver may find it).
+    pub fn new(user: &str) -> Self {
+        Self {
+            user: SmolStr::new(user),
+            tier: None,
+        }
+    }
+
+    /// The same caller, in `tier`.
+    #[must_use]
+    pub fn with_tier(mut self, tier: &str) -> Self {
+        self.tier = Some(SmolStr::new(tier));
+        self
+    }
+
     /// The user (or API client) id.
-    pub user: SmolStr,
-    /// The subscription tier, if the application knows it.
-    pub tier: Option<SmolStr>,
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The subscription tier, if the application gave it.
+    pub fn tier(&self) -> Option<&str> {
+        self.tier.as_deref()
+    }
 }
 
 /// What the policy sees of a request; each adapter fills one from its
@@ -117,11 +151,27 @@ pub enum MissingKey {
 /// The outcome of key extraction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtractedKey {
-    /// The key to limit the request by (short keys, such as an address, are
-    /// stored inline: no allocation per request).
-    Key(SmolStr),
+    /// The key to limit the request by.
+    Key(String),
     /// No key, and the policy says to refuse the request with this status.
     Reject(StatusCode),
+}
+
+/// The outcome of key extraction on the request path: short keys, such as
+/// an address, are stored inline (no allocation per request).
+#[derive(Debug)]
+pub(crate) enum Keyed {
+    Key(SmolStr),
+    Reject(StatusCode),
+}
+
+impl From<Keyed> for ExtractedKey {
+    fn from(keyed: Keyed) -> Self {
+        match keyed {
+            Keyed::Key(key) => Self::Key(key.into()),
+            Keyed::Reject(status) => Self::Reject(status),
+        }
+    }
 }
 
 /// Turns requests into keys: a source, the fallback for requests without one,
@@ -220,27 +270,27 @@ impl KeyExtractor {
     /// Like [`extract`](Self::extract), with another source (a route's own)
     /// and this extractor's fallback, proxies and IPv6 grouping.
     pub fn extract_with(&self, source: &KeySource, view: &RequestView<'_>) -> ExtractedKey {
-        self.resolve(source, view, self.client_ip(view))
+        self.resolve(source, view, self.client_ip(view)).into()
     }
 
     /// Like [`extract_with`](Self::extract_with) (`None`: this extractor's
     /// source) when the caller already found the client address with
     /// [`client_ip`](Self::client_ip), so the forwarding headers are walked once.
-    pub fn extract_for_client(
+    pub(crate) fn extract_for_client(
         &self,
         source: Option<&KeySource>,
         view: &RequestView<'_>,
         client: IpAddr,
-    ) -> ExtractedKey {
+    ) -> Keyed {
         self.resolve(source.unwrap_or(&self.source), view, client)
     }
 
-    fn resolve(&self, source: &KeySource, view: &RequestView<'_>, client: IpAddr) -> ExtractedKey {
+    fn resolve(&self, source: &KeySource, view: &RequestView<'_>, client: IpAddr) -> Keyed {
         match self.key(source, view, client) {
-            Some(key) => ExtractedKey::Key(key),
+            Some(key) => Keyed::Key(key),
             None => match self.missing {
-                MissingKey::UseIp => ExtractedKey::Key(self.ip(client)),
-                MissingKey::Reject(status) => ExtractedKey::Reject(status),
+                MissingKey::UseIp => Keyed::Key(self.ip(client)),
+                MissingKey::Reject(status) => Keyed::Reject(status),
             },
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::auto_block::{AutoBlock, AutoBlocker};
 use super::headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_secs};
-use super::key::{ExtractedKey, KeyExtractor, KeySource, RequestView};
+use super::key::{KeyExtractor, KeySource, Keyed, RequestView};
 use super::lists::{ListKind, RuntimeLists};
 use super::outcome::{ErrorBody, Outcome};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
@@ -471,12 +471,12 @@ impl HttpPolicy {
             .keys
             .extract_for_client(limits.key.as_ref(), view, client)
         {
-            ExtractedKey::Key(key) => Begun::Decide(Target {
+            Keyed::Key(key) => Begun::Decide(Target {
                 limits,
                 key,
                 client,
             }),
-            ExtractedKey::Reject(status) => Begun::Done(Self::respond(
+            Keyed::Reject(status) => Begun::Done(Self::respond(
                 status,
                 "missing_key",
                 "the request carries no rate-limit key",

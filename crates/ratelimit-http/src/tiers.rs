@@ -32,15 +32,15 @@ use ratelimit_core::support::LogThrottle;
 ///
 /// ```
 /// use ratelimit_http::{Identity, TierResolver};
-/// use ratelimit_core::{Result, SmolStr};
+/// use ratelimit_core::Result;
 ///
 /// struct Accounts; // say, a database pool
 ///
 /// #[async_trait::async_trait]
 /// impl TierResolver for Accounts {
-///     async fn tier(&self, identity: &Identity) -> Result<Option<SmolStr>> {
+///     async fn tier(&self, identity: &Identity) -> Result<Option<String>> {
 ///         // SELECT tier FROM users WHERE id = $1
-///         Ok(Some(if identity.user.starts_with("paying-") { "pro" } else { "free" }.into()))
+///         Ok(Some(if identity.user().starts_with("paying-") { "pro" } else { "free" }.into()))
 ///     }
 /// }
 /// ```
@@ -49,7 +49,7 @@ pub trait TierResolver: Send + Sync {
     /// The tier of `identity`; `None` when it has none. An error makes the
     /// request fall back to the route table's limits (and is logged); it is
     /// not cached.
-    async fn tier(&self, identity: &Identity) -> Result<Option<SmolStr>>;
+    async fn tier(&self, identity: &Identity) -> Result<Option<String>>;
 }
 
 /// A [`TierResolver`] from an async function of the identity.
@@ -58,13 +58,13 @@ pub trait TierResolver: Send + Sync {
 /// use ratelimit_http::{Tiers, tier_resolver_fn};
 ///
 /// let tiers = Tiers::new().resolver(tier_resolver_fn(|identity| async move {
-///     Ok(Some(if identity.user == "alice" { "pro" } else { "free" }.into()))
+///     Ok(Some(if identity.user() == "alice" { "pro" } else { "free" }.into()))
 /// }));
 /// ```
 pub fn tier_resolver_fn<F, Fut>(f: F) -> Arc<dyn TierResolver>
 where
     F: Fn(Identity) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Option<SmolStr>>> + Send + 'static,
+    Fut: Future<Output = Result<Option<String>>> + Send + 'static,
 {
     Arc::new(FnResolver(f))
 }
@@ -75,9 +75,9 @@ struct FnResolver<F>(F);
 impl<F, Fut> TierResolver for FnResolver<F>
 where
     F: Fn(Identity) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Option<SmolStr>>> + Send + 'static,
+    Fut: Future<Output = Result<Option<String>>> + Send + 'static,
 {
-    async fn tier(&self, identity: &Identity) -> Result<Option<SmolStr>> {
+    async fn tier(&self, identity: &Identity) -> Result<Option<String>> {
         (self.0)(identity.clone()).await
     }
 }
@@ -245,6 +245,7 @@ impl Tiers {
         let resolver = self.resolver.as_ref()?;
         match resolver.tier(identity).await {
             Ok(tier) => {
+                let tier = tier.map(SmolStr::from);
                 self.cache.insert(identity.user.clone(), tier.clone(), now);
                 tier
             }
@@ -483,7 +484,7 @@ mod tests {
                         "db down",
                     ));
                 }
-                Ok((n < 100).then(|| SmolStr::new("pro")))
+                Ok((n < 100).then(|| "pro".to_owned()))
             }
         }));
         let alice = Identity {

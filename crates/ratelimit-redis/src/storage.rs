@@ -672,10 +672,9 @@ impl Storage for RedisStorage {
                 .ok_or_else(|| unexpected("decision", &reply))
         };
         let us = |i: usize| count(i).map(Duration::from_micros);
-        let (name, limit) = (rule.shared_name().clone(), rule.quota().limit());
         match field(0) {
-            Some(1) => Ok(Decision::allow(name, limit, count(2)?, us(3)?)),
-            Some(0) => Ok(Decision::deny(name, limit, count(2)?, us(3)?, us(4)?)),
+            Some(1) => Ok(Decision::allow_by(rule, count(2)?, us(3)?)),
+            Some(0) => Ok(Decision::deny_by(rule, count(2)?, us(3)?, us(4)?)),
             Some(-1) => {
                 let why = match items.get(2) {
                     Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),

@@ -202,9 +202,9 @@ impl TestClient {
 /// The suite's authentication: `x-user` (and `x-tier`), read through
 /// `header`, become the caller's identity.
 pub fn suite_identity<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<Identity> {
-    header("x-user").map(|user| Identity {
-        user: user.into(),
-        tier: header("x-tier").map(Into::into),
+    header("x-user").map(|user| match header("x-tier") {
+        Some(tier) => Identity::new(user).with_tier(tier),
+        None => Identity::new(user),
     })
 }
 
@@ -833,7 +833,7 @@ pub async fn tiers(h: Arc<dyn HttpHarness>) {
         )
         .expect("a tier rule")
         .resolver(tier_resolver_fn(|who: Identity| async move {
-            Ok(who.user.starts_with("paying-").then(|| "pro".into()))
+            Ok(who.user().starts_with("paying-").then(|| "pro".into()))
         }));
     let p = policy(
         &h,

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use smol_str::SmolStr;
 
 use super::{Layer, LayeredStorage, stats_with};
 use crate::clock::Timestamp;
@@ -230,7 +229,7 @@ impl DenyTable {
                     let retry = d.until.saturating_duration_since(request.now);
                     let reset = d.reset_at.saturating_duration_since(request.now);
                     return Some(Decision::deny(
-                        SmolStr::new(d.decision.rule()),
+                        d.decision.rule(),
                         d.decision.limit(),
                         d.decision.remaining(),
                         reset.max(retry),
