@@ -11,7 +11,10 @@
 //! - `mutants [PATH...] [-- ARGS]`: mutation testing with `cargo-mutants` over
 //!   the given files or folders (default: the core's algorithms, engine, state
 //!   and quota); not in CI.
+//! - `api [--check]`: writes the public API of every library crate to
+//!   `api/<crate>.txt` (`--check`, part of `ci`: fails when one is out of date).
 
+mod api;
 mod bench;
 
 use std::io::{BufRead, BufReader, Write};
@@ -25,10 +28,16 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(args.get(1..).unwrap_or_default()),
         Some("soak") => soak(args.get(1).map_or("10", String::as_str)),
         Some("mutants") => mutants(args.get(1..).unwrap_or_default()),
+        Some("api") => api::run(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap_or(std::path::Path::new(".")),
+            args.get(1).is_some_and(|a| a == "--check"),
+        ),
         _ => {
             eprintln!(
                 "usage: cargo xtask <ci | test | bench [memory|sqlite|http|redis] | soak [MINUTES] \
-                 | mutants [PATH...] [-- CARGO_MUTANTS_ARGS]>"
+                 | mutants [PATH...] [-- CARGO_MUTANTS_ARGS] | api [--check]>"
             );
             return ExitCode::from(2);
         }
@@ -362,5 +371,9 @@ fn ci() -> Result<(), String> {
             "RUSTDOCFLAGS",
             "-D warnings -D rustdoc::broken_intra_doc_links",
         )],
-    )
+    )?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?;
+    api::run(root, true)
 }

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ratelimit_core::engine;
-use ratelimit_core::state::RuleState;
+use ratelimit_core::kit;
+use ratelimit_core::kit::RuleState;
 use ratelimit_core::{Algorithm, Clock, Limiter, Rule, SystemClock};
 use ratelimit_sqlite::{Blocking, Location, SqliteStorage};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
@@ -101,7 +101,7 @@ fn peer(path: &Path, rule: &Rule, iters: u64, tasks: usize) -> Duration {
                         .optional()
                         .unwrap();
                     let state = state.map(|b| RuleState::decode(&b).unwrap());
-                    let (_, write) = engine::decide_one(rule, state.as_ref(), now, 1).unwrap();
+                    let (_, write) = kit::decide_one(rule, state.as_ref(), now, 1).unwrap();
                     if let Some(w) = write {
                         let expires = now.saturating_add(w.ttl).as_micros() as i64;
                         tx.prepare_cached(

@@ -22,8 +22,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use ratelimit::config::{Config, ConfigErrors, Loader};
 use ratelimit::http::{ListKind, RuntimeLists};
+use ratelimit::kit::RuleState;
 use ratelimit::memory::MemoryStorage;
-use ratelimit::state::RuleState;
 use ratelimit::{
     Algorithm, Decision, Limiter, ManualClock, Quota, Rule, Storage, Timestamp, format_duration,
     parse_duration,

@@ -86,8 +86,8 @@ impl LimiterBuilder {
         self
     }
 
-    /// Keys longer than this many bytes are hashed (see [`crate::key`]); default
-    /// [`DEFAULT_MAX_KEY_LEN`], at least [`MIN_MAX_KEY_LEN`](crate::key::MIN_MAX_KEY_LEN).
+    /// Keys longer than this many bytes are hashed (see [`bounded_key`](crate::kit::bounded_key)); default
+    /// [`DEFAULT_MAX_KEY_LEN`], at least [`MIN_MAX_KEY_LEN`](crate::MIN_MAX_KEY_LEN).
     pub fn max_key_len(mut self, max: usize) -> Self {
         self.max_key_len = max.max(crate::key::MIN_MAX_KEY_LEN);
         self

@@ -101,7 +101,7 @@ impl Algorithm {
     }
 
     /// The algorithm's tag in the stored state format
-    /// ([`state`](crate::state)): 1 fixed window, 2 sliding window log, 3
+    /// ([`RuleState`](crate::kit::RuleState)): 1 fixed window, 2 sliding window log, 3
     /// sliding window counter, 4 token bucket, 5 leaky bucket, 6 GCRA. Stores
     /// that decide natively (the Redis scripts) use it too.
     pub const fn state_tag(self) -> u8 {
@@ -114,7 +114,7 @@ impl Algorithm {
     }
 
     /// How many 64-bit fields its stored state has after the common header
-    /// ([`state`](crate::state)); `None` for the sliding window log, whose
+    /// ([`RuleState`](crate::kit::RuleState)); `None` for the sliding window log, whose
     /// length varies.
     pub const fn state_fields(self) -> Option<u8> {
         self.facts().fields

@@ -1,24 +1,5 @@
-//! Stored state of one rule for one key, and its byte encoding.
-//!
-//! Stores that keep bytes (SQLite, Redis, custom stores through the default
-//! decision step) store [`RuleState::encode`]'s output. The format is versioned:
-//!
-//! ```text
-//! byte 0      format version: 2 for the sliding log, 1 for every other algorithm
-//! byte 1      algorithm tag (Algorithm::state_tag): 1 fixed window, 2 sliding log, 3 sliding counter,
-//!             4 token bucket, 5 leaky bucket, 6 GCRA
-//! bytes 2..10 blocked_until (u64 LE, µs since the epoch; 0 = not blocked)
-//! then        the algorithm's fields as u64 LE; the sliding log has a u32 LE
-//!             count followed by (timestamp, running total) pairs: each
-//!             entry's cost plus the costs of the entries before it
-//! ```
-//!
-//! The sliding log's running totals let a store that reads the bytes
-//! directly (the Redis script) find the units in the window by a binary
-//! search for its first live entry, and the wait of a denial by a second
-//! one: a denial costs O(log n) on a log of n entries instead of reading
-//! them all. Version 1 of the sliding log (pairs of timestamp and cost, as
-//! written before) is still read.
+//! Stored state of one rule for one key, and its byte encoding (documented
+//! on [`RuleState`]).
 
 use std::fmt;
 
@@ -76,15 +57,21 @@ pub struct GcraState {
     pub tat: u64,
 }
 
-/// The per-algorithm part of a rule's state.
-#[allow(missing_docs)]
+/// The per-algorithm part of a rule's state: one variant per
+/// [`Algorithm`], in the order of [`Algorithm::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AlgorithmState {
+    /// [`Algorithm::FixedWindow`]'s state.
     FixedWindow(FixedWindowState),
+    /// [`Algorithm::SlidingWindowLog`]'s state.
     SlidingWindowLog(SlidingLogState),
+    /// [`Algorithm::SlidingWindowCounter`]'s state.
     SlidingWindowCounter(SlidingCounterState),
+    /// [`Algorithm::TokenBucket`]'s state.
     TokenBucket(TokenBucketState),
+    /// [`Algorithm::LeakyBucket`]'s state.
     LeakyBucket(LeakyBucketState),
+    /// [`Algorithm::Gcra`]'s state.
     Gcra(GcraState),
 }
 
@@ -103,6 +90,27 @@ impl AlgorithmState {
 }
 
 /// Everything stored for one rule and one key.
+///
+///
+///  Stores that keep bytes (SQLite, Redis, custom stores through the default
+///  decision step) store [`RuleState::encode`]'s output. The format is versioned:
+///
+///  ```text
+///  byte 0      format version: 2 for the sliding log, 1 for every other algorithm
+///  byte 1      algorithm tag (Algorithm::state_tag): 1 fixed window, 2 sliding log, 3 sliding counter,
+///              4 token bucket, 5 leaky bucket, 6 GCRA
+///  bytes 2..10 blocked_until (u64 LE, µs since the epoch; 0 = not blocked)
+///  then        the algorithm's fields as u64 LE; the sliding log has a u32 LE
+///              count followed by (timestamp, running total) pairs: each
+///              entry's cost plus the costs of the entries before it
+///  ```
+///
+///  The sliding log's running totals let a store that reads the bytes
+///  directly (the Redis script) find the units in the window by a binary
+///  search for its first live entry, and the wait of a denial by a second
+///  one: a denial costs O(log n) on a log of n entries instead of reading
+///  them all. Version 1 of the sliding log (pairs of timestamp and cost, as
+///  written before) is still read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleState {
     /// While `now < blocked_until`, every request is denied (the rule's penalty).
@@ -128,7 +136,7 @@ const VERSION: u8 = 1;
 const LOG_VERSION: u8 = 2;
 
 impl RuleState {
-    /// The versioned byte encoding described in the [module docs](self).
+    /// The versioned byte encoding described on [`RuleState`].
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(34);
         out.push(VERSION);

@@ -19,8 +19,8 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 
 use ratelimit_core::clock::{Timestamp, duration_to_micros};
+use ratelimit_core::kit::{make_room, shard_index};
 use ratelimit_core::observe;
-use ratelimit_core::support::{make_room, shard_index};
 
 /// The default bound on clients tracked (and on clients blocked).
 pub const DEFAULT_AUTO_BLOCK_CLIENTS: usize = 100_000;

@@ -94,7 +94,7 @@ pub enum KeySource {
     Ip,
     /// A header's value, such as an API key: `header:x-api-key:VALUE`.
     /// Missing, empty or non-UTF-8 values count as no key.
-    Header(SmolStr),
+    Header(String),
     /// The authenticated user: `user:ID`.
     User,
     /// The matched route pattern, so the whole route shares one limit:

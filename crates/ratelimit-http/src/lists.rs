@@ -24,8 +24,8 @@ use ipnet::IpNet;
 
 use super::client_ip::{canonical_net, net_contains, parse_canonical_net};
 use ratelimit_core::clock::{Clock, SystemClock, Timestamp, duration_to_micros};
+use ratelimit_core::kit::LogThrottle;
 use ratelimit_core::storage::{CasOp, Storage};
-use ratelimit_core::support::LogThrottle;
 use ratelimit_core::{Error, ErrorKind, Result};
 
 /// How often, at most, an instance rereads the lists by default.

@@ -24,7 +24,7 @@ use super::key::{Identity, KeySource};
 use super::routes::{Limits, RouteError, RouteTable};
 use ratelimit_core::Result;
 use ratelimit_core::clock::Timestamp;
-use ratelimit_core::support::LogThrottle;
+use ratelimit_core::kit::LogThrottle;
 
 /// Finds the tier of an identity the application's authentication attached
 /// without one, typically with a database lookup. Results are cached for a

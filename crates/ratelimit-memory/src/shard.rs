@@ -23,7 +23,7 @@ use std::hash::BuildHasher;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use ratelimit_core::Result;
-use ratelimit_core::state::{AlgorithmState, RuleState};
+use ratelimit_core::kit::{AlgorithmState, RuleState};
 use ratelimit_core::storage::corrupt_state;
 
 use crate::key::{KeyRef, RuleKey, StoreKey};

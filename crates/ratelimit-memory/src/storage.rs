@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
-use ratelimit_core::engine::{self, Write};
+use ratelimit_core::kit::{self, Write};
 use ratelimit_core::{
     CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic, Result,
     Storage, StorageStats, SystemClock, Timestamp,
@@ -310,7 +310,7 @@ impl MemoryStorage {
         match shard.touch(hash, &key) {
             Some(slot) if slot.is_live(now_us) => {
                 let state = slot.value.rule_state(&key)?;
-                let (decision, write) = engine::decide_one(entry.rule, Some(&state), now, cost)?;
+                let (decision, write) = kit::decide_one(entry.rule, Some(&state), now, cost)?;
                 if let Some(Write { state, ttl }) = write {
                     slot.value = Value::State(state);
                     slot.expires_at = expiry(now_us, ttl);
@@ -319,7 +319,7 @@ impl MemoryStorage {
                 Ok(decision)
             }
             Some(slot) => {
-                let (decision, write) = engine::decide_one(entry.rule, None, now, cost)?;
+                let (decision, write) = kit::decide_one(entry.rule, None, now, cost)?;
                 if let Some(Write { state, ttl }) = write {
                     slot.value = Value::State(state);
                     slot.expires_at = expiry(now_us, ttl);
@@ -329,7 +329,7 @@ impl MemoryStorage {
                 Ok(decision)
             }
             None => {
-                let (decision, write) = engine::decide_one(entry.rule, None, now, cost)?;
+                let (decision, write) = kit::decide_one(entry.rule, None, now, cost)?;
                 if let Some(Write { state, ttl }) = write {
                     let evicted = shard
                         .put(
@@ -379,7 +379,7 @@ impl MemoryStorage {
             .zip(&states)
             .map(|(e, s)| (e.rule, s.as_ref()))
             .collect();
-        let (decision, writes) = engine::decide_all(&rules, now, cost)?;
+        let (decision, writes) = kit::decide_all(&rules, now, cost)?;
         // Room first, sparing this request's own keys, so that the request
         // is stored whole or not at all.
         let mut evicted = self.make_room_for(
@@ -394,7 +394,7 @@ impl MemoryStorage {
         {
             if let Some(Write { state, ttl }) = write {
                 // Whether this rule, on its own, has room for one more unit.
-                let denying = !engine::decide_one(rule.rule, Some(&state), now, 0)?
+                let denying = !kit::decide_one(rule.rule, Some(&state), now, 0)?
                     .0
                     .is_allowed();
                 let shard = guards.get_mut(slot).ok_or_else(internal)?;

@@ -1,7 +1,7 @@
 //! Key layout: the store's prefix, and a Cluster hash tag on the caller's key.
 //!
 //! The store key of a rule's state is `"{rule}:{key}"` (the core's
-//! [`state_key`](ratelimit_core::key::state_key)). In Redis it becomes
+//! [`state_key`](ratelimit_core::kit::state_key)). In Redis it becomes
 //!
 //! ```text
 //! <prefix><rule>:{<key>}

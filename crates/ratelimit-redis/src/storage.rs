@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use ratelimit_core::{
-    CasOp, DecideRequest, Decision, Error, ErrorKind, Result, Storage, StorageStats, engine,
+    CasOp, DecideRequest, Decision, Error, ErrorKind, Result, Storage, StorageStats, kit,
 };
 use redis::{Cmd, Value};
 
@@ -625,7 +625,7 @@ impl Storage for RedisStorage {
             return Err(invalid("a decision needs at least one rule".to_owned()));
         }
         for entry in entries {
-            engine::check_cost(entry.rule, request.cost)?;
+            kit::check_cost(entry.rule, request.cost)?;
         }
         let keys: Vec<String> = entries
             .iter()

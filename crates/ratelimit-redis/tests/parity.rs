@@ -5,7 +5,7 @@
 //! random request sequences (costs, peeks, clock jumps to exactly the retry
 //! instant and one microsecond before it, the clock stepping back, rules
 //! changed under the same name as by a reload) run through the Redis store and
-//! through a reference store that applies `engine::decide_all` to states in a
+//! through a reference store that applies `kit::decide_all` to states in a
 //! map, at the same injected times. Every decision must be identical, and
 //! whenever the reference holds a live state, Redis must hold the same bytes.
 #![allow(
@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use ratelimit_core::state::RuleState;
+use ratelimit_core::kit::RuleState;
 use ratelimit_core::{Algorithm, Clock, Decision, Limiter, ManualClock, Quota, Rule, Timestamp};
-use ratelimit_core::{Storage, engine};
+use ratelimit_core::{Storage, kit};
 
 const T0: u64 = 1_700_000_000_000_000;
 
@@ -64,7 +64,7 @@ impl Reference {
     ) -> Result<Decision, ratelimit_core::ErrorKind> {
         let keys: Vec<String> = checks
             .iter()
-            .map(|(rule, key)| ratelimit_core::key::state_key(rule, key))
+            .map(|(rule, key)| ratelimit_core::kit::state_key(rule, key))
             .collect();
         let states: Vec<Option<RuleState>> =
             keys.iter().map(|k| self.live(k, now).cloned()).collect();
@@ -74,7 +74,7 @@ impl Reference {
             .map(|((rule, _), state)| (*rule, state.as_ref()))
             .collect();
         let (decision, writes) =
-            engine::decide_all(&rules, Timestamp::from_micros(now), cost).map_err(|e| e.kind())?;
+            kit::decide_all(&rules, Timestamp::from_micros(now), cost).map_err(|e| e.kind())?;
         for ((key, write), (rule, _)) in keys.into_iter().zip(writes).zip(checks) {
             if let Some(w) = write {
                 let expires = now + u64::try_from(w.ttl.as_micros()).unwrap();
@@ -261,7 +261,7 @@ async fn run(scenario: Scenario, url: &str) -> Result<(), TestCaseError> {
             })
             .collect();
         for (rule, key) in &checks {
-            let state_key = ratelimit_core::key::state_key(rule, key);
+            let state_key = ratelimit_core::kit::state_key(rule, key);
             if reference.expired_under_another_rule(&state_key, now, rule) {
                 store
                     .delete(&state_key)
@@ -289,7 +289,7 @@ async fn run(scenario: Scenario, url: &str) -> Result<(), TestCaseError> {
             retry_at = Some(now + u64::try_from(wait.as_micros()).unwrap());
         }
         for (rule, key) in &checks {
-            let state_key = ratelimit_core::key::state_key(rule, key);
+            let state_key = ratelimit_core::kit::state_key(rule, key);
             if let Some(state) = reference.live(&state_key, now) {
                 let stored = store
                     .get(&state_key)
@@ -345,7 +345,7 @@ async fn times_beyond_lua_precision_are_corrupt_state() {
     let rule = Rule::new("huge", Algorithm::Gcra, "1/s".parse().unwrap()).unwrap();
     let state = RuleState {
         blocked_until: 0,
-        algorithm: ratelimit_core::state::AlgorithmState::Gcra(ratelimit_core::state::GcraState {
+        algorithm: ratelimit_core::kit::AlgorithmState::Gcra(ratelimit_core::kit::GcraState {
             tat: 1 << 53,
         }),
     };
@@ -365,7 +365,7 @@ async fn times_beyond_lua_precision_are_corrupt_state() {
 /// what the core writes.
 #[tokio::test]
 async fn a_sliding_log_of_the_first_format_is_read_and_rewritten() {
-    use ratelimit_core::state::{AlgorithmState, SlidingLogState};
+    use ratelimit_core::kit::{AlgorithmState, SlidingLogState};
     let store = common::store(&common::standalone().url(), false, common::TEST_TIME);
     let clock = ManualClock::new(Timestamp::from_micros(T0 + 500));
     let limiter = Limiter::builder(std::sync::Arc::new(store.clone()))
@@ -390,7 +390,7 @@ async fn a_sliding_log_of_the_first_format_is_read_and_rewritten() {
     let state = RuleState::decode(&v1).unwrap();
     let now = Timestamp::from_micros(T0 + 500);
     for cost in [0, 2, 1] {
-        let (expected, write) = engine::decide_one(
+        let (expected, write) = kit::decide_one(
             &rule,
             Some(&RuleState::decode(&store.get(&key).await.unwrap().unwrap()).unwrap()),
             now,
@@ -436,7 +436,7 @@ proptest! {
         gaps in proptest::collection::vec(1u64..50, 100..5_000),
         steps in proptest::collection::vec((0u64..400_000, 0u64..6), 1..30),
     ) {
-        use ratelimit_core::state::{AlgorithmState, SlidingLogState};
+        use ratelimit_core::kit::{AlgorithmState, SlidingLogState};
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let store = common::store(&common::standalone().url(), false, common::TEST_TIME);
@@ -455,7 +455,7 @@ proptest! {
             for (at, cost) in steps {
                 let now = Timestamp::from_micros(T0 + at);
                 clock.set(now);
-                let (expected, write) = engine::decide_one(&rule, Some(&state), now, cost).unwrap();
+                let (expected, write) = kit::decide_one(&rule, Some(&state), now, cost).unwrap();
                 let ours = limiter.check_cost(&rule, "k", cost).await.unwrap();
                 prop_assert_eq!(&ours, &expected, "at +{} cost {}", at, cost);
                 if let Some(w) = write {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
-use ratelimit_core::engine;
-use ratelimit_core::state::RuleState;
+use ratelimit_core::kit;
+use ratelimit_core::kit::RuleState;
 use ratelimit_core::storage::corrupt_state;
 use ratelimit_core::{
     CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic, Result, Rule,
@@ -620,7 +620,7 @@ impl Storage for SqliteStorage {
                     .zip(&states)
                     .map(|((_, r), s)| (r, s.as_ref()))
                     .collect();
-                let (decision, writes) = engine::decide_all(&rules, now, cost)?;
+                let (decision, writes) = kit::decide_all(&rules, now, cost)?;
                 for ((key, _), w) in entries.iter().zip(writes) {
                     if let Some(w) = w {
                         write(tx, key, &w.state.encode(), expiry(now_us, w.ttl), path)?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use ratelimit_core::state::{AlgorithmState, RuleState};
+use ratelimit_core::kit::{AlgorithmState, RuleState};
 use ratelimit_core::{
     Algorithm, CasOp, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage, Timestamp,
 };
@@ -505,7 +505,7 @@ pub async fn corrupt_state_is_an_error(h: Arc<dyn Harness>) {
     // State of another algorithm (the rule was changed) starts afresh instead.
     let other = RuleState {
         blocked_until: 0,
-        algorithm: AlgorithmState::TokenBucket(ratelimit_core::state::TokenBucketState {
+        algorithm: AlgorithmState::TokenBucket(ratelimit_core::kit::TokenBucketState {
             tokens: 0,
             anchor: T0,
         }),

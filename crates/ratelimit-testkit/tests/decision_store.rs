@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use ratelimit_core::engine::{self, Write};
-use ratelimit_core::state::RuleState;
+use ratelimit_core::kit::RuleState;
+use ratelimit_core::kit::{self, Write};
 use ratelimit_core::{
     Algorithm, Clock, DecideRequest, Decision, Error, ErrorKind, Limiter, Result, Rule, Storage,
 };
@@ -41,7 +41,7 @@ impl Storage for DecisionStore {
             .zip(&current)
             .map(|(e, s)| (e.rule, s.as_ref()))
             .collect();
-        let (decision, writes) = engine::decide_all(&rules, request.now, request.cost)?;
+        let (decision, writes) = kit::decide_all(&rules, request.now, request.cost)?;
         for (key, write) in keys.into_iter().zip(writes) {
             if let Some(Write { state, ttl }) = write {
                 let ttl = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX / 2);

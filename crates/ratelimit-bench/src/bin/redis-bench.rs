@@ -256,7 +256,7 @@ fn sliding_log(
     url: &str,
     full: bool,
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
-    use ratelimit_core::state::{AlgorithmState, RuleState, SlidingLogState};
+    use ratelimit_core::kit::{AlgorithmState, RuleState, SlidingLogState};
     const ENTRIES: u64 = 10_000;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

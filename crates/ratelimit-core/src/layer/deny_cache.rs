@@ -191,7 +191,7 @@ struct DenyTable {
 #[derive(Debug, Default)]
 struct DenyShard {
     map: HashMap<String, Denied>,
-    /// Insertions into a full map before its next sweep ([`make_room`](crate::support::make_room)).
+    /// Insertions into a full map before its next sweep ([`make_room`](crate::kit::make_room)).
     credit: usize,
 }
 

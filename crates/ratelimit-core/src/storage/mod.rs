@@ -6,7 +6,7 @@
 //!    method every store writes: apply the rules of one request to their keys
 //!    at a given time and store the result, atomically with respect to every
 //!    other caller of the same store. A store either runs the core's pure
-//!    step ([`engine::decide_all`](crate::engine::decide_all)) inside
+//!    step ([`kit::decide_all`](crate::kit::decide_all)) inside
 //!    whatever makes it atomic (a lock, a transaction, a Lua script), or, if
 //!    it offers [`get`](Storage::get) and
 //!    [`compare_and_swap`](Storage::compare_and_swap), delegates to
@@ -141,7 +141,7 @@ pub struct DecideEntry<'a> {
 
 impl DecideEntry<'_> {
     /// The store key that holds this rule's state for this key:
-    /// `"{rule name}:{key}"` (see [`state_key`](crate::key::state_key)). A store
+    /// `"{rule name}:{key}"` (see [`state_key`](crate::kit::state_key)). A store
     /// that can look state up without building the string may skip this.
     pub fn state_key(&self) -> String {
         crate::key::state_key(self.rule, self.key)
@@ -199,7 +199,7 @@ impl StorageStats {
 #[async_trait]
 pub trait Storage: Send + Sync + fmt::Debug {
     /// The atomic decision step: decides `request` with the core's algorithms
-    /// ([`engine`](crate::engine)) and stores the resulting states, atomically
+    /// ([`kit`](crate::kit)) and stores the resulting states, atomically
     /// with respect to every other caller. [`decide_with_cas`] implements it
     /// for a store that offers [`get`](Self::get) and
     /// [`compare_and_swap`](Self::compare_and_swap); a store that writes its
