@@ -219,6 +219,37 @@ impl Limiter {
         }
     }
 
+    /// One request of `cost` units against several rules over one key, all
+    /// or nothing ([`check_all`](Self::check_all) with `key` for every rule;
+    /// one rule is [`check_cost`](Self::check_cost), with nothing
+    /// allocated): what an HTTP route with several limits asks.
+    pub async fn check_rules(&self, rules: &[Rule], key: &str, cost: u64) -> Result<Decision> {
+        match rules {
+            [rule] => self.check_cost(rule, key, cost).await,
+            rules => {
+                let checks: Vec<_> = rules.iter().map(|r| (r, key)).collect();
+                self.check_all(&checks, cost).await
+            }
+        }
+    }
+
+    /// [`check_rules`](Self::check_rules) without waiting: the decision if
+    /// the store can make it at once, `None` if it must wait.
+    pub fn check_rules_now(
+        &self,
+        rules: &[Rule],
+        key: &str,
+        cost: u64,
+    ) -> Option<Result<Decision>> {
+        match rules {
+            [rule] => self.check_cost_now(rule, key, cost),
+            rules => {
+                let checks: Vec<_> = rules.iter().map(|r| (r, key)).collect();
+                self.check_all_now(&checks, cost)
+            }
+        }
+    }
+
     fn bounded_keys<'a>(&self, checks: &[(&Rule, &'a str)]) -> Vec<std::borrow::Cow<'a, str>> {
         checks
             .iter()

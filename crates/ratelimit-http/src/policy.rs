@@ -73,13 +73,7 @@ impl Admission {
     /// the denial comes back: the handler decides what to do (say, refuse to
     /// send a response that large); later requests are limited as usual.
     pub async fn charge(&self, cost: u64) -> Result<Decision> {
-        match &*self.rules {
-            [rule] => self.limiter.check_cost(rule, &self.key, cost).await,
-            rules => {
-                let checks: Vec<_> = rules.iter().map(|r| (r, self.key.as_str())).collect();
-                self.limiter.check_all(&checks, cost).await
-            }
-        }
+        self.limiter.check_rules(&self.rules, &self.key, cost).await
     }
 }
 
@@ -332,14 +326,10 @@ impl HttpPolicy {
             Begun::Done(outcome) => Some(outcome),
             Begun::ResolveTier(_) => None,
             Begun::Decide(to) => {
-                let (limits, key) = (to.limits, to.key.as_str());
-                let result = match &*limits.rules {
-                    [rule] => self.limiter.check_cost_now(rule, key, limits.cost)?,
-                    rules => {
-                        let checks: Vec<_> = rules.iter().map(|r| (r, key)).collect();
-                        self.limiter.check_all_now(&checks, limits.cost)?
-                    }
-                };
+                let limits = to.limits;
+                let result = self
+                    .limiter
+                    .check_rules_now(&limits.rules, &to.key, limits.cost)?;
                 Some(self.finish(view, to, result))
             }
         }
@@ -373,14 +363,11 @@ impl HttpPolicy {
         match begun {
             Begun::Done(outcome) => outcome,
             Begun::Decide(to) => {
-                let (limits, key) = (to.limits, to.key.as_str());
-                let result = match &*limits.rules {
-                    [rule] => self.limiter.check_cost(rule, key, limits.cost).await,
-                    rules => {
-                        let checks: Vec<_> = rules.iter().map(|r| (r, key)).collect();
-                        self.limiter.check_all(&checks, limits.cost).await
-                    }
-                };
+                let limits = to.limits;
+                let result = self
+                    .limiter
+                    .check_rules(&limits.rules, &to.key, limits.cost)
+                    .await;
                 self.finish(view, to, result)
             }
             // Not reached: `target` never asks for a tier.

@@ -196,6 +196,32 @@ async fn a_request_is_stored_whole_or_not_at_all() {
     assert_eq!(limiter.check(&a, "k").await.unwrap().remaining(), 3);
 }
 
+/// Several rules over one key: all or nothing, at once or awaited alike;
+/// one rule is a plain check.
+#[tokio::test]
+async fn several_rules_over_one_key_decide_all_or_nothing() {
+    let limiter = Limiter::new(Arc::new(MemoryStorage::new()));
+    let burst = Rule::new("burst", Algorithm::FixedWindow, "2/minute".parse().unwrap()).unwrap();
+    let hourly = Rule::new("hourly", Algorithm::FixedWindow, "5/hour".parse().unwrap()).unwrap();
+    let both = [burst.clone(), hourly.clone()];
+    let now = limiter.check_rules_now(&both, "k", 1).unwrap().unwrap();
+    assert!(now.is_allowed());
+    assert!(
+        limiter
+            .check_rules(&both, "k", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    let denied = limiter.check_rules(&both, "k", 1).await.unwrap();
+    assert_eq!((denied.is_allowed(), denied.rule()), (false, "burst"));
+    // The denial charged nothing: the hourly rule has 3 left, not 2.
+    let left = limiter.check_rules(&[hourly], "k", 0).await.unwrap();
+    assert_eq!(left.remaining(), 3);
+    let one = limiter.check_rules_now(&[burst], "k", 1).unwrap().unwrap();
+    assert!(!one.is_allowed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_sweep_removes_expired_keys() {
     let clock = manual();

@@ -266,17 +266,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or(1);
-        let config = SentinelConfig {
-            sentinels: vec![("127.0.0.1".to_owned(), closed)],
-            master_name: "m".to_owned(),
-            db: 0,
-            username: None,
-            password: None,
-            sentinel_username: None,
-            sentinel_password: None,
-            tls: false,
-            insecure: false,
-        };
+        let config = SentinelConfig::new(vec![("127.0.0.1".to_owned(), closed)], "m");
         let master = SentinelMaster::new(
             &config,
             None,
