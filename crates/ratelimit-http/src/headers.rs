@@ -63,7 +63,8 @@ pub enum ResetFormat {
     UnixTime,
 }
 
-fn ceil_secs(micros: u64) -> u64 {
+/// Whole seconds, rounded up.
+pub(crate) fn ceil_secs(micros: u64) -> u64 {
     micros.div_ceil(1_000_000)
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::auto_block::{AutoBlock, AutoBlocker};
-use super::headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_secs};
+use super::headers::{HeaderStyle, ResetFormat, ceil_secs, rate_limit_headers, retry_after_secs};
 use super::key::{KeyExtractor, KeySource, Keyed, RequestView};
 use super::lists::{ListKind, RuntimeLists};
 use super::outcome::{ErrorBody, Outcome};
@@ -17,7 +17,7 @@ use http::header::RETRY_AFTER;
 use http::{HeaderValue, StatusCode};
 use ratelimit_core::Decision;
 use ratelimit_core::Limiter;
-use ratelimit_core::clock::Timestamp;
+use ratelimit_core::clock::{Timestamp, duration_to_micros};
 use ratelimit_core::rule::Rule;
 use ratelimit_core::{Error, Result};
 use smol_str::SmolStr;
@@ -321,7 +321,13 @@ impl HttpPolicy {
         self.decide_now(view, Some(limits))
     }
 
-    fn decide_now(&self, view: &RequestView<'_>, given: Option<&Limits>) -> Option<Outcome> {
+    /// [`check_now`](Self::check_now), with `given` limits in place of the
+    /// route table's when there are some.
+    pub(crate) fn decide_now(
+        &self,
+        view: &RequestView<'_>,
+        given: Option<&Limits>,
+    ) -> Option<Outcome> {
         match self.begin_with(view, given) {
             Begun::Done(outcome) => Some(outcome),
             Begun::ResolveTier(_) => None,
@@ -340,7 +346,17 @@ impl HttpPolicy {
     /// `limits` decide. For adapters whose routes carry their own limits (a
     /// per-route guard).
     pub async fn check_with(&self, view: &RequestView<'_>, limits: &Limits) -> Outcome {
-        self.decide(view, self.begin_with(view, Some(limits))).await
+        self.check_given(view, Some(limits)).await
+    }
+
+    /// [`check`](Self::check), with `given` limits in place of the route
+    /// table's when there are some.
+    pub(crate) async fn check_given(
+        &self,
+        view: &RequestView<'_>,
+        given: Option<&Limits>,
+    ) -> Outcome {
+        self.decide(view, self.begin_with(view, given)).await
     }
 
     /// Finishes what [`begin_with`](Self::begin_with) started: resolves the
@@ -409,13 +425,10 @@ impl HttpPolicy {
             && let Some(wait) = blocker.blocked(client, self.limiter.clock().now())
         {
             // Rounded up: a client retrying then is no longer blocked.
-            let seconds = wait.as_micros().div_ceil(1_000_000).max(1);
+            let seconds = ceil_secs(duration_to_micros(wait)).max(1);
             return Begun::Done(Outcome::answer(
                 StatusCode::FORBIDDEN,
-                vec![(
-                    RETRY_AFTER,
-                    HeaderValue::from(u64::try_from(seconds).unwrap_or(u64::MAX)),
-                )],
+                vec![(RETRY_AFTER, HeaderValue::from(seconds))],
                 ErrorBody::new(
                     "blocked",
                     "this client was denied too often and is blocked for a while",

@@ -126,18 +126,10 @@ impl PolicyGuard {
     /// given: at once when the store can, otherwise across the wait with
     /// this same policy (the guard is not held across the wait).
     pub async fn decide(self, view: &RequestView<'_>, limits: Option<&Limits>) -> Outcome {
-        let now = match limits {
-            Some(limits) => self.check_with_now(view, limits),
-            None => self.check_now(view),
-        };
-        if let Some(outcome) = now {
+        if let Some(outcome) = self.decide_now(view, limits) {
             return outcome;
         }
-        let policy = self.into_owned();
-        match limits {
-            Some(limits) => policy.check_with(view, limits).await,
-            None => policy.check(view).await,
-        }
+        self.into_owned().check_given(view, limits).await
     }
 }
 
