@@ -4,6 +4,21 @@ use std::sync::Arc;
 
 pub use ratelimit_core::*;
 
+/// Store layers: the contract from the core ([`Layer`](layer::Layer),
+/// [`LayeredStorage`](layer::LayeredStorage)) and the layers of
+/// `ratelimit-layers` (deadline, circuit breaker, deny cache, approximate
+/// mode).
+pub mod layer {
+    pub use ratelimit_core::layer::*;
+    pub use ratelimit_layers::*;
+}
+
+/// Approximate mode for very hot keys: count locally, write to the store in
+/// batches.
+pub mod approximate {
+    pub use ratelimit_layers::approximate::*;
+}
+
 /// The framework-free HTTP policy every adapter applies (feature `http`, on
 /// with `config` and with every adapter).
 #[cfg(feature = "http")]

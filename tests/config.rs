@@ -374,3 +374,26 @@ async fn custom_keys_and_runtime_lists_come_from_the_application_and_the_store()
         }
     ));
 }
+
+/// Reloading on `SIGHUP` needs a runtime to listen on: asked from a thread
+/// without one, it says so instead of panicking; inside one, it listens.
+#[cfg(unix)]
+#[tokio::test]
+async fn reloading_on_hangup_outside_a_runtime_is_an_error() {
+    let live = LivePolicy::start(
+        Config::default(),
+        Arc::new(MemoryStorage::new()),
+        PolicyCode::new(),
+    )
+    .await
+    .unwrap();
+    let outside = live.clone();
+    let error = std::thread::spawn(move || outside.reload_on_hangup().map(|_| ()))
+        .join()
+        .unwrap()
+        .unwrap_err();
+    assert!(error.to_string().contains("tokio runtime"), "{error}");
+    let listener = live.reload_on_hangup().unwrap();
+    assert!(!listener.is_finished());
+    listener.abort();
+}

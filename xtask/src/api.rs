@@ -17,6 +17,7 @@ use crate::{cargo, on_path};
 const CRATES: &[&str] = &[
     "ratelimit",
     "ratelimit-core",
+    "ratelimit-layers",
     "ratelimit-http",
     "ratelimit-config",
     "ratelimit-memory",

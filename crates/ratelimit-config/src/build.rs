@@ -1,6 +1,9 @@
 //! [`Config`] → the pieces of an [`HttpPolicy`], checking everything that
 //! depends on more than one field: rules that must make a valid quota, rule
 //! references, duplicates, path patterns, addresses, costs.
+//!
+//! One file on purpose: every check that spans several fields runs in one pass
+//! (`Checker`), so that all problems of a file are reported at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -211,13 +211,16 @@ impl LivePolicy {
 
     /// Reloads the file whenever the process receives `SIGHUP`, until the
     /// runtime stops. Problems are logged; the previous policy keeps
-    /// serving.
+    /// serving. Outside a tokio runtime, an error says so.
     #[cfg(unix)]
     pub fn reload_on_hangup(&self) -> std::io::Result<tokio::task::JoinHandle<()>> {
         use tokio::signal::unix::{SignalKind, signal};
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            std::io::Error::other(format!("reloading on SIGHUP needs a tokio runtime: {e}"))
+        })?;
         let mut hangups = signal(SignalKind::hangup())?;
         let live = self.clone();
-        Ok(tokio::spawn(async move {
+        Ok(runtime.spawn(async move {
             while hangups.recv().await.is_some() {
                 // The outcome is logged by reload.
                 let _ = live.reload().await;

@@ -97,12 +97,12 @@ pub struct StorageConfig {
     pub timeout: Option<Duration>,
     /// `[storage.breaker]`: a circuit breaker around the store (none by
     /// default).
-    pub breaker: Option<ratelimit_core::layer::Breaker>,
+    pub breaker: Option<ratelimit_layers::Breaker>,
     /// How many denials the local deny cache keeps (0, the default: none).
     pub deny_cache: usize,
     /// `[storage.approximate]`: count hot keys locally and write them in
-    /// batches (off by default; see [`approximate`](ratelimit_core::approximate)).
-    pub approximate: Option<ratelimit_core::approximate::Approximate>,
+    /// batches (off by default; see [`approximate`](ratelimit_layers::approximate)).
+    pub approximate: Option<ratelimit_layers::approximate::Approximate>,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -142,7 +142,7 @@ impl StorageConfig {
         store: Arc<dyn ratelimit_core::Storage>,
     ) -> Arc<dyn ratelimit_core::Storage> {
         use ratelimit_core::StorageExt as _;
-        use ratelimit_core::layer::{Deadline, DenyCache};
+        use ratelimit_layers::{Deadline, DenyCache};
         let mut store = store;
         if let Some(t) = self.timeout {
             store = store.layer(Deadline::new(t));

@@ -166,7 +166,7 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
         let cooldown = b
             .duration(r, "cooldown")
             .unwrap_or(std::time::Duration::from_secs(1));
-        s.breaker = Some(ratelimit_core::layer::Breaker::new(
+        s.breaker = Some(ratelimit_layers::Breaker::new(
             u32::try_from(failures).unwrap_or(5),
             cooldown,
         ));
@@ -186,15 +186,15 @@ fn storage(r: &mut Reader<'_>, t: &Table<'_>) -> StorageConfig {
                 d
             }
             Some(d) => d,
-            None => ratelimit_core::approximate::DEFAULT_APPROXIMATE_FLUSH,
+            None => ratelimit_layers::approximate::DEFAULT_APPROXIMATE_FLUSH,
         };
         let keys = a
             .integer(r, "max_keys", 1, 100_000_000)
             .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(ratelimit_core::approximate::DEFAULT_APPROXIMATE_KEYS);
+            .unwrap_or(ratelimit_layers::approximate::DEFAULT_APPROXIMATE_KEYS);
         let instances = a.integer(r, "instances", 1, 1_000_000).unwrap_or(1);
         s.approximate = Some(
-            ratelimit_core::approximate::Approximate::new(flush)
+            ratelimit_layers::approximate::Approximate::new(flush)
                 .with_max_keys(keys)
                 .with_instances(instances),
         );

@@ -1,4 +1,7 @@
 //! Golden tests: every validation message, exactly as a person reads it.
+//!
+//! One file on purpose: golden tests, one per message, read as the catalogue
+//! of what a user can be told.
 
 use std::sync::Arc;
 
@@ -212,8 +215,8 @@ fn approximate_mode_reads_with_defaults_and_rejects_a_zero_flush() {
     let config = Config::parse("[storage.approximate]\n", Format::Toml).unwrap();
     assert_eq!(
         config.storage.approximate,
-        Some(ratelimit_core::approximate::Approximate::new(
-            ratelimit_core::approximate::DEFAULT_APPROXIMATE_FLUSH
+        Some(ratelimit_layers::approximate::Approximate::new(
+            ratelimit_layers::approximate::DEFAULT_APPROXIMATE_FLUSH
         ))
     );
     let config = Config::parse(

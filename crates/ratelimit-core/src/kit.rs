@@ -15,8 +15,9 @@
 //! - **The compare-and-swap default**, for stores with only atomic
 //!   read and compare-and-swap: [`decide_with_cas`], and [`corrupt_state`]
 //!   for the error a value that does not decode becomes.
-//! - **Building blocks** for local tables and logs: [`shard_index`],
-//!   [`make_room`], [`LogThrottle`], [`json_string`].
+//! - **Building blocks** for local tables, logs and background work:
+//!   [`shard_index`], [`make_room`], [`LogThrottle`], [`json_string`],
+//!   [`spawn_or_warn`].
 //!
 //! The state encoding is what stores persist: a change to it is a change
 //! of format, versioned (see [`RuleState`]).
@@ -28,4 +29,4 @@ pub use crate::state::{
     SlidingCounterState, SlidingLogState, TokenBucketState,
 };
 pub use crate::storage::{corrupt_state, decide_with_cas};
-pub use crate::support::{LogThrottle, json_string, make_room, shard_index};
+pub use crate::support::{LogThrottle, json_string, make_room, shard_index, spawn_or_warn};

@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 mod algorithm;
-pub mod approximate;
 pub mod clock;
 mod decision;
 mod duration;

@@ -17,7 +17,7 @@
 //! | `ratelimit_evictions_total` | counter | `cache` (`memory_store`, `deny_cache`, `tier_cache`) | live entries dropped to stay within a size bound |
 //! | `ratelimit_auto_blocks_total` | counter | — | clients put on the deny list by automatic blocking (`ratelimit-http`'s `AutoBlock`) |
 //! | `ratelimit_auto_blocked_clients` | gauge | — | clients blocked automatically now (this instance) |
-//! | `ratelimit_approximate_local_decisions_total` | counter | — | decisions [approximate mode](crate::approximate) answered without the store (added at each flush) |
+//! | `ratelimit_approximate_local_decisions_total` | counter | — | decisions approximate mode (`ratelimit-layers`) answered without the store (added at each flush) |
 //! | `ratelimit_approximate_unrecorded_units_total` | counter | — | units approximate mode admitted that no longer fitted when written: measured over-admission |
 //!
 //! Call [`describe`] once after installing the recorder to give each metric
@@ -58,7 +58,7 @@ pub const STORE_FULL: &str = "ratelimit_store_full_total";
 pub const AUTO_BLOCKS: &str = "ratelimit_auto_blocks_total";
 /// Gauge: clients blocked automatically now.
 pub const AUTO_BLOCKED: &str = "ratelimit_auto_blocked_clients";
-/// Counter: decisions answered locally by [approximate mode](crate::approximate).
+/// Counter: decisions answered locally by approximate mode (`ratelimit-layers`).
 pub const APPROXIMATE_LOCAL: &str = "ratelimit_approximate_local_decisions_total";
 /// Counter: units approximate mode admitted that no longer fitted when
 /// written to the store.

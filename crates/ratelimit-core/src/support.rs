@@ -4,6 +4,7 @@
 //! needs none of them.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -100,6 +101,34 @@ impl LogThrottle {
     }
 }
 
+/// Starts `task` on the current tokio runtime, for work a component does
+/// in the background (a breaker's recovery probe, a list refresh, sharing a
+/// block). Outside a runtime nothing starts and `false` comes back; a
+/// warning then says what is not done (`what`, "the circuit breaker's
+/// background probe: recovery waits for traffic"), at most once a minute
+/// for the whole process, so that a caller on another executor learns why
+/// and the log is not flooded.
+pub fn spawn_or_warn<F>(what: &'static str, task: F) -> bool
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    static WARNED: LogThrottle = LogThrottle::new(Duration::from_secs(60));
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        drop(runtime.spawn(task));
+        return true;
+    }
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, crate::clock::duration_to_micros);
+    if WARNED.allow(now_us) {
+        tracing::warn!(
+            target: "ratelimit",
+            "no tokio runtime on this thread, so this is not done: {what}"
+        );
+    }
+    false
+}
+
 /// `s` as a JSON string literal: quotes, backslashes and control
 /// characters escaped.
 pub fn json_string(s: &str) -> String {
@@ -143,6 +172,36 @@ mod tests {
             .map(|t| t.join().unwrap())
             .sum();
         assert_eq!(passed, 1);
+    }
+
+    /// Outside a runtime the task is not started (nor leaked, nor run); inside
+    /// one it runs.
+    #[test]
+    fn background_work_needs_a_runtime_and_says_so() {
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let task = async move { flag.store(true, Ordering::SeqCst) };
+        assert!(!spawn_or_warn("a test task", task));
+        assert!(!ran.load(Ordering::SeqCst));
+        assert_eq!(
+            std::sync::Arc::strong_count(&ran),
+            1,
+            "the task was dropped"
+        );
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let flag = ran.clone();
+        runtime.block_on(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            assert!(spawn_or_warn("a test task", async move {
+                flag.store(true, Ordering::SeqCst);
+                let _ = tx.send(());
+            }));
+            rx.await.unwrap();
+        });
+        assert!(ran.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -358,14 +358,11 @@ impl RuntimeLists {
         if now.saturating_sub(last) < self.0.refresh_us.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         if self.0.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
         let lists = self.clone();
-        runtime.spawn(async move {
+        let refresh = async move {
             if let Err(error) = lists.refresh().await {
                 // Keep the last snapshot; try again after another interval.
                 lists.0.refreshed_at.store(now.max(1), Ordering::Relaxed);
@@ -378,7 +375,13 @@ impl RuntimeLists {
                 }
             }
             lists.0.refreshing.store(false, Ordering::Release);
-        });
+        };
+        if !ratelimit_core::kit::spawn_or_warn(
+            "rereading the runtime allow and deny lists (the last ones read stay in force)",
+            refresh,
+        ) {
+            self.0.refreshing.store(false, Ordering::Release);
+        }
     }
 
     /// The list's current value (for compare-and-swap) and its entries.

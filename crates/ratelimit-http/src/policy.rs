@@ -1,5 +1,9 @@
 //! The whole HTTP decision, as every adapter uses it: request view in,
 //! "proceed with these headers" or "respond with this" out.
+//!
+//! One file on purpose: it is the request path in the order it runs
+//! (exemptions, lists, route, key, tier, decision, outcome), and reading it in
+//! that order is the point.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -14,10 +18,10 @@ use super::outcome::{ErrorBody, Outcome};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use super::tiers::{Known, Tiers};
 use http::header::RETRY_AFTER;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use ratelimit_core::Decision;
 use ratelimit_core::Limiter;
-use ratelimit_core::clock::{Timestamp, duration_to_micros};
+use ratelimit_core::clock::{Clock, Timestamp, duration_to_micros};
 use ratelimit_core::rule::Rule;
 use ratelimit_core::{Error, Result};
 use smol_str::SmolStr;
@@ -84,9 +88,7 @@ pub struct HttpPolicy {
     limiter: Limiter,
     routes: Arc<RouteTable>,
     keys: Arc<KeyExtractor>,
-    style: HeaderStyle,
-    reset: ResetFormat,
-    denied_status: StatusCode,
+    answers: Answers,
     on_store_error: ErrorMode,
     shadow: bool,
     on_blocked: Option<BlockedHook>,
@@ -102,8 +104,7 @@ impl fmt::Debug for HttpPolicy {
         f.debug_struct("HttpPolicy")
             .field("routes", &self.routes)
             .field("keys", &self.keys)
-            .field("style", &self.style)
-            .field("denied_status", &self.denied_status)
+            .field("answers", &self.answers)
             .field("on_store_error", &self.on_store_error)
             .field("shadow", &self.shadow)
             .finish_non_exhaustive()
@@ -156,9 +157,11 @@ impl HttpPolicy {
             limiter,
             routes: Arc::new(routes),
             keys: Arc::new(keys),
-            style: HeaderStyle::default(),
-            reset: ResetFormat::default(),
-            denied_status: StatusCode::TOO_MANY_REQUESTS,
+            answers: Answers {
+                style: HeaderStyle::default(),
+                reset: ResetFormat::default(),
+                denied_status: StatusCode::TOO_MANY_REQUESTS,
+            },
             on_store_error: ErrorMode::default(),
             shadow: false,
             on_blocked: None,
@@ -244,15 +247,15 @@ impl HttpPolicy {
     /// Which rate-limit headers to send, and how to write the legacy reset.
     #[must_use]
     pub fn headers(mut self, style: HeaderStyle, reset: ResetFormat) -> Self {
-        self.style = style;
-        self.reset = reset;
+        self.answers.style = style;
+        self.answers.reset = reset;
         self
     }
 
     /// The status of a denial (default 429).
     #[must_use]
     pub fn denied_status(mut self, status: StatusCode) -> Self {
-        self.denied_status = status;
+        self.answers.denied_status = status;
         self
     }
 
@@ -540,11 +543,11 @@ impl HttpPolicy {
         if self.shadow {
             return;
         }
-        if let (Some(lists), Ok(runtime)) = (&self.lists, tokio::runtime::Handle::try_current()) {
+        if let Some(lists) = &self.lists {
             let lists = lists.clone();
             let net = blocked.client.to_string();
             let ttl = rule.block_for;
-            runtime.spawn(async move {
+            let share = async move {
                 if let Err(error) = lists.add(ListKind::Deny, &net, Some(ttl)).await {
                     tracing::warn!(
                         target: "ratelimit::http",
@@ -553,7 +556,11 @@ impl HttpPolicy {
                         "an automatic block could not be shared through the runtime deny list"
                     );
                 }
-            });
+            };
+            ratelimit_core::kit::spawn_or_warn(
+                "sharing an automatic block through the runtime deny list (it holds on this instance only)",
+                share,
+            );
         }
     }
 
@@ -563,7 +570,7 @@ impl HttpPolicy {
             key,
             client,
         } = to;
-        let mut headers = if self.style == HeaderStyle::None {
+        let headers = if self.answers.style == HeaderStyle::None {
             Vec::new()
         } else {
             let window = match &*limits.rules {
@@ -573,17 +580,8 @@ impl HttpPolicy {
                     .find(|r| r.name() == decision.rule())
                     .map_or(Duration::ZERO, |r| r.quota().window()),
             };
-            // Only a legacy reset written as a Unix time needs the wall clock.
-            // (Reading it for other styles would change no header, only cost
-            // a clock read: `.cargo/mutants.toml` excludes the `&&` → `||`.)
-            let now = if self.reset == ResetFormat::UnixTime
-                && matches!(self.style, HeaderStyle::Legacy | HeaderStyle::Both)
-            {
-                self.limiter.clock().now()
-            } else {
-                Timestamp::from_micros(0)
-            };
-            rate_limit_headers(&decision, window, now, self.style, self.reset)
+            self.answers
+                .headers(&decision, window, &**self.limiter.clock())
         };
         let admit = |headers, decision| Outcome::Proceed {
             headers,
@@ -614,6 +612,43 @@ impl HttpPolicy {
         if self.shadow {
             return admit(headers, decision);
         }
+        self.answers.denial(decision, headers)
+    }
+}
+
+/// How decisions are written as answers: which rate-limit headers, the
+/// legacy reset's form, the status of a denial.
+#[derive(Debug, Clone, Copy)]
+struct Answers {
+    style: HeaderStyle,
+    reset: ResetFormat,
+    denied_status: StatusCode,
+}
+
+impl Answers {
+    /// The rate-limit headers of `decision`, whose rule has this `window`.
+    fn headers(
+        &self,
+        decision: &Decision,
+        window: Duration,
+        clock: &dyn Clock,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        // Only a legacy reset written as a Unix time needs the wall clock.
+        // (Reading it for other styles would change no header, only cost
+        // a clock read: `.cargo/mutants.toml` excludes the `&&` → `||`.)
+        let now = if self.reset == ResetFormat::UnixTime
+            && matches!(self.style, HeaderStyle::Legacy | HeaderStyle::Both)
+        {
+            clock.now()
+        } else {
+            Timestamp::from_micros(0)
+        };
+        rate_limit_headers(decision, window, now, self.style, self.reset)
+    }
+
+    /// A denial's answer: `headers` and `Retry-After`, the JSON body, the
+    /// status, and the decision for the adapter.
+    fn denial(&self, decision: Decision, mut headers: Vec<(HeaderName, HeaderValue)>) -> Outcome {
         let retry = retry_after_secs(&decision).unwrap_or(1);
         headers.push((RETRY_AFTER, HeaderValue::from(retry)));
         let body = ErrorBody::new(

@@ -1,4 +1,8 @@
 //! The memory store.
+//!
+//! One file on purpose: the `Storage` methods share the shard locking and
+//! the room-making rules that keep a flood from evicting state that still
+//! denies, and those rules read best in one place.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,4 +1,8 @@
 //! Settings of the Redis store, from code or from one URL.
+//!
+//! One file on purpose (its tests make up a fifth of it): every form of Redis
+//! URL is parsed by one reader, so that a setting means the same in each
+//! topology.
 
 use ratelimit_core::storage::redact_url;
 use std::time::Duration;

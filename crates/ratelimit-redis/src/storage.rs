@@ -1,4 +1,8 @@
 //! The Redis store.
+//!
+//! One file on purpose: the builder and the `Storage` methods share the call,
+//! deadline and script helpers; split, each part would need the others open
+//! beside it.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;

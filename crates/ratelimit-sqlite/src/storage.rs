@@ -1,4 +1,8 @@
 //! The SQLite store.
+//!
+//! One file on purpose: the builder, the blocking-pool plumbing and the
+//! `Storage` methods share the schema and the transaction helpers; split, each
+//! part would need the others open beside it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,6 +4,9 @@
 //! [`Storage::decide`], through a [`Limiter`]), and
 //! [`storage_conformance_tests!`](crate::storage_conformance_tests) those and
 //! the cases of the key-value operations.
+//!
+//! One file on purpose: it is the storage contract written as cases, and a
+//! store author reads it top to bottom as one specification.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

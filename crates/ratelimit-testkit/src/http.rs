@@ -22,6 +22,9 @@
 //! [`Identity`] the policy sees.
 //! [`suite_identity`], [`decision_body`], [`count_call`] and [`calls_body`]
 //! are those pieces, for a harness to call from its framework's handlers.
+//!
+//! One file on purpose: the scenarios form one table that every adapter runs,
+//! and reading them in one place is how a reviewer sees what is covered.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -15,6 +15,9 @@
 //! let server = RedisServer::start();
 //! let store = RedisStorage::connect(&server.url()).await?;
 //! ```
+//!
+//! One file on purpose: the four topologies share the process handling (free
+//! ports, readiness, cleanup on drop), which reads best beside them.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

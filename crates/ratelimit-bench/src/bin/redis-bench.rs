@@ -42,9 +42,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ratelimit_core::approximate::{Approximate, ApproximateStorage};
-use ratelimit_core::layer::{DenyCache, DenyCacheStorage};
 use ratelimit_core::{Algorithm, Clock, Limiter, Quota, Rule, Storage};
+use ratelimit_layers::approximate::{Approximate, ApproximateStorage};
+use ratelimit_layers::{DenyCache, DenyCacheStorage};
 use ratelimit_redis::RedisStorage;
 use ratelimit_testkit::redis::RedisServer;
 use serde_json::json;

@@ -1,32 +1,17 @@
 //! Store layers: wrappers that add one concern to any store, composed like
-//! tower's layers.
+//! tower's layers. This module holds the contract ([`Layer`],
+//! [`LayeredStorage`], [`StorageExt::layer`]); the layers themselves live in
+//! the `ratelimit-layers` crate:
 //!
-//! | layer | wraps a store in | what it adds |
-//! |---|---|---|
-//! | [`Deadline`] | [`DeadlineStorage`] | every call gets at most this long, then fails with a transient [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) |
-//! | [`Breaker`] | [`BreakerStorage`] | a circuit breaker: after consecutive transient failures, calls fail at once until a probe succeeds |
-//! | [`DenyCache`] | [`DenyCacheStorage`] | denials remembered locally until they end (never denies what the store would allow) |
-//! | [`Approximate`](crate::approximate::Approximate) | [`ApproximateStorage`](crate::approximate::ApproximateStorage) | hot keys counted locally, written in batches |
+//! | layer | what it adds |
+//! |---|---|
+//! | `Deadline` | every call gets at most this long, then fails with a transient [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) |
+//! | `Breaker` | a circuit breaker: after consecutive transient failures, calls fail at once until a probe succeeds |
+//! | `DenyCache` | denials remembered locally until they end (never denies what the store would allow) |
+//! | `Approximate` | hot keys counted locally, written in batches |
 //!
-//! Put them on with [`StorageExt::layer`], innermost first. The order the
-//! configuration uses, and the one to use unless you have a reason not to,
-//! is deadline, then breaker, then deny cache, then approximate mode:
-//!
-//! ```
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use ratelimit_core::layer::{Breaker, Deadline, DenyCache};
-//! use ratelimit_core::{Storage, StorageExt};
-//! # fn wrap(redis: Arc<dyn Storage>) -> Arc<dyn Storage> {
-//! redis
-//!     // Innermost: a call the store does not answer in time is a failure...
-//!     .layer(Deadline::new(Duration::from_millis(100)))
-//!     // ...which the breaker counts, so a hanging store opens it...
-//!     .layer(Breaker::new(5, Duration::from_secs(1)))
-//!     // ...and a cached denial needs neither the store nor the breaker.
-//!     .layer(DenyCache::new(100_000))
-//! # }
-//! ```
+//! Put them on with [`StorageExt::layer`], innermost first (the
+//! `ratelimit-layers` crate documents the order to use).
 //!
 //! Each layer adds its counters to the store's [`stats`](Storage::stats)
 //! details, and answers `stats` even when the store cannot (its own state is
@@ -97,20 +82,12 @@
 //! }
 //! ```
 
-mod breaker;
-mod deadline;
-mod deny_cache;
-
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-
-pub use breaker::{Breaker, BreakerState, BreakerStatus, BreakerStorage};
-pub use deadline::{Deadline, DeadlineStorage};
-pub use deny_cache::{DenyCache, DenyCacheStatus, DenyCacheStorage};
 
 use crate::decision::Decision;
 use crate::error::Result;
@@ -262,8 +239,21 @@ impl<T: LayeredStorage> Storage for T {
 
 /// The inner store's stats with a layer's `details` added; when the store
 /// cannot answer, stats of an `unavailable` store saying why (a layer's own
-/// state is most wanted when its store is down).
-pub(crate) fn stats_with(
+/// state is most wanted when its store is down). For a layer's
+/// [`stats`](Storage::stats):
+///
+/// ```
+/// use ratelimit_core::layer::stats_with;
+/// use ratelimit_core::{Error, StorageStats};
+///
+/// let up = stats_with(Ok(StorageStats::new("memory")), [("hits", "3".to_owned())]);
+/// assert_eq!(up.details, [("hits".to_owned(), "3".to_owned())]);
+///
+/// let down = stats_with(Err(Error::closed()), [("hits", "3".to_owned())]);
+/// assert_eq!(down.backend, "unavailable");
+/// assert_eq!(down.details[0].0, "error");
+/// ```
+pub fn stats_with(
     inner: Result<StorageStats>,
     details: impl IntoIterator<Item = (&'static str, String)>,
 ) -> StorageStats {

@@ -25,7 +25,7 @@
 //!   near the limit. Units admitted that no longer fit when the batch is
 //!   written are counted as `unrecorded` (see [`ApproximateStatus`]).
 //! - Denials are answered locally until the store's retry time, like the
-//!   [deny cache](crate::layer::DenyCache): they are exact.
+//!   [deny cache](crate::DenyCache): they are exact.
 //! - `cargo xtask bench redis` measures the throughput gained and the
 //!   over-admission under load; docs/operations.md has the figures.
 //!
@@ -51,12 +51,16 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use ratelimit_core::approximate::{Approximate, ApproximateStorage};
+//! use ratelimit_layers::{Approximate, ApproximateStorage};
 //! # use ratelimit_core::Storage;
 //! # fn wrap(redis: Arc<dyn Storage>) -> ApproximateStorage {
 //! ApproximateStorage::new(redis, Approximate::new(Duration::from_millis(50)).with_max_keys(10_000))
 //! # }
 //! ```
+//!
+//! One file on purpose: the local table, the decision and the batched flush
+//! share one invariant (a pending unit is written once or put back, never
+//! lost), which is only checkable with all three in view.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -67,14 +71,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::decision::Decision;
-use crate::error::Result;
-use crate::layer::{Layer, LayeredStorage, stats_with};
-use crate::observe;
-use crate::periodic::Periodic;
-use crate::rule::Rule;
-use crate::storage::{CasOp, DecideEntry, DecideRequest, Storage, StorageStats};
+use ratelimit_core::Decision;
+use ratelimit_core::Periodic;
+use ratelimit_core::Result;
+use ratelimit_core::Rule;
+use ratelimit_core::layer::{Layer, LayeredStorage, stats_with};
+use ratelimit_core::observe;
+use ratelimit_core::{CasOp, DecideEntry, DecideRequest, Storage, StorageStats};
+use ratelimit_core::{Clock, SystemClock, Timestamp};
 
 /// How many keys the local table holds unless told otherwise.
 pub const DEFAULT_APPROXIMATE_KEYS: usize = 10_000;
@@ -267,7 +271,7 @@ fn eligible(request: &DecideRequest<'_>) -> bool {
 }
 
 fn shard_of(state_key: &str) -> usize {
-    crate::support::shard_index(state_key.as_bytes(), SHARDS)
+    ratelimit_core::kit::shard_index(state_key.as_bytes(), SHARDS)
 }
 
 fn single<'a>(entry: &'a DecideEntry<'a>, now: Timestamp, cost: u64) -> DecideRequest<'a> {
@@ -530,11 +534,11 @@ impl Shared {
     /// still happen (the store may run it late), so its units are never
     /// written again (counted as uncertain); after any other failure they
     /// are pending again, for the next flush.
-    fn failed(&self, state_key: &str, rule: &Rule, units: u64, error: &crate::Error) {
+    fn failed(&self, state_key: &str, rule: &Rule, units: u64, error: &ratelimit_core::Error) {
         if units == 0 {
             return;
         }
-        if error.kind() == crate::ErrorKind::Timeout {
+        if error.kind() == ratelimit_core::ErrorKind::Timeout {
             self.uncertain_units.fetch_add(units, Ordering::Relaxed);
             return;
         }

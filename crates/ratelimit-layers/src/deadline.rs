@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Layer, LayeredStorage, stats_with};
-use crate::error::{Error, ErrorKind, Result};
-use crate::storage::{Storage, StorageStats};
+use ratelimit_core::layer::{Layer, LayeredStorage, stats_with};
+use ratelimit_core::{Error, ErrorKind, Result};
+use ratelimit_core::{Storage, StorageStats};
 
 /// Every call to the store gets at most this long; past it the call fails
 /// with a transient [`ErrorKind::Timeout`], and the HTTP policy answers by
@@ -72,7 +72,7 @@ impl DeadlineStorage {
                     ErrorKind::Timeout,
                     format!(
                         "the store did not answer within its deadline of {}",
-                        crate::format_duration(self.deadline)
+                        ratelimit_core::format_duration(self.deadline)
                     ),
                 )
                 .with_transient(true))

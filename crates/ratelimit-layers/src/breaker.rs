@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Layer, LayeredStorage, stats_with};
-use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::error::{Error, ErrorKind, Result};
-use crate::observe;
-use crate::storage::{Storage, StorageStats};
+use ratelimit_core::layer::{Layer, LayeredStorage, stats_with};
+use ratelimit_core::observe;
+use ratelimit_core::{Clock, SystemClock, Timestamp};
+use ratelimit_core::{Error, ErrorKind, Result};
+use ratelimit_core::{Storage, StorageStats};
 
 /// A circuit breaker around a store: when it opens and how long it stays
 /// open.
@@ -151,7 +151,7 @@ impl BreakerCell {
         }
         let since = self.since_us.load(Ordering::Acquire);
         let cooled = now.as_micros().saturating_sub(since)
-            >= crate::clock::duration_to_micros(self.config.cooldown);
+            >= ratelimit_core::clock::duration_to_micros(self.config.cooldown);
         // Whoever moves `since` forward owns the probe: one caller per cool-down.
         let elected = cooled
             && self
@@ -249,9 +249,6 @@ fn spawn_background_probe(
     store: &Arc<dyn Storage>,
     clock: &Arc<dyn Clock>,
 ) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
     if cell.probing.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -259,7 +256,7 @@ fn spawn_background_probe(
     // A probe waits at most this long (a deadline layer below may cut it
     // shorter).
     let limit = PROBE_LIMIT;
-    runtime.spawn(async move {
+    let probe = async move {
         let mut wait = PROBE_FIRST_WAIT;
         loop {
             tokio::time::sleep(wait).await;
@@ -288,7 +285,13 @@ fn spawn_background_probe(
                 wait = (wait * 2).min(PROBE_MAX_WAIT);
             }
         }
-    });
+    };
+    if !ratelimit_core::kit::spawn_or_warn(
+        "the circuit breaker's background probe (recovery waits for a request to probe the store)",
+        probe,
+    ) {
+        cell.probing.store(false, Ordering::Release);
+    }
 }
 
 /// A store behind a [`Breaker`] (see there for how it behaves).
@@ -411,10 +414,10 @@ mod tests {
     use std::task::{Context, Poll, Waker};
 
     use super::*;
-    use crate::clock::ManualClock;
-    use crate::decision::Decision;
-    use crate::layer::{Deadline, DeadlineStorage};
-    use crate::storage::{CasOp, DecideRequest};
+    use crate::{Deadline, DeadlineStorage};
+    use ratelimit_core::Decision;
+    use ratelimit_core::ManualClock;
+    use ratelimit_core::{CasOp, DecideRequest};
 
     const HEALTHY: u8 = 0;
     const FAILING: u8 = 1;
@@ -437,7 +440,7 @@ mod tests {
     #[async_trait]
     impl Storage for Switch {
         async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
-            crate::storage::decide_with_cas(self, request).await
+            ratelimit_core::kit::decide_with_cas(self, request).await
         }
         async fn get(&self, _: &str) -> Result<Option<Vec<u8>>> {
             self.gate().await.map(|()| None)

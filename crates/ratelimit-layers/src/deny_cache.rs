@@ -8,13 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Layer, LayeredStorage, stats_with};
-use crate::clock::Timestamp;
-use crate::decision::Decision;
-use crate::error::Result;
-use crate::observe;
-use crate::rule::Rule;
-use crate::storage::{CasOp, DecideRequest, Storage, StorageStats};
+use ratelimit_core::Decision;
+use ratelimit_core::Result;
+use ratelimit_core::Rule;
+use ratelimit_core::Timestamp;
+use ratelimit_core::layer::{Layer, LayeredStorage, stats_with};
+use ratelimit_core::observe;
+use ratelimit_core::{CasOp, DecideRequest, Storage, StorageStats};
 
 /// An exact local cache of denials (Envoy's over-limit cache).
 ///
@@ -191,7 +191,7 @@ struct DenyTable {
 #[derive(Debug, Default)]
 struct DenyShard {
     map: HashMap<String, Denied>,
-    /// Insertions into a full map before its next sweep ([`make_room`](crate::kit::make_room)).
+    /// Insertions into a full map before its next sweep ([`make_room`](ratelimit_core::kit::make_room)).
     credit: usize,
 }
 
@@ -206,7 +206,7 @@ impl DenyTable {
 
     fn shard(&self, key: &str) -> Option<&Mutex<DenyShard>> {
         self.shards
-            .get(crate::support::shard_index(key.as_bytes(), SHARDS))
+            .get(ratelimit_core::kit::shard_index(key.as_bytes(), SHARDS))
     }
 
     /// The cached denial answering `request`, if any.
@@ -267,7 +267,9 @@ impl DenyTable {
             // Expired denials first; full of live ones, any (any is safe:
             // the cache only ever saves a round trip).
             let (_, live) =
-                crate::support::make_room(map, self.capacity_per_shard, credit, |d| d.until > now);
+                ratelimit_core::kit::make_room(map, self.capacity_per_shard, credit, |d| {
+                    d.until > now
+                });
             if live > 0 {
                 observe::evicted("deny_cache", live as u64);
             }

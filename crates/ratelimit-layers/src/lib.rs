@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+
+pub mod approximate;
+mod breaker;
+mod deadline;
+mod deny_cache;
+
+pub use approximate::{Approximate, ApproximateStatus, ApproximateStorage};
+pub use breaker::{Breaker, BreakerState, BreakerStatus, BreakerStorage};
+pub use deadline::{Deadline, DeadlineStorage};
+pub use deny_cache::{DenyCache, DenyCacheStatus, DenyCacheStorage};
