@@ -157,7 +157,7 @@ async fn approximate_mode_from_a_file_wraps_the_guarded_store() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The seed's tiers from a file, with the application's resolver (a lookup
+/// FastAPI-boilerplate's tiers from a file, with the application's resolver (a lookup
 /// that counts its calls, standing in for the database).
 const TIERS: &str = r#"
 [defaults]

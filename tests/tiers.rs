@@ -28,7 +28,7 @@ fn identity(user: &str, tier: Option<&str>) -> Identity {
     }
 }
 
-/// The seed's example: `POST /api/v1/tasks/task` is 1 an hour on free, 10
+/// FastAPI-boilerplate's example: `POST /api/v1/tasks/task` is 1 an hour on free, 10
 /// on pro; everything else (and everyone anonymous) gets 3 a minute per IP.
 fn tiers() -> Tiers {
     Tiers::new()

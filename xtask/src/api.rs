@@ -35,11 +35,7 @@ const CRATES: &[&str] = &[
 const TOOL: &str = "cargo-public-api@0.52.0";
 
 pub(crate) fn run(root: &Path, check: bool) -> Result<(), String> {
-    let nightly = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !nightly {
+    if !crate::nightly_available() {
         eprintln!(
             "xtask: SKIPPED: the public API listings need the nightly toolchain \
              (`rustup toolchain install nightly`); api/*.txt were not checked"

@@ -1,7 +1,9 @@
 //! Project tasks, run as `cargo xtask <task>`:
 //!
-//! - `ci`: format check, clippy with `-D warnings`, every test, doc tests and
-//!   rustdoc with broken intra-doc links denied: what must pass before a change lands.
+//! - `ci`: format check, clippy with `-D warnings`, every test, doc tests,
+//!   rustdoc with broken intra-doc links denied (on stable, and on nightly as
+//!   docs.rs builds it), `cargo package` of every publishable crate, and the
+//!   public API listings: what must pass before a change lands.
 //! - `test`: provisions what the tests need on this machine, then runs every test.
 //! - `bench [memory|sqlite|http|redis]`: runs benchmarks against their peers and writes
 //!   `target/bench/<name>.json` and `docs/benchmarks.md`.
@@ -372,8 +374,71 @@ fn ci() -> Result<(), String> {
             "-D warnings -D rustdoc::broken_intra_doc_links",
         )],
     )?;
+    docs_rs()?;
+    // Every crate meant for the registry packages (no build: the tests
+    // above built the same sources).
+    cargo(
+        &[
+            "package",
+            "--workspace",
+            "--no-verify",
+            "--allow-dirty",
+            "--exclude",
+            "ratelimit-bench",
+            "--exclude",
+            "xtask",
+        ],
+        &[],
+    )?;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("no workspace root")?;
     api::run(root, true)
+}
+
+/// Whether the nightly toolchain is installed (the docs.rs-style build and
+/// the public API listings need it).
+pub(crate) fn nightly_available() -> bool {
+    Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The documentation as docs.rs builds it: nightly, every feature,
+/// `--cfg docsrs` (so each feature-gated item shows its feature). Skipped,
+/// loudly, without a nightly toolchain.
+fn docs_rs() -> Result<(), String> {
+    if !nightly_available() {
+        eprintln!(
+            "xtask: SKIPPED: the docs.rs-style documentation build needs the nightly toolchain \
+             (`rustup toolchain install nightly`)"
+        );
+        return Ok(());
+    }
+    let args = [
+        "run",
+        "nightly",
+        "cargo",
+        "doc",
+        "--workspace",
+        "--all-features",
+        "--no-deps",
+    ];
+    eprintln!("$ rustup {}", args.join(" "));
+    let status = Command::new("rustup")
+        .args(args)
+        .env(
+            "RUSTDOCFLAGS",
+            "--cfg docsrs -D warnings -D rustdoc::broken_intra_doc_links",
+        )
+        .status()
+        .map_err(|e| format!("cannot run rustup: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the docs.rs-style documentation build failed ({status})"
+        ))
+    }
 }

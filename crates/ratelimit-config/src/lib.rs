@@ -38,6 +38,7 @@
 //! assert_eq!(broken.errors().len(), 2);
 //! # Ok::<(), ratelimit_config::ConfigErrors>(())
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod build;
 mod error;

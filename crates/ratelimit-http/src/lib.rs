@@ -22,6 +22,7 @@
 //! when the store can), [`response`] and [`add_headers`] for frameworks on
 //! the `http` crate, [`static_name`] for those with their own header types,
 //! [`Outcome::misconfigured`], and the middleware's [`ResponseFuture`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod auto_block;
 mod client_ip;

@@ -35,7 +35,7 @@ pub enum ErrorMode {
     /// limiting is a limiter an attacker can switch off).
     #[default]
     FailClosed,
-    /// Let the request through unlimited (the seeds' `skip_on_error`).
+    /// Let the request through unlimited (fastapi-traffic's `skip_on_error`).
     FailOpen,
 }
 

@@ -22,6 +22,7 @@
 //! [`Harness`] by hand and says so with [`Expiry::RealTime`]; the feature
 //! `redis` adds [`redis`], which starts real `redis-server` topologies. Failures panic with what was expected and what came back:
 //! this crate is for tests only.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![allow(
     clippy::panic,
     clippy::unwrap_used,
