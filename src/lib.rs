@@ -278,3 +278,34 @@ mod tests {
         assert_eq!(store.stats().await.unwrap().backend, "memory");
     }
 }
+
+/// The guides in `docs/` with Rust blocks, compiled as doc tests so that
+/// those blocks cannot rot (`cargo test --doc --all-features`; each guide
+/// only with the features its blocks use). Not part of the API.
+#[cfg(doctest)]
+mod guides {
+    #[cfg(feature = "redis")]
+    #[doc = include_str!("../docs/backends.md")]
+    struct Backends;
+    #[cfg(all(feature = "axum", feature = "actix", feature = "rocket"))]
+    #[doc = include_str!("../docs/configuration.md")]
+    struct Configuration;
+    #[cfg(feature = "redis")]
+    #[doc = include_str!("../docs/distributed.md")]
+    struct Distributed;
+    #[cfg(feature = "memory")]
+    #[doc = include_str!("../docs/storage.md")]
+    struct Storage;
+    #[cfg(feature = "config")]
+    #[doc = include_str!("../docs/tiers.md")]
+    struct Tiers;
+    #[cfg(all(feature = "axum", feature = "memory"))]
+    #[doc = include_str!("../docs/frameworks/axum.md")]
+    struct Axum;
+    #[cfg(all(feature = "actix", feature = "memory"))]
+    #[doc = include_str!("../docs/frameworks/actix.md")]
+    struct Actix;
+    #[cfg(all(feature = "rocket", feature = "memory"))]
+    #[doc = include_str!("../docs/frameworks/rocket.md")]
+    struct Rocket;
+}
