@@ -1,4 +1,61 @@
-#![doc = include_str!("../README.md")]
+//! Rate limiting for Rust services: six algorithms, several limits per
+//! request decided all or nothing, stores that keep a limit exact across
+//! tasks, processes and machines (memory, SQLite, Redis), and one HTTP
+//! policy with adapters for axum / tower, actix-web and Rocket.
+//!
+//! A denial is a value, not an error: [`Limiter::check`] returns a
+//! [`Decision`] (allowed, limit, remaining, reset after, retry after, the
+//! rule that decided). `Err` means the store failed, and
+//! [`Error::is_transient`] tells a fail-open policy whether to let the
+//! request through.
+//!
+//! # Two-minute start
+//!
+//! ```no_run
+//! use ratelimit::{Algorithm, Limiter, Rule};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = Limiter::new(ratelimit::from_url("memory://")?);
+//! let rule = Rule::new("api", Algorithm::Gcra, "100/minute".parse()?)?;
+//!
+//! let decision = limiter.check(&rule, "user-42").await?;
+//! if !decision.is_allowed() {
+//!     println!("slow down; retry in {:?}", decision.retry_after());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The same limiter serves code that is not HTTP at all: a worker calling a
+//! partner's API, a queue consumer, a budget of LLM tokens
+//! ([`Limiter::check_cost`], [`Limiter::until_ready`]).
+//!
+//! # Which feature
+//!
+//! | you want | feature | start from |
+//! |---|---|---|
+//! | the in-memory store (one process) | `memory` (default) | `from_url("memory://")` |
+//! | SQLite (several processes, one machine) | `sqlite` | `from_url("sqlite:///var/lib/app/limits.db")` |
+//! | Redis: standalone, Sentinel, Cluster, TLS (many machines) | `redis` | `from_url("redis://cache:6379")` |
+//! | axum, hyper or any tower HTTP service | `axum` | `ratelimit::axum::RateLimitLayer` |
+//! | tonic gRPC servers | `tonic` | the same layer, answering in tonic's body |
+//! | actix-web | `actix` | `ratelimit::actix::RateLimit` |
+//! | Rocket | `rocket` | `ratelimit::rocket::RateLimit` |
+//! | the HTTP policy without an adapter | `http` | `ratelimit::http::HttpPolicy` |
+//! | limits from a TOML, YAML or JSON file, reloaded at runtime | `config` (default) | `ratelimit::config::start` |
+//! | metrics through the `metrics` facade | `metrics` | [`observe`] |
+//! | serde for rules, quotas, algorithms and decisions | `serde` | `ratelimit::serde` |
+//!
+//! Store layers (a deadline, a circuit breaker, a deny cache, approximate
+//! mode for very hot keys) wrap any store: [`layer`].
+//!
+//! # Guides
+//!
+//! The package's `docs/` folder holds the guides: `algorithms.md` (which
+//! algorithm to choose), `backends.md` and `distributed.md` (the stores),
+//! `http.md` and `frameworks/` (the HTTP policy and each adapter),
+//! `configuration.md` and `tiers.md`, `operations.md` (metrics, failures,
+//! sizing) and `security.md` (the threat model). Their Rust examples are
+//! compiled with this crate's tests.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::sync::Arc;
@@ -148,8 +205,7 @@ const DISABLED_STORES: &[&str] = &[
 ///   Opening a file does I/O: call this at start-up.
 /// - `redis://`, `rediss://`, `redis+unix://`, `redis+cluster://`,
 ///   `redis+sentinel://` (feature `redis`; see
-///   [`RedisConfig::from_url`](ratelimit_redis::RedisConfig::from_url) for the
-///   forms and options). The store connects on first use and must be created
+///   `ratelimit::redis::RedisConfig::from_url` for the forms and options). The store connects on first use and must be created
 ///   inside a tokio runtime; `RedisStorage::connect` checks the connection at
 ///   start-up instead.
 ///
@@ -284,6 +340,8 @@ mod tests {
 /// only with the features its blocks use). Not part of the API.
 #[cfg(doctest)]
 mod guides {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
     #[cfg(feature = "redis")]
     #[doc = include_str!("../docs/backends.md")]
     struct Backends;
