@@ -205,9 +205,10 @@ const DISABLED_STORES: &[&str] = &[
 ///   Opening a file does I/O: call this at start-up.
 /// - `redis://`, `rediss://`, `redis+unix://`, `redis+cluster://`,
 ///   `redis+sentinel://` (feature `redis`; see
-///   `ratelimit::redis::RedisConfig::from_url` for the forms and options). The store connects on first use and must be created
-///   inside a tokio runtime; `RedisStorage::connect` checks the connection at
-///   start-up instead.
+///   `ratelimit::redis::RedisConfig::from_url` for the forms and options).
+///   The store connects on first use and must be created inside a tokio
+///   runtime; `RedisStorage::connect` checks the connection at start-up
+///   instead.
 ///
 /// A URL no enabled store accepts is an [`ErrorKind::InvalidInput`] error
 /// that lists what this build opens and the store features it lacks.
