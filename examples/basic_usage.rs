@@ -6,7 +6,7 @@
 use std::error::Error;
 use std::time::Duration;
 
-use ratelimit::{Algorithm, Decision, Limiter, Rule};
+use ratekeeper::{Algorithm, Decision, Limiter, Rule};
 
 fn show(what: &str, d: &Decision) {
     if d.is_allowed() {
@@ -26,8 +26,8 @@ fn show(what: &str, d: &Decision) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn Error>> {
-    // The embedded default; `ratelimit::from_url` also takes the other stores' URLs.
-    let limiter = Limiter::new(ratelimit::from_url("memory://?max_size=10000")?);
+    // The embedded default; `ratekeeper::from_url` also takes the other stores' URLs.
+    let limiter = Limiter::new(ratekeeper::from_url("memory://?max_size=10000")?);
 
     println!("-- 5 requests per second, GCRA, for one API key");
     let api = Rule::new("api", Algorithm::Gcra, "5/second".parse()?)?;
@@ -78,7 +78,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let outgoing = Rule::new(
         "third-party",
         Algorithm::TokenBucket,
-        "20/s".parse::<ratelimit::Quota>()?.with_burst(2)?,
+        "20/s".parse::<ratekeeper::Quota>()?.with_burst(2)?,
     )?;
     let started = std::time::Instant::now();
     for _ in 0..6 {

@@ -11,8 +11,8 @@
 use std::error::Error;
 use std::sync::Arc;
 
-use ratelimit::redis::RedisStorage;
-use ratelimit::{Algorithm, Limiter, Rule, Storage};
+use ratekeeper::redis::RedisStorage;
+use ratekeeper::{Algorithm, Limiter, Rule, Storage};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {

@@ -5,7 +5,7 @@
 
 use std::error::Error;
 
-use ratelimit::{Algorithm, Limiter, Rule};
+use ratekeeper::{Algorithm, Limiter, Rule};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -15,7 +15,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .display()
             .to_string()
     });
-    let store = ratelimit::from_url(&format!("sqlite://{path}"))?;
+    let store = ratekeeper::from_url(&format!("sqlite://{path}"))?;
     let limiter = Limiter::new(store.clone());
 
     // 10 report exports per hour per team, shared by every process using the file.

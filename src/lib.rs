@@ -12,10 +12,10 @@
 //! # Two-minute start
 //!
 //! ```no_run
-//! use ratelimit::{Algorithm, Limiter, Rule};
+//! use ratekeeper::{Algorithm, Limiter, Rule};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let limiter = Limiter::new(ratelimit::from_url("memory://")?);
+//! let limiter = Limiter::new(ratekeeper::from_url("memory://")?);
 //! let rule = Rule::new("api", Algorithm::Gcra, "100/minute".parse()?)?;
 //!
 //! let decision = limiter.check(&rule, "user-42").await?;
@@ -36,14 +36,14 @@
 //! | the in-memory store (one process) | `memory` (default) | `from_url("memory://")` |
 //! | SQLite (several processes, one machine) | `sqlite` | `from_url("sqlite:///var/lib/app/limits.db")` |
 //! | Redis: standalone, Sentinel, Cluster, TLS (many machines) | `redis` | `from_url("redis://cache:6379")` |
-//! | axum, hyper or any tower HTTP service | `axum` | `ratelimit::axum::RateLimitLayer` |
+//! | axum, hyper or any tower HTTP service | `axum` | `ratekeeper::axum::RateLimitLayer` |
 //! | tonic gRPC servers | `tonic` | the same layer, answering in tonic's body |
-//! | actix-web | `actix` | `ratelimit::actix::RateLimit` |
-//! | Rocket | `rocket` | `ratelimit::rocket::RateLimit` |
-//! | the HTTP policy without an adapter | `http` | `ratelimit::http::HttpPolicy` |
-//! | limits from a TOML, YAML or JSON file, reloaded at runtime | `config` (default) | `ratelimit::config::start` |
+//! | actix-web | `actix` | `ratekeeper::actix::RateLimit` |
+//! | Rocket | `rocket` | `ratekeeper::rocket::RateLimit` |
+//! | the HTTP policy without an adapter | `http` | `ratekeeper::http::HttpPolicy` |
+//! | limits from a TOML, YAML or JSON file, reloaded at runtime | `config` (default) | `ratekeeper::config::start` |
 //! | metrics through the `metrics` facade | `metrics` | [`observe`] |
-//! | serde for rules, quotas, algorithms and decisions | `serde` | `ratelimit::serde` |
+//! | serde for rules, quotas, algorithms and decisions | `serde` | `ratekeeper::serde` |
 //!
 //! Store layers (a deadline, a circuit breaker, a deny cache, approximate
 //! mode for very hot keys) wrap any store: [`layer`].
@@ -55,69 +55,69 @@
 //! `http.md` and `frameworks/` (the HTTP policy and each adapter),
 //! `configuration.md` and `tiers.md`, `operations.md` (metrics, failures,
 //! sizing) and `security.md` (the threat model). Their Rust examples are
-//! compiled with this crate's tests.
+//! compiled as doc tests.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::sync::Arc;
 
-pub use ratelimit_core::*;
+pub use ratekeeper_core::*;
 
 /// Store layers: the contract from the core ([`Layer`](layer::Layer),
 /// [`LayeredStorage`](layer::LayeredStorage)) and the layers of
-/// `ratelimit-layers` (deadline, circuit breaker, deny cache, approximate
+/// `ratekeeper-layers` (deadline, circuit breaker, deny cache, approximate
 /// mode).
 pub mod layer {
-    pub use ratelimit_core::layer::*;
-    pub use ratelimit_layers::*;
+    pub use ratekeeper_core::layer::*;
+    pub use ratekeeper_layers::*;
 }
 
 /// Approximate mode for very hot keys: count locally, write to the store in
 /// batches.
 pub mod approximate {
-    pub use ratelimit_layers::approximate::*;
+    pub use ratekeeper_layers::approximate::*;
 }
 
 /// The framework-free HTTP policy every adapter applies (feature `http`, on
 /// with `config` and with every adapter).
 #[cfg(feature = "http")]
 pub mod http {
-    pub use ratelimit_http::*;
+    pub use ratekeeper_http::*;
 }
 
 /// The in-memory store (feature `memory`).
 #[cfg(feature = "memory")]
 pub mod memory {
-    pub use ratelimit_memory::*;
+    pub use ratekeeper_memory::*;
 }
 
 /// The tower layer for axum, hyper and tonic (feature `axum`).
 #[cfg(feature = "axum")]
 pub mod axum {
-    pub use ratelimit_axum::*;
+    pub use ratekeeper_axum::*;
 }
 
 /// The actix-web middleware (feature `actix`).
 #[cfg(feature = "actix")]
 pub mod actix {
-    pub use ratelimit_actix::*;
+    pub use ratekeeper_actix::*;
 }
 
 /// The Rocket fairing and request guards (feature `rocket`).
 #[cfg(feature = "rocket")]
 pub mod rocket {
-    pub use ratelimit_rocket::*;
+    pub use ratekeeper_rocket::*;
 }
 
 /// The SQLite store (feature `sqlite`).
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
-    pub use ratelimit_sqlite::*;
+    pub use ratekeeper_sqlite::*;
 }
 
 /// The Redis store (feature `redis`).
 #[cfg(feature = "redis")]
 pub mod redis {
-    pub use ratelimit_redis::*;
+    pub use ratekeeper_redis::*;
 }
 
 /// Declarative configuration (feature `config`, on by default): one file
@@ -127,7 +127,7 @@ pub mod redis {
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// // Reads limits.toml (and RATELIMIT__… variables), opens its store,
 /// // serves its policy, and rereads it on SIGHUP.
-/// let live = ratelimit::config::start("limits.toml").await?;
+/// let live = ratekeeper::config::start("limits.toml").await?;
 /// live.reload_on_hangup()?;
 /// let policy = live.policy(); // hand it (or `&live`) to any adapter
 /// # Ok(()) }
@@ -137,7 +137,7 @@ pub mod config {
     use std::path::Path;
     use std::sync::Arc;
 
-    pub use ratelimit_config::*;
+    pub use ratekeeper_config::*;
 
     use crate::Storage;
 
@@ -179,11 +179,11 @@ pub mod config {
 /// its feature).
 pub const STORES: &[storage::Opener] = &[
     #[cfg(feature = "memory")]
-    ratelimit_memory::OPENER,
+    ratekeeper_memory::OPENER,
     #[cfg(feature = "sqlite")]
-    ratelimit_sqlite::OPENER,
+    ratekeeper_sqlite::OPENER,
     #[cfg(feature = "redis")]
-    ratelimit_redis::OPENER,
+    ratekeeper_redis::OPENER,
 ];
 
 /// The built-in stores whose feature this build lacks, for errors.
@@ -205,7 +205,7 @@ const DISABLED_STORES: &[&str] = &[
 ///   Opening a file does I/O: call this at start-up.
 /// - `redis://`, `rediss://`, `redis+unix://`, `redis+cluster://`,
 ///   `redis+sentinel://` (feature `redis`; see
-///   `ratelimit::redis::RedisConfig::from_url` for the forms and options).
+///   `ratekeeper::redis::RedisConfig::from_url` for the forms and options).
 ///   The store connects on first use and must be created inside a tokio
 ///   runtime; `RedisStorage::connect` checks the connection at start-up
 ///   instead.
@@ -234,7 +234,7 @@ fn unsupported(url: &str) -> String {
     );
     if !DISABLED_STORES.is_empty() {
         let features: Vec<String> = DISABLED_STORES.iter().map(|f| format!("`{f}`")).collect();
-        message.push_str("; more stores come with the ratelimit crate's features ");
+        message.push_str("; more stores come with the ratekeeper crate's features ");
         message.push_str(&features.join(", "));
     }
     message
@@ -336,35 +336,9 @@ mod tests {
     }
 }
 
-/// The guides in `docs/` with Rust blocks, compiled as doc tests so that
-/// those blocks cannot rot (`cargo test --doc --all-features`; each guide
-/// only with the features its blocks use). Not part of the API.
+/// README's example, compiled as a doc test (the guides in `docs/` are
+/// compiled by `crates/ratekeeper-e2e`, which has every feature and the
+/// frameworks). Not part of the API.
 #[cfg(doctest)]
-mod guides {
-    #[doc = include_str!("../README.md")]
-    struct Readme;
-    #[cfg(feature = "redis")]
-    #[doc = include_str!("../docs/backends.md")]
-    struct Backends;
-    #[cfg(all(feature = "axum", feature = "actix", feature = "rocket"))]
-    #[doc = include_str!("../docs/configuration.md")]
-    struct Configuration;
-    #[cfg(feature = "redis")]
-    #[doc = include_str!("../docs/distributed.md")]
-    struct Distributed;
-    #[cfg(feature = "memory")]
-    #[doc = include_str!("../docs/storage.md")]
-    struct Storage;
-    #[cfg(feature = "config")]
-    #[doc = include_str!("../docs/tiers.md")]
-    struct Tiers;
-    #[cfg(all(feature = "axum", feature = "memory"))]
-    #[doc = include_str!("../docs/frameworks/axum.md")]
-    struct Axum;
-    #[cfg(all(feature = "actix", feature = "memory"))]
-    #[doc = include_str!("../docs/frameworks/actix.md")]
-    struct Actix;
-    #[cfg(all(feature = "rocket", feature = "memory"))]
-    #[doc = include_str!("../docs/frameworks/rocket.md")]
-    struct Rocket;
-}
+#[doc = include_str!("../README.md")]
+struct Readme;

@@ -15,18 +15,18 @@ use crate::{cargo, on_path};
 
 /// The crates whose public API is promised.
 const CRATES: &[&str] = &[
-    "ratelimit",
-    "ratelimit-core",
-    "ratelimit-layers",
-    "ratelimit-http",
-    "ratelimit-config",
-    "ratelimit-memory",
-    "ratelimit-sqlite",
-    "ratelimit-redis",
-    "ratelimit-axum",
-    "ratelimit-actix",
-    "ratelimit-rocket",
-    "ratelimit-testkit",
+    "ratekeeper",
+    "ratekeeper-core",
+    "ratekeeper-layers",
+    "ratekeeper-http",
+    "ratekeeper-config",
+    "ratekeeper-memory",
+    "ratekeeper-sqlite",
+    "ratekeeper-redis",
+    "ratekeeper-axum",
+    "ratekeeper-actix",
+    "ratekeeper-rocket",
+    "ratekeeper-testkit",
 ];
 
 /// The `cargo-public-api` release that reads the JSON of the nightly these

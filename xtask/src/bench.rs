@@ -41,7 +41,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         let criterion_dir = root.join("target/criterion").join(suite);
         // Old results of renamed rows must not leak into this run's table.
         let _ = fs::remove_dir_all(&criterion_dir);
-        cargo(&["bench", "-p", "ratelimit-bench", "--bench", suite], &[])?;
+        cargo(&["bench", "-p", "ratekeeper-bench", "--bench", suite], &[])?;
         let rows = collect(&criterion_dir)?;
         write_outputs(&root, suite, &rows)?;
     }
@@ -124,7 +124,7 @@ struct HttpServer {
 }
 
 enum InProcess {
-    /// An example of `ratelimit-bench`: `EXAMPLE MODE N`.
+    /// An example of `ratekeeper-bench`: `EXAMPLE MODE N`.
     Example(&'static str),
     /// The server binary itself: `SERVER MODE in-process N`.
     Server,
@@ -240,7 +240,7 @@ fn in_process_ns(
                     "build",
                     "--release",
                     "-p",
-                    "ratelimit-bench",
+                    "ratekeeper-bench",
                     "--example",
                     example,
                 ],
@@ -359,11 +359,18 @@ fn redis_footnote(row: &Value) -> String {
     }
 }
 
-/// Builds a benchmark binary of `ratelimit-bench` in release mode and
+/// Builds a benchmark binary of `ratekeeper-bench` in release mode and
 /// returns its path.
 fn release_binary(root: &Path, name: &str) -> Result<PathBuf, String> {
     cargo(
-        &["build", "--release", "-p", "ratelimit-bench", "--bin", name],
+        &[
+            "build",
+            "--release",
+            "-p",
+            "ratekeeper-bench",
+            "--bin",
+            name,
+        ],
         &[],
     )?;
     Ok(root.join("target/release").join(name))

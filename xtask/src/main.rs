@@ -182,7 +182,7 @@ fn test() -> Result<(), String> {
 }
 
 /// `cargo xtask soak [MINUTES]`: builds the example servers and the `soak`
-/// driver (`crates/ratelimit-bench/src/bin/soak.rs`) in release mode and runs
+/// driver (`crates/ratekeeper-bench/src/bin/soak.rs`) in release mode and runs
 /// it; it prints admitted against allowed per window, latency percentiles
 /// and recovery times, and fails if any window admitted too many.
 fn soak(minutes: &str) -> Result<(), String> {
@@ -203,7 +203,7 @@ fn soak(minutes: &str) -> Result<(), String> {
             "build",
             "--release",
             "-p",
-            "ratelimit-bench",
+            "ratekeeper-bench",
             "--bin",
             "soak",
         ],
@@ -227,16 +227,16 @@ fn soak(minutes: &str) -> Result<(), String> {
 
 /// The files `cargo xtask mutants` mutates when given no path.
 const MUTANTS_DEFAULT: [&str; 4] = [
-    "crates/ratelimit-core/src/algorithm",
-    "crates/ratelimit-core/src/engine.rs",
-    "crates/ratelimit-core/src/state.rs",
-    "crates/ratelimit-core/src/quota.rs",
+    "crates/ratekeeper-core/src/algorithm",
+    "crates/ratekeeper-core/src/engine.rs",
+    "crates/ratekeeper-core/src/state.rs",
+    "crates/ratekeeper-core/src/quota.rs",
 ];
 
-/// The test targets that exercise the HTTP policy (in `ratelimit-http`, the
-/// axum adapter and the facade), for `cargo xtask mutants`.
+/// The test targets that exercise the HTTP policy (in `ratekeeper-http`, the
+/// axum adapter and `ratekeeper-e2e`), for `cargo xtask mutants`.
 /// They go to every cargo call (`--cargo-arg`), so the build leaves out the
-/// facade's other tests; its `config` test also needs the `sqlite` feature.
+/// end-to-end tests that run the example servers.
 const HTTP_POLICY_TESTS: [&str; 8] = [
     "--lib",
     "--test=server",
@@ -294,7 +294,7 @@ fn mutants(args: &[String]) -> Result<(), String> {
             None => runs.push((package, vec![glob])),
         }
     }
-    if runs.iter().any(|(p, _)| p == "ratelimit-redis") {
+    if runs.iter().any(|(p, _)| p == "ratekeeper-redis") {
         provision()?;
     }
     let mut failed = Vec::new();
@@ -307,13 +307,12 @@ fn mutants(args: &[String]) -> Result<(), String> {
         let mut cmd = vec!["mutants", "--dir", &workspace, "--package", package];
         cmd.extend(["--output", &output]);
         cmd.extend(["--test-package", package]);
-        if package == "ratelimit-http" {
-            // The HTTP policy: its own tests, the facade's policy tests
-            // (through the memory store) and the shared behaviour suite,
+        if package == "ratekeeper-http" {
+            // The HTTP policy: its own tests, the policy tests through the
+            // facade (ratekeeper-e2e, with the memory store) and the shared behaviour suite,
             // which the axum adapter runs through a real server.
-            cmd.extend(["--test-package", "ratelimit-axum"]);
-            cmd.extend(["--test-package", "ratelimit"]);
-            cmd.extend(["--features", "ratelimit/sqlite"]);
+            cmd.extend(["--test-package", "ratekeeper-axum"]);
+            cmd.extend(["--test-package", "ratekeeper-e2e"]);
             for target in HTTP_POLICY_TESTS {
                 cmd.push("--cargo-arg");
                 cmd.push(target);
@@ -325,9 +324,9 @@ fn mutants(args: &[String]) -> Result<(), String> {
             if !extra.iter().any(|a| a.starts_with("--timeout")) {
                 cmd.extend(["--timeout", "120"]);
             }
-        } else if package == "ratelimit-core" {
+        } else if package == "ratekeeper-core" {
             // The core, also through the memory store's suite.
-            cmd.extend(["--test-package", "ratelimit-memory"]);
+            cmd.extend(["--test-package", "ratekeeper-memory"]);
         }
         for file in files {
             cmd.extend(["--file", file]);
@@ -384,7 +383,9 @@ fn ci() -> Result<(), String> {
             "--no-verify",
             "--allow-dirty",
             "--exclude",
-            "ratelimit-bench",
+            "ratekeeper-bench",
+            "--exclude",
+            "ratekeeper-e2e",
             "--exclude",
             "xtask",
         ],

@@ -1,0 +1,166 @@
+//! Response bodies: the layer answers in the inner service's own body type
+//! ([`AnswerBody`]), or wraps a body type it cannot write ([`ResponseBody`]).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{BodyExt, Full};
+use pin_project_lite::pin_project;
+
+/// A response body type the layer can write its own answers in (a denial's
+/// JSON, an empty gRPC answer), so that its responses and the inner service's
+/// have one type and nothing is re-boxed on the way out.
+///
+/// Implemented for axum's `Body`, `Full<Bytes>`, `String`, http-body-util's
+/// `BoxBody` and `UnsyncBoxBody`, tonic's `Body` (feature `tonic`) and
+/// [`ResponseBody`]. A service with another body type goes behind the layer
+/// with its body wrapped in [`ResponseBody::inner`]:
+///
+/// ```
+/// # use tower::ServiceBuilder;
+/// # use ratekeeper_axum::{RateLimitLayer, ResponseBody};
+/// # fn demo<S, B>(layer: RateLimitLayer, service: S)
+/// # where S: tower::Service<http::Request<()>, Response = http::Response<B>> {
+/// let limited = ServiceBuilder::new()
+///     .layer(layer)
+///     .map_response(|r: http::Response<B>| r.map(ResponseBody::inner))
+///     .service(service);
+/// # }
+/// ```
+pub trait AnswerBody: Sized {
+    /// A body holding `bytes`.
+    fn answer(bytes: Bytes) -> Self;
+}
+
+impl AnswerBody for axum::body::Body {
+    fn answer(bytes: Bytes) -> Self {
+        Self::from(bytes)
+    }
+}
+
+impl AnswerBody for Full<Bytes> {
+    fn answer(bytes: Bytes) -> Self {
+        Self::new(bytes)
+    }
+}
+
+impl AnswerBody for String {
+    fn answer(bytes: Bytes) -> Self {
+        // The layer writes UTF-8 only.
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl<E> AnswerBody for BoxBody<Bytes, E>
+where
+    E: 'static,
+{
+    fn answer(bytes: Bytes) -> Self {
+        Full::new(bytes).map_err(|never| match never {}).boxed()
+    }
+}
+
+impl<E> AnswerBody for UnsyncBoxBody<Bytes, E>
+where
+    E: 'static,
+{
+    fn answer(bytes: Bytes) -> Self {
+        Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl AnswerBody for tonic::body::Body {
+    fn answer(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            Self::default()
+        } else {
+            Self::new(Full::new(bytes))
+        }
+    }
+}
+
+impl<B> AnswerBody for ResponseBody<B> {
+    fn answer(bytes: Bytes) -> Self {
+        Self {
+            kind: Kind::Full {
+                body: Full::new(bytes),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// A body that is either a service's own body or one the layer wrote (a
+    /// denial's JSON): for services whose body type is not an
+    /// [`AnswerBody`]. Any `http_body::Body` with `Bytes` data fits inside.
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProjection]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Full { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps a service's own body.
+    pub fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+        }
+    }
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Inner { body } => f.debug_tuple("Inner").field(body).finish(),
+            Kind::Full { body } => f.debug_tuple("Full").field(body).finish(),
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProjection::Inner { body } => body.poll_frame(cx),
+            KindProjection::Full { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Full { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Full { body } => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Memory-store decisions against governor's keyed limiter, in the same run.
+//!
+//! Rows are `ours/ALGORITHM/KEYS/THREADS` and `governor/gcra/KEYS/THREADS`;
+//! `cargo xtask bench memory` turns criterion's estimates into
+//! `target/bench/memory.json`. Both limiters see the same keys, the same
+//! quota, and are prefilled so every key already has state; the measured loop
+//! then visits the keys in one shared order that is unrelated to the order
+//! they were created and inserted in.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    missing_docs,
+    reason = "benchmark code"
+)]
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use governor::{Quota as GovQuota, RateLimiter};
+use ratekeeper_bench::ready;
+use ratekeeper_core::{Algorithm, Limiter, Rule};
+use ratekeeper_memory::MemoryStorage;
+
+const KEY_COUNTS: [(usize, &str); 3] = [(1, "1"), (100_000, "100k"), (1_000_000, "1M")];
+const THREADS: [usize; 2] = [1, 2];
+const PER_SECOND: u32 = 1_000;
+
+/// `0..n` in a pseudo-random order fixed by `seed`.
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x = seed | 1;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// `n` keys, and the order in which the measured loop visits them.
+///
+/// The visiting order is independent of the order the keys were created (and
+/// first inserted) in: real clients do not come back in the order they first
+/// arrived. Walking the keys in insertion order would instead let a store that
+/// allocates per key in insertion order run on the hardware prefetcher.
+struct Workload {
+    keys: Vec<String>,
+    order: Vec<usize>,
+}
+
+fn workload(n: usize) -> Arc<Workload> {
+    let keys = permutation(n, 0x9E37_79B9_7F4A_7C15)
+        .into_iter()
+        .map(|i| format!("client-{i:07}"))
+        .collect();
+    Arc::new(Workload {
+        keys,
+        order: permutation(n, 0x2545_F491_4F6C_DD1D),
+    })
+}
+
+/// Times `iters` decisions per thread on `threads` threads; reports the wall
+/// time divided by the thread count, so criterion's per-iteration figure is
+/// nanoseconds per decision at the aggregate rate.
+fn run_threads(
+    iters: u64,
+    threads: usize,
+    work: &Workload,
+    op: impl Fn(&String) + Sync,
+) -> Duration {
+    let n = work.keys.len();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let op = &op;
+            s.spawn(move || {
+                let offset = t * (n / threads.max(1));
+                for i in 0..iters as usize {
+                    op(&work.keys[work.order[(offset + i) % n]]);
+                }
+            });
+        }
+    });
+    start.elapsed() / threads as u32
+}
+
+fn ours(c: &mut Criterion, algorithm: Algorithm) {
+    let mut group = c.benchmark_group("memory");
+    for (n, label) in KEY_COUNTS {
+        let work = workload(n);
+        let store = MemoryStorage::builder()
+            .max_size(2 * n.max(1))
+            .cleanup_interval(None)
+            .build();
+        let limiter = Limiter::new(Arc::new(store));
+        let rule = Rule::new(
+            "bench",
+            algorithm,
+            format!("{PER_SECOND}/s").parse().unwrap(),
+        )
+        .unwrap();
+        for key in &work.keys {
+            ready(limiter.check(&rule, key)).unwrap();
+        }
+        for threads in THREADS {
+            group.bench_function(
+                format!("ours/{}/{label}/{threads}t", algorithm.as_str()),
+                |b| {
+                    b.iter_custom(|iters| {
+                        run_threads(iters, threads, &work, |key| {
+                            black_box(ready(limiter.check(&rule, key)).unwrap());
+                        })
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+fn governor_keyed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memory");
+    for (n, label) in KEY_COUNTS {
+        let work = workload(n);
+        let quota = GovQuota::per_second(NonZeroU32::new(PER_SECOND).unwrap());
+        let limiter = RateLimiter::keyed(quota);
+        for key in &work.keys {
+            let _ = limiter.check_key(key);
+        }
+        for threads in THREADS {
+            group.bench_function(format!("governor/gcra/{label}/{threads}t"), |b| {
+                b.iter_custom(|iters| {
+                    run_threads(iters, threads, &work, |key| {
+                        let _ = black_box(limiter.check_key(key));
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn all(c: &mut Criterion) {
+    // The compared pair runs back to back, on the same heap history; the
+    // algorithms without a peer follow.
+    governor_keyed(c);
+    ours(c, Algorithm::Gcra);
+    for algorithm in Algorithm::ALL {
+        if algorithm != Algorithm::Gcra {
+            ours(c, algorithm);
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .without_plots();
+    targets = all
+}
+criterion_main!(benches);

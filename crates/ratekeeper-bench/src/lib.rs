@@ -1,0 +1,82 @@
+//! Benchmarks of ratekeeper against its peers live in `benches/`; run them with
+//! `cargo xtask bench`. This library holds what the benches and the profiling
+//! example share.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use axum::Router;
+use axum::routing::get;
+use ratekeeper_axum::RateLimitLayer;
+use ratekeeper_core::{Algorithm, Limiter, Quota, Rule};
+use ratekeeper_http::{
+    HeaderStyle, HttpPolicy, KeyExtractor, KeySource, Limits, ResetFormat, RouteTable,
+};
+use ratekeeper_memory::MemoryStorage;
+
+/// Runs a future that completes without ever waiting (a memory-store
+/// decision), polling it in place: no executor overhead in the figures.
+pub fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// The HTTP benchmark's quota: high enough that nothing is denied.
+pub const RATE: u64 = 1_000_000;
+
+/// The app the HTTP benchmark serves: `GET /` answering "hello" behind no
+/// limiter (`none`), our layer on the memory store without (`ours`) or with
+/// (`ours-headers`) the IETF headers, or tower_governor (`governor`), all with
+/// the same GCRA quota, keyed by peer address.
+pub fn http_app(mode: &str) -> Result<Router, Box<dyn std::error::Error>> {
+    let router = Router::new().route("/", get(|| async { "hello" }));
+    Ok(match mode {
+        "none" => router,
+        // `ours` sends no rate-limit headers, like tower_governor's default;
+        // `ours-headers` adds the IETF fields.
+        "ours" => router.layer(RateLimitLayer::new(bench_policy(false)?)),
+        "ours-headers" => router.layer(RateLimitLayer::new(bench_policy(true)?)),
+        "governor" => {
+            let config = tower_governor::governor::GovernorConfigBuilder::default()
+                .per_nanosecond(1_000_000_000 / RATE)
+                .burst_size(RATE as u32)
+                .finish()
+                .ok_or("tower_governor rejected the quota")?;
+            router.layer(tower_governor::GovernorLayer::new(Arc::new(config)))
+        }
+        other => {
+            return Err(
+                format!("unknown mode {other:?}: none, ours, ours-headers or governor").into(),
+            );
+        }
+    })
+}
+
+/// The policy every HTTP benchmark server applies: GCRA at [`RATE`] per
+/// second with a burst of [`RATE`], keyed by peer address, on the memory
+/// store; IETF headers or none.
+pub fn bench_policy(headers: bool) -> Result<HttpPolicy, Box<dyn std::error::Error>> {
+    let rule = Rule::new(
+        "bench",
+        Algorithm::Gcra,
+        Quota::per_second(RATE)?.with_burst(RATE)?,
+    )?;
+    let routes = RouteTable::new().default_limits(Limits::new(vec![rule]));
+    let style = if headers {
+        HeaderStyle::Ietf
+    } else {
+        HeaderStyle::None
+    };
+    Ok(HttpPolicy::new(
+        Limiter::new(Arc::new(MemoryStorage::new())),
+        routes,
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .headers(style, ResetFormat::Seconds))
+}

@@ -1,0 +1,332 @@
+//! The limiter: the API applications call, from HTTP middleware or any async code.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::decision::Decision;
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::{DEFAULT_MAX_KEY_LEN, bounded_key, state_key};
+use crate::observe;
+use crate::rule::Rule;
+use crate::storage::{DecideEntry, DecideRequest, Storage};
+
+/// Decides whether requests may proceed, against a shared [`Storage`].
+///
+/// Cheap to clone: clones share the store and the clock, so one limit holds
+/// across every task, thread and connection that uses a clone.
+///
+/// ```
+/// use ratekeeper_core::{Algorithm, Limiter, ManualClock, Rule, Timestamp};
+/// # use ratekeeper_core::{CasOp, Decision, DecideRequest, Result, Storage};
+/// # use std::time::Duration;
+/// # #[derive(Debug, Default)] struct Store(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>);
+/// # #[async_trait::async_trait] impl Storage for Store {
+/// #   async fn decide(&self, r: &DecideRequest<'_>) -> Result<Decision> { ratekeeper_core::storage::decide_with_cas(self, r).await }
+/// #   async fn get(&self, k: &str) -> Result<Option<Vec<u8>>> { Ok(self.0.lock().unwrap().get(k).cloned()) }
+/// #   async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
+/// #     let mut m = self.0.lock().unwrap();
+/// #     if ops.iter().any(|o| m.get(o.key).map(Vec::as_slice) != o.expected) { return Ok(false) }
+/// #     for o in ops { m.insert(o.key.into(), o.new_value.into()); } Ok(true) } }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+/// # let store = std::sync::Arc::new(Store::default());
+/// let clock = ManualClock::new(Timestamp::from_micros(0));
+/// let limiter = Limiter::builder(store).clock(clock.clone()).build();
+/// let rule = Rule::new("api", Algorithm::Gcra, "10/s".parse()?)?;
+///
+/// let d = limiter.check_cost(&rule, "alice", 10).await?;
+/// assert!(d.is_allowed() && d.remaining() == 0);
+/// let d = limiter.check(&rule, "alice").await?;
+/// assert_eq!(d.retry_after(), Some(Duration::from_millis(100)));
+/// // Waiting on a manual clock moves it, so this returns at once.
+/// assert!(limiter.until_ready(&rule, "alice").await?.is_allowed());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Limiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    max_key_len: usize,
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("storage", &self.inner.storage)
+            .field("clock", &self.inner.clock)
+            .field("max_key_len", &self.inner.max_key_len)
+            .finish()
+    }
+}
+
+/// Builds a [`Limiter`].
+#[derive(Debug)]
+#[must_use]
+pub struct LimiterBuilder {
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    max_key_len: usize,
+}
+
+impl LimiterBuilder {
+    /// Reads time from `clock` instead of the system clock.
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Reads time from a shared `clock`.
+    pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Keys longer than this many bytes are hashed (see [`bounded_key`](crate::kit::bounded_key)); default
+    /// [`DEFAULT_MAX_KEY_LEN`], at least [`MIN_MAX_KEY_LEN`](crate::MIN_MAX_KEY_LEN).
+    pub fn max_key_len(mut self, max: usize) -> Self {
+        self.max_key_len = max.max(crate::key::MIN_MAX_KEY_LEN);
+        self
+    }
+
+    /// The limiter.
+    pub fn build(self) -> Limiter {
+        Limiter {
+            inner: Arc::new(Inner {
+                storage: self.storage,
+                clock: self.clock,
+                max_key_len: self.max_key_len,
+            }),
+        }
+    }
+}
+
+impl Limiter {
+    /// A limiter on `storage` with the system clock.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self::builder(storage).build()
+    }
+
+    /// A builder for a limiter on `storage`.
+    pub fn builder(storage: Arc<dyn Storage>) -> LimiterBuilder {
+        LimiterBuilder {
+            storage,
+            clock: Arc::new(SystemClock),
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+        }
+    }
+
+    /// The store.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The store key that holds `rule`'s state for `key` (after bounding the key).
+    pub fn state_key(&self, rule: &Rule, key: &str) -> String {
+        state_key(rule, &bounded_key(key, self.inner.max_key_len))
+    }
+
+    /// One request of cost 1 against `rule` for `key`.
+    pub fn check<'a>(
+        &'a self,
+        rule: &'a Rule,
+        key: &'a str,
+    ) -> impl Future<Output = Result<Decision>> + Send + 'a {
+        self.check_cost(rule, key, 1)
+    }
+
+    /// One request of `cost` units (weighted requests; 0 is a [peek](Self::peek)).
+    pub async fn check_cost(&self, rule: &Rule, key: &str, cost: u64) -> Result<Decision> {
+        let key = bounded_key(key, self.inner.max_key_len);
+        let entries = [DecideEntry { key: &key, rule }];
+        self.decide(&entries, cost).await
+    }
+
+    /// Decides through the store: at once if it can, else waiting for it.
+    async fn decide(&self, entries: &[DecideEntry<'_>], cost: u64) -> Result<Decision> {
+        let request = self.request(entries, cost);
+        // Stores that never wait answer here, without boxing a future.
+        let result = match self.inner.storage.decide_now(&request) {
+            Some(result) => result,
+            None => {
+                let timer = observe::Timer::start();
+                let result = self.inner.storage.decide(&request).await;
+                timer.stop();
+                result
+            }
+        };
+        observe::decision(entries, cost, &result);
+        result
+    }
+
+    /// Decides through the store if it can answer at once.
+    fn decide_now(&self, entries: &[DecideEntry<'_>], cost: u64) -> Option<Result<Decision>> {
+        let result = self
+            .inner
+            .storage
+            .decide_now(&self.request(entries, cost))?;
+        observe::decision(entries, cost, &result);
+        Some(result)
+    }
+
+    /// [`check_cost`](Self::check_cost) without waiting: the decision if the
+    /// store can make it at once (the memory store always can), `None` if it
+    /// must wait (a database, a server) — then call `check_cost`. Lets
+    /// middleware skip building a future on the fast path.
+    pub fn check_cost_now(&self, rule: &Rule, key: &str, cost: u64) -> Option<Result<Decision>> {
+        let key = bounded_key(key, self.inner.max_key_len);
+        let entries = [DecideEntry { key: &key, rule }];
+        self.decide_now(&entries, cost)
+    }
+
+    /// Whether a request of one unit would be allowed now, without consuming
+    /// anything. `remaining` is what is left now.
+    pub fn peek<'a>(
+        &'a self,
+        rule: &'a Rule,
+        key: &'a str,
+    ) -> impl Future<Output = Result<Decision>> + Send + 'a {
+        self.check_cost(rule, key, 0)
+    }
+
+    /// One request of `cost` units against several rules, each with its own key
+    /// (e.g. 10/s and 1000/h for a user, or a per-user and a per-route rule),
+    /// decided atomically: if any rule denies, none consumes. The decision
+    /// returned is the most restrictive.
+    pub async fn check_all(&self, checks: &[(&Rule, &str)], cost: u64) -> Result<Decision> {
+        let keys = self.bounded_keys(checks);
+        let entries = entries(checks, &keys)?;
+        self.decide(&entries, cost).await
+    }
+
+    /// [`check_all`](Self::check_all) without waiting: the decision if the
+    /// store can make it at once, `None` if it must wait (see
+    /// [`check_cost_now`](Self::check_cost_now)).
+    pub fn check_all_now(&self, checks: &[(&Rule, &str)], cost: u64) -> Option<Result<Decision>> {
+        let keys = self.bounded_keys(checks);
+        match entries(checks, &keys) {
+            Ok(entries) => self.decide_now(&entries, cost),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// One request of `cost` units against several rules over one key, all
+    /// or nothing ([`check_all`](Self::check_all) with `key` for every rule;
+    /// one rule is [`check_cost`](Self::check_cost), with nothing
+    /// allocated): what an HTTP route with several limits asks.
+    pub async fn check_rules(&self, rules: &[Rule], key: &str, cost: u64) -> Result<Decision> {
+        match rules {
+            [rule] => self.check_cost(rule, key, cost).await,
+            rules => {
+                let checks: Vec<_> = rules.iter().map(|r| (r, key)).collect();
+                self.check_all(&checks, cost).await
+            }
+        }
+    }
+
+    /// [`check_rules`](Self::check_rules) without waiting: the decision if
+    /// the store can make it at once, `None` if it must wait.
+    pub fn check_rules_now(
+        &self,
+        rules: &[Rule],
+        key: &str,
+        cost: u64,
+    ) -> Option<Result<Decision>> {
+        match rules {
+            [rule] => self.check_cost_now(rule, key, cost),
+            rules => {
+                let checks: Vec<_> = rules.iter().map(|r| (r, key)).collect();
+                self.check_all_now(&checks, cost)
+            }
+        }
+    }
+
+    fn bounded_keys<'a>(&self, checks: &[(&Rule, &'a str)]) -> Vec<std::borrow::Cow<'a, str>> {
+        checks
+            .iter()
+            .map(|(_, key)| bounded_key(key, self.inner.max_key_len))
+            .collect()
+    }
+
+    #[inline]
+    fn request<'a>(&self, entries: &'a [DecideEntry<'a>], cost: u64) -> DecideRequest<'a> {
+        DecideRequest {
+            now: self.inner.clock.now(),
+            cost,
+            entries,
+        }
+    }
+
+    /// Forgets `rule`'s state for `key` (its counters and any penalty). `true`
+    /// if there was state.
+    pub async fn reset(&self, rule: &Rule, key: &str) -> Result<bool> {
+        self.inner.storage.delete(&self.state_key(rule, key)).await
+    }
+
+    /// Waits until one unit is granted, then returns the admission. For
+    /// throttling outgoing work (calls to a third-party API, queue consumers).
+    pub async fn until_ready(&self, rule: &Rule, key: &str) -> Result<Decision> {
+        self.until_ready_cost(rule, key, 1, None).await
+    }
+
+    /// Waits until `cost` units are granted. With `max_wait`, gives up when the
+    /// next wait would go past it and returns that denial instead.
+    pub async fn until_ready_cost(
+        &self,
+        rule: &Rule,
+        key: &str,
+        cost: u64,
+        max_wait: Option<Duration>,
+    ) -> Result<Decision> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let decision = self.check_cost(rule, key, cost.max(1)).await?;
+            let wait = match decision.retry_after() {
+                None => return Ok(decision),
+                Some(wait) => wait.max(Duration::from_micros(1)),
+            };
+            if max_wait.is_some_and(|max| waited.saturating_add(wait) > max) {
+                return Ok(decision);
+            }
+            self.inner.clock.sleep(wait).await;
+            waited = waited.saturating_add(wait);
+        }
+    }
+}
+
+/// The entries of a multi-rule check; the same rule and key twice is an error.
+fn entries<'a>(
+    checks: &[(&'a Rule, &str)],
+    keys: &'a [std::borrow::Cow<'_, str>],
+) -> Result<Vec<DecideEntry<'a>>> {
+    let entries: Vec<DecideEntry<'a>> = checks
+        .iter()
+        .zip(keys)
+        .map(|((rule, _), key)| DecideEntry { key, rule })
+        .collect();
+    for (i, a) in entries.iter().enumerate() {
+        if entries
+            .iter()
+            .skip(i + 1)
+            .any(|b| a.rule.name() == b.rule.name() && a.key == b.key)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the same rule and key appear twice in one check ({:?})",
+                    a.state_key()
+                ),
+            ));
+        }
+    }
+    Ok(entries)
+}

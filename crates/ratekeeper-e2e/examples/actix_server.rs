@@ -1,0 +1,46 @@
+//! An actix-web server protected by ratekeeper: `GET /` is limited, `GET
+//! /health` is exempt. The same flags and behaviour as `axum_server`:
+//!
+//! ```text
+//! cargo run -p ratekeeper-e2e --example actix_server -- \
+//!     --listen 127.0.0.1:8080 --storage memory:// --algorithm gcra \
+//!     --limit 100 --window 60s --key ip --headers ietf --trust 10.0.0.0/8,127.0.0.1
+//! ```
+//!
+//! actix-web starts one app per worker thread; the middleware is built once,
+//! outside the app factory, so every worker counts against the same limit.
+
+#[path = "common/server.rs"]
+mod server;
+
+use std::error::Error;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use ratekeeper::actix::RateLimit;
+
+#[actix_web::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let o = server::parse_args()?;
+    let limit = RateLimit::new(server::policy(&o).await?);
+    let http = HttpServer::new(move || {
+        App::new()
+            .wrap(limit.clone())
+            .route(
+                "/",
+                web::get().to(|| async {
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(server::HELLO)
+                }),
+            )
+            .route("/health", web::get().to(|| async { "ok" }))
+    })
+    .bind(o.listen)?;
+    for addr in http.addrs() {
+        println!("{}", server::describe(&o, addr));
+    }
+    // actix-web stops gracefully on Ctrl-C by itself.
+    http.run().await?;
+    println!("shut down");
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! What the example servers (axum, actix-web, rocket) share: their flags and
+//! the policy they build from them. Each example includes this file and adds
+//! only its framework's glue.
+//!
+//! ```text
+//! --listen 127.0.0.1:8080   address to serve on
+//! --storage memory://       any URL ratekeeper::from_url accepts
+//! --algorithm gcra          fixed_window, sliding_window_log, sliding_window_counter,
+//!                           token_bucket, leaky_bucket, gcra
+//! --limit 100 --window 60s  the quota
+//! --key ip                  ip, or header:NAME (e.g. header:x-api-key)
+//! --headers ietf            legacy, ietf, both or none
+//! --trust 10.0.0.0/8,…      trusted reverse proxies (addresses or CIDRs)
+//! --client-ip-header x-forwarded-for
+//!                           the one header those proxies set: forwarded,
+//!                           x-forwarded-for (default) or x-real-ip
+//! --on-error deny           what the store failing does: deny (503) or allow
+//! --store-timeout 100       a deadline (ms) on every store call, with a
+//!                           circuit breaker (5 failures, 250 ms cool-down)
+//! --deny-cache 10000        a local cache of up to N denials in front of
+//!                           the store (see docs/operations.md)
+//! --approximate 50          approximate mode: hot keys counted locally and
+//!                           written every MS milliseconds (docs/operations.md)
+//! --config FILE             everything from a configuration file instead
+//!                           (examples/config/); reloaded on SIGHUP
+//! ```
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ratekeeper::StorageExt as _;
+use ratekeeper::approximate::Approximate;
+use ratekeeper::http::{
+    ClientIpPolicy, ErrorMode, ForwardingHeader, HeaderStyle, HttpPolicy, KeyExtractor, KeySource,
+    Limits, ResetFormat, RouteTable, SharedPolicy,
+};
+use ratekeeper::layer::{Breaker, Deadline, DenyCache};
+use ratekeeper::{Algorithm, Limiter, Quota, Rule, parse_duration};
+
+/// The example servers' options.
+pub(crate) struct Options {
+    pub(crate) listen: SocketAddr,
+    pub(crate) storage: String,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) limit: u64,
+    pub(crate) window: Duration,
+    pub(crate) key: KeySource,
+    pub(crate) headers: HeaderStyle,
+    pub(crate) trust: Vec<String>,
+    pub(crate) client_ip_header: ForwardingHeader,
+    pub(crate) config: Option<String>,
+    pub(crate) on_error: ErrorMode,
+    pub(crate) store_timeout: Option<Duration>,
+    pub(crate) deny_cache: usize,
+    pub(crate) approximate: Option<Duration>,
+}
+
+/// Reads the flags (see the module docs).
+pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
+    let mut o = Options {
+        listen: "127.0.0.1:8080".parse()?,
+        storage: "memory://".to_owned(),
+        algorithm: Algorithm::Gcra,
+        limit: 100,
+        window: Duration::from_secs(60),
+        key: KeySource::Ip,
+        headers: HeaderStyle::Ietf,
+        trust: Vec::new(),
+        client_ip_header: ForwardingHeader::XForwardedFor,
+        config: None,
+        on_error: ErrorMode::FailClosed,
+        store_timeout: None,
+        deny_cache: 0,
+        approximate: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => o.listen = value()?.parse()?,
+            "--storage" => o.storage = value()?,
+            "--algorithm" => o.algorithm = value()?.parse()?,
+            "--limit" => o.limit = value()?.parse()?,
+            "--window" => o.window = parse_duration(&value()?)?,
+            "--key" => {
+                let v = value()?;
+                o.key = match v.split_once(':') {
+                    None if v == "ip" => KeySource::Ip,
+                    Some(("header", name)) if !name.is_empty() => KeySource::Header(name.into()),
+                    _ => return Err(format!("--key is ip or header:NAME, not {v:?}").into()),
+                };
+            }
+            "--headers" => o.headers = value()?.parse()?,
+            "--trust" => o.trust = value()?.split(',').map(str::to_owned).collect(),
+            "--client-ip-header" => o.client_ip_header = value()?.parse()?,
+            "--config" => o.config = Some(value()?),
+            "--on-error" => o.on_error = value()?.parse()?,
+            "--store-timeout" => {
+                o.store_timeout = Some(Duration::from_millis(value()?.parse()?));
+            }
+            "--deny-cache" => o.deny_cache = value()?.parse()?,
+            "--approximate" => {
+                o.approximate = Some(Duration::from_millis(value()?.parse()?));
+            }
+            "--help" | "-h" => {
+                println!(
+                    "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
+                     --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,... \
+                     --client-ip-header forwarded|x-forwarded-for|x-real-ip --on-error deny|allow --store-timeout MS --deny-cache N --approximate MS | --config FILE (reloaded on SIGHUP)"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other:?} (try --help)").into()),
+        }
+    }
+    Ok(o)
+}
+
+/// The policy the flags describe (`/` limited, `/health` exempt), or the
+/// one `--config FILE` describes, reloaded on SIGHUP.
+pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> {
+    if let Some(file) = &o.config {
+        let live = ratekeeper::config::start(file).await?;
+        live.reload_on_hangup()?;
+        return Ok(live.policy());
+    }
+    let rule = Rule::new("api", o.algorithm, Quota::new(o.limit, o.window)?)?;
+    let routes = RouteTable::new()
+        .default_limits(Limits::new(vec![rule]))
+        .exempt("/health")?;
+    let keys = KeyExtractor::new(o.key.clone()).proxies(
+        ClientIpPolicy::new()
+            .trust(&o.trust)?
+            .header(o.client_ip_header),
+    );
+    let mut store = ratekeeper::from_url(&o.storage)?;
+    if let Some(deadline) = o.store_timeout {
+        store = store
+            .layer(Deadline::new(deadline))
+            .layer(Breaker::new(5, Duration::from_millis(250)));
+    }
+    if o.deny_cache > 0 {
+        store = store.layer(DenyCache::new(o.deny_cache));
+    }
+    if let Some(flush) = o.approximate {
+        store = store.layer(Approximate::new(flush));
+    }
+    let policy = HttpPolicy::new(Limiter::new(store), routes, keys)
+        .headers(o.headers, ResetFormat::Seconds)
+        .on_store_error(o.on_error);
+    Ok(policy.into())
+}
+
+/// The line a server prints once it listens.
+pub(crate) fn describe(o: &Options, addr: SocketAddr) -> String {
+    if let Some(file) = &o.config {
+        return format!("listening on http://{addr} (configuration {file})");
+    }
+    format!(
+        "listening on http://{addr} ({} {} per {:?}, store {})",
+        o.algorithm,
+        o.limit,
+        o.window,
+        // Never a password in a banner or a log.
+        ratekeeper::storage::redact_url(&o.storage)
+    )
+}
+
+/// The body of `GET /`.
+pub(crate) const HELLO: &str = r#"{"message":"hello"}"#;

@@ -1,0 +1,67 @@
+//! The example servers as an operator starts them, attacked from outside:
+//! what they print and which forwarding header they believe.
+#![cfg(unix)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+mod common;
+
+use common::example::Example;
+use ratekeeper_testkit::http::TestClient;
+
+/// A store URL's password never reaches the banner (nor, through it, a log).
+/// The Redis store connects on first use, so nothing needs to listen there.
+#[tokio::test]
+async fn the_banner_shows_no_credentials() {
+    let server = Example::start(
+        "axum_server",
+        &["--storage", "redis://:s3cret-pass@127.0.0.1:9/0?prefix=rl:"],
+    );
+    assert!(!server.banner.contains("s3cret-pass"), "{}", server.banner);
+    assert!(
+        server.banner.contains("redis://:***@127.0.0.1:9/0"),
+        "{}",
+        server.banner
+    );
+}
+
+/// Requests through a proxy that appends `X-Forwarded-For` (played by the
+/// test, from 127.0.0.1), each with a forged `Forwarded: for=…` of its own;
+/// how many of 20 are admitted against a limit of 3.
+async fn admitted_with_forged_forwarded(header: Option<&str>) -> usize {
+    let mut args = vec!["--trust", "127.0.0.1", "--limit", "3", "--window", "1h"];
+    if let Some(h) = header {
+        args.extend(["--client-ip-header", h]);
+    }
+    let server = Example::start("axum_server", &args);
+    let c = TestClient::new(server.addr);
+    let mut admitted = 0;
+    for i in 0..20 {
+        let forged = format!("for=198.51.100.{i}");
+        let status = c
+            .status(
+                "/",
+                &[("forwarded", &forged), ("x-forwarded-for", "203.0.113.50")],
+            )
+            .await;
+        admitted += usize::from(status == 200);
+    }
+    admitted
+}
+
+/// Trusting a proxy means trusting the one header it sets: by default
+/// `X-Forwarded-For`, and a forged `Forwarded` rotates nothing. Told that
+/// the proxy sets `Forwarded`, the server reads that header instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trusted_header_is_the_one_named() {
+    assert_eq!(admitted_with_forged_forwarded(None).await, 3);
+    assert_eq!(
+        admitted_with_forged_forwarded(Some("x-forwarded-for")).await,
+        3
+    );
+    assert_eq!(admitted_with_forged_forwarded(Some("forwarded")).await, 20);
+}

@@ -1,0 +1,457 @@
+//! The framework-free HTTP policy end to end: real limiter, memory store,
+//! manual clock; a closed store for the error modes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ratekeeper::http::{
+    ErrorMode, HeaderStyle, HttpPolicy, Identity, KeyExtractor, KeySource, Limits, MissingKey,
+    Outcome, RequestView, ResetFormat, RouteTable,
+};
+use ratekeeper::memory::MemoryStorage;
+use ratekeeper::{Algorithm, ErrorKind, Limiter, ManualClock, Rule, Storage, Timestamp};
+
+const NONE: &[(&str, &[u8])] = &[];
+
+fn view<'a>(
+    path: &'a str,
+    headers: &'a &'a [(&'a str, &'a [u8])],
+    identity: Option<&'a Identity>,
+) -> RequestView<'a> {
+    RequestView {
+        method: "GET",
+        path,
+        route: None,
+        peer: "198.51.100.7".parse().unwrap(),
+        headers,
+        identity,
+    }
+}
+
+fn policy(routes: RouteTable) -> (HttpPolicy, ManualClock) {
+    let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
+    let store = MemoryStorage::builder()
+        .clock(Arc::new(clock.clone()))
+        .build();
+    let limiter = Limiter::builder(Arc::new(store))
+        .clock(clock.clone())
+        .build();
+    (
+        HttpPolicy::new(limiter, routes, KeyExtractor::new(KeySource::Ip)),
+        clock,
+    )
+}
+
+fn header<'a>(headers: &'a [(http::HeaderName, http::HeaderValue)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.to_str().unwrap())
+}
+
+/// An answer's body as JSON text.
+fn json(body: Option<ratekeeper::http::ErrorBody>) -> String {
+    String::from_utf8(body.expect("a JSON body").to_json().to_vec()).unwrap()
+}
+
+fn rule(name: &str, quota: &str) -> Rule {
+    Rule::new(name, Algorithm::FixedWindow, quota.parse().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn limit_reached_gives_429_with_retry_after_and_headers() {
+    let (p, clock) =
+        policy(RouteTable::new().default_limits(Limits::new(vec![rule("api", "2/minute")])));
+    let p = p.headers(HeaderStyle::Both, ResetFormat::Seconds);
+    for remaining in ["1", "0"] {
+        match p.check(&view("/", &NONE, None)).await {
+            Outcome::Proceed { headers, admission } => {
+                assert_eq!(header(&headers, "x-ratelimit-remaining"), Some(remaining));
+                assert!(
+                    header(&headers, "ratelimit")
+                        .is_some_and(|v| v.contains(&format!("r={remaining}")))
+                );
+                assert!(admission.unwrap().decision().is_allowed());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    match p.check(&view("/", &NONE, None)).await {
+        Outcome::Respond {
+            status,
+            headers,
+            body,
+            ..
+        } => {
+            assert_eq!(status, 429);
+            let body = json(body);
+            let retry: u64 = header(&headers, "retry-after").unwrap().parse().unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+            assert!(
+                body.contains("\"error\":\"rate_limited\"")
+                    && body.contains(&format!("\"retry_after\":{retry}")),
+                "{body}"
+            );
+            assert_eq!(header(&headers, "x-ratelimit-remaining"), Some("0"));
+        }
+        other => panic!("{other:?}"),
+    }
+    clock.advance(Duration::from_secs(60));
+    assert!(matches!(
+        p.check(&view("/", &NONE, None)).await,
+        Outcome::Proceed { .. }
+    ));
+}
+
+#[tokio::test]
+async fn lists_exemptions_and_missing_keys() {
+    let routes = RouteTable::new()
+        .default_limits(Limits::new(vec![rule("api", "1/minute")]))
+        .route(
+            "/keys",
+            &[],
+            Limits::new(vec![rule("keyed", "1/minute")]).key(KeySource::Header("x-api-key".into())),
+        )
+        .unwrap()
+        .exempt("/health")
+        .unwrap()
+        .deny(["198.51.100.0/24"])
+        .unwrap();
+    let (p, _) = policy(routes.clone());
+    match p.check(&view("/", &NONE, None)).await {
+        Outcome::Respond { status, .. } => assert_eq!(status, 403),
+        other => panic!("{other:?}"),
+    }
+    let (p, _) = policy(
+        RouteTable::new()
+            .exempt("/health")
+            .unwrap()
+            .default_limits(Limits::new(vec![rule("api", "1/minute")])),
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            p.check(&view("/health", &NONE, None)).await,
+            Outcome::Proceed {
+                headers: Vec::new(),
+                admission: None
+            }
+        );
+    }
+    // A route keyed by a header, rejecting requests without it.
+    let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
+    let limiter = Limiter::builder(Arc::new(MemoryStorage::new()))
+        .clock(clock)
+        .build();
+    let strict = HttpPolicy::new(
+        limiter,
+        RouteTable::new()
+            .route(
+                "/keys",
+                &[],
+                Limits::new(vec![rule("keyed", "1/minute")])
+                    .key(KeySource::Header("x-api-key".into())),
+            )
+            .unwrap(),
+        KeyExtractor::new(KeySource::Ip)
+            .on_missing(MissingKey::Reject(http::StatusCode::UNAUTHORIZED)),
+    );
+    match strict.check(&view("/keys", &NONE, None)).await {
+        Outcome::Respond { status, body, .. } => {
+            let body = json(body);
+            assert!(status == 401 && body.contains("missing_key"), "{body}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let with_key: &[(&str, &[u8])] = &[("x-api-key", b"k1")];
+    assert!(matches!(
+        strict.check(&view("/keys", &with_key, None)).await,
+        Outcome::Proceed { .. }
+    ));
+    assert!(matches!(
+        strict.check(&view("/keys", &with_key, None)).await,
+        Outcome::Respond {
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            ..
+        }
+    ));
+    let other_key: &[(&str, &[u8])] = &[("x-api-key", b"k2")];
+    assert!(matches!(
+        strict.check(&view("/keys", &other_key, None)).await,
+        Outcome::Proceed { .. }
+    ));
+}
+
+#[tokio::test]
+async fn shadow_mode_reports_but_never_blocks() {
+    let blocked = Arc::new(AtomicU32::new(0));
+    let seen = blocked.clone();
+    let (p, _) =
+        policy(RouteTable::new().default_limits(Limits::new(vec![rule("api", "1/minute")])));
+    let p = p.shadow(true).on_blocked(Arc::new(move |_, d| {
+        assert!(!d.is_allowed());
+        seen.fetch_add(1, Ordering::SeqCst);
+    }));
+    for _ in 0..4 {
+        match p.check(&view("/", &NONE, None)).await {
+            Outcome::Proceed { headers, .. } => assert!(header(&headers, "ratelimit").is_some()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(blocked.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn store_failure_fails_closed_by_default_or_open_per_route() {
+    let errors = Arc::new(AtomicU32::new(0));
+    let seen = errors.clone();
+    let routes = RouteTable::new()
+        .default_limits(Limits::new(vec![rule("api", "10/minute")]))
+        .route(
+            "/open",
+            &[],
+            Limits::new(vec![rule("open", "10/minute")]).on_store_error(ErrorMode::FailOpen),
+        )
+        .unwrap();
+    // A real store in a real failed state.
+    let store = MemoryStorage::new();
+    store.close().await.unwrap();
+    let p = HttpPolicy::new(
+        Limiter::new(Arc::new(store)),
+        routes,
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .on_error(Arc::new(move |_, e| {
+        assert_eq!(e.kind(), ErrorKind::Closed);
+        seen.fetch_add(1, Ordering::SeqCst);
+    }));
+    match p.check(&view("/", &NONE, None)).await {
+        Outcome::Respond { status, body, .. } => {
+            assert!(status == 503 && json(body).contains("rate_limiter_unavailable"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        p.check(&view("/open", &NONE, None)).await,
+        Outcome::Proceed {
+            headers: Vec::new(),
+            admission: None
+        }
+    );
+    let open = p.clone().on_store_error(ErrorMode::FailOpen);
+    assert!(matches!(
+        open.check(&view("/", &NONE, None)).await,
+        Outcome::Proceed { .. }
+    ));
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        3,
+        "the hook sees every failure"
+    );
+}
+
+#[tokio::test]
+async fn check_now_answers_like_check_and_admissions_charge_more() {
+    let (p, _) =
+        policy(RouteTable::new().default_limits(Limits::new(vec![rule("api", "10/minute")])));
+    let v = view("/", &NONE, None);
+    let Some(Outcome::Proceed {
+        admission: Some(admission),
+        ..
+    }) = p.check_now(&v)
+    else {
+        panic!("the memory store decides at once")
+    };
+    assert_eq!(admission.decision().remaining(), 9);
+    assert_eq!(admission.key(), "ip:198.51.100.7");
+    // More units once the handler knows the real cost; all or nothing.
+    let charged = admission.charge(5).await.unwrap();
+    assert!(charged.is_allowed() && charged.remaining() == 4);
+    let refused = admission.charge(5).await.unwrap();
+    assert!(!refused.is_allowed() && refused.remaining() == 4);
+    match p.check(&v).await {
+        Outcome::Proceed {
+            admission: Some(a), ..
+        } => assert_eq!(a.decision().remaining(), 3),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A legacy reset written as a Unix time is the limiter's clock plus the
+/// time to full: the policy reads the clock for it (and only for it).
+#[tokio::test]
+async fn a_unix_time_reset_is_read_from_the_limiters_clock() {
+    let (p, clock) =
+        policy(RouteTable::new().default_limits(Limits::new(vec![rule("api", "10/minute")])));
+    let now_s = 1_700_000_000;
+    clock.set(Timestamp::from_micros(now_s * 1_000_000));
+    for (style, reset, expected) in [
+        (HeaderStyle::Legacy, ResetFormat::UnixTime, now_s + 60),
+        (HeaderStyle::Both, ResetFormat::UnixTime, now_s + 60),
+        (HeaderStyle::Legacy, ResetFormat::Seconds, 60),
+    ] {
+        let p = p.clone().headers(style, reset);
+        let Outcome::Proceed { headers, .. } = p.check(&view("/", &NONE, None)).await else {
+            panic!("admitted")
+        };
+        let value: u64 = header(&headers, "x-ratelimit-reset")
+            .unwrap()
+            .parse()
+            .unwrap();
+        // The fixed window started at the test's first request, within 60 s.
+        assert!(
+            value <= expected && value + 60 > expected,
+            "{style:?} {reset:?}: {value}, expected about {expected}"
+        );
+    }
+}
+
+/// Which policies fill [`RequestView::route`]: those whose keys or
+/// exemption predicate read it, in the route table or in a tier.
+#[tokio::test]
+async fn reads_route_says_whether_a_key_or_predicate_reads_the_route() {
+    let limits = || Limits::new(vec![rule("api", "10/minute")]);
+    let by_route = || limits().key(KeySource::Route);
+    let (plain, _) = policy(RouteTable::new().default_limits(limits()));
+    assert!(!plain.reads_route());
+    let tiers = || ratekeeper::http::Tiers::new();
+    assert!(!plain.clone().tiers(tiers().tier("free")).reads_route());
+    assert!(
+        plain
+            .clone()
+            .tiers(tiers().rule("pro", "/a", &["GET"], by_route()).unwrap())
+            .reads_route()
+    );
+    let (routed, _) = policy(
+        RouteTable::new()
+            .route("/a", &["GET"], by_route())
+            .unwrap()
+            .default_limits(limits()),
+    );
+    assert!(routed.reads_route());
+    // Tiers that do not read the route leave it read.
+    assert!(routed.tiers(tiers().tier("free")).reads_route());
+    let (defaulted, _) = policy(RouteTable::new().default_limits(by_route()));
+    assert!(defaulted.reads_route());
+    let (exempting, _) = policy(
+        RouteTable::new()
+            .default_limits(limits())
+            .exempt_when(Arc::new(|view: &RequestView<'_>| {
+                view.route == Some("/health")
+            })),
+    );
+    assert!(exempting.reads_route());
+}
+
+/// Admissions are equal when decision, key and rules all are.
+#[tokio::test]
+async fn admissions_compare_decision_key_and_rules() {
+    async fn admission(p: &HttpPolicy, peer: &str) -> ratekeeper::http::Admission {
+        let headers = NONE;
+        let mut v = view("/", &headers, None);
+        v.peer = peer.parse().unwrap();
+        match p.check(&v).await {
+            Outcome::Proceed {
+                admission: Some(a), ..
+            } => a,
+            other => panic!("{other:?}"),
+        }
+    }
+    let tight = Limits::new(vec![rule("api", "10/minute")]);
+    let (a, _) = policy(RouteTable::new().default_limits(tight.clone()));
+    // The same tightest rule beside another: same decision, other rules.
+    let (b, _) = policy(RouteTable::new().default_limits(Limits::new(vec![
+        rule("api", "10/minute"),
+        rule("loose", "1000/minute"),
+    ])));
+    let first = admission(&a, "198.51.100.1").await;
+    assert_eq!(first, first.clone());
+    let other_key = admission(&a, "198.51.100.2").await;
+    assert_eq!(first.decision(), other_key.decision());
+    assert_ne!(first, other_key);
+    let other_rules = admission(&b, "198.51.100.1").await;
+    assert_eq!(first.decision(), other_rules.decision());
+    assert_eq!(first.key(), other_rules.key());
+    assert_ne!(first, other_rules);
+    let other_decision = admission(&a, "198.51.100.1").await;
+    assert_eq!(first.key(), other_decision.key());
+    assert_ne!(first, other_decision);
+}
+
+/// The memory store decides at once, so both fast paths answer.
+#[tokio::test]
+async fn check_with_now_answers_at_once_on_the_memory_store() {
+    let (p, _) = policy(RouteTable::new());
+    let limits = Limits::new(vec![rule("api", "1/minute")]);
+    let v = view("/", &NONE, None);
+    assert!(matches!(
+        p.check_with_now(&v, &limits),
+        Some(Outcome::Proceed {
+            admission: Some(_),
+            ..
+        })
+    ));
+    assert!(matches!(
+        p.check_with_now(&v, &limits),
+        Some(Outcome::Respond {
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            ..
+        })
+    ));
+}
+
+/// `SharedPolicy::update` keeps the current policy when `change` fails, and
+/// says why.
+#[tokio::test]
+async fn a_failed_shared_update_keeps_the_policy_and_returns_the_error() {
+    let (p, _) = policy(RouteTable::new());
+    let shared = ratekeeper::http::SharedPolicy::new(p);
+    let before = shared.current();
+    let result: Result<(), &str> = shared.update(|_| Err("bad reload"));
+    assert_eq!(result, Err("bad reload"));
+    assert!(Arc::ptr_eq(&before, &shared.current()), "kept");
+    shared
+        .update(|current| {
+            Ok::<_, ()>(
+                current
+                    .clone()
+                    .denied_status(http::StatusCode::SERVICE_UNAVAILABLE),
+            )
+        })
+        .unwrap();
+    assert!(!Arc::ptr_eq(&before, &shared.current()), "replaced");
+}
+
+/// `lists` is what `runtime_lists` set.
+#[tokio::test]
+async fn the_policy_returns_its_runtime_lists() {
+    let (p, _) = policy(RouteTable::new());
+    assert!(p.lists().is_none());
+    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let lists = ratekeeper::http::RuntimeLists::load(store).await.unwrap();
+    let p = p.runtime_lists(lists.clone());
+    assert!(Arc::ptr_eq(p.lists().unwrap().store(), lists.store()));
+}
+
+/// Several rules on one request: `RateLimit-Policy` names the rule that
+/// decided, with that rule's own window.
+#[tokio::test]
+async fn the_policy_header_carries_the_deciding_rules_window() {
+    let (p, _) = policy(RouteTable::new().default_limits(Limits::new(vec![
+        rule("hourly", "1000/hour"),
+        rule("burst", "10/minute"),
+    ])));
+    let Outcome::Proceed { headers, .. } = p.check(&view("/", &NONE, None)).await else {
+        panic!("admitted")
+    };
+    assert_eq!(
+        header(&headers, "ratelimit-policy"),
+        Some("\"burst\";q=10;w=60")
+    );
+}

@@ -1,0 +1,665 @@
+//! The whole HTTP decision, as every adapter uses it: request view in,
+//! "proceed with these headers" or "respond with this" out.
+//!
+//! One file on purpose: it is the request path in the order it runs
+//! (exemptions, lists, route, key, tier, decision, outcome), and reading it in
+//! that order is the point.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::auto_block::{AutoBlock, AutoBlocker};
+use super::headers::{HeaderStyle, ResetFormat, ceil_secs, rate_limit_headers, retry_after_secs};
+use super::key::{KeyExtractor, KeySource, Keyed, RequestView};
+use super::lists::{ListKind, RuntimeLists};
+use super::outcome::{ErrorBody, Outcome};
+use super::routes::{Applies, ErrorMode, Limits, RouteTable};
+use super::tiers::{Known, Tiers};
+use http::header::RETRY_AFTER;
+use http::{HeaderName, HeaderValue, StatusCode};
+use ratekeeper_core::Decision;
+use ratekeeper_core::Limiter;
+use ratekeeper_core::clock::{Clock, Timestamp, duration_to_micros};
+use ratekeeper_core::rule::Rule;
+use ratekeeper_core::{Error, Result};
+use smol_str::SmolStr;
+
+/// Called with every request that is (or, in shadow mode, would be) denied.
+pub type BlockedHook = Arc<dyn Fn(&RequestView<'_>, &Decision) + Send + Sync>;
+/// Called with every store failure, whatever the error mode does with it.
+pub type ErrorHook = Arc<dyn Fn(&RequestView<'_>, &Error) + Send + Sync>;
+
+/// What the policy decided for a request it lets through, for its handler:
+/// the decision, and a way to charge more units to the same rules and key
+/// (for costs known only once the work is done, such as a response's size).
+/// Adapters put it where handlers can read it (axum: a request extension).
+#[derive(Clone)]
+pub struct Admission {
+    decision: Decision,
+    limiter: Limiter,
+    rules: Arc<[Rule]>,
+    key: SmolStr,
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission")
+            .field("decision", &self.decision)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Admission {
+    fn eq(&self, other: &Self) -> bool {
+        self.decision == other.decision && self.key == other.key && self.rules == other.rules
+    }
+}
+
+impl Eq for Admission {}
+
+impl Admission {
+    /// The decision that let the request through (in shadow mode, possibly a
+    /// denial that was not enforced).
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// The key the request was limited by.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Charges `cost` more units to the request's rules and key, all or
+    /// nothing like any decision. If they do not fit, nothing is charged and
+    /// the denial comes back: the handler decides what to do (say, refuse to
+    /// send a response that large); later requests are limited as usual.
+    pub async fn charge(&self, cost: u64) -> Result<Decision> {
+        self.limiter.check_rules(&self.rules, &self.key, cost).await
+    }
+}
+
+/// The framework-free HTTP rate-limiting policy: what applies to a request,
+/// its key, the decision, and the response. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpPolicy {
+    limiter: Limiter,
+    routes: Arc<RouteTable>,
+    keys: Arc<KeyExtractor>,
+    answers: Answers,
+    on_store_error: ErrorMode,
+    shadow: bool,
+    on_blocked: Option<BlockedHook>,
+    on_error: Option<ErrorHook>,
+    tiers: Option<Arc<Tiers>>,
+    lists: Option<RuntimeLists>,
+    auto_block: Option<Arc<AutoBlocker>>,
+    reads_route: bool,
+}
+
+impl fmt::Debug for HttpPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpPolicy")
+            .field("routes", &self.routes)
+            .field("keys", &self.keys)
+            .field("answers", &self.answers)
+            .field("on_store_error", &self.on_store_error)
+            .field("shadow", &self.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The policy's work before the decision.
+enum Begun<'p> {
+    /// Decided without the store.
+    Done(Outcome),
+    /// These limits apply to this key.
+    Decide(Target<'p>),
+    /// The caller's tier must be resolved first; what was found so far.
+    ResolveTier(Pending<'p>),
+}
+
+/// What a request waiting for its tier has found already: the route table's
+/// limits (used when the tier does not cover the request) and the client.
+struct Pending<'p> {
+    table: Option<&'p Limits>,
+    client: IpAddr,
+}
+
+/// What a request is decided against: the limits, its key, and the client
+/// address (found once, for the lists, the key and automatic blocking).
+struct Target<'p> {
+    limits: &'p Limits,
+    key: SmolStr,
+    client: IpAddr,
+}
+
+fn unlimited() -> Outcome {
+    Outcome::Proceed {
+        headers: Vec::new(),
+        admission: None,
+    }
+}
+
+impl HttpPolicy {
+    /// A policy deciding with `limiter`, applying `routes`, keying requests
+    /// with `keys`; IETF headers, 429 on denial, fail closed, not in shadow mode.
+    pub fn new(limiter: Limiter, routes: RouteTable, keys: KeyExtractor) -> Self {
+        let reads_route = keys.source().reads_route()
+            || routes.has_exempt_predicate()
+            || routes
+                .all_limits()
+                .any(|l| l.key.as_ref().is_some_and(KeySource::reads_route));
+        Self {
+            reads_route,
+            limiter,
+            routes: Arc::new(routes),
+            keys: Arc::new(keys),
+            answers: Answers {
+                style: HeaderStyle::default(),
+                reset: ResetFormat::default(),
+                denied_status: StatusCode::TOO_MANY_REQUESTS,
+            },
+            on_store_error: ErrorMode::default(),
+            shadow: false,
+            on_blocked: None,
+            on_error: None,
+            tiers: None,
+            lists: None,
+            auto_block: None,
+        }
+    }
+
+    /// Blocks clients that keep being denied: more than `rule.denials`
+    /// denials within `rule.within` refuse the client (403, with
+    /// `Retry-After`) for `rule.block_for`, before any store call. Counted
+    /// per instance; with [runtime lists](Self::runtime_lists) a block also
+    /// goes on the shared deny list for the same duration. IPv6 clients are
+    /// blocked by the key extractor's prefix. In shadow mode blocks are
+    /// counted and logged, never applied. Off by default.
+    #[must_use]
+    pub fn auto_block(mut self, rule: AutoBlock) -> Self {
+        self.auto_block = Some(Arc::new(AutoBlocker::new(
+            rule,
+            self.keys.ipv6_prefix_len(),
+        )));
+        self
+    }
+
+    /// Takes over `previous`'s automatic-blocking records (the denials
+    /// counted and the clients blocked) when both policies block by the same
+    /// rule and group IPv6 clients alike: a policy rebuilt from a reloaded
+    /// configuration keeps blocking the clients its predecessor blocked.
+    #[must_use]
+    pub fn keep_auto_blocks_from(mut self, previous: &HttpPolicy) -> Self {
+        if let (Some(mine), Some(theirs)) = (&self.auto_block, &previous.auto_block)
+            && mine.config() == theirs.config()
+            && mine.ipv6_prefix() == theirs.ipv6_prefix()
+        {
+            self.auto_block = Some(Arc::clone(theirs));
+        }
+        self
+    }
+
+    /// The automatic blocking rule, if any, with the clients blocked now and
+    /// the blocks so far.
+    pub fn auto_block_status(&self) -> Option<(AutoBlock, usize, u64)> {
+        self.auto_block
+            .as_ref()
+            .map(|b| (*b.config(), b.blocked_now(), b.blocks()))
+    }
+
+    /// Lifts an automatic block of `ip` on this instance (a block on the
+    /// runtime deny list is removed there); whether there was one.
+    pub fn unblock(&self, ip: IpAddr) -> bool {
+        self.auto_block.as_ref().is_some_and(|b| b.unblock(ip))
+    }
+
+    /// Also applies allow and deny lists kept in the store and changed at
+    /// runtime: a client on the runtime deny list is refused (403) before
+    /// anything else; one on the runtime allow list is never limited (unless
+    /// the route table's own deny list refuses it).
+    #[must_use]
+    pub fn runtime_lists(mut self, lists: RuntimeLists) -> Self {
+        self.lists = Some(lists);
+        self
+    }
+
+    /// The runtime lists, if the policy applies any.
+    pub fn lists(&self) -> Option<&RuntimeLists> {
+        self.lists.as_ref()
+    }
+
+    /// Per-tier limits: a caller whose identity has a tier (given by the
+    /// application or found by the tiers' resolver) gets its tier's limits
+    /// for the paths the tier covers, in place of the route table's.
+    #[must_use]
+    pub fn tiers(mut self, tiers: Tiers) -> Self {
+        self.reads_route |= tiers
+            .all_limits()
+            .any(|l| l.key.as_ref().is_some_and(KeySource::reads_route));
+        self.tiers = Some(Arc::new(tiers));
+        self
+    }
+
+    /// Which rate-limit headers to send, and how to write the legacy reset.
+    #[must_use]
+    pub fn headers(mut self, style: HeaderStyle, reset: ResetFormat) -> Self {
+        self.answers.style = style;
+        self.answers.reset = reset;
+        self
+    }
+
+    /// The status of a denial (default 429).
+    #[must_use]
+    pub fn denied_status(mut self, status: StatusCode) -> Self {
+        self.answers.denied_status = status;
+        self
+    }
+
+    /// What routes without their own setting do when the store fails.
+    #[must_use]
+    pub fn on_store_error(mut self, mode: ErrorMode) -> Self {
+        self.on_store_error = mode;
+        self
+    }
+
+    /// Decide and report (hooks, headers) but never block.
+    #[must_use]
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// Called for every denied request (also in shadow mode).
+    #[must_use]
+    pub fn on_blocked(mut self, hook: BlockedHook) -> Self {
+        self.on_blocked = Some(hook);
+        self
+    }
+
+    /// Called for every store failure.
+    #[must_use]
+    pub fn on_error(mut self, hook: ErrorHook) -> Self {
+        self.on_error = Some(hook);
+        self
+    }
+
+    /// Whether deciding may need the request's matched route pattern
+    /// ([`RequestView::route`]): a key or exemption predicate reads it.
+    /// Adapters whose framework computes the pattern at a cost (actix) fill
+    /// it only when this is true; the route table itself matches paths.
+    pub fn reads_route(&self) -> bool {
+        self.reads_route
+    }
+
+    /// The limiter.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    fn respond(status: StatusCode, error: &'static str, message: &'static str) -> Outcome {
+        Outcome::answer(status, Vec::new(), ErrorBody::new(error, message))
+    }
+
+    /// Decides what happens to the request seen through `view`.
+    pub async fn check(&self, view: &RequestView<'_>) -> Outcome {
+        self.decide(view, self.begin_with(view, None)).await
+    }
+
+    /// [`check`](Self::check) without waiting: the outcome if the store can
+    /// decide at once (the memory store always can), `None` if it must wait —
+    /// then call `check`. Adapters use it to skip building a future on the
+    /// fast path.
+    pub fn check_now(&self, view: &RequestView<'_>) -> Option<Outcome> {
+        self.decide_now(view, None)
+    }
+
+    /// [`check_with`](Self::check_with) without waiting: the outcome if the
+    /// store can decide at once, `None` if it must wait (then call
+    /// `check_with`).
+    pub fn check_with_now(&self, view: &RequestView<'_>, limits: &Limits) -> Option<Outcome> {
+        self.decide_now(view, Some(limits))
+    }
+
+    /// [`check_now`](Self::check_now), with `given` limits in place of the
+    /// route table's when there are some.
+    pub(crate) fn decide_now(
+        &self,
+        view: &RequestView<'_>,
+        given: Option<&Limits>,
+    ) -> Option<Outcome> {
+        match self.begin_with(view, given) {
+            Begun::Done(outcome) => Some(outcome),
+            Begun::ResolveTier(_) => None,
+            Begun::Decide(to) => {
+                let limits = to.limits;
+                let result = self
+                    .limiter
+                    .check_rules_now(&limits.rules, &to.key, limits.cost)?;
+                Some(self.finish(view, to, result))
+            }
+        }
+    }
+
+    /// [`check`](Self::check) with `limits` in place of the route table's:
+    /// the deny and allow lists and the exemptions still apply, then
+    /// `limits` decide. For adapters whose routes carry their own limits (a
+    /// per-route guard).
+    pub async fn check_with(&self, view: &RequestView<'_>, limits: &Limits) -> Outcome {
+        self.check_given(view, Some(limits)).await
+    }
+
+    /// [`check`](Self::check), with `given` limits in place of the route
+    /// table's when there are some.
+    pub(crate) async fn check_given(
+        &self,
+        view: &RequestView<'_>,
+        given: Option<&Limits>,
+    ) -> Outcome {
+        self.decide(view, self.begin_with(view, given)).await
+    }
+
+    /// Finishes what [`begin_with`](Self::begin_with) started: resolves the
+    /// caller's tier if needed, then decides through the store.
+    async fn decide(&self, view: &RequestView<'_>, begun: Begun<'_>) -> Outcome {
+        let begun = match begun {
+            Begun::ResolveTier(pending) => match (&self.tiers, view.identity) {
+                (Some(tiers), Some(identity)) => {
+                    let tier = tiers.resolve(identity, self.limiter.clock().now()).await;
+                    let limits = tiers
+                        .limits(tier.as_ref(), view.method, view.path, view.route)
+                        .or(pending.table);
+                    self.target(view, limits, pending.client)
+                }
+                // Not reached: a tier is asked for only with tiers and an identity.
+                _ => self.target(view, pending.table, pending.client),
+            },
+            begun => begun,
+        };
+        match begun {
+            Begun::Done(outcome) => outcome,
+            Begun::Decide(to) => {
+                let limits = to.limits;
+                let result = self
+                    .limiter
+                    .check_rules(&limits.rules, &to.key, limits.cost)
+                    .await;
+                self.finish(view, to, result)
+            }
+            // Not reached: `target` never asks for a tier.
+            Begun::ResolveTier(_) => unlimited(),
+        }
+    }
+
+    /// Everything before the decision: lists, exemptions, the limits (`given`
+    /// ones in place of the table's; else the caller's tier's when known
+    /// without waiting; else the route table's), the key. A tier that must
+    /// be looked up comes back as `Begun::ResolveTier`, with what was found
+    /// so far.
+    fn begin_with<'p>(&'p self, view: &RequestView<'_>, given: Option<&'p Limits>) -> Begun<'p> {
+        // The order: deny lists, then allow lists and exemptions, then
+        // automatic blocks, then limits. An exempt path (a load balancer's
+        // health check) stays reachable whatever a client behind the same
+        // proxy did.
+        let client = self.keys.client_ip(view);
+        let listed = self.lists.as_ref().and_then(|l| l.verdict(client));
+        let forbidden = || {
+            Begun::Done(Self::respond(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this client is not allowed",
+            ))
+        };
+        if listed == Some(ListKind::Deny) {
+            return forbidden();
+        }
+        let table = match self.routes.resolve(view, client) {
+            Applies::Denied => return forbidden(),
+            Applies::Allowed | Applies::Exempt => return Begun::Done(unlimited()),
+            _ if listed == Some(ListKind::Allow) => return Begun::Done(unlimited()),
+            Applies::Unlimited => None,
+            Applies::Limited(limits) => Some(limits),
+        };
+        if let Some(blocker) = &self.auto_block
+            && !self.shadow
+            && let Some(wait) = blocker.blocked(client, self.limiter.clock().now())
+        {
+            // Rounded up: a client retrying then is no longer blocked.
+            let seconds = ceil_secs(duration_to_micros(wait)).max(1);
+            return Begun::Done(Outcome::answer(
+                StatusCode::FORBIDDEN,
+                vec![(RETRY_AFTER, HeaderValue::from(seconds))],
+                ErrorBody::new(
+                    "blocked",
+                    "this client was denied too often and is blocked for a while",
+                ),
+            ));
+        }
+        match (given, &self.tiers, view.identity) {
+            (Some(given), _, _) => self.target(view, Some(given), client),
+            (None, Some(tiers), Some(identity)) => {
+                match tiers.known(identity, self.limiter.clock().now()) {
+                    Known::Tier(tier) => {
+                        let limits = tiers
+                            .limits(tier.as_ref(), view.method, view.path, view.route)
+                            .or(table);
+                        self.target(view, limits, client)
+                    }
+                    Known::Resolve => Begun::ResolveTier(Pending { table, client }),
+                }
+            }
+            (None, _, _) => self.target(view, table, client),
+        }
+    }
+
+    /// The request's key for `limits`, or the answer when nothing limits it
+    /// or it carries no key.
+    fn target<'p>(
+        &self,
+        view: &RequestView<'_>,
+        limits: Option<&'p Limits>,
+        client: IpAddr,
+    ) -> Begun<'p> {
+        let Some(limits) = limits else {
+            return Begun::Done(unlimited());
+        };
+        if limits.rules.is_empty() {
+            return Begun::Done(unlimited());
+        }
+        // The client address is found once, for the lists and for the key.
+        match self
+            .keys
+            .extract_for_client(limits.key.as_ref(), view, client)
+        {
+            Keyed::Key(key) => Begun::Decide(Target {
+                limits,
+                key,
+                client,
+            }),
+            Keyed::Reject(status) => Begun::Done(Self::respond(
+                status,
+                "missing_key",
+                "the request carries no rate-limit key",
+            )),
+        }
+    }
+
+    /// Everything after the decision: headers, hooks, the response, or the
+    /// error mode when the store failed.
+    fn finish(&self, view: &RequestView<'_>, to: Target<'_>, result: Result<Decision>) -> Outcome {
+        match result {
+            Ok(decision) => self.outcome(view, decision, to),
+            Err(error) => {
+                let mode = to.limits.on_store_error.unwrap_or(self.on_store_error);
+                tracing::warn!(
+                    target: "ratekeeper::http",
+                    error = %error,
+                    kind = error.kind().as_str(),
+                    method = view.method,
+                    path = view.path,
+                    mode = ?mode,
+                    "the rate-limit store failed"
+                );
+                if let Some(hook) = &self.on_error {
+                    hook(view, &error);
+                }
+                match mode {
+                    ErrorMode::FailOpen => unlimited(),
+                    ErrorMode::FailClosed => Self::respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "rate_limiter_unavailable",
+                        "the rate limiter cannot decide right now; try again shortly",
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Counts a denial towards automatic blocking; announces a new block
+    /// and shares it through the runtime deny list.
+    fn strike(&self, blocker: &AutoBlocker, client: IpAddr) {
+        // A trusted proxy is where a client lands when its forwarding header
+        // says nothing usable (`for=unknown`): blocking it would block
+        // everyone behind it.
+        if self.keys.proxy_policy().is_trusted(client) {
+            return;
+        }
+        let Some(blocked) = blocker.denied(client, self.limiter.clock().now()) else {
+            return;
+        };
+        let rule = blocker.config();
+        tracing::warn!(
+            target: "ratekeeper::http",
+            client = %blocked.client,
+            denials = rule.denials,
+            within_s = rule.within.as_secs_f64(),
+            block_for_s = rule.block_for.as_secs_f64(),
+            shadow = self.shadow,
+            "client blocked automatically: denied too often"
+        );
+        if self.shadow {
+            return;
+        }
+        if let Some(lists) = &self.lists {
+            let lists = lists.clone();
+            let net = blocked.client.to_string();
+            let ttl = rule.block_for;
+            let share = async move {
+                if let Err(error) = lists.add(ListKind::Deny, &net, Some(ttl)).await {
+                    tracing::warn!(
+                        target: "ratekeeper::http",
+                        %error,
+                        client = %net,
+                        "an automatic block could not be shared through the runtime deny list"
+                    );
+                }
+            };
+            ratekeeper_core::kit::spawn_or_warn(
+                "sharing an automatic block through the runtime deny list (it holds on this instance only)",
+                share,
+            );
+        }
+    }
+
+    fn outcome(&self, view: &RequestView<'_>, decision: Decision, to: Target<'_>) -> Outcome {
+        let Target {
+            limits,
+            key,
+            client,
+        } = to;
+        let headers = if self.answers.style == HeaderStyle::None {
+            Vec::new()
+        } else {
+            let window = match &*limits.rules {
+                [rule] => rule.quota().window(),
+                rules => rules
+                    .iter()
+                    .find(|r| r.name() == decision.rule())
+                    .map_or(Duration::ZERO, |r| r.quota().window()),
+            };
+            self.answers
+                .headers(&decision, window, &**self.limiter.clock())
+        };
+        let admit = |headers, decision| Outcome::Proceed {
+            headers,
+            admission: Some(Admission {
+                decision,
+                limiter: self.limiter.clone(),
+                rules: Arc::clone(&limits.rules),
+                key,
+            }),
+        };
+        if decision.is_allowed() {
+            return admit(headers, decision);
+        }
+        if let Some(hook) = &self.on_blocked {
+            hook(view, &decision);
+        }
+        tracing::info!(
+            target: "ratekeeper::http",
+            rule = decision.rule(),
+            method = view.method,
+            path = view.path,
+            shadow = self.shadow,
+            "request over its rate limit"
+        );
+        if let Some(blocker) = &self.auto_block {
+            self.strike(blocker, client);
+        }
+        if self.shadow {
+            return admit(headers, decision);
+        }
+        self.answers.denial(decision, headers)
+    }
+}
+
+/// How decisions are written as answers: which rate-limit headers, the
+/// legacy reset's form, the status of a denial.
+#[derive(Debug, Clone, Copy)]
+struct Answers {
+    style: HeaderStyle,
+    reset: ResetFormat,
+    denied_status: StatusCode,
+}
+
+impl Answers {
+    /// The rate-limit headers of `decision`, whose rule has this `window`.
+    fn headers(
+        &self,
+        decision: &Decision,
+        window: Duration,
+        clock: &dyn Clock,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        // Only a legacy reset written as a Unix time needs the wall clock.
+        // (Reading it for other styles would change no header, only cost
+        // a clock read: `.cargo/mutants.toml` excludes the `&&` → `||`.)
+        let now = if self.reset == ResetFormat::UnixTime
+            && matches!(self.style, HeaderStyle::Legacy | HeaderStyle::Both)
+        {
+            clock.now()
+        } else {
+            Timestamp::from_micros(0)
+        };
+        rate_limit_headers(decision, window, now, self.style, self.reset)
+    }
+
+    /// A denial's answer: `headers` and `Retry-After`, the JSON body, the
+    /// status, and the decision for the adapter.
+    fn denial(&self, decision: Decision, mut headers: Vec<(HeaderName, HeaderValue)>) -> Outcome {
+        let retry = retry_after_secs(&decision).unwrap_or(1);
+        headers.push((RETRY_AFTER, HeaderValue::from(retry)));
+        let body = ErrorBody::new(
+            "rate_limited",
+            format!("too many requests; retry in {retry} s"),
+        )
+        .with_retry_after(retry);
+        let mut answer = Outcome::answer(self.denied_status, headers, body);
+        if let Outcome::Respond { decision: d, .. } = &mut answer {
+            *d = Some(decision);
+        }
+        answer
+    }
+}

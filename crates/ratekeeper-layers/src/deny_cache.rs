@@ -1,0 +1,304 @@
+//! The deny cache layer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use ratekeeper_core::Decision;
+use ratekeeper_core::Result;
+use ratekeeper_core::Rule;
+use ratekeeper_core::Timestamp;
+use ratekeeper_core::layer::{Layer, LayeredStorage, stats_with};
+use ratekeeper_core::observe;
+use ratekeeper_core::{CasOp, DecideRequest, Storage, StorageStats};
+
+/// An exact local cache of denials (Envoy's over-limit cache).
+///
+/// Once the store says a rule denies a key until `T`, the same rule and key
+/// are denied locally until `T` for requests costing at least as much,
+/// without a round trip (rules with a penalty are never cached: a denial
+/// there has effects). It only ever denies, and only what the store would
+/// deny: the state of a denied key can only get worse until `T` (other
+/// requests consume more), except through a reset, which goes through this
+/// store and clears the entry, or a changed rule, which has another cache
+/// entry. A reset made through another instance is seen here at `T` at the
+/// latest. Bounded in size. A request of several rules denied from the cache
+/// reports the cached rule and its wait, which may be shorter than another
+/// of its rules would give (the client then retries early and is denied
+/// again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenyCache {
+    capacity: usize,
+}
+
+impl DenyCache {
+    /// At most `capacity` denials (at least 1).
+    pub const fn new(capacity: usize) -> Self {
+        Self { capacity }
+    }
+
+    /// How many denials it keeps at most.
+    pub const fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl Layer for DenyCache {
+    type Wrapped = DenyCacheStorage;
+
+    fn layer(self, inner: Arc<dyn Storage>) -> DenyCacheStorage {
+        DenyCacheStorage::new(inner, self)
+    }
+}
+
+/// What a deny cache has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DenyCacheStatus {
+    /// Decisions it answered.
+    pub hits: u64,
+    /// Denials it holds now.
+    pub entries: usize,
+}
+
+/// A store behind a [`DenyCache`].
+#[derive(Debug)]
+pub struct DenyCacheStorage {
+    inner: Arc<dyn Storage>,
+    table: DenyTable,
+    hits: AtomicU64,
+}
+
+impl DenyCacheStorage {
+    /// `inner` behind an empty cache.
+    pub fn new(inner: Arc<dyn Storage>, cache: DenyCache) -> Self {
+        Self {
+            inner,
+            table: DenyTable::new(cache.capacity),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// What the cache has done so far.
+    pub fn status(&self) -> DenyCacheStatus {
+        DenyCacheStatus {
+            hits: self.hits.load(Ordering::Relaxed),
+            entries: self.table.len(),
+        }
+    }
+
+    fn cached(&self, request: &DecideRequest<'_>) -> Option<Decision> {
+        let hit = self.table.lookup(request)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        observe::counter(observe::DENY_CACHE_HITS, 1);
+        Some(hit)
+    }
+}
+
+#[async_trait]
+impl LayeredStorage for DenyCacheStorage {
+    fn inner(&self) -> &Arc<dyn Storage> {
+        &self.inner
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        self.table.forget(key);
+        self.inner.set(key, value, ttl).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.table.forget(key);
+        self.inner.delete(key).await
+    }
+
+    async fn clear(&self) -> Result<u64> {
+        self.table.clear();
+        self.inner.clear().await
+    }
+
+    async fn stats(&self) -> Result<StorageStats> {
+        let s = self.status();
+        Ok(stats_with(
+            self.inner.stats().await,
+            [
+                ("deny_cache_hits", s.hits.to_string()),
+                ("deny_cache_entries", s.entries.to_string()),
+            ],
+        ))
+    }
+
+    async fn compare_and_swap(&self, ops: &[CasOp<'_>]) -> Result<bool> {
+        for op in ops {
+            self.table.forget(op.key);
+        }
+        self.inner.compare_and_swap(ops).await
+    }
+
+    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+        if let Some(hit) = self.cached(request) {
+            return Ok(hit);
+        }
+        let decision = self.inner.decide(request).await?;
+        self.table.remember(request, &decision);
+        Ok(decision)
+    }
+
+    fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
+        if let Some(hit) = self.cached(request) {
+            return Some(Ok(hit));
+        }
+        let result = self.inner.decide_now(request)?;
+        if let Ok(d) = &result {
+            self.table.remember(request, d);
+        }
+        Some(result)
+    }
+}
+
+/// A cached denial: this rule denies this key, for requests costing at
+/// least `cost`, until `until`.
+#[derive(Debug, Clone)]
+struct Denied {
+    rule: Rule,
+    cost: u64,
+    until: Timestamp,
+    /// When the key's state is whole again, as the store said.
+    reset_at: Timestamp,
+    decision: Decision,
+}
+
+const SHARDS: usize = 16;
+
+/// Whether a denial of `request` may come from the cache: not a peek, and
+/// no rule with a penalty (a denial there is not free of effects: after a
+/// block ends, the store's next denial starts a new one, which a cached
+/// answer would skip).
+fn cacheable(request: &DecideRequest<'_>) -> bool {
+    request.cost > 0 && request.entries.iter().all(|e| e.rule.penalty().is_none())
+}
+
+#[derive(Debug)]
+struct DenyTable {
+    capacity_per_shard: usize,
+    shards: Vec<Mutex<DenyShard>>,
+}
+
+/// One lock's share of the deny cache.
+#[derive(Debug, Default)]
+struct DenyShard {
+    map: HashMap<String, Denied>,
+    /// Insertions into a full map before its next sweep ([`make_room`](ratekeeper_core::kit::make_room)).
+    credit: usize,
+}
+
+impl DenyTable {
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> Option<&Mutex<DenyShard>> {
+        self.shards
+            .get(ratekeeper_core::kit::shard_index(key.as_bytes(), SHARDS))
+    }
+
+    /// The cached denial answering `request`, if any.
+    fn lookup(&self, request: &DecideRequest<'_>) -> Option<Decision> {
+        if !cacheable(request) {
+            return None;
+        }
+        for entry in request.entries {
+            let key = entry.state_key();
+            let Some(shard) = self.shard(&key) else {
+                continue;
+            };
+            let mut shard = shard.lock();
+            if let Some(d) = shard.map.get(&key) {
+                if d.until <= request.now {
+                    shard.map.remove(&key);
+                    continue;
+                }
+                if d.rule == *entry.rule && request.cost >= d.cost {
+                    let retry = d.until.saturating_duration_since(request.now);
+                    let reset = d.reset_at.saturating_duration_since(request.now);
+                    return Some(Decision::deny(
+                        d.decision.rule(),
+                        d.decision.limit(),
+                        d.decision.remaining(),
+                        reset.max(retry),
+                        retry,
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Remembers a denial the store just made.
+    fn remember(&self, request: &DecideRequest<'_>, decision: &Decision) {
+        let Some(retry) = decision.retry_after() else {
+            return;
+        };
+        if decision.is_allowed() || !cacheable(request) || retry.is_zero() {
+            return;
+        }
+        let Some(entry) = request
+            .entries
+            .iter()
+            .find(|e| e.rule.name() == decision.rule())
+        else {
+            return;
+        };
+        let key = entry.state_key();
+        let Some(shard) = self.shard(&key) else {
+            return;
+        };
+        let mut shard = shard.lock();
+        if shard.map.len() >= self.capacity_per_shard && !shard.map.contains_key(&key) {
+            let now = request.now;
+            let DenyShard { map, credit } = &mut *shard;
+            // Expired denials first; full of live ones, any (any is safe:
+            // the cache only ever saves a round trip).
+            let (_, live) =
+                ratekeeper_core::kit::make_room(map, self.capacity_per_shard, credit, |d| {
+                    d.until > now
+                });
+            if live > 0 {
+                observe::evicted("deny_cache", live as u64);
+            }
+        }
+        shard.map.insert(
+            key,
+            Denied {
+                rule: entry.rule.clone(),
+                cost: request.cost,
+                until: request.now.saturating_add(retry),
+                reset_at: request.now.saturating_add(decision.reset_after()),
+                decision: decision.clone(),
+            },
+        );
+    }
+
+    fn forget(&self, state_key: &str) {
+        if let Some(shard) = self.shard(state_key) {
+            shard.lock().map.remove(state_key);
+        }
+    }
+
+    fn clear(&self) {
+        for s in &self.shards {
+            s.lock().map.clear();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map.len()).sum()
+    }
+}

@@ -1,0 +1,61 @@
+//! Test helper for the multi-process tests: one OS process deciding through
+//! Redis. Not part of the public API.
+//!
+//! `ratekeeper-redis-worker URL ALGORITHM QUOTA KEY TASKS REQUESTS` runs TASKS
+//! concurrent tasks, each making REQUESTS checks of KEY under a rule named
+//! after the algorithm, and prints how many were admitted.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ratekeeper_core::{Algorithm, Limiter, Rule};
+use ratekeeper_redis::RedisStorage;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(admitted) => {
+            println!("{admitted}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<u64, Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [url, algorithm, quota, key, tasks, requests] = args.as_slice() else {
+        return Err("usage: ratekeeper-redis-worker URL ALGORITHM QUOTA KEY TASKS REQUESTS".into());
+    };
+    let algorithm: Algorithm = algorithm.parse()?;
+    let rule = Rule::new(algorithm.as_str(), algorithm, quota.parse()?)?;
+    let (tasks, requests): (u64, u64) = (tasks.parse()?, requests.parse()?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let limiter = Limiter::new(Arc::new(RedisStorage::connect(url).await?));
+        let admitted = Arc::new(AtomicU64::new(0));
+        let mut handles = Vec::new();
+        for _ in 0..tasks {
+            let (limiter, rule, key, admitted) =
+                (limiter.clone(), rule.clone(), key.clone(), admitted.clone());
+            handles.push(tokio::spawn(async move {
+                for _ in 0..requests {
+                    if limiter.check(&rule, &key).await?.is_allowed() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok::<(), ratekeeper_core::Error>(())
+            }));
+        }
+        for handle in handles {
+            handle.await??;
+        }
+        Ok(admitted.load(Ordering::Relaxed))
+    })
+}

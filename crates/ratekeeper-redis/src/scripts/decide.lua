@@ -1,0 +1,118 @@
+-- ratekeeper: the decision step, mirroring ratekeeper_core's engine.rs.
+--
+-- KEYS[i]: the state key of rule i.
+-- ARGV[1]: the time in µs since the epoch, or '' to read the server's TIME.
+-- ARGV[2]: the cost (0 is a peek).
+-- ARGV[3]: milliseconds added to every TTL written (clock-skew allowance).
+-- ARGV[4 + 6(i-1) ...]: rule i's algorithm tag, limit, window (µs),
+--   burst, emission interval (µs) and penalty (µs, 0 for none).
+--
+-- Returns { allowed (1/0), index of the deciding rule (0-based), remaining,
+-- reset_after µs, retry_after µs }, or { -1, index, reason } when the state
+-- at that index is not rate-limit state. Every rule is decided; if any denies,
+-- none consumes (a denying rule's penalty is still written), and the reported
+-- decision is the most restrictive.
+
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+end
+local cost = tonumber(ARGV[2])
+local pad = tonumber(ARGV[3])
+local n = #KEYS
+
+-- Read and check every state before deciding anything.
+local states = {}
+for i = 1, n do
+  local raw, partial = read_state(KEYS[i])
+  if type(raw) == 'table' and raw.err then
+    return { -1, i - 1, raw.err }
+  end
+  if raw then
+    local s, why = decode(raw, partial, KEYS[i])
+    if s == nil then return { -1, i - 1, why } end
+    states[i] = s
+  end
+end
+
+-- One verdict per rule: { allowed, remaining, reset_after, retry_after, write }
+-- where write is { state, ttl } or nil.
+local verdicts = {}
+local admitted = true
+for i = 1, n do
+  local b = 3 + (i - 1) * 6
+  local tag = tonumber(ARGV[b + 1])
+  local q = {
+    limit = tonumber(ARGV[b + 2]),
+    window = tonumber(ARGV[b + 3]),
+    burst = tonumber(ARGV[b + 4]),
+    interval = tonumber(ARGV[b + 5]),
+  }
+  local penalty = tonumber(ARGV[b + 6])
+  local s = states[i]
+  local blocked_until = 0
+  if s ~= nil then blocked_until = s.blocked end
+  local blocked = now < blocked_until
+  -- State of another algorithm (the rule was changed) counts as no state.
+  local same = nil
+  if s ~= nil and s.tag == tag then same = s end
+  -- A blocked key consumes nothing: look at its state as a peek would.
+  local step_cost = cost
+  if blocked then step_cost = 0 end
+  -- A sliding log is read lazily: a corrupt pair it meets is reported here.
+  local ok, allowed, remaining, reset, retry, state, consumed, ttl = pcall(STEP[tag], q, same, now, step_cost)
+  if not ok then
+    if type(allowed) == 'table' and allowed.corrupt then return { -1, i - 1, allowed.corrupt } end
+    error(allowed)
+  end
+  local v
+  if blocked then
+    local wait = blocked_until - now
+    v = { false, 0, math.max(reset, wait), wait, nil }
+  elseif allowed then
+    local w = nil
+    if consumed then
+      state.tag = tag
+      state.blocked = 0
+      w = { state, ttl }
+    end
+    v = { true, remaining, reset, 0, w }
+  elseif penalty > 0 and cost > 0 then
+    state.tag = tag
+    state.blocked = now + penalty
+    v = { false, 0, math.max(reset, penalty), math.max(retry, penalty), { state, math.max(ttl, penalty) } }
+  else
+    v = { false, remaining, reset, retry, nil }
+  end
+  if not v[1] then admitted = false end
+  verdicts[i] = v
+end
+
+-- Decision::is_more_restrictive_than, for the pairs that compete.
+local function more_restrictive(a, b)
+  if a[1] ~= b[1] then return not a[1] end
+  if a[1] then return a[2] < b[2] end
+  return a[4] > b[4]
+end
+
+local best = nil
+for i = 1, n do
+  local v = verdicts[i]
+  -- When the request is denied, only denials compete for "most restrictive".
+  if (admitted or not v[1]) and (best == nil or more_restrictive(v, verdicts[best])) then
+    best = i
+  end
+  local w = v[5]
+  if w ~= nil and v[1] == admitted then
+    -- TTLs are whole milliseconds, rounded up: a key never expires early.
+    local ms = math.ceil(math.max(w[2], 1) / 1000) + pad
+    redis.call('SET', KEYS[i], encode(w[1]), 'PX', ms)
+  end
+end
+local d = verdicts[best]
+local allowed = 0
+if d[1] then allowed = 1 end
+return { allowed, best - 1, d[2], d[3], d[4] }

@@ -1,0 +1,97 @@
+-- Sliding window log (tag 2): mirrors ratekeeper_core's algorithm/sliding_log.rs.
+-- State: a view of the pairs (timestamp, running total), sorted by timestamp
+-- (see decode and log_pair in the prelude). The units in the window and the
+-- wait of a denial are found by binary searches, so a denial reads O(log n)
+-- pairs of a log of n (each a GETRANGE of 16 bytes when the log was not read
+-- whole); an admission reads the live pairs once and writes them back.
+STEP[2] = function(q, s, now, cost)
+  local window, limit = q.window, q.limit
+  local view = s
+  if view == nil then view = { n = 0, raw = '', at = 1, shift = 0 } end
+  local n = view.n
+  -- The first live pair: an entry counts while now < timestamp + window.
+  local first = log_search(view, 1, n + 1, function(i)
+    local ts = log_pair(view, i)
+    return ts + window > now
+  end)
+  -- Units before the first live pair, and up to the last one.
+  local prior, last_ts, last_total = 0, nil, 0
+  if first > 1 then
+    local _, t = log_pair(view, first - 1)
+    prior = t
+  end
+  last_total = prior
+  if n >= first then last_ts, last_total = log_pair(view, n) end
+  local used = sub(last_total, prior)
+  local probe = probe_of(cost)
+  local allowed = used + probe <= limit
+  local consumed = allowed and cost > 0
+
+  local retry_after = 0
+  if not allowed and n >= first then
+    -- The first live pair whose leaving frees enough: its running total
+    -- reaches last_total + probe - limit. On a full log of single units
+    -- that is the first live pair itself, looked at first.
+    local need = last_total + probe - limit
+    local reaches = function(i)
+      local _, t = log_pair(view, i)
+      return t >= need
+    end
+    local k = first
+    if not reaches(first) then k = log_search(view, first + 1, n + 1, reaches) end
+    if k <= n then
+      local ts = log_pair(view, k)
+      retry_after = sub(ts + window, now)
+    end
+  end
+
+  -- The next state: the live pairs (a view, read again only if written),
+  -- with this request's units.
+  local live = n - first + 1
+  local from = view.at + 16 * (first - 1)
+  local state = { n = live, raw = view.raw, key = view.key, at = from, shift = view.shift + prior }
+  local final_ts = last_ts
+  if consumed then
+    -- The live pairs, read once, and this request's units.
+    local bytes = log_bytes(view, from, 16 * live)
+    state.key = nil
+    state.at = 1
+    -- The new running total, as the view's bytes hold totals.
+    local total = last_total + cost + view.shift
+    if last_ts == nil or last_ts < now then
+      state.raw = bytes .. struct.pack('<I8I8', now, total)
+      state.n = live + 1
+      final_ts = now
+    elseif last_ts == now then
+      state.raw = string.sub(bytes, 1, 16 * (live - 1)) .. struct.pack('<I8I8', now, total)
+    else
+      -- The clock stepped back: insert (or merge) in order, the running
+      -- totals from there on up by the cost; written relative to the first
+      -- live pair.
+      local flat = { n = live, raw = bytes, at = 1, shift = view.shift + prior }
+      local parts, m, add = {}, 0, 0
+      local before = 0
+      for i = 1, live do
+        local ts, t = log_pair(flat, i)
+        if add == 0 and ts >= now then
+          add = cost
+          if ts > now then
+            m = m + 1
+            parts[m] = struct.pack('<I8I8', now, before + cost)
+          end
+        end
+        before = t
+        m = m + 1
+        parts[m] = struct.pack('<I8I8', ts, t + add)
+      end
+      state.raw = table.concat(parts)
+      state.n = m
+      state.shift = 0
+    end
+  end
+  local used_after = used
+  if consumed then used_after = used + cost end
+  local ttl = 0
+  if final_ts ~= nil then ttl = sub(final_ts + window, now) end
+  return allowed, sub(limit, used_after), ttl, retry_after, state, consumed, ttl
+end

@@ -1,0 +1,138 @@
+//! A real Rocket server for the tests, on an ephemeral loopback port.
+#![allow(dead_code, reason = "each test binary uses part of this")]
+#![allow(clippy::expect_used, reason = "test harness set-up")]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use async_trait::async_trait;
+use ratekeeper_core::Storage;
+use ratekeeper_http::SharedPolicy;
+use ratekeeper_rocket::{RateLimit, RateLimitDecision, set_identity};
+use ratekeeper_testkit::http::{
+    HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
+};
+use rocket::fairing::AdHoc;
+use rocket::{Build, Rocket, Route, State};
+
+#[rocket::get("/")]
+fn index() -> &'static str {
+    "ok"
+}
+
+#[rocket::get("/health")]
+fn health() -> &'static str {
+    "ok"
+}
+
+#[rocket::get("/users/<id>")]
+fn user(id: u64) -> &'static str {
+    let _ = id;
+    "user"
+}
+
+#[rocket::post("/users/<id>")]
+fn user_post(id: u64) -> &'static str {
+    let _ = id;
+    "user"
+}
+
+#[rocket::get("/decision")]
+fn decision(decision: Option<RateLimitDecision>) -> String {
+    decision_body(decision.as_ref().map(|d| d.decision()))
+}
+
+/// How many times `/counted` ran, per server.
+pub(crate) struct Calls(AtomicU64);
+
+#[rocket::get("/counted")]
+fn counted(calls: &State<Calls>) -> String {
+    count_call(&calls.0)
+}
+
+#[rocket::get("/calls")]
+fn calls(calls: &State<Calls>) -> String {
+    calls_body(&calls.0)
+}
+
+/// The suite's routes.
+pub(crate) fn routes() -> Vec<Route> {
+    rocket::routes![index, health, user, user_post, decision, counted, calls]
+}
+
+/// A quiet Rocket on 127.0.0.1:0 whose own authentication turns `x-user` /
+/// `x-tier` into the caller's identity, ahead of the rate limiter.
+pub(crate) fn app() -> Rocket<Build> {
+    let config = rocket::Config {
+        address: Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        workers: 2,
+        log_level: rocket::config::LogLevel::Off,
+        cli_colors: false,
+        shutdown: rocket::config::Shutdown {
+            ctrlc: false,
+            ..rocket::config::Shutdown::default()
+        },
+        ..rocket::Config::debug_default()
+    };
+    rocket::custom(config)
+        .manage(Calls(AtomicU64::new(0)))
+        .attach(AdHoc::on_request("auth", |request, _| {
+            Box::pin(async move {
+                if let Some(identity) = suite_identity(|name| request.headers().get_one(name)) {
+                    set_identity(request, identity);
+                }
+            })
+        }))
+}
+
+/// Stops the server when the scenario is done.
+pub(crate) struct Stop(rocket::Shutdown);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.clone().notify();
+    }
+}
+
+/// Launches `rocket`; returns its address and what stops it.
+pub(crate) async fn launch(rocket: Rocket<Build>) -> (SocketAddr, Stop) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let rocket = rocket.attach(AdHoc::on_liftoff("report", |rocket| {
+        Box::pin(async move {
+            let _ = tx.send((rocket.config().port, rocket.shutdown()));
+        })
+    }));
+    tokio::spawn(async move {
+        let _ = rocket.launch().await;
+    });
+    let (port, shutdown) = rx.await.expect("rocket lifted off");
+    (
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Stop(shutdown),
+    )
+}
+
+pub(crate) struct RocketHarness {
+    pub(crate) sqlite: bool,
+}
+
+#[async_trait]
+impl HttpHarness for RocketHarness {
+    async fn serve(&self, policy: SharedPolicy) -> Server {
+        let (addr, stop) = launch(app().attach(RateLimit::new(policy)).mount("/", routes())).await;
+        Server {
+            addr,
+            guard: Box::new(stop),
+        }
+    }
+
+    async fn store(&self) -> Arc<dyn Storage> {
+        if self.sqlite {
+            Arc::new(ratekeeper_sqlite::SqliteStorage::in_memory().expect("a SQLite store"))
+        } else {
+            Arc::new(ratekeeper_memory::MemoryStorage::new())
+        }
+    }
+}

@@ -1,0 +1,857 @@
+//! The conformance cases. Each takes a [`Harness`] and panics on a violation;
+//! [`decision_conformance_tests!`](crate::decision_conformance_tests) turns
+//! the cases of the decision step into tests (they use nothing but
+//! [`Storage::decide`], through a [`Limiter`]), and
+//! [`storage_conformance_tests!`](crate::storage_conformance_tests) those and
+//! the cases of the key-value operations.
+//!
+//! One file on purpose: it is the storage contract written as cases, and a
+//! store author reads it top to bottom as one specification.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use ratekeeper_core::kit::{AlgorithmState, RuleState};
+use ratekeeper_core::{
+    Algorithm, CasOp, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage, Timestamp,
+};
+
+use crate::model::{Expected, Model};
+use crate::{Expiry, Harness};
+
+/// The time every case starts at: a realistic epoch offset.
+pub const T0: u64 = 1_700_000_000_000_000;
+
+const HOUR: Duration = Duration::from_secs(3_600);
+
+/// A fresh store and a limiter on it, both on one manual clock at `T0`.
+pub async fn setup(h: &Arc<dyn Harness>) -> (Arc<dyn Storage>, Limiter, ManualClock) {
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let store = h.store(clock.clone()).await;
+    let limiter = Limiter::builder(store.clone()).clock(clock.clone()).build();
+    (store, limiter, clock)
+}
+
+/// Time passing in the expiry cases: the manual clock always, and real time
+/// too for stores whose keys expire in real time ([`Expiry::RealTime`]).
+struct Timeline {
+    clock: ManualClock,
+    real: bool,
+}
+
+impl Timeline {
+    fn new(h: &Arc<dyn Harness>, clock: ManualClock) -> Self {
+        Self {
+            clock,
+            real: h.expiry() == Expiry::RealTime,
+        }
+    }
+
+    /// `n` units: seconds on a manual clock, 200 ms in real time.
+    fn units(&self, n: u32) -> Duration {
+        if self.real {
+            Duration::from_millis(200) * n
+        } else {
+            Duration::from_secs(u64::from(n))
+        }
+    }
+
+    /// Whether boundaries can be checked to the microsecond (a manual clock);
+    /// in real time, checks keep a margin on each side.
+    fn exact(&self) -> bool {
+        !self.real
+    }
+
+    /// Added to a TTL before checking, in real time, that a key is gone.
+    fn margin(&self) -> Duration {
+        if self.real {
+            Duration::from_millis(300)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    async fn pass(&self, d: Duration) {
+        self.clock.advance(d);
+        if self.real {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+fn rule(name: &str, algorithm: Algorithm, quota: &str) -> Rule {
+    Rule::new(name, algorithm, quota.parse().unwrap()).unwrap()
+}
+
+/// get / set / exists / delete behave like a map.
+pub async fn kv_get_set_delete_exists(h: Arc<dyn Harness>) {
+    let (store, _, _) = setup(&h).await;
+    assert_eq!(store.get("a").await.unwrap(), None);
+    assert!(!store.exists("a").await.unwrap());
+    store.set("a", b"one", HOUR).await.unwrap();
+    assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"one"[..]));
+    assert!(store.exists("a").await.unwrap());
+    store.set("a", b"two", HOUR).await.unwrap();
+    assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"two"[..]));
+    store.set("binary", &[0, 255, 10], HOUR).await.unwrap();
+    assert_eq!(store.get("binary").await.unwrap(), Some(vec![0, 255, 10]));
+    assert!(store.delete("a").await.unwrap());
+    assert!(!store.delete("a").await.unwrap());
+    assert_eq!(store.get("a").await.unwrap(), None);
+}
+
+/// Values disappear when their TTL passes.
+pub async fn kv_values_expire(h: Arc<dyn Harness>) {
+    let (store, _, clock) = setup(&h).await;
+    let t = Timeline::new(&h, clock);
+    store.set("short", b"x", t.units(10)).await.unwrap();
+    store.set("long", b"y", t.units(30)).await.unwrap();
+    if t.exact() {
+        t.pass(t.units(9)).await;
+        assert!(store.exists("short").await.unwrap());
+        t.pass(t.units(1)).await;
+    } else {
+        t.pass(t.units(5)).await;
+        assert!(store.exists("short").await.unwrap());
+        t.pass(t.units(5) + t.margin()).await;
+    }
+    assert!(
+        !store.exists("short").await.unwrap(),
+        "a value is gone once its TTL has passed"
+    );
+    assert_eq!(store.get("short").await.unwrap(), None);
+    assert!(!store.delete("short").await.unwrap());
+    assert_eq!(store.get("long").await.unwrap().as_deref(), Some(&b"y"[..]));
+}
+
+/// increment counts atomically, creates with a TTL, keeps an existing expiry,
+/// and refuses non-integers.
+pub async fn kv_increment(h: Arc<dyn Harness>) {
+    let (store, _, clock) = setup(&h).await;
+    let t = Timeline::new(&h, clock);
+    assert_eq!(store.increment("n", 5, t.units(10)).await.unwrap(), 5);
+    t.pass(t.units(6)).await;
+    assert_eq!(store.increment("n", -2, t.units(100)).await.unwrap(), 3);
+    assert_eq!(store.get("n").await.unwrap().as_deref(), Some(&b"3"[..]));
+    t.pass(t.units(4) + t.margin()).await;
+    assert!(
+        !store.exists("n").await.unwrap(),
+        "increment keeps the first expiry"
+    );
+    assert_eq!(store.increment("n", 1, t.units(10)).await.unwrap(), 1);
+
+    store.set("text", b"hello", HOUR).await.unwrap();
+    let err = store.increment("text", 1, HOUR).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongType);
+    store
+        .set("big", i64::MAX.to_string().as_bytes(), HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.increment("big", 1, HOUR).await.unwrap_err().kind(),
+        ErrorKind::WrongType
+    );
+
+    // Concurrent increments lose nothing.
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    store.increment("shared", 1, HOUR).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        store.get("shared").await.unwrap().as_deref(),
+        Some(&b"800"[..])
+    );
+}
+
+/// clear removes every key, including rule state.
+pub async fn kv_clear(h: Arc<dyn Harness>) {
+    let (store, limiter, _) = setup(&h).await;
+    let r = rule("c", Algorithm::FixedWindow, "1/hour");
+    for i in 0..10 {
+        store.set(&format!("k{i}"), b"v", HOUR).await.unwrap();
+    }
+    assert!(limiter.check(&r, "u").await.unwrap().is_allowed());
+    assert!(!limiter.check(&r, "u").await.unwrap().is_allowed());
+    let removed = store.clear().await.unwrap();
+    assert!(removed >= 11, "clear reported {removed} of 11 keys");
+    for i in 0..10 {
+        assert!(!store.exists(&format!("k{i}")).await.unwrap());
+    }
+    assert!(
+        limiter.check(&r, "u").await.unwrap().is_allowed(),
+        "state is gone after clear"
+    );
+}
+
+/// After close, every operation fails with `Closed`; closing twice is fine.
+pub async fn kv_close(h: Arc<dyn Harness>) {
+    let (store, limiter, _) = setup(&h).await;
+    store.set("k", b"v", HOUR).await.unwrap();
+    store.close().await.unwrap();
+    store.close().await.unwrap();
+    assert_eq!(store.get("k").await.unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(
+        store.set("k", b"v", HOUR).await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
+    let r = rule("r", Algorithm::Gcra, "1/s");
+    let err = limiter.check(&r, "u").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed);
+    assert!(!err.is_transient());
+}
+
+/// stats names the backend and, where it counts keys, counts them.
+pub async fn kv_stats(h: Arc<dyn Harness>) {
+    let (store, limiter, _) = setup(&h).await;
+    let r = rule("s", Algorithm::TokenBucket, "5/s");
+    for i in 0..7 {
+        limiter.check(&r, &format!("user{i}")).await.unwrap();
+    }
+    store.set("extra", b"v", HOUR).await.unwrap();
+    let stats = store.stats().await.unwrap();
+    assert!(!stats.backend.is_empty());
+    if let Some(keys) = stats.keys {
+        assert_eq!(keys, 8, "{stats:?}");
+    }
+}
+
+/// compare_and_swap writes all or nothing.
+pub async fn cas_semantics(h: Arc<dyn Harness>) {
+    let (store, _, clock) = setup(&h).await;
+    let t = Timeline::new(&h, clock);
+    let ttl = t.units(10);
+    let op = |key, expected, new_value| CasOp {
+        key,
+        expected,
+        new_value,
+        ttl,
+    };
+    assert!(
+        store
+            .compare_and_swap(&[op("a", None, b"1")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .compare_and_swap(&[op("a", None, b"2")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .compare_and_swap(&[op("a", Some(b"0"), b"2")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .compare_and_swap(&[op("a", Some(b"1"), b"2")])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"2"[..]));
+
+    // One stale expectation stops every write.
+    let ops = [op("a", Some(b"2"), b"3"), op("b", Some(b"x"), b"4")];
+    assert!(!store.compare_and_swap(&ops).await.unwrap());
+    assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"2"[..]));
+    assert!(!store.exists("b").await.unwrap());
+    let ops = [op("a", Some(b"2"), b"3"), op("b", None, b"4")];
+    assert!(store.compare_and_swap(&ops).await.unwrap());
+    assert_eq!(store.get("b").await.unwrap().as_deref(), Some(&b"4"[..]));
+
+    // An expired value counts as absent, and a CAS write carries its TTL.
+    t.pass(ttl + t.margin()).await;
+    assert!(
+        store
+            .compare_and_swap(&[op("a", None, b"5")])
+            .await
+            .unwrap()
+    );
+    t.pass(ttl + t.margin()).await;
+    assert!(!store.exists("a").await.unwrap());
+}
+
+/// A peek (cost 0) reports without consuming, for every algorithm.
+pub async fn peek_does_not_consume(h: Arc<dyn Harness>) {
+    let (_, limiter, _) = setup(&h).await;
+    for algorithm in Algorithm::ALL {
+        let r = rule("peek", algorithm, "3/hour");
+        for _ in 0..5 {
+            let d = limiter.peek(&r, algorithm.as_str()).await.unwrap();
+            assert!(d.is_allowed() && d.remaining() == 3, "{algorithm}: {d:?}");
+        }
+        for expected in [2, 1, 0] {
+            let d = limiter.check(&r, algorithm.as_str()).await.unwrap();
+            assert_eq!(d.remaining(), expected, "{algorithm}");
+        }
+        let d = limiter.peek(&r, algorithm.as_str()).await.unwrap();
+        assert!(
+            !d.is_allowed() && d.remaining() == 0 && d.retry_after().is_some(),
+            "{algorithm}: {d:?}"
+        );
+    }
+}
+
+/// reset forgets a key's counters (and only that key's).
+pub async fn reset_forgets_a_key(h: Arc<dyn Harness>) {
+    let (_, limiter, _) = setup(&h).await;
+    for algorithm in Algorithm::ALL {
+        let r = rule("reset", algorithm, "2/hour");
+        for key in ["a", "b"] {
+            limiter.check_cost(&r, key, 2).await.unwrap();
+            assert!(!limiter.check(&r, key).await.unwrap().is_allowed());
+        }
+        assert!(limiter.reset(&r, "a").await.unwrap());
+        assert!(!limiter.reset(&r, "a").await.unwrap());
+        assert_eq!(
+            limiter.check(&r, "a").await.unwrap().remaining(),
+            1,
+            "{algorithm}"
+        );
+        assert!(
+            !limiter.check(&r, "b").await.unwrap().is_allowed(),
+            "{algorithm}"
+        );
+    }
+}
+
+/// A penalty blocks every request for its duration, then lets the client back.
+pub async fn penalty_blocks_then_releases(h: Arc<dyn Harness>) {
+    let (_, limiter, clock) = setup(&h).await;
+    for algorithm in Algorithm::ALL {
+        let r = rule("pen", algorithm, "2/s")
+            .with_penalty(Duration::from_secs(60))
+            .unwrap();
+        let key = algorithm.as_str();
+        limiter.check_cost(&r, key, 2).await.unwrap();
+        let d = limiter.check(&r, key).await.unwrap();
+        assert_eq!(
+            d.retry_after(),
+            Some(Duration::from_secs(60)),
+            "{algorithm}"
+        );
+        clock.advance(Duration::from_secs(30));
+        let d = limiter.check(&r, key).await.unwrap();
+        assert_eq!(
+            d.retry_after(),
+            Some(Duration::from_secs(30)),
+            "{algorithm}: the block is not extended"
+        );
+        assert!(!limiter.peek(&r, key).await.unwrap().is_allowed());
+        clock.advance(Duration::from_secs(30));
+        assert!(
+            limiter.check(&r, key).await.unwrap().is_allowed(),
+            "{algorithm}"
+        );
+    }
+}
+
+/// Several rules decide all or nothing, and report the most restrictive.
+pub async fn multi_quota_all_or_nothing(h: Arc<dyn Harness>) {
+    let (_, limiter, _) = setup(&h).await;
+    for algorithm in Algorithm::ALL {
+        let per_second = rule("ps", algorithm, "2/s");
+        let per_hour = rule("ph", algorithm, "5/hour");
+        let key = algorithm.as_str();
+        let both = [(&per_second, key), (&per_hour, key)];
+        let d = limiter.check_all(&both, 1).await.unwrap();
+        assert!(
+            d.is_allowed() && d.rule() == "ps" && d.remaining() == 1,
+            "{algorithm}: {d:?}"
+        );
+        limiter.check_all(&both, 1).await.unwrap();
+        let d = limiter.check_all(&both, 1).await.unwrap();
+        assert!(!d.is_allowed() && d.rule() == "ps", "{algorithm}: {d:?}");
+        // The hourly rule allowed, but consumed nothing for the denied request.
+        assert_eq!(
+            limiter.peek(&per_hour, key).await.unwrap().remaining(),
+            3,
+            "{algorithm}"
+        );
+        // Different keys per rule: a per-user and a shared rule.
+        let shared = rule("shared", algorithm, "1/hour");
+        let d = limiter
+            .check_all(&[(&per_hour, "user-x"), (&shared, "all")], 1)
+            .await
+            .unwrap();
+        assert!(d.is_allowed() && d.rule() == "shared");
+        let d = limiter
+            .check_all(&[(&per_hour, "user-y"), (&shared, "all")], 1)
+            .await
+            .unwrap();
+        assert!(!d.is_allowed() && d.rule() == "shared");
+        assert_eq!(
+            limiter.peek(&per_hour, "user-y").await.unwrap().remaining(),
+            5
+        );
+    }
+    let r = rule("dup", Algorithm::Gcra, "1/s");
+    let err = limiter
+        .check_all(&[(&r, "k"), (&r, "k")], 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+/// Rule state expires once it no longer matters: no idle client is kept forever.
+pub async fn state_keys_expire(h: Arc<dyn Harness>) {
+    if h.expiry() == Expiry::RealTime {
+        return state_keys_expire_in_real_time(h).await;
+    }
+    let (store, limiter, clock) = setup(&h).await;
+    for algorithm in Algorithm::ALL {
+        let r = rule("ttl", algorithm, "4/s");
+        limiter.check_cost(&r, "idle", 3).await.unwrap();
+        let key = limiter.state_key(&r, "idle");
+        assert!(store.exists(&key).await.unwrap(), "{algorithm}");
+        clock.advance(Duration::from_secs(2));
+        assert!(
+            !store.exists(&key).await.unwrap(),
+            "{algorithm}: state outlived its window"
+        );
+    }
+}
+
+/// [`state_keys_expire`] on a store that decides, and expires keys, on its own
+/// real clock: every algorithm's state is gone two windows later.
+async fn state_keys_expire_in_real_time(h: Arc<dyn Harness>) {
+    let store = h
+        .real_time_store()
+        .await
+        .expect("a RealTime harness provides real_time_store");
+    let limiter = Limiter::new(store.clone());
+    let mut keys = Vec::new();
+    for algorithm in Algorithm::ALL {
+        let r = rule("ttl", algorithm, "4/500ms");
+        limiter.check_cost(&r, algorithm.as_str(), 3).await.unwrap();
+        let key = limiter.state_key(&r, algorithm.as_str());
+        assert!(store.exists(&key).await.unwrap(), "{algorithm}");
+        keys.push((algorithm, key));
+    }
+    // The longest-lived state (the sliding window counter's) matters for two
+    // windows.
+    tokio::time::sleep(Duration::from_millis(1_000 + 300)).await;
+    for (algorithm, key) in keys {
+        assert!(
+            !store.exists(&key).await.unwrap(),
+            "{algorithm}: state outlived its window"
+        );
+    }
+    store.close().await.unwrap();
+}
+
+/// Huge keys are bounded before they reach the store, and stay distinct.
+pub async fn long_keys_are_bounded(h: Arc<dyn Harness>) {
+    let (store, limiter, _) = setup(&h).await;
+    let r = rule("long", Algorithm::FixedWindow, "1/hour");
+    let a = "a".repeat(100_000);
+    let mut b = a.clone();
+    b.push('b');
+    assert!(limiter.check(&r, &a).await.unwrap().is_allowed());
+    assert!(!limiter.check(&r, &a).await.unwrap().is_allowed());
+    assert!(
+        limiter.check(&r, &b).await.unwrap().is_allowed(),
+        "distinct long keys stay distinct"
+    );
+    let key = limiter.state_key(&r, &a);
+    assert!(key.len() <= 4 + 1 + 104, "{}", key.len());
+    assert!(store.exists(&key).await.unwrap());
+}
+
+/// A cost no rule could ever grant is an error, not an endless denial.
+pub async fn cost_above_capacity_is_an_error(h: Arc<dyn Harness>) {
+    let (_, limiter, _) = setup(&h).await;
+    for algorithm in Algorithm::ALL {
+        let r = rule("cap", algorithm, "3/s");
+        let err = limiter.check_cost(&r, "k", 4).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CostExceedsCapacity, "{algorithm}");
+        let err = limiter
+            .until_ready_cost(&r, "k", 4, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CostExceedsCapacity, "{algorithm}");
+    }
+}
+
+/// Garbage where rule state should be is a clear error, never a panic; reset
+/// recovers the key.
+pub async fn corrupt_state_is_an_error(h: Arc<dyn Harness>) {
+    let (store, limiter, _) = setup(&h).await;
+    let r = rule("corrupt", Algorithm::Gcra, "1/s");
+    let key = limiter.state_key(&r, "victim");
+    for garbage in [
+        &b""[..],
+        b"\x01",
+        b"\x01\x06short",
+        b"not state at all",
+        &[0xff; 40],
+    ] {
+        store.set(&key, garbage, HOUR).await.unwrap();
+        let err = limiter.check(&r, "victim").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CorruptState, "{garbage:?}");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+    // State of another algorithm (the rule was changed) starts afresh instead.
+    let other = RuleState {
+        blocked_until: 0,
+        algorithm: AlgorithmState::TokenBucket(ratekeeper_core::kit::TokenBucketState {
+            tokens: 0,
+            anchor: T0,
+        }),
+    };
+    store.set(&key, &other.encode(), HOUR).await.unwrap();
+    assert!(limiter.check(&r, "victim").await.unwrap().is_allowed());
+    store.set(&key, b"junk", HOUR).await.unwrap();
+    assert!(limiter.reset(&r, "victim").await.unwrap());
+    assert!(limiter.check(&r, "victim").await.unwrap().is_allowed());
+}
+
+/// Arbitrary bytes where rule state should be (a corrupted or foreign value
+/// in the store), for every algorithm: each decision is an answer or a
+/// `CorruptState` error, never a panic nor another error; a reset recovers.
+/// Inputs from proptest: random bytes, and valid states with bytes flipped
+/// or cut (the likelier corruption). `RATELIMIT_FUZZ_CASES` cases per
+/// algorithm (default 48).
+pub async fn arbitrary_state_bytes_are_answered_or_corrupt(h: Arc<dyn Harness>) {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let (store, limiter, _) = setup(&h).await;
+    let cases: usize = std::env::var("RATELIMIT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    let mut runner = TestRunner::deterministic();
+    let (mut answered, mut corrupt) = (0, 0);
+    for algorithm in Algorithm::ALL {
+        let r = rule("fuzz", algorithm, "5/s");
+        let key = limiter.state_key(&r, "victim");
+        limiter.check(&r, "victim").await.unwrap();
+        let valid = store.get(&key).await.unwrap().unwrap_or_default();
+        let random = proptest::collection::vec(any::<u8>(), 0..96).boxed();
+        let mangled = (
+            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(move |(flips, cut)| {
+                let mut v = valid.clone();
+                for (at, byte) in flips {
+                    if !v.is_empty() {
+                        let i = at.index(v.len());
+                        if let Some(b) = v.get_mut(i) {
+                            *b ^= byte | 1;
+                        }
+                    }
+                }
+                let keep = cut.index(v.len() + 1);
+                v.truncate(keep.max(v.len() / 2));
+                v
+            })
+            .boxed();
+        let inputs = prop_oneof![random, mangled];
+        for _ in 0..cases {
+            let bytes = inputs.new_tree(&mut runner).unwrap().current();
+            store.set(&key, &bytes, HOUR).await.unwrap();
+            for cost in [1, 0] {
+                match limiter.check_cost(&r, "victim", cost).await {
+                    Ok(_) => answered += 1,
+                    Err(e) => {
+                        assert_eq!(
+                            e.kind(),
+                            ErrorKind::CorruptState,
+                            "{algorithm}, {bytes:?}: {e}"
+                        );
+                        corrupt += 1;
+                    }
+                }
+            }
+        }
+
+        limiter.reset(&r, "victim").await.unwrap();
+        assert!(limiter.check(&r, "victim").await.unwrap().is_allowed());
+    }
+    // Both outcomes were met: the inputs are not all of one kind.
+    assert!(
+        answered > 0 && corrupt > 0,
+        "{answered} answered, {corrupt} corrupt"
+    );
+}
+
+/// until_ready waits exactly as long as needed; with a bound it gives up.
+pub async fn until_ready_waits(h: Arc<dyn Harness>) {
+    let (_, limiter, clock) = setup(&h).await;
+    let r = rule("wait", Algorithm::Gcra, "10/s");
+    limiter.check_cost(&r, "api", 10).await.unwrap();
+    let d = limiter
+        .until_ready_cost(&r, "api", 1, Some(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    assert!(!d.is_allowed() && d.retry_after() == Some(Duration::from_millis(100)));
+    assert_eq!(
+        clock.now(),
+        Timestamp::from_micros(T0),
+        "a wait past the bound is not started"
+    );
+    let d = limiter.until_ready(&r, "api").await.unwrap();
+    assert!(d.is_allowed());
+    assert_eq!(clock.now(), Timestamp::from_micros(T0 + 100_000));
+}
+
+use ratekeeper_core::Clock as _;
+
+/// 64 tasks on a multi-thread runtime hammer one key: exactly the capacity is
+/// admitted, for every algorithm.
+pub async fn concurrent_exactness_every_algorithm(h: Arc<dyn Harness>) {
+    let (_, limiter, _) = setup(&h).await;
+    for algorithm in Algorithm::ALL {
+        let r = rule("hot", algorithm, "100/hour");
+        let admitted = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (limiter, r, admitted) = (limiter.clone(), r.clone(), admitted.clone());
+                tokio::spawn(async move {
+                    for _ in 0..4 {
+                        if limiter.check(&r, "one-key").await.unwrap().is_allowed() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(admitted.load(Ordering::Relaxed), 100, "{algorithm}");
+    }
+}
+
+/// Concurrent requests under a per-user and a shared rule: the shared limit is
+/// exact and denied requests consume nothing from the per-user rule.
+pub async fn concurrent_multi_rule_exactness(h: Arc<dyn Harness>) {
+    let (_, limiter, _) = setup(&h).await;
+    let per_user = rule("user", Algorithm::SlidingWindowCounter, "40/hour");
+    let global = rule("global", Algorithm::FixedWindow, "50/hour");
+    let counts: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (limiter, per_user, global, counts) = (
+                limiter.clone(),
+                per_user.clone(),
+                global.clone(),
+                counts.clone(),
+            );
+            tokio::spawn(async move {
+                let user = if i % 2 == 0 { "u0" } else { "u1" };
+                for _ in 0..3 {
+                    let d = limiter
+                        .check_all(&[(&per_user, user), (&global, "all")], 1)
+                        .await
+                        .unwrap();
+                    if d.is_allowed() {
+                        counts[i % 2].fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (u0, u1) = (
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+    );
+    assert_eq!(u0 + u1, 50);
+    for (user, n) in [("u0", u0), ("u1", u1)] {
+        assert!(n <= 40);
+        assert_eq!(
+            limiter.peek(&per_user, user).await.unwrap().remaining(),
+            40 - n,
+            "{user}"
+        );
+    }
+}
+
+/// How far the clock moves before a request of a [`Scenario`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advance {
+    /// By this many µs.
+    By(u64),
+    /// To exactly the instant the last denial said to retry at (boundaries are
+    /// where off-by-one errors live).
+    ToRetry,
+    /// To 1 µs before that instant.
+    JustBeforeRetry,
+}
+
+/// One random scenario for the model comparison.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The rule under test.
+    pub rule: Rule,
+    /// Offset of the start from [`T0`], so windows align differently.
+    pub start_offset: u64,
+    /// `(clock move, cost)` per request; cost 0 is a peek.
+    pub steps: Vec<(Advance, u64)>,
+}
+
+/// Random rules and request sequences for `algorithm`.
+pub fn scenarios(algorithm: Algorithm) -> impl Strategy<Value = Scenario> {
+    let windows = prop_oneof![
+        Just(1_000u64),
+        Just(7_000),
+        Just(1_000_000),
+        Just(60_000_000)
+    ];
+    let bursty = algorithm.uses_burst();
+    (
+        windows,
+        1u64..=8,
+        proptest::option::of(1u64..=10),
+        proptest::option::of(0u64..3),
+    )
+        .prop_flat_map(move |(window, limit, burst, penalty)| {
+            let mut quota = Quota::new(limit, Duration::from_micros(window)).unwrap();
+            if bursty && let Some(b) = burst {
+                quota = quota.with_burst(b).unwrap();
+            }
+            let mut rule = Rule::new("prop", algorithm, quota).unwrap();
+            if let Some(p) = penalty {
+                let p = [window / 2, window, 3 * window][p as usize].max(1);
+                rule = rule.with_penalty(Duration::from_micros(p)).unwrap();
+            }
+            let capacity = rule.capacity();
+            let interval = quota.emission_interval_us();
+            let dt = prop_oneof![
+                2 => Just(Advance::By(0)),
+                3 => (0..=interval).prop_map(Advance::By),
+                2 => (0..=window * 2).prop_map(Advance::By),
+                1 => Just(Advance::By(window)),
+                2 => Just(Advance::ToRetry),
+                2 => Just(Advance::JustBeforeRetry),
+            ];
+            let cost = prop_oneof![4 => Just(1u64), 2 => 0..=capacity];
+            let steps = proptest::collection::vec((dt, cost), 1..60);
+            (Just(rule), 0..window, steps).prop_map(|(rule, start_offset, steps)| Scenario {
+                rule,
+                start_offset,
+                steps,
+            })
+        })
+}
+
+async fn run_scenario(h: Arc<dyn Harness>, scenario: Scenario) -> Result<(), TestCaseError> {
+    let clock = ManualClock::new(Timestamp::from_micros(T0 + scenario.start_offset));
+    let store = h.store(clock.clone()).await;
+    let limiter = Limiter::builder(store.clone()).clock(clock.clone()).build();
+    let rule = &scenario.rule;
+    let mut model = Model::new(rule.clone());
+    let state_key = limiter.state_key(rule, "k");
+    let mut retry_at: Option<u64> = None;
+    for (i, (advance, cost)) in scenario.steps.iter().enumerate() {
+        let now = clock.now().as_micros();
+        let dt = match (advance, retry_at) {
+            (Advance::By(dt), _) => *dt,
+            (Advance::ToRetry, Some(at)) => at.saturating_sub(now),
+            (Advance::JustBeforeRetry, Some(at)) => at.saturating_sub(now + 1),
+            (_, None) => 0,
+        };
+        clock.advance(Duration::from_micros(dt));
+        let now = clock.now().as_micros();
+        let decision = limiter
+            .check_cost(rule, "k", *cost)
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        if let Some(wait) = decision.retry_after() {
+            retry_at = Some(now + u64::try_from(wait.as_micros()).unwrap_or(u64::MAX));
+        }
+        let expected = model.check(now, *cost);
+        prop_assert_eq!(
+            Expected::of(&decision),
+            expected,
+            "step {} at t0+{} cost {}",
+            i,
+            now - T0,
+            cost
+        );
+        prop_assert_eq!(decision.rule(), rule.name());
+        prop_assert_eq!(decision.limit(), rule.quota().limit());
+        if rule.algorithm() == Algorithm::Gcra
+            && let Some(bytes) = stored(&*store, &state_key).await?
+        {
+            // GCRA's stored state is exactly the theoretical arrival time.
+            let state =
+                RuleState::decode(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if let AlgorithmState::Gcra(g) = state.algorithm {
+                prop_assert_eq!(
+                    g.tat,
+                    model.tat(),
+                    "theoretical arrival time after step {}",
+                    i
+                );
+            }
+        }
+    }
+    model.check_invariants().map_err(TestCaseError::fail)?;
+    store
+        .close()
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    Ok(())
+}
+
+/// The bytes at `key`, or `None` also when the store offers no `get` (a
+/// store that writes only the decision step).
+async fn stored(store: &dyn Storage, key: &str) -> Result<Option<Vec<u8>>, TestCaseError> {
+    match store.get(key).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == ErrorKind::Unsupported => Ok(None),
+        Err(e) => Err(TestCaseError::fail(e.to_string())),
+    }
+}
+
+/// Random request sequences give the same decisions as the reference model,
+/// and the algorithm's promise holds over the whole history. `cases` random
+/// sequences (0: `RATELIMIT_MODEL_CASES`, or 1 000).
+pub fn matches_model(h: Arc<dyn Harness>, algorithm: Algorithm, cases: u32) {
+    let cases = if cases > 0 {
+        cases
+    } else {
+        std::env::var("RATELIMIT_MODEL_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000)
+    };
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runner.run(&scenarios(algorithm), |scenario| {
+        runtime.block_on(run_scenario(h.clone(), scenario))
+    });
+    if let Err(e) = result {
+        panic!("{algorithm} disagrees with its reference model: {e}");
+    }
+}

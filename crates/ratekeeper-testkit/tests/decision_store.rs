@@ -1,0 +1,100 @@
+//! A store that writes only the decision step, as a store author outside the
+//! workspace would: typed rule states in a map behind a mutex, decided with
+//! the core's pure step. It offers no key-value operation, so it runs the
+//! decision half of the conformance kit, and says `Unsupported` for the rest.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ratekeeper_core::kit::RuleState;
+use ratekeeper_core::kit::{self, Write};
+use ratekeeper_core::{
+    Algorithm, Clock, DecideRequest, Decision, Error, ErrorKind, Limiter, Result, Rule, Storage,
+};
+use ratekeeper_testkit::{ManualClock, Timestamp};
+
+/// Rule states by state key, each with the time (µs) it expires at.
+#[derive(Debug)]
+struct DecisionStore {
+    clock: ManualClock,
+    states: Mutex<HashMap<String, (RuleState, u64)>>,
+}
+
+#[async_trait]
+impl Storage for DecisionStore {
+    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+        let mut states = self
+            .states
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Other, "lock poisoned"))?;
+        let now = self.clock.now().as_micros();
+        states.retain(|_, (_, expires)| *expires > now);
+        let keys: Vec<String> = request.entries.iter().map(|e| e.state_key()).collect();
+        let current: Vec<Option<RuleState>> = keys
+            .iter()
+            .map(|k| states.get(k).map(|(s, _)| s.clone()))
+            .collect();
+        let rules: Vec<(&Rule, Option<&RuleState>)> = request
+            .entries
+            .iter()
+            .zip(&current)
+            .map(|(e, s)| (e.rule, s.as_ref()))
+            .collect();
+        let (decision, writes) = kit::decide_all(&rules, request.now, request.cost)?;
+        for (key, write) in keys.into_iter().zip(writes) {
+            if let Some(Write { state, ttl }) = write {
+                let ttl = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX / 2);
+                states.insert(key, (state, now.saturating_add(ttl)));
+            }
+        }
+        Ok(decision)
+    }
+}
+
+ratekeeper_testkit::decision_conformance_tests!(|clock: ManualClock| -> Arc<dyn Storage> {
+    Arc::new(DecisionStore {
+        clock,
+        states: Mutex::default(),
+    })
+});
+
+/// What the store has not written answers `Unsupported`, by name; what has
+/// a default works; a limiter on it decides, and its reset says why it
+/// cannot.
+#[tokio::test]
+async fn the_rest_of_the_contract_is_unsupported_or_defaulted() {
+    let clock = ManualClock::new(Timestamp::from_micros(1_000_000));
+    let store = Arc::new(DecisionStore {
+        clock: clock.clone(),
+        states: Mutex::default(),
+    });
+    let hour = std::time::Duration::from_secs(3_600);
+    let errors = [
+        ("get", store.get("k").await.map(drop)),
+        ("set", store.set("k", b"v", hour).await),
+        ("delete", store.delete("k").await.map(drop)),
+        ("exists", store.exists("k").await.map(drop)),
+        ("increment", store.increment("k", 1, hour).await.map(drop)),
+        ("clear", store.clear().await.map(drop)),
+        (
+            "compare_and_swap",
+            store.compare_and_swap(&[]).await.map(drop),
+        ),
+    ];
+    for (operation, result) in errors {
+        let err = result.expect_err(operation);
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{operation}");
+        assert!(!err.is_transient(), "{operation}");
+        assert!(err.to_string().contains(operation), "{err}");
+    }
+    store.close().await.unwrap();
+    assert_eq!(store.stats().await.unwrap().backend, "custom");
+
+    let limiter = Limiter::builder(store.clone()).clock(clock).build();
+    let rule = Rule::new("r", Algorithm::Gcra, "1/hour".parse().unwrap()).unwrap();
+    assert!(limiter.check(&rule, "a").await.unwrap().is_allowed());
+    assert!(!limiter.check(&rule, "a").await.unwrap().is_allowed());
+    let err = limiter.reset(&rule, "a").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+}
