@@ -10,6 +10,9 @@
 //! - `soak [MINUTES]`: the three example servers over one Redis under steady
 //!   load while Redis is paused, killed and restarted at random (default 10
 //!   minutes; not in CI).
+//! - `accuracy [SEED]`: each algorithm beside the exact sliding log on 2 000
+//!   simulated Poisson clients (a few seconds; the table in
+//!   `docs/algorithms.md` comes from it).
 //! - `mutants [PATH...] [-- ARGS]`: mutation testing with `cargo-mutants` over
 //!   the given files or folders (default: the core's algorithms, engine, state
 //!   and quota); not in CI.
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::run(args.get(1..).unwrap_or_default()),
         Some("soak") => soak(args.get(1).map_or("10", String::as_str)),
+        Some("accuracy") => accuracy(args.get(1..).unwrap_or_default()),
         Some("mutants") => mutants(args.get(1..).unwrap_or_default()),
         Some("api") => api::run(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,7 +43,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask <ci | test | bench [memory|sqlite|http|redis] | soak [MINUTES] \
-                 | mutants [PATH...] [-- CARGO_MUTANTS_ARGS] | api [--check]>"
+                 | accuracy [SEED] | mutants [PATH...] [-- CARGO_MUTANTS_ARGS] | api [--check]>"
             );
             return ExitCode::from(2);
         }
@@ -179,6 +183,25 @@ fn test() -> Result<(), String> {
     // One closing line, for people and for CI.
     println!("total: {} passed, {} failed", tally.passed, tally.failed);
     result
+}
+
+/// `cargo xtask accuracy [SEED]`: runs
+/// `crates/ratekeeper-bench/src/bin/accuracy.rs` in release mode, which
+/// prints each algorithm's admissions beside the exact sliding log's on the
+/// same simulated streams.
+fn accuracy(args: &[String]) -> Result<(), String> {
+    let mut cmd = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "ratekeeper-bench",
+        "--bin",
+        "accuracy",
+        "--",
+    ];
+    cmd.extend(args.iter().map(String::as_str));
+    cargo(&cmd, &[])
 }
 
 /// `cargo xtask soak [MINUTES]`: builds the example servers and the `soak`
