@@ -195,6 +195,11 @@ pub(crate) fn compile(
     let rules = c.rules();
     let d = &config.defaults;
     c.ranges();
+    if let Err(e) = crate::domains::Domains::compile(&config.domains, d.algorithm) {
+        for problem in e.0 {
+            c.problem(&problem.path, problem.message);
+        }
+    }
 
     // Routes.
     let mut routes = RouteTable::new();

@@ -41,6 +41,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod build;
+pub mod domains;
 mod error;
 mod live;
 mod model;

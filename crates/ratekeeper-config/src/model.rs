@@ -41,6 +41,9 @@ pub struct Config {
     /// `[auto_block]`: clients denied too often are refused for a while
     /// (off when absent).
     pub auto_block: Option<ratekeeper_http::AutoBlock>,
+    /// `[[domains]]`: limits chosen by descriptors, for the rate-limit
+    /// server (see [`domains`](crate::domains)).
+    pub domains: Vec<crate::domains::DomainConfig>,
     /// Where each field came from, for error messages.
     pub(crate) origin: Origin,
 }

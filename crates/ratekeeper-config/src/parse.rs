@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use figment::value::Value;
 
+use super::domains;
 use super::model::{
     Config, DefaultsConfig, ExemptConfig, KeySpec, ListsConfig, ProxiesConfig, RouteConfig,
     RuleConfig, StorageConfig, TierCacheConfig, TierConfig, TierLimit, TierRuleConfig,
@@ -31,6 +32,7 @@ const TOP: &[&str] = &[
     "lists",
     "proxies",
     "auto_block",
+    "domains",
 ];
 
 /// What reading found: the configuration, and the rules that were broken
@@ -105,6 +107,10 @@ pub(crate) fn read(r: &mut Reader<'_>, root: &Value) -> Read {
     }
     if let Some(t) = top.table(r, "auto_block") {
         config.auto_block = auto_block(r, &t);
+    }
+    for t in top.tables(r, "domains") {
+        let domain = domains::read_domain(r, &t, config.defaults.algorithm);
+        config.domains.push(domain);
     }
     top.finish(r, TOP);
     Read {

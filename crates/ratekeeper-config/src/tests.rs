@@ -183,7 +183,7 @@ configuration: auto_block.denials: -1 is out of range (expected a whole number f
 configuration: auto_block.within: must be above 0
 configuration: auto_block.block_for: missing (expected a duration such as "30s", "1m", "1h" or "1d")
 configuration: auto_block.blok_for: unknown field `blok_for` (expected one of: denials, within, block_for, max_clients); did you mean `block_for`?
-configuration: extra: unknown field `extra` (expected one of: storage, defaults, rules, routes, tiers, tier_cache, exempt, lists, proxies, auto_block)
+configuration: extra: unknown field `extra` (expected one of: storage, defaults, rules, routes, tiers, tier_cache, exempt, lists, proxies, auto_block, domains)
 configuration: rules.bad name: invalid rule name "bad name": only printable ASCII without spaces, ':', '{' or '}' is allowed
 configuration: rules.burst_on_window.burst: fixed_window counts per window and takes no burst (a burst applies to token_bucket, leaky_bucket and gcra)
 configuration: routes[0].rules[1]: no rule named `ghost` (expected one of the rules of [rules]: bad name, badwindow, burst_on_window, missing, negative, ok, small, tiny, typo, zero, zeroburst)
@@ -759,4 +759,58 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn domains_in_our_own_format_use_the_default_algorithm() {
+    let config = Config::parse(
+        r#"
+        [defaults]
+        algorithm = "gcra"
+
+        [[domains]]
+        domain = "edge"
+
+        [[domains.descriptors]]
+        key = "remote_address"
+        rate_limit = { unit = "second", requests_per_unit = 10, burst = 20 }
+
+        [[domains.descriptors]]
+        key = "path"
+        value = "/login"
+        rate_limit = { window = "15m", requests_per_unit = 5, algorithm = "sliding_window_log" }
+        "#,
+        Format::Toml,
+    )
+    .unwrap();
+    assert_eq!(config.domains.len(), 1);
+    let compiled = domains::Domains::compile(&config.domains, config.defaults.algorithm).unwrap();
+    let ip = compiled
+        .resolve("edge", &[("remote_address", "203.0.113.9")])
+        .unwrap();
+    let domains::Limit::Rule { rule, .. } = ip.limit() else {
+        panic!("{:?}", ip.limit())
+    };
+    assert_eq!(rule.algorithm(), ratekeeper_core::rule::Algorithm::Gcra);
+    assert_eq!(rule.quota().burst(), 20);
+}
+
+#[test]
+fn domain_problems_name_their_place_in_the_file() {
+    assert_eq!(
+        errors(
+            r#"
+            [[domains]]
+            domain = "a"
+            [[domains.descriptors]]
+            key = "k"
+            rate_limit = { unit = "second", requests_per_unit = 5, burst = 2 }
+
+            [[domains]]
+            domain = "a"
+            "#
+        ),
+        "configuration: domains[0].descriptors[0].rate_limit: sliding_window_counter counts per window and takes no burst (a burst applies to token_bucket, leaky_bucket and gcra)\n\
+         configuration: domains[1].domain: a second domain named \"a\""
+    );
 }
