@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ratekeeper::config::{Config, ConfigErrors, Loader};
+use ratekeeper::config::{Config, ConfigErrors, Loader, domains};
 use ratekeeper::http::{ListKind, RuntimeLists};
 use ratekeeper::kit::RuleState;
 use ratekeeper::memory::MemoryStorage;
@@ -44,9 +44,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate a configuration file (with RATELIMIT__… environment
-    /// overrides); print every problem and exit 1 if there is any.
+    /// overrides), or a limits file of envoyproxy/ratelimit's YAML format;
+    /// print every problem and exit 1 if there is any.
     CheckConfig {
-        /// The file (.toml, .yaml, .yml or .json).
+        /// The file (.toml, .yaml, .yml or .json; a .yaml file with a
+        /// top-level `domain` is read as envoyproxy/ratelimit's format).
         file: String,
         /// Ignore RATELIMIT__… environment variables.
         #[arg(long)]
@@ -257,6 +259,12 @@ fn load(file: &str, env: bool) -> Result<Config, ConfigErrors> {
 }
 
 fn check_config(file: &str, no_env: bool) -> Result<(), Failure> {
+    if file.ends_with(".yaml") || file.ends_with(".yml") {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+        if domains::is_envoy_yaml(&text) {
+            return check_envoy_file(file, &text);
+        }
+    }
     let config = load(file, !no_env).map_err(|e| e.to_string())?;
     let rules = config.built_rules().map_err(|e| e.to_string())?;
     println!(
@@ -273,6 +281,12 @@ fn check_config(file: &str, no_env: bool) -> Result<(), Failure> {
             source_note(&config, &format!("rules.{name}"))
         );
     }
+    if !config.domains.is_empty() {
+        let compiled = domains::Domains::compile(&config.domains, config.defaults.algorithm)
+            .map_err(|e| e.to_string())?;
+        println!("  {} domains", config.domains.len());
+        print_limits(&compiled);
+    }
     let d = &config.defaults;
     println!(
         "  defaults: key {}, {} headers, on store error {}, denied status {}{}",
@@ -286,6 +300,32 @@ fn check_config(file: &str, no_env: bool) -> Result<(), Failure> {
         if d.shadow { ", shadow mode" } else { "" }
     );
     Ok(())
+}
+
+/// A file of envoyproxy/ratelimit's format: its domain and every limit.
+fn check_envoy_file(file: &str, text: &str) -> Result<(), Failure> {
+    let domain = domains::DomainConfig::from_envoy_yaml(text, file).map_err(|e| e.to_string())?;
+    let compiled = domains::Domains::compile(std::slice::from_ref(&domain), Algorithm::FixedWindow)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{file}: ok: envoyproxy/ratelimit format, domain {:?}, {} limits",
+        domain.domain,
+        compiled.limits().len()
+    );
+    print_limits(&compiled);
+    Ok(())
+}
+
+fn print_limits(compiled: &domains::Domains) {
+    for m in compiled.limits() {
+        let what = match m.limit() {
+            domains::Limit::Rule { rule, .. } => describe_rule(rule),
+            domains::Limit::Deny => "every request denied".to_owned(),
+            _ => "unlimited".to_owned(),
+        };
+        let shadow = if m.shadow_mode() { ", shadow mode" } else { "" };
+        println!("  limit {}: {what}{shadow}", m.path());
+    }
 }
 
 /// ` (from environment variable …)` when a field did not come from the file.

@@ -85,6 +85,51 @@ fn check_config_prints_every_problem_and_fails() {
     );
 }
 
+/// A limits file of envoyproxy/ratelimit's format is recognised by its
+/// top-level `domain` and checked as that format: its limits listed, or
+/// every problem with its path.
+#[test]
+fn check_config_reads_envoy_ratelimit_files() {
+    let dir = Scratch::new("envoy");
+    let file = dir.file(
+        "edge.yaml",
+        "domain: edge\n\
+         descriptors:\n\
+         \x20 - key: remote_address\n\
+         \x20   rate_limit: {unit: second, requests_per_unit: 10}\n\
+         \x20 - key: remote_address\n\
+         \x20   value: 198.51.100.5\n\
+         \x20   rate_limit: {unit: second, requests_per_unit: 0}\n\
+         \x20 - key: user\n\
+         \x20   shadow_mode: true\n\
+         \x20   rate_limit: {unit: minute, requests_per_unit: 100}\n",
+    );
+    let o = ratekeeper(&["check-config", &file], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "{file}: ok: envoyproxy/ratelimit format, domain \"edge\", 3 limits\n  \
+             limit edge.remote_address: fixed_window, 10 per 1s\n  \
+             limit edge.remote_address_198.51.100.5: every request denied\n  \
+             limit edge.user: fixed_window, 100 per 1m, shadow mode\n"
+        )
+    );
+    let bad = dir.file(
+        "bad.yaml",
+        "domain: edge\ndescriptors:\n  - key: a\n    rate_limit: {unit: month, requests_per_unit: 5}\n",
+    );
+    let o = ratekeeper(&["check-config", &bad], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!(
+            "{bad}: descriptors[0].rate_limit.unit: \"month\" is a calendar unit"
+        )),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// The help lists the store URLs of every store this build opens (from the
 /// stores' own registrations), and a configuration naming another store is
 /// refused by `check-config` with that list.

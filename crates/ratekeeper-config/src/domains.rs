@@ -152,6 +152,24 @@ fn fill_algorithm(level: &mut [DescriptorConfig], default: Algorithm) {
     }
 }
 
+/// Whether `text` is a file of envoyproxy/ratelimit's format (a YAML
+/// mapping with a top-level `domain`) rather than a configuration of this
+/// crate's format.
+///
+/// ```
+/// use ratekeeper_config::domains::is_envoy_yaml;
+///
+/// assert!(is_envoy_yaml("domain: edge\ndescriptors: []\n"));
+/// assert!(!is_envoy_yaml("rules:\n  api: {limit: 5, window: 1m}\n"));
+/// assert!(!is_envoy_yaml("[not yaml"));
+/// ```
+pub fn is_envoy_yaml(text: &str) -> bool {
+    match Figment::new().merge(Yaml::string(text)).find_value("") {
+        Ok(figment::value::Value::Dict(_, dict)) => dict.contains_key("domain"),
+        _ => false,
+    }
+}
+
 /// `domain` and `descriptors` of a domain table, with the checks that span
 /// nodes (the same key and value twice on a level, replaced names that no
 /// limit has).
@@ -476,6 +494,24 @@ impl Domains {
         let node = best(level, last.0, last.1)?;
         let limit = node.limit.as_ref()?;
         Some(Matched { node, limit })
+    }
+
+    /// Every node with a limit, with its domain, ordered by path.
+    pub fn limits(&self) -> Vec<Matched<'_>> {
+        fn collect<'a>(level: &'a [Node], out: &mut Vec<Matched<'a>>) {
+            for node in level {
+                if let Some(limit) = &node.limit {
+                    out.push(Matched { node, limit });
+                }
+                collect(&node.children, out);
+            }
+        }
+        let mut out = Vec::new();
+        for tree in self.domains.values() {
+            collect(tree, &mut out);
+        }
+        out.sort_by(|a, b| a.path().cmp(b.path()));
+        out
     }
 
     /// Drops the matches whose limit another match replaces (neither
