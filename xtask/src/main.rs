@@ -304,7 +304,7 @@ fn mutants(args: &[String]) -> Result<(), String> {
         let package = path
             .strip_prefix("crates/")
             .and_then(|rest| rest.split('/').next())
-            .filter(|p| p.starts_with("ratelimit-"))
+            .filter(|p| p.starts_with("ratekeeper-"))
             .ok_or_else(|| format!("{path}: not under crates/<package>/"))?
             .to_owned();
         let glob = if root.join(path).is_dir() {

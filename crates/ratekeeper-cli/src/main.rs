@@ -319,7 +319,7 @@ fn check_envoy_file(file: &str, text: &str) -> Result<(), Failure> {
 fn print_limits(compiled: &domains::Domains) {
     for m in compiled.limits() {
         let what = match m.limit() {
-            domains::Limit::Rule { rule, .. } => describe_rule(rule),
+            domains::Limit::Rule(rule) => describe_rule(rule),
             domains::Limit::Deny => "every request denied".to_owned(),
             _ => "unlimited".to_owned(),
         };

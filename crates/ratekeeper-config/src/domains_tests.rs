@@ -12,7 +12,7 @@ fn domains(yaml: &str) -> Domains {
 
 fn rule_of(m: Option<Matched<'_>>) -> Option<(u64, Duration, String)> {
     match m?.limit() {
-        Limit::Rule { rule, .. } => Some((
+        Limit::Rule(rule) => Some((
             rule.quota().limit(),
             rule.quota().window(),
             rule.name().to_owned(),
@@ -52,7 +52,7 @@ descriptors:
     );
     let (limit, window, _) =
         rule_of(d.resolve("edge", &[("remote_address", "203.0.113.1")])).unwrap();
-    let Limit::Rule { rule, .. } = d
+    let Limit::Rule(rule) = d
         .resolve("edge", &[("remote_address", "203.0.113.1")])
         .unwrap()
         .limit()
@@ -67,7 +67,9 @@ descriptors:
             .limit(),
         &Limit::Deny
     );
-    // Wildcards: the longest prefix; no match at all for other paths.
+    // Wildcards: the first in the file's order that the value starts with
+    // (as envoyproxy/ratelimit picks), so the broader one declared first
+    // wins; no match at all for other paths.
     assert_eq!(
         rule_of(d.resolve("edge", &[("path", "/api/users")]))
             .unwrap()
@@ -78,7 +80,7 @@ descriptors:
         rule_of(d.resolve("edge", &[("path", "/api/admin/x")]))
             .unwrap()
             .0,
-        2
+        20
     );
     assert!(d.resolve("edge", &[("path", "/public")]).is_none());
     // Unknown keys and domains, and empty descriptors, match nothing.
@@ -175,10 +177,10 @@ descriptors:
     let two = d
         .resolve("example", &[("key_2", "value_2"), ("user", "alice")])
         .unwrap();
-    let mut both = vec![one, two];
+    let mut both = vec![one.clone(), two];
     Domains::apply_replaces(&mut both);
     assert_eq!(both.len(), 1);
-    assert_eq!(rule_of(Some(both[0])).unwrap().0, 10);
+    assert_eq!(rule_of(Some(both[0].clone())).unwrap().0, 10);
     let mut alone = vec![one];
     Domains::apply_replaces(&mut alone);
     assert_eq!(alone.len(), 1);
@@ -215,8 +217,7 @@ descriptors:
     let soft = d.resolve("internal", &[("user", "soft")]).unwrap();
     assert!(soft.shadow_mode() && soft.detailed_metric());
     assert_eq!(soft.path(), "internal.user_soft");
-    let Limit::Rule { rule, .. } = d.resolve("internal", &[("tokens", "t")]).unwrap().limit()
-    else {
+    let Limit::Rule(rule) = d.resolve("internal", &[("tokens", "t")]).unwrap().limit() else {
         panic!()
     };
     assert_eq!(rule.algorithm(), Algorithm::Gcra);
@@ -248,7 +249,6 @@ descriptors:
     let expected = [
         "domain: empty",
         "descriptors[0].rate_limit.unit: unknown unit \"fortnight\"",
-        "descriptors[1].rate_limit.unit: \"month\" is a calendar unit",
         "descriptors[1].rate_limit.requests_per_unit:",
         "descriptors[1].rate_limit.colour: unknown field",
         "descriptors[2].key: missing",
@@ -338,7 +338,24 @@ descriptors:
     let c = rule_of(d.resolve("d", &[("long", &long)])).unwrap().2;
     assert!(a.starts_with("rls~") && b.starts_with("rls~") && c.starts_with("rls~"));
     assert_ne!(a, b);
-    assert_eq!(rule_name("d.key_value"), "rls.d.key_value");
+    assert_eq!(rule_name("d.key=value"), "rls.d.key=value");
+    // Keys and values holding the separators of the metric-style path do not
+    // make one rule of two nodes.
+    let d = domains(
+        "
+domain: d
+descriptors:
+  - key: a
+    value: b_c
+    rate_limit: {unit: second, requests_per_unit: 1}
+  - key: a_b
+    value: c
+    rate_limit: {unit: second, requests_per_unit: 1}
+",
+    );
+    let one = rule_of(d.resolve("d", &[("a", "b_c")])).unwrap().2;
+    let two = rule_of(d.resolve("d", &[("a_b", "c")])).unwrap().2;
+    assert_ne!(one, two);
 }
 
 #[test]
@@ -379,4 +396,106 @@ fn a_deeply_nested_file_is_an_error_not_a_crash() {
     let names: Vec<String> = (0..levels).map(|i| format!("k{i}")).collect();
     let entries: Vec<(&str, &str)> = names.iter().map(|k| (k.as_str(), "v")).collect();
     assert!(d.resolve("d", &entries).is_some());
+}
+
+#[test]
+fn unlimited_and_denying_limits_replace_and_are_replaced() {
+    let d = domains(
+        "
+domain: d
+descriptors:
+  - key: remote_address
+    rate_limit: {name: per_ip, unit: second, requests_per_unit: 10}
+  - key: remote_address
+    value: 203.0.113.1
+    rate_limit: {name: banned, unit: second, requests_per_unit: 0}
+  - key: partner
+    rate_limit:
+      unlimited: true
+      requests_per_unit: 5
+      replaces: [{name: per_ip}, {name: banned}]
+",
+    );
+    // An exemption: the unlimited partner descriptor drops the per-address
+    // limit and the ban of the same request.
+    let ip = d
+        .resolve("d", &[("remote_address", "198.51.100.1")])
+        .unwrap();
+    let banned = d
+        .resolve("d", &[("remote_address", "203.0.113.1")])
+        .unwrap();
+    let partner = d.resolve("d", &[("partner", "acme")]).unwrap();
+    assert_eq!(partner.limit(), &Limit::Unlimited);
+    assert_eq!(banned.name(), Some("banned"));
+    assert_eq!(banned.limit(), &Limit::Deny);
+    let mut all = vec![ip, banned, partner];
+    Domains::apply_replaces(&mut all);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].limit(), &Limit::Unlimited);
+}
+
+#[test]
+fn a_limit_cannot_replace_itself() {
+    let found = errors(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {name: x, replaces: [{name: x}], unit: second, requests_per_unit: 1}\n",
+    );
+    assert_eq!(
+        found,
+        ["descriptors[0].rate_limit.replaces[0].name: a limit cannot replace itself"]
+    );
+}
+
+#[test]
+fn plain_scalars_month_and_year_are_read_as_there() {
+    let d = domains(
+        "
+domain: d
+descriptors:
+  - key: status
+    value: 200
+    rate_limit: {unit: month, requests_per_unit: 1000}
+  - key: internal
+    value: true
+    rate_limit: {unit: YEAR, requests_per_unit: 1}
+",
+    );
+    let (limit, window, _) = rule_of(d.resolve("d", &[("status", "200")])).unwrap();
+    assert_eq!((limit, window), (1000, Duration::from_secs(30 * 86_400)));
+    let (_, window, _) = rule_of(d.resolve("d", &[("internal", "true")])).unwrap();
+    assert_eq!(window, Duration::from_secs(365 * 86_400));
+}
+
+#[test]
+fn share_threshold_gives_a_wildcard_one_counter() {
+    let d = domains(
+        "
+domain: d
+descriptors:
+  - key: path
+    value: /files/*
+    share_threshold: true
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: path
+    value: /pages/*
+    rate_limit: {unit: minute, requests_per_unit: 10}
+",
+    );
+    let a = d.resolve("d", &[("path", "/files/a")]).unwrap();
+    let b = d.resolve("d", &[("path", "/files/b")]).unwrap();
+    assert_eq!(a.key(), b.key());
+    assert_eq!(a.key(), "path=/files/*");
+    let c = d.resolve("d", &[("path", "/pages/a")]).unwrap();
+    let e = d.resolve("d", &[("path", "/pages/b")]).unwrap();
+    assert_ne!(c.key(), e.key());
+    assert_eq!(c.key(), descriptor_key(&[("path", "/pages/a")]));
+    // A request whose value is literally `*` never lands on the shared key.
+    assert_eq!(descriptor_key(&[("path", "/files/*")]), "path=/files/%2A");
+    let found =
+        errors("domain: d\ndescriptors:\n  - key: p\n    value: x\n    share_threshold: true\n");
+    assert_eq!(
+        found,
+        [
+            "descriptors[0].share_threshold: only a wildcard value (ending in `*`) has matches to share a counter"
+        ]
+    );
 }

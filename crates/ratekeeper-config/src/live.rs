@@ -200,8 +200,13 @@ impl LivePolicy {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         match &outcome {
-            Ok(()) => tracing::info!(file = %file, "rate-limit configuration reloaded"),
+            Ok(()) => tracing::info!(
+                target: "ratekeeper::config",
+                file = %file,
+                "rate-limit configuration reloaded"
+            ),
             Err(e) => tracing::warn!(
+                target: "ratekeeper::config",
                 file = %file,
                 "rate-limit configuration not reloaded, the previous one keeps serving: {e}"
             ),

@@ -788,7 +788,7 @@ fn domains_in_our_own_format_use_the_default_algorithm() {
     let ip = compiled
         .resolve("edge", &[("remote_address", "203.0.113.9")])
         .unwrap();
-    let domains::Limit::Rule { rule, .. } = ip.limit() else {
+    let domains::Limit::Rule(rule) = ip.limit() else {
         panic!("{:?}", ip.limit())
     };
     assert_eq!(rule.algorithm(), ratekeeper_core::rule::Algorithm::Gcra);

@@ -9,8 +9,8 @@
 //!
 //! The flags are the same for `actix_server` and `rocket_server` (see
 //! `examples/common/server.rs`). `--storage` takes any URL
-//! `ratekeeper::from_url` accepts (`sqlite://…` with `--features sqlite`,
-//! `redis://…` with `--features redis`).
+//! `ratekeeper::from_url` accepts (`memory://`, `sqlite://…`, `redis://…`:
+//! this crate enables every store).
 
 #[path = "common/server.rs"]
 mod server;

@@ -12,7 +12,7 @@
 //! Takes the same flags as `axum_server` (see `examples/common/server.rs`),
 //! `--store-timeout` and `--deny-cache` among them, so the breaker and the
 //! deny cache can be watched at work against a Redis store
-//! (`--features axum,metrics,redis --storage redis://…`). `/metrics` and
+//! (`--storage redis://…`). `/metrics` and
 //! `/status` are outside the limiter.
 
 #[path = "common/server.rs"]

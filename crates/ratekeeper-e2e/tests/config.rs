@@ -1,12 +1,16 @@
 //! Configuration files through the facade: every example file loads and
-//! serves, tiers from a file with an application's resolver, runtime changes
+//! serves (and the example limits file of envoyproxy/ratelimit's format
+//! behaves as its comments say), tiers from a file with an application's resolver, runtime changes
 //! through the API, and the store that cannot change while running.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
+use ratekeeper::Algorithm;
+use ratekeeper::config::domains::{DomainConfig, Domains, Limit, Matched, is_envoy_yaml};
 use ratekeeper::config::{
     Config, Format, LivePolicy, Loader, PolicyCode, RuleConfig, StorageConfig, TierLimit,
     TierRuleConfig,
@@ -52,6 +56,58 @@ async fn every_example_configuration_loads_and_serves() {
             "saas_tiers.yaml"
         ]
     );
+}
+
+/// The example limits file behaves as its comments say.
+#[test]
+fn the_example_envoy_file_behaves_as_its_comments_say() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server/envoy.yaml"),
+    )
+    .unwrap();
+    assert!(is_envoy_yaml(&text));
+    let file = DomainConfig::from_envoy_yaml(&text, "envoy.yaml").unwrap();
+    let d = Domains::compile(&[file], Algorithm::SlidingWindowCounter).unwrap();
+    let rule_of = |m: Option<Matched<'_>>| match m.map(|m| m.limit()) {
+        Some(Limit::Rule(rule)) => Some((rule.quota().limit(), rule.quota().window())),
+        _ => None,
+    };
+    let limit = |entries: &[(&str, &str)]| d.resolve("edge", entries).map(|m| m.limit().clone());
+    let per_address = rule_of(d.resolve("edge", &[("remote_address", "203.0.113.9")])).unwrap();
+    assert_eq!((per_address.0, per_address.1), (50, Duration::from_secs(1)));
+    let Some(Limit::Rule(rule)) = limit(&[("remote_address", "203.0.113.9"), ("path", "/login")])
+    else {
+        panic!()
+    };
+    assert_eq!(rule.algorithm(), Algorithm::SlidingWindowLog);
+    assert_eq!(rule.quota().limit(), 5);
+    assert_eq!(
+        limit(&[("remote_address", "198.51.100.66")]),
+        Some(Limit::Deny)
+    );
+    assert_eq!(limit(&[("path", "/healthz")]), Some(Limit::Unlimited));
+    assert_eq!(
+        rule_of(d.resolve("edge", &[("path", "/exports/2026.csv")]))
+            .unwrap()
+            .0,
+        10
+    );
+    assert!(limit(&[("path", "/other")]).is_none());
+    let free = d
+        .resolve("edge", &[("api_key", "k-1"), ("plan", "free")])
+        .unwrap();
+    assert!(free.shadow_mode());
+    let Some(Limit::Rule(rule)) = limit(&[("api_key", "k-1"), ("plan", "pro")]) else {
+        panic!()
+    };
+    assert_eq!(
+        (rule.algorithm(), rule.quota().burst()),
+        (Algorithm::Gcra, 600)
+    );
+    // An API key alone, or with an unknown plan, has no limit.
+    assert!(limit(&[("api_key", "k-1")]).is_none());
+    assert!(limit(&[("api_key", "k-1"), ("plan", "enterprise")]).is_none());
+    assert_eq!(d.limits().len(), 7);
 }
 
 /// A store's stats detail `name`.

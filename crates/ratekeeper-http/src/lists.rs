@@ -193,7 +193,7 @@ struct Inner {
 /// Allow and deny lists kept in a store, changed at runtime. Give them to a
 /// policy with [`HttpPolicy::runtime_lists`](super::HttpPolicy::runtime_lists);
 /// change them from an admin endpoint, or from the `ratekeeper` command line
-/// (`ratekeeper deny add --storage URL 203.0.113.7 --for 1h`). Cheap to clone;
+/// (`ratekeeper deny add --storage URL 203.0.113.7 --ttl 1h`). Cheap to clone;
 /// clones share the snapshot.
 ///
 /// Deny entries refuse a client before anything else (403), allow entries
