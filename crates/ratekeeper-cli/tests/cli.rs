@@ -117,13 +117,13 @@ fn check_config_reads_envoy_ratelimit_files() {
     );
     let bad = dir.file(
         "bad.yaml",
-        "domain: edge\ndescriptors:\n  - key: a\n    rate_limit: {unit: month, requests_per_unit: 5}\n",
+        "domain: edge\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 5}\n",
     );
     let o = ratekeeper(&["check-config", &bad], &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains(&format!(
-            "{bad}: descriptors[0].rate_limit.unit: \"month\" is a calendar unit"
+            "{bad}: descriptors[0].rate_limit.unit: unknown unit \"fortnight\""
         )),
         "{}",
         stderr(&o)

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::tree::rule_name;
 use super::*;
 
 fn domains(yaml: &str) -> Domains {
