@@ -259,11 +259,12 @@ fn load(file: &str, env: bool) -> Result<Config, ConfigErrors> {
 }
 
 fn check_config(file: &str, no_env: bool) -> Result<(), Failure> {
-    if file.ends_with(".yaml") || file.ends_with(".yml") {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
-        if domains::is_envoy_yaml(&text) {
-            return check_envoy_file(file, &text);
-        }
+    // A file that cannot be read is reported by the loader below.
+    if (file.ends_with(".yaml") || file.ends_with(".yml"))
+        && let Ok(text) = std::fs::read_to_string(file)
+        && domains::is_envoy_yaml(&text)
+    {
+        return check_envoy_file(file, &text);
     }
     let config = load(file, !no_env).map_err(|e| e.to_string())?;
     let rules = config.built_rules().map_err(|e| e.to_string())?;
