@@ -14,7 +14,7 @@ use super::model::{Config, KeySpec, RuleConfig, TierLimit};
 use ratekeeper_core::Limiter;
 use ratekeeper_core::clock::Clock;
 use ratekeeper_core::quota::{Quota, QuotaError};
-use ratekeeper_core::rule::{Rule, RuleError};
+use ratekeeper_core::rule::{Algorithm, Rule, RuleError};
 use ratekeeper_http::{
     BlockedHook, ClientIpPolicy, ErrorHook, ExemptFn, HttpPolicy, KeyExtractor, KeyFn, KeySource,
     Limits, RouteTable, RuntimeLists, TierResolver, Tiers, parse_net,
@@ -175,6 +175,43 @@ impl Compiled {
         }
         policy
     }
+}
+
+/// The rule `name` from `rc` (its algorithm, or `default`): the one place
+/// a configured rule is built, for named rules, tiers and domains alike. An
+/// error names the field at fault (`None`: the name).
+pub(crate) fn build_rule(
+    name: &str,
+    rc: &RuleConfig,
+    default: Algorithm,
+) -> Result<Rule, (Option<&'static str>, String)> {
+    let quota = Quota::new(rc.limit, rc.window)
+        .and_then(|q| match rc.burst {
+            Some(b) => q.with_burst(b),
+            None => Ok(q),
+        })
+        .map_err(|e| {
+            let field = match e {
+                QuotaError::WindowOutOfRange(_) => "window",
+                QuotaError::ZeroBurst | QuotaError::BurstTooLarge(_) => "burst",
+                _ => "limit",
+            };
+            (Some(field), e.to_string())
+        })?;
+    Rule::new(name, rc.algorithm.unwrap_or(default), quota)
+        .and_then(|r| match rc.penalty {
+            Some(p) => r.with_penalty(p),
+            None => Ok(r),
+        })
+        .map_err(|e| {
+            let field = match e {
+                RuleError::InvalidName { .. } => None,
+                RuleError::BurstNotSupported(_) => Some("burst"),
+                RuleError::InvalidPenalty(_) => Some("penalty"),
+                _ => Some("limit"),
+            };
+            (field, e.to_string())
+        })
 }
 
 /// Checks `config` whole and builds its pieces. `broken_rules`: rules a
@@ -435,46 +472,17 @@ impl Checker<'_> {
 
     /// One rule, as `name`, whose fields are at `at`.
     fn rule(&mut self, at: &str, name: &str, rc: &RuleConfig) -> Option<Rule> {
-        let algorithm = rc.algorithm.unwrap_or(self.config.defaults.algorithm);
-        let field = |f: &str| format!("{at}.{f}");
-        let quota = Quota::new(rc.limit, rc.window).and_then(|q| match rc.burst {
-            Some(b) => q.with_burst(b),
-            None => Ok(q),
-        });
-        let quota = match quota {
-            Ok(q) => q,
-            Err(e) => {
-                let f = match e {
-                    QuotaError::WindowOutOfRange(_) => "window",
-                    QuotaError::ZeroBurst | QuotaError::BurstTooLarge(_) => "burst",
-                    _ => "limit",
-                };
-                self.problem(&field(f), e.to_string());
-                return None;
+        match build_rule(name, rc, self.config.defaults.algorithm) {
+            Ok(rule) => Some(rule),
+            Err((Some(field), message)) => {
+                self.problem(&format!("{at}.{field}"), message);
+                None
             }
-        };
-        let rule = Rule::new(name, algorithm, quota).and_then(|r| match rc.penalty {
-            Some(p) => r.with_penalty(p),
-            None => Ok(r),
-        });
-        match rule {
-            Ok(r) => Some(r),
-            Err(e) => {
-                let f = match e {
-                    RuleError::InvalidName { .. } => return self.bad_name(at, e),
-                    RuleError::BurstNotSupported(_) => "burst",
-                    RuleError::InvalidPenalty(_) => "penalty",
-                    _ => "limit",
-                };
-                self.problem(&field(f), e.to_string());
+            Err((None, message)) => {
+                self.problem(at, message);
                 None
             }
         }
-    }
-
-    fn bad_name(&mut self, at: &str, e: RuleError) -> Option<Rule> {
-        self.problem(at, e.to_string());
-        None
     }
 
     /// The limits of `names` at `at` (`<at>.rules`), costing `cost`.

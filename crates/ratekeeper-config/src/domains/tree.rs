@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use ratekeeper_core::Quota;
 use ratekeeper_core::rule::{Algorithm, Rule};
 use sha2::{Digest, Sha256};
 
 use super::{DescriptorConfig, DomainConfig, LimitKind};
+use crate::build::build_rule;
 use crate::error::{ConfigErrors, Problems};
+use crate::model::RuleConfig;
 
 /// Domains compiled for deciding: each limited node with its rule.
 #[derive(Debug, Clone, Default)]
@@ -130,19 +131,14 @@ impl Domains {
         let mut level = self.domains.get(domain)?;
         let mut key = String::new();
         let mut found = None;
-        for (i, (k, v)) in entries.iter().enumerate() {
+        for (k, v) in entries {
             let node = best(level, k, v)?;
-            if i > 0 {
-                key.push('|');
-            }
-            escape_into(&mut key, k);
-            key.push('=');
             match &node.value {
                 ValueMatch::Prefix(p) if node.share_threshold => {
-                    escape_into(&mut key, p);
+                    push_entry(&mut key, k, p);
                     key.push('*');
                 }
-                _ => escape_into(&mut key, v),
+                _ => push_entry(&mut key, k, v),
             }
             level = &node.children;
             found = Some(node);
@@ -194,25 +190,34 @@ impl Domains {
 /// make the same key ([`Matched::key`] is the one to use).
 pub fn descriptor_key(entries: &[(&str, &str)]) -> String {
     let mut key = String::new();
-    for (i, (k, v)) in entries.iter().enumerate() {
-        if i > 0 {
-            key.push('|');
-        }
-        escape_into(&mut key, k);
-        key.push('=');
-        escape_into(&mut key, v);
+    for (k, v) in entries {
+        push_entry(&mut key, k, v);
     }
     key
 }
 
-fn escape_into(out: &mut String, text: &str) {
+/// What a counter key escapes: its separators, the wildcard, the escape.
+const KEY_SPECIAL: &[char] = &['%', '|', '=', '*'];
+/// What a rule name's exact path escapes: its separators and the escape.
+const NAME_SPECIAL: &[char] = &['%', '.', '='];
+
+/// Appends the entry `key=value` (after a `|` if `out` holds entries).
+fn push_entry(out: &mut String, key: &str, value: &str) {
+    if !out.is_empty() {
+        out.push('|');
+    }
+    escape_into(out, key, KEY_SPECIAL);
+    out.push('=');
+    escape_into(out, value, KEY_SPECIAL);
+}
+
+/// Appends `text` with each of `special` written `%XX`.
+fn escape_into(out: &mut String, text: &str, special: &[char]) {
     for c in text.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '|' => out.push_str("%7C"),
-            '=' => out.push_str("%3D"),
-            '*' => out.push_str("%2A"),
-            c => out.push(c),
+        if special.contains(&c) {
+            out.push_str(&format!("%{:02X}", u32::from(c)));
+        } else {
+            out.push(c);
         }
     }
 }
@@ -246,7 +251,7 @@ struct Segment {
 impl Segment {
     fn root(domain: &str) -> Self {
         let mut exact = String::new();
-        escape_name_into(&mut exact, domain);
+        escape_into(&mut exact, domain, NAME_SPECIAL);
         Self {
             path: domain.to_owned(),
             exact,
@@ -255,28 +260,16 @@ impl Segment {
 
     fn child(&self, key: &str, value: Option<&str>) -> Self {
         let mut exact = format!("{}.", self.exact);
-        escape_name_into(&mut exact, key);
+        escape_into(&mut exact, key, NAME_SPECIAL);
         let path = match value {
             Some(v) => {
                 exact.push('=');
-                escape_name_into(&mut exact, v);
+                escape_into(&mut exact, v, NAME_SPECIAL);
                 format!("{}.{key}_{v}", self.path)
             }
             None => format!("{}.{key}", self.path),
         };
         Self { path, exact }
-    }
-}
-
-/// Escapes what separates a rule name's parts (`.`, `=`) and the escape.
-fn escape_name_into(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '.' => out.push_str("%2E"),
-            '=' => out.push_str("%3D"),
-            c => out.push(c),
-        }
     }
 }
 
@@ -349,16 +342,15 @@ pub(super) fn compile_limit(
     else {
         return Ok(Limit::Unlimited);
     };
-    let mut quota = Quota::new((*limit).max(1), *window).map_err(|e| e.to_string())?;
-    if let Some(b) = burst {
-        quota = quota.with_burst(*b).map_err(|e| e.to_string())?;
-    }
-    let mut rule = Rule::new(&rule_name(exact_path), algorithm.unwrap_or(default), quota)
-        .map_err(|e| e.to_string())?;
-    if let Some(p) = penalty {
-        rule = rule.with_penalty(*p).map_err(|e| e.to_string())?;
-    }
-    // Checked like any other limit, then never decided.
+    // A limit of 0 is checked as a limit of 1 would be, then never decided.
+    let rc = RuleConfig {
+        algorithm: *algorithm,
+        limit: (*limit).max(1),
+        window: *window,
+        burst: *burst,
+        penalty: *penalty,
+    };
+    let rule = build_rule(&rule_name(exact_path), &rc, default).map_err(|(_, e)| e)?;
     if *limit == 0 {
         return Ok(Limit::Deny);
     }
