@@ -180,6 +180,42 @@ impl Decision {
         &self.rule
     }
 
+    /// The decision a request decided by several rules reports, given each
+    /// rule's decision: when any denies, the denial with the longest wait;
+    /// when all allow, the admission with the fewest units left (the first
+    /// on a tie). `None` for no decisions.
+    ///
+    /// ```
+    /// use ratekeeper_core::Decision;
+    /// use std::time::Duration;
+    ///
+    /// let s = Duration::from_secs;
+    /// let each = [
+    ///     Decision::allow("per-user", 10, 3, s(1)),
+    ///     Decision::deny("per-route", 100, 0, s(60), s(2)),
+    /// ];
+    /// assert_eq!(Decision::most_restrictive(&each).unwrap().rule(), "per-route");
+    /// ```
+    pub fn most_restrictive(decisions: &[Decision]) -> Option<&Decision> {
+        Self::most_restrictive_of(decisions.iter())
+    }
+
+    pub(crate) fn most_restrictive_of<'a>(
+        decisions: impl Iterator<Item = &'a Decision> + Clone,
+    ) -> Option<&'a Decision> {
+        let denied = decisions.clone().any(|d| !d.allowed);
+        // When the request is denied, only denials compete.
+        decisions
+            .filter(|d| !denied || !d.allowed)
+            .reduce(|best, d| {
+                if d.is_more_restrictive_than(best) {
+                    d
+                } else {
+                    best
+                }
+            })
+    }
+
     /// Whether `self` is more restrictive than `other`: a denial beats an
     /// admission, a longer wait beats a shorter one, fewer remaining units beat more.
     pub fn is_more_restrictive_than(&self, other: &Self) -> bool {

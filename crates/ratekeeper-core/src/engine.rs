@@ -160,41 +160,70 @@ pub fn decide_one(
     Ok((v.decision, v.write))
 }
 
-/// Decides one request of `cost` units against several rules at once, each with
-/// its stored state: all or nothing. Returns the most restrictive decision and,
-/// per rule in the same order, what to store.
-pub fn decide_all(
-    rules: &[(&Rule, Option<&RuleState>)],
+/// One rule of a multi-rule decision: the rule, its stored state, and what
+/// the request costs on it.
+pub type Input<'a> = (&'a Rule, Option<&'a RuleState>, u64);
+
+/// [`decide_all`] or [`decide_each`], for a store that runs either inside
+/// one atomic step: it decides the rules and returns what to store beside
+/// the answer.
+pub type DecideFn<T> = fn(&[Input<'_>], Timestamp) -> Result<(T, Vec<Option<Write>>)>;
+
+/// Decides one request against several rules at once, each with its stored
+/// state and its cost: all or nothing. Returns the most restrictive decision
+/// ([`Decision::most_restrictive`]) and, per rule in the same order, what to
+/// store.
+pub fn decide_all(rules: &[Input<'_>], now: Timestamp) -> Result<(Decision, Vec<Option<Write>>)> {
+    let (verdicts, admitted) = verdicts(rules, now.as_micros())?;
+    let decision = Decision::most_restrictive_of(verdicts.iter().map(|v| &v.decision))
+        .cloned()
+        .ok_or_else(no_rule)?;
+    let writes = verdicts.into_iter().map(|v| v.write_if(admitted)).collect();
+    Ok((decision, writes))
+}
+
+/// [`decide_all`] with one decision per rule, in the same order, and what to
+/// store. When every rule allows, each reports its own admission. When any
+/// denies, nothing is consumed: each denying rule reports its denial, and
+/// each rule that would have allowed reports what it has now, as a peek
+/// (cost 0) would.
+pub fn decide_each(
+    rules: &[Input<'_>],
     now: Timestamp,
-    cost: u64,
-) -> Result<(Decision, Vec<Option<Write>>)> {
-    let now = now.as_micros();
-    let verdicts = rules
-        .iter()
-        .map(|(rule, state)| evaluate(rule, *state, now, cost))
-        .collect::<Result<Vec<_>>>()?;
-    let admitted = verdicts.iter().all(|v| v.decision.is_allowed());
-    let mut decision: Option<Decision> = None;
+) -> Result<(Vec<Decision>, Vec<Option<Write>>)> {
+    let now_us = now.as_micros();
+    let (verdicts, admitted) = verdicts(rules, now_us)?;
+    let mut decisions = Vec::with_capacity(verdicts.len());
     let mut writes = Vec::with_capacity(verdicts.len());
-    for v in verdicts {
-        // When the request is denied, only denials compete for "most restrictive".
-        let competes = admitted || !v.decision.is_allowed();
-        if competes
-            && decision
-                .as_ref()
-                .is_none_or(|d| v.decision.is_more_restrictive_than(d))
-        {
-            decision = Some(v.decision.clone());
+    for ((rule, state, _), v) in rules.iter().zip(verdicts) {
+        if admitted || !v.decision.is_allowed() {
+            decisions.push(v.decision.clone());
+        } else {
+            decisions.push(evaluate(rule, *state, now_us, 0)?.decision);
         }
         writes.push(v.write_if(admitted));
     }
-    let decision = decision.ok_or_else(|| {
-        Error::new(
-            ErrorKind::InvalidInput,
-            "a decision needs at least one rule",
-        )
-    })?;
-    Ok((decision, writes))
+    Ok((decisions, writes))
+}
+
+/// Every rule's verdict, and whether the request is admitted (every rule allows).
+fn verdicts(rules: &[Input<'_>], now: u64) -> Result<(Vec<Verdict>, bool)> {
+    if rules.is_empty() {
+        return Err(no_rule());
+    }
+    let verdicts = rules
+        .iter()
+        .map(|(rule, state, cost)| evaluate(rule, *state, now, *cost))
+        .collect::<Result<Vec<_>>>()?;
+    let admitted = verdicts.iter().all(|v| v.decision.is_allowed());
+    Ok((verdicts, admitted))
+}
+
+fn no_rule() -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        "a decision needs at least one rule",
+    )
 }
 
 #[cfg(test)]
@@ -216,15 +245,59 @@ mod tests {
         let small = rule("small", 1);
         let big = rule("big", 10);
         let now = Timestamp::from_micros(5_000_000);
-        let (d, writes) = decide_all(&[(&small, None), (&big, None)], now, 1).unwrap();
+        let (d, writes) = decide_all(&[(&small, None, 1), (&big, None, 1)], now).unwrap();
         assert!(d.is_allowed() && d.rule() == "small" && d.remaining() == 0);
         let small_state = writes[0].clone().unwrap().state;
         let (d, writes) =
-            decide_all(&[(&small, Some(&small_state)), (&big, None)], now, 1).unwrap();
+            decide_all(&[(&small, Some(&small_state), 1), (&big, None, 1)], now).unwrap();
         assert!(!d.is_allowed() && d.rule() == "small");
         assert!(
             writes.iter().all(Option::is_none),
             "a denied request consumes nothing"
+        );
+    }
+
+    #[test]
+    fn each_rule_reports_with_its_own_cost() {
+        let small = rule("small", 2);
+        let big = rule("big", 10);
+        let now = Timestamp::from_micros(5_000_000);
+        let (each, writes) = decide_each(&[(&small, None, 2), (&big, None, 5)], now).unwrap();
+        assert_eq!(
+            each.iter()
+                .map(|d| (d.rule(), d.is_allowed(), d.remaining()))
+                .collect::<Vec<_>>(),
+            [("small", true, 0), ("big", true, 5)]
+        );
+        let (one, _) = decide_all(&[(&small, None, 2), (&big, None, 5)], now).unwrap();
+        assert_eq!(Some(&one), Decision::most_restrictive(&each));
+        let small_state = writes[0].clone().unwrap().state;
+        let big_state = writes[1].clone().unwrap().state;
+        // Denied by `small`: `big` consumes nothing and reports what it has.
+        let (each, writes) = decide_each(
+            &[(&small, Some(&small_state), 1), (&big, Some(&big_state), 3)],
+            now,
+        )
+        .unwrap();
+        assert!(!each[0].is_allowed() && each[0].retry_after().is_some());
+        assert!(each[1].is_allowed() && each[1].remaining() == 5);
+        assert!(writes.iter().all(Option::is_none));
+        // A peek of one rule beside a charge on another.
+        let (each, writes) = decide_each(
+            &[(&small, Some(&small_state), 0), (&big, Some(&big_state), 1)],
+            now,
+        )
+        .unwrap();
+        assert!(!each[0].is_allowed(), "a peek of a spent rule denies");
+        assert!(writes.iter().all(Option::is_none));
+        let (each, writes) =
+            decide_each(&[(&small, None, 0), (&big, Some(&big_state), 1)], now).unwrap();
+        assert!(each[0].is_allowed() && each[0].remaining() == 2 && writes[0].is_none());
+        assert_eq!(each[1].remaining(), 4);
+        assert!(writes[1].is_some());
+        assert_eq!(
+            decide_each(&[], now).unwrap_err().kind(),
+            ErrorKind::InvalidInput
         );
     }
 

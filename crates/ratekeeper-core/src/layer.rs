@@ -129,7 +129,8 @@ pub trait LayeredStorage: Send + Sync + fmt::Debug {
     fn inner(&self) -> &Arc<dyn Storage>;
 
     /// Runs one forwarded call to the inner store: `get`, `set`, `delete`,
-    /// `exists`, `increment`, `clear`, `compare_and_swap` and `decide`,
+    /// `exists`, `increment`, `clear`, `compare_and_swap`, `decide` and
+    /// `decide_each`,
     /// unless overridden. The default runs `call` as it is.
     fn around<'a, T: Send + 'a>(
         &'a self,
@@ -190,6 +191,13 @@ pub trait LayeredStorage: Send + Sync + fmt::Debug {
         self.around(self.inner().decide(request)).await
     }
 
+    /// [`Storage::decide_each`]. A layer that changes
+    /// [`decide`](Self::decide) decides whether this changes too; forwarded
+    /// as it is, it runs through [`around`](Self::around).
+    async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        self.around(self.inner().decide_each(request)).await
+    }
+
     /// [`Storage::decide_now`]. A layer that changes [`decide`](Self::decide)
     /// changes this too (or returns `None`, sending every decision through
     /// `decide`): forwarded, the inner store's answer would bypass the layer
@@ -231,6 +239,9 @@ impl<T: LayeredStorage> Storage for T {
     }
     async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
         LayeredStorage::decide(self, request).await
+    }
+    async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        LayeredStorage::decide_each(self, request).await
     }
     fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
         LayeredStorage::decide_now(self, request)
@@ -374,10 +385,10 @@ mod tests {
         let entries = [DecideEntry {
             key: "a",
             rule: &rule,
+            cost: 1,
         }];
         let request = DecideRequest {
             now: Timestamp::from_micros(1_000_000),
-            cost: 1,
             entries: &entries,
         };
         assert!(
@@ -387,10 +398,13 @@ mod tests {
                 .is_allowed()
         );
         assert_eq!(count(), 8);
+        let each = Storage::decide_each(&layer, &request).await.unwrap();
+        assert!(each.len() == 1 && !each[0].is_allowed());
+        assert_eq!(count(), 9);
         // Not through `around`: reports, closing, and the answer-now path.
         Storage::stats(&layer).await.unwrap();
         Storage::close(&layer).await.unwrap();
         assert!(Storage::decide_now(&layer, &request).is_none());
-        assert_eq!(count(), 8);
+        assert_eq!(count(), 9);
     }
 }

@@ -147,13 +147,17 @@ impl Limiter {
     /// One request of `cost` units (weighted requests; 0 is a [peek](Self::peek)).
     pub async fn check_cost(&self, rule: &Rule, key: &str, cost: u64) -> Result<Decision> {
         let key = bounded_key(key, self.inner.max_key_len);
-        let entries = [DecideEntry { key: &key, rule }];
+        let entries = [DecideEntry {
+            key: &key,
+            rule,
+            cost,
+        }];
         self.decide(&entries, cost).await
     }
 
     /// Decides through the store: at once if it can, else waiting for it.
     async fn decide(&self, entries: &[DecideEntry<'_>], cost: u64) -> Result<Decision> {
-        let request = self.request(entries, cost);
+        let request = self.request(entries);
         // Stores that never wait answer here, without boxing a future.
         let result = match self.inner.storage.decide_now(&request) {
             Some(result) => result,
@@ -170,10 +174,7 @@ impl Limiter {
 
     /// Decides through the store if it can answer at once.
     fn decide_now(&self, entries: &[DecideEntry<'_>], cost: u64) -> Option<Result<Decision>> {
-        let result = self
-            .inner
-            .storage
-            .decide_now(&self.request(entries, cost))?;
+        let result = self.inner.storage.decide_now(&self.request(entries))?;
         observe::decision(entries, cost, &result);
         Some(result)
     }
@@ -184,7 +185,11 @@ impl Limiter {
     /// middleware skip building a future on the fast path.
     pub fn check_cost_now(&self, rule: &Rule, key: &str, cost: u64) -> Option<Result<Decision>> {
         let key = bounded_key(key, self.inner.max_key_len);
-        let entries = [DecideEntry { key: &key, rule }];
+        let entries = [DecideEntry {
+            key: &key,
+            rule,
+            cost,
+        }];
         self.decide_now(&entries, cost)
     }
 
@@ -203,17 +208,50 @@ impl Limiter {
     /// decided atomically: if any rule denies, none consumes. The decision
     /// returned is the most restrictive.
     pub async fn check_all(&self, checks: &[(&Rule, &str)], cost: u64) -> Result<Decision> {
-        let keys = self.bounded_keys(checks);
-        let entries = entries(checks, &keys)?;
+        let keys = self.bounded_keys(checks.iter().map(|(_, key)| *key));
+        let entries = entries(checks.iter().map(|(rule, _)| (*rule, cost)), &keys)?;
         self.decide(&entries, cost).await
+    }
+
+    /// One request against several rules, each with its own key and its own
+    /// cost (0 peeks that rule), decided atomically like
+    /// [`check_all`](Self::check_all): if any rule denies, none consumes.
+    /// Returns one decision per check, in order (see
+    /// [`Storage::decide_each`] for what each reports);
+    /// [`Decision::most_restrictive`] of them is what `check_all` would
+    /// return. For callers that report every limit, like the rate-limit
+    /// service's status per descriptor.
+    ///
+    /// ```
+    /// # use ratekeeper_core::{Algorithm, Limiter, Rule};
+    /// # async fn run(limiter: Limiter) -> Result<(), Box<dyn std::error::Error>> {
+    /// let tokens = Rule::new("llm-tokens", Algorithm::TokenBucket, "10000/minute".parse()?)?;
+    /// let calls = Rule::new("llm-calls", Algorithm::FixedWindow, "60/minute".parse()?)?;
+    /// let each = limiter
+    ///     .check_each(&[(&tokens, "team-a", 1_200), (&calls, "team-a", 1)])
+    ///     .await?;
+    /// if each.iter().all(|d| d.is_allowed()) {
+    ///     println!("{} tokens left this minute", each[0].remaining());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn check_each(&self, checks: &[(&Rule, &str, u64)]) -> Result<Vec<Decision>> {
+        let keys = self.bounded_keys(checks.iter().map(|(_, key, _)| *key));
+        let entries = entries(checks.iter().map(|(rule, _, cost)| (*rule, *cost)), &keys)?;
+        let request = self.request(&entries);
+        let timer = observe::Timer::start();
+        let result = self.inner.storage.decide_each(&request).await;
+        timer.stop();
+        observe::decisions(&entries, &result);
+        result
     }
 
     /// [`check_all`](Self::check_all) without waiting: the decision if the
     /// store can make it at once, `None` if it must wait (see
     /// [`check_cost_now`](Self::check_cost_now)).
     pub fn check_all_now(&self, checks: &[(&Rule, &str)], cost: u64) -> Option<Result<Decision>> {
-        let keys = self.bounded_keys(checks);
-        match entries(checks, &keys) {
+        let keys = self.bounded_keys(checks.iter().map(|(_, key)| *key));
+        match entries(checks.iter().map(|(rule, _)| (*rule, cost)), &keys) {
             Ok(entries) => self.decide_now(&entries, cost),
             Err(e) => Some(Err(e)),
         }
@@ -250,18 +288,18 @@ impl Limiter {
         }
     }
 
-    fn bounded_keys<'a>(&self, checks: &[(&Rule, &'a str)]) -> Vec<std::borrow::Cow<'a, str>> {
-        checks
-            .iter()
-            .map(|(_, key)| bounded_key(key, self.inner.max_key_len))
+    fn bounded_keys<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a str>,
+    ) -> Vec<std::borrow::Cow<'a, str>> {
+        keys.map(|key| bounded_key(key, self.inner.max_key_len))
             .collect()
     }
 
     #[inline]
-    fn request<'a>(&self, entries: &'a [DecideEntry<'a>], cost: u64) -> DecideRequest<'a> {
+    fn request<'a>(&self, entries: &'a [DecideEntry<'a>]) -> DecideRequest<'a> {
         DecideRequest {
             now: self.inner.clock.now(),
-            cost,
             entries,
         }
     }
@@ -303,15 +341,15 @@ impl Limiter {
     }
 }
 
-/// The entries of a multi-rule check; the same rule and key twice is an error.
+/// The entries of a multi-rule check, from each rule and cost and the bounded
+/// keys; the same rule and key twice is an error.
 fn entries<'a>(
-    checks: &[(&'a Rule, &str)],
+    rules: impl Iterator<Item = (&'a Rule, u64)>,
     keys: &'a [std::borrow::Cow<'_, str>],
 ) -> Result<Vec<DecideEntry<'a>>> {
-    let entries: Vec<DecideEntry<'a>> = checks
-        .iter()
+    let entries: Vec<DecideEntry<'a>> = rules
         .zip(keys)
-        .map(|((rule, _), key)| DecideEntry { key, rule })
+        .map(|((rule, cost), key)| DecideEntry { key, rule, cost })
         .collect();
     for (i, a) in entries.iter().enumerate() {
         if entries

@@ -114,30 +114,50 @@ pub fn describe() {
 #[inline]
 pub(crate) fn decision(entries: &[DecideEntry<'_>], cost: u64, result: &Result<Decision>) {
     match result {
-        Ok(d) => {
-            tracing::debug!(
-                target: "ratekeeper::decision",
-                rule = d.rule(),
-                key = entries
-                    .iter()
-                    .find(|e| e.rule.name() == d.rule())
-                    .map_or("", |e| e.key),
-                cost,
-                allowed = d.is_allowed(),
-                remaining = d.remaining(),
-                retry_after_ms = d.retry_after().map(|w| w.as_millis() as u64),
-                "rate-limit decision"
-            );
-            #[cfg(feature = "metrics")]
-            if cost > 0 {
-                counters::decision(d.rule(), d.is_allowed());
+        Ok(d) => decided(entries, cost, d),
+        Err(e) => store_error(e),
+    }
+}
+
+/// Counts and logs the decisions of [`Limiter::check_each`](crate::Limiter::check_each),
+/// one per entry, each with its entry's cost.
+pub(crate) fn decisions(entries: &[DecideEntry<'_>], result: &Result<Vec<Decision>>) {
+    match result {
+        Ok(each) => {
+            for (entry, d) in entries.iter().zip(each) {
+                decided(std::slice::from_ref(entry), entry.cost, d);
             }
         }
-        Err(_e) => {
-            #[cfg(feature = "metrics")]
-            metrics::counter!(STORE_ERRORS, "kind" => _e.kind().as_str()).increment(1);
-        }
+        Err(e) => store_error(e),
     }
+}
+
+#[inline]
+fn decided(entries: &[DecideEntry<'_>], cost: u64, d: &Decision) {
+    tracing::debug!(
+        target: "ratekeeper::decision",
+        rule = d.rule(),
+        key = entries
+            .iter()
+            .find(|e| e.rule.name() == d.rule())
+            .map_or("", |e| e.key),
+        cost,
+        allowed = d.is_allowed(),
+        remaining = d.remaining(),
+        retry_after_ms = d.retry_after().map(|w| w.as_millis() as u64),
+        "rate-limit decision"
+    );
+    #[cfg(feature = "metrics")]
+    if cost > 0 {
+        counters::decision(d.rule(), d.is_allowed());
+    }
+}
+
+#[inline]
+fn store_error(e: &crate::error::Error) {
+    let _ = e;
+    #[cfg(feature = "metrics")]
+    metrics::counter!(STORE_ERRORS, "kind" => e.kind().as_str()).increment(1);
 }
 
 /// Measures a decision that waits for its store.

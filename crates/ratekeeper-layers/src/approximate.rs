@@ -264,22 +264,25 @@ impl fmt::Debug for ApproximateStorage {
     }
 }
 
-/// Whether `request` may be counted locally: not a peek, and no rule with a
-/// penalty (whose denials have effects).
+/// Whether `request` may be counted locally: one cost on every rule, not a
+/// peek, and no rule with a penalty (whose denials have effects).
 fn eligible(request: &DecideRequest<'_>) -> bool {
-    request.cost > 0 && request.entries.iter().all(|e| e.rule.penalty().is_none())
+    cost(request) > 0 && request.entries.iter().all(|e| e.rule.penalty().is_none())
+}
+
+/// The cost of a request whose entries share one (every request counted
+/// locally); 0 otherwise.
+fn cost(request: &DecideRequest<'_>) -> u64 {
+    request.uniform_cost().unwrap_or(0)
 }
 
 fn shard_of(state_key: &str) -> usize {
     ratekeeper_core::kit::shard_index(state_key.as_bytes(), SHARDS)
 }
 
-fn single<'a>(entry: &'a DecideEntry<'a>, now: Timestamp, cost: u64) -> DecideRequest<'a> {
-    DecideRequest {
-        now,
-        cost,
-        entries: std::slice::from_ref(entry),
-    }
+/// `entry` at `cost`, alone.
+fn single<'a>(entry: &DecideEntry<'a>, cost: u64) -> [DecideEntry<'a>; 1] {
+    [DecideEntry { cost, ..*entry }]
 }
 
 impl ApproximateStorage {
@@ -443,8 +446,8 @@ impl Shared {
             if local.rule != *entry.rule {
                 return None;
             }
-            if let Some((until, cost, decision)) = &local.denied {
-                if *until > now && request.cost >= *cost {
+            if let Some((until, denied_cost, decision)) = &local.denied {
+                if *until > now && cost(request) >= *denied_cost {
                     self.local_decisions.fetch_add(1, Ordering::Relaxed);
                     let retry = until.saturating_duration_since(now);
                     let reset = local.reset_at.saturating_duration_since(now);
@@ -458,7 +461,7 @@ impl Shared {
                 }
                 return None;
             }
-            if now >= local.synced_at.saturating_add(flush) || local.budget < request.cost {
+            if now >= local.synced_at.saturating_add(flush) || local.budget < cost(request) {
                 return None;
             }
         }
@@ -467,8 +470,8 @@ impl Shared {
         for (entry, key) in request.entries.iter().zip(&keys) {
             let table = table_of(&mut guards, key)?;
             let local = table.get_mut(key)?;
-            local.budget -= request.cost;
-            local.pending += request.cost;
+            local.budget -= cost(request);
+            local.pending += cost(request);
             local.used_at = now;
             if answer.as_ref().is_none_or(|a| local.budget < a.remaining()) {
                 answer = Some(Decision::allow(
@@ -570,7 +573,14 @@ impl Shared {
         // writes) cannot be written at once: the excess is over-admission.
         let excess = units.saturating_sub(entry.rule.capacity());
         let units = units - excess;
-        let d = self.inner.decide(&single(entry, now, units)).await?;
+        let entries = single(entry, units);
+        let d = self
+            .inner
+            .decide(&DecideRequest {
+                now,
+                entries: &entries,
+            })
+            .await?;
         self.batches.fetch_add(1, Ordering::Relaxed);
         let (mut written, mut last) = (0, d);
         if last.is_allowed() {
@@ -578,7 +588,14 @@ impl Shared {
         } else {
             let fit = last.remaining().min(units);
             if fit > 0 {
-                last = self.inner.decide(&single(entry, now, fit)).await?;
+                let entries = single(entry, fit);
+                last = self
+                    .inner
+                    .decide(&DecideRequest {
+                        now,
+                        entries: &entries,
+                    })
+                    .await?;
                 if last.is_allowed() {
                     written = fit;
                 }
@@ -617,9 +634,13 @@ impl Shared {
         let pending = taken.at_risk.clone();
         let decision = match (request.entries, pending.as_slice()) {
             ([entry], [units])
-                if *units > 0 && units.saturating_add(request.cost) <= entry.rule.capacity() =>
+                if *units > 0 && units.saturating_add(entry.cost) <= entry.rule.capacity() =>
             {
-                let both = single(entry, request.now, units + request.cost);
+                let both = single(entry, units + entry.cost);
+                let both = DecideRequest {
+                    now: request.now,
+                    entries: &both,
+                };
                 match self.inner.decide(&both).await {
                     Ok(d) if d.is_allowed() => {
                         taken.written(0);
@@ -696,7 +717,7 @@ impl Shared {
                 Some(retry) if denied_here => {
                     local.budget = 0;
                     local.denied = (!retry.is_zero())
-                        .then(|| (now.saturating_add(retry), request.cost, decision.clone()));
+                        .then(|| (now.saturating_add(retry), cost(request), decision.clone()));
                 }
                 _ => {
                     local.budget = self.config.budget(decision.remaining(), local.pending);
@@ -763,6 +784,7 @@ impl Shared {
         let entry = DecideEntry {
             key: &batch.key,
             rule: &batch.rule,
+            cost: units,
         };
         match self.record(&entry, units, now).await {
             Ok(d) => {

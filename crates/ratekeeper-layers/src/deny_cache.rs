@@ -173,12 +173,15 @@ struct Denied {
 
 const SHARDS: usize = 16;
 
-/// Whether a denial of `request` may come from the cache: not a peek, and
-/// no rule with a penalty (a denial there is not free of effects: after a
-/// block ends, the store's next denial starts a new one, which a cached
+/// Whether a denial of `request` may come from the cache: no rule peeked,
+/// and no rule with a penalty (a denial there is not free of effects: after
+/// a block ends, the store's next denial starts a new one, which a cached
 /// answer would skip).
 fn cacheable(request: &DecideRequest<'_>) -> bool {
-    request.cost > 0 && request.entries.iter().all(|e| e.rule.penalty().is_none())
+    request
+        .entries
+        .iter()
+        .all(|e| e.cost > 0 && e.rule.penalty().is_none())
 }
 
 #[derive(Debug)]
@@ -225,7 +228,7 @@ impl DenyTable {
                     shard.map.remove(&key);
                     continue;
                 }
-                if d.rule == *entry.rule && request.cost >= d.cost {
+                if d.rule == *entry.rule && entry.cost >= d.cost {
                     let retry = d.until.saturating_duration_since(request.now);
                     let reset = d.reset_at.saturating_duration_since(request.now);
                     return Some(Decision::deny(
@@ -278,7 +281,7 @@ impl DenyTable {
             key,
             Denied {
                 rule: entry.rule.clone(),
-                cost: request.cost,
+                cost: entry.cost,
                 until: request.now.saturating_add(retry),
                 reset_at: request.now.saturating_add(decision.reset_after()),
                 decision: decision.clone(),

@@ -304,8 +304,8 @@ impl MemoryStorage {
         (guards, slots)
     }
 
-    fn decide_one(&self, entry: &DecideEntry<'_>, now: Timestamp, cost: u64) -> Result<Decision> {
-        let now_us = now.as_micros();
+    fn decide_one(&self, entry: &DecideEntry<'_>, now: Timestamp) -> Result<Decision> {
+        let (now_us, cost) = (now.as_micros(), entry.cost);
         let key = RuleKey {
             rule: entry.rule.name(),
             key: entry.key,
@@ -353,12 +353,14 @@ impl MemoryStorage {
         }
     }
 
-    fn decide_many(
+    /// Decides several entries under their shards' locks with `decide`
+    /// (the combined decision or one per entry).
+    fn decide_many<T>(
         &self,
         entries: &[DecideEntry<'_>],
         now: Timestamp,
-        cost: u64,
-    ) -> Result<Decision> {
+        decide: kit::DecideFn<T>,
+    ) -> Result<T> {
         let now_us = now.as_micros();
         let keys: Vec<RuleKey<'_>> = entries
             .iter()
@@ -381,9 +383,9 @@ impl MemoryStorage {
         let rules: Vec<_> = entries
             .iter()
             .zip(&states)
-            .map(|(e, s)| (e.rule, s.as_ref()))
+            .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
             .collect();
-        let (decision, writes) = kit::decide_all(&rules, now, cost)?;
+        let (decided, writes) = decide(&rules, now)?;
         // Room first, sparing this request's own keys, so that the request
         // is stored whole or not at all.
         let mut evicted = self.make_room_for(
@@ -418,7 +420,7 @@ impl MemoryStorage {
         drop(guards);
         evicted.expired += expired;
         self.record(evicted);
-        Ok(decision)
+        Ok(decided)
     }
 
     /// Makes room, in the locked shards, for the keys of one operation that
@@ -692,6 +694,17 @@ impl Storage for MemoryStorage {
     fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
         Some(self.decide_sync(request))
     }
+
+    async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        self.ensure_open()?;
+        if request.entries.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a decision needs at least one rule",
+            ));
+        }
+        self.decide_many(request.entries, request.now, kit::decide_each)
+    }
 }
 
 impl MemoryStorage {
@@ -702,8 +715,8 @@ impl MemoryStorage {
                 ErrorKind::InvalidInput,
                 "a decision needs at least one rule",
             )),
-            [entry] => self.decide_one(entry, request.now, request.cost),
-            many => self.decide_many(many, request.now, request.cost),
+            [entry] => self.decide_one(entry, request.now),
+            many => self.decide_many(many, request.now, kit::decide_all),
         }
     }
 

@@ -625,42 +625,7 @@ impl Storage for RedisStorage {
 
     async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
         let entries = request.entries;
-        if entries.is_empty() {
-            return Err(invalid("a decision needs at least one rule".to_owned()));
-        }
-        for entry in entries {
-            kit::check_cost(entry.rule, request.cost)?;
-        }
-        let keys: Vec<String> = entries
-            .iter()
-            .map(|e| tagged(&self.prefix, e.rule.name(), e.key))
-            .collect();
-        self.check_one_slot(&*self.backend()?, &keys)?;
-        let (now, pad) = match self.inner.config.time_source {
-            TimeSource::Server => (None, 0),
-            TimeSource::Client { skew_allowance } => (
-                Some(request.now.as_micros()),
-                u64::try_from(skew_allowance.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX),
-            ),
-        };
-        let mut args = Vec::with_capacity(3 + entries.len() * 6);
-        args.push(now.map_or(Arg::Text(""), Arg::Int));
-        args.push(Arg::Int(request.cost));
-        args.push(Arg::Int(pad));
-        for entry in entries {
-            let rule = entry.rule;
-            let quota = rule.quota();
-            args.extend([
-                Arg::Int(u64::from(rule.algorithm().state_tag())),
-                Arg::Int(quota.limit()),
-                Arg::Int(quota.window_micros()),
-                Arg::Int(quota.burst()),
-                Arg::Int(quota.emission_interval_us()),
-                Arg::Int(rule.penalty().map_or(0, micros)),
-            ]);
-        }
-        let script = SCRIPTS.decision(entries.iter().map(|e| e.rule.algorithm()));
-        let reply = self.eval("decision", script, &keys, &args).await?;
+        let reply = self.run_decision(request, false).await?;
         let Value::Array(items) = &reply else {
             return Err(unexpected("decision", &reply));
         };
@@ -679,22 +644,109 @@ impl Storage for RedisStorage {
         match field(0) {
             Some(1) => Ok(Decision::allow_by(rule, count(2)?, us(3)?)),
             Some(0) => Ok(Decision::deny_by(rule, count(2)?, us(3)?, us(4)?)),
-            Some(-1) => {
-                let why = match items.get(2) {
-                    Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                    Some(Value::SimpleString(s)) => s.clone(),
-                    other => format!("{other:?}"),
-                };
-                Err(Error::new(
-                    ErrorKind::CorruptState,
-                    format!(
-                        "the value at {:?} is not rate-limit state",
-                        entry.state_key()
-                    ),
-                )
-                .with_source(format!("stored rate-limit state is corrupt: {why}")))
-            }
             _ => Err(unexpected("decision", &reply)),
         }
+    }
+
+    async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        let entries = request.entries;
+        let reply = self.run_decision(request, true).await?;
+        let Value::Array(items) = &reply else {
+            return Err(unexpected("decision", &reply));
+        };
+        if items.len() != 1 + 4 * entries.len() {
+            return Err(unexpected("decision", &reply));
+        }
+        let count = |i: usize| {
+            int(items.get(i))
+                .and_then(|v| u64::try_from(v).ok())
+                .ok_or_else(|| unexpected("decision", &reply))
+        };
+        let us = |i: usize| count(i).map(Duration::from_micros);
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let at = 1 + 4 * i;
+                match int(items.get(at)) {
+                    Some(1) => Ok(Decision::allow_by(entry.rule, count(at + 1)?, us(at + 2)?)),
+                    Some(0) => Ok(Decision::deny_by(
+                        entry.rule,
+                        count(at + 1)?,
+                        us(at + 2)?,
+                        us(at + 3)?,
+                    )),
+                    _ => Err(unexpected("decision", &reply)),
+                }
+            })
+            .collect()
+    }
+}
+
+impl RedisStorage {
+    /// Runs the decision script: one decision per entry if `each`, else
+    /// the combined one. A reply that reports corrupt state is that error.
+    async fn run_decision(&self, request: &DecideRequest<'_>, each: bool) -> Result<Value> {
+        let entries = request.entries;
+        if entries.is_empty() {
+            return Err(invalid("a decision needs at least one rule".to_owned()));
+        }
+        for entry in entries {
+            kit::check_cost(entry.rule, entry.cost)?;
+        }
+        let keys: Vec<String> = entries
+            .iter()
+            .map(|e| tagged(&self.prefix, e.rule.name(), e.key))
+            .collect();
+        self.check_one_slot(&*self.backend()?, &keys)?;
+        let (now, pad) = match self.inner.config.time_source {
+            TimeSource::Server => (None, 0),
+            TimeSource::Client { skew_allowance } => (
+                Some(request.now.as_micros()),
+                u64::try_from(skew_allowance.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX),
+            ),
+        };
+        let mut args = Vec::with_capacity(3 + entries.len() * 7);
+        args.push(now.map_or(Arg::Text(""), Arg::Int));
+        args.push(Arg::Text(if each { "1" } else { "0" }));
+        args.push(Arg::Int(pad));
+        for entry in entries {
+            let rule = entry.rule;
+            let quota = rule.quota();
+            args.extend([
+                Arg::Int(u64::from(rule.algorithm().state_tag())),
+                Arg::Int(quota.limit()),
+                Arg::Int(quota.window_micros()),
+                Arg::Int(quota.burst()),
+                Arg::Int(quota.emission_interval_us()),
+                Arg::Int(rule.penalty().map_or(0, micros)),
+                Arg::Int(entry.cost),
+            ]);
+        }
+        let script = SCRIPTS.decision(entries.iter().map(|e| e.rule.algorithm()));
+        let reply = self.eval("decision", script, &keys, &args).await?;
+        let Value::Array(items) = &reply else {
+            return Err(unexpected("decision", &reply));
+        };
+        if int(items.first()) != Some(-1) {
+            return Ok(reply);
+        }
+        let entry = int(items.get(1))
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| entries.get(i))
+            .ok_or_else(|| unexpected("decision", &reply))?;
+        let why = match items.get(2) {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            other => format!("{other:?}"),
+        };
+        Err(Error::new(
+            ErrorKind::CorruptState,
+            format!(
+                "the value at {:?} is not rate-limit state",
+                entry.state_key()
+            ),
+        )
+        .with_source(format!("stored rate-limit state is corrupt: {why}")))
     }
 }

@@ -68,13 +68,13 @@ impl Reference {
             .collect();
         let states: Vec<Option<RuleState>> =
             keys.iter().map(|k| self.live(k, now).cloned()).collect();
-        let rules: Vec<(&Rule, Option<&RuleState>)> = checks
+        let rules: Vec<kit::Input<'_>> = checks
             .iter()
             .zip(&states)
-            .map(|((rule, _), state)| (*rule, state.as_ref()))
+            .map(|((rule, _), state)| (*rule, state.as_ref(), cost))
             .collect();
         let (decision, writes) =
-            kit::decide_all(&rules, Timestamp::from_micros(now), cost).map_err(|e| e.kind())?;
+            kit::decide_all(&rules, Timestamp::from_micros(now)).map_err(|e| e.kind())?;
         for ((key, write), (rule, _)) in keys.into_iter().zip(writes).zip(checks) {
             if let Some(w) = write {
                 let expires = now + u64::try_from(w.ttl.as_micros()).unwrap();

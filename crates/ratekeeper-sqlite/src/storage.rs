@@ -600,17 +600,33 @@ impl Storage for SqliteStorage {
     }
 
     async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
-        let entries: Vec<(String, Rule)> = request
+        self.decide_with(request, kit::decide_all).await
+    }
+
+    async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        self.decide_with(request, kit::decide_each).await
+    }
+}
+
+impl SqliteStorage {
+    /// The decision step in one immediate transaction, with `decide` (the
+    /// combined decision or one per entry).
+    async fn decide_with<T: Send + 'static>(
+        &self,
+        request: &DecideRequest<'_>,
+        decide: kit::DecideFn<T>,
+    ) -> Result<T> {
+        let entries: Vec<(String, Rule, u64)> = request
             .entries
             .iter()
-            .map(|e: &DecideEntry<'_>| (e.state_key(), e.rule.clone()))
+            .map(|e: &DecideEntry<'_>| (e.state_key(), e.rule.clone(), e.cost))
             .collect();
-        let (now, cost) = (request.now, request.cost);
+        let now = request.now;
         self.blocking(move |conn, path| {
             immediate(conn, path, |tx| {
                 let now_us = now.as_micros();
                 let mut states = Vec::with_capacity(entries.len());
-                for (key, _) in &entries {
+                for (key, _, _) in &entries {
                     let state = match read_live(tx, key, now_us, path)? {
                         Some((bytes, _)) => {
                             Some(RuleState::decode(&bytes).map_err(|e| corrupt_state(key, e))?)
@@ -622,15 +638,15 @@ impl Storage for SqliteStorage {
                 let rules: Vec<_> = entries
                     .iter()
                     .zip(&states)
-                    .map(|((_, r), s)| (r, s.as_ref()))
+                    .map(|((_, r, cost), s)| (r, s.as_ref(), *cost))
                     .collect();
-                let (decision, writes) = kit::decide_all(&rules, now, cost)?;
-                for ((key, _), w) in entries.iter().zip(writes) {
+                let (decided, writes) = decide(&rules, now)?;
+                for ((key, _, _), w) in entries.iter().zip(writes) {
                     if let Some(w) = w {
                         write(tx, key, &w.state.encode(), expiry(now_us, w.ttl), path)?;
                     }
                 }
-                Ok(decision)
+                Ok(decided)
             })
         })
         .await

@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use ratekeeper_core::kit::{AlgorithmState, RuleState};
 use ratekeeper_core::{
-    Algorithm, CasOp, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage, Timestamp,
+    Algorithm, CasOp, Decision, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage, Timestamp,
 };
 
 use crate::model::{Expected, Model};
@@ -404,6 +404,76 @@ pub async fn multi_quota_all_or_nothing(h: Arc<dyn Harness>) {
         .check_all(&[(&r, "k"), (&r, "k")], 1)
         .await
         .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+/// One request with its own cost per rule, answered rule by rule
+/// ([`Limiter::check_each`]): all or nothing as in
+/// [`multi_quota_all_or_nothing`], a cost of 0 peeks only its rule, and a
+/// rule that would have allowed a denied request reports what it has.
+pub async fn per_rule_costs_and_decisions(h: Arc<dyn Harness>) {
+    let (_, limiter, _) = setup(&h).await;
+    let remaining = |each: &[ratekeeper_core::Decision]| {
+        each.iter()
+            .map(|d| (d.is_allowed(), d.remaining()))
+            .collect::<Vec<_>>()
+    };
+    for algorithm in Algorithm::ALL {
+        let tokens = rule("tokens", algorithm, "10/hour");
+        let calls = rule("calls", algorithm, "3/hour");
+        let key = algorithm.as_str();
+        let each = limiter
+            .check_each(&[(&tokens, key, 6), (&calls, key, 1)])
+            .await
+            .unwrap();
+        assert_eq!(remaining(&each), [(true, 4), (true, 2)], "{algorithm}");
+        assert_eq!(each[0].rule(), "tokens");
+        assert_eq!(each[1].rule(), "calls");
+        // Denied by `tokens`: `calls` allows, is charged nothing, and says so.
+        let each = limiter
+            .check_each(&[(&tokens, key, 5), (&calls, key, 1)])
+            .await
+            .unwrap();
+        assert_eq!(remaining(&each), [(false, 4), (true, 2)], "{algorithm}");
+        assert!(each[0].retry_after().is_some(), "{algorithm}");
+        let d = Decision::most_restrictive(&each).unwrap();
+        assert!(!d.is_allowed() && d.rule() == "tokens", "{algorithm}");
+        assert_eq!(
+            limiter.peek(&calls, key).await.unwrap().remaining(),
+            2,
+            "{algorithm}: a denied request consumed nothing"
+        );
+        // A cost of 0 peeks its rule while the other is charged.
+        let each = limiter
+            .check_each(&[(&tokens, key, 0), (&calls, key, 2)])
+            .await
+            .unwrap();
+        assert_eq!(remaining(&each), [(true, 4), (true, 0)], "{algorithm}");
+        assert_eq!(
+            limiter.peek(&tokens, key).await.unwrap().remaining(),
+            4,
+            "{algorithm}: a peek consumed nothing"
+        );
+        // The same answer as check_all when the costs are equal.
+        let each = limiter
+            .check_each(&[(&tokens, "other", 1), (&calls, "other", 1)])
+            .await
+            .unwrap();
+        let d = Decision::most_restrictive(&each).unwrap();
+        assert!(d.is_allowed() && d.rule() == "calls" && d.remaining() == 2);
+        let err = limiter
+            .check_each(&[(&tokens, key, 11), (&calls, key, 1)])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CostExceedsCapacity, "{algorithm}");
+    }
+    let r = rule("dup", Algorithm::Gcra, "1/s");
+    let err = limiter
+        .check_each(&[(&r, "k", 1), (&r, "k", 2)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let err = limiter.check_each(&[]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
 }
 

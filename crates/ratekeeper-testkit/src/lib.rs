@@ -140,7 +140,7 @@ macro_rules! decision_conformance_tests {
         const __MODEL_CASES: u32 = $cases;
         $crate::decision_conformance_tests!(@async
             peek_does_not_consume, penalty_blocks_then_releases, multi_quota_all_or_nothing,
-            cost_above_capacity_is_an_error, until_ready_waits,
+            per_rule_costs_and_decisions, cost_above_capacity_is_an_error, until_ready_waits,
             concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness
         );
         $crate::decision_conformance_tests!(@model

@@ -1,6 +1,7 @@
 //! A store that writes only the decision step, as a store author outside the
 //! workspace would: typed rule states in a map behind a mutex, decided with
-//! the core's pure step. It offers no key-value operation, so it runs the
+//! the core's pure step (both its forms: the combined decision and one per
+//! rule). It offers no key-value operation, so it runs the
 //! decision half of the conformance kit, and says `Unsupported` for the rest.
 
 use std::collections::HashMap;
@@ -21,9 +22,14 @@ struct DecisionStore {
     states: Mutex<HashMap<String, (RuleState, u64)>>,
 }
 
-#[async_trait]
-impl Storage for DecisionStore {
-    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+impl DecisionStore {
+    /// The decision step under the lock, with `decide`: the combined
+    /// decision or one per entry.
+    fn decide_with<T>(
+        &self,
+        request: &DecideRequest<'_>,
+        decide: kit::DecideFn<T>,
+    ) -> Result<T> {
         let mut states = self
             .states
             .lock()
@@ -35,20 +41,31 @@ impl Storage for DecisionStore {
             .iter()
             .map(|k| states.get(k).map(|(s, _)| s.clone()))
             .collect();
-        let rules: Vec<(&Rule, Option<&RuleState>)> = request
+        let rules: Vec<kit::Input<'_>> = request
             .entries
             .iter()
             .zip(&current)
-            .map(|(e, s)| (e.rule, s.as_ref()))
+            .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
             .collect();
-        let (decision, writes) = kit::decide_all(&rules, request.now, request.cost)?;
+        let (decided, writes) = decide(&rules, request.now)?;
         for (key, write) in keys.into_iter().zip(writes) {
             if let Some(Write { state, ttl }) = write {
                 let ttl = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX / 2);
                 states.insert(key, (state, now.saturating_add(ttl)));
             }
         }
-        Ok(decision)
+        Ok(decided)
+    }
+}
+
+#[async_trait]
+impl Storage for DecisionStore {
+    async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+        self.decide_with(request, kit::decide_all)
+    }
+
+    async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        self.decide_with(request, kit::decide_each)
     }
 }
 

@@ -33,6 +33,24 @@ pub async fn decide_with_cas<S: Storage + ?Sized>(
     store: &S,
     request: &DecideRequest<'_>,
 ) -> Result<Decision> {
+    cas_loop(store, request, engine::decide_all).await
+}
+
+/// [`decide_with_cas`] with one decision per entry: the default
+/// [`Storage::decide_each`].
+pub async fn decide_each_with_cas<S: Storage + ?Sized>(
+    store: &S,
+    request: &DecideRequest<'_>,
+) -> Result<Vec<Decision>> {
+    cas_loop(store, request, engine::decide_each).await
+}
+
+/// Read, decide with `decide`, compare-and-swap; again on a lost race.
+async fn cas_loop<S: Storage + ?Sized, T>(
+    store: &S,
+    request: &DecideRequest<'_>,
+    decide: engine::DecideFn<T>,
+) -> Result<T> {
     let entries = request.entries;
     if entries.is_empty() {
         return Err(Error::new(
@@ -60,16 +78,16 @@ pub async fn decide_with_cas<S: Storage + ?Sized>(
         let rules: Vec<_> = entries
             .iter()
             .zip(&states)
-            .map(|(e, s)| (e.rule, s.as_ref()))
+            .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
             .collect();
-        let (decision, writes) = engine::decide_all(&rules, request.now, request.cost)?;
+        let (decided, writes) = decide(&rules, request.now)?;
         let encoded: Vec<(usize, Vec<u8>, std::time::Duration)> = writes
             .into_iter()
             .enumerate()
             .filter_map(|(i, w)| w.map(|Write { state, ttl }| (i, state.encode(), ttl)))
             .collect();
         if encoded.is_empty() {
-            return Ok(decision);
+            return Ok(decided);
         }
         let ops: Vec<CasOp<'_>> = encoded
             .iter()
@@ -83,7 +101,7 @@ pub async fn decide_with_cas<S: Storage + ?Sized>(
             })
             .collect();
         if store.compare_and_swap(&ops).await? {
-            return Ok(decision);
+            return Ok(decided);
         }
     }
     Err(Error::new(

@@ -12,6 +12,10 @@
 //!    [`compare_and_swap`](Storage::compare_and_swap), delegates to
 //!    [`decide_with_cas`], the core's compare-and-swap loop. Both give
 //!    identical results.
+//!    [`decide_each`](Storage::decide_each) is the same step answered rule
+//!    by rule; it defaults to [`decide_each_with_cas`], and a store with a
+//!    native `decide` writes it the same way, around
+//!    [`kit::decide_each`](crate::kit::decide_each).
 //! 2. **Key-value operations** the users of other rate limiters know —
 //!    [`get`](Storage::get), [`set`](Storage::set) with a TTL,
 //!    [`delete`](Storage::delete), [`exists`](Storage::exists),
@@ -108,7 +112,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use cas::{corrupt_state, decide_with_cas};
+pub use cas::{corrupt_state, decide_each_with_cas, decide_with_cas};
 
 use crate::clock::Timestamp;
 use crate::decision::Decision;
@@ -130,13 +134,18 @@ pub struct CasOp<'a> {
     pub ttl: Duration,
 }
 
-/// One rule of a decision and the caller's key it applies to.
+/// One rule of a decision, the caller's key it applies to, and what the
+/// request costs on it.
 #[derive(Debug, Clone, Copy)]
 pub struct DecideEntry<'a> {
     /// The caller's key, already bounded by the limiter.
     pub key: &'a str,
     /// The rule.
     pub rule: &'a Rule,
+    /// Units the request costs on this rule; 0 is a peek of this rule. The
+    /// [`Limiter`](crate::Limiter) gives every entry the same cost except in
+    /// [`check_each`](crate::Limiter::check_each).
+    pub cost: u64,
 }
 
 impl DecideEntry<'_> {
@@ -154,11 +163,23 @@ pub struct DecideRequest<'a> {
     /// The time of the decision, from the limiter's clock. A store that has a
     /// shared clock of its own (Redis `TIME`) may use it instead.
     pub now: Timestamp,
-    /// Units the request costs; 0 is a peek.
-    pub cost: u64,
-    /// The rules to apply, each with its key; at least one, and no rule and key
-    /// twice.
+    /// The rules to apply, each with its key and cost; at least one, and no
+    /// rule and key twice.
     pub entries: &'a [DecideEntry<'a>],
+}
+
+impl DecideRequest<'_> {
+    /// The cost every entry shares, or `None` when the entries cost
+    /// different amounts (or there are none). Layers that reason about one
+    /// cost per request (a deny cache, approximate mode) pass other
+    /// requests through.
+    #[inline]
+    pub fn uniform_cost(&self) -> Option<u64> {
+        let (first, rest) = self.entries.split_first()?;
+        rest.iter()
+            .all(|e| e.cost == first.cost)
+            .then_some(first.cost)
+    }
 }
 
 /// What a store reports about itself. Fields a store cannot know are `None`.
@@ -214,6 +235,24 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
         let _ = request;
         None
+    }
+
+    /// The decision step with one decision per entry, in entry order: the
+    /// same atomic, all-or-nothing step as [`decide`](Self::decide), for
+    /// callers that report every rule (the rate-limit service's status per
+    /// descriptor). The most restrictive of them
+    /// ([`Decision::most_restrictive`]) is what `decide` returns.
+    ///
+    /// When every entry allows, each reports its own admission. When any
+    /// denies, nothing is consumed: each denying entry reports its denial,
+    /// and each entry that would have allowed reports what it has now, as a
+    /// peek would. [`kit::decide_each`](crate::kit::decide_each) computes it.
+    ///
+    /// The default is [`decide_each_with_cas`], which needs
+    /// [`get`](Self::get) and [`compare_and_swap`](Self::compare_and_swap);
+    /// every built-in store has its own.
+    async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        decide_each_with_cas(self, request).await
     }
 
     /// The value at `key`, or `None` if it is absent or expired.

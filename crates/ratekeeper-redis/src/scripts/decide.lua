@@ -2,16 +2,20 @@
 --
 -- KEYS[i]: the state key of rule i.
 -- ARGV[1]: the time in µs since the epoch, or '' to read the server's TIME.
--- ARGV[2]: the cost (0 is a peek).
+-- ARGV[2]: '1' to return one decision per rule, '0' for the combined one.
 -- ARGV[3]: milliseconds added to every TTL written (clock-skew allowance).
--- ARGV[4 + 6(i-1) ...]: rule i's algorithm tag, limit, window (µs),
---   burst, emission interval (µs) and penalty (µs, 0 for none).
+-- ARGV[4 + 7(i-1) ...]: rule i's algorithm tag, limit, window (µs),
+--   burst, emission interval (µs), penalty (µs, 0 for none) and the
+--   request's cost on it (0 is a peek).
 --
 -- Returns { allowed (1/0), index of the deciding rule (0-based), remaining,
--- reset_after µs, retry_after µs }, or { -1, index, reason } when the state
--- at that index is not rate-limit state. Every rule is decided; if any denies,
--- none consumes (a denying rule's penalty is still written), and the reported
--- decision is the most restrictive.
+-- reset_after µs, retry_after µs }, or, one per rule, { admitted (1/0),
+-- then allowed, remaining, reset_after µs, retry_after µs of each rule };
+-- or { -1, index, reason } when the state at that index is not rate-limit
+-- state. Every rule is decided; if any denies, none consumes (a denying
+-- rule's penalty is still written), and the reported decision is the most
+-- restrictive. Per rule, a rule that would have allowed a denied request
+-- reports what a peek would.
 
 local now
 if ARGV[1] == '' then
@@ -20,7 +24,7 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
-local cost = tonumber(ARGV[2])
+local each = ARGV[2] == '1'
 local pad = tonumber(ARGV[3])
 local n = #KEYS
 
@@ -38,12 +42,13 @@ for i = 1, n do
   end
 end
 
--- One verdict per rule: { allowed, remaining, reset_after, retry_after, write }
--- where write is { state, ttl } or nil.
+-- One verdict per rule: { allowed, remaining, reset_after, retry_after, write,
+-- peek } where write is { state, ttl } or nil, and peek the step's
+-- arguments for a look at the rule without a cost.
 local verdicts = {}
 local admitted = true
 for i = 1, n do
-  local b = 3 + (i - 1) * 6
+  local b = 3 + (i - 1) * 7
   local tag = tonumber(ARGV[b + 1])
   local q = {
     limit = tonumber(ARGV[b + 2]),
@@ -52,6 +57,7 @@ for i = 1, n do
     interval = tonumber(ARGV[b + 5]),
   }
   local penalty = tonumber(ARGV[b + 6])
+  local cost = tonumber(ARGV[b + 7])
   local s = states[i]
   local blocked_until = 0
   if s ~= nil then blocked_until = s.blocked end
@@ -79,7 +85,7 @@ for i = 1, n do
       state.blocked = 0
       w = { state, ttl }
     end
-    v = { true, remaining, reset, 0, w }
+    v = { true, remaining, reset, 0, w, { tag, q, same } }
   elseif penalty > 0 and cost > 0 then
     state.tag = tag
     state.blocked = now + penalty
@@ -112,7 +118,28 @@ for i = 1, n do
     redis.call('SET', KEYS[i], encode(w[1]), 'PX', ms)
   end
 end
+local function flag(b)
+  if b then return 1 end
+  return 0
+end
+
+if each then
+  local out = { flag(admitted) }
+  for i = 1, n do
+    local v = verdicts[i]
+    if v[1] and not admitted then
+      local p = v[6]
+      local _, remaining, reset = STEP[p[1]](p[2], p[3], now, 0)
+      v = { true, remaining, reset, 0 }
+    end
+    local k = #out
+    out[k + 1] = flag(v[1])
+    out[k + 2] = v[2]
+    out[k + 3] = v[3]
+    out[k + 4] = v[4]
+  end
+  return out
+end
+
 local d = verdicts[best]
-local allowed = 0
-if d[1] then allowed = 1 end
-return { allowed, best - 1, d[2], d[3], d[4] }
+return { flag(d[1]), best - 1, d[2], d[3], d[4] }
