@@ -183,10 +183,12 @@ pub fn decide_all(rules: &[Input<'_>], now: Timestamp) -> Result<(Decision, Vec<
 }
 
 /// [`decide_all`] with one decision per rule, in the same order, and what to
-/// store. When every rule allows, each reports its own admission. When any
+/// store. A rule with a cost of 0 is only looked at: it reports what a
+/// request of one unit would get and never holds the others back. When
+/// every charged rule allows, each reports its own admission. When any
 /// denies, nothing is consumed: each denying rule reports its denial, and
 /// each rule that would have allowed reports what it has now, as a peek
-/// (cost 0) would.
+/// would.
 pub fn decide_each(
     rules: &[Input<'_>],
     now: Timestamp,
@@ -206,7 +208,8 @@ pub fn decide_each(
     Ok((decisions, writes))
 }
 
-/// Every rule's verdict, and whether the request is admitted (every rule allows).
+/// Every rule's verdict, and whether the request is admitted: every rule it
+/// is charged on allows (a rule it only peeks at never holds it back).
 fn verdicts(rules: &[Input<'_>], now: u64) -> Result<(Vec<Verdict>, bool)> {
     if rules.is_empty() {
         return Err(no_rule());
@@ -215,7 +218,10 @@ fn verdicts(rules: &[Input<'_>], now: u64) -> Result<(Vec<Verdict>, bool)> {
         .iter()
         .map(|(rule, state, cost)| evaluate(rule, *state, now, *cost))
         .collect::<Result<Vec<_>>>()?;
-    let admitted = verdicts.iter().all(|v| v.decision.is_allowed());
+    let admitted = verdicts
+        .iter()
+        .zip(rules)
+        .all(|(v, (_, _, cost))| *cost == 0 || v.decision.is_allowed());
     Ok((verdicts, admitted))
 }
 
@@ -282,14 +288,17 @@ mod tests {
         assert!(!each[0].is_allowed() && each[0].retry_after().is_some());
         assert!(each[1].is_allowed() && each[1].remaining() == 5);
         assert!(writes.iter().all(Option::is_none));
-        // A peek of one rule beside a charge on another.
-        let (each, writes) = decide_each(
-            &[(&small, Some(&small_state), 0), (&big, Some(&big_state), 1)],
-            now,
-        )
-        .unwrap();
-        assert!(!each[0].is_allowed(), "a peek of a spent rule denies");
-        assert!(writes.iter().all(Option::is_none));
+        // A peek of a spent rule beside a charge on another: the peek
+        // reports the denial a request would get, the charge goes through.
+        let peek_and_charge = [(&small, Some(&small_state), 0), (&big, Some(&big_state), 1)];
+        let (each, writes) = decide_each(&peek_and_charge, now).unwrap();
+        assert!(!each[0].is_allowed() && each[1].is_allowed() && each[1].remaining() == 4);
+        assert!(writes[0].is_none() && writes[1].is_some());
+        let (one, _) = decide_all(&peek_and_charge, now).unwrap();
+        assert!(
+            !one.is_allowed() && one.rule() == "small",
+            "the combined answer says so"
+        );
         let (each, writes) =
             decide_each(&[(&small, None, 0), (&big, Some(&big_state), 1)], now).unwrap();
         assert!(each[0].is_allowed() && each[0].remaining() == 2 && writes[0].is_none());

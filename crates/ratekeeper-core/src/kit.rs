@@ -24,9 +24,7 @@
 //! The state encoding is what stores persist: a change to it is a change
 //! of format, versioned (see [`RuleState`]).
 
-pub use crate::engine::{
-    DecideFn, Input, Write, check_cost, decide_all, decide_each, decide_one,
-};
+pub use crate::engine::{DecideFn, Input, Write, check_cost, decide_all, decide_each, decide_one};
 pub use crate::key::{bounded_key, state_key};
 pub use crate::state::{
     AlgorithmState, DecodeError, FixedWindowState, GcraState, LeakyBucketState, RuleState,

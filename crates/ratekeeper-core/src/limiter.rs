@@ -214,7 +214,8 @@ impl Limiter {
     }
 
     /// One request against several rules, each with its own key and its own
-    /// cost (0 peeks that rule), decided atomically like
+    /// cost (0 only looks at that rule, and never holds the others back),
+    /// decided atomically like
     /// [`check_all`](Self::check_all): if any rule denies, none consumes.
     /// Returns one decision per check, in order (see
     /// [`Storage::decide_each`] for what each reports);

@@ -409,8 +409,9 @@ pub async fn multi_quota_all_or_nothing(h: Arc<dyn Harness>) {
 
 /// One request with its own cost per rule, answered rule by rule
 /// ([`Limiter::check_each`]): all or nothing as in
-/// [`multi_quota_all_or_nothing`], a cost of 0 peeks only its rule, and a
-/// rule that would have allowed a denied request reports what it has.
+/// [`multi_quota_all_or_nothing`], a cost of 0 peeks only its rule (and
+/// never holds the others back), and a rule that would have allowed a
+/// denied request reports what it has.
 pub async fn per_rule_costs_and_decisions(h: Arc<dyn Harness>) {
     let (_, limiter, _) = setup(&h).await;
     let remaining = |each: &[ratekeeper_core::Decision]| {
@@ -454,6 +455,14 @@ pub async fn per_rule_costs_and_decisions(h: Arc<dyn Harness>) {
             4,
             "{algorithm}: a peek consumed nothing"
         );
+        // A peek of the spent `calls` reports its denial and does not hold
+        // back the charge on `tokens`.
+        let each = limiter
+            .check_each(&[(&calls, key, 0), (&tokens, key, 1)])
+            .await
+            .unwrap();
+        assert_eq!(remaining(&each), [(false, 0), (true, 3)], "{algorithm}");
+        assert_eq!(limiter.peek(&tokens, key).await.unwrap().remaining(), 3);
         // The same answer as check_all when the costs are equal.
         let each = limiter
             .check_each(&[(&tokens, "other", 1), (&calls, "other", 1)])

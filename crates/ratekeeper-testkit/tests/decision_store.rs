@@ -25,11 +25,7 @@ struct DecisionStore {
 impl DecisionStore {
     /// The decision step under the lock, with `decide`: the combined
     /// decision or one per entry.
-    fn decide_with<T>(
-        &self,
-        request: &DecideRequest<'_>,
-        decide: kit::DecideFn<T>,
-    ) -> Result<T> {
+    fn decide_with<T>(&self, request: &DecideRequest<'_>, decide: kit::DecideFn<T>) -> Result<T> {
         let mut states = self
             .states
             .lock()

@@ -243,7 +243,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// descriptor). The most restrictive of them
     /// ([`Decision::most_restrictive`]) is what `decide` returns.
     ///
-    /// When every entry allows, each reports its own admission. When any
+    /// An entry with a cost of 0 is only looked at: it reports what a
+    /// request of one unit would get and never holds the others back. When
+    /// every charged entry allows, each reports its own admission. When any
     /// denies, nothing is consumed: each denying entry reports its denial,
     /// and each entry that would have allowed reports what it has now, as a
     /// peek would. [`kit::decide_each`](crate::kit::decide_each) computes it.

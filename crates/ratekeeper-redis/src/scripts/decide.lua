@@ -14,8 +14,9 @@
 -- or { -1, index, reason } when the state at that index is not rate-limit
 -- state. Every rule is decided; if any denies, none consumes (a denying
 -- rule's penalty is still written), and the reported decision is the most
--- restrictive. Per rule, a rule that would have allowed a denied request
--- reports what a peek would.
+-- restrictive. A rule with a cost of 0 is only looked at and never holds
+-- the others back. Per rule, a rule that would have allowed a denied
+-- request reports what a peek would.
 
 local now
 if ARGV[1] == '' then
@@ -93,7 +94,8 @@ for i = 1, n do
   else
     v = { false, remaining, reset, retry, nil }
   end
-  if not v[1] then admitted = false end
+  -- A rule only peeked at (cost 0) never holds the request back.
+  if not v[1] and cost > 0 then admitted = false end
   verdicts[i] = v
 end
 
