@@ -47,6 +47,7 @@ mod live;
 mod model;
 mod parse;
 mod reader;
+mod server;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,7 @@ pub use model::{
     Config, DefaultsConfig, ExemptConfig, InvalidKeySpec, KeySpec, ListsConfig, ProxiesConfig,
     RouteConfig, RuleConfig, StorageConfig, TierCacheConfig, TierConfig, TierLimit, TierRuleConfig,
 };
+pub use server::{ServerConfig, StoreErrorMode};
 
 use model::Origin;
 use reader::Reader;

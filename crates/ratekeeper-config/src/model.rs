@@ -44,6 +44,8 @@ pub struct Config {
     /// `[[domains]]`: limits chosen by descriptors, for the rate-limit
     /// server (see [`domains`](crate::domains)).
     pub domains: Vec<crate::domains::DomainConfig>,
+    /// `[server]`: how the rate-limit server listens and what it accepts.
+    pub server: crate::server::ServerConfig,
     /// Where each field came from, for error messages.
     pub(crate) origin: Origin,
 }

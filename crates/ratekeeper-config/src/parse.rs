@@ -33,6 +33,7 @@ const TOP: &[&str] = &[
     "proxies",
     "auto_block",
     "domains",
+    "server",
 ];
 
 /// What reading found: the configuration, and the rules that were broken
@@ -107,6 +108,9 @@ pub(crate) fn read(r: &mut Reader<'_>, root: &Value) -> Read {
     }
     if let Some(t) = top.table(r, "auto_block") {
         config.auto_block = auto_block(r, &t);
+    }
+    if let Some(t) = top.table(r, "server") {
+        config.server = super::server::read(r, &t);
     }
     for t in top.tables(r, "domains") {
         let domain = domains::read_domain(r, &t, config.defaults.algorithm);

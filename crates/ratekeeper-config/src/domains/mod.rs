@@ -51,6 +51,9 @@ pub struct DomainConfig {
     pub domain: String,
     /// The top level of the tree.
     pub descriptors: Vec<DescriptorConfig>,
+    /// What the rate-limit server answers for this domain when its store
+    /// fails; `None`: the server's `on_store_error`.
+    pub on_store_error: Option<crate::StoreErrorMode>,
 }
 
 /// One node of a domain's tree.

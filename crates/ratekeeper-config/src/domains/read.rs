@@ -24,7 +24,8 @@ pub(crate) fn read_domain(r: &mut Reader<'_>, t: &Table<'_>, default: Algorithm)
         replaced: Vec::new(),
     };
     let descriptors = read_level(r, t, &mut names);
-    t.finish(r, &["domain", "descriptors"]);
+    let on_store_error = t.parsed(r, "on_store_error", str::parse::<crate::StoreErrorMode>);
+    t.finish(r, &["domain", "descriptors", "on_store_error"]);
     for (path, name) in names.replaced {
         if !names.named.contains(&name) {
             r.problem(
@@ -37,6 +38,7 @@ pub(crate) fn read_domain(r: &mut Reader<'_>, t: &Table<'_>, default: Algorithm)
     DomainConfig {
         domain,
         descriptors,
+        on_store_error,
     }
 }
 

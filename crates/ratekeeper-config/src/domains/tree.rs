@@ -15,6 +15,8 @@ use crate::model::RuleConfig;
 #[derive(Debug, Clone, Default)]
 pub struct Domains {
     domains: HashMap<String, Vec<Node>>,
+    /// Each domain's own `on_store_error`, when it has one.
+    on_store_error: HashMap<String, crate::StoreErrorMode>,
 }
 
 /// A node of a compiled tree.
@@ -93,6 +95,11 @@ impl<'a> Matched<'a> {
     pub fn name(&self) -> Option<&'a str> {
         self.node.name.as_deref()
     }
+
+    /// The names of the limits this one replaces.
+    pub fn replaces(&self) -> &'a [String] {
+        &self.node.replaces
+    }
 }
 
 impl Domains {
@@ -104,8 +111,12 @@ impl Domains {
         default_algorithm: Algorithm,
     ) -> Result<Self, ConfigErrors> {
         let mut out = HashMap::new();
+        let mut on_store_error = HashMap::new();
         let mut problems = Problems::default();
         for (i, d) in domains.iter().enumerate() {
+            if let Some(mode) = d.on_store_error {
+                on_store_error.insert(d.domain.clone(), mode);
+            }
             let at = format!("domains[{i}].descriptors");
             let root = Segment::root(&d.domain);
             let tree = compile_level(&d.descriptors, &root, &at, default_algorithm, &mut problems);
@@ -117,7 +128,23 @@ impl Domains {
                 );
             }
         }
-        problems.into_result(Self { domains: out })
+        problems.into_result(Self {
+            domains: out,
+            on_store_error,
+        })
+    }
+
+    /// What `domain` answers when the store fails, if it says
+    /// (`on_store_error`); `None`: the server's default.
+    pub fn on_store_error(&self, domain: &str) -> Option<crate::StoreErrorMode> {
+        self.on_store_error.get(domain).copied()
+    }
+
+    /// The configured domains' names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.domains.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 
     /// Whether `domain` is configured.

@@ -1,0 +1,194 @@
+//! `[server]`: how the rate-limit service (`ratekeeper-server`) listens and
+//! what it accepts. Libraries ignore it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::reader::{Reader, Table};
+
+/// `[server]`: the rate-limit service's addresses, bounds and modes. Every
+/// field has a default, so a file of limits alone starts a service.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Envoy's rate-limit gRPC API; `None` (`"off"`): not served. Default
+    /// `0.0.0.0:8081`, where Envoy's examples look for it.
+    pub grpc: Option<SocketAddr>,
+    /// The HTTP JSON API, `/health`, `/ready` and `/metrics`; `None`
+    /// (`"off"`): not served. Default `0.0.0.0:8080`.
+    pub http: Option<SocketAddr>,
+    /// The admin API (resets, list changes, reload); `None` (`"off"`): not
+    /// served. Default `127.0.0.1:6070`: loopback only.
+    pub admin: Option<SocketAddr>,
+    /// The bearer token the admin API asks for. Required when `admin` is
+    /// not a loopback address; when set, asked for on loopback too.
+    pub admin_token: Option<String>,
+    /// Decide and count every request, but never deny (the whole service in
+    /// shadow mode); denials show in metrics and logs only.
+    pub shadow_mode: bool,
+    /// What a domain without its own `on_store_error` answers when the
+    /// store fails. Default [`StoreErrorMode::Error`].
+    pub on_store_error: StoreErrorMode,
+    /// Descriptors one request may carry (default 64).
+    pub max_descriptors: usize,
+    /// Entries one descriptor may carry (default 16).
+    pub max_entries: usize,
+    /// Bytes of one entry's key or value, and of a domain (default 1024).
+    pub max_value_bytes: usize,
+    /// Bytes of one request's body (default 64 KiB).
+    pub max_request_bytes: usize,
+    /// Requests being answered at once; more are refused at once
+    /// (RESOURCE_EXHAUSTED, 503), never queued (default 4096).
+    pub max_in_flight: usize,
+    /// How long shutdown waits for requests in flight (default 10 s).
+    pub drain: Duration,
+    /// Logs as JSON lines instead of text.
+    pub json_logs: bool,
+    /// Adds `RateLimit-Policy` and `RateLimit` (IETF draft), and
+    /// `Retry-After` on denials, to every answer (Envoy's
+    /// `response_headers_to_add`).
+    pub headers: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
+            http: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 6070))),
+            admin_token: None,
+            shadow_mode: false,
+            on_store_error: StoreErrorMode::Error,
+            max_descriptors: 64,
+            max_entries: 16,
+            max_value_bytes: 1024,
+            max_request_bytes: 64 * 1024,
+            max_in_flight: 4096,
+            drain: Duration::from_secs(10),
+            json_logs: false,
+            headers: false,
+        }
+    }
+}
+
+/// What the rate-limit service answers when its store fails (unreachable,
+/// past its deadline, its breaker open).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreErrorMode {
+    /// An error (gRPC UNAVAILABLE, HTTP 503): the caller's own failure mode
+    /// decides (Envoy's `failure_mode_deny`). The default.
+    #[default]
+    Error,
+    /// Allow the request.
+    Allow,
+    /// Deny the request.
+    Deny,
+}
+
+impl std::str::FromStr for StoreErrorMode {
+    type Err = String;
+
+    /// `error`, `allow` or `deny`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "error" => Ok(Self::Error),
+            "allow" => Ok(Self::Allow),
+            "deny" => Ok(Self::Deny),
+            other => Err(format!(
+                "unknown store error mode {other:?} (expected error, allow or deny)"
+            )),
+        }
+    }
+}
+
+/// An address, or `"off"`.
+fn address(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        format!(
+            "{text:?} is not an address (expected host:port with an IP, e.g. 0.0.0.0:8081, or off)"
+        )
+    })
+}
+
+pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
+    let mut s = ServerConfig::default();
+    for (key, field) in [
+        ("grpc", &mut s.grpc),
+        ("http", &mut s.http),
+        ("admin", &mut s.admin),
+    ] {
+        if let Some(a) = t.parsed(r, key, address) {
+            *field = a;
+        }
+    }
+    s.admin_token = t.string(r, "admin_token");
+    if s.admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        r.problem(
+            &t.field_path("admin_token"),
+            t.value_of("admin_token"),
+            "empty (leave it out, or set a secret)",
+        );
+    }
+    if let Some(admin) = s.admin
+        && !admin.ip().is_loopback()
+        && s.admin_token.is_none()
+    {
+        r.problem(
+            &t.field_path("admin"),
+            t.value_of("admin"),
+            format!("{admin} is not a loopback address: the admin API needs an admin_token there"),
+        );
+    }
+    if let Some(b) = t.boolean(r, "shadow_mode") {
+        s.shadow_mode = b;
+    }
+    if let Some(m) = t.parsed(r, "on_store_error", str::parse::<StoreErrorMode>) {
+        s.on_store_error = m;
+    }
+    let bound = |r: &mut Reader<'_>, key: &str, max: u64, field: &mut usize| {
+        if let Some(n) = t.integer(r, key, 1, max) {
+            *field = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+    };
+    bound(r, "max_descriptors", 100_000, &mut s.max_descriptors);
+    bound(r, "max_entries", 10_000, &mut s.max_entries);
+    bound(r, "max_value_bytes", 1 << 20, &mut s.max_value_bytes);
+    bound(r, "max_request_bytes", 64 << 20, &mut s.max_request_bytes);
+    bound(r, "max_in_flight", 1 << 24, &mut s.max_in_flight);
+    if let Some(d) = t.duration(r, "drain") {
+        s.drain = d;
+    }
+    if let Some(b) = t.boolean(r, "json_logs") {
+        s.json_logs = b;
+    }
+    if let Some(b) = t.boolean(r, "headers") {
+        s.headers = b;
+    }
+    t.finish(
+        r,
+        &[
+            "grpc",
+            "http",
+            "admin",
+            "admin_token",
+            "shadow_mode",
+            "on_store_error",
+            "max_descriptors",
+            "max_entries",
+            "max_value_bytes",
+            "max_request_bytes",
+            "max_in_flight",
+            "drain",
+            "json_logs",
+            "headers",
+        ],
+    );
+    s
+}

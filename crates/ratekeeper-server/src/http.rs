@@ -1,0 +1,444 @@
+//! The HTTP JSON API, `/health`, `/ready` and `/metrics`; and the admin API.
+//!
+//! Requests and answers follow the protobuf JSON mapping of Envoy's
+//! messages (what envoyproxy/ratelimit's `/json` takes), so a client of
+//! that endpoint works unchanged; a check may also name a rule of the
+//! configuration's `[rules]` and a key. Schemas: `docs/server.md`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::service::{Answer, Check, Descriptor, Refusal, Unit};
+
+/// The public HTTP API.
+pub(crate) fn router(app: Arc<App>) -> Router {
+    let limit = app.service.limits().server.max_request_bytes;
+    Router::new()
+        .route("/v1/check", post(check))
+        .route("/json", post(check))
+        .route("/v1/peek", post(peek))
+        .route("/v1/limits", get(limits))
+        .route("/health", get(health))
+        .route("/healthcheck", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+/// The admin API: reload, resets. Every route asks for the admin token
+/// when one is set.
+pub(crate) fn admin_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/reload", post(reload))
+        .route("/v1/reset", post(reset))
+        .route("/v1/limits", get(limits))
+        .route("/health", get(health))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(app)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, message)
+}
+
+/// A check as JSON: Envoy's `RateLimitRequest` in protobuf JSON (snake or
+/// camel case), or a named rule and a key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    descriptors: Vec<DescriptorBody>,
+    #[serde(default, alias = "hitsAddend", alias = "hits")]
+    hits_addend: Option<u64>,
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DescriptorBody {
+    entries: Vec<EntryBody>,
+    #[serde(default, alias = "hitsAddend", alias = "hits")]
+    hits_addend: Option<u64>,
+    #[serde(default)]
+    limit: Option<LimitBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryBody {
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitBody {
+    #[serde(alias = "requestsPerUnit")]
+    requests_per_unit: u64,
+    unit: String,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid request body: {e}")))
+}
+
+fn check_of(body: CheckBody, peek: bool) -> Result<Check, Response> {
+    let descriptors = body
+        .descriptors
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let limit = match d.limit {
+                None => None,
+                Some(l) => Some((
+                    l.requests_per_unit,
+                    Unit::parse(&l.unit.to_ascii_lowercase()).ok_or_else(|| {
+                        bad_request(format!(
+                            "descriptors[{i}].limit.unit {:?} is not second, minute, hour, day, \
+                             week, month or year",
+                            l.unit
+                        ))
+                    })?,
+                )),
+            };
+            Ok(Descriptor {
+                entries: d.entries.into_iter().map(|e| (e.key, e.value)).collect(),
+                hits: if peek { Some(0) } else { d.hits_addend },
+                limit,
+                negative: false,
+            })
+        })
+        .collect::<Result<Vec<_>, Response>>()?;
+    Ok(Check {
+        domain: body.domain.unwrap_or_default(),
+        descriptors,
+        hits: body.hits_addend.unwrap_or(1),
+    })
+}
+
+async fn check(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    decide(app, &body, false).await
+}
+
+async fn peek(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    decide(app, &body, true).await
+}
+
+async fn decide(app: Arc<App>, body: &[u8], peek: bool) -> Response {
+    let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight; try again",
+        );
+    };
+    let body: CheckBody = match parse(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Some(rule) = body.rule.clone() {
+        return decide_rule(&app, &rule, body, peek).await;
+    }
+    let check = match check_of(body, peek) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match app.service.decide(&check).await {
+        Ok(answer) => axum::Json(answer_json(&answer)).into_response(),
+        Err(Refusal::Invalid(m)) => bad_request(m),
+        Err(Refusal::Unavailable(m)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the rate-limit store is unavailable: {m}"),
+        ),
+    }
+}
+
+/// `{"rule": "api", "key": "alice", "hits_addend": 2}`: a named rule of
+/// the configuration on a key.
+async fn decide_rule(app: &App, name: &str, body: CheckBody, peek: bool) -> Response {
+    if body.domain.is_some() || !body.descriptors.is_empty() {
+        return bad_request("give either a rule and a key, or a domain and descriptors");
+    }
+    let Some(key) = body.key else {
+        return bad_request("a check of a rule needs a key");
+    };
+    let limits = app.service.limits();
+    let Some(rule) = limits.rules.get(name) else {
+        return bad_request(format!("no rule named {name:?}"));
+    };
+    let cost = if peek {
+        0
+    } else {
+        body.hits_addend.unwrap_or(1)
+    };
+    match app.service.limiter().check_cost(rule, &key, cost).await {
+        Ok(d) => axum::Json(json!({
+            "overallCode": if d.is_allowed() { "OK" } else { "OVER_LIMIT" },
+            "statuses": [{
+                "code": if d.is_allowed() { "OK" } else { "OVER_LIMIT" },
+                "currentLimit": {
+                    "name": rule.name(),
+                    "requestsPerUnit": rule.quota().limit(),
+                    "unit": unit_name(rule.quota().window()),
+                },
+                "limitRemaining": d.remaining(),
+                "durationUntilReset": seconds(d.reset_after()),
+                "retryAfter": d.retry_after().map(seconds),
+            }],
+        }))
+        .into_response(),
+        Err(e) if e.kind() == ratekeeper::ErrorKind::CostExceedsCapacity => bad_request(e.to_string()),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the rate-limit store is unavailable: {e}"),
+        ),
+    }
+}
+
+/// A duration as protobuf JSON writes one: seconds with a suffix `s`.
+fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}.{:06}s", d.as_secs(), d.subsec_micros())
+    }
+}
+
+fn unit_name(window: Duration) -> String {
+    Unit::of(window).map_or("UNKNOWN".to_owned(), |u| u.as_str().to_ascii_uppercase())
+}
+
+fn answer_json(answer: &Answer) -> Value {
+    let code = |over: bool| if over { "OVER_LIMIT" } else { "OK" };
+    let statuses: Vec<Value> = answer
+        .statuses
+        .iter()
+        .map(|s| {
+            let mut v = json!({ "code": code(s.over_limit), "limitRemaining": s.remaining });
+            if let (Some(l), Some(obj)) = (&s.limit, v.as_object_mut()) {
+                obj.insert(
+                    "currentLimit".to_owned(),
+                    json!({
+                        "name": l.name,
+                        "requestsPerUnit": l.limit,
+                        "unit": unit_name(l.window),
+                    }),
+                );
+                obj.insert(
+                    "durationUntilReset".to_owned(),
+                    json!(seconds(s.reset_after)),
+                );
+            }
+            if let Some(obj) = v.as_object_mut() {
+                if let Some(r) = s.retry_after {
+                    obj.insert("retryAfter".to_owned(), json!(seconds(r)));
+                }
+                if s.shadow_over_limit {
+                    obj.insert("shadowOverLimit".to_owned(), json!(true));
+                }
+            }
+            v
+        })
+        .collect();
+    let headers: Vec<Value> = answer
+        .headers
+        .iter()
+        .map(|(k, v)| json!({ "key": k, "value": v }))
+        .collect();
+    json!({
+        "overallCode": code(answer.over_limit),
+        "statuses": statuses,
+        "responseHeadersToAdd": headers,
+    })
+}
+
+/// The loaded limits: every domain's limited descriptors, and the named rules.
+async fn limits(State(app): State<Arc<App>>) -> Response {
+    let limits = app.service.limits();
+    let domains: Vec<Value> = limits
+        .domains
+        .limits()
+        .iter()
+        .map(|m| {
+            let limit = match m.limit() {
+                ratekeeper::config::domains::Limit::Rule(rule) => json!({
+                    "rule": rule.name(),
+                    "algorithm": rule.algorithm().as_str(),
+                    "requestsPerUnit": rule.quota().limit(),
+                    "window": seconds(rule.quota().window()),
+                }),
+                ratekeeper::config::domains::Limit::Deny => json!("deny"),
+                _ => json!("unlimited"),
+            };
+            json!({
+                "descriptor": m.path(),
+                "name": m.name(),
+                "shadowMode": m.shadow_mode(),
+                "limit": limit,
+            })
+        })
+        .collect();
+    let rules: Vec<Value> = limits
+        .rules
+        .values()
+        .map(|rule| {
+            json!({
+                "rule": rule.name(),
+                "algorithm": rule.algorithm().as_str(),
+                "requestsPerUnit": rule.quota().limit(),
+                "window": seconds(rule.quota().window()),
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "domains": limits.domains.names(),
+        "descriptors": domains,
+        "rules": rules,
+    }))
+    .into_response()
+}
+
+async fn health() -> Response {
+    (StatusCode::OK, "OK\n").into_response()
+}
+
+/// Ready when the store answers within its deadline (and its breaker, if
+/// any, is closed).
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    match app.probe().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    match &app.prometheus {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => error(StatusCode::NOT_FOUND, "metrics are not recorded"),
+    }
+}
+
+/// Whether `headers` carry the admin token (always, when none is set).
+fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(token) = app.admin_token.as_deref() else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compared in time that depends only on the lengths.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn unauthorized() -> Response {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "the admin API needs `Authorization: Bearer <admin_token>`",
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    r
+}
+
+async fn reload(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
+    match app.reload().await {
+        Ok(()) => axum::Json(json!({ "reloaded": true })).into_response(),
+        Err(problems) => error(StatusCode::BAD_REQUEST, problems),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    entries: Vec<EntryBody>,
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// Forgets one descriptor's counters (or a named rule's, for a key).
+async fn reset(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
+    let body: ResetBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let limits = app.service.limits();
+    let (rule, key) = match (&body.rule, &body.domain) {
+        (Some(name), None) => {
+            let Some(rule) = limits.rules.get(name) else {
+                return bad_request(format!("no rule named {name:?}"));
+            };
+            let Some(key) = body.key.clone() else {
+                return bad_request("a reset of a rule needs a key");
+            };
+            (rule.clone(), key)
+        }
+        (None, Some(domain)) => {
+            let entries: Vec<(&str, &str)> = body
+                .entries
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_str()))
+                .collect();
+            let Some(m) = limits.domains.resolve(domain, &entries) else {
+                return bad_request("no limit of that domain applies to these entries");
+            };
+            let ratekeeper::config::domains::Limit::Rule(rule) = m.limit() else {
+                return bad_request("that descriptor's limit keeps no counters");
+            };
+            (rule.clone(), m.key().to_owned())
+        }
+        _ => return bad_request("give either a rule and a key, or a domain and entries"),
+    };
+    match app.service.limiter().reset(&rule, &key).await {
+        Ok(existed) => axum::Json(json!({ "reset": existed })).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the rate-limit store is unavailable: {e}"),
+        ),
+    }
+}

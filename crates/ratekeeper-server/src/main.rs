@@ -1,0 +1,326 @@
+//! `ratekeeper-server`: ratekeeper's limits as a service, for any language
+//! and for Envoy.
+//!
+//! Serves Envoy's rate-limit gRPC API (v3) and an HTTP JSON API on the
+//! stores and configuration of the library: limits files of
+//! envoyproxy/ratelimit's YAML format as they are, or this project's own
+//! format with `[[domains]]`. See `docs/server.md`.
+
+mod grpc;
+mod http;
+mod load;
+mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use metrics_exporter_prometheus::PrometheusHandle;
+use ratekeeper::{Algorithm, Limiter, Quota, Rule, Storage};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::service::Service;
+
+/// The command line. Every flag can also be set by its environment
+/// variable; both win over the configuration file.
+#[derive(Debug, Parser)]
+#[command(name = "ratekeeper-server", version, about)]
+struct Args {
+    /// A configuration file (this project's TOML/YAML/JSON format), a limits
+    /// file of envoyproxy/ratelimit's YAML format, or a directory of such
+    /// files. Repeat for several.
+    #[arg(long = "config", env = "RATEKEEPER_CONFIG", value_delimiter = ',', required = true)]
+    config: Vec<PathBuf>,
+    /// The store URL (memory://, sqlite://…, redis://…, redis+cluster://…,
+    /// redis+sentinel://…); default: the configuration's, else memory://.
+    #[arg(long, env = "RATEKEEPER_STORAGE")]
+    storage: Option<String>,
+    /// The gRPC address (host:port, or `off`).
+    #[arg(long, env = "RATEKEEPER_GRPC")]
+    grpc: Option<String>,
+    /// The HTTP address (host:port, or `off`).
+    #[arg(long, env = "RATEKEEPER_HTTP")]
+    http: Option<String>,
+    /// The admin address (host:port, or `off`).
+    #[arg(long, env = "RATEKEEPER_ADMIN")]
+    admin: Option<String>,
+    /// The admin API's bearer token (better set by its environment variable).
+    #[arg(long, env = "RATEKEEPER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Logs as JSON lines.
+    #[arg(long, env = "RATEKEEPER_JSON_LOGS")]
+    json_logs: bool,
+}
+
+/// What every request handler shares.
+pub(crate) struct App {
+    pub(crate) service: Service,
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) prometheus: Option<PrometheusHandle>,
+    sources: load::Sources,
+    store: Arc<dyn Storage>,
+    probe_rule: Rule,
+    /// Reloads one at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Reads the configuration again and serves it if it is valid;
+    /// otherwise keeps the current limits and returns every problem.
+    pub(crate) async fn reload(&self) -> Result<(), String> {
+        let _one = self.reloading.lock().await;
+        let sources = self.sources.clone();
+        let loaded = tokio::task::spawn_blocking(move || sources.load())
+            .await
+            .map_err(|e| format!("the reload failed: {e}"))?;
+        match loaded {
+            Ok(loaded) => {
+                let current = self.service.limits();
+                if loaded.storage_url != self.sources.storage_url_at_start() {
+                    tracing::warn!(
+                        target: "ratekeeper::server",
+                        "the store's URL changed; the server keeps its store until restarted"
+                    );
+                }
+                if loaded.limits.server.grpc != current.server.grpc
+                    || loaded.limits.server.http != current.server.http
+                    || loaded.limits.server.admin != current.server.admin
+                {
+                    tracing::warn!(
+                        target: "ratekeeper::server",
+                        "the listening addresses changed; they apply after a restart"
+                    );
+                }
+                self.service.swap(loaded.limits);
+                tracing::info!(target: "ratekeeper::config", "configuration reloaded");
+                Ok(())
+            }
+            Err(problems) => {
+                tracing::error!(
+                    target: "ratekeeper::config",
+                    problems = %problems,
+                    "configuration refused; the previous one keeps serving"
+                );
+                Err(problems)
+            }
+        }
+    }
+
+    /// Whether the store answers: its breaker closed, a look at a probe key
+    /// answered within the store's deadline.
+    pub(crate) async fn probe(&self) -> Result<(), String> {
+        if let Ok(stats) = self.store.stats().await
+            && stats.details.iter().any(|(k, v)| k == "breaker" && v == "open")
+        {
+            return Err("the store's circuit breaker is open".to_owned());
+        }
+        let look = self.service.limiter().peek(&self.probe_rule, "ready");
+        match tokio::time::timeout(Duration::from_secs(2), look).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("the store failed: {e}")),
+            Err(_) => Err("the store did not answer within 2 s".to_owned()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ratekeeper-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ratekeeper-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn bind(what: &str, address: Option<SocketAddr>) -> Result<Option<TcpListener>, String> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen for {what} on {address}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the {what} address: {e}"))?;
+    // One line per address, on stdout, for operators and scripts.
+    println!("ratekeeper-server: {what} listening on {local}");
+    Ok(Some(listener))
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let flags = load::Flags {
+        storage: args.storage,
+        grpc: args.grpc,
+        http: args.http,
+        admin: args.admin,
+        admin_token: args.admin_token,
+        json_logs: args.json_logs,
+    };
+    let sources = load::Sources::new(args.config, flags);
+    let loaded = {
+        let sources = sources.clone();
+        tokio::task::spawn_blocking(move || sources.load())
+            .await
+            .map_err(|e| e.to_string())??
+    };
+    let limits = loaded.limits;
+    init_logs(limits.server.json_logs);
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| tracing::warn!(target: "ratekeeper::server", error = %e, "no metrics"))
+        .ok();
+    let store = ratekeeper::config::open_store(&loaded.config).map_err(|e| e.to_string())?;
+    let server = limits.server.clone();
+    let probe_rule = Quota::per_second(1)
+        .ok()
+        .and_then(|q| Rule::new("rls.ready", Algorithm::FixedWindow, q).ok())
+        .ok_or("cannot build the readiness probe")?;
+    let app = Arc::new(App {
+        service: Service::new(limits, Limiter::new(store.clone())),
+        in_flight: Arc::new(Semaphore::new(server.max_in_flight)),
+        admin_token: server.admin_token.clone(),
+        prometheus,
+        sources,
+        store: store.clone(),
+        probe_rule,
+        reloading: tokio::sync::Mutex::new(()),
+    });
+    tracing::info!(
+        target: "ratekeeper::server",
+        store = %ratekeeper::storage::redact_url(&loaded.storage_url),
+        "serving"
+    );
+
+    let grpc = bind("grpc", server.grpc).await?;
+    let http = bind("http", server.http).await?;
+    let admin = bind("admin", server.admin).await?;
+
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = grpc {
+        let app = app.clone();
+        let mut stopped = stopped.clone();
+        let max = server.max_request_bytes;
+        let streams = u32::try_from(server.max_in_flight).unwrap_or(u32::MAX);
+        tasks.spawn(async move {
+            let service = RateLimitServiceServer::new(grpc::Grpc(app)).max_decoding_message_size(max);
+            tonic::transport::Server::builder()
+                .max_concurrent_streams(streams)
+                .layer(tower::util::MapResponseLayer::new(
+                    grpc::decode_errors_are_invalid_arguments::<tonic::body::Body>,
+                ))
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                )
+                .await
+                .map_err(|e| format!("gRPC: {e}"))
+        });
+    }
+    for (listener, router) in [
+        (http, http::router(app.clone())),
+        (admin, http::admin_router(app.clone())),
+    ] {
+        let Some(listener) = listener else { continue };
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| format!("HTTP: {e}"))
+        });
+    }
+    let watcher = load::watch(app.clone());
+    if let Err(e) = &watcher {
+        tracing::warn!(target: "ratekeeper::server", error = %e, "configuration files are not watched; reload with SIGHUP");
+    }
+    wait_for_signals(&app).await;
+    tracing::info!(target: "ratekeeper::server", "shutting down: draining requests in flight");
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(server.drain, async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::error!(target: "ratekeeper::server", error = %e, "a listener failed");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(target: "ratekeeper::server", "requests still in flight after the drain time; stopping");
+    }
+    drop(watcher);
+    if let Err(e) = store.close().await {
+        tracing::warn!(target: "ratekeeper::server", error = %e, "closing the store failed");
+    }
+    Ok(())
+}
+
+/// Returns on SIGTERM or Ctrl-C; reloads on SIGHUP.
+async fn wait_for_signals(app: &Arc<App>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => {
+                    let _ = app.reload().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = app;
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
