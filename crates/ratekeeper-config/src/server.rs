@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// `Retry-After` on denials, to every answer (Envoy's
     /// `response_headers_to_add`).
     pub headers: bool,
+    /// Reloads when a configuration file changes (default `true`); SIGHUP
+    /// and the admin API reload either way.
+    pub watch: bool,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             drain: Duration::from_secs(10),
             json_logs: false,
             headers: false,
+            watch: true,
         }
     }
 }
@@ -171,6 +175,9 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
     if let Some(b) = t.boolean(r, "headers") {
         s.headers = b;
     }
+    if let Some(b) = t.boolean(r, "watch") {
+        s.watch = b;
+    }
     t.finish(
         r,
         &[
@@ -188,6 +195,7 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
             "drain",
             "json_logs",
             "headers",
+            "watch",
         ],
     );
     s

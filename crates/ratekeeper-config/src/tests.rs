@@ -183,7 +183,7 @@ configuration: auto_block.denials: -1 is out of range (expected a whole number f
 configuration: auto_block.within: must be above 0
 configuration: auto_block.block_for: missing (expected a duration such as "30s", "1m", "1h" or "1d")
 configuration: auto_block.blok_for: unknown field `blok_for` (expected one of: denials, within, block_for, max_clients); did you mean `block_for`?
-configuration: extra: unknown field `extra` (expected one of: storage, defaults, rules, routes, tiers, tier_cache, exempt, lists, proxies, auto_block, domains)
+configuration: extra: unknown field `extra` (expected one of: storage, defaults, rules, routes, tiers, tier_cache, exempt, lists, proxies, auto_block, domains, server)
 configuration: rules.bad name: invalid rule name "bad name": only printable ASCII without spaces, ':', '{' or '}' is allowed
 configuration: rules.burst_on_window.burst: fixed_window counts per window and takes no burst (a burst applies to token_bucket, leaky_bucket and gcra)
 configuration: routes[0].rules[1]: no rule named `ghost` (expected one of the rules of [rules]: bad name, badwindow, burst_on_window, missing, negative, ok, small, tiny, typo, zero, zeroburst)
@@ -207,6 +207,53 @@ configuration: tiers.pro.rules[1].path: duplicate entry: tiers.pro.rules[0] alre
     assert!(
         all.to_string()
             .starts_with("invalid configuration (46 problems):\n  configuration: storage.url: ")
+    );
+}
+
+#[test]
+fn the_server_section_reads_with_defaults_and_reports_every_problem() {
+    let config = Config::parse("", Format::Toml).unwrap();
+    assert_eq!(config.server, crate::ServerConfig::default());
+    assert_eq!(config.server.grpc, Some("0.0.0.0:8081".parse().unwrap()));
+    assert_eq!(config.server.admin, Some("127.0.0.1:6070".parse().unwrap()));
+    let config = Config::parse(
+        "[server]\ngrpc = \"127.0.0.1:9000\"\nhttp = \"off\"\nadmin = \"[::1]:7000\"\nshadow_mode = true\non_store_error = \"allow\"\nmax_descriptors = 8\nheaders = true\nwatch = false\ndrain = \"2s\"\n\n[[domains]]\ndomain = \"d\"\non_store_error = \"deny\"\ndescriptors = []\n",
+        Format::Toml,
+    )
+    .unwrap();
+    let s = &config.server;
+    assert_eq!(s.grpc, Some("127.0.0.1:9000".parse().unwrap()));
+    assert_eq!(
+        (s.http, s.shadow_mode, s.headers, s.watch),
+        (None, true, true, false)
+    );
+    assert_eq!(s.on_store_error, crate::StoreErrorMode::Allow);
+    assert_eq!(
+        (s.max_descriptors, s.drain),
+        (8, std::time::Duration::from_secs(2))
+    );
+    assert_eq!(
+        config.domains[0].on_store_error,
+        Some(crate::StoreErrorMode::Deny)
+    );
+    let domains =
+        crate::domains::Domains::compile(&config.domains, config.defaults.algorithm).unwrap();
+    assert_eq!(
+        domains.on_store_error("d"),
+        Some(crate::StoreErrorMode::Deny)
+    );
+    assert_eq!(domains.on_store_error("other"), None);
+    let found = errors(
+        "[server]\ngrpc = \"localhost:80\"\nadmin = \"0.0.0.0:6070\"\nadmin_token = \" \"\non_store_error = \"maybe\"\nmax_entries = 0\nport = 1\n\n[[domains]]\ndomain = \"d\"\non_store_error = \"later\"\n",
+    );
+    assert_eq!(
+        found,
+        r#"configuration: server.grpc: "localhost:80" is not an address (expected host:port with an IP, e.g. 0.0.0.0:8081, or off)
+configuration: server.admin_token: empty (leave it out, or set a secret)
+configuration: server.on_store_error: unknown store error mode "maybe" (expected error, allow or deny)
+configuration: server.max_entries: 0 is out of range (expected a whole number from 1 to 10000)
+configuration: server.port: unknown field `port` (expected one of: grpc, http, admin, admin_token, shadow_mode, on_store_error, max_descriptors, max_entries, max_value_bytes, max_request_bytes, max_in_flight, drain, json_logs, headers, watch)
+configuration: domains[0].on_store_error: unknown store error mode "later" (expected error, allow or deny)"#
     );
 }
 

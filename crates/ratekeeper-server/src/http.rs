@@ -99,11 +99,12 @@ struct LimitBody {
     unit: String,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid request body: {e}")))
+/// `body` as JSON, or what is wrong with it.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
-fn check_of(body: CheckBody, peek: bool) -> Result<Check, Response> {
+fn check_of(body: CheckBody, peek: bool) -> Result<Check, String> {
     let descriptors = body
         .descriptors
         .into_iter()
@@ -114,11 +115,11 @@ fn check_of(body: CheckBody, peek: bool) -> Result<Check, Response> {
                 Some(l) => Some((
                     l.requests_per_unit,
                     Unit::parse(&l.unit.to_ascii_lowercase()).ok_or_else(|| {
-                        bad_request(format!(
+                        format!(
                             "descriptors[{i}].limit.unit {:?} is not second, minute, hour, day, \
                              week, month or year",
                             l.unit
-                        ))
+                        )
                     })?,
                 )),
             };
@@ -129,7 +130,7 @@ fn check_of(body: CheckBody, peek: bool) -> Result<Check, Response> {
                 negative: false,
             })
         })
-        .collect::<Result<Vec<_>, Response>>()?;
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(Check {
         domain: body.domain.unwrap_or_default(),
         descriptors,
@@ -154,14 +155,14 @@ async fn decide(app: Arc<App>, body: &[u8], peek: bool) -> Response {
     };
     let body: CheckBody = match parse(body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(m) => return bad_request(m),
     };
     if let Some(rule) = body.rule.clone() {
         return decide_rule(&app, &rule, body, peek).await;
     }
     let check = match check_of(body, peek) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(m) => return bad_request(m),
     };
     match app.service.decide(&check).await {
         Ok(answer) => axum::Json(answer_json(&answer)).into_response(),
@@ -207,7 +208,9 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, peek: bool) -> Resp
             }],
         }))
         .into_response(),
-        Err(e) if e.kind() == ratekeeper::ErrorKind::CostExceedsCapacity => bad_request(e.to_string()),
+        Err(e) if e.kind() == ratekeeper::ErrorKind::CostExceedsCapacity => {
+            bad_request(e.to_string())
+        }
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the rate-limit store is unavailable: {e}"),
@@ -370,8 +373,10 @@ fn unauthorized() -> Response {
         StatusCode::UNAUTHORIZED,
         "the admin API needs `Authorization: Bearer <admin_token>`",
     );
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
     r
 }
 
@@ -405,7 +410,7 @@ async fn reset(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
     }
     let body: ResetBody = match parse(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(m) => return bad_request(m),
     };
     let limits = app.service.limits();
     let (rule, key) = match (&body.rule, &body.domain) {

@@ -207,9 +207,9 @@ fn apply_flags(flags: &Flags, server: &mut ServerConfig) -> Result<(), String> {
         if text == "off" {
             return Ok(None);
         }
-        text.parse().map(Some).map_err(|_| {
-            format!("--{flag} {text:?} is not host:port with an IP address, or off")
-        })
+        text.parse()
+            .map(Some)
+            .map_err(|_| format!("--{flag} {text:?} is not host:port with an IP address, or off"))
     };
     if let Some(a) = &flags.grpc {
         server.grpc = address("grpc", a)?;

@@ -9,6 +9,7 @@
 mod grpc;
 mod http;
 mod load;
+mod request;
 mod service;
 
 use std::net::SocketAddr;
@@ -34,7 +35,12 @@ struct Args {
     /// A configuration file (this project's TOML/YAML/JSON format), a limits
     /// file of envoyproxy/ratelimit's YAML format, or a directory of such
     /// files. Repeat for several.
-    #[arg(long = "config", env = "RATEKEEPER_CONFIG", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "config",
+        env = "RATEKEEPER_CONFIG",
+        value_delimiter = ',',
+        required = true
+    )]
     config: Vec<PathBuf>,
     /// The store URL (memory://, sqlite://…, redis://…, redis+cluster://…,
     /// redis+sentinel://…); default: the configuration's, else memory://.
@@ -124,7 +130,10 @@ impl App {
     /// answered within the store's deadline.
     pub(crate) async fn probe(&self) -> Result<(), String> {
         if let Ok(stats) = self.store.stats().await
-            && stats.details.iter().any(|(k, v)| k == "breaker" && v == "open")
+            && stats
+                .details
+                .iter()
+                .any(|(k, v)| k == "breaker" && v == "open")
         {
             return Err("the store's circuit breaker is open".to_owned());
         }
@@ -139,7 +148,10 @@ impl App {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ratekeeper-server: cannot start the runtime: {e}");
@@ -160,6 +172,7 @@ fn init_logs(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -227,6 +240,22 @@ async fn run(args: Args) -> Result<(), String> {
         "serving"
     );
 
+    // Signals and file changes are handled before the first address is
+    // announced: a reload asked for right after start is never lost.
+    let signals = Signals::new();
+    let watcher = if server.watch {
+        load::watch(app.clone())
+            .map_err(|e| {
+                tracing::warn!(
+                    target: "ratekeeper::server",
+                    error = %e,
+                    "configuration files are not watched; reload with SIGHUP"
+                );
+            })
+            .ok()
+    } else {
+        None
+    };
     let grpc = bind("grpc", server.grpc).await?;
     let http = bind("http", server.http).await?;
     let admin = bind("admin", server.admin).await?;
@@ -237,11 +266,10 @@ async fn run(args: Args) -> Result<(), String> {
         let app = app.clone();
         let mut stopped = stopped.clone();
         let max = server.max_request_bytes;
-        let streams = u32::try_from(server.max_in_flight).unwrap_or(u32::MAX);
         tasks.spawn(async move {
-            let service = RateLimitServiceServer::new(grpc::Grpc(app)).max_decoding_message_size(max);
+            let service =
+                RateLimitServiceServer::new(grpc::Grpc(app)).max_decoding_message_size(max);
             tonic::transport::Server::builder()
-                .max_concurrent_streams(streams)
                 .layer(tower::util::MapResponseLayer::new(
                     grpc::decode_errors_are_invalid_arguments::<tonic::body::Body>,
                 ))
@@ -271,11 +299,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| format!("HTTP: {e}"))
         });
     }
-    let watcher = load::watch(app.clone());
-    if let Err(e) = &watcher {
-        tracing::warn!(target: "ratekeeper::server", error = %e, "configuration files are not watched; reload with SIGHUP");
-    }
-    wait_for_signals(&app).await;
+    wait_for_signals(&app, signals).await;
     tracing::info!(target: "ratekeeper::server", "shutting down: draining requests in flight");
     let _ = stop.send(true);
     let drained = tokio::time::timeout(server.drain, async {
@@ -296,15 +320,35 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The signals the server answers, listened to from start-up on.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+}
+
 /// Returns on SIGTERM or Ctrl-C; reloads on SIGHUP.
-async fn wait_for_signals(app: &Arc<App>) {
+async fn wait_for_signals(app: &Arc<App>, signals: Signals) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
+        let Signals { term, hup } = signals;
+        let (Some(mut term), Some(mut hup)) = (term, hup) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
@@ -320,7 +364,7 @@ async fn wait_for_signals(app: &Arc<App>) {
     }
     #[cfg(not(unix))]
     {
-        let _ = app;
+        let _ = (app, signals);
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -17,138 +17,19 @@ use ratekeeper::config::{ServerConfig, StoreErrorMode};
 use ratekeeper::http::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
 use ratekeeper::{Algorithm, Decision, Limiter, Quota, Rule};
 
-/// Envoy's units of time, for limits a request brings along and for the
-/// limits reported back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unit {
-    Second,
-    Minute,
-    Hour,
-    Day,
-    Week,
-    /// 30 days, as envoyproxy/ratelimit counts it.
-    Month,
-    /// 365 days.
-    Year,
-}
+pub(crate) use crate::request::{Answer, Check, Descriptor, Refusal, Shown, Status, Unit};
 
-impl Unit {
-    const ALL: [Unit; 7] = [
-        Unit::Second,
-        Unit::Minute,
-        Unit::Hour,
-        Unit::Day,
-        Unit::Week,
-        Unit::Month,
-        Unit::Year,
-    ];
-
-    pub(crate) fn window(self) -> Duration {
-        Duration::from_secs(match self {
-            Unit::Second => 1,
-            Unit::Minute => 60,
-            Unit::Hour => 3_600,
-            Unit::Day => 86_400,
-            Unit::Week => 7 * 86_400,
-            Unit::Month => 30 * 86_400,
-            Unit::Year => 365 * 86_400,
-        })
-    }
-
-    /// The unit whose length is exactly `window`.
-    pub(crate) fn of(window: Duration) -> Option<Unit> {
-        Self::ALL.into_iter().find(|u| u.window() == window)
-    }
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Unit::Second => "second",
-            Unit::Minute => "minute",
-            Unit::Hour => "hour",
-            Unit::Day => "day",
-            Unit::Week => "week",
-            Unit::Month => "month",
-            Unit::Year => "year",
-        }
-    }
-
-    pub(crate) fn parse(text: &str) -> Option<Unit> {
-        Self::ALL.into_iter().find(|u| u.as_str() == text)
-    }
-}
-
-/// One request: a domain, its descriptors, and the units it costs.
-#[derive(Debug, Default)]
-pub(crate) struct Check {
-    pub(crate) domain: String,
-    pub(crate) descriptors: Vec<Descriptor>,
-    /// Units each descriptor costs unless it says otherwise.
-    pub(crate) hits: u64,
-}
-
-/// One descriptor of a request.
-#[derive(Debug, Default)]
-pub(crate) struct Descriptor {
-    pub(crate) entries: Vec<(String, String)>,
-    /// Its own cost; 0 looks without charging.
-    pub(crate) hits: Option<u64>,
-    /// A limit the caller brings for this descriptor instead of the
-    /// configured one.
-    pub(crate) limit: Option<(u64, Unit)>,
-    /// Units to give back instead of taking (not supported yet).
-    pub(crate) negative: bool,
-}
-
-/// Why a request gets no answer.
-#[derive(Debug)]
-pub(crate) enum Refusal {
-    /// The request is malformed or past a bound.
-    Invalid(String),
-    /// The store failed and the domain answers errors for that.
-    Unavailable(String),
-}
-
-/// A limit as reported back.
-#[derive(Debug, Clone)]
-pub(crate) struct Shown {
-    pub(crate) name: String,
-    pub(crate) limit: u64,
-    pub(crate) window: Duration,
-}
-
-/// One descriptor's answer.
-#[derive(Debug, Clone)]
-pub(crate) struct Status {
-    pub(crate) over_limit: bool,
-    /// The limit that applied; `None` when none did (no match, unlimited).
-    pub(crate) limit: Option<Shown>,
-    pub(crate) remaining: u64,
-    pub(crate) reset_after: Duration,
-    pub(crate) retry_after: Option<Duration>,
-    /// Decided in shadow mode and over its limit: reported, not enforced.
-    pub(crate) shadow_over_limit: bool,
-}
-
-impl Status {
-    fn free() -> Self {
-        Self {
-            over_limit: false,
-            limit: None,
-            remaining: 0,
-            reset_after: Duration::ZERO,
-            retry_after: None,
-            shadow_over_limit: false,
-        }
-    }
-}
-
-/// A request's answer.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub(crate) over_limit: bool,
-    pub(crate) statuses: Vec<Status>,
-    /// Response headers, when the service adds them.
-    pub(crate) headers: Vec<(String, String)>,
+/// One limit a request is decided on, and what it said.
+struct Charge<'a> {
+    /// The descriptor's position in the request.
+    at: usize,
+    rule: &'a Rule,
+    key: &'a str,
+    cost: u64,
+    shadow: bool,
+    /// Over its limit in shadow mode, and then only looked at.
+    shadow_denied: bool,
+    decision: Option<Decision>,
 }
 
 /// What one descriptor asks of the store.
@@ -255,9 +136,7 @@ impl Service {
                 ));
             }
             if let Some((0, _)) = d.limit {
-                return invalid(format!(
-                    "descriptors[{i}].limit.requests_per_unit is 0"
-                ));
+                return invalid(format!("descriptors[{i}].limit.requests_per_unit is 0"));
             }
         }
         Ok(())
@@ -279,82 +158,80 @@ impl Service {
         let hits = check.hits.max(1);
         let shadow_all = limits.server.shadow_mode;
         let plans = plan(&limits.domains, check, hits, shadow_all);
-        let mut statuses = vec![Status::free(); n];
         // A limit that always denies holds the whole request back: then
         // every other limit is only looked at.
         let denied_up_front = plans
             .iter()
             .any(|p| matches!(p, Plan::Deny { shadow: false, .. }));
-        let rules: Vec<(usize, &Rule, &str, u64, bool)> = plans
+        let mut charges: Vec<Charge<'_>> = plans
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| match p {
+            .filter_map(|(at, p)| match p {
                 Plan::Rule {
                     rule,
                     key,
                     cost,
                     shadow,
                     ..
-                } => Some((
-                    i,
-                    rule.as_ref(),
-                    key.as_str(),
-                    if denied_up_front { 0 } else { *cost },
-                    *shadow,
-                )),
+                } => Some(Charge {
+                    at,
+                    rule: rule.as_ref(),
+                    key: key.as_str(),
+                    cost: if denied_up_front { 0 } else { *cost },
+                    shadow: *shadow,
+                    shadow_denied: false,
+                    decision: None,
+                }),
                 _ => None,
             })
             .collect();
-        let mut costs: Vec<u64> = rules.iter().map(|r| r.3).collect();
-        let mut shadow_denied = vec![false; rules.len()];
-        let mut decisions: Vec<Decision> = Vec::new();
-        if !rules.is_empty() {
-            // Each round either admits, denies for good, or turns at least
-            // one shadow denial into a look: at most one round per rule.
-            for _ in 0..=rules.len() {
-                let checks: Vec<(&Rule, &str, u64)> = rules
-                    .iter()
-                    .zip(&costs)
-                    .map(|(r, cost)| (r.1, r.2, *cost))
-                    .collect();
-                decisions = match self.limiter.check_each(&checks).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        return self.store_failed(&limits, domain, &plans, e);
-                    }
-                };
-                let denying: Vec<usize> = (0..rules.len())
-                    .filter(|&k| costs[k] > 0 && !decisions[k].is_allowed())
-                    .collect();
-                if denying.is_empty() || denying.iter().any(|&k| !rules[k].4) {
-                    break;
-                }
-                for k in denying {
-                    shadow_denied[k] = true;
-                    costs[k] = 0;
-                }
+        // Each round either admits, denies for good, or turns at least one
+        // shadow denial into a look: at most one round per limit, and one.
+        for _ in 0..=charges.len() {
+            if charges.is_empty() {
+                break;
+            }
+            let checks: Vec<(&Rule, &str, u64)> =
+                charges.iter().map(|c| (c.rule, c.key, c.cost)).collect();
+            let decisions = match self.limiter.check_each(&checks).await {
+                Ok(d) => d,
+                Err(e) => return self.store_failed(&limits, domain, &plans, e),
+            };
+            for (c, d) in charges.iter_mut().zip(decisions) {
+                c.decision = Some(d);
+            }
+            let denying =
+                |c: &Charge<'_>| c.cost > 0 && c.decision.as_ref().is_some_and(|d| !d.is_allowed());
+            if !charges.iter().any(denying) || charges.iter().any(|c| denying(c) && !c.shadow) {
+                break;
+            }
+            for c in charges.iter_mut().filter(|c| denying(c)) {
+                c.shadow_denied = true;
+                c.cost = 0;
             }
         }
+        let mut statuses = vec![Status::free(); check.descriptors.len()];
         let mut over_limit = denied_up_front;
-        for (k, (i, rule, _, _, shadow)) in rules.iter().enumerate() {
-            let d = &decisions[k];
+        for c in &charges {
+            let Some(d) = &c.decision else { continue };
             let denied = !d.is_allowed();
-            let status = &mut statuses[*i];
-            *status = Status {
-                over_limit: denied && !shadow,
-                limit: Some(shown(rule)),
-                remaining: d.remaining(),
-                reset_after: d.reset_after(),
-                retry_after: d.retry_after().filter(|_| !shadow),
-                shadow_over_limit: shadow_denied[k] || (denied && *shadow),
-            };
-            if denied && !shadow && costs[k] > 0 {
+            if denied && !c.shadow && c.cost > 0 {
                 over_limit = true;
             }
+            if let Some(status) = statuses.get_mut(c.at) {
+                *status = Status {
+                    over_limit: denied && !c.shadow,
+                    limit: Some(shown(c.rule)),
+                    remaining: d.remaining(),
+                    reset_after: d.reset_after(),
+                    retry_after: d.retry_after().filter(|_| !c.shadow),
+                    shadow_over_limit: c.shadow_denied || (denied && c.shadow),
+                };
+            }
         }
-        for (i, p) in plans.iter().enumerate() {
+        for (p, status) in plans.iter().zip(statuses.iter_mut()) {
             if let Plan::Deny { shown, shadow } = p {
-                statuses[i] = Status {
+                *status = Status {
                     over_limit: !shadow,
                     limit: Some(shown.clone()),
                     remaining: 0,
@@ -366,7 +243,7 @@ impl Service {
         }
         observe(domain, &plans, &statuses);
         let headers = if limits.server.headers {
-            self.headers(&rules, &decisions, over_limit)
+            self.headers(&charges, over_limit)
         } else {
             Vec::new()
         };
@@ -379,17 +256,11 @@ impl Service {
 
     /// `RateLimit-Policy` and `RateLimit` for the most restrictive enforced
     /// limit, and `Retry-After` when the request is denied.
-    fn headers(
-        &self,
-        rules: &[(usize, &Rule, &str, u64, bool)],
-        decisions: &[Decision],
-        over_limit: bool,
-    ) -> Vec<(String, String)> {
-        let enforced: Vec<(Decision, Duration)> = rules
+    fn headers(&self, charges: &[Charge<'_>], over_limit: bool) -> Vec<(String, String)> {
+        let enforced: Vec<(Decision, Duration)> = charges
             .iter()
-            .zip(decisions)
-            .filter(|(r, _)| !r.4)
-            .map(|(r, d)| (d.clone(), r.1.quota().window()))
+            .filter(|c| !c.shadow)
+            .filter_map(|c| Some((c.decision.clone()?, c.rule.quota().window())))
             .collect();
         let only: Vec<Decision> = enforced.iter().map(|(d, _)| d.clone()).collect();
         let Some(d) = Decision::most_restrictive(&only) else {
@@ -523,9 +394,13 @@ fn plan<'a>(domains: &'a Domains, check: &'a Check, hits: u64, shadow_all: bool)
             }
             let shadow = shadow_all || m.shadow_mode();
             match m.limit() {
-                Limit::Rule(rule) => {
-                    rule_plan(Cow::Borrowed(rule), m.key().to_owned(), cost, shadow, m.path())
-                }
+                Limit::Rule(rule) => rule_plan(
+                    Cow::Borrowed(rule),
+                    m.key().to_owned(),
+                    cost,
+                    shadow,
+                    m.path(),
+                ),
                 Limit::Deny => Plan::Deny {
                     shown: Shown {
                         name: m.path().to_owned(),

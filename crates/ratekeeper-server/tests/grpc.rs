@@ -1,7 +1,12 @@
 //! Envoy's rate-limit API, through Envoy's generated client, against the
 //! real binary serving `examples/server/envoy.yaml` on the memory store.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 
@@ -11,7 +16,10 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_li
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use support::{Server, TempDir, descriptor, descriptor_hits, request, write};
 
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/server/envoy.yaml");
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/server/envoy.yaml"
+);
 
 fn ok(code: i32) -> bool {
     code == Code::Ok as i32
@@ -39,14 +47,20 @@ async fn envoy_example_file_behaves_as_documented() {
             &mut c,
             request(
                 "edge",
-                vec![descriptor(&[("remote_address", "203.0.113.9"), ("path", "/login")])],
+                vec![descriptor(&[
+                    ("remote_address", "203.0.113.9"),
+                    ("path", "/login"),
+                ])],
             ),
         )
         .await;
         assert!(ok(r.overall_code), "login {i}");
         let s = &r.statuses[0];
         let limit = s.current_limit.as_ref().unwrap();
-        assert_eq!((limit.requests_per_unit, limit.unit), (5, Unit::Minute as i32));
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit),
+            (5, Unit::Minute as i32)
+        );
         assert_eq!(s.limit_remaining, 4 - i);
         assert!(s.duration_until_reset.is_some());
     }
@@ -54,7 +68,10 @@ async fn envoy_example_file_behaves_as_documented() {
         &mut c,
         request(
             "edge",
-            vec![descriptor(&[("remote_address", "203.0.113.9"), ("path", "/login")])],
+            vec![descriptor(&[
+                ("remote_address", "203.0.113.9"),
+                ("path", "/login"),
+            ])],
         ),
     )
     .await;
@@ -64,7 +81,10 @@ async fn envoy_example_file_behaves_as_documented() {
         &mut c,
         request(
             "edge",
-            vec![descriptor(&[("remote_address", "203.0.113.10"), ("path", "/login")])],
+            vec![descriptor(&[
+                ("remote_address", "203.0.113.10"),
+                ("path", "/login"),
+            ])],
         ),
     )
     .await;
@@ -74,15 +94,30 @@ async fn envoy_example_file_behaves_as_documented() {
     // matches; a domain nobody configured.
     let r = ask(
         &mut c,
-        request("edge", vec![descriptor(&[("remote_address", "198.51.100.66")])]),
+        request(
+            "edge",
+            vec![descriptor(&[("remote_address", "198.51.100.66")])],
+        ),
     )
     .await;
     assert!(over(r.overall_code));
-    let r = ask(&mut c, request("edge", vec![descriptor(&[("path", "/healthz")])])).await;
+    let r = ask(
+        &mut c,
+        request("edge", vec![descriptor(&[("path", "/healthz")])]),
+    )
+    .await;
     assert!(ok(r.overall_code) && r.statuses[0].current_limit.is_none());
-    let r = ask(&mut c, request("edge", vec![descriptor(&[("nothing", "here")])])).await;
+    let r = ask(
+        &mut c,
+        request("edge", vec![descriptor(&[("nothing", "here")])]),
+    )
+    .await;
     assert!(ok(r.overall_code) && r.statuses[0].current_limit.is_none());
-    let r = ask(&mut c, request("elsewhere", vec![descriptor(&[("a", "b")])])).await;
+    let r = ask(
+        &mut c,
+        request("elsewhere", vec![descriptor(&[("a", "b")])]),
+    )
+    .await;
     assert!(ok(r.overall_code) && r.statuses.len() == 1);
 
     // A prefix: 10 per hour for each path under /exports/.
@@ -91,7 +126,11 @@ async fn envoy_example_file_behaves_as_documented() {
     assert!(ok(ask(&mut c, req.clone()).await.overall_code));
     req.hits_addend = 1;
     assert!(over(ask(&mut c, req).await.overall_code));
-    let r = ask(&mut c, request("edge", vec![descriptor(&[("path", "/exports/b.csv")])])).await;
+    let r = ask(
+        &mut c,
+        request("edge", vec![descriptor(&[("path", "/exports/b.csv")])]),
+    )
+    .await;
     assert!(ok(r.overall_code) && r.statuses[0].limit_remaining == 9);
 
     // Shadow mode: the free plan's 60 per minute is counted, never enforced.
@@ -100,7 +139,10 @@ async fn envoy_example_file_behaves_as_documented() {
     req.hits_addend = 60;
     assert!(ok(ask(&mut c, req).await.overall_code));
     let r = ask(&mut c, request("edge", vec![free()])).await;
-    assert!(ok(r.overall_code) && ok(r.statuses[0].code), "shadow mode never denies: {r:?}");
+    assert!(
+        ok(r.overall_code) && ok(r.statuses[0].code),
+        "shadow mode never denies: {r:?}"
+    );
     assert!(server.stderr().contains("over its limit in shadow mode"));
 }
 
@@ -132,14 +174,20 @@ async fn all_or_nothing_and_hits_per_descriptor() {
     let r = ask(&mut c, three(2)).await;
     assert!(over(r.overall_code));
     assert!(ok(r.statuses[0].code) && ok(r.statuses[1].code) && over(r.statuses[2].code));
-    assert_eq!(r.statuses[0].limit_remaining, 9, "a denied request consumed nothing");
+    assert_eq!(
+        r.statuses[0].limit_remaining, 9,
+        "a denied request consumed nothing"
+    );
     // hits_addend 0 on `c` looks without charging and never holds back the others.
     let r = ask(&mut c, three(0)).await;
     assert!(ok(r.overall_code));
     let left: Vec<u32> = r.statuses.iter().map(|s| s.limit_remaining).collect();
     assert_eq!(left, [8, 8, 1]);
     // The request's hits_addend applies to descriptors that do not say.
-    let mut req = request("d", vec![descriptor(&[("a", "y")]), descriptor_hits(&[("b", "y")], 1)]);
+    let mut req = request(
+        "d",
+        vec![descriptor(&[("a", "y")]), descriptor_hits(&[("b", "y")], 1)],
+    );
     req.hits_addend = 4;
     let r = ask(&mut c, req).await;
     let left: Vec<u32> = r.statuses.iter().map(|s| s.limit_remaining).collect();
@@ -153,12 +201,22 @@ async fn all_or_nothing_and_hits_per_descriptor() {
     for expect_ok in [true, true, false] {
         let r = ask(&mut c, request("d", vec![d.clone()])).await;
         assert_eq!(ok(r.overall_code), expect_ok);
-        assert_eq!(r.statuses[0].current_limit.as_ref().unwrap().requests_per_unit, 2);
+        assert_eq!(
+            r.statuses[0]
+                .current_limit
+                .as_ref()
+                .unwrap()
+                .requests_per_unit,
+            2
+        );
     }
     // Giving units back is refused, not ignored.
     let mut d = descriptor_hits(&[("a", "x")], 1);
     d.is_negative_hits = true;
-    let err = c.should_rate_limit(request("d", vec![d])).await.unwrap_err();
+    let err = c
+        .should_rate_limit(request("d", vec![d]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
 
@@ -199,40 +257,71 @@ async fn bad_requests_get_invalid_argument_and_the_server_keeps_serving() {
     let mut c = server.client().await;
     let code = |r: Result<tonic::Response<RateLimitResponse>, tonic::Status>| r.unwrap_err().code();
     assert_eq!(
-        code(c.should_rate_limit(request("", vec![descriptor(&[("a", "b")])])).await),
+        code(
+            c.should_rate_limit(request("", vec![descriptor(&[("a", "b")])]))
+                .await
+        ),
         tonic::Code::InvalidArgument
     );
     assert_eq!(
         code(c.should_rate_limit(request("edge", vec![])).await),
         tonic::Code::InvalidArgument
     );
-    let many: Vec<_> = (0..10_000).map(|i| descriptor(&[("k", &i.to_string())])).collect();
-    let err = c.should_rate_limit(request("edge", many)).await.unwrap_err();
+    let many: Vec<_> = (0..10_000)
+        .map(|i| descriptor(&[("k", &i.to_string())]))
+        .collect();
+    let err = c
+        .should_rate_limit(request("edge", many))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange),
+        matches!(
+            err.code(),
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+        ),
         "{err:?}"
     );
     let huge = "v".repeat(1 << 20);
     let err = c
-        .should_rate_limit(request("edge", vec![descriptor(&[("remote_address", &huge)])]))
+        .should_rate_limit(request(
+            "edge",
+            vec![descriptor(&[("remote_address", &huge)])],
+        ))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::OutOfRange, "over max_request_bytes: {err:?}");
+    assert_eq!(
+        err.code(),
+        tonic::Code::OutOfRange,
+        "over max_request_bytes: {err:?}"
+    );
     let long = "v".repeat(2000);
     let err = c
-        .should_rate_limit(request("edge", vec![descriptor(&[("remote_address", &long)])]))
+        .should_rate_limit(request(
+            "edge",
+            vec![descriptor(&[("remote_address", &long)])],
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert_eq!(
-        code(c.should_rate_limit(request("edge", vec![descriptor(&[("", "x")])])).await),
+        code(
+            c.should_rate_limit(request("edge", vec![descriptor(&[("", "x")])]))
+                .await
+        ),
         tonic::Code::InvalidArgument
     );
     // A domain that is not UTF-8, sent as raw protobuf.
     let addr = server.grpc.unwrap();
-    assert_eq!(raw_request(addr, b"\x0a\x02\xff\xfe").await, tonic::Code::InvalidArgument);
+    assert_eq!(
+        raw_request(addr, b"\x0a\x02\xff\xfe").await,
+        tonic::Code::InvalidArgument
+    );
     // Still serving.
-    let r = ask(&mut c, request("edge", vec![descriptor(&[("remote_address", "192.0.2.1")])])).await;
+    let r = ask(
+        &mut c,
+        request("edge", vec![descriptor(&[("remote_address", "192.0.2.1")])]),
+    )
+    .await;
     assert!(ok(r.overall_code));
 }
 

@@ -1,0 +1,218 @@
+//! The HTTP JSON API and the admin API of the real binary, through a real
+//! HTTP client.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use support::{Server, TempDir, http, write};
+
+const CONFIG: &str = r#"
+[rules.api]
+algorithm = "fixed_window"
+limit = 3
+window = "1h"
+
+[[domains]]
+domain = "web"
+[[domains.descriptors]]
+key = "user"
+rate_limit = { requests_per_unit = 2, unit = "hour", algorithm = "fixed_window" }
+"#;
+
+fn body(user: &str) -> String {
+    format!(
+        r#"{{"domain":"web","descriptors":[{{"entries":[{{"key":"user","value":"{user}"}}]}}]}}"#
+    )
+}
+
+#[tokio::test]
+async fn every_endpoint_and_its_errors() {
+    let dir = TempDir::new("http");
+    let file = write(&dir.0, "limits.toml", CONFIG);
+    let server = Server::start(&["--config", &file]);
+    let api = server.http.unwrap();
+
+    // check, in envoyproxy/ratelimit's /json form too; camelCase accepted.
+    let (status, v) = http(api, "POST", "/v1/check", &body("ann"), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["overallCode"], "OK");
+    assert_eq!(v["statuses"][0]["limitRemaining"], 1);
+    assert_eq!(v["statuses"][0]["currentLimit"]["requestsPerUnit"], 2);
+    assert_eq!(v["statuses"][0]["currentLimit"]["unit"], "HOUR");
+    let (_, v) = http(api, "POST", "/json", &body("ann"), None).await;
+    assert_eq!(v["statuses"][0]["limitRemaining"], 0);
+    let (_, v) = http(api, "POST", "/v1/check", &body("ann"), None).await;
+    assert_eq!(v["overallCode"], "OVER_LIMIT");
+    assert!(
+        v["statuses"][0]["retryAfter"]
+            .as_str()
+            .unwrap()
+            .ends_with('s')
+    );
+    // peek: looks without charging.
+    let (_, v) = http(api, "POST", "/v1/peek", &body("bob"), None).await;
+    assert_eq!(
+        (
+            v["overallCode"].as_str(),
+            v["statuses"][0]["limitRemaining"].as_u64()
+        ),
+        (Some("OK"), Some(2))
+    );
+    let (_, v) = http(api, "POST", "/v1/peek", &body("bob"), None).await;
+    assert_eq!(v["statuses"][0]["limitRemaining"], 2);
+    // hits, snake or camel case.
+    let hits = r#"{"domain":"web","hitsAddend":2,"descriptors":[{"entries":[{"key":"user","value":"cy"}]}]}"#;
+    let (_, v) = http(api, "POST", "/v1/check", hits, None).await;
+    assert_eq!(v["statuses"][0]["limitRemaining"], 0);
+    // A named rule and a key.
+    for left in [2, 1, 0] {
+        let (status, v) = http(
+            api,
+            "POST",
+            "/v1/check",
+            r#"{"rule":"api","key":"k1"}"#,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["statuses"][0]["limitRemaining"], left);
+    }
+    let (_, v) = http(
+        api,
+        "POST",
+        "/v1/check",
+        r#"{"rule":"api","key":"k1"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(v["overallCode"], "OVER_LIMIT");
+
+    // Bad requests: 400 with what was wrong.
+    for (bad, says) in [
+        ("{", "invalid request body"),
+        (r#"{"domain":"web"}"#, "no descriptors"),
+        (
+            r#"{"domain":"","descriptors":[{"entries":[{"key":"a","value":"b"}]}]}"#,
+            "domain is empty",
+        ),
+        (
+            r#"{"domain":"web","descriptors":[{"entries":[]}]}"#,
+            "has no entries",
+        ),
+        (
+            r#"{"domain":"web","descriptors":[{"entries":[{"key":"a"}]}],"extra":1}"#,
+            "unknown field",
+        ),
+        (r#"{"rule":"nope","key":"k"}"#, "no rule named"),
+        (r#"{"rule":"api"}"#, "needs a key"),
+        (r#"{"rule":"api","key":"k","hits":4}"#, "capacity"),
+        (
+            r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"x"}],"limit":{"requests_per_unit":1,"unit":"fortnight"}}]}"#,
+            "not second",
+        ),
+    ] {
+        let (status, v) = http(api, "POST", "/v1/check", bad, None).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+        let message = v["error"].as_str().unwrap();
+        assert!(message.contains(says), "{bad}: {message}");
+    }
+    let big = format!(r#"{{"domain":"{}"}}"#, "d".repeat(100_000));
+    let (status, _) = http(api, "POST", "/v1/check", &big, None).await;
+    assert_eq!(status, 413, "over max_request_bytes");
+
+    // The loaded limits, health, readiness, metrics.
+    let (status, v) = http(api, "GET", "/v1/limits", "", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["domains"][0], "web");
+    assert_eq!(v["descriptors"][0]["descriptor"], "web.user");
+    assert_eq!(v["rules"][0]["rule"], "api");
+    assert_eq!(http(api, "GET", "/health", "", None).await.0, 200);
+    assert_eq!(http(api, "GET", "/ready", "", None).await.0, 200);
+    let (status, v) = http(api, "GET", "/metrics", "", None).await;
+    assert_eq!(status, 200);
+    let text = v.as_str().unwrap();
+    assert!(
+        text.contains("ratelimit_server_descriptors_total"),
+        "{text}"
+    );
+    assert!(text.contains(r#"outcome="over_limit""#), "{text}");
+    // The admin API is not on the public port.
+    assert_eq!(http(api, "POST", "/v1/reset", "{}", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn the_admin_api_asks_for_its_token() {
+    let dir = TempDir::new("admin");
+    let file = write(&dir.0, "limits.toml", CONFIG);
+    let server = Server::start_with_env(
+        &["--config", &file],
+        &[("RATEKEEPER_ADMIN_TOKEN", "s3cret")],
+    );
+    let (api, admin) = (server.http.unwrap(), server.admin.unwrap());
+    for _ in 0..2 {
+        http(api, "POST", "/v1/check", &body("dee"), None).await;
+    }
+    let reset = r#"{"domain":"web","entries":[{"key":"user","value":"dee"}]}"#;
+    for token in [None, Some("wrong"), Some("s3cret-but-longer")] {
+        let (status, _) = http(admin, "POST", "/v1/reset", reset, token).await;
+        assert_eq!(status, 401, "{token:?}");
+    }
+    let (status, v) = http(admin, "POST", "/v1/reset", reset, Some("s3cret")).await;
+    assert_eq!(
+        (status, &v["reset"]),
+        (200, &serde_json::json!(true)),
+        "{v}"
+    );
+    let (_, v) = http(api, "POST", "/v1/peek", &body("dee"), None).await;
+    assert_eq!(v["statuses"][0]["limitRemaining"], 2, "counters forgotten");
+    let (status, v) = http(
+        admin,
+        "POST",
+        "/v1/reset",
+        r#"{"rule":"api","key":"zz"}"#,
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!((status, &v["reset"]), (200, &serde_json::json!(false)));
+    let (status, v) = http(
+        admin,
+        "POST",
+        "/v1/reset",
+        r#"{"domain":"web"}"#,
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = http(admin, "POST", "/v1/reload", "", Some("s3cret")).await;
+    assert_eq!((status, &v["reloaded"]), (200, &serde_json::json!(true)));
+    assert_eq!(http(admin, "POST", "/v1/reload", "", None).await.0, 401);
+}
+
+#[tokio::test]
+async fn an_admin_port_off_loopback_needs_a_token() {
+    let dir = TempDir::new("admin-bind");
+    let file = write(&dir.0, "limits.toml", CONFIG);
+    let (code, stderr) = Server::fail(&[
+        "--config",
+        &file,
+        "--admin",
+        "0.0.0.0:0",
+        "--grpc",
+        "off",
+        "--http",
+        "off",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("needs a token"), "{stderr}");
+    let (_, stderr) = Server::fail(&["--config", &file, "--grpc", "nowhere"]);
+    assert!(
+        stderr.contains("--grpc \"nowhere\" is not host:port"),
+        "{stderr}"
+    );
+}

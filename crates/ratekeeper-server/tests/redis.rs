@@ -1,0 +1,214 @@
+//! Several server processes on one real Redis (standalone and Cluster):
+//! exact shared limits; a store that stops answering; recovery.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use ratekeeper_testkit::redis::{RedisCluster, RedisServer};
+use support::{Server, TempDir, descriptor, request, write};
+
+const LIMITS: &str = "domain: shared\ndescriptors:\n  - key: tenant\n    rate_limit: {unit: hour, requests_per_unit: 100}\n";
+
+/// 200 concurrent clients spread over three server processes on `url`,
+/// one request each on one descriptor limited to 100: exactly 100 pass.
+async fn exactly_100_of_200(url: &str) {
+    let dir = TempDir::new("redis-exact");
+    let file = write(&dir.0, "limits.yaml", LIMITS);
+    let servers: Vec<Server> = (0..3)
+        .map(|_| Server::start(&["--config", &file, "--storage", url]))
+        .collect();
+    let mut clients = Vec::new();
+    for s in &servers {
+        clients.push(s.client().await);
+    }
+    let ok = Arc::new(AtomicU64::new(0));
+    let over = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let mut client = clients[i % 3].clone();
+            let (ok, over) = (ok.clone(), over.clone());
+            tokio::spawn(async move {
+                let r = client
+                    .should_rate_limit(request("shared", vec![descriptor(&[("tenant", "t1")])]))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if r.overall_code == Code::Ok as i32 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    over.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(ok.load(Ordering::Relaxed), 100);
+    assert_eq!(over.load(Ordering::Relaxed), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_servers_share_an_exact_limit_on_redis() {
+    let redis = RedisServer::start();
+    exactly_100_of_200(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_servers_share_an_exact_limit_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    exactly_100_of_200(&cluster.url()).await;
+}
+
+/// The store stops answering (paused, then killed) while clients run:
+/// every answer comes within the deadline, by each domain's mode, and the
+/// server recovers when the store is back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_store_is_answered_by_each_domains_mode() {
+    let mut redis = RedisServer::start();
+    let dir = TempDir::new("redis-fail");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        r#"
+[storage]
+timeout = "300ms"
+
+[[domains]]
+domain = "open"
+on_store_error = "allow"
+[[domains.descriptors]]
+key = "k"
+rate_limit = { requests_per_unit = 1000, unit = "hour" }
+
+[[domains]]
+domain = "closed"
+on_store_error = "deny"
+[[domains.descriptors]]
+key = "k"
+rate_limit = { requests_per_unit = 1000, unit = "hour" }
+
+[[domains]]
+domain = "strict"
+[[domains.descriptors]]
+key = "k"
+rate_limit = { requests_per_unit = 1000, unit = "hour" }
+"#,
+    );
+    let server = Server::start(&["--config", &file, "--storage", &redis.url()]);
+    let mut c = server.client().await;
+    let ask = |domain: &'static str| request(domain, vec![descriptor(&[("k", "v")])]);
+    for d in ["open", "closed", "strict"] {
+        let r = c.should_rate_limit(ask(d)).await.unwrap().into_inner();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+    }
+    let http = server.http.unwrap();
+    assert_eq!(support::http(http, "GET", "/ready", "", None).await.0, 200);
+
+    for stage in ["paused", "killed"] {
+        if stage == "paused" {
+            redis.pause();
+        } else {
+            redis.resume();
+            redis.stop();
+        }
+        for _ in 0..3 {
+            for (domain, expect) in [
+                ("open", Some(true)),
+                ("closed", Some(false)),
+                ("strict", None),
+            ] {
+                let started = Instant::now();
+                let answer = c.should_rate_limit(ask(domain)).await;
+                let took = started.elapsed();
+                assert!(took < Duration::from_secs(3), "{stage} {domain}: {took:?}");
+                match (expect, answer) {
+                    (Some(allowed), Ok(r)) => assert_eq!(
+                        r.into_inner().overall_code == Code::Ok as i32,
+                        allowed,
+                        "{stage} {domain}"
+                    ),
+                    (None, Err(status)) => {
+                        assert_eq!(status.code(), tonic::Code::Unavailable, "{stage}")
+                    }
+                    (expect, other) => panic!("{stage} {domain}: {expect:?} but {other:?}"),
+                }
+            }
+        }
+        let (status, _) = support::http(http, "GET", "/ready", "", None).await;
+        assert_eq!(status, 503, "not ready while the store is {stage}");
+    }
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.should_rate_limit(ask("strict")).await;
+        if matches!(&r, Ok(r) if r.get_ref().overall_code == Code::Ok as i32) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(support::http(http, "GET", "/ready", "", None).await.0, 200);
+}
+
+/// Past `max_in_flight`, a request is refused at once, not queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_past_the_in_flight_bound_are_refused_at_once() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("redis-inflight");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        "[storage]\ntimeout = \"5s\"\n\n[server]\nmax_in_flight = 1\non_store_error = \"allow\"\n\n[[domains]]\ndomain = \"d\"\n[[domains.descriptors]]\nkey = \"k\"\nrate_limit = { requests_per_unit = 10, unit = \"hour\" }\n",
+    );
+    // The store waits as long as the request does: the first request
+    // hangs on the paused store.
+    let url = format!("{}?response_timeout=5s", redis.url());
+    let server = Server::start(&["--config", &file, "--storage", &url]);
+    let mut c = server.client().await;
+    assert!(
+        c.should_rate_limit(request("d", vec![descriptor(&[("k", "v")])]))
+            .await
+            .is_ok()
+    );
+    redis.pause();
+    let mut slow = c.clone();
+    let first = tokio::spawn(async move {
+        slow.should_rate_limit(request("d", vec![descriptor(&[("k", "v")])]))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let err = c
+        .should_rate_limit(request("d", vec![descriptor(&[("k", "v")])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let (status, _) = support::http(
+        server.http.unwrap(),
+        "POST",
+        "/v1/check",
+        r#"{"domain":"d","descriptors":[{"entries":[{"key":"k","value":"v"}]}]}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 503);
+    redis.resume();
+    let first = first.await.unwrap().unwrap().into_inner();
+    assert_eq!(
+        first.statuses[0].limit_remaining, 8,
+        "the first request was decided in the store"
+    );
+}
