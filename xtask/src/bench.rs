@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::{cargo, on_path};
 
-const SUITES: &[&str] = &["memory", "sqlite", "http", "redis"];
+const SUITES: &[&str] = &["memory", "sqlite", "http", "redis", "server"];
 /// Suites reported as decisions per second (the rest as ns per decision).
 const RATE_SUITES: &[&str] = &["sqlite"];
 
@@ -36,6 +36,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         }
         if suite == "redis" {
             redis(&root)?;
+            continue;
+        }
+        if suite == "server" {
+            server(&root)?;
             continue;
         }
         let criterion_dir = root.join("target/criterion").join(suite);
@@ -312,6 +316,42 @@ fn redis(root: &Path) -> Result<(), String> {
         let _ = write!(table, "{}", redis_footnote(row));
     }
     publish(root, "redis", &rows, &table)
+}
+
+/// `cargo xtask bench server`: the `server-bench` binary runs the release
+/// `ratekeeper-server` as a process and measures decisions per second
+/// through it (gRPC, HTTP) beside the same decisions in process, on the
+/// memory store and on a fresh `redis-server`.
+fn server(root: &Path) -> Result<(), String> {
+    cargo(&["build", "--release", "-p", "ratekeeper-server"], &[])?;
+    let bench = release_binary(root, "server-bench")?;
+    let binary = root.join("target/release/ratekeeper-server");
+    let out = std::process::Command::new(&bench)
+        .arg(&binary)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bench.display()))?;
+    if !out.status.success() {
+        return Err(format!("server-bench failed ({})", out.status));
+    }
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("server-bench printed no JSON rows: {e}"))?;
+    let mut table = String::from(
+        "| row | through the service (decisions/s) | in process (decisions/s) | ratio service/in process | added latency (µs per decision) |\n|---|---:|---:|---:|---:|\n",
+    );
+    for row in &rows {
+        let field = |name: &str| row.get(name).and_then(Value::as_f64).unwrap_or(0.0);
+        let _ = writeln!(
+            table,
+            "| {} | {:.0} | {:.0} | {:.2} | {:.1} |",
+            row.get("name").and_then(Value::as_str).unwrap_or("?"),
+            field("service_per_s"),
+            field("in_process_per_s"),
+            field("ratio"),
+            field("added_us_per_decision"),
+        );
+    }
+    publish(root, "server", &rows, &table)
 }
 
 /// What a row of the Redis suite measures beyond decisions per second, as

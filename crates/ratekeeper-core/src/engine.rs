@@ -2,9 +2,12 @@
 //!
 //! Stores call these functions inside whatever makes their step atomic (a lock,
 //! a transaction, a compare-and-swap loop). The rules of one request are decided
-//! all or nothing: if any rule denies, no rule consumes anything (a denying
-//! rule's penalty is still recorded), and the decision reported is the most
-//! restrictive one.
+//! all or nothing: if any rule the request is charged on denies, no rule
+//! consumes anything (a denying rule's penalty is still recorded). A rule
+//! with a cost of 0 is only looked at: its denial is reported but holds
+//! nothing back. The decision reported is the most restrictive one, looks
+//! included (when every rule costs the same, as through `check_all`, a
+//! denial means nothing was consumed).
 
 use std::time::Duration;
 

@@ -939,6 +939,16 @@ impl LayeredStorage for ApproximateStorage {
         self.shared.inner.compare_and_swap(ops).await
     }
 
+    /// Refused: approximate mode answers a request with one decision, from
+    /// local budgets; deciding entry by entry in the store would skip the
+    /// units counted locally and not yet written.
+    async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        let _ = request;
+        Err(ratekeeper_core::Error::unsupported(
+            "decide_each (approximate mode answers one decision per request)",
+        ))
+    }
+
     async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
         if let Some(d) = self.shared.local(request) {
             return Ok(d);

@@ -77,10 +77,40 @@ struct CheckBody {
 #[serde(deny_unknown_fields)]
 struct DescriptorBody {
     entries: Vec<EntryBody>,
+    /// A `UInt64Value`: protobuf JSON writes it as a string.
     #[serde(default, alias = "hitsAddend", alias = "hits")]
-    hits_addend: Option<u64>,
+    hits_addend: Option<Uint64>,
     #[serde(default)]
     limit: Option<LimitBody>,
+    #[serde(default, alias = "isNegativeHits")]
+    is_negative_hits: bool,
+}
+
+/// A 64-bit integer as protobuf JSON writes one: a string, or a number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Uint64 {
+    Number(u64),
+    Text(String),
+}
+
+impl Uint64 {
+    fn value(&self) -> Result<u64, String> {
+        match self {
+            Uint64::Number(n) => Ok(*n),
+            Uint64::Text(t) => t
+                .parse()
+                .map_err(|_| format!("{t:?} is not a whole number")),
+        }
+    }
+}
+
+/// A unit as protobuf JSON writes an enum: its name, or its number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum UnitBody {
+    Name(String),
+    Number(i64),
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,7 +126,7 @@ struct EntryBody {
 struct LimitBody {
     #[serde(alias = "requestsPerUnit")]
     requests_per_unit: u64,
-    unit: String,
+    unit: UnitBody,
 }
 
 /// `body` as JSON, or what is wrong with it.
@@ -112,22 +142,42 @@ fn check_of(body: CheckBody, peek: bool) -> Result<Check, String> {
         .map(|(i, d)| {
             let limit = match d.limit {
                 None => None,
-                Some(l) => Some((
-                    l.requests_per_unit,
-                    Unit::parse(&l.unit.to_ascii_lowercase()).ok_or_else(|| {
+                Some(l) => {
+                    // RateLimitUnit's numbers: SECOND 1 … DAY 4, MONTH 5, YEAR 6.
+                    let unit = match &l.unit {
+                        UnitBody::Name(n) => Unit::parse(&n.to_ascii_lowercase()),
+                        UnitBody::Number(n) => match n {
+                            1 => Some(Unit::Second),
+                            2 => Some(Unit::Minute),
+                            3 => Some(Unit::Hour),
+                            4 => Some(Unit::Day),
+                            5 => Some(Unit::Month),
+                            6 => Some(Unit::Year),
+                            _ => None,
+                        },
+                    };
+                    let unit = unit.ok_or_else(|| {
                         format!(
                             "descriptors[{i}].limit.unit {:?} is not second, minute, hour, day, \
                              week, month or year",
                             l.unit
                         )
-                    })?,
-                )),
+                    })?;
+                    Some((l.requests_per_unit, unit))
+                }
+            };
+            let hits = match &d.hits_addend {
+                None => None,
+                Some(h) => Some(
+                    h.value()
+                        .map_err(|e| format!("descriptors[{i}].hits_addend: {e}"))?,
+                ),
             };
             Ok(Descriptor {
                 entries: d.entries.into_iter().map(|e| (e.key, e.value)).collect(),
-                hits: if peek { Some(0) } else { d.hits_addend },
+                hits: if peek { Some(0) } else { hits },
                 limit,
-                negative: false,
+                negative: d.is_negative_hits,
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -349,11 +399,16 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-/// Whether `headers` carry the admin token (always, when none is set).
+/// Whether `headers` carry the admin token (always, when none is set; the
+/// token of the configuration being served, so a reload rotates it).
 fn authorized(app: &App, headers: &HeaderMap) -> bool {
-    let Some(token) = app.admin_token.as_deref() else {
+    let limits = app.service.limits();
+    let Some(token) = limits.server.admin_token.as_deref() else {
         return true;
     };
+    if token.is_empty() {
+        return false;
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -435,7 +490,7 @@ async fn reset(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
             let ratekeeper::config::domains::Limit::Rule(rule) = m.limit() else {
                 return bad_request("that descriptor's limit keeps no counters");
             };
-            (rule.clone(), m.key().to_owned())
+            (rule.clone(), crate::service::counter_key(domain, m.key()))
         }
         _ => return bad_request("give either a rule and a key, or a domain and entries"),
     };

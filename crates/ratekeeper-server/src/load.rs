@@ -70,6 +70,11 @@ impl Sources {
                     .filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| is_yaml(p) && p.is_file())
                     .collect();
+                // A directory that lost its files (mid-rename, an unmounted
+                // volume) is a mistake, not "no limits".
+                if inside.is_empty() {
+                    return Err(format!("{}: no .yaml or .yml files", path.display()));
+                }
                 inside.sort();
                 files.extend(inside);
             } else {
@@ -127,6 +132,13 @@ impl Sources {
         }
         if config.storage.breaker.is_none() {
             config.storage.breaker = Some(Breaker::new(DEFAULT_BREAKER.0, DEFAULT_BREAKER.1));
+        }
+        if config.storage.approximate.is_some() {
+            problems.push(
+                "[storage.approximate]: the server decides every descriptor exactly (one \
+                 decision per descriptor); approximate mode does not apply to it, remove it"
+                    .to_owned(),
+            );
         }
         let domains = Domains::compile(&config.domains, config.defaults.algorithm);
         let rules = config.built_rules();
@@ -221,6 +233,9 @@ fn apply_flags(flags: &Flags, server: &mut ServerConfig) -> Result<(), String> {
         server.admin = address("admin", a)?;
     }
     if let Some(t) = &flags.admin_token {
+        if t.trim().is_empty() {
+            return Err("the admin token is empty (leave it out, or set a secret)".to_owned());
+        }
         server.admin_token = Some(t.clone());
     }
     if flags.json_logs {

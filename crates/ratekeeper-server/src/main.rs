@@ -67,7 +67,6 @@ struct Args {
 pub(crate) struct App {
     pub(crate) service: Service,
     pub(crate) in_flight: Arc<Semaphore>,
-    pub(crate) admin_token: Option<String>,
     pub(crate) prometheus: Option<PrometheusHandle>,
     sources: load::Sources,
     store: Arc<dyn Storage>,
@@ -227,7 +226,6 @@ async fn run(args: Args) -> Result<(), String> {
     let app = Arc::new(App {
         service: Service::new(limits, Limiter::new(store.clone())),
         in_flight: Arc::new(Semaphore::new(server.max_in_flight)),
-        admin_token: server.admin_token.clone(),
         prometheus,
         sources,
         store: store.clone(),
@@ -270,6 +268,10 @@ async fn run(args: Args) -> Result<(), String> {
             let service =
                 RateLimitServiceServer::new(grpc::Grpc(app)).max_decoding_message_size(max);
             tonic::transport::Server::builder()
+                // Bounded before the handler's own bound: streams per
+                // connection, and a request's whole time.
+                .max_concurrent_streams(1024)
+                .timeout(Duration::from_secs(30))
                 .layer(tower::util::MapResponseLayer::new(
                     grpc::decode_errors_are_invalid_arguments::<tonic::body::Body>,
                 ))

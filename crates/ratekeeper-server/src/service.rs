@@ -8,6 +8,7 @@
 //! them looked at only (cost 0), so that the others are charged.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,20 +16,24 @@ use arc_swap::ArcSwap;
 use ratekeeper::config::domains::{Domains, Limit, descriptor_key};
 use ratekeeper::config::{ServerConfig, StoreErrorMode};
 use ratekeeper::http::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
+use ratekeeper::kit::LogThrottle;
 use ratekeeper::{Algorithm, Decision, Limiter, Quota, Rule};
+use sha2::Digest as _;
 
 pub(crate) use crate::request::{Answer, Check, Descriptor, Refusal, Shown, Status, Unit};
 
 /// One limit a request is decided on, and what it said.
 struct Charge<'a> {
-    /// The descriptor's position in the request.
-    at: usize,
+    /// The positions in the request of the descriptors it decides.
+    at: Vec<usize>,
     rule: &'a Rule,
     key: &'a str,
     cost: u64,
     shadow: bool,
     /// Over its limit in shadow mode, and then only looked at.
     shadow_denied: bool,
+    /// Asked for more than the limit ever grants at once.
+    too_big: bool,
     decision: Option<Decision>,
 }
 
@@ -36,9 +41,14 @@ struct Charge<'a> {
 enum Plan<'a> {
     /// Nothing applies.
     Free,
-    /// Always over its limit (`requests_per_unit: 0`, or a cost that can
-    /// never fit).
-    Deny { shown: Shown, shadow: bool },
+    /// Always over its limit (`requests_per_unit: 0`); a cost of 0 only
+    /// looks.
+    Deny {
+        shown: Shown,
+        shadow: bool,
+        cost: u64,
+        path: &'a str,
+    },
     /// Decided by `rule` on `key` at `cost`.
     Rule {
         rule: Cow<'a, Rule>,
@@ -63,6 +73,10 @@ pub(crate) struct Limits {
 pub(crate) struct Service {
     limits: ArcSwap<Limits>,
     limiter: Limiter,
+    /// Store failures and shadow-mode denials come with every request
+    /// while they last: logged once a second.
+    store_errors: LogThrottle,
+    shadow_denials: LogThrottle,
 }
 
 impl Service {
@@ -70,6 +84,8 @@ impl Service {
         Self {
             limits: ArcSwap::from_pointee(limits),
             limiter,
+            store_errors: LogThrottle::new(Duration::from_secs(1)),
+            shadow_denials: LogThrottle::new(Duration::from_secs(1)),
         }
     }
 
@@ -83,6 +99,10 @@ impl Service {
 
     pub(crate) fn limiter(&self) -> &Limiter {
         &self.limiter
+    }
+
+    fn now_us(&self) -> u64 {
+        self.limiter.clock().now().as_micros()
     }
 
     /// Checks `check` against the bounds of `server`.
@@ -157,34 +177,71 @@ impl Service {
         }
         let hits = check.hits.max(1);
         let shadow_all = limits.server.shadow_mode;
-        let plans = plan(&limits.domains, check, hits, shadow_all);
-        // A limit that always denies holds the whole request back: then
-        // every other limit is only looked at.
-        let denied_up_front = plans
-            .iter()
-            .any(|p| matches!(p, Plan::Deny { shadow: false, .. }));
-        let mut charges: Vec<Charge<'_>> = plans
-            .iter()
-            .enumerate()
-            .filter_map(|(at, p)| match p {
-                Plan::Rule {
-                    rule,
-                    key,
-                    cost,
-                    shadow,
+        let plans = plan(&limits.domains, check, hits, shadow_all)?;
+        // A limit that always denies, charged, holds the whole request
+        // back: then every other limit is only looked at.
+        let denied_up_front = plans.iter().any(|p| {
+            matches!(
+                p,
+                Plan::Deny {
+                    shadow: false,
+                    cost: 1..,
                     ..
-                } => Some(Charge {
-                    at,
+                }
+            )
+        });
+        let mut charges: Vec<Charge<'_>> = Vec::new();
+        for (at, p) in plans.iter().enumerate() {
+            let Plan::Rule {
+                rule,
+                key,
+                cost,
+                shadow,
+                ..
+            } = p
+            else {
+                continue;
+            };
+            let cost = if denied_up_front { 0 } else { *cost };
+            // The same limit and key twice in one request (two descriptors
+            // alike): one charge of both costs, reported at both places.
+            match charges
+                .iter_mut()
+                .find(|c| c.rule.name() == rule.name() && c.key == key.as_str())
+            {
+                Some(c) => {
+                    c.at.push(at);
+                    c.cost = c.cost.saturating_add(cost);
+                }
+                None => charges.push(Charge {
+                    at: vec![at],
                     rule: rule.as_ref(),
                     key: key.as_str(),
-                    cost: if denied_up_front { 0 } else { *cost },
+                    cost,
                     shadow: *shadow,
                     shadow_denied: false,
+                    too_big: false,
                     decision: None,
                 }),
-                _ => None,
-            })
-            .collect();
+            }
+        }
+        // A cost no limit could ever grant is over that limit, whatever was
+        // counted; charged (not shadow), it holds the request back too.
+        let mut denied_up_front = denied_up_front;
+        for c in charges.iter_mut().filter(|c| c.cost > c.rule.capacity()) {
+            c.too_big = true;
+            if c.shadow {
+                c.shadow_denied = true;
+            } else {
+                denied_up_front = true;
+            }
+            c.cost = 0;
+        }
+        if denied_up_front {
+            for c in &mut charges {
+                c.cost = 0;
+            }
+        }
         // Each round either admits, denies for good, or turns at least one
         // shadow denial into a look: at most one round per limit, and one.
         for _ in 0..=charges.len() {
@@ -195,7 +252,10 @@ impl Service {
                 charges.iter().map(|c| (c.rule, c.key, c.cost)).collect();
             let decisions = match self.limiter.check_each(&checks).await {
                 Ok(d) => d,
-                Err(e) => return self.store_failed(&limits, domain, &plans, e),
+                Err(e) if is_request_error(&e) => return Err(Refusal::Invalid(e.to_string())),
+                Err(e) => {
+                    return self.store_failed(&limits, domain, &plans, denied_up_front, e);
+                }
             };
             for (c, d) in charges.iter_mut().zip(decisions) {
                 c.decision = Some(d);
@@ -218,32 +278,36 @@ impl Service {
             if denied && !c.shadow && c.cost > 0 {
                 over_limit = true;
             }
-            if let Some(status) = statuses.get_mut(c.at) {
-                *status = Status {
-                    over_limit: denied && !c.shadow,
-                    limit: Some(shown(c.rule)),
-                    remaining: d.remaining(),
-                    reset_after: d.reset_after(),
-                    retry_after: d.retry_after().filter(|_| !c.shadow),
-                    shadow_over_limit: c.shadow_denied || (denied && c.shadow),
-                };
+            let denied = denied || c.too_big;
+            for at in &c.at {
+                if let Some(status) = statuses.get_mut(*at) {
+                    *status = Status {
+                        over_limit: denied && !c.shadow,
+                        limit: Some(shown(c.rule)),
+                        remaining: d.remaining(),
+                        reset_after: d.reset_after(),
+                        retry_after: d.retry_after().filter(|_| !c.shadow),
+                        shadow_over_limit: c.shadow_denied || (denied && c.shadow),
+                    };
+                }
             }
         }
         for (p, status) in plans.iter().zip(statuses.iter_mut()) {
-            if let Plan::Deny { shown, shadow } = p {
-                *status = Status {
-                    over_limit: !shadow,
-                    limit: Some(shown.clone()),
-                    remaining: 0,
-                    reset_after: shown.window,
-                    retry_after: (!shadow).then_some(shown.window),
-                    shadow_over_limit: *shadow,
-                };
+            if let Plan::Deny { shown, shadow, .. } = p {
+                *status = deny_status(shown, *shadow);
             }
         }
         observe(domain, &plans, &statuses);
+        if statuses.iter().any(|s| s.shadow_over_limit) && self.shadow_denials.allow(self.now_us())
+        {
+            tracing::info!(
+                target: "ratekeeper::server",
+                domain,
+                "over a limit in shadow mode: allowed (logged at most once a second; counted in ratelimit_server_descriptors_total)"
+            );
+        }
         let headers = if limits.server.headers {
-            self.headers(&charges, over_limit)
+            self.headers(&charges, &plans, over_limit)
         } else {
             Vec::new()
         };
@@ -256,12 +320,32 @@ impl Service {
 
     /// `RateLimit-Policy` and `RateLimit` for the most restrictive enforced
     /// limit, and `Retry-After` when the request is denied.
-    fn headers(&self, charges: &[Charge<'_>], over_limit: bool) -> Vec<(String, String)> {
-        let enforced: Vec<(Decision, Duration)> = charges
+    fn headers(
+        &self,
+        charges: &[Charge<'_>],
+        plans: &[Plan<'_>],
+        over_limit: bool,
+    ) -> Vec<(String, String)> {
+        let mut enforced: Vec<(Decision, Duration)> = charges
             .iter()
             .filter(|c| !c.shadow)
             .filter_map(|c| Some((c.decision.clone()?, c.rule.quota().window())))
             .collect();
+        // A limit that denies every request decides when it applies.
+        for p in plans {
+            if let Plan::Deny {
+                shown,
+                shadow: false,
+                cost: 1..,
+                ..
+            } = p
+            {
+                enforced.push((
+                    Decision::deny(&shown.name, 0, 0, shown.window, shown.window),
+                    shown.window,
+                ));
+            }
+        }
         let only: Vec<Decision> = enforced.iter().map(|(d, _)| d.clone()).collect();
         let Some(d) = Decision::most_restrictive(&only) else {
             return Vec::new();
@@ -285,41 +369,42 @@ impl Service {
         out
     }
 
-    /// The answer when the store failed, by the domain's mode.
+    /// The answer when the store failed, by the domain's mode. A limit that
+    /// denies every request still denies, and shadow-mode limits never do.
     fn store_failed(
         &self,
         limits: &Limits,
         domain: &str,
         plans: &[Plan<'_>],
+        denied_up_front: bool,
         error: ratekeeper::Error,
     ) -> Result<Answer, Refusal> {
         let mode = limits
             .domains
             .on_store_error(domain)
             .unwrap_or(limits.server.on_store_error);
-        tracing::warn!(
-            target: "ratekeeper::server",
-            domain,
-            mode = ?mode,
-            error = %error,
-            "the store failed"
-        );
+        if self.store_errors.allow(self.now_us()) {
+            tracing::warn!(
+                target: "ratekeeper::server",
+                domain,
+                mode = ?mode,
+                error = %error,
+                "the store failed"
+            );
+        }
         metrics::counter!("ratelimit_server_store_failures_total", "domain" => domain.to_owned())
             .increment(1);
         let deny = match mode {
+            _ if denied_up_front => false,
             StoreErrorMode::Allow => false,
             StoreErrorMode::Deny => true,
             _ => return Err(Refusal::Unavailable(error.to_string())),
         };
-        let statuses = plans
+        let statuses: Vec<Status> = plans
             .iter()
             .map(|p| match p {
                 Plan::Free => Status::free(),
-                Plan::Deny { shown, .. } => Status {
-                    over_limit: deny,
-                    limit: Some(shown.clone()),
-                    ..Status::free()
-                },
+                Plan::Deny { shown, shadow, .. } => deny_status(shown, *shadow),
                 Plan::Rule { rule, shadow, .. } => Status {
                     over_limit: deny && !shadow,
                     limit: Some(shown(rule)),
@@ -328,16 +413,61 @@ impl Service {
             })
             .collect();
         Ok(Answer {
-            over_limit: deny,
+            over_limit: denied_up_front || statuses.iter().any(|s| s.over_limit),
             statuses,
             headers: Vec::new(),
         })
     }
 }
 
+/// The status of a limit that denies every request.
+fn deny_status(shown: &Shown, shadow: bool) -> Status {
+    Status {
+        over_limit: !shadow,
+        limit: Some(shown.clone()),
+        remaining: 0,
+        reset_after: shown.window,
+        retry_after: (!shadow).then_some(shown.window),
+        shadow_over_limit: shadow,
+    }
+}
+
+/// Errors that are the request's fault, not the store's.
+fn is_request_error(e: &ratekeeper::Error) -> bool {
+    matches!(
+        e.kind(),
+        ratekeeper::ErrorKind::InvalidInput | ratekeeper::ErrorKind::CostExceedsCapacity
+    )
+}
+
+/// The counter key of a descriptor of `domain`: the domain's Cluster hash
+/// tag, then the descriptor. Every counter of a domain lives in one Redis
+/// Cluster slot, so the descriptors of any request are decided in one
+/// script call; a long or brace-holding domain is tagged by a hash of it
+/// (the tag stays within the part of a key that bounding keeps).
+pub(crate) fn counter_key(domain: &str, descriptor: &str) -> String {
+    let mut key = String::with_capacity(domain.len() + descriptor.len() + 1);
+    if domain.len() <= 24 && !domain.contains(['{', '}']) {
+        key.push_str(domain);
+    } else {
+        let digest = sha2::Sha256::digest(domain.as_bytes());
+        for b in digest.iter().take(8) {
+            let _ = write!(key, "{b:02x}");
+        }
+    }
+    key.push('}');
+    key.push_str(descriptor);
+    key
+}
+
 /// What each descriptor asks: its limit (or none), key and cost, after
 /// `replaces` and limits brought along.
-fn plan<'a>(domains: &'a Domains, check: &'a Check, hits: u64, shadow_all: bool) -> Vec<Plan<'a>> {
+fn plan<'a>(
+    domains: &'a Domains,
+    check: &'a Check,
+    hits: u64,
+    shadow_all: bool,
+) -> Result<Vec<Plan<'a>>, Refusal> {
     let domain = check.domain.as_str();
     let matches: Vec<_> = check
         .descriptors
@@ -363,44 +493,48 @@ fn plan<'a>(domains: &'a Domains, check: &'a Check, hits: u64, shadow_all: bool)
         .descriptors
         .iter()
         .zip(matches)
-        .map(|(d, m)| {
+        .enumerate()
+        .map(|(i, (d, m))| {
             let cost = d.hits.unwrap_or(hits);
             if let Some((limit, unit)) = d.limit {
                 // A limit brought along: a fixed window per domain and
-                // descriptor, as envoyproxy/ratelimit counts it.
-                let name = format!("rlo.{limit}.{}", unit.as_str());
-                let Ok(quota) = Quota::new(limit, unit.window()) else {
-                    return Plan::Free;
-                };
-                let Ok(rule) = Rule::new(&name, Algorithm::FixedWindow, quota) else {
-                    return Plan::Free;
-                };
-                let entries: Vec<(&str, &str)> = std::iter::once(("", domain))
-                    .chain(d.entries.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                // descriptor, as envoyproxy/ratelimit counts it. Named by
+                // its unit only, so that clients cannot name new series.
+                let name = format!("rlo.{}", unit.as_str());
+                let rule = Quota::new(limit, unit.window())
+                    .map_err(|e| e.to_string())
+                    .and_then(|q| {
+                        Rule::new(&name, Algorithm::FixedWindow, q).map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| Refusal::Invalid(format!("descriptors[{i}].limit: {e}")))?;
+                let entries: Vec<(&str, &str)> = d
+                    .entries
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
-                return rule_plan(
-                    Cow::Owned(rule),
-                    descriptor_key(&entries),
+                return Ok(Plan::Rule {
+                    rule: Cow::Owned(rule),
+                    key: counter_key(domain, &descriptor_key(&entries)),
                     cost,
-                    shadow_all,
-                    "limit_override",
-                );
+                    shadow: shadow_all,
+                    path: "limit_override",
+                });
             }
             let Some(m) = m else {
-                return Plan::Free;
+                return Ok(Plan::Free);
             };
             if m.name().is_some_and(|n| replaced.contains(&n)) {
-                return Plan::Free;
+                return Ok(Plan::Free);
             }
             let shadow = shadow_all || m.shadow_mode();
-            match m.limit() {
-                Limit::Rule(rule) => rule_plan(
-                    Cow::Borrowed(rule),
-                    m.key().to_owned(),
+            Ok(match m.limit() {
+                Limit::Rule(rule) => Plan::Rule {
+                    rule: Cow::Borrowed(rule),
+                    key: counter_key(domain, m.key()),
                     cost,
                     shadow,
-                    m.path(),
-                ),
+                    path: m.path(),
+                },
                 Limit::Deny => Plan::Deny {
                     shown: Shown {
                         name: m.path().to_owned(),
@@ -408,34 +542,13 @@ fn plan<'a>(domains: &'a Domains, check: &'a Check, hits: u64, shadow_all: bool)
                         window: Duration::from_secs(1),
                     },
                     shadow,
+                    cost,
+                    path: m.path(),
                 },
                 _ => Plan::Free,
-            }
+            })
         })
         .collect()
-}
-
-fn rule_plan<'a>(
-    rule: Cow<'a, Rule>,
-    key: String,
-    cost: u64,
-    shadow: bool,
-    path: &'a str,
-) -> Plan<'a> {
-    if cost > rule.capacity() {
-        // Never fits: over the limit whatever was counted.
-        return Plan::Deny {
-            shown: shown(&rule),
-            shadow,
-        };
-    }
-    Plan::Rule {
-        rule,
-        key,
-        cost,
-        shadow,
-        path,
-    }
 }
 
 fn shown(rule: &Rule) -> Shown {
@@ -452,7 +565,7 @@ fn observe(domain: &str, plans: &[Plan<'_>], statuses: &[Status]) {
     for (p, s) in plans.iter().zip(statuses) {
         let (path, cost) = match p {
             Plan::Rule { path, cost, .. } => (*path, *cost),
-            Plan::Deny { shown, .. } => (shown.name.as_str(), 1),
+            Plan::Deny { path, cost, .. } => (*path, *cost),
             Plan::Free => continue,
         };
         let outcome = if s.over_limit {
@@ -475,13 +588,5 @@ fn observe(domain: &str, plans: &[Plan<'_>], statuses: &[Status]) {
             "descriptor" => path.to_owned(),
         )
         .increment(cost);
-        if s.shadow_over_limit {
-            tracing::info!(
-                target: "ratekeeper::server",
-                domain,
-                descriptor = path,
-                "over its limit in shadow mode: allowed"
-            );
-        }
     }
 }

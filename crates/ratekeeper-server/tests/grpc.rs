@@ -143,7 +143,7 @@ async fn envoy_example_file_behaves_as_documented() {
         ok(r.overall_code) && ok(r.statuses[0].code),
         "shadow mode never denies: {r:?}"
     );
-    assert!(server.stderr().contains("over its limit in shadow mode"));
+    assert!(server.stderr().contains("over a limit in shadow mode"));
 }
 
 #[tokio::test]
@@ -385,4 +385,71 @@ impl tonic::codec::Decoder for RawCodec {
         let n = src.remaining();
         Ok(Some(src.copy_to_bytes(n).to_vec()))
     }
+}
+
+/// Two descriptors alike are one limit charged twice, not an error; a cost
+/// no limit could grant is over the limit (never an error a gateway would
+/// let through); a limit that denies everything, only looked at, holds
+/// nothing back.
+#[tokio::test]
+async fn duplicates_oversized_costs_and_looks_at_a_denying_limit() {
+    let dir = TempDir::new("grpc-dup");
+    let file = write(
+        &dir.0,
+        "limits.yaml",
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 5}\n  - key: blocked\n    rate_limit: {unit: hour, requests_per_unit: 0}\n",
+    );
+    let server = Server::start(&["--config", &file]);
+    let mut c = server.client().await;
+    let twice = request(
+        "d",
+        vec![descriptor(&[("a", "x")]), descriptor(&[("a", "x")])],
+    );
+    let r = ask(&mut c, twice.clone()).await;
+    assert!(ok(r.overall_code), "{r:?}");
+    assert_eq!(
+        (r.statuses[0].limit_remaining, r.statuses[1].limit_remaining),
+        (3, 3)
+    );
+    ask(&mut c, twice.clone()).await;
+    let r = ask(&mut c, twice).await;
+    assert!(over(r.overall_code), "4 + 2 > 5: {r:?}");
+    // 6 hits on a limit of 5: over the limit, and the other descriptor is
+    // not charged.
+    let r = ask(
+        &mut c,
+        request(
+            "d",
+            vec![descriptor(&[("a", "y")]), descriptor_hits(&[("a", "z")], 6)],
+        ),
+    )
+    .await;
+    assert!(over(r.overall_code) && ok(r.statuses[0].code) && over(r.statuses[1].code));
+    assert_eq!(r.statuses[0].limit_remaining, 5, "nothing charged");
+    // A look (hits 0) at a limit that denies everything: reported, but the
+    // other descriptor is charged.
+    let r = ask(
+        &mut c,
+        request(
+            "d",
+            vec![
+                descriptor_hits(&[("blocked", "b")], 0),
+                descriptor(&[("a", "y")]),
+            ],
+        ),
+    )
+    .await;
+    assert!(ok(r.overall_code) && over(r.statuses[0].code), "{r:?}");
+    assert_eq!(r.statuses[1].limit_remaining, 4);
+    // Charged, it denies the request whatever the other says.
+    let r = ask(
+        &mut c,
+        request(
+            "d",
+            vec![descriptor(&[("blocked", "b")]), descriptor(&[("a", "y")])],
+        ),
+    )
+    .await;
+    assert!(over(r.overall_code));
+    assert_eq!(r.statuses[1].limit_remaining, 4, "nothing charged");
 }

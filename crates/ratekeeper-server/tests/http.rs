@@ -215,4 +215,76 @@ async fn an_admin_port_off_loopback_needs_a_token() {
         stderr.contains("--grpc \"nowhere\" is not host:port"),
         "{stderr}"
     );
+    // An empty token would let every request in: refused.
+    let (_, stderr) = Server::fail(&["--config", &file, "--admin-token", " "]);
+    assert!(stderr.contains("the admin token is empty"), "{stderr}");
+    // Approximate mode cannot answer per descriptor: refused, not ignored.
+    let approx = write(
+        &dir.0,
+        "approx.toml",
+        &format!("[storage.approximate]\n{CONFIG}"),
+    );
+    let (_, stderr) = Server::fail(&["--config", &approx]);
+    assert!(
+        stderr.contains("approximate mode does not apply"),
+        "{stderr}"
+    );
+    // A directory with no limits files is a mistake, not "no limits".
+    let empty = dir.0.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (_, stderr) = Server::fail(&["--config", empty.to_str().unwrap()]);
+    assert!(stderr.contains("no .yaml or .yml files"), "{stderr}");
+}
+
+/// Protobuf JSON as other clients write it: 64-bit integers as strings,
+/// enums as numbers, `isNegativeHits`.
+#[tokio::test]
+async fn protobuf_json_spellings() {
+    let dir = TempDir::new("pbjson");
+    let file = write(&dir.0, "limits.toml", CONFIG);
+    let server = Server::start(&["--config", &file]);
+    let api = server.http.unwrap();
+    let body = r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"pb"}],"hitsAddend":"2","isNegativeHits":false}]}"#;
+    let (status, v) = http(api, "POST", "/json", body, None).await;
+    assert_eq!(
+        (status, &v["statuses"][0]["limitRemaining"]),
+        (200, &serde_json::json!(0)),
+        "{v}"
+    );
+    let body = r#"{"domain":"web","descriptors":[{"entries":[{"key":"other","value":"x"}],"limit":{"requestsPerUnit":1,"unit":2}}]}"#;
+    let (_, v) = http(api, "POST", "/json", body, None).await;
+    assert_eq!(v["statuses"][0]["currentLimit"]["unit"], "MINUTE", "{v}");
+    let body = r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"pb"}],"isNegativeHits":true}]}"#;
+    let (status, v) = http(api, "POST", "/json", body, None).await;
+    assert_eq!(status, 400, "{v}");
+    let body = r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"pb"}],"hitsAddend":"two"}]}"#;
+    assert_eq!(http(api, "POST", "/json", body, None).await.0, 400);
+}
+
+/// A token changed in the file applies after a reload.
+#[tokio::test]
+async fn a_reload_rotates_the_admin_token() {
+    let dir = TempDir::new("rotate");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        &format!("[server]\nadmin_token = \"old\"\nwatch = false\n{CONFIG}"),
+    );
+    let server = Server::start(&["--config", &file]);
+    let admin = server.admin.unwrap();
+    write(
+        &dir.0,
+        "limits.toml",
+        &format!("[server]\nadmin_token = \"new\"\nwatch = false\n{CONFIG}"),
+    );
+    let (status, _) = http(admin, "POST", "/v1/reload", "", Some("old")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        http(admin, "POST", "/v1/reload", "", Some("old")).await.0,
+        401
+    );
+    assert_eq!(
+        http(admin, "POST", "/v1/reload", "", Some("new")).await.0,
+        200
+    );
 }

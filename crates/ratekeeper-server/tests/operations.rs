@@ -309,3 +309,40 @@ descriptors:
         Code::OverLimit as i32
     );
 }
+
+/// `examples/server/limits.toml` starts and answers as its comments say.
+#[tokio::test]
+async fn the_example_in_our_format() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/server/limits.toml"
+    );
+    let server = Server::start(&["--config", example]);
+    let mut c = server.client().await;
+    let mut req = request("llm", vec![descriptor(&[("team", "search")])]);
+    req.hits_addend = 150_000;
+    let r = c.should_rate_limit(req.clone()).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 50_000);
+    assert!(
+        r.response_headers_to_add
+            .iter()
+            .any(|h| h.key == "ratelimit-policy")
+    );
+    let r = c.should_rate_limit(req).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let r = c
+        .should_rate_limit(request(
+            "partners",
+            vec![
+                descriptor(&[("api_key", "k1"), ("budget", "daily")]),
+                descriptor(&[("api_key", "k1")]),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 99_999);
+    assert_eq!(r.statuses[1].limit_remaining, 39);
+}

@@ -18,10 +18,12 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use ratekeeper_testkit::redis::{RedisCluster, RedisServer};
 use support::{Server, TempDir, descriptor, request, write};
 
-const LIMITS: &str = "domain: shared\ndescriptors:\n  - key: tenant\n    rate_limit: {unit: hour, requests_per_unit: 100}\n";
+const LIMITS: &str = "domain: shared\ndescriptors:\n  - key: tenant\n    rate_limit: {unit: hour, requests_per_unit: 100}\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: 1000}\n";
 
 /// 200 concurrent clients spread over three server processes on `url`,
-/// one request each on one descriptor limited to 100: exactly 100 pass.
+/// one request each on one descriptor limited to 100 (beside a descriptor
+/// of its own, so that every request is decided on two keys, in one slot
+/// of a Cluster): exactly 100 pass, and the denied consumed nothing.
 async fn exactly_100_of_200(url: &str) {
     let dir = TempDir::new("redis-exact");
     let file = write(&dir.0, "limits.yaml", LIMITS);
@@ -39,8 +41,15 @@ async fn exactly_100_of_200(url: &str) {
             let mut client = clients[i % 3].clone();
             let (ok, over) = (ok.clone(), over.clone());
             tokio::spawn(async move {
+                let user = format!("u{}", i % 7);
                 let r = client
-                    .should_rate_limit(request("shared", vec![descriptor(&[("tenant", "t1")])]))
+                    .should_rate_limit(request(
+                        "shared",
+                        vec![
+                            descriptor(&[("tenant", "t1")]),
+                            descriptor(&[("user", &user)]),
+                        ],
+                    ))
                     .await
                     .unwrap()
                     .into_inner();
@@ -57,6 +66,20 @@ async fn exactly_100_of_200(url: &str) {
     }
     assert_eq!(ok.load(Ordering::Relaxed), 100);
     assert_eq!(over.load(Ordering::Relaxed), 100);
+    // Each user was charged only for its admitted requests.
+    let mut c = clients[0].clone();
+    let mut charged = 0;
+    for u in 0..7 {
+        let mut d = descriptor(&[("user", &format!("u{u}"))]);
+        d.hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 });
+        let r = c
+            .should_rate_limit(request("shared", vec![d]))
+            .await
+            .unwrap()
+            .into_inner();
+        charged += 1000 - u64::from(r.statuses[0].limit_remaining);
+    }
+    assert_eq!(charged, 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

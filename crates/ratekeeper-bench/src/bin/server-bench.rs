@@ -1,0 +1,279 @@
+//! `cargo xtask bench server`: decisions per second through the rate-limit
+//! service (`ratekeeper-server`, a real process), over gRPC (Envoy's API,
+//! through its generated client) and over HTTP (the JSON API, through a
+//! real HTTP/1.1 client), with 1 and 50 concurrent clients, on the memory
+//! store and on a freshly started `redis-server`; beside the same
+//! decisions made in this process through the library (`Limiter::check_each`
+//! on the same store, behind the same deadline and breaker the server puts
+//! on it), in the same run.
+//!
+//! Rows are `STORE/TRANSPORT/cCLIENTS`. Every request is one descriptor on
+//! a limit that never denies (every call runs the full decision and write),
+//! spread over 1 000 values per client. The clients run in this process,
+//! on the same machine as the server: on a small machine they compete with
+//! it for cores, which the in-process figure does not pay; the ratio is
+//! the service's cost as a deployment sees it on one box.
+//!
+//! Usage: `server-bench PATH-TO-ratekeeper-server`. Prints the rows as JSON.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use http_body_util::{BodyExt as _, Full};
+use ratekeeper_core::{Algorithm, Limiter, Quota, Rule, Storage, StorageExt as _};
+use ratekeeper_layers::{Breaker, Deadline};
+use ratekeeper_testkit::redis::RedisServer;
+use serde_json::{Value, json};
+
+const MEASURE: Duration = Duration::from_secs(3);
+const WARM_UP: Duration = Duration::from_millis(500);
+const CLIENTS: [usize; 2] = [1, 50];
+const VALUES: usize = 1_000;
+const LIMITS: &str = "domain: bench\ndescriptors:\n  - key: client\n    rate_limit: {unit: hour, requests_per_unit: 1000000000}\n";
+
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(binary: &str, config: &str, storage: &str) -> Result<Server, String> {
+    let mut child = Command::new(binary)
+        .args(["--config", config, "--storage", storage])
+        .args([
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot run {binary}: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(out).lines();
+    let (mut grpc, mut http) = (None, None);
+    while grpc.is_none() || http.is_none() {
+        let line = lines
+            .next()
+            .ok_or("the server stopped before listening")?
+            .map_err(|e| e.to_string())?;
+        let Some((what, addr)) = line
+            .strip_prefix("ratekeeper-server: ")
+            .and_then(|l| l.split_once(" listening on "))
+        else {
+            continue;
+        };
+        let addr: SocketAddr = addr.parse().map_err(|_| format!("bad address {addr}"))?;
+        match what {
+            "grpc" => grpc = Some(addr),
+            "http" => http = Some(addr),
+            _ => {}
+        }
+    }
+    // Keep reading stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Server {
+        child,
+        grpc: grpc.ok_or("no gRPC address")?,
+        http: http.ok_or("no HTTP address")?,
+    })
+}
+
+/// Runs `clients` tasks calling `one(task, i)` until the time is up;
+/// decisions per second after the warm-up.
+async fn measure<F, Fut>(clients: usize, one: F) -> f64
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let one = Arc::new(one);
+    let counting = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|task| {
+            let (one, counting, stop, done) =
+                (one.clone(), counting.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    one(task, i % VALUES).await;
+                    i += 1;
+                    if counting.load(Ordering::Relaxed) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(WARM_UP).await;
+    counting.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(MEASURE).await;
+    let n = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    n as f64 / elapsed.as_secs_f64()
+}
+
+fn descriptor(value: &str) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: vec![Entry {
+            key: "client".to_owned(),
+            value: value.to_owned(),
+        }],
+        ..RateLimitDescriptor::default()
+    }
+}
+
+async fn grpc_rate(server: &Server, clients: usize) -> Result<f64, String> {
+    let mut channels = Vec::new();
+    for _ in 0..clients {
+        let c = RateLimitServiceClient::connect(format!("http://{}", server.grpc))
+            .await
+            .map_err(|e| e.to_string())?;
+        channels.push(c);
+    }
+    let channels = Arc::new(channels);
+    Ok(measure(clients, move |task, i| {
+        let mut c = channels[task].clone();
+        async move {
+            let r = c
+                .should_rate_limit(RateLimitRequest {
+                    domain: "bench".to_owned(),
+                    descriptors: vec![descriptor(&format!("t{task}-{i}"))],
+                    hits_addend: 0,
+                })
+                .await;
+            assert!(
+                r.is_ok_and(|r| r.into_inner().overall_code == 1),
+                "denied or failed"
+            );
+        }
+    })
+    .await)
+}
+
+async fn http_rate(server: &Server, clients: usize) -> f64 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let url = format!("http://{}/v1/check", server.http);
+    measure(clients, move |task, i| {
+        let body = format!(
+            r#"{{"domain":"bench","descriptors":[{{"entries":[{{"key":"client","value":"t{task}-{i}"}}]}}]}}"#
+        );
+        let req = http::Request::post(url.as_str())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)));
+        let client = client.clone();
+        async move {
+            let res = client.request(req.expect("a request")).await.expect("an answer");
+            assert!(res.status().is_success());
+            let _ = res.into_body().collect().await;
+        }
+    })
+    .await
+}
+
+async fn in_process_rate(store: Arc<dyn Storage>, clients: usize) -> f64 {
+    let limiter = Limiter::new(
+        store
+            .layer(Deadline::new(Duration::from_secs(1)))
+            .layer(Breaker::new(5, Duration::from_secs(1))),
+    );
+    let rule = Rule::new(
+        "rls.bench.client",
+        Algorithm::FixedWindow,
+        Quota::per_hour(1_000_000_000).expect("a quota"),
+    )
+    .expect("a rule");
+    measure(clients, move |task, i| {
+        let (limiter, rule) = (limiter.clone(), rule.clone());
+        async move {
+            let key = format!("client=t{task}-{i}");
+            let d = limiter
+                .check_each(&[(&rule, &key, 1)])
+                .await
+                .expect("a decision");
+            assert!(d.iter().all(|d| d.is_allowed()));
+        }
+    })
+    .await
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), String> {
+    let binary = std::env::args()
+        .nth(1)
+        .ok_or("usage: server-bench PATH-TO-ratekeeper-server")?;
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("ratekeeper-server-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let config = dir.join("limits.yaml");
+    std::fs::write(&config, LIMITS).map_err(|e| e.to_string())?;
+    let config = config.display().to_string();
+    let mut rows: Vec<Value> = Vec::new();
+    for (store_name, url) in [("memory", "memory://".to_owned()), ("redis", redis.url())] {
+        let server = start(&binary, &config, &url)?;
+        for clients in CLIENTS {
+            let store: Arc<dyn Storage> = if store_name == "memory" {
+                Arc::new(ratekeeper_memory::MemoryStorage::new())
+            } else {
+                Arc::new(
+                    ratekeeper_redis::RedisStorage::connect(&url)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                )
+            };
+            let in_process = in_process_rate(store, clients).await;
+            for transport in ["grpc", "http"] {
+                let service = match transport {
+                    "grpc" => grpc_rate(&server, clients).await?,
+                    _ => http_rate(&server, clients).await,
+                };
+                let name = format!("{store_name}/{transport}/c{clients}");
+                let added_us = (1e6 / service - 1e6 / in_process) * clients as f64;
+                eprintln!(
+                    "{name}: {service:.0}/s through the service, {in_process:.0}/s in process"
+                );
+                rows.push(json!({
+                    "name": name,
+                    "service_per_s": service,
+                    "in_process_per_s": in_process,
+                    "ratio": service / in_process,
+                    "added_us_per_decision": added_us,
+                }));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{}",
+        serde_json::to_string(&rows).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
