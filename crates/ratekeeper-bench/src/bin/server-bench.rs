@@ -101,11 +101,11 @@ fn start(binary: &str, config: &str, storage: &str) -> Result<Server, String> {
 }
 
 /// Runs `clients` tasks calling `one(task, i)` until the time is up;
-/// decisions per second after the warm-up.
-async fn measure<F, Fut>(clients: usize, one: F) -> f64
+/// decisions per second after the warm-up, or the first failure.
+async fn measure<F, Fut>(clients: usize, one: F) -> Result<f64, String>
 where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
+    Fut: Future<Output = Result<(), String>> + Send,
 {
     let one = Arc::new(one);
     let counting = Arc::new(AtomicBool::new(false));
@@ -118,12 +118,16 @@ where
             tokio::spawn(async move {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    one(task, i % VALUES).await;
+                    if let Err(e) = one(task, i % VALUES).await {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
                     i += 1;
                     if counting.load(Ordering::Relaxed) {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Ok(())
             })
         })
         .collect();
@@ -135,9 +139,9 @@ where
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
-        let _ = t.await;
+        t.await.map_err(|e| e.to_string())??;
     }
-    n as f64 / elapsed.as_secs_f64()
+    Ok(n as f64 / elapsed.as_secs_f64())
 }
 
 fn descriptor(value: &str) -> RateLimitDescriptor {
@@ -159,26 +163,28 @@ async fn grpc_rate(server: &Server, clients: usize) -> Result<f64, String> {
         channels.push(c);
     }
     let channels = Arc::new(channels);
-    Ok(measure(clients, move |task, i| {
-        let mut c = channels[task].clone();
+    measure(clients, move |task, i| {
+        let c = channels.get(task).cloned();
         async move {
+            let mut c = c.ok_or("no channel")?;
             let r = c
                 .should_rate_limit(RateLimitRequest {
                     domain: "bench".to_owned(),
                     descriptors: vec![descriptor(&format!("t{task}-{i}"))],
                     hits_addend: 0,
                 })
-                .await;
-            assert!(
-                r.is_ok_and(|r| r.into_inner().overall_code == 1),
-                "denied or failed"
-            );
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.into_inner().overall_code != 1 {
+                return Err("a request was denied".to_owned());
+            }
+            Ok(())
         }
     })
-    .await)
+    .await
 }
 
-async fn http_rate(server: &Server, clients: usize) -> f64 {
+async fn http_rate(server: &Server, clients: usize) -> Result<f64, String> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let url = format!("http://{}/v1/check", server.http);
@@ -191,35 +197,39 @@ async fn http_rate(server: &Server, clients: usize) -> f64 {
             .body(Full::new(Bytes::from(body)));
         let client = client.clone();
         async move {
-            let res = client.request(req.expect("a request")).await.expect("an answer");
-            assert!(res.status().is_success());
+            let req = req.map_err(|e| e.to_string())?;
+            let res = client.request(req).await.map_err(|e| e.to_string())?;
+            if !res.status().is_success() {
+                return Err(format!("HTTP {}", res.status()));
+            }
             let _ = res.into_body().collect().await;
+            Ok(())
         }
     })
     .await
 }
 
-async fn in_process_rate(store: Arc<dyn Storage>, clients: usize) -> f64 {
+async fn in_process_rate(store: Arc<dyn Storage>, clients: usize) -> Result<f64, String> {
     let limiter = Limiter::new(
         store
             .layer(Deadline::new(Duration::from_secs(1)))
             .layer(Breaker::new(5, Duration::from_secs(1))),
     );
-    let rule = Rule::new(
-        "rls.bench.client",
-        Algorithm::FixedWindow,
-        Quota::per_hour(1_000_000_000).expect("a quota"),
-    )
-    .expect("a rule");
+    let quota = Quota::per_hour(1_000_000_000).map_err(|e| e.to_string())?;
+    let rule =
+        Rule::new("rls.bench.client", Algorithm::FixedWindow, quota).map_err(|e| e.to_string())?;
     measure(clients, move |task, i| {
         let (limiter, rule) = (limiter.clone(), rule.clone());
         async move {
-            let key = format!("client=t{task}-{i}");
+            let key = format!("bench}}client=t{task}-{i}");
             let d = limiter
                 .check_each(&[(&rule, &key, 1)])
                 .await
-                .expect("a decision");
-            assert!(d.iter().all(|d| d.is_allowed()));
+                .map_err(|e| e.to_string())?;
+            if !d.iter().all(|d| d.is_allowed()) {
+                return Err("a request was denied".to_owned());
+            }
+            Ok(())
         }
     })
     .await
@@ -249,11 +259,11 @@ async fn main() -> Result<(), String> {
                         .map_err(|e| e.to_string())?,
                 )
             };
-            let in_process = in_process_rate(store, clients).await;
+            let in_process = in_process_rate(store, clients).await?;
             for transport in ["grpc", "http"] {
                 let service = match transport {
                     "grpc" => grpc_rate(&server, clients).await?,
-                    _ => http_rate(&server, clients).await,
+                    _ => http_rate(&server, clients).await?,
                 };
                 let name = format!("{store_name}/{transport}/c{clients}");
                 let added_us = (1e6 / service - 1e6 / in_process) * clients as f64;
