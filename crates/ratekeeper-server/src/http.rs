@@ -42,6 +42,7 @@ pub(crate) fn admin_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/reload", post(reload))
         .route("/v1/reset", post(reset))
+        .route("/v1/status", get(status))
         .route("/v1/limits", get(limits))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(64 * 1024))
@@ -397,6 +398,42 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             .into_response(),
         None => error(StatusCode::NOT_FOUND, "metrics are not recorded"),
     }
+}
+
+/// The server's state: version, domains, requests in flight, readiness, and
+/// the store's own report (which may scan the store: admin only).
+async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
+    let limits = app.service.limits();
+    let in_flight = app
+        .max_in_flight
+        .saturating_sub(app.in_flight.available_permits());
+    let store = match app.store.stats().await {
+        Ok(stats) => {
+            let details: serde_json::Map<String, Value> = stats
+                .details
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            json!({
+                "backend": stats.backend,
+                "keys": stats.keys,
+                "details": details,
+            })
+        }
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "domains": limits.domains.names(),
+        "inFlight": in_flight,
+        "maxInFlight": app.max_in_flight,
+        "ready": app.probe().await.err().unwrap_or_else(|| "ready".to_owned()),
+        "store": store,
+    }))
+    .into_response()
 }
 
 /// Whether `headers` carry the admin token (always, when none is set; the

@@ -69,8 +69,11 @@ pub(crate) struct App {
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) prometheus: Option<PrometheusHandle>,
     sources: load::Sources,
-    store: Arc<dyn Storage>,
+    pub(crate) store: Arc<dyn Storage>,
+    pub(crate) max_in_flight: usize,
     probe_rule: Rule,
+    /// Set when shutdown begins: not ready from then on.
+    draining: std::sync::atomic::AtomicBool,
     /// Reloads one at a time.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -125,16 +128,13 @@ impl App {
         }
     }
 
-    /// Whether the store answers: its breaker closed, a look at a probe key
-    /// answered within the store's deadline.
+    /// Whether the server takes requests and its store answers: a look at
+    /// a probe key, answered within 2 s (an open circuit breaker answers it
+    /// with an error at once). One decision's work, whatever the store
+    /// holds.
     pub(crate) async fn probe(&self) -> Result<(), String> {
-        if let Ok(stats) = self.store.stats().await
-            && stats
-                .details
-                .iter()
-                .any(|(k, v)| k == "breaker" && v == "open")
-        {
-            return Err("the store's circuit breaker is open".to_owned());
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("shutting down".to_owned());
         }
         let look = self.service.limiter().peek(&self.probe_rule, "ready");
         match tokio::time::timeout(Duration::from_secs(2), look).await {
@@ -229,7 +229,9 @@ async fn run(args: Args) -> Result<(), String> {
         prometheus,
         sources,
         store: store.clone(),
+        max_in_flight: server.max_in_flight,
         probe_rule,
+        draining: std::sync::atomic::AtomicBool::new(false),
         reloading: tokio::sync::Mutex::new(()),
     });
     tracing::info!(
@@ -258,6 +260,11 @@ async fn run(args: Args) -> Result<(), String> {
     let http = bind("http", server.http).await?;
     let admin = bind("admin", server.admin).await?;
 
+    // gRPC health checking (grpc.health.v1): serving until shutdown.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<RateLimitServiceServer<grpc::Grpc>>()
+        .await;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(listener) = grpc {
@@ -276,8 +283,10 @@ async fn run(args: Args) -> Result<(), String> {
                     grpc::decode_errors_are_invalid_arguments::<tonic::body::Body>,
                 ))
                 .add_service(service)
+                .add_service(health_service)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    // Small answers go out at once (no Nagle delay).
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     },
@@ -293,6 +302,10 @@ async fn run(args: Args) -> Result<(), String> {
         let Some(listener) = listener else { continue };
         let mut stopped = stopped.clone();
         tasks.spawn(async move {
+            use axum::serve::ListenerExt as _;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.wait_for(|s| *s).await;
@@ -303,6 +316,15 @@ async fn run(args: Args) -> Result<(), String> {
     }
     wait_for_signals(&app, signals).await;
     tracing::info!(target: "ratekeeper::server", "shutting down: draining requests in flight");
+    // Not ready and not serving first, so that health checks see it.
+    app.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    health
+        .set_not_serving::<RateLimitServiceServer<grpc::Grpc>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     let _ = stop.send(true);
     let drained = tokio::time::timeout(server.drain, async {
         while let Some(done) = tasks.join_next().await {

@@ -126,6 +126,9 @@ where
                     if counting.load(Ordering::Relaxed) {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
+                    // A store that answers at once never yields by itself:
+                    // let the timers (and the other tasks) run.
+                    tokio::task::yield_now().await;
                 }
                 Ok(())
             })
