@@ -453,3 +453,36 @@ async fn duplicates_oversized_costs_and_looks_at_a_denying_limit() {
     assert!(over(r.overall_code));
     assert_eq!(r.statuses[1].limit_remaining, 4, "nothing charged");
 }
+
+/// gRPC health checking answers for the server and for the service.
+#[tokio::test]
+async fn grpc_health_checks() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let server = Server::start(&["--config", EXAMPLE]);
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let err = health
+        .check(HealthCheckRequest {
+            service: "nope".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}

@@ -189,6 +189,16 @@ async fn the_admin_api_asks_for_its_token() {
     )
     .await;
     assert_eq!(status, 400, "{v}");
+    let (status, v) = http(admin, "GET", "/v1/status", "", Some("s3cret")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["ready"].as_str(), v["store"]["backend"].as_str()),
+        (Some("ready"), Some("memory")),
+        "{v}"
+    );
+    assert_eq!(v["domains"][0], "web");
+    assert_eq!(v["maxInFlight"], 4096);
+    assert_eq!(http(admin, "GET", "/v1/status", "", None).await.0, 401);
     let (status, v) = http(admin, "POST", "/v1/reload", "", Some("s3cret")).await;
     assert_eq!((status, &v["reloaded"]), (200, &serde_json::json!(true)));
     assert_eq!(http(admin, "POST", "/v1/reload", "", None).await.0, 401);
