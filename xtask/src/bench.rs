@@ -337,18 +337,45 @@ fn server(root: &Path) -> Result<(), String> {
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("server-bench printed no JSON rows: {e}"))?;
     let mut table = String::from(
-        "| row | through the service (decisions/s) | in process (decisions/s) | ratio service/in process | added latency (µs per decision) |\n|---|---:|---:|---:|---:|\n",
+        "| row | through the service (decisions/s) | in process (decisions/s) | ratio service/in process | added latency (µs per decision) | server CPU (µs per decision) | in-process CPU (µs per decision) | added CPU (µs per decision) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for row in &rows {
-        let field = |name: &str| row.get(name).and_then(Value::as_f64).unwrap_or(0.0);
+    let name = |row: &Value| {
+        row.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let (in_process, through): (Vec<&Value>, Vec<&Value>) =
+        rows.iter().partition(|r| name(r).ends_with("/in-process"));
+    let mut first = String::from(
+        "| row | the service, in process (ns per decision) | the library (ns per decision) | added by the service (µs per decision) |\n|---|---:|---:|---:|\n",
+    );
+    for row in &in_process {
+        let field = |name: &str| row.get(name).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let _ = writeln!(
+            first,
+            "| {} | {:.0} | {:.0} | {:.1} |",
+            name(row),
+            field("service_ns_per_decision"),
+            field("library_ns_per_decision"),
+            field("added_us_per_decision"),
+        );
+    }
+    first.push('\n');
+    table.insert_str(0, &first);
+    for row in &through {
+        let field = |name: &str| row.get(name).and_then(Value::as_f64).unwrap_or(f64::NAN);
         let _ = writeln!(
             table,
-            "| {} | {:.0} | {:.0} | {:.2} | {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} |",
             row.get("name").and_then(Value::as_str).unwrap_or("?"),
             field("service_per_s"),
             field("in_process_per_s"),
             field("ratio"),
             field("added_us_per_decision"),
+            field("server_cpu_us_per_decision"),
+            field("in_process_cpu_us_per_decision"),
+            field("added_cpu_us_per_decision"),
         );
     }
     publish(root, "server", &rows, &table)

@@ -6,6 +6,7 @@
 //! envoyproxy/ratelimit's YAML format as they are, or this project's own
 //! format with `[[domains]]`. See `docs/server.md`.
 
+mod bench;
 mod grpc;
 mod http;
 mod load;
@@ -61,6 +62,10 @@ struct Args {
     /// Logs as JSON lines.
     #[arg(long, env = "RATEKEEPER_JSON_LOGS")]
     json_logs: bool,
+    /// For `cargo xtask bench server`: N decisions through the services in
+    /// process, timed; then exit.
+    #[arg(long, hide = true)]
+    bench_in_process: Option<usize>,
 }
 
 /// What every request handler shares.
@@ -196,6 +201,7 @@ async fn bind(what: &str, address: Option<SocketAddr>) -> Result<Option<TcpListe
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let args_bench = args.bench_in_process;
     let flags = load::Flags {
         storage: args.storage,
         grpc: args.grpc,
@@ -234,6 +240,9 @@ async fn run(args: Args) -> Result<(), String> {
         draining: std::sync::atomic::AtomicBool::new(false),
         reloading: tokio::sync::Mutex::new(()),
     });
+    if let Some(n) = args_bench {
+        return bench::run(app, n.max(1)).await;
+    }
     tracing::info!(
         target: "ratekeeper::server",
         store = %ratekeeper::storage::redact_url(&loaded.storage_url),

@@ -14,6 +14,19 @@
 //! it for cores, which the in-process figure does not pay; the ratio is
 //! the service's cost as a deployment sees it on one box.
 //!
+//! Beside decisions per second, each row reports the CPU time the server
+//! process spent per decision (from `/proc/PID/stat`, over the measured
+//! window) and the CPU this process spent per decision in process: their
+//! difference is the service's own cost, free of the client's work and of
+//! the machine's loopback latency.
+//!
+//! The rows `memory/TRANSPORT/in-process` are the service's CPU per
+//! decision without sockets: the server binary's hidden
+//! `--bench-in-process N` calls its own gRPC service and HTTP router N times
+//! in process (framing, decoding, deciding, encoding), beside the library
+//! deciding the same on one task. This is the figure the service's cost is
+//! judged by; the rows through sockets are the end-to-end sanity figures.
+//!
 //! Usage: `server-bench PATH-TO-ratekeeper-server`. Prints the rows as JSON.
 
 use std::io::{BufRead as _, BufReader};
@@ -38,6 +51,8 @@ const MEASURE: Duration = Duration::from_secs(3);
 const WARM_UP: Duration = Duration::from_millis(500);
 const CLIENTS: [usize; 2] = [1, 50];
 const VALUES: usize = 1_000;
+/// Decisions of the in-process run of the server binary.
+const IN_PROCESS_DECISIONS: usize = 200_000;
 const LIMITS: &str = "domain: bench\ndescriptors:\n  - key: client\n    rate_limit: {unit: hour, requests_per_unit: 1000000000}\n";
 
 /// A server process, killed when dropped.
@@ -100,9 +115,29 @@ fn start(binary: &str, config: &str, storage: &str) -> Result<Server, String> {
     })
 }
 
+/// CPU time (user + system) a process has used, in µs, from
+/// `/proc/PID/stat` (clock ticks of 10 ms, Linux's usual `CLK_TCK` of 100).
+fn cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 10_000.0)
+}
+
+/// What one measurement found.
+struct Measured {
+    per_s: f64,
+    /// CPU µs the measured process (`pid`) spent per decision.
+    cpu_us: Option<f64>,
+}
+
 /// Runs `clients` tasks calling `one(task, i)` until the time is up;
-/// decisions per second after the warm-up, or the first failure.
-async fn measure<F, Fut>(clients: usize, one: F) -> Result<f64, String>
+/// decisions per second after the warm-up and the CPU process `pid` spent
+/// per decision meanwhile, or the first failure.
+async fn measure<F, Fut>(clients: usize, pid: u32, one: F) -> Result<Measured, String>
 where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
@@ -136,15 +171,24 @@ where
         .collect();
     tokio::time::sleep(WARM_UP).await;
     counting.store(true, Ordering::Relaxed);
+    let cpu_before = cpu_us(pid);
     let started = Instant::now();
     tokio::time::sleep(MEASURE).await;
     let n = done.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let cpu_after = cpu_us(pid);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
     }
-    Ok(n as f64 / elapsed.as_secs_f64())
+    let cpu_us = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) if n > 0 => Some((a - b) / n as f64),
+        _ => None,
+    };
+    Ok(Measured {
+        per_s: n as f64 / elapsed.as_secs_f64(),
+        cpu_us,
+    })
 }
 
 fn descriptor(value: &str) -> RateLimitDescriptor {
@@ -157,7 +201,7 @@ fn descriptor(value: &str) -> RateLimitDescriptor {
     }
 }
 
-async fn grpc_rate(server: &Server, clients: usize) -> Result<f64, String> {
+async fn grpc_rate(server: &Server, clients: usize) -> Result<Measured, String> {
     let mut channels = Vec::new();
     for _ in 0..clients {
         let c = RateLimitServiceClient::connect(format!("http://{}", server.grpc))
@@ -166,7 +210,7 @@ async fn grpc_rate(server: &Server, clients: usize) -> Result<f64, String> {
         channels.push(c);
     }
     let channels = Arc::new(channels);
-    measure(clients, move |task, i| {
+    measure(clients, server.child.id(), move |task, i| {
         let c = channels.get(task).cloned();
         async move {
             let mut c = c.ok_or("no channel")?;
@@ -187,11 +231,11 @@ async fn grpc_rate(server: &Server, clients: usize) -> Result<f64, String> {
     .await
 }
 
-async fn http_rate(server: &Server, clients: usize) -> Result<f64, String> {
+async fn http_rate(server: &Server, clients: usize) -> Result<Measured, String> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let url = format!("http://{}/v1/check", server.http);
-    measure(clients, move |task, i| {
+    measure(clients, server.child.id(), move |task, i| {
         let body = format!(
             r#"{{"domain":"bench","descriptors":[{{"entries":[{{"key":"client","value":"t{task}-{i}"}}]}}]}}"#
         );
@@ -212,7 +256,7 @@ async fn http_rate(server: &Server, clients: usize) -> Result<f64, String> {
     .await
 }
 
-async fn in_process_rate(store: Arc<dyn Storage>, clients: usize) -> Result<f64, String> {
+async fn in_process_rate(store: Arc<dyn Storage>, clients: usize) -> Result<Measured, String> {
     let limiter = Limiter::new(
         store
             .layer(Deadline::new(Duration::from_secs(1)))
@@ -221,7 +265,7 @@ async fn in_process_rate(store: Arc<dyn Storage>, clients: usize) -> Result<f64,
     let quota = Quota::per_hour(1_000_000_000).map_err(|e| e.to_string())?;
     let rule =
         Rule::new("rls.bench.client", Algorithm::FixedWindow, quota).map_err(|e| e.to_string())?;
-    measure(clients, move |task, i| {
+    measure(clients, std::process::id(), move |task, i| {
         let (limiter, rule) = (limiter.clone(), rule.clone());
         async move {
             let key = format!("bench}}client=t{task}-{i}");
@@ -269,19 +313,64 @@ async fn main() -> Result<(), String> {
                     _ => http_rate(&server, clients).await?,
                 };
                 let name = format!("{store_name}/{transport}/c{clients}");
-                let added_us = (1e6 / service - 1e6 / in_process) * clients as f64;
+                let added_us = (1e6 / service.per_s - 1e6 / in_process.per_s) * clients as f64;
+                let server_cpu = service.cpu_us.unwrap_or(f64::NAN);
+                let library_cpu = in_process.cpu_us.unwrap_or(f64::NAN);
                 eprintln!(
-                    "{name}: {service:.0}/s through the service, {in_process:.0}/s in process"
+                    "{name}: {:.0}/s through the service ({server_cpu:.1} µs of server CPU per \
+                     decision), {:.0}/s in process ({library_cpu:.1} µs of CPU per decision)",
+                    service.per_s, in_process.per_s
                 );
                 rows.push(json!({
                     "name": name,
-                    "service_per_s": service,
-                    "in_process_per_s": in_process,
-                    "ratio": service / in_process,
+                    "service_per_s": service.per_s,
+                    "in_process_per_s": in_process.per_s,
+                    "ratio": service.per_s / in_process.per_s,
                     "added_us_per_decision": added_us,
+                    "server_cpu_us_per_decision": server_cpu,
+                    "in_process_cpu_us_per_decision": library_cpu,
+                    "added_cpu_us_per_decision": server_cpu - library_cpu,
                 }));
             }
         }
+    }
+    // The service's own CPU per decision, without sockets: the release
+    // binary calls its gRPC service and HTTP router in process (memory
+    // store), beside the library's own decision on one task.
+    let out = Command::new(&binary)
+        .args([
+            "--config",
+            &config,
+            "--storage",
+            "memory://",
+            "--bench-in-process",
+        ])
+        .arg(IN_PROCESS_DECISIONS.to_string())
+        .env("RUST_LOG", "warn")
+        .output()
+        .map_err(|e| format!("cannot run {binary}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!("--bench-in-process failed: {text}"));
+    }
+    let library = in_process_rate(Arc::new(ratekeeper_memory::MemoryStorage::new()), 1).await?;
+    let library_ns = 1e9 / library.per_s;
+    for transport in ["grpc", "http"] {
+        let ns: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{transport}: ")))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("no {transport} figure in {text:?}"))?;
+        eprintln!(
+            "memory/{transport}/in-process: {ns:.0} ns per decision, library {library_ns:.0} ns"
+        );
+        rows.push(json!({
+            "name": format!("memory/{transport}/in-process"),
+            "service_ns_per_decision": ns,
+            "library_ns_per_decision": library_ns,
+            "added_us_per_decision": (ns - library_ns) / 1_000.0,
+        }));
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!(
