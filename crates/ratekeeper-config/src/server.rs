@@ -51,6 +51,10 @@ pub struct ServerConfig {
     /// Reloads when a configuration file changes (default `true`); SIGHUP
     /// and the admin API reload either way.
     pub watch: bool,
+    /// The descriptor entry whose value is the client's address, checked
+    /// against `[lists]` (default `remote_address`, what Envoy's
+    /// `remote_address` action sends).
+    pub address_key: String,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +75,7 @@ impl Default for ServerConfig {
             json_logs: false,
             headers: false,
             watch: true,
+            address_key: "remote_address".to_owned(),
         }
     }
 }
@@ -178,6 +183,16 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
     if let Some(b) = t.boolean(r, "watch") {
         s.watch = b;
     }
+    if let Some(k) = t.string(r, "address_key") {
+        if k.is_empty() {
+            r.problem(
+                &t.field_path("address_key"),
+                t.value_of("address_key"),
+                "empty",
+            );
+        }
+        s.address_key = k;
+    }
     t.finish(
         r,
         &[
@@ -196,6 +211,7 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
             "json_logs",
             "headers",
             "watch",
+            "address_key",
         ],
     );
     s

@@ -339,8 +339,9 @@ impl RuntimeLists {
 
     /// The list `ip` is on (deny first), without waiting; starts a
     /// background refresh when the snapshot is older than the refresh
-    /// interval and a tokio runtime is running.
-    pub(crate) fn verdict(&self, ip: IpAddr) -> Option<ListKind> {
+    /// interval and a tokio runtime is running. What the HTTP policy and
+    /// the rate-limit server ask on every request.
+    pub fn verdict(&self, ip: IpAddr) -> Option<ListKind> {
         let now = self.0.clock.now().as_micros();
         self.refresh_if_stale(now);
         let ip = ip.to_canonical();

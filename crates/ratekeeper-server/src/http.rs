@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use ratekeeper::http::{ListKind, RuntimeLists};
 
 use crate::App;
 use crate::service::{Answer, Check, Descriptor, Refusal, Unit};
@@ -43,6 +45,8 @@ pub(crate) fn admin_router(app: Arc<App>) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/reset", post(reset))
         .route("/v1/status", get(status))
+        .route("/v1/lists", get(lists))
+        .route("/v1/lists/{list}", post(list_add).delete(list_remove))
         .route("/v1/limits", get(limits))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(64 * 1024))
@@ -434,6 +438,147 @@ async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         "store": store,
     }))
     .into_response()
+}
+
+/// `allow` or `deny`.
+fn list_kind(name: &str) -> Option<ListKind> {
+    match name {
+        "allow" => Some(ListKind::Allow),
+        "deny" => Some(ListKind::Deny),
+        _ => None,
+    }
+}
+
+/// The runtime lists, or the answer that there are none.
+fn runtime_lists(app: &App) -> Result<&RuntimeLists, Box<Response>> {
+    app.service.lists().ok_or_else(|| {
+        Box::new(bad_request(
+            "the runtime lists are off: set [lists] runtime = true in the configuration",
+        ))
+    })
+}
+
+/// Both runtime lists: each entry with its expiry (seconds since the
+/// epoch), if any.
+async fn lists(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
+    let lists = match runtime_lists(&app) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let mut out = serde_json::Map::new();
+    for kind in [ListKind::Allow, ListKind::Deny] {
+        match lists.list(kind).await {
+            Ok(entries) => {
+                let entries: Vec<Value> = entries
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "net": e.net.to_string(),
+                            "expires": e.expires.map(|t| t.as_micros() / 1_000_000),
+                        })
+                    })
+                    .collect();
+                out.insert(kind.as_str().to_owned(), Value::Array(entries));
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the rate-limit store is unavailable: {e}"),
+                );
+            }
+        }
+    }
+    axum::Json(Value::Object(out)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListBody {
+    net: String,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// Adds an address or CIDR block to a list, for `ttl` or until removed.
+async fn list_add(
+    State(app): State<Arc<App>>,
+    Path(list): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    list_change(&app, &list, &headers, &body, true).await
+}
+
+/// Removes an address or CIDR block from a list.
+async fn list_remove(
+    State(app): State<Arc<App>>,
+    Path(list): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    list_change(&app, &list, &headers, &body, false).await
+}
+
+async fn list_change(
+    app: &App,
+    list: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    add: bool,
+) -> Response {
+    if !authorized(app, headers) {
+        return unauthorized();
+    }
+    let Some(kind) = list_kind(list) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no list {list:?} (allow or deny)"),
+        );
+    };
+    let lists = match runtime_lists(app) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let body: ListBody = match parse(body) {
+        Ok(b) => b,
+        Err(m) => return bad_request(m),
+    };
+    if let Err(e) = ratekeeper::http::parse_net(&body.net) {
+        return bad_request(e.to_string());
+    }
+    let result = if add {
+        let ttl = match body
+            .ttl
+            .as_deref()
+            .map(ratekeeper::parse_duration)
+            .transpose()
+        {
+            Ok(t) => t,
+            Err(e) => return bad_request(format!("ttl: {e}")),
+        };
+        lists
+            .add(kind, &body.net, ttl)
+            .await
+            .map(|()| json!({ "added": true }))
+    } else {
+        if body.ttl.is_some() {
+            return bad_request("a removal takes no ttl");
+        }
+        lists
+            .remove(kind, &body.net)
+            .await
+            .map(|removed| json!({ "removed": removed }))
+    };
+    match result {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the rate-limit store is unavailable: {e}"),
+        ),
+    }
 }
 
 /// Whether `headers` carry the admin token (always, when none is set; the

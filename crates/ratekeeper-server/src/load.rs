@@ -157,9 +157,17 @@ impl Sources {
         };
         let storage_url = config.storage.full_url();
         let _ = self.start_url.set(storage_url.clone());
+        // Checked by the configuration's reader: every entry parses.
+        let nets = |list: &[String]| -> Vec<ipnet::IpNet> {
+            list.iter()
+                .filter_map(|n| ratekeeper::http::parse_net(n).ok())
+                .collect()
+        };
         Ok(Loaded {
             limits: Limits {
                 domains,
+                allow: nets(&config.lists.allow),
+                deny: nets(&config.lists.deny),
                 rules,
                 server,
             },

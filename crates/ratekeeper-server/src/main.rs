@@ -225,12 +225,24 @@ async fn run(args: Args) -> Result<(), String> {
         .ok();
     let store = ratekeeper::config::open_store(&loaded.config).map_err(|e| e.to_string())?;
     let server = limits.server.clone();
+    // `[lists] runtime`: the allow and deny lists kept in the store, shared
+    // by every replica; read now, then again every `refresh`.
+    let lists = if loaded.config.lists.runtime {
+        Some(
+            ratekeeper::http::RuntimeLists::load(store.clone())
+                .await
+                .map_err(|e| format!("cannot read the runtime lists from the store: {e}"))?
+                .refresh_every(loaded.config.lists.refresh),
+        )
+    } else {
+        None
+    };
     let probe_rule = Quota::per_second(1)
         .ok()
         .and_then(|q| Rule::new("rls.ready", Algorithm::FixedWindow, q).ok())
         .ok_or("cannot build the readiness probe")?;
     let app = Arc::new(App {
-        service: Service::new(limits, Limiter::new(store.clone())),
+        service: Service::new(limits, Limiter::new(store.clone()), lists),
         in_flight: Arc::new(Semaphore::new(server.max_in_flight)),
         prometheus,
         sources,

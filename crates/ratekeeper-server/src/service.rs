@@ -16,6 +16,9 @@ use arc_swap::ArcSwap;
 use ratekeeper::config::domains::{Domains, Limit, descriptor_key};
 use ratekeeper::config::{ServerConfig, StoreErrorMode};
 use ratekeeper::http::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};
+use std::net::IpAddr;
+
+use ratekeeper::http::{ListKind, RuntimeLists};
 use ratekeeper::kit::LogThrottle;
 use ratekeeper::{Algorithm, Decision, Limiter, Quota, Rule};
 use sha2::Digest as _;
@@ -63,6 +66,9 @@ enum Plan<'a> {
 #[derive(Debug)]
 pub(crate) struct Limits {
     pub(crate) domains: Domains,
+    /// `[lists] allow` and `deny`: addresses never limited, always refused.
+    pub(crate) allow: Vec<ipnet::IpNet>,
+    pub(crate) deny: Vec<ipnet::IpNet>,
     /// The configuration's named rules, for checks by rule and key.
     pub(crate) rules: std::collections::BTreeMap<String, Rule>,
     pub(crate) server: ServerConfig,
@@ -73,6 +79,8 @@ pub(crate) struct Limits {
 pub(crate) struct Service {
     limits: ArcSwap<Limits>,
     limiter: Limiter,
+    /// `[lists] runtime`: the lists kept in the store, changed at runtime.
+    lists: Option<RuntimeLists>,
     /// Store failures and shadow-mode denials come with every request
     /// while they last: logged once a second.
     store_errors: LogThrottle,
@@ -80,10 +88,11 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    pub(crate) fn new(limits: Limits, limiter: Limiter) -> Self {
+    pub(crate) fn new(limits: Limits, limiter: Limiter, lists: Option<RuntimeLists>) -> Self {
         Self {
             limits: ArcSwap::from_pointee(limits),
             limiter,
+            lists,
             store_errors: LogThrottle::new(Duration::from_secs(1)),
             shadow_denials: LogThrottle::new(Duration::from_secs(1)),
         }
@@ -99,6 +108,37 @@ impl Service {
 
     pub(crate) fn limiter(&self) -> &Limiter {
         &self.limiter
+    }
+
+    pub(crate) fn lists(&self) -> Option<&RuntimeLists> {
+        self.lists.as_ref()
+    }
+
+    /// The list a request's client address is on, if any (deny first):
+    /// every entry keyed `address_key` whose value is an address.
+    fn listed(&self, limits: &Limits, check: &Check) -> Option<ListKind> {
+        if limits.allow.is_empty() && limits.deny.is_empty() && self.lists.is_none() {
+            return None;
+        }
+        let key = limits.server.address_key.as_str();
+        let mut verdict = None;
+        let addresses = check
+            .descriptors
+            .iter()
+            .flat_map(|d| d.entries.iter())
+            .filter(|(k, _)| k == key)
+            .filter_map(|(_, v)| v.trim().parse::<IpAddr>().ok());
+        for ip in addresses {
+            let ip = ip.to_canonical();
+            let runtime = self.lists.as_ref().and_then(|l| l.verdict(ip));
+            if limits.deny.iter().any(|n| n.contains(&ip)) || runtime == Some(ListKind::Deny) {
+                return Some(ListKind::Deny);
+            }
+            if limits.allow.iter().any(|n| n.contains(&ip)) || runtime == Some(ListKind::Allow) {
+                verdict = Some(ListKind::Allow);
+            }
+        }
+        verdict
     }
 
     fn now_us(&self) -> u64 {
@@ -168,6 +208,23 @@ impl Service {
         Self::validate(&limits.server, check)?;
         let domain = check.domain.as_str();
         let n = check.descriptors.len();
+        if let Some(list) = self.listed(&limits, check) {
+            // A listed client: refused, or let through, without counting.
+            metrics::counter!("ratelimit_server_listed_total", "list" => list.as_str())
+                .increment(1);
+            let denied = list == ListKind::Deny;
+            return Ok(Answer {
+                over_limit: denied,
+                statuses: vec![
+                    Status {
+                        over_limit: denied,
+                        ..Status::free()
+                    };
+                    n
+                ],
+                headers: Vec::new(),
+            });
+        }
         if !limits.domains.has_domain(domain) {
             return Ok(Answer {
                 over_limit: false,

@@ -199,6 +199,14 @@ async fn the_admin_api_asks_for_its_token() {
     assert_eq!(v["domains"][0], "web");
     assert_eq!(v["maxInFlight"], 4096);
     assert_eq!(http(admin, "GET", "/v1/status", "", None).await.0, 401);
+    let (status, v) = http(admin, "GET", "/v1/lists", "", Some("s3cret")).await;
+    assert_eq!(status, 400, "runtime lists are off: {v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("[lists] runtime = true")
+    );
     let (status, v) = http(admin, "POST", "/v1/reload", "", Some("s3cret")).await;
     assert_eq!((status, &v["reloaded"]), (200, &serde_json::json!(true)));
     assert_eq!(http(admin, "POST", "/v1/reload", "", None).await.0, 401);

@@ -235,3 +235,148 @@ async fn requests_past_the_in_flight_bound_are_refused_at_once() {
         "the first request was decided in the store"
     );
 }
+
+/// Allow and deny lists: static ones from the file, runtime ones changed
+/// through one server's admin API and seen by another on the same Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lists_apply_to_the_client_address_on_every_replica() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("lists");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        r#"
+[lists]
+allow = ["10.0.0.0/8"]
+deny = ["192.0.2.66"]
+runtime = true
+refresh = "100ms"
+
+[[domains]]
+domain = "edge"
+[[domains.descriptors]]
+key = "remote_address"
+rate_limit = { requests_per_unit = 1, unit = "hour" }
+"#,
+    );
+    let a = Server::start_with_env(
+        &["--config", &file, "--storage", &redis.url()],
+        &[("RATEKEEPER_ADMIN_TOKEN", "t")],
+    );
+    let b = Server::start(&["--config", &file, "--storage", &redis.url()]);
+    let mut cb = b.client().await;
+    let ask = |ip: &str| request("edge", vec![descriptor(&[("remote_address", ip)])]);
+    let code =
+        |r: envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse| r.overall_code;
+    // Static: denied at once; allowed without counting.
+    assert_eq!(
+        code(
+            cb.should_rate_limit(ask("192.0.2.66"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        Code::OverLimit as i32
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            code(
+                cb.should_rate_limit(ask("10.1.2.3"))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            ),
+            Code::Ok as i32
+        );
+    }
+    // Runtime: denied through A's admin API, seen by B.
+    assert_eq!(
+        code(
+            cb.should_rate_limit(ask("203.0.113.5"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        Code::Ok as i32
+    );
+    let admin = a.admin.unwrap();
+    let (status, v) = support::http(
+        admin,
+        "POST",
+        "/v1/lists/deny",
+        r#"{"net":"203.0.113.0/24","ttl":"1h"}"#,
+        Some("t"),
+    )
+    .await;
+    assert_eq!(
+        (status, &v["added"]),
+        (200, &serde_json::json!(true)),
+        "{v}"
+    );
+    let (_, v) = support::http(admin, "GET", "/v1/lists", "", Some("t")).await;
+    assert_eq!(v["deny"][0]["net"], "203.0.113.0/24", "{v}");
+    assert!(v["deny"][0]["expires"].as_u64().is_some());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = cb
+            .should_rate_limit(ask("203.0.113.7"))
+            .await
+            .unwrap()
+            .into_inner();
+        if r.overall_code == Code::OverLimit as i32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica B never saw the deny entry"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, v) = support::http(
+        admin,
+        "DELETE",
+        "/v1/lists/deny",
+        r#"{"net":"203.0.113.0/24"}"#,
+        Some("t"),
+    )
+    .await;
+    assert_eq!(
+        (status, &v["removed"]),
+        (200, &serde_json::json!(true)),
+        "{v}"
+    );
+    // Bad changes: 400, 404, 401.
+    for (method, path, body, token, expect) in [
+        (
+            "POST",
+            "/v1/lists/deny",
+            r#"{"net":"banana"}"#,
+            Some("t"),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/lists/deny",
+            r#"{"net":"10.0.0.1","ttl":"soon"}"#,
+            Some("t"),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/lists/maybe",
+            r#"{"net":"10.0.0.1"}"#,
+            Some("t"),
+            404,
+        ),
+        (
+            "POST",
+            "/v1/lists/allow",
+            r#"{"net":"10.0.0.1"}"#,
+            None,
+            401,
+        ),
+    ] {
+        let (status, v) = support::http(admin, method, path, body, token).await;
+        assert_eq!(status, expect, "{method} {path} {body}: {v}");
+    }
+}
