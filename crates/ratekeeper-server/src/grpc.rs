@@ -11,7 +11,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use tonic::{Request, Response, Status};
 
@@ -53,20 +52,12 @@ fn check_of(request: RateLimitRequest) -> Result<Check, Status> {
             let limit = match d.limit {
                 None => None,
                 Some(l) => {
-                    let unit = match RateLimitUnit::try_from(l.unit) {
-                        Ok(RateLimitUnit::Second) => Unit::Second,
-                        Ok(RateLimitUnit::Minute) => Unit::Minute,
-                        Ok(RateLimitUnit::Hour) => Unit::Hour,
-                        Ok(RateLimitUnit::Day) => Unit::Day,
-                        Ok(RateLimitUnit::Month) => Unit::Month,
-                        Ok(RateLimitUnit::Year) => Unit::Year,
-                        _ => {
-                            return Err(Status::invalid_argument(format!(
-                                "descriptors[{i}].limit.unit {} is not a unit of time",
-                                l.unit
-                            )));
-                        }
-                    };
+                    let unit = Unit::from_envoy(i64::from(l.unit)).ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "descriptors[{i}].limit.unit {} is not a unit of time",
+                            l.unit
+                        ))
+                    })?;
                     Some((u64::from(l.requests_per_unit), unit))
                 }
             };

@@ -148,18 +148,9 @@ fn check_of(body: CheckBody, peek: bool) -> Result<Check, String> {
             let limit = match d.limit {
                 None => None,
                 Some(l) => {
-                    // RateLimitUnit's numbers: SECOND 1 … DAY 4, MONTH 5, YEAR 6.
                     let unit = match &l.unit {
                         UnitBody::Name(n) => Unit::parse(&n.to_ascii_lowercase()),
-                        UnitBody::Number(n) => match n {
-                            1 => Some(Unit::Second),
-                            2 => Some(Unit::Minute),
-                            3 => Some(Unit::Hour),
-                            4 => Some(Unit::Day),
-                            5 => Some(Unit::Month),
-                            6 => Some(Unit::Year),
-                            _ => None,
-                        },
+                        UnitBody::Number(n) => Unit::from_envoy(*n),
                     };
                     let unit = unit.ok_or_else(|| {
                         format!(

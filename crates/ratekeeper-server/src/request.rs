@@ -57,6 +57,20 @@ impl Unit {
         }
     }
 
+    /// The unit of Envoy's `RateLimitUnit` number (SECOND 1, MINUTE 2,
+    /// HOUR 3, DAY 4, MONTH 5, YEAR 6; it has no week).
+    pub(crate) fn from_envoy(number: i64) -> Option<Unit> {
+        match number {
+            1 => Some(Unit::Second),
+            2 => Some(Unit::Minute),
+            3 => Some(Unit::Hour),
+            4 => Some(Unit::Day),
+            5 => Some(Unit::Month),
+            6 => Some(Unit::Year),
+            _ => None,
+        }
+    }
+
     pub(crate) fn parse(text: &str) -> Option<Unit> {
         Self::ALL.into_iter().find(|u| u.as_str() == text)
     }

@@ -210,6 +210,19 @@ async fn all_or_nothing_and_hits_per_descriptor() {
             2
         );
     }
+    // A limit brought along in an unknown unit, or of 0: refused.
+    for (rpu, unit) in [(2, 0), (2, 99), (0, 2)] {
+        let mut d = descriptor(&[("z", "2")]);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: rpu,
+            unit,
+        });
+        let err = c
+            .should_rate_limit(request("d", vec![d]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{rpu} per {unit}");
+    }
     // Giving units back is refused, not ignored.
     let mut d = descriptor_hits(&[("a", "x")], 1);
     d.is_negative_hits = true;
