@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use ratekeeper::config::StoreErrorMode;
 use ratekeeper::http::{ListKind, RuntimeLists};
 
 use crate::App;
@@ -233,34 +234,68 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, peek: bool) -> Resp
     let Some(rule) = limits.rules.get(name) else {
         return bad_request(format!("no rule named {name:?}"));
     };
+    if key.len() > limits.server.max_value_bytes {
+        return bad_request(format!(
+            "the key is longer than {} bytes",
+            limits.server.max_value_bytes
+        ));
+    }
     let cost = if peek {
         0
     } else {
         body.hits_addend.unwrap_or(1)
     };
+    let shown_limit = json!({
+        "name": rule.name(),
+        "requestsPerUnit": rule.quota().limit(),
+        "unit": unit_name(rule.quota().window()),
+    });
     match app.service.limiter().check_cost(rule, &key, cost).await {
-        Ok(d) => axum::Json(json!({
-            "overallCode": if d.is_allowed() { "OK" } else { "OVER_LIMIT" },
-            "statuses": [{
-                "code": if d.is_allowed() { "OK" } else { "OVER_LIMIT" },
-                "currentLimit": {
-                    "name": rule.name(),
-                    "requestsPerUnit": rule.quota().limit(),
-                    "unit": unit_name(rule.quota().window()),
-                },
+        Ok(d) => {
+            // `[server] shadow_mode` holds here too: decided, never denied.
+            let shadow = limits.server.shadow_mode && !d.is_allowed();
+            let over = !d.is_allowed() && !shadow;
+            let code = if over { "OVER_LIMIT" } else { "OK" };
+            let mut status = json!({
+                "code": code,
+                "currentLimit": shown_limit,
                 "limitRemaining": d.remaining(),
                 "durationUntilReset": seconds(d.reset_after()),
-                "retryAfter": d.retry_after().map(seconds),
-            }],
-        }))
-        .into_response(),
+            });
+            if let Some(obj) = status.as_object_mut() {
+                if over && let Some(r) = d.retry_after() {
+                    obj.insert("retryAfter".to_owned(), json!(seconds(r)));
+                }
+                if shadow {
+                    obj.insert("shadowOverLimit".to_owned(), json!(true));
+                }
+            }
+            axum::Json(json!({ "overallCode": code, "statuses": [status] })).into_response()
+        }
         Err(e) if e.kind() == ratekeeper::ErrorKind::CostExceedsCapacity => {
             bad_request(e.to_string())
         }
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the rate-limit store is unavailable: {e}"),
-        ),
+        // A failed store: `[server] on_store_error`, as for domains.
+        Err(e) => match limits.server.on_store_error {
+            StoreErrorMode::Allow | StoreErrorMode::Deny => {
+                let code = if limits.server.on_store_error == StoreErrorMode::Deny
+                    && !limits.server.shadow_mode
+                {
+                    "OVER_LIMIT"
+                } else {
+                    "OK"
+                };
+                axum::Json(json!({
+                    "overallCode": code,
+                    "statuses": [{ "code": code, "currentLimit": shown_limit }],
+                }))
+                .into_response()
+            }
+            _ => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the rate-limit store is unavailable: {e}"),
+            ),
+        },
     }
 }
 

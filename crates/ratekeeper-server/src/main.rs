@@ -402,7 +402,11 @@ async fn wait_for_signals(app: &Arc<App>, signals: Signals) {
                 _ = term.recv() => return,
                 _ = tokio::signal::ctrl_c() => return,
                 _ = hup.recv() => {
-                    let _ = app.reload().await;
+                    // In its own task: a slow reload never delays SIGTERM.
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        let _ = app.reload().await;
+                    });
                 }
             }
         }

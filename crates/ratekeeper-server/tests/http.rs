@@ -279,6 +279,44 @@ async fn protobuf_json_spellings() {
     assert_eq!(http(api, "POST", "/json", body, None).await.0, 400);
 }
 
+/// `[server] shadow_mode` holds for checks by rule and key too.
+#[tokio::test]
+async fn shadow_mode_covers_checks_by_rule() {
+    let dir = TempDir::new("shadow-rule");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        &format!("[server]\nshadow_mode = true\n{CONFIG}"),
+    );
+    let server = Server::start(&["--config", &file]);
+    let api = server.http.unwrap();
+    for _ in 0..3 {
+        http(
+            api,
+            "POST",
+            "/v1/check",
+            r#"{"rule":"api","key":"s"}"#,
+            None,
+        )
+        .await;
+    }
+    let (status, v) = http(
+        api,
+        "POST",
+        "/v1/check",
+        r#"{"rule":"api","key":"s"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, v["overallCode"].as_str()),
+        (200, Some("OK")),
+        "{v}"
+    );
+    assert_eq!(v["statuses"][0]["shadowOverLimit"], true);
+    assert!(v["statuses"][0].get("retryAfter").is_none());
+}
+
 /// A token changed in the file applies after a reload.
 #[tokio::test]
 async fn a_reload_rotates_the_admin_token() {

@@ -108,6 +108,10 @@ async fn a_failing_store_is_answered_by_each_domains_mode() {
 [storage]
 timeout = "300ms"
 
+[rules.api]
+limit = 100
+window = "1h"
+
 [[domains]]
 domain = "open"
 on_store_error = "allow"
@@ -171,6 +175,16 @@ rate_limit = { requests_per_unit = 1000, unit = "hour" }
         }
         let (status, _) = support::http(http, "GET", "/ready", "", None).await;
         assert_eq!(status, 503, "not ready while the store is {stage}");
+        // A check of a named rule follows `[server] on_store_error` (error).
+        let (status, v) = support::http(
+            http,
+            "POST",
+            "/v1/check",
+            r#"{"rule":"api","key":"k"}"#,
+            None,
+        )
+        .await;
+        assert_eq!(status, 503, "{stage}: {v}");
     }
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
