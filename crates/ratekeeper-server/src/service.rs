@@ -248,6 +248,10 @@ impl Service {
             )
         });
         let mut charges: Vec<Charge<'_>> = Vec::new();
+        // Where each limit and key is in `charges` (a map: the number of
+        // descriptors is the operator's to raise).
+        let mut seen: std::collections::HashMap<(&str, &str), usize> =
+            std::collections::HashMap::new();
         for (at, p) in plans.iter().enumerate() {
             let Plan::Rule {
                 rule,
@@ -262,24 +266,25 @@ impl Service {
             let cost = if denied_up_front { 0 } else { *cost };
             // The same limit and key twice in one request (two descriptors
             // alike): one charge of both costs, reported at both places.
-            match charges
-                .iter_mut()
-                .find(|c| c.rule.name() == rule.name() && c.key == key.as_str())
-            {
+            let index = seen.get(&(rule.name(), key.as_str())).copied();
+            match index.and_then(|i| charges.get_mut(i)) {
                 Some(c) => {
                     c.at.push(at);
                     c.cost = c.cost.saturating_add(cost);
                 }
-                None => charges.push(Charge {
-                    at: vec![at],
-                    rule: rule.as_ref(),
-                    key: key.as_str(),
-                    cost,
-                    shadow: *shadow,
-                    shadow_denied: false,
-                    too_big: false,
-                    decision: None,
-                }),
+                None => {
+                    seen.insert((rule.name(), key.as_str()), charges.len());
+                    charges.push(Charge {
+                        at: vec![at],
+                        rule: rule.as_ref(),
+                        key: key.as_str(),
+                        cost,
+                        shadow: *shadow,
+                        shadow_denied: false,
+                        too_big: false,
+                        decision: None,
+                    });
+                }
             }
         }
         // A cost no limit could ever grant is over that limit, whatever was
