@@ -120,12 +120,20 @@ pub(crate) fn decision(entries: &[DecideEntry<'_>], cost: u64, result: &Result<D
 }
 
 /// Counts and logs the decisions of [`Limiter::check_each`](crate::Limiter::check_each),
-/// one per entry, each with its entry's cost.
+/// one per entry, each with its entry's cost. When the request was denied,
+/// the entries that would have allowed consumed nothing: they are not
+/// counted as admissions.
 pub(crate) fn decisions(entries: &[DecideEntry<'_>], result: &Result<Vec<Decision>>) {
     match result {
         Ok(each) => {
+            let admitted = entries
+                .iter()
+                .zip(each)
+                .all(|(e, d)| e.cost == 0 || d.is_allowed());
             for (entry, d) in entries.iter().zip(each) {
-                decided(std::slice::from_ref(entry), entry.cost, d);
+                if admitted || !d.is_allowed() {
+                    decided(std::slice::from_ref(entry), entry.cost, d);
+                }
             }
         }
         Err(e) => store_error(e),

@@ -344,3 +344,38 @@ async fn a_reload_rotates_the_admin_token() {
         200
     );
 }
+
+/// A request denied by one of its descriptors counts no admission for the
+/// others (they consumed nothing).
+#[tokio::test]
+async fn a_denied_request_counts_no_admission() {
+    let dir = TempDir::new("metrics-denied");
+    let file = write(
+        &dir.0,
+        "limits.yaml",
+        "domain: m\ndescriptors:\n  - key: small\n    rate_limit: {unit: hour, requests_per_unit: 1}\n  - key: big\n    rate_limit: {unit: hour, requests_per_unit: 100}\n",
+    );
+    let server = Server::start(&["--config", &file]);
+    let api = server.http.unwrap();
+    let both = r#"{"domain":"m","descriptors":[{"entries":[{"key":"small","value":"s"}]},{"entries":[{"key":"big","value":"b"}]}]}"#;
+    for expect in ["OK", "OVER_LIMIT", "OVER_LIMIT"] {
+        let (_, v) = http(api, "POST", "/v1/check", both, None).await;
+        assert_eq!(v["overallCode"], expect, "{v}");
+    }
+    let (_, v) = http(api, "GET", "/metrics", "", None).await;
+    let text = v.as_str().unwrap();
+    let count = |rule: &str, outcome: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("ratelimit_decisions_total{")
+                    && l.contains(&format!("rule=\"{rule}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("rls.m.big", "allowed"), 1, "{text}");
+    assert_eq!(count("rls.m.small", "allowed"), 1);
+    assert_eq!(count("rls.m.small", "denied"), 2);
+}
