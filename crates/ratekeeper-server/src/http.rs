@@ -21,7 +21,7 @@ use ratekeeper::config::StoreErrorMode;
 use ratekeeper::http::{ListKind, RuntimeLists};
 
 use crate::App;
-use crate::service::{Answer, Check, Descriptor, Refusal, Unit};
+use crate::service::{Answer, Check, Descriptor, Refusal, Status, Unit};
 
 /// The public HTTP API.
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -245,58 +245,45 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, peek: bool) -> Resp
     } else {
         body.hits_addend.unwrap_or(1)
     };
-    let shown_limit = json!({
-        "name": rule.name(),
-        "requestsPerUnit": rule.quota().limit(),
-        "unit": unit_name(rule.quota().window()),
-    });
-    match app.service.limiter().check_cost(rule, &key, cost).await {
+    let limit = Some(crate::service::shown(rule));
+    let status = match app.service.limiter().check_cost(rule, &key, cost).await {
         Ok(d) => {
             // `[server] shadow_mode` holds here too: decided, never denied.
             let shadow = limits.server.shadow_mode && !d.is_allowed();
             let over = !d.is_allowed() && !shadow;
-            let code = if over { "OVER_LIMIT" } else { "OK" };
-            let mut status = json!({
-                "code": code,
-                "currentLimit": shown_limit,
-                "limitRemaining": d.remaining(),
-                "durationUntilReset": seconds(d.reset_after()),
-            });
-            if let Some(obj) = status.as_object_mut() {
-                if over && let Some(r) = d.retry_after() {
-                    obj.insert("retryAfter".to_owned(), json!(seconds(r)));
-                }
-                if shadow {
-                    obj.insert("shadowOverLimit".to_owned(), json!(true));
-                }
+            Status {
+                over_limit: over,
+                limit,
+                remaining: d.remaining(),
+                reset_after: d.reset_after(),
+                retry_after: d.retry_after().filter(|_| over),
+                shadow_over_limit: shadow,
             }
-            axum::Json(json!({ "overallCode": code, "statuses": [status] })).into_response()
         }
         Err(e) if e.kind() == ratekeeper::ErrorKind::CostExceedsCapacity => {
-            bad_request(e.to_string())
+            return bad_request(e.to_string());
         }
         // A failed store: `[server] on_store_error`, as for domains.
         Err(e) => match limits.server.on_store_error {
-            StoreErrorMode::Allow | StoreErrorMode::Deny => {
-                let code = if limits.server.on_store_error == StoreErrorMode::Deny
-                    && !limits.server.shadow_mode
-                {
-                    "OVER_LIMIT"
-                } else {
-                    "OK"
-                };
-                axum::Json(json!({
-                    "overallCode": code,
-                    "statuses": [{ "code": code, "currentLimit": shown_limit }],
-                }))
-                .into_response()
+            mode @ (StoreErrorMode::Allow | StoreErrorMode::Deny) => Status {
+                over_limit: mode == StoreErrorMode::Deny && !limits.server.shadow_mode,
+                limit,
+                ..Status::free()
+            },
+            _ => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the rate-limit store is unavailable: {e}"),
+                );
             }
-            _ => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the rate-limit store is unavailable: {e}"),
-            ),
         },
-    }
+    };
+    let answer = Answer {
+        over_limit: status.over_limit,
+        statuses: vec![status],
+        headers: Vec::new(),
+    };
+    axum::Json(answer_json(&answer)).into_response()
 }
 
 /// A duration as protobuf JSON writes one: seconds with a suffix `s`.
@@ -365,12 +352,7 @@ async fn limits(State(app): State<Arc<App>>) -> Response {
         .iter()
         .map(|m| {
             let limit = match m.limit() {
-                ratekeeper::config::domains::Limit::Rule(rule) => json!({
-                    "rule": rule.name(),
-                    "algorithm": rule.algorithm().as_str(),
-                    "requestsPerUnit": rule.quota().limit(),
-                    "window": seconds(rule.quota().window()),
-                }),
+                ratekeeper::config::domains::Limit::Rule(rule) => rule_json(rule),
                 ratekeeper::config::domains::Limit::Deny => json!("deny"),
                 _ => json!("unlimited"),
             };
@@ -382,24 +364,23 @@ async fn limits(State(app): State<Arc<App>>) -> Response {
             })
         })
         .collect();
-    let rules: Vec<Value> = limits
-        .rules
-        .values()
-        .map(|rule| {
-            json!({
-                "rule": rule.name(),
-                "algorithm": rule.algorithm().as_str(),
-                "requestsPerUnit": rule.quota().limit(),
-                "window": seconds(rule.quota().window()),
-            })
-        })
-        .collect();
+    let rules: Vec<Value> = limits.rules.values().map(rule_json).collect();
     axum::Json(json!({
         "domains": limits.domains.names(),
         "descriptors": domains,
         "rules": rules,
     }))
     .into_response()
+}
+
+/// A rule as `/v1/limits` lists it.
+fn rule_json(rule: &ratekeeper::Rule) -> Value {
+    json!({
+        "rule": rule.name(),
+        "algorithm": rule.algorithm().as_str(),
+        "requestsPerUnit": rule.quota().limit(),
+        "window": seconds(rule.quota().window()),
+    })
 }
 
 async fn health() -> Response {

@@ -613,7 +613,8 @@ fn plan<'a>(
         .collect()
 }
 
-fn shown(rule: &Rule) -> Shown {
+/// A rule as reported back.
+pub(crate) fn shown(rule: &Rule) -> Shown {
     Shown {
         name: rule.name().to_owned(),
         limit: rule.quota().limit(),
