@@ -21,7 +21,9 @@ pub struct ServerConfig {
     /// served. Default `127.0.0.1:6070`: loopback only.
     pub admin: Option<SocketAddr>,
     /// The bearer token the admin API asks for. Required when `admin` is
-    /// not a loopback address; when set, asked for on loopback too.
+    /// not a loopback address (the server checks it once its flags and
+    /// environment, which may carry the token, apply); when set, asked for
+    /// on loopback too.
     pub admin_token: Option<String>,
     /// Decide and count every request, but never deny (the whole service in
     /// shadow mode); denials show in metrics and logs only.
@@ -143,16 +145,6 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
             &t.field_path("admin_token"),
             t.value_of("admin_token"),
             "empty (leave it out, or set a secret)",
-        );
-    }
-    if let Some(admin) = s.admin
-        && !admin.ip().is_loopback()
-        && s.admin_token.is_none()
-    {
-        r.problem(
-            &t.field_path("admin"),
-            t.value_of("admin"),
-            format!("{admin} is not a loopback address: the admin API needs an admin_token there"),
         );
     }
     if let Some(b) = t.boolean(r, "shadow_mode") {

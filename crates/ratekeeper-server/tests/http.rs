@@ -228,6 +228,28 @@ async fn an_admin_port_off_loopback_needs_a_token() {
     ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("needs a token"), "{stderr}");
+    // The file opens the admin API to every interface; the token comes from
+    // the environment, as the docs advise: accepted.
+    let open = write(
+        &dir.0,
+        "open.toml",
+        &format!("[server]\nadmin = \"0.0.0.0:0\"\n{CONFIG}"),
+    );
+    let (_, stderr) = Server::fail(&["--config", &open, "--grpc", "off", "--http", "off"]);
+    assert!(stderr.contains("needs a token"), "{stderr}");
+    let server = Server::start_with_env(
+        &["--config", &open, "--admin", "0.0.0.0:0"],
+        &[("RATEKEEPER_ADMIN_TOKEN", "from-env")],
+    );
+    let admin = server.admin.unwrap();
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], admin.port()));
+    assert_eq!(http(local, "GET", "/v1/status", "", None).await.0, 401);
+    assert_eq!(
+        http(local, "GET", "/v1/status", "", Some("from-env"))
+            .await
+            .0,
+        200
+    );
     let (_, stderr) = Server::fail(&["--config", &file, "--grpc", "nowhere"]);
     assert!(
         stderr.contains("--grpc \"nowhere\" is not host:port"),
