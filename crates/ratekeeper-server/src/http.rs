@@ -421,7 +421,7 @@ async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let in_flight = app
         .max_in_flight
         .saturating_sub(app.in_flight.available_permits());
-    let store = match app.store.stats().await {
+    let store = match app.service.limiter().storage().stats().await {
         Ok(stats) => {
             let details: serde_json::Map<String, Value> = stats
                 .details

@@ -29,8 +29,6 @@ pub(crate) struct Flags {
 pub(crate) struct Sources {
     paths: Vec<PathBuf>,
     flags: Flags,
-    /// The store URL the server started with.
-    start_url: Arc<std::sync::OnceLock<String>>,
 }
 
 /// A configuration read whole.
@@ -48,15 +46,7 @@ const DEFAULT_BREAKER: (u32, Duration) = (5, Duration::from_secs(1));
 
 impl Sources {
     pub(crate) fn new(paths: Vec<PathBuf>, flags: Flags) -> Self {
-        Self {
-            paths,
-            flags,
-            start_url: Arc::default(),
-        }
-    }
-
-    pub(crate) fn storage_url_at_start(&self) -> String {
-        self.start_url.get().cloned().unwrap_or_default()
+        Self { paths, flags }
     }
 
     /// The files the paths name: a directory stands for its `.yaml` and
@@ -156,7 +146,6 @@ impl Sources {
             }
         };
         let storage_url = config.storage.full_url();
-        let _ = self.start_url.set(storage_url.clone());
         // Checked by the configuration's reader: every entry parses.
         let nets = |list: &[String]| -> Vec<ipnet::IpNet> {
             list.iter()

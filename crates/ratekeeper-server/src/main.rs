@@ -22,7 +22,7 @@ use std::time::Duration;
 use clap::Parser;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use metrics_exporter_prometheus::PrometheusHandle;
-use ratekeeper::{Algorithm, Limiter, Quota, Rule, Storage};
+use ratekeeper::{Algorithm, Limiter, Quota, Rule};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -74,7 +74,8 @@ pub(crate) struct App {
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) prometheus: Option<PrometheusHandle>,
     sources: load::Sources,
-    pub(crate) store: Arc<dyn Storage>,
+    /// The store's URL at start: the store never changes while running.
+    storage_url: String,
     pub(crate) max_in_flight: usize,
     probe_rule: Rule,
     /// Set when shutdown begins: not ready from then on.
@@ -103,7 +104,7 @@ impl App {
         match loaded {
             Ok(loaded) => {
                 let current = self.service.limits();
-                if loaded.storage_url != self.sources.storage_url_at_start() {
+                if loaded.storage_url != self.storage_url {
                     tracing::warn!(
                         target: "ratekeeper::server",
                         "the store's URL changed; the server keeps its store until restarted"
@@ -246,7 +247,7 @@ async fn run(args: Args) -> Result<(), String> {
         in_flight: Arc::new(Semaphore::new(server.max_in_flight)),
         prometheus,
         sources,
-        store: store.clone(),
+        storage_url: loaded.storage_url.clone(),
         max_in_flight: server.max_in_flight,
         probe_rule,
         draining: std::sync::atomic::AtomicBool::new(false),
