@@ -11,12 +11,13 @@
 
 use std::time::Duration;
 
-use crate::algorithm;
+use crate::algorithm::{self, Change};
 use crate::clock::Timestamp;
 use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
 use crate::rule::Rule;
 use crate::state::RuleState;
+use crate::storage::Adjustment;
 
 /// A state to store for one rule, and how long to keep it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +25,9 @@ pub struct Write {
     /// The new state.
     pub state: RuleState,
     /// After this long the state is equivalent to no state and may be dropped.
-    /// Never zero.
+    /// Never zero. A state that is equivalent to none already (an
+    /// [`adjust`] that gave a budget back whole) has 1 µs: a store may
+    /// delete the key instead of writing it.
     pub ttl: Duration,
 }
 
@@ -140,7 +143,16 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
                 step.reset_after,
                 step.retry_after,
             ),
-            write: None,
+            // An older quota's debt, capped: stored, so the wait stays true.
+            write: (step.rewrite && cost > 0).then(|| {
+                write(
+                    RuleState {
+                        blocked_until: 0,
+                        algorithm: step.state,
+                    },
+                    step.ttl,
+                )
+            }),
         }),
     }
 }
@@ -209,6 +221,68 @@ pub fn decide_each(
         writes.push(v.write_if(admitted));
     }
     Ok((decisions, writes))
+}
+
+/// One rule of an adjustment: the rule, its stored state, and the change.
+pub type AdjustInput<'a> = (&'a Rule, Option<&'a RuleState>, Adjustment);
+
+/// Applies each rule's [`Adjustment`] to its stored state at `now`.
+/// Returns, per rule in the same order, what a request of one unit would
+/// get afterwards (as a peek reports) and what to store. A penalty in
+/// force stays in force. See [`Storage::adjust`](crate::Storage::adjust).
+pub fn adjust(
+    rules: &[AdjustInput<'_>],
+    now: Timestamp,
+) -> Result<(Vec<Decision>, Vec<Option<Write>>)> {
+    if rules.is_empty() {
+        return Err(no_rule());
+    }
+    let now = now.as_micros();
+    rules
+        .iter()
+        .map(|(rule, state, adjustment)| adjust_one(rule, *state, now, *adjustment))
+        .collect::<Result<Vec<_>>>()
+        .map(|done| done.into_iter().unzip())
+}
+
+fn adjust_one(
+    rule: &Rule,
+    state: Option<&RuleState>,
+    now: u64,
+    adjustment: Adjustment,
+) -> Result<(Decision, Option<Write>)> {
+    let change = match adjustment {
+        Adjustment::Charge(units) => Change::Charge(units),
+        Adjustment::Refund { units, taken_at } => {
+            Change::Refund(units, taken_at.map(Timestamp::as_micros))
+        }
+    };
+    let Some(algorithm) = algorithm::adjust(rule, state.map(|s| &s.algorithm), now, change) else {
+        return Ok((evaluate(rule, state, now, 0)?.decision, None));
+    };
+    // A penalty in force stays; one that has ended is forgotten.
+    let blocked_until = state.map_or(0, |s| s.blocked_until).max(now);
+    let blocked_until = if blocked_until > now {
+        blocked_until
+    } else {
+        0
+    };
+    let ttl = algorithm::step(rule, Some(&algorithm), now, 0)
+        .ttl
+        .max(blocked_until.saturating_sub(now));
+    let next = RuleState {
+        blocked_until,
+        algorithm,
+    };
+    let decision = evaluate(rule, Some(&next), now, 0)?.decision;
+    // A state equivalent to none replaces only a state of this rule's
+    // algorithm (its TTL of 1 µs lets a store delete the key instead);
+    // where there was none, nothing is written.
+    let had_state = state.is_some_and(|s| s.algorithm.algorithm() == rule.algorithm());
+    if ttl == 0 && !had_state {
+        return Ok((decision, None));
+    }
+    Ok((decision, Some(write(next, ttl))))
 }
 
 /// Every rule's verdict, and whether the request is admitted: every rule it
@@ -336,6 +410,47 @@ mod tests {
                 .0
                 .is_allowed()
         );
+    }
+
+    #[test]
+    fn adjustments_report_what_a_peek_sees_after_them() {
+        let r = rule("r", 4);
+        let t0 = Timestamp::from_micros(5_000_000);
+        let (_, w) = decide_one(&r, None, t0, 3).unwrap();
+        let spent = w.unwrap().state;
+        let refund = Adjustment::Refund {
+            units: 2,
+            taken_at: Some(t0),
+        };
+        let (each, writes) = adjust(&[(&r, Some(&spent), refund)], t0).unwrap();
+        assert!(each[0].is_allowed() && each[0].remaining() == 3);
+        let back = writes[0].clone().unwrap().state;
+        let (each, writes) = adjust(&[(&r, Some(&back), Adjustment::Charge(6))], t0).unwrap();
+        assert!(!each[0].is_allowed() && each[0].remaining() == 0);
+        // 7 in a window of 4: the next window owes 3, so the state outlives this one.
+        assert_eq!(writes[0].as_ref().unwrap().ttl, Duration::from_secs(2));
+        // Nothing to change: a look, and nothing written.
+        let (each, writes) = adjust(&[(&r, None, Adjustment::Charge(0))], t0).unwrap();
+        assert!(each[0].remaining() == 4 && writes[0].is_none());
+        assert_eq!(adjust(&[], t0).unwrap_err().kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_penalty_outlasts_a_refund() {
+        let r = rule("login", 1)
+            .with_penalty(Duration::from_secs(60))
+            .unwrap();
+        let t0 = Timestamp::from_micros(1_000_000);
+        let (_, w) = decide_one(&r, None, t0, 1).unwrap();
+        let (_, w) = decide_one(&r, Some(&w.unwrap().state), t0, 1).unwrap();
+        let blocked = w.unwrap().state;
+        let refund = Adjustment::Refund {
+            units: 1,
+            taken_at: None,
+        };
+        let (each, writes) = adjust(&[(&r, Some(&blocked), refund)], t0).unwrap();
+        assert_eq!(each[0].retry_after(), Some(Duration::from_secs(60)));
+        assert_eq!(writes[0].as_ref().unwrap().ttl, Duration::from_secs(60));
     }
 
     #[test]

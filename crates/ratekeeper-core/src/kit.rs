@@ -5,7 +5,7 @@
 //!
 //! - **The decision step**: [`decide_one`], [`decide_all`] (all or nothing
 //!   over a request's rules), [`decide_each`] (the same, one decision per
-//!   rule), [`check_cost`], and the [`Write`]s they ask a
+//!   rule), [`adjust`] (a late charge or a refund), [`check_cost`], and the [`Write`]s they ask a
 //!   store to make. Pure functions: a store runs them inside whatever makes
 //!   its step atomic (a lock, a transaction, a script).
 //! - **Rule state** and its versioned byte encoding: [`RuleState`] (whose
@@ -15,6 +15,7 @@
 //!   [`bounded_key`] (long keys hashed).
 //! - **The compare-and-swap default**, for stores with only atomic
 //!   read and compare-and-swap: [`decide_with_cas`], [`decide_each_with_cas`],
+//!   [`adjust_with_cas`],
 //!   and [`corrupt_state`] for the error a value that does not decode
 //!   becomes.
 //! - **Building blocks** for local tables, logs and background work:
@@ -24,11 +25,13 @@
 //! The state encoding is what stores persist: a change to it is a change
 //! of format, versioned (see [`RuleState`]).
 
-pub use crate::engine::{DecideFn, Input, Write, check_cost, decide_all, decide_each, decide_one};
+pub use crate::engine::{
+    AdjustInput, DecideFn, Input, Write, adjust, check_cost, decide_all, decide_each, decide_one,
+};
 pub use crate::key::{bounded_key, state_key};
 pub use crate::state::{
     AlgorithmState, DecodeError, FixedWindowState, GcraState, LeakyBucketState, RuleState,
     SlidingCounterState, SlidingLogState, TokenBucketState,
 };
-pub use crate::storage::{corrupt_state, decide_each_with_cas, decide_with_cas};
+pub use crate::storage::{adjust_with_cas, corrupt_state, decide_each_with_cas, decide_with_cas};
 pub use crate::support::{LogThrottle, json_string, make_room, shard_index, spawn_or_warn};

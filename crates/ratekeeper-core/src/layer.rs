@@ -91,7 +91,7 @@ use async_trait::async_trait;
 
 use crate::decision::Decision;
 use crate::error::Result;
-use crate::storage::{CasOp, DecideRequest, Storage, StorageStats};
+use crate::storage::{AdjustRequest, CasOp, DecideRequest, Storage, StorageStats};
 
 /// The configuration of a store wrapper: wraps a store in it.
 pub trait Layer {
@@ -129,9 +129,8 @@ pub trait LayeredStorage: Send + Sync + fmt::Debug {
     fn inner(&self) -> &Arc<dyn Storage>;
 
     /// Runs one forwarded call to the inner store: `get`, `set`, `delete`,
-    /// `exists`, `increment`, `clear`, `compare_and_swap`, `decide` and
-    /// `decide_each`,
-    /// unless overridden. The default runs `call` as it is.
+    /// `exists`, `increment`, `clear`, `compare_and_swap`, `decide`,
+    /// `decide_each` and `adjust`, unless overridden. The default runs `call` as it is.
     fn around<'a, T: Send + 'a>(
         &'a self,
         call: impl Future<Output = Result<T>> + Send + 'a,
@@ -198,6 +197,13 @@ pub trait LayeredStorage: Send + Sync + fmt::Debug {
         self.around(self.inner().decide_each(request)).await
     }
 
+    /// [`Storage::adjust`], through [`around`](Self::around). A layer that
+    /// remembers decisions (a deny cache) forgets those of the keys
+    /// adjusted.
+    async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
+        self.around(self.inner().adjust(request)).await
+    }
+
     /// [`Storage::decide_now`]. A layer that changes [`decide`](Self::decide)
     /// changes this too (or returns `None`, sending every decision through
     /// `decide`): forwarded, the inner store's answer would bypass the layer
@@ -242,6 +248,9 @@ impl<T: LayeredStorage> Storage for T {
     }
     async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
         LayeredStorage::decide_each(self, request).await
+    }
+    async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
+        LayeredStorage::adjust(self, request).await
     }
     fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
         LayeredStorage::decide_now(self, request)

@@ -14,6 +14,7 @@ mod limiter;
 pub mod observe;
 mod periodic;
 pub mod quota;
+mod reservation;
 pub mod rule;
 #[cfg(feature = "serde")]
 pub mod serde;
@@ -30,5 +31,9 @@ pub use layer::StorageExt;
 pub use limiter::{Limiter, LimiterBuilder};
 pub use periodic::Periodic;
 pub use quota::{Quota, QuotaError};
+pub use reservation::Reservation;
 pub use rule::{Algorithm, Rule, RuleError};
-pub use storage::{CasOp, DecideEntry, DecideRequest, Storage, StorageStats};
+pub use storage::{
+    AdjustEntry, AdjustRequest, Adjustment, CasOp, DecideEntry, DecideRequest, Storage,
+    StorageStats,
+};

@@ -9,8 +9,9 @@ use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{DEFAULT_MAX_KEY_LEN, bounded_key, state_key};
 use crate::observe;
+use crate::reservation::Reservation;
 use crate::rule::Rule;
-use crate::storage::{DecideEntry, DecideRequest, Storage};
+use crate::storage::{AdjustEntry, AdjustRequest, Adjustment, DecideEntry, DecideRequest, Storage};
 
 /// Decides whether requests may proceed, against a shared [`Storage`].
 ///
@@ -237,6 +238,16 @@ impl Limiter {
     /// # Ok(()) }
     /// ```
     pub async fn check_each(&self, checks: &[(&Rule, &str, u64)]) -> Result<Vec<Decision>> {
+        self.decide_each(checks)
+            .await
+            .map(|(_, decisions)| decisions)
+    }
+
+    /// [`check_each`](Self::check_each), with the time of the decision.
+    async fn decide_each(
+        &self,
+        checks: &[(&Rule, &str, u64)],
+    ) -> Result<(crate::Timestamp, Vec<Decision>)> {
         let keys = self.bounded_keys(checks.iter().map(|(_, key, _)| *key));
         let entries = entries(checks.iter().map(|(rule, _, cost)| (*rule, *cost)), &keys)?;
         let request = self.request(&entries);
@@ -244,7 +255,98 @@ impl Limiter {
         let result = self.inner.storage.decide_each(&request).await;
         timer.stop();
         observe::decisions(&entries, &result);
-        result
+        result.map(|decisions| (request.now, decisions))
+    }
+
+    /// Takes `estimate` units of `rule` for `key` now, to
+    /// [settle](Reservation::settle) at the real cost once it is known: the
+    /// tokens a language model answered with, the bytes a download sent.
+    /// The estimate is decided like [`check_cost`](Self::check_cost), so
+    /// concurrent requests cannot overshoot while their costs are unknown;
+    /// settling gives back what was not used, or charges what went past
+    /// the estimate.
+    ///
+    /// ```
+    /// # use ratekeeper_core::{Algorithm, Limiter, Rule};
+    /// # async fn run(limiter: Limiter, call_model: impl AsyncFn() -> u64) -> Result<(), Box<dyn std::error::Error>> {
+    /// let tokens = Rule::new("llm-tokens", Algorithm::TokenBucket, "10000/minute".parse()?)?;
+    /// let reservation = limiter.reserve(&tokens, "team-a", 500).await?;
+    /// if reservation.is_allowed() {
+    ///     let used = call_model().await;
+    ///     reservation.settle(used).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn reserve(&self, rule: &Rule, key: &str, estimate: u64) -> Result<Reservation> {
+        self.reserve_each(&[(rule, key, estimate)]).await
+    }
+
+    /// [`reserve`](Self::reserve) on several rules, each with its key and
+    /// its estimate, all or nothing like [`check_each`](Self::check_each)
+    /// (tokens and calls of a model in one step).
+    pub async fn reserve_each(&self, checks: &[(&Rule, &str, u64)]) -> Result<Reservation> {
+        let (taken_at, decisions) = self.decide_each(checks).await?;
+        let entries = checks
+            .iter()
+            .map(|(rule, key, estimate)| {
+                let key = bounded_key(key, self.inner.max_key_len).into_owned();
+                ((*rule).clone(), key, *estimate)
+            })
+            .collect();
+        Reservation::new(self.clone(), entries, taken_at, decisions)
+    }
+
+    /// Changes budgets after the fact, each rule with its key: a cost
+    /// learned late ([`Adjustment::Charge`]) or units given back
+    /// ([`Adjustment::Refund`]), atomically over every entry. Returns one
+    /// decision per entry: what a request of one unit would get afterwards.
+    /// See [`Storage::adjust`].
+    pub async fn adjust(&self, changes: &[(&Rule, &str, Adjustment)]) -> Result<Vec<Decision>> {
+        let keys = self.bounded_keys(changes.iter().map(|(_, key, _)| *key));
+        let entries: Vec<AdjustEntry<'_>> = changes
+            .iter()
+            .zip(&keys)
+            .map(|((rule, _, adjustment), key)| AdjustEntry {
+                key,
+                rule,
+                adjustment: *adjustment,
+            })
+            .collect();
+        no_duplicates(entries.iter().map(|e| (e.rule, e.key)))?;
+        let request = AdjustRequest {
+            now: self.inner.clock.now(),
+            entries: &entries,
+        };
+        self.inner.storage.adjust(&request).await
+    }
+
+    /// Charges `units` of `rule` for `key` after the fact, whatever is
+    /// left: never refused, and what goes past the limit is owed (see
+    /// [`Adjustment::Charge`]). Returns what a request would get now.
+    pub async fn charge(&self, rule: &Rule, key: &str, units: u64) -> Result<Decision> {
+        self.adjust_one(rule, key, Adjustment::Charge(units)).await
+    }
+
+    /// Gives `units` of `rule` back to `key` (the newest units, see
+    /// [`Adjustment::Refund`]; a [`Reservation`] knows when its units were
+    /// taken and gives back exactly those). Returns what a request would
+    /// get now.
+    pub async fn refund(&self, rule: &Rule, key: &str, units: u64) -> Result<Decision> {
+        let refund = Adjustment::Refund {
+            units,
+            taken_at: None,
+        };
+        self.adjust_one(rule, key, refund).await
+    }
+
+    async fn adjust_one(&self, rule: &Rule, key: &str, change: Adjustment) -> Result<Decision> {
+        let decisions = self.adjust(&[(rule, key, change)]).await?;
+        decisions.into_iter().next().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                "the store answered no decision for one rule",
+            )
+        })
     }
 
     /// [`check_all`](Self::check_all) without waiting: the decision if the
@@ -352,20 +454,26 @@ fn entries<'a>(
         .zip(keys)
         .map(|((rule, cost), key)| DecideEntry { key, rule, cost })
         .collect();
-    for (i, a) in entries.iter().enumerate() {
-        if entries
-            .iter()
+    no_duplicates(entries.iter().map(|e| (e.rule, e.key)))?;
+    Ok(entries)
+}
+
+/// An error if the same rule and key appear twice.
+fn no_duplicates<'a>(pairs: impl Iterator<Item = (&'a Rule, &'a str)> + Clone) -> Result<()> {
+    for (i, (rule, key)) in pairs.clone().enumerate() {
+        if pairs
+            .clone()
             .skip(i + 1)
-            .any(|b| a.rule.name() == b.rule.name() && a.key == b.key)
+            .any(|(r, k)| rule.name() == r.name() && key == k)
         {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!(
                     "the same rule and key appear twice in one check ({:?})",
-                    a.state_key()
+                    state_key(rule, key)
                 ),
             ));
         }
     }
-    Ok(entries)
+    Ok(())
 }

@@ -15,6 +15,8 @@
 /// The guides, each a doc test. Not part of any API.
 #[cfg(doctest)]
 mod guides {
+    #[doc = include_str!("../../../docs/algorithms.md")]
+    struct Algorithms;
     #[doc = include_str!("../../../docs/backends.md")]
     struct Backends;
     #[doc = include_str!("../../../docs/configuration.md")]

@@ -77,7 +77,7 @@ use ratekeeper_core::Result;
 use ratekeeper_core::Rule;
 use ratekeeper_core::layer::{Layer, LayeredStorage, stats_with};
 use ratekeeper_core::observe;
-use ratekeeper_core::{CasOp, DecideEntry, DecideRequest, Storage, StorageStats};
+use ratekeeper_core::{AdjustRequest, CasOp, DecideEntry, DecideRequest, Storage, StorageStats};
 use ratekeeper_core::{Clock, SystemClock, Timestamp};
 
 /// How many keys the local table holds unless told otherwise.
@@ -946,6 +946,17 @@ impl LayeredStorage for ApproximateStorage {
         let _ = request;
         Err(ratekeeper_core::Error::unsupported(
             "decide_each (approximate mode answers one decision per request)",
+        ))
+    }
+
+    /// Refused, like [`decide_each`](Storage::decide_each) (and so
+    /// reservations): a key's units are partly counted locally and not yet
+    /// written, so a change made in the store alone would be applied to the
+    /// wrong total.
+    async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
+        let _ = request;
+        Err(ratekeeper_core::Error::unsupported(
+            "adjust (approximate mode counts units locally; charges and refunds need the exact store)",
         ))
     }
 

@@ -14,7 +14,7 @@ use ratekeeper_core::Rule;
 use ratekeeper_core::Timestamp;
 use ratekeeper_core::layer::{Layer, LayeredStorage, stats_with};
 use ratekeeper_core::observe;
-use ratekeeper_core::{CasOp, DecideRequest, Storage, StorageStats};
+use ratekeeper_core::{AdjustEntry, AdjustRequest, CasOp, DecideRequest, Storage, StorageStats};
 
 /// An exact local cache of denials (Envoy's over-limit cache).
 ///
@@ -23,10 +23,10 @@ use ratekeeper_core::{CasOp, DecideRequest, Storage, StorageStats};
 /// without a round trip (rules with a penalty are never cached: a denial
 /// there has effects). It only ever denies, and only what the store would
 /// deny: the state of a denied key can only get worse until `T` (other
-/// requests consume more), except through a reset, which goes through this
-/// store and clears the entry, or a changed rule, which has another cache
-/// entry. A reset made through another instance is seen here at `T` at the
-/// latest. Bounded in size. A request of several rules denied from the cache
+/// requests consume more), except through a reset or a refund, which go
+/// through this store and clear the entry, or a changed rule, which has
+/// another cache entry. A reset or refund made through another instance is
+/// seen here at `T` at the latest. Bounded in size. A request of several rules denied from the cache
 /// reports the cached rule and its wait, which may be shorter than another
 /// of its rules would give (the client then retries early and is denied
 /// again).
@@ -136,6 +136,16 @@ impl LayeredStorage for DenyCacheStorage {
             self.table.forget(op.key);
         }
         self.inner.compare_and_swap(ops).await
+    }
+
+    async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
+        // A refund may lift a denial: forget the keys' denials, and again
+        // once it is done, for a denial remembered meanwhile.
+        let keys: Vec<String> = request.entries.iter().map(AdjustEntry::state_key).collect();
+        keys.iter().for_each(|key| self.table.forget(key));
+        let result = self.inner.adjust(request).await;
+        keys.iter().for_each(|key| self.table.forget(key));
+        result
     }
 
     async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {

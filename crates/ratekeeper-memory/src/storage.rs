@@ -11,10 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
-use ratekeeper_core::kit::{self, Write};
+use ratekeeper_core::kit::{self, RuleState, Write};
 use ratekeeper_core::{
-    CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic, Result,
-    Storage, StorageStats, SystemClock, Timestamp,
+    AdjustRequest, CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic,
+    Result, Rule, Storage, StorageStats, SystemClock, Timestamp,
 };
 use std::hash::BuildHasher;
 
@@ -361,17 +361,36 @@ impl MemoryStorage {
         now: Timestamp,
         decide: kit::DecideFn<T>,
     ) -> Result<T> {
+        let pairs: Vec<_> = entries.iter().map(|e| (e.rule, e.key)).collect();
+        self.step_many(&pairs, now, |states| {
+            let rules: Vec<_> = entries
+                .iter()
+                .zip(states)
+                .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
+                .collect();
+            decide(&rules, now)
+        })
+    }
+
+    /// Under the shards' locks of every rule and key of `pairs`: reads their
+    /// states, asks `step` for the answer and the writes, and stores them.
+    fn step_many<T>(
+        &self,
+        pairs: &[(&Rule, &str)],
+        now: Timestamp,
+        step: impl FnOnce(&[Option<RuleState>]) -> Result<(T, Vec<Option<Write>>)>,
+    ) -> Result<T> {
         let now_us = now.as_micros();
-        let keys: Vec<RuleKey<'_>> = entries
+        let keys: Vec<RuleKey<'_>> = pairs
             .iter()
-            .map(|e| RuleKey {
-                rule: e.rule.name(),
-                key: e.key,
+            .map(|(rule, key)| RuleKey {
+                rule: rule.name(),
+                key,
             })
             .collect();
         let (mut guards, slots) = self.lock_many(keys.iter());
         let mut expired = 0;
-        let mut states = Vec::with_capacity(entries.len());
+        let mut states = Vec::with_capacity(pairs.len());
         for (key, &(hash, slot)) in keys.iter().zip(&slots) {
             let shard = guards.get_mut(slot).ok_or_else(internal)?;
             let state = match shard.live(hash, key, now_us, &mut expired) {
@@ -380,12 +399,7 @@ impl MemoryStorage {
             };
             states.push(state);
         }
-        let rules: Vec<_> = entries
-            .iter()
-            .zip(&states)
-            .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
-            .collect();
-        let (decided, writes) = decide(&rules, now)?;
+        let (decided, writes) = step(&states)?;
         // Room first, sparing this request's own keys, so that the request
         // is stored whole or not at all.
         let mut evicted = self.make_room_for(
@@ -395,14 +409,12 @@ impl MemoryStorage {
             writes.iter().map(Option::is_some),
             now_us,
         )?;
-        for (((key, &(hash, slot)), write), rule) in
-            keys.iter().zip(&slots).zip(writes).zip(entries)
+        for (((key, &(hash, slot)), write), (rule, _)) in
+            keys.iter().zip(&slots).zip(writes).zip(pairs)
         {
             if let Some(Write { state, ttl }) = write {
                 // Whether this rule, on its own, has room for one more unit.
-                let denying = !kit::decide_one(rule.rule, Some(&state), now, 0)?
-                    .0
-                    .is_allowed();
+                let denying = !kit::decide_one(rule, Some(&state), now, 0)?.0.is_allowed();
                 let shard = guards.get_mut(slot).ok_or_else(internal)?;
                 // Room was made above: `put` finds it and evicts nothing.
                 shard
@@ -699,6 +711,20 @@ impl Storage for MemoryStorage {
         self.ensure_open()?;
         // No entries: the engine's step says so, as for `decide`.
         self.decide_many(request.entries, request.now, kit::decide_each)
+    }
+
+    async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
+        self.ensure_open()?;
+        let pairs: Vec<_> = request.entries.iter().map(|e| (e.rule, e.key)).collect();
+        self.step_many(&pairs, request.now, |states| {
+            let rules: Vec<_> = request
+                .entries
+                .iter()
+                .zip(states)
+                .map(|(e, s)| (e.rule, s.as_ref(), e.adjustment))
+                .collect();
+            kit::adjust(&rules, request.now)
+        })
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use ratekeeper_core::{
-    CasOp, DecideRequest, Decision, Error, ErrorKind, Result, Storage, StorageStats, kit,
+    AdjustRequest, Adjustment, CasOp, DecideRequest, Decision, Error, ErrorKind, Result, Rule,
+    Storage, StorageStats, Timestamp, kit,
 };
 use redis::{Cmd, Value};
 
@@ -649,38 +650,70 @@ impl Storage for RedisStorage {
     }
 
     async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
-        let entries = request.entries;
         let reply = self.run_decision(request, true).await?;
-        let Value::Array(items) = &reply else {
-            return Err(unexpected("decision", &reply));
-        };
-        if items.len() != 1 + 4 * entries.len() {
-            return Err(unexpected("decision", &reply));
-        }
-        let count = |i: usize| {
-            int(items.get(i))
-                .and_then(|v| u64::try_from(v).ok())
-                .ok_or_else(|| unexpected("decision", &reply))
-        };
-        let us = |i: usize| count(i).map(Duration::from_micros);
-        entries
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| {
-                let at = 1 + 4 * i;
-                match int(items.get(at)) {
-                    Some(1) => Ok(Decision::allow_by(entry.rule, count(at + 1)?, us(at + 2)?)),
-                    Some(0) => Ok(Decision::deny_by(
-                        entry.rule,
-                        count(at + 1)?,
-                        us(at + 2)?,
-                        us(at + 3)?,
-                    )),
-                    _ => Err(unexpected("decision", &reply)),
-                }
-            })
-            .collect()
+        each_decision(&reply, request.entries.iter().map(|e| e.rule))
     }
+
+    async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
+        let entries = request.entries;
+        if entries.is_empty() {
+            return Err(invalid("a change needs at least one rule".to_owned()));
+        }
+        // Past 2^52 units a change means no more than at 2^52 (every
+        // algorithm caps what a charge owes), and the script counts
+        // exactly below 2^53.
+        let units = |n: u64| n.min(1 << 52);
+        let tails = entries.iter().map(|e| match e.adjustment {
+            Adjustment::Charge(n) => vec![Arg::Text("c"), Arg::Int(units(n)), Arg::Text("")],
+            Adjustment::Refund { units: n, taken_at } => vec![
+                Arg::Text("r"),
+                Arg::Int(units(n)),
+                taken_at.map_or(Arg::Text(""), |t| Arg::Int(t.as_micros())),
+            ],
+        });
+        let pairs: Vec<_> = entries.iter().map(|e| (e.rule, e.key)).collect();
+        let reply = self
+            .run_script("adjustment", &pairs, request.now, "2", tails)
+            .await?;
+        each_decision(&reply, entries.iter().map(|e| e.rule))
+    }
+}
+
+/// One decision per rule from a reply of the script's per-rule form:
+/// a flag, then allowed, remaining, reset_after µs and retry_after µs of
+/// each rule.
+fn each_decision<'a>(
+    reply: &Value,
+    rules: impl ExactSizeIterator<Item = &'a Rule>,
+) -> Result<Vec<Decision>> {
+    let Value::Array(items) = reply else {
+        return Err(unexpected("decision", reply));
+    };
+    if items.len() != 1 + 4 * rules.len() {
+        return Err(unexpected("decision", reply));
+    }
+    let count = |i: usize| {
+        int(items.get(i))
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| unexpected("decision", reply))
+    };
+    let us = |i: usize| count(i).map(Duration::from_micros);
+    rules
+        .enumerate()
+        .map(|(i, rule)| {
+            let at = 1 + 4 * i;
+            match int(items.get(at)) {
+                Some(1) => Ok(Decision::allow_by(rule, count(at + 1)?, us(at + 2)?)),
+                Some(0) => Ok(Decision::deny_by(
+                    rule,
+                    count(at + 1)?,
+                    us(at + 2)?,
+                    us(at + 3)?,
+                )),
+                _ => Err(unexpected("decision", reply)),
+            }
+        })
+        .collect()
 }
 
 impl RedisStorage {
@@ -694,24 +727,41 @@ impl RedisStorage {
         for entry in entries {
             kit::check_cost(entry.rule, entry.cost)?;
         }
-        let keys: Vec<String> = entries
+        let pairs: Vec<_> = entries.iter().map(|e| (e.rule, e.key)).collect();
+        let tails = entries.iter().map(|e| [Arg::Int(e.cost)]);
+        let mode = if each { "1" } else { "0" };
+        self.run_script("decision", &pairs, request.now, mode, tails)
+            .await
+    }
+
+    /// Runs the script in `mode` over `pairs` (each rule and key), each
+    /// rule's arguments followed by its `tails`. A reply that reports
+    /// corrupt state is that error.
+    async fn run_script<'a, T: IntoIterator<Item = Arg<'a>>>(
+        &self,
+        what: &'static str,
+        pairs: &[(&Rule, &str)],
+        now: Timestamp,
+        mode: &'static str,
+        tails: impl Iterator<Item = T>,
+    ) -> Result<Value> {
+        let keys: Vec<String> = pairs
             .iter()
-            .map(|e| tagged(&self.prefix, e.rule.name(), e.key))
+            .map(|(rule, key)| tagged(&self.prefix, rule.name(), key))
             .collect();
         self.check_one_slot(&*self.backend()?, &keys)?;
         let (now, pad) = match self.inner.config.time_source {
             TimeSource::Server => (None, 0),
             TimeSource::Client { skew_allowance } => (
-                Some(request.now.as_micros()),
+                Some(now.as_micros()),
                 u64::try_from(skew_allowance.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX),
             ),
         };
-        let mut args = Vec::with_capacity(3 + entries.len() * 7);
+        let mut args = Vec::with_capacity(3 + pairs.len() * 9);
         args.push(now.map_or(Arg::Text(""), Arg::Int));
-        args.push(Arg::Text(if each { "1" } else { "0" }));
+        args.push(Arg::Text(mode));
         args.push(Arg::Int(pad));
-        for entry in entries {
-            let rule = entry.rule;
+        for ((rule, _), tail) in pairs.iter().zip(tails) {
             let quota = rule.quota();
             args.extend([
                 Arg::Int(u64::from(rule.algorithm().state_tag())),
@@ -720,21 +770,21 @@ impl RedisStorage {
                 Arg::Int(quota.burst()),
                 Arg::Int(quota.emission_interval_us()),
                 Arg::Int(rule.penalty().map_or(0, micros)),
-                Arg::Int(entry.cost),
             ]);
+            args.extend(tail);
         }
-        let script = SCRIPTS.decision(entries.iter().map(|e| e.rule.algorithm()));
-        let reply = self.eval("decision", script, &keys, &args).await?;
+        let script = SCRIPTS.decision(pairs.iter().map(|(rule, _)| rule.algorithm()));
+        let reply = self.eval(what, script, &keys, &args).await?;
         let Value::Array(items) = &reply else {
-            return Err(unexpected("decision", &reply));
+            return Err(unexpected(what, &reply));
         };
         if int(items.first()) != Some(-1) {
             return Ok(reply);
         }
-        let entry = int(items.get(1))
+        let (rule, key) = int(items.get(1))
             .and_then(|i| usize::try_from(i).ok())
-            .and_then(|i| entries.get(i))
-            .ok_or_else(|| unexpected("decision", &reply))?;
+            .and_then(|i| pairs.get(i))
+            .ok_or_else(|| unexpected(what, &reply))?;
         let why = match items.get(2) {
             Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
             Some(Value::SimpleString(s)) => s.clone(),
@@ -744,7 +794,7 @@ impl RedisStorage {
             ErrorKind::CorruptState,
             format!(
                 "the value at {:?} is not rate-limit state",
-                entry.state_key()
+                kit::state_key(rule, key)
             ),
         )
         .with_source(format!("stored rate-limit state is corrupt: {why}")))

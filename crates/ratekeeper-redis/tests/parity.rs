@@ -4,7 +4,8 @@
 //! penalties), several rules per request on the same or on shared keys, and
 //! random request sequences (costs, peeks, clock jumps to exactly the retry
 //! instant and one microsecond before it, the clock stepping back, rules
-//! changed under the same name as by a reload) run through the Redis store and
+//! changed under the same name as by a reload), with charges and refunds
+//! after the fact between them, run through the Redis store and
 //! through a reference store that applies `kit::decide_all` to states in a
 //! map, at the same injected times. Every decision must be identical, and
 //! whenever the reference holds a live state, Redis must hold the same bytes.
@@ -24,7 +25,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use ratekeeper_core::kit::RuleState;
-use ratekeeper_core::{Algorithm, Clock, Decision, Limiter, ManualClock, Quota, Rule, Timestamp};
+use ratekeeper_core::{
+    Adjustment, Algorithm, Clock, Decision, Limiter, ManualClock, Quota, Rule, Timestamp,
+};
 use ratekeeper_core::{Storage, kit};
 
 const T0: u64 = 1_700_000_000_000_000;
@@ -56,6 +59,67 @@ impl Reference {
             .is_some_and(|(_, expires, writer)| *expires <= now && writer != rule)
     }
 
+    fn adjust(
+        &mut self,
+        changes: &[(&Rule, &str, Adjustment)],
+        now: u64,
+    ) -> Result<Vec<Decision>, ratekeeper_core::ErrorKind> {
+        let keys: Vec<String> = changes
+            .iter()
+            .map(|(rule, key, _)| ratekeeper_core::kit::state_key(rule, key))
+            .collect();
+        let states: Vec<Option<RuleState>> =
+            keys.iter().map(|k| self.live(k, now).cloned()).collect();
+        let rules: Vec<kit::AdjustInput<'_>> = changes
+            .iter()
+            .zip(&states)
+            .map(|((rule, _, change), state)| (*rule, state.as_ref(), *change))
+            .collect();
+        let (decisions, writes) =
+            kit::adjust(&rules, Timestamp::from_micros(now)).map_err(|e| e.kind())?;
+        // A change that leaves a state equivalent to none (nothing to
+        // reset) may delete the key instead of writing it, and Redis does,
+        // where it holds a state of the rule's algorithm: the one the
+        // reference holds, live or not (the test's TTLs keep every key in
+        // Redis while it runs).
+        for (key, (rule, _, change)) in keys.iter().zip(changes) {
+            let held = self
+                .states
+                .get(key)
+                .filter(|(s, _, _)| s.algorithm.algorithm() == rule.algorithm())
+                .map(|(s, _, _)| s.clone());
+            if let Some(held) = held {
+                let at = Timestamp::from_micros(now);
+                let (d, w) = kit::adjust(&[(*rule, Some(&held), *change)], at).unwrap();
+                if w[0].is_some() && d[0].reset_after().is_zero() {
+                    self.states.remove(key);
+                }
+            }
+        }
+        let writes = writes
+            .into_iter()
+            .zip(&decisions)
+            .map(|(w, d)| w.filter(|_| !d.reset_after().is_zero()))
+            .collect();
+        self.store(keys, writes, changes.iter().map(|(rule, _, _)| *rule), now);
+        Ok(decisions)
+    }
+
+    fn store<'a>(
+        &mut self,
+        keys: Vec<String>,
+        writes: Vec<Option<kit::Write>>,
+        rules: impl Iterator<Item = &'a Rule>,
+        now: u64,
+    ) {
+        for ((key, write), rule) in keys.into_iter().zip(writes).zip(rules) {
+            if let Some(w) = write {
+                let expires = now + u64::try_from(w.ttl.as_micros()).unwrap();
+                self.states.insert(key, (w.state, expires, rule.clone()));
+            }
+        }
+    }
+
     fn decide(
         &mut self,
         checks: &[(&Rule, &str)],
@@ -75,12 +139,7 @@ impl Reference {
             .collect();
         let (decision, writes) =
             kit::decide_all(&rules, Timestamp::from_micros(now)).map_err(|e| e.kind())?;
-        for ((key, write), (rule, _)) in keys.into_iter().zip(writes).zip(checks) {
-            if let Some(w) = write {
-                let expires = now + u64::try_from(w.ttl.as_micros()).unwrap();
-                self.states.insert(key, (w.state, expires, (*rule).clone()));
-            }
-        }
+        self.store(keys, writes, checks.iter().map(|(rule, _)| *rule), now);
         Ok(decision)
     }
 }
@@ -94,9 +153,21 @@ enum Advance {
     JustBeforeRetry,
 }
 
+/// What a step does besides deciding.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// Decide a request of the step's cost.
+    Decide,
+    /// Charge the step's cost (times this factor) after the fact.
+    Charge(u64),
+    /// Give the step's cost back, taken this many µs ago (or at no known time).
+    Refund(Option<u64>),
+}
+
 #[derive(Debug, Clone)]
 struct Step {
     advance: Advance,
+    change: Change,
     cost: u64,
     /// Which rules apply to this request (bit i: rule i); never empty.
     rules: u8,
@@ -197,9 +268,16 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             ];
             // Mostly the rules as first written; now and then a changed one.
             let changed = prop_oneof![4 => Just(0u8), 1 => 0u8..(1u8 << n)];
-            let step = (advance, cost, 1u8..(1u8 << n), changed).prop_map(
-                |(advance, cost, rules, changed)| Step {
+            let change = prop_oneof![
+                6 => Just(Change::Decide),
+                1 => (1u64..=3).prop_map(Change::Charge),
+                1 => Just(Change::Refund(None)),
+                1 => (0..=widest * 2).prop_map(|ago| Change::Refund(Some(ago))),
+            ];
+            let step = (advance, change, cost, 1u8..(1u8 << n), changed).prop_map(
+                |(advance, change, cost, rules, changed)| Step {
                     advance,
+                    change,
                     cost,
                     rules,
                     changed,
@@ -271,6 +349,30 @@ async fn run(scenario: Scenario, url: &str) -> Result<(), TestCaseError> {
                 reference.states.remove(&state_key);
             }
         }
+        let adjustment = match step.change {
+            Change::Decide => None,
+            Change::Charge(times) => Some(Adjustment::Charge(step.cost * times)),
+            Change::Refund(ago) => Some(Adjustment::Refund {
+                units: step.cost,
+                taken_at: ago.map(|ago| Timestamp::from_micros(now.saturating_sub(ago))),
+            }),
+        };
+        if let Some(adjustment) = adjustment {
+            let changes: Vec<_> = checks.iter().map(|(r, k)| (*r, *k, adjustment)).collect();
+            let ours = limiter.adjust(&changes).await.map_err(|e| e.kind());
+            let expected = reference.adjust(&changes, now);
+            prop_assert_eq!(
+                &ours,
+                &expected,
+                "step {} at t0+{}: {:?} on {:?}",
+                i,
+                now - T0,
+                adjustment,
+                checks
+            );
+            compare_states(&store, &reference, &checks, now, i).await?;
+            continue;
+        }
         let ours = limiter
             .check_all(&checks, step.cost)
             .await
@@ -288,28 +390,40 @@ async fn run(scenario: Scenario, url: &str) -> Result<(), TestCaseError> {
         if let Ok(Some(wait)) = ours.as_ref().map(Decision::retry_after) {
             retry_at = Some(now + u64::try_from(wait.as_micros()).unwrap());
         }
-        for (rule, key) in &checks {
-            let state_key = ratekeeper_core::kit::state_key(rule, key);
-            if let Some(state) = reference.live(&state_key, now) {
-                let stored = store
-                    .get(&state_key)
-                    .await
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let expected = state.encode();
-                prop_assert_eq!(
-                    stored.as_deref(),
-                    Some(expected.as_slice()),
-                    "state of {} after step {}",
-                    state_key,
-                    i
-                );
-            }
-        }
+        compare_states(&store, &reference, &checks, now, i).await?;
     }
     store
         .close()
         .await
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    Ok(())
+}
+
+/// Whenever the reference holds a live state, Redis holds the same bytes.
+async fn compare_states(
+    store: &ratekeeper_redis::RedisStorage,
+    reference: &Reference,
+    checks: &[(&Rule, &str)],
+    now: u64,
+    step: usize,
+) -> Result<(), TestCaseError> {
+    for (rule, key) in checks {
+        let state_key = ratekeeper_core::kit::state_key(rule, key);
+        if let Some(state) = reference.live(&state_key, now) {
+            let stored = store
+                .get(&state_key)
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let expected = state.encode();
+            prop_assert_eq!(
+                stored.as_deref(),
+                Some(expected.as_slice()),
+                "state of {} after step {}",
+                state_key,
+                step
+            );
+        }
+    }
     Ok(())
 }
 

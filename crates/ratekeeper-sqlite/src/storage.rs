@@ -16,8 +16,8 @@ use ratekeeper_core::kit;
 use ratekeeper_core::kit::RuleState;
 use ratekeeper_core::storage::corrupt_state;
 use ratekeeper_core::{
-    CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic, Result, Rule,
-    Storage, StorageStats, SystemClock, Timestamp,
+    AdjustRequest, Adjustment, CasOp, Clock, DecideEntry, DecideRequest, Decision, Error,
+    ErrorKind, Periodic, Result, Rule, Storage, StorageStats, SystemClock, Timestamp,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -606,11 +606,34 @@ impl Storage for SqliteStorage {
     async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
         self.decide_with(request, kit::decide_each).await
     }
+
+    async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
+        let entries: Vec<(String, Rule, Adjustment)> = request
+            .entries
+            .iter()
+            .map(|e| (e.state_key(), e.rule.clone(), e.adjustment))
+            .collect();
+        let now = request.now;
+        let keys = entries.iter().map(|(key, _, _)| key.clone()).collect();
+        self.step_with(
+            keys,
+            move |states| {
+                let rules: Vec<_> = entries
+                    .iter()
+                    .zip(states)
+                    .map(|((_, rule, adjustment), s)| (rule, s.as_ref(), *adjustment))
+                    .collect();
+                kit::adjust(&rules, now)
+            },
+            now,
+        )
+        .await
+    }
 }
 
 impl SqliteStorage {
-    /// The decision step in one immediate transaction, with `decide` (the
-    /// combined decision or one per entry).
+    /// The decision step with `decide` (the combined decision or one per
+    /// entry).
     async fn decide_with<T: Send + 'static>(
         &self,
         request: &DecideRequest<'_>,
@@ -622,11 +645,35 @@ impl SqliteStorage {
             .map(|e: &DecideEntry<'_>| (e.state_key(), e.rule.clone(), e.cost))
             .collect();
         let now = request.now;
+        let keys = entries.iter().map(|(key, _, _)| key.clone()).collect();
+        self.step_with(
+            keys,
+            move |states| {
+                let rules: Vec<_> = entries
+                    .iter()
+                    .zip(states)
+                    .map(|((_, rule, cost), s)| (rule, s.as_ref(), *cost))
+                    .collect();
+                decide(&rules, now)
+            },
+            now,
+        )
+        .await
+    }
+
+    /// In one immediate transaction: reads the states at `keys`, asks
+    /// `step` for the answer and the writes, and stores them.
+    async fn step_with<T: Send + 'static>(
+        &self,
+        keys: Vec<String>,
+        step: impl FnOnce(&[Option<RuleState>]) -> Result<(T, Vec<Option<kit::Write>>)> + Send + 'static,
+        now: Timestamp,
+    ) -> Result<T> {
         self.blocking(move |conn, path| {
             immediate(conn, path, |tx| {
                 let now_us = now.as_micros();
-                let mut states = Vec::with_capacity(entries.len());
-                for (key, _, _) in &entries {
+                let mut states = Vec::with_capacity(keys.len());
+                for key in &keys {
                     let state = match read_live(tx, key, now_us, path)? {
                         Some((bytes, _)) => {
                             Some(RuleState::decode(&bytes).map_err(|e| corrupt_state(key, e))?)
@@ -635,13 +682,8 @@ impl SqliteStorage {
                     };
                     states.push(state);
                 }
-                let rules: Vec<_> = entries
-                    .iter()
-                    .zip(&states)
-                    .map(|((_, r, cost), s)| (r, s.as_ref(), *cost))
-                    .collect();
-                let (decided, writes) = decide(&rules, now)?;
-                for ((key, _, _), w) in entries.iter().zip(writes) {
+                let (decided, writes) = step(&states)?;
+                for (key, w) in keys.iter().zip(writes) {
                     if let Some(w) = w {
                         write(tx, key, &w.state.encode(), expiry(now_us, w.ttl), path)?;
                     }

@@ -486,6 +486,116 @@ pub async fn per_rule_costs_and_decisions(h: Arc<dyn Harness>) {
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
 }
 
+/// Charges and refunds after the fact ([`Limiter::charge`],
+/// [`Limiter::refund`]) and reservations settled above, below or at
+/// nothing, on every algorithm: exact accounting, a charge past the limit
+/// owed, never more than a full budget given back, and units that no
+/// longer count never given back.
+pub async fn charges_and_refunds(h: Arc<dyn Harness>) {
+    let (_, limiter, clock) = setup(&h).await;
+    for algorithm in Algorithm::ALL {
+        let r = rule("spend", algorithm, "10/hour");
+        let key = algorithm.as_str();
+        let left = || async { limiter.peek(&r, key).await.unwrap().remaining() };
+        let reservation = limiter.reserve(&r, key, 6).await.unwrap();
+        assert!(reservation.is_allowed() && reservation.decision().remaining() == 4);
+        let d = reservation.settle(2).await.unwrap();
+        assert_eq!(d.remaining(), 8, "{algorithm}: 4 of 6 given back");
+        assert_eq!(left().await, 8, "{algorithm}");
+        // A charge past the limit is never refused, and is owed.
+        let d = limiter.charge(&r, key, 15).await.unwrap();
+        assert!(!d.is_allowed() && d.remaining() == 0, "{algorithm}");
+        assert!(d.retry_after().is_some(), "{algorithm}");
+        assert!(!limiter.check(&r, key).await.unwrap().is_allowed());
+        // 17 used: 7 owed, then 3 left.
+        assert_eq!(limiter.refund(&r, key, 7).await.unwrap().remaining(), 0);
+        assert!(
+            !limiter.check(&r, key).await.unwrap().is_allowed(),
+            "{algorithm}"
+        );
+        assert_eq!(limiter.refund(&r, key, 3).await.unwrap().remaining(), 3);
+        // Never more than the whole budget.
+        assert_eq!(
+            limiter.refund(&r, key, 1_000).await.unwrap().remaining(),
+            10
+        );
+        // Settled above the estimate, cancelled.
+        let reservation = limiter.reserve(&r, key, 2).await.unwrap();
+        assert_eq!(reservation.settle(5).await.unwrap().remaining(), 5);
+        let reservation = limiter.reserve(&r, key, 4).await.unwrap();
+        assert_eq!(left().await, 1);
+        reservation.cancel().await.unwrap();
+        assert_eq!(
+            left().await,
+            5,
+            "{algorithm}: a cancelled reservation gave all back"
+        );
+        // A denied reservation took nothing, and settling it changes nothing.
+        let denied = limiter.reserve(&r, key, 6).await.unwrap();
+        assert!(!denied.is_allowed(), "{algorithm}");
+        assert!(!denied.settle(0).await.unwrap().is_allowed());
+        assert_eq!(left().await, 5);
+        // Units that no longer count (their window ended, their bucket
+        // refilled) are not given back.
+        let key = format!("{key}-old");
+        let old = limiter.reserve(&r, &key, 10).await.unwrap();
+        clock.advance(2 * HOUR);
+        assert!(limiter.check_cost(&r, &key, 10).await.unwrap().is_allowed());
+        assert_eq!(old.settle(0).await.unwrap().remaining(), 0, "{algorithm}");
+    }
+    let r = rule("one", Algorithm::Gcra, "1/s");
+    let changes = [
+        (&r, "k", ratekeeper_core::Adjustment::Charge(1)),
+        (&r, "k", ratekeeper_core::Adjustment::Charge(1)),
+    ];
+    let err = limiter.adjust(&changes).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::InvalidInput,
+        "the same rule and key twice"
+    );
+    let err = limiter.adjust(&[]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let reservation = limiter.reserve(&r, "k", 1).await.unwrap();
+    let err = reservation.settle_each(&[1, 2]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+/// 64 tasks reserve and settle at or below their estimates on one key:
+/// the units kept never pass the limit, and what is left afterwards is
+/// exactly the limit less what was kept, on every algorithm.
+pub async fn concurrent_reservations_are_exact(h: Arc<dyn Harness>) {
+    let (_, limiter, _) = setup(&h).await;
+    for algorithm in Algorithm::ALL {
+        let r = rule("reserved", algorithm, "100/hour");
+        let kept = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..64u64)
+            .map(|i| {
+                let (limiter, r, kept) = (limiter.clone(), r.clone(), kept.clone());
+                tokio::spawn(async move {
+                    for j in 0..4u64 {
+                        let estimate = 1 + (i + j) % 5;
+                        let reservation = limiter.reserve(&r, "one-key", estimate).await.unwrap();
+                        tokio::task::yield_now().await;
+                        if reservation.is_allowed() {
+                            let actual = (i * 7 + j) % (estimate + 1);
+                            reservation.settle(actual).await.unwrap();
+                            kept.fetch_add(actual, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let kept = kept.load(Ordering::Relaxed);
+        assert!(kept <= 100, "{algorithm}: {kept} kept");
+        let left = limiter.peek(&r, "one-key").await.unwrap().remaining();
+        assert_eq!(left, 100 - kept, "{algorithm}");
+    }
+}
+
 /// Rule state expires once it no longer matters: no idle client is kept forever.
 pub async fn state_keys_expire(h: Arc<dyn Harness>) {
     if h.expiry() == Expiry::RealTime {
@@ -780,6 +890,18 @@ pub enum Advance {
     JustBeforeRetry,
 }
 
+/// What one step of a [`Scenario`] does after the clock moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A request of this cost; 0 is a peek.
+    Check(u64),
+    /// A reservation of this estimate ([`Limiter::reserve`]).
+    Reserve(u64),
+    /// Settles the oldest reservation still open at this many units (at
+    /// most its estimate); nothing when none is open.
+    Settle(u64),
+}
+
 /// One random scenario for the model comparison.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -787,8 +909,8 @@ pub struct Scenario {
     pub rule: Rule,
     /// Offset of the start from [`T0`], so windows align differently.
     pub start_offset: u64,
-    /// `(clock move, cost)` per request; cost 0 is a peek.
-    pub steps: Vec<(Advance, u64)>,
+    /// What happens at each step, after moving the clock.
+    pub steps: Vec<(Advance, Op)>,
 }
 
 /// Random rules and request sequences for `algorithm`.
@@ -826,8 +948,13 @@ pub fn scenarios(algorithm: Algorithm) -> impl Strategy<Value = Scenario> {
                 2 => Just(Advance::ToRetry),
                 2 => Just(Advance::JustBeforeRetry),
             ];
-            let cost = prop_oneof![4 => Just(1u64), 2 => 0..=capacity];
-            let steps = proptest::collection::vec((dt, cost), 1..60);
+            let cost = || prop_oneof![4 => Just(1u64), 2 => 0..=capacity];
+            let op = prop_oneof![
+                6 => cost().prop_map(Op::Check),
+                1 => cost().prop_map(Op::Reserve),
+                1 => (0..=capacity).prop_map(Op::Settle),
+            ];
+            let steps = proptest::collection::vec((dt, op), 1..60);
             (Just(rule), 0..window, steps).prop_map(|(rule, start_offset, steps)| Scenario {
                 rule,
                 start_offset,
@@ -844,7 +971,10 @@ async fn run_scenario(h: Arc<dyn Harness>, scenario: Scenario) -> Result<(), Tes
     let mut model = Model::new(rule.clone());
     let state_key = limiter.state_key(rule, "k");
     let mut retry_at: Option<u64> = None;
-    for (i, (advance, cost)) in scenario.steps.iter().enumerate() {
+    let fail = |e: ratekeeper_core::Error| TestCaseError::fail(e.to_string());
+    // Reservations still open: the store's and the model's.
+    let mut open = std::collections::VecDeque::new();
+    for (i, (advance, op)) in scenario.steps.iter().enumerate() {
         let now = clock.now().as_micros();
         let dt = match (advance, retry_at) {
             (Advance::By(dt), _) => *dt,
@@ -854,21 +984,40 @@ async fn run_scenario(h: Arc<dyn Harness>, scenario: Scenario) -> Result<(), Tes
         };
         clock.advance(Duration::from_micros(dt));
         let now = clock.now().as_micros();
-        let decision = limiter
-            .check_cost(rule, "k", *cost)
-            .await
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let (decision, expected) = match *op {
+            Op::Check(cost) => {
+                let decision = limiter.check_cost(rule, "k", cost).await.map_err(fail)?;
+                (decision, model.check(now, cost))
+            }
+            Op::Reserve(estimate) => {
+                let reservation = limiter.reserve(rule, "k", estimate).await.map_err(fail)?;
+                let (expected, taken) = model.reserve(now, estimate);
+                let decision = reservation.decision().clone();
+                if let Some(taken) = taken {
+                    prop_assert!(reservation.is_allowed(), "step {}: reserved", i);
+                    open.push_back((reservation, taken));
+                }
+                (decision, expected)
+            }
+            Op::Settle(actual) => {
+                let Some((reservation, taken)) = open.pop_front() else {
+                    continue;
+                };
+                let actual = actual.min(taken.units);
+                let decision = reservation.settle(actual).await.map_err(fail)?;
+                (decision, model.settle(now, taken, actual))
+            }
+        };
         if let Some(wait) = decision.retry_after() {
             retry_at = Some(now + u64::try_from(wait.as_micros()).unwrap_or(u64::MAX));
         }
-        let expected = model.check(now, *cost);
         prop_assert_eq!(
             Expected::of(&decision),
             expected,
-            "step {} at t0+{} cost {}",
+            "step {} at t0+{}: {:?}",
             i,
             now - T0,
-            cost
+            op
         );
         prop_assert_eq!(decision.rule(), rule.name());
         prop_assert_eq!(decision.limit(), rule.quota().limit());
@@ -906,8 +1055,10 @@ async fn stored(store: &dyn Storage, key: &str) -> Result<Option<Vec<u8>>, TestC
     }
 }
 
-/// Random request sequences give the same decisions as the reference model,
-/// and the algorithm's promise holds over the whole history. `cases` random
+/// Random request sequences, with reservations settled at or below their
+/// estimates between them, give the same decisions as the reference model,
+/// and the algorithm's promise holds over the whole history (net of what
+/// was given back). `cases` random
 /// sequences (0: `RATELIMIT_MODEL_CASES`, or 1 000).
 pub fn matches_model(h: Arc<dyn Harness>, algorithm: Algorithm, cases: u32) {
     let cases = if cases > 0 {

@@ -120,9 +120,9 @@ macro_rules! storage_conformance_tests {
 }
 
 /// Runs the conformance cases of the decision step against the store a
-/// [`Harness`] makes: for a store that writes only
-/// [`Storage::decide`](ratekeeper_core::Storage::decide) and leaves the
-/// key-value operations unsupported. The cases go through a
+/// [`Harness`] makes: for a store that writes only the atomic steps
+/// ([`Storage::decide`](ratekeeper_core::Storage::decide), `decide_each`
+/// and `adjust`) and leaves the key-value operations unsupported. The cases go through a
 /// [`Limiter`](ratekeeper_core::Limiter) and never call another method of
 /// the store (the reference-model cases read GCRA's stored state when the
 /// store offers `get`). Same forms and needs as
@@ -141,7 +141,8 @@ macro_rules! decision_conformance_tests {
         $crate::decision_conformance_tests!(@async
             peek_does_not_consume, penalty_blocks_then_releases, multi_quota_all_or_nothing,
             per_rule_costs_and_decisions, cost_above_capacity_is_an_error, until_ready_waits,
-            concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness
+            concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness,
+            charges_and_refunds, concurrent_reservations_are_exact
         );
         $crate::decision_conformance_tests!(@model
             model_fixed_window => FixedWindow,

@@ -39,11 +39,36 @@ fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// Units a [`Model`] admitted for a reservation, to settle later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// When they were admitted (µs).
+    pub at: u64,
+    /// How many.
+    pub units: u64,
+    /// For the buckets: the theoretical arrival time right after they were
+    /// admitted, when the last of them is refilled (µs).
+    pub whole_at: u64,
+}
+
+/// What moves a bucket's theoretical arrival time, in order.
+#[derive(Debug, Clone, Copy)]
+enum BucketEvent {
+    /// Units admitted at an instant.
+    Admit { at: u64, cost: u64 },
+    /// A refund at an instant, moving the TAT back by this many µs.
+    Refund { at: u64, back: u64 },
+}
+
 /// A reference model of one rule for one key.
 #[derive(Debug, Clone)]
 pub struct Model {
     rule: Rule,
+    /// Admitted units net of refunds, as `(time, cost)`: what the window
+    /// algorithms count, and what every algorithm's promise is about.
     admitted: Vec<(u64, u64)>,
+    /// What the buckets' TAT is folded from.
+    bucket: Vec<BucketEvent>,
     blocked_until: u64,
 }
 
@@ -53,11 +78,12 @@ impl Model {
         Self {
             rule,
             admitted: Vec::new(),
+            bucket: Vec::new(),
             blocked_until: 0,
         }
     }
 
-    /// Every admitted `(time, cost)`, in order.
+    /// Every admitted `(time, cost)`, in order, net of refunds.
     pub fn admitted(&self) -> &[(u64, u64)] {
         &self.admitted
     }
@@ -89,12 +115,14 @@ impl Model {
     }
 
     /// The theoretical arrival time after the whole history (GCRA's definition:
-    /// each admission of cost c moves it to max(TAT, t) + c × interval).
+    /// each admission of cost c moves it to max(TAT, t) + c × interval; a
+    /// refund at t moves it back, never before t).
     pub fn tat(&self) -> u64 {
         let t = self.interval();
-        self.admitted
-            .iter()
-            .fold(0, |tat, (at, c)| tat.max(*at) + c * t)
+        self.bucket.iter().fold(0, |tat, event| match *event {
+            BucketEvent::Admit { at, cost } => tat.max(at) + cost * t,
+            BucketEvent::Refund { at, back } => tat.saturating_sub(back).max(at),
+        })
     }
 
     /// Units a request could take at `now`, given the history.
@@ -160,7 +188,7 @@ impl Model {
     /// The first instant after `now` at which `units` would fit, found by
     /// searching time (admission only becomes easier as time passes).
     fn first_fit_after(&self, now: u64, units: u64) -> u64 {
-        let mut hi = 2 * self.window() + self.rule.quota().burst() * self.interval() + 2;
+        let mut hi = 2 * self.window() + 2 * self.rule.quota().burst() * self.interval() + 2;
         assert!(self.fits(now + hi, units), "a request must fit eventually");
         let mut lo = 0;
         while hi - lo > 1 {
@@ -190,6 +218,7 @@ impl Model {
         if self.fits(now, units) {
             if cost > 0 {
                 self.admitted.push((now, cost));
+                self.bucket.push(BucketEvent::Admit { at: now, cost });
             }
             return Expected {
                 allowed: true,
@@ -217,6 +246,58 @@ impl Model {
                 retry_after: Some(retry),
             },
         }
+    }
+
+    /// [`check`](Self::check) for a reservation of `estimate` units: what
+    /// it took, to [`settle`](Self::settle), when admitted.
+    pub fn reserve(&mut self, now: u64, estimate: u64) -> (Expected, Option<Taken>) {
+        let expected = self.check(now, estimate);
+        let taken = (expected.allowed && estimate > 0).then(|| Taken {
+            at: now,
+            units: estimate,
+            whole_at: self.tat(),
+        });
+        (expected, taken)
+    }
+
+    /// Settles a reservation at `actual` units (at most what it took), at
+    /// `now`, as the documentation of
+    /// [`Adjustment::Refund`](ratekeeper_core::Adjustment) says: units that
+    /// no longer count are not given back. On the window algorithms the
+    /// units left over are removed from the history, as if never admitted
+    /// (the fixed window only within the window they were taken in; the
+    /// counter only within that window and the next). On the buckets the
+    /// TAT moves back by the part of them not yet refilled: they refill
+    /// last of the reservation, ending at `whole_at`. Returns what a peek
+    /// sees afterwards.
+    pub fn settle(&mut self, now: u64, taken: Taken, actual: u64) -> Expected {
+        assert!(
+            actual <= taken.units,
+            "the model settles at or below the estimate"
+        );
+        let back = taken.units - actual;
+        let w = self.window();
+        let counts = match self.rule.algorithm() {
+            Algorithm::FixedWindow => now - now % w == taken.at - taken.at % w,
+            Algorithm::SlidingWindowCounter => (now - now % w).saturating_sub(w) <= taken.at,
+            _ => true,
+        };
+        if back > 0 && counts {
+            if let Some(entry) = self
+                .admitted
+                .iter_mut()
+                .find(|(at, cost)| *at == taken.at && *cost >= back)
+            {
+                entry.1 -= back;
+            }
+            self.admitted.retain(|(_, cost)| *cost > 0);
+        }
+        if back > 0 && self.rule.algorithm().uses_burst() {
+            let span = back * self.interval();
+            let back = span.min(taken.whole_at.saturating_sub(now));
+            self.bucket.push(BucketEvent::Refund { at: now, back });
+        }
+        self.check(now, 0)
     }
 
     /// Checks the promise the algorithm makes about the whole history, without

@@ -1,7 +1,7 @@
 //! A store that writes only the decision step, as a store author outside the
 //! workspace would: typed rule states in a map behind a mutex, decided with
-//! the core's pure step (both its forms: the combined decision and one per
-//! rule). It offers no key-value operation, so it runs the
+//! the core's pure steps (the combined decision, one decision per rule, and
+//! the change after the fact). It offers no key-value operation, so it runs the
 //! decision half of the conformance kit, and says `Unsupported` for the rest.
 
 use std::collections::HashMap;
@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use ratekeeper_core::kit::RuleState;
 use ratekeeper_core::kit::{self, Write};
 use ratekeeper_core::{
-    Algorithm, Clock, DecideRequest, Decision, Error, ErrorKind, Limiter, Result, Rule, Storage,
+    AdjustRequest, Algorithm, Clock, DecideRequest, Decision, Error, ErrorKind, Limiter, Result,
+    Rule, Storage,
 };
 use ratekeeper_testkit::{ManualClock, Timestamp};
 
@@ -23,34 +24,46 @@ struct DecisionStore {
 }
 
 impl DecisionStore {
-    /// The decision step under the lock, with `decide`: the combined
-    /// decision or one per entry.
-    fn decide_with<T>(&self, request: &DecideRequest<'_>, decide: kit::DecideFn<T>) -> Result<T> {
+    /// Under the lock: reads the states of `keys`, asks `step` for the
+    /// answer and the writes, and stores them.
+    fn step<T>(
+        &self,
+        keys: Vec<String>,
+        step: impl FnOnce(&[Option<RuleState>]) -> Result<(T, Vec<Option<Write>>)>,
+    ) -> Result<T> {
         let mut states = self
             .states
             .lock()
             .map_err(|_| Error::new(ErrorKind::Other, "lock poisoned"))?;
         let now = self.clock.now().as_micros();
         states.retain(|_, (_, expires)| *expires > now);
-        let keys: Vec<String> = request.entries.iter().map(|e| e.state_key()).collect();
         let current: Vec<Option<RuleState>> = keys
             .iter()
             .map(|k| states.get(k).map(|(s, _)| s.clone()))
             .collect();
-        let rules: Vec<kit::Input<'_>> = request
-            .entries
-            .iter()
-            .zip(&current)
-            .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
-            .collect();
-        let (decided, writes) = decide(&rules, request.now)?;
+        let (answer, writes) = step(&current)?;
         for (key, write) in keys.into_iter().zip(writes) {
             if let Some(Write { state, ttl }) = write {
                 let ttl = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX / 2);
                 states.insert(key, (state, now.saturating_add(ttl)));
             }
         }
-        Ok(decided)
+        Ok(answer)
+    }
+
+    /// The decision step with `decide`: the combined decision or one per
+    /// entry.
+    fn decide_with<T>(&self, request: &DecideRequest<'_>, decide: kit::DecideFn<T>) -> Result<T> {
+        let keys = request.entries.iter().map(|e| e.state_key()).collect();
+        self.step(keys, |current| {
+            let rules: Vec<kit::Input<'_>> = request
+                .entries
+                .iter()
+                .zip(current)
+                .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
+                .collect();
+            decide(&rules, request.now)
+        })
     }
 }
 
@@ -62,6 +75,19 @@ impl Storage for DecisionStore {
 
     async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
         self.decide_with(request, kit::decide_each)
+    }
+
+    async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
+        let keys = request.entries.iter().map(|e| e.state_key()).collect();
+        self.step(keys, |current| {
+            let rules: Vec<kit::AdjustInput<'_>> = request
+                .entries
+                .iter()
+                .zip(current)
+                .map(|(e, s)| (e.rule, s.as_ref(), e.adjustment))
+                .collect();
+            kit::adjust(&rules, request.now)
+        })
     }
 }
 

@@ -2,9 +2,36 @@
 //! machine agrees on window boundaries). Simple and cheap; a client can spend a
 //! full limit at the end of one window and another at the start of the next.
 
-use super::Step;
+use super::{Change, Step};
 use crate::quota::Quota;
 use crate::state::FixedWindowState;
+
+/// What a window that ended with `count` units passes to the next one:
+/// the excess over the limit (a charge after the fact that went past it),
+/// at most one limit. Within the limit, nothing.
+#[inline]
+fn carried(q: &Quota, count: u64) -> u64 {
+    count.saturating_sub(q.limit()).min(q.limit())
+}
+
+/// The state of the window `now` falls in.
+#[inline]
+fn view(q: &Quota, state: Option<&FixedWindowState>, now: u64) -> FixedWindowState {
+    let window = q.window_micros();
+    let aligned = now - now % window;
+    match state {
+        // The current window, or a later one if the clock stepped back.
+        Some(s) if s.window_start >= aligned => *s,
+        Some(s) if s.window_start.saturating_add(window) == aligned => FixedWindowState {
+            window_start: aligned,
+            count: carried(q, s.count),
+        },
+        _ => FixedWindowState {
+            window_start: aligned,
+            count: 0,
+        },
+    }
+}
 
 #[inline]
 pub(super) fn step(
@@ -15,17 +42,10 @@ pub(super) fn step(
 ) -> Step<FixedWindowState> {
     let window = q.window_micros();
     let limit = q.limit();
-    let aligned = now - now % window;
-    let s = match state {
-        // The current window, or a later one if the clock stepped back.
-        Some(s) if s.window_start >= aligned => *s,
-        _ => FixedWindowState {
-            window_start: aligned,
-            count: 0,
-        },
-    };
+    let s = view(q, state, now);
     let until_end = s.window_start.saturating_add(window).saturating_sub(now);
-    let allowed = s.count.saturating_add(cost.max(1)) <= limit;
+    let probe = cost.max(1);
+    let allowed = s.count.saturating_add(probe) <= limit;
     let consumed = allowed && cost > 0;
     let next = FixedWindowState {
         count: if consumed {
@@ -35,16 +55,63 @@ pub(super) fn step(
         },
         ..s
     };
-    let ttl = if next.count == 0 { 0 } else { until_end };
+    // Past the limit, the state lives on into the next window, which owes
+    // the excess.
+    let ttl = match next.count {
+        0 => 0,
+        c if c > limit => until_end.saturating_add(window),
+        _ => until_end,
+    };
+    let retry_after = if carried(q, s.count).saturating_add(probe) <= limit {
+        until_end
+    } else {
+        until_end.saturating_add(window)
+    };
     Step {
         allowed,
         remaining: limit.saturating_sub(next.count),
         reset_after: ttl,
-        retry_after: until_end,
+        retry_after,
         state: next,
         consumed,
+        rewrite: false,
         ttl,
     }
+}
+
+/// A charge adds to the window's count, past the limit if need be (up to
+/// twice the limit). A
+/// refund takes from it when the units were taken in this window (or no
+/// time is given); units taken in an earlier window are not given back.
+pub(super) fn adjust(
+    q: &Quota,
+    state: Option<&FixedWindowState>,
+    now: u64,
+    change: Change,
+) -> Option<FixedWindowState> {
+    let mut s = view(q, state, now);
+    match change {
+        // Past twice the limit a count says no more: the next window owes
+        // one limit at most.
+        Change::Charge(units) => {
+            s.count = s
+                .count
+                .saturating_add(units)
+                .min(q.limit().saturating_mul(2))
+        }
+        Change::Refund(units, taken_at) => {
+            if taken_at.is_some_and(|t| t < s.window_start) {
+                return None;
+            }
+            s.count = s.count.saturating_sub(units);
+        }
+    }
+    if s.count == 0 {
+        // Nothing counted: the window `now` falls in, even where the clock
+        // stepped back into an earlier one, so the state is no state at all.
+        s.window_start = now - now % q.window_micros();
+    }
+    Some(s)
 }
 
 #[cfg(test)]
@@ -62,5 +129,41 @@ mod tests {
         assert!(!c.allowed && c.retry_after == 1 && !c.consumed);
         let d = step(&q, Some(&c.state), 200, 2);
         assert!(d.allowed && d.remaining == 0);
+    }
+
+    #[test]
+    fn an_excess_is_owed_by_the_next_window() {
+        let q = Quota::new(4, std::time::Duration::from_micros(100)).unwrap();
+        let over = adjust(&q, None, 150, Change::Charge(7)).unwrap();
+        let a = step(&q, Some(&over), 160, 1);
+        // 3 over the limit: denied until the next window, which starts with 3.
+        assert!(!a.allowed && a.retry_after == 40 && a.ttl == 140);
+        let b = step(&q, Some(&over), 200, 1);
+        assert!(b.allowed && b.remaining == 0);
+        assert!(!step(&q, Some(&b.state), 200, 1).allowed);
+        // More than a limit over: the next window is spent whole, no more.
+        let far = adjust(&q, None, 150, Change::Charge(20)).unwrap();
+        assert_eq!(step(&q, Some(&far), 160, 1).retry_after, 140);
+        assert_eq!(step(&q, Some(&far), 200, 1).retry_after, 100);
+        assert!(step(&q, Some(&far), 300, 4).allowed);
+    }
+
+    #[test]
+    fn refunds_give_back_this_window_only() {
+        let q = Quota::new(4, std::time::Duration::from_micros(100)).unwrap();
+        let a = step(&q, None, 150, 3).state;
+        let back = adjust(&q, Some(&a), 160, Change::Refund(2, Some(150))).unwrap();
+        assert_eq!(back.count, 1);
+        assert_eq!(
+            adjust(&q, Some(&a), 160, Change::Refund(9, None))
+                .unwrap()
+                .count,
+            0
+        );
+        let next = step(&q, Some(&a), 210, 1).state;
+        assert_eq!(
+            adjust(&q, Some(&next), 220, Change::Refund(3, Some(150))),
+            None
+        );
     }
 }

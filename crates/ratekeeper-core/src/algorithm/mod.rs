@@ -13,6 +13,7 @@ mod sliding_log;
 mod sliding_window_counter;
 mod token_bucket;
 
+use crate::quota::Quota;
 use crate::rule::{Algorithm, Rule};
 use crate::state::AlgorithmState;
 
@@ -31,6 +32,11 @@ pub(crate) struct Step<S> {
     pub(crate) state: S,
     /// Whether units were consumed (the state must be written).
     pub(crate) consumed: bool,
+    /// Whether a denial must write `state` all the same: the stored state
+    /// was beyond what the rule allows (an older quota's debt) and `state`
+    /// is it capped, which must be stored for every later wait reported to
+    /// be the true one.
+    pub(crate) rewrite: bool,
     /// µs until `state` is equivalent to having no state at all.
     pub(crate) ttl: u64,
 }
@@ -45,9 +51,36 @@ impl<S> Step<S> {
             retry_after: self.retry_after,
             state: f(self.state),
             consumed: self.consumed,
+            rewrite: self.rewrite,
             ttl: self.ttl,
         }
     }
+}
+
+/// Runs `$body` with `s`, `rule`'s own state (a state of another algorithm
+/// counts as none), in `rule`'s algorithm module, and wraps the state it
+/// gives back in its [`AlgorithmState`] variant with `$wrap` (a `map`).
+macro_rules! per_algorithm {
+    ($rule:expr, $state:expr, |$module:ident, $s:ident| $body:expr, $wrap:ident) => {{
+        macro_rules! arm {
+            ($variant:ident, $m:ident) => {{
+                use $m as $module;
+                let $s = match $state {
+                    Some(AlgorithmState::$variant(s)) => Some(s),
+                    _ => None,
+                };
+                $body.$wrap(AlgorithmState::$variant)
+            }};
+        }
+        match $rule.algorithm() {
+            Algorithm::FixedWindow => arm!(FixedWindow, fixed_window),
+            Algorithm::SlidingWindowLog => arm!(SlidingWindowLog, sliding_log),
+            Algorithm::SlidingWindowCounter => arm!(SlidingWindowCounter, sliding_window_counter),
+            Algorithm::TokenBucket => arm!(TokenBucket, token_bucket),
+            Algorithm::LeakyBucket => arm!(LeakyBucket, leaky_bucket),
+            Algorithm::Gcra => arm!(Gcra, gcra),
+        }
+    }};
 }
 
 /// Runs `rule`'s algorithm. A state of another algorithm (the rule was changed)
@@ -60,48 +93,64 @@ pub(crate) fn step(
     cost: u64,
 ) -> Step<AlgorithmState> {
     let q = rule.quota();
-    match rule.algorithm() {
-        Algorithm::FixedWindow => {
-            let s = match state {
-                Some(AlgorithmState::FixedWindow(s)) => Some(s),
-                _ => None,
-            };
-            fixed_window::step(q, s, now, cost).map(AlgorithmState::FixedWindow)
-        }
-        Algorithm::SlidingWindowLog => {
-            let s = match state {
-                Some(AlgorithmState::SlidingWindowLog(s)) => Some(s),
-                _ => None,
-            };
-            sliding_log::step(q, s, now, cost).map(AlgorithmState::SlidingWindowLog)
-        }
-        Algorithm::SlidingWindowCounter => {
-            let s = match state {
-                Some(AlgorithmState::SlidingWindowCounter(s)) => Some(s),
-                _ => None,
-            };
-            sliding_window_counter::step(q, s, now, cost).map(AlgorithmState::SlidingWindowCounter)
-        }
-        Algorithm::TokenBucket => {
-            let s = match state {
-                Some(AlgorithmState::TokenBucket(s)) => Some(s),
-                _ => None,
-            };
-            token_bucket::step(q, s, now, cost).map(AlgorithmState::TokenBucket)
-        }
-        Algorithm::LeakyBucket => {
-            let s = match state {
-                Some(AlgorithmState::LeakyBucket(s)) => Some(s),
-                _ => None,
-            };
-            leaky_bucket::step(q, s, now, cost).map(AlgorithmState::LeakyBucket)
-        }
-        Algorithm::Gcra => {
-            let s = match state {
-                Some(AlgorithmState::Gcra(s)) => Some(s),
-                _ => None,
-            };
-            gcra::step(q, s, now, cost).map(AlgorithmState::Gcra)
-        }
+    per_algorithm!(rule, state, |m, s| m::step(q, s, now, cost), map)
+}
+
+/// A change to a rule's budget after the fact, in µs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Take this many units, whatever is left.
+    Charge(u64),
+    /// Give back this many units, taken at this instant (or, without one,
+    /// the newest units). Only units that still count come back: on the
+    /// window algorithms, units in a window that has not ended; on the
+    /// buckets, units that have not refilled since the instant, which is
+    /// when they began to (see [`give_back`]).
+    Refund(u64, Option<u64>),
+}
+
+/// How far a refund of `units` moves a bucket's theoretical arrival time
+/// back (GCRA's TAT; the instant a token bucket is full or a leaky bucket
+/// empty): units that have refilled since they began to, at `taken_at`, no
+/// longer count and are not given back. Without a time, all of them (as if
+/// taken just now).
+fn give_back(q: &Quota, units: u64, taken_at: Option<u64>, now: u64) -> u64 {
+    let span = units.saturating_mul(q.emission_interval_us());
+    match taken_at {
+        None => span,
+        Some(t) => span.min(t.saturating_add(span).saturating_sub(now)),
     }
+}
+
+/// A bucket's theoretical arrival time after `change` at `now`, from
+/// `tat` (at or after `now`): a charge moves it on, at most two full
+/// buckets past `now` (one bucket owed); a refund moves it back by
+/// [`give_back`], never before `now`.
+fn bucket_tat(q: &Quota, tat: u64, now: u64, change: Change) -> u64 {
+    let interval = q.emission_interval_us();
+    match change {
+        Change::Charge(units) => {
+            let most = now.saturating_add(q.burst().saturating_mul(interval).saturating_mul(2));
+            tat.saturating_add(units.saturating_mul(interval)).min(most)
+        }
+        Change::Refund(units, taken_at) => tat
+            .saturating_sub(give_back(q, units, taken_at, now))
+            .max(now),
+    }
+}
+
+/// Applies `change` to `rule`'s state at `now`: the state to store, or
+/// `None` when nothing changes. A state of another algorithm counts as no
+/// state.
+pub(crate) fn adjust(
+    rule: &Rule,
+    state: Option<&AlgorithmState>,
+    now: u64,
+    change: Change,
+) -> Option<AlgorithmState> {
+    if matches!(change, Change::Charge(0) | Change::Refund(0, _)) {
+        return None;
+    }
+    let q = rule.quota();
+    per_algorithm!(rule, state, |m, s| m::adjust(q, s, now, change), map)
 }

@@ -2,7 +2,7 @@
 //! so no window of the quota's length ever holds more than the limit. Exact, but
 //! its state grows with the limit.
 
-use super::Step;
+use super::{Change, Step};
 use crate::quota::Quota;
 use crate::state::SlidingLogState;
 
@@ -15,16 +15,7 @@ pub(super) fn step(
 ) -> Step<SlidingLogState> {
     let window = q.window_micros();
     let limit = q.limit();
-    // An entry counts while now < timestamp + window.
-    let live: &[(u64, u64)] = match state {
-        Some(s) => {
-            let first = s
-                .entries
-                .partition_point(|(ts, _)| ts.saturating_add(window) <= now);
-            s.entries.get(first..).unwrap_or_default()
-        }
-        None => &[],
-    };
+    let live = live(state, window, now);
     let used = live.iter().fold(0u64, |acc, (_, c)| acc.saturating_add(*c));
     let probe = cost.max(1);
     let allowed = used.saturating_add(probe) <= limit;
@@ -44,12 +35,7 @@ pub(super) fn step(
 
     let mut entries = live.to_vec();
     if consumed {
-        // Keep entries sorted with one per instant, even if the clock stepped back.
-        let at = entries.partition_point(|(ts, _)| *ts < now);
-        match entries.get_mut(at) {
-            Some(entry) if entry.0 == now => entry.1 = entry.1.saturating_add(cost),
-            _ => entries.insert(at, (now, cost)),
-        }
+        add(&mut entries, now, cost);
     }
     let used_after = if consumed {
         used.saturating_add(cost)
@@ -66,8 +52,82 @@ pub(super) fn step(
         retry_after,
         state: SlidingLogState { entries },
         consumed,
+        rewrite: false,
         ttl,
     }
+}
+
+/// The entries still in the window at `now`: an entry counts while
+/// `now < timestamp + window`.
+#[inline]
+fn live(state: Option<&SlidingLogState>, window: u64, now: u64) -> &[(u64, u64)] {
+    match state {
+        Some(s) => {
+            let first = s
+                .entries
+                .partition_point(|(ts, _)| ts.saturating_add(window) <= now);
+            s.entries.get(first..).unwrap_or_default()
+        }
+        None => &[],
+    }
+}
+
+/// Records `cost` units at `now`, keeping entries sorted with one per
+/// instant, even if the clock stepped back.
+fn add(entries: &mut Vec<(u64, u64)>, now: u64, cost: u64) {
+    let at = entries.partition_point(|(ts, _)| *ts < now);
+    match entries.get_mut(at) {
+        Some(entry) if entry.0 == now => entry.1 = entry.1.saturating_add(cost),
+        _ => entries.insert(at, (now, cost)),
+    }
+}
+
+/// A charge is an entry at `now`, past the limit if need be (up to twice
+/// the limit in the window). A refund
+/// removes units taken at its instant: from the entry at that instant,
+/// then from the oldest entries after it (they were taken later, so they
+/// stay in the window longer: a clock difference errs towards holding
+/// capacity back); units that have left the window are not given back.
+/// Without an instant, the newest units go first.
+pub(super) fn adjust(
+    q: &Quota,
+    state: Option<&SlidingLogState>,
+    now: u64,
+    change: Change,
+) -> Option<SlidingLogState> {
+    let window = q.window_micros();
+    let mut entries = live(state, window, now).to_vec();
+    match change {
+        Change::Charge(units) => {
+            // Up to twice the limit in the window: the excess owed is one
+            // limit at most.
+            let used = entries
+                .iter()
+                .fold(0u64, |acc, (_, c)| acc.saturating_add(*c));
+            let units = units.min(q.limit().saturating_mul(2).saturating_sub(used));
+            if units > 0 {
+                add(&mut entries, now, units);
+            }
+        }
+        Change::Refund(units, taken_at) => {
+            let mut left = units;
+            let mut take = |entry: &mut (u64, u64)| {
+                let taken = entry.1.min(left);
+                entry.1 -= taken;
+                left -= taken;
+            };
+            match taken_at {
+                Some(t) if t.saturating_add(window) <= now => return None,
+                Some(t) => {
+                    let from = entries.partition_point(|(ts, _)| *ts < t);
+                    entries.iter_mut().skip(from).for_each(&mut take);
+                }
+                None => entries.iter_mut().rev().for_each(&mut take),
+            }
+            entries.retain(|(_, cost)| *cost > 0);
+        }
+    }
+    Some(SlidingLogState { entries })
 }
 
 #[cfg(test)]
@@ -102,5 +162,31 @@ mod tests {
         let e = step(&q, Some(&d.state), 20, 1);
         assert_eq!(e.state.entries, vec![(10, 3), (20, 3), (30, 1)]);
         assert_eq!(e.remaining, 3);
+    }
+
+    #[test]
+    fn refunds_remove_the_units_of_their_instant() {
+        let q = Quota::new(10, std::time::Duration::from_micros(100)).unwrap();
+        let state = SlidingLogState {
+            entries: vec![(10, 2), (20, 3), (30, 1)],
+        };
+        let back = |units, at| adjust(&q, Some(&state), 40, Change::Refund(units, at));
+        assert_eq!(
+            back(2, Some(20)).unwrap().entries,
+            [(10, 2), (20, 1), (30, 1)]
+        );
+        // More than the instant holds: then the oldest entries after it.
+        assert_eq!(back(4, Some(20)).unwrap().entries, [(10, 2)]);
+        // No instant: the newest first.
+        assert_eq!(back(2, None).unwrap().entries, [(10, 2), (20, 2)]);
+        // Units that have left the window stay gone.
+        assert_eq!(
+            adjust(&q, Some(&state), 115, Change::Refund(2, Some(10))),
+            None
+        );
+        let over = adjust(&q, Some(&state), 40, Change::Charge(9)).unwrap();
+        let s = step(&q, Some(&over), 40, 1);
+        // 15 units in the window: 6 must leave before one fits, at 130.
+        assert!(!s.allowed && s.retry_after == 90 && s.remaining == 0);
     }
 }

@@ -3,7 +3,7 @@
 //! (rounded up, so the estimate never undercounts the weighted total). Two
 //! counters of state; never more than the limit per aligned window.
 
-use super::Step;
+use super::{Change, Step};
 use crate::quota::Quota;
 use crate::state::SlidingCounterState;
 
@@ -23,17 +23,12 @@ fn overlap_allowed(room: u64, window: u64, count: u64) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX).min(window)
 }
 
+/// The counts as of the window `now` falls in.
 #[inline]
-pub(super) fn step(
-    q: &Quota,
-    state: Option<&SlidingCounterState>,
-    now: u64,
-    cost: u64,
-) -> Step<SlidingCounterState> {
+fn view(q: &Quota, state: Option<&SlidingCounterState>, now: u64) -> SlidingCounterState {
     let window = q.window_micros();
-    let limit = q.limit();
     let aligned = now - now % window;
-    let s = match state {
+    match state {
         Some(s) if s.window_start >= aligned => *s,
         Some(s) if s.window_start.saturating_add(window) == aligned => SlidingCounterState {
             window_start: aligned,
@@ -45,7 +40,19 @@ pub(super) fn step(
             previous: 0,
             current: 0,
         },
-    };
+    }
+}
+
+#[inline]
+pub(super) fn step(
+    q: &Quota,
+    state: Option<&SlidingCounterState>,
+    now: u64,
+    cost: u64,
+) -> Step<SlidingCounterState> {
+    let window = q.window_micros();
+    let limit = q.limit();
+    let s = view(q, state, now);
     let elapsed = now.saturating_sub(s.window_start).min(window);
     let estimate = weighted(s.previous, window - elapsed, window).saturating_add(s.current);
     let probe = cost.max(1);
@@ -87,8 +94,49 @@ pub(super) fn step(
         retry_after,
         state: next,
         consumed,
+        rewrite: false,
         ttl,
     }
+}
+
+/// A charge adds to the current window, past the limit if need be (up to
+/// twice the limit; the excess then weighs on the next window through the
+/// previous count). A
+/// refund takes from the window its units were taken in, the current or
+/// the previous one; without an instant, from the current window first.
+pub(super) fn adjust(
+    q: &Quota,
+    state: Option<&SlidingCounterState>,
+    now: u64,
+    change: Change,
+) -> Option<SlidingCounterState> {
+    let mut s = view(q, state, now);
+    match change {
+        Change::Charge(units) => {
+            s.current = s
+                .current
+                .saturating_add(units)
+                .min(q.limit().saturating_mul(2));
+        }
+        Change::Refund(units, None) => {
+            let from_current = units.min(s.current);
+            s.current -= from_current;
+            s.previous = s.previous.saturating_sub(units - from_current);
+        }
+        Change::Refund(units, Some(t)) if t >= s.window_start => {
+            s.current = s.current.saturating_sub(units);
+        }
+        Change::Refund(units, Some(t)) if t.saturating_add(q.window_micros()) >= s.window_start => {
+            s.previous = s.previous.saturating_sub(units);
+        }
+        Change::Refund(..) => return None,
+    }
+    if s.previous == 0 && s.current == 0 {
+        // Nothing counted: the window `now` falls in, even where the clock
+        // stepped back into an earlier one, so the state is no state at all.
+        s.window_start = now - now % q.window_micros();
+    }
+    Some(s)
 }
 
 #[cfg(test)]
@@ -111,5 +159,28 @@ mod tests {
         assert!(!b.allowed && b.retry_after == 5);
         assert!(step(&q, Some(&a.state), 130, 2).allowed);
         assert!(!step(&q, Some(&a.state), 129, 2).allowed);
+    }
+
+    #[test]
+    fn refunds_go_to_the_window_their_units_were_taken_in() {
+        let q = Quota::new(10, std::time::Duration::from_micros(100)).unwrap();
+        let s = SlidingCounterState {
+            window_start: 200,
+            previous: 6,
+            current: 3,
+        };
+        let back = |units, at| adjust(&q, Some(&s), 250, Change::Refund(units, at));
+        let this = back(2, Some(220)).unwrap();
+        assert_eq!((this.current, this.previous), (1, 6));
+        assert_eq!(back(2, Some(150)).unwrap().previous, 4);
+        assert_eq!(back(2, Some(50)), None);
+        let none = back(5, None).unwrap();
+        assert_eq!((none.current, none.previous), (0, 4));
+        let over = adjust(&q, Some(&s), 250, Change::Charge(20)).unwrap();
+        assert!(!step(&q, Some(&over), 250, 1).allowed);
+        // 20 units (twice the limit at most), weighed in the next window by
+        // their overlap: ceil(20 × 60 / 100) = 12 at 340.
+        assert!(!step(&q, Some(&over), 340, 1).allowed);
+        assert!(step(&q, Some(&over), 400, 10).allowed);
     }
 }

@@ -5,7 +5,7 @@ use crate::engine::{self, Write};
 use crate::error::{Error, ErrorKind, Result};
 use crate::state::RuleState;
 
-use super::{CasOp, DecideEntry, DecideRequest, Storage};
+use super::{AdjustEntry, AdjustRequest, CasOp, DecideEntry, DecideRequest, Storage};
 
 /// How many times [`decide_with_cas`] retries after losing a race before it
 /// gives up with a transient [`ErrorKind::Contention`] error.
@@ -33,7 +33,7 @@ pub async fn decide_with_cas<S: Storage + ?Sized>(
     store: &S,
     request: &DecideRequest<'_>,
 ) -> Result<Decision> {
-    cas_loop(store, request, engine::decide_all).await
+    decide_cas(store, request, engine::decide_all).await
 }
 
 /// [`decide_with_cas`] with one decision per entry: the default
@@ -42,31 +42,68 @@ pub async fn decide_each_with_cas<S: Storage + ?Sized>(
     store: &S,
     request: &DecideRequest<'_>,
 ) -> Result<Vec<Decision>> {
-    cas_loop(store, request, engine::decide_each).await
+    decide_cas(store, request, engine::decide_each).await
 }
 
-/// Read, decide with `decide`, compare-and-swap; again on a lost race.
-async fn cas_loop<S: Storage + ?Sized, T>(
+/// [`Storage::adjust`] built on [`Storage::get`] and
+/// [`Storage::compare_and_swap`], as [`decide_with_cas`]: the default
+/// `adjust`.
+pub async fn adjust_with_cas<S: Storage + ?Sized>(
+    store: &S,
+    request: &AdjustRequest<'_>,
+) -> Result<Vec<Decision>> {
+    let keys: Vec<String> = request.entries.iter().map(AdjustEntry::state_key).collect();
+    cas_loop(store, &keys, |states| {
+        let rules: Vec<_> = request
+            .entries
+            .iter()
+            .zip(states)
+            .map(|(e, s)| (e.rule, s.as_ref(), e.adjustment))
+            .collect();
+        engine::adjust(&rules, request.now)
+    })
+    .await
+}
+
+async fn decide_cas<S: Storage + ?Sized, T>(
     store: &S,
     request: &DecideRequest<'_>,
     decide: engine::DecideFn<T>,
 ) -> Result<T> {
-    let entries = request.entries;
-    if entries.is_empty() {
+    let keys: Vec<String> = request.entries.iter().map(DecideEntry::state_key).collect();
+    cas_loop(store, &keys, |states| {
+        let rules: Vec<_> = request
+            .entries
+            .iter()
+            .zip(states)
+            .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
+            .collect();
+        decide(&rules, request.now)
+    })
+    .await
+}
+
+/// Read the states at `keys`, compute the answer and the writes with
+/// `step`, compare-and-swap; again on a lost race.
+async fn cas_loop<S: Storage + ?Sized, T>(
+    store: &S,
+    keys: &[String],
+    step: impl Fn(&[Option<RuleState>]) -> Result<(T, Vec<Option<Write>>)> + Send,
+) -> Result<T> {
+    if keys.is_empty() {
         return Err(Error::new(
             ErrorKind::InvalidInput,
             "a decision needs at least one rule",
         ));
     }
-    let keys: Vec<String> = entries.iter().map(DecideEntry::state_key).collect();
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let mut raw = Vec::with_capacity(entries.len());
-        for key in &keys {
+        let mut raw = Vec::with_capacity(keys.len());
+        for key in keys {
             raw.push(store.get(key).await?);
         }
         let states = raw
             .iter()
-            .zip(&keys)
+            .zip(keys)
             .map(|(bytes, key)| {
                 bytes
                     .as_deref()
@@ -75,12 +112,7 @@ async fn cas_loop<S: Storage + ?Sized, T>(
                     .map_err(|e| corrupt_state(key, e))
             })
             .collect::<Result<Vec<_>>>()?;
-        let rules: Vec<_> = entries
-            .iter()
-            .zip(&states)
-            .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
-            .collect();
-        let (decided, writes) = decide(&rules, request.now)?;
+        let (decided, writes) = step(&states)?;
         let encoded: Vec<(usize, Vec<u8>, std::time::Duration)> = writes
             .into_iter()
             .enumerate()

@@ -16,6 +16,10 @@
 //!    by rule; it defaults to [`decide_each_with_cas`], and a store with a
 //!    native `decide` writes it the same way, around
 //!    [`kit::decide_each`](crate::kit::decide_each).
+//!    [`adjust`](Storage::adjust), the change of a budget after the fact
+//!    (a late charge, a refund), is a step of the same kind: it defaults
+//!    to [`adjust_with_cas`], and a store with a native `decide` writes it
+//!    around [`kit::adjust`](crate::kit::adjust).
 //! 2. **Key-value operations** the users of other rate limiters know —
 //!    [`get`](Storage::get), [`set`](Storage::set) with a TTL,
 //!    [`delete`](Storage::delete), [`exists`](Storage::exists),
@@ -112,7 +116,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use cas::{corrupt_state, decide_each_with_cas, decide_with_cas};
+pub use cas::{adjust_with_cas, corrupt_state, decide_each_with_cas, decide_with_cas};
 
 use crate::clock::Timestamp;
 use crate::decision::Decision;
@@ -180,6 +184,67 @@ impl DecideRequest<'_> {
             .all(|e| e.cost == first.cost)
             .then_some(first.cost)
     }
+}
+
+/// A change to a rule's budget after the request it belongs to was
+/// decided: see [`Storage::adjust`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adjustment {
+    /// Takes `units` whatever is left: a cost learned after the fact (the
+    /// tokens a model answered with, the bytes sent). Never refused: it may
+    /// take the key past its limit, and the excess is then owed, up to one
+    /// full limit (each algorithm's documentation says how it is paid
+    /// back). Later requests are denied until it is.
+    Charge(u64),
+    /// Gives back `units`, never more than the rule's full budget: a
+    /// request that turned out to cost less, or should not count at all.
+    /// Only units that still count come back (a refund never gives a key
+    /// more than it would have had without the units).
+    Refund {
+        /// Units to give back.
+        units: u64,
+        /// When they were taken, so that only units that still count come
+        /// back. On the window algorithms: units in a window that has not
+        /// ended, to that window (the fixed window gives back only units
+        /// of its current window; the sliding log removes the units of
+        /// that instant, then the oldest after it). On the buckets (token,
+        /// leaky, GCRA): units that have not refilled since `taken_at`,
+        /// taken as the instant they began to refill (a
+        /// [`Reservation`](crate::Reservation) passes that exact instant,
+        /// which is later when the key was in debt; an earlier one gives
+        /// back less, never more). `None`: the newest units, all of them
+        /// (the current window's).
+        taken_at: Option<Timestamp>,
+    },
+}
+
+/// One rule of an adjustment, the caller's key, and the change.
+#[derive(Debug, Clone, Copy)]
+pub struct AdjustEntry<'a> {
+    /// The caller's key, already bounded by the limiter.
+    pub key: &'a str,
+    /// The rule.
+    pub rule: &'a Rule,
+    /// The change.
+    pub adjustment: Adjustment,
+}
+
+impl AdjustEntry<'_> {
+    /// The store key that holds this rule's state for this key, as
+    /// [`DecideEntry::state_key`].
+    pub fn state_key(&self) -> String {
+        crate::key::state_key(self.rule, self.key)
+    }
+}
+
+/// The input of [`Storage::adjust`].
+#[derive(Debug, Clone, Copy)]
+pub struct AdjustRequest<'a> {
+    /// The time of the adjustment, from the limiter's clock (a store with a
+    /// shared clock of its own may use it instead, as for decisions).
+    pub now: Timestamp,
+    /// The changes; at least one, and no rule and key twice.
+    pub entries: &'a [AdjustEntry<'a>],
 }
 
 /// What a store reports about itself. Fields a store cannot know are `None`.
@@ -255,6 +320,20 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// every built-in store has its own.
     async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
         decide_each_with_cas(self, request).await
+    }
+
+    /// Changes the budgets of rules after the fact: charges a cost learned
+    /// late, or gives units back (see [`Adjustment`]), atomically: every
+    /// entry or none, with respect to every other caller. Returns one
+    /// decision per entry, in order: what a request of one unit would get
+    /// after the change, as a peek reports. A penalty in force stays.
+    /// [`kit::adjust`](crate::kit::adjust) computes it.
+    ///
+    /// The default is [`adjust_with_cas`], which needs [`get`](Self::get)
+    /// and [`compare_and_swap`](Self::compare_and_swap); every built-in
+    /// store has its own.
+    async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
+        adjust_with_cas(self, request).await
     }
 
     /// The value at `key`, or `None` if it is absent or expired.

@@ -2,11 +2,14 @@
 --
 -- KEYS[i]: the state key of rule i.
 -- ARGV[1]: the time in µs since the epoch, or '' to read the server's TIME.
--- ARGV[2]: '1' to return one decision per rule, '0' for the combined one.
+-- ARGV[2]: '1' to return one decision per rule, '0' for the combined one,
+--   '2' to adjust (engine.rs's adjust: charges and refunds).
 -- ARGV[3]: milliseconds added to every TTL written (clock-skew allowance).
 -- ARGV[4 + 7(i-1) ...]: rule i's algorithm tag, limit, window (µs),
 --   burst, emission interval (µs), penalty (µs, 0 for none) and the
---   request's cost on it (0 is a peek).
+--   request's cost on it (0 is a peek). To adjust, 9 per rule: the same
+--   six, then 'c' (charge) or 'r' (refund), the units, and the time the
+--   refunded units were taken (µs, or '' when not known).
 --
 -- Returns { allowed (1/0), index of the deciding rule (0-based), remaining,
 -- reset_after µs, retry_after µs }, or, one per rule, { admitted (1/0),
@@ -29,6 +32,18 @@ local each = ARGV[2] == '1'
 local pad = tonumber(ARGV[3])
 local n = #KEYS
 
+-- Writes a state with its TTL in µs: whole milliseconds, rounded up, so a
+-- key never expires early.
+local function store(key, state, ttl)
+  local ms = math.ceil(math.max(ttl, 1) / 1000) + pad
+  redis.call('SET', key, encode(state), 'PX', ms)
+end
+
+local function flag(b)
+  if b then return 1 end
+  return 0
+end
+
 -- Read and check every state before deciding anything.
 local states = {}
 for i = 1, n do
@@ -43,6 +58,87 @@ for i = 1, n do
   end
 end
 
+-- What a request of one unit would get from state s (nil for none) of a
+-- rule, as engine.rs's evaluate with a cost of 0: allowed, remaining,
+-- reset_after, retry_after.
+local function look(tag, q, s)
+  local same = nil
+  if s ~= nil and s.tag == tag then same = s end
+  local allowed, remaining, reset, retry = STEP[tag](q, same, now, 0)
+  if s ~= nil and now < s.blocked then
+    local wait = s.blocked - now
+    return false, 0, math.max(reset, wait), wait
+  end
+  if allowed then retry = 0 end
+  return allowed, remaining, reset, retry
+end
+
+local function quota(b)
+  return {
+    limit = tonumber(ARGV[b + 2]),
+    window = tonumber(ARGV[b + 3]),
+    burst = tonumber(ARGV[b + 4]),
+    interval = tonumber(ARGV[b + 5]),
+  }
+end
+
+if ARGV[2] == '2' then
+  -- Every rule's change is worked out before any is written: a corrupt
+  -- state leaves every key as it was.
+  local out, writes = { 1 }, {}
+  for i = 1, n do
+    local b = 3 + (i - 1) * 9
+    local tag = tonumber(ARGV[b + 1])
+    local q = quota(b)
+    local units = tonumber(ARGV[b + 8])
+    local taken_at = nil
+    if ARGV[b + 9] ~= '' then taken_at = tonumber(ARGV[b + 9]) end
+    local s = states[i]
+    local same = nil
+    if s ~= nil and s.tag == tag then same = s end
+    local ok, err = pcall(function()
+      local seen = s
+      local next_state = nil
+      if units > 0 then next_state = ADJUST[tag](q, same, now, ARGV[b + 7] == 'c', units, taken_at) end
+      if next_state ~= nil then
+        next_state.tag = tag
+        -- A penalty in force stays; one that has ended is forgotten.
+        next_state.blocked = 0
+        if s ~= nil and s.blocked > now then next_state.blocked = s.blocked end
+        local _, _, _, _, _, _, ttl = STEP[tag](q, next_state, now, 0)
+        ttl = math.max(ttl, sub(next_state.blocked, now))
+        -- A state equivalent to none replaces only one of this algorithm,
+        -- and then goes (engine.rs); where there was none, nothing is written.
+        if ttl > 0 then
+          writes[i] = { next_state, ttl }
+        elseif same ~= nil then
+          writes[i] = false
+        end
+        seen = next_state
+      end
+      local allowed, remaining, reset, retry = look(tag, q, seen)
+      local k = #out
+      out[k + 1] = flag(allowed)
+      out[k + 2] = remaining
+      out[k + 3] = reset
+      out[k + 4] = retry
+    end)
+    if not ok then
+      if type(err) == 'table' and err.corrupt then return { -1, i - 1, err.corrupt } end
+      error(err)
+    end
+  end
+  for i = 1, n do
+    local w = writes[i]
+    if w == false then
+      redis.call('DEL', KEYS[i])
+    elseif w ~= nil then
+      store(KEYS[i], w[1], w[2])
+    end
+  end
+  return out
+end
+
 -- One verdict per rule: { allowed, remaining, reset_after, retry_after, write,
 -- peek } where write is { state, ttl } or nil, and peek the step's
 -- arguments for a look at the rule without a cost.
@@ -51,12 +147,7 @@ local admitted = true
 for i = 1, n do
   local b = 3 + (i - 1) * 7
   local tag = tonumber(ARGV[b + 1])
-  local q = {
-    limit = tonumber(ARGV[b + 2]),
-    window = tonumber(ARGV[b + 3]),
-    burst = tonumber(ARGV[b + 4]),
-    interval = tonumber(ARGV[b + 5]),
-  }
+  local q = quota(b)
   local penalty = tonumber(ARGV[b + 6])
   local cost = tonumber(ARGV[b + 7])
   local s = states[i]
@@ -70,7 +161,7 @@ for i = 1, n do
   local step_cost = cost
   if blocked then step_cost = 0 end
   -- A sliding log is read lazily: a corrupt pair it meets is reported here.
-  local ok, allowed, remaining, reset, retry, state, consumed, ttl = pcall(STEP[tag], q, same, now, step_cost)
+  local ok, allowed, remaining, reset, retry, state, consumed, ttl, rewrite = pcall(STEP[tag], q, same, now, step_cost)
   if not ok then
     if type(allowed) == 'table' and allowed.corrupt then return { -1, i - 1, allowed.corrupt } end
     error(allowed)
@@ -92,7 +183,14 @@ for i = 1, n do
     state.blocked = now + penalty
     v = { false, 0, math.max(reset, penalty), math.max(retry, penalty), { state, math.max(ttl, penalty) } }
   else
-    v = { false, remaining, reset, retry, nil }
+    -- An older quota's debt, capped: written, so the wait stays true.
+    local w = nil
+    if rewrite and cost > 0 then
+      state.tag = tag
+      state.blocked = 0
+      w = { state, ttl }
+    end
+    v = { false, remaining, reset, retry, w }
   end
   -- A rule only peeked at (cost 0) never holds the request back.
   if not v[1] and cost > 0 then admitted = false end
@@ -114,15 +212,7 @@ for i = 1, n do
     best = i
   end
   local w = v[5]
-  if w ~= nil and v[1] == admitted then
-    -- TTLs are whole milliseconds, rounded up: a key never expires early.
-    local ms = math.ceil(math.max(w[2], 1) / 1000) + pad
-    redis.call('SET', KEYS[i], encode(w[1]), 'PX', ms)
-  end
-end
-local function flag(b)
-  if b then return 1 end
-  return 0
+  if w ~= nil and v[1] == admitted then store(KEYS[i], w[1], w[2]) end
 end
 
 if each then

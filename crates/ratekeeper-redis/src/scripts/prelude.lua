@@ -260,5 +260,32 @@ end
 -- q = { limit =, window =, burst =, interval = } and s the decoded state of
 -- the same algorithm (or nil), and returns
 -- allowed, remaining, reset_after, retry_after, next state, consumed, ttl
--- exactly as ratekeeper_core's algorithm::step does.
+-- and (GCRA and the token bucket) whether a denial must write the state
+-- all the same, exactly as ratekeeper_core's algorithm::step does.
 local STEP = {}
+-- Changes after the fact, by tag: adjust(q, s, now, charge, units,
+-- taken_at) with `charge` true for a charge and false for a refund, and
+-- `taken_at` the time of the refunded units or nil; returns the next state,
+-- or nil when nothing changes, exactly as ratekeeper_core's
+-- algorithm::adjust does.
+local ADJUST = {}
+
+-- ceil(a / b) for integers 0 <= a < 2^53, b > 0.
+local function cdiv(a, b)
+  return fdiv(a + b - 1, b)
+end
+
+-- A bucket's theoretical arrival time after a change, from `tat` (at or
+-- after now): mirrors algorithm/mod.rs's bucket_tat and give_back. A
+-- charge moves it on, at most two buckets past now; a refund moves it back
+-- by the units that have not refilled since taken_at (all of them without
+-- a time), never before now.
+local function bucket_tat(q, tat, now, charge, units, taken_at)
+  local interval = q.interval
+  if charge then
+    return math.min(tat + units * interval, now + 2 * q.burst * interval)
+  end
+  local span = units * interval
+  if taken_at ~= nil then span = math.min(span, sub(taken_at + span, now)) end
+  return math.max(sub(tat, span), now)
+end

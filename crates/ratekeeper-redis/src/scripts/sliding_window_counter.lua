@@ -15,15 +15,18 @@ local function overlap_allowed(room, window, count)
   return q
 end
 
+-- The counts as of the window now falls in: start, previous, current.
+local function swc_view(q, s, now)
+  local window = q.window
+  local aligned = now - math.fmod(now, window)
+  if s ~= nil and s[1] >= aligned then return s[1], s[2], s[3] end
+  if s ~= nil and s[1] + window == aligned then return aligned, s[3], 0 end
+  return aligned, 0, 0
+end
+
 STEP[3] = function(q, s, now, cost)
   local window, limit = q.window, q.limit
-  local aligned = now - math.fmod(now, window)
-  local start, previous, current = aligned, 0, 0
-  if s ~= nil and s[1] >= aligned then
-    start, previous, current = s[1], s[2], s[3]
-  elseif s ~= nil and s[1] + window == aligned then
-    start, previous, current = aligned, s[3], 0
-  end
+  local start, previous, current = swc_view(q, s, now)
   local elapsed = math.min(sub(now, start), window)
   local estimate = weighted(previous, window - elapsed, window) + current
   local probe = probe_of(cost)
@@ -55,4 +58,24 @@ STEP[3] = function(q, s, now, cost)
   local spent = estimate
   if consumed then spent = estimate + cost end
   return allowed, sub(limit, spent), ttl, retry_after, { start, previous, next_current }, consumed, ttl
+end
+
+ADJUST[3] = function(q, s, now, charge, units, taken_at)
+  local start, previous, current = swc_view(q, s, now)
+  if charge then
+    current = math.min(current + units, 2 * q.limit)
+  elseif taken_at == nil then
+    local c = math.min(units, current)
+    current = current - c
+    previous = sub(previous, units - c)
+  elseif taken_at >= start then
+    current = sub(current, units)
+  elseif taken_at + q.window >= start then
+    previous = sub(previous, units)
+  else
+    return nil
+  end
+  -- Nothing counted: the window now falls in (sliding_window_counter.rs).
+  if previous == 0 and current == 0 then start = now - math.fmod(now, q.window) end
+  return { start, previous, current }
 end

@@ -95,3 +95,80 @@ STEP[2] = function(q, s, now, cost)
   if final_ts ~= nil then ttl = sub(final_ts + window, now) end
   return allowed, sub(limit, used_after), ttl, retry_after, state, consumed, ttl
 end
+
+-- A charge or refund (algorithm/sliding_log.rs): the live pairs are read
+-- whole, as (timestamp, cost), changed, and written back as running totals.
+ADJUST[2] = function(q, s, now, charge, units, taken_at)
+  local window, limit = q.window, q.limit
+  local view = s
+  if view == nil then view = { n = 0, raw = '', at = 1, shift = 0 } end
+  local n = view.n
+  local first = log_search(view, 1, n + 1, function(i)
+    local ts = log_pair(view, i)
+    return ts + window > now
+  end)
+  local times, costs, m = {}, {}, 0
+  local prior, used = 0, 0
+  if first > 1 then
+    local _, t = log_pair(view, first - 1)
+    prior = t
+  end
+  -- The live pairs, read at once.
+  local live = n - first + 1
+  local flat = { n = live, raw = log_bytes(view, view.at + 16 * (first - 1), 16 * live), at = 1, shift = view.shift }
+  for i = 1, live do
+    local ts, total = log_pair(flat, i)
+    m = m + 1
+    times[m], costs[m] = ts, total - prior
+    used = used + costs[m]
+    prior = total
+  end
+  if charge then
+    -- Up to twice the limit in the window.
+    local add = math.min(units, sub(2 * limit, used))
+    if add > 0 then
+      -- In order, one pair per instant, even if the clock stepped back.
+      local at = m + 1
+      for i = 1, m do
+        if times[i] >= now then at = i break end
+      end
+      if at <= m and times[at] == now then
+        costs[at] = costs[at] + add
+      else
+        table.insert(times, at, now)
+        table.insert(costs, at, add)
+        m = m + 1
+      end
+    end
+  else
+    local left = units
+    local function take(i)
+      local t = math.min(costs[i], left)
+      costs[i] = costs[i] - t
+      left = left - t
+    end
+    if taken_at ~= nil then
+      -- The units of that instant, then the oldest after it; none once
+      -- that instant has left the window.
+      if taken_at + window <= now then return nil end
+      for i = 1, m do
+        if left == 0 then break end
+        if times[i] >= taken_at then take(i) end
+      end
+    else
+      for i = m, 1, -1 do
+        if left == 0 then break end
+        take(i)
+      end
+    end
+  end
+  local parts, k, total = {}, 0, 0
+  for i = 1, m do
+    if costs[i] > 0 then
+      total = total + costs[i]
+      k = k + 1
+      parts[k] = struct.pack('<I8I8', times[i], total)
+    end
+  end
+  return { n = k, raw = table.concat(parts), at = 1, shift = 0 }
+end

@@ -1,0 +1,158 @@
+//! Reservations: an estimate taken now, settled at the real cost later.
+
+use crate::clock::Timestamp;
+use crate::decision::Decision;
+use crate::error::{Error, ErrorKind, Result};
+use crate::limiter::Limiter;
+use crate::rule::Rule;
+use crate::storage::Adjustment;
+
+/// Units taken by [`Limiter::reserve`] or [`Limiter::reserve_each`], to
+/// settle at the real cost once it is known.
+///
+/// Settling compares the real cost with the estimate, rule by rule: what
+/// was not used is given back (to the window it was taken in: a
+/// reservation knows when its units were taken), what went past the
+/// estimate is charged, never refused, and owed if it takes the key past
+/// its limit (see [`Adjustment`]). A reservation dropped without settling
+/// keeps the estimate. A denied reservation took nothing: settling it
+/// changes nothing and returns its decisions.
+#[derive(Debug)]
+#[must_use = "settle the reservation at the real cost, or its estimate stands"]
+pub struct Reservation {
+    limiter: Limiter,
+    /// Each rule, its bounded key and its estimate.
+    entries: Vec<(Rule, String, u64)>,
+    taken_at: Timestamp,
+    decisions: Vec<Decision>,
+    /// The most restrictive of `decisions`.
+    decision: Decision,
+    admitted: bool,
+}
+
+impl Reservation {
+    /// A reservation of `entries`, decided at `taken_at`; an error unless
+    /// the store answered one decision per entry.
+    pub(crate) fn new(
+        limiter: Limiter,
+        entries: Vec<(Rule, String, u64)>,
+        taken_at: Timestamp,
+        decisions: Vec<Decision>,
+    ) -> Result<Self> {
+        let decision = match Decision::most_restrictive(&decisions) {
+            Some(d) if decisions.len() == entries.len() => d.clone(),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    "the store did not answer one decision per rule",
+                ));
+            }
+        };
+        // Admitted when every rule charged allows (a rule only looked at
+        // never holds the others back).
+        let admitted = entries
+            .iter()
+            .zip(&decisions)
+            .all(|((_, _, estimate), d)| *estimate == 0 || d.is_allowed());
+        Ok(Self {
+            limiter,
+            entries,
+            taken_at,
+            decisions,
+            decision,
+            admitted,
+        })
+    }
+
+    /// Whether the estimate was taken: every rule charged allowed it.
+    pub fn is_allowed(&self) -> bool {
+        self.admitted
+    }
+
+    /// The most restrictive of [`decisions`](Self::decisions), as
+    /// [`Limiter::check_all`] reports.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// One decision per rule, in order, as [`Limiter::check_each`] reports.
+    pub fn decisions(&self) -> &[Decision] {
+        &self.decisions
+    }
+
+    /// When the units were taken (the limiter's clock).
+    pub fn taken_at(&self) -> Timestamp {
+        self.taken_at
+    }
+
+    /// Settles every rule at `actual` units; returns the most restrictive
+    /// of what a request would get afterwards.
+    pub async fn settle(self, actual: u64) -> Result<Decision> {
+        let actual = vec![actual; self.entries.len()];
+        let decisions = self.settle_each(&actual).await?;
+        Decision::most_restrictive(&decisions)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "the store answered no decision"))
+    }
+
+    /// Settles rule `i` at `actual[i]` units, all rules in one atomic
+    /// step; returns one decision per rule. `actual` must have one cost per
+    /// rule reserved, or this is an [`ErrorKind::InvalidInput`] error and
+    /// the estimate stands.
+    pub async fn settle_each(self, actual: &[u64]) -> Result<Vec<Decision>> {
+        if actual.len() != self.entries.len() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "a reservation of {} rules settled with {} costs",
+                    self.entries.len(),
+                    actual.len()
+                ),
+            ));
+        }
+        if !self.admitted {
+            return Ok(self.decisions);
+        }
+        let changes: Vec<(&Rule, &str, Adjustment)> = self
+            .entries
+            .iter()
+            .zip(&self.decisions)
+            .zip(actual)
+            .map(|(((rule, key, estimate), decision), actual)| {
+                let change = if actual >= estimate {
+                    Adjustment::Charge(actual - estimate)
+                } else {
+                    let units = estimate - actual;
+                    Adjustment::Refund {
+                        units,
+                        taken_at: Some(self.counted_from(rule, decision, units)),
+                    }
+                };
+                (rule, key.as_str(), change)
+            })
+            .collect();
+        self.limiter.adjust(&changes).await
+    }
+
+    /// When the last `units` of this reservation on `rule` began to count:
+    /// on the window algorithms, when they were taken; on the buckets, when
+    /// their turn to refill began, which is later when the key was in debt
+    /// (the bucket refills them last of the reservation, ending when its
+    /// decision said it would be whole again). A refund gives back only
+    /// what has not refilled since.
+    fn counted_from(&self, rule: &Rule, decision: &Decision, units: u64) -> Timestamp {
+        if !rule.algorithm().uses_burst() {
+            return self.taken_at;
+        }
+        let whole_at = self.taken_at.saturating_add(decision.reset_after());
+        let span = units.saturating_mul(rule.quota().emission_interval_us());
+        let start = whole_at.as_micros().saturating_sub(span);
+        Timestamp::from_micros(start.max(self.taken_at.as_micros()))
+    }
+
+    /// Gives the whole estimate back: the work was not done.
+    pub async fn cancel(self) -> Result<Vec<Decision>> {
+        let none = vec![0; self.entries.len()];
+        self.settle_each(&none).await
+    }
+}
