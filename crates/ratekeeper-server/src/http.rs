@@ -30,6 +30,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/check", post(check))
         .route("/json", post(check))
         .route("/v1/peek", post(peek))
+        .route("/v1/report", post(report))
         .route("/v1/limits", get(limits))
         .route("/health", get(health))
         .route("/healthcheck", get(health))
@@ -77,6 +78,21 @@ struct CheckBody {
     rule: Option<String>,
     #[serde(default)]
     key: Option<String>,
+    /// Give units back: every descriptor's (or the rule's) hits. A report
+    /// only.
+    #[serde(default, alias = "isNegativeHits")]
+    is_negative_hits: bool,
+}
+
+/// What a request to the check endpoints asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Decide, and charge what is admitted.
+    Check,
+    /// Decide without charging.
+    Peek,
+    /// Charge after the fact, or give back.
+    Report,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,7 +156,16 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
-fn check_of(body: CheckBody, peek: bool) -> Result<Check, String> {
+fn check_of(body: CheckBody, ask: Ask) -> Result<Check, String> {
+    let peek = ask == Ask::Peek;
+    if body.is_negative_hits && ask != Ask::Report {
+        return Err(
+            "is_negative_hits at the top is for reports (/v1/report); a check takes it per \
+             descriptor"
+                .to_owned(),
+        );
+    }
+    let all_negative = body.is_negative_hits;
     let descriptors = body
         .descriptors
         .into_iter()
@@ -174,7 +199,7 @@ fn check_of(body: CheckBody, peek: bool) -> Result<Check, String> {
                 entries: d.entries.into_iter().map(|e| (e.key, e.value)).collect(),
                 hits: if peek { Some(0) } else { hits },
                 limit,
-                negative: d.is_negative_hits,
+                negative: d.is_negative_hits || all_negative,
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -186,14 +211,18 @@ fn check_of(body: CheckBody, peek: bool) -> Result<Check, String> {
 }
 
 async fn check(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    decide(app, &body, false).await
+    decide(app, &body, Ask::Check).await
 }
 
 async fn peek(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    decide(app, &body, true).await
+    decide(app, &body, Ask::Peek).await
 }
 
-async fn decide(app: Arc<App>, body: &[u8], peek: bool) -> Response {
+async fn report(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    decide(app, &body, Ask::Report).await
+}
+
+async fn decide(app: Arc<App>, body: &[u8], ask: Ask) -> Response {
     let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -205,13 +234,18 @@ async fn decide(app: Arc<App>, body: &[u8], peek: bool) -> Response {
         Err(m) => return bad_request(m),
     };
     if let Some(rule) = body.rule.clone() {
-        return decide_rule(&app, &rule, body, peek).await;
+        return decide_rule(&app, &rule, body, ask).await;
     }
-    let check = match check_of(body, peek) {
+    let check = match check_of(body, ask) {
         Ok(c) => c,
         Err(m) => return bad_request(m),
     };
-    match app.service.decide(&check).await {
+    let answer = if ask == Ask::Report {
+        app.service.report(&check).await
+    } else {
+        app.service.decide(&check).await
+    };
+    match answer {
         Ok(answer) => axum::Json(answer_json(&answer)).into_response(),
         Err(Refusal::Invalid(m)) => bad_request(m),
         Err(Refusal::Unavailable(m)) => error(
@@ -223,7 +257,7 @@ async fn decide(app: Arc<App>, body: &[u8], peek: bool) -> Response {
 
 /// `{"rule": "api", "key": "alice", "hits_addend": 2}`: a named rule of
 /// the configuration on a key.
-async fn decide_rule(app: &App, name: &str, body: CheckBody, peek: bool) -> Response {
+async fn decide_rule(app: &App, name: &str, body: CheckBody, ask: Ask) -> Response {
     if body.domain.is_some() || !body.descriptors.is_empty() {
         return bad_request("give either a rule and a key, or a domain and descriptors");
     }
@@ -240,13 +274,22 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, peek: bool) -> Resp
             limits.server.max_value_bytes
         ));
     }
-    let cost = if peek {
+    if body.is_negative_hits && ask != Ask::Report {
+        return bad_request("is_negative_hits is for reports (/v1/report)");
+    }
+    let cost = if ask == Ask::Peek {
         0
     } else {
         body.hits_addend.unwrap_or(1)
     };
     let limit = Some(crate::service::shown(rule));
-    let status = match app.service.limiter().check_cost(rule, &key, cost).await {
+    let limiter = app.service.limiter();
+    let decided = match ask {
+        Ask::Report if body.is_negative_hits => limiter.refund(rule, &key, cost).await,
+        Ask::Report => limiter.charge(rule, &key, cost).await,
+        _ => limiter.check_cost(rule, &key, cost).await,
+    };
+    let status = match decided {
         Ok(d) => {
             // `[server] shadow_mode` holds here too: decided, never denied.
             let shadow = limits.server.shadow_mode && !d.is_allowed();
@@ -262,6 +305,13 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, peek: bool) -> Resp
         }
         Err(e) if e.kind() == ratekeeper::ErrorKind::CostExceedsCapacity => {
             return bad_request(e.to_string());
+        }
+        // A report decides nothing for a mode to answer.
+        Err(e) if ask == Ask::Report => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the rate-limit store is unavailable: {e}"),
+            );
         }
         // A failed store: `[server] on_store_error`, as for domains.
         Err(e) => match limits.server.on_store_error {

@@ -86,7 +86,7 @@ pub(crate) struct Check {
 }
 
 /// One descriptor of a request.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Descriptor {
     pub(crate) entries: Vec<(String, String)>,
     /// Its own cost; 0 looks without charging.
@@ -94,7 +94,7 @@ pub(crate) struct Descriptor {
     /// A limit the caller brings for this descriptor instead of the
     /// configured one.
     pub(crate) limit: Option<(u64, Unit)>,
-    /// Units to give back instead of taking (not supported yet).
+    /// Units to give back instead of taking (`is_negative_hits`).
     pub(crate) negative: bool,
 }
 

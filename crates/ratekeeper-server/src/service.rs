@@ -23,6 +23,8 @@ use ratekeeper::kit::LogThrottle;
 use ratekeeper::{Algorithm, Decision, Limiter, Quota, Rule};
 use sha2::Digest as _;
 
+mod report;
+
 pub(crate) use crate::request::{Answer, Check, Descriptor, Refusal, Shown, Status, Unit};
 
 /// One limit a request is decided on, and what it said.
@@ -189,12 +191,6 @@ impl Service {
                     ));
                 }
             }
-            if d.negative {
-                return invalid(format!(
-                    "descriptors[{i}] asks to give units back (is_negative_hits), which this \
-                     service does not do yet"
-                ));
-            }
             if let Some((0, _)) = d.limit {
                 return invalid(format!("descriptors[{i}].limit.requests_per_unit is 0"));
             }
@@ -204,6 +200,9 @@ impl Service {
 
     /// Decides `check`.
     pub(crate) async fn decide(&self, check: &Check) -> Result<Answer, Refusal> {
+        if check.descriptors.iter().any(|d| d.negative) {
+            return self.decide_with_refunds(check).await;
+        }
         let limits = self.limits.load();
         Self::validate(&limits.server, check)?;
         let domain = check.domain.as_str();

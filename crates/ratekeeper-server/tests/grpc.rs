@@ -223,14 +223,21 @@ async fn all_or_nothing_and_hits_per_descriptor() {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{rpu} per {unit}");
     }
-    // Giving units back is refused, not ignored.
-    let mut d = descriptor_hits(&[("a", "x")], 1);
-    d.is_negative_hits = true;
-    let err = c
-        .should_rate_limit(request("d", vec![d]))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // Giving units back (is_negative_hits): `c` gets its 2 back, and the
+    // request's other descriptors are decided as usual.
+    let mut back = descriptor_hits(&[("c", "x")], 2);
+    back.is_negative_hits = true;
+    let r = ask(&mut c, request("d", vec![back, descriptor(&[("a", "x")])])).await;
+    assert!(ok(r.overall_code));
+    let left: Vec<u32> = r.statuses.iter().map(|s| s.limit_remaining).collect();
+    assert_eq!(left, [3, 7]);
+    assert!(ok(ask(&mut c, three(3)).await.overall_code));
+    // Never more than the whole limit.
+    let mut back = descriptor_hits(&[("c", "x")], 50);
+    back.is_negative_hits = true;
+    let r = ask(&mut c, request("d", vec![back])).await;
+    assert!(ok(r.overall_code));
+    assert_eq!(r.statuses[0].limit_remaining, 3);
 }
 
 #[tokio::test]

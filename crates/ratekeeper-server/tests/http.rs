@@ -147,6 +147,82 @@ async fn every_endpoint_and_its_errors() {
 }
 
 #[tokio::test]
+async fn reports_charge_after_the_fact_and_give_back() {
+    let dir = TempDir::new("http-report");
+    let file = write(&dir.0, "limits.toml", CONFIG);
+    let server = Server::start(&["--config", &file]);
+    let api = server.http.unwrap();
+    let with = |user: &str, extra: &str| {
+        format!(
+            r#"{{"domain":"web"{extra},"descriptors":[{{"entries":[{{"key":"user","value":"{user}"}}]}}]}}"#
+        )
+    };
+    let remaining = |v: &serde_json::Value| v["statuses"][0]["limitRemaining"].as_u64();
+    let (_, v) = http(api, "POST", "/v1/check", &body("dan"), None).await;
+    assert_eq!(remaining(&v), Some(1));
+    // Charged after the fact, past the limit: never refused, and owed.
+    let (status, v) = http(
+        api,
+        "POST",
+        "/v1/report",
+        &with("dan", r#","hits":3"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["overallCode"], "OVER_LIMIT");
+    assert!(v["statuses"][0]["retryAfter"].is_string());
+    let (_, v) = http(api, "POST", "/v1/check", &body("dan"), None).await;
+    assert_eq!(v["overallCode"], "OVER_LIMIT");
+    // Given back: 4 used, 3 back, 1 left.
+    let back = with("dan", r#","hits":3,"is_negative_hits":true"#);
+    let (_, v) = http(api, "POST", "/v1/report", &back, None).await;
+    assert_eq!(
+        (v["overallCode"].as_str(), remaining(&v)),
+        (Some("OK"), Some(1))
+    );
+    let (_, v) = http(api, "POST", "/v1/check", &body("dan"), None).await;
+    assert_eq!(
+        (v["overallCode"].as_str(), remaining(&v)),
+        (Some("OK"), Some(0))
+    );
+    // Per descriptor, in a check: given back, then the rest decided.
+    let mixed = r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"dan"}],"hits_addend":"2","is_negative_hits":true},{"entries":[{"key":"user","value":"eve"}]}]}"#;
+    let (_, v) = http(api, "POST", "/v1/check", mixed, None).await;
+    assert_eq!(v["overallCode"], "OK", "{v}");
+    assert_eq!(v["statuses"][0]["limitRemaining"], 2);
+    assert_eq!(v["statuses"][1]["limitRemaining"], 1);
+    // A named rule and a key.
+    let rule = |extra: &str| format!(r#"{{"rule":"api","key":"r1"{extra}}}"#);
+    let (_, v) = http(api, "POST", "/v1/check", &rule(r#","hits":2"#), None).await;
+    assert_eq!(remaining(&v), Some(1));
+    let (_, v) = http(api, "POST", "/v1/report", &rule(r#","hits":3"#), None).await;
+    assert_eq!(v["overallCode"], "OVER_LIMIT");
+    let back = rule(r#","hits":4,"is_negative_hits":true"#);
+    let (_, v) = http(api, "POST", "/v1/report", &back, None).await;
+    assert_eq!(
+        (v["overallCode"].as_str(), remaining(&v)),
+        (Some("OK"), Some(2))
+    );
+    // Giving back is for reports, or per descriptor.
+    let (status, v) = http(api, "POST", "/v1/check", &back, None).await;
+    assert_eq!(status, 400, "{v}");
+    let (status, _) = http(
+        api,
+        "POST",
+        "/v1/check",
+        &with("x", r#","is_negative_hits":true"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    // An unknown domain counts nothing.
+    let other = r#"{"domain":"nope","descriptors":[{"entries":[{"key":"user","value":"a"}]}]}"#;
+    let (_, v) = http(api, "POST", "/v1/report", other, None).await;
+    assert_eq!(v["overallCode"], "OK");
+}
+
+#[tokio::test]
 async fn the_admin_api_asks_for_its_token() {
     let dir = TempDir::new("admin");
     let file = write(&dir.0, "limits.toml", CONFIG);
@@ -296,7 +372,11 @@ async fn protobuf_json_spellings() {
     assert_eq!(v["statuses"][0]["currentLimit"]["unit"], "MINUTE", "{v}");
     let body = r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"pb"}],"isNegativeHits":true}]}"#;
     let (status, v) = http(api, "POST", "/json", body, None).await;
-    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        (status, &v["statuses"][0]["limitRemaining"]),
+        (200, &serde_json::json!(1)),
+        "{v}"
+    );
     let body = r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"pb"}],"hitsAddend":"two"}]}"#;
     assert_eq!(http(api, "POST", "/json", body, None).await.0, 400);
 }

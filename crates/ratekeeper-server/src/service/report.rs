@@ -1,0 +1,176 @@
+//! Reports: costs learned after the request. A descriptor's hits are
+//! charged (never refused; past the limit they are owed), or, with
+//! `is_negative_hits`, given back. Every descriptor of one report is one
+//! atomic step of the store (`Limiter::adjust`).
+
+use std::collections::HashMap;
+
+use ratekeeper::{Adjustment, Rule};
+
+use super::{Plan, Refusal, Service, Status, deny_status, is_request_error, plan, shown};
+use crate::request::{Answer, Check};
+
+/// The net change of one limit and key: what is charged less what is
+/// given back, by the descriptors at `at`.
+struct Net<'a> {
+    at: Vec<usize>,
+    rule: &'a Rule,
+    key: &'a str,
+    units: i128,
+    shadow: bool,
+}
+
+impl Service {
+    /// Applies `check` as a report: each descriptor's hits charged, or
+    /// given back when it says `is_negative_hits` (the newest units; see
+    /// `Adjustment::Refund`). Answers, per descriptor, what a request would
+    /// get now. A store failure is `Unavailable`, whatever the mode: a
+    /// report decides nothing for the mode to answer.
+    pub(crate) async fn report(&self, check: &Check) -> Result<Answer, Refusal> {
+        let limits = self.limits.load();
+        Self::validate(&limits.server, check)?;
+        let n = check.descriptors.len();
+        let mut statuses = vec![Status::free(); n];
+        // Listed clients and unknown domains count nothing.
+        if self.listed(&limits, check).is_some() || !limits.domains.has_domain(&check.domain) {
+            return Ok(Answer {
+                over_limit: false,
+                statuses,
+                headers: Vec::new(),
+            });
+        }
+        let plans = plan(
+            &limits.domains,
+            check,
+            check.hits,
+            limits.server.shadow_mode,
+        )?;
+        let mut nets: Vec<Net<'_>> = Vec::new();
+        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+        for (at, (p, d)) in plans.iter().zip(&check.descriptors).enumerate() {
+            let Plan::Rule {
+                rule,
+                key,
+                cost,
+                shadow,
+                ..
+            } = p
+            else {
+                continue;
+            };
+            let units = if d.negative {
+                -i128::from(*cost)
+            } else {
+                i128::from(*cost)
+            };
+            match seen
+                .get(&(rule.name(), key.as_str()))
+                .and_then(|&i| nets.get_mut(i))
+            {
+                Some(net) => {
+                    net.at.push(at);
+                    net.units += units;
+                }
+                None => {
+                    seen.insert((rule.name(), key.as_str()), nets.len());
+                    nets.push(Net {
+                        at: vec![at],
+                        rule: rule.as_ref(),
+                        key: key.as_str(),
+                        units,
+                        shadow: *shadow,
+                    });
+                }
+            }
+        }
+        if !nets.is_empty() {
+            let changes: Vec<(&Rule, &str, Adjustment)> = nets
+                .iter()
+                .map(|net| {
+                    let units = u64::try_from(net.units.unsigned_abs()).unwrap_or(u64::MAX);
+                    let change = if net.units >= 0 {
+                        Adjustment::Charge(units)
+                    } else {
+                        Adjustment::Refund {
+                            units,
+                            taken_at: None,
+                        }
+                    };
+                    (net.rule, net.key, change)
+                })
+                .collect();
+            let decisions = match self.limiter.adjust(&changes).await {
+                Ok(d) => d,
+                Err(e) if is_request_error(&e) => return Err(Refusal::Invalid(e.to_string())),
+                Err(e) => return Err(Refusal::Unavailable(e.to_string())),
+            };
+            for (net, d) in nets.iter().zip(decisions) {
+                let over = !d.is_allowed();
+                for &at in &net.at {
+                    if let Some(status) = statuses.get_mut(at) {
+                        *status = Status {
+                            over_limit: over && !net.shadow,
+                            limit: Some(shown(net.rule)),
+                            remaining: d.remaining(),
+                            reset_after: d.reset_after(),
+                            retry_after: d.retry_after().filter(|_| !net.shadow),
+                            shadow_over_limit: over && net.shadow,
+                        };
+                    }
+                }
+            }
+        }
+        for (p, status) in plans.iter().zip(statuses.iter_mut()) {
+            if let Plan::Deny { shown, shadow, .. } = p {
+                *status = deny_status(shown, *shadow);
+            }
+        }
+        Ok(Answer {
+            over_limit: statuses.iter().any(|s| s.over_limit),
+            statuses,
+            headers: Vec::new(),
+        })
+    }
+
+    /// Decides a request some of whose descriptors give units back
+    /// (`is_negative_hits`): those are reported first, then the others are
+    /// decided, all or nothing among themselves; one status per descriptor
+    /// in the request's order.
+    pub(super) async fn decide_with_refunds(&self, check: &Check) -> Result<Answer, Refusal> {
+        let (back, charged): (Vec<usize>, Vec<usize>) = (0..check.descriptors.len())
+            .partition(|&i| check.descriptors.get(i).is_some_and(|d| d.negative));
+        let part = |at: &[usize]| Check {
+            domain: check.domain.clone(),
+            descriptors: at
+                .iter()
+                .filter_map(|&i| check.descriptors.get(i).cloned())
+                .collect(),
+            hits: check.hits,
+        };
+        let given = self.report(&part(&back)).await?;
+        let mut statuses = vec![Status::free(); check.descriptors.len()];
+        for (&i, s) in back.iter().zip(given.statuses) {
+            if let Some(status) = statuses.get_mut(i) {
+                *status = s;
+            }
+        }
+        if charged.is_empty() {
+            return Ok(Answer {
+                over_limit: false,
+                statuses,
+                headers: Vec::new(),
+            });
+        }
+        let decided = Box::pin(self.decide(&part(&charged))).await?;
+        for (&i, s) in charged.iter().zip(decided.statuses) {
+            if let Some(status) = statuses.get_mut(i) {
+                *status = s;
+            }
+        }
+        Ok(Answer {
+            over_limit: decided.over_limit,
+            statuses,
+            headers: decided.headers,
+        })
+    }
+}
