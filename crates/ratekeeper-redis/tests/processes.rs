@@ -1,6 +1,8 @@
 //! Several OS processes deciding through one Redis never admit more than the
 //! limit: 4 processes × 16 tasks on one key, for every algorithm, through a
-//! standalone server and through the Cluster.
+//! standalone server and through the Cluster; and reserving and settling,
+//! they never keep more than the limit, and what is left is exactly the
+//! rest.
 
 mod common;
 
@@ -22,4 +24,45 @@ fn four_processes_admit_exactly_the_limit_on_one_server() {
 #[test]
 fn four_processes_admit_exactly_the_limit_through_the_cluster() {
     four_processes(&common::cluster().url());
+}
+
+fn four_processes_reserving(url: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    ratekeeper_testkit::processes::assert_processes_reserve_exactly(
+        Path::new(env!("CARGO_BIN_EXE_ratekeeper-redis-worker")),
+        |_| format!("{url}?prefix={}", common::unique_prefix(false)),
+        |store, algorithm| {
+            runtime.block_on(async {
+                let store = ratekeeper_redis::RedisStorage::connect(store)
+                    .await
+                    .expect("the store");
+                let limiter = ratekeeper_core::Limiter::new(std::sync::Arc::new(store));
+                let quota = format!("{}/hour", ratekeeper_testkit::processes::LIMIT);
+                let rule = ratekeeper_core::Rule::new(
+                    algorithm.as_str(),
+                    algorithm,
+                    quota.parse().expect("a quota"),
+                )
+                .expect("a rule");
+                limiter
+                    .peek(&rule, "one-key")
+                    .await
+                    .expect("a peek")
+                    .remaining()
+            })
+        },
+    );
+}
+
+#[test]
+fn four_processes_reserving_keep_exactly_what_they_settled_on_one_server() {
+    four_processes_reserving(&common::standalone().url());
+}
+
+#[test]
+fn four_processes_reserving_keep_exactly_what_they_settled_through_the_cluster() {
+    four_processes_reserving(&common::cluster().url());
 }

@@ -1,5 +1,7 @@
 //! Several OS processes deciding against one database file never admit more
-//! than the limit: 4 processes × 16 tasks on one key, for every algorithm.
+//! than the limit: 4 processes × 16 tasks on one key, for every algorithm;
+//! and reserving and settling, they never keep more than the limit, and what
+//! is left is exactly the rest.
 
 use std::path::Path;
 
@@ -17,6 +19,46 @@ fn four_processes_admit_exactly_the_limit() {
     ratekeeper_testkit::processes::assert_processes_admit_exactly(
         Path::new(env!("CARGO_BIN_EXE_ratekeeper-sqlite-worker")),
         |_| db.display().to_string(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn four_processes_reserving_keep_exactly_what_they_settled() {
+    let dir = std::env::temp_dir().join(format!(
+        "ratekeeper-sqlite-reservations-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let db = dir.join("shared.db");
+    drop(ratekeeper_sqlite::SqliteStorage::open(&db).expect("a new database file"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    ratekeeper_testkit::processes::assert_processes_reserve_exactly(
+        Path::new(env!("CARGO_BIN_EXE_ratekeeper-sqlite-worker")),
+        // A file per algorithm's round.
+        |algorithm| dir.join(format!("{algorithm}.db")).display().to_string(),
+        |file, algorithm| {
+            runtime.block_on(async {
+                let store = ratekeeper_sqlite::SqliteStorage::open(file).expect("the file");
+                let limiter = ratekeeper_core::Limiter::new(std::sync::Arc::new(store));
+                let quota = format!("{}/hour", ratekeeper_testkit::processes::LIMIT);
+                let rule = ratekeeper_core::Rule::new(
+                    algorithm.as_str(),
+                    algorithm,
+                    quota.parse().expect("a quota"),
+                )
+                .expect("a rule");
+                limiter
+                    .peek(&rule, "one-key")
+                    .await
+                    .expect("a peek")
+                    .remaining()
+            })
+        },
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

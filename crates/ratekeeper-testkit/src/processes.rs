@@ -5,8 +5,10 @@
 //! `WORKER STORE ALGORITHM QUOTA KEY TASKS REQUESTS` opens STORE (a file
 //! path, a URL), runs TASKS concurrent tasks each making REQUESTS checks of
 //! KEY under a rule named after the algorithm, and prints how many were
-//! admitted. Its test calls [`assert_processes_admit_exactly`] with that
-//! binary.
+//! admitted (with `RATELIMIT_WORKER_RESERVE=1`: reserves 1 to 5 units per
+//! request, settles at or below the estimate, and prints the units kept).
+//! Its tests call [`assert_processes_admit_exactly`] and
+//! [`assert_processes_reserve_exactly`] with that binary.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -28,39 +30,69 @@ pub const LIMIT: u64 = 100;
 pub fn assert_processes_admit_exactly(worker: &Path, store: impl Fn(Algorithm) -> String) {
     for algorithm in Algorithm::ALL {
         let store = store(algorithm);
-        let quota = format!("{LIMIT}/hour");
-        let (tasks, requests) = (TASKS.to_string(), REQUESTS_PER_TASK.to_string());
-        // Spawn them all before waiting for any: they must run at once.
-        let children: Vec<_> = (0..PROCESSES)
-            .map(|_| {
-                Command::new(worker)
-                    .args([
-                        store.as_str(),
-                        algorithm.as_str(),
-                        &quota,
-                        "one-key",
-                        &tasks,
-                        &requests,
-                    ])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("start {}: {e}", worker.display()))
-            })
-            .collect();
-        let mut total = 0;
-        for child in children {
-            let out = child.wait_with_output().expect("a worker's output");
-            assert!(
-                out.status.success(),
-                "a worker failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            total += String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse::<u64>()
-                .expect("a worker prints its count");
-        }
+        let total = run_workers(worker, &store, algorithm, false);
         assert_eq!(total, LIMIT, "{algorithm}");
     }
+}
+
+/// For every algorithm: starts [`PROCESSES`] copies of `worker` at once with
+/// `RATELIMIT_WORKER_RESERVE=1`, all reserving on one key of the store
+/// `store(algorithm)` names and settling at or below their estimates, and
+/// asserts that together they kept at most [`LIMIT`] units, and that
+/// `left(store, algorithm)`, what a peek of the key (`"one-key"`, under a
+/// rule named after the algorithm) says afterwards, is exactly the limit
+/// less what they kept.
+pub fn assert_processes_reserve_exactly(
+    worker: &Path,
+    store: impl Fn(Algorithm) -> String,
+    left: impl Fn(&str, Algorithm) -> u64,
+) {
+    for algorithm in Algorithm::ALL {
+        let store = store(algorithm);
+        let kept = run_workers(worker, &store, algorithm, true);
+        assert!(kept <= LIMIT, "{algorithm}: {kept} units kept");
+        assert_eq!(left(&store, algorithm), LIMIT - kept, "{algorithm}");
+    }
+}
+
+/// Runs [`PROCESSES`] workers at once on `store`; the sum of what they print.
+fn run_workers(worker: &Path, store: &str, algorithm: Algorithm, reserve: bool) -> u64 {
+    let quota = format!("{LIMIT}/hour");
+    let (tasks, requests) = (TASKS.to_string(), REQUESTS_PER_TASK.to_string());
+    // Spawn them all before waiting for any: they must run at once.
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            let mut command = Command::new(worker);
+            if reserve {
+                command.env("RATELIMIT_WORKER_RESERVE", "1");
+            }
+            command
+                .args([
+                    store,
+                    algorithm.as_str(),
+                    &quota,
+                    "one-key",
+                    &tasks,
+                    &requests,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", worker.display()))
+        })
+        .collect();
+    let mut total = 0;
+    for child in children {
+        let out = child.wait_with_output().expect("a worker's output");
+        assert!(
+            out.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        total += String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .expect("a worker prints its count");
+    }
+    total
 }
