@@ -4,6 +4,8 @@
 //! they never keep more than the limit, and what is left is exactly the
 //! rest.
 
+#![allow(clippy::expect_used, reason = "test")]
+
 mod common;
 
 use std::path::Path;

@@ -3,6 +3,8 @@
 //! and reserving and settling, they never keep more than the limit, and what
 //! is left is exactly the rest.
 
+#![allow(clippy::expect_used, reason = "test")]
+
 use std::path::Path;
 
 #[test]
