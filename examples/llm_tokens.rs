@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     for prompt_words in [400, 0, 900, 2_500, 1_200, 600] {
         // The estimate: the prompt's tokens and a typical answer.
         let estimate = prompt_words * 2 + 500;
-        let reservation = limiter
+        let mut reservation = limiter
             .reserve_each(&[(&tokens, team, estimate), (&calls, team, 1)])
             .await?;
         if !reservation.is_allowed() {

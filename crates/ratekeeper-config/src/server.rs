@@ -44,6 +44,18 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// How long shutdown waits for requests in flight (default 10 s).
     pub drain: Duration,
+    /// How long one request may take, from its first byte to its answer
+    /// (default 30 s): a client that sends its headers or its body slower
+    /// is cut off (HTTP: the connection closed, or 408; gRPC:
+    /// DEADLINE_EXCEEDED). An idle HTTP connection is closed after as
+    /// long.
+    pub request_timeout: Duration,
+    /// Whether clients of the public ports may give units back
+    /// (`is_negative_hits`, and refunds through `POST /v1/report`). Off by
+    /// default: a refund undoes a limit as a reset does, and resets are the
+    /// admin API's. Turn it on when every client of the public ports is
+    /// trusted (Envoy, your own services).
+    pub refunds: bool,
     /// Logs as JSON lines instead of text.
     pub json_logs: bool,
     /// Adds `RateLimit-Policy` and `RateLimit` (IETF draft), and
@@ -74,6 +86,8 @@ impl Default for ServerConfig {
             max_request_bytes: 64 * 1024,
             max_in_flight: 4096,
             drain: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            refunds: false,
             json_logs: false,
             headers: false,
             watch: true,
@@ -166,6 +180,20 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
     if let Some(d) = t.duration(r, "drain") {
         s.drain = d;
     }
+    if let Some(d) = t.duration(r, "request_timeout") {
+        if d.is_zero() {
+            r.problem(
+                &t.field_path("request_timeout"),
+                t.value_of("request_timeout"),
+                "zero (every request would be cut off)",
+            );
+        } else {
+            s.request_timeout = d;
+        }
+    }
+    if let Some(b) = t.boolean(r, "refunds") {
+        s.refunds = b;
+    }
     if let Some(b) = t.boolean(r, "json_logs") {
         s.json_logs = b;
     }
@@ -200,6 +228,8 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
             "max_request_bytes",
             "max_in_flight",
             "drain",
+            "request_timeout",
+            "refunds",
             "json_logs",
             "headers",
             "watch",

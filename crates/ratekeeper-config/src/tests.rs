@@ -252,7 +252,7 @@ fn the_server_section_reads_with_defaults_and_reports_every_problem() {
 configuration: server.admin_token: empty (leave it out, or set a secret)
 configuration: server.on_store_error: unknown store error mode "maybe" (expected error, allow or deny)
 configuration: server.max_entries: 0 is out of range (expected a whole number from 1 to 10000)
-configuration: server.port: unknown field `port` (expected one of: grpc, http, admin, admin_token, shadow_mode, on_store_error, max_descriptors, max_entries, max_value_bytes, max_request_bytes, max_in_flight, drain, json_logs, headers, watch, address_key)
+configuration: server.port: unknown field `port` (expected one of: grpc, http, admin, admin_token, shadow_mode, on_store_error, max_descriptors, max_entries, max_value_bytes, max_request_bytes, max_in_flight, drain, request_timeout, refunds, json_logs, headers, watch, address_key)
 configuration: domains[0].on_store_error: unknown store error mode "later" (expected error, allow or deny)"#
     );
 }

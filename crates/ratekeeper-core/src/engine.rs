@@ -261,12 +261,10 @@ fn adjust_one(
         return Ok((evaluate(rule, state, now, 0)?.decision, None));
     };
     // A penalty in force stays; one that has ended is forgotten.
-    let blocked_until = state.map_or(0, |s| s.blocked_until).max(now);
-    let blocked_until = if blocked_until > now {
-        blocked_until
-    } else {
-        0
-    };
+    let blocked_until = state
+        .map(|s| s.blocked_until)
+        .filter(|&b| b > now)
+        .unwrap_or(0);
     let ttl = algorithm::step(rule, Some(&algorithm), now, 0)
         .ttl
         .max(blocked_until.saturating_sub(now));

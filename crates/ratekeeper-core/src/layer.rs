@@ -130,7 +130,7 @@ pub trait LayeredStorage: Send + Sync + fmt::Debug {
 
     /// Runs one forwarded call to the inner store: `get`, `set`, `delete`,
     /// `exists`, `increment`, `clear`, `compare_and_swap`, `decide`,
-    /// `decide_each` and `adjust`, unless overridden. The default runs `call` as it is.
+    /// `decide_each`, `decide_each_at` and `adjust`, unless overridden. The default runs `call` as it is.
     fn around<'a, T: Send + 'a>(
         &'a self,
         call: impl Future<Output = Result<T>> + Send + 'a,
@@ -197,6 +197,15 @@ pub trait LayeredStorage: Send + Sync + fmt::Debug {
         self.around(self.inner().decide_each(request)).await
     }
 
+    /// [`Storage::decide_each_at`], through [`around`](Self::around), as
+    /// [`decide_each`](Self::decide_each).
+    async fn decide_each_at(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Result<(crate::clock::Timestamp, Vec<Decision>)> {
+        self.around(self.inner().decide_each_at(request)).await
+    }
+
     /// [`Storage::adjust`], through [`around`](Self::around). A layer that
     /// remembers decisions (a deny cache) forgets those of the keys
     /// adjusted.
@@ -248,6 +257,12 @@ impl<T: LayeredStorage> Storage for T {
     }
     async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
         LayeredStorage::decide_each(self, request).await
+    }
+    async fn decide_each_at(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Result<(crate::clock::Timestamp, Vec<Decision>)> {
+        LayeredStorage::decide_each_at(self, request).await
     }
     async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
         LayeredStorage::adjust(self, request).await

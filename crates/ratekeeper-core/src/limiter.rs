@@ -243,7 +243,8 @@ impl Limiter {
             .map(|(_, decisions)| decisions)
     }
 
-    /// [`check_each`](Self::check_each), with the time of the decision.
+    /// [`check_each`](Self::check_each), with the time the store decided
+    /// at ([`Storage::decide_each_at`]): its own clock's, when it keeps one.
     async fn decide_each(
         &self,
         checks: &[(&Rule, &str, u64)],
@@ -252,10 +253,14 @@ impl Limiter {
         let entries = entries(checks.iter().map(|(rule, _, cost)| (*rule, *cost)), &keys)?;
         let request = self.request(&entries);
         let timer = observe::Timer::start();
-        let result = self.inner.storage.decide_each(&request).await;
+        let result = self.inner.storage.decide_each_at(&request).await;
         timer.stop();
+        let (at, result) = match result {
+            Ok((at, decisions)) => (at, Ok(decisions)),
+            Err(e) => (request.now, Err(e)),
+        };
         observe::decisions(&entries, &result);
-        result.map(|decisions| (request.now, decisions))
+        result.map(|decisions| (at, decisions))
     }
 
     /// Takes `estimate` units of `rule` for `key` now, to
@@ -270,7 +275,7 @@ impl Limiter {
     /// # use ratekeeper_core::{Algorithm, Limiter, Rule};
     /// # async fn run(limiter: Limiter, call_model: impl AsyncFn() -> u64) -> Result<(), Box<dyn std::error::Error>> {
     /// let tokens = Rule::new("llm-tokens", Algorithm::TokenBucket, "10000/minute".parse()?)?;
-    /// let reservation = limiter.reserve(&tokens, "team-a", 500).await?;
+    /// let mut reservation = limiter.reserve(&tokens, "team-a", 500).await?;
     /// if reservation.is_allowed() {
     ///     let used = call_model().await;
     ///     reservation.settle(used).await?;

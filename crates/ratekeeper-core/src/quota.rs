@@ -11,11 +11,14 @@ use crate::duration::{format_duration, parse_duration, unit_micros};
 pub const MIN_WINDOW: Duration = Duration::from_micros(1);
 /// The longest window a quota may have (366 days).
 pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
-/// The longest time any state may need to be kept (about 17.8 years, 2^49 µs).
+/// The longest a full bucket may take to refill, and the longest penalty
+/// (about 17.8 years, 2^49 µs).
 ///
 /// It bounds `burst × window / limit` for the bucket algorithms and every
-/// penalty, so that every timestamp the algorithms compute stays well inside
-/// 2^53 and can be carried exactly by any store (including Lua numbers).
+/// penalty. A state is kept at most twice as long (a bucket owing a full
+/// bucket after a charge past empty), so that every timestamp the
+/// algorithms compute stays well inside 2^53 and can be carried exactly by
+/// any store (including Lua numbers).
 pub const MAX_HORIZON: Duration = Duration::from_micros(1 << 49);
 
 /// Why a quota was rejected.

@@ -16,7 +16,11 @@ use crate::storage::Adjustment;
 /// estimate is charged, never refused, and owed if it takes the key past
 /// its limit (see [`Adjustment`]). A reservation dropped without settling
 /// keeps the estimate. A denied reservation took nothing: settling it
-/// changes nothing and returns its decisions.
+/// changes nothing and returns its decisions. A reservation is settled
+/// once; when settling fails (the store is down), it stays open and can be
+/// settled again (after a store deadline the change may have been made
+/// already, and settling again makes it twice: the estimate errs the
+/// other way).
 #[derive(Debug)]
 #[must_use = "settle the reservation at the real cost, or its estimate stands"]
 pub struct Reservation {
@@ -28,6 +32,7 @@ pub struct Reservation {
     /// The most restrictive of `decisions`.
     decision: Decision,
     admitted: bool,
+    settled: bool,
 }
 
 impl Reservation {
@@ -61,6 +66,7 @@ impl Reservation {
             decisions,
             decision,
             admitted,
+            settled: false,
         })
     }
 
@@ -85,11 +91,27 @@ impl Reservation {
         self.taken_at
     }
 
-    /// Settles every rule at `actual` units; returns the most restrictive
-    /// of what a request would get afterwards.
-    pub async fn settle(self, actual: u64) -> Result<Decision> {
-        let actual = vec![actual; self.entries.len()];
-        let decisions = self.settle_each(&actual).await?;
+    /// Whether it has been settled (or cancelled).
+    pub fn is_settled(&self) -> bool {
+        self.settled
+    }
+
+    /// Settles a reservation of one rule at `actual` units; returns what a
+    /// request would get afterwards. A reservation of several rules is
+    /// settled with [`settle_each`](Self::settle_each), one cost per rule
+    /// (the tokens a call used are not the calls it made): here it is an
+    /// [`ErrorKind::InvalidInput`] error.
+    pub async fn settle(&mut self, actual: u64) -> Result<Decision> {
+        if self.entries.len() != 1 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "a reservation of {} rules is settled with settle_each, one cost per rule",
+                    self.entries.len()
+                ),
+            ));
+        }
+        let decisions = self.settle_each(&[actual]).await?;
         Decision::most_restrictive(&decisions)
             .cloned()
             .ok_or_else(|| Error::new(ErrorKind::Other, "the store answered no decision"))
@@ -97,9 +119,15 @@ impl Reservation {
 
     /// Settles rule `i` at `actual[i]` units, all rules in one atomic
     /// step; returns one decision per rule. `actual` must have one cost per
-    /// rule reserved, or this is an [`ErrorKind::InvalidInput`] error and
-    /// the estimate stands.
-    pub async fn settle_each(self, actual: &[u64]) -> Result<Vec<Decision>> {
+    /// rule reserved, and the reservation must not be settled yet, or this
+    /// is an [`ErrorKind::InvalidInput`] error and nothing changes.
+    pub async fn settle_each(&mut self, actual: &[u64]) -> Result<Vec<Decision>> {
+        if self.settled {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "this reservation is settled already",
+            ));
+        }
         if actual.len() != self.entries.len() {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -111,7 +139,8 @@ impl Reservation {
             ));
         }
         if !self.admitted {
-            return Ok(self.decisions);
+            self.settled = true;
+            return Ok(self.decisions.clone());
         }
         let changes: Vec<(&Rule, &str, Adjustment)> = self
             .entries
@@ -131,7 +160,9 @@ impl Reservation {
                 (rule, key.as_str(), change)
             })
             .collect();
-        self.limiter.adjust(&changes).await
+        let decisions = self.limiter.adjust(&changes).await?;
+        self.settled = true;
+        Ok(decisions)
     }
 
     /// When the last `units` of this reservation on `rule` began to count:
@@ -151,7 +182,7 @@ impl Reservation {
     }
 
     /// Gives the whole estimate back: the work was not done.
-    pub async fn cancel(self) -> Result<Vec<Decision>> {
+    pub async fn cancel(&mut self) -> Result<Vec<Decision>> {
         let none = vec![0; self.entries.len()];
         self.settle_each(&none).await
     }

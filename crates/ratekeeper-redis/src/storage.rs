@@ -650,8 +650,24 @@ impl Storage for RedisStorage {
     }
 
     async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        self.decide_each_at(request).await.map(|(_, each)| each)
+    }
+
+    /// The script's time: the server's `TIME` by default, so that a
+    /// reservation's refunds name instants on the timeline its units were
+    /// counted on.
+    async fn decide_each_at(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Result<(Timestamp, Vec<Decision>)> {
         let reply = self.run_decision(request, true).await?;
-        each_decision(&reply, request.entries.iter().map(|e| e.rule))
+        let each = each_decision(&reply, request.entries.iter().map(|e| e.rule), 1)?;
+        let now = match &reply {
+            Value::Array(items) => int(items.last()).and_then(|t| u64::try_from(t).ok()),
+            _ => None,
+        }
+        .ok_or_else(|| unexpected("decision", &reply))?;
+        Ok((Timestamp::from_micros(now), each))
     }
 
     async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
@@ -675,21 +691,22 @@ impl Storage for RedisStorage {
         let reply = self
             .run_script("adjustment", &pairs, request.now, "2", tails)
             .await?;
-        each_decision(&reply, entries.iter().map(|e| e.rule))
+        each_decision(&reply, entries.iter().map(|e| e.rule), 0)
     }
 }
 
 /// One decision per rule from a reply of the script's per-rule form:
 /// a flag, then allowed, remaining, reset_after µs and retry_after µs of
-/// each rule.
+/// each rule, then `trailing` more values.
 fn each_decision<'a>(
     reply: &Value,
     rules: impl ExactSizeIterator<Item = &'a Rule>,
+    trailing: usize,
 ) -> Result<Vec<Decision>> {
     let Value::Array(items) = reply else {
         return Err(unexpected("decision", reply));
     };
-    if items.len() != 1 + 4 * rules.len() {
+    if items.len() != 1 + 4 * rules.len() + trailing {
         return Err(unexpected("decision", reply));
     }
     let count = |i: usize| {

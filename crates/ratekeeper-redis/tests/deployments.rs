@@ -428,3 +428,33 @@ async fn connecting_loads_every_script_on_every_master() {
         assert_eq!(scripts_on(node), [true; 6], "node {}", node.port());
     }
 }
+
+/// On the server's clock (the default), a reservation's refund names the
+/// instant its units were taken on the server's timeline: with the
+/// limiter's clock ten minutes ahead or behind, settling gives back exactly
+/// the units not used, on every algorithm.
+#[tokio::test]
+async fn refunds_follow_the_server_clock_whatever_the_limiters() {
+    let url = common::standalone().url();
+    let store = Arc::new(common::store(&url, false, TimeSource::Server));
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let skew = Duration::from_secs(600);
+    for (name, at) in [("ahead", real + skew), ("behind", real - skew)] {
+        let clock = ManualClock::new(Timestamp::from_micros(
+            u64::try_from(at.as_micros()).unwrap(),
+        ));
+        let limiter = Limiter::builder(store.clone()).clock(clock).build();
+        for algorithm in Algorithm::ALL {
+            let r = Rule::new("spend", algorithm, "10/day".parse().unwrap()).unwrap();
+            let key = format!("{algorithm}-{name}");
+            // Someone else's units first, then the reservation's.
+            assert!(limiter.check_cost(&r, &key, 3).await.unwrap().is_allowed());
+            let mut reservation = limiter.reserve(&r, &key, 5).await.unwrap();
+            assert!(reservation.is_allowed());
+            let d = reservation.settle(1).await.unwrap();
+            assert_eq!(d.remaining(), 6, "{algorithm}, the limiter's clock {name}");
+        }
+    }
+}

@@ -23,6 +23,58 @@ use ratekeeper::http::{ListKind, RuntimeLists};
 use crate::App;
 use crate::service::{Answer, Check, Descriptor, Refusal, Status, Unit};
 
+/// Serves `router` on `listener` until `stopped`, then lets the
+/// connections finish their requests. A request has `timeout` from its
+/// first byte to its answer, headers and body included: a client sending
+/// slower loses its connection (headers) or gets 408 (body), and an idle
+/// connection is closed after as long, so slow or silent clients cannot
+/// hold connections open.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    timeout: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let router = router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            tokio::time::timeout(timeout, next.run(request))
+                .await
+                .unwrap_or_else(|_| error(StatusCode::REQUEST_TIMEOUT, "the request took too long"))
+        },
+    ));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                tracing::warn!(target: "ratekeeper::server", error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Small answers go out at once (no Nagle delay).
+        let _ = tcp.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    // The caller bounds the drain.
+    graceful.shutdown().await;
+    Ok(())
+}
+
 /// The public HTTP API.
 pub(crate) fn router(app: Arc<App>) -> Router {
     let limit = app.service.limits().server.max_request_bytes;
@@ -284,6 +336,12 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, ask: Ask) -> Respon
     };
     let limit = Some(crate::service::shown(rule));
     let limiter = app.service.limiter();
+    if body.is_negative_hits && !limits.server.refunds {
+        return bad_request(
+            "this server takes no refunds: set [server] refunds = true when every client of its \
+             public ports is trusted",
+        );
+    }
     let decided = match ask {
         Ask::Report if body.is_negative_hits => limiter.refund(rule, &key, cost).await,
         Ask::Report => limiter.charge(rule, &key, cost).await,

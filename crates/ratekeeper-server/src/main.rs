@@ -300,7 +300,7 @@ async fn run(args: Args) -> Result<(), String> {
                 // Bounded before the handler's own bound: streams per
                 // connection, and a request's whole time.
                 .max_concurrent_streams(1024)
-                .timeout(Duration::from_secs(30))
+                .timeout(server.request_timeout)
                 .layer(tower::util::MapResponseLayer::new(
                     grpc::decode_errors_are_invalid_arguments::<tonic::body::Body>,
                 ))
@@ -322,19 +322,8 @@ async fn run(args: Args) -> Result<(), String> {
         (admin, http::admin_router(app.clone())),
     ] {
         let Some(listener) = listener else { continue };
-        let mut stopped = stopped.clone();
-        tasks.spawn(async move {
-            use axum::serve::ListenerExt as _;
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|e| format!("HTTP: {e}"))
-        });
+        let timeout = server.request_timeout;
+        tasks.spawn(http::serve(listener, router, timeout, stopped.clone()));
     }
     wait_for_signals(&app, signals).await;
     tracing::info!(target: "ratekeeper::server", "shutting down: draining requests in flight");

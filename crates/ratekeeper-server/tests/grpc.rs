@@ -223,10 +223,29 @@ async fn all_or_nothing_and_hits_per_descriptor() {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{rpu} per {unit}");
     }
-    // Giving units back (is_negative_hits): `c` gets its 2 back, and the
-    // request's other descriptors are decided as usual.
+    // Giving units back (is_negative_hits) is refused unless `[server]
+    // refunds` is on: a refund undoes a limit, as a reset does.
     let mut back = descriptor_hits(&[("c", "x")], 2);
     back.is_negative_hits = true;
+    let err = c
+        .should_rate_limit(request("d", vec![back.clone(), descriptor(&[("a", "x")])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("refunds"), "{}", err.message());
+    drop(server);
+    let trusting = write(&dir.0, "server.toml", "[server]\nrefunds = true\n");
+    let server = Server::start(&["--config", &file, "--config", &trusting]);
+    let mut c = server.client().await;
+    assert!(ok(ask(&mut c, three(2)).await.overall_code));
+    assert!(ok(ask(
+        &mut c,
+        request("d", vec![descriptor(&[("a", "x")])])
+    )
+    .await
+    .overall_code));
+    // `c` gets its 2 back, and the request's other descriptors are decided
+    // as usual.
     let r = ask(&mut c, request("d", vec![back, descriptor(&[("a", "x")])])).await;
     assert!(ok(r.overall_code));
     let left: Vec<u32> = r.statuses.iter().map(|s| s.limit_remaining).collect();

@@ -346,3 +346,54 @@ async fn the_example_in_our_format() {
     assert_eq!(r.statuses[0].limit_remaining, 99_999);
     assert_eq!(r.statuses[1].limit_remaining, 39);
 }
+
+/// Slow and silent clients lose their connections within
+/// `request_timeout`: headers never finished, a body never finished (408),
+/// a connection left idle. The server serves on.
+#[tokio::test]
+async fn slow_and_silent_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    let dir = TempDir::new("slow");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        "[server]\nrequest_timeout = \"1s\"\n\n[[domains]]\ndomain = \"live\"\n[[domains.descriptors]]\nkey = \"user\"\nrate_limit = { requests_per_unit = 5, unit = \"hour\" }\n",
+    );
+    let server = Server::start(&["--config", &file]);
+    let addr = server.http.unwrap();
+    let mut headers = TcpStream::connect(addr).await.unwrap();
+    headers
+        .write_all(b"POST /v1/check HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut body = TcpStream::connect(addr).await.unwrap();
+    body.write_all(
+        b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"domain\"",
+    )
+    .await
+    .unwrap();
+    let idle = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let until_closed = |mut stream: TcpStream| async move {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+            .await
+            .expect("closed by the server within 10 s")
+            .ok();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let (headers, body, idle) = tokio::join!(
+        until_closed(headers),
+        until_closed(body),
+        until_closed(idle)
+    );
+    assert!(!headers.contains("200"), "{headers}");
+    assert!(body.starts_with("HTTP/1.1 408"), "{body}");
+    assert!(idle.is_empty(), "{idle}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let check = r#"{"domain":"live","descriptors":[{"entries":[{"key":"user","value":"a"}]}]}"#;
+    let (status, v) = http(addr, "POST", "/v1/check", check, None).await;
+    assert_eq!(status, 200, "{v}");
+}

@@ -497,11 +497,15 @@ pub async fn charges_and_refunds(h: Arc<dyn Harness>) {
         let r = rule("spend", algorithm, "10/hour");
         let key = algorithm.as_str();
         let left = || async { limiter.peek(&r, key).await.unwrap().remaining() };
-        let reservation = limiter.reserve(&r, key, 6).await.unwrap();
+        let mut reservation = limiter.reserve(&r, key, 6).await.unwrap();
         assert!(reservation.is_allowed() && reservation.decision().remaining() == 4);
         let d = reservation.settle(2).await.unwrap();
         assert_eq!(d.remaining(), 8, "{algorithm}: 4 of 6 given back");
         assert_eq!(left().await, 8, "{algorithm}");
+        // Settled once.
+        let err = reservation.settle(2).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(reservation.is_settled());
         // A charge past the limit is never refused, and is owed.
         let d = limiter.charge(&r, key, 15).await.unwrap();
         assert!(!d.is_allowed() && d.remaining() == 0, "{algorithm}");
@@ -520,9 +524,9 @@ pub async fn charges_and_refunds(h: Arc<dyn Harness>) {
             10
         );
         // Settled above the estimate, cancelled.
-        let reservation = limiter.reserve(&r, key, 2).await.unwrap();
+        let mut reservation = limiter.reserve(&r, key, 2).await.unwrap();
         assert_eq!(reservation.settle(5).await.unwrap().remaining(), 5);
-        let reservation = limiter.reserve(&r, key, 4).await.unwrap();
+        let mut reservation = limiter.reserve(&r, key, 4).await.unwrap();
         assert_eq!(left().await, 1);
         reservation.cancel().await.unwrap();
         assert_eq!(
@@ -531,14 +535,14 @@ pub async fn charges_and_refunds(h: Arc<dyn Harness>) {
             "{algorithm}: a cancelled reservation gave all back"
         );
         // A denied reservation took nothing, and settling it changes nothing.
-        let denied = limiter.reserve(&r, key, 6).await.unwrap();
+        let mut denied = limiter.reserve(&r, key, 6).await.unwrap();
         assert!(!denied.is_allowed(), "{algorithm}");
         assert!(!denied.settle(0).await.unwrap().is_allowed());
         assert_eq!(left().await, 5);
         // Units that no longer count (their window ended, their bucket
         // refilled) are not given back.
         let key = format!("{key}-old");
-        let old = limiter.reserve(&r, &key, 10).await.unwrap();
+        let mut old = limiter.reserve(&r, &key, 10).await.unwrap();
         clock.advance(2 * HOUR);
         assert!(limiter.check_cost(&r, &key, 10).await.unwrap().is_allowed());
         assert_eq!(old.settle(0).await.unwrap().remaining(), 0, "{algorithm}");
@@ -556,9 +560,23 @@ pub async fn charges_and_refunds(h: Arc<dyn Harness>) {
     );
     let err = limiter.adjust(&[]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    let reservation = limiter.reserve(&r, "k", 1).await.unwrap();
+    let mut reservation = limiter.reserve(&r, "k", 1).await.unwrap();
     let err = reservation.settle_each(&[1, 2]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        !reservation.is_settled(),
+        "a refused settlement leaves it open"
+    );
+    // Several rules: one cost each, never one for all.
+    let calls = rule("calls", Algorithm::FixedWindow, "5/hour");
+    let mut both = limiter
+        .reserve_each(&[(&r, "both", 1), (&calls, "both", 1)])
+        .await
+        .unwrap();
+    let err = both.settle(1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let each = both.settle_each(&[0, 1]).await.unwrap();
+    assert_eq!((each[0].remaining(), each[1].remaining()), (1, 4));
 }
 
 /// 64 tasks reserve and settle at or below their estimates on one key:
@@ -575,7 +593,8 @@ pub async fn concurrent_reservations_are_exact(h: Arc<dyn Harness>) {
                 tokio::spawn(async move {
                     for j in 0..4u64 {
                         let estimate = 1 + (i + j) % 5;
-                        let reservation = limiter.reserve(&r, "one-key", estimate).await.unwrap();
+                        let mut reservation =
+                            limiter.reserve(&r, "one-key", estimate).await.unwrap();
                         tokio::task::yield_now().await;
                         if reservation.is_allowed() {
                             let actual = (i * 7 + j) % (estimate + 1);
@@ -1000,7 +1019,7 @@ async fn run_scenario(h: Arc<dyn Harness>, scenario: Scenario) -> Result<(), Tes
                 (decision, expected)
             }
             Op::Settle(actual) => {
-                let Some((reservation, taken)) = open.pop_front() else {
+                let Some((mut reservation, taken)) = open.pop_front() else {
                     continue;
                 };
                 let actual = actual.min(taken.units);

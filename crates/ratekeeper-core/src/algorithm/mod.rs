@@ -59,9 +59,9 @@ impl<S> Step<S> {
 
 /// Runs `$body` with `s`, `rule`'s own state (a state of another algorithm
 /// counts as none), in `rule`'s algorithm module, and wraps the state it
-/// gives back in its [`AlgorithmState`] variant with `$wrap` (a `map`).
+/// gives back in its [`AlgorithmState`] variant (with `map`).
 macro_rules! per_algorithm {
-    ($rule:expr, $state:expr, |$module:ident, $s:ident| $body:expr, $wrap:ident) => {{
+    ($rule:expr, $state:expr, |$module:ident, $s:ident| $body:expr) => {{
         macro_rules! arm {
             ($variant:ident, $m:ident) => {{
                 use $m as $module;
@@ -69,7 +69,7 @@ macro_rules! per_algorithm {
                     Some(AlgorithmState::$variant(s)) => Some(s),
                     _ => None,
                 };
-                $body.$wrap(AlgorithmState::$variant)
+                $body.map(AlgorithmState::$variant)
             }};
         }
         match $rule.algorithm() {
@@ -93,7 +93,7 @@ pub(crate) fn step(
     cost: u64,
 ) -> Step<AlgorithmState> {
     let q = rule.quota();
-    per_algorithm!(rule, state, |m, s| m::step(q, s, now, cost), map)
+    per_algorithm!(rule, state, |m, s| m::step(q, s, now, cost))
 }
 
 /// A change to a rule's budget after the fact, in µs.
@@ -123,20 +123,20 @@ fn give_back(q: &Quota, units: u64, taken_at: Option<u64>, now: u64) -> u64 {
 }
 
 /// A bucket's theoretical arrival time after `change` at `now`, from
-/// `tat` (at or after `now`): a charge moves it on, at most two full
-/// buckets past `now` (one bucket owed); a refund moves it back by
-/// [`give_back`], never before `now`.
+/// `tat` (at or after `now`): a charge moves it on, a refund moves it back
+/// by [`give_back`], never before `now`; either way at most two full
+/// buckets past `now` (one bucket owed; more is left only by a clock that
+/// stepped back, and the algorithms read it capped there).
 fn bucket_tat(q: &Quota, tat: u64, now: u64, change: Change) -> u64 {
     let interval = q.emission_interval_us();
+    let most = now.saturating_add(q.burst().saturating_mul(interval).saturating_mul(2));
     match change {
-        Change::Charge(units) => {
-            let most = now.saturating_add(q.burst().saturating_mul(interval).saturating_mul(2));
-            tat.saturating_add(units.saturating_mul(interval)).min(most)
-        }
+        Change::Charge(units) => tat.saturating_add(units.saturating_mul(interval)),
         Change::Refund(units, taken_at) => tat
             .saturating_sub(give_back(q, units, taken_at, now))
             .max(now),
     }
+    .min(most)
 }
 
 /// Applies `change` to `rule`'s state at `now`: the state to store, or
@@ -152,5 +152,5 @@ pub(crate) fn adjust(
         return None;
     }
     let q = rule.quota();
-    per_algorithm!(rule, state, |m, s| m::adjust(q, s, now, change), map)
+    per_algorithm!(rule, state, |m, s| m::adjust(q, s, now, change))
 }

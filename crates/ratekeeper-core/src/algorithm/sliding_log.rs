@@ -124,9 +124,11 @@ pub(super) fn adjust(
                 }
                 None => entries.iter_mut().rev().for_each(&mut take),
             }
-            entries.retain(|(_, cost)| *cost > 0);
         }
     }
+    // An entry of no units (emptied here, or read from an old log) is no
+    // entry.
+    entries.retain(|(_, cost)| *cost > 0);
     Some(SlidingLogState { entries })
 }
 

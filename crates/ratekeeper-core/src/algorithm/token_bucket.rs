@@ -28,7 +28,9 @@ fn capped_view(q: &Quota, state: Option<&TokenBucketState>, now: u64) -> (TokenB
     let most = now.saturating_add(burst.saturating_mul(interval));
     match state {
         None => (full, false),
-        Some(s) if s.anchor > most => (
+        // A debt has no tokens; tokens with a later anchor are a clock
+        // that stepped back, read as usual.
+        Some(s) if s.tokens == 0 && s.anchor > most => (
             TokenBucketState {
                 tokens: 0,
                 anchor: most,
@@ -106,7 +108,7 @@ fn from_full_at(q: &Quota, tat: u64, now: u64) -> TokenBucketState {
     let owed = (tat - now).div_ceil(interval).min(burst);
     TokenBucketState {
         tokens: burst - owed,
-        anchor: tat - owed * interval,
+        anchor: tat.saturating_sub(owed * interval),
     }
 }
 

@@ -198,8 +198,8 @@ pub enum Adjustment {
     Charge(u64),
     /// Gives back `units`, never more than the rule's full budget: a
     /// request that turned out to cost less, or should not count at all.
-    /// Only units that still count come back (a refund never gives a key
-    /// more than it would have had without the units).
+    /// With `taken_at`, only units that still count come back: the key
+    /// never has more than it would have had without them.
     Refund {
         /// Units to give back.
         units: u64,
@@ -212,8 +212,11 @@ pub enum Adjustment {
         /// taken as the instant they began to refill (a
         /// [`Reservation`](crate::Reservation) passes that exact instant,
         /// which is later when the key was in debt; an earlier one gives
-        /// back less, never more). `None`: the newest units, all of them
-        /// (the current window's).
+        /// back less, never more). On the store's timeline: a store that
+        /// decides on its own clock reports it
+        /// ([`Storage::decide_each_at`]). `None`: the newest units, all of
+        /// them (the current window's; on the buckets, as if taken just
+        /// now, so units that refilled meanwhile come back twice).
         taken_at: Option<Timestamp>,
     },
 }
@@ -320,6 +323,20 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// every built-in store has its own.
     async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
         decide_each_with_cas(self, request).await
+    }
+
+    /// [`decide_each`](Self::decide_each), and the time it decided at:
+    /// the request's `now`, or the store's own clock when it keeps one
+    /// (Redis `TIME`). A [`Reservation`](crate::Reservation) records it,
+    /// so that its refunds name the instant its units were taken on the
+    /// store's timeline, whatever the limiter's clock says. The default
+    /// answers `request.now` beside `decide_each`; a store that decides on
+    /// a clock of its own writes it.
+    async fn decide_each_at(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Result<(Timestamp, Vec<Decision>)> {
+        Ok((request.now, self.decide_each(request).await?))
     }
 
     /// Changes the budgets of rules after the fact: charges a cost learned

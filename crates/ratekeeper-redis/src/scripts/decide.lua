@@ -13,7 +13,8 @@
 --
 -- Returns { allowed (1/0), index of the deciding rule (0-based), remaining,
 -- reset_after µs, retry_after µs }, or, one per rule, { admitted (1/0),
--- then allowed, remaining, reset_after µs, retry_after µs of each rule };
+-- then allowed, remaining, reset_after µs, retry_after µs of each rule,
+-- then the time decided at (µs) }; to adjust, the same without the time;
 -- or { -1, index, reason } when the state at that index is not rate-limit
 -- state. Every rule is decided; if any denies, none consumes (a denying
 -- rule's penalty is still written), and the reported decision is the most
@@ -230,6 +231,8 @@ if each then
     out[k + 3] = v[3]
     out[k + 4] = v[4]
   end
+  -- The time decided at, for a reservation's refunds.
+  out[#out + 1] = now
   return out
 end
 

@@ -31,5 +31,5 @@ ADJUST[5] = function(q, s, now, charge, units, taken_at)
   local tat = bucket_tat(q, math.max(anchor + level * interval, now), now, charge, units, taken_at)
   local l = cdiv(sub(tat, now), interval)
   if l == 0 then return { 0, now } end
-  return { l, tat - l * interval }
+  return { l, sub(tat, l * interval) }
 end

@@ -277,15 +277,16 @@ end
 
 -- A bucket's theoretical arrival time after a change, from `tat` (at or
 -- after now): mirrors algorithm/mod.rs's bucket_tat and give_back. A
--- charge moves it on, at most two buckets past now; a refund moves it back
--- by the units that have not refilled since taken_at (all of them without
--- a time), never before now.
+-- charge moves it on; a refund moves it back by the units that have not
+-- refilled since taken_at (all of them without a time), never before now;
+-- either way at most two buckets past now.
 local function bucket_tat(q, tat, now, charge, units, taken_at)
   local interval = q.interval
+  local most = now + 2 * q.burst * interval
   if charge then
-    return math.min(tat + units * interval, now + 2 * q.burst * interval)
+    return math.min(tat + units * interval, most)
   end
   local span = units * interval
   if taken_at ~= nil then span = math.min(span, sub(taken_at + span, now)) end
-  return math.max(sub(tat, span), now)
+  return math.min(math.max(sub(tat, span), now), most)
 end

@@ -7,7 +7,9 @@ local function tb_view(q, s, now)
   local interval, burst = q.interval, q.burst
   if s ~= nil then
     local most = now + burst * interval
-    if s[2] > most then return 0, most, true end
+    -- A debt has no tokens; tokens with a later anchor are a clock that
+    -- stepped back, read as usual.
+    if s[1] == 0 and s[2] > most then return 0, most, true end
     local ticks = fdiv(sub(now, s[2]), interval)
     local t = s[1] + ticks
     if t < burst then return t, s[2] + ticks * interval, false end
@@ -35,5 +37,5 @@ ADJUST[4] = function(q, s, now, charge, units, taken_at)
   local tat = bucket_tat(q, anchor + sub(burst, tokens) * interval, now, charge, units, taken_at)
   if tat <= now then return { burst, now } end
   local owed = math.min(cdiv(tat - now, interval), burst)
-  return { burst - owed, tat - owed * interval }
+  return { burst - owed, sub(tat, owed * interval) }
 end

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use ratekeeper::config::{ServerConfig, StoreErrorMode};
 use ratekeeper::{Adjustment, Rule};
 
 use super::{Plan, Refusal, Service, Status, deny_status, is_request_error, plan, shown};
@@ -29,6 +30,7 @@ impl Service {
     pub(crate) async fn report(&self, check: &Check) -> Result<Answer, Refusal> {
         let limits = self.limits.load();
         Self::validate(&limits.server, check)?;
+        refunds_allowed(&limits.server, check)?;
         let n = check.descriptors.len();
         let mut statuses = vec![Status::free(); n];
         // Listed clients and unknown domains count nothing.
@@ -137,6 +139,10 @@ impl Service {
     /// decided, all or nothing among themselves; one status per descriptor
     /// in the request's order.
     pub(super) async fn decide_with_refunds(&self, check: &Check) -> Result<Answer, Refusal> {
+        // The whole request is checked before anything is given back.
+        let limits = self.limits.load();
+        Self::validate(&limits.server, check)?;
+        refunds_allowed(&limits.server, check)?;
         let (back, charged): (Vec<usize>, Vec<usize>) = (0..check.descriptors.len())
             .partition(|&i| check.descriptors.get(i).is_some_and(|d| d.negative));
         let part = |at: &[usize]| Check {
@@ -147,12 +153,28 @@ impl Service {
                 .collect(),
             hits: check.hits,
         };
-        let given = self.report(&part(&back)).await?;
         let mut statuses = vec![Status::free(); check.descriptors.len()];
-        for (&i, s) in back.iter().zip(given.statuses) {
-            if let Some(status) = statuses.get_mut(i) {
-                *status = s;
+        match self.report(&part(&back)).await {
+            Ok(given) => {
+                for (&i, s) in back.iter().zip(given.statuses) {
+                    if let Some(status) = statuses.get_mut(i) {
+                        *status = s;
+                    }
+                }
             }
+            // A failed store, by the domain's mode: with `allow` or `deny`
+            // the refund is skipped and the rest decided as the mode says.
+            Err(Refusal::Unavailable(e))
+                if limits
+                    .domains
+                    .on_store_error(&check.domain)
+                    .unwrap_or(limits.server.on_store_error)
+                    == StoreErrorMode::Error =>
+            {
+                return Err(Refusal::Unavailable(e));
+            }
+            Err(Refusal::Unavailable(_)) => {}
+            Err(refused) => return Err(refused),
         }
         if charged.is_empty() {
             return Ok(Answer {
@@ -172,5 +194,17 @@ impl Service {
             statuses,
             headers: decided.headers,
         })
+    }
+}
+
+/// Refused unless `[server] refunds` is on, when `check` gives units back: a
+/// refund undoes a limit as a reset does, and resets are the admin API's.
+fn refunds_allowed(server: &ServerConfig, check: &Check) -> Result<(), Refusal> {
+    match check.descriptors.iter().position(|d| d.negative) {
+        Some(i) if !server.refunds => Err(Refusal::Invalid(format!(
+            "descriptors[{i}] gives units back (is_negative_hits), which this server does not \
+             take: set [server] refunds = true when every client of its public ports is trusted"
+        ))),
+        _ => Ok(()),
     }
 }

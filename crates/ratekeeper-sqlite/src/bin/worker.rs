@@ -55,7 +55,7 @@ fn run() -> Result<u64, Box<dyn std::error::Error>> {
                     if reserve {
                         // 1 to 5 units reserved, settled at or below that.
                         let estimate = 1 + (task + i) % 5;
-                        let reservation = limiter.reserve(&rule, &key, estimate).await?;
+                        let mut reservation = limiter.reserve(&rule, &key, estimate).await?;
                         if reservation.is_allowed() {
                             let actual = (task * 7 + i) % (estimate + 1);
                             reservation.settle(actual).await?;
