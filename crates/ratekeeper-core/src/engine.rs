@@ -179,10 +179,16 @@ pub fn decide_one(
 /// the request costs on it.
 pub type Input<'a> = (&'a Rule, Option<&'a RuleState>, u64);
 
-/// [`decide_all`] or [`decide_each`], for a store that runs either inside
-/// one atomic step: it decides the rules and returns what to store beside
-/// the answer.
-pub type DecideFn<T> = fn(&[Input<'_>], Timestamp) -> Result<(T, Vec<Option<Write>>)>;
+/// A pure step over rules, each with its stored state and an `X` (a cost,
+/// an [`Adjustment`]): [`decide_all`], [`decide_each`] or [`adjust`]. A
+/// store runs any of them inside one atomic step (reading the states,
+/// storing what the step returns beside its answer), so it writes that
+/// step once.
+pub type StepFn<X, T> =
+    fn(&[(&Rule, Option<&RuleState>, X)], Timestamp) -> Result<(T, Vec<Option<Write>>)>;
+
+/// [`decide_all`] or [`decide_each`]: a [`StepFn`] over costs.
+pub type DecideFn<T> = StepFn<u64, T>;
 
 /// Decides one request against several rules at once, each with its stored
 /// state and its cost: all or nothing. Returns the most restrictive decision

@@ -26,7 +26,8 @@
 //! of format, versioned (see [`RuleState`]).
 
 pub use crate::engine::{
-    AdjustInput, DecideFn, Input, Write, adjust, check_cost, decide_all, decide_each, decide_one,
+    AdjustInput, DecideFn, Input, StepFn, Write, adjust, check_cost, decide_all, decide_each,
+    decide_one,
 };
 pub use crate::key::{bounded_key, state_key};
 pub use crate::state::{

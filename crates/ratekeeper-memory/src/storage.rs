@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
-use ratekeeper_core::kit::{self, RuleState, Write};
+use ratekeeper_core::kit::{self, Write};
 use ratekeeper_core::{
     AdjustRequest, CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic,
     Result, Rule, Storage, StorageStats, SystemClock, Timestamp,
@@ -361,36 +361,30 @@ impl MemoryStorage {
         now: Timestamp,
         decide: kit::DecideFn<T>,
     ) -> Result<T> {
-        let pairs: Vec<_> = entries.iter().map(|e| (e.rule, e.key)).collect();
-        self.step_many(&pairs, now, |states| {
-            let rules: Vec<_> = entries
-                .iter()
-                .zip(states)
-                .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
-                .collect();
-            decide(&rules, now)
-        })
+        let rules: Vec<_> = entries.iter().map(|e| (e.rule, e.key, e.cost)).collect();
+        self.step_many(&rules, now, decide)
     }
 
-    /// Under the shards' locks of every rule and key of `pairs`: reads their
-    /// states, asks `step` for the answer and the writes, and stores them.
-    fn step_many<T>(
+    /// Under the shards' locks of every rule and key of `rules`: reads their
+    /// states, runs `step` on them (with each rule's `X`, a cost or an
+    /// adjustment), and stores what it says.
+    fn step_many<X: Copy, T>(
         &self,
-        pairs: &[(&Rule, &str)],
+        rules: &[(&Rule, &str, X)],
         now: Timestamp,
-        step: impl FnOnce(&[Option<RuleState>]) -> Result<(T, Vec<Option<Write>>)>,
+        step: kit::StepFn<X, T>,
     ) -> Result<T> {
         let now_us = now.as_micros();
-        let keys: Vec<RuleKey<'_>> = pairs
+        let keys: Vec<RuleKey<'_>> = rules
             .iter()
-            .map(|(rule, key)| RuleKey {
+            .map(|(rule, key, _)| RuleKey {
                 rule: rule.name(),
                 key,
             })
             .collect();
         let (mut guards, slots) = self.lock_many(keys.iter());
         let mut expired = 0;
-        let mut states = Vec::with_capacity(pairs.len());
+        let mut states = Vec::with_capacity(rules.len());
         for (key, &(hash, slot)) in keys.iter().zip(&slots) {
             let shard = guards.get_mut(slot).ok_or_else(internal)?;
             let state = match shard.live(hash, key, now_us, &mut expired) {
@@ -399,7 +393,12 @@ impl MemoryStorage {
             };
             states.push(state);
         }
-        let (decided, writes) = step(&states)?;
+        let inputs: Vec<_> = rules
+            .iter()
+            .zip(&states)
+            .map(|((rule, _, x), state)| (*rule, state.as_ref(), *x))
+            .collect();
+        let (decided, writes) = step(&inputs, now)?;
         // Room first, sparing this request's own keys, so that the request
         // is stored whole or not at all.
         let mut evicted = self.make_room_for(
@@ -409,8 +408,8 @@ impl MemoryStorage {
             writes.iter().map(Option::is_some),
             now_us,
         )?;
-        for (((key, &(hash, slot)), write), (rule, _)) in
-            keys.iter().zip(&slots).zip(writes).zip(pairs)
+        for (((key, &(hash, slot)), write), (rule, _, _)) in
+            keys.iter().zip(&slots).zip(writes).zip(rules)
         {
             if let Some(Write { state, ttl }) = write {
                 // Whether this rule, on its own, has room for one more unit.
@@ -715,16 +714,12 @@ impl Storage for MemoryStorage {
 
     async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
         self.ensure_open()?;
-        let pairs: Vec<_> = request.entries.iter().map(|e| (e.rule, e.key)).collect();
-        self.step_many(&pairs, request.now, |states| {
-            let rules: Vec<_> = request
-                .entries
-                .iter()
-                .zip(states)
-                .map(|(e, s)| (e.rule, s.as_ref(), e.adjustment))
-                .collect();
-            kit::adjust(&rules, request.now)
-        })
+        let rules: Vec<_> = request
+            .entries
+            .iter()
+            .map(|e| (e.rule, e.key, e.adjustment))
+            .collect();
+        self.step_many(&rules, request.now, kit::adjust)
     }
 }
 

@@ -42,18 +42,7 @@ fn four_processes_reserving(url: &str) {
                     .await
                     .expect("the store");
                 let limiter = ratekeeper_core::Limiter::new(std::sync::Arc::new(store));
-                let quota = format!("{}/hour", ratekeeper_testkit::processes::LIMIT);
-                let rule = ratekeeper_core::Rule::new(
-                    algorithm.as_str(),
-                    algorithm,
-                    quota.parse().expect("a quota"),
-                )
-                .expect("a rule");
-                limiter
-                    .peek(&rule, "one-key")
-                    .await
-                    .expect("a peek")
-                    .remaining()
+                ratekeeper_testkit::processes::left(&limiter, algorithm).await
             })
         },
     );

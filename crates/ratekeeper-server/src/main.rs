@@ -6,6 +6,7 @@
 //! envoyproxy/ratelimit's YAML format as they are, or this project's own
 //! format with `[[domains]]`. See `docs/server.md`.
 
+mod admin;
 mod bench;
 mod grpc;
 mod http;
@@ -319,7 +320,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     for (listener, router) in [
         (http, http::router(app.clone())),
-        (admin, http::admin_router(app.clone())),
+        (admin, admin::router(app.clone())),
     ] {
         let Some(listener) = listener else { continue };
         let timeout = server.request_timeout;

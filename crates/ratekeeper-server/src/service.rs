@@ -6,6 +6,11 @@
 //! denies, no limit consumes anything. Shadow-mode limits are decided and
 //! counted but never deny: when only they deny, the step runs again with
 //! them looked at only (cost 0), so that the others are charged.
+//!
+//! One file on purpose: it is the decision in the order it runs
+//! (validation, lists, the plan of each descriptor, the limits charged,
+//! the store, the statuses, the headers, the store's failure), and reading
+//! it in that order is the point. Reports are `service/report.rs`.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -246,46 +251,26 @@ impl Service {
                 }
             )
         });
-        let mut charges: Vec<Charge<'_>> = Vec::new();
-        // Where each limit and key is in `charges` (a map: the number of
-        // descriptors is the operator's to raise).
-        let mut seen: std::collections::HashMap<(&str, &str), usize> =
-            std::collections::HashMap::new();
-        for (at, p) in plans.iter().enumerate() {
-            let Plan::Rule {
-                rule,
-                key,
-                cost,
-                shadow,
-                ..
-            } = p
-            else {
-                continue;
-            };
-            let cost = if denied_up_front { 0 } else { *cost };
-            // The same limit and key twice in one request (two descriptors
-            // alike): one charge of both costs, reported at both places.
-            let index = seen.get(&(rule.name(), key.as_str())).copied();
-            match index.and_then(|i| charges.get_mut(i)) {
-                Some(c) => {
-                    c.at.push(at);
-                    c.cost = c.cost.saturating_add(cost);
-                }
-                None => {
-                    seen.insert((rule.name(), key.as_str()), charges.len());
-                    charges.push(Charge {
-                        at: vec![at],
-                        rule: rule.as_ref(),
-                        key: key.as_str(),
-                        cost,
-                        shadow: *shadow,
-                        shadow_denied: false,
-                        too_big: false,
-                        decision: None,
-                    });
-                }
-            }
-        }
+        let mut charges: Vec<Charge<'_>> = group(&plans)
+            .into_iter()
+            .map(|g| Charge {
+                cost: if denied_up_front {
+                    0
+                } else {
+                    g.at.iter()
+                        .filter_map(|&i| plans.get(i))
+                        .map(Plan::cost)
+                        .fold(0, u64::saturating_add)
+                },
+                at: g.at,
+                rule: g.rule,
+                key: g.key,
+                shadow: g.shadow,
+                shadow_denied: false,
+                too_big: false,
+                decision: None,
+            })
+            .collect();
         // A cost no limit could ever grant is over that limit, whatever was
         // counted; charged (not shadow), it holds the request back too.
         let mut denied_up_front = denied_up_front;
@@ -610,6 +595,55 @@ fn plan<'a>(
             })
         })
         .collect()
+}
+
+impl Plan<'_> {
+    /// What the plan charges its limit (nothing where there is none).
+    fn cost(&self) -> u64 {
+        match self {
+            Plan::Rule { cost, .. } => *cost,
+            _ => 0,
+        }
+    }
+}
+
+/// One limit and key that descriptors of a request apply to.
+struct Group<'p> {
+    /// The positions of those descriptors.
+    at: Vec<usize>,
+    rule: &'p Rule,
+    key: &'p str,
+    shadow: bool,
+}
+
+/// The limits `plans` apply to, each once (two descriptors alike are one
+/// limit and key, reported at both places), in the order first met.
+fn group<'p>(plans: &'p [Plan<'_>]) -> Vec<Group<'p>> {
+    let mut groups: Vec<Group<'p>> = Vec::new();
+    // A map: the number of descriptors is the operator's to raise.
+    let mut seen: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
+    for (at, p) in plans.iter().enumerate() {
+        let Plan::Rule {
+            rule, key, shadow, ..
+        } = p
+        else {
+            continue;
+        };
+        let id = (rule.name(), key.as_str());
+        match seen.get(&id).and_then(|&i| groups.get_mut(i)) {
+            Some(g) => g.at.push(at),
+            None => {
+                seen.insert(id, groups.len());
+                groups.push(Group {
+                    at: vec![at],
+                    rule: rule.as_ref(),
+                    key: key.as_str(),
+                    shadow: *shadow,
+                });
+            }
+        }
+    }
+    groups
 }
 
 /// A rule as reported back.

@@ -16,8 +16,8 @@ use ratekeeper_core::kit;
 use ratekeeper_core::kit::RuleState;
 use ratekeeper_core::storage::corrupt_state;
 use ratekeeper_core::{
-    AdjustRequest, Adjustment, CasOp, Clock, DecideEntry, DecideRequest, Decision, Error,
-    ErrorKind, Periodic, Result, Rule, Storage, StorageStats, SystemClock, Timestamp,
+    AdjustRequest, CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic,
+    Result, Rule, Storage, StorageStats, SystemClock, Timestamp,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -608,26 +608,12 @@ impl Storage for SqliteStorage {
     }
 
     async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
-        let entries: Vec<(String, Rule, Adjustment)> = request
+        let rules = request
             .entries
             .iter()
             .map(|e| (e.state_key(), e.rule.clone(), e.adjustment))
             .collect();
-        let now = request.now;
-        let keys = entries.iter().map(|(key, _, _)| key.clone()).collect();
-        self.step_with(
-            keys,
-            move |states| {
-                let rules: Vec<_> = entries
-                    .iter()
-                    .zip(states)
-                    .map(|((_, rule, adjustment), s)| (rule, s.as_ref(), *adjustment))
-                    .collect();
-                kit::adjust(&rules, now)
-            },
-            now,
-        )
-        .await
+        self.step_with(rules, request.now, kit::adjust).await
     }
 }
 
@@ -639,41 +625,28 @@ impl SqliteStorage {
         request: &DecideRequest<'_>,
         decide: kit::DecideFn<T>,
     ) -> Result<T> {
-        let entries: Vec<(String, Rule, u64)> = request
+        let rules = request
             .entries
             .iter()
             .map(|e: &DecideEntry<'_>| (e.state_key(), e.rule.clone(), e.cost))
             .collect();
-        let now = request.now;
-        let keys = entries.iter().map(|(key, _, _)| key.clone()).collect();
-        self.step_with(
-            keys,
-            move |states| {
-                let rules: Vec<_> = entries
-                    .iter()
-                    .zip(states)
-                    .map(|((_, rule, cost), s)| (rule, s.as_ref(), *cost))
-                    .collect();
-                decide(&rules, now)
-            },
-            now,
-        )
-        .await
+        self.step_with(rules, request.now, decide).await
     }
 
-    /// In one immediate transaction: reads the states at `keys`, asks
-    /// `step` for the answer and the writes, and stores them.
-    async fn step_with<T: Send + 'static>(
+    /// In one immediate transaction: reads the states of `rules` (each its
+    /// state key, the rule and its `X`, a cost or an adjustment), runs
+    /// `step` on them, and stores what it says.
+    async fn step_with<X: Copy + Send + 'static, T: Send + 'static>(
         &self,
-        keys: Vec<String>,
-        step: impl FnOnce(&[Option<RuleState>]) -> Result<(T, Vec<Option<kit::Write>>)> + Send + 'static,
+        rules: Vec<(String, Rule, X)>,
         now: Timestamp,
+        step: kit::StepFn<X, T>,
     ) -> Result<T> {
         self.blocking(move |conn, path| {
             immediate(conn, path, |tx| {
                 let now_us = now.as_micros();
-                let mut states = Vec::with_capacity(keys.len());
-                for key in &keys {
+                let mut states = Vec::with_capacity(rules.len());
+                for (key, _, _) in &rules {
                     let state = match read_live(tx, key, now_us, path)? {
                         Some((bytes, _)) => {
                             Some(RuleState::decode(&bytes).map_err(|e| corrupt_state(key, e))?)
@@ -682,8 +655,13 @@ impl SqliteStorage {
                     };
                     states.push(state);
                 }
-                let (decided, writes) = step(&states)?;
-                for (key, w) in keys.iter().zip(writes) {
+                let inputs: Vec<_> = rules
+                    .iter()
+                    .zip(&states)
+                    .map(|((_, rule, x), state)| (rule, state.as_ref(), *x))
+                    .collect();
+                let (decided, writes) = step(&inputs, now)?;
+                for ((key, _, _), w) in rules.iter().zip(writes) {
                     if let Some(w) = w {
                         write(tx, key, &w.state.encode(), expiry(now_us, w.ttl), path)?;
                     }

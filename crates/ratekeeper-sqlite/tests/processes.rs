@@ -33,33 +33,22 @@ fn four_processes_reserving_keep_exactly_what_they_settled() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a temporary directory");
-    let db = dir.join("shared.db");
-    drop(ratekeeper_sqlite::SqliteStorage::open(&db).expect("a new database file"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     ratekeeper_testkit::processes::assert_processes_reserve_exactly(
         Path::new(env!("CARGO_BIN_EXE_ratekeeper-sqlite-worker")),
-        // A file per algorithm's round.
-        |algorithm| dir.join(format!("{algorithm}.db")).display().to_string(),
+        // A file per algorithm's round, created before the workers race.
+        |algorithm| {
+            let db = dir.join(format!("{algorithm}.db"));
+            drop(ratekeeper_sqlite::SqliteStorage::open(&db).expect("a new database file"));
+            db.display().to_string()
+        },
         |file, algorithm| {
-            runtime.block_on(async {
-                let store = ratekeeper_sqlite::SqliteStorage::open(file).expect("the file");
-                let limiter = ratekeeper_core::Limiter::new(std::sync::Arc::new(store));
-                let quota = format!("{}/hour", ratekeeper_testkit::processes::LIMIT);
-                let rule = ratekeeper_core::Rule::new(
-                    algorithm.as_str(),
-                    algorithm,
-                    quota.parse().expect("a quota"),
-                )
-                .expect("a rule");
-                limiter
-                    .peek(&rule, "one-key")
-                    .await
-                    .expect("a peek")
-                    .remaining()
-            })
+            let store = ratekeeper_sqlite::SqliteStorage::open(file).expect("the file");
+            let limiter = ratekeeper_core::Limiter::new(std::sync::Arc::new(store));
+            runtime.block_on(ratekeeper_testkit::processes::left(&limiter, algorithm))
         },
     );
     let _ = std::fs::remove_dir_all(&dir);

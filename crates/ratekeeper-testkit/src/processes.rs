@@ -55,6 +55,20 @@ pub fn assert_processes_reserve_exactly(
     }
 }
 
+/// What a peek of the workers' key says `limiter` has left under
+/// `algorithm`'s rule: for [`assert_processes_reserve_exactly`]'s `left`.
+pub async fn left(limiter: &ratekeeper_core::Limiter, algorithm: Algorithm) -> u64 {
+    let quota = ratekeeper_core::Quota::new(LIMIT, std::time::Duration::from_secs(3_600))
+        .expect("the workers' quota");
+    let rule = ratekeeper_core::Rule::new(algorithm.as_str(), algorithm, quota)
+        .expect("the workers' rule");
+    limiter
+        .peek(&rule, "one-key")
+        .await
+        .expect("a peek")
+        .remaining()
+}
+
 /// Runs [`PROCESSES`] workers at once on `store`; the sum of what they print.
 fn run_workers(worker: &Path, store: &str, algorithm: Algorithm, reserve: bool) -> u64 {
     let quota = format!("{LIMIT}/hour");

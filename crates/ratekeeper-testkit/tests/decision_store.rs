@@ -24,46 +24,47 @@ struct DecisionStore {
 }
 
 impl DecisionStore {
-    /// Under the lock: reads the states of `keys`, asks `step` for the
-    /// answer and the writes, and stores them.
-    fn step<T>(
+    /// Under the lock: reads the states of `rules` (each with its key and
+    /// its `X`, a cost or an adjustment), runs `step` on them, and stores
+    /// what it says.
+    fn step<X: Copy, T>(
         &self,
-        keys: Vec<String>,
-        step: impl FnOnce(&[Option<RuleState>]) -> Result<(T, Vec<Option<Write>>)>,
+        rules: &[(&Rule, String, X)],
+        now: Timestamp,
+        step: kit::StepFn<X, T>,
     ) -> Result<T> {
         let mut states = self
             .states
             .lock()
             .map_err(|_| Error::new(ErrorKind::Other, "lock poisoned"))?;
-        let now = self.clock.now().as_micros();
-        states.retain(|_, (_, expires)| *expires > now);
-        let current: Vec<Option<RuleState>> = keys
+        let at = self.clock.now().as_micros();
+        states.retain(|_, (_, expires)| *expires > at);
+        let current: Vec<Option<RuleState>> = rules
             .iter()
-            .map(|k| states.get(k).map(|(s, _)| s.clone()))
+            .map(|(_, k, _)| states.get(k).map(|(s, _)| s.clone()))
             .collect();
-        let (answer, writes) = step(&current)?;
-        for (key, write) in keys.into_iter().zip(writes) {
+        let inputs: Vec<_> = rules
+            .iter()
+            .zip(&current)
+            .map(|((rule, _, x), s)| (*rule, s.as_ref(), *x))
+            .collect();
+        let (answer, writes) = step(&inputs, now)?;
+        for ((_, key, _), write) in rules.iter().zip(writes) {
             if let Some(Write { state, ttl }) = write {
                 let ttl = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX / 2);
-                states.insert(key, (state, now.saturating_add(ttl)));
+                states.insert(key.clone(), (state, at.saturating_add(ttl)));
             }
         }
         Ok(answer)
     }
 
-    /// The decision step with `decide`: the combined decision or one per
-    /// entry.
     fn decide_with<T>(&self, request: &DecideRequest<'_>, decide: kit::DecideFn<T>) -> Result<T> {
-        let keys = request.entries.iter().map(|e| e.state_key()).collect();
-        self.step(keys, |current| {
-            let rules: Vec<kit::Input<'_>> = request
-                .entries
-                .iter()
-                .zip(current)
-                .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
-                .collect();
-            decide(&rules, request.now)
-        })
+        let rules: Vec<_> = request
+            .entries
+            .iter()
+            .map(|e| (e.rule, e.state_key(), e.cost))
+            .collect();
+        self.step(&rules, request.now, decide)
     }
 }
 
@@ -78,16 +79,12 @@ impl Storage for DecisionStore {
     }
 
     async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
-        let keys = request.entries.iter().map(|e| e.state_key()).collect();
-        self.step(keys, |current| {
-            let rules: Vec<kit::AdjustInput<'_>> = request
-                .entries
-                .iter()
-                .zip(current)
-                .map(|(e, s)| (e.rule, s.as_ref(), e.adjustment))
-                .collect();
-            kit::adjust(&rules, request.now)
-        })
+        let rules: Vec<_> = request
+            .entries
+            .iter()
+            .map(|e| (e.rule, e.state_key(), e.adjustment))
+            .collect();
+        self.step(&rules, request.now, kit::adjust)
     }
 }
 

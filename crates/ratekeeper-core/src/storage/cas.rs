@@ -1,8 +1,10 @@
 //! The default decision step: read, decide with the core, compare-and-swap.
 
+use crate::clock::Timestamp;
 use crate::decision::Decision;
 use crate::engine::{self, Write};
 use crate::error::{Error, ErrorKind, Result};
+use crate::rule::Rule;
 use crate::state::RuleState;
 
 use super::{AdjustEntry, AdjustRequest, CasOp, DecideEntry, DecideRequest, Storage};
@@ -53,16 +55,12 @@ pub async fn adjust_with_cas<S: Storage + ?Sized>(
     request: &AdjustRequest<'_>,
 ) -> Result<Vec<Decision>> {
     let keys: Vec<String> = request.entries.iter().map(AdjustEntry::state_key).collect();
-    cas_loop(store, &keys, |states| {
-        let rules: Vec<_> = request
-            .entries
-            .iter()
-            .zip(states)
-            .map(|(e, s)| (e.rule, s.as_ref(), e.adjustment))
-            .collect();
-        engine::adjust(&rules, request.now)
-    })
-    .await
+    let rules: Vec<_> = request
+        .entries
+        .iter()
+        .map(|e| (e.rule, e.adjustment))
+        .collect();
+    cas_step(store, &keys, &rules, request.now, engine::adjust).await
 }
 
 async fn decide_cas<S: Storage + ?Sized, T>(
@@ -71,24 +69,18 @@ async fn decide_cas<S: Storage + ?Sized, T>(
     decide: engine::DecideFn<T>,
 ) -> Result<T> {
     let keys: Vec<String> = request.entries.iter().map(DecideEntry::state_key).collect();
-    cas_loop(store, &keys, |states| {
-        let rules: Vec<_> = request
-            .entries
-            .iter()
-            .zip(states)
-            .map(|(e, s)| (e.rule, s.as_ref(), e.cost))
-            .collect();
-        decide(&rules, request.now)
-    })
-    .await
+    let rules: Vec<_> = request.entries.iter().map(|e| (e.rule, e.cost)).collect();
+    cas_step(store, &keys, &rules, request.now, decide).await
 }
 
-/// Read the states at `keys`, compute the answer and the writes with
-/// `step`, compare-and-swap; again on a lost race.
-async fn cas_loop<S: Storage + ?Sized, T>(
+/// Read the states at `keys` (one per rule of `rules`), compute the answer
+/// and the writes with `step`, compare-and-swap; again on a lost race.
+async fn cas_step<S: Storage + ?Sized, X: Copy + Sync, T>(
     store: &S,
     keys: &[String],
-    step: impl Fn(&[Option<RuleState>]) -> Result<(T, Vec<Option<Write>>)> + Send,
+    rules: &[(&Rule, X)],
+    now: Timestamp,
+    step: engine::StepFn<X, T>,
 ) -> Result<T> {
     if keys.is_empty() {
         return Err(Error::new(
@@ -112,7 +104,12 @@ async fn cas_loop<S: Storage + ?Sized, T>(
                     .map_err(|e| corrupt_state(key, e))
             })
             .collect::<Result<Vec<_>>>()?;
-        let (decided, writes) = step(&states)?;
+        let inputs: Vec<_> = rules
+            .iter()
+            .zip(&states)
+            .map(|((rule, x), state)| (*rule, state.as_ref(), *x))
+            .collect();
+        let (decided, writes) = step(&inputs, now)?;
         let encoded: Vec<(usize, Vec<u8>, std::time::Duration)> = writes
             .into_iter()
             .enumerate()

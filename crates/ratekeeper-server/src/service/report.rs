@@ -3,23 +3,13 @@
 //! `is_negative_hits`, given back. Every descriptor of one report is one
 //! atomic step of the store (`Limiter::adjust`).
 
-use std::collections::HashMap;
-
 use ratekeeper::config::{ServerConfig, StoreErrorMode};
 use ratekeeper::{Adjustment, Rule};
 
-use super::{Plan, Refusal, Service, Status, deny_status, is_request_error, plan, shown};
+use super::{
+    Group, Plan, Refusal, Service, Status, deny_status, group, is_request_error, plan, shown,
+};
 use crate::request::{Answer, Check};
-
-/// The net change of one limit and key: what is charged less what is
-/// given back, by the descriptors at `at`.
-struct Net<'a> {
-    at: Vec<usize>,
-    rule: &'a Rule,
-    key: &'a str,
-    units: i128,
-    shadow: bool,
-}
 
 impl Service {
     /// Applies `check` as a report: each descriptor's hits charged, or
@@ -47,50 +37,27 @@ impl Service {
             check.hits,
             limits.server.shadow_mode,
         )?;
-        let mut nets: Vec<Net<'_>> = Vec::new();
-        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
-        for (at, (p, d)) in plans.iter().zip(&check.descriptors).enumerate() {
-            let Plan::Rule {
-                rule,
-                key,
-                cost,
-                shadow,
-                ..
-            } = p
-            else {
-                continue;
-            };
-            let units = if d.negative {
-                -i128::from(*cost)
-            } else {
-                i128::from(*cost)
-            };
-            match seen
-                .get(&(rule.name(), key.as_str()))
-                .and_then(|&i| nets.get_mut(i))
-            {
-                Some(net) => {
-                    net.at.push(at);
-                    net.units += units;
-                }
-                None => {
-                    seen.insert((rule.name(), key.as_str()), nets.len());
-                    nets.push(Net {
-                        at: vec![at],
-                        rule: rule.as_ref(),
-                        key: key.as_str(),
-                        units,
-                        shadow: *shadow,
-                    });
-                }
-            }
-        }
+        // Each limit's net change: charged less given back.
+        let nets: Vec<(Group<'_>, i128)> = group(&plans)
+            .into_iter()
+            .map(|g| {
+                let units =
+                    g.at.iter()
+                        .filter_map(|&i| Some((plans.get(i)?, check.descriptors.get(i)?)))
+                        .map(|(p, d)| {
+                            let cost = i128::from(p.cost());
+                            if d.negative { -cost } else { cost }
+                        })
+                        .sum();
+                (g, units)
+            })
+            .collect();
         if !nets.is_empty() {
             let changes: Vec<(&Rule, &str, Adjustment)> = nets
                 .iter()
-                .map(|net| {
-                    let units = u64::try_from(net.units.unsigned_abs()).unwrap_or(u64::MAX);
-                    let change = if net.units >= 0 {
+                .map(|(g, net)| {
+                    let units = u64::try_from(net.unsigned_abs()).unwrap_or(u64::MAX);
+                    let change = if *net >= 0 {
                         Adjustment::Charge(units)
                     } else {
                         Adjustment::Refund {
@@ -98,7 +65,7 @@ impl Service {
                             taken_at: None,
                         }
                     };
-                    (net.rule, net.key, change)
+                    (g.rule, g.key, change)
                 })
                 .collect();
             let decisions = match self.limiter.adjust(&changes).await {
@@ -106,17 +73,17 @@ impl Service {
                 Err(e) if is_request_error(&e) => return Err(Refusal::Invalid(e.to_string())),
                 Err(e) => return Err(Refusal::Unavailable(e.to_string())),
             };
-            for (net, d) in nets.iter().zip(decisions) {
+            for ((g, _), d) in nets.iter().zip(decisions) {
                 let over = !d.is_allowed();
-                for &at in &net.at {
+                for &at in &g.at {
                     if let Some(status) = statuses.get_mut(at) {
                         *status = Status {
-                            over_limit: over && !net.shadow,
-                            limit: Some(shown(net.rule)),
+                            over_limit: over && !g.shadow,
+                            limit: Some(shown(g.rule)),
                             remaining: d.remaining(),
                             reset_after: d.reset_after(),
-                            retry_after: d.retry_after().filter(|_| !net.shadow),
-                            shadow_over_limit: over && net.shadow,
+                            retry_after: d.retry_after().filter(|_| !g.shadow),
+                            shadow_over_limit: over && g.shadow,
                         };
                     }
                 }
