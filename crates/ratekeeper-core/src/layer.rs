@@ -198,7 +198,10 @@ pub trait LayeredStorage: Send + Sync + fmt::Debug {
     }
 
     /// [`Storage::decide_each_at`], through [`around`](Self::around), as
-    /// [`decide_each`](Self::decide_each).
+    /// [`decide_each`](Self::decide_each). A layer that changes
+    /// `decide_each` changes this too: forwarded, the inner store's answer
+    /// would bypass the layer (the limiter's `check_each` and reservations
+    /// ask for this one).
     async fn decide_each_at(
         &self,
         request: &DecideRequest<'_>,

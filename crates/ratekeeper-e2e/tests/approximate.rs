@@ -424,3 +424,25 @@ async fn pending_units_survive_a_decision_dropped_on_the_way() {
         store.status()
     );
 }
+
+/// What approximate mode cannot answer from its local budgets is refused,
+/// never decided by the store alone behind the units counted locally: one
+/// decision per rule (and so reservations), and changes after the fact.
+#[tokio::test]
+async fn answers_it_cannot_give_exactly_are_refused() {
+    let memory: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let store = Arc::new(ApproximateStorage::new(
+        memory,
+        Approximate::new(Duration::from_secs(1)),
+    ));
+    let limiter = Limiter::new(store);
+    let rule = Rule::new("api", Algorithm::Gcra, "10/s".parse().unwrap()).unwrap();
+    let unsupported = ratekeeper::ErrorKind::Unsupported;
+    let err = limiter.check_each(&[(&rule, "k", 1)]).await.unwrap_err();
+    assert_eq!(err.kind(), unsupported);
+    let err = limiter.reserve(&rule, "k", 1).await.unwrap_err();
+    assert_eq!(err.kind(), unsupported);
+    let err = limiter.charge(&rule, "k", 1).await.unwrap_err();
+    assert_eq!(err.kind(), unsupported);
+    assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
+}

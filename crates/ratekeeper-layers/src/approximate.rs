@@ -949,6 +949,17 @@ impl LayeredStorage for ApproximateStorage {
         ))
     }
 
+    /// Refused, as `decide_each` (reservations and `check_each` ask for
+    /// this one): the store alone does not hold a key's count.
+    async fn decide_each_at(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Result<(Timestamp, Vec<Decision>)> {
+        LayeredStorage::decide_each(self, request)
+            .await
+            .map(|each| (request.now, each))
+    }
+
     /// Refused, like [`decide_each`](Storage::decide_each) (and so
     /// reservations): a key's units are partly counted locally and not yet
     /// written, so a change made in the store alone would be applied to the
