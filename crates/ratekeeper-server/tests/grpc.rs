@@ -251,6 +251,12 @@ async fn all_or_nothing_and_hits_per_descriptor() {
     let left: Vec<u32> = r.statuses.iter().map(|s| s.limit_remaining).collect();
     assert_eq!(left, [3, 7]);
     assert!(ok(ask(&mut c, three(3)).await.overall_code));
+    // `c` is spent. A descriptor without hits gives back the request's
+    // (protobuf's 0: 1).
+    let mut one = descriptor(&[("c", "x")]);
+    one.is_negative_hits = true;
+    let r = ask(&mut c, request("d", vec![one])).await;
+    assert_eq!(r.statuses[0].limit_remaining, 1, "{r:?}");
     // Never more than the whole limit.
     let mut back = descriptor_hits(&[("c", "x")], 50);
     back.is_negative_hits = true;

@@ -31,10 +31,11 @@ impl Service {
                 headers: Vec::new(),
             });
         }
+        // A request's hits of 0 is protobuf's default: 1, as in a check.
         let plans = plan(
             &limits.domains,
             check,
-            check.hits,
+            check.hits.max(1),
             limits.server.shadow_mode,
         )?;
         // Each limit's net change: charged less given back.
