@@ -238,22 +238,30 @@ impl Limiter {
     /// # Ok(()) }
     /// ```
     pub async fn check_each(&self, checks: &[(&Rule, &str, u64)]) -> Result<Vec<Decision>> {
-        self.decide_each(checks)
+        self.decide_each(checks, false)
             .await
             .map(|(_, decisions)| decisions)
     }
 
-    /// [`check_each`](Self::check_each), with the time the store decided
-    /// at ([`Storage::decide_each_at`]): its own clock's, when it keeps one.
+    /// [`check_each`](Self::check_each), and the time it was decided at:
+    /// with `at`, the store's ([`Storage::decide_each_at`]: its own clock's
+    /// when it keeps one), else the request's (and the store is asked the
+    /// plain `decide_each`, the service's hot path).
     async fn decide_each(
         &self,
         checks: &[(&Rule, &str, u64)],
+        at: bool,
     ) -> Result<(crate::Timestamp, Vec<Decision>)> {
         let keys = self.bounded_keys(checks.iter().map(|(_, key, _)| *key));
         let entries = entries(checks.iter().map(|(rule, _, cost)| (*rule, *cost)), &keys)?;
         let request = self.request(&entries);
         let timer = observe::Timer::start();
-        let result = self.inner.storage.decide_each_at(&request).await;
+        let result = if at {
+            self.inner.storage.decide_each_at(&request).await
+        } else {
+            let each = self.inner.storage.decide_each(&request).await;
+            each.map(|decisions| (request.now, decisions))
+        };
         timer.stop();
         let (at, result) = match result {
             Ok((at, decisions)) => (at, Ok(decisions)),
@@ -290,7 +298,7 @@ impl Limiter {
     /// its estimate, all or nothing like [`check_each`](Self::check_each)
     /// (tokens and calls of a model in one step).
     pub async fn reserve_each(&self, checks: &[(&Rule, &str, u64)]) -> Result<Reservation> {
-        let (taken_at, decisions) = self.decide_each(checks).await?;
+        let (taken_at, decisions) = self.decide_each(checks, true).await?;
         let entries = checks
             .iter()
             .map(|(rule, key, estimate)| {

@@ -4,23 +4,30 @@
 -- wait of a denial are found by binary searches, so a denial reads O(log n)
 -- pairs of a log of n (each a GETRANGE of 16 bytes when the log was not read
 -- whole); an admission reads the live pairs once and writes them back.
-STEP[2] = function(q, s, now, cost)
-  local window, limit = q.window, q.limit
+-- The view of log `s` (an empty one for nil), its first live pair (an
+-- entry counts while now < timestamp + window: sliding_log.rs's live), and
+-- the running total before that pair.
+local function log_live(s, window, now)
   local view = s
   if view == nil then view = { n = 0, raw = '', at = 1, shift = 0 } end
-  local n = view.n
-  -- The first live pair: an entry counts while now < timestamp + window.
-  local first = log_search(view, 1, n + 1, function(i)
+  local first = log_search(view, 1, view.n + 1, function(i)
     local ts = log_pair(view, i)
     return ts + window > now
   end)
-  -- Units before the first live pair, and up to the last one.
-  local prior, last_ts, last_total = 0, nil, 0
+  local prior = 0
   if first > 1 then
     local _, t = log_pair(view, first - 1)
     prior = t
   end
-  last_total = prior
+  return view, first, prior
+end
+
+STEP[2] = function(q, s, now, cost)
+  local window, limit = q.window, q.limit
+  local view, first, prior = log_live(s, window, now)
+  local n = view.n
+  -- Units up to the last pair.
+  local last_ts, last_total = nil, prior
   if n >= first then last_ts, last_total = log_pair(view, n) end
   local used = sub(last_total, prior)
   local probe = probe_of(cost)
@@ -100,19 +107,9 @@ end
 -- whole, as (timestamp, cost), changed, and written back as running totals.
 ADJUST[2] = function(q, s, now, charge, units, taken_at)
   local window, limit = q.window, q.limit
-  local view = s
-  if view == nil then view = { n = 0, raw = '', at = 1, shift = 0 } end
+  local view, first, prior = log_live(s, window, now)
   local n = view.n
-  local first = log_search(view, 1, n + 1, function(i)
-    local ts = log_pair(view, i)
-    return ts + window > now
-  end)
-  local times, costs, m = {}, {}, 0
-  local prior, used = 0, 0
-  if first > 1 then
-    local _, t = log_pair(view, first - 1)
-    prior = t
-  end
+  local times, costs, m, used = {}, {}, 0, 0
   -- The live pairs, read at once.
   local live = n - first + 1
   local flat = { n = live, raw = log_bytes(view, view.at + 16 * (first - 1), 16 * live), at = 1, shift = view.shift }
