@@ -10,7 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage, HttpResponse};
 use ratekeeper_http::{
-    Decided, HttpPolicy, Identity, Outcome, PolicyGuard, RequestView, SharedPolicy,
+    Decided, HttpPolicy, Identity, Outcome, PolicyGuard, RequestView, Settlement, SharedPolicy,
 };
 
 use crate::decision::RateLimitDecision;
@@ -151,7 +151,9 @@ const NO_PEER: &str =
 /// What to do with a request once the policy has spoken.
 enum Action {
     Answer(HttpResponse),
-    Forward(Headers),
+    /// Call the handler and add these headers; on a route counting only
+    /// some responses, settle the request with the response's status.
+    Forward(Headers, Option<Settlement>),
 }
 
 /// Applies an outcome: the middleware's answer, or the request goes on with
@@ -172,12 +174,13 @@ fn act(outcome: Outcome, request: &ServiceRequest) -> Action {
             Action::Answer(response)
         }
         Outcome::Proceed { headers, admission } => {
+            let settlement = admission.as_ref().and_then(|a| a.settlement().cloned());
             if let Some(admission) = admission {
                 request
                     .extensions_mut()
                     .insert(RateLimitDecision(admission));
             }
-            Action::Forward(headers)
+            Action::Forward(headers, settlement)
         }
     }
 }
@@ -189,6 +192,15 @@ fn act(outcome: Outcome, request: &ServiceRequest) -> Action {
 /// (`match_info()`): percent-encoded characters decoded, except `/`, `%`
 /// and `+`. The raw `path()` would let `/h%65alth` reach the `/health`
 /// handler under another route's limits.
+/// Settles a request on a route counting only some responses by its
+/// response's status.
+async fn settle<B>(response: ServiceResponse<B>, settlement: &Settlement) -> ServiceResponse<B> {
+    let status = http::StatusCode::from_u16(response.status().as_u16())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    settlement.finish(status).await;
+    response
+}
+
 fn decide_now(policy: PolicyGuard, request: &ServiceRequest, peer: IpAddr) -> Decided {
     // The pattern costs a lookup and an allocation: only when it is read.
     let route = policy
@@ -238,8 +250,17 @@ where
             Action::Answer(response) => {
                 ResponseFuture::answered(request.into_response(response).map_into_right_body())
             }
-            Action::Forward(headers) => {
+            Action::Forward(headers, None) => {
                 ResponseFuture::forwarded(self.service.call(request), headers, with_headers)
+            }
+            Action::Forward(headers, Some(settlement)) => {
+                let call = self.service.call(request);
+                ResponseFuture::deciding(Box::pin(async move {
+                    Ok(with_headers(
+                        settle(call.await?, &settlement).await,
+                        headers,
+                    ))
+                }))
             }
         }
     }
@@ -275,7 +296,13 @@ where
                 Action::Answer(response) => {
                     Ok(request.into_response(response).map_into_right_body())
                 }
-                Action::Forward(headers) => Ok(with_headers(service.call(request).await?, headers)),
+                Action::Forward(headers, settlement) => {
+                    let mut response = service.call(request).await?;
+                    if let Some(settlement) = settlement {
+                        response = settle(response, &settlement).await;
+                    }
+                    Ok(with_headers(response, headers))
+                }
             }
         }))
     }

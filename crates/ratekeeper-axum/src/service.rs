@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use axum::extract::{ConnectInfo, MatchedPath, OriginalUri};
 use http::{Extensions, HeaderName, HeaderValue, Request, Response};
 use ratekeeper_http::{
-    Decided, Identity, Outcome, RequestView, SharedPolicy, add_headers, response,
+    Decided, Identity, Outcome, RequestView, Settlement, SharedPolicy, add_headers, response,
 };
 use tower::Service;
 
@@ -62,7 +62,9 @@ const NO_PEER: &str = "no peer address: serve the app with \
 /// What to do with a request once the policy has spoken.
 enum Action<B> {
     Answer(Response<B>),
-    Forward(Vec<(HeaderName, HeaderValue)>),
+    /// Call the handler and add these headers; on a route counting only
+    /// some responses, settle the request with the response's status.
+    Forward(Vec<(HeaderName, HeaderValue)>, Option<Settlement>),
 }
 
 /// Applies an outcome: the layer's answer (in gRPC's form for gRPC requests),
@@ -76,12 +78,13 @@ fn act<B: AnswerBody, ReqBody>(outcome: Outcome, request: &mut Request<ReqBody>)
             ..
         } => Action::Answer(response(status, headers, body).map(B::answer)),
         Outcome::Proceed { headers, admission } => {
+            let settlement = admission.as_ref().and_then(|a| a.settlement().cloned());
             if let Some(admission) = admission {
                 request
                     .extensions_mut()
                     .insert(RateLimitDecision(admission));
             }
-            Action::Forward(headers)
+            Action::Forward(headers, settlement)
         }
     }
 }
@@ -124,11 +127,22 @@ impl<S> RateLimit<S> {
     ) -> ResponseFuture<S::Future, ResBody, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ResBody: Send + 'static,
     {
         match act(outcome, &mut request) {
             Action::Answer(response) => ResponseFuture::answered(response),
-            Action::Forward(headers) => {
+            Action::Forward(headers, None) => {
                 ResponseFuture::forwarded(self.inner.call(request), headers, with_headers)
+            }
+            Action::Forward(headers, Some(settlement)) => {
+                let call = self.inner.call(request);
+                ResponseFuture::deciding(Box::pin(async move {
+                    let response = call.await?;
+                    settlement.finish(response.status()).await;
+                    Ok(with_headers(response, headers))
+                }))
             }
         }
     }
@@ -170,7 +184,13 @@ where
             let mut request = request;
             match act(outcome, &mut request) {
                 Action::Answer(response) => Ok(response),
-                Action::Forward(headers) => Ok(with_headers(inner.call(request).await?, headers)),
+                Action::Forward(headers, settlement) => {
+                    let response = inner.call(request).await?;
+                    if let Some(settlement) = settlement {
+                        settlement.finish(response.status()).await;
+                    }
+                    Ok(with_headers(response, headers))
+                }
             }
         }))
     }

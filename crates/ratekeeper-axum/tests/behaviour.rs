@@ -16,7 +16,7 @@ use ratekeeper_axum::{RateLimitDecision, RateLimitLayer};
 use ratekeeper_core::Storage;
 use ratekeeper_http::SharedPolicy;
 use ratekeeper_testkit::http::{
-    HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
+    HttpHarness, Server, calls_body, count_call, decision_body, login, suite_identity,
 };
 
 /// The app's own authentication, as the suite expects it: `x-user` (and
@@ -28,6 +28,11 @@ async fn auth(mut request: Request, next: Next) -> Response {
         request.extensions_mut().insert(identity);
     }
     next.run(request).await
+}
+
+async fn sign_in(headers: http::HeaderMap) -> (http::StatusCode, &'static str) {
+    let (status, body) = login(headers.get("x-password").and_then(|v| v.to_str().ok()));
+    (http::StatusCode::from_u16(status).expect("a status"), body)
 }
 
 async fn decision(decision: Option<RateLimitDecision>) -> String {
@@ -62,6 +67,7 @@ impl HttpHarness for Axum {
                 get(|| async { "user" }).post(|| async { "user" }),
             )
             .route("/decision", get(decision))
+            .route("/login", get(sign_in))
             .layer(RateLimitLayer::new(policy))
             .layer(from_fn(auth));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

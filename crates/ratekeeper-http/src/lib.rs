@@ -26,6 +26,7 @@
 
 mod auto_block;
 mod client_ip;
+mod count;
 mod future;
 mod grpc;
 mod headers;
@@ -39,6 +40,7 @@ mod tiers;
 
 pub use auto_block::{AutoBlock, DEFAULT_AUTO_BLOCK_CLIENTS};
 pub use client_ip::{ClientIpPolicy, ForwardingHeader, Headers, InvalidProxy, ip_key};
+pub use count::{CountWhen, Settlement};
 pub use future::ResponseFuture;
 pub use grpc::{grpc_status, is_grpc};
 pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_header};

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::auto_block::{AutoBlock, AutoBlocker};
+use super::count::{CountWhen, Settlement};
 use super::headers::{HeaderStyle, ResetFormat, ceil_secs, rate_limit_headers, retry_after_secs};
 use super::key::{KeyExtractor, KeySource, Keyed, RequestView};
 use super::lists::{ListKind, RuntimeLists};
@@ -41,6 +42,7 @@ pub struct Admission {
     limiter: Limiter,
     rules: Arc<[Rule]>,
     key: SmolStr,
+    settlement: Option<Settlement>,
 }
 
 impl fmt::Debug for Admission {
@@ -78,6 +80,14 @@ impl Admission {
     /// send a response that large); later requests are limited as usual.
     pub async fn charge(&self, cost: u64) -> Result<Decision> {
         self.limiter.check_rules(&self.rules, &self.key, cost).await
+    }
+
+    /// On a route that counts only some responses
+    /// ([`Limits::count_when`]), what settles the request once its response
+    /// is known: adapters call [`Settlement::finish`] with the response's
+    /// status. `None` elsewhere (the request counted when it arrived).
+    pub fn settlement(&self) -> Option<&Settlement> {
+        self.settlement.as_ref()
     }
 }
 
@@ -334,12 +344,14 @@ impl HttpPolicy {
         match self.begin_with(view, given) {
             Begun::Done(outcome) => Some(outcome),
             Begun::ResolveTier(_) => None,
+            // A route counting some responses reserves (never at once).
+            Begun::Decide(to) if to.limits.count_when.is_some() => None,
             Begun::Decide(to) => {
                 let limits = to.limits;
                 let result = self
                     .limiter
                     .check_rules_now(&limits.rules, &to.key, limits.cost)?;
-                Some(self.finish(view, to, result))
+                Some(self.finish(view, to, result, None))
             }
         }
     }
@@ -383,14 +395,44 @@ impl HttpPolicy {
             Begun::Done(outcome) => outcome,
             Begun::Decide(to) => {
                 let limits = to.limits;
+                if let Some(when) = &limits.count_when {
+                    let (result, settlement) = self.reserve(limits, &to.key, when).await;
+                    return self.finish(view, to, result, settlement);
+                }
                 let result = self
                     .limiter
                     .check_rules(&limits.rules, &to.key, limits.cost)
                     .await;
-                self.finish(view, to, result)
+                self.finish(view, to, result, None)
             }
             // Not reached: `target` never asks for a tier.
             Begun::ResolveTier(_) => unlimited(),
+        }
+    }
+
+    /// Takes the cost of a request on a route counting only the responses
+    /// `when` accepts: the decision, and what gives the cost back if the
+    /// response does not count (`None` when nothing was taken).
+    async fn reserve(
+        &self,
+        limits: &Limits,
+        key: &str,
+        when: &CountWhen,
+    ) -> (Result<Decision>, Option<Settlement>) {
+        let checks: Vec<_> = limits
+            .rules
+            .iter()
+            .map(|rule| (rule, key, limits.cost))
+            .collect();
+        match self.limiter.reserve_each(&checks).await {
+            Ok(reservation) => {
+                let decision = reservation.decision().clone();
+                let settlement = reservation
+                    .is_allowed()
+                    .then(|| Settlement::new(when.clone(), reservation));
+                (Ok(decision), settlement)
+            }
+            Err(error) => (Err(error), None),
         }
     }
 
@@ -488,10 +530,17 @@ impl HttpPolicy {
     }
 
     /// Everything after the decision: headers, hooks, the response, or the
-    /// error mode when the store failed.
-    fn finish(&self, view: &RequestView<'_>, to: Target<'_>, result: Result<Decision>) -> Outcome {
+    /// error mode when the store failed. `settlement` settles a request
+    /// admitted on a route counting only some responses.
+    fn finish(
+        &self,
+        view: &RequestView<'_>,
+        to: Target<'_>,
+        result: Result<Decision>,
+        settlement: Option<Settlement>,
+    ) -> Outcome {
         match result {
-            Ok(decision) => self.outcome(view, decision, to),
+            Ok(decision) => self.outcome(view, decision, to, settlement),
             Err(error) => {
                 let mode = to.limits.on_store_error.unwrap_or(self.on_store_error);
                 tracing::warn!(
@@ -564,7 +613,13 @@ impl HttpPolicy {
         }
     }
 
-    fn outcome(&self, view: &RequestView<'_>, decision: Decision, to: Target<'_>) -> Outcome {
+    fn outcome(
+        &self,
+        view: &RequestView<'_>,
+        decision: Decision,
+        to: Target<'_>,
+        settlement: Option<Settlement>,
+    ) -> Outcome {
         let Target {
             limits,
             key,
@@ -590,6 +645,7 @@ impl HttpPolicy {
                 limiter: self.limiter.clone(),
                 rules: Arc::clone(&limits.rules),
                 key,
+                settlement,
             }),
         };
         if decision.is_allowed() {

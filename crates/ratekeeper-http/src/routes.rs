@@ -13,6 +13,8 @@ use super::client_ip::{InvalidProxy, net_contains, parse_nets};
 use super::key::{KeySource, RequestView};
 use ratekeeper_core::rule::Rule;
 
+use super::count::CountWhen;
+
 /// The limits of a route: rules checked together (all must pass, decided
 /// atomically), what one request costs, and, optionally, its own key source.
 #[derive(Debug, Clone)]
@@ -25,6 +27,8 @@ pub struct Limits {
     pub key: Option<KeySource>,
     /// What to do when the store fails; `None` uses the policy's default.
     pub on_store_error: Option<ErrorMode>,
+    /// Which responses count; `None`: every request counts when it arrives.
+    pub count_when: Option<CountWhen>,
 }
 
 /// What to do with a request when the store cannot decide (down, slow, corrupt).
@@ -64,6 +68,7 @@ impl Limits {
             cost: 1,
             key: None,
             on_store_error: None,
+            count_when: None,
         }
     }
 
@@ -85,6 +90,17 @@ impl Limits {
     #[must_use]
     pub fn on_store_error(mut self, mode: ErrorMode) -> Self {
         self.on_store_error = Some(mode);
+        self
+    }
+
+    /// Only responses `when` accepts count ("only 401s on /login"): each
+    /// request's cost is taken when it arrives, so concurrent requests
+    /// cannot pass the limit while their responses are unknown, and given
+    /// back once its response shows it does not count. Needs an exact store
+    /// (approximate mode refuses it: the route's store-error mode applies).
+    #[must_use]
+    pub fn count_when(mut self, when: CountWhen) -> Self {
+        self.count_when = Some(when);
         self
     }
 }

@@ -169,7 +169,15 @@ impl Fairing for RateLimit {
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
         let headers = match RequestState::of(request).take_outcome() {
-            Some(Outcome::Proceed { headers, .. }) => headers,
+            Some(Outcome::Proceed { headers, admission }) => {
+                // A route counting only some responses settles by this one.
+                if let Some(settlement) = admission.as_ref().and_then(|a| a.settlement())
+                    && let Ok(status) = http::StatusCode::from_u16(response.status().code)
+                {
+                    settlement.finish(status).await;
+                }
+                headers
+            }
             Some(Outcome::Respond {
                 status,
                 headers,

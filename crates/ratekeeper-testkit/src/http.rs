@@ -16,12 +16,13 @@
 //! | `GET /decision` | 200 `remaining=N` from the handler's view of the decision, or `none` |
 //! | `GET /counted` | 200 `counted=N`: the handler counts its calls (one counter per server) |
 //! | `GET /calls` | 200 `calls=N`: how many times `/counted`'s handler ran |
+//! | `GET /login` | 200 `welcome` with `x-password: good`, else 401 `wrong password` ([`login`]) |
 //!
 //! The harness's app plays the part of the application's own authentication:
 //! a request's `x-user` header (and `x-tier`) becomes the
 //! [`Identity`] the policy sees.
-//! [`suite_identity`], [`decision_body`], [`count_call`] and [`calls_body`]
-//! are those pieces, for a harness to call from its framework's handlers.
+//! [`suite_identity`], [`decision_body`], [`count_call`], [`calls_body`]
+//! and [`login`] are those pieces, for a harness to call from its framework's handlers.
 //!
 //! One file on purpose: the scenarios form one table that every adapter runs,
 //! and reading them in one place is how a reviewer sees what is covered.
@@ -227,6 +228,16 @@ pub fn count_call(calls: &AtomicU64) -> String {
 /// The body of `GET /calls`: how many times `/counted` ran.
 pub fn calls_body(calls: &AtomicU64) -> String {
     format!("calls={}", calls.load(Ordering::SeqCst))
+}
+
+/// `GET /login`'s answer to a request whose `x-password` header is
+/// `password`: 200 `welcome` for `good`, 401 `wrong password` otherwise.
+pub fn login(password: Option<&str>) -> (u16, &'static str) {
+    if password == Some("good") {
+        (200, "welcome")
+    } else {
+        (401, "wrong password")
+    }
 }
 
 fn rule(name: &str, quota: &str) -> Rule {
@@ -1170,6 +1181,77 @@ pub async fn handlers_see_the_decision(h: Arc<dyn HttpHarness>) {
     assert_eq!(c.get("/decision", &[]).await.body, "none");
 }
 
+/// A login route counting only failed logins (401s), 3 per window: good
+/// logins never count and the fourth failure is refused before the
+/// handler. Failures sent all at once cannot pass the limit while their
+/// answers are unknown, and the good logins among them give back what they
+/// took.
+pub async fn counting_only_failed_logins(h: Arc<dyn HttpHarness>) {
+    let failures = |when: &str| {
+        RouteTable::new()
+            .route(
+                "/login",
+                &[],
+                Limits::new(vec![rule("logins", "3/hour")])
+                    .count_when(when.parse().expect("statuses to count")),
+            )
+            .expect("a pattern")
+    };
+    let keys = || KeyExtractor::new(KeySource::Ip);
+    let good = [("x-password", "good")];
+    let bad = [("x-password", "guess")];
+    let (_server, c) = start(&h, policy(&h, failures("401"), keys()).await).await;
+    for _ in 0..10 {
+        let r = c.get("/login", &good).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "welcome"));
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(c.status("/login", &bad).await);
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    // The key is limited, not the failures: once over, a good login waits too.
+    assert_eq!(c.status("/login", &good).await, 429);
+    // HEAD is not a way around: whatever the framework answers it (401 as
+    // a GET, or 404/405), those answers count as client errors.
+    let (_server, c) = start(&h, policy(&h, failures("4xx"), keys()).await).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(c.send("HEAD", "/login", &bad).await.status);
+    }
+    assert!(
+        statuses[..3].iter().all(|s| (400..429).contains(s)) && statuses[3] == 429,
+        "{statuses:?}"
+    );
+
+    // Sixteen failures and sixteen good logins at once.
+    let (_server, c) = start(&h, policy(&h, failures("!2xx"), keys()).await).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let password = if i % 2 == 0 { "good" } else { "guess" };
+                c.status("/login", &[("x-password", password)]).await
+            })
+        })
+        .collect();
+    let mut failed = 0_usize;
+    for task in tasks {
+        match task.await.expect("a request task") {
+            401 => failed += 1,
+            200 | 429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(failed <= 3, "{failed} failures reached the handler");
+    // What is left is exactly what the failures did not use: every good
+    // login gave its unit back.
+    for _ in failed..3 {
+        assert_eq!(c.status("/login", &bad).await, 401);
+    }
+    assert_eq!(c.status("/login", &bad).await, 429);
+}
+
 /// Runs the whole HTTP behaviour suite against a [`HttpHarness`]: one
 /// `#[tokio::test]` per scenario.
 #[macro_export]
@@ -1184,7 +1266,7 @@ macro_rules! http_behaviour_tests {
             hostile_forwarding_headers, ipv6_prefix_grouping, identity_and_header_keys, store_failures,
             shadow_mode, concurrent_requests, handlers_see_the_decision,
             refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving,
-            config_reloaded_under_load
+            config_reloaded_under_load, counting_only_failed_logins
         );
     };
     (@cases $($case:ident),* $(,)?) => {

@@ -15,7 +15,7 @@ use ratekeeper_actix::{RateLimit, RateLimitDecision};
 use ratekeeper_core::Storage;
 use ratekeeper_http::SharedPolicy;
 use ratekeeper_testkit::http::{
-    HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
+    HttpHarness, Server, calls_body, count_call, decision_body, login, suite_identity,
 };
 
 /// The app's own authentication, as the suite expects it: `x-user` (and
@@ -34,6 +34,16 @@ async fn auth(
 
 async fn decision(decision: Option<RateLimitDecision>) -> String {
     decision_body(decision.as_ref().map(|d| d.decision()))
+}
+
+async fn sign_in(request: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    let password = request
+        .headers()
+        .get("x-password")
+        .and_then(|v| v.to_str().ok());
+    let (status, body) = login(password);
+    let status = actix_web::http::StatusCode::from_u16(status).expect("a status");
+    actix_web::HttpResponse::build(status).body(body)
 }
 
 async fn counted(calls: web::Data<AtomicU64>) -> String {
@@ -75,6 +85,7 @@ pub(crate) async fn start(limit: RateLimit, workers: usize) -> (SocketAddr, Serv
                             .route(web::post().to(|| async { "user" })),
                     )
                     .route("/decision", web::get().to(decision))
+                    .route("/login", web::get().to(sign_in))
             })
             .workers(workers)
             .bind(("127.0.0.1", 0))

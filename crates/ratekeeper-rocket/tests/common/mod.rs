@@ -11,10 +11,12 @@ use ratekeeper_core::Storage;
 use ratekeeper_http::SharedPolicy;
 use ratekeeper_rocket::{RateLimit, RateLimitDecision, set_identity};
 use ratekeeper_testkit::http::{
-    HttpHarness, Server, calls_body, count_call, decision_body, suite_identity,
+    HttpHarness, Server, calls_body, count_call, decision_body, login, suite_identity,
 };
 use rocket::fairing::AdHoc;
-use rocket::{Build, Rocket, Route, State};
+use rocket::http::Status;
+use rocket::request::{self, FromRequest};
+use rocket::{Build, Request, Rocket, Route, State};
 
 #[rocket::get("/")]
 fn index() -> &'static str {
@@ -56,9 +58,30 @@ fn calls(calls: &State<Calls>) -> String {
     calls_body(&calls.0)
 }
 
+/// The request's `x-password` header.
+pub(crate) struct Password(Option<String>);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Password {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(request: &'r Request<'_>) -> request::Outcome<Self, Self::Error> {
+        let password = request.headers().get_one("x-password").map(str::to_owned);
+        request::Outcome::Success(Self(password))
+    }
+}
+
+#[rocket::get("/login")]
+fn sign_in(password: Password) -> (Status, &'static str) {
+    let (status, body) = login(password.0.as_deref());
+    (Status::new(status), body)
+}
+
 /// The suite's routes.
 pub(crate) fn routes() -> Vec<Route> {
-    rocket::routes![index, health, user, user_post, decision, counted, calls]
+    rocket::routes![
+        index, health, user, user_post, decision, counted, calls, sign_in
+    ]
 }
 
 /// A quiet Rocket on 127.0.0.1:0 whose own authentication turns `x-user` /
