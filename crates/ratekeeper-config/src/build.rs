@@ -264,10 +264,14 @@ pub(crate) fn compile(
             c.pattern(&format!("{at}.path"), &route.path);
             continue;
         };
-        let limits = match route.on_store_error {
+        let mut limits = match route.on_store_error {
             Some(mode) => limits.on_store_error(mode),
             None => limits,
         };
+        if let Some(when) = &route.count_when {
+            c.counts_exactly(&format!("{at}.count_when"));
+            limits = limits.count_when(when.clone());
+        }
         let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
         match routes.clone().route(&route.path, &methods, limits) {
             Ok(next) => routes = next,
@@ -620,6 +624,19 @@ impl Checker<'_> {
         })
     }
 
+    /// `count_when` at `at` gives costs back after the response, which
+    /// approximate mode cannot do (it would refuse every such request).
+    fn counts_exactly(&mut self, at: &str) {
+        if self.config.storage.approximate.is_some() {
+            self.problem(
+                at,
+                "counting only some responses gives costs back exactly, which approximate mode \
+                 cannot do (expected no [storage.approximate], or no count_when)"
+                    .to_owned(),
+            );
+        }
+    }
+
     fn tiers(&mut self, rules: &BTreeMap<String, Rule>) -> Option<Tiers> {
         let config = self.config;
         if config.tiers.is_empty() {
@@ -707,7 +724,11 @@ impl Checker<'_> {
                     self.pattern(&format!("{at}.path"), &entry.path);
                     continue;
                 };
-                let limits = limits.cost(entry.cost).key(key);
+                let mut limits = limits.cost(entry.cost).key(key);
+                if let Some(when) = &entry.count_when {
+                    self.counts_exactly(&format!("{at}.count_when"));
+                    limits = limits.count_when(when.clone());
+                }
                 let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
                 if let Err(e) = tiers.add_rule(tier_name, &entry.path, &methods, limits) {
                     self.problem(&format!("{at}.path"), pattern_message(e.reason()));

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ratekeeper_core::rule::Algorithm;
 use ratekeeper_http::{
-    DEFAULT_LIST_REFRESH, DEFAULT_TIER_CACHE_CAPACITY, DEFAULT_TIER_CACHE_TTL, ErrorMode,
-    ForwardingHeader, HeaderStyle, MissingKey, ResetFormat,
+    CountWhen, DEFAULT_LIST_REFRESH, DEFAULT_TIER_CACHE_CAPACITY, DEFAULT_TIER_CACHE_TTL,
+    ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat,
 };
 
 /// A whole configuration: the store, the defaults, named rules, route rules,
@@ -266,6 +266,9 @@ pub struct RouteConfig {
     pub key: Option<KeySpec>,
     /// What this route does when the store fails; `None`: the default.
     pub on_store_error: Option<ErrorMode>,
+    /// `count_when`: only these responses count (`["401"]`, `"!2xx"`);
+    /// `None`: every request counts.
+    pub count_when: Option<CountWhen>,
 }
 
 impl RouteConfig {
@@ -278,6 +281,7 @@ impl RouteConfig {
             cost: 1,
             key: None,
             on_store_error: None,
+            count_when: None,
         }
     }
 }
@@ -304,6 +308,8 @@ pub struct TierRuleConfig {
     pub cost: u64,
     /// The key; `None`: by user.
     pub key: Option<KeySpec>,
+    /// `count_when`: only these responses count; `None`: every request.
+    pub count_when: Option<CountWhen>,
 }
 
 impl TierRuleConfig {
@@ -315,6 +321,7 @@ impl TierRuleConfig {
             limit,
             cost: 1,
             key: None,
+            count_when: None,
         }
     }
 }

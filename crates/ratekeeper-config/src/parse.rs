@@ -18,7 +18,7 @@ use http::StatusCode;
 use ratekeeper_core::rule::Algorithm;
 use ratekeeper_core::storage::Opener;
 use ratekeeper_http::{
-    AutoBlock, ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat,
+    AutoBlock, CountWhen, ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat,
 };
 
 const TOP: &[&str] = &[
@@ -367,9 +367,18 @@ fn route(r: &mut Reader<'_>, t: &Table<'_>) -> Option<RouteConfig> {
     let cost = t.integer(r, "cost", 1, u64::MAX).unwrap_or(1);
     let key = t.parsed(r, "key", str::parse::<KeySpec>);
     let on_store_error = t.parsed(r, "on_store_error", str::parse::<ErrorMode>);
+    let count_when = count_when(r, t);
     t.finish(
         r,
-        &["path", "methods", "rules", "cost", "key", "on_store_error"],
+        &[
+            "path",
+            "methods",
+            "rules",
+            "cost",
+            "key",
+            "on_store_error",
+            "count_when",
+        ],
     );
     Some(RouteConfig {
         path: path?,
@@ -378,7 +387,27 @@ fn route(r: &mut Reader<'_>, t: &Table<'_>) -> Option<RouteConfig> {
         cost,
         key,
         on_store_error,
+        count_when,
     })
+}
+
+/// `count_when`: statuses and classes to count, as a list (`["401", "403"]`)
+/// or one string (`"4xx,!404"`).
+fn count_when(r: &mut Reader<'_>, t: &Table<'_>) -> Option<CountWhen> {
+    let items = t.strings(r, "count_when")?;
+    let text = items
+        .into_iter()
+        .map(|(_, item)| item)
+        .collect::<Vec<_>>()
+        .join(",");
+    match text.parse() {
+        Ok(when) => Some(when),
+        Err(e) => {
+            let at = t.field_path("count_when");
+            r.problem(&at, t.value_of("count_when"), e.to_string());
+            None
+        }
+    }
 }
 
 fn tier(r: &mut Reader<'_>, t: &Table<'_>) -> TierConfig {
@@ -388,6 +417,7 @@ fn tier(r: &mut Reader<'_>, t: &Table<'_>) -> TierConfig {
         let methods = strings(r, &entry, "methods");
         let cost = entry.integer(r, "cost", 1, u64::MAX).unwrap_or(1);
         let key = entry.parsed(r, "key", str::parse::<KeySpec>);
+        let count_when = count_when(r, &entry);
         let named = entry.string(r, "rule");
         let inline = RULE_FIELDS.iter().any(|f| entry.value_of(f).is_some());
         let limit = match (named, inline) {
@@ -413,7 +443,15 @@ fn tier(r: &mut Reader<'_>, t: &Table<'_>) -> TierConfig {
                 None
             }
         };
-        let mut known: Vec<&str> = vec!["path", "methods", "cost", "key", "rule", "name"];
+        let mut known: Vec<&str> = vec![
+            "path",
+            "methods",
+            "cost",
+            "key",
+            "rule",
+            "name",
+            "count_when",
+        ];
         known.extend_from_slice(RULE_FIELDS);
         entry.finish(r, &known);
         if let (Some(path), Some(limit)) = (path, limit) {
@@ -423,6 +461,7 @@ fn tier(r: &mut Reader<'_>, t: &Table<'_>) -> TierConfig {
                 limit,
                 cost,
                 key,
+                count_when,
             });
         }
     }

@@ -861,3 +861,28 @@ fn domain_problems_name_their_place_in_the_file() {
          configuration: domains[1].domain: a second domain named \"a\""
     );
 }
+
+#[test]
+fn count_when_reads_a_list_or_a_string_and_needs_exact_counts() {
+    let config = Config::parse(
+        "[rules.logins]\nlimit = 3\nwindow = \"1h\"\n\
+         [[routes]]\npath = \"/login\"\nrules = [\"logins\"]\ncount_when = [\"401\", \"403\"]\n\
+         [[routes]]\npath = \"/search\"\nrules = [\"logins\"]\ncount_when = \"!2xx\"\n\
+         [tiers.free]\nrules = [{ path = \"/login\", rule = \"logins\", count_when = \"4xx\" }]\n",
+        Format::Toml,
+    )
+    .unwrap();
+    let statuses = |text: &str| Some(text.parse::<ratekeeper_http::CountWhen>().unwrap());
+    assert_eq!(config.routes[0].count_when, statuses("401,403"));
+    assert_eq!(config.routes[1].count_when, statuses("!2xx"));
+    assert_eq!(config.tiers["free"].rules[0].count_when, statuses("4xx"));
+    assert_eq!(
+        errors(
+            "[rules.a]\nlimit = 3\nwindow = \"1h\"\n[storage.approximate]\n\
+             [[routes]]\npath = \"/login\"\nrules = [\"a\"]\ncount_when = \"401\"\n\
+             [[routes]]\npath = \"/other\"\nrules = [\"a\"]\ncount_when = [\"401\", \"2x\"]\n"
+        ),
+        "configuration: routes[1].count_when: statuses to count \"401,2x\": \"2x\" is neither a status from 100 to 599 nor a class 1xx to 5xx (expected statuses and classes such as \"401\", \"4xx,5xx\" or \"!2xx\")\n\
+         configuration: routes[0].count_when: counting only some responses gives costs back exactly, which approximate mode cannot do (expected no [storage.approximate], or no count_when)"
+    );
+}

@@ -1,5 +1,6 @@
-//! An actix-web server protected by ratekeeper: `GET /` is limited, `GET
-//! /health` is exempt. The same flags and behaviour as `axum_server`:
+//! An actix-web server protected by ratekeeper: `GET /` and `GET /login` are
+//! limited, `GET /health` is exempt. The same flags and behaviour as
+//! `axum_server`:
 //!
 //! ```text
 //! cargo run -p ratekeeper-e2e --example actix_server -- \
@@ -18,6 +19,19 @@ use std::error::Error;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use ratekeeper::actix::RateLimit;
 
+async fn login(request: actix_web::HttpRequest) -> HttpResponse {
+    let password = request
+        .headers()
+        .get("x-password")
+        .and_then(|v| v.to_str().ok());
+    let (status, body) = server::login(password);
+    let status = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::UNAUTHORIZED);
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(body)
+}
+
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let o = server::parse_args()?;
@@ -34,6 +48,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 }),
             )
             .route("/health", web::get().to(|| async { "ok" }))
+            .route("/login", web::get().to(login))
     })
     .bind(o.listen)?;
     for addr in http.addrs() {

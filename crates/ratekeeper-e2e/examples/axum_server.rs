@@ -1,5 +1,6 @@
-//! An axum server protected by ratekeeper: `GET /` is limited, `GET /health` is
-//! exempt.
+//! An axum server protected by ratekeeper: `GET /` and `GET /login` (200
+//! with `X-Password: good`, 401 otherwise) are limited, `GET /health` is
+//! exempt. `--count-when 401` counts only the failed logins.
 //!
 //! ```text
 //! cargo run -p ratekeeper-e2e --example axum_server -- \
@@ -22,6 +23,15 @@ use axum::Router;
 use axum::routing::get;
 use ratekeeper::axum::RateLimitLayer;
 
+async fn login(headers: axum::http::HeaderMap) -> impl axum::response::IntoResponse {
+    let (status, body) = server::login(headers.get("x-password").and_then(|v| v.to_str().ok()));
+    (
+        axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::UNAUTHORIZED),
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let o = server::parse_args()?;
@@ -37,6 +47,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             }),
         )
         .route("/health", get(|| async { "ok" }))
+        .route("/login", get(login))
         .layer(RateLimitLayer::new(policy));
     let listener = tokio::net::TcpListener::bind(o.listen).await?;
     println!("{}", server::describe(&o, listener.local_addr()?));

@@ -1,5 +1,6 @@
-//! A Rocket server protected by ratekeeper: `GET /` is limited, `GET /health`
-//! is exempt. The same flags and behaviour as `axum_server`:
+//! A Rocket server protected by ratekeeper: `GET /` and `GET /login` are
+//! limited, `GET /health` is exempt. The same flags and behaviour as
+//! `axum_server`:
 //!
 //! ```text
 //! cargo run -p ratekeeper-e2e --example rocket_server -- \
@@ -28,6 +29,27 @@ fn health() -> &'static str {
     "ok"
 }
 
+/// The request's `X-Password` header.
+struct Password(Option<String>);
+
+#[rocket::async_trait]
+impl<'r> rocket::request::FromRequest<'r> for Password {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(
+        request: &'r rocket::Request<'_>,
+    ) -> rocket::request::Outcome<Self, Self::Error> {
+        let password = request.headers().get_one("x-password").map(str::to_owned);
+        rocket::request::Outcome::Success(Self(password))
+    }
+}
+
+#[rocket::get("/login")]
+fn login(password: Password) -> (rocket::http::Status, (ContentType, &'static str)) {
+    let (status, body) = server::login(password.0.as_deref());
+    (rocket::http::Status::new(status), (ContentType::JSON, body))
+}
+
 #[rocket::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let o = server::parse_args()?;
@@ -47,7 +69,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .attach(AdHoc::on_liftoff("banner", move |rocket| {
             Box::pin(async move { banner(rocket) })
         }))
-        .mount("/", rocket::routes![index, health])
+        .mount("/", rocket::routes![index, health, login])
         .launch()
         .await?;
     // Rocket stops gracefully on Ctrl-C by itself.

@@ -23,6 +23,8 @@ mod guides {
     struct Configuration;
     #[doc = include_str!("../../../docs/distributed.md")]
     struct Distributed;
+    #[doc = include_str!("../../../docs/http.md")]
+    struct Http;
     #[doc = include_str!("../../../docs/storage.md")]
     struct Storage;
     #[doc = include_str!("../../../docs/tiers.md")]

@@ -65,3 +65,27 @@ async fn the_trusted_header_is_the_one_named() {
     );
     assert_eq!(admitted_with_forged_forwarded(Some("forwarded")).await, 20);
 }
+
+/// `--count-when 401` on each example server, run as an operator runs it:
+/// with 3 requests an hour, ten good logins pass and are never counted, the
+/// first three wrong passwords reach the handler (401) and the next two are
+/// refused (429).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_failed_logins_count() {
+    for example in ["axum_server", "actix_server", "rocket_server"] {
+        let args = ["--limit", "3", "--window", "1h", "--count-when", "401"];
+        let server = Example::start(example, &args);
+        let c = TestClient::new(server.addr);
+        for _ in 0..10 {
+            let r = c.get("/login", &[("x-password", "good")]).await;
+            assert_eq!(r.status, 200, "{example}: {r:?}");
+        }
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(c.status("/login", &[("x-password", "guess")]).await);
+        }
+        assert_eq!(statuses, [401, 401, 401, 429, 429], "{example}");
+        // `/` shares the key's limit, and is refused too now.
+        assert_eq!(c.status("/", &[]).await, 429, "{example}");
+    }
+}

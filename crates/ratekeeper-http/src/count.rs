@@ -101,6 +101,25 @@ impl CountWhen {
     }
 }
 
+/// Lists compare by their items; predicates only with themselves.
+impl PartialEq for CountWhen {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (
+                Counts::Statuses { include, exclude },
+                Counts::Statuses {
+                    include: i,
+                    exclude: e,
+                },
+            ) => include == i && exclude == e,
+            (Counts::Predicate(a), Counts::Predicate(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for CountWhen {}
+
 impl fmt::Debug for CountWhen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {

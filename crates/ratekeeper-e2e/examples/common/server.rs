@@ -21,6 +21,8 @@
 //!                           the store (see docs/operations.md)
 //! --approximate 50          approximate mode: hot keys counted locally and
 //!                           written every MS milliseconds (docs/operations.md)
+//! --count-when 401,5xx      count only responses with these statuses
+//!                           (classes like 4xx; !2xx: all but success)
 //! --config FILE             everything from a configuration file instead
 //!                           (examples/config/); reloaded on SIGHUP
 //! ```
@@ -32,8 +34,8 @@ use std::time::Duration;
 use ratekeeper::StorageExt as _;
 use ratekeeper::approximate::Approximate;
 use ratekeeper::http::{
-    ClientIpPolicy, ErrorMode, ForwardingHeader, HeaderStyle, HttpPolicy, KeyExtractor, KeySource,
-    Limits, ResetFormat, RouteTable, SharedPolicy,
+    ClientIpPolicy, CountWhen, ErrorMode, ForwardingHeader, HeaderStyle, HttpPolicy, KeyExtractor,
+    KeySource, Limits, ResetFormat, RouteTable, SharedPolicy,
 };
 use ratekeeper::layer::{Breaker, Deadline, DenyCache};
 use ratekeeper::{Algorithm, Limiter, Quota, Rule, parse_duration};
@@ -54,6 +56,7 @@ pub(crate) struct Options {
     pub(crate) store_timeout: Option<Duration>,
     pub(crate) deny_cache: usize,
     pub(crate) approximate: Option<Duration>,
+    pub(crate) count_when: Option<CountWhen>,
 }
 
 /// Reads the flags (see the module docs).
@@ -73,6 +76,7 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
         store_timeout: None,
         deny_cache: 0,
         approximate: None,
+        count_when: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -103,11 +107,12 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
             "--approximate" => {
                 o.approximate = Some(Duration::from_millis(value()?.parse()?));
             }
+            "--count-when" => o.count_when = Some(value()?.parse()?),
             "--help" | "-h" => {
                 println!(
                     "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
                      --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,... \
-                     --client-ip-header forwarded|x-forwarded-for|x-real-ip --on-error deny|allow --store-timeout MS --deny-cache N --approximate MS | --config FILE (reloaded on SIGHUP)"
+                     --client-ip-header forwarded|x-forwarded-for|x-real-ip --on-error deny|allow --store-timeout MS --deny-cache N --approximate MS --count-when STATUS,... | --config FILE (reloaded on SIGHUP)"
                 );
                 std::process::exit(0);
             }
@@ -126,9 +131,11 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
         return Ok(live.policy());
     }
     let rule = Rule::new("api", o.algorithm, Quota::new(o.limit, o.window)?)?;
-    let routes = RouteTable::new()
-        .default_limits(Limits::new(vec![rule]))
-        .exempt("/health")?;
+    let mut limits = Limits::new(vec![rule]);
+    if let Some(when) = &o.count_when {
+        limits = limits.count_when(when.clone());
+    }
+    let routes = RouteTable::new().default_limits(limits).exempt("/health")?;
     let keys = KeyExtractor::new(o.key.clone()).proxies(
         ClientIpPolicy::new()
             .trust(&o.trust)?
@@ -169,3 +176,14 @@ pub(crate) fn describe(o: &Options, addr: SocketAddr) -> String {
 
 /// The body of `GET /`.
 pub(crate) const HELLO: &str = r#"{"message":"hello"}"#;
+
+/// `GET /login`'s answer to a request whose `X-Password` header is
+/// `password`: 200 for `good`, 401 otherwise (a stand-in for a real login).
+#[allow(dead_code, reason = "the metrics example serves no login")]
+pub(crate) fn login(password: Option<&str>) -> (u16, &'static str) {
+    if password == Some("good") {
+        (200, r#"{"message":"welcome"}"#)
+    } else {
+        (401, r#"{"error":"wrong password"}"#)
+    }
+}

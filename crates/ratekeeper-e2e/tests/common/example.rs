@@ -35,9 +35,11 @@ impl Example {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        // Whatever it prints later (Rocket announces its launch) is read and
+        // dropped: a closed pipe would make its next print fail.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let addr = line
             .strip_prefix("listening on http://")
             .and_then(|rest| rest.split_whitespace().next())
