@@ -275,10 +275,77 @@ async fn check_now_answers_like_check_and_admissions_charge_more() {
     assert!(charged.is_allowed() && charged.remaining() == 4);
     let refused = admission.charge(5).await.unwrap();
     assert!(!refused.is_allowed() && refused.remaining() == 4);
+    // Fewer once the work turns out cheaper: given back, never past the limit.
+    assert_eq!(admission.refund(3).await.unwrap().remaining(), 7);
     match p.check(&v).await {
         Outcome::Proceed {
             admission: Some(a), ..
-        } => assert_eq!(a.decision().remaining(), 3),
+        } => assert_eq!(a.decision().remaining(), 6),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(admission.refund(100).await.unwrap().remaining(), 10);
+}
+
+/// A route counting only some responses: admitted requests carry what
+/// settles them, a response that does not count gives the unit back, one
+/// that counts keeps it, and settling twice changes nothing. Denials carry
+/// nothing to settle; a failing store gets the route's error mode.
+#[tokio::test]
+async fn count_when_settles_by_the_response() {
+    use http::StatusCode;
+    let limits =
+        || Limits::new(vec![rule("logins", "2/minute")]).count_when("4xx".parse().unwrap());
+    let (p, _) = policy(RouteTable::new().default_limits(limits()));
+    let v = view("/login", &NONE, None);
+    // Never decided at once: the reservation needs the store's time.
+    assert!(p.check_now(&v).is_none());
+    let admitted = || async {
+        match p.check(&v).await {
+            Outcome::Proceed {
+                admission: Some(a), ..
+            } => a,
+            other => panic!("{other:?}"),
+        }
+    };
+    let first = admitted().await;
+    let settlement = first.settlement().expect("a settlement").clone();
+    assert!(settlement.counts(StatusCode::UNAUTHORIZED) && !settlement.counts(StatusCode::OK));
+    settlement.finish(StatusCode::OK).await;
+    // Once: a second finish (a clone, or the adapter's own) gives nothing more.
+    first.settlement().unwrap().finish(StatusCode::OK).await;
+    let second = admitted().await;
+    assert_eq!(second.decision().remaining(), 1);
+    second
+        .settlement()
+        .unwrap()
+        .finish(StatusCode::FORBIDDEN)
+        .await;
+    let third = admitted().await;
+    assert_eq!(third.decision().remaining(), 0);
+    // Unsettled (the client went away): stays counted.
+    drop(third);
+    match p.check(&v).await {
+        Outcome::Respond {
+            status, decision, ..
+        } => assert_eq!(
+            (status.as_u16(), decision.map(|d| d.remaining())),
+            (429, Some(0))
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    let store = Arc::new(MemoryStorage::new());
+    store.close().await.unwrap();
+    let routes = RouteTable::new().default_limits(limits().on_store_error(ErrorMode::FailOpen));
+    let open = HttpPolicy::new(
+        Limiter::new(store),
+        routes,
+        KeyExtractor::new(KeySource::Ip),
+    );
+    match open.check(&v).await {
+        Outcome::Proceed {
+            admission: None, ..
+        } => {}
         other => panic!("{other:?}"),
     }
 }

@@ -24,7 +24,8 @@ use ratekeeper_core::Decision;
 use ratekeeper_core::Limiter;
 use ratekeeper_core::clock::{Clock, Timestamp, duration_to_micros};
 use ratekeeper_core::rule::Rule;
-use ratekeeper_core::{Error, Result};
+use ratekeeper_core::storage::Adjustment;
+use ratekeeper_core::{Error, ErrorKind, Result};
 use smol_str::SmolStr;
 
 /// Called with every request that is (or, in shadow mode, would be) denied.
@@ -80,6 +81,27 @@ impl Admission {
     /// send a response that large); later requests are limited as usual.
     pub async fn charge(&self, cost: u64) -> Result<Decision> {
         self.limiter.check_rules(&self.rules, &self.key, cost).await
+    }
+
+    /// Gives `units` back to the request's rules and key (the work cost
+    /// less than the route charged, or was not done): the newest units of
+    /// each rule, as [`Limiter::refund`] does, never more than were taken.
+    /// Returns what a request would get now (the most restrictive rule's
+    /// decision).
+    pub async fn refund(&self, units: u64) -> Result<Decision> {
+        let refund = Adjustment::Refund {
+            units,
+            taken_at: None,
+        };
+        let changes: Vec<_> = self
+            .rules
+            .iter()
+            .map(|rule| (rule, self.key.as_str(), refund))
+            .collect();
+        let decisions = self.limiter.adjust(&changes).await?;
+        Decision::most_restrictive(&decisions)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "the store answered no decision"))
     }
 
     /// On a route that counts only some responses
