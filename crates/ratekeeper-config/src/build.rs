@@ -16,8 +16,8 @@ use ratekeeper_core::clock::Clock;
 use ratekeeper_core::quota::{Quota, QuotaError};
 use ratekeeper_core::rule::{Algorithm, Rule, RuleError};
 use ratekeeper_http::{
-    BlockedHook, ClientIpPolicy, ErrorHook, ExemptFn, HttpPolicy, KeyExtractor, KeyFn, KeySource,
-    Limits, RouteTable, RuntimeLists, TierResolver, Tiers, parse_net,
+    BlockedHook, ClientIpPolicy, ErrorHook, ErrorMode, ExemptFn, HttpPolicy, KeyExtractor, KeyFn,
+    KeySource, Limits, RouteTable, RuntimeLists, TierResolver, Tiers, parse_net,
 };
 
 /// What an application adds to a configuration: the code a file cannot
@@ -129,6 +129,26 @@ pub(crate) struct Compiled {
     tiers: Option<Tiers>,
 }
 
+/// Whether any route (or the defaults) decides degraded when the store fails.
+fn degraded_somewhere(config: &Config) -> bool {
+    config.defaults.on_store_error == ErrorMode::Degraded
+        || config
+            .routes
+            .iter()
+            .any(|r| r.on_store_error == Some(ErrorMode::Degraded))
+}
+
+/// The local store degraded mode decides on: in memory, on `shared`'s clock.
+fn local_limiter(shared: &Limiter) -> Limiter {
+    let clock = Arc::clone(shared.clock());
+    let store = ratekeeper_memory::MemoryStorage::builder()
+        .clock(Arc::clone(&clock))
+        .build();
+    Limiter::builder(Arc::new(store))
+        .shared_clock(clock)
+        .build()
+}
+
 impl Compiled {
     /// The policy, deciding with `limiter`; `previous`: the policy it
     /// replaces, if any.
@@ -141,6 +161,7 @@ impl Compiled {
         previous: Option<&HttpPolicy>,
     ) -> HttpPolicy {
         let d = &config.defaults;
+        let local = degraded_somewhere(config).then(|| local_limiter(&limiter));
         let mut policy = HttpPolicy::new(limiter, self.routes, self.keys)
             .headers(d.headers, d.reset_format)
             // `ranges` has checked the status (400 to 599).
@@ -150,6 +171,9 @@ impl Compiled {
             )
             .on_store_error(d.on_store_error)
             .shadow(d.shadow);
+        if let Some(local) = local {
+            policy = policy.degraded(local, d.degraded_instances);
+        }
         if let Some(mut tiers) = self.tiers {
             if let Some(resolver) = &code.resolver {
                 tiers = tiers.resolver(resolver.clone());

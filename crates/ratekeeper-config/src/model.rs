@@ -194,6 +194,10 @@ pub struct DefaultsConfig {
     pub reset_format: ResetFormat,
     /// What happens when the store fails (default `deny`: fail closed).
     pub on_store_error: ErrorMode,
+    /// How many instances share each quota when a route decides degraded
+    /// (`on_store_error = "degraded"`): each decides locally with its
+    /// share (default 1).
+    pub degraded_instances: u64,
     /// The status of a denied request (default 429).
     pub denied_status: u16,
     /// Decide and report, never block (default false).
@@ -213,6 +217,7 @@ impl Default for DefaultsConfig {
             headers: HeaderStyle::default(),
             reset_format: ResetFormat::default(),
             on_store_error: ErrorMode::FailClosed,
+            degraded_instances: 1,
             denied_status: 429,
             shadow: false,
             ipv6_prefix: 64,

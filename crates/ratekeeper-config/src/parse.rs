@@ -310,6 +310,9 @@ fn defaults(r: &mut Reader<'_>, t: &Table<'_>) -> DefaultsConfig {
     if let Some(m) = t.parsed(r, "on_store_error", str::parse::<ErrorMode>) {
         d.on_store_error = m;
     }
+    if let Some(n) = t.integer(r, "degraded_instances", 1, 100_000) {
+        d.degraded_instances = n;
+    }
     if let Some(s) = t.integer(r, "denied_status", 400, 599) {
         d.denied_status = u16::try_from(s).unwrap_or(429);
     }
@@ -329,6 +332,7 @@ fn defaults(r: &mut Reader<'_>, t: &Table<'_>) -> DefaultsConfig {
             "headers",
             "reset_format",
             "on_store_error",
+            "degraded_instances",
             "denied_status",
             "shadow",
             "ipv6_prefix",

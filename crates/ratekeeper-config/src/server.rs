@@ -31,6 +31,10 @@ pub struct ServerConfig {
     /// What a domain without its own `on_store_error` answers when the
     /// store fails. Default [`StoreErrorMode::Error`].
     pub on_store_error: StoreErrorMode,
+    /// How many instances of the service share each limit, for domains
+    /// deciding [degraded](StoreErrorMode::Degraded) (default 1): each
+    /// decides locally with its share while the store fails.
+    pub degraded_instances: u64,
     /// Descriptors one request may carry (default 64).
     pub max_descriptors: usize,
     /// Entries one descriptor may carry (default 16).
@@ -80,6 +84,7 @@ impl Default for ServerConfig {
             admin_token: None,
             shadow_mode: false,
             on_store_error: StoreErrorMode::Error,
+            degraded_instances: 1,
             max_descriptors: 64,
             max_entries: 16,
             max_value_bytes: 1024,
@@ -109,19 +114,25 @@ pub enum StoreErrorMode {
     Allow,
     /// Deny the request.
     Deny,
+    /// Decide on the service's local memory store, each limit divided by
+    /// [`ServerConfig::degraded_instances`]: limits hold, per instance,
+    /// while the shared store is down, and decisions go back to it as soon
+    /// as it answers. Reports (`/v1/report`, negative hits) answer an error.
+    Degraded,
 }
 
 impl std::str::FromStr for StoreErrorMode {
     type Err = String;
 
-    /// `error`, `allow` or `deny`.
+    /// `error`, `allow`, `deny` or `degraded`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "error" => Ok(Self::Error),
             "allow" => Ok(Self::Allow),
             "deny" => Ok(Self::Deny),
+            "degraded" => Ok(Self::Degraded),
             other => Err(format!(
-                "unknown store error mode {other:?} (expected error, allow or deny)"
+                "unknown store error mode {other:?} (expected error, allow, deny or degraded)"
             )),
         }
     }
@@ -166,6 +177,9 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
     }
     if let Some(m) = t.parsed(r, "on_store_error", str::parse::<StoreErrorMode>) {
         s.on_store_error = m;
+    }
+    if let Some(n) = t.integer(r, "degraded_instances", 1, 100_000) {
+        s.degraded_instances = n;
     }
     let bound = |r: &mut Reader<'_>, key: &str, max: u64, field: &mut usize| {
         if let Some(n) = t.integer(r, key, 1, max) {
@@ -222,6 +236,7 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
             "admin_token",
             "shadow_mode",
             "on_store_error",
+            "degraded_instances",
             "max_descriptors",
             "max_entries",
             "max_value_bytes",

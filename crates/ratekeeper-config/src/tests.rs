@@ -160,7 +160,7 @@ configuration: defaults.key: invalid key "ipv4" (expected ip, user, route, heade
 configuration: defaults.missing_key: expected "ip" (key the request by its address), "reject" (refuse it with 400) or a status from 400 to 599
 configuration: defaults.headers: unknown header style "fancy" (expected legacy, ietf, both or none)
 configuration: defaults.reset_format: unknown reset format "hours" (expected "seconds" from now or "unix" time)
-configuration: defaults.on_store_error: unknown error mode "explode" (expected "deny" to fail closed or "allow" to fail open)
+configuration: defaults.on_store_error: unknown error mode "explode" (expected "deny" to fail closed, "allow" to fail open or "degraded" to decide locally)
 configuration: defaults.denied_status: 200 is out of range (expected a whole number from 400 to 599)
 configuration: defaults.shadow: expected true or false, found a string
 configuration: defaults.ipv6_prefix: 129 is out of range (expected a whole number from 1 to 128)
@@ -250,10 +250,10 @@ fn the_server_section_reads_with_defaults_and_reports_every_problem() {
         found,
         r#"configuration: server.grpc: "localhost:80" is not an address (expected host:port with an IP, e.g. 0.0.0.0:8081, or off)
 configuration: server.admin_token: empty (leave it out, or set a secret)
-configuration: server.on_store_error: unknown store error mode "maybe" (expected error, allow or deny)
+configuration: server.on_store_error: unknown store error mode "maybe" (expected error, allow, deny or degraded)
 configuration: server.max_entries: 0 is out of range (expected a whole number from 1 to 10000)
-configuration: server.port: unknown field `port` (expected one of: grpc, http, admin, admin_token, shadow_mode, on_store_error, max_descriptors, max_entries, max_value_bytes, max_request_bytes, max_in_flight, drain, request_timeout, refunds, json_logs, headers, watch, address_key)
-configuration: domains[0].on_store_error: unknown store error mode "later" (expected error, allow or deny)"#
+configuration: server.port: unknown field `port` (expected one of: grpc, http, admin, admin_token, shadow_mode, on_store_error, degraded_instances, max_descriptors, max_entries, max_value_bytes, max_request_bytes, max_in_flight, drain, request_timeout, refunds, json_logs, headers, watch, address_key)
+configuration: domains[0].on_store_error: unknown store error mode "later" (expected error, allow, deny or degraded)"#
     );
 }
 

@@ -58,6 +58,9 @@ pub const STORE_FULL: &str = "ratelimit_store_full_total";
 pub const AUTO_BLOCKS: &str = "ratelimit_auto_blocks_total";
 /// Gauge: clients blocked automatically now.
 pub const AUTO_BLOCKED: &str = "ratelimit_auto_blocked_clients";
+/// Counter: decisions made on the local store while the shared one failed
+/// (the `degraded` store-error mode).
+pub const DEGRADED: &str = "ratelimit_degraded_decisions_total";
 /// Counter: decisions answered locally by approximate mode (`ratekeeper-layers`).
 pub const APPROXIMATE_LOCAL: &str = "ratelimit_approximate_local_decisions_total";
 /// Counter: units approximate mode admitted that no longer fitted when
@@ -99,6 +102,10 @@ pub fn describe() {
         );
         describe_counter!(AUTO_BLOCKS, "Clients put on the deny list automatically.");
         describe_gauge!(AUTO_BLOCKED, "Clients blocked automatically now.");
+        describe_counter!(
+            DEGRADED,
+            "Decisions made on the local store, with each instance's share of the quota, while the shared store failed."
+        );
         describe_counter!(
             APPROXIMATE_LOCAL,
             "Decisions approximate mode answered locally, without the store."

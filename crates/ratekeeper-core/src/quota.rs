@@ -148,6 +148,31 @@ impl Quota {
         Self::new(limit, Duration::from_secs(86_400))
     }
 
+    /// One instance's share when `instances` share this quota without a
+    /// common store: the limit and the burst divided by `instances`,
+    /// rounded down, at least 1 (so `n` instances together never admit
+    /// more than the quota, except where it is smaller than `n`). The
+    /// window stays.
+    ///
+    /// ```
+    /// use ratekeeper_core::Quota;
+    ///
+    /// let q: Quota = "100/minute".parse()?;
+    /// assert_eq!(q.share_of(3).limit(), 33);
+    /// assert_eq!(q.share_of(500).limit(), 1);
+    /// assert_eq!(q.share_of(0), q);
+    /// # Ok::<(), ratekeeper_core::QuotaError>(())
+    /// ```
+    #[must_use]
+    pub fn share_of(self, instances: u64) -> Self {
+        let n = instances.max(1);
+        Self {
+            limit: (self.limit / n).max(1),
+            burst: self.burst.map(|b| (b / n).max(1)),
+            ..self
+        }
+    }
+
     /// Sets how many units may be spent at once by the bucket algorithms and GCRA
     /// (default: the limit). Window algorithms reject a rule with a burst.
     pub fn with_burst(self, burst: u64) -> Result<Self, QuotaError> {

@@ -280,6 +280,17 @@ impl Rule {
         Ok(self)
     }
 
+    /// The same rule with one instance's share of its quota
+    /// ([`Quota::share_of`]): what each of `instances` enforces on its own
+    /// when they cannot share a store. Same name, algorithm and penalty.
+    #[must_use]
+    pub fn share_of(&self, instances: u64) -> Self {
+        Self {
+            quota: self.quota.share_of(instances),
+            ..self.clone()
+        }
+    }
+
     /// The rule's name.
     #[inline]
     pub fn name(&self) -> &str {

@@ -522,3 +522,56 @@ async fn the_policy_header_carries_the_deciding_rules_window() {
         Some("\"burst\";q=10;w=60")
     );
 }
+
+/// The degraded error mode: while the store fails, a route decides on the
+/// local store with its instance's share of each quota (10 per minute over
+/// 3 instances: 3 each), headers included; routes failing closed still
+/// answer 503, and a policy without a local store fails closed.
+#[tokio::test]
+async fn degraded_mode_decides_locally_with_each_instances_share() {
+    let failing = Arc::new(MemoryStorage::new());
+    failing.close().await.unwrap();
+    let (local, clock) = policy(RouteTable::new());
+    let routes = RouteTable::new()
+        .route(
+            "/strict",
+            &[],
+            Limits::new(vec![rule("strict", "10/minute")]),
+        )
+        .unwrap()
+        .default_limits(
+            Limits::new(vec![rule("api", "10/minute")]).on_store_error(ErrorMode::Degraded),
+        );
+    let p = HttpPolicy::new(
+        Limiter::new(failing),
+        routes,
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .headers(HeaderStyle::Legacy, ResetFormat::Seconds);
+    let degraded = p.clone().degraded(local.limiter().clone(), 3);
+    assert_eq!(degraded.degraded_instances(), Some(3));
+    let v = view("/", &NONE, None);
+    for remaining in ["2", "1", "0"] {
+        match degraded.check(&v).await {
+            Outcome::Proceed { headers, .. } => {
+                assert_eq!(header(&headers, "x-ratelimit-limit"), Some("3"));
+                assert_eq!(header(&headers, "x-ratelimit-remaining"), Some(remaining));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let status = |o: Outcome| match o {
+        Outcome::Respond { status, .. } => status.as_u16(),
+        Outcome::Proceed { .. } => 200,
+    };
+    assert_eq!(status(degraded.check(&v).await), 429);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(status(degraded.check(&v).await), 200);
+    assert_eq!(
+        status(degraded.check(&view("/strict", &NONE, None)).await),
+        503
+    );
+    assert_eq!(status(p.check(&v).await), 503);
+    assert_eq!(p.degraded_instances(), None);
+    assert_eq!("local".parse::<ErrorMode>().unwrap(), ErrorMode::Degraded);
+}

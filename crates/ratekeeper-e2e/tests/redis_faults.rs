@@ -255,6 +255,92 @@ async fn recovery_does_not_wait_for_traffic() {
     redis.stop();
 }
 
+/// Statuses of `n` requests sent `at_once` at a time, each with the quota
+/// its `RateLimit-Policy` header names (`q=N`; 0 without one).
+async fn quotas(client: &TestClient, n: usize, at_once: usize) -> Vec<(u16, u64)> {
+    let mut out = Vec::new();
+    for _ in 0..n / at_once {
+        let batch: Vec<_> = (0..at_once)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    let r = tokio::time::timeout(HANG, c.get("/", &[]))
+                        .await
+                        .expect("an answer, never a hang");
+                    let quota = r
+                        .header("ratelimit-policy")
+                        .and_then(|v| v.split(";q=").nth(1))
+                        .and_then(|q| q.split(';').next())
+                        .and_then(|q| q.parse().ok())
+                        .unwrap_or(0);
+                    (r.status, quota)
+                })
+            })
+            .collect();
+        for b in batch {
+            out.push(b.await.unwrap());
+        }
+    }
+    out
+}
+
+/// Degraded mode through two instances of the example server over one
+/// Redis, 20 requests an hour shared: while Redis is dead, each instance
+/// decides on its own with half the quota (10 admitted each, told `q=10`,
+/// the rest refused with 429: never a 503, never a hang), and once Redis is
+/// back both decide on it again (`q=20`) without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degraded_mode_holds_each_instances_share_while_redis_is_dead() {
+    let mut redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let instance = || {
+        Example::start(
+            "axum_server",
+            &[
+                "--storage",
+                &redis.url(),
+                "--algorithm",
+                "fixed_window",
+                "--limit",
+                "20",
+                "--window",
+                "1h",
+                "--store-timeout",
+                "100",
+                "--on-error",
+                "degraded",
+                "--degraded-instances",
+                "2",
+            ],
+        )
+    };
+    let (a, b) = (instance(), instance());
+    let clients = [TestClient::new(a.addr), TestClient::new(b.addr)];
+    for c in &clients {
+        assert_eq!(quotas(c, 4, 2).await, [(200, 20); 4], "decided on Redis");
+    }
+    redis.stop();
+    for c in &clients {
+        let seen = quotas(c, 32, 4).await;
+        let admitted = seen.iter().filter(|s| **s == (200, 10)).count();
+        let refused = seen.iter().filter(|s| **s == (429, 10)).count();
+        assert_eq!((admitted, refused), (10, 22), "{seen:?}");
+    }
+    let mut redis = restarted(redis).await;
+    let back = Instant::now();
+    for c in &clients {
+        loop {
+            if quotas(c, 1, 1).await[0].1 == 20 {
+                break;
+            }
+            assert!(back.elapsed() < RECOVERY_BOUND, "still degraded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    redis.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_under_load_follows_the_error_mode_and_recovers_by_itself() {
     let mut redis = tokio::task::spawn_blocking(RedisServer::start)

@@ -128,7 +128,16 @@ pub struct HttpPolicy {
     tiers: Option<Arc<Tiers>>,
     lists: Option<RuntimeLists>,
     auto_block: Option<Arc<AutoBlocker>>,
+    degraded: Option<Degraded>,
     reads_route: bool,
+}
+
+/// Where [`ErrorMode::Degraded`] decides: a local limiter, and how many
+/// instances share each rule's quota.
+#[derive(Clone)]
+struct Degraded {
+    limiter: Limiter,
+    instances: u64,
 }
 
 impl fmt::Debug for HttpPolicy {
@@ -201,6 +210,7 @@ impl HttpPolicy {
             tiers: None,
             lists: None,
             auto_block: None,
+            degraded: None,
         }
     }
 
@@ -296,6 +306,30 @@ impl HttpPolicy {
     pub fn on_store_error(mut self, mode: ErrorMode) -> Self {
         self.on_store_error = mode;
         self
+    }
+
+    /// Where routes whose error mode is [`ErrorMode::Degraded`] decide
+    /// while the store fails (down, past its deadline, its breaker open):
+    /// on `local`, a limiter over a store that decides at once (the memory
+    /// store), with each rule's quota divided by `instances`, the number of
+    /// instances of the service sharing the limit ([`Rule::share_of`]).
+    /// Every request still tries the shared store first, so decisions go
+    /// back to it as soon as it answers; put a deadline and a breaker on it
+    /// so that trying costs nothing while it is down. Local counts start
+    /// empty and are not merged into the shared store afterwards.
+    #[must_use]
+    pub fn degraded(mut self, local: Limiter, instances: u64) -> Self {
+        self.degraded = Some(Degraded {
+            limiter: local,
+            instances: instances.max(1),
+        });
+        self
+    }
+
+    /// How many instances share each quota when deciding degraded, if the
+    /// policy has a local store for it.
+    pub fn degraded_instances(&self) -> Option<u64> {
+        self.degraded.as_ref().map(|d| d.instances)
     }
 
     /// Decide and report (hooks, headers) but never block.
@@ -577,13 +611,22 @@ impl HttpPolicy {
                 if let Some(hook) = &self.on_error {
                     hook(view, &error);
                 }
-                match mode {
-                    ErrorMode::FailOpen => unlimited(),
-                    ErrorMode::FailClosed => Self::respond(
+                let closed = || {
+                    Self::respond(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "rate_limiter_unavailable",
                         "the rate limiter cannot decide right now; try again shortly",
-                    ),
+                    )
+                };
+                match (mode, &self.degraded) {
+                    (ErrorMode::FailOpen, _) => unlimited(),
+                    (ErrorMode::Degraded, Some(local)) => {
+                        match local.decide(&to.limits.rules, &to.key, to.limits.cost) {
+                            Some(decision) => self.outcome(view, decision, to, None),
+                            None => closed(),
+                        }
+                    }
+                    (ErrorMode::FailClosed | ErrorMode::Degraded, _) => closed(),
                 }
             }
         }
@@ -691,6 +734,28 @@ impl HttpPolicy {
             return admit(headers, decision);
         }
         self.answers.denial(decision, headers)
+    }
+}
+
+impl Degraded {
+    /// Decides locally with each rule's share of its quota; `None` when the
+    /// local store cannot decide at once or fails.
+    fn decide(&self, rules: &[Rule], key: &str, cost: u64) -> Option<Decision> {
+        let shares: Vec<Rule> = rules.iter().map(|r| r.share_of(self.instances)).collect();
+        match self.limiter.check_rules_now(&shares, key, cost)? {
+            Ok(decision) => {
+                ratekeeper_core::observe::counter(ratekeeper_core::observe::DEGRADED, 1);
+                Some(decision)
+            }
+            Err(error) => {
+                tracing::warn!(
+                    target: "ratekeeper::http",
+                    %error,
+                    "the local store of degraded mode failed too: failing closed"
+                );
+                None
+            }
+        }
     }
 }
 

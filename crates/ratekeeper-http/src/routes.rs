@@ -41,19 +41,26 @@ pub enum ErrorMode {
     FailClosed,
     /// Let the request through unlimited (fastapi-traffic's `skip_on_error`).
     FailOpen,
+    /// Decide on the policy's local store, each rule's quota divided by
+    /// the number of instances sharing the limit
+    /// ([`HttpPolicy::degraded`](crate::HttpPolicy::degraded)): limits hold,
+    /// per instance, while the shared store is down. Without a local store
+    /// set on the policy, fails closed.
+    Degraded,
 }
 
 impl std::str::FromStr for ErrorMode {
     type Err = super::UnknownSetting;
 
-    /// `deny` (also `fail_closed`, `closed`) or `allow` (also `fail_open`,
-    /// `open`).
+    /// `deny` (also `fail_closed`, `closed`), `allow` (also `fail_open`,
+    /// `open`) or `degraded` (also `local`).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text.trim().to_ascii_lowercase().replace('-', "_").as_str() {
             "deny" | "fail_closed" | "closed" => Ok(Self::FailClosed),
             "allow" | "fail_open" | "open" => Ok(Self::FailOpen),
+            "degraded" | "local" => Ok(Self::Degraded),
             _ => Err(super::UnknownSetting(format!(
-                "unknown error mode {:?} (expected \"deny\" to fail closed or \"allow\" to fail open)",
+                "unknown error mode {:?} (expected \"deny\" to fail closed, \"allow\" to fail open or \"degraded\" to decide locally)",
                 super::cut(text)
             ))),
         }

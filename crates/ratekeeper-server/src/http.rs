@@ -327,11 +327,25 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, ask: Ask) -> Respon
              public ports is trusted",
         );
     }
-    let decided = match ask {
+    let mut decided = match ask {
         Ask::Report if body.is_negative_hits => limiter.refund(rule, &key, cost).await,
         Ask::Report => limiter.charge(rule, &key, cost).await,
         _ => limiter.check_cost(rule, &key, cost).await,
     };
+    // `[server] on_store_error = "degraded"`: a check decides locally.
+    if let Err(e) = &decided
+        && ask != Ask::Report
+        && e.kind() != ratekeeper::ErrorKind::CostExceedsCapacity
+        && limits.server.on_store_error == StoreErrorMode::Degraded
+    {
+        let instances = limits.server.degraded_instances;
+        let checks = [(rule, key.as_str(), cost)];
+        if let Ok(local) = app.service.decide_locally(&checks, instances).await
+            && let Some(d) = local.into_iter().next()
+        {
+            decided = Ok(d);
+        }
+    }
     let status = match decided {
         Ok(d) => {
             // `[server] shadow_mode` holds here too: decided, never denied.

@@ -25,6 +25,7 @@ use std::net::IpAddr;
 
 use ratekeeper::http::{ListKind, RuntimeLists};
 use ratekeeper::kit::LogThrottle;
+use ratekeeper::memory::MemoryStorage;
 use ratekeeper::{Algorithm, Decision, Limiter, Quota, Rule};
 use sha2::Digest as _;
 
@@ -86,6 +87,9 @@ pub(crate) struct Limits {
 pub(crate) struct Service {
     limits: ArcSwap<Limits>,
     limiter: Limiter,
+    /// Where domains deciding degraded decide while the store fails: in
+    /// memory, on the limiter's clock.
+    local: Limiter,
     /// `[lists] runtime`: the lists kept in the store, changed at runtime.
     lists: Option<RuntimeLists>,
     /// Store failures and shadow-mode denials come with every request
@@ -96,9 +100,15 @@ pub(crate) struct Service {
 
 impl Service {
     pub(crate) fn new(limits: Limits, limiter: Limiter, lists: Option<RuntimeLists>) -> Self {
+        let clock = Arc::clone(limiter.clock());
+        let memory = MemoryStorage::builder().clock(Arc::clone(&clock)).build();
+        let local = Limiter::builder(Arc::new(memory))
+            .shared_clock(clock)
+            .build();
         Self {
             limits: ArcSwap::from_pointee(limits),
             limiter,
+            local,
             lists,
             store_errors: LogThrottle::new(Duration::from_secs(1)),
             shadow_denials: LogThrottle::new(Duration::from_secs(1)),
@@ -119,6 +129,35 @@ impl Service {
 
     pub(crate) fn lists(&self) -> Option<&RuntimeLists> {
         self.lists.as_ref()
+    }
+
+    /// Decides `checks` on the local store, each rule with one of
+    /// `instances`' share of its quota: the degraded store-error mode.
+    pub(crate) async fn decide_locally(
+        &self,
+        checks: &[(&Rule, &str, u64)],
+        instances: u64,
+    ) -> ratekeeper::Result<Vec<Decision>> {
+        let shares: Vec<Rule> = checks
+            .iter()
+            .map(|(r, _, _)| r.share_of(instances))
+            .collect();
+        let local: Vec<(&Rule, &str, u64)> = shares
+            .iter()
+            .zip(checks)
+            .map(|(share, (_, key, cost))| (share, *key, *cost))
+            .collect();
+        let decisions = self.local.check_each(&local).await?;
+        metrics::counter!(ratekeeper::observe::DEGRADED).increment(1);
+        Ok(decisions)
+    }
+
+    /// The store-error mode of `domain` (its own, or the server's).
+    fn mode(limits: &Limits, domain: &str) -> StoreErrorMode {
+        limits
+            .domains
+            .on_store_error(domain)
+            .unwrap_or(limits.server.on_store_error)
     }
 
     /// The list a request's client address is on, if any (deny first):
@@ -290,15 +329,34 @@ impl Service {
         }
         // Each round either admits, denies for good, or turns at least one
         // shadow denial into a look: at most one round per limit, and one.
+        // Once the store has failed on a domain deciding degraded, the
+        // request's later rounds stay local.
+        let mut degraded = false;
         for _ in 0..=charges.len() {
             if charges.is_empty() {
                 break;
             }
             let checks: Vec<(&Rule, &str, u64)> =
                 charges.iter().map(|c| (c.rule, c.key, c.cost)).collect();
-            let decisions = match self.limiter.check_each(&checks).await {
+            let instances = limits.server.degraded_instances;
+            let decided = if degraded {
+                self.decide_locally(&checks, instances).await
+            } else {
+                self.limiter.check_each(&checks).await
+            };
+            let decisions = match decided {
                 Ok(d) => d,
                 Err(e) if is_request_error(&e) => return Err(Refusal::Invalid(e.to_string())),
+                Err(e) if !degraded && Self::mode(&limits, domain) == StoreErrorMode::Degraded => {
+                    self.failed(domain, StoreErrorMode::Degraded, &e);
+                    degraded = true;
+                    match self.decide_locally(&checks, instances).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            return self.store_failed(&limits, domain, &plans, denied_up_front, e);
+                        }
+                    }
+                }
                 Err(e) => {
                     return self.store_failed(&limits, domain, &plans, denied_up_front, e);
                 }
@@ -415,20 +473,9 @@ impl Service {
         out
     }
 
-    /// The answer when the store failed, by the domain's mode. A limit that
-    /// denies every request still denies, and shadow-mode limits never do.
-    fn store_failed(
-        &self,
-        limits: &Limits,
-        domain: &str,
-        plans: &[Plan<'_>],
-        denied_up_front: bool,
-        error: ratekeeper::Error,
-    ) -> Result<Answer, Refusal> {
-        let mode = limits
-            .domains
-            .on_store_error(domain)
-            .unwrap_or(limits.server.on_store_error);
+    /// Logs (at most once a second) and counts a store failure on `domain`,
+    /// answered by `mode`.
+    fn failed(&self, domain: &str, mode: StoreErrorMode, error: &ratekeeper::Error) {
         if self.store_errors.allow(self.now_us()) {
             tracing::warn!(
                 target: "ratekeeper::server",
@@ -440,6 +487,20 @@ impl Service {
         }
         metrics::counter!("ratelimit_server_store_failures_total", "domain" => domain.to_owned())
             .increment(1);
+    }
+
+    /// The answer when the store failed, by the domain's mode. A limit that
+    /// denies every request still denies, and shadow-mode limits never do.
+    fn store_failed(
+        &self,
+        limits: &Limits,
+        domain: &str,
+        plans: &[Plan<'_>],
+        denied_up_front: bool,
+        error: ratekeeper::Error,
+    ) -> Result<Answer, Refusal> {
+        let mode = Self::mode(limits, domain);
+        self.failed(domain, mode, &error);
         let deny = match mode {
             _ if denied_up_front => false,
             StoreErrorMode::Allow => false,

@@ -426,6 +426,39 @@ async fn shadow_mode_covers_checks_by_rule() {
     assert!(v["statuses"][0].get("retryAfter").is_none());
 }
 
+/// `[server] on_store_error = "degraded"`, the store unreachable: checks
+/// by rule and by descriptors decide in memory on this instance's share
+/// (limits of 3 and 2 over 2 instances: 1 each), reports answer an error.
+#[tokio::test]
+async fn degraded_mode_decides_checks_locally_while_the_store_fails() {
+    let dir = TempDir::new("degraded");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        &format!(
+            "[storage]
+url = \"redis://127.0.0.1:9\"
+timeout = \"200ms\"
+             [server]
+on_store_error = \"degraded\"
+degraded_instances = 2
+{CONFIG}"
+        ),
+    );
+    let server = Server::start(&["--config", &file]);
+    let api = server.http.unwrap();
+    let by_rule = r#"{"rule":"api","key":"d"}"#;
+    let mut codes = Vec::new();
+    for body in [by_rule, by_rule, &body("dee"), &body("dee")] {
+        let (status, v) = http(api, "POST", "/v1/check", body, None).await;
+        assert_eq!(status, 200, "{v}");
+        codes.push(v["overallCode"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(codes, ["OK", "OVER_LIMIT", "OK", "OVER_LIMIT"]);
+    let (status, v) = http(api, "POST", "/v1/report", by_rule, None).await;
+    assert_eq!(status, 503, "{v}");
+}
+
 /// A token changed in the file applies after a reload.
 #[tokio::test]
 async fn a_reload_rotates_the_admin_token() {

@@ -95,8 +95,10 @@ async fn three_servers_share_an_exact_limit_on_a_redis_cluster() {
 }
 
 /// The store stops answering (paused, then killed) while clients run:
-/// every answer comes within the deadline, by each domain's mode, and the
-/// server recovers when the store is back, without a restart.
+/// every answer comes within the deadline, by each domain's mode (a
+/// degraded domain decides in memory on this instance's half of its limit:
+/// 2 of 4), and the server recovers when the store is back, without a
+/// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_store_is_answered_by_each_domains_mode() {
     let mut redis = RedisServer::start();
@@ -107,6 +109,9 @@ async fn a_failing_store_is_answered_by_each_domains_mode() {
         r#"
 [storage]
 timeout = "300ms"
+
+[server]
+degraded_instances = 2
 
 [rules.api]
 limit = 100
@@ -131,18 +136,26 @@ domain = "strict"
 [[domains.descriptors]]
 key = "k"
 rate_limit = { requests_per_unit = 1000, unit = "hour" }
+
+[[domains]]
+domain = "local"
+on_store_error = "degraded"
+[[domains.descriptors]]
+key = "k"
+rate_limit = { requests_per_unit = 4, unit = "hour" }
 "#,
     );
     let server = Server::start(&["--config", &file, "--storage", &redis.url()]);
     let mut c = server.client().await;
     let ask = |domain: &'static str| request(domain, vec![descriptor(&[("k", "v")])]);
-    for d in ["open", "closed", "strict"] {
+    for d in ["open", "closed", "strict", "local"] {
         let r = c.should_rate_limit(ask(d)).await.unwrap().into_inner();
         assert_eq!(r.overall_code, Code::Ok as i32);
     }
     let http = server.http.unwrap();
     assert_eq!(support::http(http, "GET", "/ready", "", None).await.0, 200);
 
+    let mut local = Vec::new();
     for stage in ["paused", "killed"] {
         if stage == "paused" {
             redis.pause();
@@ -172,6 +185,8 @@ rate_limit = { requests_per_unit = 1000, unit = "hour" }
                     (expect, other) => panic!("{stage} {domain}: {expect:?} but {other:?}"),
                 }
             }
+            let r = c.should_rate_limit(ask("local")).await;
+            local.push(r.map(|r| r.into_inner().overall_code == Code::Ok as i32));
         }
         let (status, _) = support::http(http, "GET", "/ready", "", None).await;
         assert_eq!(status, 503, "not ready while the store is {stage}");
@@ -186,6 +201,21 @@ rate_limit = { requests_per_unit = 1000, unit = "hour" }
         .await;
         assert_eq!(status, 503, "{stage}: {v}");
     }
+    let degraded = [
+        Ok(true),
+        Ok(true),
+        Ok(false),
+        Ok(false),
+        Ok(false),
+        Ok(false),
+    ];
+    assert_eq!(
+        local
+            .into_iter()
+            .map(|r| r.map_err(|s| s.code()))
+            .collect::<Vec<_>>(),
+        degraded
+    );
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

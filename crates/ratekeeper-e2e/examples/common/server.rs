@@ -14,7 +14,10 @@
 //! --client-ip-header x-forwarded-for
 //!                           the one header those proxies set: forwarded,
 //!                           x-forwarded-for (default) or x-real-ip
-//! --on-error deny           what the store failing does: deny (503) or allow
+//! --on-error deny           what the store failing does: deny (503), allow,
+//!                           or degraded (decide in memory, on this
+//!                           instance's share of the limit)
+//! --degraded-instances 1    how many instances share the limit when degraded
 //! --store-timeout 100       a deadline (ms) on every store call, with a
 //!                           circuit breaker (5 failures, 250 ms cool-down)
 //! --deny-cache 10000        a local cache of up to N denials in front of
@@ -29,6 +32,7 @@
 
 use std::error::Error;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ratekeeper::StorageExt as _;
@@ -38,6 +42,7 @@ use ratekeeper::http::{
     KeySource, Limits, ResetFormat, RouteTable, SharedPolicy,
 };
 use ratekeeper::layer::{Breaker, Deadline, DenyCache};
+use ratekeeper::memory::MemoryStorage;
 use ratekeeper::{Algorithm, Limiter, Quota, Rule, parse_duration};
 
 /// The example servers' options.
@@ -57,6 +62,7 @@ pub(crate) struct Options {
     pub(crate) deny_cache: usize,
     pub(crate) approximate: Option<Duration>,
     pub(crate) count_when: Option<CountWhen>,
+    pub(crate) degraded_instances: u64,
 }
 
 /// Reads the flags (see the module docs).
@@ -77,6 +83,7 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
         deny_cache: 0,
         approximate: None,
         count_when: None,
+        degraded_instances: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -108,11 +115,12 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
                 o.approximate = Some(Duration::from_millis(value()?.parse()?));
             }
             "--count-when" => o.count_when = Some(value()?.parse()?),
+            "--degraded-instances" => o.degraded_instances = value()?.parse()?,
             "--help" | "-h" => {
                 println!(
                     "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
                      --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,... \
-                     --client-ip-header forwarded|x-forwarded-for|x-real-ip --on-error deny|allow --store-timeout MS --deny-cache N --approximate MS --count-when STATUS,... | --config FILE (reloaded on SIGHUP)"
+                     --client-ip-header forwarded|x-forwarded-for|x-real-ip --on-error deny|allow|degraded --degraded-instances N --store-timeout MS --deny-cache N --approximate MS --count-when STATUS,... | --config FILE (reloaded on SIGHUP)"
                 );
                 std::process::exit(0);
             }
@@ -153,9 +161,13 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
     if let Some(flush) = o.approximate {
         store = store.layer(Approximate::new(flush));
     }
-    let policy = HttpPolicy::new(Limiter::new(store), routes, keys)
+    let mut policy = HttpPolicy::new(Limiter::new(store), routes, keys)
         .headers(o.headers, ResetFormat::Seconds)
         .on_store_error(o.on_error);
+    if o.on_error == ErrorMode::Degraded {
+        let local = Limiter::new(Arc::new(MemoryStorage::new()));
+        policy = policy.degraded(local, o.degraded_instances);
+    }
     Ok(policy.into())
 }
 
