@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod algorithm;
+pub mod calendar;
 pub mod clock;
 mod decision;
 mod duration;
@@ -22,6 +23,7 @@ mod state;
 pub mod storage;
 mod support;
 
+pub use calendar::{Calendar, CalendarError, Period, Weekday};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use decision::Decision;
 pub use duration::{ParseDurationError, format_duration, parse_duration};

@@ -240,12 +240,26 @@ impl fmt::Display for Quota {
     }
 }
 
+/// The units a quota's period may also be: a week (7 days), a month (30
+/// days) and a year (365 days), the nominal lengths a rule on a
+/// [calendar](crate::Rule::with_calendar) replaces with the real ones.
+fn calendar_unit_micros(unit: &str) -> Option<u64> {
+    const DAY: u64 = 86_400_000_000;
+    Some(match unit {
+        "w" | "week" | "weeks" => 7 * DAY,
+        "mo" | "month" | "months" => 30 * DAY,
+        "y" | "year" | "years" => 365 * DAY,
+        _ => return None,
+    })
+}
+
 impl FromStr for Quota {
     type Err = QuotaError;
 
     /// Parses `"<limit>/<period>"` or `"<limit> per <period>"`, where the period
-    /// is a unit (`s`, `second`, `minute`, `h`, `day`, ...) or a duration
-    /// (`30s`, `1h`, `1h30m`).
+    /// is a unit (`s`, `second`, `minute`, `h`, `day`, `week`, `month`,
+    /// `year`, ...) or a duration (`30s`, `1h`, `1h30m`). A month is 30
+    /// days and a year 365, unless the rule follows a calendar.
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let parse_err = |reason: &str| QuotaError::Parse {
             input: input.chars().take(64).collect(),
@@ -266,11 +280,11 @@ impl FromStr for Quota {
             .parse()
             .map_err(|_| parse_err("the limit is not a whole number"))?;
         let period = period.trim().to_ascii_lowercase();
-        let window = match unit_micros(&period) {
+        let window = match unit_micros(&period).or_else(|| calendar_unit_micros(&period)) {
             Some(us) => Duration::from_micros(us),
             None if !period.starts_with(|c: char| c.is_ascii_digit()) => {
                 return Err(parse_err(&format!(
-                    "unknown unit {:?} (expected second, minute, hour, day or a duration such as 30s)",
+                    "unknown unit {:?} (expected second, minute, hour, day, week, month, year or a duration such as 30s)",
                     period.chars().take(32).collect::<String>()
                 )));
             }
@@ -296,6 +310,9 @@ mod tests {
             ("5 per second", 5, 1),
             ("20/30s", 20, 30),
             ("7/day", 7, 86_400),
+            ("10000/month", 10_000, 30 * 86_400),
+            ("500 per week", 500, 7 * 86_400),
+            ("1/year", 1, 365 * 86_400),
             (" 3 / hour ", 3, 3600),
         ];
         for (s, limit, secs) in cases {

@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use smol_str::SmolStr;
 
+use crate::calendar::{Calendar, Period, Span, Windows};
 use crate::quota::{MAX_HORIZON, Quota};
 
 /// The longest rule name.
@@ -202,6 +204,11 @@ pub enum RuleError {
     LogLimitTooLarge(u64),
     /// The penalty is zero or longer than [`MAX_HORIZON`].
     InvalidPenalty(Duration),
+    /// A calendar was given to an algorithm other than the fixed window.
+    CalendarNeedsFixedWindow(Algorithm),
+    /// A calendar was given to a quota whose window is not a day, a week,
+    /// a month (30 days) or a year (365 days).
+    CalendarWindow(Duration),
 }
 
 impl fmt::Display for RuleError {
@@ -220,6 +227,16 @@ impl fmt::Display for RuleError {
             Self::InvalidPenalty(d) => write!(
                 f,
                 "invalid penalty {d:?}: it must be longer than zero and at most ~17 years"
+            ),
+            Self::CalendarNeedsFixedWindow(a) => write!(
+                f,
+                "{a} cannot count calendar windows (a calendar applies to fixed_window)"
+            ),
+            Self::CalendarWindow(d) => write!(
+                f,
+                "a calendar window is a day, a week, a month or a year, not {} \
+                 (expected a quota such as \"10000/month\")",
+                crate::duration::format_duration(*d)
             ),
         }
     }
@@ -249,6 +266,8 @@ pub struct Rule {
     algorithm: Algorithm,
     quota: Quota,
     penalty: Option<Duration>,
+    /// Calendar windows in place of windows aligned to the epoch.
+    calendar: Option<Arc<Windows>>,
 }
 
 impl Rule {
@@ -266,7 +285,42 @@ impl Rule {
             algorithm,
             quota,
             penalty: None,
+            calendar: None,
         })
+    }
+
+    /// Counts the quota's windows on `calendar`: a quota per day, week,
+    /// month (`"10000/month"`) or year starts again at local midnight of
+    /// the day, of the week's first day, of the 1st of the month or of
+    /// January 1st, in the calendar's time zone, whatever the month's
+    /// length and across daylight-saving changes; decisions tell the true
+    /// time to that boundary. Fixed window only. Without a calendar, a
+    /// month is a span of 30 days aligned to the epoch.
+    pub fn with_calendar(mut self, calendar: Calendar) -> Result<Self, RuleError> {
+        if self.algorithm != Algorithm::FixedWindow {
+            return Err(RuleError::CalendarNeedsFixedWindow(self.algorithm));
+        }
+        let window = self.quota.window();
+        let period = Period::of_window(window).ok_or(RuleError::CalendarWindow(window))?;
+        self.calendar = Some(Arc::new(Windows { calendar, period }));
+        Ok(self)
+    }
+
+    /// The calendar the rule's windows follow, if any, and which windows.
+    pub fn calendar(&self) -> Option<(&Calendar, Period)> {
+        self.calendar.as_deref().map(|w| (&w.calendar, w.period))
+    }
+
+    /// The windows around `now` (µs) of a rule on a calendar.
+    pub(crate) fn calendar_span(&self, now: u64) -> Option<Span> {
+        self.calendar.as_deref()?.span(now)
+    }
+
+    /// Six consecutive window boundaries around `now` (µs), for a store
+    /// that decides on its own clock: see [`Rule::with_calendar`]. `None`
+    /// for a rule without a calendar.
+    pub fn calendar_boundaries(&self, now: u64) -> Option<[u64; 6]> {
+        self.calendar.as_deref()?.boundaries(now)
     }
 
     /// Blocks a client for `penalty` once it is denied (ratethrottle's
@@ -341,6 +395,7 @@ impl fmt::Debug for Rule {
             .field("algorithm", &self.algorithm)
             .field("quota", &self.quota.to_string())
             .field("penalty", &self.penalty)
+            .field("calendar", &self.calendar())
             .finish()
     }
 }

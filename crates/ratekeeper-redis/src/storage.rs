@@ -171,19 +171,21 @@ impl RedisStorageBuilder {
 }
 
 /// One argument of a script call.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Arg<'a> {
     Int(u64),
     Text(&'a str),
     Bytes(&'a [u8]),
+    Owned(String),
 }
 
 impl Arg<'_> {
-    fn write(self, cmd: &mut Cmd) {
+    fn write(&self, cmd: &mut Cmd) {
         match self {
-            Self::Int(n) => cmd.arg(n),
-            Self::Text(s) => cmd.arg(s),
-            Self::Bytes(b) => cmd.arg(b),
+            Self::Int(n) => cmd.arg(*n),
+            Self::Text(s) => cmd.arg(*s),
+            Self::Bytes(b) => cmd.arg(*b),
+            Self::Owned(s) => cmd.arg(s.as_str()),
         };
     }
 }
@@ -767,6 +769,13 @@ impl RedisStorage {
             .map(|(rule, key)| tagged(&self.prefix, rule.name(), key))
             .collect();
         self.check_one_slot(&*self.backend()?, &keys)?;
+        // A rule on a calendar gets the window boundaries around this
+        // process's time (no time zone database in Lua); the script picks
+        // the window its own time falls in among them.
+        let window = |rule: &Rule| match rule.calendar_boundaries(now.as_micros()) {
+            Some(bounds) => Arg::Owned(bounds.map(|b| b.to_string()).join(",")),
+            None => Arg::Int(rule.quota().window_micros()),
+        };
         let (now, pad) = match self.inner.config.time_source {
             TimeSource::Server => (None, 0),
             TimeSource::Client { skew_allowance } => (
@@ -783,7 +792,7 @@ impl RedisStorage {
             args.extend([
                 Arg::Int(u64::from(rule.algorithm().state_tag())),
                 Arg::Int(quota.limit()),
-                Arg::Int(quota.window_micros()),
+                window(rule),
                 Arg::Int(quota.burst()),
                 Arg::Int(quota.emission_interval_us()),
                 Arg::Int(rule.penalty().map_or(0, micros)),

@@ -458,3 +458,45 @@ async fn refunds_follow_the_server_clock_whatever_the_limiters() {
         }
     }
 }
+
+/// A calendar window on the server's clock: the limiter sends the window
+/// boundaries around its own time (Lua has no time zone database) and the
+/// script decides in the window the server's time falls in. With the
+/// limiter's clock a day ahead or behind the server's, a daily window still
+/// ends at the server's next UTC midnight.
+#[tokio::test]
+async fn calendar_windows_follow_the_server_clock_whatever_the_limiters() {
+    let url = common::standalone().url();
+    let store = Arc::new(common::store(&url, false, TimeSource::Server));
+    const DAY_S: i64 = 86_400;
+    let now_s = || {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        i64::try_from(real.as_secs()).unwrap()
+    };
+    for (name, skew_s) in [("ahead", DAY_S), ("in step", 0), ("behind", -DAY_S)] {
+        let at = u64::try_from((now_s() + skew_s) * 1_000_000).unwrap();
+        let clock = ManualClock::new(Timestamp::from_micros(at));
+        let limiter = Limiter::builder(store.clone()).clock(clock).build();
+        let daily = Rule::new(
+            &format!("daily-{}", skew_s.signum()),
+            Algorithm::FixedWindow,
+            "5/day".parse().unwrap(),
+        )
+        .unwrap()
+        .with_calendar(ratekeeper_core::Calendar::utc())
+        .unwrap();
+        // Until the server's next midnight (UTC), as the test sees it just
+        // before and just after the decision.
+        let to_midnight = || DAY_S - now_s().rem_euclid(DAY_S);
+        let before = to_midnight();
+        let d = limiter.check(&daily, "k").await.unwrap();
+        let after = to_midnight();
+        let reset = i64::try_from(d.reset_after().as_secs()).unwrap();
+        assert!(
+            (before.min(after) - 2..=before.max(after) + 2).contains(&reset),
+            "the limiter's clock {name}: resets in {reset} s, midnight in {before} s"
+        );
+    }
+}

@@ -26,7 +26,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use ratekeeper_core::kit::RuleState;
 use ratekeeper_core::{
-    Adjustment, Algorithm, Clock, Decision, Limiter, ManualClock, Quota, Rule, Timestamp,
+    Adjustment, Algorithm, Calendar, Clock, Decision, Limiter, ManualClock, Quota, Rule, Timestamp,
 };
 use ratekeeper_core::{Storage, kit};
 
@@ -207,10 +207,11 @@ fn rule(index: usize) -> impl Strategy<Value = Rule> {
         limit,
         proptest::option::of(1u64..=12),
         proptest::option::weighted(0.3, 1u64..=3),
+        proptest::option::weighted(0.5, 0usize..3),
     )
         .prop_filter_map(
             "a valid rule",
-            move |(algorithm, window, limit, burst, penalty)| {
+            move |(algorithm, window, limit, burst, penalty, calendar)| {
                 let limit = if algorithm == Algorithm::SlidingWindowLog {
                     limit.min(10_000)
                 } else {
@@ -226,6 +227,15 @@ fn rule(index: usize) -> impl Strategy<Value = Rule> {
                 if let Some(p) = penalty {
                     let p = [window / 2, window, 3 * window][p as usize - 1].max(1);
                     rule = rule.with_penalty(Duration::from_micros(p)).ok()?;
+                }
+                // Daily fixed windows, half of them on a calendar: the
+                // script picks its window among the boundaries given.
+                if let Some(zone) = calendar
+                    && algorithm == Algorithm::FixedWindow
+                    && window == 86_400_000_000
+                {
+                    let zone = ["UTC", "Europe/Berlin", "America/New_York"][zone];
+                    rule = rule.with_calendar(Calendar::new(zone).ok()?).ok()?;
                 }
                 Some(rule)
             },

@@ -16,7 +16,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use ratekeeper_core::kit::{AlgorithmState, RuleState};
 use ratekeeper_core::{
-    Algorithm, CasOp, Decision, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage, Timestamp,
+    Algorithm, Calendar, CasOp, Decision, ErrorKind, Limiter, ManualClock, Quota, Rule, Storage,
+    Timestamp,
 };
 
 use crate::model::{Expected, Model};
@@ -304,6 +305,67 @@ pub async fn peek_does_not_consume(h: Arc<dyn Harness>) {
             "{algorithm}: {d:?}"
         );
     }
+}
+
+/// A monthly quota on a calendar (Europe/Berlin) starts again at local
+/// midnight of the 1st: after the 29th of February of a leap year, across
+/// the spring daylight-saving change (March has an hour less) and the
+/// autumn one (October an hour more); every decision tells the true time to
+/// that boundary, to the microsecond.
+pub async fn calendar_windows(h: Arc<dyn Harness>) {
+    let (_, limiter, clock) = setup(&h).await;
+    let monthly = Rule::new(
+        "monthly",
+        Algorithm::FixedWindow,
+        "3/month".parse().unwrap(),
+    )
+    .unwrap()
+    .with_calendar(Calendar::new("Europe/Berlin").unwrap())
+    .unwrap();
+    const HOUR_US: u64 = 3_600_000_000;
+    const DAY_US: u64 = 24 * HOUR_US;
+    // UTC instants: 2024-02-29 22:00 (23:00 in Berlin), March 1st's
+    // midnight (CET), April 1st's (CEST), October 27th's (CEST, an hour
+    // before the clocks go back), November 1st's (CET).
+    let (feb_29_23h, mar_1, apr_1) = (
+        1_709_244_000_000_000,
+        1_709_247_600_000_000,
+        1_711_922_400_000_000,
+    );
+    let (oct_27, nov_1) = (1_729_980_000_000_000, 1_730_415_600_000_000);
+    let at = |us: u64| clock.set(Timestamp::from_micros(us));
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap();
+    at(feb_29_23h);
+    for _ in 0..3 {
+        assert!(limiter.check(&monthly, "k").await.unwrap().is_allowed());
+    }
+    let d = limiter.check(&monthly, "k").await.unwrap();
+    assert!(!d.is_allowed());
+    assert_eq!(d.retry_after().map(us), Some(HOUR_US));
+    assert_eq!(us(d.reset_after()), HOUR_US);
+    at(mar_1 - 1);
+    let d = limiter.check(&monthly, "k").await.unwrap();
+    assert_eq!((d.is_allowed(), d.retry_after().map(us)), (false, Some(1)));
+    at(mar_1);
+    let d = limiter.check(&monthly, "k").await.unwrap();
+    assert!(d.is_allowed() && d.remaining() == 2, "{d:?}");
+    // March: 31 days less the hour the clocks went forward.
+    assert_eq!(us(d.reset_after()), 31 * DAY_US - HOUR_US);
+    at(apr_1 - 1_000_000);
+    let d = limiter.check(&monthly, "k").await.unwrap();
+    assert!(d.is_allowed() && d.remaining() == 1, "{d:?}");
+    assert_eq!(us(d.reset_after()), 1_000_000);
+    at(apr_1);
+    assert_eq!(limiter.check(&monthly, "k").await.unwrap().remaining(), 2);
+    at(oct_27);
+    for _ in 0..3 {
+        assert!(limiter.check(&monthly, "k").await.unwrap().is_allowed());
+    }
+    // Five days and the hour the clocks go back on the 27th.
+    let d = limiter.check(&monthly, "k").await.unwrap();
+    assert_eq!(d.retry_after().map(us), Some(5 * DAY_US + HOUR_US));
+    at(nov_1);
+    assert_eq!(limiter.check(&monthly, "k").await.unwrap().remaining(), 2);
 }
 
 /// reset forgets a key's counters (and only that key's).

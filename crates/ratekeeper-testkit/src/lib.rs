@@ -142,7 +142,7 @@ macro_rules! decision_conformance_tests {
             peek_does_not_consume, penalty_blocks_then_releases, multi_quota_all_or_nothing,
             per_rule_costs_and_decisions, cost_above_capacity_is_an_error, until_ready_waits,
             concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness,
-            charges_and_refunds, concurrent_reservations_are_exact
+            charges_and_refunds, concurrent_reservations_are_exact, calendar_windows
         );
         $crate::decision_conformance_tests!(@model
             model_fixed_window => FixedWindow,

@@ -1,8 +1,11 @@
 //! Fixed window: a counter per window aligned to the epoch (so every process and
-//! machine agrees on window boundaries). Simple and cheap; a client can spend a
-//! full limit at the end of one window and another at the start of the next.
+//! machine agrees on window boundaries), or to a calendar (a rule's days,
+//! weeks, months or years in its time zone). Simple and cheap; a client can
+//! spend a full limit at the end of one window and another at the start of
+//! the next.
 
 use super::{Change, Step};
+use crate::calendar::Span;
 use crate::quota::Quota;
 use crate::state::FixedWindowState;
 
@@ -14,20 +17,18 @@ fn carried(q: &Quota, count: u64) -> u64 {
     count.saturating_sub(q.limit()).min(q.limit())
 }
 
-/// The state of the window `now` falls in.
+/// The state of the window `span` is about (the one `now` falls in).
 #[inline]
-fn view(q: &Quota, state: Option<&FixedWindowState>, now: u64) -> FixedWindowState {
-    let window = q.window_micros();
-    let aligned = now - now % window;
+fn view(q: &Quota, span: &Span, state: Option<&FixedWindowState>) -> FixedWindowState {
     match state {
         // The current window, or a later one if the clock stepped back.
-        Some(s) if s.window_start >= aligned => *s,
-        Some(s) if s.window_start.saturating_add(window) == aligned => FixedWindowState {
-            window_start: aligned,
+        Some(s) if s.window_start >= span.start => *s,
+        Some(s) if Some(s.window_start) == span.prev => FixedWindowState {
+            window_start: span.start,
             count: carried(q, s.count),
         },
         _ => FixedWindowState {
-            window_start: aligned,
+            window_start: span.start,
             count: 0,
         },
     }
@@ -40,10 +41,29 @@ pub(super) fn step(
     now: u64,
     cost: u64,
 ) -> Step<FixedWindowState> {
-    let window = q.window_micros();
+    step_in(q, &Span::aligned(now, q.window_micros()), state, now, cost)
+}
+
+/// [`step`] in the windows of `span`: aligned to the epoch, or a calendar's.
+#[inline]
+pub(super) fn step_in(
+    q: &Quota,
+    span: &Span,
+    state: Option<&FixedWindowState>,
+    now: u64,
+    cost: u64,
+) -> Step<FixedWindowState> {
+    // What follows this window: the next one, whose length a calendar sets.
+    let window = span.next_len();
     let limit = q.limit();
-    let s = view(q, state, now);
-    let until_end = s.window_start.saturating_add(window).saturating_sub(now);
+    let s = view(q, span, state);
+    // A state from a later window (the clock stepped back) ends with it.
+    let end = if s.window_start > span.start {
+        s.window_start.saturating_add(window)
+    } else {
+        span.end
+    };
+    let until_end = end.saturating_sub(now);
     let probe = cost.max(1);
     let allowed = s.count.saturating_add(probe) <= limit;
     let consumed = allowed && cost > 0;
@@ -89,7 +109,17 @@ pub(super) fn adjust(
     now: u64,
     change: Change,
 ) -> Option<FixedWindowState> {
-    let mut s = view(q, state, now);
+    adjust_in(q, &Span::aligned(now, q.window_micros()), state, change)
+}
+
+/// [`adjust`] in the windows of `span`.
+pub(super) fn adjust_in(
+    q: &Quota,
+    span: &Span,
+    state: Option<&FixedWindowState>,
+    change: Change,
+) -> Option<FixedWindowState> {
+    let mut s = view(q, span, state);
     match change {
         // Past twice the limit a count says no more: the next window owes
         // one limit at most.
@@ -109,7 +139,7 @@ pub(super) fn adjust(
     if s.count == 0 {
         // Nothing counted: the window `now` falls in, even where the clock
         // stepped back into an earlier one, so the state is no state at all.
-        s.window_start = now - now % q.window_micros();
+        s.window_start = span.start;
     }
     Some(s)
 }

@@ -93,6 +93,14 @@ pub(crate) fn step(
     cost: u64,
 ) -> Step<AlgorithmState> {
     let q = rule.quota();
+    // A calendar (fixed windows only) sets the windows around `now`.
+    if let Some(span) = rule.calendar_span(now) {
+        let s = match state {
+            Some(AlgorithmState::FixedWindow(s)) => Some(s),
+            _ => None,
+        };
+        return fixed_window::step_in(q, &span, s, now, cost).map(AlgorithmState::FixedWindow);
+    }
     per_algorithm!(rule, state, |m, s| m::step(q, s, now, cost))
 }
 
@@ -152,5 +160,12 @@ pub(crate) fn adjust(
         return None;
     }
     let q = rule.quota();
+    if let Some(span) = rule.calendar_span(now) {
+        let s = match state {
+            Some(AlgorithmState::FixedWindow(s)) => Some(s),
+            _ => None,
+        };
+        return fixed_window::adjust_in(q, &span, s, change).map(AlgorithmState::FixedWindow);
+    }
     per_algorithm!(rule, state, |m, s| m::adjust(q, s, now, change))
 }

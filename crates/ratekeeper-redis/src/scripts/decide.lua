@@ -5,7 +5,9 @@
 -- ARGV[2]: '1' to return one decision per rule, '0' for the combined one,
 --   '2' to adjust (engine.rs's adjust: charges and refunds).
 -- ARGV[3]: milliseconds added to every TTL written (clock-skew allowance).
--- ARGV[4 + 7(i-1) ...]: rule i's algorithm tag, limit, window (µs),
+-- ARGV[4 + 7(i-1) ...]: rule i's algorithm tag, limit, window (µs, or
+--   for a fixed window on a calendar six window boundaries in µs,
+--   comma-separated, calendar.rs's `boundaries`),
 --   burst, emission interval (µs), penalty (µs, 0 for none) and the
 --   request's cost on it (0 is a peek). To adjust, 9 per rule: the same
 --   six, then 'c' (charge) or 'r' (refund), the units, and the time the
@@ -75,12 +77,19 @@ local function look(tag, q, s)
 end
 
 local function quota(b)
-  return {
+  local q = {
     limit = tonumber(ARGV[b + 2]),
     window = tonumber(ARGV[b + 3]),
     burst = tonumber(ARGV[b + 4]),
     interval = tonumber(ARGV[b + 5]),
   }
+  if q.window == nil then
+    -- A calendar: the boundaries of six consecutive windows.
+    local bounds = {}
+    for v in string.gmatch(ARGV[b + 3], '%d+') do bounds[#bounds + 1] = tonumber(v) end
+    q.bounds = bounds
+  end
+  return q
 end
 
 if ARGV[2] == '2' then

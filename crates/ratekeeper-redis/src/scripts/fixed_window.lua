@@ -7,19 +7,39 @@ local function fw_carried(q, count)
   return math.min(sub(count, q.limit), q.limit)
 end
 
--- The window `now` falls in: its start and count.
-local function fw_view(q, s, now)
-  local window = q.window
-  local aligned = now - math.fmod(now, window)
-  if s ~= nil and s[1] >= aligned then return s[1], s[2] end
-  if s ~= nil and s[1] + window == aligned then return aligned, fw_carried(q, s[2]) end
-  return aligned, 0
+-- The windows around `now` (calendar.rs's Span): the start and end of the
+-- one it falls in, the next one's length, the start of the one before
+-- (nil for none). On a calendar, the window among the boundaries given that
+-- `now` falls in (clamped to them: clocks a whole window apart).
+local function fw_span(q, now)
+  local b = q.bounds
+  if b == nil then
+    local w = q.window
+    local start = now - math.fmod(now, w)
+    local prev = nil
+    if start >= w then prev = start - w end
+    return start, start + w, w, prev
+  end
+  local j = 2
+  if now >= b[4] then j = 4 elseif now >= b[3] then j = 3 end
+  return b[j], b[j + 1], b[j + 2] - b[j + 1], b[j - 1]
+end
+
+-- The window's start and count, from the span's start and the one before.
+local function fw_view(q, s, start, prev)
+  if s ~= nil and s[1] >= start then return s[1], s[2] end
+  if s ~= nil and s[1] == prev then return start, fw_carried(q, s[2]) end
+  return start, 0
 end
 
 STEP[1] = function(q, s, now, cost)
-  local window, limit = q.window, q.limit
-  local start, count = fw_view(q, s, now)
-  local until_end = sub(start + window, now)
+  local limit = q.limit
+  local span_start, span_end, window, prev = fw_span(q, now)
+  local start, count = fw_view(q, s, span_start, prev)
+  -- A state from a later window (the clock stepped back) ends with it.
+  local stop = span_end
+  if start > span_start then stop = start + window end
+  local until_end = sub(stop, now)
   local probe = probe_of(cost)
   local allowed = count + probe <= limit
   local consumed = allowed and cost > 0
@@ -37,7 +57,8 @@ STEP[1] = function(q, s, now, cost)
 end
 
 ADJUST[1] = function(q, s, now, charge, units, taken_at)
-  local start, count = fw_view(q, s, now)
+  local span_start, _, _, prev = fw_span(q, now)
+  local start, count = fw_view(q, s, span_start, prev)
   if charge then
     count = math.min(count + units, 2 * q.limit)
   else
@@ -45,6 +66,6 @@ ADJUST[1] = function(q, s, now, charge, units, taken_at)
     count = sub(count, units)
   end
   -- Nothing counted: the window now falls in (fixed_window.rs).
-  if count == 0 then start = now - math.fmod(now, q.window) end
+  if count == 0 then start = span_start end
   return { start, count }
 end
