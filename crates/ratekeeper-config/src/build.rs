@@ -227,11 +227,17 @@ pub(crate) fn build_rule(
             Some(p) => r.with_penalty(p),
             None => Ok(r),
         })
+        .and_then(|r| match &rc.calendar {
+            Some(c) => r.with_calendar(c.clone()),
+            None => Ok(r),
+        })
         .map_err(|e| {
             let field = match e {
                 RuleError::InvalidName { .. } => None,
                 RuleError::BurstNotSupported(_) => Some("burst"),
                 RuleError::InvalidPenalty(_) => Some("penalty"),
+                RuleError::CalendarNeedsFixedWindow(_) => Some("calendar"),
+                RuleError::CalendarWindow(_) => Some("window"),
                 _ => Some("limit"),
             };
             (field, e.to_string())

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ratekeeper_core::Calendar;
 use ratekeeper_core::rule::Algorithm;
 use ratekeeper_http::{
     CountWhen, DEFAULT_LIST_REFRESH, DEFAULT_TIER_CACHE_CAPACITY, DEFAULT_TIER_CACHE_TTL,
@@ -240,6 +241,10 @@ pub struct RuleConfig {
     pub burst: Option<u64>,
     /// Blocks a client this long once it is denied.
     pub penalty: Option<Duration>,
+    /// `calendar` (a time zone) and `week_start`: windows of a day, week,
+    /// month or year on the calendar, fixed window only; `None`: windows
+    /// aligned to the epoch.
+    pub calendar: Option<Calendar>,
 }
 
 impl RuleConfig {
@@ -251,6 +256,7 @@ impl RuleConfig {
             window,
             burst: None,
             penalty: None,
+            calendar: None,
         }
     }
 }

@@ -17,6 +17,7 @@ use super::reader::{Reader, Table, whole};
 use http::StatusCode;
 use ratekeeper_core::rule::Algorithm;
 use ratekeeper_core::storage::Opener;
+use ratekeeper_core::{Calendar, Weekday};
 use ratekeeper_http::{
     AutoBlock, CountWhen, ErrorMode, ForwardingHeader, HeaderStyle, MissingKey, ResetFormat,
 };
@@ -342,16 +343,34 @@ fn defaults(r: &mut Reader<'_>, t: &Table<'_>) -> DefaultsConfig {
     d
 }
 
-const RULE_FIELDS: &[&str] = &["algorithm", "limit", "window", "burst", "penalty"];
+const RULE_FIELDS: &[&str] = &[
+    "algorithm",
+    "limit",
+    "window",
+    "burst",
+    "penalty",
+    "calendar",
+    "week_start",
+];
 
 /// A rule's fields; `finish`: report fields not a rule's (false when the
 /// table also holds a tier entry's own fields).
 fn rule(r: &mut Reader<'_>, t: &Table<'_>, finish: bool) -> Option<RuleConfig> {
     let algorithm = t.parsed(r, "algorithm", str::parse::<Algorithm>);
     let limit = t.required_integer(r, "limit", 1, u64::MAX);
-    let window = t.required_duration(r, "window");
+    let window = t.required_window(r, "window");
     let burst = t.integer(r, "burst", 1, u64::MAX);
     let penalty = t.duration(r, "penalty");
+    let calendar = t.parsed(r, "calendar", Calendar::new);
+    let week_start = t.parsed(r, "week_start", str::parse::<Weekday>);
+    if week_start.is_some() && t.value_of("calendar").is_none() {
+        r.problem(
+            &t.field_path("week_start"),
+            t.value_of("week_start"),
+            "a week's first day needs a calendar (expected `calendar = \"UTC\"` or a time zone beside it)",
+        );
+    }
+    let calendar = calendar.map(|c| c.week_starts_on(week_start.unwrap_or_default()));
     if finish {
         t.finish(r, RULE_FIELDS);
     }
@@ -361,6 +380,7 @@ fn rule(r: &mut Reader<'_>, t: &Table<'_>, finish: bool) -> Option<RuleConfig> {
         window: window?,
         burst,
         penalty,
+        calendar,
     })
 }
 

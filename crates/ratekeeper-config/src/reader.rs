@@ -274,6 +274,18 @@ impl<'v> Table<'v> {
         }
     }
 
+    /// A rule's window: a duration, or `"day"`, `"week"`, `"month"` (30
+    /// days) or `"year"` (365 days), which a rule on a calendar counts as
+    /// the calendar's.
+    pub(crate) fn required_window(&self, r: &mut Reader<'_>, key: &str) -> Option<Duration> {
+        if let Some(Value::String(_, s)) = self.dict.get(key)
+            && let Some(period) = ratekeeper_core::Period::from_name(s)
+        {
+            return Some(period.nominal());
+        }
+        self.required_duration(r, key)
+    }
+
     /// A required duration.
     pub(crate) fn required_duration(&self, r: &mut Reader<'_>, key: &str) -> Option<Duration> {
         if self.dict.get(key).is_none() {

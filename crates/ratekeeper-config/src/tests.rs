@@ -886,3 +886,41 @@ fn count_when_reads_a_list_or_a_string_and_needs_exact_counts() {
          configuration: routes[0].count_when: counting only some responses gives costs back exactly, which approximate mode cannot do (expected no [storage.approximate], or no count_when)"
     );
 }
+
+#[test]
+fn calendar_rules_read_with_their_zone_and_first_day() {
+    let config = Config::parse(
+        "[rules.monthly]\nalgorithm = \"fixed_window\"\nlimit = 10000\nwindow = \"month\"\ncalendar = \"Europe/Berlin\"\n\
+         [rules.weekly]\nalgorithm = \"fixed_window\"\nlimit = 500\nwindow = \"week\"\ncalendar = \"UTC\"\nweek_start = \"sunday\"\n\
+         [rules.span]\nlimit = 10\nwindow = \"month\"\n",
+        Format::Toml,
+    )
+    .unwrap();
+    let monthly = &config.rules["monthly"];
+    assert_eq!(monthly.window, std::time::Duration::from_secs(30 * 86_400));
+    assert_eq!(
+        monthly.calendar,
+        Some(ratekeeper_core::Calendar::new("Europe/Berlin").unwrap())
+    );
+    assert_eq!(
+        config.rules["weekly"]
+            .calendar
+            .as_ref()
+            .map(|c| c.week_start()),
+        Some(ratekeeper_core::Weekday::Sunday)
+    );
+    // Without a calendar, a month is 30 days.
+    assert_eq!(config.rules["span"].calendar, None);
+    assert_eq!(
+        errors(
+            "[rules.a]\nalgorithm = \"gcra\"\nlimit = 1\nwindow = \"day\"\ncalendar = \"UTC\"\n\
+             [rules.b]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"2d\"\ncalendar = \"UTC\"\n\
+             [rules.c]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"day\"\ncalendar = \"Mars/Olympus\"\n\
+             [rules.d]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"week\"\nweek_start = \"caturday\"\n"
+        ),
+        "configuration: rules.c.calendar: unknown time zone \"Mars/Olympus\" (expected \"UTC\" or an IANA name such as \"Europe/Berlin\")\n\
+         configuration: rules.d.week_start: unknown day of the week \"caturday\" (expected monday, tuesday, …, sunday)\n\
+         configuration: rules.a.calendar: gcra cannot count calendar windows (a calendar applies to fixed_window)\n\
+         configuration: rules.b.window: a calendar window is a day, a week, a month or a year, not 2d (expected a quota such as \"10000/month\")"
+    );
+}

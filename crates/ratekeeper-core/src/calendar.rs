@@ -221,18 +221,30 @@ pub enum Period {
 }
 
 impl Period {
+    const ALL: [Self; 4] = [Self::Day, Self::Week, Self::Month, Self::Year];
     /// The period whose nominal length is `window`: a day, 7 days, 30
     /// days (a month, as `"10000/month"` writes it) or 365 days (a year).
     pub fn of_window(window: Duration) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.nominal() == window)
+    }
+
+    /// The nominal length: a day, 7 days, 30 days or 365 days (the window
+    /// of a quota written `"N/month"`).
+    pub fn nominal(self) -> Duration {
         const DAY: u64 = 86_400;
-        match window.as_secs() {
-            _ if window.subsec_nanos() != 0 => None,
-            DAY => Some(Self::Day),
-            w if w == 7 * DAY => Some(Self::Week),
-            w if w == 30 * DAY => Some(Self::Month),
-            w if w == 365 * DAY => Some(Self::Year),
-            _ => None,
-        }
+        Duration::from_secs(match self {
+            Self::Day => DAY,
+            Self::Week => 7 * DAY,
+            Self::Month => 30 * DAY,
+            Self::Year => 365 * DAY,
+        })
+    }
+
+    /// The period named `day`, `week`, `month` or `year` (any case).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| name.trim().eq_ignore_ascii_case(p.as_str()))
     }
 
     /// `day`, `week`, `month` or `year`.
@@ -448,6 +460,11 @@ mod tests {
 
     #[test]
     fn names_and_errors() {
+        for p in Period::ALL {
+            assert_eq!(Period::from_name(&p.as_str().to_uppercase()), Some(p));
+            assert_eq!(Period::of_window(p.nominal()), Some(p));
+        }
+        assert_eq!(Period::from_name("fortnight"), None);
         assert_eq!("Sun".parse::<Weekday>(), Ok(Weekday::Sunday));
         assert_eq!(" FRIDAY ".parse::<Weekday>(), Ok(Weekday::Friday));
         assert!("fr".parse::<Weekday>().is_err() && "funday".parse::<Weekday>().is_err());

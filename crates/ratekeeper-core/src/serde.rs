@@ -36,6 +36,7 @@ use ::serde::de::{self, MapAccess, Visitor};
 use ::serde::ser::SerializeStruct;
 use ::serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::calendar::{Calendar, Weekday};
 use crate::decision::Decision;
 use crate::duration::{format_duration, parse_duration};
 use crate::quota::Quota;
@@ -174,7 +175,16 @@ fn once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, value: T) -> 
 }
 
 const QUOTA_FIELDS: &[&str] = &["limit", "window", "burst"];
-const RULE_FIELDS: &[&str] = &["name", "algorithm", "limit", "window", "burst", "penalty"];
+const RULE_FIELDS: &[&str] = &[
+    "name",
+    "algorithm",
+    "limit",
+    "window",
+    "burst",
+    "penalty",
+    "calendar",
+    "week_start",
+];
 
 impl<'de> Deserialize<'de> for Quota {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -209,8 +219,11 @@ impl<'de> Deserialize<'de> for Quota {
 impl Serialize for Rule {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let quota = self.quota();
-        let fields =
-            4 + usize::from(quota.has_explicit_burst()) + usize::from(self.penalty().is_some());
+        let calendar = self.calendar().map(|(c, _)| c);
+        let fields = 4
+            + usize::from(quota.has_explicit_burst())
+            + usize::from(self.penalty().is_some())
+            + 2 * usize::from(calendar.is_some());
         let mut r = s.serialize_struct("Rule", fields)?;
         r.serialize_field("name", self.name())?;
         r.serialize_field("algorithm", &self.algorithm())?;
@@ -221,6 +234,10 @@ impl Serialize for Rule {
         }
         if let Some(p) = self.penalty() {
             r.serialize_field("penalty", &format_duration(p))?;
+        }
+        if let Some(c) = calendar {
+            r.serialize_field("calendar", c.zone())?;
+            r.serialize_field("week_start", c.week_start().as_str())?;
         }
         r.end()
     }
@@ -234,11 +251,14 @@ impl<'de> Deserialize<'de> for Rule {
             type Value = Rule;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a rule: { name, algorithm, limit, window, burst, penalty }")
+                f.write_str(
+                    "a rule: { name, algorithm, limit, window, burst, penalty, calendar, week_start }",
+                )
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Rule, A::Error> {
                 let (mut name, mut algorithm, mut penalty) = (None::<String>, None, None);
+                let (mut zone, mut week_start) = (None::<String>, None::<String>);
                 let mut parts = QuotaParts::default();
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
@@ -249,6 +269,8 @@ impl<'de> Deserialize<'de> for Rule {
                             "penalty",
                             map.next_value::<duration::Text>()?.0,
                         )?,
+                        "calendar" => once(&mut zone, "calendar", map.next_value()?)?,
+                        "week_start" => once(&mut week_start, "week_start", map.next_value()?)?,
                         other => {
                             if !parts.read(other, &mut map)? {
                                 return Err(de::Error::unknown_field(other, RULE_FIELDS));
@@ -261,8 +283,24 @@ impl<'de> Deserialize<'de> for Rule {
                     algorithm.ok_or_else(|| de::Error::missing_field("algorithm"))?;
                 let rule =
                     Rule::new(&name, algorithm, parts.quota()?).map_err(de::Error::custom)?;
-                match penalty {
-                    Some(p) => rule.with_penalty(p).map_err(de::Error::custom),
+                let rule = match penalty {
+                    Some(p) => rule.with_penalty(p).map_err(de::Error::custom)?,
+                    None => rule,
+                };
+                let first_day = match week_start {
+                    Some(day) => Some(day.parse::<Weekday>().map_err(de::Error::custom)?),
+                    None => None,
+                };
+                match zone {
+                    Some(zone) => {
+                        let calendar = Calendar::new(&zone)
+                            .map_err(de::Error::custom)?
+                            .week_starts_on(first_day.unwrap_or_default());
+                        rule.with_calendar(calendar).map_err(de::Error::custom)
+                    }
+                    None if first_day.is_some() => Err(de::Error::custom(
+                        "week_start needs a calendar (a time zone such as \"UTC\")",
+                    )),
                     None => Ok(rule),
                 }
             }
@@ -341,6 +379,14 @@ mod tests {
                 r#"{"algorithm": "gcra", "limit": 5, "window": "1m"}"#,
                 "missing field `name`",
             ),
+            (
+                r#"{"name": "x", "algorithm": "gcra", "limit": 5, "window": "1d", "calendar": "UTC"}"#,
+                "cannot count calendar windows",
+            ),
+            (
+                r#"{"name": "x", "algorithm": "fixed_window", "limit": 5, "window": "1d", "week_start": "sun"}"#,
+                "week_start needs a calendar",
+            ),
         ] {
             let e = serde_json::from_str::<Rule>(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
@@ -367,6 +413,18 @@ mod tests {
             )
             .unwrap()
             .with_penalty(Duration::from_secs(600))
+            .unwrap(),
+            Rule::new(
+                "monthly",
+                Algorithm::FixedWindow,
+                "10000/month".parse().unwrap(),
+            )
+            .unwrap()
+            .with_calendar(
+                Calendar::new("Europe/Berlin")
+                    .unwrap()
+                    .week_starts_on(Weekday::Sunday),
+            )
             .unwrap(),
         ];
         for rule in rules {

@@ -575,3 +575,40 @@ async fn degraded_mode_decides_locally_with_each_instances_share() {
     assert_eq!(p.degraded_instances(), None);
     assert_eq!("local".parse::<ErrorMode>().unwrap(), ErrorMode::Degraded);
 }
+
+/// A monthly quota on the Berlin calendar through the policy: the reset
+/// headers count to local midnight of the 1st, an hour short across the
+/// spring change and an hour long across the autumn one.
+#[tokio::test]
+async fn calendar_headers_tell_the_time_to_the_first_of_the_month() {
+    let monthly = Rule::new(
+        "monthly",
+        Algorithm::FixedWindow,
+        "100/month".parse().unwrap(),
+    )
+    .unwrap()
+    .with_calendar(ratekeeper::Calendar::new("Europe/Berlin").unwrap())
+    .unwrap();
+    let (p, clock) = policy(RouteTable::new().default_limits(Limits::new(vec![monthly])));
+    let p = p.headers(HeaderStyle::Both, ResetFormat::Seconds);
+    let v = view("/", &NONE, None);
+    // UTC: 2024-02-29 23:00 is March 1st's midnight in Berlin (CET);
+    // 2024-10-26 22:00 is October 27th's (CEST, the clocks go back at 03:00).
+    for (now_us, reset_s) in [
+        (1_709_247_599_000_000_u64, 1),
+        (1_709_247_600_000_000, 31 * 86_400 - 3_600),
+        (1_729_980_000_000_000, 5 * 86_400 + 3_600),
+    ] {
+        clock.set(Timestamp::from_micros(now_us));
+        let Outcome::Proceed { headers, .. } = p.check(&v).await else {
+            panic!("allowed")
+        };
+        let reset = reset_s.to_string();
+        assert_eq!(header(&headers, "x-ratelimit-reset"), Some(reset.as_str()));
+        assert!(
+            header(&headers, "ratelimit").is_some_and(|h| h.ends_with(&format!(";t={reset}"))),
+            "{:?}",
+            header(&headers, "ratelimit")
+        );
+    }
+}

@@ -376,6 +376,7 @@ pub(super) fn compile_limit(
         window: *window,
         burst: *burst,
         penalty: *penalty,
+        calendar: None,
     };
     let rule = build_rule(&rule_name(exact_path), &rc, default).map_err(|(_, e)| e)?;
     if *limit == 0 {
