@@ -127,6 +127,9 @@ pub(crate) struct Compiled {
     routes: RouteTable,
     keys: KeyExtractor,
     tiers: Option<Tiers>,
+    /// Rules (by name) in shadow mode, and left out of the headers.
+    shadow: Vec<String>,
+    hidden: Vec<String>,
 }
 
 /// Whether any route (or the defaults) decides degraded when the store fails.
@@ -170,7 +173,9 @@ impl Compiled {
                     .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS),
             )
             .on_store_error(d.on_store_error)
-            .shadow(d.shadow);
+            .shadow(d.shadow)
+            .shadow_rules(&self.shadow)
+            .hide_headers_of(&self.hidden);
         if let Some(local) = local {
             policy = policy.degraded(local, d.degraded_instances);
         }
@@ -258,6 +263,8 @@ pub(crate) fn compile(
         code,
         problems: Problems::default(),
         broken: broken_rules.clone(),
+        shadow: Vec::new(),
+        hidden: Vec::new(),
     };
     let rules = c.rules();
     let d = &config.defaults;
@@ -350,6 +357,8 @@ pub(crate) fn compile(
         routes,
         keys,
         tiers,
+        shadow: c.shadow,
+        hidden: c.hidden,
     })
 }
 
@@ -401,6 +410,9 @@ struct Checker<'c> {
     code: Option<&'c PolicyCode>,
     problems: Problems,
     broken: BTreeSet<String>,
+    /// Rules built with `shadow = true`, and with `headers = false`.
+    shadow: Vec<String>,
+    hidden: Vec<String>,
 }
 
 impl Checker<'_> {
@@ -507,7 +519,15 @@ impl Checker<'_> {
     /// One rule, as `name`, whose fields are at `at`.
     fn rule(&mut self, at: &str, name: &str, rc: &RuleConfig) -> Option<Rule> {
         match build_rule(name, rc, self.config.defaults.algorithm) {
-            Ok(rule) => Some(rule),
+            Ok(rule) => {
+                if rc.shadow {
+                    self.shadow.push(name.to_owned());
+                }
+                if !rc.headers {
+                    self.hidden.push(name.to_owned());
+                }
+                Some(rule)
+            }
             Err((Some(field), message)) => {
                 self.problem(&format!("{at}.{field}"), message);
                 None
@@ -777,6 +797,8 @@ pub(crate) fn all_rules(config: &Config) -> Result<BTreeMap<String, Rule>, Confi
         code: None,
         problems: Problems::default(),
         broken: BTreeSet::new(),
+        shadow: Vec::new(),
+        hidden: Vec::new(),
     };
     let mut rules = c.rules();
     for (tier, t) in &config.tiers {

@@ -245,6 +245,11 @@ pub struct RuleConfig {
     /// month or year on the calendar, fixed window only; `None`: windows
     /// aligned to the epoch.
     pub calendar: Option<Calendar>,
+    /// `shadow = true`: decided and counted, never denying (default
+    /// false); see [`HttpPolicy::shadow_rules`](ratekeeper_http::HttpPolicy::shadow_rules).
+    pub shadow: bool,
+    /// `headers = false`: left out of the rate-limit headers (default true).
+    pub headers: bool,
 }
 
 impl RuleConfig {
@@ -257,6 +262,8 @@ impl RuleConfig {
             burst: None,
             penalty: None,
             calendar: None,
+            shadow: false,
+            headers: true,
         }
     }
 }

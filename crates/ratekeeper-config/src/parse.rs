@@ -351,6 +351,8 @@ const RULE_FIELDS: &[&str] = &[
     "penalty",
     "calendar",
     "week_start",
+    "shadow",
+    "headers",
 ];
 
 /// A rule's fields; `finish`: report fields not a rule's (false when the
@@ -371,6 +373,8 @@ fn rule(r: &mut Reader<'_>, t: &Table<'_>, finish: bool) -> Option<RuleConfig> {
         );
     }
     let calendar = calendar.map(|c| c.week_starts_on(week_start.unwrap_or_default()));
+    let shadow = t.boolean(r, "shadow").unwrap_or(false);
+    let headers = t.boolean(r, "headers").unwrap_or(true);
     if finish {
         t.finish(r, RULE_FIELDS);
     }
@@ -381,6 +385,8 @@ fn rule(r: &mut Reader<'_>, t: &Table<'_>, finish: bool) -> Option<RuleConfig> {
         burst,
         penalty,
         calendar,
+        shadow,
+        headers,
     })
 }
 

@@ -453,3 +453,31 @@ async fn reloading_on_hangup_outside_a_runtime_is_an_error() {
     assert!(!listener.is_finished());
     listener.abort();
 }
+
+/// Per-rule settings and the degraded mode from a file: a rule in shadow
+/// mode, a rule without headers, and the policy's local store for degraded
+/// routes with its instances.
+#[tokio::test]
+async fn rule_settings_and_degraded_mode_come_from_the_file() {
+    let dir = std::env::temp_dir().join(format!("ratekeeper-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("limits.toml");
+    std::fs::write(
+        &file,
+        "[defaults]\nrules = [\"api\", \"trial\", \"global\"]\non_store_error = \"degraded\"\ndegraded_instances = 4\n\
+         [rules.api]\nlimit = 2\nwindow = \"1m\"\n\
+         [rules.trial]\nlimit = 1\nwindow = \"1m\"\nshadow = true\n\
+         [rules.global]\nlimit = 100\nwindow = \"1m\"\nheaders = false\n",
+    )
+    .unwrap();
+    let live = ratekeeper::config::start(&file).await.unwrap();
+    let policy = live.policy().current();
+    assert_eq!(policy.rule_settings(), (vec!["trial"], vec!["global"]));
+    assert_eq!(policy.degraded_instances(), Some(4));
+    // The shadow rule's limit of 1 holds nobody back; the api rule's 2 does.
+    assert_eq!(
+        admitted(&policy, 3, "GET", "/", "198.51.100.1", None).await,
+        2
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

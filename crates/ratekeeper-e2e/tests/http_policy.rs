@@ -612,3 +612,71 @@ async fn calendar_headers_tell_the_time_to_the_first_of_the_month() {
         );
     }
 }
+
+/// Rules with settings of their own: a shadow rule is counted but never
+/// denies (the rules in force are charged as if it were not there, the
+/// hook sees its denials) and never shows in the headers; a hidden rule
+/// limits without showing.
+#[tokio::test]
+async fn shadow_rules_and_hidden_rules() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook_seen = seen.clone();
+    let routes = RouteTable::new()
+        .route("/quiet", &[], Limits::new(vec![rule("quiet", "2/minute")]))
+        .unwrap()
+        .default_limits(Limits::new(vec![
+            rule("api", "3/minute"),
+            rule("trial", "1/minute"),
+            rule("global", "100/minute"),
+        ]));
+    let (p, _) = policy(routes);
+    let p = p
+        .headers(HeaderStyle::Legacy, ResetFormat::Seconds)
+        .shadow_rules(["trial"])
+        .hide_headers_of(["global", "quiet"])
+        .on_blocked(Arc::new(move |_, d| {
+            hook_seen.lock().unwrap().push(d.rule().to_owned());
+        }));
+    let (shadow, mut hidden) = p.rule_settings();
+    hidden.sort_unstable();
+    assert_eq!((shadow, hidden), (vec!["trial"], vec!["global", "quiet"]));
+    let v = view("/", &NONE, None);
+    for remaining in ["2", "1", "0"] {
+        match p.check(&v).await {
+            Outcome::Proceed { headers, .. } => {
+                assert_eq!(header(&headers, "x-ratelimit-limit"), Some("3"));
+                assert_eq!(header(&headers, "x-ratelimit-remaining"), Some(remaining));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The trial rule denied the second and third requests: seen, not applied.
+    assert_eq!(*seen.lock().unwrap(), ["trial", "trial"]);
+    match p.check(&v).await {
+        Outcome::Respond {
+            status, decision, ..
+        } => {
+            assert_eq!(status.as_u16(), 429);
+            assert_eq!(
+                decision.map(|d| d.rule().to_owned()).as_deref(),
+                Some("api")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A route whose only rule is hidden limits without headers.
+    let quiet = view("/quiet", &NONE, None);
+    for expected in [200, 200, 429] {
+        match p.check(&quiet).await {
+            Outcome::Proceed { headers, .. } if expected == 200 => assert!(headers.is_empty()),
+            Outcome::Respond {
+                status, headers, ..
+            } if expected == 429 => {
+                assert_eq!(status.as_u16(), 429);
+                assert!(header(&headers, "x-ratelimit-limit").is_none());
+                assert!(header(&headers, "retry-after").is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

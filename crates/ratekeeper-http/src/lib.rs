@@ -33,6 +33,7 @@ mod headers;
 mod key;
 mod lists;
 mod outcome;
+mod per_rule;
 mod policy;
 mod routes;
 mod shared;

@@ -16,6 +16,7 @@ use super::headers::{HeaderStyle, ResetFormat, ceil_secs, rate_limit_headers, re
 use super::key::{KeyExtractor, KeySource, Keyed, RequestView};
 use super::lists::{ListKind, RuntimeLists};
 use super::outcome::{ErrorBody, Outcome};
+use super::per_rule::PerRule;
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use super::tiers::{Known, Tiers};
 use http::header::RETRY_AFTER;
@@ -129,6 +130,8 @@ pub struct HttpPolicy {
     lists: Option<RuntimeLists>,
     auto_block: Option<Arc<AutoBlocker>>,
     degraded: Option<Degraded>,
+    /// Rules in shadow mode and rules without headers, by name.
+    per_rule: Option<Arc<PerRule>>,
     reads_route: bool,
 }
 
@@ -211,6 +214,7 @@ impl HttpPolicy {
             lists: None,
             auto_block: None,
             degraded: None,
+            per_rule: None,
         }
     }
 
@@ -332,6 +336,44 @@ impl HttpPolicy {
         self.degraded.as_ref().map(|d| d.instances)
     }
 
+    /// Puts the rules called `names` in shadow mode, wherever they apply
+    /// (routes, tiers): decided and counted, never denying. When only
+    /// shadow rules deny a request, it is decided again with them looked at
+    /// only, so the rules in force are charged as if they were not there;
+    /// the denial goes to the `on_blocked` hook and the log (`shadow =
+    /// true`), never to the client. Shadow rules are left out of the
+    /// rate-limit headers. The whole policy in shadow mode is
+    /// [`shadow`](Self::shadow).
+    #[must_use]
+    pub fn shadow_rules(mut self, names: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
+        Arc::make_mut(self.per_rule.get_or_insert_default()).shadow(names);
+        self
+    }
+
+    /// Leaves the rules called `names` out of the rate-limit headers: the
+    /// headers describe the most restrictive of the route's other rules,
+    /// and none when every rule is left out (`Retry-After` still goes on a
+    /// denial).
+    #[must_use]
+    pub fn hide_headers_of(mut self, names: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
+        Arc::make_mut(self.per_rule.get_or_insert_default()).hide(names);
+        self
+    }
+
+    /// The rules in shadow mode, and the rules left out of the headers.
+    pub fn rule_settings(&self) -> (Vec<&str>, Vec<&str>) {
+        self.per_rule.as_deref().map_or_else(Default::default, |p| {
+            (p.shadow_rules().collect(), p.hidden_rules().collect())
+        })
+    }
+
+    /// The per-rule settings that apply to `limits`, if any.
+    fn per_rule_for(&self, limits: &Limits) -> Option<&PerRule> {
+        self.per_rule
+            .as_deref()
+            .filter(|p| !p.is_empty() && p.applies(&limits.rules))
+    }
+
     /// Decide and report (hooks, headers) but never block.
     #[must_use]
     pub fn shadow(mut self, shadow: bool) -> Self {
@@ -400,8 +442,13 @@ impl HttpPolicy {
         match self.begin_with(view, given) {
             Begun::Done(outcome) => Some(outcome),
             Begun::ResolveTier(_) => None,
-            // A route counting some responses reserves (never at once).
-            Begun::Decide(to) if to.limits.count_when.is_some() => None,
+            // A route counting some responses reserves, and one with rules
+            // of their own decides rule by rule: never at once.
+            Begun::Decide(to)
+                if to.limits.count_when.is_some() || self.per_rule_for(to.limits).is_some() =>
+            {
+                None
+            }
             Begun::Decide(to) => {
                 let limits = to.limits;
                 let result = self
@@ -451,6 +498,17 @@ impl HttpPolicy {
             Begun::Done(outcome) => outcome,
             Begun::Decide(to) => {
                 let limits = to.limits;
+                if let Some(per_rule) = self.per_rule_for(limits) {
+                    return match per_rule.decide(&self.limiter, limits, &to.key).await {
+                        Ok(d) => {
+                            if let Some(denial) = &d.shadow_denial {
+                                self.shadow_denial(view, denial);
+                            }
+                            self.outcome_shown(view, d.decision, to, d.settlement, d.headers)
+                        }
+                        Err(error) => self.finish(view, to, Err(error), None),
+                    };
+                }
                 if let Some(when) = &limits.count_when {
                     let (result, settlement) = self.reserve(limits, &to.key, when).await;
                     return self.finish(view, to, result, settlement);
@@ -678,6 +736,22 @@ impl HttpPolicy {
         }
     }
 
+    /// A denial by a rule in shadow mode, never enforced: the hook and the
+    /// log see it.
+    fn shadow_denial(&self, view: &RequestView<'_>, decision: &Decision) {
+        if let Some(hook) = &self.on_blocked {
+            hook(view, decision);
+        }
+        tracing::info!(
+            target: "ratekeeper::http",
+            rule = decision.rule(),
+            method = view.method,
+            path = view.path,
+            shadow = true,
+            "request over a shadow rule's limit: allowed"
+        );
+    }
+
     fn outcome(
         &self,
         view: &RequestView<'_>,
@@ -685,12 +759,25 @@ impl HttpPolicy {
         to: Target<'_>,
         settlement: Option<Settlement>,
     ) -> Outcome {
+        self.outcome_shown(view, decision, to, settlement, true)
+    }
+
+    /// [`outcome`](Self::outcome), with the rate-limit headers only when
+    /// `shown` (the deciding rule is not left out of them).
+    fn outcome_shown(
+        &self,
+        view: &RequestView<'_>,
+        decision: Decision,
+        to: Target<'_>,
+        settlement: Option<Settlement>,
+        shown: bool,
+    ) -> Outcome {
         let Target {
             limits,
             key,
             client,
         } = to;
-        let headers = if self.answers.style == HeaderStyle::None {
+        let headers = if self.answers.style == HeaderStyle::None || !shown {
             Vec::new()
         } else {
             let window = match &*limits.rules {

@@ -377,6 +377,8 @@ pub(super) fn compile_limit(
         burst: *burst,
         penalty: *penalty,
         calendar: None,
+        shadow: false,
+        headers: true,
     };
     let rule = build_rule(&rule_name(exact_path), &rc, default).map_err(|(_, e)| e)?;
     if *limit == 0 {
