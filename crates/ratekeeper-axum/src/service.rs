@@ -120,7 +120,7 @@ fn view<B>(request: &Request<B>, peer: IpAddr) -> RequestView<'_> {
 impl<S> RateLimit<S> {
     /// Applies an outcome decided at once: no boxed future, and the service
     /// that was polled ready takes the request.
-    fn at_once<ReqBody, ResBody: AnswerBody>(
+    fn at_once<ReqBody, ResBody>(
         &mut self,
         outcome: Outcome,
         mut request: Request<ReqBody>,
@@ -129,7 +129,7 @@ impl<S> RateLimit<S> {
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
-        ResBody: Send + 'static,
+        ResBody: AnswerBody + Send + 'static,
     {
         match act(outcome, &mut request) {
             Action::Answer(response) => ResponseFuture::answered(response),
