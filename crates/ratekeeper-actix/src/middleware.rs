@@ -192,15 +192,6 @@ fn act(outcome: Outcome, request: &ServiceRequest) -> Action {
 /// (`match_info()`): percent-encoded characters decoded, except `/`, `%`
 /// and `+`. The raw `path()` would let `/h%65alth` reach the `/health`
 /// handler under another route's limits.
-/// Settles a request on a route counting only some responses by its
-/// response's status.
-async fn settle<B>(response: ServiceResponse<B>, settlement: &Settlement) -> ServiceResponse<B> {
-    let status = http::StatusCode::from_u16(response.status().as_u16())
-        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    settlement.finish(status).await;
-    response
-}
-
 fn decide_now(policy: PolicyGuard, request: &ServiceRequest, peer: IpAddr) -> Decided {
     // The pattern costs a lookup and an allocation: only when it is read.
     let route = policy
@@ -217,6 +208,15 @@ fn decide_now(policy: PolicyGuard, request: &ServiceRequest, peer: IpAddr) -> De
         headers: &headers,
         identity: extensions.get::<Identity>(),
     })
+}
+
+/// Settles a request on a route counting only some responses by its
+/// response's status.
+async fn settle<B>(response: ServiceResponse<B>, settlement: &Settlement) -> ServiceResponse<B> {
+    let status = http::StatusCode::from_u16(response.status().as_u16())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    settlement.finish(status).await;
+    response
 }
 
 async fn decide(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> Outcome {

@@ -178,6 +178,10 @@ impl Compiled {
             .hide_headers_of(&self.hidden);
         if let Some(local) = local {
             policy = policy.degraded(local, d.degraded_instances);
+            // A reload during an outage keeps the local counts.
+            if let Some(previous) = previous {
+                policy = policy.keep_degraded_counts_from(previous);
+            }
         }
         if let Some(mut tiers) = self.tiers {
             if let Some(resolver) = &code.resolver {

@@ -449,7 +449,13 @@ fn tier(r: &mut Reader<'_>, t: &Table<'_>) -> TierConfig {
         let key = entry.parsed(r, "key", str::parse::<KeySpec>);
         let count_when = count_when(r, &entry);
         let named = entry.string(r, "rule");
-        let inline = RULE_FIELDS.iter().any(|f| entry.value_of(f).is_some());
+        // A quota of its own makes an entry's rule inline; the settings a
+        // rule carries beside its quota belong to a named rule's table.
+        let settings = ["calendar", "week_start", "shadow", "headers"];
+        let inline = RULE_FIELDS
+            .iter()
+            .filter(|f| !settings.contains(f))
+            .any(|f| entry.value_of(f).is_some());
         let limit = match (named, inline) {
             (Some(_), true) => {
                 r.problem(
@@ -459,7 +465,20 @@ fn tier(r: &mut Reader<'_>, t: &Table<'_>) -> TierConfig {
                 );
                 None
             }
-            (Some(name), false) => Some(TierLimit::Named(name)),
+            (Some(name), false) => {
+                for field in settings {
+                    if entry.value_of(field).is_some() {
+                        r.problem(
+                            &entry.field_path(field),
+                            entry.value_of(field),
+                            format!(
+                                "`{field}` belongs to the rule: set it in [rules.{name}] (an entry naming a rule takes path, methods, cost, key and count_when)"
+                            ),
+                        );
+                    }
+                }
+                Some(TierLimit::Named(name))
+            }
             (None, true) => {
                 let name = entry.string(r, "name");
                 rule(r, &entry, false).map(|rule| TierLimit::Inline { name, rule })

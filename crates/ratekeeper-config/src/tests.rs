@@ -169,7 +169,7 @@ configuration: rules.missing.limit: missing (expected a whole number from 1)
 configuration: rules.missing.window: missing (expected a duration such as "30s", "1m", "1h" or "1d")
 configuration: rules.negative.limit: -5 is out of range (expected a whole number from 1)
 configuration: rules.typo.window: missing (expected a duration such as "30s", "1m", "1h" or "1d")
-configuration: rules.typo.windw: unknown field `windw` (expected one of: algorithm, limit, window, burst, penalty); did you mean `window`?
+configuration: rules.typo.windw: unknown field `windw` (expected one of: algorithm, limit, window, burst, penalty, calendar, week_start, shadow, headers); did you mean `window`?
 configuration: rules.zero.limit: 0 is out of range (expected a whole number from 1)
 configuration: rules.zeroburst.burst: 0 is out of range (expected a whole number from 1)
 configuration: tiers.pro.rules[2].rule: give either `rule` (the name of a rule of [rules]) or the rule's own `limit` and `window`, not both
@@ -922,5 +922,15 @@ fn calendar_rules_read_with_their_zone_and_first_day() {
          configuration: rules.d.week_start: unknown day of the week \"caturday\" (expected monday, tuesday, …, sunday)\n\
          configuration: rules.a.calendar: gcra cannot count calendar windows (a calendar applies to fixed_window)\n\
          configuration: rules.b.window: a calendar window is a day, a week, a month or a year, not 2d (expected a quota such as \"10000/month\")"
+    );
+}
+
+#[test]
+fn a_tier_entry_naming_a_rule_leaves_the_rules_settings_to_it() {
+    assert_eq!(
+        errors(
+            "[rules.a]\nlimit = 1\nwindow = \"1m\"\n[tiers.free]\nrules = [{ path = \"/x\", rule = \"a\", shadow = true }]\n"
+        ),
+        "configuration: tiers.free.rules[0].shadow: `shadow` belongs to the rule: set it in [rules.a] (an entry naming a rule takes path, methods, cost, key and count_when)"
     );
 }

@@ -183,9 +183,9 @@ fn parse_status(item: &str) -> Option<Status> {
 /// Adapters get it from [`Admission::settlement`](crate::Admission::settlement)
 /// and call [`finish`](Self::finish) with the response's status.
 ///
-/// A request that never gets a response of its own (the client went away,
-/// the handler failed with an error rather than a response) stays counted:
-/// the budget errs on the strict side, never on the loose one.
+/// A request that never gets a response (the client went away, the inner
+/// service failed) stays counted: the budget errs on the strict side, never
+/// on the loose one.
 #[derive(Clone)]
 pub struct Settlement(Arc<Pending>);
 
@@ -210,13 +210,6 @@ impl Settlement {
             when,
             reservation: Mutex::new(Some(reservation)),
         }))
-    }
-
-    /// Whether a response with `status` counts: if it does not,
-    /// [`finish`](Self::finish) has store work to do (adapters on a fast
-    /// path may skip building a future otherwise).
-    pub fn counts(&self, status: StatusCode) -> bool {
-        self.0.when.counts(status)
     }
 
     /// Settles the request once its response has `status`: a response that

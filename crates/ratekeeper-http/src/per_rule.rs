@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use ratekeeper_core::{Decision, Limiter, Result, Rule};
 use smol_str::SmolStr;
 
-use super::count::Settlement;
+use super::count::{CountWhen, Settlement};
 use super::routes::Limits;
 
 /// The rules, by name, in shadow mode and without headers.
@@ -24,19 +24,54 @@ pub(crate) struct PerRule {
     hidden: HashSet<SmolStr>,
 }
 
-/// What deciding a request on rules with settings of their own found.
+/// What deciding a request found.
 pub(crate) struct Decided {
     /// The denial of a rule in force, or else the most restrictive decision
-    /// of the rules the headers show (neither hidden nor in shadow mode; of
-    /// all rules, when none is shown).
+    /// of the rules the headers show (neither hidden nor in shadow mode;
+    /// else of the rules in force; else of all).
     pub(crate) decision: Decision,
     /// Whether `decision`'s rule is shown in the headers.
     pub(crate) headers: bool,
+    /// Whether `decision` is enforced: false when it is a shadow rule's,
+    /// which never denies.
+    pub(crate) enforce: bool,
     /// The most restrictive denial of a shadow rule, when only shadow
     /// rules denied: reported, never enforced.
     pub(crate) shadow_denial: Option<Decision>,
     /// On a route counting only some responses, what settles the request.
     pub(crate) settlement: Option<Settlement>,
+}
+
+impl Decided {
+    /// `decision`, enforced and shown, with nothing to settle.
+    pub(crate) fn enforced(decision: Decision) -> Self {
+        Self {
+            decision,
+            headers: true,
+            enforce: true,
+            shadow_denial: None,
+            settlement: None,
+        }
+    }
+}
+
+/// Decides `checks` on `limiter` in one atomic step, one decision per
+/// rule; on a route counting only the responses `when` accepts, by a
+/// reservation, with what settles it when it was taken.
+pub(crate) async fn take(
+    limiter: &Limiter,
+    checks: &[(&Rule, &str, u64)],
+    when: Option<&CountWhen>,
+) -> Result<(Vec<Decision>, Option<Settlement>)> {
+    let Some(when) = when else {
+        return Ok((limiter.check_each(checks).await?, None));
+    };
+    let reservation = limiter.reserve_each(checks).await?;
+    let decisions = reservation.decisions().to_vec();
+    let settlement = reservation
+        .is_allowed()
+        .then(|| Settlement::new(when.clone(), reservation));
+    Ok((decisions, settlement))
 }
 
 impl PerRule {
@@ -63,6 +98,16 @@ impl PerRule {
         !self.hidden.contains(rule) && !self.shadow.contains(rule)
     }
 
+    /// Whether `rule` is in shadow mode.
+    pub(crate) fn is_shadow(&self, rule: &str) -> bool {
+        self.shadow.contains(rule)
+    }
+
+    /// Whether any of `rules` is in shadow mode.
+    pub(crate) fn shadows_any(&self, rules: &[Rule]) -> bool {
+        rules.iter().any(|r| self.is_shadow(r.name()))
+    }
+
     /// Whether any of `rules` has a setting of its own.
     pub(crate) fn applies(&self, rules: &[Rule]) -> bool {
         rules
@@ -80,7 +125,9 @@ impl PerRule {
         self.hidden.iter().map(SmolStr::as_str)
     }
 
-    /// Decides a request of `limits` on `key`, rule by rule.
+    /// Decides a request of `limits` on `key`, rule by rule: while only
+    /// shadow rules deny, again with them only looked at (at most once per
+    /// rule, and once more).
     pub(crate) async fn decide(
         &self,
         limiter: &Limiter,
@@ -88,75 +135,64 @@ impl PerRule {
         key: &str,
     ) -> Result<Decided> {
         let rules = &*limits.rules;
+        let shadow = |i: usize| rules.get(i).is_some_and(|r| self.is_shadow(r.name()));
         let mut costs = vec![limits.cost; rules.len()];
-        let mut shadow_denial = None;
-        // At most two rounds: the second with the denying shadow rules
-        // looked at only.
+        let mut shadow_denials = Vec::new();
+        let mut round = 0;
         let (decisions, settlement) = loop {
+            round += 1;
             let checks: Vec<(&Rule, &str, u64)> = rules
                 .iter()
                 .zip(&costs)
                 .map(|(rule, cost)| (rule, key, *cost))
                 .collect();
-            let (decisions, settlement) = match &limits.count_when {
-                Some(when) => {
-                    let reservation = limiter.reserve_each(&checks).await?;
-                    let decisions = reservation.decisions().to_vec();
-                    let settlement = reservation
-                        .is_allowed()
-                        .then(|| Settlement::new(when.clone(), reservation));
-                    (decisions, settlement)
-                }
-                None => (limiter.check_each(&checks).await?, None),
-            };
+            let (decisions, settlement) =
+                take(limiter, &checks, limits.count_when.as_ref()).await?;
             let denying: Vec<usize> = (0..rules.len())
                 .filter(|&i| {
                     costs.get(i).is_some_and(|c| *c > 0)
                         && decisions.get(i).is_some_and(|d| !d.is_allowed())
                 })
                 .collect();
-            let only_shadow = denying
-                .iter()
-                .all(|&i| rules.get(i).is_some_and(|r| self.shadow.contains(r.name())));
-            if denying.is_empty() || !only_shadow || shadow_denial.is_some() {
+            if denying.is_empty() || !denying.iter().all(|&i| shadow(i)) || round > rules.len() {
                 break (decisions, settlement);
             }
-            let denials: Vec<Decision> = denying
-                .iter()
-                .filter_map(|&i| decisions.get(i).cloned())
-                .collect();
-            shadow_denial = Decision::most_restrictive(&denials).cloned();
             for i in denying {
+                shadow_denials.extend(decisions.get(i).cloned());
                 if let Some(cost) = costs.get_mut(i) {
                     *cost = 0;
                 }
             }
         };
-        let charged_denials: Vec<Decision> = decisions
-            .iter()
-            .zip(&costs)
-            .filter(|(d, cost)| **cost > 0 && !d.is_allowed())
-            .map(|(d, _)| d.clone())
-            .collect();
-        let shown: Vec<Decision> = decisions
-            .iter()
-            .filter(|d| self.shows(d.rule()))
-            .cloned()
-            .collect();
-        let decision = Decision::most_restrictive(&charged_denials)
-            .or_else(|| Decision::most_restrictive(&shown))
-            .or_else(|| Decision::most_restrictive(&decisions))
-            .cloned()
-            .ok_or_else(|| {
-                ratekeeper_core::Error::new(
-                    ratekeeper_core::ErrorKind::Other,
-                    "the store answered no decision",
-                )
-            })?;
+        let pick = |keep: &dyn Fn(usize) -> bool| {
+            let kept: Vec<Decision> = (0..decisions.len())
+                .filter(|&i| keep(i))
+                .filter_map(|i| decisions.get(i).cloned())
+                .collect();
+            Decision::most_restrictive(&kept).cloned()
+        };
+        let charged = |i: usize| costs.get(i).is_some_and(|c| *c > 0);
+        let denied = |i: usize| decisions.get(i).is_some_and(|d| !d.is_allowed());
+        let shown = |i: usize| rules.get(i).is_some_and(|r| self.shows(r.name()));
+        let (decision, enforce) = match pick(&|i| charged(i) && denied(i) && !shadow(i)) {
+            Some(denial) => (Some(denial), true),
+            None => match pick(&shown).or_else(|| pick(&|i| !shadow(i))) {
+                Some(allowed) => (Some(allowed), true),
+                // Only shadow rules: nothing is enforced.
+                None => (pick(&|_| true), false),
+            },
+        };
+        let decision = decision.ok_or_else(|| {
+            ratekeeper_core::Error::new(
+                ratekeeper_core::ErrorKind::Other,
+                "the store answered no decision",
+            )
+        })?;
         Ok(Decided {
             headers: self.shows(decision.rule()),
+            enforce,
             decision,
-            shadow_denial,
+            shadow_denial: Decision::most_restrictive(&shadow_denials).cloned(),
             settlement,
         })
     }

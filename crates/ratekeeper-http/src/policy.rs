@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::auto_block::{AutoBlock, AutoBlocker};
-use super::count::{CountWhen, Settlement};
+use super::count::Settlement;
 use super::headers::{HeaderStyle, ResetFormat, ceil_secs, rate_limit_headers, retry_after_secs};
 use super::key::{KeyExtractor, KeySource, Keyed, RequestView};
 use super::lists::{ListKind, RuntimeLists};
 use super::outcome::{ErrorBody, Outcome};
-use super::per_rule::PerRule;
+use super::per_rule::{Decided, PerRule, take};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use super::tiers::{Known, Tiers};
 use http::header::RETRY_AFTER;
@@ -330,6 +330,18 @@ impl HttpPolicy {
         self
     }
 
+    /// Takes over `previous`'s local store of degraded mode, when both
+    /// policies have one: a policy rebuilt from a reloaded configuration
+    /// during an outage goes on with the counts made locally so far (each
+    /// rule's share is this policy's).
+    #[must_use]
+    pub fn keep_degraded_counts_from(mut self, previous: &HttpPolicy) -> Self {
+        if let (Some(mine), Some(theirs)) = (&mut self.degraded, &previous.degraded) {
+            mine.limiter = theirs.limiter.clone();
+        }
+        self
+    }
+
     /// How many instances share each quota when deciding degraded, if the
     /// policy has a local store for it.
     pub fn degraded_instances(&self) -> Option<u64> {
@@ -365,6 +377,20 @@ impl HttpPolicy {
         self.per_rule.as_deref().map_or_else(Default::default, |p| {
             (p.shadow_rules().collect(), p.hidden_rules().collect())
         })
+    }
+
+    /// The rules of `limits` in force: all but those in shadow mode (what a
+    /// handler's charge and refund apply to).
+    fn in_force(&self, limits: &Limits) -> Arc<[Rule]> {
+        match self.per_rule_for(limits) {
+            Some(per_rule) if per_rule.shadows_any(&limits.rules) => limits
+                .rules
+                .iter()
+                .filter(|r| !per_rule.is_shadow(r.name()))
+                .cloned()
+                .collect(),
+            _ => Arc::clone(&limits.rules),
+        }
     }
 
     /// The per-rule settings that apply to `limits`, if any.
@@ -454,7 +480,12 @@ impl HttpPolicy {
                 let result = self
                     .limiter
                     .check_rules_now(&limits.rules, &to.key, limits.cost)?;
-                Some(self.finish(view, to, result, None))
+                match result {
+                    Ok(decision) => Some(self.decided(view, to, Decided::enforced(decision))),
+                    // Deciding locally is done where it may wait.
+                    Err(_) if self.degrades(limits) => None,
+                    Err(error) => Some(self.failed(view, &to, &error)),
+                }
             }
         }
     }
@@ -496,57 +527,89 @@ impl HttpPolicy {
         };
         match begun {
             Begun::Done(outcome) => outcome,
-            Begun::Decide(to) => {
-                let limits = to.limits;
-                if let Some(per_rule) = self.per_rule_for(limits) {
-                    return match per_rule.decide(&self.limiter, limits, &to.key).await {
-                        Ok(d) => {
-                            if let Some(denial) = &d.shadow_denial {
-                                self.shadow_denial(view, denial);
-                            }
-                            self.outcome_shown(view, d.decision, to, d.settlement, d.headers)
-                        }
-                        Err(error) => self.finish(view, to, Err(error), None),
-                    };
+            Begun::Decide(to) => match self.decide_on(&self.limiter, to.limits, &to.key).await {
+                Ok(decided) => self.decided(view, to, decided),
+                Err(error) if self.degrades(to.limits) => {
+                    self.decide_locally(view, to, &error).await
                 }
-                if let Some(when) = &limits.count_when {
-                    let (result, settlement) = self.reserve(limits, &to.key, when).await;
-                    return self.finish(view, to, result, settlement);
-                }
-                let result = self
-                    .limiter
-                    .check_rules(&limits.rules, &to.key, limits.cost)
-                    .await;
-                self.finish(view, to, result, None)
-            }
+                Err(error) => self.failed(view, &to, &error),
+            },
             // Not reached: `target` never asks for a tier.
             Begun::ResolveTier(_) => unlimited(),
         }
     }
 
-    /// Takes the cost of a request on a route counting only the responses
-    /// `when` accepts: the decision, and what gives the cost back if the
-    /// response does not count (`None` when nothing was taken).
-    async fn reserve(
-        &self,
-        limits: &Limits,
-        key: &str,
-        when: &CountWhen,
-    ) -> (Result<Decision>, Option<Settlement>) {
+    /// Decides `limits` for `key` on `limiter`: rule by rule when some
+    /// rule has settings of its own, by a reservation on a route counting
+    /// only some responses, else in one step.
+    async fn decide_on(&self, limiter: &Limiter, limits: &Limits, key: &str) -> Result<Decided> {
+        if let Some(per_rule) = self.per_rule_for(limits) {
+            return per_rule.decide(limiter, limits, key).await;
+        }
+        let Some(when) = &limits.count_when else {
+            return limiter
+                .check_rules(&limits.rules, key, limits.cost)
+                .await
+                .map(Decided::enforced);
+        };
         let checks: Vec<_> = limits
             .rules
             .iter()
             .map(|rule| (rule, key, limits.cost))
             .collect();
-        match self.limiter.reserve_each(&checks).await {
-            Ok(reservation) => {
-                let decision = reservation.decision().clone();
-                let settlement = reservation
-                    .is_allowed()
-                    .then(|| Settlement::new(when.clone(), reservation));
-                (Ok(decision), settlement)
+        let (decisions, settlement) = take(limiter, &checks, Some(when)).await?;
+        let decision = Decision::most_restrictive(&decisions)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "the store answered no decision"))?;
+        Ok(Decided {
+            settlement,
+            ..Decided::enforced(decision)
+        })
+    }
+
+    /// Whether a store failure on `limits` is decided locally: their error
+    /// mode is degraded and the policy has a local store.
+    fn degrades(&self, limits: &Limits) -> bool {
+        self.degraded.is_some()
+            && limits.on_store_error.unwrap_or(self.on_store_error) == ErrorMode::Degraded
+    }
+
+    /// The store failed on a degraded route: reports it, then decides on
+    /// the local store with each rule's share of its quota, as the store
+    /// would have (rules with settings of their own, counting only some
+    /// responses). If the local store fails too, fails closed.
+    async fn decide_locally(
+        &self,
+        view: &RequestView<'_>,
+        to: Target<'_>,
+        error: &Error,
+    ) -> Outcome {
+        self.report_failure(view, to.limits, error);
+        let Some(local) = &self.degraded else {
+            return Self::unavailable();
+        };
+        let limits = to.limits;
+        let shares = Limits {
+            rules: limits
+                .rules
+                .iter()
+                .map(|r| r.share_of(local.instances))
+                .collect(),
+            ..limits.clone()
+        };
+        match self.decide_on(&local.limiter, &shares, &to.key).await {
+            Ok(decided) => {
+                ratekeeper_core::observe::counter(ratekeeper_core::observe::DEGRADED, 1);
+                self.decided(view, to, decided)
             }
-            Err(error) => (Err(error), None),
+            Err(error) => {
+                tracing::warn!(
+                    target: "ratekeeper::http",
+                    %error,
+                    "the local store of degraded mode failed too: failing closed"
+                );
+                Self::unavailable()
+            }
         }
     }
 
@@ -643,51 +706,49 @@ impl HttpPolicy {
         }
     }
 
-    /// Everything after the decision: headers, hooks, the response, or the
-    /// error mode when the store failed. `settlement` settles a request
-    /// admitted on a route counting only some responses.
-    fn finish(
-        &self,
-        view: &RequestView<'_>,
-        to: Target<'_>,
-        result: Result<Decision>,
-        settlement: Option<Settlement>,
-    ) -> Outcome {
-        match result {
-            Ok(decision) => self.outcome(view, decision, to, settlement),
-            Err(error) => {
-                let mode = to.limits.on_store_error.unwrap_or(self.on_store_error);
-                tracing::warn!(
-                    target: "ratekeeper::http",
-                    error = %error,
-                    kind = error.kind().as_str(),
-                    method = view.method,
-                    path = view.path,
-                    mode = ?mode,
-                    "the rate-limit store failed"
-                );
-                if let Some(hook) = &self.on_error {
-                    hook(view, &error);
-                }
-                let closed = || {
-                    Self::respond(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "rate_limiter_unavailable",
-                        "the rate limiter cannot decide right now; try again shortly",
-                    )
-                };
-                match (mode, &self.degraded) {
-                    (ErrorMode::FailOpen, _) => unlimited(),
-                    (ErrorMode::Degraded, Some(local)) => {
-                        match local.decide(&to.limits.rules, &to.key, to.limits.cost) {
-                            Some(decision) => self.outcome(view, decision, to, None),
-                            None => closed(),
-                        }
-                    }
-                    (ErrorMode::FailClosed | ErrorMode::Degraded, _) => closed(),
-                }
-            }
+    /// Everything after the decision: the shadow rules' denial reported,
+    /// then headers, hooks and the response.
+    fn decided(&self, view: &RequestView<'_>, to: Target<'_>, d: Decided) -> Outcome {
+        if let Some(denial) = &d.shadow_denial {
+            self.shadow_denial(view, denial);
         }
+        self.outcome(view, d, to)
+    }
+
+    /// Logs a store failure and gives it to the `on_error` hook.
+    fn report_failure(&self, view: &RequestView<'_>, limits: &Limits, error: &Error) {
+        let mode = limits.on_store_error.unwrap_or(self.on_store_error);
+        tracing::warn!(
+            target: "ratekeeper::http",
+            error = %error,
+            kind = error.kind().as_str(),
+            method = view.method,
+            path = view.path,
+            mode = ?mode,
+            "the rate-limit store failed"
+        );
+        if let Some(hook) = &self.on_error {
+            hook(view, error);
+        }
+    }
+
+    /// The answer when the store failed, by the route's error mode (a
+    /// degraded route without a local store fails closed).
+    fn failed(&self, view: &RequestView<'_>, to: &Target<'_>, error: &Error) -> Outcome {
+        self.report_failure(view, to.limits, error);
+        match to.limits.on_store_error.unwrap_or(self.on_store_error) {
+            ErrorMode::FailOpen => unlimited(),
+            ErrorMode::FailClosed | ErrorMode::Degraded => Self::unavailable(),
+        }
+    }
+
+    /// 503: the limiter cannot decide.
+    fn unavailable() -> Outcome {
+        Self::respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rate_limiter_unavailable",
+            "the rate limiter cannot decide right now; try again shortly",
+        )
     }
 
     /// Counts a denial towards automatic blocking; announces a new block
@@ -752,26 +813,17 @@ impl HttpPolicy {
         );
     }
 
-    fn outcome(
-        &self,
-        view: &RequestView<'_>,
-        decision: Decision,
-        to: Target<'_>,
-        settlement: Option<Settlement>,
-    ) -> Outcome {
-        self.outcome_shown(view, decision, to, settlement, true)
-    }
-
-    /// [`outcome`](Self::outcome), with the rate-limit headers only when
-    /// `shown` (the deciding rule is not left out of them).
-    fn outcome_shown(
-        &self,
-        view: &RequestView<'_>,
-        decision: Decision,
-        to: Target<'_>,
-        settlement: Option<Settlement>,
-        shown: bool,
-    ) -> Outcome {
+    /// The outcome of `decided`: the rate-limit headers (unless its rule is
+    /// left out of them), then the request admitted (also when its decision
+    /// is not enforced: a shadow rule's) or denied.
+    fn outcome(&self, view: &RequestView<'_>, decided: Decided, to: Target<'_>) -> Outcome {
+        let Decided {
+            decision,
+            headers: shown,
+            enforce,
+            settlement,
+            ..
+        } = decided;
         let Target {
             limits,
             key,
@@ -795,12 +847,12 @@ impl HttpPolicy {
             admission: Some(Admission {
                 decision,
                 limiter: self.limiter.clone(),
-                rules: Arc::clone(&limits.rules),
+                rules: self.in_force(limits),
                 key,
                 settlement,
             }),
         };
-        if decision.is_allowed() {
+        if decision.is_allowed() || !enforce {
             return admit(headers, decision);
         }
         if let Some(hook) = &self.on_blocked {
@@ -821,28 +873,6 @@ impl HttpPolicy {
             return admit(headers, decision);
         }
         self.answers.denial(decision, headers)
-    }
-}
-
-impl Degraded {
-    /// Decides locally with each rule's share of its quota; `None` when the
-    /// local store cannot decide at once or fails.
-    fn decide(&self, rules: &[Rule], key: &str, cost: u64) -> Option<Decision> {
-        let shares: Vec<Rule> = rules.iter().map(|r| r.share_of(self.instances)).collect();
-        match self.limiter.check_rules_now(&shares, key, cost)? {
-            Ok(decision) => {
-                ratekeeper_core::observe::counter(ratekeeper_core::observe::DEGRADED, 1);
-                Some(decision)
-            }
-            Err(error) => {
-                tracing::warn!(
-                    target: "ratekeeper::http",
-                    %error,
-                    "the local store of degraded mode failed too: failing closed"
-                );
-                None
-            }
-        }
     }
 }
 

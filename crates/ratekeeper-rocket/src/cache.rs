@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use ratekeeper_http::{Admission, Identity, Outcome};
+use ratekeeper_http::{Admission, Identity, Outcome, Settlement};
 use rocket::Request;
 
 /// The adapter's state of one request.
@@ -13,6 +13,9 @@ use rocket::Request;
 pub(crate) struct RequestState {
     identity: Mutex<Option<Identity>>,
     outcome: Mutex<Option<Outcome>>,
+    /// What settles decisions an outcome stored later replaced (the
+    /// fairing's, then a route guard's): each is settled by the response.
+    replaced: Mutex<Vec<Settlement>>,
 }
 
 impl RequestState {
@@ -25,9 +28,27 @@ impl RequestState {
     }
 
     pub(crate) fn store(&self, outcome: Outcome) {
-        if let Ok(mut slot) = self.outcome.lock() {
-            *slot = Some(outcome);
+        let Ok(mut slot) = self.outcome.lock() else {
+            return;
+        };
+        if let Some(Outcome::Proceed {
+            admission: Some(admission),
+            ..
+        }) = slot.as_ref()
+            && let Some(settlement) = admission.settlement()
+            && let Ok(mut replaced) = self.replaced.lock()
+        {
+            replaced.push(settlement.clone());
         }
+        *slot = Some(outcome);
+    }
+
+    /// Takes what settles the decisions replaced by later ones.
+    pub(crate) fn take_replaced(&self) -> Vec<Settlement> {
+        self.replaced
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     /// Takes the outcome out (for the response, once the handler has run).

@@ -168,16 +168,26 @@ impl Fairing for RateLimit {
     }
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
-        let headers = match RequestState::of(request).take_outcome() {
-            Some(Outcome::Proceed { headers, admission }) => {
-                // A route counting only some responses settles by this one.
-                if let Some(settlement) = admission.as_ref().and_then(|a| a.settlement())
-                    && let Ok(status) = http::StatusCode::from_u16(response.status().code)
-                {
-                    settlement.finish(status).await;
-                }
-                headers
+        let state = RequestState::of(request);
+        // Routes counting only some responses settle by this one: the
+        // decision applied, and any a route guard's decision replaced.
+        let mut settlements = state.take_replaced();
+        let outcome = state.take_outcome();
+        if let Some(Outcome::Proceed {
+            admission: Some(admission),
+            ..
+        }) = &outcome
+            && let Some(settlement) = admission.settlement()
+        {
+            settlements.push(settlement.clone());
+        }
+        if let Ok(status) = http::StatusCode::from_u16(response.status().code) {
+            for settlement in settlements {
+                settlement.finish(status).await;
             }
+        }
+        let headers = match outcome {
+            Some(Outcome::Proceed { headers, .. }) => headers,
             Some(Outcome::Respond {
                 status,
                 headers,

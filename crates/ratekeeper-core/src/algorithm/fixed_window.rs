@@ -21,8 +21,15 @@ fn carried(q: &Quota, count: u64) -> u64 {
 #[inline]
 fn view(q: &Quota, span: &Span, state: Option<&FixedWindowState>) -> FixedWindowState {
     match state {
-        // The current window, or a later one if the clock stepped back.
-        Some(s) if s.window_start >= span.start => *s,
+        // This window; or counted in it under windows aligned otherwise
+        // (the rule's window or calendar changed): counts in this window,
+        // which ends when it does.
+        Some(s) if s.window_start >= span.start && s.window_start < span.end => FixedWindowState {
+            window_start: span.start,
+            count: s.count,
+        },
+        // A later window: the clock stepped back.
+        Some(s) if s.window_start >= span.end => *s,
         Some(s) if Some(s.window_start) == span.prev => FixedWindowState {
             window_start: span.start,
             count: carried(q, s.count),
@@ -159,6 +166,24 @@ mod tests {
         assert!(!c.allowed && c.retry_after == 1 && !c.consumed);
         let d = step(&q, Some(&c.state), 200, 2);
         assert!(d.allowed && d.remaining == 0);
+    }
+
+    #[test]
+    fn a_state_aligned_otherwise_counts_in_this_window_and_ends_with_it() {
+        // Counted under one-minute windows from 01:42; the rule now has
+        // hour windows (or a calendar): the 4 count in 01:00–02:00, which
+        // still ends at 02:00.
+        let minute_us = 60_000_000;
+        let hour = Quota::new(5, std::time::Duration::from_secs(3_600)).unwrap();
+        let state = FixedWindowState {
+            window_start: 102 * minute_us,
+            count: 4,
+        };
+        let s = step(&hour, Some(&state), 110 * minute_us, 1);
+        assert!(s.allowed && s.remaining == 0, "{s:?}");
+        assert_eq!(s.reset_after, 10 * minute_us);
+        assert_eq!(s.state.window_start, 60 * minute_us);
+        assert!(!step(&hour, Some(&s.state), 110 * minute_us, 1).allowed);
     }
 
     #[test]

@@ -25,9 +25,13 @@ local function fw_span(q, now)
   return b[j], b[j + 1], b[j + 2] - b[j + 1], b[j - 1]
 end
 
--- The window's start and count, from the span's start and the one before.
-local function fw_view(q, s, start, prev)
-  if s ~= nil and s[1] >= start then return s[1], s[2] end
+-- The window's start and count, from the span's start and end and the
+-- start of the one before (fixed_window.rs's view): a state counted in this
+-- window under another alignment counts in it; a later one (the clock
+-- stepped back) stays.
+local function fw_view(q, s, start, stop, prev)
+  if s ~= nil and s[1] >= start and s[1] < stop then return start, s[2] end
+  if s ~= nil and s[1] >= stop then return s[1], s[2] end
   if s ~= nil and s[1] == prev then return start, fw_carried(q, s[2]) end
   return start, 0
 end
@@ -35,7 +39,7 @@ end
 STEP[1] = function(q, s, now, cost)
   local limit = q.limit
   local span_start, span_end, window, prev = fw_span(q, now)
-  local start, count = fw_view(q, s, span_start, prev)
+  local start, count = fw_view(q, s, span_start, span_end, prev)
   -- A state from a later window (the clock stepped back) ends with it.
   local stop = span_end
   if start > span_start then stop = start + window end
@@ -57,8 +61,8 @@ STEP[1] = function(q, s, now, cost)
 end
 
 ADJUST[1] = function(q, s, now, charge, units, taken_at)
-  local span_start, _, _, prev = fw_span(q, now)
-  local start, count = fw_view(q, s, span_start, prev)
+  local span_start, span_end, _, prev = fw_span(q, now)
+  local start, count = fw_view(q, s, span_start, span_end, prev)
   if charge then
     count = math.min(count + units, 2 * q.limit)
   else
