@@ -167,6 +167,20 @@ pub mod config {
     /// keys, a tier resolver, hooks). `storage.url` is checked against the
     /// stores this build opens ([`STORES`](crate::STORES)).
     pub async fn start_with(loader: Loader, code: PolicyCode) -> Result<LivePolicy, ConfigErrors> {
+        // Degraded mode decides on the memory store, unless the
+        // application gave another.
+        #[cfg(feature = "memory")]
+        let code = if code.has_local_store() {
+            code
+        } else {
+            code.local_store(Arc::new(|clock| {
+                Arc::new(
+                    ratekeeper_memory::MemoryStorage::builder()
+                        .clock(clock)
+                        .build(),
+                )
+            }))
+        };
         let loader = loader.stores(crate::STORES);
         let config = loader.load()?;
         let store = open_store(&config)?;

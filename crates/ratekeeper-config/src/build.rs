@@ -15,6 +15,7 @@ use ratekeeper_core::Limiter;
 use ratekeeper_core::clock::Clock;
 use ratekeeper_core::quota::{Quota, QuotaError};
 use ratekeeper_core::rule::{Algorithm, Rule, RuleError};
+use ratekeeper_core::storage::Storage;
 use ratekeeper_http::{
     BlockedHook, ClientIpPolicy, ErrorHook, ErrorMode, ExemptFn, HttpPolicy, KeyExtractor, KeyFn,
     KeySource, Limits, RouteTable, RuntimeLists, TierResolver, Tiers, parse_net,
@@ -44,7 +45,12 @@ pub struct PolicyCode {
     on_blocked: Option<BlockedHook>,
     on_error: Option<ErrorHook>,
     clock: Option<Arc<dyn Clock>>,
+    local_store: Option<LocalStoreFn>,
 }
+
+/// Builds the local store degraded mode decides on, on the limiter's
+/// clock (see [`PolicyCode::local_store`]).
+pub type LocalStoreFn = Arc<dyn Fn(Arc<dyn Clock>) -> Arc<dyn Storage> + Send + Sync>;
 
 impl fmt::Debug for PolicyCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,6 +60,7 @@ impl fmt::Debug for PolicyCode {
             .field("exempt_when", &self.exempt_when.is_some())
             .field("on_blocked", &self.on_blocked.is_some())
             .field("on_error", &self.on_error.is_some())
+            .field("local_store", &self.local_store.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +119,22 @@ impl PolicyCode {
         self
     }
 
+    /// Where routes with `on_store_error = "degraded"` decide while the
+    /// store fails: a store that decides at once (the memory store), built
+    /// on the limiter's clock. The facade's `ratekeeper::config::start`
+    /// gives the memory store when its `memory` feature is on; without one,
+    /// a configuration asking for degraded mode is refused.
+    #[must_use]
+    pub fn local_store(mut self, build: LocalStoreFn) -> Self {
+        self.local_store = Some(build);
+        self
+    }
+
+    /// Whether a local store for degraded mode is set.
+    pub fn has_local_store(&self) -> bool {
+        self.local_store.is_some()
+    }
+
     pub(crate) fn limiter(&self, storage: Arc<dyn ratekeeper_core::storage::Storage>) -> Limiter {
         match &self.clock {
             Some(clock) => Limiter::builder(storage)
@@ -141,13 +164,10 @@ fn degraded_somewhere(config: &Config) -> bool {
             .any(|r| r.on_store_error == Some(ErrorMode::Degraded))
 }
 
-/// The local store degraded mode decides on: in memory, on `shared`'s clock.
-fn local_limiter(shared: &Limiter) -> Limiter {
+/// The local store degraded mode decides on, `build` on `shared`'s clock.
+fn local_limiter(shared: &Limiter, build: &LocalStoreFn) -> Limiter {
     let clock = Arc::clone(shared.clock());
-    let store = ratekeeper_memory::MemoryStorage::builder()
-        .clock(Arc::clone(&clock))
-        .build();
-    Limiter::builder(Arc::new(store))
+    Limiter::builder(build(Arc::clone(&clock)))
         .shared_clock(clock)
         .build()
 }
@@ -164,7 +184,11 @@ impl Compiled {
         previous: Option<&HttpPolicy>,
     ) -> HttpPolicy {
         let d = &config.defaults;
-        let local = degraded_somewhere(config).then(|| local_limiter(&limiter));
+        let local = code
+            .local_store
+            .as_ref()
+            .filter(|_| degraded_somewhere(config))
+            .map(|build| local_limiter(&limiter, build));
         let mut policy = HttpPolicy::new(limiter, self.routes, self.keys)
             .headers(d.headers, d.reset_format)
             // `ranges` has checked the status (400 to 599).
@@ -353,6 +377,29 @@ pub(crate) fn compile(
         .on_missing(d.missing_key)
         .proxies(proxies)
         .ipv6_prefix(d.ipv6_prefix);
+
+    // Degraded mode needs a store to decide on locally.
+    if let Some(code) = c.code
+        && !code.has_local_store()
+        && degraded_somewhere(config)
+    {
+        let at = if d.on_store_error == ErrorMode::Degraded {
+            "defaults.on_store_error".to_owned()
+        } else {
+            let i = config
+                .routes
+                .iter()
+                .position(|r| r.on_store_error == Some(ErrorMode::Degraded))
+                .unwrap_or_default();
+            format!("routes[{i}].on_store_error")
+        };
+        c.problem(
+            &at,
+            "degraded mode decides on a local store, and none is available (expected the memory \
+             store's feature, or PolicyCode::local_store)"
+                .to_owned(),
+        );
+    }
 
     // Tiers.
     let tiers = c.tiers(&rules);

@@ -57,7 +57,7 @@ use figment::Figment;
 use figment::providers::{Env, Format as _, Json, Toml, Yaml};
 use ratekeeper_core::storage::Opener;
 
-pub use build::PolicyCode;
+pub use build::{LocalStoreFn, PolicyCode};
 pub use error::{ConfigError, ConfigErrors};
 pub use live::LivePolicy;
 pub use model::{

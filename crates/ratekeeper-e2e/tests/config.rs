@@ -479,5 +479,17 @@ async fn rule_settings_and_degraded_mode_come_from_the_file() {
         admitted(&policy, 3, "GET", "/", "198.51.100.1", None).await,
         2
     );
+    // Without the facade's memory store, degraded mode needs one given.
+    let config = live.config().await;
+    let store: Arc<dyn ratekeeper::Storage> = Arc::new(ratekeeper::memory::MemoryStorage::new());
+    let e = LivePolicy::start(config, store, ratekeeper::config::PolicyCode::new())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "defaults.on_store_error: degraded mode decides on a local store, and none is available"
+        ),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
