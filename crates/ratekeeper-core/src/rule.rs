@@ -312,6 +312,7 @@ impl Rule {
     }
 
     /// The windows around `now` (µs) of a rule on a calendar.
+    #[inline]
     pub(crate) fn calendar_span(&self, now: u64) -> Option<Span> {
         self.calendar.as_deref()?.span(now)
     }

@@ -480,12 +480,11 @@ impl HttpPolicy {
                 let result = self
                     .limiter
                     .check_rules_now(&limits.rules, &to.key, limits.cost)?;
-                match result {
-                    Ok(decision) => Some(self.decided(view, to, Decided::enforced(decision))),
-                    // Deciding locally is done where it may wait.
-                    Err(_) if self.degrades(limits) => None,
-                    Err(error) => Some(self.failed(view, &to, &error)),
+                // Deciding locally is done where it may wait.
+                if result.is_err() && self.degrades(limits) {
+                    return None;
                 }
+                Some(self.finish(view, to, result))
             }
         }
     }
@@ -712,7 +711,21 @@ impl HttpPolicy {
         if let Some(denial) = &d.shadow_denial {
             self.shadow_denial(view, denial);
         }
-        self.outcome(view, d, to)
+        let how = Shown {
+            headers: d.headers,
+            enforce: d.enforce,
+            settlement: d.settlement,
+        };
+        self.outcome(view, d.decision, to, how)
+    }
+
+    /// The outcome of a decision made at once, or of its store's failure
+    /// (one call, so the outcome is written where the caller wants it).
+    fn finish(&self, view: &RequestView<'_>, to: Target<'_>, result: Result<Decision>) -> Outcome {
+        match result {
+            Ok(decision) => self.outcome(view, decision, to, Shown::ENFORCED),
+            Err(error) => self.failed(view, &to, &error),
+        }
     }
 
     /// Logs a store failure and gives it to the `on_error` hook.
@@ -813,17 +826,22 @@ impl HttpPolicy {
         );
     }
 
-    /// The outcome of `decided`: the rate-limit headers (unless its rule is
-    /// left out of them), then the request admitted (also when its decision
-    /// is not enforced: a shadow rule's) or denied.
-    fn outcome(&self, view: &RequestView<'_>, decided: Decided, to: Target<'_>) -> Outcome {
-        let Decided {
-            decision,
+    /// The outcome of `decision`: the rate-limit headers (unless `how`
+    /// leaves its rule out of them), then the request admitted (also when
+    /// the decision is not enforced: a shadow rule's) or denied.
+    #[inline]
+    fn outcome(
+        &self,
+        view: &RequestView<'_>,
+        decision: Decision,
+        to: Target<'_>,
+        how: Shown,
+    ) -> Outcome {
+        let Shown {
             headers: shown,
             enforce,
             settlement,
-            ..
-        } = decided;
+        } = how;
         let Target {
             limits,
             key,
@@ -842,38 +860,56 @@ impl HttpPolicy {
             self.answers
                 .headers(&decision, window, &**self.limiter.clock())
         };
-        let admit = |headers, decision| Outcome::Proceed {
-            headers,
-            admission: Some(Admission {
-                decision,
-                limiter: self.limiter.clone(),
-                rules: self.in_force(limits),
-                key,
-                settlement,
-            }),
-        };
-        if decision.is_allowed() || !enforce {
-            return admit(headers, decision);
+        let denied = enforce && !decision.is_allowed();
+        if denied {
+            if let Some(hook) = &self.on_blocked {
+                hook(view, &decision);
+            }
+            tracing::info!(
+                target: "ratekeeper::http",
+                rule = decision.rule(),
+                method = view.method,
+                path = view.path,
+                shadow = self.shadow,
+                "request over its rate limit"
+            );
+            if let Some(blocker) = &self.auto_block {
+                self.strike(blocker, client);
+            }
         }
-        if let Some(hook) = &self.on_blocked {
-            hook(view, &decision);
-        }
-        tracing::info!(
-            target: "ratekeeper::http",
-            rule = decision.rule(),
-            method = view.method,
-            path = view.path,
-            shadow = self.shadow,
-            "request over its rate limit"
-        );
-        if let Some(blocker) = &self.auto_block {
-            self.strike(blocker, client);
-        }
-        if self.shadow {
-            return admit(headers, decision);
+        // Built in one place: the fast path moves the outcome once.
+        if !denied || self.shadow {
+            return Outcome::Proceed {
+                headers,
+                admission: Some(Admission {
+                    decision,
+                    limiter: self.limiter.clone(),
+                    rules: self.in_force(limits),
+                    key,
+                    settlement,
+                }),
+            };
         }
         self.answers.denial(decision, headers)
     }
+}
+
+/// How a decision is applied: whether its headers are shown and it is
+/// enforced, and what settles an admitted request (small, to keep the fast
+/// path's moves small).
+struct Shown {
+    headers: bool,
+    enforce: bool,
+    settlement: Option<Settlement>,
+}
+
+impl Shown {
+    /// Shown and enforced, nothing to settle.
+    const ENFORCED: Self = Self {
+        headers: true,
+        enforce: true,
+        settlement: None,
+    };
 }
 
 /// How decisions are written as answers: which rate-limit headers, the
