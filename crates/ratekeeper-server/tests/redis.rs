@@ -280,6 +280,76 @@ async fn requests_past_the_in_flight_bound_are_refused_at_once() {
     );
 }
 
+/// Clients that go away mid-request (an HTTP connection closed, a gRPC
+/// call cancelled) while their request waits on a paused store leave
+/// nothing behind: with one request allowed in flight, the next requests
+/// are served once the store answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_gone_mid_request_free_their_place() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let redis = RedisServer::start();
+    let dir = TempDir::new("redis-gone");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        "[storage]\ntimeout = \"5s\"\n\n[server]\nmax_in_flight = 1\n\n[[domains]]\ndomain = \"d\"\n[[domains.descriptors]]\nkey = \"k\"\nrate_limit = { requests_per_unit = 100, unit = \"hour\" }\n",
+    );
+    let url = format!("{}?response_timeout=5s", redis.url());
+    let server = Server::start(&["--config", &file, "--storage", &url]);
+    let http = server.http.unwrap();
+    let check = r#"{"domain":"d","descriptors":[{"entries":[{"key":"k","value":"v"}]}]}"#;
+    assert_eq!(
+        support::http(http, "POST", "/v1/check", check, None)
+            .await
+            .0,
+        200
+    );
+    let mut c = server.client().await;
+    for gone in ["http", "grpc"] {
+        redis.pause();
+        if gone == "http" {
+            let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+            let request = format!(
+                "POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{check}",
+                check.len()
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(stream);
+        } else {
+            let call = c.should_rate_limit(request("d", vec![descriptor(&[("k", "v")])]));
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), call)
+                    .await
+                    .is_err(),
+                "the call waits on the paused store"
+            );
+        }
+        redis.resume();
+        // The place comes back once the store answers the abandoned request.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, v) = support::http(http, "POST", "/v1/check", check, None).await;
+            if status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{gone}: still refused: {status} {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..5 {
+            let r = c
+                .should_rate_limit(request("d", vec![descriptor(&[("k", "v")])]))
+                .await
+                .unwrap();
+            assert_eq!(r.into_inner().overall_code, Code::Ok as i32, "{gone}");
+        }
+    }
+}
+
 /// Allow and deny lists: static ones from the file, runtime ones changed
 /// through one server's admin API and seen by another on the same Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
