@@ -59,6 +59,8 @@ enum Plan<'a> {
         shadow: bool,
         cost: u64,
         path: &'a str,
+        /// `detailed_metric`: counted per value too.
+        detailed: bool,
     },
     /// Decided by `rule` on `key` at `cost`.
     Rule {
@@ -67,6 +69,8 @@ enum Plan<'a> {
         cost: u64,
         shadow: bool,
         path: &'a str,
+        /// `detailed_metric`: counted per value too.
+        detailed: bool,
     },
 }
 
@@ -96,6 +100,8 @@ pub(crate) struct Service {
     /// while they last: logged once a second.
     store_errors: LogThrottle,
     shadow_denials: LogThrottle,
+    /// The entries `detailed_metric` labels have taken, bounded.
+    detailed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Service {
@@ -112,6 +118,7 @@ impl Service {
             lists,
             store_errors: LogThrottle::new(Duration::from_secs(1)),
             shadow_denials: LogThrottle::new(Duration::from_secs(1)),
+            detailed: std::sync::Mutex::default(),
         }
     }
 
@@ -401,7 +408,7 @@ impl Service {
                 *status = deny_status(shown, *shadow);
             }
         }
-        observe(domain, &plans, &statuses);
+        self.observe(domain, check, &plans, &statuses);
         if statuses.iter().any(|s| s.shadow_over_limit) && self.shadow_denials.allow(self.now_us())
         {
             tracing::info!(
@@ -625,6 +632,7 @@ fn plan<'a>(
                     cost,
                     shadow: shadow_all,
                     path: "limit_override",
+                    detailed: false,
                 });
             }
             let Some(m) = m else {
@@ -641,6 +649,7 @@ fn plan<'a>(
                     cost,
                     shadow,
                     path: m.path(),
+                    detailed: m.detailed_metric(),
                 },
                 Limit::Deny => Plan::Deny {
                     shown: Shown {
@@ -651,6 +660,7 @@ fn plan<'a>(
                     shadow,
                     cost,
                     path: m.path(),
+                    detailed: m.detailed_metric(),
                 },
                 _ => Plan::Free,
             })
@@ -718,32 +728,90 @@ pub(crate) fn shown(rule: &Rule) -> Shown {
 
 /// Per-descriptor counters, labelled by the configured path (never by the
 /// request's values, whose number a client chooses).
-fn observe(domain: &str, plans: &[Plan<'_>], statuses: &[Status]) {
-    for (p, s) in plans.iter().zip(statuses) {
-        let (path, cost) = match p {
-            Plan::Rule { path, cost, .. } => (*path, *cost),
-            Plan::Deny { path, cost, .. } => (*path, *cost),
-            Plan::Free => continue,
-        };
-        let outcome = if s.over_limit {
-            "over_limit"
-        } else if s.shadow_over_limit {
-            "shadow_over_limit"
-        } else {
-            "ok"
-        };
-        metrics::counter!(
-            "ratelimit_server_descriptors_total",
-            "domain" => domain.to_owned(),
-            "descriptor" => path.to_owned(),
-            "outcome" => outcome,
-        )
-        .increment(1);
-        metrics::counter!(
-            "ratelimit_server_hits_total",
-            "domain" => domain.to_owned(),
-            "descriptor" => path.to_owned(),
-        )
-        .increment(cost);
+impl Service {
+    /// Counts each descriptor decided: by domain, configured path and
+    /// outcome, and for `detailed_metric` descriptors by their entries too,
+    /// up to [`MAX_DETAILED`] distinct ones (then `_other_`: clients cannot
+    /// grow the series without bound).
+    fn observe(&self, domain: &str, check: &Check, plans: &[Plan<'_>], statuses: &[Status]) {
+        for (i, (p, s)) in plans.iter().zip(statuses).enumerate() {
+            let (path, cost, detailed) = match p {
+                Plan::Rule {
+                    path,
+                    cost,
+                    detailed,
+                    ..
+                }
+                | Plan::Deny {
+                    path,
+                    cost,
+                    detailed,
+                    ..
+                } => (*path, *cost, *detailed),
+                Plan::Free => continue,
+            };
+            let outcome = observe(domain, path, cost, s);
+            if detailed && let Some(d) = check.descriptors.get(i) {
+                let entries: Vec<(&str, &str)> = d
+                    .entries
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let label = self.detailed_label(domain, descriptor_key(&entries));
+                metrics::counter!(
+                    "ratelimit_server_detailed_total",
+                    "domain" => domain.to_owned(),
+                    "descriptor" => path.to_owned(),
+                    "entries" => label,
+                    "outcome" => outcome,
+                )
+                .increment(1);
+            }
+        }
     }
+
+    /// `entries` as a label value, if it is one of the first
+    /// [`MAX_DETAILED`] seen (per service); `_other_` after.
+    fn detailed_label(&self, domain: &str, entries: String) -> String {
+        let seen_key = format!("{domain}\u{0}{entries}");
+        let Ok(mut seen) = self.detailed.lock() else {
+            return OTHER.to_owned();
+        };
+        if seen.contains(&seen_key) || seen.len() < MAX_DETAILED {
+            seen.insert(seen_key);
+            entries
+        } else {
+            OTHER.to_owned()
+        }
+    }
+}
+
+/// The most distinct entries `detailed_metric` labels take (per service).
+const MAX_DETAILED: usize = 1_000;
+/// The label of the entries past [`MAX_DETAILED`].
+const OTHER: &str = "_other_";
+
+/// Counts one descriptor decided; its outcome label.
+fn observe(domain: &str, path: &str, cost: u64, s: &Status) -> &'static str {
+    let outcome = if s.over_limit {
+        "over_limit"
+    } else if s.shadow_over_limit {
+        "shadow_over_limit"
+    } else {
+        "ok"
+    };
+    metrics::counter!(
+        "ratelimit_server_descriptors_total",
+        "domain" => domain.to_owned(),
+        "descriptor" => path.to_owned(),
+        "outcome" => outcome,
+    )
+    .increment(1);
+    metrics::counter!(
+        "ratelimit_server_hits_total",
+        "domain" => domain.to_owned(),
+        "descriptor" => path.to_owned(),
+    )
+    .increment(cost);
+    outcome
 }

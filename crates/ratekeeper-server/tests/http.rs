@@ -521,3 +521,53 @@ async fn a_denied_request_counts_no_admission() {
     assert_eq!(count("rls.m.small", "allowed"), 1);
     assert_eq!(count("rls.m.small", "denied"), 2);
 }
+
+/// `detailed_metric`: a descriptor's decisions are also counted by their
+/// entries, for the first 1 000 distinct ones; the rest share `_other_`, so
+/// clients cannot grow the series without bound.
+#[tokio::test]
+async fn detailed_metrics_label_entries_up_to_a_bound() {
+    let dir = TempDir::new("detailed");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        "[[domains]]\ndomain = \"web\"\n[[domains.descriptors]]\nkey = \"user\"\ndetailed_metric = true\nrate_limit = { requests_per_unit = 5000, unit = \"hour\" }\n[[domains.descriptors]]\nkey = \"plain\"\nrate_limit = { requests_per_unit = 5000, unit = \"hour\" }\n",
+    );
+    let server = Server::start(&["--config", &file]);
+    let api = server.http.unwrap();
+    let ask = |key: &str, value: &str| {
+        format!(
+            r#"{{"domain":"web","descriptors":[{{"entries":[{{"key":"{key}","value":"{value}"}}]}}]}}"#
+        )
+    };
+    for i in 0..1_005 {
+        let (status, v) = http(
+            api,
+            "POST",
+            "/v1/check",
+            &ask("user", &format!("u{i}")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    http(api, "POST", "/v1/check", &ask("plain", "p1"), None).await;
+    let (_, v) = http(api, "GET", "/metrics", "", None).await;
+    let text = v.as_str().unwrap();
+    let detailed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ratelimit_server_detailed_total{"))
+        .collect();
+    assert!(
+        detailed.iter().any(|l| l.contains(r#"entries="user=u0""#)),
+        "{detailed:?}"
+    );
+    assert!(
+        detailed
+            .iter()
+            .any(|l| l.contains(r#"entries="_other_""#) && l.ends_with(" 5")),
+        "{detailed:?}"
+    );
+    assert_eq!(detailed.len(), 1_001, "1 000 entries and _other_");
+    assert!(!text.contains(r#"entries="plain=p1""#), "not detailed");
+}
