@@ -773,6 +773,13 @@ impl Service {
     /// `entries` as a label value, if it is one of the first
     /// [`MAX_DETAILED`] seen (per service); `_other_` after.
     fn detailed_label(&self, domain: &str, entries: String) -> String {
+        // At most 128 characters: a thousand series of 16 kB values would
+        // make the metrics page itself a load.
+        let entries = if entries.chars().count() > MAX_DETAILED_CHARS {
+            entries.chars().take(MAX_DETAILED_CHARS).collect()
+        } else {
+            entries
+        };
         let seen_key = format!("{domain}\u{0}{entries}");
         let Ok(mut seen) = self.detailed.lock() else {
             return OTHER.to_owned();
@@ -788,6 +795,8 @@ impl Service {
 
 /// The most distinct entries `detailed_metric` labels take (per service).
 const MAX_DETAILED: usize = 1_000;
+/// The longest entries label, in characters (longer ones are cut).
+const MAX_DETAILED_CHARS: usize = 128;
 /// The label of the entries past [`MAX_DETAILED`].
 const OTHER: &str = "_other_";
 
