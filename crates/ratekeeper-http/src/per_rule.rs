@@ -30,16 +30,11 @@ pub(crate) struct Decided {
     /// of the rules the headers show (neither hidden nor in shadow mode;
     /// else of the rules in force; else of all).
     pub(crate) decision: Decision,
-    /// Whether `decision`'s rule is shown in the headers.
-    pub(crate) headers: bool,
-    /// Whether `decision` is enforced: false when it is a shadow rule's,
-    /// which never denies.
-    pub(crate) enforce: bool,
+    /// How it applies.
+    pub(crate) how: Shown,
     /// The most restrictive denial of a shadow rule, when only shadow
     /// rules denied: reported, never enforced.
     pub(crate) shadow_denial: Option<Decision>,
-    /// On a route counting only some responses, what settles the request.
-    pub(crate) settlement: Option<Settlement>,
 }
 
 impl Decided {
@@ -47,12 +42,32 @@ impl Decided {
     pub(crate) fn enforced(decision: Decision) -> Self {
         Self {
             decision,
-            headers: true,
-            enforce: true,
+            how: Shown::ENFORCED,
             shadow_denial: None,
-            settlement: None,
         }
     }
+}
+
+/// How a decision applies: whether its headers are shown and it is
+/// enforced, and what settles an admitted request (small, to keep the
+/// policy's fast path's moves small).
+pub(crate) struct Shown {
+    /// Whether the decision's rule is shown in the headers.
+    pub(crate) headers: bool,
+    /// Whether the decision is enforced: false when it is a shadow rule's,
+    /// which never denies.
+    pub(crate) enforce: bool,
+    /// On a route counting only some responses, what settles the request.
+    pub(crate) settlement: Option<Settlement>,
+}
+
+impl Shown {
+    /// Shown and enforced, nothing to settle.
+    pub(crate) const ENFORCED: Self = Self {
+        headers: true,
+        enforce: true,
+        settlement: None,
+    };
 }
 
 /// Decides `checks` on `limiter` in one atomic step, one decision per
@@ -189,11 +204,13 @@ impl PerRule {
             )
         })?;
         Ok(Decided {
-            headers: self.shows(decision.rule()),
-            enforce,
+            how: Shown {
+                headers: self.shows(decision.rule()),
+                enforce,
+                settlement,
+            },
             decision,
             shadow_denial: Decision::most_restrictive(&shadow_denials).cloned(),
-            settlement,
         })
     }
 }

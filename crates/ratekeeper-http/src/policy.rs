@@ -16,7 +16,7 @@ use super::headers::{HeaderStyle, ResetFormat, ceil_secs, rate_limit_headers, re
 use super::key::{KeyExtractor, KeySource, Keyed, RequestView};
 use super::lists::{ListKind, RuntimeLists};
 use super::outcome::{ErrorBody, Outcome};
-use super::per_rule::{Decided, PerRule, take};
+use super::per_rule::{Decided, PerRule, Shown, take};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use super::tiers::{Known, Tiers};
 use http::header::RETRY_AFTER;
@@ -561,7 +561,10 @@ impl HttpPolicy {
             .cloned()
             .ok_or_else(|| Error::new(ErrorKind::Other, "the store answered no decision"))?;
         Ok(Decided {
-            settlement,
+            how: Shown {
+                settlement,
+                ..Shown::ENFORCED
+            },
             ..Decided::enforced(decision)
         })
     }
@@ -711,12 +714,7 @@ impl HttpPolicy {
         if let Some(denial) = &d.shadow_denial {
             self.shadow_denial(view, denial);
         }
-        let how = Shown {
-            headers: d.headers,
-            enforce: d.enforce,
-            settlement: d.settlement,
-        };
-        self.outcome(view, d.decision, to, how)
+        self.outcome(view, d.decision, to, d.how)
     }
 
     /// The outcome of a decision made at once, or of its store's failure
@@ -892,24 +890,6 @@ impl HttpPolicy {
         }
         self.answers.denial(decision, headers)
     }
-}
-
-/// How a decision is applied: whether its headers are shown and it is
-/// enforced, and what settles an admitted request (small, to keep the fast
-/// path's moves small).
-struct Shown {
-    headers: bool,
-    enforce: bool,
-    settlement: Option<Settlement>,
-}
-
-impl Shown {
-    /// Shown and enforced, nothing to settle.
-    const ENFORCED: Self = Self {
-        headers: true,
-        enforce: true,
-        settlement: None,
-    };
 }
 
 /// How decisions are written as answers: which rate-limit headers, the
