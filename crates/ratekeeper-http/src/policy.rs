@@ -569,11 +569,16 @@ impl HttpPolicy {
         })
     }
 
+    /// What a store failure on `limits` does: their own mode, or the
+    /// policy's.
+    fn error_mode(&self, limits: &Limits) -> ErrorMode {
+        limits.on_store_error.unwrap_or(self.on_store_error)
+    }
+
     /// Whether a store failure on `limits` is decided locally: their error
     /// mode is degraded and the policy has a local store.
     fn degrades(&self, limits: &Limits) -> bool {
-        self.degraded.is_some()
-            && limits.on_store_error.unwrap_or(self.on_store_error) == ErrorMode::Degraded
+        self.degraded.is_some() && self.error_mode(limits) == ErrorMode::Degraded
     }
 
     /// The store failed on a degraded route: reports it, then decides on
@@ -728,7 +733,7 @@ impl HttpPolicy {
 
     /// Logs a store failure and gives it to the `on_error` hook.
     fn report_failure(&self, view: &RequestView<'_>, limits: &Limits, error: &Error) {
-        let mode = limits.on_store_error.unwrap_or(self.on_store_error);
+        let mode = self.error_mode(limits);
         tracing::warn!(
             target: "ratekeeper::http",
             error = %error,
@@ -747,7 +752,7 @@ impl HttpPolicy {
     /// degraded route without a local store fails closed).
     fn failed(&self, view: &RequestView<'_>, to: &Target<'_>, error: &Error) -> Outcome {
         self.report_failure(view, to.limits, error);
-        match to.limits.on_store_error.unwrap_or(self.on_store_error) {
+        match self.error_mode(to.limits) {
             ErrorMode::FailOpen => unlimited(),
             ErrorMode::FailClosed | ErrorMode::Degraded => Self::unavailable(),
         }

@@ -133,11 +133,7 @@ impl Service {
             // A failed store, by the domain's mode: with `allow` or `deny`
             // the refund is skipped and the rest decided as the mode says.
             Err(Refusal::Unavailable(e))
-                if limits
-                    .domains
-                    .on_store_error(&check.domain)
-                    .unwrap_or(limits.server.on_store_error)
-                    == StoreErrorMode::Error =>
+                if Self::mode(&limits, &check.domain) == StoreErrorMode::Error =>
             {
                 return Err(Refusal::Unavailable(e));
             }
