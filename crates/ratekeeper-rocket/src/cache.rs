@@ -12,10 +12,26 @@ use rocket::Request;
 #[derive(Default)]
 pub(crate) struct RequestState {
     identity: Mutex<Option<Identity>>,
-    outcome: Mutex<Option<Outcome>>,
-    /// What settles decisions an outcome stored later replaced (the
-    /// fairing's, then a route guard's): each is settled by the response.
-    replaced: Mutex<Vec<Settlement>>,
+    decided: Mutex<Decided>,
+}
+
+/// The outcome that applies, and what settles the decisions it replaced
+/// (the fairing's, then a route guard's): each is settled by the response.
+#[derive(Default)]
+struct Decided {
+    outcome: Option<Outcome>,
+    replaced: Vec<Settlement>,
+}
+
+/// What settles `outcome`, on a route counting only some responses.
+fn settlement_of(outcome: Option<&Outcome>) -> Option<Settlement> {
+    match outcome? {
+        Outcome::Proceed {
+            admission: Some(admission),
+            ..
+        } => admission.settlement().cloned(),
+        _ => None,
+    }
 }
 
 impl RequestState {
@@ -28,36 +44,31 @@ impl RequestState {
     }
 
     pub(crate) fn store(&self, outcome: Outcome) {
-        let Ok(mut slot) = self.outcome.lock() else {
+        let Ok(mut decided) = self.decided.lock() else {
             return;
         };
-        if let Some(Outcome::Proceed {
-            admission: Some(admission),
-            ..
-        }) = slot.as_ref()
-            && let Some(settlement) = admission.settlement()
-            && let Ok(mut replaced) = self.replaced.lock()
-        {
-            replaced.push(settlement.clone());
+        if let Some(settlement) = settlement_of(decided.outcome.as_ref()) {
+            decided.replaced.push(settlement);
         }
-        *slot = Some(outcome);
+        decided.outcome = Some(outcome);
     }
 
-    /// Takes what settles the decisions replaced by later ones.
-    pub(crate) fn take_replaced(&self) -> Vec<Settlement> {
-        self.replaced
-            .lock()
-            .map(|mut r| std::mem::take(&mut *r))
-            .unwrap_or_default()
-    }
-
-    /// Takes the outcome out (for the response, once the handler has run).
-    pub(crate) fn take_outcome(&self) -> Option<Outcome> {
-        self.outcome.lock().ok().and_then(|mut slot| slot.take())
+    /// Takes the outcome out (for the response, once the handler has run),
+    /// with what settles it and the decisions it replaced.
+    pub(crate) fn take(&self) -> (Option<Outcome>, Vec<Settlement>) {
+        let Ok(mut decided) = self.decided.lock() else {
+            return (None, Vec::new());
+        };
+        let Decided {
+            outcome,
+            mut replaced,
+        } = std::mem::take(&mut *decided);
+        replaced.extend(settlement_of(outcome.as_ref()));
+        (outcome, replaced)
     }
 
     pub(crate) fn admission(&self) -> Option<Admission> {
-        match self.outcome.lock().ok()?.as_ref()? {
+        match self.decided.lock().ok()?.outcome.as_ref()? {
             Outcome::Proceed { admission, .. } => admission.clone(),
             Outcome::Respond { .. } => None,
         }

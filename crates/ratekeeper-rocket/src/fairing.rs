@@ -168,19 +168,9 @@ impl Fairing for RateLimit {
     }
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
-        let state = RequestState::of(request);
         // Routes counting only some responses settle by this one: the
         // decision applied, and any a route guard's decision replaced.
-        let mut settlements = state.take_replaced();
-        let outcome = state.take_outcome();
-        if let Some(Outcome::Proceed {
-            admission: Some(admission),
-            ..
-        }) = &outcome
-            && let Some(settlement) = admission.settlement()
-        {
-            settlements.push(settlement.clone());
-        }
+        let (outcome, settlements) = RequestState::of(request).take();
         if let Ok(status) = http::StatusCode::from_u16(response.status().code) {
             for settlement in settlements {
                 settlement.finish(status).await;
