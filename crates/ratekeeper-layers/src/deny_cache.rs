@@ -14,7 +14,9 @@ use ratekeeper_core::Rule;
 use ratekeeper_core::Timestamp;
 use ratekeeper_core::layer::{Layer, LayeredStorage, stats_with};
 use ratekeeper_core::observe;
-use ratekeeper_core::{AdjustEntry, AdjustRequest, CasOp, DecideRequest, Storage, StorageStats};
+use ratekeeper_core::{
+    AdjustEntry, AdjustRequest, CasOp, DecideEntry, DecideRequest, Storage, StorageStats,
+};
 
 /// An exact local cache of denials (Envoy's over-limit cache).
 ///
@@ -29,7 +31,10 @@ use ratekeeper_core::{AdjustEntry, AdjustRequest, CasOp, DecideRequest, Storage,
 /// seen here at `T` at the latest. Bounded in size. A request of several rules denied from the cache
 /// reports the cached rule and its wait, which may be shorter than another
 /// of its rules would give (the client then retries early and is denied
-/// again).
+/// again). [`decide_each`](Storage::decide_each) (one decision per rule)
+/// is answered from the cache only when every rule of the request has a
+/// denial cached: a rule that would allow reports what it has left, which
+/// only the store knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DenyCache {
     capacity: usize,
@@ -93,9 +98,39 @@ impl DenyCacheStorage {
 
     fn cached(&self, request: &DecideRequest<'_>) -> Option<Decision> {
         let hit = self.table.lookup(request)?;
+        self.hit();
+        Some(hit)
+    }
+
+    /// [`decide_each`](Storage::decide_each) from the cache: only when
+    /// every entry has a denial cached, since an entry that would allow
+    /// reports what it has now, which only the store knows.
+    fn cached_each(&self, request: &DecideRequest<'_>) -> Option<Vec<Decision>> {
+        if !cacheable(request) {
+            return None;
+        }
+        let hits = request
+            .entries
+            .iter()
+            .map(|entry| self.table.lookup_entry(entry, request.now))
+            .collect::<Option<Vec<_>>>()?;
+        self.hit();
+        Some(hits)
+    }
+
+    fn hit(&self) {
         self.hits.fetch_add(1, Ordering::Relaxed);
         observe::counter(observe::DENY_CACHE_HITS, 1);
-        Some(hit)
+    }
+
+    /// Remembers the denials among one decision per entry.
+    fn remember_each(&self, request: &DecideRequest<'_>, decisions: &[Decision]) {
+        if !cacheable(request) {
+            return;
+        }
+        for (entry, decision) in request.entries.iter().zip(decisions) {
+            self.table.remember_entry(entry, request.now, decision);
+        }
     }
 }
 
@@ -155,6 +190,29 @@ impl LayeredStorage for DenyCacheStorage {
         let decision = self.inner.decide(request).await?;
         self.table.remember(request, &decision);
         Ok(decision)
+    }
+
+    async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        if let Some(hits) = self.cached_each(request) {
+            return Ok(hits);
+        }
+        let decisions = self.inner.decide_each(request).await?;
+        self.remember_each(request, &decisions);
+        Ok(decisions)
+    }
+
+    async fn decide_each_at(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Result<(Timestamp, Vec<Decision>)> {
+        // A cached answer takes nothing: the instant it names is never
+        // refunded against.
+        if let Some(hits) = self.cached_each(request) {
+            return Ok((request.now, hits));
+        }
+        let (at, decisions) = self.inner.decide_each_at(request).await?;
+        self.remember_each(request, &decisions);
+        Ok((at, decisions))
     }
 
     fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
@@ -227,55 +285,64 @@ impl DenyTable {
         if !cacheable(request) {
             return None;
         }
-        for entry in request.entries {
-            let key = entry.state_key();
-            let Some(shard) = self.shard(&key) else {
-                continue;
-            };
-            let mut shard = shard.lock();
-            if let Some(d) = shard.map.get(&key) {
-                if d.until <= request.now {
-                    shard.map.remove(&key);
-                    continue;
-                }
-                if d.rule == *entry.rule && entry.cost >= d.cost {
-                    let retry = d.until.saturating_duration_since(request.now);
-                    let reset = d.reset_at.saturating_duration_since(request.now);
-                    return Some(Decision::deny(
-                        d.decision.rule(),
-                        d.decision.limit(),
-                        d.decision.remaining(),
-                        reset.max(retry),
-                        retry,
-                    ));
-                }
-            }
+        request
+            .entries
+            .iter()
+            .find_map(|entry| self.lookup_entry(entry, request.now))
+    }
+
+    /// The cached denial of `entry` at `now`, if one applies.
+    fn lookup_entry(&self, entry: &DecideEntry<'_>, now: Timestamp) -> Option<Decision> {
+        let key = entry.state_key();
+        let mut shard = self.shard(&key)?.lock();
+        let d = shard.map.get(&key)?;
+        if d.until <= now {
+            shard.map.remove(&key);
+            return None;
         }
-        None
+        if d.rule != *entry.rule || entry.cost < d.cost {
+            return None;
+        }
+        let retry = d.until.saturating_duration_since(now);
+        let reset = d.reset_at.saturating_duration_since(now);
+        Some(Decision::deny(
+            d.decision.rule(),
+            d.decision.limit(),
+            d.decision.remaining(),
+            reset.max(retry),
+            retry,
+        ))
     }
 
     /// Remembers a denial the store just made.
     fn remember(&self, request: &DecideRequest<'_>, decision: &Decision) {
-        let Some(retry) = decision.retry_after() else {
-            return;
-        };
-        if decision.is_allowed() || !cacheable(request) || retry.is_zero() {
+        if decision.is_allowed() || !cacheable(request) {
             return;
         }
-        let Some(entry) = request
+        if let Some(entry) = request
             .entries
             .iter()
             .find(|e| e.rule.name() == decision.rule())
-        else {
+        {
+            self.remember_entry(entry, request.now, decision);
+        }
+    }
+
+    /// Remembers `decision` of `entry` at `now`, when it is a denial with
+    /// a wait (the request was found cacheable).
+    fn remember_entry(&self, entry: &DecideEntry<'_>, now: Timestamp, decision: &Decision) {
+        let Some(retry) = decision.retry_after() else {
             return;
         };
+        if decision.is_allowed() || retry.is_zero() {
+            return;
+        }
         let key = entry.state_key();
         let Some(shard) = self.shard(&key) else {
             return;
         };
         let mut shard = shard.lock();
         if shard.map.len() >= self.capacity_per_shard && !shard.map.contains_key(&key) {
-            let now = request.now;
             let DenyShard { map, credit } = &mut *shard;
             // Expired denials first; full of live ones, any (any is safe:
             // the cache only ever saves a round trip).
@@ -292,8 +359,8 @@ impl DenyTable {
             Denied {
                 rule: entry.rule.clone(),
                 cost: entry.cost,
-                until: request.now.saturating_add(retry),
-                reset_at: request.now.saturating_add(decision.reset_after()),
+                until: now.saturating_add(retry),
+                reset_at: now.saturating_add(decision.reset_after()),
                 decision: decision.clone(),
             },
         );

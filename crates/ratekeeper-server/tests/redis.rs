@@ -494,3 +494,64 @@ rate_limit = { requests_per_unit = 1, unit = "hour" }
         assert_eq!(status, expect, "{method} {path} {body}: {v}");
     }
 }
+
+/// `[storage] deny_cache`: once Redis denies a descriptor, the server
+/// answers its next requests from the cache, without a script call, and
+/// as Redis would; a request with one descriptor not denied still asks.
+#[tokio::test]
+async fn the_deny_cache_spares_redis_the_denied_descriptors() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("deny-cache");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        "[storage]\ndeny_cache = 1000\n\n[[domains]]\ndomain = \"d\"\n[[domains.descriptors]]\nkey = \"user\"\nrate_limit = { requests_per_unit = 2, unit = \"hour\" }\n[[domains.descriptors]]\nkey = \"path\"\nrate_limit = { requests_per_unit = 100, unit = \"hour\" }\n",
+    );
+    let server = Server::start(&["--config", &file, "--storage", &redis.url()]);
+    let mut client = server.client().await;
+    let scripts = || -> u64 {
+        redis
+            .cmd(&["INFO", "commandstats"])
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let ask = |descriptors| request("d", descriptors);
+    let user = || descriptor(&[("user", "mallory")]);
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let r = client.should_rate_limit(ask(vec![user()])).await.unwrap();
+        codes.push(r.into_inner().overall_code);
+    }
+    let over = Code::OverLimit as i32;
+    assert_eq!(codes, [Code::Ok as i32, Code::Ok as i32, over]);
+    let before = scripts();
+    for _ in 0..20 {
+        let r = client.should_rate_limit(ask(vec![user()])).await.unwrap();
+        let r = r.into_inner();
+        assert_eq!(r.overall_code, over);
+        assert_eq!(r.statuses[0].limit_remaining, 0);
+        assert!(r.statuses[0].duration_until_reset.is_some());
+    }
+    assert_eq!(scripts(), before, "20 denials answered without Redis");
+    // With a descriptor that allows, the request needs the store: that
+    // descriptor reports what it has left, and nothing is consumed.
+    let r = client
+        .should_rate_limit(ask(vec![user(), descriptor(&[("path", "/a")])]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.overall_code, over);
+    assert_eq!(r.statuses[1].code, Code::Ok as i32);
+    assert_eq!(r.statuses[1].limit_remaining, 100);
+    assert_eq!(scripts(), before + 1);
+}
