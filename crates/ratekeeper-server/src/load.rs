@@ -41,7 +41,7 @@ pub(crate) struct Loaded {
 
 /// How long the server waits for its store by default, and when a
 /// failing store is left alone for a while.
-const DEFAULT_STORE_DEADLINE: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_STORE_DEADLINE: Duration = Duration::from_secs(1);
 const DEFAULT_BREAKER: (u32, Duration) = (5, Duration::from_secs(1));
 
 impl Sources {

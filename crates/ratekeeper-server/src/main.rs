@@ -79,6 +79,9 @@ pub(crate) struct App {
     storage_url: String,
     pub(crate) max_in_flight: usize,
     probe_rule: Rule,
+    /// How long `/ready` waits for the store: its deadline
+    /// (`[storage] timeout`).
+    ready_within: Duration,
     /// Set when shutdown begins: not ready from then on.
     draining: std::sync::atomic::AtomicBool,
     /// Reloads one at a time.
@@ -136,18 +139,21 @@ impl App {
     }
 
     /// Whether the server takes requests and its store answers: a look at
-    /// a probe key, answered within 2 s (an open circuit breaker answers it
-    /// with an error at once). One decision's work, whatever the store
-    /// holds.
+    /// a probe key, answered within the store's deadline (an open circuit
+    /// breaker answers it with an error at once). One decision's work,
+    /// whatever the store holds.
     pub(crate) async fn probe(&self) -> Result<(), String> {
         if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
             return Err("shutting down".to_owned());
         }
         let look = self.service.limiter().peek(&self.probe_rule, "ready");
-        match tokio::time::timeout(Duration::from_secs(2), look).await {
+        match tokio::time::timeout(self.ready_within, look).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("the store failed: {e}")),
-            Err(_) => Err("the store did not answer within 2 s".to_owned()),
+            Err(_) => Err(format!(
+                "the store did not answer within {:?}",
+                self.ready_within
+            )),
         }
     }
 }
@@ -251,6 +257,11 @@ async fn run(args: Args) -> Result<(), String> {
         storage_url: loaded.storage_url.clone(),
         max_in_flight: server.max_in_flight,
         probe_rule,
+        ready_within: loaded
+            .config
+            .storage
+            .timeout
+            .unwrap_or(load::DEFAULT_STORE_DEADLINE),
         draining: std::sync::atomic::AtomicBool::new(false),
         reloading: tokio::sync::Mutex::new(()),
     });
