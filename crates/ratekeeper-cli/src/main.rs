@@ -98,6 +98,10 @@ enum Command {
         /// Units each request costs.
         #[arg(long, default_value_t = 1)]
         cost: u64,
+        /// For a concurrency rule: how long each admitted request holds its
+        /// place before releasing it (default: to the end of the run).
+        #[arg(long, value_parser = duration)]
+        hold: Option<Duration>,
         /// Run against this store in real time instead (a unique key,
         /// removed afterwards).
         #[arg(long)]
@@ -237,8 +241,9 @@ async fn run(command: Command) -> Result<(), Failure> {
             requests,
             interval,
             cost,
+            hold,
             storage,
-        } => test_rule(&rule, requests, interval, cost, storage.as_deref()).await,
+        } => test_rule(&rule, requests, interval, (cost, hold), storage.as_deref()).await,
     }
 }
 
@@ -577,11 +582,14 @@ async fn list(kind: ListKind, action: ListAction) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `test-rule`: `requests` of `cost` units, `interval` apart; on a
+/// concurrency rule each takes a place (a permit), released `hold` after
+/// it was admitted.
 async fn test_rule(
     args: &RuleArgs,
     requests: u32,
     interval: Duration,
-    cost: u64,
+    (cost, hold): (u64, Option<Duration>),
     storage: Option<&str>,
 ) -> Result<(), Failure> {
     let rule = make_rule(
@@ -610,6 +618,9 @@ async fn test_rule(
     let key = format!("ratekeeper-cli-test:{}", std::process::id());
     let mut allowed = 0;
     let mut elapsed = Duration::ZERO;
+    // Places held: when each is released, and its permit.
+    let mut held: std::collections::VecDeque<(Duration, ratekeeper::Permit)> =
+        std::collections::VecDeque::new();
     for i in 1..=requests {
         if i > 1 && !interval.is_zero() {
             if simulated {
@@ -619,10 +630,30 @@ async fn test_rule(
             }
             elapsed += interval;
         }
-        let d = limiter
-            .check_cost(&rule, &key, cost)
-            .await
-            .map_err(store_error)?;
+        while held.front().is_some_and(|(at, _)| *at <= elapsed) {
+            if let Some((_, permit)) = held.pop_front() {
+                permit.release().await.map_err(store_error)?;
+            }
+        }
+        let d = if rule.algorithm() == Algorithm::Concurrency {
+            let permit = limiter
+                .acquire_each(&[(&rule, &key, cost)])
+                .await
+                .map_err(store_error)?;
+            let d = permit.decision().clone();
+            if permit.is_allowed() {
+                held.push_back((
+                    elapsed.saturating_add(hold.unwrap_or(Duration::MAX)),
+                    permit,
+                ));
+            }
+            d
+        } else {
+            limiter
+                .check_cost(&rule, &key, cost)
+                .await
+                .map_err(store_error)?
+        };
         allowed += u32::from(d.is_allowed());
         println!(
             "#{i:<4} t={:<8} {}",
@@ -631,6 +662,9 @@ async fn test_rule(
         );
     }
     println!("{allowed} of {requests} allowed");
+    for (_, permit) in held {
+        permit.release().await.map_err(store_error)?;
+    }
     if !simulated {
         limiter.reset(&rule, &key).await.map_err(store_error)?;
     }

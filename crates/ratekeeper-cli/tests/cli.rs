@@ -292,6 +292,45 @@ fn test_rule_simulates_time_on_the_memory_store() {
     );
 }
 
+/// A concurrency rule: each admitted request holds its place `--hold`
+/// long; without it, to the end of the run.
+#[test]
+fn test_rule_holds_places_of_a_concurrency_rule() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "test-rule",
+            "--algorithm",
+            "concurrency",
+            "--limit",
+            "2",
+            "--window",
+            "1m",
+            "-n",
+            "6",
+            "--interval",
+            "100ms",
+        ];
+        args.extend_from_slice(extra);
+        let o = ratekeeper(&args, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        let verdicts: String = out
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .map(|l| if l.contains("allowed") { 'A' } else { 'D' })
+            .collect();
+        (verdicts, out)
+    };
+    // Held 250 ms: two run at once, and a place comes back every 100 ms
+    // once the first are done.
+    let (held, out) = run(&["--hold", "250ms"]);
+    assert_eq!(held, "AADAAD", "{out}");
+    assert!(out.contains("retry in"), "{out}");
+    // Never released within the run: two places, then nothing.
+    let (kept, _) = run(&[]);
+    assert_eq!(kept, "AADDDD");
+}
+
 /// Everything an operator does on a shared store, checked against what the
 /// application (this process) sees in the same store.
 async fn operate(url: &str, app_store: Arc<dyn Storage>) {

@@ -610,6 +610,18 @@ impl Checker<'_> {
                         ok = false;
                         continue;
                     }
+                    if rule.algorithm() == Algorithm::Concurrency {
+                        self.problem(
+                            &path,
+                            format!(
+                                "rule `{name}` limits requests in flight (concurrency): routes and \
+                                 tiers take rate rules only; hold its places from code with \
+                                 Limiter::acquire"
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    }
                     ok &= self.affordable(&format!("{at}.cost"), rule, cost);
                     found.push(rule.clone());
                 }

@@ -155,7 +155,7 @@ fn every_problem_is_reported_at_once() {
     let expected = r#"configuration: storage.url: the store URL is empty (expected e.g. memory://, sqlite:///var/lib/app/limits.db or redis://host:6379)
 configuration: storage.options.nested: expected a string, a number or a boolean
 configuration: storage.urll: unknown field `urll` (expected one of: url, options, timeout, breaker, deny_cache, approximate); did you mean `url`?
-configuration: defaults.algorithm: unknown algorithm "fast" (expected one of fixed_window, sliding_window_log, sliding_window_counter, token_bucket, leaky_bucket, gcra)
+configuration: defaults.algorithm: unknown algorithm "fast" (expected one of fixed_window, sliding_window_log, sliding_window_counter, token_bucket, leaky_bucket, gcra, concurrency)
 configuration: defaults.key: invalid key "ipv4" (expected ip, user, route, header:<name>, custom:<name>, or parts joined by +, such as user+route)
 configuration: defaults.missing_key: expected "ip" (key the request by its address), "reject" (refuse it with 400) or a status from 400 to 599
 configuration: defaults.headers: unknown header style "fancy" (expected legacy, ietf, both or none)
@@ -932,5 +932,42 @@ fn a_tier_entry_naming_a_rule_leaves_the_rules_settings_to_it() {
             "[rules.a]\nlimit = 1\nwindow = \"1m\"\n[tiers.free]\nrules = [{ path = \"/x\", rule = \"a\", shadow = true }]\n"
         ),
         "configuration: tiers.free.rules[0].shadow: `shadow` belongs to the rule: set it in [rules.a] (an entry naming a rule takes path, methods, cost, key and count_when)"
+    );
+}
+
+#[test]
+fn concurrency_rules_are_read_and_kept_off_routes_and_descriptors() {
+    let config = Config::parse(
+        "[rules.exports]\nalgorithm = \"concurrency\"\nlimit = 2\nwindow = \"10m\"\n",
+        Format::Toml,
+    )
+    .unwrap();
+    let rules = config.built_rules().unwrap();
+    let exports = &rules["exports"];
+    assert_eq!(
+        exports.algorithm(),
+        ratekeeper_core::rule::Algorithm::Concurrency
+    );
+    assert_eq!(exports.capacity(), 2);
+    assert_eq!(
+        errors(
+            r#"
+            [rules.exports]
+            algorithm = "in_flight"
+            limit = 2
+            window = "10m"
+            [[routes]]
+            path = "/export"
+            rules = ["exports"]
+
+            [[domains]]
+            domain = "d"
+            [[domains.descriptors]]
+            key = "k"
+            rate_limit = { unit = "minute", requests_per_unit = 5, algorithm = "concurrency" }
+            "#
+        ),
+        "configuration: domains[0].descriptors[0].rate_limit: a descriptor limits a rate: `concurrency` needs a release when the request ends, which Envoy's rate-limit API has no call for\n\
+         configuration: routes[0].rules[0]: rule `exports` limits requests in flight (concurrency): routes and tiers take rate rules only; hold its places from code with Limiter::acquire"
     );
 }

@@ -9,6 +9,7 @@ use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{DEFAULT_MAX_KEY_LEN, bounded_key, state_key};
 use crate::observe;
+use crate::permit::Permit;
 use crate::reservation::Reservation;
 use crate::rule::Rule;
 use crate::storage::{AdjustEntry, AdjustRequest, Adjustment, DecideEntry, DecideRequest, Storage};
@@ -307,6 +308,37 @@ impl Limiter {
             })
             .collect();
         Reservation::new(self.clone(), entries, taken_at, decisions)
+    }
+
+    /// Takes a place in flight on `rule` (an
+    /// [`Algorithm::Concurrency`](crate::Algorithm::Concurrency) rule, such
+    /// as [`Rule::concurrency`]) for `key`: the [`Permit`] gives it back
+    /// when released or dropped. A denied permit holds nothing; its
+    /// decision says how many are in flight and when to try again.
+    ///
+    /// ```
+    /// # use ratekeeper_core::{Limiter, Rule};
+    /// # use std::time::Duration;
+    /// # async fn run(limiter: Limiter) -> Result<(), Box<dyn std::error::Error>> {
+    /// let exports = Rule::concurrency("exports", 2, Duration::from_secs(600))?;
+    /// let permit = limiter.acquire(&exports, "team-7").await?;
+    /// if permit.is_allowed() {
+    ///     // ... run the export; the place is free again when `permit` drops.
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire(&self, rule: &Rule, key: &str) -> Result<Permit> {
+        self.acquire_each(&[(rule, key, 1)]).await
+    }
+
+    /// [`acquire`](Self::acquire) on several rules, each with its key and
+    /// cost, all or nothing (as [`check_each`](Self::check_each)): places
+    /// in flight on the concurrency rules and units of the rate rules, in
+    /// one atomic step. A request a rate rule denies takes no place, and
+    /// one without a place consumes no rate. Releasing gives back the
+    /// places only: the rate was spent.
+    pub async fn acquire_each(&self, checks: &[(&Rule, &str, u64)]) -> Result<Permit> {
+        self.reserve_each(checks).await.map(Permit::new)
     }
 
     /// Changes budgets after the fact, each rule with its key: a cost

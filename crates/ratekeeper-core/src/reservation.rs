@@ -181,6 +181,31 @@ impl Reservation {
         Timestamp::from_micros(start.max(self.taken_at.as_micros()))
     }
 
+    /// The limiter it was taken on.
+    pub(crate) fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// The refunds that give back its places in flight (the units of its
+    /// [`Concurrency`](crate::Algorithm::Concurrency) rules, at the instant
+    /// they were taken); none when it was denied.
+    pub(crate) fn leases(&self) -> Vec<(Rule, String, Adjustment)> {
+        if !self.admitted {
+            return Vec::new();
+        }
+        self.entries
+            .iter()
+            .filter(|(rule, _, units)| *units > 0 && crate::permit::holds_places(rule))
+            .map(|(rule, key, units)| {
+                let refund = Adjustment::Refund {
+                    units: *units,
+                    taken_at: Some(self.taken_at),
+                };
+                (rule.clone(), key.clone(), refund)
+            })
+            .collect()
+    }
+
     /// Gives the whole estimate back: the work was not done.
     pub async fn cancel(&mut self) -> Result<Vec<Decision>> {
         let none = vec![0; self.entries.len()];

@@ -33,11 +33,29 @@ pub enum Algorithm {
     LeakyBucket,
     /// Generic cell rate algorithm: a theoretical arrival time, one integer of state.
     Gcra,
+    /// At most `limit` units in flight: each admitted request holds a lease
+    /// on its cost until it is released ([`Limiter::acquire`](crate::Limiter::acquire)
+    /// and its [`Permit`](crate::Permit)) or, if it never is (a process
+    /// that crashed), until the quota's window has passed. Not a rate.
+    Concurrency,
 }
 
 impl Algorithm {
-    /// Every algorithm, in documentation order.
-    pub const ALL: [Self; 6] = [
+    /// Every algorithm, in documentation order: the six that limit a rate,
+    /// then [`Concurrency`](Self::Concurrency).
+    pub const ALL: [Self; 7] = [
+        Self::FixedWindow,
+        Self::SlidingWindowLog,
+        Self::SlidingWindowCounter,
+        Self::TokenBucket,
+        Self::LeakyBucket,
+        Self::Gcra,
+        Self::Concurrency,
+    ];
+
+    /// The six algorithms that limit a rate (every one but
+    /// [`Concurrency`](Self::Concurrency)).
+    pub const RATES: [Self; 6] = [
         Self::FixedWindow,
         Self::SlidingWindowLog,
         Self::SlidingWindowCounter,
@@ -94,6 +112,13 @@ impl Algorithm {
                 fields: Some(1),
                 burst: true,
             },
+            Self::Concurrency => Facts {
+                name: "concurrency",
+                aliases: &["in_flight", "concurrent"],
+                tag: 7,
+                fields: None,
+                burst: false,
+            },
         }
     }
 
@@ -104,7 +129,8 @@ impl Algorithm {
 
     /// The algorithm's tag in the stored state format
     /// ([`RuleState`](crate::kit::RuleState)): 1 fixed window, 2 sliding window log, 3
-    /// sliding window counter, 4 token bucket, 5 leaky bucket, 6 GCRA. Stores
+    /// sliding window counter, 4 token bucket, 5 leaky bucket, 6 GCRA, 7
+    /// concurrency. Stores
     /// that decide natively (the Redis scripts) use it too.
     pub const fn state_tag(self) -> u8 {
         self.facts().tag
@@ -116,8 +142,8 @@ impl Algorithm {
     }
 
     /// How many 64-bit fields its stored state has after the common header
-    /// ([`RuleState`](crate::kit::RuleState)); `None` for the sliding window log, whose
-    /// length varies.
+    /// ([`RuleState`](crate::kit::RuleState)); `None` for the sliding window log and
+    /// concurrency, whose length varies.
     pub const fn state_fields(self) -> Option<u8> {
         self.facts().fields
     }
@@ -200,7 +226,8 @@ pub enum RuleError {
     },
     /// A burst was set on an algorithm that counts per window.
     BurstNotSupported(Algorithm),
-    /// The sliding window log was given a limit above [`MAX_SLIDING_LOG_LIMIT`].
+    /// The sliding window log or a concurrency rule was given a limit
+    /// above [`MAX_SLIDING_LOG_LIMIT`].
     LogLimitTooLarge(u64),
     /// The penalty is zero or longer than [`MAX_HORIZON`].
     InvalidPenalty(Duration),
@@ -209,6 +236,9 @@ pub enum RuleError {
     /// A calendar was given to a quota whose window is not a day, a week,
     /// a month (30 days) or a year (365 days).
     CalendarWindow(Duration),
+    /// The quota a constructor was given is not valid
+    /// ([`Rule::concurrency`]).
+    Quota(crate::quota::QuotaError),
 }
 
 impl fmt::Display for RuleError {
@@ -221,8 +251,9 @@ impl fmt::Display for RuleError {
             ),
             Self::LogLimitTooLarge(l) => write!(
                 f,
-                "sliding_window_log keeps one entry per request; a limit of {l} is above its maximum of \
-                 {MAX_SLIDING_LOG_LIMIT} (use sliding_window_counter for large limits)"
+                "sliding_window_log and concurrency keep one entry per request; a limit of {l} is \
+                 above their maximum of {MAX_SLIDING_LOG_LIMIT} (use sliding_window_counter for \
+                 large rates)"
             ),
             Self::InvalidPenalty(d) => write!(
                 f,
@@ -238,6 +269,7 @@ impl fmt::Display for RuleError {
                  (expected a quota such as \"10000/month\")",
                 crate::duration::format_duration(*d)
             ),
+            Self::Quota(e) => e.fmt(f),
         }
     }
 }
@@ -277,7 +309,7 @@ impl Rule {
         if quota.has_explicit_burst() && !algorithm.uses_burst() {
             return Err(RuleError::BurstNotSupported(algorithm));
         }
-        if algorithm == Algorithm::SlidingWindowLog && quota.limit() > MAX_SLIDING_LOG_LIMIT {
+        if algorithm.state_fields().is_none() && quota.limit() > MAX_SLIDING_LOG_LIMIT {
             return Err(RuleError::LogLimitTooLarge(quota.limit()));
         }
         Ok(Self {
@@ -287,6 +319,25 @@ impl Rule {
             penalty: None,
             calendar: None,
         })
+    }
+
+    /// At most `max` units in flight for each key (requests, or weighted by
+    /// their cost), each held until it is released or, at the latest,
+    /// `lease` after it was taken: the bound on how long a crashed holder
+    /// keeps its place. [`Limiter::acquire`](crate::Limiter::acquire)
+    /// takes a [`Permit`](crate::Permit) that releases it.
+    ///
+    /// ```
+    /// use ratekeeper_core::Rule;
+    /// use std::time::Duration;
+    ///
+    /// let exports = Rule::concurrency("exports", 2, Duration::from_secs(600))?;
+    /// assert_eq!(exports.capacity(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn concurrency(name: &str, max: u64, lease: Duration) -> Result<Self, RuleError> {
+        let quota = Quota::new(max, lease).map_err(RuleError::Quota)?;
+        Self::new(name, Algorithm::Concurrency, quota)
     }
 
     /// Counts the quota's windows on `calendar`: a quota per day, week,
@@ -442,14 +493,18 @@ mod tests {
             for alias in a.facts().aliases {
                 assert_eq!(alias.parse::<Algorithm>(), Ok(a), "{alias}");
             }
-            assert_eq!(a.state_fields().is_none(), a == Algorithm::SlidingWindowLog);
+            assert_eq!(
+                a.state_fields().is_none(),
+                matches!(a, Algorithm::SlidingWindowLog | Algorithm::Concurrency)
+            );
         }
         let mut names: Vec<_> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Algorithm::ALL.len());
         assert_eq!(Algorithm::from_state_tag(0), None);
-        assert_eq!(Algorithm::from_state_tag(7), None);
+        assert_eq!(Algorithm::from_state_tag(8), None);
+        assert_eq!(Algorithm::RATES, Algorithm::ALL[..6]);
         assert_eq!(
             "Token-Bucket".parse::<Algorithm>(),
             Ok(Algorithm::TokenBucket)
@@ -457,7 +512,7 @@ mod tests {
         assert_eq!(
             "fast".parse::<Algorithm>().unwrap_err().to_string(),
             "unknown algorithm \"fast\" (expected one of fixed_window, sliding_window_log, \
-             sliding_window_counter, token_bucket, leaky_bucket, gcra)"
+             sliding_window_counter, token_bucket, leaky_bucket, gcra, concurrency)"
         );
     }
 

@@ -73,6 +73,10 @@ pub enum AlgorithmState {
     LeakyBucket(LeakyBucketState),
     /// [`Algorithm::Gcra`]'s state.
     Gcra(GcraState),
+    /// [`Algorithm::Concurrency`]'s state: the leases held, as a sliding
+    /// log's entries (the instant each was taken, and its units). A lease
+    /// counts until it is released or its window has passed.
+    Concurrency(SlidingLogState),
 }
 
 impl AlgorithmState {
@@ -85,6 +89,7 @@ impl AlgorithmState {
             Self::TokenBucket(_) => Algorithm::TokenBucket,
             Self::LeakyBucket(_) => Algorithm::LeakyBucket,
             Self::Gcra(_) => Algorithm::Gcra,
+            Self::Concurrency(_) => Algorithm::Concurrency,
         }
     }
 }
@@ -96,11 +101,12 @@ impl AlgorithmState {
 ///  decision step) store [`RuleState::encode`]'s output. The format is versioned:
 ///
 ///  ```text
-///  byte 0      format version: 2 for the sliding log, 1 for every other algorithm
+///  byte 0      format version: 2 for the sliding log and concurrency, 1 for every other algorithm
 ///  byte 1      algorithm tag (Algorithm::state_tag): 1 fixed window, 2 sliding log, 3 sliding counter,
-///              4 token bucket, 5 leaky bucket, 6 GCRA
+///              4 token bucket, 5 leaky bucket, 6 GCRA, 7 concurrency
 ///  bytes 2..10 blocked_until (u64 LE, µs since the epoch; 0 = not blocked)
-///  then        the algorithm's fields as u64 LE; the sliding log has a u32 LE
+///  then        the algorithm's fields as u64 LE; the sliding log (and
+///              concurrency, whose leases are a log's entries) has a u32 LE
 ///              count followed by (timestamp, running total) pairs: each
 ///              entry's cost plus the costs of the entries before it
 ///  ```
@@ -145,7 +151,7 @@ impl RuleState {
         // `Algorithm::state_fields`: a test checks).
         let (fields, used): ([u64; 3], usize) = match &self.algorithm {
             AlgorithmState::FixedWindow(s) => ([s.window_start, s.count, 0], 2),
-            AlgorithmState::SlidingWindowLog(s) => {
+            AlgorithmState::SlidingWindowLog(s) | AlgorithmState::Concurrency(s) => {
                 out.clear();
                 out.push(LOG_VERSION);
                 out.push(tag);
@@ -186,7 +192,10 @@ impl RuleState {
             return Err(DecodeError("unknown format version"));
         }
         let tag = r.u8()?;
-        if version == LOG_VERSION && tag != Algorithm::SlidingWindowLog.state_tag() {
+        let logs = [Algorithm::SlidingWindowLog, Algorithm::Concurrency].map(Algorithm::state_tag);
+        if version == LOG_VERSION && !logs.contains(&tag)
+            || version == VERSION && tag == Algorithm::Concurrency.state_tag()
+        {
             return Err(DecodeError("unknown format version"));
         }
         let blocked_until = r.u64()?;
@@ -197,7 +206,7 @@ impl RuleState {
                 window_start: r.u64()?,
                 count: r.u64()?,
             }),
-            Algorithm::SlidingWindowLog => {
+            Algorithm::SlidingWindowLog | Algorithm::Concurrency => {
                 let n = r.u32()? as usize;
                 if r.0.len() != n.saturating_mul(16) {
                     return Err(DecodeError("sliding log length does not match its count"));
@@ -222,7 +231,12 @@ impl RuleState {
                     };
                     entries.push((ts, cost));
                 }
-                AlgorithmState::SlidingWindowLog(SlidingLogState { entries })
+                let log = SlidingLogState { entries };
+                if algorithm == Algorithm::Concurrency {
+                    AlgorithmState::Concurrency(log)
+                } else {
+                    AlgorithmState::SlidingWindowLog(log)
+                }
             }
             Algorithm::SlidingWindowCounter => {
                 AlgorithmState::SlidingWindowCounter(SlidingCounterState {
@@ -289,7 +303,10 @@ mod tests {
             let bytes = state.encode();
             match algorithm.state_fields() {
                 Some(n) => assert_eq!(bytes.len(), 10 + 8 * usize::from(n), "{algorithm}"),
-                None => assert_eq!(algorithm, Algorithm::SlidingWindowLog),
+                None => assert!(matches!(
+                    algorithm,
+                    Algorithm::SlidingWindowLog | Algorithm::Concurrency
+                )),
             }
             assert_eq!(bytes.get(1), Some(&algorithm.state_tag()));
         }
@@ -323,6 +340,9 @@ mod tests {
                 anchor: 12,
             }),
             AlgorithmState::Gcra(GcraState { tat: u64::MAX }),
+            AlgorithmState::Concurrency(SlidingLogState {
+                entries: vec![(3, 1), (8, 2)],
+            }),
         ];
         algos
             .into_iter()
@@ -366,6 +386,11 @@ mod tests {
         let mut gcra = samples()[6].encode();
         gcra[0] = 2;
         assert!(RuleState::decode(&gcra).is_err());
+        // Concurrency has only the format with running totals.
+        let mut leases = samples()[7].encode();
+        assert_eq!(leases[..2], [2, 7]);
+        leases[0] = 1;
+        assert!(RuleState::decode(&leases).is_err());
     }
 
     fn log_bytes(version: u8, pairs: &[(u64, u64)]) -> Vec<u8> {

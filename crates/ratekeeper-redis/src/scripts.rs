@@ -3,7 +3,7 @@
 //! A decision script is the shared prelude (number helpers, the state codec),
 //! one algorithm's step, and the engine (`decide.lua`). Requests whose rules
 //! all use one algorithm run that algorithm's script; a request mixing
-//! algorithms runs the script holding all six. Either way, all rules of a
+//! algorithms runs the script holding all seven. Either way, all rules of a
 //! request are decided by one call.
 
 use std::sync::LazyLock;
@@ -38,7 +38,7 @@ macro_rules! decision_script {
 
 pub(crate) struct Scripts {
     /// By algorithm tag − 1.
-    per_algorithm: [LuaScript; 6],
+    per_algorithm: [LuaScript; 7],
     mixed: LuaScript,
     pub(crate) increment: LuaScript,
     pub(crate) compare_and_swap: LuaScript,
@@ -52,6 +52,8 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         LuaScript::new(decision_script!("token_bucket")),
         LuaScript::new(decision_script!("leaky_bucket")),
         LuaScript::new(decision_script!("gcra")),
+        // Leases are a sliding log's pairs: its step is the log's.
+        LuaScript::new(decision_script!("sliding_window_log", "concurrency")),
     ],
     mixed: LuaScript::new(decision_script!(
         "fixed_window",
@@ -59,7 +61,8 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         "sliding_window_counter",
         "token_bucket",
         "leaky_bucket",
-        "gcra"
+        "gcra",
+        "concurrency"
     )),
     increment: LuaScript::new(include_str!("scripts/increment.lua")),
     compare_and_swap: LuaScript::new(include_str!("scripts/compare_and_swap.lua")),
@@ -107,7 +110,14 @@ mod tests {
             let step = lua(a.as_str());
             let script = SCRIPTS.decision(std::iter::once(a));
             assert!(script.code.contains(&step), "{a}'s script lacks its step");
-            for other in Algorithm::ALL.into_iter().filter(|o| *o != a) {
+            // Concurrency's leases are a sliding log's pairs: its script
+            // holds the log's step too.
+            let built_on =
+                |o: Algorithm| a == Algorithm::Concurrency && o == Algorithm::SlidingWindowLog;
+            for other in Algorithm::ALL
+                .into_iter()
+                .filter(|o| *o != a && !built_on(*o))
+            {
                 assert!(
                     !script.code.contains(&lua(other.as_str())),
                     "{a}'s script holds {other}'s step"

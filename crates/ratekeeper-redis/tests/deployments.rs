@@ -412,20 +412,20 @@ async fn connecting_loads_every_script_on_every_master() {
     let server = tokio::task::spawn_blocking(ratekeeper_testkit::redis::RedisServer::start)
         .await
         .unwrap();
-    assert_eq!(scripts_on(&server), [false; 6]);
+    assert_eq!(scripts_on(&server), [false; 7]);
     let _store = RedisStorage::connect(&server.url()).await.unwrap();
-    assert_eq!(scripts_on(&server), [true; 6]);
+    assert_eq!(scripts_on(&server), [true; 7]);
 
     let cluster =
         tokio::task::spawn_blocking(|| ratekeeper_testkit::redis::RedisCluster::start(3, 0))
             .await
             .unwrap();
     for node in cluster.nodes() {
-        assert_eq!(scripts_on(node), [false; 6]);
+        assert_eq!(scripts_on(node), [false; 7]);
     }
     let _store = RedisStorage::connect(&cluster.url()).await.unwrap();
     for node in cluster.nodes() {
-        assert_eq!(scripts_on(node), [true; 6], "node {}", node.port());
+        assert_eq!(scripts_on(node), [true; 7], "node {}", node.port());
     }
 }
 

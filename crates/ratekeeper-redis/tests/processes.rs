@@ -2,7 +2,8 @@
 //! limit: 4 processes × 16 tasks on one key, for every algorithm, through a
 //! standalone server and through the Cluster; and reserving and settling,
 //! they never keep more than the limit, and what is left is exactly the
-//! rest.
+//! rest; holding places in flight, never more than the limit at once, and a
+//! killed holder's places come back.
 
 #![allow(clippy::expect_used, reason = "test")]
 
@@ -56,4 +57,43 @@ fn four_processes_reserving_keep_exactly_what_they_settled_on_one_server() {
 #[test]
 fn four_processes_reserving_keep_exactly_what_they_settled_through_the_cluster() {
     four_processes_reserving(&common::cluster().url());
+}
+
+#[test]
+fn four_processes_hold_at_most_the_places_in_flight() {
+    for url in [common::standalone().url(), common::cluster().url()] {
+        ratekeeper_testkit::processes::assert_processes_hold_at_most(
+            Path::new(env!("CARGO_BIN_EXE_ratekeeper-redis-worker")),
+            &format!("{url}?prefix={}", common::unique_prefix(false)),
+        );
+    }
+}
+
+#[test]
+fn a_killed_holders_places_come_back_when_its_leases_end() {
+    let url = format!(
+        "{}?prefix={}",
+        common::standalone().url(),
+        common::unique_prefix(false)
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let limiter = runtime.block_on(async {
+        let store = ratekeeper_redis::RedisStorage::connect(&url)
+            .await
+            .expect("the store");
+        ratekeeper_core::Limiter::new(std::sync::Arc::new(store))
+    });
+    ratekeeper_testkit::processes::assert_killed_holders_places_come_back(
+        Path::new(env!("CARGO_BIN_EXE_ratekeeper-redis-worker")),
+        &url,
+        |rule, key| {
+            runtime
+                .block_on(limiter.peek(rule, key))
+                .expect("a peek")
+                .remaining()
+        },
+    );
 }

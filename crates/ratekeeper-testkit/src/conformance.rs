@@ -677,6 +677,133 @@ pub async fn concurrent_reservations_are_exact(h: Arc<dyn Harness>) {
     }
 }
 
+/// Concurrency rules: places in flight are taken by permits and given back
+/// on release, on drop, and by themselves when a lease's window passes (a
+/// holder that crashed); mixed with a rate rule, all or nothing, and a
+/// release gives back the place only.
+pub async fn concurrency_leases(h: Arc<dyn Harness>) {
+    let (_, limiter, clock) = setup(&h).await;
+    let jobs = Rule::concurrency("jobs", 3, Duration::from_secs(10)).unwrap();
+    let a = limiter.acquire(&jobs, "team").await.unwrap();
+    let b = limiter.acquire(&jobs, "team").await.unwrap();
+    let c = limiter.acquire(&jobs, "team").await.unwrap();
+    assert!(a.is_allowed() && b.is_allowed() && c.is_allowed());
+    assert_eq!(c.decision().remaining(), 0);
+    let full = limiter.acquire(&jobs, "team").await.unwrap();
+    assert!(!full.is_allowed());
+    let wait = full.decision().retry_after().unwrap();
+    assert!(
+        wait <= Duration::from_secs(1),
+        "{wait:?}: a hint, at most 1 s"
+    );
+    drop(full);
+    // Another key has places of its own.
+    assert!(limiter.acquire(&jobs, "other").await.unwrap().is_allowed());
+    // A release frees one place, and only one.
+    b.release().await.unwrap();
+    assert_eq!(limiter.peek(&jobs, "team").await.unwrap().remaining(), 1);
+    let d = limiter.acquire(&jobs, "team").await.unwrap();
+    assert!(d.is_allowed());
+    assert!(!limiter.acquire(&jobs, "team").await.unwrap().is_allowed());
+    // Dropped: released by a task on the runtime.
+    drop(d);
+    let mut freed = false;
+    for _ in 0..200 {
+        if limiter.peek(&jobs, "team").await.unwrap().remaining() == 1 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(freed, "a dropped permit gives its place back");
+    // Holders that never release (a process killed): their leases end with
+    // their window, and a late release frees nobody else's place.
+    let e = limiter.acquire(&jobs, "team").await.unwrap();
+    assert!(e.is_allowed());
+    std::mem::forget(a);
+    std::mem::forget(c);
+    clock.advance(Duration::from_secs(10));
+    let after = limiter.peek(&jobs, "team").await.unwrap();
+    assert!(after.is_allowed());
+    assert_eq!(
+        after.remaining(),
+        3,
+        "every lease of the crashed holders ended"
+    );
+    let f = limiter.acquire(&jobs, "team").await.unwrap();
+    e.release().await.unwrap();
+    assert_eq!(limiter.peek(&jobs, "team").await.unwrap().remaining(), 2);
+    f.release().await.unwrap();
+
+    // With a rate rule, in one step: a request the rate denies takes no
+    // place, one without a place spends no rate, and a release gives back
+    // the place only.
+    let calls = rule("calls", Algorithm::FixedWindow, "2/hour");
+    let one = Rule::concurrency("one", 1, Duration::from_secs(60)).unwrap();
+    let both = [(&one, "u", 1), (&calls, "u", 1)];
+    let first = limiter.acquire_each(&both).await.unwrap();
+    assert!(first.is_allowed());
+    let second = limiter.acquire_each(&both).await.unwrap();
+    assert!(!second.is_allowed());
+    assert!(!second.decisions()[0].is_allowed() && second.decisions()[1].is_allowed());
+    assert_eq!(limiter.peek(&calls, "u").await.unwrap().remaining(), 1);
+    first.release().await.unwrap();
+    assert_eq!(limiter.peek(&one, "u").await.unwrap().remaining(), 1);
+    assert_eq!(limiter.peek(&calls, "u").await.unwrap().remaining(), 1);
+    let third = limiter.acquire_each(&both).await.unwrap();
+    assert!(third.is_allowed());
+    third.release().await.unwrap();
+    let fourth = limiter.acquire_each(&both).await.unwrap();
+    assert!(!fourth.is_allowed());
+    assert!(fourth.decisions()[0].is_allowed() && !fourth.decisions()[1].is_allowed());
+    assert_eq!(limiter.peek(&one, "u").await.unwrap().remaining(), 1);
+}
+
+/// 32 tasks each run 4 jobs on one key limited to 5 in flight, taking a
+/// permit for each and retrying when denied: the jobs running at once,
+/// counted by the tasks themselves, never pass 5, every job runs, and
+/// every place is free at the end.
+pub async fn concurrent_leases_are_exact(h: Arc<dyn Harness>) {
+    let (_, limiter, _) = setup(&h).await;
+    let r = Rule::concurrency("in-flight", 5, HOUR).unwrap();
+    let running = Arc::new(AtomicU64::new(0));
+    let most = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (limiter, r) = (limiter.clone(), r.clone());
+            let (running, most) = (running.clone(), most.clone());
+            tokio::spawn(async move {
+                let mut done = 0;
+                while done < 4 {
+                    let permit = limiter.acquire(&r, "one-key").await.unwrap();
+                    if !permit.is_allowed() {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    for _ in 0..3 {
+                        tokio::task::yield_now().await;
+                    }
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    permit.release().await.unwrap();
+                    done += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 5, "{most} jobs ran at once");
+    assert_eq!(
+        limiter.peek(&r, "one-key").await.unwrap().remaining(),
+        5,
+        "every place was given back"
+    );
+}
+
 /// Rule state expires once it no longer matters: no idle client is kept forever.
 pub async fn state_keys_expire(h: Arc<dyn Harness>) {
     if h.expiry() == Expiry::RealTime {

@@ -142,7 +142,8 @@ macro_rules! decision_conformance_tests {
             peek_does_not_consume, penalty_blocks_then_releases, multi_quota_all_or_nothing,
             per_rule_costs_and_decisions, cost_above_capacity_is_an_error, until_ready_waits,
             concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness,
-            charges_and_refunds, concurrent_reservations_are_exact, calendar_windows
+            charges_and_refunds, concurrent_reservations_are_exact, calendar_windows,
+            concurrency_leases, concurrent_leases_are_exact
         );
         $crate::decision_conformance_tests!(@model
             model_fixed_window => FixedWindow,
@@ -150,7 +151,8 @@ macro_rules! decision_conformance_tests {
             model_sliding_window_counter => SlidingWindowCounter,
             model_token_bucket => TokenBucket,
             model_leaky_bucket => LeakyBucket,
-            model_gcra => Gcra
+            model_gcra => Gcra,
+            model_concurrency => Concurrency
         );
     };
     (@async $($case:ident),* $(,)?) => {

@@ -131,7 +131,9 @@ impl Model {
         let aligned = now - now % w;
         match self.rule.algorithm() {
             Algorithm::FixedWindow => self.limit().saturating_sub(self.sum(aligned, aligned + w)),
-            Algorithm::SlidingWindowLog => self
+            // Leases in flight count as a log's entries until released
+            // (a settle) or past their window.
+            Algorithm::SlidingWindowLog | Algorithm::Concurrency => self
                 .limit()
                 .saturating_sub(self.sum((now + 1).saturating_sub(w), now + 1)),
             Algorithm::SlidingWindowCounter => {
@@ -161,7 +163,9 @@ impl Model {
                     0
                 }
             }
-            Algorithm::SlidingWindowLog => self
+            // Leases in flight count as a log's entries until released
+            // (a settle) or past their window.
+            Algorithm::SlidingWindowLog | Algorithm::Concurrency => self
                 .admitted
                 .iter()
                 .map(|(t, _)| t + w)
@@ -227,7 +231,12 @@ impl Model {
                 retry_after: None,
             };
         }
-        let retry = self.first_fit_after(now, units);
+        let mut retry = self.first_fit_after(now, units);
+        if self.rule.algorithm() == Algorithm::Concurrency {
+            // Leases end when released, which nobody can foresee: the wait
+            // told is at most a second.
+            retry = retry.min(1_000_000);
+        }
         match self.rule.penalty() {
             Some(p) if cost > 0 => {
                 let p = micros(p);
@@ -316,8 +325,9 @@ impl Model {
                     }
                 }
             }
-            Algorithm::SlidingWindowLog => {
-                // No sliding window ever holds more than the limit.
+            Algorithm::SlidingWindowLog | Algorithm::Concurrency => {
+                // No sliding window ever holds more than the limit (for
+                // concurrency: never more than the limit in flight).
                 for (t, _) in &self.admitted {
                     let used = self.sum((t + 1).saturating_sub(w), t + 1);
                     if used > limit {

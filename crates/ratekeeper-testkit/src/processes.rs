@@ -7,13 +7,17 @@
 //! KEY under a rule named after the algorithm, and prints how many were
 //! admitted (with `RATELIMIT_WORKER_RESERVE=1`: reserves 1 to 5 units per
 //! request, settles at or below the estimate, and prints the units kept).
-//! Its tests call [`assert_processes_admit_exactly`] and
-//! [`assert_processes_reserve_exactly`] with that binary.
+//! Its tests call [`assert_processes_admit_exactly`],
+//! [`assert_processes_reserve_exactly`], [`assert_processes_hold_at_most`]
+//! and [`assert_killed_holders_places_come_back`] with that binary (the
+//! last two need its `RATELIMIT_WORKER_MODE` `leases` and `hold`).
 
+use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use ratekeeper_core::Algorithm;
+use ratekeeper_core::{Algorithm, Rule};
 
 /// Worker processes started at once.
 pub const PROCESSES: usize = 4;
@@ -23,6 +27,102 @@ pub const TASKS: u64 = 16;
 pub const REQUESTS_PER_TASK: u64 = 4;
 /// The limit the workers share: 4 × 16 × 4 = 256 attempts against 100.
 pub const LIMIT: u64 = 100;
+
+/// Places in flight the workers of [`assert_processes_hold_at_most`] share.
+pub const PLACES: u64 = 5;
+/// Tasks in each worker there.
+pub const LEASE_TASKS: u64 = 32;
+/// Jobs each task runs there.
+pub const JOBS: u64 = 4;
+
+/// Starts [`PROCESSES`] workers at once on `store`, each of
+/// [`LEASE_TASKS`] tasks running [`JOBS`] jobs on one key limited to
+/// [`PLACES`] in flight (a permit per job, held a millisecond, retried when
+/// denied): every job runs, and the jobs the workers report running at any
+/// instant (by the system clock, one for every process) never pass
+/// [`PLACES`].
+pub fn assert_processes_hold_at_most(worker: &Path, store: &str) {
+    let quota = format!("{PLACES}/hour");
+    let (tasks, jobs) = (LEASE_TASKS.to_string(), JOBS.to_string());
+    let args = [store, "concurrency", &quota, "one-key", &tasks, &jobs];
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            Command::new(worker)
+                .env("RATELIMIT_WORKER_MODE", "leases")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", worker.display()))
+        })
+        .collect();
+    // (instant, +1 for a start, -1 for an end); at one instant, ends first.
+    let mut events: Vec<(u128, i64)> = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().expect("a worker's output");
+        assert!(
+            out.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((start, end)) = line.split_once(' ') {
+                events.push((start.parse().expect("a start"), 1));
+                events.push((end.parse().expect("an end"), -1));
+            }
+        }
+    }
+    let expected = PROCESSES as u64 * LEASE_TASKS * JOBS;
+    assert_eq!(events.len() as u64, 2 * expected, "every job ran");
+    events.sort_unstable();
+    let (mut running, mut most) = (0i64, 0i64);
+    for (_, change) in events {
+        running += change;
+        most = most.max(running);
+    }
+    assert!(most <= PLACES as i64, "{most} jobs ran at once");
+    assert!(
+        most > 1,
+        "the jobs never overlapped: the bound was not tested"
+    );
+}
+
+/// Starts a worker that takes every place of a concurrency rule (5 in
+/// flight, leases of 5 s) on `store` and kills it (`SIGKILL`) once it says
+/// so: its places stay taken (`left(rule, key)`, a peek, says 0), then
+/// come back by themselves when its leases end.
+pub fn assert_killed_holders_places_come_back(
+    worker: &Path,
+    store: &str,
+    left: impl Fn(&Rule, &str) -> u64,
+) {
+    let rule = Rule::concurrency("concurrency", 5, Duration::from_secs(5)).expect("a rule");
+    let mut child = Command::new(worker)
+        .env("RATELIMIT_WORKER_MODE", "hold")
+        .args([store, "concurrency", "5/5s", "crash-key", "5", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", worker.display()));
+    let out = child.stdout.take().expect("the worker's stdout");
+    let held = std::io::BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line == "held");
+    assert!(held, "the worker took its places");
+    child.kill().expect("kill -9 the worker");
+    let _ = child.wait();
+    assert_eq!(
+        left(&rule, "crash-key"),
+        0,
+        "a killed holder's places stay taken"
+    );
+    let back = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        left(&rule, "crash-key") == 5
+    });
+    assert!(back, "the places came back when their leases ended");
+}
 
 /// For every algorithm: starts [`PROCESSES`] copies of `worker` at once, all
 /// checking one key of the store `store(algorithm)` names, and asserts that

@@ -381,6 +381,13 @@ pub(super) fn compile_limit(
         headers: true,
     };
     let rule = build_rule(&rule_name(exact_path), &rc, default).map_err(|(_, e)| e)?;
+    if rule.algorithm() == Algorithm::Concurrency {
+        return Err(
+            "a descriptor limits a rate: `concurrency` needs a release when the request ends, \
+             which Envoy's rate-limit API has no call for"
+                .to_owned(),
+        );
+    }
     if *limit == 0 {
         return Ok(Limit::Deny);
     }

@@ -1,4 +1,4 @@
-//! The six algorithms, each a pure, deterministic transition
+//! The six rate algorithms and concurrency, each a pure, deterministic transition
 //! `(state, now, cost, quota) → (decision, next state, expiry)`.
 //!
 //! Times are microseconds since the epoch. A cost of 0 is a peek: the step
@@ -6,6 +6,7 @@
 //! Every step is total: a clock that moved backwards, a state written under an
 //! older quota or a zero-length history all give a sane answer, never a panic.
 
+mod concurrency;
 mod fixed_window;
 mod gcra;
 mod leaky_bucket;
@@ -79,6 +80,7 @@ macro_rules! per_algorithm {
             Algorithm::TokenBucket => arm!(TokenBucket, token_bucket),
             Algorithm::LeakyBucket => arm!(LeakyBucket, leaky_bucket),
             Algorithm::Gcra => arm!(Gcra, gcra),
+            Algorithm::Concurrency => arm!(Concurrency, concurrency),
         }
     }};
 }

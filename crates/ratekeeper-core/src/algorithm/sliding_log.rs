@@ -60,7 +60,7 @@ pub(super) fn step(
 /// The entries still in the window at `now`: an entry counts while
 /// `now < timestamp + window`.
 #[inline]
-fn live(state: Option<&SlidingLogState>, window: u64, now: u64) -> &[(u64, u64)] {
+pub(super) fn live(state: Option<&SlidingLogState>, window: u64, now: u64) -> &[(u64, u64)] {
     match state {
         Some(s) => {
             let first = s

@@ -6,6 +6,11 @@
 //! after the algorithm, and prints how many were admitted. With
 //! `RATELIMIT_WORKER_RESERVE=1` each request is a reservation of 1 to 5
 //! units settled at or below its estimate, and it prints the units kept.
+//! With `RATELIMIT_WORKER_MODE=leases` (a concurrency ALGORITHM) each task
+//! runs REQUESTS jobs, each holding a permit for a millisecond (retrying
+//! when denied), and prints a line `START END` (µs since the epoch) per
+//! job. With `RATELIMIT_WORKER_MODE=hold` it takes TASKS permits, prints
+//! `held`, and waits to be killed.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -36,19 +41,44 @@ fn run() -> Result<u64, Box<dyn std::error::Error>> {
     let rule = Rule::new(algorithm.as_str(), algorithm, quota.parse()?)?;
     let (tasks, requests): (u64, u64) = (tasks.parse()?, requests.parse()?);
     let reserve = std::env::var_os("RATELIMIT_WORKER_RESERVE").is_some();
+    let mode = std::env::var("RATELIMIT_WORKER_MODE").unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let limiter = Limiter::new(Arc::new(RedisStorage::connect(url).await?));
+        if mode == "hold" {
+            let mut held = Vec::new();
+            for _ in 0..tasks {
+                held.push(limiter.acquire(&rule, key).await?);
+            }
+            println!("held");
+            tokio::time::sleep(std::time::Duration::from_secs(3_600)).await;
+            drop(held);
+        }
         let admitted = Arc::new(AtomicU64::new(0));
         let mut handles = Vec::new();
         for task in 0..tasks {
             let (limiter, rule, key, admitted) =
                 (limiter.clone(), rule.clone(), key.clone(), admitted.clone());
+            let mode = mode.clone();
             handles.push(tokio::spawn(async move {
-                for i in 0..requests {
+                let mut done = 0;
+                while mode == "leases" && done < requests {
+                    let permit = limiter.acquire(&rule, &key).await?;
+                    if permit.is_allowed() {
+                        let start = micros_now();
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        let end = micros_now();
+                        permit.release().await?;
+                        println!("{start} {end}");
+                        done += 1;
+                    } else {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                }
+                for i in (0..requests).filter(|_| mode != "leases") {
                     if reserve {
                         // 1 to 5 units reserved, settled at or below that.
                         let estimate = 1 + (task + i) % 5;
@@ -70,4 +100,11 @@ fn run() -> Result<u64, Box<dyn std::error::Error>> {
         }
         Ok(admitted.load(Ordering::Relaxed))
     })
+}
+
+/// The system clock, µs since the epoch (one clock for every process).
+fn micros_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }

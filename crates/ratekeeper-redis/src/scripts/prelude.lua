@@ -66,10 +66,13 @@ end
 
 -- The stored state format of ratekeeper_core::state:
 -- u8 version, u8 algorithm tag, u64 LE blocked_until, then the algorithm's
--- u64 LE fields. The sliding log (tag 2) has a u32 LE count and pairs
--- instead: (timestamp, running total) in version 2, (timestamp, cost) in
--- version 1, which is still read. Every other algorithm is version 1.
+-- u64 LE fields. The sliding log (tag 2) and concurrency (tag 7, whose
+-- leases are a log's pairs) have a u32 LE count and pairs instead:
+-- (timestamp, running total) in version 2, (timestamp, cost) in version 1,
+-- which is still read for the sliding log. Every other algorithm is
+-- version 1.
 local FIELDS = { [1] = 2, [3] = 3, [4] = 2, [5] = 2, [6] = 1 }
+local LOG = { [2] = true, [7] = true }
 local UNPACK = { '<I8', '<I8I8', '<I8I8I8' }
 local PACK = { '<BBI8I8', '<BBI8I8I8', '<BBI8I8I8I8' }
 
@@ -109,10 +112,12 @@ local function decode(v, partial, key)
   if version ~= 1 and version ~= 2 then return nil, 'unknown format version' end
   if len < 10 then return nil, 'value is truncated' end
   local tag = string.byte(v, 2)
-  if version == 2 and tag ~= 2 then return nil, 'unknown format version' end
+  if version == 2 and not LOG[tag] or version == 1 and tag == 7 then
+    return nil, 'unknown format version'
+  end
   local blocked = struct.unpack('<I8', v, 3)
   if blocked >= TWO53 then return nil, 'a time at or beyond 2^53 microseconds' end
-  if tag == 2 then
+  if LOG[tag] then
     if len < 14 then return nil, 'value is truncated' end
     local n = struct.unpack('<I4', v, 11)
     if partial then len = redis.call('STRLEN', key) end
@@ -120,7 +125,7 @@ local function decode(v, partial, key)
       return nil, 'sliding log length does not match its count'
     end
     if version == 2 then
-      local view = { tag = 2, blocked = blocked, n = n, at = LOG_PAIRS, shift = 0 }
+      local view = { tag = tag, blocked = blocked, n = n, at = LOG_PAIRS, shift = 0 }
       if not partial then
         view.raw = v
         return view
@@ -238,8 +243,8 @@ local function log_search(s, lo, hi, pred)
 end
 
 local function encode(s)
-  if s.tag == 2 then
-    local head = struct.pack('<BBI8I4', 2, 2, s.blocked, s.n)
+  if LOG[s.tag] then
+    local head = struct.pack('<BBI8I4', 2, s.tag, s.blocked, s.n)
     local bytes = log_bytes(s, s.at, 16 * s.n)
     if s.shift == 0 then return head .. bytes end
     local flat = { n = s.n, raw = bytes, at = 1, shift = s.shift }

@@ -103,15 +103,12 @@ STEP[2] = function(q, s, now, cost)
   return allowed, sub(limit, used_after), ttl, retry_after, state, consumed, ttl
 end
 
--- A charge or refund (algorithm/sliding_log.rs): the live pairs are read
--- whole, as (timestamp, cost), changed, and written back as running totals.
-ADJUST[2] = function(q, s, now, charge, units, taken_at)
-  local window, limit = q.window, q.limit
+-- The live pairs of log `s`, read at once, as (timestamp, cost): their
+-- times, their costs, how many, and the units they hold.
+local function log_entries(s, window, now)
   local view, first, prior = log_live(s, window, now)
-  local n = view.n
   local times, costs, m, used = {}, {}, 0, 0
-  -- The live pairs, read at once.
-  local live = n - first + 1
+  local live = view.n - first + 1
   local flat = { n = live, raw = log_bytes(view, view.at + 16 * (first - 1), 16 * live), at = 1, shift = view.shift }
   for i = 1, live do
     local ts, total = log_pair(flat, i)
@@ -120,6 +117,27 @@ ADJUST[2] = function(q, s, now, charge, units, taken_at)
     used = used + costs[m]
     prior = total
   end
+  return times, costs, m, used
+end
+
+-- A log of the entries that still hold units, written as running totals.
+local function log_of(times, costs, m)
+  local parts, k, total = {}, 0, 0
+  for i = 1, m do
+    if costs[i] > 0 then
+      total = total + costs[i]
+      k = k + 1
+      parts[k] = struct.pack('<I8I8', times[i], total)
+    end
+  end
+  return { n = k, raw = table.concat(parts), at = 1, shift = 0 }
+end
+
+-- A charge or refund (algorithm/sliding_log.rs): the live pairs are read
+-- whole, changed, and written back.
+ADJUST[2] = function(q, s, now, charge, units, taken_at)
+  local window, limit = q.window, q.limit
+  local times, costs, m, used = log_entries(s, window, now)
   if charge then
     -- Up to twice the limit in the window.
     local add = math.min(units, sub(2 * limit, used))
@@ -159,13 +177,5 @@ ADJUST[2] = function(q, s, now, charge, units, taken_at)
       end
     end
   end
-  local parts, k, total = {}, 0, 0
-  for i = 1, m do
-    if costs[i] > 0 then
-      total = total + costs[i]
-      k = k + 1
-      parts[k] = struct.pack('<I8I8', times[i], total)
-    end
-  end
-  return { n = k, raw = table.concat(parts), at = 1, shift = 0 }
+  return log_of(times, costs, m)
 end
