@@ -33,6 +33,9 @@ pub struct Reservation {
     decision: Decision,
     admitted: bool,
     settled: bool,
+    /// Whether its places in flight were moved into a permit
+    /// ([`take_places`](Self::take_places)): settling leaves them alone.
+    places_taken: bool,
 }
 
 impl Reservation {
@@ -67,6 +70,7 @@ impl Reservation {
             decision,
             admitted,
             settled: false,
+            places_taken: false,
         })
     }
 
@@ -148,7 +152,9 @@ impl Reservation {
             .zip(&self.decisions)
             .zip(actual)
             .map(|(((rule, key, estimate), decision), actual)| {
-                let change = if actual >= estimate {
+                let change = if self.places_taken && crate::permit::holds_places(rule) {
+                    Adjustment::Charge(0)
+                } else if actual >= estimate {
                     Adjustment::Charge(actual - estimate)
                 } else {
                     let units = estimate - actual;
@@ -179,6 +185,33 @@ impl Reservation {
         let span = units.saturating_mul(rule.quota().emission_interval_us());
         let start = whole_at.as_micros().saturating_sub(span);
         Timestamp::from_micros(start.max(self.taken_at.as_micros()))
+    }
+
+    /// Moves the places in flight it took (the units of its
+    /// [`Concurrency`](crate::Algorithm::Concurrency) rules) into a
+    /// [`Permit`](crate::Permit) that releases them when dropped; the
+    /// reservation keeps its rate rules, and settling it leaves those
+    /// places alone. `None` when it was denied, took no place, or they were
+    /// moved already. For work whose cost is settled when it ends and whose
+    /// places must be held until then (an HTTP response counted by its
+    /// status, whose body is still being sent).
+    pub fn take_places(&mut self) -> Option<crate::Permit> {
+        if !self.admitted || self.places_taken {
+            return None;
+        }
+        let (entries, decisions): (Vec<_>, Vec<_>) = self
+            .entries
+            .iter()
+            .zip(&self.decisions)
+            .filter(|((rule, _, units), _)| *units > 0 && crate::permit::holds_places(rule))
+            .map(|(entry, decision)| (entry.clone(), decision.clone()))
+            .unzip();
+        if entries.is_empty() {
+            return None;
+        }
+        let places = Self::new(self.limiter.clone(), entries, self.taken_at, decisions).ok()?;
+        self.places_taken = true;
+        Some(crate::Permit::new(places))
     }
 
     /// The limiter it was taken on.

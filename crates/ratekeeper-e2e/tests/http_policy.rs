@@ -705,3 +705,95 @@ async fn shadow_rules_and_hidden_rules() {
         ));
     }
 }
+
+/// A route with a concurrency rule: each admission holds a place until its
+/// places are dropped (what an adapter does once the response has been
+/// sent); a full route answers 429, or the status chosen for it; the rate
+/// beside it is charged once per request, and a handler's charge and
+/// refund leave the places alone. With `count_when`, a response that does
+/// not count gives its rate back and still holds its place.
+#[tokio::test]
+async fn concurrency_rules_hold_places_until_the_admission_is_dropped() {
+    use http::StatusCode;
+    let two = Rule::concurrency("two", 2, Duration::from_secs(60)).unwrap();
+    let limits = Limits::new(vec![rule("calls", "10/minute"), two.clone()]);
+    let (p, _) = policy(RouteTable::new().default_limits(limits));
+    let p = p.in_flight_status(StatusCode::SERVICE_UNAVAILABLE);
+    let v = view("/export", &NONE, None);
+    assert!(p.check_now(&v).is_none(), "places are taken by a reservation");
+    let admitted = || async {
+        match p.check(&v).await {
+            Outcome::Proceed {
+                admission: Some(a), ..
+            } => a,
+            other => panic!("{other:?}"),
+        }
+    };
+    let first = admitted().await;
+    let second = admitted().await;
+    assert!(first.places().is_some() && second.places().is_some());
+    match p.check(&v).await {
+        Outcome::Respond {
+            status, decision, ..
+        } => {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(decision.unwrap().rule(), "two");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A handler's charge takes rate only.
+    assert_eq!(first.charge(3).await.unwrap().remaining(), 10 - 2 - 3);
+    assert_eq!(first.refund(3).await.unwrap().remaining(), 10 - 2);
+    // The places go with the last clone of the admission's places.
+    let kept = first.places().unwrap().clone();
+    drop(first);
+    assert!(matches!(p.check(&v).await, Outcome::Respond { .. }));
+    drop(kept);
+    let mut third = None;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+        if let Outcome::Proceed {
+            admission: Some(a), ..
+        } = p.check(&v).await
+        {
+            third = Some(a);
+            break;
+        }
+    }
+    let third = third.expect("a dropped admission's place comes back");
+    // Two denials and three admissions: rate charged for the admitted only.
+    assert_eq!(third.decision().remaining(), 0, "{:?}", third.decision());
+    drop((second, third));
+
+    // A route of places alone has no rate for a handler to charge.
+    let (p, _) = policy(RouteTable::new().default_limits(Limits::new(vec![two.clone()])));
+    let only = admitted_on(&p, &v).await;
+    let error = only.charge(1).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    assert!(only.refund(1).await.is_err());
+
+    // Counting only failures: a success gives its rate back, not its place.
+    let limits = Limits::new(vec![rule("logins", "5/minute"), two])
+        .count_when("4xx".parse().unwrap());
+    let (p, _) = policy(RouteTable::new().default_limits(limits));
+    let ok = admitted_on(&p, &v).await;
+    ok.settlement().unwrap().finish(StatusCode::OK).await;
+    let next = admitted_on(&p, &v).await;
+    assert_eq!(next.decision().rule(), "two", "the place is the scarcer");
+    assert_eq!(next.decision().remaining(), 0);
+    match p.check(&v).await {
+        Outcome::Respond { decision, .. } => assert_eq!(decision.unwrap().rule(), "two"),
+        other => panic!("{other:?}"),
+    }
+    drop(ok);
+    drop(next);
+}
+
+async fn admitted_on(p: &HttpPolicy, v: &RequestView<'_>) -> ratekeeper::http::Admission {
+    match p.check(v).await {
+        Outcome::Proceed {
+            admission: Some(a), ..
+        } => a,
+        other => panic!("{other:?}"),
+    }
+}

@@ -34,6 +34,7 @@ mod key;
 mod lists;
 mod outcome;
 mod per_rule;
+mod places;
 mod policy;
 mod routes;
 mod shared;
@@ -48,6 +49,7 @@ pub use headers::{HeaderStyle, ResetFormat, rate_limit_headers, retry_after_head
 pub use key::{ExtractedKey, Identity, KeyExtractor, KeyFn, KeySource, MissingKey, RequestView};
 pub use lists::{DEFAULT_LIST_REFRESH, ListEntry, ListKind, RuntimeLists, parse_net};
 pub use outcome::{ErrorBody, Outcome, add_headers, response, static_name};
+pub use places::Places;
 pub use policy::{Admission, BlockedHook, ErrorHook, HttpPolicy};
 pub use routes::{Applies, ErrorMode, ExemptFn, Limits, RouteError, RouteTable};
 pub use shared::{Decided, PolicyGuard, SharedPolicy};

@@ -15,6 +15,7 @@ use ratekeeper_core::{Decision, Limiter, Result, Rule};
 use smol_str::SmolStr;
 
 use super::count::{CountWhen, Settlement};
+use super::places::{Places, holds_place};
 use super::routes::Limits;
 
 /// The rules, by name, in shadow mode and without headers.
@@ -59,6 +60,8 @@ pub(crate) struct Shown {
     pub(crate) enforce: bool,
     /// On a route counting only some responses, what settles the request.
     pub(crate) settlement: Option<Settlement>,
+    /// On a route with concurrency rules, the places it holds.
+    pub(crate) places: Option<Places>,
 }
 
 impl Shown {
@@ -67,26 +70,49 @@ impl Shown {
         headers: true,
         enforce: true,
         settlement: None,
+        places: None,
     };
 }
 
+/// What one atomic step over a route's rules took.
+pub(crate) struct Taken {
+    /// One decision per rule.
+    pub(crate) decisions: Vec<Decision>,
+    /// On a route counting only some responses, what settles the request.
+    pub(crate) settlement: Option<Settlement>,
+    /// On a route with concurrency rules, the places taken.
+    pub(crate) places: Option<Places>,
+}
+
 /// Decides `checks` on `limiter` in one atomic step, one decision per
-/// rule; on a route counting only the responses `when` accepts, by a
-/// reservation, with what settles it when it was taken.
+/// rule; on a route counting only the responses `when` accepts, or holding
+/// places in flight, by a reservation: what settles its rates and the
+/// places it took, when it was admitted.
 pub(crate) async fn take(
     limiter: &Limiter,
     checks: &[(&Rule, &str, u64)],
     when: Option<&CountWhen>,
-) -> Result<(Vec<Decision>, Option<Settlement>)> {
-    let Some(when) = when else {
-        return Ok((limiter.check_each(checks).await?, None));
-    };
-    let reservation = limiter.reserve_each(checks).await?;
+) -> Result<Taken> {
+    let places = checks.iter().any(|(rule, _, _)| holds_place(rule));
+    if when.is_none() && !places {
+        return Ok(Taken {
+            decisions: limiter.check_each(checks).await?,
+            settlement: None,
+            places: None,
+        });
+    }
+    let mut reservation = limiter.reserve_each(checks).await?;
     let decisions = reservation.decisions().to_vec();
-    let settlement = reservation
-        .is_allowed()
-        .then(|| Settlement::new(when.clone(), reservation));
-    Ok((decisions, settlement))
+    let places = reservation.take_places().map(Places::new);
+    let settlement = match when {
+        Some(when) if reservation.is_allowed() => Some(Settlement::new(when.clone(), reservation)),
+        _ => None,
+    };
+    Ok(Taken {
+        decisions,
+        settlement,
+        places,
+    })
 }
 
 impl PerRule {
@@ -154,31 +180,35 @@ impl PerRule {
         let mut costs = vec![limits.cost; rules.len()];
         let mut shadow_denials = Vec::new();
         let mut round = 0;
-        let (decisions, settlement) = loop {
+        let taken = loop {
             round += 1;
             let checks: Vec<(&Rule, &str, u64)> = rules
                 .iter()
                 .zip(&costs)
                 .map(|(rule, cost)| (rule, key, *cost))
                 .collect();
-            let (decisions, settlement) =
-                take(limiter, &checks, limits.count_when.as_ref()).await?;
+            let taken = take(limiter, &checks, limits.count_when.as_ref()).await?;
             let denying: Vec<usize> = (0..rules.len())
                 .filter(|&i| {
                     costs.get(i).is_some_and(|c| *c > 0)
-                        && decisions.get(i).is_some_and(|d| !d.is_allowed())
+                        && taken.decisions.get(i).is_some_and(|d| !d.is_allowed())
                 })
                 .collect();
             if denying.is_empty() || !denying.iter().all(|&i| shadow(i)) || round > rules.len() {
-                break (decisions, settlement);
+                break taken;
             }
             for i in denying {
-                shadow_denials.extend(decisions.get(i).cloned());
+                shadow_denials.extend(taken.decisions.get(i).cloned());
                 if let Some(cost) = costs.get_mut(i) {
                     *cost = 0;
                 }
             }
         };
+        let Taken {
+            decisions,
+            settlement,
+            places,
+        } = taken;
         let pick = |keep: &dyn Fn(usize) -> bool| {
             let kept: Vec<Decision> = (0..decisions.len())
                 .filter(|&i| keep(i))
@@ -208,6 +238,7 @@ impl PerRule {
                 headers: self.shows(decision.rule()),
                 enforce,
                 settlement,
+                places,
             },
             decision,
             shadow_denial: Decision::most_restrictive(&shadow_denials).cloned(),

@@ -17,6 +17,7 @@ use super::key::{KeyExtractor, KeySource, Keyed, RequestView};
 use super::lists::{ListKind, RuntimeLists};
 use super::outcome::{ErrorBody, Outcome};
 use super::per_rule::{Decided, PerRule, Shown, take};
+use super::places::{Places, holds_place, holds_places};
 use super::routes::{Applies, ErrorMode, Limits, RouteTable};
 use super::tiers::{Known, Tiers};
 use http::header::RETRY_AFTER;
@@ -45,6 +46,7 @@ pub struct Admission {
     rules: Arc<[Rule]>,
     key: SmolStr,
     settlement: Option<Settlement>,
+    places: Option<Places>,
 }
 
 impl fmt::Debug for Admission {
@@ -80,16 +82,33 @@ impl Admission {
     /// nothing like any decision. If they do not fit, nothing is charged and
     /// the denial comes back: the handler decides what to do (say, refuse to
     /// send a response that large); later requests are limited as usual.
+    /// The route's concurrency rules are left alone (the request holds its
+    /// places already): a route with no rate rule is an
+    /// [`ErrorKind::InvalidInput`] error.
     pub async fn charge(&self, cost: u64) -> Result<Decision> {
+        self.rate_rules()?;
         self.limiter.check_rules(&self.rules, &self.key, cost).await
+    }
+
+    /// An error when the route has no rate rule to charge or refund.
+    fn rate_rules(&self) -> Result<()> {
+        if self.rules.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "this route limits requests in flight only: it has no rate to charge or refund",
+            ));
+        }
+        Ok(())
     }
 
     /// Gives `units` back to the request's rules and key (the work cost
     /// less than the route charged, or was not done): the newest units of
     /// each rule, as [`Limiter::refund`] does, never more than were taken.
     /// Returns what a request would get now (the most restrictive rule's
-    /// decision).
+    /// decision). Concurrency rules are left alone, as by
+    /// [`charge`](Self::charge).
     pub async fn refund(&self, units: u64) -> Result<Decision> {
+        self.rate_rules()?;
         let refund = Adjustment::Refund {
             units,
             taken_at: None,
@@ -111,6 +130,14 @@ impl Admission {
     /// status. `None` elsewhere (the request counted when it arrived).
     pub fn settlement(&self) -> Option<&Settlement> {
         self.settlement.as_ref()
+    }
+
+    /// On a route with concurrency rules, the places in flight the request
+    /// holds: adapters keep them with the response body until it has been
+    /// sent, so they come back when the response ends (or is dropped: the
+    /// client went away, the handler failed). `None` elsewhere.
+    pub fn places(&self) -> Option<&Places> {
+        self.places.as_ref()
     }
 }
 
@@ -205,6 +232,7 @@ impl HttpPolicy {
                 style: HeaderStyle::default(),
                 reset: ResetFormat::default(),
                 denied_status: StatusCode::TOO_MANY_REQUESTS,
+                in_flight_status: StatusCode::TOO_MANY_REQUESTS,
             },
             on_store_error: ErrorMode::default(),
             shadow: false,
@@ -305,6 +333,14 @@ impl HttpPolicy {
         self
     }
 
+    /// The status of a denial by a concurrency rule, every place in flight
+    /// taken (default 429; 503 says "busy" rather than "slow down").
+    #[must_use]
+    pub fn in_flight_status(mut self, status: StatusCode) -> Self {
+        self.answers.in_flight_status = status;
+        self
+    }
+
     /// What routes without their own setting do when the store fails.
     #[must_use]
     pub fn on_store_error(mut self, mode: ErrorMode) -> Self {
@@ -379,18 +415,22 @@ impl HttpPolicy {
         })
     }
 
-    /// The rules of `limits` in force: all but those in shadow mode (what a
-    /// handler's charge and refund apply to).
+    /// The rate rules of `limits` in force: all but those in shadow mode
+    /// and the concurrency rules, whose places the request holds already
+    /// (what a handler's charge and refund apply to).
     fn in_force(&self, limits: &Limits) -> Arc<[Rule]> {
-        match self.per_rule_for(limits) {
-            Some(per_rule) if per_rule.shadows_any(&limits.rules) => limits
-                .rules
-                .iter()
-                .filter(|r| !per_rule.is_shadow(r.name()))
-                .cloned()
-                .collect(),
-            _ => Arc::clone(&limits.rules),
+        let shadow = self
+            .per_rule_for(limits)
+            .filter(|per_rule| per_rule.shadows_any(&limits.rules));
+        if shadow.is_none() && !holds_places(&limits.rules) {
+            return Arc::clone(&limits.rules);
         }
+        limits
+            .rules
+            .iter()
+            .filter(|r| !holds_place(r) && !shadow.is_some_and(|p| p.is_shadow(r.name())))
+            .cloned()
+            .collect()
     }
 
     /// The per-rule settings that apply to `limits`, if any.
@@ -468,10 +508,13 @@ impl HttpPolicy {
         match self.begin_with(view, given) {
             Begun::Done(outcome) => Some(outcome),
             Begun::ResolveTier(_) => None,
-            // A route counting some responses reserves, and one with rules
-            // of their own decides rule by rule: never at once.
+            // A route counting some responses or holding places in flight
+            // reserves, and one with rules of their own decides rule by
+            // rule: never at once.
             Begun::Decide(to)
-                if to.limits.count_when.is_some() || self.per_rule_for(to.limits).is_some() =>
+                if to.limits.count_when.is_some()
+                    || self.per_rule_for(to.limits).is_some()
+                    || holds_places(&to.limits.rules) =>
             {
                 None
             }
@@ -545,24 +588,25 @@ impl HttpPolicy {
         if let Some(per_rule) = self.per_rule_for(limits) {
             return per_rule.decide(limiter, limits, key).await;
         }
-        let Some(when) = &limits.count_when else {
+        if limits.count_when.is_none() && !holds_places(&limits.rules) {
             return limiter
                 .check_rules(&limits.rules, key, limits.cost)
                 .await
                 .map(Decided::enforced);
-        };
+        }
         let checks: Vec<_> = limits
             .rules
             .iter()
             .map(|rule| (rule, key, limits.cost))
             .collect();
-        let (decisions, settlement) = take(limiter, &checks, Some(when)).await?;
-        let decision = Decision::most_restrictive(&decisions)
+        let taken = take(limiter, &checks, limits.count_when.as_ref()).await?;
+        let decision = Decision::most_restrictive(&taken.decisions)
             .cloned()
             .ok_or_else(|| Error::new(ErrorKind::Other, "the store answered no decision"))?;
         Ok(Decided {
             how: Shown {
-                settlement,
+                settlement: taken.settlement,
+                places: taken.places,
                 ..Shown::ENFORCED
             },
             ..Decided::enforced(decision)
@@ -844,6 +888,7 @@ impl HttpPolicy {
             headers: shown,
             enforce,
             settlement,
+            places,
         } = how;
         let Target {
             limits,
@@ -890,10 +935,15 @@ impl HttpPolicy {
                     rules: self.in_force(limits),
                     key,
                     settlement,
+                    places,
                 }),
             };
         }
-        self.answers.denial(decision, headers)
+        let busy = limits
+            .rules
+            .iter()
+            .any(|r| r.name() == decision.rule() && holds_place(r));
+        self.answers.denial(decision, headers, busy)
     }
 }
 
@@ -904,6 +954,8 @@ struct Answers {
     style: HeaderStyle,
     reset: ResetFormat,
     denied_status: StatusCode,
+    /// The status of a denial by a concurrency rule.
+    in_flight_status: StatusCode,
 }
 
 impl Answers {
@@ -929,7 +981,14 @@ impl Answers {
 
     /// A denial's answer: `headers` and `Retry-After`, the JSON body, the
     /// status, and the decision for the adapter.
-    fn denial(&self, decision: Decision, mut headers: Vec<(HeaderName, HeaderValue)>) -> Outcome {
+    /// A denial's answer; `busy` when a concurrency rule denied (every
+    /// place in flight taken).
+    fn denial(
+        &self,
+        decision: Decision,
+        mut headers: Vec<(HeaderName, HeaderValue)>,
+        busy: bool,
+    ) -> Outcome {
         let retry = retry_after_secs(&decision).unwrap_or(1);
         headers.push((RETRY_AFTER, HeaderValue::from(retry)));
         let body = ErrorBody::new(
@@ -937,7 +996,12 @@ impl Answers {
             format!("too many requests; retry in {retry} s"),
         )
         .with_retry_after(retry);
-        let mut answer = Outcome::answer(self.denied_status, headers, body);
+        let status = if busy {
+            self.in_flight_status
+        } else {
+            self.denied_status
+        };
+        let mut answer = Outcome::answer(status, headers, body);
         if let Outcome::Respond { decision: d, .. } = &mut answer {
             *d = Some(decision);
         }
