@@ -4,6 +4,7 @@
 mod decision;
 mod future;
 mod middleware;
+mod places;
 
 pub use decision::RateLimitDecision;
 pub use future::ResponseFuture;

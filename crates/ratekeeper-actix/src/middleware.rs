@@ -4,13 +4,14 @@
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use actix_web::body::EitherBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage, HttpResponse};
 use ratekeeper_http::{
-    Decided, HttpPolicy, Identity, Outcome, PolicyGuard, RequestView, Settlement, SharedPolicy,
+    Decided, HttpPolicy, Identity, Outcome, Places, PolicyGuard, RequestView, Settlement,
+    SharedPolicy,
 };
 
 use crate::decision::RateLimitDecision;
@@ -70,7 +71,7 @@ impl RateLimit {
 impl<S, B> Transform<S, ServiceRequest> for RateLimit
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: 'static,
+    B: MessageBody + 'static,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
@@ -152,8 +153,40 @@ const NO_PEER: &str =
 enum Action {
     Answer(HttpResponse),
     /// Call the handler and add these headers; on a route counting only
-    /// some responses, settle the request with the response's status.
-    Forward(Headers, Option<Settlement>),
+    /// some responses, settle the request with the response's status; on a
+    /// route with concurrency rules, hold its places until the body ends.
+    Forward(Headers, After),
+}
+
+/// What follows the handler of an admitted request.
+#[derive(Default)]
+struct After {
+    settlement: Option<Settlement>,
+    places: Option<Places>,
+}
+
+impl After {
+    fn is_nothing(&self) -> bool {
+        self.settlement.is_none() && self.places.is_none()
+    }
+
+    /// Settles the request by `response`'s status, adds `headers`, and
+    /// gives its places to the body.
+    async fn apply<B: MessageBody + 'static>(
+        self,
+        response: ServiceResponse<B>,
+        headers: Headers,
+    ) -> ServiceResponse<EitherBody<B>> {
+        let response = match &self.settlement {
+            Some(settlement) => settle(response, settlement).await,
+            None => response,
+        };
+        let response = with_headers(response, headers);
+        match self.places {
+            Some(places) => crate::places::holding(response, places),
+            None => response,
+        }
+    }
 }
 
 /// Applies an outcome: the middleware's answer, or the request goes on with
@@ -174,13 +207,16 @@ fn act(outcome: Outcome, request: &ServiceRequest) -> Action {
             Action::Answer(response)
         }
         Outcome::Proceed { headers, admission } => {
-            let settlement = admission.as_ref().and_then(|a| a.settlement().cloned());
+            let after = admission.as_ref().map_or_else(After::default, |a| After {
+                settlement: a.settlement().cloned(),
+                places: a.places().cloned(),
+            });
             if let Some(admission) = admission {
                 request
                     .extensions_mut()
                     .insert(RateLimitDecision(admission));
             }
-            Action::Forward(headers, settlement)
+            Action::Forward(headers, after)
         }
     }
 }
@@ -242,7 +278,7 @@ async fn decide(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> 
 impl<S, B> RateLimitMiddleware<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: 'static,
+    B: MessageBody + 'static,
 {
     /// Applies an outcome decided at once: nothing boxed.
     fn at_once(&self, outcome: Outcome, request: ServiceRequest) -> ResponseFuture<S::Future, B> {
@@ -250,16 +286,13 @@ where
             Action::Answer(response) => {
                 ResponseFuture::answered(request.into_response(response).map_into_right_body())
             }
-            Action::Forward(headers, None) => {
+            Action::Forward(headers, after) if after.is_nothing() => {
                 ResponseFuture::forwarded(self.service.call(request), headers, with_headers)
             }
-            Action::Forward(headers, Some(settlement)) => {
+            Action::Forward(headers, after) => {
                 let call = self.service.call(request);
                 ResponseFuture::deciding(Box::pin(async move {
-                    Ok(with_headers(
-                        settle(call.await?, &settlement).await,
-                        headers,
-                    ))
+                    Ok(after.apply(call.await?, headers).await)
                 }))
             }
         }
@@ -269,7 +302,7 @@ where
 impl<S, B> Service<ServiceRequest> for RateLimitMiddleware<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: 'static,
+    B: MessageBody + 'static,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
@@ -296,12 +329,9 @@ where
                 Action::Answer(response) => {
                     Ok(request.into_response(response).map_into_right_body())
                 }
-                Action::Forward(headers, settlement) => {
-                    let mut response = service.call(request).await?;
-                    if let Some(settlement) = settlement {
-                        response = settle(response, &settlement).await;
-                    }
-                    Ok(with_headers(response, headers))
+                Action::Forward(headers, after) => {
+                    let response = service.call(request).await?;
+                    Ok(after.apply(response, headers).await)
                 }
             }
         }))

@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
+use ratekeeper_http::Places;
 
 /// A response body type the layer can write its own answers in (a denial's
 /// JSON, an empty gRPC answer), so that its responses and the inner service's
@@ -33,11 +34,26 @@ use pin_project_lite::pin_project;
 pub trait AnswerBody: Sized {
     /// A body holding `bytes`.
     fn answer(bytes: Bytes) -> Self;
+
+    /// This body, holding `places` (a request's places in flight on a
+    /// route with concurrency rules) until it has been sent or dropped.
+    /// The default gives them back at once, when the response leaves the
+    /// layer: right for a body held whole in memory (`Full<Bytes>`,
+    /// `String`), which goes out at once; the streaming bodies (axum's,
+    /// the boxed ones, tonic's, [`ResponseBody`]) hold them to the end.
+    fn holding(self, places: Places) -> Self {
+        drop(places);
+        self
+    }
 }
 
 impl AnswerBody for axum::body::Body {
     fn answer(bytes: Bytes) -> Self {
         Self::from(bytes)
+    }
+
+    fn holding(self, places: Places) -> Self {
+        Self::new(Holding::new(self, places))
     }
 }
 
@@ -61,6 +77,10 @@ where
     fn answer(bytes: Bytes) -> Self {
         Full::new(bytes).map_err(|never| match never {}).boxed()
     }
+
+    fn holding(self, places: Places) -> Self {
+        Holding::new(self, places).boxed()
+    }
 }
 
 impl<E> AnswerBody for UnsyncBoxBody<Bytes, E>
@@ -71,6 +91,10 @@ where
         Full::new(bytes)
             .map_err(|never| match never {})
             .boxed_unsync()
+    }
+
+    fn holding(self, places: Places) -> Self {
+        Holding::new(self, places).boxed_unsync()
     }
 }
 
@@ -83,6 +107,10 @@ impl AnswerBody for tonic::body::Body {
             Self::new(Full::new(bytes))
         }
     }
+
+    fn holding(self, places: Places) -> Self {
+        Self::new(Holding::new(self, places))
+    }
 }
 
 impl<B> AnswerBody for ResponseBody<B> {
@@ -91,7 +119,13 @@ impl<B> AnswerBody for ResponseBody<B> {
             kind: Kind::Full {
                 body: Full::new(bytes),
             },
+            places: None,
         }
+    }
+
+    fn holding(mut self, places: Places) -> Self {
+        self.places = Some(places);
+        self
     }
 }
 
@@ -102,6 +136,58 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
+        // Places in flight, given back when the body ends.
+        places: Option<Places>,
+    }
+}
+
+pin_project! {
+    /// A body holding a request's places in flight until it ends (its last
+    /// frame, an error) or is dropped (the client went away).
+    struct Holding<B> {
+        #[pin]
+        body: B,
+        places: Option<Places>,
+    }
+}
+
+impl<B> Holding<B> {
+    fn new(body: B, places: Places) -> Self {
+        Self {
+            body,
+            places: Some(places),
+        }
+    }
+}
+
+impl<B: Body> Body for Holding<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.body.poll_frame(cx);
+        release_at_end(&frame, this.places);
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Gives `places` back once `frame` ends its body: the last frame, or an
+/// error.
+fn release_at_end<T, E>(frame: &Poll<Option<Result<T, E>>>, places: &mut Option<Places>) {
+    if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+        places.take();
     }
 }
 
@@ -118,6 +204,7 @@ impl<B> ResponseBody<B> {
     pub fn inner(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
+            places: None,
         }
     }
 }
@@ -142,12 +229,15 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let frame = match this.kind.project() {
             KindProjection::Inner { body } => body.poll_frame(cx),
             KindProjection::Full { body } => body
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
-        }
+        };
+        release_at_end(&frame, this.places);
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

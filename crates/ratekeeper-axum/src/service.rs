@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use axum::extract::{ConnectInfo, MatchedPath, OriginalUri};
 use http::{Extensions, HeaderName, HeaderValue, Request, Response};
 use ratekeeper_http::{
-    Decided, Identity, Outcome, RequestView, Settlement, SharedPolicy, add_headers, response,
+    Decided, Identity, Outcome, Places, RequestView, Settlement, SharedPolicy, add_headers,
+    response,
 };
 use tower::Service;
 
@@ -63,8 +64,39 @@ const NO_PEER: &str = "no peer address: serve the app with \
 enum Action<B> {
     Answer(Response<B>),
     /// Call the handler and add these headers; on a route counting only
-    /// some responses, settle the request with the response's status.
-    Forward(Vec<(HeaderName, HeaderValue)>, Option<Settlement>),
+    /// some responses, settle the request with the response's status; on a
+    /// route with concurrency rules, hold its places until the body ends.
+    Forward(Vec<(HeaderName, HeaderValue)>, After),
+}
+
+/// What follows the handler of an admitted request.
+#[derive(Default)]
+struct After {
+    settlement: Option<Settlement>,
+    places: Option<Places>,
+}
+
+impl After {
+    fn is_nothing(&self) -> bool {
+        self.settlement.is_none() && self.places.is_none()
+    }
+
+    /// Settles the request by `response`'s status, adds `headers`, and
+    /// gives its places to the body.
+    async fn apply<B: AnswerBody>(
+        self,
+        response: Response<B>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Response<B> {
+        if let Some(settlement) = self.settlement {
+            settlement.finish(response.status()).await;
+        }
+        let response = with_headers(response, headers);
+        match self.places {
+            Some(places) => response.map(|body| body.holding(places)),
+            None => response,
+        }
+    }
 }
 
 /// Applies an outcome: the layer's answer (in gRPC's form for gRPC requests),
@@ -78,13 +110,16 @@ fn act<B: AnswerBody, ReqBody>(outcome: Outcome, request: &mut Request<ReqBody>)
             ..
         } => Action::Answer(response(status, headers, body).map(B::answer)),
         Outcome::Proceed { headers, admission } => {
-            let settlement = admission.as_ref().and_then(|a| a.settlement().cloned());
+            let after = admission.as_ref().map_or_else(After::default, |a| After {
+                settlement: a.settlement().cloned(),
+                places: a.places().cloned(),
+            });
             if let Some(admission) = admission {
                 request
                     .extensions_mut()
                     .insert(RateLimitDecision(admission));
             }
-            Action::Forward(headers, settlement)
+            Action::Forward(headers, after)
         }
     }
 }
@@ -133,15 +168,13 @@ impl<S> RateLimit<S> {
     {
         match act(outcome, &mut request) {
             Action::Answer(response) => ResponseFuture::answered(response),
-            Action::Forward(headers, None) => {
+            Action::Forward(headers, after) if after.is_nothing() => {
                 ResponseFuture::forwarded(self.inner.call(request), headers, with_headers)
             }
-            Action::Forward(headers, Some(settlement)) => {
+            Action::Forward(headers, after) => {
                 let call = self.inner.call(request);
                 ResponseFuture::deciding(Box::pin(async move {
-                    let response = call.await?;
-                    settlement.finish(response.status()).await;
-                    Ok(with_headers(response, headers))
+                    Ok(after.apply(call.await?, headers).await)
                 }))
             }
         }
@@ -184,12 +217,9 @@ where
             let mut request = request;
             match act(outcome, &mut request) {
                 Action::Answer(response) => Ok(response),
-                Action::Forward(headers, settlement) => {
+                Action::Forward(headers, after) => {
                     let response = inner.call(request).await?;
-                    if let Some(settlement) = settlement {
-                        settlement.finish(response.status()).await;
-                    }
-                    Ok(with_headers(response, headers))
+                    Ok(after.apply(response, headers).await)
                 }
             }
         }))

@@ -16,7 +16,8 @@ use ratekeeper_axum::{RateLimitDecision, RateLimitLayer};
 use ratekeeper_core::Storage;
 use ratekeeper_http::SharedPolicy;
 use ratekeeper_testkit::http::{
-    HttpHarness, Server, calls_body, count_call, decision_body, login, suite_identity,
+    HttpHarness, InFlight, Server, calls_body, count_call, decision_body, login, most_body, slow,
+    stream_delay, suite_identity,
 };
 
 /// The app's own authentication, as the suite expects it: `x-user` (and
@@ -33,6 +34,25 @@ async fn auth(mut request: Request, next: Next) -> Response {
 async fn sign_in(headers: http::HeaderMap) -> (http::StatusCode, &'static str) {
     let (status, body) = login(headers.get("x-password").and_then(|v| v.to_str().ok()));
     (http::StatusCode::from_u16(status).expect("a status"), body)
+}
+
+/// `/stream`: `first ` at once, `second` after the pause asked for.
+async fn stream(uri: http::Uri) -> axum::body::Body {
+    use tokio_stream::StreamExt;
+    let delay = stream_delay(uri.query());
+    let chunks = tokio_stream::iter([false, true]).then(move |late| async move {
+        if late {
+            tokio::time::sleep(delay).await;
+            Ok::<_, std::convert::Infallible>(&b"second"[..])
+        } else {
+            Ok(&b"first "[..])
+        }
+    });
+    axum::body::Body::from_stream(chunks)
+}
+
+async fn panics() -> &'static str {
+    panic!("a handler that panics")
 }
 
 async fn decision(decision: Option<RateLimitDecision>) -> String {
@@ -57,7 +77,16 @@ impl HttpHarness for Axum {
     async fn serve(&self, policy: SharedPolicy) -> Server {
         let calls = Arc::new(AtomicU64::new(0));
         let (counted, read) = (calls.clone(), calls);
+        let flight = Arc::new(InFlight::default());
+        let (slow_flight, most_flight) = (flight.clone(), flight);
         let app = Router::new()
+            .route(
+                "/slow",
+                get(move |uri: http::Uri| async move { slow(uri.query(), &slow_flight).await }),
+            )
+            .route("/most", get(move || async move { most_body(&most_flight) }))
+            .route("/panic", get(panics))
+            .route("/stream", get(stream))
             .route("/counted", get(move || async move { count_call(&counted) }))
             .route("/calls", get(move || async move { calls_body(&read) }))
             .route("/", get(|| async { "ok" }))

@@ -196,6 +196,10 @@ impl Compiled {
                 http::StatusCode::from_u16(d.denied_status)
                     .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS),
             )
+            .in_flight_status(
+                http::StatusCode::from_u16(d.in_flight_status)
+                    .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS),
+            )
             .on_store_error(d.on_store_error)
             .shadow(d.shadow)
             .shadow_rules(&self.shadow)
@@ -476,14 +480,16 @@ impl Checker<'_> {
     fn ranges(&mut self) {
         let config = self.config;
         let d = &config.defaults;
-        if !(400..=599).contains(&d.denied_status) {
-            self.problem(
-                "defaults.denied_status",
-                format!(
-                    "{} is out of range (expected a whole number from 400 to 599)",
-                    d.denied_status
-                ),
-            );
+        for (field, status) in [
+            ("defaults.denied_status", d.denied_status),
+            ("defaults.in_flight_status", d.in_flight_status),
+        ] {
+            if !(400..=599).contains(&status) {
+                self.problem(
+                    field,
+                    format!("{status} is out of range (expected a whole number from 400 to 599)"),
+                );
+            }
         }
         if !(1..=128).contains(&d.ipv6_prefix) {
             self.problem(
@@ -607,18 +613,6 @@ impl Checker<'_> {
                 Some(rule) => {
                     if found.iter().any(|r: &Rule| r.name() == name) {
                         self.problem(&path, format!("rule `{name}` is listed twice"));
-                        ok = false;
-                        continue;
-                    }
-                    if rule.algorithm() == Algorithm::Concurrency {
-                        self.problem(
-                            &path,
-                            format!(
-                                "rule `{name}` limits requests in flight (concurrency): routes and \
-                                 tiers take rate rules only; hold its places from code with \
-                                 Limiter::acquire"
-                            ),
-                        );
                         ok = false;
                         continue;
                     }

@@ -201,6 +201,9 @@ pub struct DefaultsConfig {
     pub degraded_instances: u64,
     /// The status of a denied request (default 429).
     pub denied_status: u16,
+    /// The status of a request denied by a concurrency rule, every place
+    /// in flight taken (default 429).
+    pub in_flight_status: u16,
     /// Decide and report, never block (default false).
     pub shadow: bool,
     /// IPv6 clients are keyed by this prefix (default 64).
@@ -220,6 +223,7 @@ impl Default for DefaultsConfig {
             on_store_error: ErrorMode::FailClosed,
             degraded_instances: 1,
             denied_status: 429,
+            in_flight_status: 429,
             shadow: false,
             ipv6_prefix: 64,
             rules: Vec::new(),

@@ -317,6 +317,9 @@ fn defaults(r: &mut Reader<'_>, t: &Table<'_>) -> DefaultsConfig {
     if let Some(s) = t.integer(r, "denied_status", 400, 599) {
         d.denied_status = u16::try_from(s).unwrap_or(429);
     }
+    if let Some(s) = t.integer(r, "in_flight_status", 400, 599) {
+        d.in_flight_status = u16::try_from(s).unwrap_or(429);
+    }
     if let Some(s) = t.boolean(r, "shadow") {
         d.shadow = s;
     }
@@ -335,6 +338,7 @@ fn defaults(r: &mut Reader<'_>, t: &Table<'_>) -> DefaultsConfig {
             "on_store_error",
             "degraded_instances",
             "denied_status",
+            "in_flight_status",
             "shadow",
             "ipv6_prefix",
             "rules",

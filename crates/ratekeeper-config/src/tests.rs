@@ -672,6 +672,7 @@ mod fuzz {
         "reset_format",
         "on_store_error",
         "denied_status",
+        "in_flight_status",
         "shadow",
         "ipv6_prefix",
         "rules",
@@ -936,12 +937,15 @@ fn a_tier_entry_naming_a_rule_leaves_the_rules_settings_to_it() {
 }
 
 #[test]
-fn concurrency_rules_are_read_and_kept_off_routes_and_descriptors() {
+fn concurrency_rules_are_read_for_routes_and_kept_off_descriptors() {
     let config = Config::parse(
-        "[rules.exports]\nalgorithm = \"concurrency\"\nlimit = 2\nwindow = \"10m\"\n",
+        "[defaults]\nin_flight_status = 503\n\
+         [rules.exports]\nalgorithm = \"concurrency\"\nlimit = 2\nwindow = \"10m\"\n\
+         [[routes]]\npath = \"/export\"\nrules = [\"exports\"]\n",
         Format::Toml,
     )
     .unwrap();
+    assert_eq!(config.defaults.in_flight_status, 503);
     let rules = config.built_rules().unwrap();
     let exports = &rules["exports"];
     assert_eq!(
@@ -952,22 +956,17 @@ fn concurrency_rules_are_read_and_kept_off_routes_and_descriptors() {
     assert_eq!(
         errors(
             r#"
-            [rules.exports]
-            algorithm = "in_flight"
-            limit = 2
-            window = "10m"
-            [[routes]]
-            path = "/export"
-            rules = ["exports"]
+            [defaults]
+            in_flight_status = 200
 
             [[domains]]
             domain = "d"
             [[domains.descriptors]]
             key = "k"
-            rate_limit = { unit = "minute", requests_per_unit = 5, algorithm = "concurrency" }
+            rate_limit = { unit = "minute", requests_per_unit = 5, algorithm = "in_flight" }
             "#
         ),
-        "configuration: domains[0].descriptors[0].rate_limit: a descriptor limits a rate: `concurrency` needs a release when the request ends, which Envoy's rate-limit API has no call for\n\
-         configuration: routes[0].rules[0]: rule `exports` limits requests in flight (concurrency): routes and tiers take rate rules only; hold its places from code with Limiter::acquire"
+        "configuration: defaults.in_flight_status: 200 is out of range (expected a whole number from 400 to 599)\n\
+         configuration: domains[0].descriptors[0].rate_limit: a descriptor limits a rate: `concurrency` needs a release when the request ends, which Envoy's rate-limit API has no call for"
     );
 }

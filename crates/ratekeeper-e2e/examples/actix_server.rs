@@ -1,5 +1,5 @@
-//! An actix-web server protected by ratekeeper: `GET /` and `GET /login` are
-//! limited, `GET /health` is exempt. The same flags and behaviour as
+//! An actix-web server protected by ratekeeper: `GET /`, `GET /login` and
+//! `GET /slow?ms=N` are limited, `GET /health` is exempt. The same flags and behaviour as
 //! `axum_server`:
 //!
 //! ```text
@@ -49,6 +49,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
             )
             .route("/health", web::get().to(|| async { "ok" }))
             .route("/login", web::get().to(login))
+            .route(
+                "/slow",
+                web::get().to(|request: actix_web::HttpRequest| async move {
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(server::slow(Some(request.query_string())).await)
+                }),
+            )
     })
     .bind(o.listen)?;
     for addr in http.addrs() {

@@ -1,6 +1,8 @@
-//! An axum server protected by ratekeeper: `GET /` and `GET /login` (200
-//! with `X-Password: good`, 401 otherwise) are limited, `GET /health` is
-//! exempt. `--count-when 401` counts only the failed logins.
+//! An axum server protected by ratekeeper: `GET /`, `GET /login` (200
+//! with `X-Password: good`, 401 otherwise) and `GET /slow?ms=N` (answers
+//! after N ms) are limited, `GET /health` is exempt. `--count-when 401`
+//! counts only the failed logins; `--concurrency N` holds at most N
+//! requests in flight per key.
 //!
 //! ```text
 //! cargo run -p ratekeeper-e2e --example axum_server -- \
@@ -48,6 +50,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .route("/health", get(|| async { "ok" }))
         .route("/login", get(login))
+        .route(
+            "/slow",
+            get(|uri: axum::http::Uri| async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    server::slow(uri.query()).await,
+                )
+            }),
+        )
         .layer(RateLimitLayer::new(policy));
     let listener = tokio::net::TcpListener::bind(o.listen).await?;
     println!("{}", server::describe(&o, listener.local_addr()?));

@@ -1,5 +1,5 @@
-//! A Rocket server protected by ratekeeper: `GET /` and `GET /login` are
-//! limited, `GET /health` is exempt. The same flags and behaviour as
+//! A Rocket server protected by ratekeeper: `GET /`, `GET /login` and
+//! `GET /slow?ms=N` are limited, `GET /health` is exempt. The same flags and behaviour as
 //! `axum_server`:
 //!
 //! ```text
@@ -50,6 +50,12 @@ fn login(password: Password) -> (rocket::http::Status, (ContentType, &'static st
     (rocket::http::Status::new(status), (ContentType::JSON, body))
 }
 
+#[rocket::get("/slow?<ms>")]
+async fn slow(ms: Option<u64>) -> (ContentType, &'static str) {
+    let query = ms.map(|ms| format!("ms={ms}"));
+    (ContentType::JSON, server::slow(query.as_deref()).await)
+}
+
 #[rocket::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let o = server::parse_args()?;
@@ -69,7 +75,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .attach(AdHoc::on_liftoff("banner", move |rocket| {
             Box::pin(async move { banner(rocket) })
         }))
-        .mount("/", rocket::routes![index, health, login])
+        .mount("/", rocket::routes![index, health, login, slow])
         .launch()
         .await?;
     // Rocket stops gracefully on Ctrl-C by itself.

@@ -66,6 +66,42 @@ async fn the_trusted_header_is_the_one_named() {
     assert_eq!(admitted_with_forged_forwarded(Some("forwarded")).await, 20);
 }
 
+/// `--concurrency 2` on each example server: six slow requests at once,
+/// two run and four are refused at once; once they are answered, the
+/// places are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_n_requests_in_flight() {
+    for example in ["axum_server", "actix_server", "rocket_server"] {
+        let args = ["--limit", "1000", "--window", "1h", "--concurrency", "2"];
+        let server = Example::start(example, &args);
+        let c = TestClient::new(server.addr);
+        let at_once = || async {
+            let tasks: Vec<_> = (0..6)
+                .map(|_| {
+                    let c = c.clone();
+                    tokio::spawn(async move { c.status("/slow?ms=400", &[]).await })
+                })
+                .collect();
+            let mut statuses = Vec::new();
+            for task in tasks {
+                statuses.push(task.await.expect("a request task"));
+            }
+            statuses.sort_unstable();
+            statuses
+        };
+        assert_eq!(at_once().await, [200, 200, 429, 429, 429, 429], "{example}");
+        let mut back = false;
+        for _ in 0..100 {
+            if c.status("/slow", &[]).await == 200 && c.status("/slow", &[]).await == 200 {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(back, "{example}: the places came back");
+    }
+}
+
 /// `--count-when 401` on each example server, run as an operator runs it:
 /// with 3 requests an hour, ten good logins pass and are never counted, the
 /// first three wrong passwords reach the handler (401) and the next two are

@@ -720,7 +720,10 @@ async fn concurrency_rules_hold_places_until_the_admission_is_dropped() {
     let (p, _) = policy(RouteTable::new().default_limits(limits));
     let p = p.in_flight_status(StatusCode::SERVICE_UNAVAILABLE);
     let v = view("/export", &NONE, None);
-    assert!(p.check_now(&v).is_none(), "places are taken by a reservation");
+    assert!(
+        p.check_now(&v).is_none(),
+        "places are taken by a reservation"
+    );
     let admitted = || async {
         match p.check(&v).await {
             Outcome::Proceed {
@@ -773,8 +776,8 @@ async fn concurrency_rules_hold_places_until_the_admission_is_dropped() {
     assert!(only.refund(1).await.is_err());
 
     // Counting only failures: a success gives its rate back, not its place.
-    let limits = Limits::new(vec![rule("logins", "5/minute"), two])
-        .count_when("4xx".parse().unwrap());
+    let limits =
+        Limits::new(vec![rule("logins", "5/minute"), two]).count_when("4xx".parse().unwrap());
     let (p, _) = policy(RouteTable::new().default_limits(limits));
     let ok = admitted_on(&p, &v).await;
     ok.settlement().unwrap().finish(StatusCode::OK).await;

@@ -23,9 +23,7 @@ impl Places {
 
 impl fmt::Debug for Places {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Places")
-            .field(&self.0.decisions())
-            .finish()
+        f.debug_tuple("Places").field(&self.0.decisions()).finish()
     }
 }
 

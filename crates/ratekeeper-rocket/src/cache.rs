@@ -1,11 +1,14 @@
 //! What the adapter keeps in a request's local cache: the identity the app's
 //! authentication found, and the policy's outcome. One cache entry holds
 //! both, so a request costs two cache look-ups (one before the handler, one
-//! for the response).
+//! for the response). It also holds the places in flight an admitted
+//! request took: the cache lives as long as the request, which Rocket keeps
+//! until the response's body has been sent (or the client has gone), so
+//! they come back then.
 
 use std::sync::Mutex;
 
-use ratekeeper_http::{Admission, Identity, Outcome, Settlement};
+use ratekeeper_http::{Admission, Identity, Outcome, Places, Settlement};
 use rocket::Request;
 
 /// The adapter's state of one request.
@@ -17,10 +20,12 @@ pub(crate) struct RequestState {
 
 /// The outcome that applies, and what settles the decisions it replaced
 /// (the fairing's, then a route guard's): each is settled by the response.
+/// The places of every admission, held with the request.
 #[derive(Default)]
 struct Decided {
     outcome: Option<Outcome>,
     replaced: Vec<Settlement>,
+    places: Vec<Places>,
 }
 
 /// What settles `outcome`, on a route counting only some responses.
@@ -50,6 +55,14 @@ impl RequestState {
         if let Some(settlement) = settlement_of(decided.outcome.as_ref()) {
             decided.replaced.push(settlement);
         }
+        if let Outcome::Proceed {
+            admission: Some(admission),
+            ..
+        } = &outcome
+            && let Some(places) = admission.places()
+        {
+            decided.places.push(places.clone());
+        }
         decided.outcome = Some(outcome);
     }
 
@@ -59,10 +72,9 @@ impl RequestState {
         let Ok(mut decided) = self.decided.lock() else {
             return (None, Vec::new());
         };
-        let Decided {
-            outcome,
-            mut replaced,
-        } = std::mem::take(&mut *decided);
+        // The places stay: the request holds them until it is dropped.
+        let outcome = decided.outcome.take();
+        let mut replaced = std::mem::take(&mut decided.replaced);
         replaced.extend(settlement_of(outcome.as_ref()));
         (outcome, replaced)
     }

@@ -17,12 +17,17 @@
 //! | `GET /counted` | 200 `counted=N`: the handler counts its calls (one counter per server) |
 //! | `GET /calls` | 200 `calls=N`: how many times `/counted`'s handler ran |
 //! | `GET /login` | 200 `welcome` with `x-password: good`, else 401 `wrong password` ([`login`]) |
+//! | `GET /slow?ms=N` | 200 `slow` after N ms (at most 10 s), counted in the server's [`InFlight`] meanwhile ([`slow`]) |
+//! | `GET /most` | 200 `most=N`: the most `/slow` handlers that ran at once ([`most_body`]) |
+//! | `GET /panic` | the handler panics |
+//! | `GET /stream?ms=N` | 200, a body streamed in two chunks: `first ` at once, `second` N ms later ([`stream_delay`]) |
 //!
 //! The harness's app plays the part of the application's own authentication:
 //! a request's `x-user` header (and `x-tier`) becomes the
 //! [`Identity`] the policy sees.
-//! [`suite_identity`], [`decision_body`], [`count_call`], [`calls_body`]
-//! and [`login`] are those pieces, for a harness to call from its framework's handlers.
+//! [`suite_identity`], [`decision_body`], [`count_call`], [`calls_body`],
+//! [`login`], [`slow`], [`most_body`] and [`stream_delay`] are those pieces,
+//! for a harness to call from its framework's handlers.
 //!
 //! One file on purpose: the scenarios form one table that every adapter runs,
 //! and reading them in one place is how a reviewer sees what is covered.
@@ -161,6 +166,30 @@ impl TestClient {
         })
     }
 
+    /// `GET path`, read up to its body's first chunk: the status, that
+    /// chunk, and the rest of the body, still arriving (dropped, the
+    /// connection goes with it).
+    pub async fn first_chunk(&self, path: &str) -> (u16, String, hyper::body::Incoming) {
+        let request = http::Request::get(format!("http://{}{path}", self.addr))
+            .body(Full::new(Bytes::new()))
+            .expect("a request");
+        let response = self.client.request(request).await.expect("an answer");
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut first = String::new();
+        while first.is_empty() {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        first.push_str(&String::from_utf8_lossy(&data));
+                    }
+                }
+                _ => break,
+            }
+        }
+        (status, first, body)
+    }
+
     /// `GET path` with `headers`.
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.send("GET", path, headers).await
@@ -238,6 +267,59 @@ pub fn login(password: Option<&str>) -> (u16, &'static str) {
     } else {
         (401, "wrong password")
     }
+}
+
+/// The `/slow` handlers running at once on one server, and the most there
+/// have been.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    now: AtomicU64,
+    most: AtomicU64,
+}
+
+/// Counts one handler out of [`InFlight`] when it ends, however it ends
+/// (its future dropped when the client went away).
+struct Running<'a>(&'a InFlight);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The wait a query string asks for (`ms=N`): at most 10 s, none without.
+fn wait_of(query: Option<&str>) -> std::time::Duration {
+    let ms = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(10_000);
+    std::time::Duration::from_millis(ms)
+}
+
+/// `GET /stream`'s pause between its two chunks, from the request's query
+/// string.
+pub fn stream_delay(query: Option<&str>) -> std::time::Duration {
+    wait_of(query)
+}
+
+/// `GET /slow`'s handler, given the request's query string: waits `ms`
+/// milliseconds (at most 10 s; none without it), counted in `flight`
+/// meanwhile, and answers `slow`.
+pub async fn slow(query: Option<&str>, flight: &InFlight) -> &'static str {
+    let wait = wait_of(query);
+    let now = flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+    flight.most.fetch_max(now, Ordering::SeqCst);
+    let _running = Running(flight);
+    tokio::time::sleep(wait).await;
+    "slow"
+}
+
+/// The body of `GET /most`: the most `/slow` handlers that ran at once.
+pub fn most_body(flight: &InFlight) -> String {
+    format!("most={}", flight.most.load(Ordering::SeqCst))
 }
 
 fn rule(name: &str, quota: &str) -> Rule {
@@ -1252,6 +1334,148 @@ pub async fn counting_only_failed_logins(h: Arc<dyn HttpHarness>) {
     assert_eq!(c.status("/login", &bad).await, 429);
 }
 
+/// Requests in flight: `/slow` and `/panic` share a limit of 5 at once per
+/// client (`/slow` also 1 000 an hour). Twenty requests at once on the slow
+/// handler: never more than 5 handlers run, the others are refused at once
+/// with the body and `Retry-After` of any denial, and every place comes
+/// back once the responses are sent. Clients that go away mid-request, and
+/// handlers that panic, give their places back too.
+pub async fn requests_in_flight(h: Arc<dyn HttpHarness>) {
+    let five = Rule::concurrency("five", 5, std::time::Duration::from_secs(60)).expect("a rule");
+    let routes = RouteTable::new()
+        .route(
+            "/slow",
+            &[],
+            Limits::new(vec![rule("hourly", "1000/hour"), five.clone()]),
+        )
+        .and_then(|t| t.route("/panic", &[], Limits::new(vec![five])))
+        .expect("patterns");
+    let keys = KeyExtractor::new(KeySource::Ip);
+    let (_server, c) = start(&h, policy(&h, routes, keys).await).await;
+    let at_once = |path: &'static str, n: usize| {
+        let c = c.clone();
+        async move {
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let c = c.clone();
+                    tokio::spawn(async move { c.get(path, &[]).await })
+                })
+                .collect();
+            let mut replies = Vec::new();
+            for task in tasks {
+                replies.push(task.await.expect("a request task"));
+            }
+            replies
+        }
+    };
+    let replies = at_once("/slow?ms=300", 20).await;
+    let mut admitted = 0;
+    for r in &replies {
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                assert!(r.body.contains("\"rate_limited\""), "{}", r.body);
+                assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+            }
+            other => panic!("unexpected status {other}: {}", r.body),
+        }
+    }
+    let most = c.get("/most", &[]).await.body;
+    let most: u64 = most
+        .strip_prefix("most=")
+        .and_then(|n| n.parse().ok())
+        .expect("most=N");
+    assert!(most <= 5, "{most} handlers ran at once");
+    assert!(admitted >= 5, "only {admitted} admitted");
+    // Every place comes back once its response has been sent.
+    let all_back = async || {
+        for _ in 0..100 {
+            if at_once("/slow", 5).await.iter().all(|r| r.status == 200) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(all_back().await, "the places came back after the responses");
+
+    // Clients that go away while their handlers run.
+    let gone: Vec<_> = (0..5)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let ask = c.get("/slow?ms=1500", &[]);
+                tokio::time::timeout(std::time::Duration::from_millis(200), ask).await
+            })
+        })
+        .collect();
+    for task in gone {
+        assert!(
+            task.await.expect("a request task").is_err(),
+            "answered early"
+        );
+    }
+    assert!(
+        all_back().await,
+        "a client gone mid-request gave its place back"
+    );
+
+    // Handlers that panic.
+    for _ in 0..5 {
+        let answer = c.try_send_bytes("GET", "/panic", &[]).await;
+        assert!(
+            answer.as_ref().map_or(true, |r| r.status == 500),
+            "{answer:?}"
+        );
+    }
+    assert!(
+        all_back().await,
+        "a handler that panicked gave its place back"
+    );
+}
+
+/// Requests in flight, held while their bodies are sent: `/stream` limited
+/// to one at once. While a body is being sent, the next request is
+/// refused; once it has been, or once its client has gone away in the
+/// middle of it, the place is back.
+pub async fn bodies_hold_their_places(h: Arc<dyn HttpHarness>) {
+    let one = Rule::concurrency("one", 1, std::time::Duration::from_secs(60)).expect("a rule");
+    let routes = RouteTable::new()
+        .route("/stream", &[], Limits::new(vec![one]))
+        .expect("a pattern");
+    let keys = KeyExtractor::new(KeySource::Ip);
+    let (_server, c) = start(&h, policy(&h, routes, keys).await).await;
+    let back = async || {
+        for _ in 0..200 {
+            if c.status("/stream", &[]).await == 200 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        false
+    };
+    let (status, first, body) = c.first_chunk("/stream?ms=700").await;
+    assert_eq!((status, first.as_str()), (200, "first "));
+    assert_eq!(
+        c.status("/stream", &[]).await,
+        429,
+        "held while the body is sent"
+    );
+    let rest = body
+        .collect()
+        .await
+        .expect("the rest of the body")
+        .to_bytes();
+    assert_eq!(&rest[..], b"second");
+    assert!(back().await, "given back once the body was sent");
+    // The client goes away in the middle of the body.
+    let (status, _, body) = c.first_chunk("/stream?ms=700").await;
+    assert_eq!(status, 200);
+    assert_eq!(c.status("/stream", &[]).await, 429);
+    drop(body);
+    assert!(back().await, "given back once the client went away");
+}
+
 /// Runs the whole HTTP behaviour suite against a [`HttpHarness`]: one
 /// `#[tokio::test]` per scenario.
 #[macro_export]
@@ -1266,7 +1490,8 @@ macro_rules! http_behaviour_tests {
             hostile_forwarding_headers, ipv6_prefix_grouping, identity_and_header_keys, store_failures,
             shadow_mode, concurrent_requests, handlers_see_the_decision,
             refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving,
-            config_reloaded_under_load, counting_only_failed_logins
+            config_reloaded_under_load, counting_only_failed_logins, requests_in_flight,
+            bodies_hold_their_places
         );
     };
     (@cases $($case:ident),* $(,)?) => {

@@ -15,7 +15,8 @@ use ratekeeper_actix::{RateLimit, RateLimitDecision};
 use ratekeeper_core::Storage;
 use ratekeeper_http::SharedPolicy;
 use ratekeeper_testkit::http::{
-    HttpHarness, Server, calls_body, count_call, decision_body, login, suite_identity,
+    HttpHarness, InFlight, Server, calls_body, count_call, decision_body, login, most_body, slow,
+    stream_delay, suite_identity,
 };
 
 /// The app's own authentication, as the suite expects it: `x-user` (and
@@ -54,6 +55,36 @@ async fn read_calls(calls: web::Data<AtomicU64>) -> String {
     calls_body(&calls)
 }
 
+async fn slow_handler(
+    request: actix_web::HttpRequest,
+    flight: web::Data<InFlight>,
+) -> &'static str {
+    slow(Some(request.query_string()), &flight).await
+}
+
+async fn most(flight: web::Data<InFlight>) -> String {
+    most_body(&flight)
+}
+
+/// `/stream`: `first ` at once, `second` after the pause asked for.
+async fn stream(request: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    use tokio_stream::StreamExt;
+    let delay = stream_delay(Some(request.query_string()));
+    let chunks = tokio_stream::iter([false, true]).then(move |late| async move {
+        if late {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Error>(bytes::Bytes::from_static(b"second"))
+        } else {
+            Ok(bytes::Bytes::from_static(b"first "))
+        }
+    });
+    actix_web::HttpResponse::Ok().streaming(chunks)
+}
+
+async fn panics() -> &'static str {
+    panic!("a handler that panics")
+}
+
 /// Stops the server when the scenario is done.
 pub(crate) struct Stop(pub(crate) ServerHandle);
 
@@ -68,11 +99,13 @@ impl Drop for Stop {
 pub(crate) async fn start(limit: RateLimit, workers: usize) -> (SocketAddr, ServerHandle) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let calls = web::Data::new(AtomicU64::new(0));
+    let flight = web::Data::new(InFlight::default());
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             let server = HttpServer::new(move || {
                 App::new()
                     .app_data(calls.clone())
+                    .app_data(flight.clone())
                     .route("/counted", web::get().to(counted))
                     .route("/calls", web::get().to(read_calls))
                     .wrap(limit.clone())
@@ -86,6 +119,10 @@ pub(crate) async fn start(limit: RateLimit, workers: usize) -> (SocketAddr, Serv
                     )
                     .route("/decision", web::get().to(decision))
                     .route("/login", web::get().to(sign_in))
+                    .route("/slow", web::get().to(slow_handler))
+                    .route("/most", web::get().to(most))
+                    .route("/panic", web::get().to(panics))
+                    .route("/stream", web::get().to(stream))
             })
             .workers(workers)
             .bind(("127.0.0.1", 0))

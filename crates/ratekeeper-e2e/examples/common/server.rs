@@ -26,6 +26,9 @@
 //!                           written every MS milliseconds (docs/operations.md)
 //! --count-when 401,5xx      count only responses with these statuses
 //!                           (classes like 4xx; !2xx: all but success)
+//! --concurrency 5           also at most N requests in flight per key (a
+//!                           place held until the response has been sent,
+//!                           at most --lease long: default 60s)
 //! --config FILE             everything from a configuration file instead
 //!                           (examples/config/); reloaded on SIGHUP
 //! ```
@@ -63,6 +66,8 @@ pub(crate) struct Options {
     pub(crate) approximate: Option<Duration>,
     pub(crate) count_when: Option<CountWhen>,
     pub(crate) degraded_instances: u64,
+    pub(crate) concurrency: Option<u64>,
+    pub(crate) lease: Duration,
 }
 
 /// Reads the flags (see the module docs).
@@ -84,6 +89,8 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
         approximate: None,
         count_when: None,
         degraded_instances: 1,
+        concurrency: None,
+        lease: Duration::from_secs(60),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -116,11 +123,13 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
             }
             "--count-when" => o.count_when = Some(value()?.parse()?),
             "--degraded-instances" => o.degraded_instances = value()?.parse()?,
+            "--concurrency" => o.concurrency = Some(value()?.parse()?),
+            "--lease" => o.lease = parse_duration(&value()?)?,
             "--help" | "-h" => {
                 println!(
                     "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
                      --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,... \
-                     --client-ip-header forwarded|x-forwarded-for|x-real-ip --on-error deny|allow|degraded --degraded-instances N --store-timeout MS --deny-cache N --approximate MS --count-when STATUS,... | --config FILE (reloaded on SIGHUP)"
+                     --client-ip-header forwarded|x-forwarded-for|x-real-ip --on-error deny|allow|degraded --degraded-instances N --store-timeout MS --deny-cache N --approximate MS --count-when STATUS,... --concurrency N --lease DURATION | --config FILE (reloaded on SIGHUP)"
                 );
                 std::process::exit(0);
             }
@@ -138,8 +147,15 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
         live.reload_on_hangup()?;
         return Ok(live.policy());
     }
-    let rule = Rule::new("api", o.algorithm, Quota::new(o.limit, o.window)?)?;
-    let mut limits = Limits::new(vec![rule]);
+    let mut rules = vec![Rule::new(
+        "api",
+        o.algorithm,
+        Quota::new(o.limit, o.window)?,
+    )?];
+    if let Some(n) = o.concurrency {
+        rules.push(Rule::concurrency("in-flight", n, o.lease)?);
+    }
+    let mut limits = Limits::new(rules);
     if let Some(when) = &o.count_when {
         limits = limits.count_when(when.clone());
     }
@@ -188,6 +204,20 @@ pub(crate) fn describe(o: &Options, addr: SocketAddr) -> String {
 
 /// The body of `GET /`.
 pub(crate) const HELLO: &str = r#"{"message":"hello"}"#;
+
+/// `GET /slow?ms=N`: waits N milliseconds (at most 10 s), then answers.
+#[allow(dead_code, reason = "the metrics example serves no slow route")]
+pub(crate) async fn slow(query: Option<&str>) -> &'static str {
+    let ms = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(10_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    r#"{"message":"slow"}"#
+}
 
 /// `GET /login`'s answer to a request whose `X-Password` header is
 /// `password`: 200 for `good`, 401 otherwise (a stand-in for a real login).

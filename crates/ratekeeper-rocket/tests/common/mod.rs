@@ -11,7 +11,8 @@ use ratekeeper_core::Storage;
 use ratekeeper_http::SharedPolicy;
 use ratekeeper_rocket::{RateLimit, RateLimitDecision, set_identity};
 use ratekeeper_testkit::http::{
-    HttpHarness, Server, calls_body, count_call, decision_body, login, suite_identity,
+    HttpHarness, InFlight, Server, calls_body, count_call, decision_body, login, most_body, slow,
+    stream_delay, suite_identity,
 };
 use rocket::fairing::AdHoc;
 use rocket::http::Status;
@@ -58,6 +59,33 @@ fn calls(calls: &State<Calls>) -> String {
     calls_body(&calls.0)
 }
 
+#[rocket::get("/slow?<ms>")]
+async fn slow_route(ms: Option<u64>, flight: &State<InFlight>) -> &'static str {
+    let query = ms.map(|ms| format!("ms={ms}"));
+    slow(query.as_deref(), flight).await
+}
+
+#[rocket::get("/most")]
+fn most(flight: &State<InFlight>) -> String {
+    most_body(flight)
+}
+
+/// `/stream`: `first ` at once, `second` after the pause asked for.
+#[rocket::get("/stream?<ms>")]
+fn stream(ms: Option<u64>) -> rocket::response::stream::ByteStream![&'static [u8]] {
+    let delay = stream_delay(ms.map(|ms| format!("ms={ms}")).as_deref());
+    rocket::response::stream::ByteStream! {
+        yield &b"first "[..];
+        tokio::time::sleep(delay).await;
+        yield &b"second"[..];
+    }
+}
+
+#[rocket::get("/panic")]
+fn panics() -> &'static str {
+    panic!("a handler that panics")
+}
+
 /// The request's `x-password` header.
 pub(crate) struct Password(Option<String>);
 
@@ -80,7 +108,8 @@ fn sign_in(password: Password) -> (Status, &'static str) {
 /// The suite's routes.
 pub(crate) fn routes() -> Vec<Route> {
     rocket::routes![
-        index, health, user, user_post, decision, counted, calls, sign_in
+        index, health, user, user_post, decision, counted, calls, sign_in, slow_route, most,
+        panics, stream
     ]
 }
 
@@ -101,6 +130,7 @@ pub(crate) fn app() -> Rocket<Build> {
     };
     rocket::custom(config)
         .manage(Calls(AtomicU64::new(0)))
+        .manage(InFlight::default())
         .attach(AdHoc::on_request("auth", |request, _| {
             Box::pin(async move {
                 if let Some(identity) = suite_identity(|name| request.headers().get_one(name)) {
