@@ -1,6 +1,10 @@
 //! The shared HTTP behaviour suite on a real axum server: over the memory
 //! store (decided without a future) and over SQLite (decided in one).
-#![allow(clippy::expect_used, clippy::panic, reason = "test harness set-up; a handler that panics")]
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness set-up; a handler that panics"
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,11 @@
-//! Memory-store decisions against governor's keyed limiter, in the same run.
+//! Memory-store decisions against governor's keyed limiter, in the same run;
+//! and places in flight (a concurrency rule's acquire and release) against
+//! a tokio `Semaphore` per key in a sharded map, the way one is written by
+//! hand.
 //!
-//! Rows are `ours/ALGORITHM/KEYS/THREADS` and `governor/gcra/KEYS/THREADS`;
+//! Rows are `ours/ALGORITHM/KEYS/THREADS` and `governor/gcra/KEYS/THREADS`,
+//! `ours/acquire-release/KEYS/THREADS` and
+//! `semaphore/acquire-release/KEYS/THREADS`;
 //! `cargo xtask bench memory` turns criterion's estimates into
 //! `target/bench/memory.json`. Both limiters see the same keys, the same
 //! quota, and are prefilled so every key already has state; the measured loop
@@ -13,9 +18,11 @@
     reason = "benchmark code"
 )]
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -144,12 +151,90 @@ fn governor_keyed(c: &mut Criterion) {
     group.finish();
 }
 
+/// Places per key in the places rows.
+const PLACES: u64 = 5;
+/// Key counts of the places rows.
+const PLACE_KEYS: [(usize, &str); 2] = [(1, "1"), (100_000, "100k")];
+
+/// A semaphore per key, in 16 locked shards: the hand-written peer.
+struct Semaphores {
+    hasher: RandomState,
+    shards: Vec<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
+}
+
+impl Semaphores {
+    fn new() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..16).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn of(&self, key: &str) -> Arc<tokio::sync::Semaphore> {
+        let shard = &self.shards[(self.hasher.hash_one(key) % 16) as usize];
+        let mut map = shard.lock().unwrap();
+        if let Some(s) = map.get(key) {
+            return Arc::clone(s);
+        }
+        let s = Arc::new(tokio::sync::Semaphore::new(PLACES as usize));
+        map.insert(key.to_owned(), Arc::clone(&s));
+        s
+    }
+}
+
+/// One place taken and given back per iteration, on each key in turn.
+fn places(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memory");
+    for (n, label) in PLACE_KEYS {
+        let work = workload(n);
+        let semaphores = Semaphores::new();
+        for key in &work.keys {
+            drop(semaphores.of(key));
+        }
+        for threads in THREADS {
+            group.bench_function(
+                format!("semaphore/acquire-release/{label}/{threads}t"),
+                |b| {
+                    b.iter_custom(|iters| {
+                        run_threads(iters, threads, &work, |key| {
+                            let permit = semaphores.of(key).try_acquire_owned().unwrap();
+                            drop(black_box(permit));
+                        })
+                    })
+                },
+            );
+        }
+        let store = MemoryStorage::builder()
+            .max_size(2 * n.max(1))
+            .cleanup_interval(None)
+            .build();
+        let limiter = Limiter::new(Arc::new(store));
+        let rule = Rule::concurrency("bench-places", PLACES, Duration::from_secs(60)).unwrap();
+        for key in &work.keys {
+            ready(ready(limiter.acquire(&rule, key)).unwrap().release()).unwrap();
+        }
+        for threads in THREADS {
+            group.bench_function(format!("ours/acquire-release/{label}/{threads}t"), |b| {
+                b.iter_custom(|iters| {
+                    run_threads(iters, threads, &work, |key| {
+                        let permit = ready(limiter.acquire(&rule, key)).unwrap();
+                        assert!(permit.is_allowed());
+                        ready(permit.release()).unwrap();
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn all(c: &mut Criterion) {
     // The compared pair runs back to back, on the same heap history; the
     // algorithms without a peer follow.
     governor_keyed(c);
     ours(c, Algorithm::Gcra);
-    for algorithm in Algorithm::ALL {
+    places(c);
+    for algorithm in Algorithm::RATES {
         if algorithm != Algorithm::Gcra {
             ours(c, algorithm);
         }

@@ -1,6 +1,10 @@
 //! A real actix-web server for the tests, on its own thread and runtime.
 #![allow(dead_code, reason = "each test binary uses part of this")]
-#![allow(clippy::expect_used, clippy::panic, reason = "test harness set-up; a handler that panics")]
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness set-up; a handler that panics"
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -34,6 +34,12 @@
 //! decisions/s it reports the Redis time per script call (`INFO
 //! commandstats`); the goal is a denial costing at most twice a fresh key.
 //!
+//! The row `places/c50` is places in flight: 50 tasks each taking a place
+//! on a concurrency rule (`Limiter::acquire`) and giving it back
+//! (`Permit::release`), two script calls per pair, against the same 50
+//! tasks making GCRA decisions (one call each) on the same server; pairs
+//! per second against decisions per second.
+//!
 //! `REDIS_BENCH_ONLY=gcra/c1` runs one row, and `REDIS_BENCH_SIDE=ours` (or
 //! `peer`) one side of it, for profiling.
 
@@ -81,6 +87,33 @@ fn ours(url: &str, algorithm: Algorithm, tasks: u64) -> Result<f64, Box<dyn std:
     })
 }
 
+/// What each task does per iteration.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// One decision (`Limiter::check`).
+    Check,
+    /// A place taken and given back (`Limiter::acquire`, `Permit::release`).
+    AcquireRelease,
+}
+
+/// Places in flight against decisions: `(pairs per second, decisions per
+/// second)` with `tasks` tasks on one store each.
+fn places(url: &str, tasks: u64) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let places = Rule::concurrency("bench-places", 10_000, Duration::from_secs(60))?;
+    let decisions = rule(Algorithm::Gcra)?;
+    runtime.block_on(async {
+        let key: fn(u64, u64, u64) -> String = |_, i, _| format!("k{}", i % KEYS);
+        let store = RedisStorage::connect(url).await?;
+        let limiter = Limiter::new(Arc::new(store));
+        let ours = drive_op(&[limiter.clone()], &places, tasks, key, Op::AcquireRelease).await?;
+        let peer = drive(&[limiter], &decisions, tasks, key).await?;
+        Ok((ours.per_s, peer.per_s))
+    })
+}
+
 /// What [`drive`] measured.
 #[derive(Debug, Clone, Copy, Default)]
 struct Driven {
@@ -102,6 +135,17 @@ async fn drive(
     tasks: u64,
     key: fn(u64, u64, u64) -> String,
 ) -> Result<Driven, Box<dyn std::error::Error>> {
+    drive_op(limiters, rule, tasks, key, Op::Check).await
+}
+
+/// [`drive`], each iteration doing `op`.
+async fn drive_op(
+    limiters: &[Limiter],
+    rule: &Rule,
+    tasks: u64,
+    key: fn(u64, u64, u64) -> String,
+    op: Op,
+) -> Result<Driven, Box<dyn std::error::Error>> {
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -119,7 +163,15 @@ async fn drive(
                 while !stop.load(Ordering::Relaxed) {
                     i = i.wrapping_add(7_919);
                     n += 1;
-                    let allowed = limiter.check(&rule, &key(t, i, n)).await?.is_allowed();
+                    let allowed = match op {
+                        Op::Check => limiter.check(&rule, &key(t, i, n)).await?.is_allowed(),
+                        Op::AcquireRelease => {
+                            let permit = limiter.acquire(&rule, &key(t, i, n)).await?;
+                            let allowed = permit.is_allowed();
+                            permit.release().await?;
+                            allowed
+                        }
+                    };
                     // Answers that never wait (the deny cache's, local
                     // counting's) would starve the timer on this one
                     // thread: let it run.
@@ -432,6 +484,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "ratio": ((ours / peer) * 100.0).round() / 100.0,
             }));
         }
+    }
+    if selected("places/c50") {
+        let (ours, peer) = places(&url, 50)?;
+        eprintln!("places/c50: {ours:.0} acquire+release pairs/s, {peer:.0} GCRA decisions/s");
+        rows.push(json!({
+            "name": "places/c50",
+            "ours_per_s": (ours * 10.0).round() / 10.0,
+            "peer_per_s": (peer * 10.0).round() / 10.0,
+            "ratio": ((ours / peer) * 100.0).round() / 100.0,
+        }));
     }
     if selected("attack/c50") {
         let (ours, ours_trips) = attack(&server, &url, true)?;

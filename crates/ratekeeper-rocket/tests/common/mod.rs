@@ -1,6 +1,10 @@
 //! A real Rocket server for the tests, on an ephemeral loopback port.
 #![allow(dead_code, reason = "each test binary uses part of this")]
-#![allow(clippy::expect_used, clippy::panic, reason = "test harness set-up; a handler that panics")]
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness set-up; a handler that panics"
+)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
