@@ -119,12 +119,12 @@ impl<B> AnswerBody for ResponseBody<B> {
             kind: Kind::Full {
                 body: Full::new(bytes),
             },
-            places: None,
+            places: Vec::new(),
         }
     }
 
     fn holding(mut self, places: Places) -> Self {
-        self.places = Some(places);
+        self.places.push(places);
         self
     }
 }
@@ -136,8 +136,9 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
-        // Places in flight, given back when the body ends.
-        places: Option<Places>,
+        // Places in flight (of each layer that holds some), given back when
+        // the body ends.
+        places: Vec<Places>,
     }
 }
 
@@ -170,7 +171,9 @@ impl<B: Body> Body for Holding<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = this.body.poll_frame(cx);
-        release_at_end(&frame, this.places);
+        if ends(&frame) {
+            this.places.take();
+        }
         frame
     }
 
@@ -183,12 +186,10 @@ impl<B: Body> Body for Holding<B> {
     }
 }
 
-/// Gives `places` back once `frame` ends its body: the last frame, or an
-/// error.
-fn release_at_end<T, E>(frame: &Poll<Option<Result<T, E>>>, places: &mut Option<Places>) {
-    if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-        places.take();
-    }
+/// Whether `frame` ends its body: the end, or an error (its places are
+/// given back then).
+fn ends<T, E>(frame: &Poll<Option<Result<T, E>>>) -> bool {
+    matches!(frame, Poll::Ready(None | Some(Err(_))))
 }
 
 pin_project! {
@@ -204,7 +205,7 @@ impl<B> ResponseBody<B> {
     pub fn inner(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
-            places: None,
+            places: Vec::new(),
         }
     }
 }
@@ -236,7 +237,9 @@ where
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
         };
-        release_at_end(&frame, this.places);
+        if ends(&frame) {
+            this.places.clear();
+        }
         frame
     }
 

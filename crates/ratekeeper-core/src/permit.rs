@@ -4,9 +4,9 @@
 use crate::decision::Decision;
 use crate::error::Result;
 use crate::reservation::Reservation;
-use crate::rule::{Algorithm, Rule};
+use crate::rule::Rule;
 
-/// Places held on [`Algorithm::Concurrency`] rules, taken by
+/// Places held on [`Concurrency`](crate::Algorithm::Concurrency) rules, taken by
 /// [`Limiter::acquire`](crate::Limiter::acquire) or
 /// [`acquire_each`](crate::Limiter::acquire_each): released by
 /// [`release`](Self::release), or when dropped (by a task on the tokio
@@ -47,17 +47,40 @@ impl Permit {
 
     /// Gives the places back now and waits for the store. On an error (the
     /// store is down) the leases stay until their rule's window has passed.
+    /// The release is made on a task of its own when there is a tokio
+    /// runtime, so it is made even if this future is dropped before it
+    /// ends (a request cancelled, a timeout).
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
+        let Some(release) = self.releasing() else {
+            return Ok(());
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime.spawn(release).await.unwrap_or_else(|e| {
+                Err(crate::Error::new(
+                    crate::ErrorKind::Other,
+                    format!("the release task failed: {e}"),
+                ))
+            }),
+            Err(_) => release.await,
+        }
+    }
+
+    /// What gives the places back: `None` when it holds none (denied, or
+    /// no concurrency rule).
+    fn releasing(&self) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
         let changes = self.reservation.leases();
         if changes.is_empty() {
-            return Ok(());
+            return None;
         }
-        let borrowed: Vec<_> = changes
-            .iter()
-            .map(|(rule, key, change)| (rule, key.as_str(), *change))
-            .collect();
-        self.reservation.limiter().adjust(&borrowed).await.map(drop)
+        let limiter = self.reservation.limiter().clone();
+        Some(async move {
+            let borrowed: Vec<(&Rule, &str, _)> = changes
+                .iter()
+                .map(|(rule, key, change)| (rule, key.as_str(), *change))
+                .collect();
+            limiter.adjust(&borrowed).await.map(drop)
+        })
     }
 }
 
@@ -66,26 +89,19 @@ impl Drop for Permit {
         if self.released {
             return;
         }
-        let changes = self.reservation.leases();
-        if changes.is_empty() {
+        let Some(release) = self.releasing() else {
             return;
-        }
-        let limiter = self.reservation.limiter().clone();
-        let release = async move {
-            let borrowed: Vec<(&Rule, &str, _)> = changes
-                .iter()
-                .map(|(rule, key, change)| (rule, key.as_str(), *change))
-                .collect();
-            if let Err(e) = limiter.adjust(&borrowed).await {
-                tracing::warn!(
-                    target: "ratekeeper",
-                    error = %e,
-                    "a permit could not be released; its places are held until they expire"
-                );
-            }
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(release)),
+            Ok(runtime) => drop(runtime.spawn(async move {
+                if let Err(e) = release.await {
+                    tracing::warn!(
+                        target: "ratekeeper",
+                        error = %e,
+                        "a permit could not be released; its places are held until they expire"
+                    );
+                }
+            })),
             Err(_) => tracing::warn!(
                 target: "ratekeeper",
                 "a permit was dropped outside a tokio runtime; its places are held until they expire"
@@ -96,5 +112,5 @@ impl Drop for Permit {
 
 /// Whether `rule`'s units are places in flight, given back on release.
 pub(crate) fn holds_places(rule: &Rule) -> bool {
-    rule.algorithm() == Algorithm::Concurrency
+    rule.algorithm().limits_in_flight()
 }

@@ -21,6 +21,13 @@ use crate::storage::Adjustment;
 /// settled again (after a store deadline the change may have been made
 /// already, and settling again makes it twice: the estimate errs the
 /// other way).
+///
+/// On a [`Concurrency`](crate::Algorithm::Concurrency) rule the units are
+/// places in flight: what a settle keeps (and a charge past the estimate
+/// takes) stays held until the rule's window has passed, and only what it
+/// gives back comes back before. To hold places and give them back when the
+/// work ends, take a [`Permit`](crate::Permit) ([`Limiter::acquire`], or
+/// [`take_places`](Self::take_places) from a reservation).
 #[derive(Debug)]
 #[must_use = "settle the reservation at the real cost, or its estimate stands"]
 pub struct Reservation {

@@ -148,6 +148,13 @@ impl Algorithm {
         self.facts().fields
     }
 
+    /// Whether the algorithm limits requests in flight rather than a rate
+    /// ([`Concurrency`](Self::Concurrency)): its units are places, held
+    /// until released.
+    pub const fn limits_in_flight(self) -> bool {
+        matches!(self, Self::Concurrency)
+    }
+
     /// Whether the algorithm meters a steady rate with a burst (token bucket,
     /// leaky bucket, GCRA) rather than counting per window.
     pub const fn uses_burst(self) -> bool {

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ratekeeper_core::{Algorithm, Permit, Rule};
+use ratekeeper_core::{Permit, Rule};
 
 /// The places in flight an admitted request holds (the units of its route's
 /// [`Concurrency`](ratekeeper_core::Algorithm::Concurrency) rules), given
@@ -29,7 +29,7 @@ impl fmt::Debug for Places {
 
 /// Whether `rule` limits requests in flight.
 pub(crate) fn holds_place(rule: &Rule) -> bool {
-    rule.algorithm() == Algorithm::Concurrency
+    rule.algorithm().limits_in_flight()
 }
 
 /// Whether any of `rules` limits requests in flight.

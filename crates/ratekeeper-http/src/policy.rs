@@ -95,7 +95,8 @@ impl Admission {
         if self.rules.is_empty() {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                "this route limits requests in flight only: it has no rate to charge or refund",
+                "this route has no rate rule in force (only places in flight, or rules in shadow \
+                 mode): nothing to charge or refund",
             ));
         }
         Ok(())
@@ -980,9 +981,8 @@ impl Answers {
     }
 
     /// A denial's answer: `headers` and `Retry-After`, the JSON body, the
-    /// status, and the decision for the adapter.
-    /// A denial's answer; `busy` when a concurrency rule denied (every
-    /// place in flight taken).
+    /// status (`in_flight_status` when `busy`: a concurrency rule denied,
+    /// every place in flight taken), and the decision for the adapter.
     fn denial(
         &self,
         decision: Decision,

@@ -28,7 +28,9 @@ use ratekeeper_core::{
 /// requests consume more), except through a reset or a refund, which go
 /// through this store and clear the entry, or a changed rule, which has
 /// another cache entry. A reset or refund made through another instance is
-/// seen here at `T` at the latest. Bounded in size. A request of several rules denied from the cache
+/// seen here at `T` at the latest. Requests with a rule of places in flight
+/// ([`Concurrency`](ratekeeper_core::Algorithm::Concurrency)) always go to
+/// the store: a place comes back when it is released. Bounded in size. A request of several rules denied from the cache
 /// reports the cached rule and its wait, which may be shorter than another
 /// of its rules would give (the client then retries early and is denied
 /// again). [`decide_each`](Storage::decide_each) (one decision per rule)
@@ -242,14 +244,16 @@ struct Denied {
 const SHARDS: usize = 16;
 
 /// Whether a denial of `request` may come from the cache: no rule peeked,
-/// and no rule with a penalty (a denial there is not free of effects: after
-/// a block ends, the store's next denial starts a new one, which a cached
-/// answer would skip).
+/// no rule with a penalty (a denial there is not free of effects: after a
+/// block ends, the store's next denial starts a new one, which a cached
+/// answer would skip), and no rule of places in flight (a place comes back
+/// when another request releases it, on any instance, not when a wait has
+/// passed).
 fn cacheable(request: &DecideRequest<'_>) -> bool {
     request
         .entries
         .iter()
-        .all(|e| e.cost > 0 && e.rule.penalty().is_none())
+        .all(|e| e.cost > 0 && e.rule.penalty().is_none() && !e.rule.algorithm().limits_in_flight())
 }
 
 #[derive(Debug)]

@@ -757,6 +757,20 @@ pub async fn concurrency_leases(h: Arc<dyn Harness>) {
     assert!(!fourth.is_allowed());
     assert!(fourth.decisions()[0].is_allowed() && !fourth.decisions()[1].is_allowed());
     assert_eq!(limiter.peek(&one, "u").await.unwrap().remaining(), 1);
+
+    // A release whose caller stops waiting (a cancelled request) is made
+    // all the same.
+    let held = limiter.acquire(&one, "cancelled").await.unwrap();
+    let _ = tokio::time::timeout(Duration::ZERO, held.release()).await;
+    let mut back = false;
+    for _ in 0..200 {
+        if limiter.peek(&one, "cancelled").await.unwrap().remaining() == 1 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(back, "a cancelled release gives its place back");
 }
 
 /// 32 tasks each run 4 jobs on one key limited to 5 in flight, taking a

@@ -1415,6 +1415,8 @@ pub async fn requests_in_flight(h: Arc<dyn HttpHarness>) {
             "answered early"
         );
     }
+    // Its place is back at the latest when its handler ends (a handler
+    // still running after its client left is still in flight).
     assert!(
         all_back().await,
         "a client gone mid-request gave its place back"

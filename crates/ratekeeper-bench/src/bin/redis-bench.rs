@@ -108,7 +108,14 @@ fn places(url: &str, tasks: u64) -> Result<(f64, f64), Box<dyn std::error::Error
         let key: fn(u64, u64, u64) -> String = |_, i, _| format!("k{}", i % KEYS);
         let store = RedisStorage::connect(url).await?;
         let limiter = Limiter::new(Arc::new(store));
-        let ours = drive_op(&[limiter.clone()], &places, tasks, key, Op::AcquireRelease).await?;
+        let ours = drive_op(
+            std::slice::from_ref(&limiter),
+            &places,
+            tasks,
+            key,
+            Op::AcquireRelease,
+        )
+        .await?;
         let peer = drive(&[limiter], &decisions, tasks, key).await?;
         Ok((ours.per_s, peer.per_s))
     })
