@@ -299,14 +299,7 @@ async fn count_when_settles_by_the_response() {
     let v = view("/login", &NONE, None);
     // Never decided at once: the reservation needs the store's time.
     assert!(p.check_now(&v).is_none());
-    let admitted = || async {
-        match p.check(&v).await {
-            Outcome::Proceed {
-                admission: Some(a), ..
-            } => a,
-            other => panic!("{other:?}"),
-        }
-    };
+    let admitted = || admitted_on(&p, &v);
     let first = admitted().await;
     let settlement = first.settlement().expect("a settlement").clone();
     settlement.finish(StatusCode::OK).await;
@@ -724,16 +717,8 @@ async fn concurrency_rules_hold_places_until_the_admission_is_dropped() {
         p.check_now(&v).is_none(),
         "places are taken by a reservation"
     );
-    let admitted = || async {
-        match p.check(&v).await {
-            Outcome::Proceed {
-                admission: Some(a), ..
-            } => a,
-            other => panic!("{other:?}"),
-        }
-    };
-    let first = admitted().await;
-    let second = admitted().await;
+    let first = admitted_on(&p, &v).await;
+    let second = admitted_on(&p, &v).await;
     assert!(first.places().is_some() && second.places().is_some());
     match p.check(&v).await {
         Outcome::Respond {

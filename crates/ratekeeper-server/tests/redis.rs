@@ -509,22 +509,7 @@ async fn the_deny_cache_spares_redis_the_denied_descriptors() {
     );
     let server = Server::start(&["--config", &file, "--storage", &redis.url()]);
     let mut client = server.client().await;
-    let scripts = || -> u64 {
-        redis
-            .cmd(&["INFO", "commandstats"])
-            .text()
-            .lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
-    };
+    let scripts = || redis.script_calls();
     let ask = |descriptors| request("d", descriptors);
     let user = || descriptor(&[("user", "mallory")]);
     let mut codes = Vec::new();

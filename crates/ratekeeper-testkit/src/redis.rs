@@ -300,6 +300,24 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis-server on port {} did not answer: {e}", self.port))
     }
 
+    /// How many scripts (`EVAL`, `EVALSHA`) the server has run so far, from
+    /// `INFO commandstats`.
+    pub fn script_calls(&self) -> u64 {
+        self.cmd(&["INFO", "commandstats"])
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -273,22 +273,6 @@ fn peer(
     run(requests.max(10_000))
 }
 
-/// Script calls the server has run so far.
-fn script_calls(server: &RedisServer) -> u64 {
-    let info = server.cmd(&["INFO", "commandstats"]).text();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 /// Microseconds of Redis time per script call since the last `CONFIG RESETSTAT`.
 fn script_usec_per_call(server: &RedisServer) -> f64 {
     let info = server.cmd(&["INFO", "commandstats"]).text();
@@ -391,7 +375,7 @@ fn attack(
                 limiter.check(&rule, &format!("attacker-{a}")).await?;
             }
         }
-        let calls_before = script_calls(server);
+        let calls_before = server.script_calls();
         let driven = drive(&[limiter], &rule, TASKS, |t, i, n| {
             if i % 10 == 0 {
                 // A legitimate client: a key of its own, under its limit.
@@ -401,7 +385,7 @@ fn attack(
             }
         })
         .await?;
-        let trips = script_calls(server).saturating_sub(calls_before) as f64;
+        let trips = server.script_calls().saturating_sub(calls_before) as f64;
         Ok((driven.per_s, trips / driven.total.max(1) as f64))
     })
 }
@@ -444,9 +428,9 @@ fn hot(
             first.clear().await?;
         }
         let limiters: Vec<Limiter> = stores.iter().cloned().map(Limiter::new).collect();
-        let calls_before = script_calls(server);
+        let calls_before = server.script_calls();
         let driven = drive(&limiters, rule, 50 / instances as u64, key).await?;
-        let trips = script_calls(server).saturating_sub(calls_before) as f64;
+        let trips = server.script_calls().saturating_sub(calls_before) as f64;
         for s in &stores {
             s.close().await?;
         }
