@@ -395,6 +395,11 @@ fn redis_footnote(row: &Value) -> String {
             "\n`{name}`: 90% of requests from 100 keys over their limit, 10% from clients under theirs; the peer column is the same \
              store without the deny cache. Redis round trips per decision: {ours_trips:.3} with the cache, {peer_trips:.3} without.\n"
         )
+    } else if name == "places/c50" {
+        "\n`places/c50`: 50 tasks each taking a place on a concurrency rule and giving it back (`Limiter::acquire`, \
+         `Permit::release`: two script calls) on 1 000 keys; the peer column is the same 50 tasks making GCRA decisions \
+         (one script call each) on the same server. The goal is at least 0.5.\n"
+            .to_owned()
     } else if name == "sliding_window_log/denied-full/c50" {
         format!(
             "\n`{name}`: 50 tasks, every request denied by one key whose sliding log holds 10 000 entries; the peer column is \

@@ -246,7 +246,9 @@ fn peer(
                 q.window_micros().to_string(),
                 q.burst().to_string(),
                 q.emission_interval_us().to_string(),
+                // No penalty; a cost of 1.
                 "0".to_owned(),
+                "1".to_owned(),
             ])
             .output()
             .map_err(|e| {
