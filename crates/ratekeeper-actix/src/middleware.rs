@@ -10,7 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage, HttpResponse};
 use ratekeeper_http::{
-    Decided, HttpPolicy, Identity, Outcome, Places, PolicyGuard, RequestView, Settlement,
+    Admission, Decided, Followup, HttpPolicy, Identity, Outcome, PolicyGuard, RequestView,
     SharedPolicy,
 };
 
@@ -155,37 +155,23 @@ enum Action {
     /// Call the handler and add these headers; on a route counting only
     /// some responses, settle the request with the response's status; on a
     /// route with concurrency rules, hold its places until the body ends.
-    Forward(Headers, After),
+    Forward(Headers, Followup),
 }
 
-/// What follows the handler of an admitted request.
-#[derive(Default)]
-struct After {
-    settlement: Option<Settlement>,
-    places: Option<Places>,
-}
-
-impl After {
-    fn is_nothing(&self) -> bool {
-        self.settlement.is_none() && self.places.is_none()
-    }
-
-    /// Settles the request by `response`'s status, adds `headers`, and
-    /// gives its places to the body.
-    async fn apply<B: MessageBody + 'static>(
-        self,
-        response: ServiceResponse<B>,
-        headers: Headers,
-    ) -> ServiceResponse<EitherBody<B>> {
-        let response = match &self.settlement {
-            Some(settlement) => settle(response, settlement).await,
-            None => response,
-        };
-        let response = with_headers(response, headers);
-        match self.places {
-            Some(places) => crate::places::holding(response, places),
-            None => response,
-        }
+/// Settles the request by `response`'s status, adds `headers`, and gives
+/// its places to the body.
+async fn follow<B: MessageBody + 'static>(
+    followup: Followup,
+    response: ServiceResponse<B>,
+    headers: Headers,
+) -> ServiceResponse<EitherBody<B>> {
+    let status = http::StatusCode::from_u16(response.status().as_u16())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    followup.settle(status).await;
+    let response = with_headers(response, headers);
+    match followup.into_places() {
+        Some(places) => crate::places::holding(response, places),
+        None => response,
     }
 }
 
@@ -207,16 +193,16 @@ fn act(outcome: Outcome, request: &ServiceRequest) -> Action {
             Action::Answer(response)
         }
         Outcome::Proceed { headers, admission } => {
-            let after = admission.as_ref().map_or_else(After::default, |a| After {
-                settlement: a.settlement().cloned(),
-                places: a.places().cloned(),
-            });
+            let followup = admission
+                .as_ref()
+                .map(Admission::followup)
+                .unwrap_or_default();
             if let Some(admission) = admission {
                 request
                     .extensions_mut()
                     .insert(RateLimitDecision(admission));
             }
-            Action::Forward(headers, after)
+            Action::Forward(headers, followup)
         }
     }
 }
@@ -244,15 +230,6 @@ fn decide_now(policy: PolicyGuard, request: &ServiceRequest, peer: IpAddr) -> De
         headers: &headers,
         identity: extensions.get::<Identity>(),
     })
-}
-
-/// Settles a request on a route counting only some responses by its
-/// response's status.
-async fn settle<B>(response: ServiceResponse<B>, settlement: &Settlement) -> ServiceResponse<B> {
-    let status = http::StatusCode::from_u16(response.status().as_u16())
-        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    settlement.finish(status).await;
-    response
 }
 
 async fn decide(policy: &HttpPolicy, request: &ServiceRequest, peer: IpAddr) -> Outcome {
@@ -286,13 +263,13 @@ where
             Action::Answer(response) => {
                 ResponseFuture::answered(request.into_response(response).map_into_right_body())
             }
-            Action::Forward(headers, after) if after.is_nothing() => {
+            Action::Forward(headers, followup) if followup.is_empty() => {
                 ResponseFuture::forwarded(self.service.call(request), headers, with_headers)
             }
-            Action::Forward(headers, after) => {
+            Action::Forward(headers, followup) => {
                 let call = self.service.call(request);
                 ResponseFuture::deciding(Box::pin(async move {
-                    Ok(after.apply(call.await?, headers).await)
+                    Ok(follow(followup, call.await?, headers).await)
                 }))
             }
         }
@@ -329,9 +306,9 @@ where
                 Action::Answer(response) => {
                     Ok(request.into_response(response).map_into_right_body())
                 }
-                Action::Forward(headers, after) => {
+                Action::Forward(headers, followup) => {
                     let response = service.call(request).await?;
-                    Ok(after.apply(response, headers).await)
+                    Ok(follow(followup, response, headers).await)
                 }
             }
         }))

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use axum::extract::{ConnectInfo, MatchedPath, OriginalUri};
 use http::{Extensions, HeaderName, HeaderValue, Request, Response};
 use ratekeeper_http::{
-    Decided, Identity, Outcome, Places, RequestView, Settlement, SharedPolicy, add_headers,
+    Admission, Decided, Followup, Identity, Outcome, RequestView, SharedPolicy, add_headers,
     response,
 };
 use tower::Service;
@@ -66,36 +66,21 @@ enum Action<B> {
     /// Call the handler and add these headers; on a route counting only
     /// some responses, settle the request with the response's status; on a
     /// route with concurrency rules, hold its places until the body ends.
-    Forward(Vec<(HeaderName, HeaderValue)>, After),
+    Forward(Vec<(HeaderName, HeaderValue)>, Followup),
 }
 
-/// What follows the handler of an admitted request.
-#[derive(Default)]
-struct After {
-    settlement: Option<Settlement>,
-    places: Option<Places>,
-}
-
-impl After {
-    fn is_nothing(&self) -> bool {
-        self.settlement.is_none() && self.places.is_none()
-    }
-
-    /// Settles the request by `response`'s status, adds `headers`, and
-    /// gives its places to the body.
-    async fn apply<B: AnswerBody>(
-        self,
-        response: Response<B>,
-        headers: Vec<(HeaderName, HeaderValue)>,
-    ) -> Response<B> {
-        if let Some(settlement) = self.settlement {
-            settlement.finish(response.status()).await;
-        }
-        let response = with_headers(response, headers);
-        match self.places {
-            Some(places) => response.map(|body| body.holding(places)),
-            None => response,
-        }
+/// Settles the request by `response`'s status, adds `headers`, and gives
+/// its places to the body.
+async fn follow<B: AnswerBody>(
+    followup: Followup,
+    response: Response<B>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> Response<B> {
+    followup.settle(response.status()).await;
+    let response = with_headers(response, headers);
+    match followup.into_places() {
+        Some(places) => response.map(|body| body.holding(places)),
+        None => response,
     }
 }
 
@@ -110,16 +95,16 @@ fn act<B: AnswerBody, ReqBody>(outcome: Outcome, request: &mut Request<ReqBody>)
             ..
         } => Action::Answer(response(status, headers, body).map(B::answer)),
         Outcome::Proceed { headers, admission } => {
-            let after = admission.as_ref().map_or_else(After::default, |a| After {
-                settlement: a.settlement().cloned(),
-                places: a.places().cloned(),
-            });
+            let followup = admission
+                .as_ref()
+                .map(Admission::followup)
+                .unwrap_or_default();
             if let Some(admission) = admission {
                 request
                     .extensions_mut()
                     .insert(RateLimitDecision(admission));
             }
-            Action::Forward(headers, after)
+            Action::Forward(headers, followup)
         }
     }
 }
@@ -168,13 +153,13 @@ impl<S> RateLimit<S> {
     {
         match act(outcome, &mut request) {
             Action::Answer(response) => ResponseFuture::answered(response),
-            Action::Forward(headers, after) if after.is_nothing() => {
+            Action::Forward(headers, followup) if followup.is_empty() => {
                 ResponseFuture::forwarded(self.inner.call(request), headers, with_headers)
             }
-            Action::Forward(headers, after) => {
+            Action::Forward(headers, followup) => {
                 let call = self.inner.call(request);
                 ResponseFuture::deciding(Box::pin(async move {
-                    Ok(after.apply(call.await?, headers).await)
+                    Ok(follow(followup, call.await?, headers).await)
                 }))
             }
         }
@@ -217,9 +202,9 @@ where
             let mut request = request;
             match act(outcome, &mut request) {
                 Action::Answer(response) => Ok(response),
-                Action::Forward(headers, after) => {
+                Action::Forward(headers, followup) => {
                     let response = inner.call(request).await?;
-                    Ok(after.apply(response, headers).await)
+                    Ok(follow(followup, response, headers).await)
                 }
             }
         }))

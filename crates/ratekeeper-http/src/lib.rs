@@ -50,7 +50,7 @@ pub use key::{ExtractedKey, Identity, KeyExtractor, KeyFn, KeySource, MissingKey
 pub use lists::{DEFAULT_LIST_REFRESH, ListEntry, ListKind, RuntimeLists, parse_net};
 pub use outcome::{ErrorBody, Outcome, add_headers, response, static_name};
 pub use places::Places;
-pub use policy::{Admission, BlockedHook, ErrorHook, HttpPolicy};
+pub use policy::{Admission, BlockedHook, ErrorHook, Followup, HttpPolicy};
 pub use routes::{Applies, ErrorMode, ExemptFn, Limits, RouteError, RouteTable};
 pub use shared::{Decided, PolicyGuard, SharedPolicy};
 /// A setting's name that is none of the accepted ones (`"fancy"` for a

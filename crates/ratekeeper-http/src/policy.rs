@@ -140,6 +140,48 @@ impl Admission {
     pub fn places(&self) -> Option<&Places> {
         self.places.as_ref()
     }
+
+    /// What follows the handler: its [`settlement`](Self::settlement) and
+    /// its [`places`](Self::places), for adapters that keep them apart from
+    /// the admission (which goes to the handler).
+    pub fn followup(&self) -> Followup {
+        Followup {
+            settlement: self.settlement.clone(),
+            places: self.places.clone(),
+        }
+    }
+}
+
+/// What an adapter does once the handler of an admitted request has
+/// answered ([`Admission::followup`]): settle the request by its response's
+/// status ([`settle`](Self::settle)), then keep its places with the
+/// response body ([`into_places`](Self::into_places)). The default, for a
+/// request admitted without an admission, does nothing.
+#[derive(Debug, Default)]
+pub struct Followup {
+    settlement: Option<Settlement>,
+    places: Option<Places>,
+}
+
+impl Followup {
+    /// Whether there is nothing to do: the adapter can pass the handler's
+    /// response on as it is.
+    pub fn is_empty(&self) -> bool {
+        self.settlement.is_none() && self.places.is_none()
+    }
+
+    /// On a route counting only some responses, settles the request by its
+    /// response's `status` ([`Settlement::finish`]).
+    pub async fn settle(&self, status: StatusCode) {
+        if let Some(settlement) = &self.settlement {
+            settlement.finish(status).await;
+        }
+    }
+
+    /// The places to keep with the response body until it has been sent.
+    pub fn into_places(self) -> Option<Places> {
+        self.places
+    }
 }
 
 /// The framework-free HTTP rate-limiting policy: what applies to a request,
