@@ -12,7 +12,8 @@ use crate::storage::Adjustment;
 ///
 /// Settling compares the real cost with the estimate, rule by rule: what
 /// was not used is given back (to the window it was taken in: a
-/// reservation knows when its units were taken), what went past the
+/// reservation knows when its units were taken; on the buckets, less what
+/// could have refilled since), what went past the
 /// estimate is charged, never refused, and owed if it takes the key past
 /// its limit (see [`Adjustment`]). A reservation dropped without settling
 /// keeps the estimate. A denied reservation took nothing: settling it
@@ -156,9 +157,8 @@ impl Reservation {
         let changes: Vec<(&Rule, &str, Adjustment)> = self
             .entries
             .iter()
-            .zip(&self.decisions)
             .zip(actual)
-            .map(|(((rule, key, estimate), decision), actual)| {
+            .map(|((rule, key, estimate), actual)| {
                 let change = if self.places_taken && crate::permit::holds_places(rule) {
                     Adjustment::Charge(0)
                 } else if actual >= estimate {
@@ -167,7 +167,7 @@ impl Reservation {
                     let units = estimate - actual;
                     Adjustment::Refund {
                         units,
-                        taken_at: Some(self.counted_from(rule, decision, units)),
+                        taken_at: Some(self.taken_at),
                     }
                 };
                 (rule, key.as_str(), change)
@@ -176,22 +176,6 @@ impl Reservation {
         let decisions = self.limiter.adjust(&changes).await?;
         self.settled = true;
         Ok(decisions)
-    }
-
-    /// When the last `units` of this reservation on `rule` began to count:
-    /// on the window algorithms, when they were taken; on the buckets, when
-    /// their turn to refill began, which is later when the key was in debt
-    /// (the bucket refills them last of the reservation, ending when its
-    /// decision said it would be whole again). A refund gives back only
-    /// what has not refilled since.
-    fn counted_from(&self, rule: &Rule, decision: &Decision, units: u64) -> Timestamp {
-        if !rule.algorithm().uses_burst() {
-            return self.taken_at;
-        }
-        let whole_at = self.taken_at.saturating_add(decision.reset_after());
-        let span = units.saturating_mul(rule.quota().emission_interval_us());
-        let start = whole_at.as_micros().saturating_sub(span);
-        Timestamp::from_micros(start.max(self.taken_at.as_micros()))
     }
 
     /// Moves the places in flight it took (the units of its

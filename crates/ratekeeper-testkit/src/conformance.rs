@@ -641,6 +641,34 @@ pub async fn charges_and_refunds(h: Arc<dyn Harness>) {
     assert_eq!((each[0].remaining(), each[1].remaining()), (1, 4));
 }
 
+/// Two reservations settled one after the other on a bucket, with a
+/// request admitted between the two: the second refund does not give back
+/// what refilled while the first one's units were gone (the request in
+/// between keeps its whole place, as if neither reservation was made).
+pub async fn interleaved_refunds_give_back_once(h: Arc<dyn Harness>) {
+    let (_, limiter, clock) = setup(&h).await;
+    for algorithm in Algorithm::ALL.into_iter().filter(|a| a.uses_burst()) {
+        // One unit every 10 s, 3 at once.
+        let quota = "6/minute".parse::<Quota>().unwrap().with_burst(3).unwrap();
+        let r = Rule::new("interleaved", algorithm, quota).unwrap();
+        let key = algorithm.as_str();
+        let mut first = limiter.reserve(&r, key, 1).await.unwrap();
+        let mut second = limiter.reserve(&r, key, 1).await.unwrap();
+        assert!(first.is_allowed() && second.is_allowed(), "{algorithm}");
+        first.cancel().await.unwrap();
+        clock.advance(Duration::from_secs(3));
+        assert!(limiter.check(&r, key).await.unwrap().is_allowed());
+        second.cancel().await.unwrap();
+        // The one unit kept, taken 3 s in, refills 13 s in.
+        clock.advance(Duration::from_secs(7));
+        let d = limiter.check_cost(&r, key, 3).await.unwrap();
+        assert!(!d.is_allowed(), "{algorithm}: a refund gave back twice");
+        clock.advance(Duration::from_secs(3));
+        let d = limiter.check_cost(&r, key, 3).await.unwrap();
+        assert!(d.is_allowed(), "{algorithm}: a refund gave back too little");
+    }
+}
+
 /// 64 tasks reserve and settle at or below their estimates on one key:
 /// the units kept never pass the limit, and what is left afterwards is
 /// exactly the limit less what was kept, on every algorithm.

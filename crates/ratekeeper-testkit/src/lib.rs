@@ -142,7 +142,8 @@ macro_rules! decision_conformance_tests {
             peek_does_not_consume, penalty_blocks_then_releases, multi_quota_all_or_nothing,
             per_rule_costs_and_decisions, cost_above_capacity_is_an_error, until_ready_waits,
             concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness,
-            charges_and_refunds, concurrent_reservations_are_exact, calendar_windows,
+            charges_and_refunds, interleaved_refunds_give_back_once,
+            concurrent_reservations_are_exact, calendar_windows,
             concurrency_leases, concurrent_leases_are_exact
         );
         $crate::decision_conformance_tests!(@model

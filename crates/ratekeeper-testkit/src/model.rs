@@ -46,9 +46,6 @@ pub struct Taken {
     pub at: u64,
     /// How many.
     pub units: u64,
-    /// For the buckets: the theoretical arrival time right after they were
-    /// admitted, when the last of them is refilled (µs).
-    pub whole_at: u64,
 }
 
 /// What moves a bucket's theoretical arrival time, in order.
@@ -264,7 +261,6 @@ impl Model {
         let taken = (expected.allowed && estimate > 0).then(|| Taken {
             at: now,
             units: estimate,
-            whole_at: self.tat(),
         });
         (expected, taken)
     }
@@ -276,8 +272,8 @@ impl Model {
     /// units left over are removed from the history, as if never admitted
     /// (the fixed window only within the window they were taken in; the
     /// counter only within that window and the next). On the buckets the
-    /// TAT moves back by the part of them not yet refilled: they refill
-    /// last of the reservation, ending at `whole_at`. Returns what a peek
+    /// TAT moves back by the part of them that cannot have refilled yet,
+    /// had they begun to at once. Returns what a peek
     /// sees afterwards.
     pub fn settle(&mut self, now: u64, taken: Taken, actual: u64) -> Expected {
         assert!(
@@ -303,7 +299,7 @@ impl Model {
         }
         if back > 0 && self.rule.algorithm().uses_burst() {
             let span = back * self.interval();
-            let back = span.min(taken.whole_at.saturating_sub(now));
+            let back = span.min((taken.at + span).saturating_sub(now));
             self.bucket.push(BucketEvent::Refund { at: now, back });
         }
         self.check(now, 0)

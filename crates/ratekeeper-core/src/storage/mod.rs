@@ -208,11 +208,12 @@ pub enum Adjustment {
         /// ended, to that window (the fixed window gives back only units
         /// of its current window; the sliding log removes the units of
         /// that instant, then the oldest after it). On the buckets (token,
-        /// leaky, GCRA): units that have not refilled since `taken_at`,
-        /// taken as the instant they began to refill (a
-        /// [`Reservation`](crate::Reservation) passes that exact instant,
-        /// which is later when the key was in debt; an earlier one gives
-        /// back less, never more). On the store's timeline: a store that
+        /// leaky, GCRA): the units less what could have refilled since
+        /// `taken_at` (they may have begun to refill at once: when the key
+        /// was in debt they began later, but a refund of units taken
+        /// before them moves them up, and the store cannot tell, so a
+        /// refund that counted from later could give back units already
+        /// refilled). On the store's timeline: a store that
         /// decides on its own clock reports it
         /// ([`Storage::decide_each_at`]). `None`: the newest units, all of
         /// them (the current window's; on the buckets, as if taken just
