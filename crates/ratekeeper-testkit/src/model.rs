@@ -258,7 +258,7 @@ impl Model {
     /// it took, to [`settle`](Self::settle), when admitted.
     pub fn reserve(&mut self, now: u64, estimate: u64) -> (Expected, Option<Taken>) {
         let expected = self.check(now, estimate);
-        let taken = (expected.allowed && estimate > 0).then(|| Taken {
+        let taken = (expected.allowed && estimate > 0).then_some(Taken {
             at: now,
             units: estimate,
         });
