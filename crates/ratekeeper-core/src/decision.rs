@@ -145,6 +145,14 @@ impl Decision {
         }
     }
 
+    /// The same decision with `places` fewer units left: a rule's places
+    /// in line are not units a request can spend at once.
+    #[inline]
+    pub(crate) fn without_places(mut self, places: u64) -> Self {
+        self.remaining = self.remaining.saturating_sub(places);
+        self
+    }
+
     /// Whether the request may proceed.
     #[inline]
     pub fn is_allowed(&self) -> bool {

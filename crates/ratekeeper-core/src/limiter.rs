@@ -9,7 +9,7 @@ use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{DEFAULT_MAX_KEY_LEN, bounded_key, state_key};
 use crate::observe;
-use crate::permit::Permit;
+use crate::permit::{GiveBackOnDrop, Permit};
 use crate::reservation::Reservation;
 use crate::rule::Rule;
 use crate::storage::{AdjustEntry, AdjustRequest, Adjustment, DecideEntry, DecideRequest, Storage};
@@ -157,8 +157,16 @@ impl Limiter {
         self.decide(&entries, cost).await
     }
 
-    /// Decides through the store: at once if it can, else waiting for it.
+    /// Decides through the store: at once if it can, else waiting for it
+    /// (and for a request's turn on a rule with a line).
     async fn decide(&self, entries: &[DecideEntry<'_>], cost: u64) -> Result<Decision> {
+        if waits_in_line(entries) {
+            let checks: Vec<_> = entries.iter().map(|e| (e.rule, e.key, e.cost)).collect();
+            let (_, decisions) = self.decide_each(&checks, false).await?;
+            return Decision::most_restrictive(&decisions)
+                .cloned()
+                .ok_or_else(|| Error::new(ErrorKind::Other, "the store answered no decision"));
+        }
         let request = self.request(entries);
         // Stores that never wait answer here, without boxing a future.
         let result = match self.inner.storage.decide_now(&request) {
@@ -174,8 +182,12 @@ impl Limiter {
         result
     }
 
-    /// Decides through the store if it can answer at once.
+    /// Decides through the store if it can answer at once (and no rule
+    /// makes requests wait in line).
     fn decide_now(&self, entries: &[DecideEntry<'_>], cost: u64) -> Option<Result<Decision>> {
+        if waits_in_line(entries) {
+            return None;
+        }
         let result = self.inner.storage.decide_now(&self.request(entries))?;
         observe::decision(entries, cost, &result);
         Some(result)
@@ -183,7 +195,8 @@ impl Limiter {
 
     /// [`check_cost`](Self::check_cost) without waiting: the decision if the
     /// store can make it at once (the memory store always can), `None` if it
-    /// must wait (a database, a server) — then call `check_cost`. Lets
+    /// must wait (a database, a server, a rule whose requests
+    /// [wait in line](Rule::with_wait)) — then call `check_cost`. Lets
     /// middleware skip building a future on the fast path.
     pub fn check_cost_now(&self, rule: &Rule, key: &str, cost: u64) -> Option<Result<Decision>> {
         let key = bounded_key(key, self.inner.max_key_len);
@@ -247,17 +260,22 @@ impl Limiter {
     /// [`check_each`](Self::check_each), and the time it was decided at:
     /// with `at`, the store's ([`Storage::decide_each_at`]: its own clock's
     /// when it keeps one), else the request's (and the store is asked the
-    /// plain `decide_each`, the service's hot path).
+    /// plain `decide_each`, the service's hot path). On rules with a line,
+    /// returns when the request's turn has come (see [`Rule::with_wait`]).
     async fn decide_each(
         &self,
         checks: &[(&Rule, &str, u64)],
         at: bool,
     ) -> Result<(crate::Timestamp, Vec<Decision>)> {
+        let in_line = checks.iter().any(|(rule, _, _)| rule.wait().is_some());
         let keys = self.bounded_keys(checks.iter().map(|(_, key, _)| *key));
-        let entries = entries(checks.iter().map(|(rule, _, cost)| (*rule, *cost)), &keys)?;
+        let for_store = checks
+            .iter()
+            .map(|(rule, _, cost)| (rule.for_store(), *cost));
+        let entries = entries(for_store, &keys)?;
         let request = self.request(&entries);
         let timer = observe::Timer::start();
-        let result = if at {
+        let result = if at || in_line {
             self.inner.storage.decide_each_at(&request).await
         } else {
             let each = self.inner.storage.decide_each(&request).await;
@@ -269,7 +287,45 @@ impl Limiter {
             Err(e) => (request.now, Err(e)),
         };
         observe::decisions(&entries, &result);
-        result.map(|decisions| (at, decisions))
+        let decisions = result?;
+        if !in_line {
+            return Ok((at, decisions));
+        }
+        let mut wait = Duration::ZERO;
+        let decisions: Vec<Decision> = checks
+            .iter()
+            .zip(decisions)
+            .map(|((rule, _, cost), decision)| {
+                let (decision, turn) = rule.read_store(decision);
+                if *cost > 0 {
+                    wait = wait.max(turn);
+                }
+                decision
+            })
+            .collect();
+        let admitted = checks
+            .iter()
+            .zip(&decisions)
+            .all(|((_, _, cost), d)| *cost == 0 || d.is_allowed());
+        if admitted && !wait.is_zero() {
+            // Its units are taken: a waiter dropped gives them back.
+            let taken: Vec<_> = checks
+                .iter()
+                .zip(&keys)
+                .filter(|((_, _, cost), _)| *cost > 0)
+                .map(|((rule, _, cost), key)| {
+                    let refund = Adjustment::Refund {
+                        units: *cost,
+                        taken_at: Some(at),
+                    };
+                    ((*rule).clone(), key.to_string(), refund)
+                })
+                .collect();
+            let waiting = GiveBackOnDrop::new(self.clone(), taken);
+            self.inner.clock.sleep(wait).await;
+            waiting.keep();
+        }
+        Ok((at, decisions))
     }
 
     /// Takes `estimate` units of `rule` for `key` now, to
@@ -353,7 +409,7 @@ impl Limiter {
             .zip(&keys)
             .map(|((rule, _, adjustment), key)| AdjustEntry {
                 key,
-                rule,
+                rule: rule.for_store(),
                 adjustment: *adjustment,
             })
             .collect();
@@ -362,7 +418,12 @@ impl Limiter {
             now: self.inner.clock.now(),
             entries: &entries,
         };
-        self.inner.storage.adjust(&request).await
+        let decisions = self.inner.storage.adjust(&request).await?;
+        Ok(changes
+            .iter()
+            .zip(decisions)
+            .map(|((rule, _, _), decision)| rule.read_store(decision).0)
+            .collect())
     }
 
     /// Charges `units` of `rule` for `key` after the fact, whatever is
@@ -466,6 +527,14 @@ impl Limiter {
 
     /// Waits until `cost` units are granted. With `max_wait`, gives up when the
     /// next wait would go past it and returns that denial instead.
+    ///
+    /// On GCRA and the leaky bucket the request takes a place in line (see
+    /// [`Rule::with_wait`]) up to one burst ahead, or up to `max_wait`, and
+    /// sleeps until its turn: one store call, and waiters are let in in
+    /// the order they came, never all at once. Further ahead, and on the
+    /// other algorithms, it sleeps until the store says a request would
+    /// fit (or find a place in line), and asks again. Dropping the future
+    /// while it waits for its turn gives the place back.
     pub async fn until_ready_cost(
         &self,
         rule: &Rule,
@@ -475,18 +544,45 @@ impl Limiter {
     ) -> Result<Decision> {
         let mut waited = Duration::ZERO;
         loop {
-            let decision = self.check_cost(rule, key, cost.max(1)).await?;
+            let left = max_wait.map(|max| max.saturating_sub(waited));
+            let decision = match in_line_for(rule, left) {
+                Some(line) => self.check_cost(&line, key, cost.max(1)).await?,
+                None => self.check_cost(rule, key, cost.max(1)).await?,
+            };
             let wait = match decision.retry_after() {
                 None => return Ok(decision),
                 Some(wait) => wait.max(Duration::from_micros(1)),
             };
-            if max_wait.is_some_and(|max| waited.saturating_add(wait) > max) {
+            if left.is_some_and(|left| wait > left) {
                 return Ok(decision);
             }
             self.inner.clock.sleep(wait).await;
             waited = waited.saturating_add(wait);
         }
     }
+}
+
+/// `rule` with a line of at most one burst and at most `left` (for
+/// [`Limiter::until_ready_cost`]): one burst at most, because a check of
+/// `rule` itself on the same key reads a debt past one burst as an older
+/// quota's and caps it, which would let a line longer than that through
+/// early. `None` when `rule` has a line already, cannot have one, or one
+/// would have no place.
+fn in_line_for(rule: &Rule, left: Option<Duration>) -> Option<Rule> {
+    if rule.wait().is_some() {
+        return None;
+    }
+    let q = rule.quota();
+    let burst = Duration::from_micros(q.burst().saturating_mul(q.emission_interval_us()));
+    let up_to = left.map_or(burst, |left| left.min(burst));
+    let wait = crate::rule::Wait::new(up_to, u64::MAX);
+    rule.clone().with_wait(wait).ok()
+}
+
+/// Whether a rule of `entries` makes requests wait in line.
+#[inline]
+fn waits_in_line(entries: &[DecideEntry<'_>]) -> bool {
+    entries.iter().any(|e| e.rule.wait().is_some())
 }
 
 /// The entries of a multi-rule check, from each rule and cost and the bounded

@@ -1053,6 +1053,188 @@ pub async fn until_ready_waits(h: Arc<dyn Harness>) {
 
 use ratekeeper_core::Clock as _;
 
+/// Waits (in real time, boundedly) until `done` holds: for tasks on other
+/// threads to reach a point the test cannot await.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..2_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+/// Counts the calls that reach the store below.
+#[derive(Debug)]
+struct CountCalls {
+    inner: Arc<dyn Storage>,
+    calls: AtomicU64,
+}
+
+impl ratekeeper_core::layer::LayeredStorage for CountCalls {
+    fn inner(&self) -> &Arc<dyn Storage> {
+        &self.inner
+    }
+
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        call: impl Future<Output = ratekeeper_core::Result<T>> + Send + 'a,
+    ) -> impl Future<Output = ratekeeper_core::Result<T>> + Send + 'a {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        call
+    }
+
+    fn decide_now(
+        &self,
+        request: &ratekeeper_core::DecideRequest<'_>,
+    ) -> Option<ratekeeper_core::Result<Decision>> {
+        let answer = self.inner.decide_now(request);
+        if answer.is_some() {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
+    }
+}
+
+/// Requests let in by `limiter` on `rule` for `key`, one task each, each
+/// answering with its decision and the time it returned.
+fn line_up(
+    limiter: &Limiter,
+    rule: &Rule,
+    key: &str,
+    n: usize,
+    until_ready: bool,
+) -> tokio::sync::mpsc::UnboundedReceiver<(Decision, Timestamp)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..n {
+        let (limiter, rule, key, tx) = (limiter.clone(), rule.clone(), key.to_owned(), tx.clone());
+        tokio::spawn(async move {
+            let d = if until_ready {
+                limiter.until_ready(&rule, &key).await.unwrap()
+            } else {
+                limiter.check(&rule, &key).await.unwrap()
+            };
+            let _ = tx.send((d, limiter.clock().now()));
+        });
+    }
+    rx
+}
+
+/// Waiting in line (GCRA and the leaky bucket): with 10/s and a wait of up
+/// to 1 s for at most 5 waiters, 20 requests at once: 10 are let in at
+/// once, 5 wait for their turns and are let in one at a time, each at its
+/// turn (100 ms apart), and 5 are denied at once with the time a place in
+/// line opens. A waiter that gives up gives its place to the next request.
+/// `until_ready` takes places in line too: its waiters are let in one at a
+/// time, never all at once.
+pub async fn waiting_in_line(h: Arc<dyn Harness>) {
+    let (store, _, manual) = setup(&h).await;
+    let clock = crate::WaitingClock::over(manual);
+    let counted = Arc::new(CountCalls {
+        inner: store,
+        calls: AtomicU64::new(0),
+    });
+    let calls = || counted.calls.load(Ordering::Relaxed);
+    let limiter = Limiter::builder(counted.clone())
+        .clock(clock.clone())
+        .build();
+    let step = Duration::from_millis(100);
+    let wait = ratekeeper_core::rule::Wait::new(Duration::from_secs(1), 5);
+    for algorithm in [Algorithm::Gcra, Algorithm::LeakyBucket] {
+        let r = rule("line", algorithm, "10/s").with_wait(wait).unwrap();
+        let start = clock.now();
+        let key = format!("{algorithm}-20");
+        let mut answers = line_up(&limiter, &r, &key, 20, false);
+        let mut at_once = Vec::new();
+        for _ in 0..15 {
+            at_once.push(answers.recv().await.unwrap());
+        }
+        assert!(at_once.iter().all(|(_, at)| *at == start), "{algorithm}");
+        let allowed = at_once.iter().filter(|(d, _)| d.is_allowed()).count();
+        assert_eq!(allowed, 10, "{algorithm}: the burst at once");
+        for (d, _) in at_once.iter().filter(|(d, _)| !d.is_allowed()) {
+            assert_eq!(d.retry_after(), Some(step), "{algorithm}: a place opens");
+        }
+        eventually("5 waiters asleep", || clock.sleepers() == 5).await;
+        for turn in 1..=5u32 {
+            clock.advance(step);
+            let (d, at) = answers.recv().await.unwrap();
+            assert!(d.is_allowed(), "{algorithm}");
+            assert_eq!(
+                at,
+                start.saturating_add(step * turn),
+                "{algorithm}: turn {turn}"
+            );
+            eventually("the next waiter asleep", || {
+                clock.sleepers() == 5 - turn as usize
+            })
+            .await;
+            assert!(answers.try_recv().is_err(), "{algorithm}: one per turn");
+        }
+
+        // A waiter that gives up gives its place back.
+        let key = format!("{algorithm}-gives-up");
+        let start = clock.now();
+        assert!(limiter.check_cost(&r, &key, 10).await.unwrap().is_allowed());
+        let _first = line_up(&limiter, &r, &key, 4, false);
+        eventually("4 waiters asleep", || clock.sleepers() == 4).await;
+        let (l, r2, k) = (limiter.clone(), r.clone(), key.clone());
+        let waiter = tokio::spawn(async move { l.check(&r2, &k).await });
+        eventually("the last waiter asleep", || clock.sleepers() == 5).await;
+        assert!(
+            !limiter.peek(&r, &key).await.unwrap().is_allowed(),
+            "{algorithm}: full"
+        );
+        waiter.abort();
+        let room = || async { limiter.peek(&r, &key).await.unwrap().is_allowed() };
+        for _ in 0..2_000 {
+            if room().await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(room().await, "{algorithm}: the place came back");
+        let mut next = line_up(&limiter, &r, &key, 1, false);
+        eventually("the next asleep", || clock.sleepers() == 5).await;
+        for _ in 0..5 {
+            clock.advance(step);
+        }
+        let (d, at) = next.recv().await.unwrap();
+        assert!(d.is_allowed(), "{algorithm}");
+        assert_eq!(
+            at,
+            start.saturating_add(step * 5),
+            "{algorithm}: the last place"
+        );
+
+        // until_ready: a line of at most one burst, one let in per turn.
+        let plain = rule("ready", algorithm, "10/s");
+        let key = format!("{algorithm}-ready");
+        let start = clock.now();
+        limiter.check_cost(&plain, &key, 10).await.unwrap();
+        let before = calls();
+        let mut ready = line_up(&limiter, &plain, &key, 4, true);
+        eventually("4 asleep", || clock.sleepers() == 4).await;
+        for turn in 1..=4u32 {
+            clock.advance(step);
+            let (d, at) = ready.recv().await.unwrap();
+            assert!(d.is_allowed(), "{algorithm}");
+            assert_eq!(
+                at,
+                start.saturating_add(step * turn),
+                "{algorithm}: turn {turn}"
+            );
+            eventually("the rest asleep", || clock.sleepers() == 4 - turn as usize).await;
+        }
+        assert_eq!(
+            calls() - before,
+            4,
+            "{algorithm}: one store call each, no polling"
+        );
+    }
+}
+
 /// 64 tasks on a multi-thread runtime hammer one key: exactly the capacity is
 /// admitted, for every algorithm.
 pub async fn concurrent_exactness_every_algorithm(h: Arc<dyn Harness>) {

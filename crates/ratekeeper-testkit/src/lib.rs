@@ -31,6 +31,7 @@
     reason = "test support: a failed expectation is a panic"
 )]
 
+mod clock;
 pub mod conformance;
 #[cfg(feature = "http")]
 pub mod http;
@@ -44,6 +45,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ratekeeper_core::Storage;
 
+pub use clock::WaitingClock;
 pub use ratekeeper_core::{ManualClock, Timestamp};
 
 /// How the keys of a [`Harness`]'s stores expire, as far as the conformance
@@ -144,7 +146,7 @@ macro_rules! decision_conformance_tests {
             concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness,
             charges_and_refunds, interleaved_refunds_give_back_once,
             concurrent_reservations_are_exact, calendar_windows,
-            concurrency_leases, concurrent_leases_are_exact
+            concurrency_leases, concurrent_leases_are_exact, waiting_in_line
         );
         $crate::decision_conformance_tests!(@model
             model_fixed_window => FixedWindow,

@@ -10,6 +10,12 @@ use smol_str::SmolStr;
 use crate::calendar::{Calendar, Period, Span, Windows};
 use crate::quota::{MAX_HORIZON, Quota};
 
+mod error;
+mod wait;
+
+pub use error::RuleError;
+pub use wait::Wait;
+
 /// The longest rule name.
 pub const MAX_RULE_NAME_LEN: usize = 128;
 /// The largest limit the sliding window log accepts: its state keeps one entry
@@ -220,69 +226,6 @@ impl FromStr for Algorithm {
     }
 }
 
-/// Why a rule was rejected.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuleError {
-    /// The name is empty, too long, or has a character outside the allowed set.
-    InvalidName {
-        /// The name, cut to 64 characters.
-        name: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A burst was set on an algorithm that counts per window.
-    BurstNotSupported(Algorithm),
-    /// The sliding window log or a concurrency rule was given a limit
-    /// above [`MAX_SLIDING_LOG_LIMIT`].
-    LogLimitTooLarge(u64),
-    /// The penalty is zero or longer than [`MAX_HORIZON`].
-    InvalidPenalty(Duration),
-    /// A calendar was given to an algorithm other than the fixed window.
-    CalendarNeedsFixedWindow(Algorithm),
-    /// A calendar was given to a quota whose window is not a day, a week,
-    /// a month (30 days) or a year (365 days).
-    CalendarWindow(Duration),
-    /// The quota a constructor was given is not valid
-    /// ([`Rule::concurrency`]).
-    Quota(crate::quota::QuotaError),
-}
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvalidName { name, reason } => write!(f, "invalid rule name {name:?}: {reason}"),
-            Self::BurstNotSupported(a) => write!(
-                f,
-                "{a} counts per window and takes no burst (a burst applies to token_bucket, leaky_bucket and gcra)"
-            ),
-            Self::LogLimitTooLarge(l) => write!(
-                f,
-                "sliding_window_log and concurrency keep one entry per request; a limit of {l} is \
-                 above their maximum of {MAX_SLIDING_LOG_LIMIT} (use sliding_window_counter for \
-                 large rates)"
-            ),
-            Self::InvalidPenalty(d) => write!(
-                f,
-                "invalid penalty {d:?}: it must be longer than zero and at most ~17 years"
-            ),
-            Self::CalendarNeedsFixedWindow(a) => write!(
-                f,
-                "{a} cannot count calendar windows (a calendar applies to fixed_window)"
-            ),
-            Self::CalendarWindow(d) => write!(
-                f,
-                "a calendar window is a day, a week, a month or a year, not {} \
-                 (expected a quota such as \"10000/month\")",
-                crate::duration::format_duration(*d)
-            ),
-            Self::Quota(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for RuleError {}
-
 /// A named quota enforced by one algorithm; cheap to clone.
 ///
 /// The name identifies the rule's state in the store (`"{name}:{key}"`), so two
@@ -307,6 +250,8 @@ pub struct Rule {
     penalty: Option<Duration>,
     /// Calendar windows in place of windows aligned to the epoch.
     calendar: Option<Arc<Windows>>,
+    /// Waiting in line, and the rule the store decides in its place.
+    line: Option<Arc<wait::Line>>,
 }
 
 impl Rule {
@@ -325,6 +270,7 @@ impl Rule {
             quota,
             penalty: None,
             calendar: None,
+            line: None,
         })
     }
 
@@ -390,17 +336,24 @@ impl Rule {
             return Err(RuleError::InvalidPenalty(penalty));
         }
         self.penalty = Some(penalty);
-        Ok(self)
+        self.relined()
     }
 
     /// The same rule with one instance's share of its quota
     /// ([`Quota::share_of`]): what each of `instances` enforces on its own
-    /// when they cannot share a store. Same name, algorithm and penalty.
+    /// when they cannot share a store. Same name, algorithm and penalty;
+    /// the same wait in line when the share's slower rate still lets one
+    /// waiter in within it (see [`with_wait`](Self::with_wait)), else none.
     #[must_use]
     pub fn share_of(&self, instances: u64) -> Self {
-        Self {
+        let share = Self {
             quota: self.quota.share_of(instances),
+            line: None,
             ..self.clone()
+        };
+        match self.wait() {
+            Some(wait) => share.clone().with_wait(wait).unwrap_or(share),
+            None => share,
         }
     }
 
@@ -455,6 +408,7 @@ impl fmt::Debug for Rule {
             .field("quota", &self.quota.to_string())
             .field("penalty", &self.penalty)
             .field("calendar", &self.calendar())
+            .field("wait", &self.wait())
             .finish()
     }
 }

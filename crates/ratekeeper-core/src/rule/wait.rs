@@ -1,0 +1,240 @@
+//! Waiting in line: a request a little over a bucket's rate is given a
+//! later place instead of a denial.
+//!
+//! A rule with a line is decided by the store as the same rule with a
+//! burst grown by the places in line: GCRA's theoretical arrival time and
+//! the leaky bucket's level mean the same under either burst, so the store
+//! takes a place atomically like any unit, and the part of the key's debt
+//! past the real burst is how long the request waits for its turn. No
+//! store changes and no polling: the caller sleeps until its turn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Algorithm, Rule, RuleError};
+use crate::clock::duration_to_micros;
+use crate::decision::Decision;
+
+/// Waiting in line on a rule ([`Rule::with_wait`]): a request over the
+/// rate waits for its turn instead of being denied, when its turn comes
+/// within `up_to` and fewer than `waiters` requests of the key wait
+/// already. Beyond either, it is denied at once, and its `retry_after`
+/// says when a request would find a place in line again.
+///
+/// ```
+/// use ratekeeper_core::rule::Wait;
+/// use ratekeeper_core::{Algorithm, Rule};
+/// use std::time::Duration;
+///
+/// let api = Rule::new("api", Algorithm::Gcra, "10/s".parse()?)?
+///     .with_wait(Wait::new(Duration::from_secs(1), 5))?;
+/// assert_eq!(api.wait(), Some(Wait::new(Duration::from_secs(1), 5)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Wait {
+    up_to: Duration,
+    waiters: u64,
+}
+
+impl Wait {
+    /// Waiting at most `up_to`, with at most `waiters` waiting per key.
+    pub const fn new(up_to: Duration, waiters: u64) -> Self {
+        Self { up_to, waiters }
+    }
+
+    /// The longest a request waits for its turn.
+    pub const fn up_to(self) -> Duration {
+        self.up_to
+    }
+
+    /// The most requests of one key waiting at once (counted in units: a
+    /// request of cost 3 takes three places in line).
+    pub const fn waiters(self) -> u64 {
+        self.waiters
+    }
+}
+
+/// A rule's line: its wait, the places it has, and the rule the store
+/// decides in its place (the burst grown by those places).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) struct Line {
+    wait: Wait,
+    places: u64,
+    store: Rule,
+}
+
+impl Rule {
+    /// Makes requests over the rate wait for their turn instead of being
+    /// denied (nginx's `limit_req burst=N`, without `nodelay`): up to
+    /// `wait.waiters()` per key, each for at most `wait.up_to()`. The
+    /// [`Limiter`](crate::Limiter) takes a request's place atomically in the
+    /// store, then sleeps until its turn: every `check`, `check_each`,
+    /// `reserve` and `acquire` on the rule returns when the request may
+    /// proceed. A request whose future is dropped while it waits (a client
+    /// gone, a timeout) gives its place back. The places in line are whole
+    /// turns of the quota's rate, never more than the waiters: with
+    /// `"10/s"`, waiting up to 1 s gives at most 10 places.
+    ///
+    /// GCRA and the leaky bucket only (they admit exactly what a token
+    /// bucket admits; a token bucket counts the tokens left, which a line
+    /// cannot be added to without reading the state differently):
+    /// [`RuleError::WaitNeedsLine`] otherwise, and
+    /// [`RuleError::WaitTooShort`] when the line would have no place.
+    pub fn with_wait(mut self, wait: Wait) -> Result<Self, RuleError> {
+        if !matches!(self.algorithm, Algorithm::Gcra | Algorithm::LeakyBucket) {
+            return Err(RuleError::WaitNeedsLine(self.algorithm));
+        }
+        let interval = self.quota.emission_interval_us();
+        let places = (duration_to_micros(wait.up_to) / interval).min(wait.waiters);
+        if places == 0 {
+            return Err(RuleError::WaitTooShort {
+                up_to: wait.up_to,
+                waiters: wait.waiters,
+                interval: Duration::from_micros(interval),
+            });
+        }
+        let burst = self.quota.burst().saturating_add(places);
+        let quota = self.quota.with_burst(burst).map_err(RuleError::Quota)?;
+        let store = Self {
+            quota,
+            line: None,
+            ..self.clone()
+        };
+        self.line = Some(Arc::new(Line {
+            wait,
+            places,
+            store,
+        }));
+        Ok(self)
+    }
+
+    /// How requests over the rate wait in line, if they do.
+    pub fn wait(&self) -> Option<Wait> {
+        self.line.as_ref().map(|line| line.wait)
+    }
+
+    /// The rule with its line made again from its current fields (after a
+    /// change to them).
+    pub(super) fn relined(self) -> Result<Self, RuleError> {
+        match self.wait() {
+            Some(wait) => self.with_wait(wait),
+            None => Ok(self),
+        }
+    }
+
+    /// The rule the store decides: this one, or for a rule with a line,
+    /// the same with its burst grown by the places in line.
+    #[inline]
+    pub(crate) fn for_store(&self) -> &Self {
+        self.line.as_ref().map_or(self, |line| &line.store)
+    }
+
+    /// What the store's `decision` on [`for_store`](Self::for_store) means
+    /// for a client of this rule, and how long a request it admitted waits
+    /// for its turn: the part of the key's debt past the real burst (its
+    /// `reset_after` is when the bucket is whole again). The places in
+    /// line are not units left.
+    pub(crate) fn read_store(&self, decision: Decision) -> (Decision, Duration) {
+        let Some(line) = &self.line else {
+            return (decision, Duration::ZERO);
+        };
+        let wait = if decision.is_allowed() {
+            let burst = Duration::from_micros(
+                self.quota
+                    .burst()
+                    .saturating_mul(self.quota.emission_interval_us()),
+            );
+            decision.reset_after().saturating_sub(burst)
+        } else {
+            Duration::ZERO
+        };
+        (decision.without_places(line.places), wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gcra() -> Rule {
+        Rule::new("r", Algorithm::Gcra, "10/s".parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn places_are_whole_turns_and_at_most_the_waiters() {
+        let r = gcra()
+            .with_wait(Wait::new(Duration::from_secs(1), 5))
+            .unwrap();
+        assert_eq!(r.for_store().quota().burst(), 15);
+        assert_eq!(r.for_store().wait(), None);
+        let r = gcra()
+            .with_wait(Wait::new(Duration::from_millis(250), 50))
+            .unwrap();
+        assert_eq!(r.for_store().quota().burst(), 12);
+        assert_eq!(r.capacity(), 10);
+    }
+
+    #[test]
+    fn a_line_with_no_place_and_windows_are_refused() {
+        assert!(matches!(
+            gcra().with_wait(Wait::new(Duration::from_millis(99), 5)),
+            Err(RuleError::WaitTooShort { .. })
+        ));
+        assert!(matches!(
+            gcra().with_wait(Wait::new(Duration::from_secs(1), 0)),
+            Err(RuleError::WaitTooShort { .. })
+        ));
+        for a in [
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindowLog,
+            Algorithm::SlidingWindowCounter,
+            Algorithm::TokenBucket,
+            Algorithm::Concurrency,
+        ] {
+            let r = Rule::new("r", a, "10/s".parse().unwrap()).unwrap();
+            let err = r.with_wait(Wait::new(Duration::from_secs(1), 5));
+            assert_eq!(err, Err(RuleError::WaitNeedsLine(a)));
+        }
+    }
+
+    #[test]
+    fn a_penalty_and_a_share_keep_the_line() {
+        let r = gcra()
+            .with_wait(Wait::new(Duration::from_secs(1), 5))
+            .unwrap()
+            .with_penalty(Duration::from_secs(9))
+            .unwrap();
+        assert_eq!(r.for_store().penalty(), Some(Duration::from_secs(9)));
+        // A share of 2: one unit every 200 ms, still 5 places within 1 s.
+        let half = r.share_of(2);
+        assert_eq!(half.wait(), r.wait());
+        assert_eq!(half.for_store().quota().burst(), 10);
+        // A share of 20: one unit every 2 s, no place within 1 s.
+        assert_eq!(r.share_of(20).wait(), None);
+    }
+
+    #[test]
+    fn the_store_decision_is_read_without_the_line() {
+        let r = gcra()
+            .with_wait(Wait::new(Duration::from_secs(1), 5))
+            .unwrap();
+        // 12 units taken at once: 200 ms past the burst of 10.
+        let d = Decision::allow("r", 10, 3, Duration::from_millis(1_200));
+        let (seen, wait) = r.read_store(d);
+        assert_eq!((seen.remaining(), wait), (0, Duration::from_millis(200)));
+        let d = Decision::allow("r", 10, 9, Duration::from_millis(600));
+        let (seen, wait) = r.read_store(d);
+        assert_eq!((seen.remaining(), wait), (4, Duration::ZERO));
+        let denied = Decision::deny(
+            "r",
+            10,
+            0,
+            Duration::from_millis(1_500),
+            Duration::from_millis(100),
+        );
+        let (seen, wait) = r.read_store(denied);
+        assert!(!seen.is_allowed() && wait.is_zero());
+        assert_eq!(seen.retry_after(), Some(Duration::from_millis(100)));
+    }
+}
