@@ -201,16 +201,17 @@ mod tests {
     #[test]
     fn a_penalty_and_a_share_keep_the_line() {
         let r = gcra()
-            .with_wait(Wait::new(Duration::from_secs(1), 5))
+            .with_wait(Wait::new(Duration::from_millis(500), 5))
             .unwrap()
             .with_penalty(Duration::from_secs(9))
             .unwrap();
         assert_eq!(r.for_store().penalty(), Some(Duration::from_secs(9)));
-        // A share of 2: one unit every 200 ms, still 5 places within 1 s.
+        assert_eq!(r.for_store().quota().burst(), 15);
+        // A share of 2: 5/s, one unit every 200 ms, 2 places within 500 ms.
         let half = r.share_of(2);
         assert_eq!(half.wait(), r.wait());
-        assert_eq!(half.for_store().quota().burst(), 10);
-        // A share of 20: one unit every 2 s, no place within 1 s.
+        assert_eq!(half.for_store().quota().burst(), 7);
+        // A share of 20: 1/s, no place within 500 ms.
         assert_eq!(r.share_of(20).wait(), None);
     }
 
