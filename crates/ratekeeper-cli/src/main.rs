@@ -25,8 +25,8 @@ use ratekeeper::http::{ListKind, RuntimeLists};
 use ratekeeper::kit::RuleState;
 use ratekeeper::memory::MemoryStorage;
 use ratekeeper::{
-    Algorithm, Decision, Limiter, ManualClock, Quota, Rule, Storage, Timestamp, format_duration,
-    parse_duration,
+    Algorithm, Clock, Decision, Limiter, ManualClock, Quota, Rule, Storage, Timestamp, Wait,
+    format_duration, parse_duration,
 };
 
 #[derive(Parser)]
@@ -102,6 +102,14 @@ enum Command {
         /// place before releasing it (default: to the end of the run).
         #[arg(long, value_parser = duration)]
         hold: Option<Duration>,
+        /// For gcra and leaky_bucket: a request over the rate waits up to
+        /// this long for its turn instead of being denied.
+        #[arg(long, value_parser = duration)]
+        wait: Option<Duration>,
+        /// With --wait: the most requests waiting at once (default: as
+        /// many as have their turn within the wait).
+        #[arg(long, requires = "wait")]
+        waiters: Option<u64>,
         /// Run against this store in real time instead (a unique key,
         /// removed afterwards).
         #[arg(long)]
@@ -242,8 +250,19 @@ async fn run(command: Command) -> Result<(), Failure> {
             interval,
             cost,
             hold,
+            wait,
+            waiters,
             storage,
-        } => test_rule(&rule, requests, interval, (cost, hold), storage.as_deref()).await,
+        } => {
+            let wait = wait.map(|up_to| Wait::new(up_to, waiters.unwrap_or(u64::MAX)));
+            let run = Run {
+                requests,
+                interval,
+                cost,
+                hold,
+            };
+            test_rule(&rule, wait, run, storage.as_deref()).await
+        }
     }
 }
 
@@ -362,6 +381,12 @@ fn describe_rule(rule: &Rule) -> String {
     }
     if let Some(p) = rule.penalty() {
         text.push_str(&format!(", penalty {}", format_duration(p)));
+    }
+    if let Some(w) = rule.wait() {
+        text.push_str(&format!(", waits up to {}", format_duration(w.up_to())));
+        if w.waiters() != u64::MAX {
+            text.push_str(&format!(" ({} waiters)", w.waiters()));
+        }
     }
     text
 }
@@ -582,16 +607,65 @@ async fn list(kind: ListKind, action: ListAction) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What `test-rule` fires.
+struct Run {
+    /// How many requests.
+    requests: u32,
+    /// Time between them.
+    interval: Duration,
+    /// Units each costs.
+    cost: u64,
+    /// On a concurrency rule: how long each holds its place.
+    hold: Option<Duration>,
+}
+
+/// A manual clock whose sleeps return at once without moving time, and
+/// remember how long they were: `test-rule` shows a request waiting for
+/// its turn, while the next ones still arrive at their own times.
+#[derive(Debug, Clone)]
+struct Simulated {
+    clock: ManualClock,
+    slept: Arc<std::sync::Mutex<Duration>>,
+}
+
+impl Simulated {
+    /// The sleeps since the last call, added up.
+    fn take_slept(&self) -> Duration {
+        self.slept
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    }
+}
+
+impl Clock for Simulated {
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> ratekeeper::clock::SleepFuture<'_> {
+        if let Ok(mut slept) = self.slept.lock() {
+            *slept += duration;
+        }
+        Box::pin(std::future::ready(()))
+    }
+}
+
 /// `test-rule`: `requests` of `cost` units, `interval` apart; on a
 /// concurrency rule each takes a place (a permit), released `hold` after
-/// it was admitted.
+/// it was admitted; with `wait`, requests over the rate wait in line.
 async fn test_rule(
     args: &RuleArgs,
-    requests: u32,
-    interval: Duration,
-    (cost, hold): (u64, Option<Duration>),
+    wait: Option<Wait>,
+    run: Run,
     storage: Option<&str>,
 ) -> Result<(), Failure> {
+    let Run {
+        requests,
+        interval,
+        cost,
+        hold,
+    } = run;
     let rule = make_rule(
         &args.rule,
         args.algorithm,
@@ -599,8 +673,16 @@ async fn test_rule(
         args.window,
         args.burst,
     )?;
+    let rule = match wait {
+        Some(wait) => rule.with_wait(wait).map_err(|e| format!("error: {e}"))?,
+        None => rule,
+    };
     println!("rule {}: {}", rule.name(), describe_rule(&rule));
     let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
+    let simulated_clock = Simulated {
+        clock: clock.clone(),
+        slept: Arc::default(),
+    };
     let (limiter, simulated) = match storage {
         None => {
             let store = MemoryStorage::builder()
@@ -608,7 +690,7 @@ async fn test_rule(
                 .build();
             (
                 Limiter::builder(Arc::new(store))
-                    .clock(clock.clone())
+                    .clock(simulated_clock.clone())
                     .build(),
                 true,
             )
@@ -618,6 +700,7 @@ async fn test_rule(
     let key = format!("ratekeeper-cli-test:{}", std::process::id());
     let mut allowed = 0;
     let mut elapsed = Duration::ZERO;
+    let mut waited = Duration::ZERO;
     // Places held: when each is released, and its permit.
     let mut held: std::collections::VecDeque<(Duration, ratekeeper::Permit)> =
         std::collections::VecDeque::new();
@@ -649,14 +732,26 @@ async fn test_rule(
             }
             d
         } else {
-            limiter
+            let asked = std::time::Instant::now();
+            let d = limiter
                 .check_cost(&rule, &key, cost)
                 .await
-                .map_err(store_error)?
+                .map_err(store_error)?;
+            waited = if simulated {
+                simulated_clock.take_slept()
+            } else {
+                asked.elapsed()
+            };
+            d
         };
         allowed += u32::from(d.is_allowed());
+        let turn = if rule.wait().is_some() && d.is_allowed() && !waited.is_zero() {
+            format!(" after waiting {} in line", format_duration(waited))
+        } else {
+            String::new()
+        };
         println!(
-            "#{i:<4} t={:<8} {}",
+            "#{i:<4} t={:<8} {}{turn}",
             format_duration(elapsed),
             describe_decision(&d)
         );

@@ -331,6 +331,76 @@ fn test_rule_holds_places_of_a_concurrency_rule() {
     assert_eq!(kept, "AADDDD");
 }
 
+/// Waiting in line: with 10/s (a burst of 10), waiting up to 300 ms, 13
+/// requests at once: 10 at once, 3 after their turns, the rest denied; a
+/// token bucket cannot wait (a clear error).
+#[test]
+fn test_rule_shows_requests_waiting_in_line() {
+    let mut args = vec![
+        "test-rule",
+        "--algorithm",
+        "gcra",
+        "--limit",
+        "10",
+        "--window",
+        "1s",
+        "-n",
+        "15",
+        "--wait",
+        "300ms",
+    ];
+    let o = ratekeeper(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("rule test: gcra, 10 per 1s, burst 10, waits up to 300ms\n"),
+        "{out}"
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('#')).collect();
+    assert!(
+        lines[..10]
+            .iter()
+            .all(|l| l.contains("allowed") && !l.contains("waiting")),
+        "{out}"
+    );
+    for (line, waited) in lines[10..13].iter().zip(["100ms", "200ms", "300ms"]) {
+        assert!(
+            line.ends_with(&format!("after waiting {waited} in line")),
+            "{out}"
+        );
+    }
+    assert!(
+        lines[13..]
+            .iter()
+            .all(|l| l.contains("denied, retry in 100ms")),
+        "{out}"
+    );
+    assert!(out.ends_with("13 of 15 allowed\n"), "{out}");
+    args.extend(["--waiters", "1"]);
+    let out = stdout(&ratekeeper(&args, &[]));
+    assert!(out.ends_with("11 of 15 allowed\n"), "{out}");
+    let o = ratekeeper(
+        &[
+            "test-rule",
+            "--algorithm",
+            "token_bucket",
+            "--limit",
+            "10",
+            "--window",
+            "1s",
+            "--wait",
+            "1s",
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("token_bucket cannot make requests wait in line"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// Everything an operator does on a shared store, checked against what the
 /// application (this process) sees in the same store.
 async fn operate(url: &str, app_store: Arc<dyn Storage>) {

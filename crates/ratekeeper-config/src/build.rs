@@ -14,7 +14,7 @@ use super::model::{Config, KeySpec, RuleConfig, TierLimit};
 use ratekeeper_core::Limiter;
 use ratekeeper_core::clock::Clock;
 use ratekeeper_core::quota::{Quota, QuotaError};
-use ratekeeper_core::rule::{Algorithm, Rule, RuleError};
+use ratekeeper_core::rule::{Algorithm, Rule, RuleError, Wait};
 use ratekeeper_core::storage::Storage;
 use ratekeeper_http::{
     BlockedHook, ClientIpPolicy, ErrorHook, ErrorMode, ExemptFn, HttpPolicy, KeyExtractor, KeyFn,
@@ -268,6 +268,10 @@ pub(crate) fn build_rule(
             Some(c) => r.with_calendar(c.clone()),
             None => Ok(r),
         })
+        .and_then(|r| match rc.wait {
+            Some(up_to) => r.with_wait(Wait::new(up_to, rc.waiters.unwrap_or(u64::MAX))),
+            None => Ok(r),
+        })
         .map_err(|e| {
             let field = match e {
                 RuleError::InvalidName { .. } => None,
@@ -275,6 +279,7 @@ pub(crate) fn build_rule(
                 RuleError::InvalidPenalty(_) => Some("penalty"),
                 RuleError::CalendarNeedsFixedWindow(_) => Some("calendar"),
                 RuleError::CalendarWindow(_) => Some("window"),
+                RuleError::WaitNeedsLine(_) | RuleError::WaitTooShort { .. } => Some("wait"),
                 _ => Some("limit"),
             };
             (field, e.to_string())

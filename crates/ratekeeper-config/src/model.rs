@@ -245,6 +245,13 @@ pub struct RuleConfig {
     pub burst: Option<u64>,
     /// Blocks a client this long once it is denied.
     pub penalty: Option<Duration>,
+    /// `wait`: a request over the rate waits up to this long for its turn
+    /// instead of being denied (GCRA and the leaky bucket); see
+    /// [`Rule::with_wait`](ratekeeper_core::Rule::with_wait).
+    pub wait: Option<Duration>,
+    /// `waiters`: the most requests of one key waiting at once (with
+    /// `wait`; default: as many as have their turn within it).
+    pub waiters: Option<u64>,
     /// `calendar` (a time zone) and `week_start`: windows of a day, week,
     /// month or year on the calendar, fixed window only; `None`: windows
     /// aligned to the epoch.
@@ -265,6 +272,8 @@ impl RuleConfig {
             window,
             burst: None,
             penalty: None,
+            wait: None,
+            waiters: None,
             calendar: None,
             shadow: false,
             headers: true,

@@ -353,6 +353,8 @@ const RULE_FIELDS: &[&str] = &[
     "window",
     "burst",
     "penalty",
+    "wait",
+    "waiters",
     "calendar",
     "week_start",
     "shadow",
@@ -367,6 +369,15 @@ fn rule(r: &mut Reader<'_>, t: &Table<'_>, finish: bool) -> Option<RuleConfig> {
     let window = t.required_window(r, "window");
     let burst = t.integer(r, "burst", 1, u64::MAX);
     let penalty = t.duration(r, "penalty");
+    let wait = t.duration(r, "wait");
+    let waiters = t.integer(r, "waiters", 1, u64::MAX);
+    if waiters.is_some() && t.value_of("wait").is_none() {
+        r.problem(
+            &t.field_path("waiters"),
+            t.value_of("waiters"),
+            "waiters wait for their turn up to a bound (expected `wait = \"1s\"` or a duration beside it)",
+        );
+    }
     let calendar = t.parsed(r, "calendar", Calendar::new);
     let week_start = t.parsed(r, "week_start", str::parse::<Weekday>);
     if week_start.is_some() && t.value_of("calendar").is_none() {
@@ -388,6 +399,8 @@ fn rule(r: &mut Reader<'_>, t: &Table<'_>, finish: bool) -> Option<RuleConfig> {
         window: window?,
         burst,
         penalty,
+        wait,
+        waiters,
         calendar,
         shadow,
         headers,

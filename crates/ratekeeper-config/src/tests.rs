@@ -169,7 +169,7 @@ configuration: rules.missing.limit: missing (expected a whole number from 1)
 configuration: rules.missing.window: missing (expected a duration such as "30s", "1m", "1h" or "1d")
 configuration: rules.negative.limit: -5 is out of range (expected a whole number from 1)
 configuration: rules.typo.window: missing (expected a duration such as "30s", "1m", "1h" or "1d")
-configuration: rules.typo.windw: unknown field `windw` (expected one of: algorithm, limit, window, burst, penalty, calendar, week_start, shadow, headers); did you mean `window`?
+configuration: rules.typo.windw: unknown field `windw` (expected one of: algorithm, limit, window, burst, penalty, wait, waiters, calendar, week_start, shadow, headers); did you mean `window`?
 configuration: rules.zero.limit: 0 is out of range (expected a whole number from 1)
 configuration: rules.zeroburst.burst: 0 is out of range (expected a whole number from 1)
 configuration: tiers.pro.rules[2].rule: give either `rule` (the name of a rule of [rules]) or the rule's own `limit` and `window`, not both
@@ -680,6 +680,8 @@ mod fuzz {
         "window",
         "burst",
         "penalty",
+        "wait",
+        "waiters",
         "ttl",
         "capacity",
         "paths",
@@ -968,5 +970,47 @@ fn concurrency_rules_are_read_for_routes_and_kept_off_descriptors() {
         ),
         "configuration: defaults.in_flight_status: 200 is out of range (expected a whole number from 400 to 599)\n\
          configuration: domains[0].descriptors[0].rate_limit: a descriptor limits a rate: `concurrency` needs a release when the request ends, which Envoy's rate-limit API has no call for"
+    );
+}
+
+#[test]
+fn waiting_in_line_is_read_and_checked() {
+    let config = Config::parse(
+        "[rules.api]\nalgorithm = \"gcra\"\nlimit = 10\nwindow = \"1s\"\nwait = \"1s\"\nwaiters = 5\n\
+         [rules.any]\nalgorithm = \"leaky_bucket\"\nlimit = 10\nwindow = \"1s\"\nwait = \"300ms\"\n",
+        Format::Toml,
+    )
+    .unwrap();
+    let rules = config.built_rules().unwrap();
+    let wait = |name: &str| rules[name].wait().map(|w| (w.up_to(), w.waiters()));
+    assert_eq!(wait("api"), Some((std::time::Duration::from_secs(1), 5)));
+    assert_eq!(
+        wait("any"),
+        Some((std::time::Duration::from_millis(300), u64::MAX))
+    );
+    assert_eq!(
+        errors(
+            r#"
+            [rules.tokens]
+            algorithm = "token_bucket"
+            limit = 10
+            window = "1s"
+            wait = "1s"
+
+            [rules.short]
+            algorithm = "gcra"
+            limit = 1
+            window = "1m"
+            wait = "10s"
+
+            [rules.alone]
+            limit = 1
+            window = "1m"
+            waiters = 3
+            "#
+        ),
+        "configuration: rules.alone.waiters: waiters wait for their turn up to a bound (expected `wait = \"1s\"` or a duration beside it)\n\
+         configuration: rules.short.wait: waiting up to 10s admits no one: the quota lets one unit in every 1m, so wait at least that long\n\
+         configuration: rules.tokens.wait: token_bucket cannot make requests wait in line: waiting applies to gcra and leaky_bucket (which admit exactly what token_bucket admits)"
     );
 }

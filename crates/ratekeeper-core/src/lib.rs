@@ -36,7 +36,7 @@ pub use periodic::Periodic;
 pub use permit::Permit;
 pub use quota::{Quota, QuotaError};
 pub use reservation::Reservation;
-pub use rule::{Algorithm, Rule, RuleError};
+pub use rule::{Algorithm, Rule, RuleError, Wait};
 pub use storage::{
     AdjustEntry, AdjustRequest, Adjustment, CasOp, DecideEntry, DecideRequest, Storage,
     StorageStats,

@@ -376,6 +376,8 @@ pub(super) fn compile_limit(
         window: *window,
         burst: *burst,
         penalty: *penalty,
+        wait: None,
+        waiters: None,
         calendar: None,
         shadow: false,
         headers: true,

@@ -81,14 +81,15 @@ impl fmt::Display for RuleError {
                 "{a} cannot make requests wait in line: waiting applies to gcra and leaky_bucket \
                  (which admit exactly what token_bucket admits)"
             ),
+            Self::WaitTooShort { waiters: 0, .. } => {
+                f.write_str("a line of 0 waiters admits no one (expected at least 1)")
+            }
             Self::WaitTooShort {
-                up_to,
-                waiters,
-                interval,
+                up_to, interval, ..
             } => write!(
                 f,
-                "waiting up to {} with {waiters} waiters admits no one: the quota lets one unit \
-                 in every {}, so wait at least that long, with at least one waiter",
+                "waiting up to {} admits no one: the quota lets one unit in every {}, so wait \
+                 at least that long",
                 crate::duration::format_duration(*up_to),
                 crate::duration::format_duration(*interval)
             ),
