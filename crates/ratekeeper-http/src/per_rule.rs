@@ -175,7 +175,22 @@ impl PerRule {
         limits: &Limits,
         key: &str,
     ) -> Result<Decided> {
-        let rules = &*limits.rules;
+        // A rule in shadow mode holds back no request: it never waits in line.
+        let unlined: Vec<Rule>;
+        let rules = if limits.rules.iter().any(|r| r.wait().is_some()) {
+            unlined = (limits.rules.iter())
+                .map(|r| {
+                    if self.is_shadow(r.name()) {
+                        r.without_wait()
+                    } else {
+                        r.clone()
+                    }
+                })
+                .collect();
+            &unlined[..]
+        } else {
+            &*limits.rules
+        };
         let shadow = |i: usize| rules.get(i).is_some_and(|r| self.is_shadow(r.name()));
         let mut costs = vec![limits.cost; rules.len()];
         let mut shadow_denials = Vec::new();

@@ -628,6 +628,17 @@ impl HttpPolicy {
     /// rule has settings of its own, by a reservation on a route counting
     /// only some responses, else in one step.
     async fn decide_on(&self, limiter: &Limiter, limits: &Limits, key: &str) -> Result<Decided> {
+        // A policy in shadow mode holds back no request: no rule waits in line.
+        let unlined: Limits;
+        let limits = if self.shadow && limits.rules.iter().any(|r| r.wait().is_some()) {
+            unlined = Limits {
+                rules: limits.rules.iter().map(Rule::without_wait).collect(),
+                ..limits.clone()
+            };
+            &unlined
+        } else {
+            limits
+        };
         if let Some(per_rule) = self.per_rule_for(limits) {
             return per_rule.decide(limiter, limits, key).await;
         }

@@ -76,6 +76,15 @@ pub trait HttpHarness: Send + Sync + 'static {
     /// A new, empty store for one scenario's policy (the memory store, or
     /// any other: the suite runs the same over each).
     async fn store(&self) -> Arc<dyn Storage>;
+
+    /// Whether the framework drops a request's future when its client goes
+    /// away before the response starts (hyper and tower do). actix-web and
+    /// Rocket do not: they go on until the response is written, so a
+    /// request waiting in line for a client gone keeps its place until its
+    /// turn. The suite checks whichever the harness says.
+    fn notices_clients_gone(&self) -> bool {
+        true
+    }
 }
 
 /// A response as the client saw it.
@@ -1525,6 +1534,123 @@ pub async fn bodies_hold_their_places(h: Arc<dyn HttpHarness>) {
     assert!(back().await, "given back once the client went away");
 }
 
+/// A GCRA rule of `limit` per `window` whose requests wait up to `up_to`
+/// for their turn, `waiters` at most.
+fn waiting(name: &str, (limit, window): (u64, u64), (up_to, waiters): (u64, u64)) -> Rule {
+    let ms = std::time::Duration::from_millis;
+    let quota = ratekeeper_core::Quota::new(limit, ms(window)).expect("a quota");
+    Rule::new(name, Algorithm::Gcra, quota)
+        .and_then(|r| r.with_wait(ratekeeper_core::Wait::new(ms(up_to), waiters)))
+        .expect("a rule")
+}
+
+/// Waiting in line: one request every 500 ms (a burst of 2), waiting up
+/// to 1 s, 2 at most; six requests at once: four answered (two at once,
+/// two after their turn), two refused at once with `Retry-After`, and the
+/// handler ran four times. A client that goes away while it waits gives
+/// its place back (the next request waits instead of being refused), on
+/// frameworks that notice ([`HttpHarness::notices_clients_gone`]; on the
+/// others it keeps its place until its turn). In
+/// shadow mode nothing waits: what would have waited is reported blocked.
+pub async fn requests_wait_their_turn(h: Arc<dyn HttpHarness>) {
+    let routes = RouteTable::new()
+        .route(
+            "/counted",
+            &[],
+            Limits::new(vec![waiting("line", (2, 1_000), (1_000, 2))]),
+        )
+        .and_then(|t| {
+            // One request every 2 s: one place, its turn 2 s away.
+            let gone = waiting("gone", (2, 4_000), (2_000, 1));
+            t.route("/decision", &[], Limits::new(vec![gone]))
+        })
+        .expect("patterns");
+    let keys = KeyExtractor::new(KeySource::Ip);
+    let (_server, c) = start(&h, policy(&h, routes.clone(), keys.clone()).await).await;
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get("/counted", &[]).await })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        let r = task.await.expect("a request task");
+        match r.status {
+            200 => answered += 1,
+            429 => assert!(r.header("retry-after").is_some(), "{:?}", r.headers),
+            other => panic!("unexpected status {other}: {}", r.body),
+        }
+    }
+    assert_eq!(answered, 4, "two at once, two after their turn");
+    assert_eq!(c.get("/calls", &[]).await.body, "calls=4");
+
+    // A waiter whose client goes away.
+    for _ in 0..2 {
+        assert_eq!(c.status("/decision", &[]).await, 200);
+    }
+    let gone = tokio::spawn({
+        let c = c.clone();
+        async move { c.get("/decision", &[]).await }
+    });
+    // Time for it to take its place (its turn is 2 s away).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    gone.abort();
+    let asked = std::time::Instant::now();
+    let mut next = None;
+    // Its place comes back a moment after the connection closes; before
+    // its turn would have come, the line is full without it.
+    while asked.elapsed() < std::time::Duration::from_millis(1_200) {
+        let probe = tokio::spawn({
+            let c = c.clone();
+            async move { c.get("/decision", &[]).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if !probe.is_finished() {
+            next = Some(probe);
+            break;
+        }
+        let r = probe.await.expect("a probe");
+        assert_eq!(r.status, 429, "{}", r.body);
+    }
+    if h.notices_clients_gone() {
+        let next = next.expect("the place of the client gone came back");
+        assert_eq!(next.await.expect("a request").status, 200);
+    } else {
+        assert!(
+            next.is_none(),
+            "this framework noticed a client gone: say so in its harness"
+        );
+    }
+
+    // Shadow mode: nothing waits (a wait of a minute would fail this).
+    let blocked = Arc::new(AtomicU32::new(0));
+    let seen = blocked.clone();
+    let routes = RouteTable::new()
+        .route(
+            "/",
+            &[],
+            Limits::new(vec![waiting("shadow", (2, 60_000), (60_000, 5))]),
+        )
+        .expect("a pattern");
+    let p = policy(&h, routes, keys)
+        .await
+        .shadow(true)
+        .on_blocked(Arc::new(move |_, _| {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }));
+    let (_shadow, c) = start(&h, p).await;
+    let four = async {
+        for _ in 0..4 {
+            assert_eq!(c.status("/", &[]).await, 200);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), four)
+        .await
+        .expect("no request waits in shadow mode");
+    assert_eq!(blocked.load(Ordering::SeqCst), 2);
+}
+
 /// Runs the whole HTTP behaviour suite against a [`HttpHarness`]: one
 /// `#[tokio::test]` per scenario.
 #[macro_export]
@@ -1540,7 +1666,7 @@ macro_rules! http_behaviour_tests {
             shadow_mode, concurrent_requests, handlers_see_the_decision,
             refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving,
             config_reloaded_under_load, counting_only_failed_logins, requests_in_flight,
-            bodies_hold_their_places
+            bodies_hold_their_places, requests_wait_their_turn
         );
     };
     (@cases $($case:ident),* $(,)?) => {

@@ -114,6 +114,17 @@ impl Rule {
         self.line.as_ref().map(|line| line.wait)
     }
 
+    /// The same rule without a line: requests over the rate are denied.
+    /// It shares the rule's state (for what holds back no request, such as
+    /// a rule in shadow mode).
+    #[must_use]
+    pub fn without_wait(&self) -> Self {
+        Self {
+            line: None,
+            ..self.clone()
+        }
+    }
+
     /// The rule with its line made again from its current fields (after a
     /// change to them).
     pub(super) fn relined(self) -> Result<Self, RuleError> {

@@ -192,4 +192,8 @@ impl HttpHarness for RocketHarness {
             Arc::new(ratekeeper_memory::MemoryStorage::new())
         }
     }
+
+    fn notices_clients_gone(&self) -> bool {
+        false
+    }
 }
