@@ -102,6 +102,44 @@ async fn at_most_n_requests_in_flight() {
     }
 }
 
+/// `--wait 1000` on each example server with GCRA at 4 a second (a burst
+/// of 4, a turn every 250 ms): eight requests at once, four answered at
+/// once, the next four after waiting their turns, none refused; a ninth
+/// and tenth at once beyond the line are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_rate_wait_their_turn() {
+    for example in ["axum_server", "actix_server", "rocket_server"] {
+        let args = [
+            "--algorithm",
+            "gcra",
+            "--limit",
+            "4",
+            "--window",
+            "1s",
+            "--wait",
+            "1000",
+        ];
+        let server = Example::start(example, &args);
+        let c = TestClient::new(server.addr);
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.status("/", &[]).await })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.push(task.await.expect("a request task"));
+        }
+        statuses.sort_unstable();
+        assert_eq!(
+            statuses,
+            [200, 200, 200, 200, 200, 200, 200, 200, 429, 429],
+            "{example}"
+        );
+    }
+}
+
 /// `--count-when 401` on each example server, run as an operator runs it:
 /// with 3 requests an hour, ten good logins pass and are never counted, the
 /// first three wrong passwords reach the handler (401) and the next two are

@@ -29,6 +29,9 @@
 //! --concurrency 5           also at most N requests in flight per key (a
 //!                           place held until the response has been sent,
 //!                           at most --lease long: default 60s)
+//! --wait 500                a request over the rate waits up to MS
+//!                           milliseconds for its turn instead of being
+//!                           denied (gcra and leaky_bucket)
 //! --config FILE             everything from a configuration file instead
 //!                           (examples/config/); reloaded on SIGHUP
 //! ```
@@ -46,7 +49,7 @@ use ratekeeper::http::{
 };
 use ratekeeper::layer::{Breaker, Deadline, DenyCache};
 use ratekeeper::memory::MemoryStorage;
-use ratekeeper::{Algorithm, Limiter, Quota, Rule, parse_duration};
+use ratekeeper::{Algorithm, Limiter, Quota, Rule, Wait, parse_duration};
 
 /// The example servers' options.
 pub(crate) struct Options {
@@ -68,6 +71,7 @@ pub(crate) struct Options {
     pub(crate) degraded_instances: u64,
     pub(crate) concurrency: Option<u64>,
     pub(crate) lease: Duration,
+    pub(crate) wait: Option<Duration>,
 }
 
 /// Reads the flags (see the module docs).
@@ -91,6 +95,7 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
         degraded_instances: 1,
         concurrency: None,
         lease: Duration::from_secs(60),
+        wait: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -125,11 +130,12 @@ pub(crate) fn parse_args() -> Result<Options, Box<dyn Error>> {
             "--degraded-instances" => o.degraded_instances = value()?.parse()?,
             "--concurrency" => o.concurrency = Some(value()?.parse()?),
             "--lease" => o.lease = parse_duration(&value()?)?,
+            "--wait" => o.wait = Some(Duration::from_millis(value()?.parse()?)),
             "--help" | "-h" => {
                 println!(
                     "flags: --listen ADDR --storage URL --algorithm NAME --limit N --window DURATION \
                      --key ip|header:NAME --headers legacy|ietf|both|none --trust CIDR,... \
-                     --client-ip-header forwarded|x-forwarded-for|x-real-ip --on-error deny|allow|degraded --degraded-instances N --store-timeout MS --deny-cache N --approximate MS --count-when STATUS,... --concurrency N --lease DURATION | --config FILE (reloaded on SIGHUP)"
+                     --client-ip-header forwarded|x-forwarded-for|x-real-ip --on-error deny|allow|degraded --degraded-instances N --store-timeout MS --deny-cache N --approximate MS --count-when STATUS,... --concurrency N --lease DURATION --wait MS | --config FILE (reloaded on SIGHUP)"
                 );
                 std::process::exit(0);
             }
@@ -147,11 +153,11 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
         live.reload_on_hangup()?;
         return Ok(live.policy());
     }
-    let mut rules = vec![Rule::new(
-        "api",
-        o.algorithm,
-        Quota::new(o.limit, o.window)?,
-    )?];
+    let mut api = Rule::new("api", o.algorithm, Quota::new(o.limit, o.window)?)?;
+    if let Some(up_to) = o.wait {
+        api = api.with_wait(Wait::new(up_to, u64::MAX))?;
+    }
+    let mut rules = vec![api];
     if let Some(n) = o.concurrency {
         rules.push(Rule::concurrency("in-flight", n, o.lease)?);
     }
