@@ -619,16 +619,18 @@ struct Run {
     hold: Option<Duration>,
 }
 
-/// A manual clock whose sleeps return at once without moving time, and
-/// remember how long they were: `test-rule` shows a request waiting for
-/// its turn, while the next ones still arrive at their own times.
+/// A clock that remembers how long the limiter slept on it (a request
+/// waiting for its turn). Simulated (a manual clock), its sleeps return at
+/// once without moving time, so the next requests still arrive at their
+/// own times; else it sleeps on the system clock.
 #[derive(Debug, Clone)]
-struct Simulated {
-    clock: ManualClock,
+struct Recorded {
+    clock: Arc<dyn Clock>,
+    simulated: bool,
     slept: Arc<std::sync::Mutex<Duration>>,
 }
 
-impl Simulated {
+impl Recorded {
     /// The sleeps since the last call, added up.
     fn take_slept(&self) -> Duration {
         self.slept
@@ -638,7 +640,7 @@ impl Simulated {
     }
 }
 
-impl Clock for Simulated {
+impl Clock for Recorded {
     fn now(&self) -> Timestamp {
         self.clock.now()
     }
@@ -647,7 +649,11 @@ impl Clock for Simulated {
         if let Ok(mut slept) = self.slept.lock() {
             *slept += duration;
         }
-        Box::pin(std::future::ready(()))
+        if self.simulated {
+            Box::pin(std::future::ready(()))
+        } else {
+            self.clock.sleep(duration)
+        }
     }
 }
 
@@ -679,24 +685,25 @@ async fn test_rule(
     };
     println!("rule {}: {}", rule.name(), describe_rule(&rule));
     let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
-    let simulated_clock = Simulated {
-        clock: clock.clone(),
+    let simulated = storage.is_none();
+    let recorded = Recorded {
+        clock: if simulated {
+            Arc::new(clock.clone())
+        } else {
+            Arc::new(ratekeeper::SystemClock)
+        },
+        simulated,
         slept: Arc::default(),
     };
-    let (limiter, simulated) = match storage {
-        None => {
-            let store = MemoryStorage::builder()
+    let store = match storage {
+        None => Arc::new(
+            MemoryStorage::builder()
                 .clock(Arc::new(clock.clone()))
-                .build();
-            (
-                Limiter::builder(Arc::new(store))
-                    .clock(simulated_clock.clone())
-                    .build(),
-                true,
-            )
-        }
-        Some(url) => (Limiter::new(open(url)?), false),
+                .build(),
+        ),
+        Some(url) => open(url)?,
     };
+    let limiter = Limiter::builder(store).clock(recorded.clone()).build();
     let key = format!("ratekeeper-cli-test:{}", std::process::id());
     let mut allowed = 0;
     let mut elapsed = Duration::ZERO;
@@ -732,16 +739,11 @@ async fn test_rule(
             }
             d
         } else {
-            let asked = std::time::Instant::now();
             let d = limiter
                 .check_cost(&rule, &key, cost)
                 .await
                 .map_err(store_error)?;
-            waited = if simulated {
-                simulated_clock.take_slept()
-            } else {
-                asked.elapsed()
-            };
+            waited = recorded.take_slept();
             d
         };
         allowed += u32::from(d.is_allowed());

@@ -268,10 +268,6 @@ pub(crate) fn build_rule(
             Some(c) => r.with_calendar(c.clone()),
             None => Ok(r),
         })
-        .and_then(|r| match rc.wait {
-            Some(up_to) => r.with_wait(Wait::new(up_to, rc.waiters.unwrap_or(u64::MAX))),
-            None => Ok(r),
-        })
         .map_err(|e| {
             let field = match e {
                 RuleError::InvalidName { .. } => None,
@@ -279,10 +275,15 @@ pub(crate) fn build_rule(
                 RuleError::InvalidPenalty(_) => Some("penalty"),
                 RuleError::CalendarNeedsFixedWindow(_) => Some("calendar"),
                 RuleError::CalendarWindow(_) => Some("window"),
-                RuleError::WaitNeedsLine(_) | RuleError::WaitTooShort { .. } => Some("wait"),
                 _ => Some("limit"),
             };
             (field, e.to_string())
+        })
+        .and_then(|r| match rc.wait {
+            Some(up_to) => r
+                .with_wait(Wait::new(up_to, rc.waiters.unwrap_or(u64::MAX)))
+                .map_err(|e| (Some("wait"), e.to_string())),
+            None => Ok(r),
         })
 }
 

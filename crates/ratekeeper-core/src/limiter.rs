@@ -9,7 +9,7 @@ use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{DEFAULT_MAX_KEY_LEN, bounded_key, state_key};
 use crate::observe;
-use crate::permit::{GiveBackOnDrop, Permit};
+use crate::permit::Permit;
 use crate::reservation::Reservation;
 use crate::rule::Rule;
 use crate::storage::{AdjustEntry, AdjustRequest, Adjustment, DecideEntry, DecideRequest, Storage};
@@ -268,6 +268,12 @@ impl Limiter {
         at: bool,
     ) -> Result<(crate::Timestamp, Vec<Decision>)> {
         let in_line = checks.iter().any(|(rule, _, _)| rule.wait().is_some());
+        if in_line {
+            // The store sees the burst grown by the line: the real one bounds a cost.
+            for (rule, _, cost) in checks {
+                crate::engine::check_cost(rule, *cost)?;
+            }
+        }
         let keys = self.bounded_keys(checks.iter().map(|(_, key, _)| *key));
         let for_store = checks
             .iter()
@@ -286,44 +292,35 @@ impl Limiter {
             Ok((at, decisions)) => (at, Ok(decisions)),
             Err(e) => (request.now, Err(e)),
         };
+        // What a client of each rule sees (the places in line are not units
+        // left), and the longest wait for a turn.
+        let mut wait = Duration::ZERO;
+        let result = result.map(|decisions| {
+            if !in_line {
+                return decisions;
+            }
+            checks
+                .iter()
+                .zip(decisions)
+                .map(|((rule, _, cost), decision)| {
+                    let (decision, turn) = rule.read_store(decision);
+                    if *cost > 0 {
+                        wait = wait.max(turn);
+                    }
+                    decision
+                })
+                .collect()
+        });
         observe::decisions(&entries, &result);
         let decisions = result?;
-        if !in_line {
-            return Ok((at, decisions));
-        }
-        let mut wait = Duration::ZERO;
-        let decisions: Vec<Decision> = checks
-            .iter()
-            .zip(decisions)
-            .map(|((rule, _, cost), decision)| {
-                let (decision, turn) = rule.read_store(decision);
-                if *cost > 0 {
-                    wait = wait.max(turn);
-                }
-                decision
-            })
-            .collect();
         let admitted = checks
             .iter()
             .zip(&decisions)
             .all(|((_, _, cost), d)| *cost == 0 || d.is_allowed());
         if admitted && !wait.is_zero() {
-            // Its units are taken: a waiter dropped gives them back.
-            let taken: Vec<_> = checks
-                .iter()
-                .zip(&keys)
-                .filter(|((_, _, cost), _)| *cost > 0)
-                .map(|((rule, _, cost), key)| {
-                    let refund = Adjustment::Refund {
-                        units: *cost,
-                        taken_at: Some(at),
-                    };
-                    ((*rule).clone(), key.to_string(), refund)
-                })
-                .collect();
-            let waiting = GiveBackOnDrop::new(self.clone(), taken);
+            // The place is kept if this future is dropped: a refund would
+            // let the next request take a turn beside one still asleep.
             self.inner.clock.sleep(wait).await;
-            waiting.keep();
         }
         Ok((at, decisions))
     }
@@ -414,6 +411,18 @@ impl Limiter {
             })
             .collect();
         no_duplicates(entries.iter().map(|e| (e.rule, e.key)))?;
+        if let Some((rule, _, _)) = changes.iter().find(|(rule, _, change)| {
+            rule.wait().is_some() && matches!(change, Adjustment::Refund { units: 1.., .. })
+        }) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "rule {:?} makes requests wait in line and takes no refund: moving the end \
+                     of its line back would give the next request a turn beside one still waiting",
+                    rule.name()
+                ),
+            ));
+        }
         let request = AdjustRequest {
             now: self.inner.clock.now(),
             entries: &entries,
@@ -528,13 +537,14 @@ impl Limiter {
     /// Waits until `cost` units are granted. With `max_wait`, gives up when the
     /// next wait would go past it and returns that denial instead.
     ///
-    /// On GCRA and the leaky bucket the request takes a place in line (see
-    /// [`Rule::with_wait`]) up to one burst ahead, or up to `max_wait`, and
-    /// sleeps until its turn: one store call, and waiters are let in in
-    /// the order they came, never all at once. Further ahead, and on the
-    /// other algorithms, it sleeps until the store says a request would
-    /// fit (or find a place in line), and asks again. Dropping the future
-    /// while it waits for its turn gives the place back.
+    /// On a rule whose requests [wait in line](Rule::with_wait), the
+    /// request takes a place in line (in a line no longer than `max_wait`)
+    /// and sleeps until its turn: one store call, and waiters are let in
+    /// one at a time, in the order they were placed; when the line is
+    /// full, it sleeps until a place opens and asks again. On other rules
+    /// it sleeps until the store says a request would fit, and asks again
+    /// (waiters then race for each unit that comes back: give the rule a
+    /// line to have them wait in turn).
     pub async fn until_ready_cost(
         &self,
         rule: &Rule,
@@ -562,21 +572,20 @@ impl Limiter {
     }
 }
 
-/// `rule` with a line of at most one burst and at most `left` (for
-/// [`Limiter::until_ready_cost`]): one burst at most, because a check of
-/// `rule` itself on the same key reads a debt past one burst as an older
-/// quota's and caps it, which would let a line longer than that through
-/// early. `None` when `rule` has a line already, cannot have one, or one
-/// would have no place.
+/// `rule`'s line cut to `left` (for [`Limiter::until_ready_cost`]): the
+/// same places, fewer when their turns would come later than `left`.
+/// `None` when `rule` has no line, or its line needs no cut; a line with no
+/// place left within `left` is the rule without it (a request then waits
+/// only for the store to let it in at once).
 fn in_line_for(rule: &Rule, left: Option<Duration>) -> Option<Rule> {
-    if rule.wait().is_some() {
-        return None;
-    }
-    let q = rule.quota();
-    let burst = Duration::from_micros(q.burst().saturating_mul(q.emission_interval_us()));
-    let up_to = left.map_or(burst, |left| left.min(burst));
-    let wait = crate::rule::Wait::new(up_to, u64::MAX);
-    rule.clone().with_wait(wait).ok()
+    let wait = rule.wait()?;
+    let left = left.filter(|left| *left < wait.up_to())?;
+    let shorter = crate::rule::Wait::new(left, wait.waiters());
+    Some(
+        rule.clone()
+            .with_wait(shorter)
+            .unwrap_or_else(|_| rule.without_wait()),
+    )
 }
 
 /// Whether a rule of `entries` makes requests wait in line.

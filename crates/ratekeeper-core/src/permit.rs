@@ -3,10 +3,8 @@
 
 use crate::decision::Decision;
 use crate::error::Result;
-use crate::limiter::Limiter;
 use crate::reservation::Reservation;
 use crate::rule::Rule;
-use crate::storage::Adjustment;
 
 /// Places held on [`Concurrency`](crate::Algorithm::Concurrency) rules, taken by
 /// [`Limiter::acquire`](crate::Limiter::acquire) or
@@ -75,80 +73,40 @@ impl Permit {
         if changes.is_empty() {
             return None;
         }
-        Some(give_back(self.reservation.limiter().clone(), changes))
+        let limiter = self.reservation.limiter().clone();
+        Some(async move {
+            let borrowed: Vec<(&Rule, &str, _)> = changes
+                .iter()
+                .map(|(rule, key, change)| (rule, key.as_str(), *change))
+                .collect();
+            limiter.adjust(&borrowed).await.map(drop)
+        })
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.released {
-            let changes = self.reservation.leases();
-            give_back_later(self.reservation.limiter(), changes, "a permit's places");
+        if self.released {
+            return;
         }
-    }
-}
-
-/// Makes `changes` (refunds, each with its rule and bounded key).
-async fn give_back(limiter: Limiter, changes: Vec<(Rule, String, Adjustment)>) -> Result<()> {
-    let borrowed: Vec<(&Rule, &str, _)> = changes
-        .iter()
-        .map(|(rule, key, change)| (rule, key.as_str(), *change))
-        .collect();
-    limiter.adjust(&borrowed).await.map(drop)
-}
-
-/// [`give_back`] on a task of the tokio runtime this is called on, for
-/// what is dropped: outside a runtime, or when the store fails, `what`
-/// stays taken (until it expires or refills) and a warning says so.
-pub(crate) fn give_back_later(
-    limiter: &Limiter,
-    changes: Vec<(Rule, String, Adjustment)>,
-    what: &'static str,
-) {
-    if changes.is_empty() {
-        return;
-    }
-    let limiter = limiter.clone();
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn(async move {
-            if let Err(e) = give_back(limiter, changes).await {
-                tracing::warn!(
-                    target: "ratekeeper",
-                    error = %e,
-                    "{what} could not be given back; they count until they expire or refill"
-                );
-            }
-        })),
-        Err(_) => tracing::warn!(
-            target: "ratekeeper",
-            "{what} were dropped outside a tokio runtime; they count until they expire or refill"
-        ),
-    }
-}
-
-/// Gives its units back when dropped (by [`give_back_later`]), unless
-/// [`keep`](Self::keep) was called: what a request waiting for its turn
-/// holds, so that a waiter dropped (a client gone) gives its place back.
-pub(crate) struct GiveBackOnDrop {
-    limiter: Limiter,
-    changes: Vec<(Rule, String, Adjustment)>,
-}
-
-impl GiveBackOnDrop {
-    pub(crate) fn new(limiter: Limiter, changes: Vec<(Rule, String, Adjustment)>) -> Self {
-        Self { limiter, changes }
-    }
-
-    /// Keeps the units: the wait is over.
-    pub(crate) fn keep(mut self) {
-        self.changes.clear();
-    }
-}
-
-impl Drop for GiveBackOnDrop {
-    fn drop(&mut self) {
-        let changes = std::mem::take(&mut self.changes);
-        give_back_later(&self.limiter, changes, "places in line");
+        let Some(release) = self.releasing() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move {
+                if let Err(e) = release.await {
+                    tracing::warn!(
+                        target: "ratekeeper",
+                        error = %e,
+                        "a permit could not be released; its places are held until they expire"
+                    );
+                }
+            })),
+            Err(_) => tracing::warn!(
+                target: "ratekeeper",
+                "a permit was dropped outside a tokio runtime; its places are held until they expire"
+            ),
+        }
     }
 }
 

@@ -15,7 +15,9 @@ use crate::storage::Adjustment;
 /// reservation knows when its units were taken; on the buckets, less what
 /// could have refilled since), what went past the
 /// estimate is charged, never refused, and owed if it takes the key past
-/// its limit (see [`Adjustment`]). A reservation dropped without settling
+/// its limit (see [`Adjustment`]); a rule whose requests
+/// [wait in line](Rule::with_wait) keeps the estimate, as it takes no
+/// refund. A reservation dropped without settling
 /// keeps the estimate. A denied reservation took nothing: settling it
 /// changes nothing and returns its decisions. A reservation is settled
 /// once; when settling fails (the store is down), it stays open and can be
@@ -163,6 +165,9 @@ impl Reservation {
                     Adjustment::Charge(0)
                 } else if actual >= estimate {
                     Adjustment::Charge(actual - estimate)
+                } else if rule.wait().is_some() {
+                    // A rule with a line takes no refund (see `Rule::with_wait`).
+                    Adjustment::Charge(0)
                 } else {
                     let units = estimate - actual;
                     Adjustment::Refund {

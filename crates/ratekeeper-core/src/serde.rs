@@ -182,6 +182,8 @@ const RULE_FIELDS: &[&str] = &[
     "window",
     "burst",
     "penalty",
+    "wait",
+    "waiters",
     "calendar",
     "week_start",
 ];
@@ -220,9 +222,13 @@ impl Serialize for Rule {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let quota = self.quota();
         let calendar = self.calendar().map(|(c, _)| c);
+        let wait = self.wait();
+        let waiters = wait.map(crate::Wait::waiters).filter(|w| *w != u64::MAX);
         let fields = 4
             + usize::from(quota.has_explicit_burst())
             + usize::from(self.penalty().is_some())
+            + usize::from(wait.is_some())
+            + usize::from(waiters.is_some())
             + 2 * usize::from(calendar.is_some());
         let mut r = s.serialize_struct("Rule", fields)?;
         r.serialize_field("name", self.name())?;
@@ -234,6 +240,12 @@ impl Serialize for Rule {
         }
         if let Some(p) = self.penalty() {
             r.serialize_field("penalty", &format_duration(p))?;
+        }
+        if let Some(w) = wait {
+            r.serialize_field("wait", &format_duration(w.up_to()))?;
+        }
+        if let Some(n) = waiters {
+            r.serialize_field("waiters", &n)?;
         }
         if let Some(c) = calendar {
             r.serialize_field("calendar", c.zone())?;
@@ -252,13 +264,15 @@ impl<'de> Deserialize<'de> for Rule {
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
-                    "a rule: { name, algorithm, limit, window, burst, penalty, calendar, week_start }",
+                    "a rule: { name, algorithm, limit, window, burst, penalty, wait, waiters, \
+                     calendar, week_start }",
                 )
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Rule, A::Error> {
                 let (mut name, mut algorithm, mut penalty) = (None::<String>, None, None);
                 let (mut zone, mut week_start) = (None::<String>, None::<String>);
+                let (mut wait, mut waiters) = (None, None::<u64>);
                 let mut parts = QuotaParts::default();
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
@@ -269,6 +283,8 @@ impl<'de> Deserialize<'de> for Rule {
                             "penalty",
                             map.next_value::<duration::Text>()?.0,
                         )?,
+                        "wait" => once(&mut wait, "wait", map.next_value::<duration::Text>()?.0)?,
+                        "waiters" => once(&mut waiters, "waiters", map.next_value()?)?,
                         "calendar" => once(&mut zone, "calendar", map.next_value()?)?,
                         "week_start" => once(&mut week_start, "week_start", map.next_value()?)?,
                         other => {
@@ -286,6 +302,16 @@ impl<'de> Deserialize<'de> for Rule {
                 let rule = match penalty {
                     Some(p) => rule.with_penalty(p).map_err(de::Error::custom)?,
                     None => rule,
+                };
+                let rule = match (wait, waiters) {
+                    (Some(up_to), n) => {
+                        let wait = crate::Wait::new(up_to, n.unwrap_or(u64::MAX));
+                        rule.with_wait(wait).map_err(de::Error::custom)?
+                    }
+                    (None, Some(_)) => {
+                        return Err(de::Error::custom("waiters needs a wait (a duration)"));
+                    }
+                    (None, None) => rule,
                 };
                 let first_day = match week_start {
                     Some(day) => Some(day.parse::<Weekday>().map_err(de::Error::custom)?),
@@ -414,6 +440,18 @@ mod tests {
             .unwrap()
             .with_penalty(Duration::from_secs(600))
             .unwrap(),
+            Rule::new(
+                "line",
+                Algorithm::LeakyBucket,
+                Quota::per_second(10).unwrap(),
+            )
+            .unwrap()
+            .with_wait(crate::Wait::new(Duration::from_millis(500), 3))
+            .unwrap(),
+            Rule::new("ready", Algorithm::Gcra, Quota::per_second(10).unwrap())
+                .unwrap()
+                .with_wait(crate::Wait::new(Duration::from_secs(1), u64::MAX))
+                .unwrap(),
             Rule::new(
                 "monthly",
                 Algorithm::FixedWindow,

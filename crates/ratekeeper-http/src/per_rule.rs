@@ -115,6 +115,22 @@ pub(crate) async fn take(
     })
 }
 
+/// `rules` with the line taken off each rule `strip` picks (see
+/// [`Rule::without_wait`]); `None` when none of them has one.
+pub(crate) fn unlined(rules: &[Rule], strip: impl Fn(&Rule) -> bool) -> Option<Vec<Rule>> {
+    if !rules.iter().any(|r| r.wait().is_some() && strip(r)) {
+        return None;
+    }
+    let each = |r: &Rule| {
+        if strip(r) {
+            r.without_wait()
+        } else {
+            r.clone()
+        }
+    };
+    Some(rules.iter().map(each).collect())
+}
+
 impl PerRule {
     /// Puts `names` in shadow mode.
     pub(crate) fn shadow(&mut self, names: impl IntoIterator<Item = impl AsRef<str>>) {
@@ -176,21 +192,8 @@ impl PerRule {
         key: &str,
     ) -> Result<Decided> {
         // A rule in shadow mode holds back no request: it never waits in line.
-        let unlined: Vec<Rule>;
-        let rules = if limits.rules.iter().any(|r| r.wait().is_some()) {
-            unlined = (limits.rules.iter())
-                .map(|r| {
-                    if self.is_shadow(r.name()) {
-                        r.without_wait()
-                    } else {
-                        r.clone()
-                    }
-                })
-                .collect();
-            &unlined[..]
-        } else {
-            &*limits.rules
-        };
+        let unlined = unlined(&limits.rules, |r| self.is_shadow(r.name()));
+        let rules = unlined.as_deref().unwrap_or(&limits.rules);
         let shadow = |i: usize| rules.get(i).is_some_and(|r| self.is_shadow(r.name()));
         let mut costs = vec![limits.cost; rules.len()];
         let mut shadow_denials = Vec::new();

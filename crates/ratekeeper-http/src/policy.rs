@@ -107,7 +107,9 @@ impl Admission {
     /// each rule, as [`Limiter::refund`] does, never more than were taken.
     /// Returns what a request would get now (the most restrictive rule's
     /// decision). Concurrency rules are left alone, as by
-    /// [`charge`](Self::charge).
+    /// [`charge`](Self::charge), and so are rules whose requests
+    /// [wait in line](ratekeeper_core::Rule::with_wait), which take no
+    /// refund: a route with no other rate rule is an error.
     pub async fn refund(&self, units: u64) -> Result<Decision> {
         self.rate_rules()?;
         let refund = Adjustment::Refund {
@@ -117,8 +119,15 @@ impl Admission {
         let changes: Vec<_> = self
             .rules
             .iter()
+            .filter(|rule| rule.wait().is_none())
             .map(|rule| (rule, self.key.as_str(), refund))
             .collect();
+        if changes.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "this route's rate rules make requests wait in line, and take no refund",
+            ));
+        }
         let decisions = self.limiter.adjust(&changes).await?;
         Decision::most_restrictive(&decisions)
             .cloned()
@@ -433,8 +442,9 @@ impl HttpPolicy {
     /// only, so the rules in force are charged as if they were not there;
     /// the denial goes to the `on_blocked` hook and the log (`shadow =
     /// true`), never to the client. Shadow rules are left out of the
-    /// rate-limit headers. The whole policy in shadow mode is
-    /// [`shadow`](Self::shadow).
+    /// rate-limit headers, and never make a request wait in line (they are
+    /// decided without their line). The whole policy in shadow mode is
+    /// [`shadow`](Self::shadow), which no rule makes wait either.
     #[must_use]
     pub fn shadow_rules(mut self, names: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
         Arc::make_mut(self.per_rule.get_or_insert_default()).shadow(names);
@@ -629,16 +639,12 @@ impl HttpPolicy {
     /// only some responses, else in one step.
     async fn decide_on(&self, limiter: &Limiter, limits: &Limits, key: &str) -> Result<Decided> {
         // A policy in shadow mode holds back no request: no rule waits in line.
-        let unlined: Limits;
-        let limits = if self.shadow && limits.rules.iter().any(|r| r.wait().is_some()) {
-            unlined = Limits {
-                rules: limits.rules.iter().map(Rule::without_wait).collect(),
+        let unlined =
+            crate::per_rule::unlined(&limits.rules, |_| self.shadow).map(|rules| Limits {
+                rules: rules.into(),
                 ..limits.clone()
-            };
-            &unlined
-        } else {
-            limits
-        };
+            });
+        let limits = unlined.as_ref().unwrap_or(limits);
         if let Some(per_rule) = self.per_rule_for(limits) {
             return per_rule.decide(limiter, limits, key).await;
         }

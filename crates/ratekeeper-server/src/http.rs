@@ -305,6 +305,21 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, ask: Ask) -> Respon
     let Some(rule) = limits.rules.get(name) else {
         return bad_request(format!("no rule named {name:?}"));
     };
+    if body.is_negative_hits && rule.wait().is_some() {
+        return bad_request(format!(
+            "rule {name:?} makes requests wait in line, and takes no refund"
+        ));
+    }
+    // The server answers at once: a rule's line is for the applications
+    // that wait in it, and here a request over the rate is told when to
+    // come back.
+    let unlined;
+    let rule = if rule.wait().is_some() {
+        unlined = rule.without_wait();
+        &unlined
+    } else {
+        rule
+    };
     if key.len() > limits.server.max_value_bytes {
         return bad_request(format!(
             "the key is longer than {} bytes",

@@ -1125,9 +1125,11 @@ fn line_up(
 /// to 1 s for at most 5 waiters, 20 requests at once: 10 are let in at
 /// once, 5 wait for their turns and are let in one at a time, each at its
 /// turn (100 ms apart), and 5 are denied at once with the time a place in
-/// line opens. A waiter that gives up gives its place to the next request.
-/// `until_ready` takes places in line too: its waiters are let in one at a
-/// time, never all at once.
+/// line opens. Beside the line, a cost past the real burst never fits, the
+/// rule without its line reads the key alike, and no refund is taken. A
+/// waiter that gives up keeps its place: its turn goes unused, and no
+/// later request gets a turn beside one still waiting. `until_ready` takes
+/// places in line too: its waiters are let in one at a time.
 pub async fn waiting_in_line(h: Arc<dyn Harness>) {
     let (store, _, manual) = setup(&h).await;
     let clock = crate::WaitingClock::over(manual);
@@ -1173,48 +1175,69 @@ pub async fn waiting_in_line(h: Arc<dyn Harness>) {
             assert!(answers.try_recv().is_err(), "{algorithm}: one per turn");
         }
 
-        // A waiter that gives up gives its place back.
+        // Beside the line: a cost past the real burst never fits; the same
+        // rule without its line reads the key alike (its next request fits
+        // once the line has passed); the rule takes no refund, and a
+        // reservation settled below its estimate keeps it.
+        let err = limiter.check_cost(&r, &key, 11).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CostExceedsCapacity, "{algorithm}");
+        let key = format!("{algorithm}-beside");
+        assert!(limiter.check_cost(&r, &key, 10).await.unwrap().is_allowed());
+        let mut line = line_up(&limiter, &r, &key, 5, false);
+        eventually("5 waiters asleep", || clock.sleepers() == 5).await;
+        let plain = limiter.check(&r.without_wait(), &key).await.unwrap();
+        assert_eq!(plain.retry_after(), Some(step * 6), "{algorithm}");
+        let err = limiter.refund(&r, &key, 1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{algorithm}");
+        for _ in 0..5 {
+            clock.advance(step);
+            assert!(line.recv().await.unwrap().0.is_allowed());
+        }
+        clock.advance(Duration::from_secs(2));
+        let mut reservation = limiter.reserve(&r, &key, 2).await.unwrap();
+        assert_eq!(
+            reservation.settle(0).await.unwrap().remaining(),
+            8,
+            "{algorithm}"
+        );
+
+        // A waiter that gives up keeps its place: its turn goes unused,
+        // and no later request is given a turn beside one still waiting.
         let key = format!("{algorithm}-gives-up");
         let start = clock.now();
         assert!(limiter.check_cost(&r, &key, 10).await.unwrap().is_allowed());
-        let _first = line_up(&limiter, &r, &key, 4, false);
-        eventually("4 waiters asleep", || clock.sleepers() == 4).await;
+        let mut ahead = line_up(&limiter, &r, &key, 2, false);
+        eventually("2 waiters asleep", || clock.sleepers() == 2).await;
         let (l, r2, k) = (limiter.clone(), r.clone(), key.clone());
         let waiter = tokio::spawn(async move { l.check(&r2, &k).await });
-        eventually("the last waiter asleep", || clock.sleepers() == 5).await;
-        assert!(
-            !limiter.peek(&r, &key).await.unwrap().is_allowed(),
-            "{algorithm}: full"
-        );
+        eventually("the third asleep", || clock.sleepers() == 3).await;
+        let mut behind = line_up(&limiter, &r, &key, 2, false);
+        eventually("5 waiters asleep", || clock.sleepers() == 5).await;
         waiter.abort();
-        let room = || async { limiter.peek(&r, &key).await.unwrap().is_allowed() };
-        for _ in 0..2_000 {
-            if room().await {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(room().await, "{algorithm}: the place came back");
-        let mut next = line_up(&limiter, &r, &key, 1, false);
-        eventually("the next asleep", || clock.sleepers() == 5).await;
-        for _ in 0..5 {
+        eventually("the third gone", || clock.sleepers() == 4).await;
+        let d = limiter.peek(&r, &key).await.unwrap();
+        assert!(!d.is_allowed(), "{algorithm}: its place stays taken");
+        let mut turns = Vec::new();
+        for turn in 1..=5u32 {
             clock.advance(step);
+            eventually("the turn's waiter let in", || {
+                clock.sleepers() == 4 - (turn as usize).min(2) - (turn as usize).saturating_sub(3)
+            })
+            .await;
+            while let Ok((d, at)) = ahead.try_recv().or_else(|_| behind.try_recv()) {
+                assert!(d.is_allowed());
+                turns.push(at.saturating_duration_since(start));
+            }
         }
-        let (d, at) = next.recv().await.unwrap();
-        assert!(d.is_allowed(), "{algorithm}");
-        assert_eq!(
-            at,
-            start.saturating_add(step * 5),
-            "{algorithm}: the last place"
-        );
+        assert_eq!(turns, [step, step * 2, step * 4, step * 5], "{algorithm}");
 
-        // until_ready: a line of at most one burst, one let in per turn.
-        let plain = rule("ready", algorithm, "10/s");
+        // until_ready on a rule with a line takes a place in it: one store
+        // call each, let in one per turn.
         let key = format!("{algorithm}-ready");
         let start = clock.now();
-        limiter.check_cost(&plain, &key, 10).await.unwrap();
+        limiter.check_cost(&r, &key, 10).await.unwrap();
         let before = calls();
-        let mut ready = line_up(&limiter, &plain, &key, 4, true);
+        let mut ready = line_up(&limiter, &r, &key, 4, true);
         eventually("4 asleep", || clock.sleepers() == 4).await;
         for turn in 1..=4u32 {
             clock.advance(step);

@@ -161,8 +161,4 @@ impl HttpHarness for Actix {
             Arc::new(ratekeeper_memory::MemoryStorage::new())
         }
     }
-
-    fn notices_clients_gone(&self) -> bool {
-        false
-    }
 }

@@ -69,12 +69,24 @@ impl Rule {
     /// denied (nginx's `limit_req burst=N`, without `nodelay`): up to
     /// `wait.waiters()` per key, each for at most `wait.up_to()`. The
     /// [`Limiter`](crate::Limiter) takes a request's place atomically in the
-    /// store, then sleeps until its turn: every `check`, `check_each`,
-    /// `reserve` and `acquire` on the rule returns when the request may
-    /// proceed. A request whose future is dropped while it waits (a client
-    /// gone, a timeout) gives its place back. The places in line are whole
-    /// turns of the quota's rate, never more than the waiters: with
-    /// `"10/s"`, waiting up to 1 s gives at most 10 places.
+    /// store, then sleeps until its turn (on the limiter's clock: tokio's
+    /// timer by default): every `check`, `check_each`, `reserve` and
+    /// `acquire` on the rule returns when the request may proceed, and
+    /// `peek` says whether a request would be let in, at once or after
+    /// waiting. The places in line are whole turns of the quota's rate,
+    /// never more than the waiters nor than the burst: with `"10/s"`,
+    /// waiting up to 1 s gives at most 10 places. (A longer line would
+    /// read, to the same rule without its line, as an older quota's debt,
+    /// and be cut short under requests still waiting.)
+    ///
+    /// The line only ever moves forward, so that every request waiting
+    /// keeps its turn and no two share one: a request whose future is
+    /// dropped while it waits (a client gone, a timeout) keeps its place,
+    /// and its turn goes unused; the rule takes no refund
+    /// ([`Limiter::adjust`](crate::Limiter::adjust) refuses one, and a
+    /// [`Reservation`](crate::Reservation) settled below its estimate keeps
+    /// it). Other rules decided with it count the request when it is
+    /// placed in line, not when its turn comes.
     ///
     /// GCRA and the leaky bucket only (they admit exactly what a token
     /// bucket admits; a token bucket counts the tokens left, which a line
@@ -86,7 +98,9 @@ impl Rule {
             return Err(RuleError::WaitNeedsLine(self.algorithm));
         }
         let interval = self.quota.emission_interval_us();
-        let places = (duration_to_micros(wait.up_to) / interval).min(wait.waiters);
+        let places = (duration_to_micros(wait.up_to) / interval)
+            .min(wait.waiters)
+            .min(self.quota.burst());
         if places == 0 {
             return Err(RuleError::WaitTooShort {
                 up_to: wait.up_to,

@@ -192,8 +192,4 @@ impl HttpHarness for RocketHarness {
             Arc::new(ratekeeper_memory::MemoryStorage::new())
         }
     }
-
-    fn notices_clients_gone(&self) -> bool {
-        false
-    }
 }
