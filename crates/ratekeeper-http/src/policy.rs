@@ -84,10 +84,13 @@ impl Admission {
     /// send a response that large); later requests are limited as usual.
     /// The route's concurrency rules are left alone (the request holds its
     /// places already): a route with no rate rule is an
-    /// [`ErrorKind::InvalidInput`] error.
+    /// [`ErrorKind::InvalidInput`] error. A charge never waits in line:
+    /// rules with a line are charged as without it.
     pub async fn charge(&self, cost: u64) -> Result<Decision> {
         self.rate_rules()?;
-        self.limiter.check_rules(&self.rules, &self.key, cost).await
+        let unlined = crate::per_rule::unlined(&self.rules, |_| true);
+        let rules = unlined.as_deref().unwrap_or(&self.rules);
+        self.limiter.check_rules(rules, &self.key, cost).await
     }
 
     /// An error when the route has no rate rule to charge or refund.
