@@ -744,6 +744,10 @@ async fn test_rule(
                 .await
                 .map_err(store_error)?;
             waited = recorded.take_slept();
+            if !simulated {
+                // The next request comes that much later.
+                elapsed += waited;
+            }
             d
         };
         allowed += u32::from(d.is_allowed());

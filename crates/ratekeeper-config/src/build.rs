@@ -583,6 +583,15 @@ impl Checker<'_> {
     fn rule(&mut self, at: &str, name: &str, rc: &RuleConfig) -> Option<Rule> {
         match build_rule(name, rc, self.config.defaults.algorithm) {
             Ok(rule) => {
+                if rc.wait.is_some() && self.config.storage.approximate.is_some() {
+                    self.problem(
+                        &format!("{at}.wait"),
+                        "waiting in line takes each place in the store's one line, which \
+                         approximate mode does not keep (expected no [storage.approximate], or \
+                         no wait)"
+                            .to_owned(),
+                    );
+                }
                 if rc.shadow {
                     self.shadow.push(name.to_owned());
                 }

@@ -1007,9 +1007,19 @@ fn waiting_in_line_is_read_and_checked() {
             limit = 1
             window = "1m"
             waiters = 3
+
+            [storage.approximate]
+            flush = "50ms"
+
+            [rules.local]
+            algorithm = "gcra"
+            limit = 10
+            window = "1s"
+            wait = "1s"
             "#
         ),
         "configuration: rules.alone.waiters: waiters wait for their turn up to a bound (expected `wait = \"1s\"` or a duration beside it)\n\
+         configuration: rules.local.wait: waiting in line takes each place in the store's one line, which approximate mode does not keep (expected no [storage.approximate], or no wait)\n\
          configuration: rules.short.wait: waiting up to 10s admits no one: the quota lets one unit in every 1m, so wait at least that long\n\
          configuration: rules.tokens.wait: token_bucket cannot make requests wait in line: waiting applies to gcra and leaky_bucket (which admit exactly what token_bucket admits)"
     );

@@ -9,7 +9,7 @@ use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{DEFAULT_MAX_KEY_LEN, bounded_key, state_key};
 use crate::observe;
-use crate::permit::Permit;
+use crate::permit::{HeldInLine, Permit};
 use crate::reservation::Reservation;
 use crate::rule::Rule;
 use crate::storage::{AdjustEntry, AdjustRequest, Adjustment, DecideEntry, DecideRequest, Storage};
@@ -318,9 +318,14 @@ impl Limiter {
             .zip(&decisions)
             .all(|((_, _, cost), d)| *cost == 0 || d.is_allowed());
         if admitted && !wait.is_zero() {
-            // The place is kept if this future is dropped: a refund would
-            // let the next request take a turn beside one still asleep.
+            // The place in line is kept if this future is dropped (a refund
+            // would let the next request take a turn beside one still
+            // asleep); places in flight taken with it come back.
+            let taken = checks.iter().zip(&keys);
+            let taken = taken.map(|((rule, _, cost), key)| (*rule, key.as_ref(), *cost));
+            let held = HeldInLine::new(self, crate::permit::leases(taken, at));
             self.inner.clock.sleep(wait).await;
+            held.keep();
         }
         Ok((at, decisions))
     }
@@ -398,7 +403,9 @@ impl Limiter {
     /// learned late ([`Adjustment::Charge`]) or units given back
     /// ([`Adjustment::Refund`]), atomically over every entry. Returns one
     /// decision per entry: what a request of one unit would get afterwards.
-    /// See [`Storage::adjust`].
+    /// See [`Storage::adjust`]. A refund to a rule that takes none
+    /// ([`Rule::takes_refunds`]: requests wait in its line) is an
+    /// [`ErrorKind::InvalidInput`] error, and nothing changes.
     pub async fn adjust(&self, changes: &[(&Rule, &str, Adjustment)]) -> Result<Vec<Decision>> {
         let keys = self.bounded_keys(changes.iter().map(|(_, key, _)| *key));
         let entries: Vec<AdjustEntry<'_>> = changes
@@ -412,7 +419,7 @@ impl Limiter {
             .collect();
         no_duplicates(entries.iter().map(|e| (e.rule, e.key)))?;
         if let Some((rule, _, _)) = changes.iter().find(|(rule, _, change)| {
-            rule.wait().is_some() && matches!(change, Adjustment::Refund { units: 1.., .. })
+            !rule.takes_refunds() && matches!(change, Adjustment::Refund { units: 1.., .. })
         }) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -445,7 +452,8 @@ impl Limiter {
     /// Gives `units` of `rule` back to `key` (the newest units, see
     /// [`Adjustment::Refund`]; a [`Reservation`] knows when its units were
     /// taken and gives back exactly those). Returns what a request would
-    /// get now.
+    /// get now; an [`ErrorKind::InvalidInput`] error on a rule that takes
+    /// no refund ([`Rule::takes_refunds`]).
     pub async fn refund(&self, rule: &Rule, key: &str, units: u64) -> Result<Decision> {
         let refund = Adjustment::Refund {
             units,
@@ -555,15 +563,16 @@ impl Limiter {
         let mut waited = Duration::ZERO;
         loop {
             let left = max_wait.map(|max| max.saturating_sub(waited));
-            let decision = match in_line_for(rule, left) {
-                Some(line) => self.check_cost(&line, key, cost.max(1)).await?,
-                None => self.check_cost(rule, key, cost.max(1)).await?,
-            };
+            let cut = in_line_for(rule, left);
+            let asked = cut.as_ref().unwrap_or(rule);
+            let decision = self.check_cost(asked, key, cost.max(1)).await?;
             let wait = match decision.retry_after() {
                 None => return Ok(decision),
                 Some(wait) => wait.max(Duration::from_micros(1)),
             };
-            if left.is_some_and(|left| wait > left) {
+            // Asking again then finds a place at the end of the line, a
+            // line's length from its turn.
+            if left.is_some_and(|left| wait.saturating_add(asked.line_length()) > left) {
                 return Ok(decision);
             }
             self.inner.clock.sleep(wait).await;
@@ -581,11 +590,10 @@ fn in_line_for(rule: &Rule, left: Option<Duration>) -> Option<Rule> {
     let wait = rule.wait()?;
     let left = left.filter(|left| *left < wait.up_to())?;
     let shorter = crate::rule::Wait::new(left, wait.waiters());
-    Some(
-        rule.clone()
-            .with_wait(shorter)
-            .unwrap_or_else(|_| rule.without_wait()),
-    )
+    // Without the rule's penalty: a request its whole line would have
+    // placed is not to block the key.
+    let unlined = rule.without_wait();
+    Some(unlined.clone().with_wait(shorter).unwrap_or(unlined))
 }
 
 /// Whether a rule of `entries` makes requests wait in line.

@@ -3,8 +3,10 @@
 
 use crate::decision::Decision;
 use crate::error::Result;
+use crate::limiter::Limiter;
 use crate::reservation::Reservation;
 use crate::rule::Rule;
+use crate::storage::Adjustment;
 
 /// Places held on [`Concurrency`](crate::Algorithm::Concurrency) rules, taken by
 /// [`Limiter::acquire`](crate::Limiter::acquire) or
@@ -69,45 +71,105 @@ impl Permit {
     /// What gives the places back: `None` when it holds none (denied, or
     /// no concurrency rule).
     fn releasing(&self) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
-        let changes = self.reservation.leases();
-        if changes.is_empty() {
-            return None;
-        }
-        let limiter = self.reservation.limiter().clone();
-        Some(async move {
-            let borrowed: Vec<(&Rule, &str, _)> = changes
-                .iter()
-                .map(|(rule, key, change)| (rule, key.as_str(), *change))
-                .collect();
-            limiter.adjust(&borrowed).await.map(drop)
-        })
+        releasing(self.reservation.limiter(), self.reservation.leases())
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let Some(release) = self.releasing() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(async move {
-                if let Err(e) = release.await {
-                    tracing::warn!(
-                        target: "ratekeeper",
-                        error = %e,
-                        "a permit could not be released; its places are held until they expire"
-                    );
-                }
-            })),
-            Err(_) => tracing::warn!(
-                target: "ratekeeper",
-                "a permit was dropped outside a tokio runtime; its places are held until they expire"
-            ),
+        if !self.released {
+            release_later(self.releasing());
         }
     }
+}
+
+/// What gives back `leases` (refunds of places in flight) on `limiter`:
+/// `None` when there are none.
+fn releasing(
+    limiter: &Limiter,
+    leases: Vec<(Rule, String, Adjustment)>,
+) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
+    if leases.is_empty() {
+        return None;
+    }
+    let limiter = limiter.clone();
+    Some(async move {
+        let borrowed: Vec<(&Rule, &str, _)> = leases
+            .iter()
+            .map(|(rule, key, change)| (rule, key.as_str(), *change))
+            .collect();
+        limiter.adjust(&borrowed).await.map(drop)
+    })
+}
+
+/// Places in flight taken with a rate whose request then waits in line
+/// for its turn: released if the request is dropped before it
+/// ([`keep`](Self::keep) once the turn has come).
+pub(crate) struct HeldInLine {
+    limiter: Limiter,
+    leases: Vec<(Rule, String, Adjustment)>,
+}
+
+impl HeldInLine {
+    pub(crate) fn new(limiter: &Limiter, leases: Vec<(Rule, String, Adjustment)>) -> Self {
+        Self {
+            limiter: limiter.clone(),
+            leases,
+        }
+    }
+
+    /// The turn has come: the places stay with the request.
+    pub(crate) fn keep(mut self) {
+        self.leases.clear();
+    }
+}
+
+impl Drop for HeldInLine {
+    fn drop(&mut self) {
+        release_later(releasing(&self.limiter, std::mem::take(&mut self.leases)));
+    }
+}
+
+/// Runs `release` on a task of the tokio runtime this is called on (what
+/// is dropped cannot wait for it); outside a runtime, or when it fails,
+/// the places stay taken until their leases expire, with a warning.
+fn release_later(release: Option<impl Future<Output = Result<()>> + Send + 'static>) {
+    let Some(release) = release else {
+        return;
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(async move {
+            if let Err(e) = release.await {
+                tracing::warn!(
+                    target: "ratekeeper",
+                    error = %e,
+                    "places in flight could not be released; they are held until they expire"
+                );
+            }
+        })),
+        Err(_) => tracing::warn!(
+            target: "ratekeeper",
+            "places in flight were dropped outside a tokio runtime; they are held until they expire"
+        ),
+    }
+}
+
+/// The refunds that give back the places in flight among `taken` (each
+/// rule, its bounded key and its units), taken at `at`.
+pub(crate) fn leases<'a>(
+    taken: impl Iterator<Item = (&'a Rule, &'a str, u64)>,
+    at: crate::Timestamp,
+) -> Vec<(Rule, String, Adjustment)> {
+    taken
+        .filter(|(rule, _, units)| *units > 0 && holds_places(rule))
+        .map(|(rule, key, units)| {
+            let release = Adjustment::Refund {
+                units,
+                taken_at: Some(at),
+            };
+            (rule.clone(), key.to_owned(), release)
+        })
+        .collect()
 }
 
 /// Whether `rule`'s units are places in flight, given back on release.

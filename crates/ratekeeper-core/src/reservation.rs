@@ -165,14 +165,14 @@ impl Reservation {
                     Adjustment::Charge(0)
                 } else if actual >= estimate {
                     Adjustment::Charge(actual - estimate)
-                } else if rule.wait().is_some() {
-                    // A rule with a line takes no refund (see `Rule::with_wait`).
+                } else if !rule.takes_refunds() {
+                    // A rule with a line keeps its units (see `Rule::takes_refunds`).
                     Adjustment::Charge(0)
                 } else {
                     let units = estimate - actual;
                     Adjustment::Refund {
                         units,
-                        taken_at: Some(self.taken_at),
+                        taken_at: Some(self.counted_from(rule, *actual)),
                     }
                 };
                 (rule, key.as_str(), change)
@@ -181,6 +181,22 @@ impl Reservation {
         let decisions = self.limiter.adjust(&changes).await?;
         self.settled = true;
         Ok(decisions)
+    }
+
+    /// When the units a settlement at `actual` gives back on `rule` began
+    /// to count: on the windows, when they were taken; on the buckets,
+    /// after the `actual` units kept, which refill first (the units are
+    /// alike: those kept are counted as the first of the reservation). Not
+    /// from where the reservation's units stood in the key's debt: a refund
+    /// of units ahead of them moves them up, and the store cannot tell, so
+    /// counting from there gave back units that had refilled. A refund
+    /// gives back only what has not refilled since.
+    fn counted_from(&self, rule: &Rule, actual: u64) -> Timestamp {
+        if !rule.algorithm().uses_burst() {
+            return self.taken_at;
+        }
+        let kept = actual.saturating_mul(rule.for_store().quota().emission_interval_us());
+        Timestamp::from_micros(self.taken_at.as_micros().saturating_add(kept))
     }
 
     /// Moves the places in flight it took (the units of its
@@ -222,20 +238,12 @@ impl Reservation {
         if !self.admitted {
             return Vec::new();
         }
-        self.entries
-            .iter()
-            .filter(|(rule, _, units)| *units > 0 && crate::permit::holds_places(rule))
-            .map(|(rule, key, units)| {
-                let refund = Adjustment::Refund {
-                    units: *units,
-                    taken_at: Some(self.taken_at),
-                };
-                (rule.clone(), key.clone(), refund)
-            })
-            .collect()
+        let taken = (self.entries.iter()).map(|(rule, key, units)| (rule, key.as_str(), *units));
+        crate::permit::leases(taken, self.taken_at)
     }
 
-    /// Gives the whole estimate back: the work was not done.
+    /// Gives the whole estimate back: the work was not done (rules that
+    /// take no refund, see [`Rule::takes_refunds`], keep it).
     pub async fn cancel(&mut self) -> Result<Vec<Decision>> {
         let none = vec![0; self.entries.len()];
         self.settle_each(&none).await

@@ -214,7 +214,8 @@ impl Settlement {
 
     /// Settles the request once its response has `status`: a response that
     /// counts keeps the cost; one that does not gives it back to every rule
-    /// of the route, in the window it was taken from. Only the first call
+    /// of the route that takes refunds, in the window it was taken from
+    /// (rules whose requests wait in line keep it). Only the first call
     /// does anything. A store failure is logged and the cost stays taken.
     pub async fn finish(&self, status: StatusCode) {
         let Some(mut reservation) = self.0.reservation.lock().take() else {

@@ -122,7 +122,7 @@ impl Admission {
         let changes: Vec<_> = self
             .rules
             .iter()
-            .filter(|rule| rule.wait().is_none())
+            .filter(|rule| rule.takes_refunds())
             .map(|rule| (rule, self.key.as_str(), refund))
             .collect();
         if changes.is_empty() {

@@ -10,9 +10,11 @@ use tokio::sync::watch;
 /// A [`ManualClock`] whose [`sleep`](Clock::sleep) waits until the test
 /// has moved time to its end (a plain `ManualClock` moves time itself and
 /// returns at once, which suits one waiter, not several waiting together).
-/// Time moves only by [`advance`](Self::advance); what slept wakes then,
-/// in the order of its deadlines, so the test sees exactly who is let in
-/// at each instant.
+/// Time moves only by [`advance`](Self::advance); what slept until then
+/// wakes (every sleeper is told, and those whose end has not come sleep
+/// on), so the test sees exactly who is let in at each instant. A sleep
+/// ends at the time it was asked at plus its length: a test moves time
+/// once its sleepers are asleep ([`sleepers`](Self::sleepers)).
 ///
 /// ```
 /// use ratekeeper_core::{Clock, Timestamp};
@@ -25,6 +27,9 @@ use tokio::sync::watch;
 ///     let clock = clock.clone();
 ///     async move { clock.sleep(Duration::from_millis(100)).await }
 /// });
+/// while clock.sleepers() == 0 {
+///     tokio::task::yield_now().await;
+/// }
 /// clock.advance(Duration::from_millis(100));
 /// sleeper.await.unwrap();
 /// assert_eq!(clock.now(), Timestamp::from_micros(100_000));

@@ -1097,16 +1097,26 @@ impl ratekeeper_core::layer::LayeredStorage for CountCalls {
     }
 }
 
+/// What requests in line answer: each one's decision and when it returned.
+type Answers = tokio::sync::mpsc::UnboundedReceiver<(Decision, Timestamp)>;
+
 /// Requests let in by `limiter` on `rule` for `key`, one task each, each
 /// answering with its decision and the time it returned.
-fn line_up(
+fn line_up(limiter: &Limiter, rule: &Rule, key: &str, n: usize, until_ready: bool) -> Answers {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    line_up_into(&tx, limiter, rule, key, n, until_ready);
+    rx
+}
+
+/// [`line_up`], answering on `tx`.
+fn line_up_into(
+    tx: &tokio::sync::mpsc::UnboundedSender<(Decision, Timestamp)>,
     limiter: &Limiter,
     rule: &Rule,
     key: &str,
     n: usize,
     until_ready: bool,
-) -> tokio::sync::mpsc::UnboundedReceiver<(Decision, Timestamp)> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+) {
     for _ in 0..n {
         let (limiter, rule, key, tx) = (limiter.clone(), rule.clone(), key.to_owned(), tx.clone());
         tokio::spawn(async move {
@@ -1118,7 +1128,15 @@ fn line_up(
             let _ = tx.send((d, limiter.clock().now()));
         });
     }
-    rx
+}
+
+/// The next answer of a request in line (within 10 s of real time).
+async fn answer(answers: &mut Answers) -> (Decision, Timestamp) {
+    tokio::time::timeout(Duration::from_secs(10), answers.recv())
+        .await
+        .ok()
+        .flatten()
+        .expect("a request in line answered")
 }
 
 /// Waiting in line (GCRA and the leaky bucket): with 10/s and a wait of up
@@ -1150,7 +1168,7 @@ pub async fn waiting_in_line(h: Arc<dyn Harness>) {
         let mut answers = line_up(&limiter, &r, &key, 20, false);
         let mut at_once = Vec::new();
         for _ in 0..15 {
-            at_once.push(answers.recv().await.unwrap());
+            at_once.push(answer(&mut answers).await);
         }
         assert!(at_once.iter().all(|(_, at)| *at == start), "{algorithm}");
         let allowed = at_once.iter().filter(|(d, _)| d.is_allowed()).count();
@@ -1161,7 +1179,7 @@ pub async fn waiting_in_line(h: Arc<dyn Harness>) {
         eventually("5 waiters asleep", || clock.sleepers() == 5).await;
         for turn in 1..=5u32 {
             clock.advance(step);
-            let (d, at) = answers.recv().await.unwrap();
+            let (d, at) = answer(&mut answers).await;
             assert!(d.is_allowed(), "{algorithm}");
             assert_eq!(
                 at,
@@ -1191,7 +1209,7 @@ pub async fn waiting_in_line(h: Arc<dyn Harness>) {
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{algorithm}");
         for _ in 0..5 {
             clock.advance(step);
-            assert!(line.recv().await.unwrap().0.is_allowed());
+            assert!(answer(&mut line).await.0.is_allowed());
         }
         clock.advance(Duration::from_secs(2));
         let mut reservation = limiter.reserve(&r, &key, 2).await.unwrap();
@@ -1206,12 +1224,13 @@ pub async fn waiting_in_line(h: Arc<dyn Harness>) {
         let key = format!("{algorithm}-gives-up");
         let start = clock.now();
         assert!(limiter.check_cost(&r, &key, 10).await.unwrap().is_allowed());
-        let mut ahead = line_up(&limiter, &r, &key, 2, false);
+        let (tx, mut others) = tokio::sync::mpsc::unbounded_channel();
+        line_up_into(&tx, &limiter, &r, &key, 2, false);
         eventually("2 waiters asleep", || clock.sleepers() == 2).await;
         let (l, r2, k) = (limiter.clone(), r.clone(), key.clone());
         let waiter = tokio::spawn(async move { l.check(&r2, &k).await });
         eventually("the third asleep", || clock.sleepers() == 3).await;
-        let mut behind = line_up(&limiter, &r, &key, 2, false);
+        line_up_into(&tx, &limiter, &r, &key, 2, false);
         eventually("5 waiters asleep", || clock.sleepers() == 5).await;
         waiter.abort();
         eventually("the third gone", || clock.sleepers() == 4).await;
@@ -1220,15 +1239,65 @@ pub async fn waiting_in_line(h: Arc<dyn Harness>) {
         let mut turns = Vec::new();
         for turn in 1..=5u32 {
             clock.advance(step);
-            eventually("the turn's waiter let in", || {
-                clock.sleepers() == 4 - (turn as usize).min(2) - (turn as usize).saturating_sub(3)
-            })
-            .await;
-            while let Ok((d, at)) = ahead.try_recv().or_else(|_| behind.try_recv()) {
+            if turn != 3 {
+                let (d, at) = answer(&mut others).await;
                 assert!(d.is_allowed());
                 turns.push(at.saturating_duration_since(start));
             }
         }
+        assert!(others.try_recv().is_err(), "{algorithm}: one per turn");
+
+        // Places in flight taken with a place in line come back when the
+        // request is dropped before its turn.
+        let key = format!("{algorithm}-places");
+        let two = Rule::concurrency("line-places", 2, HOUR).unwrap();
+        assert!(limiter.check_cost(&r, &key, 10).await.unwrap().is_allowed());
+        let (l, r2, two2, k) = (limiter.clone(), r.clone(), two.clone(), key.clone());
+        let waiter =
+            tokio::spawn(async move { l.acquire_each(&[(&r2, &k, 1), (&two2, &k, 1)]).await });
+        eventually("the waiter asleep", || clock.sleepers() == 1).await;
+        let free = || async { limiter.peek(&two, &key).await.unwrap().remaining() };
+        assert_eq!(free().await, 1, "{algorithm}: its place in flight taken");
+        waiter.abort();
+        let mut back = false;
+        for _ in 0..2_000 {
+            back = free().await == 2;
+            if back {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(back, "{algorithm}: the place in flight came back");
+        // A request past its whole line gives up at once when its turn
+        // would come after its deadline (a line cut to 250 ms: two places,
+        // both taken, one by the waiter gone).
+        let _next = line_up(&limiter, &r, &key, 1, false);
+        eventually("the next asleep", || clock.sleepers() == 1).await;
+        let before = (calls(), clock.now());
+        let d = limiter
+            .until_ready_cost(&r, &key, 1, Some(Duration::from_millis(250)))
+            .await
+            .unwrap();
+        assert!(!d.is_allowed(), "{algorithm}");
+        assert_eq!(
+            (calls(), clock.now()),
+            (before.0 + 1, before.1),
+            "{algorithm}: at once"
+        );
+        // The rule without its line denies here, and starts no penalty.
+        let strict = r.clone().with_penalty(HOUR).unwrap();
+        assert!(
+            !limiter
+                .check(&strict.without_wait(), &key)
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+        assert!(
+            limiter.peek(&strict, &key).await.unwrap().is_allowed(),
+            "{algorithm}"
+        );
+        clock.advance(Duration::from_secs(2));
         assert_eq!(turns, [step, step * 2, step * 4, step * 5], "{algorithm}");
 
         // until_ready on a rule with a line takes a place in it: one store
@@ -1241,7 +1310,7 @@ pub async fn waiting_in_line(h: Arc<dyn Harness>) {
         eventually("4 asleep", || clock.sleepers() == 4).await;
         for turn in 1..=4u32 {
             clock.advance(step);
-            let (d, at) = ready.recv().await.unwrap();
+            let (d, at) = answer(&mut ready).await;
             assert!(d.is_allowed(), "{algorithm}");
             assert_eq!(
                 at,

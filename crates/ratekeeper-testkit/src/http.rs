@@ -1542,20 +1542,21 @@ fn waiting(name: &str, (limit, window): (u64, u64), (up_to, waiters): (u64, u64)
 /// its place (the next request is refused until a place opens). In
 /// shadow mode nothing waits: what would have waited is reported blocked.
 pub async fn requests_wait_their_turn(h: Arc<dyn HttpHarness>) {
+    // One request every 2 s: one place, its turn 2 s away.
+    let gone_rule = waiting("gone", (2, 4_000), (2_000, 1));
     let routes = RouteTable::new()
         .route(
             "/counted",
             &[],
             Limits::new(vec![waiting("line", (2, 2_000), (2_000, 2))]),
         )
-        .and_then(|t| {
-            // One request every 2 s: one place, its turn 2 s away.
-            let gone = waiting("gone", (2, 4_000), (2_000, 1));
-            t.route("/decision", &[], Limits::new(vec![gone]))
-        })
+        .and_then(|t| t.route("/decision", &[], Limits::new(vec![gone_rule.clone()])))
         .expect("patterns");
     let keys = KeyExtractor::new(KeySource::Ip);
-    let (_server, c) = start(&h, policy(&h, routes.clone(), keys.clone()).await).await;
+    // The store seen from outside, to know when a request has its place.
+    let limiter = Limiter::new(h.store().await);
+    let p = HttpPolicy::new(limiter.clone(), routes.clone(), keys.clone());
+    let (_server, c) = start(&h, p).await;
     let tasks: Vec<_> = (0..6)
         .map(|_| {
             let c = c.clone();
@@ -1582,8 +1583,20 @@ pub async fn requests_wait_their_turn(h: Arc<dyn HttpHarness>) {
         let c = c.clone();
         async move { c.get("/decision", &[]).await }
     });
-    // Time for it to take its place (its turn is 2 s away).
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Once it has its place (its turn is 2 s away), it goes.
+    let mut placed = false;
+    for _ in 0..200 {
+        placed = !limiter
+            .peek(&gone_rule, "ip:127.0.0.1")
+            .await
+            .expect("a peek")
+            .is_allowed();
+        if placed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(placed, "the request took its place in line");
     gone.abort();
     let r = c.get("/decision", &[]).await;
     assert_eq!(

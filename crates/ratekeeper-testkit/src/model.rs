@@ -273,7 +273,7 @@ impl Model {
     /// (the fixed window only within the window they were taken in; the
     /// counter only within that window and the next). On the buckets the
     /// TAT moves back by the part of them that cannot have refilled yet,
-    /// had they begun to at once. Returns what a peek
+    /// had they begun to right after the `actual` units kept. Returns what a peek
     /// sees afterwards.
     pub fn settle(&mut self, now: u64, taken: Taken, actual: u64) -> Expected {
         assert!(
@@ -299,7 +299,8 @@ impl Model {
         }
         if back > 0 && self.rule.algorithm().uses_burst() {
             let span = back * self.interval();
-            let back = span.min((taken.at + span).saturating_sub(now));
+            let from = taken.at + actual * self.interval();
+            let back = span.min((from + span).saturating_sub(now));
             self.bucket.push(BucketEvent::Refund { at: now, back });
         }
         self.check(now, 0)

@@ -34,10 +34,10 @@ pub enum RuleError {
     /// Waiting in line was asked of an algorithm that cannot keep a line
     /// ([`Rule::with_wait`](super::Rule::with_wait)): only GCRA and the
     /// leaky bucket can.
-    WaitNeedsLine(Algorithm),
+    WaitNotSupported(Algorithm),
     /// Waiting in line that would admit no one: no waiter, or a wait
     /// shorter than the time between two units at the quota's rate.
-    WaitTooShort {
+    WaitAdmitsNoOne {
         /// The longest wait asked for.
         up_to: Duration,
         /// The waiters asked for.
@@ -76,15 +76,15 @@ impl fmt::Display for RuleError {
                 crate::duration::format_duration(*d)
             ),
             Self::Quota(e) => e.fmt(f),
-            Self::WaitNeedsLine(a) => write!(
+            Self::WaitNotSupported(a) => write!(
                 f,
                 "{a} cannot make requests wait in line: waiting applies to gcra and leaky_bucket \
                  (which admit exactly what token_bucket admits)"
             ),
-            Self::WaitTooShort { waiters: 0, .. } => {
+            Self::WaitAdmitsNoOne { waiters: 0, .. } => {
                 f.write_str("a line of 0 waiters admits no one (expected at least 1)")
             }
-            Self::WaitTooShort {
+            Self::WaitAdmitsNoOne {
                 up_to, interval, ..
             } => write!(
                 f,

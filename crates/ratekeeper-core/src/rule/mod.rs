@@ -252,6 +252,9 @@ pub struct Rule {
     calendar: Option<Arc<Windows>>,
     /// Waiting in line, and the rule the store decides in its place.
     line: Option<Arc<wait::Line>>,
+    /// Made from a rule with a line ([`Rule::without_wait`]): it takes no
+    /// refund either, since requests may wait in that line.
+    lined: bool,
 }
 
 impl Rule {
@@ -271,6 +274,7 @@ impl Rule {
             penalty: None,
             calendar: None,
             line: None,
+            lined: false,
         })
     }
 

@@ -16,10 +16,11 @@ use crate::clock::duration_to_micros;
 use crate::decision::Decision;
 
 /// Waiting in line on a rule ([`Rule::with_wait`]): a request over the
-/// rate waits for its turn instead of being denied, when its turn comes
-/// within `up_to` and fewer than `waiters` requests of the key wait
-/// already. Beyond either, it is denied at once, and its `retry_after`
-/// says when a request would find a place in line again.
+/// rate waits for its turn instead of being denied, when a place in line
+/// is free. The places are the turns of the quota's rate that come within
+/// `up_to`, at most `waiters` and at most the burst; with none free, a
+/// request is denied at once, and its `retry_after` says when a place
+/// opens.
 ///
 /// ```
 /// use ratekeeper_core::rule::Wait;
@@ -91,18 +92,18 @@ impl Rule {
     /// GCRA and the leaky bucket only (they admit exactly what a token
     /// bucket admits; a token bucket counts the tokens left, which a line
     /// cannot be added to without reading the state differently):
-    /// [`RuleError::WaitNeedsLine`] otherwise, and
-    /// [`RuleError::WaitTooShort`] when the line would have no place.
+    /// [`RuleError::WaitNotSupported`] otherwise, and
+    /// [`RuleError::WaitAdmitsNoOne`] when the line would have no place.
     pub fn with_wait(mut self, wait: Wait) -> Result<Self, RuleError> {
         if !matches!(self.algorithm, Algorithm::Gcra | Algorithm::LeakyBucket) {
-            return Err(RuleError::WaitNeedsLine(self.algorithm));
+            return Err(RuleError::WaitNotSupported(self.algorithm));
         }
         let interval = self.quota.emission_interval_us();
         let places = (duration_to_micros(wait.up_to) / interval)
             .min(wait.waiters)
             .min(self.quota.burst());
         if places == 0 {
-            return Err(RuleError::WaitTooShort {
+            return Err(RuleError::WaitAdmitsNoOne {
                 up_to: wait.up_to,
                 waiters: wait.waiters,
                 interval: Duration::from_micros(interval),
@@ -128,15 +129,42 @@ impl Rule {
         self.line.as_ref().map(|line| line.wait)
     }
 
-    /// The same rule without a line: requests over the rate are denied.
-    /// It shares the rule's state (for what holds back no request, such as
-    /// a rule in shadow mode).
+    /// The same rule without its line, for what holds back no request (a
+    /// rule in shadow mode, a service that answers at once): a request
+    /// over the rate is denied. It shares the rule's state, reads the line
+    /// there as debt (a request fits once the line has passed), starts no
+    /// penalty (a request the line would have placed is not to block the
+    /// key), and takes no refund either (see [`takes_refunds`](Self::takes_refunds)).
+    /// A rule without a line is returned as it is.
     #[must_use]
     pub fn without_wait(&self) -> Self {
+        if self.line.is_none() {
+            return self.clone();
+        }
         Self {
             line: None,
+            penalty: None,
+            lined: true,
             ..self.clone()
         }
+    }
+
+    /// Whether units can be given back to the rule
+    /// ([`Adjustment::Refund`](crate::Adjustment::Refund)): not on a rule
+    /// whose requests wait in line, nor on one made from it by
+    /// [`without_wait`](Self::without_wait). The store records where the
+    /// line ends, not who is in it, and each request in it sleeps until its
+    /// own turn: moving the end back would give the next request a turn
+    /// beside one still asleep.
+    pub fn takes_refunds(&self) -> bool {
+        self.line.is_none() && !self.lined
+    }
+
+    /// How long the places of its line take to pass: the wait of the last
+    /// request placed in it (zero without a line).
+    pub(crate) fn line_length(&self) -> Duration {
+        let places = self.line.as_ref().map_or(0, |line| line.places);
+        Duration::from_micros(places.saturating_mul(self.quota.emission_interval_us()))
     }
 
     /// The rule with its line made again from its current fields (after a
@@ -204,11 +232,11 @@ mod tests {
     fn a_line_with_no_place_and_windows_are_refused() {
         assert!(matches!(
             gcra().with_wait(Wait::new(Duration::from_millis(99), 5)),
-            Err(RuleError::WaitTooShort { .. })
+            Err(RuleError::WaitAdmitsNoOne { .. })
         ));
         assert!(matches!(
             gcra().with_wait(Wait::new(Duration::from_secs(1), 0)),
-            Err(RuleError::WaitTooShort { .. })
+            Err(RuleError::WaitAdmitsNoOne { .. })
         ));
         for a in [
             Algorithm::FixedWindow,
@@ -219,7 +247,7 @@ mod tests {
         ] {
             let r = Rule::new("r", a, "10/s".parse().unwrap()).unwrap();
             let err = r.with_wait(Wait::new(Duration::from_secs(1), 5));
-            assert_eq!(err, Err(RuleError::WaitNeedsLine(a)));
+            assert_eq!(err, Err(RuleError::WaitNotSupported(a)));
         }
     }
 

@@ -209,11 +209,11 @@ pub enum Adjustment {
         /// of its current window; the sliding log removes the units of
         /// that instant, then the oldest after it). On the buckets (token,
         /// leaky, GCRA): the units less what could have refilled since
-        /// `taken_at` (they may have begun to refill at once: when the key
-        /// was in debt they began later, but a refund of units taken
-        /// before them moves them up, and the store cannot tell, so a
-        /// refund that counted from later could give back units already
-        /// refilled). On the store's timeline: a store that
+        /// `taken_at`, the instant they could begin to refill at the
+        /// earliest (a [`Reservation`](crate::Reservation) passes when it
+        /// was taken plus the turns of the units it kept; not where its
+        /// units stood in the key's debt, since a refund of units ahead of
+        /// them moves them up, which the store cannot tell). On the store's timeline: a store that
         /// decides on its own clock reports it
         /// ([`Storage::decide_each_at`]). `None`: the newest units, all of
         /// them (the current window's; on the buckets, as if taken just

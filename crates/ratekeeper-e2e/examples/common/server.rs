@@ -154,6 +154,13 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
         return Ok(live.policy());
     }
     let mut api = Rule::new("api", o.algorithm, Quota::new(o.limit, o.window)?)?;
+    if o.wait.is_some() && o.approximate.is_some() {
+        return Err(
+            "--wait takes each place in the store's one line, which --approximate \
+                    does not keep: give one or the other"
+                .into(),
+        );
+    }
     if let Some(up_to) = o.wait {
         api = api.with_wait(Wait::new(up_to, u64::MAX))?;
     }
