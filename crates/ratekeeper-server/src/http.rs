@@ -305,6 +305,14 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, ask: Ask) -> Respon
     let Some(rule) = limits.rules.get(name) else {
         return bad_request(format!("no rule named {name:?}"));
     };
+    if rule.algorithm().limits_in_flight() {
+        // A place taken here would never be given back before its lease ends.
+        return bad_request(format!(
+            "rule {name:?} limits requests in flight, which needs a release when a request \
+             ends: this service has no acquire and release calls yet (take places with the \
+             library's Limiter::acquire)"
+        ));
+    }
     if body.is_negative_hits && rule.wait().is_some() {
         return bad_request(format!(
             "rule {name:?} makes requests wait in line, and takes no refund"

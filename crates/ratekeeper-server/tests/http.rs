@@ -18,6 +18,17 @@ algorithm = "fixed_window"
 limit = 3
 window = "1h"
 
+[rules.exports]
+algorithm = "concurrency"
+limit = 2
+window = "10m"
+
+[rules.line]
+algorithm = "gcra"
+limit = 2
+window = "1h"
+wait = "1h"
+
 [[domains]]
 domain = "web"
 [[domains.descriptors]]
@@ -112,6 +123,7 @@ async fn every_endpoint_and_its_errors() {
         (r#"{"rule":"nope","key":"k"}"#, "no rule named"),
         (r#"{"rule":"api"}"#, "needs a key"),
         (r#"{"rule":"api","key":"k","hits":4}"#, "capacity"),
+        (r#"{"rule":"exports","key":"k"}"#, "requests in flight"),
         (
             r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"x"}],"limit":{"requests_per_unit":1,"unit":"fortnight"}}]}"#,
             "not second",
@@ -122,6 +134,27 @@ async fn every_endpoint_and_its_errors() {
         let message = v["error"].as_str().unwrap();
         assert!(message.contains(says), "{bad}: {message}");
     }
+    // A rule whose requests wait in line is decided here without its line
+    // (the third request over 2 an hour is refused at once), and takes no
+    // refund.
+    for code in ["OK", "OK", "OVER_LIMIT"] {
+        let (_, v) = http(
+            api,
+            "POST",
+            "/v1/check",
+            r#"{"rule":"line","key":"k"}"#,
+            None,
+        )
+        .await;
+        assert_eq!(v["overallCode"], code, "{v}");
+    }
+    let refund = r#"{"rule":"line","key":"k","is_negative_hits":true}"#;
+    let (status, v) = http(api, "POST", "/v1/report", refund, None).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("takes no refund"),
+        "{v}"
+    );
     let big = format!(r#"{{"domain":"{}"}}"#, "d".repeat(100_000));
     let (status, _) = http(api, "POST", "/v1/check", &big, None).await;
     assert_eq!(status, 413, "over max_request_bytes");
@@ -349,7 +382,8 @@ async fn an_admin_port_off_loopback_needs_a_token() {
     let approx = write(
         &dir.0,
         "approx.toml",
-        &format!("[storage.approximate]\n{CONFIG}"),
+        // (Without the line, which approximate mode refuses first.)
+        &format!("[storage.approximate]\n{}", CONFIG.replace("wait = \"1h\"\n", "")),
     );
     let (_, stderr) = Server::fail(&["--config", &approx]);
     assert!(
