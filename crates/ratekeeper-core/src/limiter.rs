@@ -160,7 +160,7 @@ impl Limiter {
     /// Decides through the store: at once if it can, else waiting for it
     /// (and for a request's turn on a rule with a line).
     async fn decide(&self, entries: &[DecideEntry<'_>], cost: u64) -> Result<Decision> {
-        if waits_in_line(entries) {
+        if waits_in_line(entries.iter().map(|e| e.rule)) {
             let checks: Vec<_> = entries.iter().map(|e| (e.rule, e.key, e.cost)).collect();
             let (_, decisions) = self.decide_each(&checks, false).await?;
             return Decision::most_restrictive(&decisions)
@@ -185,7 +185,7 @@ impl Limiter {
     /// Decides through the store if it can answer at once (and no rule
     /// makes requests wait in line).
     fn decide_now(&self, entries: &[DecideEntry<'_>], cost: u64) -> Option<Result<Decision>> {
-        if waits_in_line(entries) {
+        if waits_in_line(entries.iter().map(|e| e.rule)) {
             return None;
         }
         let result = self.inner.storage.decide_now(&self.request(entries))?;
@@ -267,7 +267,7 @@ impl Limiter {
         checks: &[(&Rule, &str, u64)],
         at: bool,
     ) -> Result<(crate::Timestamp, Vec<Decision>)> {
-        let in_line = checks.iter().any(|(rule, _, _)| rule.wait().is_some());
+        let in_line = waits_in_line(checks.iter().map(|(rule, _, _)| *rule));
         if in_line {
             // The store sees the burst grown by the line: the real one bounds a cost.
             for (rule, _, cost) in checks {
@@ -596,10 +596,10 @@ fn in_line_for(rule: &Rule, left: Option<Duration>) -> Option<Rule> {
     Some(unlined.clone().with_wait(shorter).unwrap_or(unlined))
 }
 
-/// Whether a rule of `entries` makes requests wait in line.
+/// Whether one of `rules` makes requests wait in line.
 #[inline]
-fn waits_in_line(entries: &[DecideEntry<'_>]) -> bool {
-    entries.iter().any(|e| e.rule.wait().is_some())
+fn waits_in_line<'a>(mut rules: impl Iterator<Item = &'a Rule>) -> bool {
+    rules.any(Rule::has_line)
 }
 
 /// The entries of a multi-rule check, from each rule and cost and the bounded

@@ -383,7 +383,10 @@ async fn an_admin_port_off_loopback_needs_a_token() {
         &dir.0,
         "approx.toml",
         // (Without the line, which approximate mode refuses first.)
-        &format!("[storage.approximate]\n{}", CONFIG.replace("wait = \"1h\"\n", "")),
+        &format!(
+            "[storage.approximate]\n{}",
+            CONFIG.replace("wait = \"1h\"\n", "")
+        ),
     );
     let (_, stderr) = Server::fail(&["--config", &approx]);
     assert!(

@@ -129,6 +129,13 @@ impl Rule {
         self.line.as_ref().map(|line| line.wait)
     }
 
+    /// Whether requests over the rate wait in line (the decision path's
+    /// one look at it).
+    #[inline]
+    pub(crate) fn has_line(&self) -> bool {
+        self.line.is_some()
+    }
+
     /// The same rule without its line, for what holds back no request (a
     /// rule in shadow mode, a service that answers at once): a request
     /// over the rate is denied. It shares the rule's state, reads the line
