@@ -11,11 +11,21 @@ mod common;
 
 use std::path::Path;
 
+/// `url` with a fresh keyspace, and a response deadline generous enough for
+/// a machine busy with the other tests (what these tests check is
+/// exactness, not speed; the default is 100 ms).
+fn keyspace(url: &str) -> String {
+    format!(
+        "{url}?prefix={}&response_timeout=2s",
+        common::unique_prefix(false)
+    )
+}
+
 fn four_processes(url: &str) {
     ratekeeper_testkit::processes::assert_processes_admit_exactly(
         Path::new(env!("CARGO_BIN_EXE_ratekeeper-redis-worker")),
         // A fresh keyspace for each algorithm's round.
-        |_| format!("{url}?prefix={}", common::unique_prefix(false)),
+        |_| keyspace(url),
     );
 }
 
@@ -36,7 +46,7 @@ fn four_processes_reserving(url: &str) {
         .expect("a runtime");
     ratekeeper_testkit::processes::assert_processes_reserve_exactly(
         Path::new(env!("CARGO_BIN_EXE_ratekeeper-redis-worker")),
-        |_| format!("{url}?prefix={}", common::unique_prefix(false)),
+        |_| keyspace(url),
         |store, algorithm| {
             runtime.block_on(async {
                 let store = ratekeeper_redis::RedisStorage::connect(store)
@@ -64,18 +74,14 @@ fn four_processes_hold_at_most_the_places_in_flight() {
     for url in [common::standalone().url(), common::cluster().url()] {
         ratekeeper_testkit::processes::assert_processes_hold_at_most(
             Path::new(env!("CARGO_BIN_EXE_ratekeeper-redis-worker")),
-            &format!("{url}?prefix={}", common::unique_prefix(false)),
+            &keyspace(&url),
         );
     }
 }
 
 #[test]
 fn a_killed_holders_places_come_back_when_its_leases_end() {
-    let url = format!(
-        "{}?prefix={}",
-        common::standalone().url(),
-        common::unique_prefix(false)
-    );
+    let url = keyspace(&common::standalone().url());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
