@@ -60,6 +60,17 @@ fn write(state: RuleState, ttl_us: u64) -> Write {
     }
 }
 
+/// Whether `decision`, made on `rule` by a store, leaves the key no room
+/// for a request to be let in at once: a denial, no unit left, or, on the
+/// rule a [`Limiter`](crate::Limiter) hands a store for a rule whose
+/// requests [wait in line](Rule::with_wait), nothing left but places in
+/// line. A store that bounds its keys keeps such state when it makes room
+/// (dropping it would give the key its whole limit back, and its line).
+#[inline]
+pub fn leaves_no_room(rule: &Rule, decision: &Decision) -> bool {
+    !decision.is_allowed() || decision.remaining() <= rule.places_in_line()
+}
+
 /// Checks that a request of `cost` units can ever fit `rule`: a cost above
 /// the rule's [capacity](Rule::capacity) is an
 /// [`ErrorKind::CostExceedsCapacity`] error. The decision functions check

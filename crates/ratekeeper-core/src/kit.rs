@@ -27,7 +27,7 @@
 
 pub use crate::engine::{
     AdjustInput, DecideFn, Input, StepFn, Write, adjust, check_cost, decide_all, decide_each,
-    decide_one,
+    decide_one, leaves_no_room,
 };
 pub use crate::key::{bounded_key, state_key};
 pub use crate::state::{

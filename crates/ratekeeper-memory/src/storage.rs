@@ -318,7 +318,7 @@ impl MemoryStorage {
                 if let Some(Write { state, ttl }) = write {
                     slot.value = Value::State(state);
                     slot.expires_at = expiry(now_us, ttl);
-                    slot.set_denying(spent(&decision));
+                    slot.set_denying(kit::leaves_no_room(entry.rule, &decision));
                 }
                 Ok(decision)
             }
@@ -327,7 +327,7 @@ impl MemoryStorage {
                 if let Some(Write { state, ttl }) = write {
                     slot.value = Value::State(state);
                     slot.expires_at = expiry(now_us, ttl);
-                    slot.set_denying(spent(&decision));
+                    slot.set_denying(kit::leaves_no_room(entry.rule, &decision));
                     self.count_expired(1);
                 }
                 Ok(decision)
@@ -340,7 +340,7 @@ impl MemoryStorage {
                             hash,
                             &key,
                             Value::State(state),
-                            spent(&decision),
+                            kit::leaves_no_room(entry.rule, &decision),
                             expiry(now_us, ttl),
                             now_us,
                         )
@@ -412,8 +412,9 @@ impl MemoryStorage {
             keys.iter().zip(&slots).zip(writes).zip(rules)
         {
             if let Some(Write { state, ttl }) = write {
-                // Whether this rule, on its own, has room for one more unit.
-                let denying = !kit::decide_one(rule, Some(&state), now, 0)?.0.is_allowed();
+                // Whether this rule, on its own, lets one more unit in at once.
+                let peek = kit::decide_one(rule, Some(&state), now, 0)?.0;
+                let denying = kit::leaves_no_room(rule, &peek);
                 let shard = guards.get_mut(slot).ok_or_else(internal)?;
                 // Room was made above: `put` finds it and evicts nothing.
                 shard
@@ -490,12 +491,6 @@ impl MemoryStorage {
             ),
         )
     }
-}
-
-/// Whether a decision left its rule without room for one more unit: the
-/// state it wrote still denies.
-fn spent(decision: &Decision) -> bool {
-    decision.remaining() == 0
 }
 
 fn expiry(now: u64, ttl: Duration) -> u64 {

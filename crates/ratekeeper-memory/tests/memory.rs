@@ -114,7 +114,9 @@ async fn ten_million_distinct_keys_stay_bounded() {
 
 /// A flood of fresh keys (400 000 against a bound of 1 000) evicts only
 /// state that gives nothing away when dropped: a key that spent its limit
-/// stays denied, and another rule's penalty stays in force. A store full of
+/// stays denied (on a rule with a line too, whose places in line are free:
+/// the store sees them as units left), and another rule's penalty stays in
+/// force. A store full of
 /// such state refuses new keys (`ErrorKind::Full`) and keeps its bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_flood_cannot_reset_spent_limits_or_penalties() {
@@ -136,6 +138,12 @@ async fn a_key_flood_cannot_reset_spent_limits_or_penalties() {
     assert!(!limiter.check(&api, "victim").await.unwrap().is_allowed());
     assert!(limiter.check(&login, "guesser").await.unwrap().is_allowed());
     assert!(!limiter.check(&login, "guesser").await.unwrap().is_allowed());
+    let line = Rule::new("line", Algorithm::Gcra, "10/hour".parse().unwrap())
+        .unwrap()
+        .with_wait(ratekeeper_core::Wait::new(Duration::from_secs(3_600), 5))
+        .unwrap();
+    let d = limiter.check_cost(&line, "victim", 10).await.unwrap();
+    assert!(d.is_allowed() && d.remaining() == 0);
     for i in 0..400_000u64 {
         let d = limiter.check(&api, &format!("fresh-{i}")).await.unwrap();
         assert!(d.is_allowed() && d.remaining() == 2);
@@ -147,6 +155,10 @@ async fn a_key_flood_cannot_reset_spent_limits_or_penalties() {
     assert!(
         !limiter.check(&login, "guesser").await.unwrap().is_allowed(),
         "the penalty was evicted"
+    );
+    assert!(
+        !(limiter.check(&line.without_wait(), "victim").await.unwrap()).is_allowed(),
+        "the spent burst before a line was reset"
     );
     let stats = store.stats().await.unwrap();
     assert!(stats.keys.unwrap() <= 1_000, "{stats:?}");

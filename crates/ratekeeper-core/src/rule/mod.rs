@@ -255,6 +255,9 @@ pub struct Rule {
     /// Made from a rule with a line ([`Rule::without_wait`]): it takes no
     /// refund either, since requests may wait in that line.
     lined: bool,
+    /// On the rule a store decides for a rule with a line: the units of its
+    /// burst that are places in line.
+    places: u64,
 }
 
 impl Rule {
@@ -275,6 +278,7 @@ impl Rule {
             calendar: None,
             line: None,
             lined: false,
+            places: 0,
         })
     }
 

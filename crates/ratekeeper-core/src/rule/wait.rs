@@ -114,6 +114,7 @@ impl Rule {
         let store = Self {
             quota,
             line: None,
+            places,
             ..self.clone()
         };
         self.line = Some(Arc::new(Line {
@@ -165,6 +166,14 @@ impl Rule {
     /// beside one still asleep.
     pub fn takes_refunds(&self) -> bool {
         self.line.is_none() && !self.lined
+    }
+
+    /// The units of the burst that are places in line: non-zero only on the
+    /// rule a store decides for a rule with a line (see
+    /// [`kit::leaves_no_room`](crate::kit::leaves_no_room)).
+    #[inline]
+    pub(crate) fn places_in_line(&self) -> u64 {
+        self.places
     }
 
     /// How long the places of its line take to pass: the wait of the last
