@@ -735,14 +735,7 @@ pub async fn concurrency_leases(h: Arc<dyn Harness>) {
     assert!(!limiter.acquire(&jobs, "team").await.unwrap().is_allowed());
     // Dropped: released by a task on the runtime.
     drop(d);
-    let mut freed = false;
-    for _ in 0..200 {
-        if limiter.peek(&jobs, "team").await.unwrap().remaining() == 1 {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let freed = peek_reaches(&limiter, &jobs, "team", 1, Duration::from_secs(1)).await;
     assert!(freed, "a dropped permit gives its place back");
     // Holders that never release (a process killed): their leases end with
     // their window, and a late release frees nobody else's place.
@@ -790,15 +783,28 @@ pub async fn concurrency_leases(h: Arc<dyn Harness>) {
     // all the same.
     let held = limiter.acquire(&one, "cancelled").await.unwrap();
     let _ = tokio::time::timeout(Duration::ZERO, held.release()).await;
-    let mut back = false;
-    for _ in 0..200 {
-        if limiter.peek(&one, "cancelled").await.unwrap().remaining() == 1 {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let back = peek_reaches(&limiter, &one, "cancelled", 1, Duration::from_secs(1)).await;
     assert!(back, "a cancelled release gives its place back");
+}
+
+/// Whether a peek of `rule` for `key` comes to say `remaining` within
+/// `within` of real time (a place released by a task on the runtime
+/// comes back a moment later).
+async fn peek_reaches(
+    limiter: &Limiter,
+    rule: &Rule,
+    key: &str,
+    remaining: u64,
+    within: Duration,
+) -> bool {
+    let step = Duration::from_millis(5);
+    for _ in 0..within.as_millis() / step.as_millis() {
+        if limiter.peek(rule, key).await.unwrap().remaining() == remaining {
+            return true;
+        }
+        tokio::time::sleep(step).await;
+    }
+    false
 }
 
 /// 32 tasks each run 4 jobs on one key limited to 5 in flight, taking a
@@ -1256,17 +1262,10 @@ pub async fn waiting_in_line(h: Arc<dyn Harness>) {
         let waiter =
             tokio::spawn(async move { l.acquire_each(&[(&r2, &k, 1), (&two2, &k, 1)]).await });
         eventually("the waiter asleep", || clock.sleepers() == 1).await;
-        let free = || async { limiter.peek(&two, &key).await.unwrap().remaining() };
-        assert_eq!(free().await, 1, "{algorithm}: its place in flight taken");
+        let free = limiter.peek(&two, &key).await.unwrap().remaining();
+        assert_eq!(free, 1, "{algorithm}: its place in flight taken");
         waiter.abort();
-        let mut back = false;
-        for _ in 0..2_000 {
-            back = free().await == 2;
-            if back {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let back = peek_reaches(&limiter, &two, &key, 2, Duration::from_secs(10)).await;
         assert!(back, "{algorithm}: the place in flight came back");
         // A request past its whole line gives up at once when its turn
         // would come after its deadline (a line cut to 250 ms: two places,
