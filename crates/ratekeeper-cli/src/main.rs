@@ -103,7 +103,10 @@ enum Command {
         #[arg(long, value_parser = duration)]
         hold: Option<Duration>,
         /// For gcra and leaky_bucket: a request over the rate waits up to
-        /// this long for its turn instead of being denied.
+        /// this long for its turn instead of being denied. For concurrency:
+        /// a request finding every place taken waits up to this long for
+        /// one to be released (requests come one after another here, so
+        /// one that waits delays the next).
         #[arg(long, value_parser = duration)]
         wait: Option<Duration>,
         /// With --wait: the most requests waiting at once (default: as
@@ -707,7 +710,6 @@ async fn test_rule(
     let key = format!("ratekeeper-cli-test:{}", std::process::id());
     let mut allowed = 0;
     let mut elapsed = Duration::ZERO;
-    let mut waited = Duration::ZERO;
     // Places held: when each is released, and its permit.
     let mut held: std::collections::VecDeque<(Duration, ratekeeper::Permit)> =
         std::collections::VecDeque::new();
@@ -725,9 +727,33 @@ async fn test_rule(
                 permit.release().await.map_err(store_error)?;
             }
         }
+        // How long the request waited in line, or for a place.
+        let mut waited = Duration::ZERO;
         let d = if rule.algorithm() == Algorithm::Concurrency {
+            // Requests come one after another: one waiting for a place is
+            // let in when the next place held is released, if that comes
+            // within its wait, and the next request comes after it.
+            let unlined = rule.without_wait();
+            if let Some(wait) = rule.wait() {
+                let free = limiter.peek(&unlined, &key).await.map_err(store_error)?;
+                let next = held.front().map(|(at, _)| at.saturating_sub(elapsed));
+                if let Some(next) =
+                    next.filter(|next| free.remaining() < cost && *next <= wait.up_to())
+                {
+                    if simulated {
+                        clock.advance(next);
+                    } else {
+                        tokio::time::sleep(next).await;
+                    }
+                    elapsed += next;
+                    waited = next;
+                    if let Some((_, permit)) = held.pop_front() {
+                        permit.release().await.map_err(store_error)?;
+                    }
+                }
+            }
             let permit = limiter
-                .acquire_each(&[(&rule, &key, cost)])
+                .acquire_each(&[(&unlined, &key, cost)])
                 .await
                 .map_err(store_error)?;
             let d = permit.decision().clone();
@@ -752,7 +778,12 @@ async fn test_rule(
         };
         allowed += u32::from(d.is_allowed());
         let turn = if rule.wait().is_some() && d.is_allowed() && !waited.is_zero() {
-            format!(" after waiting {} in line", format_duration(waited))
+            let line = if rule.algorithm() == Algorithm::Concurrency {
+                "for a place"
+            } else {
+                "in line"
+            };
+            format!(" after waiting {} {line}", format_duration(waited))
         } else {
             String::new()
         };

@@ -335,6 +335,52 @@ fn test_rule_holds_places_of_a_concurrency_rule() {
 /// requests at once: 10 at once, 3 after their turns, the rest denied; a
 /// token bucket cannot wait (a clear error).
 #[test]
+fn test_rule_shows_requests_waiting_for_a_place() {
+    let o = ratekeeper(
+        &[
+            "test-rule",
+            "--algorithm",
+            "concurrency",
+            "--limit",
+            "2",
+            "--window",
+            "1m",
+            "--hold",
+            "300ms",
+            "--interval",
+            "50ms",
+            "-n",
+            "6",
+            "--wait",
+            "150ms",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('#')).collect();
+    // The third comes when the first place is released 200 ms later: past
+    // its wait. The fourth waits 150 ms for it; the sixth comes while both
+    // places are held 200 ms more at least.
+    let expected = [
+        ("#1    t=0s ", "allowed"),
+        ("#2    t=50ms ", "allowed"),
+        ("#3    t=100ms ", "denied"),
+        (
+            "#4    t=300ms ",
+            "allowed, 0 of 2 left, full again in 1m after waiting 150ms for a place",
+        ),
+        ("#5    t=350ms ", "allowed"),
+        ("#6    t=400ms ", "denied"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{out}");
+    for (line, (start, decision)) in lines.iter().zip(expected) {
+        assert!(line.starts_with(start) && line.contains(decision), "{out}");
+    }
+    assert!(out.ends_with("4 of 6 allowed\n"), "{out}");
+}
+
+#[test]
 fn test_rule_shows_requests_waiting_in_line() {
     let mut args = vec![
         "test-rule",

@@ -246,7 +246,8 @@ pub struct RuleConfig {
     /// Blocks a client this long once it is denied.
     pub penalty: Option<Duration>,
     /// `wait`: a request over the rate waits up to this long for its turn
-    /// instead of being denied (GCRA and the leaky bucket); see
+    /// instead of being denied (GCRA and the leaky bucket), or for a place
+    /// in flight (concurrency); see
     /// [`Rule::with_wait`](ratekeeper_core::Rule::with_wait).
     pub wait: Option<Duration>,
     /// `waiters`: the most requests of one key waiting at once (with

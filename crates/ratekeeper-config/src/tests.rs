@@ -977,7 +977,8 @@ fn concurrency_rules_are_read_for_routes_and_kept_off_descriptors() {
 fn waiting_in_line_is_read_and_checked() {
     let config = Config::parse(
         "[rules.api]\nalgorithm = \"gcra\"\nlimit = 10\nwindow = \"1s\"\nwait = \"1s\"\nwaiters = 5\n\
-         [rules.any]\nalgorithm = \"leaky_bucket\"\nlimit = 10\nwindow = \"1s\"\nwait = \"300ms\"\n",
+         [rules.any]\nalgorithm = \"leaky_bucket\"\nlimit = 10\nwindow = \"1s\"\nwait = \"300ms\"\n\
+         [rules.slots]\nalgorithm = \"concurrency\"\nlimit = 5\nwindow = \"10m\"\nwait = \"2s\"\nwaiters = 3\n",
         Format::Toml,
     )
     .unwrap();
@@ -988,6 +989,7 @@ fn waiting_in_line_is_read_and_checked() {
         wait("any"),
         Some((std::time::Duration::from_millis(300), u64::MAX))
     );
+    assert_eq!(wait("slots"), Some((std::time::Duration::from_secs(2), 3)));
     assert_eq!(
         errors(
             r#"
@@ -1021,6 +1023,6 @@ fn waiting_in_line_is_read_and_checked() {
         "configuration: rules.alone.waiters: waiters wait for their turn up to a bound (expected `wait = \"1s\"` or a duration beside it)\n\
          configuration: rules.local.wait: waiting in line takes each place in the store's one line, which approximate mode does not keep (expected no [storage.approximate], or no wait)\n\
          configuration: rules.short.wait: waiting up to 10s admits no one: the quota lets one unit in every 1m, so wait at least that long\n\
-         configuration: rules.tokens.wait: token_bucket cannot make requests wait in line: waiting applies to gcra and leaky_bucket (which admit exactly what token_bucket admits)"
+         configuration: rules.tokens.wait: token_bucket cannot make requests wait in line: waiting applies to gcra and leaky_bucket (which admit exactly what token_bucket admits) and to concurrency"
     );
 }

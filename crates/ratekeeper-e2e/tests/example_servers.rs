@@ -102,6 +102,43 @@ async fn at_most_n_requests_in_flight() {
     }
 }
 
+/// `--concurrency 2 --wait 5000` on each example server: six slow requests
+/// at once all run, two at a time (the last two after two others), none
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_for_a_place_in_flight() {
+    for example in ["axum_server", "actix_server", "rocket_server"] {
+        let args = [
+            "--limit",
+            "1000",
+            "--window",
+            "1h",
+            "--concurrency",
+            "2",
+            "--wait",
+            "5000",
+        ];
+        let server = Example::start(example, &args);
+        let c = TestClient::new(server.addr);
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.status("/slow?ms=300", &[]).await })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.expect("a request task"), 200, "{example}");
+        }
+        // Two at a time: three rounds of 300 ms at the least.
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(900),
+            "{example}: {took:?}"
+        );
+    }
+}
+
 /// `--wait 2000` on each example server with GCRA at 4 per 4 s (a burst of
 /// 4, a turn every second): ten requests at once, four answered at once,
 /// two after waiting their turns, four refused at once.

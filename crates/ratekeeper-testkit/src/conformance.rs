@@ -1326,6 +1326,174 @@ pub async fn waiting_in_line(h: Arc<dyn Harness>) {
     }
 }
 
+/// What requests waiting for a place in flight answer: each one's number,
+/// its permit and when it returned.
+type Places = tokio::sync::mpsc::UnboundedReceiver<(usize, ratekeeper_core::Permit, Timestamp)>;
+type PlacesTx = tokio::sync::mpsc::UnboundedSender<(usize, ratekeeper_core::Permit, Timestamp)>;
+
+/// Request number `id` for a place in flight on `rule` for `key`, on a
+/// task of its own, answering on `tx`.
+fn ask_place(
+    tx: &PlacesTx,
+    limiter: &Limiter,
+    rule: &Rule,
+    key: &str,
+    id: usize,
+) -> tokio::task::JoinHandle<()> {
+    let (limiter, rule, key, tx) = (limiter.clone(), rule.clone(), key.to_owned(), tx.clone());
+    tokio::spawn(async move {
+        let permit = limiter.acquire(&rule, &key).await.unwrap();
+        let _ = tx.send((id, permit, limiter.clock().now()));
+    })
+}
+
+/// The next answer of a request for a place (within 10 s of real time).
+async fn place(places: &mut Places) -> (usize, ratekeeper_core::Permit, Timestamp) {
+    tokio::time::timeout(Duration::from_secs(10), places.recv())
+        .await
+        .ok()
+        .flatten()
+        .expect("a request for a place answered")
+}
+
+/// Waiting for a place in flight (a concurrency rule with a line): with 5
+/// places and a wait of up to 1 s for at most 5 waiters, 20 requests at
+/// once: 5 are let in at once, 5 wait and are let in one per place
+/// released, at once, and 10 are denied at once. Waiters are let in in the
+/// order they came; one that gives up leaves the line; one arriving while
+/// others wait goes behind them even when a place is free; a place freed
+/// by another limiter (another process) is seen within 50 ms; a wait that
+/// runs out is a denial; a request a rule without a line denies does not
+/// wait.
+pub async fn waiting_for_a_place(h: Arc<dyn Harness>) {
+    let (store, _, manual) = setup(&h).await;
+    let clock = crate::WaitingClock::over(manual);
+    let limiter = Limiter::builder(store.clone()).clock(clock.clone()).build();
+    // Another process on the same store: what it releases wakes no one here.
+    let elsewhere = Limiter::builder(store).clock(clock.clone()).build();
+    let wait = ratekeeper_core::rule::Wait::new(Duration::from_secs(1), 5);
+    let r = Rule::concurrency("places", 5, HOUR)
+        .unwrap()
+        .with_wait(wait)
+        .unwrap();
+    let start = clock.now();
+
+    // 20 at once.
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for id in 0..20 {
+        ask_place(&tx, &limiter, &r, "20", id);
+    }
+    let mut held = Vec::new();
+    let mut denied = 0;
+    for _ in 0..15 {
+        let (_, permit, at) = place(&mut answers).await;
+        assert_eq!(at, start, "answered at once");
+        if permit.is_allowed() {
+            held.push(permit);
+        } else {
+            denied += 1;
+            let retry = permit.decision().retry_after();
+            assert_eq!(
+                retry,
+                Some(Duration::from_secs(1)),
+                "a place opens within the wait"
+            );
+        }
+    }
+    assert_eq!((held.len(), denied), (5, 10));
+    // The first waiter looks again at the store; the others wait their turn.
+    eventually("5 waiting", || clock.sleepers() == 5).await;
+    for left in (0..5).rev() {
+        held.pop().unwrap().release().await.unwrap();
+        let (_, permit, at) = place(&mut answers).await;
+        assert!(
+            permit.is_allowed() && at == start,
+            "let in when a place is released"
+        );
+        held.push(permit);
+        eventually("the rest waiting", || clock.sleepers() == left).await;
+        assert!(answers.try_recv().is_err(), "one per place released");
+    }
+    for permit in held.drain(..) {
+        permit.release().await.unwrap();
+    }
+
+    // In the order they came; one that gives up leaves the line, and the
+    // line takes one more.
+    let key = "order";
+    for _ in 0..4 {
+        held.push(limiter.acquire(&r, key).await.unwrap());
+    }
+    held.push(elsewhere.acquire(&r, key).await.unwrap());
+    assert!(held.iter().all(ratekeeper_core::Permit::is_allowed));
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiters = Vec::new();
+    for id in 0..5 {
+        waiters.push(ask_place(&tx, &limiter, &r, key, id));
+        eventually("the waiter in line", || clock.sleepers() == id + 1).await;
+    }
+    let turned_away = |id| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        ask_place(&tx, &limiter, &r, key, id);
+        rx
+    };
+    let (_, full, _) = place(&mut turned_away(99)).await;
+    assert!(!full.is_allowed(), "the line is full");
+    // A place freed elsewhere is seen when the first in line looks again;
+    // meanwhile, a request finding the line full is denied even so.
+    held.pop().unwrap().release().await.unwrap();
+    let free = elsewhere.peek(&r.without_wait(), key).await.unwrap();
+    assert_eq!(free.remaining(), 1);
+    let (_, full, _) = place(&mut turned_away(98)).await;
+    assert!(!full.is_allowed(), "a full line, even with a place free");
+    waiters[2].abort();
+    eventually("the third gone", || clock.sleepers() == 4).await;
+    // A request arriving while others wait goes behind them.
+    ask_place(&tx, &limiter, &r, key, 5);
+    eventually("one more in line", || clock.sleepers() == 5).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        answers.try_recv().is_err(),
+        "nobody let in before the first looks again"
+    );
+    clock.advance(Duration::from_millis(50));
+    let (id, permit, at) = place(&mut answers).await;
+    assert_eq!(
+        (id, at),
+        (0, start.saturating_add(Duration::from_millis(50)))
+    );
+    held.push(permit);
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        held.remove(0).release().await.unwrap();
+        let (id, permit, _) = place(&mut answers).await;
+        assert!(permit.is_allowed());
+        order.push(id);
+        held.push(permit);
+    }
+    assert_eq!(order, [1, 3, 4], "in the order they came");
+
+    // A wait that runs out is a denial, and nothing is taken.
+    eventually("the last waiting", || clock.sleepers() == 1).await;
+    clock.advance(Duration::from_secs(1));
+    let (id, permit, _) = place(&mut answers).await;
+    assert!(id == 5 && !permit.is_allowed(), "its wait ran out");
+    assert_eq!(limiter.peek(&r, key).await.unwrap().remaining(), 0);
+
+    // Denied by a rule without a line: at once, even with a place to wait for.
+    let calls = rule("calls", Algorithm::FixedWindow, "1/hour");
+    assert!(limiter.check(&calls, key).await.unwrap().is_allowed());
+    let both = limiter
+        .acquire_each(&[(&r, key, 1), (&calls, key, 1)])
+        .await
+        .unwrap();
+    assert!(!both.is_allowed() && clock.sleepers() == 0);
+    for permit in held.drain(..) {
+        permit.release().await.unwrap();
+    }
+    assert_eq!(limiter.peek(&r, key).await.unwrap().remaining(), 5);
+}
+
 /// 64 tasks on a multi-thread runtime hammer one key: exactly the capacity is
 /// admitted, for every algorithm.
 pub async fn concurrent_exactness_every_algorithm(h: Arc<dyn Harness>) {

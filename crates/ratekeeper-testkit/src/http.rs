@@ -1633,6 +1633,40 @@ pub async fn requests_wait_their_turn(h: Arc<dyn HttpHarness>) {
     assert_eq!(blocked.load(Ordering::SeqCst), 2);
 }
 
+/// Waiting for a place in flight: `/slow` limited to 2 at once per client,
+/// a request waiting up to 10 s for a place, 3 at most. Eight requests at
+/// once on a handler that takes a second: five answered (two at once,
+/// three as places come back), three refused at once with `Retry-After`,
+/// and never more than two handlers at once.
+pub async fn requests_wait_for_a_place(h: Arc<dyn HttpHarness>) {
+    let ms = std::time::Duration::from_millis;
+    let two = Rule::concurrency("two", 2, ms(60_000))
+        .and_then(|r| r.with_wait(ratekeeper_core::Wait::new(ms(10_000), 3)))
+        .expect("a rule");
+    let routes = RouteTable::new()
+        .route("/slow", &[], Limits::new(vec![two]))
+        .expect("a pattern");
+    let keys = KeyExtractor::new(KeySource::Ip);
+    let (_server, c) = start(&h, policy(&h, routes, keys).await).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get("/slow?ms=1000", &[]).await })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        let r = task.await.expect("a request task");
+        match r.status {
+            200 => answered += 1,
+            429 => assert!(r.header("retry-after").is_some(), "{:?}", r.headers),
+            other => panic!("unexpected status {other}: {}", r.body),
+        }
+    }
+    assert_eq!(answered, 5, "two at once, three after waiting for a place");
+    assert_eq!(c.get("/most", &[]).await.body, "most=2");
+}
+
 /// Runs the whole HTTP behaviour suite against a [`HttpHarness`]: one
 /// `#[tokio::test]` per scenario.
 #[macro_export]
@@ -1648,7 +1682,8 @@ macro_rules! http_behaviour_tests {
             shadow_mode, concurrent_requests, handlers_see_the_decision,
             refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving,
             config_reloaded_under_load, counting_only_failed_logins, requests_in_flight,
-            bodies_hold_their_places, requests_wait_their_turn
+            bodies_hold_their_places, requests_wait_their_turn,
+            requests_wait_for_a_place
         );
     };
     (@cases $($case:ident),* $(,)?) => {

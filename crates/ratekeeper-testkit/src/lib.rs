@@ -146,7 +146,8 @@ macro_rules! decision_conformance_tests {
             concurrent_exactness_every_algorithm, concurrent_multi_rule_exactness,
             charges_and_refunds, interleaved_refunds_give_back_once,
             concurrent_reservations_are_exact, calendar_windows,
-            concurrency_leases, concurrent_leases_are_exact, waiting_in_line
+            concurrency_leases, concurrent_leases_are_exact, waiting_in_line,
+            waiting_for_a_place
         );
         $crate::decision_conformance_tests!(@model
             model_fixed_window => FixedWindow,

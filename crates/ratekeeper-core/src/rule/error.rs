@@ -42,7 +42,8 @@ pub enum RuleError {
         up_to: Duration,
         /// The waiters asked for.
         waiters: u64,
-        /// The time between two units at the quota's rate.
+        /// The time between two units at the quota's rate (zero on a
+        /// concurrency rule, whose line needs only a wait longer than zero).
         interval: Duration,
     },
 }
@@ -79,10 +80,13 @@ impl fmt::Display for RuleError {
             Self::WaitNotSupported(a) => write!(
                 f,
                 "{a} cannot make requests wait in line: waiting applies to gcra and leaky_bucket \
-                 (which admit exactly what token_bucket admits)"
+                 (which admit exactly what token_bucket admits) and to concurrency"
             ),
             Self::WaitAdmitsNoOne { waiters: 0, .. } => {
                 f.write_str("a line of 0 waiters admits no one (expected at least 1)")
+            }
+            Self::WaitAdmitsNoOne { interval, .. } if interval.is_zero() => {
+                f.write_str("waiting up to 0s admits no one (expected a wait longer than zero)")
             }
             Self::WaitAdmitsNoOne {
                 up_to, interval, ..

@@ -250,8 +250,10 @@ pub struct Rule {
     penalty: Option<Duration>,
     /// Calendar windows in place of windows aligned to the epoch.
     calendar: Option<Arc<Windows>>,
-    /// Waiting in line, and the rule the store decides in its place.
+    /// Waiting in line on a bucket, and the rule the store decides in its place.
     line: Option<Arc<wait::Line>>,
+    /// Waiting in line for a place in flight (a concurrency rule).
+    queue: Option<wait::Wait>,
     /// Made from a rule with a line ([`Rule::without_wait`]): it takes no
     /// refund either, since requests may wait in that line.
     lined: bool,
@@ -277,6 +279,7 @@ impl Rule {
             penalty: None,
             calendar: None,
             line: None,
+            queue: None,
             lined: false,
             places: 0,
         })

@@ -89,12 +89,38 @@ impl Rule {
     /// it). Other rules decided with it count the request when it is
     /// placed in line, not when its turn comes.
     ///
-    /// GCRA and the leaky bucket only (they admit exactly what a token
-    /// bucket admits; a token bucket counts the tokens left, which a line
-    /// cannot be added to without reading the state differently):
-    /// [`RuleError::WaitNotSupported`] otherwise, and
-    /// [`RuleError::WaitAdmitsNoOne`] when the line would have no place.
+    /// On a [concurrency](Rule::concurrency) rule, a request finding every
+    /// place in flight taken waits, up to `wait.up_to()`, for one to be
+    /// released, in a fair line: first come, first let in, and a request
+    /// arriving while others wait goes behind them, even if a place has
+    /// just come free. The line is kept by the
+    /// [`Limiter`](crate::Limiter) (the store keeps the places themselves,
+    /// exact across processes): at most `wait.waiters()` requests of a key
+    /// wait in each process, and a place released through the same
+    /// limiter lets the first in line in at once. A place freed elsewhere
+    /// (another process, a lease expired) is seen when the first in line
+    /// looks again, at most every 50 ms. A request that gives up (its
+    /// future dropped, its wait over) leaves the line, and the one behind
+    /// it moves up. Releases are refunds as before.
+    ///
+    /// GCRA, the leaky bucket and concurrency only (GCRA and the leaky
+    /// bucket admit exactly what a token bucket admits; a token bucket
+    /// counts the tokens left, which a line cannot be added to without
+    /// reading the state differently): [`RuleError::WaitNotSupported`]
+    /// otherwise, and [`RuleError::WaitAdmitsNoOne`] when the line would
+    /// have no place.
     pub fn with_wait(mut self, wait: Wait) -> Result<Self, RuleError> {
+        if self.algorithm == Algorithm::Concurrency {
+            if wait.waiters == 0 || wait.up_to.is_zero() {
+                return Err(RuleError::WaitAdmitsNoOne {
+                    up_to: wait.up_to,
+                    waiters: wait.waiters,
+                    interval: Duration::ZERO,
+                });
+            }
+            self.queue = Some(wait);
+            return Ok(self);
+        }
         if !matches!(self.algorithm, Algorithm::Gcra | Algorithm::LeakyBucket) {
             return Err(RuleError::WaitNotSupported(self.algorithm));
         }
@@ -127,11 +153,19 @@ impl Rule {
 
     /// How requests over the rate wait in line, if they do.
     pub fn wait(&self) -> Option<Wait> {
-        self.line.as_ref().map(|line| line.wait)
+        self.line.as_ref().map(|line| line.wait).or(self.queue)
     }
 
-    /// Whether requests over the rate wait in line (the decision path's
-    /// one look at it).
+    /// How a request waits for a place in flight, if it does (a concurrency
+    /// rule with a line).
+    #[inline]
+    pub(crate) fn queue(&self) -> Option<Wait> {
+        self.queue
+    }
+
+    /// Whether requests over the rate wait in line on a bucket (the
+    /// decision path's one look at it; see [`queue`](Self::queue) for a
+    /// line for places in flight).
     #[inline]
     pub(crate) fn has_line(&self) -> bool {
         self.line.is_some()
@@ -143,11 +177,15 @@ impl Rule {
     /// there as debt (a request fits once the line has passed), starts no
     /// penalty (a request the line would have placed is not to block the
     /// key), and takes no refund either (see [`takes_refunds`](Self::takes_refunds)).
-    /// A rule without a line is returned as it is.
+    /// A rule without a line is returned as it is; a concurrency rule
+    /// loses its line only (its places are released as before).
     #[must_use]
     pub fn without_wait(&self) -> Self {
         if self.line.is_none() {
-            return self.clone();
+            return Self {
+                queue: None,
+                ..self.clone()
+            };
         }
         Self {
             line: None,
@@ -259,11 +297,31 @@ mod tests {
             Algorithm::SlidingWindowLog,
             Algorithm::SlidingWindowCounter,
             Algorithm::TokenBucket,
-            Algorithm::Concurrency,
         ] {
             let r = Rule::new("r", a, "10/s".parse().unwrap()).unwrap();
             let err = r.with_wait(Wait::new(Duration::from_secs(1), 5));
             assert_eq!(err, Err(RuleError::WaitNotSupported(a)));
+        }
+    }
+
+    #[test]
+    fn a_concurrency_rule_waits_for_a_place_in_flight() {
+        let slots = Rule::concurrency("c", 5, Duration::from_secs(60)).unwrap();
+        let wait = Wait::new(Duration::from_secs(2), 3);
+        let r = slots.clone().with_wait(wait).unwrap();
+        assert_eq!((r.wait(), r.queue()), (Some(wait), Some(wait)));
+        // Its store decides the rule as it is, and takes releases.
+        assert_eq!(r.for_store().quota(), slots.quota());
+        assert!(r.takes_refunds() && !r.has_line());
+        let plain = r.without_wait();
+        assert_eq!((plain.wait(), plain.takes_refunds()), (None, true));
+        for (up_to, waiters) in [(Duration::ZERO, 3), (Duration::from_secs(1), 0)] {
+            let err = slots
+                .clone()
+                .with_wait(Wait::new(up_to, waiters))
+                .unwrap_err();
+            assert!(matches!(err, RuleError::WaitAdmitsNoOne { .. }));
+            assert!(err.to_string().contains("admits no one"), "{err}");
         }
     }
 

@@ -31,7 +31,8 @@
 //!                           at most --lease long: default 60s)
 //! --wait 500                a request over the rate waits up to MS
 //!                           milliseconds for its turn instead of being
-//!                           denied (gcra and leaky_bucket)
+//!                           denied (gcra and leaky_bucket), and with
+//!                           --concurrency, for a place in flight
 //! --config FILE             everything from a configuration file instead
 //!                           (examples/config/); reloaded on SIGHUP
 //! ```
@@ -161,12 +162,22 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
                 .into(),
         );
     }
-    if let Some(up_to) = o.wait {
-        api = api.with_wait(Wait::new(up_to, u64::MAX))?;
+    let wait = o.wait.map(|up_to| Wait::new(up_to, u64::MAX));
+    if let Some(wait) = wait {
+        match api.clone().with_wait(wait) {
+            Ok(waiting) => api = waiting,
+            // The rate's algorithm cannot wait; the places in flight do.
+            Err(_) if o.concurrency.is_some() => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let mut rules = vec![api];
     if let Some(n) = o.concurrency {
-        rules.push(Rule::concurrency("in-flight", n, o.lease)?);
+        let in_flight = Rule::concurrency("in-flight", n, o.lease)?;
+        rules.push(match wait {
+            Some(wait) => in_flight.with_wait(wait)?,
+            None => in_flight,
+        });
     }
     let mut limits = Limits::new(rules);
     if let Some(when) = &o.count_when {

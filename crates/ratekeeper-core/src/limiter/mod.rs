@@ -12,7 +12,10 @@ use crate::observe;
 use crate::permit::{HeldInLine, Permit};
 use crate::reservation::Reservation;
 use crate::rule::Rule;
-use crate::storage::{AdjustEntry, AdjustRequest, Adjustment, DecideEntry, DecideRequest, Storage};
+use crate::storage::{DecideEntry, DecideRequest, Storage};
+
+mod adjust;
+mod waiting;
 
 /// Decides whether requests may proceed, against a shared [`Storage`].
 ///
@@ -54,6 +57,8 @@ struct Inner {
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
     max_key_len: usize,
+    /// Requests waiting for a place in flight, per rule and key.
+    lines: Arc<waiting::Lines>,
 }
 
 impl fmt::Debug for Limiter {
@@ -102,6 +107,7 @@ impl LimiterBuilder {
                 storage: self.storage,
                 clock: self.clock,
                 max_key_len: self.max_key_len,
+                lines: Arc::default(),
             }),
         }
     }
@@ -160,7 +166,7 @@ impl Limiter {
     /// Decides through the store: at once if it can, else waiting for it
     /// (and for a request's turn on a rule with a line).
     async fn decide(&self, entries: &[DecideEntry<'_>], cost: u64) -> Result<Decision> {
-        if waits_in_line(entries.iter().map(|e| e.rule)) {
+        if waits(entries.iter().map(|e| e.rule)) {
             let checks: Vec<_> = entries.iter().map(|e| (e.rule, e.key, e.cost)).collect();
             let (_, decisions) = self.decide_each(&checks, false).await?;
             return Decision::most_restrictive(&decisions)
@@ -185,7 +191,7 @@ impl Limiter {
     /// Decides through the store if it can answer at once (and no rule
     /// makes requests wait in line).
     fn decide_now(&self, entries: &[DecideEntry<'_>], cost: u64) -> Option<Result<Decision>> {
-        if waits_in_line(entries.iter().map(|e| e.rule)) {
+        if waits(entries.iter().map(|e| e.rule)) {
             return None;
         }
         let result = self.inner.storage.decide_now(&self.request(entries))?;
@@ -267,6 +273,25 @@ impl Limiter {
         checks: &[(&Rule, &str, u64)],
         at: bool,
     ) -> Result<(crate::Timestamp, Vec<Decision>)> {
+        if checks
+            .iter()
+            .any(|(rule, _, cost)| *cost > 0 && rule.queue().is_some())
+        {
+            return self.decide_for_place(checks, at).await;
+        }
+        self.decide_once(checks, at, true).await
+    }
+
+    /// One decision of the store on `checks` (see
+    /// [`decide_each`](Self::decide_each)), counted and logged when
+    /// `observed`; on rules with a line on a bucket, returns when the
+    /// request's turn has come.
+    async fn decide_once(
+        &self,
+        checks: &[(&Rule, &str, u64)],
+        at: bool,
+        observed: bool,
+    ) -> Result<(crate::Timestamp, Vec<Decision>)> {
         let in_line = waits_in_line(checks.iter().map(|(rule, _, _)| *rule));
         if in_line {
             // The store sees the burst grown by the line: the real one bounds a cost.
@@ -311,7 +336,9 @@ impl Limiter {
                 })
                 .collect()
         });
-        observe::decisions(&entries, &result);
+        if observed {
+            observe::decisions(&entries, &result);
+        }
         let decisions = result?;
         let admitted = checks
             .iter()
@@ -399,79 +426,6 @@ impl Limiter {
         self.reserve_each(checks).await.map(Permit::new)
     }
 
-    /// Changes budgets after the fact, each rule with its key: a cost
-    /// learned late ([`Adjustment::Charge`]) or units given back
-    /// ([`Adjustment::Refund`]), atomically over every entry. Returns one
-    /// decision per entry: what a request of one unit would get afterwards.
-    /// See [`Storage::adjust`]. A refund to a rule that takes none
-    /// ([`Rule::takes_refunds`]: requests wait in its line) is an
-    /// [`ErrorKind::InvalidInput`] error, and nothing changes.
-    pub async fn adjust(&self, changes: &[(&Rule, &str, Adjustment)]) -> Result<Vec<Decision>> {
-        let keys = self.bounded_keys(changes.iter().map(|(_, key, _)| *key));
-        let entries: Vec<AdjustEntry<'_>> = changes
-            .iter()
-            .zip(&keys)
-            .map(|((rule, _, adjustment), key)| AdjustEntry {
-                key,
-                rule: rule.for_store(),
-                adjustment: *adjustment,
-            })
-            .collect();
-        no_duplicates(entries.iter().map(|e| (e.rule, e.key)))?;
-        if let Some((rule, _, _)) = changes.iter().find(|(rule, _, change)| {
-            !rule.takes_refunds() && matches!(change, Adjustment::Refund { units: 1.., .. })
-        }) {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "rule {:?} makes requests wait in line and takes no refund: moving the end \
-                     of its line back would give the next request a turn beside one still waiting",
-                    rule.name()
-                ),
-            ));
-        }
-        let request = AdjustRequest {
-            now: self.inner.clock.now(),
-            entries: &entries,
-        };
-        let decisions = self.inner.storage.adjust(&request).await?;
-        Ok(changes
-            .iter()
-            .zip(decisions)
-            .map(|((rule, _, _), decision)| rule.read_store(decision).0)
-            .collect())
-    }
-
-    /// Charges `units` of `rule` for `key` after the fact, whatever is
-    /// left: never refused, and what goes past the limit is owed (see
-    /// [`Adjustment::Charge`]). Returns what a request would get now.
-    pub async fn charge(&self, rule: &Rule, key: &str, units: u64) -> Result<Decision> {
-        self.adjust_one(rule, key, Adjustment::Charge(units)).await
-    }
-
-    /// Gives `units` of `rule` back to `key` (the newest units, see
-    /// [`Adjustment::Refund`]; a [`Reservation`] knows when its units were
-    /// taken and gives back exactly those). Returns what a request would
-    /// get now; an [`ErrorKind::InvalidInput`] error on a rule that takes
-    /// no refund ([`Rule::takes_refunds`]).
-    pub async fn refund(&self, rule: &Rule, key: &str, units: u64) -> Result<Decision> {
-        let refund = Adjustment::Refund {
-            units,
-            taken_at: None,
-        };
-        self.adjust_one(rule, key, refund).await
-    }
-
-    async fn adjust_one(&self, rule: &Rule, key: &str, change: Adjustment) -> Result<Decision> {
-        let decisions = self.adjust(&[(rule, key, change)]).await?;
-        decisions.into_iter().next().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Other,
-                "the store answered no decision for one rule",
-            )
-        })
-    }
-
     /// [`check_all`](Self::check_all) without waiting: the decision if the
     /// store can make it at once, `None` if it must wait (see
     /// [`check_cost_now`](Self::check_cost_now)).
@@ -535,71 +489,19 @@ impl Limiter {
     pub async fn reset(&self, rule: &Rule, key: &str) -> Result<bool> {
         self.inner.storage.delete(&self.state_key(rule, key)).await
     }
-
-    /// Waits until one unit is granted, then returns the admission. For
-    /// throttling outgoing work (calls to a third-party API, queue consumers).
-    pub async fn until_ready(&self, rule: &Rule, key: &str) -> Result<Decision> {
-        self.until_ready_cost(rule, key, 1, None).await
-    }
-
-    /// Waits until `cost` units are granted. With `max_wait`, gives up when the
-    /// next wait would go past it and returns that denial instead.
-    ///
-    /// On a rule whose requests [wait in line](Rule::with_wait), the
-    /// request takes a place in line (in a line no longer than `max_wait`)
-    /// and sleeps until its turn: one store call, and waiters are let in
-    /// one at a time, in the order they were placed; when the line is
-    /// full, it sleeps until a place opens and asks again. On other rules
-    /// it sleeps until the store says a request would fit, and asks again
-    /// (waiters then race for each unit that comes back: give the rule a
-    /// line to have them wait in turn).
-    pub async fn until_ready_cost(
-        &self,
-        rule: &Rule,
-        key: &str,
-        cost: u64,
-        max_wait: Option<Duration>,
-    ) -> Result<Decision> {
-        let mut waited = Duration::ZERO;
-        loop {
-            let left = max_wait.map(|max| max.saturating_sub(waited));
-            let cut = in_line_for(rule, left);
-            let asked = cut.as_ref().unwrap_or(rule);
-            let decision = self.check_cost(asked, key, cost.max(1)).await?;
-            let wait = match decision.retry_after() {
-                None => return Ok(decision),
-                Some(wait) => wait.max(Duration::from_micros(1)),
-            };
-            // Asking again then finds a place at the end of the line, a
-            // line's length from its turn.
-            if left.is_some_and(|left| wait.saturating_add(asked.line_length()) > left) {
-                return Ok(decision);
-            }
-            self.inner.clock.sleep(wait).await;
-            waited = waited.saturating_add(wait);
-        }
-    }
 }
 
-/// `rule`'s line cut to `left` (for [`Limiter::until_ready_cost`]): the
-/// same places, fewer when their turns would come later than `left`.
-/// `None` when `rule` has no line, or its line needs no cut; a line with no
-/// place left within `left` is the rule without it (a request then waits
-/// only for the store to let it in at once).
-fn in_line_for(rule: &Rule, left: Option<Duration>) -> Option<Rule> {
-    let wait = rule.wait()?;
-    let left = left.filter(|left| *left < wait.up_to())?;
-    let shorter = crate::rule::Wait::new(left, wait.waiters());
-    // Without the rule's penalty: a request its whole line would have
-    // placed is not to block the key.
-    let unlined = rule.without_wait();
-    Some(unlined.clone().with_wait(shorter).unwrap_or(unlined))
-}
-
-/// Whether one of `rules` makes requests wait in line.
+/// Whether one of `rules` makes requests wait in line on a bucket.
 #[inline]
 fn waits_in_line<'a>(mut rules: impl Iterator<Item = &'a Rule>) -> bool {
     rules.any(Rule::has_line)
+}
+
+/// Whether one of `rules` makes requests wait in line, on a bucket or for
+/// a place in flight.
+#[inline]
+fn waits<'a>(mut rules: impl Iterator<Item = &'a Rule>) -> bool {
+    rules.any(|rule| rule.has_line() || rule.queue().is_some())
 }
 
 /// The entries of a multi-rule check, from each rule and cost and the bounded

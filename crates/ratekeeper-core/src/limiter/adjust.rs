@@ -1,0 +1,91 @@
+//! Changes to budgets after the fact: charges and refunds.
+
+use super::{Limiter, no_duplicates};
+use crate::decision::Decision;
+use crate::error::{Error, ErrorKind, Result};
+use crate::permit::holds_places;
+use crate::rule::Rule;
+use crate::storage::{AdjustEntry, AdjustRequest, Adjustment};
+
+impl Limiter {
+    /// Changes budgets after the fact, each rule with its key: a cost
+    /// learned late ([`Adjustment::Charge`]) or units given back
+    /// ([`Adjustment::Refund`]), atomically over every entry. Returns one
+    /// decision per entry: what a request of one unit would get afterwards.
+    /// See [`Storage::adjust`]. A refund to a rule that takes none
+    /// ([`Rule::takes_refunds`]: requests wait in its line) is an
+    /// [`ErrorKind::InvalidInput`] error, and nothing changes.
+    pub async fn adjust(&self, changes: &[(&Rule, &str, Adjustment)]) -> Result<Vec<Decision>> {
+        let keys = self.bounded_keys(changes.iter().map(|(_, key, _)| *key));
+        let entries: Vec<AdjustEntry<'_>> = changes
+            .iter()
+            .zip(&keys)
+            .map(|((rule, _, adjustment), key)| AdjustEntry {
+                key,
+                rule: rule.for_store(),
+                adjustment: *adjustment,
+            })
+            .collect();
+        no_duplicates(entries.iter().map(|e| (e.rule, e.key)))?;
+        if let Some((rule, _, _)) = changes.iter().find(|(rule, _, change)| {
+            !rule.takes_refunds() && matches!(change, Adjustment::Refund { units: 1.., .. })
+        }) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "rule {:?} makes requests wait in line and takes no refund: moving the end \
+                     of its line back would give the next request a turn beside one still waiting",
+                    rule.name()
+                ),
+            ));
+        }
+        let request = AdjustRequest {
+            now: self.inner.clock.now(),
+            entries: &entries,
+        };
+        let decisions = self.inner.storage.adjust(&request).await?;
+        // A place in flight given back lets the first waiting for one in.
+        if !self.inner.lines.is_empty() {
+            for (rule, key, change) in changes {
+                if matches!(change, Adjustment::Refund { units: 1.., .. }) && holds_places(rule) {
+                    self.inner.lines.freed(&self.state_key(rule, key));
+                }
+            }
+        }
+        Ok(changes
+            .iter()
+            .zip(decisions)
+            .map(|((rule, _, _), decision)| rule.read_store(decision).0)
+            .collect())
+    }
+
+    /// Charges `units` of `rule` for `key` after the fact, whatever is
+    /// left: never refused, and what goes past the limit is owed (see
+    /// [`Adjustment::Charge`]). Returns what a request would get now.
+    pub async fn charge(&self, rule: &Rule, key: &str, units: u64) -> Result<Decision> {
+        self.adjust_one(rule, key, Adjustment::Charge(units)).await
+    }
+
+    /// Gives `units` of `rule` back to `key` (the newest units, see
+    /// [`Adjustment::Refund`]; a [`Reservation`] knows when its units were
+    /// taken and gives back exactly those). Returns what a request would
+    /// get now; an [`ErrorKind::InvalidInput`] error on a rule that takes
+    /// no refund ([`Rule::takes_refunds`]).
+    pub async fn refund(&self, rule: &Rule, key: &str, units: u64) -> Result<Decision> {
+        let refund = Adjustment::Refund {
+            units,
+            taken_at: None,
+        };
+        self.adjust_one(rule, key, refund).await
+    }
+
+    async fn adjust_one(&self, rule: &Rule, key: &str, change: Adjustment) -> Result<Decision> {
+        let decisions = self.adjust(&[(rule, key, change)]).await?;
+        decisions.into_iter().next().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                "the store answered no decision for one rule",
+            )
+        })
+    }
+}
