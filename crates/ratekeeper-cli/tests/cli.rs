@@ -331,9 +331,8 @@ fn test_rule_holds_places_of_a_concurrency_rule() {
     assert_eq!(kept, "AADDDD");
 }
 
-/// Waiting in line: with 10/s (a burst of 10), waiting up to 300 ms, 13
-/// requests at once: 10 at once, 3 after their turns, the rest denied; a
-/// token bucket cannot wait (a clear error).
+/// Waiting for a place: 2 places, each held 300 ms, a request every 50 ms
+/// waiting up to 150 ms (one after another: one that waits delays the next).
 #[test]
 fn test_rule_shows_requests_waiting_for_a_place() {
     let o = ratekeeper(
@@ -380,6 +379,9 @@ fn test_rule_shows_requests_waiting_for_a_place() {
     assert!(out.ends_with("4 of 6 allowed\n"), "{out}");
 }
 
+/// Waiting in line: with 10/s (a burst of 10), waiting up to 300 ms, 13
+/// requests at once: 10 at once, 3 after their turns, the rest denied; a
+/// token bucket cannot wait (a clear error).
 #[test]
 fn test_rule_shows_requests_waiting_in_line() {
     let mut args = vec![

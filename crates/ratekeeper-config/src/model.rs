@@ -251,7 +251,8 @@ pub struct RuleConfig {
     /// [`Rule::with_wait`](ratekeeper_core::Rule::with_wait).
     pub wait: Option<Duration>,
     /// `waiters`: the most requests of one key waiting at once (with
-    /// `wait`; default: as many as have their turn within it).
+    /// `wait`; default: as many as have their turn within it, or on a
+    /// concurrency rule as many as it has places).
     pub waiters: Option<u64>,
     /// `calendar` (a time zone) and `week_start`: windows of a day, week,
     /// month or year on the calendar, fixed window only; `None`: windows

@@ -169,7 +169,7 @@ fn decided(entries: &[DecideEntry<'_>], cost: u64, d: &Decision) {
 }
 
 #[inline]
-fn store_error(e: &crate::error::Error) {
+pub(crate) fn store_error(e: &crate::error::Error) {
     let _ = e;
     #[cfg(feature = "metrics")]
     metrics::counter!(STORE_ERRORS, "kind" => e.kind().as_str()).increment(1);

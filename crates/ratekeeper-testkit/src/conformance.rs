@@ -1492,6 +1492,42 @@ pub async fn waiting_for_a_place(h: Arc<dyn Harness>) {
         permit.release().await.unwrap();
     }
     assert_eq!(limiter.peek(&r, key).await.unwrap().remaining(), 5);
+
+    // Turned away from a full line: told to come back within the wait.
+    let short = Rule::concurrency("short", 1, HOUR)
+        .unwrap()
+        .with_wait(ratekeeper_core::rule::Wait::new(
+            Duration::from_millis(300),
+            1,
+        ))
+        .unwrap();
+    let only = limiter.acquire(&short, key).await.unwrap();
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    ask_place(&tx, &limiter, &short, key, 0);
+    eventually("the waiter in line", || clock.sleepers() == 1).await;
+    let full = limiter.acquire(&short, key).await.unwrap();
+    let retry = full.decision().retry_after();
+    assert_eq!(retry, Some(Duration::from_millis(300)), "within the wait");
+    only.release().await.unwrap();
+    let (_, next, _) = place(&mut answers).await;
+    assert!(next.is_allowed());
+    // until_ready waits in line past the rule's wait, keeping its place,
+    // and is let in when the place is released.
+    let (l, s2, k) = (limiter.clone(), short.clone(), key.to_owned());
+    let ready = tokio::spawn(async move {
+        l.until_ready_cost(&s2, &k, 1, Some(Duration::from_secs(60)))
+            .await
+    });
+    eventually("until_ready in line", || clock.sleepers() == 1).await;
+    clock.advance(Duration::from_secs(1));
+    eventually("still in line", || clock.sleepers() == 1).await;
+    next.release().await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .expect("until_ready let in when the place was released")
+        .unwrap()
+        .unwrap();
+    assert!(d.is_allowed());
 }
 
 /// 64 tasks on a multi-thread runtime hammer one key: exactly the capacity is

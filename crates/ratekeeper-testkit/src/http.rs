@@ -1634,14 +1634,14 @@ pub async fn requests_wait_their_turn(h: Arc<dyn HttpHarness>) {
 }
 
 /// Waiting for a place in flight: `/slow` limited to 2 at once per client,
-/// a request waiting up to 10 s for a place, 3 at most. Eight requests at
-/// once on a handler that takes a second: five answered (two at once,
+/// a request waiting up to 20 s for a place, 3 at most. Eight requests at
+/// once on a handler that takes 1.5 s: five answered (two at once,
 /// three as places come back), three refused at once with `Retry-After`,
 /// and never more than two handlers at once.
 pub async fn requests_wait_for_a_place(h: Arc<dyn HttpHarness>) {
     let ms = std::time::Duration::from_millis;
     let two = Rule::concurrency("two", 2, ms(60_000))
-        .and_then(|r| r.with_wait(ratekeeper_core::Wait::new(ms(10_000), 3)))
+        .and_then(|r| r.with_wait(ratekeeper_core::Wait::new(ms(20_000), 3)))
         .expect("a rule");
     let routes = RouteTable::new()
         .route("/slow", &[], Limits::new(vec![two]))
@@ -1651,7 +1651,7 @@ pub async fn requests_wait_for_a_place(h: Arc<dyn HttpHarness>) {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let c = c.clone();
-            tokio::spawn(async move { c.get("/slow?ms=1000", &[]).await })
+            tokio::spawn(async move { c.get("/slow?ms=1500", &[]).await })
         })
         .collect();
     let mut answered = 0;

@@ -24,6 +24,10 @@ use crate::rule::{Rule, Wait};
 /// another process, or by a lease that expired, is seen within this.
 const LOOK_AGAIN: Duration = Duration::from_millis(50);
 
+/// How long `until_ready` without a bound waits in line for a place: a year
+/// stands for ever.
+const WITHOUT_END: Duration = Duration::from_secs(365 * 86_400);
+
 impl Limiter {
     /// Waits until one unit is granted, then returns the admission. For
     /// throttling outgoing work (calls to a third-party API, queue consumers).
@@ -41,7 +45,9 @@ impl Limiter {
     /// full, it sleeps until a place opens and asks again. On other rules
     /// it sleeps until the store says a request would fit, and asks again
     /// (waiters then race for each unit that comes back: give the rule a
-    /// line to have them wait in turn).
+    /// line to have them wait in turn). On a concurrency rule that waits
+    /// for a place, the request waits in its line as long as it may
+    /// (`max_wait`, or without end), keeping its place.
     pub async fn until_ready_cost(
         &self,
         rule: &Rule,
@@ -49,8 +55,10 @@ impl Limiter {
         cost: u64,
         max_wait: Option<Duration>,
     ) -> Result<Decision> {
-        let mut waited = Duration::ZERO;
+        let clock = &self.inner.clock;
+        let started = clock.now();
         loop {
+            let waited = clock.now().saturating_duration_since(started);
             let left = max_wait.map(|max| max.saturating_sub(waited));
             let cut = in_line_for(rule, left);
             let asked = cut.as_ref().unwrap_or(rule);
@@ -64,8 +72,7 @@ impl Limiter {
             if left.is_some_and(|left| wait.saturating_add(asked.line_length()) > left) {
                 return Ok(decision);
             }
-            self.inner.clock.sleep(wait).await;
-            waited = waited.saturating_add(wait);
+            clock.sleep(wait).await;
         }
     }
 
@@ -96,55 +103,111 @@ impl Limiter {
         let up_to = lines.iter().map(|(_, _, wait)| wait.up_to()).min();
         let deadline = clock.now().saturating_add(up_to.unwrap_or_default());
         let lined: Vec<usize> = lines.iter().map(|(_, i, _)| *i).collect();
+        // What the store would refuse is refused before taking a place.
+        let keys = self.bounded_keys(checks.iter().map(|(_, key, _)| *key));
+        let pairs = checks.iter().zip(&keys);
+        super::no_duplicates(pairs.map(|((rule, _, _), key)| (*rule, key.as_ref())))?;
+        for (rule, _, cost) in checks {
+            crate::engine::check_cost(rule, *cost)?;
+        }
+        let mut first = None;
         if lines.iter().all(|(key, _, _)| !self.inner.lines.has(key)) {
-            let (taken_at, decisions) = self.decide_once(checks, at, false).await?;
+            let (taken_at, decisions) = self.decided(checks, at).await?;
             if waits_for_place(checks, &decisions, &lined).is_none() {
-                self.observe_each(checks, &decisions);
-                return Ok((taken_at, decisions));
+                return self.answered(checks, taken_at, decisions);
             }
+            first = Some((taken_at, decisions));
         }
         let mut places = Vec::with_capacity(lines.len());
         for (key, i, wait) in &lines {
             let units = checks.get(*i).map_or(1, |(_, _, cost)| *cost);
             match self.inner.lines.join(key, units, wait.waiters()) {
                 Some(place) => places.push(place),
-                None => return self.turned_away(checks, *i).await,
+                None => {
+                    drop(places);
+                    return self.turned_away(checks, *i, first).await;
+                }
             }
         }
-        for (place, (_, i, _)) in places.iter_mut().zip(&lines) {
+        let mut waited_out = None;
+        for (place, i) in places.iter_mut().zip(&lined) {
             let left = deadline.saturating_duration_since(clock.now());
             if first_of(place.turn(), clock.sleep(left)).await.is_none() {
-                return self.turned_away(checks, *i).await;
+                waited_out = Some(*i);
+                break;
             }
         }
+        if let Some(i) = waited_out {
+            drop(places);
+            return self.turned_away(checks, i, None).await;
+        }
         loop {
-            let (taken_at, decisions) = self.decide_once(checks, at, false).await?;
+            let (taken_at, decisions) = self.decided(checks, at).await?;
             let left = deadline.saturating_duration_since(clock.now());
-            let Some(hint) =
-                waits_for_place(checks, &decisions, &lined).filter(|_| !left.is_zero())
-            else {
-                self.observe_each(checks, &decisions);
-                return Ok((taken_at, decisions));
+            let hint = waits_for_place(checks, &decisions, &lined);
+            let Some(hint) = hint.filter(|_| !left.is_zero()) else {
+                return self.answered(checks, taken_at, decisions);
             };
             let freed = places.iter().map(Place::freed);
             first_of(any_of(freed), clock.sleep(hint.min(left))).await;
+            // A clock whose sleep returns at once must not starve the task
+            // that would release a place.
+            tokio::task::yield_now().await;
         }
+    }
+
+    /// One decision of the store for a request waiting for a place, not
+    /// counted (its last one is); a store error is counted at once.
+    async fn decided(
+        &self,
+        checks: &[(&Rule, &str, u64)],
+        at: bool,
+    ) -> Result<(Timestamp, Vec<Decision>)> {
+        let decided = self.decide_once(checks, at, false).await;
+        if let Err(e) = &decided {
+            crate::observe::store_error(e);
+        }
+        decided
+    }
+
+    /// The last answer to a request for a place, counted and logged.
+    fn answered(
+        &self,
+        checks: &[(&Rule, &str, u64)],
+        at: Timestamp,
+        decisions: Vec<Decision>,
+    ) -> Result<(Timestamp, Vec<Decision>)> {
+        let keys = self.bounded_keys(checks.iter().map(|(_, key, _)| *key));
+        let rules = checks
+            .iter()
+            .map(|(rule, _, cost)| (rule.for_store(), *cost));
+        let entries = super::entries(rules, &keys)?;
+        let answer = Ok(decisions);
+        crate::observe::decisions(&entries, &answer);
+        answer.map(|decisions| (at, decisions))
     }
 
     /// The answer to a request turned away from a line for a place in
     /// flight (the line of `checks[i]` full, or its wait over before its
-    /// turn): what each rule has left now, and a denial by the rule of that
-    /// line. Nothing is taken.
+    /// turn): what each rule has left now (the store's `first` answer to
+    /// the request, when it was asked, else a look), and a denial by the
+    /// rule of that line. Nothing is taken.
     async fn turned_away(
         &self,
         checks: &[(&Rule, &str, u64)],
         i: usize,
+        first: Option<(Timestamp, Vec<Decision>)>,
     ) -> Result<(Timestamp, Vec<Decision>)> {
-        let looks: Vec<_> = checks
-            .iter()
-            .map(|(rule, key, _)| (*rule, *key, 0))
-            .collect();
-        let (at, mut decisions) = self.decide_once(&looks, true, false).await?;
+        let (at, mut decisions) = match first {
+            Some(first) => first,
+            None => {
+                let looks: Vec<_> = checks
+                    .iter()
+                    .map(|(rule, key, _)| (*rule, *key, 0))
+                    .collect();
+                self.decided(&looks, true).await?
+            }
+        };
         if let (Some((rule, _, _)), Some(d)) = (checks.get(i), decisions.get_mut(i)) {
             let wait = rule.queue().map_or(LOOK_AGAIN, Wait::up_to);
             // A place opens in the line when the first in it is let in,
@@ -152,19 +215,7 @@ impl Limiter {
             let retry = d.retry_after().unwrap_or(wait).min(wait);
             *d = Decision::deny_by(rule, 0, d.reset_after(), retry);
         }
-        self.observe_each(checks, &decisions);
-        Ok((at, decisions))
-    }
-
-    /// Counts and logs `decisions` on `checks`.
-    fn observe_each(&self, checks: &[(&Rule, &str, u64)], decisions: &[Decision]) {
-        let keys = self.bounded_keys(checks.iter().map(|(_, key, _)| *key));
-        let rules = checks
-            .iter()
-            .map(|(rule, _, cost)| (rule.for_store(), *cost));
-        if let Ok(entries) = super::entries(rules, &keys) {
-            crate::observe::decisions(&entries, &Ok(decisions.to_vec()));
-        }
+        self.answered(checks, at, decisions)
     }
 }
 
@@ -175,6 +226,13 @@ impl Limiter {
 /// only for the store to let it in at once).
 fn in_line_for(rule: &Rule, left: Option<Duration>) -> Option<Rule> {
     let wait = rule.wait()?;
+    if rule.queue().is_some() {
+        // For a place: in line as long as the caller may wait, keeping its
+        // place (none left: asked without a line).
+        let for_place = Wait::new(left.unwrap_or(WITHOUT_END), wait.waiters());
+        let unlined = rule.without_wait();
+        return Some(unlined.clone().with_wait(for_place).unwrap_or(unlined));
+    }
     let left = left.filter(|left| *left < wait.up_to())?;
     let shorter = crate::rule::Wait::new(left, wait.waiters());
     // Without the rule's penalty: a request its whole line would have

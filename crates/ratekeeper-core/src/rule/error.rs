@@ -31,9 +31,13 @@ pub enum RuleError {
     /// The quota a constructor was given is not valid
     /// ([`Rule::concurrency`](super::Rule::concurrency)).
     Quota(crate::quota::QuotaError),
+    /// A concurrency rule was given both a wait for a place and a penalty:
+    /// a request waiting for a place is denied until one comes free, and a
+    /// penalty would block the key at the first of those denials.
+    WaitWithPenalty,
     /// Waiting in line was asked of an algorithm that cannot keep a line
-    /// ([`Rule::with_wait`](super::Rule::with_wait)): only GCRA and the
-    /// leaky bucket can.
+    /// ([`Rule::with_wait`](super::Rule::with_wait)): only GCRA, the
+    /// leaky bucket and concurrency can.
     WaitNotSupported(Algorithm),
     /// Waiting in line that would admit no one: no waiter, or a wait
     /// shorter than the time between two units at the quota's rate.
@@ -81,6 +85,10 @@ impl fmt::Display for RuleError {
                 f,
                 "{a} cannot make requests wait in line: waiting applies to gcra and leaky_bucket \
                  (which admit exactly what token_bucket admits) and to concurrency"
+            ),
+            Self::WaitWithPenalty => f.write_str(
+                "a concurrency rule cannot both wait for a place and block with a penalty (a \
+                 waiting request is denied until a place comes free): give one or the other",
             ),
             Self::WaitAdmitsNoOne { waiters: 0, .. } => {
                 f.write_str("a line of 0 waiters admits no one (expected at least 1)")

@@ -95,13 +95,15 @@ impl Rule {
     /// arriving while others wait goes behind them, even if a place has
     /// just come free. The line is kept by the
     /// [`Limiter`](crate::Limiter) (the store keeps the places themselves,
-    /// exact across processes): at most `wait.waiters()` requests of a key
-    /// wait in each process, and a place released through the same
-    /// limiter lets the first in line in at once. A place freed elsewhere
-    /// (another process, a lease expired) is seen when the first in line
-    /// looks again, at most every 50 ms. A request that gives up (its
-    /// future dropped, its wait over) leaves the line, and the one behind
-    /// it moves up. Releases are refunds as before.
+    /// exact across processes): at most `wait.waiters()` units (requests,
+    /// or weighted by their cost) of a key wait in each process. Only the
+    /// first in line asks the store: at once when a place is released
+    /// through the same limiter, else again every 50 ms at most (a place
+    /// freed by another process, or a lease expired). A request that gives
+    /// up (its future dropped, its wait over) leaves the line, and the one
+    /// behind it moves up. Releases are refunds as before. Not with a
+    /// penalty ([`RuleError::WaitWithPenalty`]): a waiting request is
+    /// denied until a place comes free.
     ///
     /// GCRA, the leaky bucket and concurrency only (GCRA and the leaky
     /// bucket admit exactly what a token bucket admits; a token bucket
@@ -117,6 +119,9 @@ impl Rule {
                     waiters: wait.waiters,
                     interval: Duration::ZERO,
                 });
+            }
+            if self.penalty.is_some() {
+                return Err(RuleError::WaitWithPenalty);
             }
             self.queue = Some(wait);
             return Ok(self);
@@ -315,6 +320,12 @@ mod tests {
         assert!(r.takes_refunds() && !r.has_line());
         let plain = r.without_wait();
         assert_eq!((plain.wait(), plain.takes_refunds()), (None, true));
+        let penalized = slots.clone().with_penalty(Duration::from_secs(5)).unwrap();
+        assert_eq!(penalized.with_wait(wait), Err(RuleError::WaitWithPenalty));
+        assert_eq!(
+            r.clone().with_penalty(Duration::from_secs(5)),
+            Err(RuleError::WaitWithPenalty)
+        );
         for (up_to, waiters) in [(Duration::ZERO, 3), (Duration::from_secs(1), 0)] {
             let err = slots
                 .clone()

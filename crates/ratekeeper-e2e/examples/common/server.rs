@@ -32,7 +32,8 @@
 //! --wait 500                a request over the rate waits up to MS
 //!                           milliseconds for its turn instead of being
 //!                           denied (gcra and leaky_bucket), and with
-//!                           --concurrency, for a place in flight
+//!                           --concurrency, for a place in flight (N waiting
+//!                           at most)
 //! --config FILE             everything from a configuration file instead
 //!                           (examples/config/); reloaded on SIGHUP
 //! ```
@@ -50,7 +51,7 @@ use ratekeeper::http::{
 };
 use ratekeeper::layer::{Breaker, Deadline, DenyCache};
 use ratekeeper::memory::MemoryStorage;
-use ratekeeper::{Algorithm, Limiter, Quota, Rule, Wait, parse_duration};
+use ratekeeper::{Algorithm, Limiter, Quota, Rule, RuleError, Wait, parse_duration};
 
 /// The example servers' options.
 pub(crate) struct Options {
@@ -162,20 +163,20 @@ pub(crate) async fn policy(o: &Options) -> Result<SharedPolicy, Box<dyn Error>> 
                 .into(),
         );
     }
-    let wait = o.wait.map(|up_to| Wait::new(up_to, u64::MAX));
-    if let Some(wait) = wait {
-        match api.clone().with_wait(wait) {
+    if let Some(up_to) = o.wait {
+        match api.clone().with_wait(Wait::new(up_to, u64::MAX)) {
             Ok(waiting) => api = waiting,
             // The rate's algorithm cannot wait; the places in flight do.
-            Err(_) if o.concurrency.is_some() => {}
+            Err(RuleError::WaitNotSupported(_)) if o.concurrency.is_some() => {}
             Err(e) => return Err(e.into()),
         }
     }
     let mut rules = vec![api];
     if let Some(n) = o.concurrency {
         let in_flight = Rule::concurrency("in-flight", n, o.lease)?;
-        rules.push(match wait {
-            Some(wait) => in_flight.with_wait(wait)?,
+        rules.push(match o.wait {
+            // As many waiting for a place as there are places.
+            Some(up_to) => in_flight.with_wait(Wait::new(up_to, n))?,
             None => in_flight,
         });
     }
