@@ -280,9 +280,14 @@ pub(crate) fn build_rule(
             (field, e.to_string())
         })
         .and_then(|r| match rc.wait {
-            Some(up_to) => r
-                .with_wait(Wait::new(up_to, rc.waiters.unwrap_or(u64::MAX)))
-                .map_err(|e| (Some("wait"), e.to_string())),
+            Some(up_to) => {
+                // By default as many wait for a place as it has (a bucket's
+                // line is bounded by its burst already).
+                let places = r.algorithm().limits_in_flight().then(|| r.capacity());
+                let waiters = rc.waiters.or(places).unwrap_or(u64::MAX);
+                r.with_wait(Wait::new(up_to, waiters))
+                    .map_err(|e| (Some("wait"), e.to_string()))
+            }
             None => Ok(r),
         })
 }

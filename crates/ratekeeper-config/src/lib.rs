@@ -64,7 +64,7 @@ pub use model::{
     Config, DefaultsConfig, ExemptConfig, InvalidKeySpec, KeySpec, ListsConfig, ProxiesConfig,
     RouteConfig, RuleConfig, StorageConfig, TierCacheConfig, TierConfig, TierLimit, TierRuleConfig,
 };
-pub use server::{ServerConfig, StoreErrorMode};
+pub use server::{ServerConfig, StoreErrorMode, lease_secret_problem};
 
 use model::Origin;
 use reader::Reader;

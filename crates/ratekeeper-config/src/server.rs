@@ -25,6 +25,11 @@ pub struct ServerConfig {
     /// environment, which may carry the token, apply); when set, asked for
     /// on loopback too.
     pub admin_token: Option<String>,
+    /// The secret lease ids of the HTTP API's `/v1/acquire` are signed
+    /// with (HMAC-SHA256), at least 16 characters. Every replica behind
+    /// one address needs the same; unset, each process draws its own at
+    /// start, and its ids are good on it only, until it restarts.
+    pub lease_secret: Option<String>,
     /// Decide and count every request, but never deny (the whole service in
     /// shadow mode); denials show in metrics and logs only.
     pub shadow_mode: bool,
@@ -82,6 +87,7 @@ impl Default for ServerConfig {
             http: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 6070))),
             admin_token: None,
+            lease_secret: None,
             shadow_mode: false,
             on_store_error: StoreErrorMode::Error,
             degraded_instances: 1,
@@ -150,6 +156,16 @@ fn address(text: &str) -> Result<Option<SocketAddr>, String> {
     })
 }
 
+/// What is wrong with `secret` as the server's lease secret
+/// ([`ServerConfig::lease_secret`]): `None` when it will do (16 characters
+/// at least, not only spaces).
+pub fn lease_secret_problem(secret: &str) -> Option<String> {
+    let chars = secret.trim().chars().count();
+    (chars < 16).then(|| {
+        format!("too short: {chars} characters (expected at least 16, such as 32 random ones)")
+    })
+}
+
 pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
     let mut s = ServerConfig::default();
     for (key, field) in [
@@ -170,6 +186,14 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
             &t.field_path("admin_token"),
             t.value_of("admin_token"),
             "empty (leave it out, or set a secret)",
+        );
+    }
+    s.lease_secret = t.string(r, "lease_secret");
+    if let Some(problem) = s.lease_secret.as_deref().and_then(lease_secret_problem) {
+        r.problem(
+            &t.field_path("lease_secret"),
+            t.value_of("lease_secret"),
+            &problem,
         );
     }
     if let Some(b) = t.boolean(r, "shadow_mode") {
@@ -234,6 +258,7 @@ pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {
             "http",
             "admin",
             "admin_token",
+            "lease_secret",
             "shadow_mode",
             "on_store_error",
             "degraded_instances",

@@ -252,7 +252,7 @@ fn the_server_section_reads_with_defaults_and_reports_every_problem() {
 configuration: server.admin_token: empty (leave it out, or set a secret)
 configuration: server.on_store_error: unknown store error mode "maybe" (expected error, allow, deny or degraded)
 configuration: server.max_entries: 0 is out of range (expected a whole number from 1 to 10000)
-configuration: server.port: unknown field `port` (expected one of: grpc, http, admin, admin_token, shadow_mode, on_store_error, degraded_instances, max_descriptors, max_entries, max_value_bytes, max_request_bytes, max_in_flight, drain, request_timeout, refunds, json_logs, headers, watch, address_key)
+configuration: server.port: unknown field `port` (expected one of: grpc, http, admin, admin_token, lease_secret, shadow_mode, on_store_error, degraded_instances, max_descriptors, max_entries, max_value_bytes, max_request_bytes, max_in_flight, drain, request_timeout, refunds, json_logs, headers, watch, address_key)
 configuration: domains[0].on_store_error: unknown store error mode "later" (expected error, allow, deny or degraded)"#
     );
 }
@@ -990,6 +990,14 @@ fn waiting_in_line_is_read_and_checked() {
         Some((std::time::Duration::from_millis(300), u64::MAX))
     );
     assert_eq!(wait("slots"), Some((std::time::Duration::from_secs(2), 3)));
+    let config = Config::parse(
+        "[rules.slots]\nalgorithm = \"concurrency\"\nlimit = 5\nwindow = \"10m\"\nwait = \"2s\"\n",
+        Format::Toml,
+    )
+    .unwrap();
+    let rules = config.built_rules().unwrap();
+    let waiters = rules["slots"].wait().map(|w| w.waiters());
+    assert_eq!(waiters, Some(5), "as many waiting as places by default");
     assert_eq!(
         errors(
             r#"

@@ -83,6 +83,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/json", post(check))
         .route("/v1/peek", post(peek))
         .route("/v1/report", post(report))
+        .route("/v1/acquire", post(crate::lease::acquire))
+        .route("/v1/release", post(crate::lease::release))
         .route("/v1/limits", get(limits))
         .route("/health", get(health))
         .route("/healthcheck", get(health))
@@ -309,8 +311,7 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, ask: Ask) -> Respon
         // A place taken here would never be given back before its lease ends.
         return bad_request(format!(
             "rule {name:?} limits requests in flight, which needs a release when a request \
-             ends: this service has no acquire and release calls yet (take places with the \
-             library's Limiter::acquire)"
+             ends: take its places with /v1/acquire, and give them back with /v1/release"
         ));
     }
     if body.is_negative_hits && rule.wait().is_some() {
@@ -417,7 +418,7 @@ async fn decide_rule(app: &App, name: &str, body: CheckBody, ask: Ask) -> Respon
 }
 
 /// A duration as protobuf JSON writes one: seconds with a suffix `s`.
-fn seconds(d: Duration) -> String {
+pub(crate) fn seconds(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else {

@@ -21,6 +21,7 @@ pub(crate) struct Flags {
     pub(crate) http: Option<String>,
     pub(crate) admin: Option<String>,
     pub(crate) admin_token: Option<String>,
+    pub(crate) lease_secret: Option<String>,
     pub(crate) json_logs: bool,
 }
 
@@ -234,6 +235,12 @@ fn apply_flags(flags: &Flags, server: &mut ServerConfig) -> Result<(), String> {
             return Err("the admin token is empty (leave it out, or set a secret)".to_owned());
         }
         server.admin_token = Some(t.clone());
+    }
+    if let Some(s) = &flags.lease_secret {
+        if let Some(problem) = ratekeeper::config::lease_secret_problem(s) {
+            return Err(format!("the lease secret is {problem}"));
+        }
+        server.lease_secret = Some(s.clone());
     }
     if flags.json_logs {
         server.json_logs = true;

@@ -10,6 +10,7 @@ mod admin;
 mod bench;
 mod grpc;
 mod http;
+mod lease;
 mod load;
 mod request;
 mod service;
@@ -60,6 +61,10 @@ struct Args {
     /// The admin API's bearer token (better set by its environment variable).
     #[arg(long, env = "RATEKEEPER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// The secret lease ids of `/v1/acquire` are signed with, shared by
+    /// every replica (better set by its environment variable).
+    #[arg(long, env = "RATEKEEPER_LEASE_SECRET", hide_env_values = true)]
+    lease_secret: Option<String>,
     /// Logs as JSON lines.
     #[arg(long, env = "RATEKEEPER_JSON_LOGS")]
     json_logs: bool,
@@ -86,6 +91,8 @@ pub(crate) struct App {
     draining: std::sync::atomic::AtomicBool,
     /// Reloads one at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// What lease ids are signed with when `[server] lease_secret` is not set.
+    lease_key: lease::LeaseKey,
 }
 
 impl std::fmt::Debug for App {
@@ -216,6 +223,7 @@ async fn run(args: Args) -> Result<(), String> {
         http: args.http,
         admin: args.admin,
         admin_token: args.admin_token,
+        lease_secret: args.lease_secret,
         json_logs: args.json_logs,
     };
     let sources = load::Sources::new(args.config, flags);
@@ -264,6 +272,7 @@ async fn run(args: Args) -> Result<(), String> {
             .unwrap_or(load::DEFAULT_STORE_DEADLINE),
         draining: std::sync::atomic::AtomicBool::new(false),
         reloading: tokio::sync::Mutex::new(()),
+        lease_key: lease::LeaseKey::random()?,
     });
     if let Some(n) = args_bench {
         return bench::run(app, n.max(1)).await;

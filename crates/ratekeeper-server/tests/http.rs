@@ -608,3 +608,120 @@ async fn detailed_metrics_label_entries_up_to_a_bound() {
     assert_eq!(detailed.len(), 1_001, "1 000 entries and _other_");
     assert!(!text.contains(r#"entries="plain=p1""#), "not detailed");
 }
+
+/// `/v1/acquire` and `/v1/release` on a concurrency rule, with two replicas
+/// on one SQLite file and one secret: places taken and given back through
+/// either; a lease id released twice, changed, or signed by a server with
+/// another secret frees nothing; what is not a concurrency rule is refused.
+#[tokio::test]
+async fn places_in_flight_through_acquire_and_release() {
+    let dir = TempDir::new("leases");
+    let db = dir.0.join("limits.db");
+    let file = write(
+        &dir.0,
+        "limits.toml",
+        &format!("[storage]\nurl = \"sqlite://{}\"\n{CONFIG}", db.display()),
+    );
+    let secret = [("RATEKEEPER_LEASE_SECRET", "one secret for every replica")];
+    let a = Server::start_with_env(&["--config", &file], &secret);
+    let b = Server::start_with_env(&["--config", &file], &secret);
+    let other = Server::start_with_env(
+        &["--config", &file],
+        &[("RATEKEEPER_LEASE_SECRET", "another secret, another fleet")],
+    );
+    let (a, b, other) = (a.http.unwrap(), b.http.unwrap(), other.http.unwrap());
+    let acquire = |at, key: &str| {
+        let body = format!(r#"{{"rule":"exports","key":"{key}"}}"#);
+        async move { http(at, "POST", "/v1/acquire", &body, None).await }
+    };
+    let release = |at, lease: &str| {
+        let body = serde_json::json!({ "lease": lease }).to_string();
+        async move { http(at, "POST", "/v1/release", &body, None).await }
+    };
+    let lease_of = |v: &serde_json::Value| v["lease"].as_str().unwrap().to_owned();
+
+    // Two places; the third is refused, with no lease.
+    let (status, first) = acquire(a, "team").await;
+    assert_eq!(
+        (status, first["overallCode"].as_str()),
+        (200, Some("OK")),
+        "{first}"
+    );
+    assert_eq!(first["limitRemaining"], 1);
+    let (_, second) = acquire(b, "team").await;
+    assert_eq!(second["overallCode"], "OK", "{second}");
+    let (status, third) = acquire(a, "team").await;
+    assert_eq!(status, 200);
+    assert_eq!(third["overallCode"], "OVER_LIMIT", "{third}");
+    assert!(
+        third["retryAfter"].is_string() && third.get("lease").is_none(),
+        "{third}"
+    );
+
+    // Released through the other replica: the place comes back.
+    let (status, v) = release(b, &lease_of(&first)).await;
+    assert_eq!((status, v["released"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(v["limitRemaining"], 1);
+    let (_, again) = acquire(a, "team").await;
+    assert_eq!(again["overallCode"], "OK", "{again}");
+
+    // A replay frees nothing, nor does a lease changed or signed elsewhere.
+    let (status, v) = release(a, &lease_of(&first)).await;
+    assert_eq!(status, 409, "{v}");
+    let second = lease_of(&second);
+    let (payload, tag) = second.split_once('.').unwrap();
+    let mut changed = payload.as_bytes().to_vec();
+    changed[3] = if changed[3] == b'A' { b'B' } else { b'A' };
+    let changed = format!("{}.{tag}", String::from_utf8(changed).unwrap());
+    let (_, elsewhere) = acquire(other, "other-team").await;
+    for forged in [changed.as_str(), &lease_of(&elsewhere), "made.up", ""] {
+        let (status, v) = release(a, forged).await;
+        assert_eq!(status, 400, "{forged}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("not a lease id"),
+            "{v}"
+        );
+    }
+    let (_, full) = acquire(a, "team").await;
+    assert_eq!(
+        full["overallCode"], "OVER_LIMIT",
+        "nothing was freed: {full}"
+    );
+    let (status, _) = release(a, &second).await;
+    assert_eq!(status, 200);
+    assert_eq!(acquire(b, "team").await.1["overallCode"], "OK");
+
+    // Not a place: refused.
+    for (bad, says) in [
+        (r#"{"rule":"api","key":"k"}"#, "limits a rate"),
+        (r#"{"rule":"nope","key":"k"}"#, "no rule named"),
+        (r#"{"rule":"exports","key":"k","hits":0}"#, "at least 1"),
+        (r#"{"rule":"exports","key":"k","hits":3}"#, "capacity"),
+        (r#"{"rule":"exports"}"#, "missing field"),
+    ] {
+        let (status, v) = http(a, "POST", "/v1/acquire", bad, None).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{bad}: {v}");
+    }
+    let (status, v) = http(a, "POST", "/v1/release", r#"{"id":"x"}"#, None).await;
+    assert_eq!(status, 400, "{v}");
+}
+
+/// A lease secret shorter than 16 characters is refused, from the
+/// environment and from the file, without echoing it.
+#[tokio::test]
+async fn a_short_lease_secret_is_refused() {
+    let dir = TempDir::new("short-secret");
+    let file = write(&dir.0, "limits.toml", CONFIG);
+    let (_, says) = Server::fail(&["--config", &file, "--lease-secret", "hunter2"]);
+    assert!(says.contains("lease secret is too short"), "{says}");
+    assert!(!says.contains("hunter2"), "{says}");
+    let file = write(
+        &dir.0,
+        "short.toml",
+        &format!("[server]\nlease_secret = \"hunter2\"\n{CONFIG}"),
+    );
+    let (_, says) = Server::fail(&["--config", &file]);
+    assert!(says.contains("server.lease_secret: too short"), "{says}");
+    assert!(!says.contains("hunter2"), "{says}");
+}
