@@ -158,12 +158,19 @@ fn address(text: &str) -> Result<Option<SocketAddr>, String> {
 
 /// What is wrong with `secret` as the server's lease secret
 /// ([`ServerConfig::lease_secret`]): `None` when it will do (16 characters
-/// at least, not only spaces).
+/// at least, no spaces around them: a line break left at the end of one
+/// replica's secret would make its ids another's).
 pub fn lease_secret_problem(secret: &str) -> Option<String> {
-    let chars = secret.trim().chars().count();
-    (chars < 16).then(|| {
-        format!("too short: {chars} characters (expected at least 16, such as 32 random ones)")
-    })
+    let chars = secret.chars().count();
+    if secret.trim() != secret {
+        Some("surrounded by spaces or line breaks (expected the secret alone)".to_owned())
+    } else if chars < 16 {
+        Some(format!(
+            "too short: {chars} characters (expected at least 16, such as 32 random ones)"
+        ))
+    } else {
+        None
+    }
 }
 
 pub(crate) fn read(r: &mut Reader<'_>, t: &Table<'_>) -> ServerConfig {

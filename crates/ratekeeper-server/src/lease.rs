@@ -7,13 +7,12 @@
 //! under `[server] lease_secret` (or a key drawn at start, when none is
 //! set). So a client can only release places it was given: an id it
 //! made or changed is refused. An id is released once: the first release
-//! takes the nonce's one unit of an internal rule that allows one per lease
-//! window, and a replay is refused before anything is given back (leases
+//! marks its nonce in the store (an increment that lives the lease's
+//! window), and a replay is refused before anything is given back (leases
 //! taken in the same microsecond share a store entry, so a second release
 //! of one could free another's place).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -25,16 +24,16 @@ use hmac::{KeyInit as _, Mac as _};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use ratekeeper::{Adjustment, Algorithm, ErrorKind, Quota, Rule, Timestamp};
+use ratekeeper::{Adjustment, ErrorKind, Rule, Timestamp};
 
 use crate::App;
 use crate::http::{bad_request, error, parse};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// The internal rule whose one unit per nonce and lease window makes a
-/// lease id released once.
-const RELEASED: &str = "ratekeeper.released";
+/// Where the marks of released lease ids are kept: a name with a space,
+/// which no rule's state key has.
+const RELEASED: &str = "ratekeeper released";
 
 /// The key lease ids are signed with when `[server] lease_secret` is not
 /// set: drawn at start, so ids are good for this process only.
@@ -174,6 +173,11 @@ pub(crate) async fn acquire(State(app): State<Arc<App>>, body: Bytes) -> Respons
     if units == 0 {
         return bad_request("hits must be at least 1: an acquire takes places");
     }
+    // Drawn first: a place is never taken without an id to give it back.
+    let mut nonce = [0; 16];
+    if let Err(e) = getrandom::fill(&mut nonce) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("no random source: {e}"));
+    }
     let reservation = match app.service.limiter().reserve(&rule, &body.key, units).await {
         Ok(r) => r,
         Err(e) if e.kind() == ErrorKind::CostExceedsCapacity => return bad_request(e.to_string()),
@@ -190,13 +194,6 @@ pub(crate) async fn acquire(State(app): State<Arc<App>>, body: Bytes) -> Respons
         answer.insert("retryAfter".into(), json!(crate::http::seconds(retry)));
     }
     if d.is_allowed() {
-        let mut nonce = [0; 16];
-        if let Err(e) = getrandom::fill(&mut nonce) {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("no random source: {e}"),
-            );
-        }
         let lease = Lease {
             rule: body.rule,
             key: body.key,
@@ -237,34 +234,55 @@ pub(crate) async fn release(State(app): State<Arc<App>>, body: Bytes) -> Respons
         Ok(rule) => rule,
         Err(m) => return bad_request(m),
     };
-    let limiter = app.service.limiter();
-    let once = match released_once(rule.quota().window()) {
-        Ok(once) => once,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    match limiter.check(&once, &lease.nonce).await {
-        Ok(d) if d.is_allowed() => {}
-        Ok(_) => return error(StatusCode::CONFLICT, "this lease was released already"),
-        Err(e) => return unavailable(&e),
+    // Made on a task of its own: a client gone or a timeout does not cut
+    // it between the mark and the refund.
+    let limiter = app.service.limiter().clone();
+    let released = tokio::spawn(async move { release_once(&limiter, &rule, &lease).await });
+    match released.await {
+        Ok(Ok(remaining)) => {
+            axum::Json(json!({"released": true, "limitRemaining": remaining})).into_response()
+        }
+        Ok(Err(answer)) => answer,
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the release failed: {e}")),
+    }
+}
+
+/// Marks `lease` released, then gives its places back: the places left
+/// afterwards. A lease marked already is refused (409) and frees nothing.
+/// The mark is an integer incremented at a key of its nonce, which lives
+/// the rule's window (after it, the lease has expired and frees nothing);
+/// no rule's state can be at that key (its name has a space). When the
+/// refund fails, the mark is taken back (as far as the store answers), so
+/// that the release can be made again.
+async fn release_once(
+    limiter: &ratekeeper::Limiter,
+    rule: &Rule,
+    lease: &Lease,
+) -> Result<u64, Response> {
+    let store = limiter.storage();
+    let mark = format!("{RELEASED}:{{{}}}", lease.nonce);
+    match store.increment(&mark, 1, rule.quota().window()).await {
+        Ok(1) => {}
+        Ok(_) => return Err(error(StatusCode::CONFLICT, "this lease was released already")),
+        Err(e) => return Err(unavailable(&e)),
     }
     let release = Adjustment::Refund {
         units: lease.units,
         taken_at: Some(Timestamp::from_micros(lease.at)),
     };
-    match limiter.adjust(&[(&rule, &lease.key, release)]).await {
-        Ok(after) => {
-            let remaining = after.first().map_or(0, ratekeeper::Decision::remaining);
-            axum::Json(json!({"released": true, "limitRemaining": remaining})).into_response()
+    match limiter.adjust(&[(rule, &lease.key, release)]).await {
+        Ok(after) => Ok(after.first().map_or(0, ratekeeper::Decision::remaining)),
+        Err(e) => {
+            if let Err(undo) = store.delete(&mark).await {
+                tracing::warn!(
+                    target: "ratekeeper::server",
+                    error = %undo,
+                    "a failed release could not be taken back: its lease stays held until its window ends"
+                );
+            }
+            Err(unavailable(&e))
         }
-        Err(e) => unavailable(&e),
     }
-}
-
-/// One release per lease id within `window` (after it, the lease has
-/// expired and a release frees nothing).
-fn released_once(window: Duration) -> Result<Rule, String> {
-    let quota = Quota::new(1, window).map_err(|e| e.to_string())?;
-    Rule::new(RELEASED, Algorithm::Gcra, quota).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

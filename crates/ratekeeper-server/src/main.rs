@@ -274,6 +274,16 @@ async fn run(args: Args) -> Result<(), String> {
         reloading: tokio::sync::Mutex::new(()),
         lease_key: lease::LeaseKey::random()?,
     });
+    let limits = app.service.limits();
+    if limits.server.lease_secret.is_none()
+        && limits.rules.values().any(|r| r.algorithm().limits_in_flight())
+    {
+        tracing::warn!(
+            target: "ratekeeper::server",
+            "no [server] lease_secret: the lease ids of /v1/acquire are good on this process \
+             only, until it restarts (set RATEKEEPER_LEASE_SECRET on every replica)"
+        );
+    }
     if let Some(n) = args_bench {
         return bench::run(app, n.max(1)).await;
     }

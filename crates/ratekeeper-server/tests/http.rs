@@ -670,9 +670,10 @@ async fn places_in_flight_through_acquire_and_release() {
     assert_eq!(status, 409, "{v}");
     let second = lease_of(&second);
     let (payload, tag) = second.split_once('.').unwrap();
-    let mut changed = payload.as_bytes().to_vec();
-    changed[3] = if changed[3] == b'A' { b'B' } else { b'A' };
-    let changed = format!("{}.{tag}", String::from_utf8(changed).unwrap());
+    // The tag changed: the payload still reads, the signature does not.
+    let mut changed = tag.as_bytes().to_vec();
+    changed[0] = if changed[0] == b'A' { b'B' } else { b'A' };
+    let changed = format!("{payload}.{}", String::from_utf8(changed).unwrap());
     let (_, elsewhere) = acquire(other, "other-team").await;
     for forged in [changed.as_str(), &lease_of(&elsewhere), "made.up", ""] {
         let (status, v) = release(a, forged).await;
@@ -707,8 +708,8 @@ async fn places_in_flight_through_acquire_and_release() {
     assert_eq!(status, 400, "{v}");
 }
 
-/// A lease secret shorter than 16 characters is refused, from the
-/// environment and from the file, without echoing it.
+/// A lease secret shorter than 16 characters, or with spaces around it, is
+/// refused, from a flag, the environment and the file, without echoing it.
 #[tokio::test]
 async fn a_short_lease_secret_is_refused() {
     let dir = TempDir::new("short-secret");
@@ -716,6 +717,13 @@ async fn a_short_lease_secret_is_refused() {
     let (_, says) = Server::fail(&["--config", &file, "--lease-secret", "hunter2"]);
     assert!(says.contains("lease secret is too short"), "{says}");
     assert!(!says.contains("hunter2"), "{says}");
+    let padded = "a secret long enough, and a line break\n";
+    let (_, says) = Server::fail_with_env(
+        &["--config", &file],
+        &[("RATEKEEPER_LEASE_SECRET", padded)],
+    );
+    assert!(says.contains("surrounded by spaces"), "{says}");
+    assert!(!says.contains("long enough"), "{says}");
     let file = write(
         &dir.0,
         "short.toml",

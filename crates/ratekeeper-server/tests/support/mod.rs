@@ -107,8 +107,14 @@ impl Server {
 
     /// Starts the binary expecting it to fail; its exit status and stderr.
     pub(crate) fn fail(args: &[&str]) -> (i32, String) {
+        Self::fail_with_env(args, &[])
+    }
+
+    /// [`fail`](Self::fail) with `env` set.
+    pub(crate) fn fail_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_ratekeeper-server"))
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         assert!(!out.status.success(), "the server should refuse {args:?}");
