@@ -60,15 +60,19 @@ fn write(state: RuleState, ttl_us: u64) -> Write {
     }
 }
 
-/// Whether `decision`, made on `rule` by a store, leaves the key no room
-/// for a request to be let in at once: a denial, no unit left, or, on the
-/// rule a [`Limiter`](crate::Limiter) hands a store for a rule whose
-/// requests [wait in line](Rule::with_wait), nothing left but places in
-/// line. A store that bounds its keys keeps such state when it makes room
-/// (dropping it would give the key its whole limit back, and its line).
+/// Whether `decision`, made on `rule` by a store, leaves state that still
+/// holds requests back: a denial, no unit left, on the rule a
+/// [`Limiter`](crate::Limiter) hands a store for a rule whose requests
+/// [wait in line](Rule::with_wait) nothing left but places in line, or, on
+/// a concurrency rule, any place held (work still running holds it until
+/// it is released). A store that bounds its keys keeps such state when it
+/// makes room (dropping it would give the key its whole limit back, its
+/// line, or places still in use).
 #[inline]
 pub fn leaves_no_room(rule: &Rule, decision: &Decision) -> bool {
-    !decision.is_allowed() || decision.remaining() <= rule.places_in_line()
+    !decision.is_allowed()
+        || decision.remaining() <= rule.places_in_line()
+        || (rule.algorithm().limits_in_flight() && decision.remaining() < rule.capacity())
 }
 
 /// Checks that a request of `cost` units can ever fit `rule`: a cost above

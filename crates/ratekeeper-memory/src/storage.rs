@@ -36,8 +36,8 @@ const SWEEP_BATCH: usize = 1_024;
 /// background sweep.
 ///
 /// Eviction is never a way to reset a limit: state that still denies (a key
-/// whose last decision left no room for one more unit, or a key in a
-/// penalty) is never evicted, so a flood of fresh keys, of any rule, can
+/// whose last decision left no room for one more unit, a key in a
+/// penalty, or a concurrency rule's key with a place held) is never evicted, so a flood of fresh keys, of any rule, can
 /// only push out state that gives nothing away. When a shard holds nothing
 /// else (after four samples and a scan of up to 256 keys), a *new* key is
 /// refused with [`ErrorKind::Full`] and the bound holds: the HTTP policy

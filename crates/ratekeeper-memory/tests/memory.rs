@@ -115,8 +115,8 @@ async fn ten_million_distinct_keys_stay_bounded() {
 /// A flood of fresh keys (400 000 against a bound of 1 000) evicts only
 /// state that gives nothing away when dropped: a key that spent its limit
 /// stays denied (on a rule with a line too, whose places in line are free:
-/// the store sees them as units left), and another rule's penalty stays in
-/// force. A store full of
+/// the store sees them as units left), a place in flight still held stays
+/// held, and another rule's penalty stays in force. A store full of
 /// such state refuses new keys (`ErrorKind::Full`) and keeps its bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_flood_cannot_reset_spent_limits_or_penalties() {
@@ -144,6 +144,9 @@ async fn a_key_flood_cannot_reset_spent_limits_or_penalties() {
         .unwrap();
     let d = limiter.check_cost(&line, "victim", 10).await.unwrap();
     assert!(d.is_allowed() && d.remaining() == 0);
+    let jobs = Rule::concurrency("jobs", 3, Duration::from_secs(3_600)).unwrap();
+    let held = limiter.acquire(&jobs, "victim").await.unwrap();
+    assert_eq!(held.decision().remaining(), 2);
     for i in 0..400_000u64 {
         let d = limiter.check(&api, &format!("fresh-{i}")).await.unwrap();
         assert!(d.is_allowed() && d.remaining() == 2);
@@ -160,6 +163,9 @@ async fn a_key_flood_cannot_reset_spent_limits_or_penalties() {
         !(limiter.check(&line.without_wait(), "victim").await.unwrap()).is_allowed(),
         "the spent burst before a line was reset"
     );
+    let free = limiter.peek(&jobs, "victim").await.unwrap().remaining();
+    assert_eq!(free, 2, "a place in flight was forgotten");
+    drop(held);
     let stats = store.stats().await.unwrap();
     assert!(stats.keys.unwrap() <= 1_000, "{stats:?}");
 
