@@ -176,7 +176,10 @@ pub(crate) async fn acquire(State(app): State<Arc<App>>, body: Bytes) -> Respons
     // Drawn first: a place is never taken without an id to give it back.
     let mut nonce = [0; 16];
     if let Err(e) = getrandom::fill(&mut nonce) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("no random source: {e}"));
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("no random source: {e}"),
+        );
     }
     let reservation = match app.service.limiter().reserve(&rule, &body.key, units).await {
         Ok(r) => r,
@@ -243,7 +246,10 @@ pub(crate) async fn release(State(app): State<Arc<App>>, body: Bytes) -> Respons
             axum::Json(json!({"released": true, "limitRemaining": remaining})).into_response()
         }
         Ok(Err(answer)) => answer,
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the release failed: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the release failed: {e}"),
+        ),
     }
 }
 
@@ -263,7 +269,12 @@ async fn release_once(
     let mark = format!("{RELEASED}:{{{}}}", lease.nonce);
     match store.increment(&mark, 1, rule.quota().window()).await {
         Ok(1) => {}
-        Ok(_) => return Err(error(StatusCode::CONFLICT, "this lease was released already")),
+        Ok(_) => {
+            return Err(error(
+                StatusCode::CONFLICT,
+                "this lease was released already",
+            ));
+        }
         Err(e) => return Err(unavailable(&e)),
     }
     let release = Adjustment::Refund {

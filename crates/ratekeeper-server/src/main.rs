@@ -276,7 +276,10 @@ async fn run(args: Args) -> Result<(), String> {
     });
     let limits = app.service.limits();
     if limits.server.lease_secret.is_none()
-        && limits.rules.values().any(|r| r.algorithm().limits_in_flight())
+        && limits
+            .rules
+            .values()
+            .any(|r| r.algorithm().limits_in_flight())
     {
         tracing::warn!(
             target: "ratekeeper::server",

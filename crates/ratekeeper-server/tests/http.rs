@@ -718,10 +718,8 @@ async fn a_short_lease_secret_is_refused() {
     assert!(says.contains("lease secret is too short"), "{says}");
     assert!(!says.contains("hunter2"), "{says}");
     let padded = "a secret long enough, and a line break\n";
-    let (_, says) = Server::fail_with_env(
-        &["--config", &file],
-        &[("RATEKEEPER_LEASE_SECRET", padded)],
-    );
+    let (_, says) =
+        Server::fail_with_env(&["--config", &file], &[("RATEKEEPER_LEASE_SECRET", padded)]);
     assert!(says.contains("surrounded by spaces"), "{says}");
     assert!(!says.contains("long enough"), "{says}");
     let file = write(
