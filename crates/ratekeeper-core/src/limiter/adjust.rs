@@ -12,7 +12,7 @@ impl Limiter {
     /// learned late ([`Adjustment::Charge`]) or units given back
     /// ([`Adjustment::Refund`]), atomically over every entry. Returns one
     /// decision per entry: what a request of one unit would get afterwards.
-    /// See [`Storage::adjust`]. A refund to a rule that takes none
+    /// See [`Storage::adjust`](crate::Storage::adjust). A refund to a rule that takes none
     /// ([`Rule::takes_refunds`]: requests wait in its line) is an
     /// [`ErrorKind::InvalidInput`] error, and nothing changes.
     pub async fn adjust(&self, changes: &[(&Rule, &str, Adjustment)]) -> Result<Vec<Decision>> {
@@ -67,7 +67,7 @@ impl Limiter {
     }
 
     /// Gives `units` of `rule` back to `key` (the newest units, see
-    /// [`Adjustment::Refund`]; a [`Reservation`] knows when its units were
+    /// [`Adjustment::Refund`]; a [`Reservation`](crate::Reservation) knows when its units were
     /// taken and gives back exactly those). Returns what a request would
     /// get now; an [`ErrorKind::InvalidInput`] error on a rule that takes
     /// no refund ([`Rule::takes_refunds`]).
