@@ -11,8 +11,9 @@ use crate::storage::Adjustment;
 /// Places held on [`Concurrency`](crate::Algorithm::Concurrency) rules, taken by
 /// [`Limiter::acquire`](crate::Limiter::acquire) or
 /// [`acquire_each`](crate::Limiter::acquire_each): released by
-/// [`release`](Self::release), or when dropped (by a task on the tokio
-/// runtime it is dropped on; outside a runtime its leases stay until their
+/// [`release`](Self::release), or when dropped (on the tokio runtime it is
+/// dropped on: at once when the store answers at once, as the memory store
+/// does, else by a task; outside a runtime its leases stay until their
 /// rule's window has passed, as those of a process that crashed do). The
 /// units taken on rate rules in the same step stay taken: they were spent.
 ///
@@ -58,12 +59,15 @@ impl Permit {
             return Ok(());
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => runtime.spawn(release).await.unwrap_or_else(|e| {
-                Err(crate::Error::new(
-                    crate::ErrorKind::Other,
-                    format!("the release task failed: {e}"),
-                ))
-            }),
+            Ok(runtime) => match at_once(release) {
+                Ok(done) => done,
+                Err(rest) => runtime.spawn(rest).await.unwrap_or_else(|e| {
+                    Err(crate::Error::new(
+                        crate::ErrorKind::Other,
+                        format!("the release task failed: {e}"),
+                    ))
+                }),
+            },
             Err(_) => release.await,
         }
     }
@@ -137,20 +141,40 @@ fn release_later(release: Option<impl Future<Output = Result<()>> + Send + 'stat
     let Some(release) = release else {
         return;
     };
+    let warn = |e: crate::Error| {
+        tracing::warn!(
+            target: "ratekeeper",
+            error = %e,
+            "places in flight could not be released; they are held until they expire"
+        );
+    };
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn(async move {
-            if let Err(e) = release.await {
-                tracing::warn!(
-                    target: "ratekeeper",
-                    error = %e,
-                    "places in flight could not be released; they are held until they expire"
-                );
-            }
-        })),
+        Ok(runtime) => match at_once(release) {
+            Ok(done) => done.unwrap_or_else(warn),
+            Err(rest) => drop(runtime.spawn(async move { rest.await.unwrap_or_else(warn) })),
+        },
         Err(_) => tracing::warn!(
             target: "ratekeeper",
             "places in flight were dropped outside a tokio runtime; they are held until they expire"
         ),
+    }
+}
+
+/// A boxed release future, to finish on a task.
+type Rest = std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>;
+
+/// `release` polled once, in place, on the runtime it is called on: a
+/// store that answers at once (the memory store) gives the places back
+/// without a task. Otherwise the rest, to run on a task (which polls it
+/// again with its own waker).
+fn at_once(
+    release: impl Future<Output = Result<()>> + Send + 'static,
+) -> std::result::Result<Result<()>, Rest> {
+    let mut release: Rest = Box::pin(release);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match release.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(done) => Ok(done),
+        std::task::Poll::Pending => Err(release),
     }
 }
 
