@@ -98,6 +98,14 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// 503 past `max_in_flight`, at once: requests are never queued.
+pub(crate) fn busy() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many requests in flight; try again",
+    )
+}
+
 pub(crate) fn bad_request(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, message)
 }
@@ -263,10 +271,7 @@ async fn report(State(app): State<Arc<App>>, body: Bytes) -> Response {
 
 async fn decide(app: Arc<App>, body: &[u8], ask: Ask) -> Response {
     let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests in flight; try again",
-        );
+        return busy();
     };
     let body: CheckBody = match parse(body) {
         Ok(b) => b,

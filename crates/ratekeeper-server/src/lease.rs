@@ -27,7 +27,7 @@ use serde_json::json;
 use ratekeeper::{Adjustment, ErrorKind, Rule, Timestamp};
 
 use crate::App;
-use crate::http::{bad_request, error, parse};
+use crate::http::{bad_request, busy, error, parse};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -149,10 +149,7 @@ fn unavailable(e: &ratekeeper::Error) -> Response {
 /// whatever `on_store_error` says: a place cannot be granted without it.
 pub(crate) async fn acquire(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests in flight; try again",
-        );
+        return busy();
     };
     let body: AcquireBody = match parse(&body) {
         Ok(b) => b,
@@ -218,10 +215,7 @@ pub(crate) async fn acquire(State(app): State<Arc<App>>, body: Bytes) -> Respons
 /// id this server did not sign; 409 for an id released already.
 pub(crate) async fn release(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests in flight; try again",
-        );
+        return busy();
     };
     let body: ReleaseBody = match parse(&body) {
         Ok(b) => b,

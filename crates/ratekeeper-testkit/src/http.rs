@@ -1525,6 +1525,27 @@ pub async fn bodies_hold_their_places(h: Arc<dyn HttpHarness>) {
     assert!(back().await, "given back once the client went away");
 }
 
+/// `n` requests for `path` at once: how many were answered (200); the
+/// others must be refused with `Retry-After` (429).
+async fn answered_at_once(c: &TestClient, path: &'static str, n: usize) -> usize {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get(path, &[]).await })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        let r = task.await.expect("a request task");
+        match r.status {
+            200 => answered += 1,
+            429 => assert!(r.header("retry-after").is_some(), "{:?}", r.headers),
+            other => panic!("unexpected status {other}: {}", r.body),
+        }
+    }
+    answered
+}
+
 /// A GCRA rule of `limit` per `window` whose requests wait up to `up_to`
 /// for their turn, `waiters` at most.
 fn waiting(name: &str, (limit, window): (u64, u64), (up_to, waiters): (u64, u64)) -> Rule {
@@ -1557,21 +1578,7 @@ pub async fn requests_wait_their_turn(h: Arc<dyn HttpHarness>) {
     let limiter = Limiter::new(h.store().await);
     let p = HttpPolicy::new(limiter.clone(), routes.clone(), keys.clone());
     let (_server, c) = start(&h, p).await;
-    let tasks: Vec<_> = (0..6)
-        .map(|_| {
-            let c = c.clone();
-            tokio::spawn(async move { c.get("/counted", &[]).await })
-        })
-        .collect();
-    let mut answered = 0;
-    for task in tasks {
-        let r = task.await.expect("a request task");
-        match r.status {
-            200 => answered += 1,
-            429 => assert!(r.header("retry-after").is_some(), "{:?}", r.headers),
-            other => panic!("unexpected status {other}: {}", r.body),
-        }
-    }
+    let answered = answered_at_once(&c, "/counted", 6).await;
     assert_eq!(answered, 4, "two at once, two after their turn");
     assert_eq!(c.get("/calls", &[]).await.body, "calls=4");
 
@@ -1648,21 +1655,7 @@ pub async fn requests_wait_for_a_place(h: Arc<dyn HttpHarness>) {
         .expect("a pattern");
     let keys = KeyExtractor::new(KeySource::Ip);
     let (_server, c) = start(&h, policy(&h, routes, keys).await).await;
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let c = c.clone();
-            tokio::spawn(async move { c.get("/slow?ms=1500", &[]).await })
-        })
-        .collect();
-    let mut answered = 0;
-    for task in tasks {
-        let r = task.await.expect("a request task");
-        match r.status {
-            200 => answered += 1,
-            429 => assert!(r.header("retry-after").is_some(), "{:?}", r.headers),
-            other => panic!("unexpected status {other}: {}", r.body),
-        }
-    }
+    let answered = answered_at_once(&c, "/slow?ms=1500", 8).await;
     assert_eq!(answered, 5, "two at once, three after waiting for a place");
     assert_eq!(c.get("/most", &[]).await.body, "most=2");
 }
