@@ -8,8 +8,10 @@ use crate::reader::{Reader, Table};
 
 /// `[server]`: the rate-limit service's addresses, bounds and modes. Every
 /// field has a default, so a file of limits alone starts a service.
+///
+/// Its `Debug` form leaves the secrets out (`admin_token`, `lease_secret`).
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Envoy's rate-limit gRPC API; `None` (`"off"`): not served. Default
     /// `0.0.0.0:8081`, where Envoy's examples look for it.
@@ -78,6 +80,34 @@ pub struct ServerConfig {
     /// against `[lists]` (default `remote_address`, what Envoy's
     /// `remote_address` action sends).
     pub address_key: String,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ServerConfig")
+            .field("grpc", &self.grpc)
+            .field("http", &self.http)
+            .field("admin", &self.admin)
+            .field("admin_token", &secret(&self.admin_token))
+            .field("lease_secret", &secret(&self.lease_secret))
+            .field("shadow_mode", &self.shadow_mode)
+            .field("on_store_error", &self.on_store_error)
+            .field("degraded_instances", &self.degraded_instances)
+            .field("max_descriptors", &self.max_descriptors)
+            .field("max_entries", &self.max_entries)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("drain", &self.drain)
+            .field("request_timeout", &self.request_timeout)
+            .field("refunds", &self.refunds)
+            .field("json_logs", &self.json_logs)
+            .field("headers", &self.headers)
+            .field("watch", &self.watch)
+            .field("address_key", &self.address_key)
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {

@@ -243,6 +243,26 @@ fn the_server_section_reads_with_defaults_and_reports_every_problem() {
         Some(crate::StoreErrorMode::Deny)
     );
     assert_eq!(domains.on_store_error("other"), None);
+    // The secrets are read, and left out of the Debug form.
+    let config = Config::parse(
+        "[server]\nadmin_token = \"admin-secret-123\"\nlease_secret = \"a lease secret of 32 chars long!\"\n",
+        Format::Toml,
+    )
+    .unwrap();
+    let s = &config.server;
+    assert_eq!(
+        s.lease_secret.as_deref(),
+        Some("a lease secret of 32 chars long!")
+    );
+    let shown = format!("{s:?} {config:?}");
+    assert!(
+        !shown.contains("admin-secret") && !shown.contains("lease secret"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("lease_secret: Some(\"<redacted>\")"),
+        "{shown}"
+    );
     let found = errors(
         "[server]\ngrpc = \"localhost:80\"\nadmin = \"0.0.0.0:6070\"\nadmin_token = \" \"\non_store_error = \"maybe\"\nmax_entries = 0\nport = 1\n\n[[domains]]\ndomain = \"d\"\non_store_error = \"later\"\n",
     );
