@@ -660,6 +660,16 @@ impl Clock for Recorded {
     }
 }
 
+/// Lets `duration` pass between requests: at once on the simulated
+/// `clock`, else in real time.
+async fn pass(clock: &ManualClock, simulated: bool, duration: Duration) {
+    if simulated {
+        clock.advance(duration);
+    } else {
+        tokio::time::sleep(duration).await;
+    }
+}
+
 /// `test-rule`: `requests` of `cost` units, `interval` apart; on a
 /// concurrency rule each takes a place (a permit), released `hold` after
 /// it was admitted; with `wait`, requests over the rate wait in line.
@@ -715,11 +725,7 @@ async fn test_rule(
         std::collections::VecDeque::new();
     for i in 1..=requests {
         if i > 1 && !interval.is_zero() {
-            if simulated {
-                clock.advance(interval);
-            } else {
-                tokio::time::sleep(interval).await;
-            }
+            pass(&clock, simulated, interval).await;
             elapsed += interval;
         }
         while held.front().is_some_and(|(at, _)| *at <= elapsed) {
@@ -740,11 +746,7 @@ async fn test_rule(
                 if let Some(next) =
                     next.filter(|next| free.remaining() < cost && *next <= wait.up_to())
                 {
-                    if simulated {
-                        clock.advance(next);
-                    } else {
-                        tokio::time::sleep(next).await;
-                    }
+                    pass(&clock, simulated, next).await;
                     elapsed += next;
                     waited = next;
                     if let Some((_, permit)) = held.pop_front() {

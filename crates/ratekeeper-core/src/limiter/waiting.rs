@@ -220,25 +220,26 @@ impl Limiter {
 }
 
 /// `rule`'s line cut to `left` (for [`Limiter::until_ready_cost`]): the
-/// same places, fewer when their turns would come later than `left`.
-/// `None` when `rule` has no line, or its line needs no cut; a line with no
-/// place left within `left` is the rule without it (a request then waits
-/// only for the store to let it in at once).
+/// same places, fewer when their turns would come later than `left`; a
+/// line for a place in flight, as long as `left` (without end when there
+/// is no bound). `None` when `rule` has no line, or its line on a bucket
+/// needs no cut; a line with no place left within `left` is the rule
+/// without it (a request then waits only for the store to let it in at
+/// once).
 fn in_line_for(rule: &Rule, left: Option<Duration>) -> Option<Rule> {
     let wait = rule.wait()?;
-    if rule.queue().is_some() {
+    let up_to = if rule.queue().is_some() {
         // For a place: in line as long as the caller may wait, keeping its
         // place (none left: asked without a line).
-        let for_place = Wait::new(left.unwrap_or(WITHOUT_END), wait.waiters());
-        let unlined = rule.without_wait();
-        return Some(unlined.clone().with_wait(for_place).unwrap_or(unlined));
-    }
-    let left = left.filter(|left| *left < wait.up_to())?;
-    let shorter = crate::rule::Wait::new(left, wait.waiters());
+        left.unwrap_or(WITHOUT_END)
+    } else {
+        left.filter(|left| *left < wait.up_to())?
+    };
     // Without the rule's penalty: a request its whole line would have
     // placed is not to block the key.
     let unlined = rule.without_wait();
-    Some(unlined.clone().with_wait(shorter).unwrap_or(unlined))
+    let cut = Wait::new(up_to, wait.waiters());
+    Some(unlined.clone().with_wait(cut).unwrap_or(unlined))
 }
 
 /// When to look again at the store for a request denied for want of a
