@@ -261,12 +261,24 @@ pub fn adjust(
     let now = now.as_micros();
     rules
         .iter()
-        .map(|(rule, state, adjustment)| adjust_one(rule, *state, now, *adjustment))
+        .map(|(rule, state, adjustment)| adjust_at(rule, *state, now, *adjustment))
         .collect::<Result<Vec<_>>>()
         .map(|done| done.into_iter().unzip())
 }
 
-fn adjust_one(
+/// [`adjust`] on one rule, with nothing allocated: what a request of one
+/// unit would get after the change, and what to store.
+#[inline]
+pub fn adjust_one(
+    rule: &Rule,
+    state: Option<&RuleState>,
+    now: Timestamp,
+    adjustment: Adjustment,
+) -> Result<(Decision, Option<Write>)> {
+    adjust_at(rule, state, now.as_micros(), adjustment)
+}
+
+fn adjust_at(
     rule: &Rule,
     state: Option<&RuleState>,
     now: u64,

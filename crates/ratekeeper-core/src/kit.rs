@@ -5,7 +5,7 @@
 //!
 //! - **The decision step**: [`decide_one`], [`decide_all`] (all or nothing
 //!   over a request's rules), [`decide_each`] (the same, one decision per
-//!   rule), [`adjust`] (a late charge or a refund), [`check_cost`], and the [`Write`]s they ask a
+//!   rule), [`adjust`] and [`adjust_one`] (a late charge or a refund), [`check_cost`], and the [`Write`]s they ask a
 //!   store to make. Pure functions: a store runs them inside whatever makes
 //!   its step atomic (a lock, a transaction, a script).
 //! - **Rule state** and its versioned byte encoding: [`RuleState`] (whose
@@ -26,7 +26,7 @@
 //! of format, versioned (see [`RuleState`]).
 
 pub use crate::engine::{
-    AdjustInput, DecideFn, Input, StepFn, Write, adjust, check_cost, decide_all, decide_each,
+    AdjustInput, DecideFn, Input, StepFn, Write, adjust, adjust_one, check_cost, decide_all, decide_each,
     decide_one, leaves_no_room,
 };
 pub use crate::key::{bounded_key, state_key};

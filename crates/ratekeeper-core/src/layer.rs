@@ -224,6 +224,26 @@ pub trait LayeredStorage: Send + Sync + fmt::Debug {
     fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
         self.inner().decide_now(request)
     }
+
+    /// [`Storage::decide_each_now`]: `None`, so that every such decision
+    /// goes through [`decide_each_at`](Self::decide_each_at) or
+    /// [`decide_each`](Self::decide_each) and [`around`](Self::around). A
+    /// layer that changes neither may forward it.
+    fn decide_each_now(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Option<Result<(crate::clock::Timestamp, Vec<Decision>)>> {
+        let _ = request;
+        None
+    }
+
+    /// [`Storage::adjust_now`]: `None`, so that every adjustment goes
+    /// through [`adjust`](Self::adjust) and [`around`](Self::around). A
+    /// layer that changes nothing about adjustments may forward it.
+    fn adjust_now(&self, request: &AdjustRequest<'_>) -> Option<Result<Vec<Decision>>> {
+        let _ = request;
+        None
+    }
 }
 
 #[async_trait]
@@ -272,6 +292,15 @@ impl<T: LayeredStorage> Storage for T {
     }
     fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
         LayeredStorage::decide_now(self, request)
+    }
+    fn decide_each_now(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Option<Result<(crate::clock::Timestamp, Vec<Decision>)>> {
+        LayeredStorage::decide_each_now(self, request)
+    }
+    fn adjust_now(&self, request: &AdjustRequest<'_>) -> Option<Result<Vec<Decision>>> {
+        LayeredStorage::adjust_now(self, request)
     }
 }
 

@@ -55,9 +55,15 @@ impl Permit {
     /// ends (a request cancelled, a timeout).
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
-        let Some(release) = self.releasing() else {
+        let leases = self.reservation.leases();
+        if leases.is_empty() {
             return Ok(());
-        };
+        }
+        // A store that answers at once (the memory store) gives them back here.
+        if let Some(done) = self.reservation.limiter().adjust_now(&leases) {
+            return done.map(drop);
+        }
+        let release = releasing(self.reservation.limiter(), &leases);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => match at_once(release) {
                 Ok(done) => done,
@@ -72,38 +78,34 @@ impl Permit {
         }
     }
 
-    /// What gives the places back: `None` when it holds none (denied, or
-    /// no concurrency rule).
-    fn releasing(&self) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
-        releasing(self.reservation.limiter(), self.reservation.leases())
-    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.released {
-            release_later(self.releasing());
+            release_later(self.reservation.limiter(), &self.reservation.leases());
         }
     }
 }
 
-/// What gives back `leases` (refunds of places in flight) on `limiter`:
-/// `None` when there are none.
+/// What gives back `leases` (refunds of places in flight) on `limiter`,
+/// owning what it needs to run on a task.
 fn releasing(
     limiter: &Limiter,
-    leases: Vec<(Rule, String, Adjustment)>,
-) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
-    if leases.is_empty() {
-        return None;
-    }
+    leases: &[(&Rule, &str, Adjustment)],
+) -> impl Future<Output = Result<()>> + Send + 'static {
     let limiter = limiter.clone();
-    Some(async move {
+    let leases: Vec<(Rule, String, Adjustment)> = leases
+        .iter()
+        .map(|(rule, key, change)| ((*rule).clone(), (*key).to_owned(), *change))
+        .collect();
+    async move {
         let borrowed: Vec<(&Rule, &str, _)> = leases
             .iter()
             .map(|(rule, key, change)| (rule, key.as_str(), *change))
             .collect();
         limiter.adjust(&borrowed).await.map(drop)
-    })
+    }
 }
 
 /// Places in flight taken with a rate whose request then waits in line
@@ -115,10 +117,13 @@ pub(crate) struct HeldInLine {
 }
 
 impl HeldInLine {
-    pub(crate) fn new(limiter: &Limiter, leases: Vec<(Rule, String, Adjustment)>) -> Self {
+    pub(crate) fn new(limiter: &Limiter, leases: &[(&Rule, &str, Adjustment)]) -> Self {
         Self {
             limiter: limiter.clone(),
-            leases,
+            leases: leases
+                .iter()
+                .map(|(rule, key, change)| ((*rule).clone(), (*key).to_owned(), *change))
+                .collect(),
         }
     }
 
@@ -130,17 +135,21 @@ impl HeldInLine {
 
 impl Drop for HeldInLine {
     fn drop(&mut self) {
-        release_later(releasing(&self.limiter, std::mem::take(&mut self.leases)));
+        let leases: Vec<(&Rule, &str, Adjustment)> = (self.leases.iter())
+            .map(|(rule, key, change)| (rule, key.as_str(), *change))
+            .collect();
+        release_later(&self.limiter, &leases);
     }
 }
 
-/// Runs `release` on a task of the tokio runtime this is called on (what
-/// is dropped cannot wait for it); outside a runtime, or when it fails,
-/// the places stay taken until their leases expire, with a warning.
-fn release_later(release: Option<impl Future<Output = Result<()>> + Send + 'static>) {
-    let Some(release) = release else {
+/// Gives `leases` back: at once when the store can, else on a task of the
+/// tokio runtime this is called on (what is dropped cannot wait for it);
+/// outside a runtime, or when it fails, the places stay taken until their
+/// leases expire, with a warning.
+fn release_later(limiter: &Limiter, leases: &[(&Rule, &str, Adjustment)]) {
+    if leases.is_empty() {
         return;
-    };
+    }
     let warn = |e: crate::Error| {
         tracing::warn!(
             target: "ratekeeper",
@@ -148,8 +157,11 @@ fn release_later(release: Option<impl Future<Output = Result<()>> + Send + 'stat
             "places in flight could not be released; they are held until they expire"
         );
     };
+    if let Some(done) = limiter.adjust_now(leases) {
+        return done.map(drop).unwrap_or_else(warn);
+    }
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => match at_once(release) {
+        Ok(runtime) => match at_once(releasing(limiter, leases)) {
             Ok(done) => done.unwrap_or_else(warn),
             Err(rest) => drop(runtime.spawn(async move { rest.await.unwrap_or_else(warn) })),
         },
@@ -183,7 +195,7 @@ fn at_once(
 pub(crate) fn leases<'a>(
     taken: impl Iterator<Item = (&'a Rule, &'a str, u64)>,
     at: crate::Timestamp,
-) -> Vec<(Rule, String, Adjustment)> {
+) -> crate::limiter::Few<(&'a Rule, &'a str, Adjustment)> {
     taken
         .filter(|(rule, _, units)| *units > 0 && holds_places(rule))
         .map(|(rule, key, units)| {
@@ -191,7 +203,7 @@ pub(crate) fn leases<'a>(
                 units,
                 taken_at: Some(at),
             };
-            (rule.clone(), key.to_owned(), release)
+            (rule, key, release)
         })
         .collect()
 }

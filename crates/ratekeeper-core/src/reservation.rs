@@ -234,9 +234,9 @@ impl Reservation {
     /// The refunds that give back its places in flight (the units of its
     /// [`Concurrency`](crate::Algorithm::Concurrency) rules, at the instant
     /// they were taken); none when it was denied.
-    pub(crate) fn leases(&self) -> Vec<(Rule, String, Adjustment)> {
+    pub(crate) fn leases(&self) -> crate::limiter::Few<(&Rule, &str, Adjustment)> {
         if !self.admitted {
-            return Vec::new();
+            return crate::limiter::Few::new();
         }
         let taken = (self.entries.iter()).map(|(rule, key, units)| (rule, key.as_str(), *units));
         crate::permit::leases(taken, self.taken_at)

@@ -13,7 +13,7 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
 use ratekeeper_core::kit::{self, Write};
 use ratekeeper_core::{
-    AdjustRequest, CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic,
+    AdjustEntry, AdjustRequest, CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic,
     Result, Rule, Storage, StorageStats, SystemClock, Timestamp,
 };
 use std::hash::BuildHasher;
@@ -702,19 +702,29 @@ impl Storage for MemoryStorage {
     }
 
     async fn decide_each(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
-        self.ensure_open()?;
-        // No entries: the engine's step says so, as for `decide`.
-        self.decide_many(request.entries, request.now, kit::decide_each)
+        self.decide_each_sync(request)
+    }
+
+    async fn decide_each_at(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Result<(Timestamp, Vec<Decision>)> {
+        Ok((request.now, self.decide_each_sync(request)?))
+    }
+
+    fn decide_each_now(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Option<Result<(Timestamp, Vec<Decision>)>> {
+        Some(self.decide_each_sync(request).map(|each| (request.now, each)))
     }
 
     async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
-        self.ensure_open()?;
-        let rules: Vec<_> = request
-            .entries
-            .iter()
-            .map(|e| (e.rule, e.key, e.adjustment))
-            .collect();
-        self.step_many(&rules, request.now, kit::adjust)
+        self.adjust_sync(request)
+    }
+
+    fn adjust_now(&self, request: &AdjustRequest<'_>) -> Option<Result<Vec<Decision>>> {
+        Some(self.adjust_sync(request))
     }
 }
 
@@ -729,6 +739,74 @@ impl MemoryStorage {
             [entry] => self.decide_one(entry, request.now),
             many => self.decide_many(many, request.now, kit::decide_all),
         }
+    }
+
+    /// One decision per entry; one entry is decided as `decide` decides
+    /// it (the same answer and write as the step over many), with nothing
+    /// allocated but the answer.
+    fn decide_each_sync(&self, request: &DecideRequest<'_>) -> Result<Vec<Decision>> {
+        self.ensure_open()?;
+        match request.entries {
+            [entry] => Ok(vec![self.decide_one(entry, request.now)?]),
+            // No entries: the engine's step says so, as for `decide`.
+            many => self.decide_many(many, request.now, kit::decide_each),
+        }
+    }
+
+    fn adjust_sync(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
+        self.ensure_open()?;
+        if let [entry] = request.entries {
+            return Ok(vec![self.adjust_one(entry, request.now)?]);
+        }
+        let rules: Vec<_> = request
+            .entries
+            .iter()
+            .map(|e| (e.rule, e.key, e.adjustment))
+            .collect();
+        self.step_many(&rules, request.now, kit::adjust)
+    }
+
+    /// One adjustment, under its shard's lock: the step over many on one
+    /// entry, without its vectors (a place in flight given back).
+    fn adjust_one(&self, entry: &AdjustEntry<'_>, now: Timestamp) -> Result<Decision> {
+        let now_us = now.as_micros();
+        let key = RuleKey {
+            rule: entry.rule.name(),
+            key: entry.key,
+        };
+        let (hash, mut shard) = self.shard(&key);
+        let mut expired = 0;
+        if let Some(slot) = shard.live(hash, &key, now_us, &mut expired) {
+            let state = slot.value.rule_state(&key)?;
+            let (decision, write) =
+                kit::adjust_one(entry.rule, Some(&state), now, entry.adjustment)?;
+            if let Some(Write { state, ttl }) = write {
+                slot.value = Value::State(state);
+                slot.expires_at = expiry(now_us, ttl);
+                // The decision is a peek after the change, as the step over
+                // many marks a write.
+                slot.set_denying(kit::leaves_no_room(entry.rule, &decision));
+            }
+            return Ok(decision);
+        }
+        let (decision, write) = kit::adjust_one(entry.rule, None, now, entry.adjustment)?;
+        let mut evicted = Evicted::default();
+        if let Some(Write { state, ttl }) = write {
+            evicted = shard
+                .put(
+                    hash,
+                    &key,
+                    Value::State(state),
+                    kit::leaves_no_room(entry.rule, &decision),
+                    expiry(now_us, ttl),
+                    now_us,
+                )
+                .map_err(|Full| self.full())?;
+        }
+        drop(shard);
+        evicted.expired += expired;
+        self.record(evicted);
+        Ok(decision)
     }
 
     fn clear_all(&self) -> u64 {

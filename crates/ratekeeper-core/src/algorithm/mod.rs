@@ -29,7 +29,8 @@ pub(crate) struct Step<S> {
     pub(crate) reset_after: u64,
     /// When denied: µs until the same request would fit. Meaningless when allowed.
     pub(crate) retry_after: u64,
-    /// The state after the step.
+    /// The state after the step (a peek's, never written, may be left
+    /// unbuilt: the sliding log leaves it empty).
     pub(crate) state: S,
     /// Whether units were consumed (the state must be written).
     pub(crate) consumed: bool,

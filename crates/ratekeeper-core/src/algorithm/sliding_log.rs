@@ -33,18 +33,29 @@ pub(super) fn step(
         }
     }
 
-    let mut entries = live.to_vec();
-    if consumed {
-        add(&mut entries, now, cost);
+    // A peek is never written: its state is left empty, unbuilt. Otherwise
+    // room for the new entry up front: one allocation, not two.
+    let mut entries = Vec::new();
+    if cost > 0 {
+        entries.reserve_exact(live.len() + usize::from(consumed));
+        entries.extend_from_slice(live);
+        if consumed {
+            add(&mut entries, now, cost);
+        }
     }
     let used_after = if consumed {
         used.saturating_add(cost)
     } else {
         used
     };
-    let ttl = entries
-        .last()
-        .map_or(0, |(ts, _)| ts.saturating_add(window).saturating_sub(now));
+    // The newest entry after the step (`add` keeps them sorted).
+    let newest = live.last().map(|(ts, _)| *ts);
+    let newest = if consumed {
+        newest.max(Some(now))
+    } else {
+        newest
+    };
+    let ttl = newest.map_or(0, |ts| ts.saturating_add(window).saturating_sub(now));
     Step {
         allowed,
         remaining: limit.saturating_sub(used_after),

@@ -1,6 +1,6 @@
 //! Changes to budgets after the fact: charges and refunds.
 
-use super::{Limiter, no_duplicates};
+use super::{Few, Limiter, no_duplicates};
 use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
 use crate::permit::holds_places;
@@ -17,34 +17,45 @@ impl Limiter {
     /// [`ErrorKind::InvalidInput`] error, and nothing changes.
     pub async fn adjust(&self, changes: &[(&Rule, &str, Adjustment)]) -> Result<Vec<Decision>> {
         let keys = self.bounded_keys(changes.iter().map(|(_, key, _)| *key));
-        let entries: Vec<AdjustEntry<'_>> = changes
-            .iter()
-            .zip(&keys)
-            .map(|((rule, _, adjustment), key)| AdjustEntry {
-                key,
-                rule: rule.for_store(),
-                adjustment: *adjustment,
-            })
-            .collect();
-        no_duplicates(entries.iter().map(|e| (e.rule, e.key)))?;
-        if let Some((rule, _, _)) = changes.iter().find(|(rule, _, change)| {
-            !rule.takes_refunds() && matches!(change, Adjustment::Refund { units: 1.., .. })
-        }) {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "rule {:?} makes requests wait in line and takes no refund: moving the end \
-                     of its line back would give the next request a turn beside one still waiting",
-                    rule.name()
-                ),
-            ));
-        }
-        let request = AdjustRequest {
-            now: self.inner.clock.now(),
-            entries: &entries,
+        let entries = adjust_entries(changes, &keys)?;
+        let request = self.adjust_request(&entries);
+        let decisions = match self.inner.storage.adjust_now(&request) {
+            Some(decisions) => decisions?,
+            None => self.inner.storage.adjust(&request).await?,
         };
-        let decisions = self.inner.storage.adjust(&request).await?;
-        // A place in flight given back lets the first waiting for one in.
+        Ok(self.adjusted(changes, decisions))
+    }
+
+    /// [`adjust`](Self::adjust) without waiting: the answer if the store
+    /// can make the change at once ([`Storage::adjust_now`](crate::Storage::adjust_now)), `None` if it
+    /// must wait (then call `adjust`).
+    pub(crate) fn adjust_now(
+        &self,
+        changes: &[(&Rule, &str, Adjustment)],
+    ) -> Option<Result<Vec<Decision>>> {
+        let keys = self.bounded_keys(changes.iter().map(|(_, key, _)| *key));
+        let entries = match adjust_entries(changes, &keys) {
+            Ok(entries) => entries,
+            Err(e) => return Some(Err(e)),
+        };
+        let decisions = self.inner.storage.adjust_now(&self.adjust_request(&entries))?;
+        Some(decisions.map(|decisions| self.adjusted(changes, decisions)))
+    }
+
+    fn adjust_request<'a>(&self, entries: &'a [AdjustEntry<'a>]) -> AdjustRequest<'a> {
+        AdjustRequest {
+            now: self.inner.clock.now(),
+            entries,
+        }
+    }
+
+    /// What the store answered to `changes`, as each rule's clients see it;
+    /// a place in flight given back lets the first waiting for one in.
+    fn adjusted(
+        &self,
+        changes: &[(&Rule, &str, Adjustment)],
+        decisions: Vec<Decision>,
+    ) -> Vec<Decision> {
         if !self.inner.lines.is_empty() {
             for (rule, key, change) in changes {
                 if matches!(change, Adjustment::Refund { units: 1.., .. }) && holds_places(rule) {
@@ -52,11 +63,11 @@ impl Limiter {
                 }
             }
         }
-        Ok(changes
-            .iter()
-            .zip(decisions)
-            .map(|((rule, _, _), decision)| rule.read_store(decision).0)
-            .collect())
+        decisions
+            .into_iter()
+            .zip(changes)
+            .map(|(decision, (rule, _, _))| rule.read_store(decision).0)
+            .collect()
     }
 
     /// Charges `units` of `rule` for `key` after the fact, whatever is
@@ -88,4 +99,37 @@ impl Limiter {
             )
         })
     }
+}
+
+/// The store's entries for `changes`, over their bounded `keys`: an
+/// [`ErrorKind::InvalidInput`] error for the same rule and key twice, or a
+/// refund to a rule that takes none ([`Rule::takes_refunds`]: requests
+/// wait in its line).
+fn adjust_entries<'a>(
+    changes: &'a [(&'a Rule, &'a str, Adjustment)],
+    keys: &'a [std::borrow::Cow<'_, str>],
+) -> Result<Few<AdjustEntry<'a>>> {
+    let entries: Few<AdjustEntry<'a>> = changes
+        .iter()
+        .zip(keys)
+        .map(|((rule, _, adjustment), key)| AdjustEntry {
+            key,
+            rule: rule.for_store(),
+            adjustment: *adjustment,
+        })
+        .collect();
+    no_duplicates(entries.iter().map(|e| (e.rule, e.key)))?;
+    if let Some((rule, _, _)) = changes.iter().find(|(rule, _, change)| {
+        !rule.takes_refunds() && matches!(change, Adjustment::Refund { units: 1.., .. })
+    }) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "rule {:?} makes requests wait in line and takes no refund: moving the end \
+                 of its line back would give the next request a turn beside one still waiting",
+                rule.name()
+            ),
+        ));
+    }
+    Ok(entries)
 }

@@ -1,5 +1,6 @@
 //! The limiter: the API applications call, from HTTP middleware or any async code.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,10 @@ use crate::storage::{DecideEntry, DecideRequest, Storage};
 
 mod adjust;
 mod waiting;
+
+/// What a request has one of per rule: inline for one or two rules (the
+/// usual request), so that no allocation is made for them.
+pub(crate) type Few<T> = smallvec::SmallVec<[T; 2]>;
 
 /// Decides whether requests may proceed, against a shared [`Storage`].
 ///
@@ -305,14 +310,21 @@ impl Limiter {
             .map(|(rule, _, cost)| (rule.for_store(), *cost));
         let entries = entries(for_store, &keys)?;
         let request = self.request(&entries);
-        let timer = observe::Timer::start();
-        let result = if at || in_line {
-            self.inner.storage.decide_each_at(&request).await
-        } else {
-            let each = self.inner.storage.decide_each(&request).await;
-            each.map(|decisions| (request.now, decisions))
+        // Stores that never wait answer here, without boxing a future.
+        let result = match self.inner.storage.decide_each_now(&request) {
+            Some(result) => result,
+            None => {
+                let timer = observe::Timer::start();
+                let result = if at || in_line {
+                    self.inner.storage.decide_each_at(&request).await
+                } else {
+                    let each = self.inner.storage.decide_each(&request).await;
+                    each.map(|decisions| (request.now, decisions))
+                };
+                timer.stop();
+                result
+            }
         };
-        timer.stop();
         let (at, result) = match result {
             Ok((at, decisions)) => (at, Ok(decisions)),
             Err(e) => (request.now, Err(e)),
@@ -350,7 +362,7 @@ impl Limiter {
             // asleep); places in flight taken with it come back.
             let taken = checks.iter().zip(&keys);
             let taken = taken.map(|((rule, _, cost), key)| (*rule, key.as_ref(), *cost));
-            let held = HeldInLine::new(self, crate::permit::leases(taken, at));
+            let held = HeldInLine::new(self, &crate::permit::leases(taken, at));
             self.inner.clock.sleep(wait).await;
             held.keep();
         }
@@ -468,10 +480,8 @@ impl Limiter {
         }
     }
 
-    fn bounded_keys<'a>(
-        &self,
-        keys: impl Iterator<Item = &'a str>,
-    ) -> Vec<std::borrow::Cow<'a, str>> {
+    /// Each key bounded; one or two kept inline, with nothing allocated.
+    fn bounded_keys<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Few<Cow<'a, str>> {
         keys.map(|key| bounded_key(key, self.inner.max_key_len))
             .collect()
     }
@@ -508,9 +518,9 @@ fn waits<'a>(mut rules: impl Iterator<Item = &'a Rule>) -> bool {
 /// keys; the same rule and key twice is an error.
 fn entries<'a>(
     rules: impl Iterator<Item = (&'a Rule, u64)>,
-    keys: &'a [std::borrow::Cow<'_, str>],
-) -> Result<Vec<DecideEntry<'a>>> {
-    let entries: Vec<DecideEntry<'a>> = rules
+    keys: &'a [Cow<'_, str>],
+) -> Result<Few<DecideEntry<'a>>> {
+    let entries: Few<DecideEntry<'a>> = rules
         .zip(keys)
         .map(|((rule, cost), key)| DecideEntry { key, rule, cost })
         .collect();

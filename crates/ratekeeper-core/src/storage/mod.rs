@@ -340,6 +340,21 @@ pub trait Storage: Send + Sync + fmt::Debug {
         Ok((request.now, self.decide_each(request).await?))
     }
 
+    /// [`decide_each_at`](Self::decide_each_at) for stores that never
+    /// wait, as [`decide_now`](Self::decide_now) is for `decide`: the
+    /// [`Limiter`](crate::Limiter) calls this first (reservations, permits,
+    /// checks of several rules) and falls back to `decide_each_at` or
+    /// [`decide_each`](Self::decide_each) when it returns `None`. An
+    /// implementation must answer exactly as `decide_each_at` would. The
+    /// default returns `None`.
+    fn decide_each_now(
+        &self,
+        request: &DecideRequest<'_>,
+    ) -> Option<Result<(Timestamp, Vec<Decision>)>> {
+        let _ = request;
+        None
+    }
+
     /// Changes the budgets of rules after the fact: charges a cost learned
     /// late, or gives units back (see [`Adjustment`]), atomically: every
     /// entry or none, with respect to every other caller. Returns one
@@ -352,6 +367,18 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// store has its own.
     async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {
         adjust_with_cas(self, request).await
+    }
+
+    /// The adjustment step for stores that never wait, as
+    /// [`decide_now`](Self::decide_now) is for decisions: the
+    /// [`Limiter`](crate::Limiter) calls this first (a
+    /// [`Permit`](crate::Permit) giving its places back, a charge or a
+    /// refund) and falls back to [`adjust`](Self::adjust) when it returns
+    /// `None`, which saves boxing a future. An implementation must answer
+    /// exactly as `adjust` would. The default returns `None`.
+    fn adjust_now(&self, request: &AdjustRequest<'_>) -> Option<Result<Vec<Decision>>> {
+        let _ = request;
+        None
     }
 
     /// The value at `key`, or `None` if it is absent or expired.
