@@ -26,8 +26,8 @@
 //! of format, versioned (see [`RuleState`]).
 
 pub use crate::engine::{
-    AdjustInput, DecideFn, Input, StepFn, Write, adjust, adjust_one, check_cost, decide_all, decide_each,
-    decide_one, leaves_no_room,
+    AdjustInput, DecideFn, Input, StepFn, Write, adjust, adjust_one, check_cost, decide_all,
+    decide_each, decide_one, leaves_no_room,
 };
 pub use crate::key::{bounded_key, state_key};
 pub use crate::state::{

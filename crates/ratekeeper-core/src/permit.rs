@@ -11,10 +11,11 @@ use crate::storage::Adjustment;
 /// Places held on [`Concurrency`](crate::Algorithm::Concurrency) rules, taken by
 /// [`Limiter::acquire`](crate::Limiter::acquire) or
 /// [`acquire_each`](crate::Limiter::acquire_each): released by
-/// [`release`](Self::release), or when dropped (on the tokio runtime it is
-/// dropped on: at once when the store answers at once, as the memory store
-/// does, else by a task; outside a runtime its leases stay until their
-/// rule's window has passed, as those of a process that crashed do). The
+/// [`release`](Self::release), or when dropped (at once when the store
+/// answers at once, as the memory store does, anywhere; otherwise by a task
+/// of the tokio runtime it is dropped on, and outside a runtime its leases
+/// stay until their rule's window has passed, as those of a process that
+/// crashed do). The
 /// units taken on rate rules in the same step stay taken: they were spent.
 ///
 /// A denied permit holds nothing.
@@ -77,7 +78,6 @@ impl Permit {
             Err(_) => release.await,
         }
     }
-
 }
 
 impl Drop for Permit {

@@ -1,5 +1,7 @@
 //! Reservations: an estimate taken now, settled at the real cost later.
 
+use smol_str::SmolStr;
+
 use crate::clock::Timestamp;
 use crate::decision::Decision;
 use crate::error::{Error, ErrorKind, Result};
@@ -36,7 +38,7 @@ use crate::storage::Adjustment;
 pub struct Reservation {
     limiter: Limiter,
     /// Each rule, its bounded key and its estimate.
-    entries: Vec<(Rule, String, u64)>,
+    entries: Vec<(Rule, SmolStr, u64)>,
     taken_at: Timestamp,
     decisions: Vec<Decision>,
     /// The most restrictive of `decisions`.
@@ -53,7 +55,7 @@ impl Reservation {
     /// the store answered one decision per entry.
     pub(crate) fn new(
         limiter: Limiter,
-        entries: Vec<(Rule, String, u64)>,
+        entries: Vec<(Rule, SmolStr, u64)>,
         taken_at: Timestamp,
         decisions: Vec<Decision>,
     ) -> Result<Self> {

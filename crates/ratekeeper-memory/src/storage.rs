@@ -13,8 +13,8 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
 use ratekeeper_core::kit::{self, Write};
 use ratekeeper_core::{
-    AdjustEntry, AdjustRequest, CasOp, Clock, DecideEntry, DecideRequest, Decision, Error, ErrorKind, Periodic,
-    Result, Rule, Storage, StorageStats, SystemClock, Timestamp,
+    AdjustEntry, AdjustRequest, CasOp, Clock, DecideEntry, DecideRequest, Decision, Error,
+    ErrorKind, Periodic, Result, Rule, Storage, StorageStats, SystemClock, Timestamp,
 };
 use std::hash::BuildHasher;
 
@@ -716,7 +716,10 @@ impl Storage for MemoryStorage {
         &self,
         request: &DecideRequest<'_>,
     ) -> Option<Result<(Timestamp, Vec<Decision>)>> {
-        Some(self.decide_each_sync(request).map(|each| (request.now, each)))
+        Some(
+            self.decide_each_sync(request)
+                .map(|each| (request.now, each)),
+        )
     }
 
     async fn adjust(&self, request: &AdjustRequest<'_>) -> Result<Vec<Decision>> {

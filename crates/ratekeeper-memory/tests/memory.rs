@@ -304,6 +304,67 @@ fn builds_outside_a_runtime_without_a_sweep() {
 }
 
 #[tokio::test]
+async fn refunds_and_places_given_back_leave_their_keys_evictable() {
+    // Every key spent, then given a unit back: each has room again, so a
+    // full store makes room for a new key by evicting one of them.
+    let store = MemoryStorage::builder().max_size(16).shards(1).build();
+    let limiter = Limiter::new(Arc::new(store));
+    let two = Rule::new("two", Algorithm::FixedWindow, "2/hour".parse().unwrap()).unwrap();
+    for i in 0..16 {
+        let key = format!("k{i}");
+        limiter.check_cost(&two, &key, 2).await.unwrap();
+        assert!(!limiter.peek(&two, &key).await.unwrap().is_allowed());
+        let back = limiter.refund(&two, &key, 1).await.unwrap();
+        assert_eq!(back.remaining(), 1);
+    }
+    assert!(limiter.check(&two, "fresh").await.unwrap().is_allowed());
+    // The same for places in flight taken and given back.
+    let one = Rule::concurrency("one", 1, Duration::from_secs(600)).unwrap();
+    for i in 0..16 {
+        let permit = limiter.acquire(&one, &format!("p{i}")).await.unwrap();
+        assert!(permit.is_allowed());
+        permit.release().await.unwrap();
+    }
+    let fresh = limiter.acquire(&one, "fresh").await.unwrap();
+    assert!(fresh.is_allowed());
+    // Held places are never evicted: a full store of held keys refuses.
+    drop(fresh);
+    let mut held = Vec::new();
+    for i in 0..16 {
+        held.push(limiter.acquire(&one, &format!("h{i}")).await.unwrap());
+    }
+    let refused = limiter.acquire(&one, "one-more").await.unwrap_err();
+    assert_eq!(refused.kind(), ratekeeper_core::ErrorKind::Full);
+}
+
+#[test]
+fn a_permit_dropped_outside_a_runtime_gives_its_place_back() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let limiter = Limiter::new(Arc::new(MemoryStorage::new()));
+    let rule = Rule::concurrency("one", 1, Duration::from_secs(600)).unwrap();
+    let permit = runtime.block_on(limiter.acquire(&rule, "k")).unwrap();
+    assert!(permit.is_allowed());
+    assert!(
+        !runtime
+            .block_on(limiter.acquire(&rule, "k"))
+            .unwrap()
+            .is_allowed()
+    );
+    // No runtime here: the memory store answers at once, so the place
+    // comes back now, not when its lease expires.
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    drop(permit);
+    assert!(
+        runtime
+            .block_on(limiter.acquire(&rule, "k"))
+            .unwrap()
+            .is_allowed()
+    );
+}
+
+#[tokio::test]
 async fn closing_the_store_ends_the_sweep() {
     let store = MemoryStorage::builder()
         .cleanup_interval(Some(Duration::from_millis(1)))

@@ -38,7 +38,10 @@ impl Limiter {
             Ok(entries) => entries,
             Err(e) => return Some(Err(e)),
         };
-        let decisions = self.inner.storage.adjust_now(&self.adjust_request(&entries))?;
+        let decisions = self
+            .inner
+            .storage
+            .adjust_now(&self.adjust_request(&entries))?;
         Some(decisions.map(|decisions| self.adjusted(changes, decisions)))
     }
 

@@ -400,7 +400,8 @@ impl Limiter {
         let entries = checks
             .iter()
             .map(|(rule, key, estimate)| {
-                let key = bounded_key(key, self.inner.max_key_len).into_owned();
+                // Short keys are held inline, with nothing allocated.
+                let key = smol_str::SmolStr::new(bounded_key(key, self.inner.max_key_len));
                 ((*rule).clone(), key, *estimate)
             })
             .collect();
