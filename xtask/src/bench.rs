@@ -289,7 +289,9 @@ fn in_process_ns(
 /// script back to back, and prints the rows as JSON.
 fn redis(root: &Path) -> Result<(), String> {
     let bench = release_binary(root, "redis-bench")?;
+    let limitador = limitador_peer(root)?;
     let out = std::process::Command::new(&bench)
+        .env("LIMITADOR_PEER", &limitador)
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", bench.display()))?;
@@ -299,7 +301,7 @@ fn redis(root: &Path) -> Result<(), String> {
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("redis-bench printed no JSON rows: {e}"))?;
     let mut table = String::from(
-        "| row | ours (decisions/s) | redis-benchmark (decisions/s) | ratio ours/peer |\n|---|---:|---:|---:|\n",
+        "| row | ours (decisions/s) | peer (decisions/s) | ratio ours/peer |\n|---|---:|---:|---:|\n",
     );
     for row in &rows {
         let field = |name: &str| row.get(name).and_then(Value::as_f64).unwrap_or(0.0);
@@ -400,6 +402,16 @@ fn redis_footnote(row: &Value) -> String {
          `Permit::release`: two script calls) on 1 000 keys; the peer column is the same 50 tasks making GCRA decisions \
          (one script call each) on the same server. The goal is at least 0.5.\n"
             .to_owned()
+    } else if name.ends_with("/vs-limitador") {
+        format!(
+            "\n`{name}`: the peer column is limitador 0.14 (`AsyncRateLimiter` on its exact Redis counters, \
+             `AsyncRedisStorage`) making the same requests on the same server: {:.0} fixed window(s) per request, keys \
+             over 1 000 values, never denied; ours is `Limiter::check_rules` on the Redis store. Script calls per \
+             decision: ours {:.2}, limitador {:.2}.\n",
+            field("limits"),
+            field("ours_script_calls_per_decision"),
+            field("peer_script_calls_per_decision"),
+        )
     } else if name == "sliding_window_log/denied-full/c50" {
         format!(
             "\n`{name}`: 50 tasks, every request denied by one key whose sliding log holds 10 000 entries; the peer column is \
@@ -446,6 +458,31 @@ fn release_binary(root: &Path, name: &str) -> Result<PathBuf, String> {
         &[],
     )?;
     Ok(root.join("target/release").join(name))
+}
+
+/// Builds the limitador side of the Redis rows: a workspace of its own
+/// (`crates/ratekeeper-bench/peers/limitador`), so that limitador and what
+/// it pulls in stay out of the workspace's builds and CI. limitador's Redis
+/// counters do not compile without its disk storage, which builds RocksDB
+/// with bindgen: `libclang-dev` is installed when the build fails for want
+/// of it. The first build takes a while (RocksDB is C++).
+fn limitador_peer(root: &Path) -> Result<PathBuf, String> {
+    let manifest = root.join("crates/ratekeeper-bench/peers/limitador/Cargo.toml");
+    let target = root.join("target/peers");
+    let (manifest, target) = (manifest.display().to_string(), target.display().to_string());
+    let args = [
+        "build",
+        "--release",
+        "--manifest-path",
+        &manifest,
+        "--target-dir",
+        &target,
+    ];
+    if cargo(&args, &[]).is_err() {
+        crate::apt_install("libclang-dev", "limitador's build needs libclang (bindgen)")?;
+        cargo(&args, &[])?;
+    }
+    Ok(root.join("target/peers/release/limitador-peer"))
 }
 
 /// Writes a suite's rows to `target/bench/SUITE.json` and its table to

@@ -80,15 +80,26 @@ fn provision() -> Result<(), String> {
     if on_path("redis-server") && on_path("redis-cli") {
         return Ok(());
     }
-    let install = "apt-get install -y redis-server";
+    apt_install("redis-server", "the tests need redis-server and redis-cli")?;
+    if on_path("redis-server") && on_path("redis-cli") {
+        Ok(())
+    } else {
+        Err("redis-server was installed but is not on PATH".to_owned())
+    }
+}
+
+/// Installs Debian's `package` when running as root with `apt-get`;
+/// otherwise an error saying `why` it is needed and the command to run.
+pub(crate) fn apt_install(package: &str, why: &str) -> Result<(), String> {
+    let install = format!("apt-get install -y {package}");
     let is_root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if !is_root || !on_path("apt-get") {
         return Err(format!(
-            "the tests need redis-server and redis-cli, which are not installed; install them \
-             (Debian/Ubuntu: `sudo {install}`) and run this again"
+            "{why}, which is not installed; install it (Debian/Ubuntu: `sudo {install}`) and \
+             run this again"
         ));
     }
     eprintln!("$ {install}");
@@ -100,17 +111,14 @@ fn provision() -> Result<(), String> {
             .is_ok_and(|s| s.success())
     };
     // A fresh machine may have no package lists yet.
-    let installed = apt(&["install", "-y", "redis-server"])
-        || (apt(&["update"]) && apt(&["install", "-y", "redis-server"]));
-    if !installed {
-        return Err(format!(
-            "`{install}` failed; install redis-server and run this again"
-        ));
-    }
-    if on_path("redis-server") && on_path("redis-cli") {
+    let installed =
+        apt(&["install", "-y", package]) || (apt(&["update"]) && apt(&["install", "-y", package]));
+    if installed {
         Ok(())
     } else {
-        Err("redis-server was installed but is not on PATH".to_owned())
+        Err(format!(
+            "`{install}` failed; install {package} and run this again"
+        ))
     }
 }
 

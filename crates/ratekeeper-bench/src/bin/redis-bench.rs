@@ -40,6 +40,17 @@
 //! tasks making GCRA decisions (one call each) on the same server; pairs
 //! per second against decisions per second.
 //!
+//! The rows `fixed_window/c1/vs-limitador`, `fixed_window/c50/vs-limitador`
+//! and `three-limits/c50/vs-limitador` set us beside limitador, the
+//! rate-limit library behind Kuadrant: the same requests through its exact
+//! Redis counters (`AsyncRateLimiter` on `AsyncRedisStorage`), on the same
+//! server, by `limitador-peer` (`crates/ratekeeper-bench/peers/limitador`,
+//! built by `cargo xtask bench redis`, which passes its path in
+//! `LIMITADOR_PEER`; without it those rows are left out, saying so). Every
+//! request counts against one fixed window (1 000 000 a second) or three (a
+//! second, a minute, an hour, at the same rate), keys over 1 000 values,
+//! never denied. Both also report script calls per decision.
+//!
 //! `REDIS_BENCH_ONLY=gcra/c1` runs one row, and `REDIS_BENCH_SIDE=ours` (or
 //! `peer`) one side of it, for profiling.
 
@@ -75,16 +86,75 @@ fn rule(algorithm: Algorithm) -> Result<Rule, Box<dyn std::error::Error>> {
 
 /// Decisions per second through our store with `tasks` concurrent tasks.
 fn ours(url: &str, algorithm: Algorithm, tasks: u64) -> Result<f64, Box<dyn std::error::Error>> {
+    Ok(ours_rules(url, &[rule(algorithm)?], tasks)?.per_s)
+}
+
+/// [`ours`], each request checked against every one of `rules` at once
+/// (`Limiter::check_rules`).
+fn ours_rules(url: &str, rules: &[Rule], tasks: u64) -> Result<Driven, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let rule = rule(algorithm)?;
     runtime.block_on(async {
         let store = RedisStorage::connect(url).await?;
         let limiter = Limiter::new(Arc::new(store));
-        let driven = drive(&[limiter], &rule, tasks, |_, i, _| format!("k{}", i % KEYS)).await?;
-        Ok(driven.per_s)
+        let key: fn(u64, u64, u64) -> String = |_, i, _| format!("k{}", i % KEYS);
+        drive_op(&[limiter], rules, tasks, key, Op::Check).await
     })
+}
+
+/// The fixed windows of the rows against limitador: 1 000 000 a second,
+/// then a minute and an hour at the same rate, the first `n` of them (the
+/// same limits `limitador-peer` sets).
+fn fixed_windows(n: usize) -> Result<Vec<Rule>, Box<dyn std::error::Error>> {
+    [1_u64, 60, 3_600]
+        .into_iter()
+        .take(n)
+        .map(|seconds| {
+            let quota = Quota::new(1_000_000 * seconds, Duration::from_secs(seconds))?;
+            Ok(Rule::new(
+                &format!("fw-{seconds}s"),
+                Algorithm::FixedWindow,
+                quota,
+            )?)
+        })
+        .collect()
+}
+
+/// What `limitador-peer` measured: decisions per second and decisions
+/// made (warm-up included), with `tasks` tasks and `limits` fixed windows
+/// per request; `None` when `LIMITADOR_PEER` is not set.
+fn limitador(
+    redis_url: &str,
+    tasks: u64,
+    limits: usize,
+) -> Result<Option<(f64, f64)>, Box<dyn std::error::Error>> {
+    let Some(binary) = std::env::var_os("LIMITADOR_PEER") else {
+        return Ok(None);
+    };
+    let out = Command::new(&binary)
+        .args([
+            redis_url.to_owned(),
+            tasks.to_string(),
+            limits.to_string(),
+            KEYS.to_string(),
+            WARM_UP.as_millis().to_string(),
+            MEASURE.as_millis().to_string(),
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(format!("limitador-peer failed ({})", out.status).into());
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let field = |name: &str| {
+        answer
+            .get(name)
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| format!("limitador-peer answered no {name:?}: {answer}"))
+    };
+    Ok(Some((field("per_s")?, field("total")?)))
 }
 
 /// What each task does per iteration.
@@ -110,7 +180,7 @@ fn places(url: &str, tasks: u64) -> Result<(f64, f64), Box<dyn std::error::Error
         let limiter = Limiter::new(Arc::new(store));
         let ours = drive_op(
             std::slice::from_ref(&limiter),
-            &places,
+            std::slice::from_ref(&places),
             tasks,
             key,
             Op::AcquireRelease,
@@ -142,13 +212,13 @@ async fn drive(
     tasks: u64,
     key: fn(u64, u64, u64) -> String,
 ) -> Result<Driven, Box<dyn std::error::Error>> {
-    drive_op(limiters, rule, tasks, key, Op::Check).await
+    drive_op(limiters, std::slice::from_ref(rule), tasks, key, Op::Check).await
 }
 
-/// [`drive`], each iteration doing `op`.
+/// [`drive`], each iteration doing `op` on every one of `rules` at once.
 async fn drive_op(
     limiters: &[Limiter],
-    rule: &Rule,
+    rules: &[Rule],
     tasks: u64,
     key: fn(u64, u64, u64) -> String,
     op: Op,
@@ -162,7 +232,7 @@ async fn drive_op(
         .iter()
         .flat_map(|limiter| (0..tasks).map(move |t| (limiter.clone(), t)))
         .map(|(limiter, t)| {
-            let rule = rule.clone();
+            let rules = rules.to_vec();
             let (counting, stop) = (counting.clone(), stop.clone());
             let (done, admitted, total) = (done.clone(), admitted.clone(), total.clone());
             tokio::spawn(async move {
@@ -170,10 +240,13 @@ async fn drive_op(
                 while !stop.load(Ordering::Relaxed) {
                     i = i.wrapping_add(7_919);
                     n += 1;
+                    let key = key(t, i, n);
                     let allowed = match op {
-                        Op::Check => limiter.check(&rule, &key(t, i, n)).await?.is_allowed(),
+                        Op::Check => limiter.check_rules(&rules, &key, 1).await?.is_allowed(),
                         Op::AcquireRelease => {
-                            let permit = limiter.acquire(&rule, &key(t, i, n)).await?;
+                            let checks: Vec<_> =
+                                rules.iter().map(|r| (r, key.as_str(), 1)).collect();
+                            let permit = limiter.acquire_each(&checks).await?;
                             let allowed = permit.is_allowed();
                             permit.release().await?;
                             allowed
@@ -486,6 +559,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "ours_per_s": (ours * 10.0).round() / 10.0,
             "peer_per_s": (peer * 10.0).round() / 10.0,
             "ratio": ((ours / peer) * 100.0).round() / 100.0,
+        }));
+    }
+    for (name, tasks, limits) in [
+        ("fixed_window/c1/vs-limitador", 1, 1),
+        ("fixed_window/c50/vs-limitador", 50, 1),
+        ("three-limits/c50/vs-limitador", 50, 3),
+    ] {
+        if !selected(name) {
+            continue;
+        }
+        let calls_before = server.script_calls();
+        let ours = ours_rules(&url, &fixed_windows(limits)?, tasks)?;
+        let ours_calls = server.script_calls().saturating_sub(calls_before) as f64;
+        let calls_before = server.script_calls();
+        let Some((peer, peer_total)) = limitador(&server.url(), tasks, limits)? else {
+            eprintln!(
+                "{name}: left out: LIMITADOR_PEER is not set (`cargo xtask bench redis` sets it)"
+            );
+            continue;
+        };
+        let peer_calls = server.script_calls().saturating_sub(calls_before) as f64;
+        let (ours_calls, peer_calls) = (ours_calls / ours.total as f64, peer_calls / peer_total);
+        eprintln!(
+            "{name}: ours {:.0}/s ({ours_calls:.2} script calls per decision), limitador {peer:.0}/s ({peer_calls:.2})",
+            ours.per_s
+        );
+        rows.push(json!({
+            "name": name,
+            "limits": limits,
+            "ours_per_s": (ours.per_s * 10.0).round() / 10.0,
+            "peer_per_s": (peer * 10.0).round() / 10.0,
+            "ratio": ((ours.per_s / peer) * 100.0).round() / 100.0,
+            "ours_script_calls_per_decision": (ours_calls * 100.0).round() / 100.0,
+            "peer_script_calls_per_decision": (peer_calls * 100.0).round() / 100.0,
         }));
     }
     if selected("attack/c50") {
