@@ -149,12 +149,12 @@ if ARGV[2] == '2' then
   return out
 end
 
--- One verdict per rule: { allowed, remaining, reset_after, retry_after, write,
--- peek } where write is { state, ttl } or nil, and peek the step's
--- arguments for a look at the rule without a cost.
-local verdicts = {}
-local admitted = true
-for i = 1, n do
+-- Rule i's verdict: allowed, remaining, reset_after, retry_after, what to
+-- write (the state and its TTL, or nil), then the step's arguments for a
+-- look at the rule without a cost (tag, quota, state of its algorithm) and
+-- the request's cost on it; or nil and the reason its state is not
+-- rate-limit state.
+local function judge(i)
   local b = 3 + (i - 1) * 7
   local tag = tonumber(ARGV[b + 1])
   local q = quota(b)
@@ -173,38 +173,57 @@ for i = 1, n do
   -- A sliding log is read lazily: a corrupt pair it meets is reported here.
   local ok, allowed, remaining, reset, retry, state, consumed, ttl, rewrite = pcall(STEP[tag], q, same, now, step_cost)
   if not ok then
-    if type(allowed) == 'table' and allowed.corrupt then return { -1, i - 1, allowed.corrupt } end
+    if type(allowed) == 'table' and allowed.corrupt then return nil, allowed.corrupt end
     error(allowed)
   end
-  local v
   if blocked then
     local wait = blocked_until - now
-    v = { false, 0, math.max(reset, wait), wait, nil }
-  elseif allowed then
-    local w = nil
-    if consumed then
-      state.tag = tag
-      state.blocked = 0
-      w = { state, ttl }
-    end
-    v = { true, remaining, reset, 0, w, { tag, q, same } }
-  elseif penalty > 0 and cost > 0 then
+    return false, 0, math.max(reset, wait), wait, nil, nil, tag, q, same, cost
+  end
+  if allowed then
+    if not consumed then return true, remaining, reset, 0, nil, nil, tag, q, same, cost end
+    state.tag = tag
+    state.blocked = 0
+    return true, remaining, reset, 0, state, ttl, tag, q, same, cost
+  end
+  if penalty > 0 and cost > 0 then
     state.tag = tag
     state.blocked = now + penalty
-    v = { false, 0, math.max(reset, penalty), math.max(retry, penalty), { state, math.max(ttl, penalty) } }
-  else
-    -- An older quota's debt, capped: written, so the wait stays true.
-    local w = nil
-    if rewrite and cost > 0 then
-      state.tag = tag
-      state.blocked = 0
-      w = { state, ttl }
-    end
-    v = { false, remaining, reset, retry, w }
+    return false, 0, math.max(reset, penalty), math.max(retry, penalty), state, math.max(ttl, penalty), tag, q, same, cost
   end
+  -- An older quota's debt, capped: written, so the wait stays true.
+  if rewrite and cost > 0 then
+    state.tag = tag
+    state.blocked = 0
+    return false, remaining, reset, retry, state, ttl, tag, q, same, cost
+  end
+  return false, remaining, reset, retry, nil, nil, tag, q, same, cost
+end
+
+if n == 1 and not each then
+  -- One rule, the combined answer (a plain check), without the tables of
+  -- the general step below. The request is admitted when the rule allows
+  -- or is only looked at, so its write (an admission, a penalty, a capped
+  -- debt) is made either way.
+  local allowed, remaining, reset, retry, state, ttl = judge(1)
+  if allowed == nil then return { -1, 0, remaining } end
+  if state ~= nil then store(KEYS[1], state, ttl) end
+  return { flag(allowed), 0, remaining, reset, retry }
+end
+
+-- One verdict per rule: { allowed, remaining, reset_after, retry_after, write,
+-- peek } where write is { state, ttl } or nil, and peek the step's
+-- arguments for a look at the rule without a cost.
+local verdicts = {}
+local admitted = true
+for i = 1, n do
+  local allowed, remaining, reset, retry, state, ttl, tag, q, same, cost = judge(i)
+  if allowed == nil then return { -1, i - 1, remaining } end
+  local w = nil
+  if state ~= nil then w = { state, ttl } end
   -- A rule only peeked at (cost 0) never holds the request back.
-  if not v[1] and cost > 0 then admitted = false end
-  verdicts[i] = v
+  if not allowed and cost > 0 then admitted = false end
+  verdicts[i] = { allowed, remaining, reset, retry, w, { tag, q, same } }
 end
 
 -- Decision::is_more_restrictive_than, for the pairs that compete.

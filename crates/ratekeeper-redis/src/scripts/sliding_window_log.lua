@@ -4,6 +4,7 @@
 -- wait of a denial are found by binary searches, so a denial reads O(log n)
 -- pairs of a log of n (each a GETRANGE of 16 bytes when the log was not read
 -- whole); an admission reads the live pairs once and writes them back.
+HAS_LOG = true
 -- The view of log `s` (an empty one for nil), its first live pair (an
 -- entry counts while now < timestamp + window: sliding_log.rs's live), and
 -- the running total before that pair.
