@@ -71,7 +71,7 @@ impl Value {
         match self {
             Self::Bytes(b) => b.len(),
             Self::State(RuleState {
-                algorithm: AlgorithmState::SlidingWindowLog(log),
+                algorithm: AlgorithmState::SlidingWindowLog(log) | AlgorithmState::Concurrency(log),
                 ..
             }) => log.entries.capacity() * 16,
             Self::State(_) => 0,

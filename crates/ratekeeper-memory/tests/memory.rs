@@ -486,6 +486,17 @@ async fn stats_count_long_keys_and_long_logs() {
     // plus the bookkeeping of one entry.
     let full = bytes(&store).await;
     assert!((16 * 1_000..16 * 2_048 + 200).contains(&full), "{full}");
+
+    // Places in flight are a log's entries too: a lease per instant.
+    let (clock, store, limiter) = on_manual_clock(1_000);
+    let places = Rule::concurrency("places", 1_000, Duration::from_secs(3_600)).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..1_000 {
+        held.push(limiter.acquire(&places, "k").await.unwrap());
+        clock.advance(Duration::from_millis(1));
+    }
+    let full = bytes(&store).await;
+    assert!((16 * 1_000..16 * 2_048 + 200).contains(&full), "{full}");
 }
 
 /// State that cannot be decoded is an error naming the key, not a fresh limit.
