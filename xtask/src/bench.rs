@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::{cargo, on_path};
 
-const SUITES: &[&str] = &["memory", "sqlite", "http", "redis", "server"];
+const SUITES: &[&str] = &["memory", "sqlite", "http", "redis", "server", "capacity"];
 /// Suites reported as decisions per second (the rest as ns per decision).
 const RATE_SUITES: &[&str] = &["sqlite"];
 
@@ -40,6 +40,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         }
         if suite == "server" {
             server(&root)?;
+            continue;
+        }
+        if suite == "capacity" {
+            capacity(&root)?;
             continue;
         }
         let criterion_dir = root.join("target/criterion").join(suite);
@@ -485,6 +489,113 @@ fn limitador_peer(root: &Path) -> Result<PathBuf, String> {
     Ok(root.join("target/peers/release/limitador-peer"))
 }
 
+/// Decisions per second the sizing in `docs/capacity.md` is for.
+const SIZED_DECISIONS_PER_S: f64 = 1e6;
+/// Active keys the sizing is for.
+const SIZED_KEYS: f64 = 100e6;
+/// The share of a Redis core a primary is planned to use (headroom for
+/// bursts, replication, persistence).
+const CPU_CEILING: f64 = 0.7;
+/// The memory planned per primary (`maxmemory`), GiB.
+const GIB_PER_PRIMARY: f64 = 8.0;
+
+/// `cargo xtask bench capacity`: the `capacity-bench` binary measures, per
+/// algorithm, bytes per key (Redis and the memory store) and Redis time per
+/// decision; the table and the sizing computed from it go to
+/// `docs/capacity.md`.
+fn capacity(root: &Path) -> Result<(), String> {
+    let bench = release_binary(root, "capacity-bench")?;
+    let out = std::process::Command::new(&bench)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bench.display()))?;
+    if !out.status.success() {
+        return Err(format!("capacity-bench failed ({})", out.status));
+    }
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("capacity-bench printed no JSON rows: {e}"))?;
+    let mut table = String::from(
+        "| row | Redis bytes/key (`used_memory`) | Redis `MEMORY USAGE` | Redis CPU µs/decision | \
+         script µs/call | decisions/s at 50 tasks | memory store bytes/key (estimate) | memory store \
+         bytes/key (resident) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut sizing = format!(
+        "\nSizing for {:.0} M decisions/s over {:.0} M active keys, from the rows above (a primary \
+         planned at {:.0}% of its core and {GIB_PER_PRIMARY:.0} GiB; replicas not counted):\n\n\
+         | algorithm | Redis cores | Redis memory (GiB) | primaries for CPU | primaries for memory | \
+         primaries | memory store, 10 M keys (GiB) |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        SIZED_DECISIONS_PER_S / 1e6,
+        SIZED_KEYS / 1e6,
+        CPU_CEILING * 100.0
+    );
+    for row in &rows {
+        let field = |name: &str| row.get(name).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let name = row.get("name").and_then(Value::as_str).unwrap_or("?");
+        let _ = writeln!(
+            table,
+            "| {name} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            field("redis_used_memory_per_key"),
+            field("redis_memory_usage_bytes"),
+            field("redis_cpu_us_per_decision"),
+            field("redis_script_us_per_call"),
+            field("redis_decisions_per_s"),
+            field("memory_store_bytes_per_key"),
+            field("memory_store_resident_per_key"),
+        );
+        let gib = 1024.0_f64.powi(3);
+        let cores = SIZED_DECISIONS_PER_S * field("redis_cpu_us_per_decision") / 1e6;
+        let memory = SIZED_KEYS * field("redis_used_memory_per_key") / gib;
+        let for_cpu = (cores / CPU_CEILING).ceil();
+        let for_memory = (memory / GIB_PER_PRIMARY).ceil();
+        let _ = writeln!(
+            sizing,
+            "| {} | {cores:.1} | {memory:.1} | {for_cpu:.0} | {for_memory:.0} | {:.0} | {:.1} |",
+            name.trim_start_matches("capacity/"),
+            for_cpu.max(for_memory),
+            10e6 * field("memory_store_resident_per_key") / gib,
+        );
+    }
+    table.push_str(&sizing);
+    table.push_str(&layer_figures(root));
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("capacity.json");
+    let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+    fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    update_doc_in(root, "docs/capacity.md", "capacity", &table)?;
+    println!("{table}");
+    Ok(())
+}
+
+/// What the deny cache and approximate mode change, from the last `bench
+/// redis` run's rows (`target/bench/redis.json`), as a paragraph.
+fn layer_figures(root: &Path) -> String {
+    let rows: Vec<Value> = fs::read(root.join("target/bench/redis.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let trips = |row: &str, field: &str| {
+        rows.iter()
+            .find(|r| r.get("name").and_then(Value::as_str) == Some(row))
+            .and_then(|r| r.get(field))
+            .and_then(Value::as_f64)
+    };
+    match (
+        trips("attack/c50", "ours_round_trips_per_decision"),
+        trips("approximate/c50", "ours_round_trips_per_decision"),
+    ) {
+        (Some(attack), Some(approximate)) => format!(
+            "\nRedis calls per decision with the layers (rows of the last `cargo xtask bench redis`): \
+             `attack/c50` {attack:.3} with the deny cache (90% of requests from keys over their limit), \
+             `approximate/c50` {approximate:.4} in approximate mode (10 hot keys, a flush every 50 ms). \
+             The Redis cores above scale by the share of decisions that still reach Redis.\n"
+        ),
+        _ => "\nRun `cargo xtask bench redis` first for the deny cache's and approximate mode's \
+              figures (`attack/c50`, `approximate/c50`).\n"
+            .to_owned(),
+    }
+}
+
 /// Writes a suite's rows to `target/bench/SUITE.json` and its table to
 /// `docs/benchmarks.md`, and prints the table.
 fn publish(root: &Path, suite: &str, rows: &[Value], table: &str) -> Result<(), String> {
@@ -606,7 +717,13 @@ fn round(x: f64) -> f64 {
 
 /// Replaces the suite's section of `docs/benchmarks.md` (between markers).
 fn update_doc(root: &Path, suite: &str, table: &str) -> Result<(), String> {
-    let path = root.join("docs/benchmarks.md");
+    update_doc_in(root, "docs/benchmarks.md", suite, table)
+}
+
+/// Writes `table` between the `suite`'s markers of the document at `doc`
+/// (appended, with its markers, when they are missing).
+fn update_doc_in(root: &Path, doc: &str, suite: &str, table: &str) -> Result<(), String> {
+    let path = root.join(doc);
     let doc = fs::read_to_string(&path).unwrap_or_default();
     let begin = format!("<!-- bench:{suite}:begin -->");
     let end = format!("<!-- bench:{suite}:end -->");

@@ -5,8 +5,9 @@
 //!   docs.rs builds it), `cargo package` of every publishable crate, and the
 //!   public API listings: what must pass before a change lands.
 //! - `test`: provisions what the tests need on this machine, then runs every test.
-//! - `bench [memory|sqlite|http|redis]`: runs benchmarks against their peers and writes
-//!   `target/bench/<name>.json` and `docs/benchmarks.md`.
+//! - `bench [memory|sqlite|http|redis|server|capacity]`: runs benchmarks against their
+//!   peers and writes `target/bench/<name>.json` and `docs/benchmarks.md` (`capacity`:
+//!   bytes per key and Redis time per decision, and the sizing in `docs/capacity.md`).
 //! - `soak [MINUTES]`: the three example servers over one Redis under steady
 //!   load while Redis is paused, killed and restarted at random (default 10
 //!   minutes; not in CI).
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | test | bench [memory|sqlite|http|redis] | soak [MINUTES] \
+                "usage: cargo xtask <ci | test | bench [memory|sqlite|http|redis|server|capacity] | soak [MINUTES] \
                  | accuracy [SEED] | mutants [PATH...] [-- CARGO_MUTANTS_ARGS] | api [--check]>"
             );
             return ExitCode::from(2);
