@@ -120,12 +120,14 @@ impl Reference {
         }
     }
 
-    fn decide(
+    /// `step` (`kit::decide_all` or `kit::decide_each`) on `checks`.
+    fn step<T>(
         &mut self,
         checks: &[(&Rule, &str)],
         now: u64,
         cost: u64,
-    ) -> Result<Decision, ratekeeper_core::ErrorKind> {
+        step: kit::DecideFn<T>,
+    ) -> Result<T, ratekeeper_core::ErrorKind> {
         let keys: Vec<String> = checks
             .iter()
             .map(|(rule, key)| ratekeeper_core::kit::state_key(rule, key))
@@ -137,10 +139,9 @@ impl Reference {
             .zip(&states)
             .map(|((rule, _), state)| (*rule, state.as_ref(), cost))
             .collect();
-        let (decision, writes) =
-            kit::decide_all(&rules, Timestamp::from_micros(now)).map_err(|e| e.kind())?;
+        let (decided, writes) = step(&rules, Timestamp::from_micros(now)).map_err(|e| e.kind())?;
         self.store(keys, writes, checks.iter().map(|(rule, _)| *rule), now);
-        Ok(decision)
+        Ok(decided)
     }
 }
 
@@ -158,6 +159,9 @@ enum Advance {
 enum Change {
     /// Decide a request of the step's cost.
     Decide,
+    /// The same, with one decision per rule (`check_each`: reservations
+    /// and places taken ask this).
+    DecideEach,
     /// Charge the step's cost (times this factor) after the fact.
     Charge(u64),
     /// Give the step's cost back, taken this many µs ago (or at no known time).
@@ -282,7 +286,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             // Mostly the rules as first written; now and then a changed one.
             let changed = prop_oneof![4 => Just(0u8), 1 => 0u8..(1u8 << n)];
             let change = prop_oneof![
-                6 => Just(Change::Decide),
+                4 => Just(Change::Decide),
+                2 => Just(Change::DecideEach),
                 1 => (1u64..=3).prop_map(Change::Charge),
                 1 => Just(Change::Refund(None)),
                 1 => (0..=widest * 2).prop_map(|ago| Change::Refund(Some(ago))),
@@ -365,7 +370,7 @@ async fn run(scenario: Scenario, url: &str) -> Result<(), TestCaseError> {
             }
         }
         let adjustment = match step.change {
-            Change::Decide => None,
+            Change::Decide | Change::DecideEach => None,
             Change::Charge(times) => Some(Adjustment::Charge(step.cost * times)),
             Change::Refund(ago) => Some(Adjustment::Refund {
                 units: step.cost,
@@ -395,11 +400,28 @@ async fn run(scenario: Scenario, url: &str) -> Result<(), TestCaseError> {
             compare_states(&store, &reference, &checks, now, i).await?;
             continue;
         }
+        if matches!(step.change, Change::DecideEach) {
+            let each: Vec<_> = checks.iter().map(|(r, k)| (*r, *k, step.cost)).collect();
+            let ours = limiter.check_each(&each).await.map_err(|e| e.kind());
+            let expected = reference.step(&checks, now, step.cost, kit::decide_each);
+            decided_at.push(now);
+            prop_assert_eq!(
+                &ours,
+                &expected,
+                "step {} at t0+{} cost {} rules {:?}, one decision each",
+                i,
+                now - T0,
+                step.cost,
+                checks
+            );
+            compare_states(&store, &reference, &checks, now, i).await?;
+            continue;
+        }
         let ours = limiter
             .check_all(&checks, step.cost)
             .await
             .map_err(|e| e.kind());
-        let expected = reference.decide(&checks, now, step.cost);
+        let expected = reference.step(&checks, now, step.cost, kit::decide_all);
         decided_at.push(now);
         prop_assert_eq!(
             &ours,

@@ -200,14 +200,18 @@ local function judge(i)
   return false, remaining, reset, retry, nil, nil, tag, q, same, cost
 end
 
-if n == 1 and not each then
-  -- One rule, the combined answer (a plain check), without the tables of
-  -- the general step below. The request is admitted when the rule allows
-  -- or is only looked at, so its write (an admission, a penalty, a capped
-  -- debt) is made either way.
-  local allowed, remaining, reset, retry, state, ttl = judge(1)
+if n == 1 then
+  -- One rule (a plain check, a reservation, a place taken), without the
+  -- tables of the general step below. The request is admitted when the
+  -- rule allows or is only looked at, so its write (an admission, a
+  -- penalty, a capped debt) is made either way, and the rule's own answer
+  -- is every answer.
+  local allowed, remaining, reset, retry, state, ttl, _, _, _, cost = judge(1)
   if allowed == nil then return { -1, 0, remaining } end
   if state ~= nil then store(KEYS[1], state, ttl) end
+  if each then
+    return { flag(allowed or cost == 0), flag(allowed), remaining, reset, retry, now }
+  end
   return { flag(allowed), 0, remaining, reset, retry }
 end
 
