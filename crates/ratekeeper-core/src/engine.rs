@@ -266,7 +266,7 @@ pub fn adjust(
         .map(|done| done.into_iter().unzip())
 }
 
-/// [`adjust`] on one rule, with nothing allocated: what a request of one
+/// [`adjust`] on one rule, without its vectors: what a request of one
 /// unit would get after the change, and what to store.
 #[inline]
 pub fn adjust_one(

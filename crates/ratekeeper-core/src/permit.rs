@@ -11,11 +11,11 @@ use crate::storage::Adjustment;
 /// Places held on [`Concurrency`](crate::Algorithm::Concurrency) rules, taken by
 /// [`Limiter::acquire`](crate::Limiter::acquire) or
 /// [`acquire_each`](crate::Limiter::acquire_each): released by
-/// [`release`](Self::release), or when dropped (at once when the store
-/// answers at once, as the memory store does, anywhere; otherwise by a task
-/// of the tokio runtime it is dropped on, and outside a runtime its leases
-/// stay until their rule's window has passed, as those of a process that
-/// crashed do). The
+/// [`release`](Self::release), or when dropped (at once, anywhere, when
+/// the store answers at once: the memory store without layers; otherwise
+/// by a task of the tokio runtime it is dropped on, and outside a runtime
+/// its leases stay until their rule's window has passed, as those of a
+/// process that crashed do). The
 /// units taken on rate rules in the same step stay taken: they were spent.
 ///
 /// A denied permit holds nothing.
@@ -95,17 +95,25 @@ fn releasing(
     leases: &[(&Rule, &str, Adjustment)],
 ) -> impl Future<Output = Result<()>> + Send + 'static {
     let limiter = limiter.clone();
-    let leases: Vec<(Rule, String, Adjustment)> = leases
-        .iter()
+    let leases = owned(leases);
+    async move { limiter.adjust(&borrowed(&leases)).await.map(drop) }
+}
+
+/// Leases (rule, bounded key, release), owned: to outlive what they were
+/// borrowed from.
+type Owned = Vec<(Rule, String, Adjustment)>;
+
+fn owned(leases: &[(&Rule, &str, Adjustment)]) -> Owned {
+    (leases.iter())
         .map(|(rule, key, change)| ((*rule).clone(), (*key).to_owned(), *change))
-        .collect();
-    async move {
-        let borrowed: Vec<(&Rule, &str, _)> = leases
-            .iter()
-            .map(|(rule, key, change)| (rule, key.as_str(), *change))
-            .collect();
-        limiter.adjust(&borrowed).await.map(drop)
-    }
+        .collect()
+}
+
+/// Owned leases borrowed again, as [`Limiter::adjust`] takes them.
+fn borrowed(leases: &[(Rule, String, Adjustment)]) -> Vec<(&Rule, &str, Adjustment)> {
+    (leases.iter())
+        .map(|(rule, key, change)| (rule, key.as_str(), *change))
+        .collect()
 }
 
 /// Places in flight taken with a rate whose request then waits in line
@@ -113,17 +121,14 @@ fn releasing(
 /// ([`keep`](Self::keep) once the turn has come).
 pub(crate) struct HeldInLine {
     limiter: Limiter,
-    leases: Vec<(Rule, String, Adjustment)>,
+    leases: Owned,
 }
 
 impl HeldInLine {
     pub(crate) fn new(limiter: &Limiter, leases: &[(&Rule, &str, Adjustment)]) -> Self {
         Self {
             limiter: limiter.clone(),
-            leases: leases
-                .iter()
-                .map(|(rule, key, change)| ((*rule).clone(), (*key).to_owned(), *change))
-                .collect(),
+            leases: owned(leases),
         }
     }
 
@@ -135,10 +140,7 @@ impl HeldInLine {
 
 impl Drop for HeldInLine {
     fn drop(&mut self) {
-        let leases: Vec<(&Rule, &str, Adjustment)> = (self.leases.iter())
-            .map(|(rule, key, change)| (rule, key.as_str(), *change))
-            .collect();
-        release_later(&self.limiter, &leases);
+        release_later(&self.limiter, &borrowed(&self.leases));
     }
 }
 

@@ -14,9 +14,11 @@
 //!   server's CPU time (`INFO cpu`, user and system) per decision, the
 //!   script's own time per call (`INFO commandstats`), and decisions per
 //!   second;
-//! - **the memory store**: `MEMORY_KEYS` keys decided `PER_KEY` times each,
-//!   the store's own estimate of its bytes per key (`StorageStats`) and
-//!   this process's resident memory grown per key.
+//! - **the memory store**: `MEMORY_KEYS` keys decided `PER_KEY` times each
+//!   (a microsecond apart, on a manual clock, so that a log holds
+//!   `PER_KEY` entries), the store's own estimate of its bytes per key
+//!   (`StorageStats`) and this process's resident memory grown per key, in
+//!   a process of its own.
 //!
 //! Quotas never deny (every decision reads, decides and writes). Prints the
 //! rows as JSON on stdout.
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ratekeeper_core::{Algorithm, Limiter, Quota, Rule, Storage};
+use ratekeeper_core::{Algorithm, Clock, Limiter, ManualClock, Quota, Rule, Storage, SystemClock};
 use ratekeeper_memory::MemoryStorage;
 use ratekeeper_redis::RedisStorage;
 use ratekeeper_testkit::redis::RedisServer;
@@ -216,8 +218,20 @@ fn memory(algorithm: Algorithm) -> Result<(f64, f64), Error> {
             .max_size(2 * MEMORY_KEYS as usize)
             .cleanup_interval(None)
             .build();
-        let limiter = Limiter::new(Arc::new(store.clone()));
-        decide(&limiter, &rule, MEMORY_KEYS, PER_KEY, 1, Duration::ZERO).await?;
+        // A microsecond between decisions: the memory store decides on the
+        // limiter's clock, and a sliding log merges the units of one instant
+        // into one entry.
+        let clock = ManualClock::new(SystemClock.now());
+        let limiter = Limiter::builder(Arc::new(store.clone()))
+            .clock(clock.clone())
+            .build();
+        for k in 0..MEMORY_KEYS {
+            let key = format!("k{k}");
+            for _ in 0..PER_KEY {
+                limiter.check(&rule, &key).await?;
+                clock.advance(Duration::from_micros(1));
+            }
+        }
         let grown = resident_bytes()? - before;
         let stats = store.stats().await?;
         let keys = stats.keys.unwrap_or(MEMORY_KEYS).max(1) as f64;

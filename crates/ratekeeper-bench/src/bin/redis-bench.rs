@@ -42,8 +42,8 @@
 //!
 //! The rows `fixed_window/c1/vs-limitador`, `fixed_window/c50/vs-limitador`
 //! and `three-limits/c50/vs-limitador` set us beside limitador, the
-//! rate-limit library behind Kuadrant: the same requests through its exact
-//! Redis counters (`AsyncRateLimiter` on `AsyncRedisStorage`), on the same
+//! rate-limit library behind Kuadrant: the same requests through its Redis
+//! counters without a cache (`AsyncRateLimiter` on `AsyncRedisStorage`), on the same
 //! server, by `limitador-peer` (`crates/ratekeeper-bench/peers/limitador`,
 //! built by `cargo xtask bench redis`, which passes its path in
 //! `LIMITADOR_PEER`; without it those rows are left out, saying so). Every
@@ -569,9 +569,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if !selected(name) {
             continue;
         }
-        let calls_before = server.script_calls();
-        let ours = ours_rules(&url, &fixed_windows(limits)?, tasks)?;
-        let ours_calls = server.script_calls().saturating_sub(calls_before) as f64;
+        // The peer first: without it the row is left out, and ours not run.
         let calls_before = server.script_calls();
         let Some((peer, peer_total)) = limitador(&server.url(), tasks, limits)? else {
             eprintln!(
@@ -580,7 +578,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         };
         let peer_calls = server.script_calls().saturating_sub(calls_before) as f64;
-        let (ours_calls, peer_calls) = (ours_calls / ours.total as f64, peer_calls / peer_total);
+        let calls_before = server.script_calls();
+        let ours = ours_rules(&url, &fixed_windows(limits)?, tasks)?;
+        let ours_calls = server.script_calls().saturating_sub(calls_before) as f64;
+        let (ours_calls, peer_calls) = (
+            ours_calls / ours.total.max(1) as f64,
+            peer_calls / peer_total.max(1.0),
+        );
         eprintln!(
             "{name}: ours {:.0}/s ({ours_calls:.2} script calls per decision), limitador {peer:.0}/s ({peer_calls:.2})",
             ours.per_s

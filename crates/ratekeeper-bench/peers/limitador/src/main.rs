@@ -1,5 +1,5 @@
 //! The limitador side of `cargo xtask bench redis`: decisions per second
-//! through limitador's exact Redis counters (`AsyncRedisStorage`) on a
+//! through limitador's Redis counters without a cache (`AsyncRedisStorage`) on a
 //! Redis the bench started, measured the way `redis-bench` measures ours:
 //! `TASKS` tokio tasks on a single-threaded runtime, keys spread over
 //! `KEYS` values of one variable, limits that never deny (every call runs
