@@ -80,3 +80,23 @@ pub fn bench_policy(headers: bool) -> Result<HttpPolicy, Box<dyn std::error::Err
     )
     .headers(style, ResetFormat::Seconds))
 }
+
+/// The mean time of one script call (`EVAL`, `EVALSHA`) on `server` since
+/// its last `CONFIG RESETSTAT`, µs, from `INFO commandstats`.
+pub fn script_us_per_call(server: &ratekeeper_testkit::redis::RedisServer) -> f64 {
+    let text = server.cmd(&["INFO", "commandstats"]).text();
+    let (calls, usec) = text
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .fold((0.0, 0.0), |(calls, usec), line| {
+            let field = |name: &str| {
+                line.split(name)
+                    .nth(1)
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            (calls + field("calls="), usec + field("usec="))
+        });
+    usec / f64::max(calls, 1.0)
+}

@@ -20,7 +20,7 @@ use std::hash::BuildHasher;
 
 use crate::config::MemoryConfig;
 use crate::key::{KeyRef, RuleKey, Whole};
-use crate::shard::{Evicted, Full, Shard, Value};
+use crate::shard::{Entry, Evicted, Full, Shard, Value};
 
 /// Entries examined per lock hold by the sweep.
 const SWEEP_BATCH: usize = 1_024;
@@ -315,36 +315,24 @@ impl MemoryStorage {
             Some(slot) if slot.is_live(now_us) => {
                 let state = slot.value.rule_state(&key)?;
                 let (decision, write) = kit::decide_one(entry.rule, Some(&state), now, cost)?;
-                if let Some(Write { state, ttl }) = write {
-                    slot.value = Value::State(state);
-                    slot.expires_at = expiry(now_us, ttl);
-                    slot.set_denying(kit::leaves_no_room(entry.rule, &decision));
+                if let Some(write) = write {
+                    rewrite(slot, entry.rule, &decision, write, now_us);
                 }
                 Ok(decision)
             }
             Some(slot) => {
                 let (decision, write) = kit::decide_one(entry.rule, None, now, cost)?;
-                if let Some(Write { state, ttl }) = write {
-                    slot.value = Value::State(state);
-                    slot.expires_at = expiry(now_us, ttl);
-                    slot.set_denying(kit::leaves_no_room(entry.rule, &decision));
+                if let Some(write) = write {
+                    rewrite(slot, entry.rule, &decision, write, now_us);
                     self.count_expired(1);
                 }
                 Ok(decision)
             }
             None => {
                 let (decision, write) = kit::decide_one(entry.rule, None, now, cost)?;
-                if let Some(Write { state, ttl }) = write {
-                    let evicted = shard
-                        .put(
-                            hash,
-                            &key,
-                            Value::State(state),
-                            kit::leaves_no_room(entry.rule, &decision),
-                            expiry(now_us, ttl),
-                            now_us,
-                        )
-                        .map_err(|Full| self.full())?;
+                if let Some(write) = write {
+                    let evicted =
+                        self.insert(&mut shard, hash, &key, entry.rule, &decision, write, now_us)?;
                     drop(shard);
                     self.record(evicted);
                 }
@@ -411,22 +399,12 @@ impl MemoryStorage {
         for (((key, &(hash, slot)), write), (rule, _, _)) in
             keys.iter().zip(&slots).zip(writes).zip(rules)
         {
-            if let Some(Write { state, ttl }) = write {
+            if let Some(write) = write {
                 // Whether this rule, on its own, lets one more unit in at once.
-                let peek = kit::decide_one(rule, Some(&state), now, 0)?.0;
-                let denying = kit::leaves_no_room(rule, &peek);
+                let peek = kit::decide_one(rule, Some(&write.state), now, 0)?.0;
                 let shard = guards.get_mut(slot).ok_or_else(internal)?;
                 // Room was made above: `put` finds it and evicts nothing.
-                shard
-                    .put(
-                        hash,
-                        key,
-                        Value::State(state),
-                        denying,
-                        expiry(now_us, ttl),
-                        now_us,
-                    )
-                    .map_err(|Full| self.full())?;
+                self.insert(shard, hash, key, rule, &peek, write, now_us)?;
             }
         }
         drop(guards);
@@ -491,6 +469,14 @@ impl MemoryStorage {
             ),
         )
     }
+}
+
+/// Writes `rule`'s state into an entry that holds it, marked as denying by
+/// `decision`, what a request gets now.
+fn rewrite(slot: &mut Entry, rule: &Rule, decision: &Decision, write: Write, now_us: u64) {
+    slot.value = Value::State(write.state);
+    slot.expires_at = expiry(now_us, write.ttl);
+    slot.set_denying(kit::leaves_no_room(rule, decision));
 }
 
 fn expiry(now: u64, ttl: Duration) -> u64 {
@@ -783,33 +769,51 @@ impl MemoryStorage {
             let state = slot.value.rule_state(&key)?;
             let (decision, write) =
                 kit::adjust_one(entry.rule, Some(&state), now, entry.adjustment)?;
-            if let Some(Write { state, ttl }) = write {
-                slot.value = Value::State(state);
-                slot.expires_at = expiry(now_us, ttl);
-                // The decision is a peek after the change, as the step over
-                // many marks a write.
-                slot.set_denying(kit::leaves_no_room(entry.rule, &decision));
+            // The decision is a peek after the change: the mark the step
+            // over many gives a write.
+            if let Some(write) = write {
+                rewrite(slot, entry.rule, &decision, write, now_us);
             }
             return Ok(decision);
         }
         let (decision, write) = kit::adjust_one(entry.rule, None, now, entry.adjustment)?;
         let mut evicted = Evicted::default();
-        if let Some(Write { state, ttl }) = write {
-            evicted = shard
-                .put(
-                    hash,
-                    &key,
-                    Value::State(state),
-                    kit::leaves_no_room(entry.rule, &decision),
-                    expiry(now_us, ttl),
-                    now_us,
-                )
-                .map_err(|Full| self.full())?;
+        if let Some(write) = write {
+            evicted = self.insert(&mut shard, hash, &key, entry.rule, &decision, write, now_us)?;
         }
         drop(shard);
         evicted.expired += expired;
         self.record(evicted);
         Ok(decision)
+    }
+
+    /// Stores `rule`'s first state at `key` (making room if need be),
+    /// marked as denying by `decision`, what a request gets now.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one shard's entry, its rule and its write"
+    )]
+    fn insert(
+        &self,
+        shard: &mut Shard,
+        hash: u64,
+        key: &RuleKey<'_>,
+        rule: &Rule,
+        decision: &Decision,
+        Write { state, ttl }: Write,
+        now_us: u64,
+    ) -> Result<Evicted> {
+        let denying = kit::leaves_no_room(rule, decision);
+        shard
+            .put(
+                hash,
+                key,
+                Value::State(state),
+                denying,
+                expiry(now_us, ttl),
+                now_us,
+            )
+            .map_err(|Full| self.full())
     }
 
     fn clear_all(&self) -> u64 {

@@ -130,25 +130,6 @@ fn cpu_seconds(server: &RedisServer) -> Result<f64, Error> {
     Ok(info(server, "cpu", "used_cpu_user")? + info(server, "cpu", "used_cpu_sys")?)
 }
 
-/// The mean time of one script call since the last `CONFIG RESETSTAT`, µs.
-fn script_us_per_call(server: &RedisServer) -> f64 {
-    let text = server.cmd(&["INFO", "commandstats"]).text();
-    let (calls, usec) = text
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .fold((0.0, 0.0), |(calls, usec), line| {
-            let field = |name: &str| {
-                line.split(name)
-                    .nth(1)
-                    .and_then(|rest| rest.split(',').next())
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            (calls + field("calls="), usec + field("usec="))
-        });
-    usec / f64::max(calls, 1.0)
-}
-
 /// The mean `MEMORY USAGE` of `SAMPLE` random keys.
 fn memory_usage(server: &RedisServer) -> Result<f64, Error> {
     let mut total = 0.0;
@@ -199,7 +180,7 @@ fn redis(server: &RedisServer, algorithm: Algorithm) -> Result<serde_json::Value
             "redis_used_memory_per_key": ((after - before) / keys.max(1.0)).round(),
             "redis_memory_usage_bytes": usage.round(),
             "redis_cpu_us_per_decision": (per_decision * 100.0).round() / 100.0,
-            "redis_script_us_per_call": (script_us_per_call(server) * 100.0).round() / 100.0,
+            "redis_script_us_per_call": (ratekeeper_bench::script_us_per_call(server) * 100.0).round() / 100.0,
             "redis_decisions_per_s": (decisions as f64 / elapsed).round(),
         }))
     })

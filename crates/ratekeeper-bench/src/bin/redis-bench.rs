@@ -348,25 +348,6 @@ fn peer(
     run(requests.max(10_000))
 }
 
-/// Microseconds of Redis time per script call since the last `CONFIG RESETSTAT`.
-fn script_usec_per_call(server: &RedisServer) -> f64 {
-    let info = server.cmd(&["INFO", "commandstats"]).text();
-    let (calls, usec) = info
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .fold((0.0, 0.0), |(calls, usec), line| {
-            let field = |name: &str| {
-                line.split(name)
-                    .nth(1)
-                    .and_then(|rest| rest.split(',').next())
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            (calls + field("calls="), usec + field("usec="))
-        });
-    usec / f64::max(calls, 1.0)
-}
-
 /// A denial on a sliding log of 10 000 entries, or (`full` false) a
 /// decision on a fresh key: (decisions/s, Redis µs per call).
 fn sliding_log(
@@ -415,7 +396,7 @@ fn sliding_log(
             |t, _, n| format!("fresh-{t}-{n}")
         };
         let driven = drive(&[limiter], &rule, 50, key).await?;
-        Ok((driven.per_s, script_usec_per_call(server)))
+        Ok((driven.per_s, ratekeeper_bench::script_us_per_call(server)))
     })
 }
 
