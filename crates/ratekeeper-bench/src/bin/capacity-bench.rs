@@ -60,25 +60,14 @@ fn rule(algorithm: Algorithm) -> Result<Rule, Error> {
     })
 }
 
-/// Decides on `keys` keys, `per_key` times each, from `tasks` tasks, then
-/// for `measure` (zero: not at all) decides on them in turn; returns the
-/// decisions of that second phase.
-async fn decide(
-    limiter: &Limiter,
-    rule: &Rule,
-    keys: u64,
-    per_key: u64,
-    tasks: u64,
-    measure: Duration,
-) -> Result<u64, Error> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let fill: Vec<_> = (0..tasks)
+/// Decides on each of `KEYS` keys `PER_KEY` times, from `TASKS` tasks.
+async fn fill(limiter: &Limiter, rule: &Rule) -> Result<(), Error> {
+    let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
             let (limiter, rule) = (limiter.clone(), rule.clone());
             tokio::spawn(async move {
-                for k in (t..keys).step_by(tasks as usize) {
-                    for _ in 0..per_key {
+                for k in (t..KEYS).step_by(TASKS as usize) {
+                    for _ in 0..PER_KEY {
                         limiter.check(&rule, &format!("k{k}")).await?;
                     }
                 }
@@ -86,20 +75,25 @@ async fn decide(
             })
         })
         .collect();
-    for task in fill {
+    for task in tasks {
         task.await??;
     }
-    if measure.is_zero() {
-        return Ok(0);
-    }
-    let timed: Vec<_> = (0..tasks)
+    Ok(())
+}
+
+/// Decides on the `KEYS` keys in turn from `TASKS` tasks for `MEASURE`;
+/// returns how many decisions were made.
+async fn timed(limiter: &Limiter, rule: &Rule) -> Result<u64, Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
             let (limiter, rule) = (limiter.clone(), rule.clone());
             let (stop, done) = (stop.clone(), done.clone());
             tokio::spawn(async move {
                 let mut k = t;
                 while !stop.load(Ordering::Relaxed) {
-                    k = (k + 7_919) % keys;
+                    k = (k + 7_919) % KEYS;
                     limiter.check(&rule, &format!("k{k}")).await?;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -107,10 +101,10 @@ async fn decide(
             })
         })
         .collect();
-    tokio::time::sleep(measure).await;
+    tokio::time::sleep(MEASURE).await;
     stop.store(true, Ordering::Relaxed);
     let decisions = done.load(Ordering::Relaxed);
-    for task in timed {
+    for task in tasks {
         task.await??;
     }
     Ok(decisions)
@@ -165,14 +159,14 @@ fn redis(server: &RedisServer, algorithm: Algorithm) -> Result<serde_json::Value
         let limiter = Limiter::new(Arc::new(store));
         server.cmd(&["FLUSHALL"]);
         let before = info(server, "memory", "used_memory")?;
-        decide(&limiter, &rule, KEYS, PER_KEY, TASKS, Duration::ZERO).await?;
+        fill(&limiter, &rule).await?;
         let after = info(server, "memory", "used_memory")?;
         let keys = server.cmd(&["DBSIZE"]).text().parse::<f64>()?;
         let usage = memory_usage(server)?;
         server.cmd(&["CONFIG", "RESETSTAT"]);
         let cpu_before = cpu_seconds(server)?;
         let start = Instant::now();
-        let decisions = decide(&limiter, &rule, KEYS, 0, TASKS, MEASURE).await?;
+        let decisions = timed(&limiter, &rule).await?;
         let elapsed = start.elapsed().as_secs_f64();
         let cpu = cpu_seconds(server)? - cpu_before;
         let per_decision = cpu * 1e6 / decisions.max(1) as f64;
