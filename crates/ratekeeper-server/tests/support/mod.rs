@@ -128,6 +128,20 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Whether the process writes `text` to its standard error within
+    /// `within`: a line logged before an answer may reach this side's
+    /// reader after the answer does.
+    pub(crate) async fn logs(&self, text: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.stderr().contains(text) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     pub(crate) async fn client(&self) -> RateLimitServiceClient<Channel> {
         let url = format!("http://{}", self.grpc.unwrap());
         RateLimitServiceClient::connect(url).await.unwrap()
