@@ -141,29 +141,44 @@ enum InProcess {
 const HTTP_SERVERS: &[HttpServer] = &[
     HttpServer {
         binary: "http-bench-server",
-        modes: &["none", "ours", "ours-headers", "governor"],
+        modes: &["none", "ours", "ours+decision", "ours-headers", "governor"],
         rows: &[
             ("axum/vs-no-limiter", "ours", "none"),
             ("axum/vs-tower_governor", "ours", "governor"),
+            (
+                "axum+decision/vs-tower_governor",
+                "ours+decision",
+                "governor",
+            ),
             ("axum+ietf-headers/vs-no-limiter", "ours-headers", "none"),
         ],
         in_process: InProcess::Example("profile_http"),
     },
     HttpServer {
         binary: "actix-bench-server",
-        modes: &["none", "ours", "governor"],
+        modes: &["none", "ours", "ours+decision", "governor"],
         rows: &[
             ("actix/vs-no-limiter", "ours", "none"),
             ("actix/vs-actix-governor", "ours", "governor"),
+            (
+                "actix+decision/vs-actix-governor",
+                "ours+decision",
+                "governor",
+            ),
         ],
         in_process: InProcess::Server,
     },
     HttpServer {
         binary: "rocket-bench-server",
-        modes: &["none", "ours", "governor"],
+        modes: &["none", "ours", "ours+decision", "governor"],
         rows: &[
             ("rocket/vs-no-limiter", "ours", "none"),
             ("rocket/vs-rocket-governor", "ours", "governor"),
+            (
+                "rocket+decision/vs-rocket-governor",
+                "ours+decision",
+                "governor",
+            ),
         ],
         in_process: InProcess::Server,
     },

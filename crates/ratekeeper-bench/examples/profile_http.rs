@@ -1,6 +1,6 @@
 //! Profiling aid: the HTTP benchmark's app called in a loop without a
 //! network, to measure and `perf record` what the layer adds per request.
-//! `cargo run --release -p ratekeeper-bench --example profile_http -- [none|ours|ours-headers|governor|policy] [N]`
+//! `cargo run --release -p ratekeeper-bench --example profile_http -- [none|ours|ours+decision|ours-headers|governor|policy] [N]`
 //! (`policy` times `HttpPolicy::check_now` alone, without axum.)
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -43,7 +43,7 @@ fn main() {
 
 /// The policy's decision for the benchmark's request, with no framework.
 fn policy_alone(n: u32) {
-    let policy = ratekeeper_bench::bench_policy(false).unwrap();
+    let policy = ratekeeper_bench::bench_policy(false, false).unwrap();
     let headers: &[(&str, &[u8])] = &[("host", b"x"), ("user-agent", b"wrk")];
     let view = ratekeeper_http::RequestView {
         method: "GET",

@@ -31,17 +31,16 @@ pub fn ready<F: Future>(future: F) -> F::Output {
 pub const RATE: u64 = 1_000_000;
 
 /// The app the HTTP benchmark serves: `GET /` answering "hello" behind no
-/// limiter (`none`), our layer on the memory store without (`ours`) or with
-/// (`ours-headers`) the IETF headers, or tower_governor (`governor`), all with
-/// the same GCRA quota, keyed by peer address.
+/// limiter (`none`), our layer on the memory store (the modes of
+/// [`our_policy`]), or tower_governor (`governor`), all with the same GCRA
+/// quota, keyed by peer address.
 pub fn http_app(mode: &str) -> Result<Router, Box<dyn std::error::Error>> {
     let router = Router::new().route("/", get(|| async { "hello" }));
+    if let Some(policy) = our_policy(mode) {
+        return Ok(router.layer(RateLimitLayer::new(policy?)));
+    }
     Ok(match mode {
         "none" => router,
-        // `ours` sends no rate-limit headers, like tower_governor's default;
-        // `ours-headers` adds the IETF fields.
-        "ours" => router.layer(RateLimitLayer::new(bench_policy(false)?)),
-        "ours-headers" => router.layer(RateLimitLayer::new(bench_policy(true)?)),
         "governor" => {
             let config = tower_governor::governor::GovernorConfigBuilder::default()
                 .per_nanosecond(1_000_000_000 / RATE)
@@ -51,17 +50,36 @@ pub fn http_app(mode: &str) -> Result<Router, Box<dyn std::error::Error>> {
             router.layer(tower_governor::GovernorLayer::new(Arc::new(config)))
         }
         other => {
-            return Err(
-                format!("unknown mode {other:?}: none, ours, ours-headers or governor").into(),
-            );
+            return Err(format!(
+                "unknown mode {other:?}: none, ours, ours+decision, ours-headers or governor"
+            )
+            .into());
         }
     })
 }
 
+/// Our policy in a benchmark `mode`, `None` for a mode without it:
+/// - `ours`: what the governor adapters do, no rate-limit headers and no
+///   decision for handlers;
+/// - `ours+decision`: the policy's default, the decision handed to handlers;
+/// - `ours-headers`: `ours` with the IETF headers.
+pub fn our_policy(mode: &str) -> Option<Result<HttpPolicy, Box<dyn std::error::Error>>> {
+    let (headers, decision) = match mode {
+        "ours" => (false, false),
+        "ours+decision" => (false, true),
+        "ours-headers" => (true, false),
+        _ => return None,
+    };
+    Some(bench_policy(headers, decision))
+}
+
 /// The policy every HTTP benchmark server applies: GCRA at [`RATE`] per
 /// second with a burst of [`RATE`], keyed by peer address, on the memory
-/// store; IETF headers or none.
-pub fn bench_policy(headers: bool) -> Result<HttpPolicy, Box<dyn std::error::Error>> {
+/// store; IETF headers or none; the decision for handlers or not.
+pub fn bench_policy(
+    headers: bool,
+    decision: bool,
+) -> Result<HttpPolicy, Box<dyn std::error::Error>> {
     let rule = Rule::new(
         "bench",
         Algorithm::Gcra,
@@ -78,7 +96,8 @@ pub fn bench_policy(headers: bool) -> Result<HttpPolicy, Box<dyn std::error::Err
         routes,
         KeyExtractor::new(KeySource::Ip),
     )
-    .headers(style, ResetFormat::Seconds))
+    .headers(style, ResetFormat::Seconds)
+    .decision_for_handlers(decision))
 }
 
 /// The mean time of one script call (`EVAL`, `EVALSHA`) on `server` since

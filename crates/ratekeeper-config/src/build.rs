@@ -202,6 +202,7 @@ impl Compiled {
             )
             .on_store_error(d.on_store_error)
             .shadow(d.shadow)
+            .decision_for_handlers(d.decision_for_handlers)
             .shadow_rules(&self.shadow)
             .hide_headers_of(&self.hidden);
         if let Some(local) = local {

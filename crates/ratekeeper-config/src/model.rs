@@ -206,6 +206,10 @@ pub struct DefaultsConfig {
     pub in_flight_status: u16,
     /// Decide and report, never block (default false).
     pub shadow: bool,
+    /// Whether requests let through carry their decision for handlers
+    /// (default true); see
+    /// [`HttpPolicy::decision_for_handlers`](ratekeeper_http::HttpPolicy::decision_for_handlers).
+    pub decision_for_handlers: bool,
     /// IPv6 clients are keyed by this prefix (default 64).
     pub ipv6_prefix: u8,
     /// Named rules applied to requests no route matches (default none).
@@ -225,6 +229,7 @@ impl Default for DefaultsConfig {
             denied_status: 429,
             in_flight_status: 429,
             shadow: false,
+            decision_for_handlers: true,
             ipv6_prefix: 64,
             rules: Vec::new(),
         }

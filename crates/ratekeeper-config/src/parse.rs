@@ -323,6 +323,9 @@ fn defaults(r: &mut Reader<'_>, t: &Table<'_>) -> DefaultsConfig {
     if let Some(s) = t.boolean(r, "shadow") {
         d.shadow = s;
     }
+    if let Some(on) = t.boolean(r, "decision_for_handlers") {
+        d.decision_for_handlers = on;
+    }
     if let Some(p) = t.integer(r, "ipv6_prefix", 1, 128) {
         d.ipv6_prefix = u8::try_from(p).unwrap_or(64);
     }
@@ -340,6 +343,7 @@ fn defaults(r: &mut Reader<'_>, t: &Table<'_>) -> DefaultsConfig {
             "denied_status",
             "in_flight_status",
             "shadow",
+            "decision_for_handlers",
             "ipv6_prefix",
             "rules",
         ],

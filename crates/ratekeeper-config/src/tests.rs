@@ -694,6 +694,7 @@ mod fuzz {
         "denied_status",
         "in_flight_status",
         "shadow",
+        "decision_for_handlers",
         "ipv6_prefix",
         "rules",
         "limit",

@@ -465,6 +465,7 @@ async fn rule_settings_and_degraded_mode_come_from_the_file() {
     std::fs::write(
         &file,
         "[defaults]\nrules = [\"api\", \"trial\", \"global\"]\non_store_error = \"degraded\"\ndegraded_instances = 4\n\
+         decision_for_handlers = false\n\
          [rules.api]\nlimit = 2\nwindow = \"1m\"\n\
          [rules.trial]\nlimit = 1\nwindow = \"1m\"\nshadow = true\n\
          [rules.global]\nlimit = 100\nwindow = \"1m\"\nheaders = false\n",
@@ -474,6 +475,7 @@ async fn rule_settings_and_degraded_mode_come_from_the_file() {
     let policy = live.policy().current();
     assert_eq!(policy.rule_settings(), (vec!["trial"], vec!["global"]));
     assert_eq!(policy.degraded_instances(), Some(4));
+    assert!(!policy.gives_decision_to_handlers());
     // The shadow rule's limit of 1 holds nobody back; the api rule's 2 does.
     assert_eq!(
         admitted(&policy, 3, "GET", "/", "198.51.100.1", None).await,

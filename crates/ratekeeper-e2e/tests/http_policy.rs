@@ -785,3 +785,64 @@ async fn admitted_on(p: &HttpPolicy, v: &RequestView<'_>) -> ratekeeper::http::A
         other => panic!("{other:?}"),
     }
 }
+
+/// Without the decision for handlers, an admitted request carries none
+/// (on the fast path and the slow one), while it is still limited as
+/// before; a route whose handler is followed (counting by response,
+/// holding places) still carries it, since what follows needs it.
+#[tokio::test]
+async fn without_the_decision_for_handlers_only_followed_routes_carry_one() {
+    use http::StatusCode;
+    let routes = RouteTable::new()
+        .route(
+            "/login",
+            &[],
+            Limits::new(vec![rule("logins", "5/minute")]).count_when("4xx".parse().unwrap()),
+        )
+        .unwrap()
+        .route(
+            "/export",
+            &[],
+            Limits::new(vec![
+                Rule::concurrency("one", 1, Duration::from_secs(60)).unwrap(),
+            ]),
+        )
+        .unwrap()
+        .default_limits(Limits::new(vec![rule("api", "2/minute")]));
+    let (p, _) = policy(routes);
+    assert!(p.gives_decision_to_handlers(), "on by default");
+    let p = p.decision_for_handlers(false);
+    assert!(!p.gives_decision_to_handlers());
+    let v = view("/", &NONE, None);
+    let fast = p.check_now(&v).expect("the memory store decides at once");
+    assert!(
+        matches!(
+            fast,
+            Outcome::Proceed {
+                admission: None,
+                ..
+            }
+        ),
+        "{fast:?}"
+    );
+    let slow = p.check(&v).await;
+    assert!(
+        matches!(
+            slow,
+            Outcome::Proceed {
+                admission: None,
+                ..
+            }
+        ),
+        "{slow:?}"
+    );
+    match p.check(&v).await {
+        Outcome::Respond { status, .. } => assert_eq!(status, StatusCode::TOO_MANY_REQUESTS),
+        other => panic!("still limited: {other:?}"),
+    }
+
+    let login = admitted_on(&p, &view("/login", &NONE, None)).await;
+    assert!(login.settlement().is_some());
+    let export = admitted_on(&p, &view("/export", &NONE, None)).await;
+    assert!(export.places().is_some());
+}

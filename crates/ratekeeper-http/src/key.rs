@@ -296,31 +296,26 @@ impl KeyExtractor {
     }
 
     fn ip(&self, client: IpAddr) -> SmolStr {
-        // The common case, an IPv4 client, is written into a stack buffer and
-        // stored inline: no allocation, no formatting machinery.
+        // The common case, an IPv4 client, is written digit by digit and
+        // stored inline: no allocation, no formatting machinery, no UTF-8
+        // check ("ip:" and at most 15 characters fit inline).
         if let IpAddr::V4(v4) = client.to_canonical() {
-            // "ip:" and at most 15 characters of address.
-            let mut buf = [0u8; 18];
-            let mut len = 0;
-            let mut push = |byte: u8| {
-                if let Some(slot) = buf.get_mut(len) {
-                    *slot = byte;
-                    len += 1;
-                }
-            };
-            b"ip:".iter().for_each(|b| push(*b));
+            let digit = |d: u8| char::from(b'0' + d % 10);
+            let mut key = SmolStrBuilder::new();
+            key.push_str("ip:");
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    push(b'.');
+                    key.push('.');
                 }
-                for (threshold, divisor) in [(100, 100), (10, 10), (0, 1)] {
-                    if octet >= threshold {
-                        push(b'0' + octet / divisor % 10);
-                    }
+                if octet >= 100 {
+                    key.push(digit(octet / 100));
                 }
+                if octet >= 10 {
+                    key.push(digit(octet / 10));
+                }
+                key.push(digit(octet));
             }
-            let text = buf.get(..len).and_then(|b| std::str::from_utf8(b).ok());
-            return SmolStr::new(text.unwrap_or_default());
+            return key.finish();
         }
         let mut key = SmolStrBuilder::new();
         key.push_str("ip:");

@@ -24,7 +24,10 @@ pub enum Outcome {
         /// Rate-limit headers for the response (empty when not limited).
         headers: Vec<(HeaderName, HeaderValue)>,
         /// The decision and a way to charge more, for handlers (`None` when
-        /// the request was not limited: exempt, allowed, no rule).
+        /// the request was not limited: exempt, allowed, no rule; and when
+        /// the policy gives handlers no decision,
+        /// [`HttpPolicy::decision_for_handlers`](crate::HttpPolicy::decision_for_handlers),
+        /// on a route with nothing to follow its handler).
         admission: Option<Admission>,
     },
     /// Answer without calling the handler.

@@ -215,6 +215,9 @@ pub struct HttpPolicy {
     /// Rules in shadow mode and rules without headers, by name.
     per_rule: Option<Arc<PerRule>>,
     reads_route: bool,
+    /// Whether a request let through carries its [`Admission`] for its
+    /// handler (routes that count by response or hold places always do).
+    for_handlers: bool,
 }
 
 /// Where [`ErrorMode::Degraded`] decides: a local limiter, and how many
@@ -298,7 +301,28 @@ impl HttpPolicy {
             auto_block: None,
             degraded: None,
             per_rule: None,
+            for_handlers: true,
         }
+    }
+
+    /// Whether requests let through carry their decision for handlers
+    /// ([`Outcome::Proceed`]'s `admission`, which adapters hand to handlers
+    /// as `RateLimitDecision`): `true` by default. An application whose
+    /// handlers never read it turns it off, and no request pays for it
+    /// (building it and handing it over is a good part of what a layer
+    /// adds per request: docs/benchmarks.md). Routes that count only some responses
+    /// ([`Limits::count_when`]) or hold places in flight still carry it:
+    /// what follows their handler needs it.
+    #[must_use]
+    pub fn decision_for_handlers(mut self, on: bool) -> Self {
+        self.for_handlers = on;
+        self
+    }
+
+    /// Whether requests let through carry their decision for handlers
+    /// ([`decision_for_handlers`](Self::decision_for_handlers)).
+    pub fn gives_decision_to_handlers(&self) -> bool {
+        self.for_handlers
     }
 
     /// Blocks clients that keep being denied: more than `rule.denials`
@@ -990,9 +1014,10 @@ impl HttpPolicy {
         }
         // Built in one place: the fast path moves the outcome once.
         if !denied || self.shadow {
+            let wanted = self.for_handlers || settlement.is_some() || places.is_some();
             return Outcome::Proceed {
                 headers,
-                admission: Some(Admission {
+                admission: wanted.then(|| Admission {
                     decision,
                     limiter: self.limiter.clone(),
                     rules: self.in_force(limits),

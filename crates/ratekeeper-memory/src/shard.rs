@@ -152,6 +152,9 @@ pub(crate) struct Shard {
     capacity: usize,
     clock: u32,
     rng: u64,
+    /// Expired entries a decision wrote over in place, counted here rather
+    /// than in the store's shared counter (no atomic per decision).
+    reused_expired: u64,
     /// Recomputes an entry's hash when the table grows (entries do not carry it).
     hasher: RandomState,
 }
@@ -165,8 +168,19 @@ impl Shard {
             capacity: capacity.clamp(1, (DENYING - 1) as usize),
             clock: 0,
             rng: seed | 1,
+            reused_expired: 0,
             hasher,
         }
+    }
+
+    /// Counts an expired entry written over in place.
+    pub(crate) fn count_reused_expired(&mut self) {
+        self.reused_expired += 1;
+    }
+
+    /// The expired entries written over in place so far.
+    pub(crate) fn reused_expired(&self) -> u64 {
+        self.reused_expired
     }
 
     fn tick(&mut self) -> u32 {

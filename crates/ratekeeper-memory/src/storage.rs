@@ -324,7 +324,9 @@ impl MemoryStorage {
                 let (decision, write) = kit::decide_one(entry.rule, None, now, cost)?;
                 if let Some(write) = write {
                     rewrite(slot, entry.rule, &decision, write, now_us);
-                    self.count_expired(1);
+                    // Under the shard's lock: no atomic on this common path
+                    // (a key seen again after its state has lapsed).
+                    shard.count_reused_expired();
                 }
                 Ok(decision)
             }
@@ -610,16 +612,22 @@ impl Storage for MemoryStorage {
     async fn stats(&self) -> Result<StorageStats> {
         self.ensure_open()?;
         let now = self.now();
-        let (keys, bytes) = self
+        let (keys, bytes, reused) = self
             .shared
             .shards
             .iter()
-            .map(|s| s.lock().measure(now))
-            .fold((0, 0), |(k, b), (k2, b2)| (k + k2, b + b2));
+            .map(|s| {
+                let shard = s.lock();
+                let (keys, bytes) = shard.measure(now);
+                (keys, bytes, shard.reused_expired())
+            })
+            .fold((0, 0, 0), |(k, b, r), (k2, b2, r2)| {
+                (k + k2, b + b2, r + r2)
+            });
         let mut stats = StorageStats::new("memory");
         stats.keys = Some(keys);
         stats.evictions = Some(self.shared.evictions.load(Ordering::Relaxed));
-        stats.expirations = Some(self.shared.expirations.load(Ordering::Relaxed));
+        stats.expirations = Some(self.shared.expirations.load(Ordering::Relaxed) + reused);
         stats.approx_bytes = Some(bytes);
         stats.details = vec![
             ("max_size".to_owned(), self.shared.max_size.to_string()),

@@ -1,6 +1,7 @@
 //! The actix-web server `cargo xtask bench http` loads with wrk:
-//! `actix-bench-server none|ours|governor PORT`. `GET /` answers "hello"
-//! behind no limiter, our middleware (memory store), or actix-governor, all
+//! `actix-bench-server none|ours|ours+decision|governor PORT`. `GET /`
+//! answers "hello" behind no limiter, our middleware (memory store; the
+//! modes of `ratekeeper_bench::our_policy`), or actix-governor, all
 //! with the same quota as the axum server (see `ratekeeper_bench::RATE`),
 //! keyed by peer address. One worker: the bench pins the server to one core.
 //!
@@ -14,7 +15,7 @@ use std::time::Instant;
 
 use actix_web::{App, HttpServer, web};
 use ratekeeper_actix::RateLimit;
-use ratekeeper_bench::{RATE, bench_policy};
+use ratekeeper_bench::{RATE, our_policy};
 
 /// Serves the app `$app` builds (each mode's app is its own type).
 macro_rules! serve {
@@ -59,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return in_process(&mode, n);
     }
     let port: u16 = second.parse()?;
-    let ours = RateLimit::new(bench_policy(false)?);
+    let ours = our_policy(&mode).transpose()?.map(RateLimit::new);
     let governor = Arc::new(
         actix_governor::GovernorConfigBuilder::default()
             .requests_per_second(RATE)
@@ -69,16 +70,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     actix_web::rt::System::new().block_on(async move {
         let hello = || async { "hello" };
-        match mode.as_str() {
-            "none" => serve!(port, move || App::new().route("/", web::get().to(hello))),
-            "ours" => serve!(port, move || App::new()
-                .wrap(ours.clone())
-                .route("/", web::get().to(hello))),
-            "governor" => serve!(port, move || App::new()
+        match (mode.as_str(), ours) {
+            ("none", _) => serve!(port, move || App::new().route("/", web::get().to(hello))),
+            ("governor", _) => serve!(port, move || App::new()
                 .wrap(actix_governor::Governor::new(&governor))
                 .route("/", web::get().to(hello))),
-            other => Err(std::io::Error::other(format!(
-                "unknown mode {other:?}: none, ours or governor"
+            (_, Some(ours)) => serve!(port, move || App::new()
+                .wrap(ours.clone())
+                .route("/", web::get().to(hello))),
+            (other, None) => Err(std::io::Error::other(format!(
+                "unknown mode {other:?}: none, ours, ours+decision or governor"
             ))),
         }
     })?;
@@ -87,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// `MODE in-process N`: the same apps, called without a network.
 fn in_process(mode: &str, n: u32) -> Result<(), Box<dyn std::error::Error>> {
-    let ours = RateLimit::new(bench_policy(false)?);
+    let ours = our_policy(mode).transpose()?.map(RateLimit::new);
     let governor = actix_governor::GovernorConfigBuilder::default()
         .requests_per_second(RATE)
         .burst_size(u32::try_from(RATE)?)
@@ -95,16 +96,23 @@ fn in_process(mode: &str, n: u32) -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("actix-governor rejected the quota")?;
     let ns = actix_web::rt::System::new().block_on(async move {
         let hello = || async { "hello" };
-        Ok::<_, Box<dyn std::error::Error>>(match mode {
-            "none" => measure!(n, App::new().route("/", web::get().to(hello))),
-            "ours" => measure!(n, App::new().wrap(ours).route("/", web::get().to(hello))),
-            "governor" => measure!(
+        Ok::<_, Box<dyn std::error::Error>>(match (mode, ours) {
+            ("none", _) => measure!(n, App::new().route("/", web::get().to(hello))),
+            ("governor", _) => measure!(
                 n,
                 App::new()
                     .wrap(actix_governor::Governor::new(&governor))
                     .route("/", web::get().to(hello))
             ),
-            other => return Err(format!("unknown mode {other:?}: none, ours or governor").into()),
+            (_, Some(ours)) => {
+                measure!(n, App::new().wrap(ours).route("/", web::get().to(hello)))
+            }
+            (other, None) => {
+                return Err(format!(
+                    "unknown mode {other:?}: none, ours, ours+decision or governor"
+                )
+                .into());
+            }
         })
     })?;
     println!("{mode}: {ns:.0} ns per request");

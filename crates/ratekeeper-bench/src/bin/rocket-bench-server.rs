@@ -1,6 +1,7 @@
 //! The Rocket server `cargo xtask bench http` loads with wrk:
-//! `rocket-bench-server none|ours|governor PORT`. `GET /` answers "hello"
-//! behind no limiter, our fairing (memory store), or rocket-governor's
+//! `rocket-bench-server none|ours|ours+decision|governor PORT`. `GET /`
+//! answers "hello" behind no limiter, our fairing (memory store; the modes
+//! of `ratekeeper_bench::our_policy`), or rocket-governor's
 //! guard, all with the same quota as the axum server (see
 //! `ratekeeper_bench::RATE`), keyed by client address. One worker: the bench
 //! pins the server to one core.
@@ -11,7 +12,7 @@
 
 use std::num::NonZeroU32;
 
-use ratekeeper_bench::{RATE, bench_policy};
+use ratekeeper_bench::{RATE, our_policy};
 use ratekeeper_rocket::RateLimit;
 use rocket_governor::{Method, Quota, RocketGovernable, RocketGovernor};
 
@@ -49,16 +50,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..rocket::Config::release_default()
     };
     let rocket = rocket::custom(config);
-    let rocket = match mode.as_str() {
-        "none" => rocket.mount("/", rocket::routes![plain]),
-        "ours" => rocket
-            .attach(RateLimit::new(bench_policy(false)?))
+    let rocket = match (mode.as_str(), our_policy(&mode)) {
+        ("none", _) => rocket.mount("/", rocket::routes![plain]),
+        (_, Some(ours)) => rocket
+            .attach(RateLimit::new(ours?))
             .mount("/", rocket::routes![plain]),
-        "governor" => rocket.mount("/", rocket::routes![governed]).register(
+        ("governor", _) => rocket.mount("/", rocket::routes![governed]).register(
             "/",
             rocket::catchers![rocket_governor::rocket_governor_catcher],
         ),
-        other => return Err(format!("unknown mode {other:?}: none, ours or governor").into()),
+        (other, None) => {
+            return Err(
+                format!("unknown mode {other:?}: none, ours, ours+decision or governor").into(),
+            );
+        }
     };
     if in_process {
         let n: u32 = args.next().unwrap_or_else(|| "200000".to_owned()).parse()?;
