@@ -7,7 +7,7 @@ use http::Extensions;
 use ratekeeper_http::SharedPolicy;
 use tower::Layer;
 
-use crate::service::{PeerFn, RateLimit, connect_info_peer};
+use crate::service::{RateLimit, Shared, connect_info_peer};
 
 /// Applies an [`HttpPolicy`](ratekeeper_http::HttpPolicy) to every
 /// request of the wrapped service.
@@ -19,14 +19,13 @@ use crate::service::{PeerFn, RateLimit, connect_info_peer};
 /// [`policy`](Self::policy)).
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    policy: SharedPolicy,
-    peer: PeerFn,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for RateLimitLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitLayer")
-            .field("policy", &self.policy)
+            .field("policy", &self.shared.policy)
             .finish_non_exhaustive()
     }
 }
@@ -38,8 +37,10 @@ impl RateLimitLayer {
     /// extensions).
     pub fn new(policy: impl Into<SharedPolicy>) -> Self {
         Self {
-            policy: policy.into(),
-            peer: Arc::new(connect_info_peer),
+            shared: Arc::new(Shared {
+                policy: policy.into(),
+                peer: Arc::new(connect_info_peer),
+            }),
         }
     }
 
@@ -51,13 +52,13 @@ impl RateLimitLayer {
         mut self,
         peer: impl Fn(&Extensions) -> Option<IpAddr> + Send + Sync + 'static,
     ) -> Self {
-        self.peer = Arc::new(peer);
+        Arc::make_mut(&mut self.shared).peer = Arc::new(peer);
         self
     }
 
     /// The policy, replaceable while the server runs.
     pub fn policy(&self) -> &SharedPolicy {
-        &self.policy
+        &self.shared.policy
     }
 }
 
@@ -65,6 +66,6 @@ impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, self.policy.clone(), Arc::clone(&self.peer))
+        RateLimit::new(inner, Arc::clone(&self.shared))
     }
 }

@@ -29,30 +29,34 @@ pub fn connect_info_peer(extensions: &Extensions) -> Option<IpAddr> {
         .or_else(|| extensions.get::<SocketAddr>().map(SocketAddr::ip))
 }
 
+/// What the layer and every service it builds share. One reference: axum
+/// clones a route's service for every request, and each reference counted
+/// is an atomic increment and decrement per request.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) policy: SharedPolicy,
+    pub(crate) peer: PeerFn,
+}
+
 /// The [`tower::Service`] that [`RateLimitLayer`](crate::RateLimitLayer) builds.
 #[derive(Clone)]
 pub struct RateLimit<S> {
     inner: S,
-    policy: SharedPolicy,
-    peer: PeerFn,
+    shared: Arc<Shared>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("policy", &self.policy)
+            .field("policy", &self.shared.policy)
             .finish_non_exhaustive()
     }
 }
 
 impl<S> RateLimit<S> {
-    pub(crate) fn new(inner: S, policy: SharedPolicy, peer: PeerFn) -> Self {
-        Self {
-            inner,
-            policy,
-            peer,
-        }
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
     }
 }
 
@@ -86,6 +90,7 @@ async fn follow<B: AnswerBody>(
 
 /// Applies an outcome: the layer's answer (in gRPC's form for gRPC requests),
 /// or the request goes on with the handler's view of the decision.
+#[inline]
 fn act<B: AnswerBody, ReqBody>(outcome: Outcome, request: &mut Request<ReqBody>) -> Action<B> {
     match outcome.for_request(request.headers()) {
         Outcome::Respond {
@@ -117,7 +122,10 @@ fn with_headers<B>(
     response
 }
 
-fn view<B>(request: &Request<B>, peer: IpAddr) -> RequestView<'_> {
+/// What the policy sees of `request`; the matched route pattern only when
+/// the policy reads it (`reads_route`: looking it up costs as much as a
+/// third of what the view costs).
+fn view<B>(request: &Request<B>, peer: IpAddr, reads_route: bool) -> RequestView<'_> {
     // Inside a nested router axum strips the prefix from the URI; the
     // route table matches the full path, as the client sent it.
     let path = request
@@ -127,9 +135,9 @@ fn view<B>(request: &Request<B>, peer: IpAddr) -> RequestView<'_> {
     RequestView {
         method: request.method().as_str(),
         path,
-        route: request
-            .extensions()
-            .get::<MatchedPath>()
+        route: reads_route
+            .then(|| request.extensions().get::<MatchedPath>())
+            .flatten()
             .map(MatchedPath::as_str),
         peer,
         headers: request.headers(),
@@ -140,6 +148,7 @@ fn view<B>(request: &Request<B>, peer: IpAddr) -> RequestView<'_> {
 impl<S> RateLimit<S> {
     /// Applies an outcome decided at once: no boxed future, and the service
     /// that was polled ready takes the request.
+    #[inline]
     fn at_once<ReqBody, ResBody>(
         &mut self,
         outcome: Outcome,
@@ -183,13 +192,15 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let Some(peer) = (self.peer)(request.extensions()) else {
+        let Some(peer) = (self.shared.peer)(request.extensions()) else {
             // Without a peer address every client would share one key:
             // refuse loudly rather than limit wrongly.
             return self.at_once(Outcome::misconfigured(NO_PEER), request);
         };
         // One policy for the whole request, even if it is replaced meanwhile.
-        let policy = match self.policy.load().now_or_later(&view(&request, peer)) {
+        let policy = self.shared.policy.load();
+        let reads_route = policy.reads_route();
+        let policy = match policy.now_or_later(&view(&request, peer, reads_route)) {
             Decided::Now(outcome) => return self.at_once(outcome, request),
             Decided::Later(policy) => policy,
         };
@@ -198,7 +209,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::deciding(Box::pin(async move {
-            let outcome = policy.check(&view(&request, peer)).await;
+            let outcome = policy
+                .check(&view(&request, peer, policy.reads_route()))
+                .await;
             let mut request = request;
             match act(outcome, &mut request) {
                 Action::Answer(response) => Ok(response),

@@ -153,6 +153,7 @@ impl Outcome {
     /// ([`into_grpc`](Self::into_grpc)) when the request is gRPC, as it is
     /// otherwise. Only an answer differs, so only an answer looks.
     #[must_use]
+    #[inline]
     pub fn for_request(self, headers: &dyn Headers) -> Self {
         match self {
             answer @ Self::Respond { .. } if super::grpc::is_grpc(headers) => answer.into_grpc(),
@@ -177,7 +178,11 @@ pub fn response(
 
 /// Adds an outcome's headers to a response's, replacing any of the same
 /// name (the handler's own `content-type` on an answer, say).
+#[inline]
 pub fn add_headers(map: &mut HeaderMap, headers: Vec<(HeaderName, HeaderValue)>) {
+    if headers.is_empty() {
+        return;
+    }
     map.reserve(headers.len());
     for (name, value) in headers {
         map.insert(name, value);

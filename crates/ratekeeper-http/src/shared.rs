@@ -52,6 +52,7 @@ impl SharedPolicy {
 
     /// The current policy, for one request: cheap, lock-free, and held only
     /// as long as the request needs it.
+    #[inline]
     pub fn load(&self) -> PolicyGuard {
         PolicyGuard(self.0.load())
     }
@@ -115,6 +116,7 @@ impl PolicyGuard {
     /// Otherwise [`Decided::Later`] hands back this same policy, owned, for
     /// the adapter to decide with ([`HttpPolicy::check`]) in a future that
     /// owns the request.
+    #[inline]
     pub fn now_or_later(self, view: &RequestView<'_>) -> Decided {
         match self.check_now(view) {
             Some(outcome) => Decided::Now(outcome),
