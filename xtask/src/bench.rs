@@ -185,6 +185,9 @@ const HTTP_SERVERS: &[HttpServer] = &[
 ];
 
 fn http(root: &Path) -> Result<(), String> {
+    if !crate::on_path("wrk") {
+        crate::apt_install("wrk", "the HTTP bench loads each server with wrk")?;
+    }
     let mut out = Vec::new();
     let mut table = String::from(
         "| row | ours (requests/s) | peer (requests/s) | ratio ours/peer | overhead per request (µs) | in process: ours / peer (ns per request) |\n|---|---:|---:|---:|---:|---:|\n",

@@ -12,8 +12,10 @@ use ratekeeper_http::Admission;
 ///
 /// Take it as a handler argument: `decision: RateLimitDecision` on limited
 /// routes (a request that reaches the handler without one — an exempt path,
-/// an allow-listed client, a route outside the middleware — is answered 500),
-/// or `decision: Option<RateLimitDecision>` where it may be absent.
+/// an allow-listed client, a route outside the middleware, a policy built
+/// with [`decision_for_handlers(false)`](ratekeeper_http::HttpPolicy::decision_for_handlers)
+/// — is answered 500), or `decision: Option<RateLimitDecision>` where it
+/// may be absent.
 ///
 /// ```no_run
 /// use ratekeeper_actix::RateLimitDecision;
@@ -34,7 +36,8 @@ impl Deref for RateLimitDecision {
 }
 
 const MISSING: &str = "no rate-limit decision for this request: the route is not wrapped by the \
-                       RateLimit middleware, or it is exempt (take Option<RateLimitDecision> there)";
+                       RateLimit middleware, or it is exempt (take Option<RateLimitDecision> there), \
+                       or the policy hands handlers no decision (decision_for_handlers(false))";
 
 impl FromRequest for RateLimitDecision {
     type Error = actix_web::Error;

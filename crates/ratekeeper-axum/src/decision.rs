@@ -12,8 +12,10 @@ use ratekeeper_http::Admission;
 ///
 /// Extract it in a handler: `decision: RateLimitDecision` on routes the layer
 /// limits (a request that reaches the handler without one — an exempt route,
-/// an allow-listed client, a route outside the layer — is answered 500), or
-/// `decision: Option<RateLimitDecision>` where it may be absent.
+/// an allow-listed client, a route outside the layer, a policy built with
+/// [`decision_for_handlers(false)`](ratekeeper_http::HttpPolicy::decision_for_handlers)
+/// — is answered 500), or `decision: Option<RateLimitDecision>` where it may
+/// be absent.
 ///
 /// ```no_run
 /// use ratekeeper_axum::RateLimitDecision;
@@ -40,7 +42,8 @@ impl Deref for RateLimitDecision {
 }
 
 const MISSING: &str = "no rate-limit decision for this request: the route is not behind a \
-                       RateLimitLayer, or it is exempt (extract Option<RateLimitDecision> there)";
+                       RateLimitLayer, or it is exempt (extract Option<RateLimitDecision> there), \
+                       or the policy hands handlers no decision (decision_for_handlers(false))";
 
 impl<S: Send + Sync> FromRequestParts<S> for RateLimitDecision {
     type Rejection = (StatusCode, &'static str);

@@ -209,9 +209,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::deciding(Box::pin(async move {
-            let outcome = policy
-                .check(&view(&request, peer, policy.reads_route()))
-                .await;
+            let outcome = policy.check(&view(&request, peer, reads_route)).await;
             let mut request = request;
             match act(outcome, &mut request) {
                 Action::Answer(response) => Ok(response),

@@ -88,6 +88,49 @@ async fn a_nested_router_is_limited_by_its_full_route() {
     assert_eq!(c.get("/", &[]).await.status, 200);
 }
 
+/// The matched route is looked up only for a policy that reads it: a hook
+/// does (it sees the view), and gets the pattern; so does an exemption
+/// predicate, which exempts by pattern.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_and_predicates_see_the_matched_route() {
+    let app = |policy| {
+        Router::new()
+            .route("/users/{id}", get(|| async { "user" }))
+            .route("/health/{part}", get(|| async { "ok" }))
+            .layer(RateLimitLayer::new(policy))
+    };
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let hooked = policy("1/hour").on_blocked(Arc::new(move |view, _| {
+        record.lock().unwrap().push(view.route.map(str::to_owned));
+    }));
+    let c = serve(app(hooked), true).await;
+    assert_eq!(c.get("/users/1", &[]).await.status, 200);
+    assert_eq!(c.get("/users/2", &[]).await.status, 429);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Some("/users/{id}".to_owned())],
+        "the hook saw the pattern"
+    );
+
+    let routes = RouteTable::new()
+        .default_limits(Limits::new(vec![rule("api", "1/hour")]))
+        .exempt_when(Arc::new(|view: &ratekeeper_http::RequestView<'_>| {
+            view.route == Some("/health/{part}")
+        }));
+    let exempting = HttpPolicy::new(
+        Limiter::new(Arc::new(MemoryStorage::new())),
+        routes,
+        KeyExtractor::new(KeySource::Ip),
+    );
+    let c = serve(app(exempting), true).await;
+    for _ in 0..3 {
+        assert_eq!(c.get("/health/live", &[]).await.status, 200);
+    }
+    assert_eq!(c.get("/users/1", &[]).await.status, 200);
+    assert_eq!(c.get("/users/1", &[]).await.status, 429);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_peer_address_the_layer_refuses_loudly() {
     let app = Router::new()

@@ -42,6 +42,7 @@ reset_format = "hours"
 on_store_error = "explode"
 denied_status = 200
 shadow = "yes"
+decision_for_handlers = 1
 ipv6_prefix = 129
 rules = ["nope"]
 
@@ -163,6 +164,7 @@ configuration: defaults.reset_format: unknown reset format "hours" (expected "se
 configuration: defaults.on_store_error: unknown error mode "explode" (expected "deny" to fail closed, "allow" to fail open or "degraded" to decide locally)
 configuration: defaults.denied_status: 200 is out of range (expected a whole number from 400 to 599)
 configuration: defaults.shadow: expected true or false, found a string
+configuration: defaults.decision_for_handlers: expected true or false, found an integer
 configuration: defaults.ipv6_prefix: 129 is out of range (expected a whole number from 1 to 128)
 configuration: rules.badwindow.window: invalid duration "soon": each part must start with a whole number (expected e.g. "500ms", "30s", "1m", "1h", "1d" or "1h30m")
 configuration: rules.missing.limit: missing (expected a whole number from 1)
@@ -206,7 +208,7 @@ configuration: tiers.pro.rules[1].path: duplicate entry: tiers.pro.rules[0] alre
     let all = Config::parse(BROKEN, Format::Toml).unwrap_err();
     assert!(
         all.to_string()
-            .starts_with("invalid configuration (46 problems):\n  configuration: storage.url: ")
+            .starts_with("invalid configuration (47 problems):\n  configuration: storage.url: ")
     );
 }
 
@@ -355,6 +357,7 @@ rules = [{ path = "/api/v1/tasks/task", methods = ["POST"], rule = "api" }]
         config.storage.full_url(),
         "redis://cache:6379/0?connections=4&prefix=app%3A"
     );
+    assert!(config.defaults.decision_for_handlers, "on by default");
     assert_eq!(
         config.defaults.key,
         KeySpec::Composite(vec![KeySpec::User, KeySpec::Route])

@@ -372,7 +372,8 @@ async fn a_unix_time_reset_is_read_from_the_limiters_clock() {
 }
 
 /// Which policies fill [`RequestView::route`]: those whose keys or
-/// exemption predicate read it, in the route table or in a tier.
+/// exemption predicate read it, in the route table or in a tier, and those
+/// with a hook (which sees the view).
 #[tokio::test]
 async fn reads_route_says_whether_a_key_or_predicate_reads_the_route() {
     let limits = || Limits::new(vec![rule("api", "10/minute")]);
@@ -406,6 +407,10 @@ async fn reads_route_says_whether_a_key_or_predicate_reads_the_route() {
             })),
     );
     assert!(exempting.reads_route());
+    let blocked: ratekeeper::http::BlockedHook = Arc::new(|_, _| {});
+    assert!(plain.clone().on_blocked(blocked).reads_route());
+    let failed: ratekeeper::http::ErrorHook = Arc::new(|_, _| {});
+    assert!(plain.on_error(failed).reads_route());
 }
 
 /// Admissions are equal when decision, key and rules all are.

@@ -60,7 +60,8 @@ pub struct RequestView<'a> {
     pub method: &'a str,
     /// The path, without the query string.
     pub path: &'a str,
-    /// The matched route pattern (`/users/{id}`), when the framework knows it.
+    /// The matched route pattern (`/users/{id}`), when the framework knows
+    /// it and the policy reads it ([`HttpPolicy::reads_route`](crate::HttpPolicy::reads_route)).
     pub route: Option<&'a str>,
     /// The connection's peer address.
     pub peer: IpAddr,
@@ -362,8 +363,8 @@ impl KeyExtractor {
     clippy::indexing_slicing,
     reason = "constant evaluation: an index out of range fails the build"
 )]
-const OCTETS: [([u8; 3], usize); 256] = {
-    let mut table = [([0u8; 3], 0usize); 256];
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut table = [([0u8; 3], 0u8); 256];
     let mut i = 0;
     while i < 256 {
         let n = i as u8;
@@ -383,9 +384,10 @@ const OCTETS: [([u8; 3], usize); 256] = {
 /// a table into a stack buffer and stored inline (no allocation, no
 /// formatting machinery).
 fn ipv4_key(ip: std::net::Ipv4Addr) -> SmolStr {
-    // "ip:", at most 15 characters of address, and room for a last octet's
-    // three bytes written whole.
-    let mut buf = [0u8; 21];
+    // "ip:" and at most 15 characters of address. Each octet is written as
+    // three bytes, then the key moves on by its digits: the last starts at
+    // 15 at most, so its three bytes always fit.
+    let mut buf = [0u8; 18];
     let mut len = 3;
     if let Some(head) = buf.get_mut(..3) {
         head.copy_from_slice(b"ip:");
@@ -401,7 +403,7 @@ fn ipv4_key(ip: std::net::Ipv4Addr) -> SmolStr {
         if let Some(at) = buf.get_mut(len..len + 3) {
             at.copy_from_slice(&digits);
         }
-        len += n;
+        len += usize::from(n);
     }
     let text = buf.get(..len).and_then(|b| std::str::from_utf8(b).ok());
     SmolStr::new(text.unwrap_or_default())
@@ -588,6 +590,19 @@ mod tests {
             proptest::prop_assert_eq!(e.ip(IpAddr::V4(ip)), SmolStr::new(format!("ip:{ip}")));
             // An IPv4-mapped IPv6 peer is the same client.
             proptest::prop_assert_eq!(e.ip(IpAddr::V6(ip.to_ipv6_mapped())), SmolStr::new(format!("ip:{ip}")));
+        }
+    }
+
+    /// Every octet value, in every position, is written as `Display` writes it.
+    #[test]
+    fn ipv4_keys_spell_every_octet_as_display_does() {
+        for n in 0..=255u8 {
+            for ip in [
+                std::net::Ipv4Addr::new(n, n, n, n),
+                std::net::Ipv4Addr::new(n, 255 - n, n / 3, 7),
+            ] {
+                assert_eq!(ipv4_key(ip), SmolStr::new(format!("ip:{ip}")));
+            }
         }
     }
 }

@@ -542,11 +542,12 @@ impl HttpPolicy {
     }
 
     /// Whether deciding may need the request's matched route pattern
-    /// ([`RequestView::route`]): a key or exemption predicate reads it.
-    /// Adapters whose framework computes the pattern at a cost (actix) fill
-    /// it only when this is true; the route table itself matches paths.
+    /// ([`RequestView::route`]): a key or exemption predicate reads it, or
+    /// a hook (it sees the view). Adapters fill the pattern only when this
+    /// is true (finding it costs a lookup, and on actix-web an allocation);
+    /// the route table itself matches paths.
     pub fn reads_route(&self) -> bool {
-        self.reads_route
+        self.reads_route || self.on_blocked.is_some() || self.on_error.is_some()
     }
 
     /// The limiter.

@@ -79,6 +79,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
     evictions: AtomicU64,
+    /// Expired entries removed; those a decision wrote over in place are
+    /// counted by their shards (`stats` adds both).
     expirations: AtomicU64,
     /// New keys refused: full of state that still denies.
     refused: AtomicU64,

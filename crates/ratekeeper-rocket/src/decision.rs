@@ -12,8 +12,9 @@ use rocket::request::{FromRequest, Outcome};
 ///
 /// A request guard: `decision: RateLimitDecision` on routes the fairing (or
 /// an earlier rate-limit guard in the same handler) limited; a request
-/// without one (an exempt path, an allow-listed client) fails with 500. Use
-/// `Option<RateLimitDecision>` where it may be absent.
+/// without one (an exempt path, an allow-listed client, a policy built with
+/// [`decision_for_handlers(false)`](ratekeeper_http::HttpPolicy::decision_for_handlers))
+/// fails with 500. Use `Option<RateLimitDecision>` where it may be absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitDecision(pub Admission);
 
@@ -35,7 +36,7 @@ impl<'r> FromRequest<'r> for RateLimitDecision {
             None => Outcome::Error((
                 Status::InternalServerError,
                 "no rate-limit decision for this request: attach the RateLimit fairing or put a \
-                 rate-limit guard before this one",
+                 rate-limit guard before this one (and leave decision_for_handlers on)",
             )),
         }
     }

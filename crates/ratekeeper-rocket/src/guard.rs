@@ -16,7 +16,8 @@ use crate::view::decide;
 /// and the default), for applications that attach
 /// [`RateLimit::guards_only`](crate::RateLimit::guards_only). Its value is
 /// the admission (`None` when the request is not limited: exempt or
-/// allow-listed). Under the every-route fairing ([`RateLimit::new`](crate::RateLimit::new)),
+/// allow-listed; and when the policy hands handlers no decision,
+/// [`decision_for_handlers(false)`](ratekeeper_http::HttpPolicy::decision_for_handlers)). Under the every-route fairing ([`RateLimit::new`](crate::RateLimit::new)),
 /// which has already decided by the same table, it charges nothing more and
 /// gives the fairing's admission.
 ///

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use ratekeeper_http::{Headers, Limits, Outcome, RequestView, SharedPolicy};
+use ratekeeper_http::{Headers, KeySource, Limits, Outcome, RequestView, SharedPolicy};
 use rocket::Request;
 use rocket::http::HeaderMap;
 
@@ -103,7 +103,12 @@ pub(crate) async fn decide(
     // The path Rocket dispatches on: `/h%65alth`, `//health` and `/health/`
     // all reach the `/health` route, so all must be decided as `/health`.
     let path = routed_path(uri_path.as_str(), uri_path.segments());
-    let route = if policy.reads_route() {
+    // A guard's own limits may key by the route where the policy does not.
+    let reads_route = policy.reads_route()
+        || limits
+            .and_then(|l| l.key.as_ref())
+            .is_some_and(KeySource::reads_route);
+    let route = if reads_route {
         match (request.route(), index) {
             (Some(route), _) => Some(pattern(route.uri.path())),
             (None, Some(index)) => index.find(request.method(), &path).map(str::to_owned),

@@ -132,6 +132,45 @@ async fn guards_key_by_rockets_route_pattern() {
     assert_eq!(c.get("/users/2/profile", &[]).await.status, 429);
 }
 
+struct PerPattern;
+
+impl RouteLimits for PerPattern {
+    fn limits() -> Limits {
+        Limits::new(vec![rule("per-pattern", "1/hour")]).key(KeySource::Route)
+    }
+}
+
+#[rocket::get("/items/<id>")]
+fn item(id: u64, _limit: RateLimitedBy<PerPattern>) -> String {
+    format!("item {id}")
+}
+
+#[rocket::get("/orders/<id>")]
+fn order(id: u64, _limit: RateLimitedBy<PerPattern>) -> String {
+    format!("order {id}")
+}
+
+/// A guard whose own limits key by the route gets Rocket's pattern even
+/// when nothing else in the policy reads it: one key per pattern, not one
+/// for every route (nor one per path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_keyed_by_route_gets_the_pattern() {
+    let p = policy(RouteTable::new(), KeySource::Ip);
+    assert!(!p.reads_route());
+    let rocket = common::app()
+        .attach(RateLimit::guards_only(p))
+        .mount("/", rocket::routes![item, order]);
+    let (addr, _stop) = common::launch(rocket).await;
+    let c = TestClient::new(addr);
+    assert_eq!(c.status("/items/1", &[]).await, 200);
+    assert_eq!(c.status("/items/2", &[]).await, 429);
+    assert_eq!(
+        c.status("/orders/1", &[]).await,
+        200,
+        "another pattern, another key"
+    );
+}
+
 /// The every-route fairing decides before Rocket routes the request, yet
 /// keys by the route Rocket will match, as guards and other adapters do. A
 /// `RateLimited` guard under it charges nothing more.

@@ -1240,7 +1240,8 @@ pub async fn refused_requests_never_reach_the_handler(h: Arc<dyn HttpHarness>) {
     assert_eq!(calls(c).await, "calls=0");
 }
 
-/// Handlers see the decision; routes the policy does not limit have none.
+/// Handlers see the decision; routes the policy does not limit have none,
+/// and neither does any route of a policy that hands handlers no decision.
 pub async fn handlers_see_the_decision(h: Arc<dyn HttpHarness>) {
     let routes = default_limit("10/minute")
         .exempt("/health")
@@ -1261,6 +1262,35 @@ pub async fn handlers_see_the_decision(h: Arc<dyn HttpHarness>) {
     )
     .await;
     assert_eq!(c.get("/decision", &[]).await.body, "none");
+
+    // A policy that hands handlers no decision limits as before; a route
+    // counting only some responses still settles by them.
+    let routes = default_limit("2/minute")
+        .route(
+            "/login",
+            &[],
+            Limits::new(vec![rule("logins", "1/hour")])
+                .count_when("401".parse().expect("a status")),
+        )
+        .expect("a pattern");
+    let lean = policy(&h, routes, KeyExtractor::new(KeySource::Ip))
+        .await
+        .decision_for_handlers(false);
+    let (_server, c) = start(&h, lean).await;
+    assert_eq!(c.get("/decision", &[]).await.body, "none");
+    assert_eq!(c.get("/decision", &[]).await.body, "none");
+    assert_eq!(c.status("/decision", &[]).await, 429);
+    let good = [("x-password", "good")];
+    for _ in 0..3 {
+        assert_eq!(
+            c.status("/login", &good).await,
+            200,
+            "good logins never count"
+        );
+    }
+    let bad = [("x-password", "guess")];
+    assert_eq!(c.status("/login", &bad).await, 401);
+    assert_eq!(c.status("/login", &bad).await, 429);
 }
 
 /// A login route counting only failed logins (401s), 3 per window: good

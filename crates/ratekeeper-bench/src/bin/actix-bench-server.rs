@@ -1,5 +1,5 @@
 //! The actix-web server `cargo xtask bench http` loads with wrk:
-//! `actix-bench-server none|ours|ours+decision|governor PORT`. `GET /`
+//! `actix-bench-server none|ours|ours+decision|ours-headers|governor PORT`. `GET /`
 //! answers "hello" behind no limiter, our middleware (memory store; the
 //! modes of `ratekeeper_bench::our_policy`), or actix-governor, all
 //! with the same quota as the axum server (see `ratekeeper_bench::RATE`),
@@ -79,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .wrap(ours.clone())
                 .route("/", web::get().to(hello))),
             (other, None) => Err(std::io::Error::other(format!(
-                "unknown mode {other:?}: none, ours, ours+decision or governor"
+                "unknown mode {other:?}: none, ours, ours+decision, ours-headers or governor"
             ))),
         }
     })?;
@@ -109,7 +109,7 @@ fn in_process(mode: &str, n: u32) -> Result<(), Box<dyn std::error::Error>> {
             }
             (other, None) => {
                 return Err(format!(
-                    "unknown mode {other:?}: none, ours, ours+decision or governor"
+                    "unknown mode {other:?}: none, ours, ours+decision, ours-headers or governor"
                 )
                 .into());
             }

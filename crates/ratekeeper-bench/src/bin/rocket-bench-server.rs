@@ -1,5 +1,5 @@
 //! The Rocket server `cargo xtask bench http` loads with wrk:
-//! `rocket-bench-server none|ours|ours+decision|governor PORT`. `GET /`
+//! `rocket-bench-server none|ours|ours+decision|ours-headers|governor PORT`. `GET /`
 //! answers "hello" behind no limiter, our fairing (memory store; the modes
 //! of `ratekeeper_bench::our_policy`), or rocket-governor's
 //! guard, all with the same quota as the axum server (see
@@ -60,9 +60,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rocket::catchers![rocket_governor::rocket_governor_catcher],
         ),
         (other, None) => {
-            return Err(
-                format!("unknown mode {other:?}: none, ours, ours+decision or governor").into(),
-            );
+            return Err(format!(
+                "unknown mode {other:?}: none, ours, ours+decision, ours-headers or governor"
+            )
+            .into());
         }
     };
     if in_process {
