@@ -190,7 +190,7 @@ fn http(root: &Path) -> Result<(), String> {
     }
     let mut out = Vec::new();
     let mut table = String::from(
-        "| row | ours (requests/s) | peer (requests/s) | ratio ours/peer | overhead per request (µs) | in process: ours / peer (ns per request) |\n|---|---:|---:|---:|---:|---:|\n",
+        "| row | ours (requests/s) | peer (requests/s) | ratio ours/peer | overhead per request (µs) | in process: ours / peer (ns per request) | in process: ours / peer (instructions per request) |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for server in HTTP_SERVERS {
         let binary = release_binary(root, server.binary)?;
@@ -222,6 +222,8 @@ fn http(root: &Path) -> Result<(), String> {
                 .find(|(mode, _)| *mode == m)
                 .map(|(_, ns)| *ns)
         };
+        let counted = in_process_instructions(root, &server.in_process, &binary, server.modes);
+        let instructions = |m: &str| counted.iter().find(|(mode, _)| *mode == m).map(|(_, n)| *n);
         for (name, ours_mode, peer_mode) in server.rows {
             let (ours, peer) = (get(ours_mode), get(peer_mode));
             let ratio = ((ours / peer) * 100.0).round() / 100.0;
@@ -231,6 +233,22 @@ fn http(root: &Path) -> Result<(), String> {
                 (Some(o), Some(p), Some(fields)) => {
                     fields.insert("in_process_ours_ns".into(), json!(o.round()));
                     fields.insert("in_process_peer_ns".into(), json!(p.round()));
+                    fields.insert(
+                        "in_process_ratio".into(),
+                        json!(((o / p) * 100.0).round() / 100.0),
+                    );
+                    format!("{o:.0} / {p:.0} (+{:.0})", o - p)
+                }
+                _ => "—".to_owned(),
+            };
+            let counted = match (
+                instructions(ours_mode),
+                instructions(peer_mode),
+                row.as_object_mut(),
+            ) {
+                (Some(o), Some(p), Some(fields)) => {
+                    fields.insert("instructions_ours".into(), json!(o.round()));
+                    fields.insert("instructions_peer".into(), json!(p.round()));
                     format!("{o:.0} / {p:.0} (+{:.0})", o - p)
                 }
                 _ => "—".to_owned(),
@@ -238,7 +256,7 @@ fn http(root: &Path) -> Result<(), String> {
             out.push(row);
             let _ = writeln!(
                 table,
-                "| {name} | {ours:.0} | {peer:.0} | {ratio:.2} | {overhead:.2} | {cell} |"
+                "| {name} | {ours:.0} | {peer:.0} | {ratio:.2} | {overhead:.2} | {cell} | {counted} |"
             );
         }
     }
@@ -251,15 +269,14 @@ const IN_PROCESS_ROUNDS: usize = 5;
 /// mode is allowed all of them.
 const IN_PROCESS_REQUESTS: &str = "400000";
 
-/// Nanoseconds per request of each mode, measured in process (pinned to
-/// one core; the modes take turns, each keeping its median).
-fn in_process_ns(
+/// The in-process command of `how`: the program, and its flag before the
+/// request count.
+fn in_process_command(
     root: &Path,
     how: &InProcess,
     server: &Path,
-    modes: &[&'static str],
-) -> Result<Vec<(&'static str, f64)>, String> {
-    let (binary, flag) = match how {
+) -> Result<(PathBuf, Option<&'static str>), String> {
+    Ok(match how {
         InProcess::Example(example) => {
             cargo(
                 &[
@@ -275,7 +292,75 @@ fn in_process_ns(
             (root.join("target/release/examples").join(example), None)
         }
         InProcess::Server => (server.to_path_buf(), Some("in-process")),
+    })
+}
+
+/// Instructions per request of each mode, counted by callgrind: the
+/// difference between a run of 2 000 requests and one of 6 000, over
+/// 4 000, so start-up and one-time work cancel out. Unlike time on a
+/// shared machine, the count is the same from run to run. Modes it cannot
+/// count (no valgrind, a failed run) are left out, with a message.
+fn in_process_instructions(
+    root: &Path,
+    how: &InProcess,
+    server: &Path,
+    modes: &[&'static str],
+) -> Vec<(&'static str, f64)> {
+    if !on_path("valgrind")
+        && let Err(e) = crate::apt_install("valgrind", "counting instructions needs valgrind")
+    {
+        eprintln!("xtask: no instruction counts: {e}");
+        return Vec::new();
+    }
+    let (binary, flag) = match in_process_command(root, how, server) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("xtask: no instruction counts: {e}");
+            return Vec::new();
+        }
     };
+    let count = |mode: &str, n: &str| -> Option<f64> {
+        let out = std::process::Command::new("valgrind")
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(&binary)
+            .arg(mode)
+            .args(flag)
+            .arg(n)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        text.split("Collected : ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    modes
+        .iter()
+        .filter_map(|mode| {
+            let per_request = count(mode, "2000")
+                .zip(count(mode, "6000"))
+                .map(|(few, many)| (many - few) / 4000.0);
+            match per_request {
+                Some(n) => eprintln!("{mode}: {n:.0} instructions per request"),
+                None => eprintln!("xtask: callgrind could not count {mode}"),
+            }
+            per_request.map(|n| (*mode, n))
+        })
+        .collect()
+}
+
+/// Nanoseconds per request of each mode, measured in process (pinned to
+/// one core; the modes take turns, each keeping its median).
+fn in_process_ns(
+    root: &Path,
+    how: &InProcess,
+    server: &Path,
+    modes: &[&'static str],
+) -> Result<Vec<(&'static str, f64)>, String> {
+    let (binary, flag) = in_process_command(root, how, server)?;
     let name = binary
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
