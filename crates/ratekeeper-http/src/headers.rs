@@ -11,6 +11,7 @@
 //! `Retry-After` is plain HTTP: it goes on every denial, whatever the style.
 //! All seconds are rounded up, so a client that waits as told is never early.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,46 +78,21 @@ fn sf_string_len(s: &str) -> usize {
     s.len() + 2 + s.bytes().filter(escaped).count()
 }
 
-/// Appends a structured-field string: quoted, with `"` and `\` escaped.
-fn push_sf_string(out: &mut String, s: &str) {
-    out.push('"');
+/// Appends a structured-field string: quoted, with `"` and `\\` escaped.
+fn push_sf_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
     if s.bytes().any(|b| escaped(&b)) {
-        for c in s.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
+        for b in s.bytes() {
+            if escaped(&b) {
+                out.push(b'\\');
             }
-            out.push(c);
+            out.push(b);
         }
     } else {
         // Rule names rarely need escaping: copied at once.
-        out.push_str(s);
+        out.extend_from_slice(s.as_bytes());
     }
-    out.push('"');
-}
-
-/// The number of decimal digits of `n`.
-fn digits(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-/// Appends `n` in decimal. Headers are rendered for every request; this
-/// skips the formatting machinery and copies the digits at once.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        if let Some(d) = buf.get_mut(start) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || start == 0 {
-            break;
-        }
-    }
-    if let Some(text) = buf.get(start..).and_then(|b| std::str::from_utf8(b).ok()) {
-        out.push_str(text);
-    }
+    out.push(b'"');
 }
 
 /// The header names the policy writes, made at compile time.
@@ -136,19 +112,69 @@ pub(crate) mod names {
 /// `"name";KEY=value;KEY=value`, the shape of both IETF fields, made with its
 /// exact length as capacity: `Bytes` then takes the buffer as it is, with no
 /// second allocation. `None` if the rule's name holds a byte no header
-/// value may hold (a control character).
-fn ietf_field(name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) -> Option<HeaderValue> {
-    let len = sf_string_len(name) + k1.len() + k2.len() + 4 + digits(v1) + digits(v2);
-    let mut out = String::with_capacity(len);
+/// value may hold (a control character). Written byte by byte: both fields
+/// are made for every request that shows headers.
+fn ietf_field(name: &str, (k1, v1): (u8, u64), (k2, v2): (u8, u64)) -> Option<HeaderValue> {
+    let (mut d1, mut d2) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (v1, v2) = (d1.format(v1).as_bytes(), d2.format(v2).as_bytes());
+    let len = sf_string_len(name) + 6 + v1.len() + v2.len();
+    let mut out = Vec::with_capacity(len);
     push_sf_string(&mut out, name);
     for (key, value) in [(k1, v1), (k2, v2)] {
-        out.push(';');
-        out.push_str(key);
-        out.push('=');
-        push_u64(&mut out, value);
+        out.extend_from_slice(&[b';', key, b'=']);
+        out.extend_from_slice(value);
     }
     debug_assert_eq!(out.len(), len);
     HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+}
+
+/// How many `RateLimit-Policy` fields each thread keeps made.
+const POLICY_FIELDS: usize = 4;
+
+/// The `RateLimit-Policy` fields this thread made last, with what made
+/// them: a field depends only on its rule's name, limit and window, which
+/// rarely change from one request to the next, so a repeat is a clone of
+/// the one made before (its buffer's count raised by one) rather than a
+/// new buffer written and checked byte by byte. Per thread, so threads
+/// never share a count; at most [`POLICY_FIELDS`], replaced in turn.
+struct PolicyFields {
+    made: [Option<(Box<str>, u64, u64, HeaderValue)>; POLICY_FIELDS],
+    next: usize,
+}
+
+thread_local! {
+    static MADE_POLICY_FIELDS: RefCell<PolicyFields> = const {
+        RefCell::new(PolicyFields { made: [None, None, None, None], next: 0 })
+    };
+}
+
+/// `RateLimit-Policy` of the rule `name` with `limit` per `window_secs`:
+/// the one this thread made before for the same three, or a new one.
+fn policy_field(name: &str, limit: u64, window_secs: u64) -> Option<HeaderValue> {
+    let same = |made: &Option<(Box<str>, u64, u64, HeaderValue)>| {
+        made.as_ref()
+            .filter(|(n, l, w, _)| *l == limit && *w == window_secs && **n == *name)
+            .map(|(.., field)| field.clone())
+    };
+    let made = MADE_POLICY_FIELDS
+        .try_with(|fields| fields.try_borrow().ok()?.made.iter().find_map(same))
+        .ok()
+        .flatten();
+    if made.is_some() {
+        return made;
+    }
+    let field = ietf_field(name, (b'q', limit), (b'w', window_secs))?;
+    // A thread being torn down (or a re-entrant call) just skips the keeping.
+    let _ = MADE_POLICY_FIELDS.try_with(|fields| {
+        if let Ok(mut fields) = fields.try_borrow_mut() {
+            let at = fields.next % POLICY_FIELDS;
+            fields.next = at + 1;
+            if let Some(slot) = fields.made.get_mut(at) {
+                *slot = Some((name.into(), limit, window_secs, field.clone()));
+            }
+        }
+    });
+    Some(field)
 }
 
 /// The rate-limit headers for `decision`, made by a rule whose window is
@@ -198,10 +224,10 @@ pub fn rate_limit_headers(
     if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
         let window_secs = ceil_secs(duration_to_micros(window)).max(1);
         let name = decision.rule();
-        if let Some(v) = ietf_field(name, ("q", decision.limit()), ("w", window_secs)) {
+        if let Some(v) = policy_field(name, decision.limit(), window_secs) {
             headers.push((names::RATELIMIT_POLICY, v));
         }
-        if let Some(v) = ietf_field(name, ("r", decision.remaining()), ("t", reset_secs)) {
+        if let Some(v) = ietf_field(name, (b'r', decision.remaining()), (b't', reset_secs)) {
             headers.push((names::RATELIMIT, v));
         }
     }
@@ -228,15 +254,15 @@ mod tests {
     #[test]
     fn ietf_fields_are_made_with_their_exact_length_and_escaped() {
         for name in ["api", "a\"b", "back\\slash", "ünï"] {
-            let field = ietf_field(name, ("q", 0), ("w", u64::MAX)).unwrap();
+            let field = ietf_field(name, (b'q', 0), (b'w', u64::MAX)).unwrap();
             assert!(field.as_bytes().ends_with(b";q=0;w=18446744073709551615"));
         }
         assert_eq!(
-            ietf_field("a\"b", ("r", 7), ("t", 60)).unwrap(),
+            ietf_field("a\"b", (b'r', 7), (b't', 60)).unwrap(),
             "\"a\\\"b\";r=7;t=60"
         );
         // A control character cannot be sent: the field is left out.
-        assert_eq!(ietf_field("a\nb", ("r", 7), ("t", 60)), None);
+        assert_eq!(ietf_field("a\nb", (b'r', 7), (b't', 60)), None);
     }
 
     const NOW: Timestamp = Timestamp::from_micros(1_700_000_000_250_000);
@@ -324,11 +350,20 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Whatever a thread asked for before, the policy field it gets is
+        /// the one made afresh for the same rule, limit and window.
         #[test]
-        fn decimals_match_display(n: u64) {
-            let mut out = String::new();
-            push_u64(&mut out, n);
-            proptest::prop_assert_eq!(out, n.to_string());
+        fn kept_policy_fields_are_the_fields_made_afresh(
+            asks in proptest::collection::vec((0..6usize, 0..3u64, 1..3u64), 1..40),
+        ) {
+            const NAMES: [&str; 6] = ["ip", "ipv", "api", "a\"b", "tier", "i"];
+            for (name, limit, window) in asks {
+                let name = NAMES[name];
+                proptest::prop_assert_eq!(
+                    policy_field(name, limit, window),
+                    ietf_field(name, (b'q', limit), (b'w', window))
+                );
+            }
         }
     }
 }
