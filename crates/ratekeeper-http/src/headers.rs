@@ -131,6 +131,9 @@ fn ietf_field(name: &str, (k1, v1): (u8, u64), (k2, v2): (u8, u64)) -> Option<He
 /// How many `RateLimit-Policy` fields each thread keeps made.
 const POLICY_FIELDS: usize = 4;
 
+/// A `RateLimit-Policy` field and the rule name, limit and window it says.
+type MadeField = (Box<str>, u64, u64, HeaderValue);
+
 /// The `RateLimit-Policy` fields this thread made last, with what made
 /// them: a field depends only on its rule's name, limit and window, which
 /// rarely change from one request to the next, so a repeat is a clone of
@@ -138,7 +141,7 @@ const POLICY_FIELDS: usize = 4;
 /// new buffer written and checked byte by byte. Per thread, so threads
 /// never share a count; at most [`POLICY_FIELDS`], replaced in turn.
 struct PolicyFields {
-    made: [Option<(Box<str>, u64, u64, HeaderValue)>; POLICY_FIELDS],
+    made: [Option<MadeField>; POLICY_FIELDS],
     next: usize,
 }
 
@@ -151,7 +154,7 @@ thread_local! {
 /// `RateLimit-Policy` of the rule `name` with `limit` per `window_secs`:
 /// the one this thread made before for the same three, or a new one.
 fn policy_field(name: &str, limit: u64, window_secs: u64) -> Option<HeaderValue> {
-    let same = |made: &Option<(Box<str>, u64, u64, HeaderValue)>| {
+    let same = |made: &Option<MadeField>| {
         made.as_ref()
             .filter(|(n, l, w, _)| *l == limit && *w == window_secs && **n == *name)
             .map(|(.., field)| field.clone())
