@@ -14,6 +14,7 @@ use ratekeeper_http::Admission;
 /// routes (a request that reaches the handler without one — an exempt path,
 /// an allow-listed client, a route outside the middleware, a policy built
 /// with [`decision_for_handlers(false)`](ratekeeper_http::HttpPolicy::decision_for_handlers)
+/// on a route neither counting by response nor holding places in flight
 /// — is answered 500), or `decision: Option<RateLimitDecision>` where it
 /// may be absent.
 ///

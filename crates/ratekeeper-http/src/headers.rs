@@ -138,8 +138,9 @@ type MadeField = (Box<str>, u64, u64, HeaderValue);
 /// them: a field depends only on its rule's name, limit and window, which
 /// rarely change from one request to the next, so a repeat is a clone of
 /// the one made before (its buffer's count raised by one) rather than a
-/// new buffer written and checked byte by byte. Per thread, so threads
-/// never share a count; at most [`POLICY_FIELDS`], replaced in turn.
+/// new buffer written and checked byte by byte. Each thread keeps its
+/// own, so threads do not contend for one; at most [`POLICY_FIELDS`],
+/// replaced in turn.
 struct PolicyFields {
     made: [Option<MadeField>; POLICY_FIELDS],
     next: usize,

@@ -61,7 +61,8 @@ pub struct RequestView<'a> {
     /// The path, without the query string.
     pub path: &'a str,
     /// The matched route pattern (`/users/{id}`), when the framework knows
-    /// it and the policy reads it ([`HttpPolicy::reads_route`](crate::HttpPolicy::reads_route)).
+    /// it and the policy reads it ([`HttpPolicy::reads_route`](crate::HttpPolicy::reads_route)),
+    /// or the limits it is decided by key by it ([`KeySource::reads_route`]).
     pub route: Option<&'a str>,
     /// The connection's peer address.
     pub peer: IpAddr,

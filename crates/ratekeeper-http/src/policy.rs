@@ -545,7 +545,10 @@ impl HttpPolicy {
     /// ([`RequestView::route`]): a key or exemption predicate reads it, or
     /// a hook (it sees the view). Adapters fill the pattern only when this
     /// is true (finding it costs a lookup, and on actix-web an allocation);
-    /// the route table itself matches paths.
+    /// the route table itself matches paths. An adapter deciding by limits
+    /// of its own ([`check_with_now`](Self::check_with_now)) fills it also
+    /// when their key reads it ([`KeySource::reads_route`]): without it, a
+    /// route key is the same for every route.
     pub fn reads_route(&self) -> bool {
         self.reads_route || self.on_blocked.is_some() || self.on_error.is_some()
     }

@@ -264,8 +264,10 @@ impl Tiers {
 
     /// The limits `tier` sets for `method path`; `None` (logged once per
     /// tier and path) when there is no tier, the tier is unknown, or it does
-    /// not cover the path. `route` is the matched pattern, when known, so
-    /// that the log names a route rather than each of its paths.
+    /// not cover the path. `route` is the matched pattern when the adapter
+    /// filled it (it does when the policy reads the route), so that the log
+    /// names a route rather than each of its paths; without it each path
+    /// is logged on its own, up to the bounded record's size.
     pub(crate) fn limits(
         &self,
         tier: Option<&SmolStr>,

@@ -13,7 +13,8 @@ use rocket::request::{FromRequest, Outcome};
 /// A request guard: `decision: RateLimitDecision` on routes the fairing (or
 /// an earlier rate-limit guard in the same handler) limited; a request
 /// without one (an exempt path, an allow-listed client, a policy built with
-/// [`decision_for_handlers(false)`](ratekeeper_http::HttpPolicy::decision_for_handlers))
+/// [`decision_for_handlers(false)`](ratekeeper_http::HttpPolicy::decision_for_handlers)
+/// on a route neither counting by response nor holding places in flight)
 /// fails with 500. Use `Option<RateLimitDecision>` where it may be absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitDecision(pub Admission);
@@ -35,8 +36,9 @@ impl<'r> FromRequest<'r> for RateLimitDecision {
             Some(admission) => Outcome::Success(Self(admission)),
             None => Outcome::Error((
                 Status::InternalServerError,
-                "no rate-limit decision for this request: attach the RateLimit fairing or put a \
-                 rate-limit guard before this one (and leave decision_for_handlers on)",
+                "no rate-limit decision for this request: it is exempt or allow-listed, no \
+                 RateLimit fairing or rate-limit guard before this one limited it, or the policy \
+                 hands handlers no decision (decision_for_handlers(false))",
             )),
         }
     }
