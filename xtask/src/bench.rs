@@ -215,44 +215,31 @@ fn http(root: &Path) -> Result<(), String> {
                 .find(|(mode, _)| *mode == m)
                 .map_or(0.0, |(_, runs)| median(runs))
         };
-        let in_process = in_process_ns(root, &server.in_process, &binary, server.modes)?;
-        let ns = |m: &str| {
-            in_process
-                .iter()
-                .find(|(mode, _)| *mode == m)
-                .map(|(_, ns)| *ns)
-        };
-        let counted = in_process_instructions(root, &server.in_process, &binary, server.modes);
-        let instructions = |m: &str| counted.iter().find(|(mode, _)| *mode == m).map(|(_, n)| *n);
+        let command = in_process_command(root, &server.in_process, &binary)?;
+        let ns = in_process_ns(&command, server.modes)?;
+        let counted = in_process_instructions(&command, server.modes);
         for (name, ours_mode, peer_mode) in server.rows {
             let (ours, peer) = (get(ours_mode), get(peer_mode));
-            let ratio = ((ours / peer) * 100.0).round() / 100.0;
+            let ratio = ratio_of(ours, peer);
             let overhead = round(1e6 / ours - 1e6 / peer);
             let mut row = json!({ "name": name, "ours_per_s": round(ours), "peer_per_s": round(peer), "ratio": ratio, "overhead_us": overhead });
-            let cell = match (ns(ours_mode), ns(peer_mode), row.as_object_mut()) {
-                (Some(o), Some(p), Some(fields)) => {
-                    fields.insert("in_process_ours_ns".into(), json!(o.round()));
-                    fields.insert("in_process_peer_ns".into(), json!(p.round()));
-                    fields.insert(
-                        "in_process_ratio".into(),
-                        json!(((o / p) * 100.0).round() / 100.0),
-                    );
-                    format!("{o:.0} / {p:.0} ({:+.0})", o - p)
-                }
-                _ => "—".to_owned(),
+            let pair = |figures: &[(&str, f64)]| {
+                let of = |m: &str| figures.iter().find(|(mode, _)| *mode == m).map(|(_, x)| *x);
+                of(ours_mode).zip(of(peer_mode))
             };
-            let counted = match (
-                instructions(ours_mode),
-                instructions(peer_mode),
-                row.as_object_mut(),
-            ) {
-                (Some(o), Some(p), Some(fields)) => {
-                    fields.insert("instructions_ours".into(), json!(o.round()));
-                    fields.insert("instructions_peer".into(), json!(p.round()));
-                    format!("{o:.0} / {p:.0} ({:+.0})", o - p)
-                }
-                _ => "—".to_owned(),
-            };
+            let cell = in_process_cell(
+                &mut row,
+                pair(&ns),
+                ["in_process_ours_ns", "in_process_peer_ns"],
+            );
+            if let (Some((o, p)), Some(fields)) = (pair(&ns), row.as_object_mut()) {
+                fields.insert("in_process_ratio".into(), json!(ratio_of(o, p)));
+            }
+            let counted = in_process_cell(
+                &mut row,
+                pair(&counted),
+                ["instructions_ours", "instructions_peer"],
+            );
             out.push(row);
             let _ = writeln!(
                 table,
@@ -301,13 +288,13 @@ fn in_process_command(
 /// the threads actix-web and Rocket start at once do a varying amount of
 /// work before the loop, up to a few million instructions; over 40 000
 /// requests that is a few tens per request. Work timed by the clock, such
-/// as a store's cleanup task, is rare next to 40 000 requests.) Unlike time on a
-/// shared machine, the count is the same from run to run. Modes it cannot
-/// count (no valgrind, a failed run) are left out, with a message.
+/// as a store's cleanup task, is rare next to 40 000 requests.) It moves
+/// far less than time on a shared machine: a few hundred instructions
+/// between runs in the modes with a limiter, where time moves by a third.
+/// Modes it cannot count (no valgrind, a failed run) are left out, with a
+/// message.
 fn in_process_instructions(
-    root: &Path,
-    how: &InProcess,
-    server: &Path,
+    (binary, flag): &(PathBuf, Option<&'static str>),
     modes: &[&'static str],
 ) -> Vec<(&'static str, f64)> {
     if !on_path("valgrind")
@@ -316,19 +303,12 @@ fn in_process_instructions(
         eprintln!("xtask: no instruction counts: {e}");
         return Vec::new();
     }
-    let (binary, flag) = match in_process_command(root, how, server) {
-        Ok(command) => command,
-        Err(e) => {
-            eprintln!("xtask: no instruction counts: {e}");
-            return Vec::new();
-        }
-    };
     let count = |mode: &str, n: &str| -> Option<f64> {
         let out = std::process::Command::new("valgrind")
             .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
-            .arg(&binary)
+            .arg(binary)
             .arg(mode)
-            .args(flag)
+            .args(*flag)
             .arg(n)
             .output()
             .ok()
@@ -359,12 +339,9 @@ fn in_process_instructions(
 /// Nanoseconds per request of each mode, measured in process (pinned to
 /// one core; the modes take turns, each keeping its median).
 fn in_process_ns(
-    root: &Path,
-    how: &InProcess,
-    server: &Path,
+    (binary, flag): &(PathBuf, Option<&'static str>),
     modes: &[&'static str],
 ) -> Result<Vec<(&'static str, f64)>, String> {
-    let (binary, flag) = in_process_command(root, how, server)?;
     let name = binary
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -372,9 +349,9 @@ fn in_process_ns(
         modes.iter().map(|m| (*m, Vec::new())).collect();
     for _ in 0..IN_PROCESS_ROUNDS {
         for (mode, runs) in &mut samples {
-            let out = pinned(on_path("taskset"), "0", &binary)
+            let out = pinned(on_path("taskset"), "0", binary)
                 .arg(*mode)
-                .args(flag)
+                .args(*flag)
                 .arg(IN_PROCESS_REQUESTS)
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
@@ -811,7 +788,7 @@ fn write_outputs(root: &Path, suite: &str, rows: &[(String, f64)]) -> Result<(),
         let value = |ns: f64| if rate { 1e9 / ns } else { ns };
         let ours = value(*ours_ns);
         let peer = peer_ns.map(value);
-        let ratio = peer.map(|p| ((ours / p) * 100.0).round() / 100.0);
+        let ratio = peer.map(|p| ratio_of(ours, p));
         out.push(json!({
             "name": name,
             format!("ours_{field}"): round(ours),
@@ -830,6 +807,25 @@ fn write_outputs(root: &Path, suite: &str, rows: &[(String, f64)]) -> Result<(),
 
 fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// `ours / peer`, to two decimals.
+fn ratio_of(ours: f64, peer: f64) -> f64 {
+    ((ours / peer) * 100.0).round() / 100.0
+}
+
+/// A table cell of an in-process pair, `ours / peer (±difference)`, with
+/// both figures put in `row` under `names`; a dash for a pair not measured.
+fn in_process_cell(row: &mut Value, pair: Option<(f64, f64)>, names: [&str; 2]) -> String {
+    match (pair, row.as_object_mut()) {
+        (Some((o, p)), Some(fields)) => {
+            for (name, x) in names.into_iter().zip([o, p]) {
+                fields.insert(name.into(), json!(x.round()));
+            }
+            format!("{o:.0} / {p:.0} ({:+.0})", o - p)
+        }
+        _ => "—".to_owned(),
+    }
 }
 
 /// Replaces the suite's section of `docs/benchmarks.md` (between markers).

@@ -78,7 +78,7 @@ fn sf_string_len(s: &str) -> usize {
     s.len() + 2 + s.bytes().filter(escaped).count()
 }
 
-/// Appends a structured-field string: quoted, with `"` and `\\` escaped.
+/// Appends a structured-field string: quoted, with `"` and `\` escaped.
 fn push_sf_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     if s.bytes().any(|b| escaped(&b)) {
