@@ -1,6 +1,9 @@
 //! Profiling aid: a long loop of memory-store GCRA decisions, for `perf record`.
 //! `cargo run --release -p ratekeeper-bench --example profile_memory -- [KEYS] [governor]`
-//! (`SHARDS=n` sets the shard count).
+//! (`SHARDS=n` sets the shard count, `OPS=n` the decisions made per thread:
+//! 20 million by default, `THREADS=n` the threads making them, each over
+//! the same keys: 1 by default). Prints the wall time per decision and
+//! thread, as the memory bench does.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
 use std::sync::Arc;
 
@@ -26,6 +29,26 @@ fn main() {
         order.swap(i, (x % (i as u64 + 1)) as usize);
     }
     let shards: usize = std::env::var("SHARDS").map_or(64, |s| s.parse().unwrap());
+    let ops: usize = std::env::var("OPS").map_or(20_000_000, |s| s.parse().unwrap());
+    let threads: usize = std::env::var("THREADS").map_or(1, |s| s.parse().unwrap());
+    let rounds = ops / n.max(1);
+    // Runs `decide` on every key in the shared order, `rounds` times, on
+    // each thread; the wall time per decision and thread.
+    let timed = |decide: &(dyn Fn(&String) + Sync)| {
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    for _ in 0..rounds {
+                        for i in &order {
+                            decide(&keys[*i]);
+                        }
+                    }
+                });
+            }
+        });
+        start.elapsed().as_nanos() as f64 / (rounds * n) as f64 / threads as f64
+    };
     let store = MemoryStorage::builder()
         .max_size(2 * n)
         .shards(shards)
@@ -43,26 +66,15 @@ fn main() {
         for k in &keys {
             let _ = lim.check_key(k);
         }
-        let start = std::time::Instant::now();
-        let rounds = 20_000_000 / n.max(1);
-        for _ in 0..rounds {
-            for i in 0..n {
-                let _ = std::hint::black_box(lim.check_key(&keys[order[i]]));
-            }
-        }
-        println!(
-            "governor {:.1} ns/decision",
-            start.elapsed().as_nanos() as f64 / (rounds * n) as f64
-        );
+        let lim = &lim;
+        let ns = timed(&|key| {
+            let _ = std::hint::black_box(lim.check_key(key));
+        });
+        println!("governor {ns:.1} ns/decision");
         return;
     }
-    let start = std::time::Instant::now();
-    let rounds = 20_000_000 / n.max(1);
-    for _ in 0..rounds {
-        for i in 0..n {
-            std::hint::black_box(ready(limiter.check(&rule, &keys[order[i]])).unwrap());
-        }
-    }
-    let ops = (rounds * n) as f64;
-    println!("{:.1} ns/decision", start.elapsed().as_nanos() as f64 / ops);
+    let ns = timed(&|key| {
+        std::hint::black_box(ready(limiter.check(&rule, key)).unwrap());
+    });
+    println!("{ns:.1} ns/decision");
 }

@@ -6,6 +6,14 @@
 //! hashes, touched only on insert and removal, gives the random access that
 //! sampling needs.
 //!
+//! GCRA state without a penalty is kept in one atomic word (a [`GcraCell`]),
+//! so that a decision on a key that holds it is made under the shard's
+//! *read* lock with a compare-and-swap: two threads deciding one hot key do
+//! not take turns on the lock, and a denial writes nothing at all. Every
+//! other change (a new key, eviction, expiry, another algorithm, several
+//! rules at once) takes the write lock, which excludes those decisions, so
+//! the bound, eviction and expiry see a still state.
+//!
 //! When the shard is full, the victim is chosen among [`SAMPLE`] randomly
 //! chosen entries (all of them while the shard holds at most [`SAMPLE`]):
 //! expired entries first, then the least recently used of the *evictable*
@@ -17,13 +25,14 @@
 
 use std::borrow::Cow;
 use std::mem::size_of;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use ratekeeper_core::Result;
-use ratekeeper_core::kit::{AlgorithmState, RuleState};
+use ratekeeper_core::kit::{AlgorithmState, GcraState, RuleState};
 use ratekeeper_core::storage::corrupt_state;
 
 use crate::key::{KeyRef, RuleKey, StoreKey};
@@ -43,24 +52,39 @@ pub(crate) const SCAN: usize = 256;
 pub(crate) struct Full;
 
 /// A stored value: opaque bytes from the key-value API, or rule state kept
-/// decoded so decisions never serialise.
-#[derive(Debug, Clone)]
+/// decoded so decisions never serialise (GCRA's without a penalty in one
+/// word).
+#[derive(Debug)]
 pub(crate) enum Value {
     Bytes(Box<[u8]>),
     State(RuleState),
+    Gcra(GcraCell),
 }
 
 impl Value {
+    /// The value that holds `state`, written to expire at `expires_at` and
+    /// marked `denying` (see [`Entry::packed`]): a [`GcraCell`] when the
+    /// state fits one (GCRA's, no penalty, expiring when its TAT passes, as
+    /// every GCRA write but a refund to nothing does).
+    pub(crate) fn of_state(state: RuleState, expires_at: u64, denying: bool) -> Self {
+        match GcraCell::word_for(&state, expires_at, denying) {
+            Some(word) => Self::Gcra(GcraCell(AtomicU64::new(word))),
+            None => Self::State(state),
+        }
+    }
+
     pub(crate) fn to_bytes(&self) -> Cow<'_, [u8]> {
         match self {
             Self::Bytes(b) => Cow::Borrowed(b),
             Self::State(s) => Cow::Owned(s.encode()),
+            Self::Gcra(c) => Cow::Owned(c.state().encode()),
         }
     }
 
     pub(crate) fn rule_state(&self, key: &RuleKey<'_>) -> Result<Cow<'_, RuleState>> {
         match self {
             Self::State(s) => Ok(Cow::Borrowed(s)),
+            Self::Gcra(c) => Ok(Cow::Owned(c.state())),
             Self::Bytes(b) => RuleState::decode(b)
                 .map(Cow::Owned)
                 .map_err(|e| corrupt_state(&key.to_string(), e)),
@@ -74,19 +98,89 @@ impl Value {
                 algorithm: AlgorithmState::SlidingWindowLog(log) | AlgorithmState::Concurrency(log),
                 ..
             }) => log.entries.capacity() * 16,
-            Self::State(_) => 0,
+            Self::State(_) | Self::Gcra(_) => 0,
         }
+    }
+}
+
+/// GCRA state without a penalty in one word: the theoretical arrival time
+/// (TAT) shifted left by one, and in the low bit whether the state is
+/// denying (see [`Entry::packed`]). The state expires when its TAT passes,
+/// so the word holds the entry's expiry too, and a compare-and-swap on it
+/// changes all three at once.
+#[derive(Debug)]
+pub(crate) struct GcraCell(AtomicU64);
+
+impl GcraCell {
+    /// The word that holds `state`, written to expire at `expires_at` and
+    /// marked `denying`; `None` unless `state` is GCRA's, without a
+    /// penalty, expiring when its TAT passes, and that TAT is before 2^63
+    /// µs (one word cannot hold a later one beside the mark; no clock reads
+    /// that far).
+    pub(crate) fn word_for(state: &RuleState, expires_at: u64, denying: bool) -> Option<u64> {
+        match state.algorithm {
+            AlgorithmState::Gcra(GcraState { tat })
+                if state.blocked_until == 0 && tat == expires_at && tat >> 63 == 0 =>
+            {
+                Some(tat << 1 | u64::from(denying))
+            }
+            _ => None,
+        }
+    }
+
+    /// The word now. Under the shard's write lock, or before a
+    /// compare-and-swap that checks it did not change.
+    pub(crate) fn load(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Replaces the word `current` with `new`; the word there instead if
+    /// another thread changed it first.
+    pub(crate) fn swap(&self, current: u64, new: u64) -> Result<(), u64> {
+        self.0
+            .compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire)
+            .map(drop)
+    }
+
+    /// The TAT in a word.
+    pub(crate) const fn tat(word: u64) -> u64 {
+        word >> 1
+    }
+
+    /// The state in a word.
+    pub(crate) fn state_of(word: u64) -> RuleState {
+        RuleState {
+            blocked_until: 0,
+            algorithm: AlgorithmState::Gcra(GcraState {
+                tat: Self::tat(word),
+            }),
+        }
+    }
+
+    fn state(&self) -> RuleState {
+        Self::state_of(self.load())
+    }
+
+    fn expires_at(&self) -> u64 {
+        Self::tat(self.load())
+    }
+
+    fn denying(&self) -> bool {
+        self.load() & 1 == 1
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) value: Value,
-    /// µs since the epoch; the entry is dead once `now >= expires_at`.
-    pub(crate) expires_at: u64,
+    /// µs since the epoch; the entry is dead once `now >= expires_at`. A
+    /// [`GcraCell`] holds its own (see [`Entry::expires_at`]).
+    expires_at: u64,
     key: StoreKey,
-    /// The shard's logical clock at the last use (wrapping; compared as ages).
-    last_used: u32,
+    /// The shard's logical clock at the last use (wrapping; compared as
+    /// ages). Atomic: a decision in a [`GcraCell`] marks it under the read
+    /// lock.
+    last_used: AtomicU32,
     /// Position of this entry's hash in `Shard::hashes` (the low 31 bits),
     /// and, in the top bit, whether the entry is denying state: rule state
     /// whose last write left no room for one more unit, which dropping would
@@ -99,7 +193,24 @@ const DENYING: u32 = 1 << 31;
 
 impl Entry {
     pub(crate) fn is_live(&self, now: u64) -> bool {
-        now < self.expires_at
+        now < self.expires_at()
+    }
+
+    /// When the entry dies: µs since the epoch.
+    pub(crate) fn expires_at(&self) -> u64 {
+        match &self.value {
+            Value::Gcra(cell) => cell.expires_at(),
+            _ => self.expires_at,
+        }
+    }
+
+    /// Marks the entry used at `clock`, the shard's logical clock, through
+    /// a shared reference (under the read lock). Writes only when it was
+    /// marked earlier: a hot key's line is not written on every decision.
+    pub(crate) fn mark_used(&self, clock: u32) {
+        if self.last_used.load(Ordering::Relaxed) != clock {
+            self.last_used.store(clock, Ordering::Relaxed);
+        }
     }
 
     fn slot(&self) -> usize {
@@ -112,13 +223,26 @@ impl Entry {
         self.packed = (self.packed & DENYING) | (slot as u32 & !DENYING);
     }
 
-    /// Whether the entry is denying state (see [`Entry::packed`]).
+    /// Whether the entry is denying state (see [`Entry::packed`]; a
+    /// [`GcraCell`] holds its own mark).
     fn denying(&self) -> bool {
-        self.packed & DENYING != 0
+        match &self.value {
+            Value::Gcra(cell) => cell.denying(),
+            _ => self.packed & DENYING != 0,
+        }
     }
 
-    /// Marks whether the entry is denying state, after a write.
-    pub(crate) fn set_denying(&mut self, denying: bool) {
+    /// Writes `value` (made with the same `expires_at` and `denying`) over
+    /// the entry's.
+    pub(crate) fn rewrite(&mut self, value: Value, expires_at: u64, denying: bool) {
+        self.value = value;
+        self.expires_at = expires_at;
+        self.set_denying(denying);
+    }
+
+    /// Marks whether the entry is denying state, after a write (a
+    /// [`GcraCell`] is marked when made).
+    fn set_denying(&mut self, denying: bool) {
         self.packed = if denying {
             self.packed | DENYING
         } else {
@@ -193,11 +317,16 @@ impl Shard {
         self.table.len()
     }
 
+    /// The shard's logical clock, for [`Entry::mark_used`].
+    pub(crate) fn clock(&self) -> u32 {
+        self.clock
+    }
+
     /// The entry at `key`, live or not, marked as just used.
     pub(crate) fn touch(&mut self, hash: u64, key: &impl KeyRef) -> Option<&mut Entry> {
         let t = self.tick();
         let entry = self.table.find_mut(hash, |e| key.matches(&e.key))?;
-        entry.last_used = t;
+        *entry.last_used.get_mut() = t;
         Some(entry)
     }
 
@@ -275,7 +404,7 @@ impl Shard {
         if let Some(entry) = self.table.find_mut(hash, |e| key.matches(&e.key)) {
             entry.value = value;
             entry.expires_at = expires_at;
-            entry.last_used = t;
+            *entry.last_used.get_mut() = t;
             entry.set_denying(denying);
             return Ok(Evicted::default());
         }
@@ -284,7 +413,7 @@ impl Shard {
             value,
             expires_at,
             key: key.to_store_key(),
-            last_used: t,
+            last_used: AtomicU32::new(t),
             packed: self.hashes.len() as u32,
         };
         entry.set_denying(denying);
@@ -379,7 +508,7 @@ impl Shard {
             return;
         }
         let Some(loss) = e.loss(now) else { return };
-        let age = self.clock.wrapping_sub(e.last_used);
+        let age = self.clock.wrapping_sub(e.last_used.load(Ordering::Relaxed));
         // On a tie either candidate is as good: `<` keeps the first (`<=`,
         // excluded in `.cargo/mutants.toml`, would keep the last).
         let better =
@@ -607,6 +736,54 @@ mod tests {
         let per_entry = (size_of::<Entry>() + size_of::<u64>() + 1) as u64;
         assert_eq!(s.measure(0), (2, 2 * per_entry));
         assert_eq!(s.measure(1_000), (0, 0));
+    }
+
+    #[test]
+    fn only_gcra_state_without_a_penalty_expiring_at_its_tat_is_a_cell() {
+        let gcra = |blocked_until, tat| RuleState {
+            blocked_until,
+            algorithm: AlgorithmState::Gcra(GcraState { tat }),
+        };
+        let word = GcraCell::word_for(&gcra(0, 1_000), 1_000, true).unwrap();
+        assert_eq!(GcraCell::tat(word), 1_000);
+        assert_eq!(GcraCell::state_of(word), gcra(0, 1_000));
+        let cell = Value::of_state(gcra(0, 1_000), 1_000, true);
+        assert!(matches!(&cell, Value::Gcra(c) if c.denying() && c.expires_at() == 1_000));
+        assert!(
+            matches!(Value::of_state(gcra(0, 1_000), 1_000, false), Value::Gcra(c) if !c.denying())
+        );
+        // A penalty, an expiry of its own, a TAT one word cannot hold
+        // beside the mark, another algorithm: decoded state.
+        for (state, expires_at) in [
+            (gcra(5, 1_000), 1_000),
+            (gcra(0, 1_000), 1_001),
+            (gcra(0, 1 << 63), 1 << 63),
+            (
+                RuleState {
+                    blocked_until: 0,
+                    algorithm: AlgorithmState::TokenBucket(
+                        ratekeeper_core::kit::TokenBucketState {
+                            tokens: 1,
+                            anchor: 1_000,
+                        },
+                    ),
+                },
+                1_000,
+            ),
+        ] {
+            assert!(GcraCell::word_for(&state, expires_at, false).is_none());
+            assert!(matches!(
+                Value::of_state(state, expires_at, false),
+                Value::State(_)
+            ));
+        }
+        // The cell reads as the state it holds, in bytes too.
+        let key = RuleKey {
+            rule: "r",
+            key: "k",
+        };
+        assert_eq!(cell.rule_state(&key).unwrap().into_owned(), gcra(0, 1_000));
+        assert_eq!(cell.to_bytes().as_ref(), gcra(0, 1_000).encode());
     }
 
     #[test]

@@ -10,17 +10,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use foldhash::fast::RandomState;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{RwLock, RwLockWriteGuard};
 use ratekeeper_core::kit::{self, Write};
 use ratekeeper_core::{
-    AdjustEntry, AdjustRequest, CasOp, Clock, DecideEntry, DecideRequest, Decision, Error,
-    ErrorKind, Periodic, Result, Rule, Storage, StorageStats, SystemClock, Timestamp,
+    AdjustEntry, AdjustRequest, Algorithm, CasOp, Clock, DecideEntry, DecideRequest, Decision,
+    Error, ErrorKind, Periodic, Result, Rule, Storage, StorageStats, SystemClock, Timestamp,
 };
 use std::hash::BuildHasher;
 
 use crate::config::MemoryConfig;
 use crate::key::{KeyRef, RuleKey, Whole};
-use crate::shard::{Entry, Evicted, Full, Shard, Value};
+use crate::shard::{Entry, Evicted, Full, GcraCell, Shard, Value};
 
 /// Entries examined per lock hold by the sweep.
 const SWEEP_BATCH: usize = 1_024;
@@ -46,7 +46,10 @@ const SWEEP_BATCH: usize = 1_024;
 /// spent at once (see docs/operations.md).
 ///
 /// Decisions run under the shard locks of their keys, so they are exact across
-/// any number of tasks and threads in one process. State is not shared between
+/// any number of tasks and threads in one process. A GCRA rule without a
+/// penalty, decided alone on a key the store holds, takes the shard's lock
+/// only to read: its state is one word, changed by a compare-and-swap, so
+/// threads deciding one hot key (a global limit) do not wait on each other. State is not shared between
 /// processes and is lost on restart: use the SQLite or Redis store for that.
 ///
 /// Cheap to clone; clones share the same data.
@@ -73,7 +76,7 @@ pub struct MemoryStorage {
 
 #[derive(Debug)]
 struct Shared {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[RwLock<Shard>]>,
     mask: usize,
     hasher: RandomState,
     clock: Arc<dyn Clock>,
@@ -140,7 +143,7 @@ impl MemoryStorageBuilder {
         let shards = (0..count)
             .map(|i| {
                 let capacity = max_size / count + usize::from(i < max_size % count);
-                Mutex::new(Shard::new(
+                RwLock::new(Shard::new(
                     capacity,
                     // Any seed per shard will do (`Shard::new` makes it
                     // non-zero): the mutants of this `^` are equivalent,
@@ -253,13 +256,18 @@ impl MemoryStorage {
     }
 
     /// The key's hash and its shard, locked.
+    fn shard(&self, key: &impl KeyRef) -> (u64, RwLockWriteGuard<'_, Shard>) {
+        let (hash, index) = self.locate(key);
+        (hash, self.lock(index))
+    }
+
+    /// The shard at `index` (from [`locate`](Self::locate)), locked.
     #[allow(
         clippy::indexing_slicing,
         reason = "the index is masked to the shard count, a power of two"
     )]
-    fn shard(&self, key: &impl KeyRef) -> (u64, MutexGuard<'_, Shard>) {
-        let (hash, index) = self.locate(key);
-        (hash, self.shared.shards[index].lock())
+    fn lock(&self, index: usize) -> RwLockWriteGuard<'_, Shard> {
+        self.shared.shards[index].write()
     }
 
     // The `> 0` guards here, in `count_expired`, `make_room_for` and the
@@ -288,7 +296,7 @@ impl MemoryStorage {
     fn lock_many<'a, K: KeyRef + 'a>(
         &'a self,
         keys: impl Iterator<Item = &'a K>,
-    ) -> (Vec<MutexGuard<'a, Shard>>, Vec<(u64, usize)>) {
+    ) -> (Vec<RwLockWriteGuard<'a, Shard>>, Vec<(u64, usize)>) {
         let located: Vec<(u64, usize)> = keys.map(|k| self.locate(k)).collect();
         let indices: Vec<usize> = located.iter().map(|(_, i)| *i).collect();
         let mut order = indices.clone();
@@ -297,7 +305,7 @@ impl MemoryStorage {
         let guards = order
             .iter()
             .filter_map(|&i| self.shared.shards.get(i))
-            .map(|s| s.lock())
+            .map(|s| s.write())
             .collect();
         let slots = located
             .iter()
@@ -312,7 +320,11 @@ impl MemoryStorage {
             rule: entry.rule.name(),
             key: entry.key,
         };
-        let (hash, mut shard) = self.shard(&key);
+        let (hash, index) = self.locate(&key);
+        if let Some(decided) = self.decide_in_cell(index, hash, &key, entry, now) {
+            return decided;
+        }
+        let mut shard = self.lock(index);
         match shard.touch(hash, &key) {
             Some(slot) if slot.is_live(now_us) => {
                 let state = slot.value.rule_state(&key)?;
@@ -341,6 +353,66 @@ impl MemoryStorage {
                     self.record(evicted);
                 }
                 Ok(decision)
+            }
+        }
+    }
+
+    /// Decides `entry` under its shard's read lock, if its rule's state
+    /// there is a live [`GcraCell`] (GCRA, no penalty): the same step as
+    /// under the write lock, stored by a compare-and-swap of the word it
+    /// read (again on a word another thread changed meanwhile). `None`:
+    /// decide it under the write lock (no cell, a lapsed one, or another
+    /// rule), which counts what lapsed and makes room for what is new.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "the index is masked to the shard count, a power of two"
+    )]
+    fn decide_in_cell(
+        &self,
+        index: usize,
+        hash: u64,
+        key: &RuleKey<'_>,
+        entry: &DecideEntry<'_>,
+        now: Timestamp,
+    ) -> Option<Result<Decision>> {
+        let rule = entry.rule;
+        if rule.algorithm() != Algorithm::Gcra || rule.penalty().is_some() {
+            return None;
+        }
+        let now_us = now.as_micros();
+        let shard = self.shared.shards[index].read();
+        let slot = shard.peek(hash, key)?;
+        let Value::Gcra(cell) = &slot.value else {
+            return None;
+        };
+        let mut word = cell.load();
+        loop {
+            let tat = GcraCell::tat(word);
+            if now_us >= tat {
+                return None;
+            }
+            let state = GcraCell::state_of(word);
+            let (decision, write) = match kit::decide_one(rule, Some(&state), now, entry.cost) {
+                Ok(decided) => decided,
+                Err(e) => return Some(Err(e)),
+            };
+            let new = match write {
+                None => {
+                    slot.mark_used(shard.clock());
+                    return Some(Ok(decision));
+                }
+                Some(write) => {
+                    let denying = kit::leaves_no_room(rule, &decision);
+                    // Not a cell's state: the write lock's path stores it.
+                    GcraCell::word_for(&write.state, expiry(now_us, write.ttl), denying)?
+                }
+            };
+            match cell.swap(word, new) {
+                Ok(()) => {
+                    slot.mark_used(shard.clock());
+                    return Some(Ok(decision));
+                }
+                Err(current) => word = current,
             }
         }
     }
@@ -423,7 +495,7 @@ impl MemoryStorage {
     /// fit.
     fn make_room_for<K: KeyRef>(
         &self,
-        guards: &mut [MutexGuard<'_, Shard>],
+        guards: &mut [RwLockWriteGuard<'_, Shard>],
         keys: &[K],
         slots: &[(u64, usize)],
         writes: impl Iterator<Item = bool>,
@@ -478,9 +550,15 @@ impl MemoryStorage {
 /// Writes `rule`'s state into an entry that holds it, marked as denying by
 /// `decision`, what a request gets now.
 fn rewrite(slot: &mut Entry, rule: &Rule, decision: &Decision, write: Write, now_us: u64) {
-    slot.value = Value::State(write.state);
-    slot.expires_at = expiry(now_us, write.ttl);
-    slot.set_denying(kit::leaves_no_room(rule, decision));
+    let (expires_at, denying) = (
+        expiry(now_us, write.ttl),
+        kit::leaves_no_room(rule, decision),
+    );
+    slot.rewrite(
+        Value::of_state(write.state, expires_at, denying),
+        expires_at,
+        denying,
+    );
 }
 
 fn expiry(now: u64, ttl: Duration) -> u64 {
@@ -501,7 +579,7 @@ impl Shared {
         for shard in self.shards.iter() {
             let mut cursor = Some(0);
             while let Some(start) = cursor {
-                let (n, next) = shard.lock().sweep(now, start, SWEEP_BATCH);
+                let (n, next) = shard.write().sweep(now, start, SWEEP_BATCH);
                 removed += n as u64;
                 cursor = next;
             }
@@ -573,7 +651,7 @@ impl Storage for MemoryStorage {
         let key = Whole(key);
         let (hash, mut shard) = self.shard(&key);
         let (current, expires_at) = match shard.live(hash, &key, now, &mut expired) {
-            Some(entry) => (parse_integer(name, &entry.value)?, entry.expires_at),
+            Some(entry) => (parse_integer(name, &entry.value)?, entry.expires_at()),
             None => (0, expiry(now, ttl)),
         };
         let next = current.checked_add(amount).ok_or_else(|| {
@@ -619,7 +697,7 @@ impl Storage for MemoryStorage {
             .shards
             .iter()
             .map(|s| {
-                let shard = s.lock();
+                let shard = s.read();
                 let (keys, bytes) = shard.measure(now);
                 (keys, bytes, shard.reused_expired())
             })
@@ -813,14 +891,14 @@ impl MemoryStorage {
         Write { state, ttl }: Write,
         now_us: u64,
     ) -> Result<Evicted> {
-        let denying = kit::leaves_no_room(rule, decision);
+        let (expires_at, denying) = (expiry(now_us, ttl), kit::leaves_no_room(rule, decision));
         shard
             .put(
                 hash,
                 key,
-                Value::State(state),
+                Value::of_state(state, expires_at, denying),
                 denying,
-                expiry(now_us, ttl),
+                expires_at,
                 now_us,
             )
             .map_err(|Full| self.full())
@@ -830,7 +908,7 @@ impl MemoryStorage {
         self.shared
             .shards
             .iter()
-            .map(|s| s.lock().clear() as u64)
+            .map(|s| s.write().clear() as u64)
             .sum()
     }
 }
@@ -847,7 +925,7 @@ fn parse_integer(key: &str, value: &Value) -> Result<i64> {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(not_integer),
-        Value::State(_) => Err(not_integer()),
+        Value::State(_) | Value::Gcra(_) => Err(not_integer()),
     }
 }
 
@@ -867,7 +945,7 @@ mod tests {
                 .shared
                 .shards
                 .iter()
-                .map(|s| s.lock().capacity())
+                .map(|s| s.read().capacity())
                 .collect();
             assert_eq!(caps.iter().sum::<usize>(), max_size, "{max_size}/{shards}");
             let (lo, hi) = (caps.iter().min().unwrap(), caps.iter().max().unwrap());

@@ -603,3 +603,92 @@ async fn decisions_are_answered_synchronously() {
             .is_allowed()
     );
 }
+
+/// A GCRA key the store holds is decided under its shard's read lock, by a
+/// compare-and-swap of its one-word state; a request over two rules (one
+/// of them that key's) takes the write lock. Threads doing both on one hot
+/// key, on a clock that does not move, admit exactly the burst.
+#[test]
+fn threads_on_one_hot_key_admit_exactly_the_burst() {
+    const THREADS: usize = 6;
+    const TRIES: u64 = 25_000;
+    for shards in [1, 64] {
+        let clock = manual();
+        let store = MemoryStorage::builder()
+            .max_size(1_000)
+            .shards(shards)
+            .cleanup_interval(None)
+            .clock(Arc::new(clock.clone()))
+            .build();
+        let limiter = Limiter::builder(Arc::new(store))
+            .shared_clock(Arc::new(clock.clone()))
+            .build();
+        let hot = Rule::new("hot", Algorithm::Gcra, "100000/hour".parse().unwrap()).unwrap();
+        let wide = Rule::new(
+            "wide",
+            Algorithm::FixedWindow,
+            "1000000/hour".parse().unwrap(),
+        )
+        .unwrap();
+        let admitted = std::sync::atomic::AtomicU64::new(0);
+        let start = std::sync::Barrier::new(THREADS);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (limiter, hot, wide, admitted) = (&limiter, &hot, &wide, &admitted);
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    for _ in 0..TRIES {
+                        // Every third thread through the write lock's path.
+                        let decision = if t % 3 == 0 {
+                            limiter.check_all_now(&[(hot, "global"), (wide, "global")], 1)
+                        } else {
+                            limiter.check_cost_now(hot, "global", 1)
+                        };
+                        if decision.expect("answered now").unwrap().is_allowed() {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.into_inner(), 100_000, "{shards} shards");
+        let after = limiter.check_cost_now(&hot, "global", 1).unwrap().unwrap();
+        assert!(!after.is_allowed() && after.remaining() == 0);
+        // Time moves on: exactly what came back is admitted again.
+        clock.advance(Duration::from_millis(360));
+        let again = (0..20)
+            .filter(|_| {
+                let d = limiter.check_cost_now(&hot, "global", 1).unwrap().unwrap();
+                d.is_allowed()
+            })
+            .count();
+        assert_eq!(again, 10, "{shards} shards");
+    }
+}
+
+/// A GCRA key spent by decisions in place (after the first, which stored
+/// it) is marked as denying by them: a flood of fresh keys cannot evict it
+/// and so give its limit back.
+#[tokio::test]
+async fn a_gcra_key_spent_in_place_is_never_evicted() {
+    let (clock, store, limiter) = on_manual_clock(64);
+    let rule = Rule::new("api", Algorithm::Gcra, "3/hour".parse().unwrap()).unwrap();
+    for _ in 0..3 {
+        assert!(limiter.check(&rule, "victim").await.unwrap().is_allowed());
+    }
+    for i in 0..10_000 {
+        let d = limiter.check(&rule, &format!("fresh-{i}")).await.unwrap();
+        assert!(d.is_allowed());
+    }
+    assert!(
+        !limiter.check(&rule, "victim").await.unwrap().is_allowed(),
+        "the spent limit was reset"
+    );
+    // A third of the hour: one unit came back, and only one.
+    clock.advance(Duration::from_secs(1_200));
+    assert!(limiter.check(&rule, "victim").await.unwrap().is_allowed());
+    assert!(!limiter.check(&rule, "victim").await.unwrap().is_allowed());
+    let stats = store.stats().await.unwrap();
+    assert!(stats.keys.unwrap() <= 64 && stats.evictions.unwrap() > 9_000);
+}

@@ -172,11 +172,10 @@ impl Limiter {
     /// (and for a request's turn on a rule with a line).
     async fn decide(&self, entries: &[DecideEntry<'_>], cost: u64) -> Result<Decision> {
         if waits(entries.iter().map(|e| e.rule)) {
-            let checks: Vec<_> = entries.iter().map(|e| (e.rule, e.key, e.cost)).collect();
-            let (_, decisions) = self.decide_each(&checks, false).await?;
-            return Decision::most_restrictive(&decisions)
-                .cloned()
-                .ok_or_else(|| Error::new(ErrorKind::Other, "the store answered no decision"));
+            // Boxed: waiting is a large future (over a kilobyte), and every
+            // check's future would otherwise be as large, copied whole each
+            // time one is made.
+            return Box::pin(self.decide_waiting(entries)).await;
         }
         let request = self.request(entries);
         // Stores that never wait answer here, without boxing a future.
@@ -191,6 +190,15 @@ impl Limiter {
         };
         observe::decision(entries, cost, &result);
         result
+    }
+
+    /// [`decide`](Self::decide) on rules whose requests wait in line.
+    async fn decide_waiting(&self, entries: &[DecideEntry<'_>]) -> Result<Decision> {
+        let checks: Vec<_> = entries.iter().map(|e| (e.rule, e.key, e.cost)).collect();
+        let (_, decisions) = self.decide_each(&checks, false).await?;
+        Decision::most_restrictive(&decisions)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "the store answered no decision"))
     }
 
     /// Decides through the store if it can answer at once (and no rule
