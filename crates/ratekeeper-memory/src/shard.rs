@@ -277,8 +277,10 @@ pub(crate) struct Shard {
     clock: u32,
     rng: u64,
     /// Expired entries a decision wrote over in place, counted here rather
-    /// than in the store's shared counter (no atomic per decision).
-    reused_expired: u64,
+    /// than in the store's shared counter (no shared line written per
+    /// decision). Atomic: a decision in a lapsed [`GcraCell`] counts it
+    /// under the read lock.
+    reused_expired: AtomicU64,
     /// Recomputes an entry's hash when the table grows (entries do not carry it).
     hasher: RandomState,
 }
@@ -292,19 +294,25 @@ impl Shard {
             capacity: capacity.clamp(1, (DENYING - 1) as usize),
             clock: 0,
             rng: seed | 1,
-            reused_expired: 0,
+            reused_expired: AtomicU64::new(0),
             hasher,
         }
     }
 
-    /// Counts an expired entry written over in place.
+    /// Counts an expired entry written over in place, under the write lock.
     pub(crate) fn count_reused_expired(&mut self) {
-        self.reused_expired += 1;
+        *self.reused_expired.get_mut() += 1;
+    }
+
+    /// Counts a lapsed [`GcraCell`] written over in place, under the read
+    /// lock.
+    pub(crate) fn count_reused_cell(&self) {
+        self.reused_expired.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The expired entries written over in place so far.
     pub(crate) fn reused_expired(&self) -> u64 {
-        self.reused_expired
+        self.reused_expired.load(Ordering::Relaxed)
     }
 
     fn tick(&mut self) -> u32 {

@@ -358,11 +358,12 @@ impl MemoryStorage {
     }
 
     /// Decides `entry` under its shard's read lock, if its rule's state
-    /// there is a live [`GcraCell`] (GCRA, no penalty): the same step as
-    /// under the write lock, stored by a compare-and-swap of the word it
-    /// read (again on a word another thread changed meanwhile). `None`:
-    /// decide it under the write lock (no cell, a lapsed one, or another
-    /// rule), which counts what lapsed and makes room for what is new.
+    /// there is a [`GcraCell`] (GCRA, no penalty): the same step as under
+    /// the write lock (on no state if the cell has lapsed, counted as an
+    /// expiry when written over), stored by a compare-and-swap of the word
+    /// it read (again on a word another thread changed meanwhile). `None`:
+    /// decide it under the write lock (no cell, or another rule), which
+    /// makes room for what is new.
     #[allow(
         clippy::indexing_slicing,
         reason = "the index is masked to the shard count, a power of two"
@@ -387,12 +388,9 @@ impl MemoryStorage {
         };
         let mut word = cell.load();
         loop {
-            let tat = GcraCell::tat(word);
-            if now_us >= tat {
-                return None;
-            }
-            let state = GcraCell::state_of(word);
-            let (decision, write) = match kit::decide_one(rule, Some(&state), now, entry.cost) {
+            let lapsed = now_us >= GcraCell::tat(word);
+            let state = (!lapsed).then(|| GcraCell::state_of(word));
+            let (decision, write) = match kit::decide_one(rule, state.as_ref(), now, entry.cost) {
                 Ok(decided) => decided,
                 Err(e) => return Some(Err(e)),
             };
@@ -409,6 +407,9 @@ impl MemoryStorage {
             };
             match cell.swap(word, new) {
                 Ok(()) => {
+                    if lapsed {
+                        shard.count_reused_cell();
+                    }
                     slot.mark_used(shard.clock());
                     return Some(Ok(decision));
                 }

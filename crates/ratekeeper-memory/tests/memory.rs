@@ -521,12 +521,28 @@ async fn corrupt_rule_state_is_an_error_naming_its_key() {
 /// A key whose state expired starts afresh, and the expiry is counted.
 #[tokio::test]
 async fn expired_state_is_counted_when_a_decision_finds_it() {
-    let (clock, store, limiter) = on_manual_clock(1_000);
-    let rule = Rule::new("r", Algorithm::FixedWindow, "1/s".parse().unwrap()).unwrap();
-    assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
-    clock.advance(Duration::from_secs(2));
-    assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
-    assert_eq!(store.stats().await.unwrap().expirations, Some(1));
+    // GCRA's state lapses in its one-word cell, decided under the read
+    // lock; the others' under the write lock: each counts it once.
+    for algorithm in Algorithm::RATES {
+        let (clock, store, limiter) = on_manual_clock(1_000);
+        let rule = Rule::new("r", algorithm, "1/s".parse().unwrap()).unwrap();
+        assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
+        assert!(!limiter.check(&rule, "k").await.unwrap().is_allowed());
+        clock.advance(Duration::from_secs(2));
+        assert!(limiter.peek(&rule, "k").await.unwrap().is_allowed());
+        assert_eq!(
+            store.stats().await.unwrap().expirations,
+            Some(0),
+            "{algorithm}"
+        );
+        assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
+        assert!(!limiter.check(&rule, "k").await.unwrap().is_allowed());
+        assert_eq!(
+            store.stats().await.unwrap().expirations,
+            Some(1),
+            "{algorithm}"
+        );
+    }
 }
 
 /// A request checked against several rules marks each rule's entry by its

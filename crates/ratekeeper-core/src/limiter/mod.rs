@@ -290,7 +290,8 @@ impl Limiter {
             .iter()
             .any(|(rule, _, cost)| *cost > 0 && rule.queue().is_some())
         {
-            return self.decide_for_place(checks, at).await;
+            // Boxed, as in `decide`: waiting for a place is a large future.
+            return Box::pin(self.decide_for_place(checks, at)).await;
         }
         self.decide_once(checks, at, true).await
     }
