@@ -1,13 +1,16 @@
 //! SQLite-store decisions against a plain rusqlite loop doing the same
 //! read-modify-write, in the same run, on the same file settings.
 //!
-//! Ours: `Limiter::check` on a `SqliteStorage` (async, pooled connections,
-//! tokio's blocking pool). The peer: one OS thread and one connection per
-//! task, each decision one `BEGIN IMMEDIATE` transaction that reads the
-//! state, decides with the same core engine and writes it back — what our
-//! store does, without our layers. Rows are `ours|peer/ALGORITHM/cTASKS`;
-//! `cargo xtask bench sqlite` turns them into decisions per second. Our
-//! `+in_place` rows use `Blocking::InPlace` and pair with the same peer row.
+//! Ours: `Limiter::check` on a `SqliteStorage` in its default mode (the
+//! store's writer thread, decisions committed several to a transaction).
+//! The peer: one OS thread and one connection per task, each decision one
+//! `BEGIN IMMEDIATE` transaction that reads the state, decides with the
+//! same core engine and writes it back — what our store does, without our
+//! layers. Rows are `ours|peer/ALGORITHM/cTASKS`; `cargo xtask bench
+//! sqlite` turns them into decisions per second. Our `+spawn` rows use
+//! `Blocking::SpawnBlocking` (tokio's blocking pool, a transaction per
+//! decision) and `+in_place` rows `Blocking::InPlace`; both pair with the
+//! same peer row.
 #![allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,
@@ -131,9 +134,11 @@ fn all(c: &mut Criterion) {
         for tasks in CONCURRENCY {
             let name = format!("{}/c{tasks}", algorithm.as_str());
             // Both sides on a fresh file with the same schema and settings;
-            // ours in both blocking modes (`+in_place` rows pair with the same peer).
+            // ours in every blocking mode (the other modes' rows pair with
+            // the same peer).
             for (suffix, blocking) in [
-                ("", Blocking::SpawnBlocking),
+                ("", Blocking::Writer),
+                ("+spawn", Blocking::SpawnBlocking),
                 ("+in_place", Blocking::InPlace),
             ] {
                 let path = fresh_db(&format!("ours-{name}{suffix}").replace(['/', '+'], "-"));

@@ -5,6 +5,7 @@ mod config;
 mod error;
 mod schema;
 mod storage;
+mod writer;
 
 pub use config::{Blocking, Location, SqliteConfig, Synchronous};
 pub use storage::{SqliteStorage, SqliteStorageBuilder};

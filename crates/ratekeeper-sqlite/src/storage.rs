@@ -24,6 +24,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::config::{Blocking, Location, SqliteConfig};
 use crate::error::{pool as pool_error, sqlite};
 use crate::schema;
+use crate::writer::Writer;
 
 const UPSERT: &str = "INSERT INTO ratelimit_kv (key, value, expires_at) VALUES (?1, ?2, ?3)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at";
@@ -66,8 +67,11 @@ struct Inner {
     expired_removed: AtomicU64,
     cleanup: Periodic,
     /// A write failed on a full disk, and the log has not been truncated
-    /// since (see [`make_room`]).
-    disk_was_full: AtomicBool,
+    /// since (see [`make_room`]). Shared with the writer thread.
+    disk_was_full: Arc<AtomicBool>,
+    /// The thread that commits decisions in groups
+    /// ([`Blocking::Writer`]); `None` in the other modes.
+    writer: Option<Writer>,
 }
 
 /// Builds a [`SqliteStorage`].
@@ -173,6 +177,15 @@ impl SqliteStorageBuilder {
             let mut conn = pool.get().map_err(|e| pool_error(e, None))?;
             schema::prepare(&mut conn, None)?;
         }
+        let disk_was_full = Arc::new(AtomicBool::new(false));
+        let writer = match config.blocking {
+            Blocking::Writer => Some(Writer::start(
+                pool.clone(),
+                path.clone(),
+                disk_was_full.clone(),
+            )?),
+            _ => None,
+        };
         let store = SqliteStorage {
             inner: Arc::new(Inner {
                 pool,
@@ -181,7 +194,8 @@ impl SqliteStorageBuilder {
                 closed: AtomicBool::new(false),
                 expired_removed: AtomicU64::new(0),
                 cleanup: Periodic::new(),
-                disk_was_full: AtomicBool::new(false),
+                disk_was_full,
+                writer,
                 config,
             }),
         };
@@ -333,25 +347,11 @@ impl SqliteStorage {
             let path = inner.path.as_deref();
             let mut conn = inner.pool.get().map_err(|e| pool_error(e, path))?;
             let result = f(&mut conn, path);
-            // Checkpoints around a full disk only give the log's space back:
-            // one more or one fewer changes no result, only the work done
-            // (`.cargo/mutants.toml` excludes the mutants of these guards;
-            // the disk-full fault test checks that the store recovers).
-            match &result {
-                Err(e) if crate::error::is_disk_full(e) => {
-                    inner.disk_was_full.store(true, Ordering::Relaxed);
-                    make_room(&conn, "PASSIVE");
-                }
-                // The first success after a full disk: there is room again,
-                // enough for the log to move into the database.
-                Ok(_)
-                    if inner.disk_was_full.load(Ordering::Relaxed)
-                        && inner.disk_was_full.swap(false, Ordering::Relaxed) =>
-                {
-                    make_room(&conn, "TRUNCATE");
-                }
-                _ => {}
-            }
+            let disk_full = result
+                .as_ref()
+                .err()
+                .is_some_and(crate::error::is_disk_full);
+            after(&conn, &inner.disk_was_full, disk_full, result.is_ok());
             result
         };
         // Where the job runs changes no result, only which thread waits
@@ -368,6 +368,70 @@ impl SqliteStorage {
             )
             .with_source(e)
         })?
+    }
+}
+
+impl SqliteStorage {
+    /// Runs `job` in an immediate transaction on the calling thread, for
+    /// a caller on a multi-thread runtime's worker (tokio hands that
+    /// worker's other tasks to another thread first: `block_in_place`),
+    /// when a pooled connection is free and no other connection or process
+    /// holds the file's write lock: the lock is tried without waiting (a
+    /// busy timeout of zero). `None` when any of that is not so: send it
+    /// to the writer, which waits for the lock.
+    fn in_place_if_free<T>(
+        &self,
+        job: &impl Fn(&Connection, Option<&Path>) -> Result<T>,
+    ) -> Option<Result<T>> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return None;
+        }
+        let mut conn = self.inner.pool.try_get()?;
+        let path = self.inner.path.as_deref();
+        tokio::task::block_in_place(|| {
+            conn.busy_timeout(Duration::ZERO).ok()?;
+            let result = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+                Err(e) if crate::error::is_busy(&e) => None,
+                Err(e) => Some(Err(sqlite(e, path))),
+                Ok(tx) => Some(job(&tx, path).and_then(|value| {
+                    tx.commit().map_err(|e| sqlite(e, path))?;
+                    Ok(value)
+                })),
+            };
+            // Back to waiting for the lock, for every other use of the
+            // connection (SQLite sets a busy timeout without failing).
+            let _ = conn.busy_timeout(self.inner.config.busy_timeout);
+            if let Some(result) = &result {
+                let disk_full = result
+                    .as_ref()
+                    .err()
+                    .is_some_and(crate::error::is_disk_full);
+                after(&conn, &self.inner.disk_was_full, disk_full, result.is_ok());
+            }
+            result
+        })
+    }
+}
+
+/// After an operation on `conn` (`ok`: it succeeded; `disk_full`: it, or a
+/// step of it, failed on a full disk): gives the log's space back around a
+/// full disk (see [`make_room`]).
+pub(crate) fn after(conn: &Connection, disk_was_full: &AtomicBool, disk_full: bool, ok: bool) {
+    // Checkpoints around a full disk only give the log's space back: one
+    // more or one fewer changes no result, only the work done
+    // (`.cargo/mutants.toml` excludes the mutants of these guards; the
+    // disk-full fault test checks that the store recovers).
+    if disk_full {
+        disk_was_full.store(true, Ordering::Relaxed);
+        make_room(conn, "PASSIVE");
+    } else if ok
+        && disk_was_full.load(Ordering::Relaxed)
+        && disk_was_full.swap(false, Ordering::Relaxed)
+    {
+        // The first success after a full disk: there is room again, enough
+        // for the log to move into the database.
+        make_room(conn, "TRUNCATE");
     }
 }
 
@@ -566,6 +630,14 @@ impl Storage for SqliteStorage {
                 self.is_cleanup_running().to_string(),
             ),
         ];
+        if let Some(writer) = &self.inner.writer {
+            // How many decisions each commit of the writer served.
+            let (groups, decisions) = writer.groups();
+            stats.details.extend([
+                ("writer_commits".to_owned(), groups.to_string()),
+                ("writer_decisions".to_owned(), decisions.to_string()),
+            ]);
+        }
         Ok(stats)
     }
 
@@ -642,33 +714,45 @@ impl SqliteStorage {
         now: Timestamp,
         step: kit::StepFn<X, T>,
     ) -> Result<T> {
-        self.blocking(move |conn, path| {
-            immediate(conn, path, |tx| {
-                let now_us = now.as_micros();
-                let mut states = Vec::with_capacity(rules.len());
-                for (key, _, _) in &rules {
-                    let state = match read_live(tx, key, now_us, path)? {
-                        Some((bytes, _)) => {
-                            Some(RuleState::decode(&bytes).map_err(|e| corrupt_state(key, e))?)
-                        }
-                        None => None,
-                    };
-                    states.push(state);
-                }
-                let inputs: Vec<_> = rules
-                    .iter()
-                    .zip(&states)
-                    .map(|((_, rule, x), state)| (rule, state.as_ref(), *x))
-                    .collect();
-                let (decided, writes) = step(&inputs, now)?;
-                for ((key, _, _), w) in rules.iter().zip(writes) {
-                    if let Some(w) = w {
-                        write(tx, key, &w.state.encode(), expiry(now_us, w.ttl), path)?;
+        let job = move |tx: &Connection, path: Option<&Path>| {
+            let now_us = now.as_micros();
+            let mut states = Vec::with_capacity(rules.len());
+            for (key, _, _) in &rules {
+                let state = match read_live(tx, key, now_us, path)? {
+                    Some((bytes, _)) => {
+                        Some(RuleState::decode(&bytes).map_err(|e| corrupt_state(key, e))?)
                     }
+                    None => None,
+                };
+                states.push(state);
+            }
+            let inputs: Vec<_> = rules
+                .iter()
+                .zip(&states)
+                .map(|((_, rule, x), state)| (rule, state.as_ref(), *x))
+                .collect();
+            let (decided, writes) = step(&inputs, now)?;
+            for ((key, _, _), w) in rules.iter().zip(writes) {
+                if let Some(w) = w {
+                    write(tx, key, &w.state.encode(), expiry(now_us, w.ttl), path)?;
                 }
-                Ok(decided)
-            })
-        })
-        .await
+            }
+            Ok(decided)
+        };
+        match &self.inner.writer {
+            Some(writer) => {
+                self.ensure_open()?;
+                if writer.is_idle()
+                    && let Some(answer) = self.in_place_if_free(&job)
+                {
+                    return answer;
+                }
+                writer.decide(job).await
+            }
+            None => {
+                self.blocking(move |conn, path| immediate(conn, path, |tx| job(tx, path)))
+                    .await
+            }
+        }
     }
 }

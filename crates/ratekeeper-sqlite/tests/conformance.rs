@@ -1,4 +1,5 @@
-//! The whole conformance suite on the SQLite store, in memory and on a file.
+//! The whole conformance suite on the SQLite store, in memory and on a file,
+//! in each mode of running SQLite's calls.
 #![allow(clippy::expect_used, reason = "test harness set-up")]
 
 use std::sync::Arc;
@@ -18,6 +19,27 @@ mod in_memory {
                 .expect("an in-memory database opens"),
         )
     });
+}
+
+/// Every call on tokio's blocking pool (`Blocking::SpawnBlocking`), a
+/// transaction per decision; the modules above and below use the default,
+/// the writer thread.
+mod spawn {
+    use super::*;
+    use ratekeeper_sqlite::Blocking;
+
+    ratekeeper_testkit::storage_conformance_tests!(
+        |clock: ManualClock| -> Arc<dyn Storage> {
+            Arc::new(
+                SqliteStorage::builder(Location::Memory)
+                    .blocking(Blocking::SpawnBlocking)
+                    .clock(Arc::new(clock))
+                    .build()
+                    .expect("an in-memory database opens"),
+            )
+        },
+        model_cases = 100
+    );
 }
 
 /// Blocking calls on the calling worker (`Blocking::InPlace`); the async

@@ -125,7 +125,12 @@ fn url_options_set_what_they_name() {
     assert_eq!(config.busy_timeout, std::time::Duration::from_millis(250));
     let off = SqliteConfig::from_url("sqlite:///x.db?cleanup_interval=off").unwrap();
     assert_eq!(off.cleanup_interval, None);
+    assert_eq!(
+        SqliteConfig::from_url("sqlite:///x.db").unwrap().blocking,
+        Blocking::Writer
+    );
     for (value, blocking) in [
+        ("writer", Blocking::Writer),
         ("spawn", Blocking::SpawnBlocking),
         ("in_place", Blocking::InPlace),
     ] {

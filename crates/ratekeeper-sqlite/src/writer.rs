@@ -1,0 +1,301 @@
+//! The writer thread ([`Blocking::Writer`](crate::Blocking::Writer)): the
+//! store's decisions committed several to a transaction.
+//!
+//! Each decision is a job on a channel. The thread takes every job waiting
+//! (up to [`MAX_GROUP`]) and runs them one after another inside one
+//! `BEGIN IMMEDIATE` transaction, each in a savepoint of its own, then
+//! commits once: under load, one commit (and one wait for the file's write
+//! lock) serves many decisions. A job sees the writes of the jobs before it,
+//! so the group decides exactly as the same decisions one transaction each
+//! would. A job whose step fails rolls its savepoint back and answers its
+//! error; the others are unaffected. If the transaction cannot begin or
+//! commit, every job of the group answers that error and nothing of the
+//! group is stored.
+//!
+//! Between jobs, the thread watches the channel for [`SPIN`] before it
+//! sleeps: a caller that sends one decision after another (one task) finds
+//! it awake, and pays one thread hand-off per decision instead of two.
+//! Runtime workers never wait on SQLite: they send a job and await its
+//! answer.
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::time::{Duration, Instant};
+
+use r2d2::Pool;
+use r2d2_sqlite::SqliteConnectionManager;
+use ratekeeper_core::{Error, ErrorKind, Result};
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::error::{pool as pool_error, sqlite};
+
+/// The most decisions one transaction holds.
+pub(crate) const MAX_GROUP: usize = 64;
+
+/// How long the thread watches for the next job before it sleeps.
+pub(crate) const SPIN: Duration = Duration::from_micros(100);
+
+/// One decision for the writer: a step to run inside the group's
+/// transaction, and where its answer goes.
+pub(crate) trait Job: Send {
+    /// Runs the step on `conn` (inside the transaction) and keeps its
+    /// answer; how it went (if it failed, its writes are rolled back).
+    fn run(&mut self, conn: &Connection, path: Option<&Path>) -> Ran;
+
+    /// Sends the answer kept, or, for a step that succeeded, `failed`: the
+    /// transaction did not commit.
+    fn answer(self: Box<Self>, failed: Option<&Error>);
+}
+
+/// How a [`Job`]'s step went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ran {
+    Ok,
+    Failed,
+    /// Failed on a full disk (the log's space is then given back).
+    DiskFull,
+}
+
+/// A [`Job`] running `step` and answering on `reply`.
+pub(crate) struct Step<T, F> {
+    step: Option<F>,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for Step<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection, Option<&Path>) -> Result<T> + Send,
+{
+    fn run(&mut self, conn: &Connection, path: Option<&Path>) -> Ran {
+        let result = match self.step.take() {
+            // A step that panics fails alone, as one on the blocking pool
+            // does; the thread goes on with the others.
+            Some(step) => std::panic::catch_unwind(AssertUnwindSafe(|| step(conn, path)))
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Other, "a SQLite step panicked"))),
+            None => Err(Error::new(ErrorKind::Other, "a SQLite job ran twice")),
+        };
+        let ran = match &result {
+            Ok(_) => Ran::Ok,
+            Err(e) if crate::error::is_disk_full(e) => Ran::DiskFull,
+            Err(_) => Ran::Failed,
+        };
+        self.result = Some(result);
+        ran
+    }
+
+    fn answer(self: Box<Self>, failed: Option<&Error>) {
+        let answer = match (self.result, failed) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(_)) | None, Some(failed)) => Err(copy(failed)),
+            (Some(Ok(value)), None) => Ok(value),
+            (None, None) => Err(Error::new(ErrorKind::Other, "a SQLite job never ran")),
+        };
+        // The caller may have stopped waiting (its future dropped): the
+        // decision stands all the same, as one on the blocking pool does.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The same error for every job of a group (errors are not `Clone`: the
+/// cause stays with the first).
+fn copy(e: &Error) -> Error {
+    Error::new(e.kind(), e.message().to_owned()).with_transient(e.is_transient())
+}
+
+/// The sending end, kept by the store; the thread ends when it is dropped.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    jobs: Sender<Box<dyn Job>>,
+    /// Jobs sent and not answered yet.
+    pending: Arc<AtomicUsize>,
+    /// Groups committed (or tried), and the jobs they held.
+    groups: Arc<Counts>,
+}
+
+/// The groups the thread committed (or tried), and the jobs they held.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    groups: std::sync::atomic::AtomicU64,
+    jobs: std::sync::atomic::AtomicU64,
+}
+
+impl Writer {
+    /// Starts the thread, which borrows connections from `pool` (one per
+    /// group) for the database at `path`.
+    pub(crate) fn start(
+        pool: Pool<SqliteConnectionManager>,
+        path: Option<PathBuf>,
+        disk_was_full: Arc<AtomicBool>,
+    ) -> Result<Self> {
+        let (jobs, queue) = channel::<Box<dyn Job>>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let groups = Arc::new(Counts::default());
+        let thread = Thread {
+            pool,
+            path,
+            disk_was_full,
+            pending: pending.clone(),
+            groups: groups.clone(),
+        };
+        std::thread::Builder::new()
+            .name("ratekeeper-sqlite-writer".to_owned())
+            .spawn(move || thread.run(&queue))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    "the SQLite store's writer thread could not start",
+                )
+                .with_source(e)
+            })?;
+        Ok(Self {
+            jobs,
+            pending,
+            groups,
+        })
+    }
+
+    /// Whether no job is waiting for the thread or being run by it.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+
+    /// Groups committed (or tried) so far, and the decisions they held.
+    pub(crate) fn groups(&self) -> (u64, u64) {
+        (
+            self.groups.groups.load(Ordering::Relaxed),
+            self.groups.jobs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Runs `step` in the writer's next group; its answer.
+    pub(crate) async fn decide<T, F>(&self, step: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, Option<&Path>) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Step {
+            step: Some(step),
+            result: None,
+            reply,
+        });
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if self.jobs.send(job).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(stopped());
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        "the SQLite store's writer thread has stopped",
+    )
+}
+
+/// What the thread owns.
+struct Thread {
+    pool: Pool<SqliteConnectionManager>,
+    path: Option<PathBuf>,
+    disk_was_full: Arc<AtomicBool>,
+    pending: Arc<AtomicUsize>,
+    groups: Arc<Counts>,
+}
+
+impl Thread {
+    /// Groups of waiting jobs, one transaction each, until the store is
+    /// dropped.
+    fn run(&self, queue: &Receiver<Box<dyn Job>>) {
+        let path = self.path.as_deref();
+        let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = next(queue) {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            let failed = match self.pool.get() {
+                Ok(mut conn) => {
+                    let (committed, disk_full) = commit(&mut conn, path, &mut group);
+                    let failed = committed.err();
+                    let disk_full =
+                        disk_full || failed.as_ref().is_some_and(crate::error::is_disk_full);
+                    crate::storage::after(&conn, &self.disk_was_full, disk_full, failed.is_none());
+                    failed
+                }
+                Err(e) => Some(pool_error(e, path)),
+            };
+            self.groups.groups.fetch_add(1, Ordering::Relaxed);
+            self.groups
+                .jobs
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            // Idle before answering: a caller answered may come back at
+            // once and find it so.
+            self.pending.fetch_sub(group.len(), Ordering::AcqRel);
+            for job in group.drain(..) {
+                job.answer(failed.as_ref());
+            }
+        }
+    }
+}
+
+/// The next job: watched for during [`SPIN`], then waited for; `None` once
+/// the store is gone.
+fn next(queue: &Receiver<Box<dyn Job>>) -> Option<Box<dyn Job>> {
+    let until = Instant::now() + SPIN;
+    loop {
+        match queue.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if Instant::now() < until => std::thread::yield_now(),
+            Err(TryRecvError::Empty) => return queue.recv().ok(),
+        }
+    }
+}
+
+/// Runs `group` in one immediate transaction, each job in a savepoint (a
+/// lone job needs none: its failure rolls the transaction back), and
+/// commits. Also says whether a job failed on a full disk.
+fn commit(
+    conn: &mut Connection,
+    path: Option<&Path>,
+    group: &mut [Box<dyn Job>],
+) -> (Result<()>, bool) {
+    let mut disk_full = false;
+    let result = (|| {
+        let mut tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sqlite(e, path))?;
+        if let [job] = group {
+            let ran = job.run(&tx, path);
+            disk_full = ran == Ran::DiskFull;
+            if ran != Ran::Ok {
+                // Nothing of a step that failed part way is stored.
+                return tx.rollback().map_err(|e| sqlite(e, path));
+            }
+        } else {
+            for job in group.iter_mut() {
+                let mut savepoint = tx.savepoint().map_err(|e| sqlite(e, path))?;
+                let ran = job.run(&savepoint, path);
+                disk_full |= ran == Ran::DiskFull;
+                if ran == Ran::Ok {
+                    savepoint.commit().map_err(|e| sqlite(e, path))?;
+                } else {
+                    savepoint.rollback().map_err(|e| sqlite(e, path))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| sqlite(e, path))
+    })();
+    (result, disk_full)
+}
