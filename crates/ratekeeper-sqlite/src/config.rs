@@ -48,12 +48,15 @@ pub enum Blocking {
     /// Decisions (and adjustments) on a thread of the store's own, which
     /// commits every decision waiting for it in one `BEGIN IMMEDIATE`
     /// transaction (each in a savepoint of its own: one that fails is
-    /// rolled back alone), and watches for the next one for 100 µs before
-    /// it sleeps. Under load, one commit and one wait for the file's lock
-    /// serve many decisions; one at a time, a decision pays one thread
-    /// hand-off instead of two. Runtime workers never block, on any
-    /// runtime. The other operations (key-value, cleanup, stats) run on
-    /// tokio's blocking pool, as with [`SpawnBlocking`](Self::SpawnBlocking).
+    /// rolled back alone). Under load, one commit and one wait for the
+    /// file's lock serve many decisions. One at a time, neither thread
+    /// sleeps between them: the writer watches for the next decision for
+    /// 50 µs, and a caller whose decision is the only one looks for its
+    /// answer between yields for up to 100 µs (processor time spent to
+    /// spare two wake-ups). Runtime workers never run SQLite, so never wait
+    /// for its lock, on any runtime. The other operations (key-value,
+    /// cleanup, stats) run on tokio's blocking pool, as with
+    /// [`SpawnBlocking`](Self::SpawnBlocking).
     #[default]
     Writer,
     /// On tokio's blocking thread pool (`spawn_blocking`): runtime workers never

@@ -44,14 +44,6 @@ pub(crate) fn sqlite(err: rusqlite::Error, path: Option<&Path>) -> Error {
 }
 
 /// Whether `err` is SQLite's "database or disk is full".
-/// Whether SQLite answered that another connection holds the lock.
-pub(crate) fn is_busy(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
-}
-
 pub(crate) fn is_disk_full(err: &Error) -> bool {
     std::error::Error::source(err)
         .and_then(|e| e.downcast_ref::<rusqlite::Error>())

@@ -33,11 +33,14 @@ const SELECT_LIVE: &str =
 
 /// The SQLite store: one machine, persistent, shared by several processes.
 ///
-/// State lives in one table of a SQLite file in WAL mode. Every operation runs
-/// on tokio's blocking pool with a pooled connection, never on a runtime
-/// worker. A decision runs the core's algorithms inside one `BEGIN IMMEDIATE`
-/// transaction, so any number of tasks, threads and processes sharing the file
-/// never admit more than a rule allows. Every row carries its expiry; a
+/// State lives in one table of a SQLite file in WAL mode. SQLite never runs
+/// on a runtime worker: by default decisions go to the store's writer
+/// thread, which commits every decision waiting for it in one transaction
+/// ([`Blocking::Writer`]), and the other operations run on tokio's
+/// blocking pool with a pooled connection. A decision runs the core's
+/// algorithms inside a `BEGIN IMMEDIATE` transaction, so any number of
+/// tasks, threads and processes sharing the file never admit more than a
+/// rule allows. Every row carries its expiry; a
 /// background task deletes expired rows in small batches.
 ///
 /// ```no_run
@@ -371,49 +374,6 @@ impl SqliteStorage {
     }
 }
 
-impl SqliteStorage {
-    /// Runs `job` in an immediate transaction on the calling thread, for
-    /// a caller on a multi-thread runtime's worker (tokio hands that
-    /// worker's other tasks to another thread first: `block_in_place`),
-    /// when a pooled connection is free and no other connection or process
-    /// holds the file's write lock: the lock is tried without waiting (a
-    /// busy timeout of zero). `None` when any of that is not so: send it
-    /// to the writer, which waits for the lock.
-    fn in_place_if_free<T>(
-        &self,
-        job: &impl Fn(&Connection, Option<&Path>) -> Result<T>,
-    ) -> Option<Result<T>> {
-        let handle = tokio::runtime::Handle::try_current().ok()?;
-        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-            return None;
-        }
-        let mut conn = self.inner.pool.try_get()?;
-        let path = self.inner.path.as_deref();
-        tokio::task::block_in_place(|| {
-            conn.busy_timeout(Duration::ZERO).ok()?;
-            let result = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-                Err(e) if crate::error::is_busy(&e) => None,
-                Err(e) => Some(Err(sqlite(e, path))),
-                Ok(tx) => Some(job(&tx, path).and_then(|value| {
-                    tx.commit().map_err(|e| sqlite(e, path))?;
-                    Ok(value)
-                })),
-            };
-            // Back to waiting for the lock, for every other use of the
-            // connection (SQLite sets a busy timeout without failing).
-            let _ = conn.busy_timeout(self.inner.config.busy_timeout);
-            if let Some(result) = &result {
-                let disk_full = result
-                    .as_ref()
-                    .err()
-                    .is_some_and(crate::error::is_disk_full);
-                after(&conn, &self.inner.disk_was_full, disk_full, result.is_ok());
-            }
-            result
-        })
-    }
-}
-
 /// After an operation on `conn` (`ok`: it succeeded; `disk_full`: it, or a
 /// step of it, failed on a full disk): gives the log's space back around a
 /// full disk (see [`make_room`]).
@@ -742,11 +702,6 @@ impl SqliteStorage {
         match &self.inner.writer {
             Some(writer) => {
                 self.ensure_open()?;
-                if writer.is_idle()
-                    && let Some(answer) = self.in_place_if_free(&job)
-                {
-                    return answer;
-                }
                 writer.decide(job).await
             }
             None => {

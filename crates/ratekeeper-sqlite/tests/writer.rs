@@ -1,8 +1,7 @@
 //! The default mode, `Blocking::Writer`: the store's thread commits every
 //! decision waiting for it in one transaction, each in a savepoint (one that
-//! fails, fails alone); a caller on a multi-thread runtime decides in place
-//! only while the writer is idle and nothing holds the file's write lock,
-//! and never waits for that lock.
+//! fails, fails alone); the runtime's workers never wait for the file's
+//! lock.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
 
 use std::path::PathBuf;
@@ -89,38 +88,53 @@ async fn decisions_share_commits_and_one_that_fails_fails_alone() {
     );
 }
 
-/// While another connection holds the write lock, a decision does not wait
-/// for it on the runtime's worker: it goes to the writer, which waits, and
-/// answers once the lock is free. While nothing holds it and the writer is
-/// idle, a decision is made in place, without the writer.
+/// While another connection holds the file's write lock, decisions wait
+/// for it in the writer, not on the runtime's workers; once it is free, every decision that queued meanwhile is
+/// committed in one transaction, the one on a corrupt key failing alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_writer_waits_for_the_lock() {
+async fn decisions_queued_behind_the_lock_share_one_commit() {
     let (path, store, limiter) = store("lock");
-    let rule = Rule::new("r", Algorithm::FixedWindow, "5/hour".parse().unwrap()).unwrap();
-    assert!(limiter.check(&rule, "k").await.unwrap().is_allowed());
-    let stats = store.stats().await.unwrap();
-    assert_eq!(detail(&stats, "writer_decisions"), 0, "{stats:?}");
-
+    let rule = Rule::new("r", Algorithm::FixedWindow, "100/hour".parse().unwrap()).unwrap();
+    let bad = limiter.state_key(&rule, "bad");
+    store
+        .set(&bad, b"not a rule state", Duration::from_secs(3_600))
+        .await
+        .unwrap();
     let holder = rusqlite::Connection::open(&path).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let waiting = tokio::spawn({
+    let check = |key: &'static str| {
         let (limiter, rule) = (limiter.clone(), rule.clone());
-        async move { limiter.check(&rule, "k").await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiting.is_finished(),
-        "decided while another held the lock"
-    );
+        tokio::spawn(async move { limiter.check(&rule, key).await })
+    };
+    // The first is taken by the writer, which waits for the lock; the
+    // others queue behind it.
+    let first = check("k");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut rest: Vec<_> = (0..10).map(|_| check("k")).collect();
+    let corrupt = check("bad");
+    rest.extend((0..10).map(|_| check("k")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!first.is_finished(), "decided while another held the lock");
     holder.execute_batch("COMMIT").unwrap();
-    let decision = waiting.await.unwrap().unwrap();
-    assert!(decision.is_allowed() && decision.remaining() == 3);
+    assert_eq!(first.await.unwrap().unwrap().remaining(), 99);
+    let mut remaining = Vec::new();
+    for task in rest {
+        let d = task.await.unwrap().unwrap();
+        assert!(d.is_allowed());
+        remaining.push(d.remaining());
+    }
+    remaining.sort_unstable();
+    assert_eq!(remaining, (79..99).collect::<Vec<_>>());
+    let e = corrupt.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CorruptState, "{e}");
     let stats = store.stats().await.unwrap();
-    assert_eq!(detail(&stats, "writer_decisions"), 1, "{stats:?}");
+    assert_eq!(detail(&stats, "writer_commits"), 2, "{stats:?}");
+    assert_eq!(detail(&stats, "writer_decisions"), 22, "{stats:?}");
+    assert_eq!(limiter.peek(&rule, "k").await.unwrap().remaining(), 79);
 }
 
-/// On a current-thread runtime there is no worker to hand off: every
-/// decision goes to the writer.
+/// On a current-thread runtime too: the writer decides, the one thread of
+/// the runtime only waits for its answers.
 #[tokio::test]
 async fn a_current_thread_runtime_decides_through_the_writer() {
     let (_, store, limiter) = store("current");
