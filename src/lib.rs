@@ -215,7 +215,7 @@ const DISABLED_STORES: &[&str] = &[
 ///
 /// - `memory://` (feature `memory`), with optional `?max_size=N&shards=N&cleanup_interval=60s`;
 /// - `sqlite:///absolute/path.db`, `sqlite://relative/path.db` or `sqlite::memory:`
-///   (feature `sqlite`), with optional `?synchronous=normal|full|off&pool_size=N&busy_timeout=5s&cleanup_interval=5m`.
+///   (feature `sqlite`), with optional `?synchronous=normal|full|off&pool_size=N&busy_timeout=5s&cleanup_interval=5m&cleanup_batch=N&blocking=writer|spawn|in_place`.
 ///   Opening a file does I/O: call this at start-up.
 /// - `redis://`, `rediss://`, `redis+unix://`, `redis+cluster://`,
 ///   `redis+sentinel://` (feature `redis`; see

@@ -25,7 +25,8 @@ pub enum Synchronous {
     #[default]
     Normal,
     /// Every commit is synced to disk before it returns: survives power loss,
-    /// costs a sync per decision.
+    /// costs a sync per commit (one per decision when decisions come one at
+    /// a time; one per group of them with [`Blocking::Writer`] under load).
     Full,
     /// No syncs at all: fastest; an OS crash can corrupt the database.
     Off,
@@ -65,9 +66,12 @@ pub enum Blocking {
     SpawnBlocking,
     /// On the calling worker thread, after tokio hands that worker's other tasks
     /// to another thread (`block_in_place`): no hand-off, so one-at-a-time
-    /// decisions are several times faster. Other futures *inside the same task*
+    /// decisions are several times faster than with `SpawnBlocking`, but the
+    /// worker waits for the file's lock. Other futures *inside the same task*
     /// (`join!`, `select!`) wait while SQLite runs. Only on a multi-thread
-    /// runtime; elsewhere it falls back to `SpawnBlocking`.
+    /// runtime; elsewhere it falls back to `SpawnBlocking`. Not inside a
+    /// `LocalSet` run by the runtime's own `block_on` thread (actix's
+    /// `System::with_tokio_rt` is one): tokio's `block_in_place` panics there.
     InPlace,
 }
 

@@ -8,9 +8,10 @@
 //! lock) serves many decisions. A job sees the writes of the jobs before it,
 //! so the group decides exactly as the same decisions one transaction each
 //! would. A job whose step fails rolls its savepoint back and answers its
-//! error; the others are unaffected. If the transaction cannot begin or
-//! commit, every job of the group answers that error and nothing of the
-//! group is stored.
+//! error; the others are unaffected, unless SQLite ended the whole
+//! transaction on that error (a full disk, an I/O error). If the
+//! transaction cannot begin or commit, or SQLite ended it, every job of the
+//! group answers that error and nothing of the group is stored.
 //!
 //! Between jobs, the thread watches the channel for [`SPIN`] before it
 //! sleeps, and a caller whose job is the only one looks for its answer
@@ -19,7 +20,8 @@
 //! answered without either thread being put to sleep and woken (tens of
 //! microseconds each on some machines). The price is processor time: at
 //! most those two spans per decision, spent watching, when decisions come
-//! one at a time. Runtime workers never run SQLite, so they never wait for the
+//! one at a time. With one processor (or a quota of one) nothing watches:
+//! the watcher would hold the processor the watched thread needs. Runtime workers never run SQLite, so they never wait for the
 //! file's lock: they send a job and await its answer.
 
 use std::panic::AssertUnwindSafe;
@@ -48,6 +50,14 @@ pub(crate) const SPIN: Duration = Duration::from_micros(50);
 /// few times over.
 pub(crate) const ANSWER_SPIN: Duration = Duration::from_micros(100);
 
+/// Whether this process may watch instead of sleeping: only with more
+/// than one processor to run on (a quota of one included), where the
+/// watcher does not hold the processor the watched thread needs.
+fn may_spin() -> bool {
+    static MANY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MANY.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+}
+
 /// One decision for the writer: a step to run inside the group's
 /// transaction, and where its answer goes.
 pub(crate) trait Job: Send {
@@ -57,7 +67,7 @@ pub(crate) trait Job: Send {
 
     /// Sends the answer kept, or, for a step that succeeded, `failed`: the
     /// transaction did not commit.
-    fn answer(self: Box<Self>, failed: Option<&Error>);
+    fn answer(self: Box<Self>, failed: Option<Error>);
 
     /// The error the step failed with, copied (for the rest of a group
     /// whose transaction SQLite ended because of it).
@@ -102,10 +112,10 @@ where
         ran
     }
 
-    fn answer(self: Box<Self>, failed: Option<&Error>) {
+    fn answer(self: Box<Self>, failed: Option<Error>) {
         let answer = match (self.result, failed) {
             (Some(Err(e)), _) => Err(e),
-            (Some(Ok(_)) | None, Some(failed)) => Err(copy(failed)),
+            (Some(Ok(_)) | None, Some(failed)) => Err(failed),
             (Some(Ok(value)), None) => Ok(value),
             (None, None) => Err(Error::new(ErrorKind::Other, "a SQLite job never ran")),
         };
@@ -123,7 +133,7 @@ where
 }
 
 /// The same error for every job of a group (errors are not `Clone`: the
-/// cause stays with the first).
+/// cause goes to one job, the last; the others get its kind and message).
 fn copy(e: &Error) -> Error {
     Error::new(e.kind(), e.message().to_owned()).with_transient(e.is_transient())
 }
@@ -210,7 +220,7 @@ impl Writer {
         // writer watches for jobs, spares the wake-up of a sleeping worker
         // (tens of microseconds on some machines); with jobs before it, the
         // wait is longer and the task sleeps at once.
-        if alone {
+        if alone && may_spin() {
             let until = Instant::now() + ANSWER_SPIN;
             loop {
                 match answer.try_recv() {
@@ -256,22 +266,21 @@ impl Thread {
                     Err(_) => break,
                 }
             }
-            // A panic outside the steps (in SQLite's bindings, the pool)
-            // fails this group, not the thread: the store goes on.
-            let failed = std::panic::catch_unwind(AssertUnwindSafe(|| self.group(&mut group)))
-                .unwrap_or_else(|_| {
-                    Some(Error::new(
-                        ErrorKind::Other,
-                        "the SQLite store's writer panicked while committing",
-                    ))
-                });
+            let failed = self.group(&mut group);
             self.groups.groups.fetch_add(1, Ordering::Relaxed);
             self.groups
                 .jobs
                 .fetch_add(group.len() as u64, Ordering::Relaxed);
             self.pending.fetch_sub(group.len(), Ordering::AcqRel);
-            for job in group.drain(..) {
-                job.answer(failed.as_ref());
+            let last = group.len().saturating_sub(1);
+            let mut failed = failed;
+            for (i, job) in group.drain(..).enumerate() {
+                let failed = if i == last {
+                    failed.take()
+                } else {
+                    failed.as_ref().map(copy)
+                };
+                job.answer(failed);
             }
         }
     }
@@ -284,18 +293,50 @@ impl Thread {
             Ok(conn) => conn,
             Err(e) => return Some(pool_error(e, path)),
         };
-        let ended = commit(&mut conn, path, group);
+        // A panic outside the steps (in SQLite's bindings) fails this
+        // group, not the thread: the store goes on.
+        let ended = std::panic::catch_unwind(AssertUnwindSafe(|| commit(&mut conn, path, group)))
+            .unwrap_or_else(|panic| Ended {
+                result: Err(Error::new(
+                    ErrorKind::Other,
+                    format!(
+                        "the SQLite store's writer panicked while committing: {}",
+                        panic_message(panic.as_ref())
+                    ),
+                )),
+                disk_full: false,
+                any_ok: false,
+            });
         let failed = ended.result.err();
         let disk_full = ended.disk_full || failed.as_ref().is_some_and(crate::error::is_disk_full);
-        let ok = failed.is_none() && !ended.any_failed;
-        crate::storage::after(&conn, &self.disk_was_full, disk_full, ok);
+        // The log's space is given back after a full disk once a decision
+        // has been stored again (as in the other modes, where each is a
+        // transaction of its own).
+        crate::storage::after(
+            &conn,
+            &self.disk_was_full,
+            disk_full,
+            failed.is_none() && ended.any_ok,
+        );
         failed
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// The next job: watched for during [`SPIN`], then waited for; `None` once
 /// the store is gone.
 fn next(queue: &Receiver<Box<dyn Job>>) -> Option<Box<dyn Job>> {
+    if !may_spin() {
+        return queue.recv().ok();
+    }
     let until = Instant::now() + SPIN;
     loop {
         match queue.try_recv() {
@@ -313,15 +354,16 @@ struct Ended {
     result: Result<()>,
     /// Whether a job failed on a full disk.
     disk_full: bool,
-    /// Whether a job failed.
-    any_failed: bool,
+    /// Whether a job's step succeeded (and, if the transaction committed,
+    /// was stored).
+    any_ok: bool,
 }
 
 /// Runs `group` in one immediate transaction, each job in a savepoint (a
 /// lone job needs none: its failure rolls the transaction back), and
 /// commits.
 fn commit(conn: &mut Connection, path: Option<&Path>, group: &mut [Box<dyn Job>]) -> Ended {
-    let (mut disk_full, mut any_failed) = (false, false);
+    let (mut disk_full, mut any_ok) = (false, false);
     let result = (|| {
         let mut tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -329,8 +371,8 @@ fn commit(conn: &mut Connection, path: Option<&Path>, group: &mut [Box<dyn Job>]
         if let [job] = group {
             let ran = job.run(&tx, path);
             disk_full = ran == Ran::DiskFull;
-            any_failed = ran != Ran::Ok;
-            if any_failed {
+            any_ok = ran == Ran::Ok;
+            if !any_ok {
                 // Nothing of a step that failed part way is stored (if
                 // SQLite has not rolled it back already).
                 if !tx.is_autocommit() {
@@ -340,10 +382,10 @@ fn commit(conn: &mut Connection, path: Option<&Path>, group: &mut [Box<dyn Job>]
             }
         } else {
             for job in group.iter_mut() {
-                let mut savepoint = tx.savepoint().map_err(|e| sqlite(e, path))?;
+                let savepoint = tx.savepoint().map_err(|e| sqlite(e, path))?;
                 let ran = job.run(&savepoint, path);
                 disk_full |= ran == Ran::DiskFull;
-                any_failed |= ran != Ran::Ok;
+                any_ok |= ran == Ran::Ok;
                 if ran == Ran::Ok {
                     savepoint.commit().map_err(|e| sqlite(e, path))?;
                 } else if savepoint.is_autocommit() {
@@ -354,7 +396,8 @@ fn commit(conn: &mut Connection, path: Option<&Path>, group: &mut [Box<dyn Job>]
                         Error::new(ErrorKind::Other, "a SQLite transaction ended early")
                     }));
                 } else {
-                    savepoint.rollback().map_err(|e| sqlite(e, path))?;
+                    // Rolled back, then released (a savepoint's default end).
+                    savepoint.finish().map_err(|e| sqlite(e, path))?;
                 }
             }
         }
@@ -363,6 +406,200 @@ fn commit(conn: &mut Connection, path: Option<&Path>, group: &mut [Box<dyn Job>]
     Ended {
         result,
         disk_full,
-        any_failed,
+        any_ok,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
+
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A job that runs `sql`, then fails if told to (or panics, outside any
+    /// guard a step has), and answers on `done`.
+    struct Sql {
+        sql: &'static str,
+        then: Then,
+        result: Option<Result<()>>,
+        done: mpsc::Sender<Result<()>>,
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Then {
+        Succeed,
+        Fail,
+        Panic,
+    }
+
+    impl Job for Sql {
+        fn run(&mut self, conn: &Connection, _: Option<&Path>) -> Ran {
+            let result = conn.execute_batch(self.sql).map_err(|e| sqlite(e, None));
+            let result = match self.then {
+                Then::Succeed => result,
+                Then::Fail => Err(Error::new(ErrorKind::Other, "failed on purpose")),
+                Then::Panic => panic!("a job that panics"),
+            };
+            let ran = if result.is_ok() { Ran::Ok } else { Ran::Failed };
+            self.result = Some(result);
+            ran
+        }
+
+        fn answer(self: Box<Self>, failed: Option<Error>) {
+            let answer = match (self.result, failed) {
+                (Some(Err(e)), _) => Err(e),
+                (_, Some(failed)) => Err(failed),
+                (Some(Ok(())), None) => Ok(()),
+                (None, None) => Err(Error::new(ErrorKind::Other, "never ran")),
+            };
+            let _ = self.done.send(answer);
+        }
+
+        fn failure(&self) -> Option<Error> {
+            match &self.result {
+                Some(Err(e)) => Some(copy(e)),
+                _ => None,
+            }
+        }
+    }
+
+    /// One connection to a private database with a table `t (x)`.
+    fn pool() -> Pool<SqliteConnectionManager> {
+        let pool = Pool::builder()
+            .max_size(1)
+            .build(SqliteConnectionManager::memory())
+            .unwrap();
+        pool.get()
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        pool
+    }
+
+    /// Runs `jobs` as the thread would, all queued before it starts (one
+    /// group); their answers, and the thread's counters.
+    fn group(
+        pool: &Pool<SqliteConnectionManager>,
+        jobs: &[(&'static str, Then)],
+    ) -> (Vec<Result<()>>, Thread) {
+        let (queue_in, queue) = channel::<Box<dyn Job>>();
+        let mut answers = Vec::new();
+        for &(sql, then) in jobs {
+            let (done, answer) = mpsc::channel();
+            queue_in
+                .send(Box::new(Sql {
+                    sql,
+                    then,
+                    result: None,
+                    done,
+                }))
+                .unwrap();
+            answers.push(answer);
+        }
+        drop(queue_in);
+        let thread = Thread {
+            pool: pool.clone(),
+            path: None,
+            disk_was_full: Arc::new(AtomicBool::new(false)),
+            pending: Arc::new(AtomicUsize::new(jobs.len())),
+            groups: Arc::new(Counts::default()),
+        };
+        thread.run(&queue);
+        let answers = answers.iter().map(|a| a.recv().unwrap()).collect();
+        (answers, thread)
+    }
+
+    fn stored(pool: &Pool<SqliteConnectionManager>) -> Vec<i64> {
+        let conn = pool.get().unwrap();
+        let mut statement = conn.prepare("SELECT x FROM t ORDER BY x").unwrap();
+        statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn a_job_that_fails_is_rolled_back_alone() {
+        let pool = pool();
+        let (answers, thread) = group(
+            &pool,
+            &[
+                ("INSERT INTO t VALUES (1)", Then::Succeed),
+                ("INSERT INTO t VALUES (2)", Then::Fail),
+                ("INSERT INTO t VALUES (3)", Then::Succeed),
+            ],
+        );
+        let ok: Vec<bool> = answers.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [true, false, true]);
+        assert_eq!(stored(&pool), [1, 3]);
+        assert_eq!(thread.pending.load(Ordering::Relaxed), 0);
+        assert_eq!(thread.groups.groups.load(Ordering::Relaxed), 1);
+        assert_eq!(thread.groups.jobs.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_transaction_sqlite_ended_fails_its_whole_group() {
+        let pool = pool();
+        let (answers, thread) = group(
+            &pool,
+            &[
+                ("INSERT INTO t VALUES (1)", Then::Succeed),
+                // Ends the transaction, as SQLite does on some errors.
+                ("ROLLBACK", Then::Fail),
+                ("INSERT INTO t VALUES (3)", Then::Succeed),
+            ],
+        );
+        for answer in &answers {
+            let e = answer.as_ref().unwrap_err();
+            assert_eq!(e.message(), "failed on purpose");
+        }
+        assert_eq!(stored(&pool), Vec::<i64>::new());
+        assert_eq!(thread.pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_panic_while_committing_fails_its_group_and_the_thread_goes_on() {
+        let pool = pool();
+        let (answers, thread) = group(
+            &pool,
+            &[
+                ("INSERT INTO t VALUES (1)", Then::Succeed),
+                ("INSERT INTO t VALUES (2)", Then::Panic),
+            ],
+        );
+        for answer in &answers {
+            let e = answer.as_ref().unwrap_err();
+            assert!(e.message().contains("a job that panics"), "{e}");
+        }
+        assert_eq!(stored(&pool), Vec::<i64>::new());
+        assert_eq!(thread.pending.load(Ordering::Relaxed), 0);
+        // The connection is usable, the next group commits.
+        let (answers, _) = group(&pool, &[("INSERT INTO t VALUES (4)", Then::Succeed)]);
+        assert!(answers.iter().all(Result::is_ok));
+        assert_eq!(stored(&pool), [4]);
+    }
+
+    #[test]
+    fn a_group_that_cannot_commit_gives_its_cause_to_one_job() {
+        let pool = pool();
+        // A second connection cannot take the lock on this private
+        // database: make BEGIN fail instead, with a statement that leaves
+        // a transaction open on the only connection.
+        pool.get().unwrap().execute_batch("BEGIN").unwrap();
+        let (answers, _) = group(
+            &pool,
+            &[
+                ("INSERT INTO t VALUES (1)", Then::Succeed),
+                ("INSERT INTO t VALUES (2)", Then::Succeed),
+            ],
+        );
+        let causes: Vec<bool> = answers
+            .iter()
+            .map(|a| std::error::Error::source(a.as_ref().unwrap_err()).is_some())
+            .collect();
+        assert_eq!(causes, [false, true]);
     }
 }

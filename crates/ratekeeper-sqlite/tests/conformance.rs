@@ -22,8 +22,8 @@ mod in_memory {
 }
 
 /// Every call on tokio's blocking pool (`Blocking::SpawnBlocking`), a
-/// transaction per decision; the modules above and below use the default,
-/// the writer thread.
+/// transaction per decision; `in_memory` and `on_file` use the default, the
+/// writer thread.
 mod spawn {
     use super::*;
     use ratekeeper_sqlite::Blocking;

@@ -38,6 +38,18 @@ fn store(name: &str) -> (PathBuf, SqliteStorage, Limiter) {
     (path, store, limiter)
 }
 
+/// Garbage where `rule`'s state for `key` lives: decisions on it fail.
+async fn corrupt(store: &SqliteStorage, limiter: &Limiter, rule: &Rule, key: &str) {
+    store
+        .set(
+            &limiter.state_key(rule, key),
+            b"not a rule state",
+            Duration::from_secs(3_600),
+        )
+        .await
+        .unwrap();
+}
+
 fn detail(stats: &StorageStats, name: &str) -> u64 {
     stats
         .details
@@ -54,11 +66,7 @@ fn detail(stats: &StorageStats, name: &str) -> u64 {
 async fn decisions_share_commits_and_one_that_fails_fails_alone() {
     let (_, store, limiter) = store("groups");
     let rule = Rule::new("hot", Algorithm::Gcra, "10/hour".parse().unwrap()).unwrap();
-    let bad = limiter.state_key(&rule, "bad");
-    store
-        .set(&bad, b"not a rule state", Duration::from_secs(3_600))
-        .await
-        .unwrap();
+    corrupt(&store, &limiter, &rule, "bad").await;
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..32 {
         let (limiter, rule) = (limiter.clone(), rule.clone());
@@ -95,11 +103,7 @@ async fn decisions_share_commits_and_one_that_fails_fails_alone() {
 async fn decisions_queued_behind_the_lock_share_one_commit() {
     let (path, store, limiter) = store("lock");
     let rule = Rule::new("r", Algorithm::FixedWindow, "100/hour".parse().unwrap()).unwrap();
-    let bad = limiter.state_key(&rule, "bad");
-    store
-        .set(&bad, b"not a rule state", Duration::from_secs(3_600))
-        .await
-        .unwrap();
+    corrupt(&store, &limiter, &rule, "bad").await;
     let holder = rusqlite::Connection::open(&path).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
     let check = |key: &'static str| {
@@ -133,13 +137,28 @@ async fn decisions_queued_behind_the_lock_share_one_commit() {
     assert_eq!(limiter.peek(&rule, "k").await.unwrap().remaining(), 79);
 }
 
-/// On a current-thread runtime too: the writer decides, the one thread of
-/// the runtime only waits for its answers.
+/// On a current-thread runtime too: the writer decides and waits for the
+/// lock; the runtime's one thread stays free meanwhile (a timer on it fires
+/// while the decision waits; were the thread blocked, the decision would end
+/// first, on its busy timeout).
 #[tokio::test]
-async fn a_current_thread_runtime_decides_through_the_writer() {
-    let (_, store, limiter) = store("current");
+async fn a_current_thread_runtime_stays_free_while_the_writer_waits() {
+    let (path, store, limiter) = store("current");
     let rule = Rule::new("r", Algorithm::TokenBucket, "3/hour".parse().unwrap()).unwrap();
-    for expected in [true, true, true, false] {
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let waiting = tokio::spawn({
+        let (limiter, rule) = (limiter.clone(), rule.clone());
+        async move { limiter.check(&rule, "k").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "decided while another held the lock"
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    assert!(waiting.await.unwrap().unwrap().is_allowed());
+    for expected in [true, true, false] {
         assert_eq!(
             limiter.check(&rule, "k").await.unwrap().is_allowed(),
             expected
