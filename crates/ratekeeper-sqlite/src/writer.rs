@@ -21,8 +21,10 @@
 //! microseconds each on some machines). The price is processor time: at
 //! most those two spans per decision, spent watching, when decisions come
 //! one at a time. With one processor (or a quota of one) nothing watches:
-//! the watcher would hold the processor the watched thread needs. Runtime workers never run SQLite, so they never wait for the
-//! file's lock: they send a job and await its answer.
+//! the watcher would hold the processor the watched thread needs.
+//!
+//! Runtime workers never run SQLite, so they never wait for the file's
+//! lock: they send a job and await its answer.
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -216,10 +218,10 @@ impl Writer {
             return Err(stopped());
         }
         // The only job: its answer comes as soon as SQLite has run it.
-        // Looking for it between yields to the runtime, for as long as the
-        // writer watches for jobs, spares the wake-up of a sleeping worker
-        // (tens of microseconds on some machines); with jobs before it, the
-        // wait is longer and the task sleeps at once.
+        // Looking for it between yields to the runtime, for up to
+        // `ANSWER_SPIN`, spares the wake-up of a sleeping worker (tens of
+        // microseconds on some machines); with jobs before it, the wait is
+        // longer and the task sleeps at once.
         if alone && may_spin() {
             let until = Instant::now() + ANSWER_SPIN;
             loop {
