@@ -410,10 +410,8 @@ impl Shard {
     ) -> Result<Evicted, Full> {
         let t = self.tick();
         if let Some(entry) = self.table.find_mut(hash, |e| key.matches(&e.key)) {
-            entry.value = value;
-            entry.expires_at = expires_at;
+            entry.rewrite(value, expires_at, denying);
             *entry.last_used.get_mut() = t;
-            entry.set_denying(denying);
             return Ok(Evicted::default());
         }
         let evicted = self.make_room(1, now, &[])?;

@@ -551,15 +551,22 @@ impl MemoryStorage {
 /// Writes `rule`'s state into an entry that holds it, marked as denying by
 /// `decision`, what a request gets now.
 fn rewrite(slot: &mut Entry, rule: &Rule, decision: &Decision, write: Write, now_us: u64) {
+    let (value, expires_at, denying) = stored(rule, decision, write, now_us);
+    slot.rewrite(value, expires_at, denying);
+}
+
+/// What an entry holds for `write`, made at `now_us` by `rule` with
+/// `decision`: the value, its expiry, and whether it is denying state.
+fn stored(rule: &Rule, decision: &Decision, write: Write, now_us: u64) -> (Value, u64, bool) {
     let (expires_at, denying) = (
         expiry(now_us, write.ttl),
         kit::leaves_no_room(rule, decision),
     );
-    slot.rewrite(
+    (
         Value::of_state(write.state, expires_at, denying),
         expires_at,
         denying,
-    );
+    )
 }
 
 fn expiry(now: u64, ttl: Duration) -> u64 {
@@ -889,19 +896,12 @@ impl MemoryStorage {
         key: &RuleKey<'_>,
         rule: &Rule,
         decision: &Decision,
-        Write { state, ttl }: Write,
+        write: Write,
         now_us: u64,
     ) -> Result<Evicted> {
-        let (expires_at, denying) = (expiry(now_us, ttl), kit::leaves_no_room(rule, decision));
+        let (value, expires_at, denying) = stored(rule, decision, write, now_us);
         shard
-            .put(
-                hash,
-                key,
-                Value::of_state(state, expires_at, denying),
-                denying,
-                expires_at,
-                now_us,
-            )
+            .put(hash, key, value, denying, expires_at, now_us)
             .map_err(|Full| self.full())
     }
 

@@ -115,22 +115,32 @@ where
     }
 
     fn answer(self: Box<Self>, failed: Option<Error>) {
-        let answer = match (self.result, failed) {
-            (Some(Err(e)), _) => Err(e),
-            (Some(Ok(_)) | None, Some(failed)) => Err(failed),
-            (Some(Ok(value)), None) => Ok(value),
-            (None, None) => Err(Error::new(ErrorKind::Other, "a SQLite job never ran")),
-        };
         // The caller may have stopped waiting (its future dropped): the
         // decision stands all the same, as one on the blocking pool does.
-        let _ = self.reply.send(answer);
+        let _ = self.reply.send(settle(self.result, failed));
     }
 
     fn failure(&self) -> Option<Error> {
-        match &self.result {
-            Some(Err(e)) => Some(copy(e)),
-            _ => None,
-        }
+        failure_of(self.result.as_ref())
+    }
+}
+
+/// A job's answer: its step's own error, else the group's (`failed`), else
+/// what its step gave.
+fn settle<T>(result: Option<Result<T>>, failed: Option<Error>) -> Result<T> {
+    match (result, failed) {
+        (Some(Err(e)), _) => Err(e),
+        (Some(Ok(_)) | None, Some(failed)) => Err(failed),
+        (Some(Ok(value)), None) => Ok(value),
+        (None, None) => Err(Error::new(ErrorKind::Other, "a SQLite job never ran")),
+    }
+}
+
+/// A copy of the error a step failed with (see [`Job::failure`]).
+fn failure_of<T>(result: Option<&Result<T>>) -> Option<Error> {
+    match result {
+        Some(Err(e)) => Some(copy(e)),
+        _ => None,
     }
 }
 
@@ -450,20 +460,11 @@ mod tests {
         }
 
         fn answer(self: Box<Self>, failed: Option<Error>) {
-            let answer = match (self.result, failed) {
-                (Some(Err(e)), _) => Err(e),
-                (_, Some(failed)) => Err(failed),
-                (Some(Ok(())), None) => Ok(()),
-                (None, None) => Err(Error::new(ErrorKind::Other, "never ran")),
-            };
-            let _ = self.done.send(answer);
+            let _ = self.done.send(settle(self.result, failed));
         }
 
         fn failure(&self) -> Option<Error> {
-            match &self.result {
-                Some(Err(e)) => Some(copy(e)),
-                _ => None,
-            }
+            failure_of(self.result.as_ref())
         }
     }
 
