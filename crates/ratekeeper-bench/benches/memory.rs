@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::hint::black_box;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,9 +55,18 @@ fn permutation(n: usize, seed: u64) -> Vec<usize> {
 /// first inserted) in: real clients do not come back in the order they first
 /// arrived. Walking the keys in insertion order would instead let a store that
 /// allocates per key in insertion order run on the hardware prefetcher.
+///
+/// Criterion calls a row's routine many times with a growing iteration
+/// count, mostly below the key count: if each call started the walk over,
+/// every call would visit the same first keys again, which stay in the
+/// caches, and a 100k-key row would measure a few thousand hot keys.
+/// `next` carries the walk on from one call to the next, so each call
+/// visits keys the last one did not, and every row of the workload walks
+/// all its keys in turn.
 struct Workload {
     keys: Vec<String>,
     order: Vec<usize>,
+    next: AtomicUsize,
 }
 
 fn workload(n: usize) -> Arc<Workload> {
@@ -67,6 +77,7 @@ fn workload(n: usize) -> Arc<Workload> {
     Arc::new(Workload {
         keys,
         order: permutation(n, 0x2545_F491_4F6C_DD1D),
+        next: AtomicUsize::new(0),
     })
 }
 
@@ -80,12 +91,15 @@ fn run_threads(
     op: impl Fn(&String) + Sync,
 ) -> Duration {
     let n = work.keys.len();
+    // Where the walk stands: each thread starts from there (the threads
+    // apart by a share of the keys), and the next call goes on past it.
+    let from = work.next.fetch_add(iters as usize, Ordering::Relaxed) % n;
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
             let op = &op;
             s.spawn(move || {
-                let offset = t * (n / threads.max(1));
+                let offset = from + t * (n / threads.max(1));
                 for i in 0..iters as usize {
                     op(&work.keys[work.order[(offset + i) % n]]);
                 }

@@ -3,7 +3,8 @@
 //! policies. An application deciding requests with a
 //! [`Limiter`](crate::Limiter) needs none of it.
 //!
-//! - **The decision step**: [`decide_one`], [`decide_all`] (all or nothing
+//! - **The decision step**: [`decide_one`] (and [`decide_gcra`], the
+//!   same for a GCRA state held as one number), [`decide_all`] (all or nothing
 //!   over a request's rules), [`decide_each`] (the same, one decision per
 //!   rule), [`adjust`] and [`adjust_one`] (a late charge or a refund), [`check_cost`], and the [`Write`]s they ask a
 //!   store to make. Pure functions: a store runs them inside whatever makes
@@ -27,7 +28,7 @@
 
 pub use crate::engine::{
     AdjustInput, DecideFn, Input, StepFn, Write, adjust, adjust_one, check_cost, decide_all,
-    decide_each, decide_one, leaves_no_room,
+    decide_each, decide_gcra, decide_one, leaves_no_room,
 };
 pub use crate::key::{bounded_key, state_key};
 pub use crate::state::{

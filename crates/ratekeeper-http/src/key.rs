@@ -381,32 +381,43 @@ const OCTETS: [([u8; 3], u8); 256] = {
     table
 };
 
+/// A key's bytes, word-aligned and 32 long, so that checking them as
+/// UTF-8 takes the standard library's word-at-a-time ASCII path (two steps
+/// of 16 bytes) instead of its byte-by-byte one (about 80 instructions for
+/// a 12-byte key).
+#[repr(align(8))]
+struct KeyBuf([u8; 32]);
+
 /// The key of an IPv4 client, `ip:a.b.c.d`: the common case, written from
 /// a table into a stack buffer and stored inline (no allocation, no
 /// formatting machinery).
 fn ipv4_key(ip: std::net::Ipv4Addr) -> SmolStr {
     // "ip:" and at most 15 characters of address. Each octet is written as
     // three bytes, then the key moves on by its digits: the last starts at
-    // 15 at most, so its three bytes always fit.
-    let mut buf = [0u8; 18];
+    // 15 at most, so its three bytes always fit. The bytes past the key
+    // stay zero (ASCII): the whole buffer is checked, then the key cut out.
+    let mut buf = KeyBuf([0u8; 32]);
     let mut len = 3;
-    if let Some(head) = buf.get_mut(..3) {
+    if let Some(head) = buf.0.get_mut(..3) {
         head.copy_from_slice(b"ip:");
     }
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
-            if let Some(dot) = buf.get_mut(len) {
+            if let Some(dot) = buf.0.get_mut(len) {
                 *dot = b'.';
             }
             len += 1;
         }
         let (digits, n) = OCTETS.get(usize::from(octet)).copied().unwrap_or_default();
-        if let Some(at) = buf.get_mut(len..len + 3) {
+        if let Some(at) = buf.0.get_mut(len..len + 3) {
             at.copy_from_slice(&digits);
         }
         len += usize::from(n);
     }
-    let text = buf.get(..len).and_then(|b| std::str::from_utf8(b).ok());
+    // Every byte is ASCII, so the check passes and `len` is a boundary.
+    let text = std::str::from_utf8(&buf.0)
+        .ok()
+        .and_then(|text| text.get(..len));
     SmolStr::new(text.unwrap_or_default())
 }
 

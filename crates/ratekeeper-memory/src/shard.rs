@@ -128,6 +128,15 @@ impl GcraCell {
         }
     }
 
+    /// The word that holds a TAT of `tat` written at `now`, marked
+    /// `denying`: what [`word_for`](Self::word_for) makes of the state and
+    /// expiry a write of that TAT has (it expires when the TAT passes);
+    /// `None` for a TAT at `now` or before (a write keeps it 1 µs) or from
+    /// 2^63 µs on.
+    pub(crate) fn word(tat: u64, now: u64, denying: bool) -> Option<u64> {
+        (tat > now && tat >> 63 == 0).then(|| tat << 1 | u64::from(denying))
+    }
+
     /// The word now. Under the shard's write lock, or before a
     /// compare-and-swap that checks it did not change.
     pub(crate) fn load(&self) -> u64 {
@@ -752,6 +761,15 @@ mod tests {
         };
         let word = GcraCell::word_for(&gcra(0, 1_000), 1_000, true).unwrap();
         assert_eq!(GcraCell::tat(word), 1_000);
+        // A TAT written at `now` makes the word its write would make.
+        assert_eq!(GcraCell::word(1_000, 999, true), Some(word));
+        assert_eq!(
+            GcraCell::word(1_000, 0, false),
+            GcraCell::word_for(&gcra(0, 1_000), 1_000, false)
+        );
+        // At `now` or before (a write keeps it 1 µs), or past one word.
+        assert_eq!(GcraCell::word(1_000, 1_000, false), None);
+        assert_eq!(GcraCell::word(1 << 63, 0, false), None);
         assert_eq!(GcraCell::state_of(word), gcra(0, 1_000));
         let cell = Value::of_state(gcra(0, 1_000), 1_000, true);
         assert!(matches!(&cell, Value::Gcra(c) if c.denying() && c.expires_at() == 1_000));

@@ -389,22 +389,18 @@ impl MemoryStorage {
         let mut word = cell.load();
         loop {
             let lapsed = now_us >= GcraCell::tat(word);
-            let state = (!lapsed).then(|| GcraCell::state_of(word));
-            let (decision, write) = match kit::decide_one(rule, state.as_ref(), now, entry.cost) {
+            let tat = (!lapsed).then(|| GcraCell::tat(word));
+            let (decision, stored) = match kit::decide_gcra(rule, tat, now, entry.cost)? {
                 Ok(decided) => decided,
                 Err(e) => return Some(Err(e)),
             };
-            let new = match write {
-                None => {
-                    slot.mark_used(shard.clock());
-                    return Some(Ok(decision));
-                }
-                Some(write) => {
-                    let denying = kit::leaves_no_room(rule, &decision);
-                    // Not a cell's state: the write lock's path stores it.
-                    GcraCell::word_for(&write.state, expiry(now_us, write.ttl), denying)?
-                }
+            let Some(tat) = stored else {
+                slot.mark_used(shard.clock());
+                return Some(Ok(decision));
             };
+            // Not a cell's state (a TAT at `now` is kept 1 µs more): the
+            // write lock's path stores it.
+            let new = GcraCell::word(tat, now_us, kit::leaves_no_room(rule, &decision))?;
             match cell.swap(word, new) {
                 Ok(()) => {
                     if lapsed {

@@ -8,7 +8,7 @@ use crate::quota::Quota;
 use crate::state::GcraState;
 
 #[inline]
-pub(super) fn step(q: &Quota, state: Option<&GcraState>, now: u64, cost: u64) -> Step<GcraState> {
+pub(crate) fn step(q: &Quota, state: Option<&GcraState>, now: u64, cost: u64) -> Step<GcraState> {
     let interval = q.emission_interval_us();
     let tolerance = q.burst().saturating_mul(interval);
     let limit_at = now.saturating_add(tolerance);

@@ -8,7 +8,7 @@
 
 mod concurrency;
 mod fixed_window;
-mod gcra;
+pub(crate) mod gcra;
 mod leaky_bucket;
 mod sliding_log;
 mod sliding_window_counter;
