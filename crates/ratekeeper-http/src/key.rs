@@ -297,7 +297,9 @@ impl KeyExtractor {
         }
     }
 
-    fn ip(&self, client: IpAddr) -> SmolStr {
+    /// The key of the client at `client` (`ip:…`, IPv6 grouped by the
+    /// extractor's prefix).
+    pub(crate) fn ip(&self, client: IpAddr) -> SmolStr {
         if let IpAddr::V4(v4) = client.to_canonical() {
             return ipv4_key(v4);
         }

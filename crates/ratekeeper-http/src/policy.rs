@@ -218,6 +218,11 @@ pub struct HttpPolicy {
     /// Whether a request let through carries its [`Admission`] for its
     /// handler (routes that count by response or hold places always do).
     for_handlers: bool,
+    /// Whether the route table and the key make every request the same
+    /// plan: one rule of the table's default limits, keyed by the client
+    /// address ([`HttpPolicy::direct`]). Fixed when the policy is made
+    /// (no other method changes the table or the key).
+    by_ip_alone: bool,
 }
 
 /// Where [`ErrorMode::Degraded`] decides: a local limiter, and how many
@@ -281,7 +286,18 @@ impl HttpPolicy {
             || routes
                 .all_limits()
                 .any(|l| l.key.as_ref().is_some_and(KeySource::reads_route));
+        let by_ip_alone = matches!(keys.source(), KeySource::Ip)
+            && routes.only_default().is_some_and(|limits| {
+                limits.rules.len() == 1
+                    && limits.count_when.is_none()
+                    && !holds_places(&limits.rules)
+                    && limits
+                        .key
+                        .as_ref()
+                        .is_none_or(|k| matches!(k, KeySource::Ip))
+            });
         Self {
+            by_ip_alone,
             reads_route,
             limiter,
             routes: Arc::new(routes),
@@ -575,6 +591,52 @@ impl HttpPolicy {
         self.decide_now(view, None)
     }
 
+    /// The limits of every request, when deciding needs nothing but them,
+    /// the client's address and the store: one rule, keyed by the client
+    /// address, for every method, path and client (no routes, exemptions
+    /// or networks in the table), on a policy with no lists, tiers,
+    /// automatic blocks, hooks, shadow mode, per-rule settings or degraded
+    /// mode. Such a request skips the general path's steps, each of which
+    /// would find nothing to do.
+    #[inline]
+    fn direct(&self) -> Option<&Limits> {
+        let plain = self.by_ip_alone
+            && self.lists.is_none()
+            && self.tiers.is_none()
+            && self.auto_block.is_none()
+            && self.on_blocked.is_none()
+            && self.on_error.is_none()
+            && !self.shadow
+            && self.per_rule.is_none()
+            && self.degraded.is_none();
+        if plain {
+            self.routes.only_default()
+        } else {
+            None
+        }
+    }
+
+    /// [`decide_now`](Self::decide_now) on the [`direct`](Self::direct)
+    /// plan: the same decision and outcome, through fewer steps.
+    #[inline]
+    fn decide_direct(&self, view: &RequestView<'_>, limits: &Limits) -> Option<Outcome> {
+        let [rule] = &*limits.rules else {
+            return self.decide_each_step_now(view, None);
+        };
+        let client = self.keys.client_ip(view);
+        let key = self.keys.ip(client);
+        let result = self.limiter.check_cost_now(rule, &key, limits.cost)?;
+        Some(self.finish(
+            view,
+            Target {
+                limits,
+                key,
+                client,
+            },
+            result,
+        ))
+    }
+
     /// [`check_with`](Self::check_with) without waiting: the outcome if the
     /// store can decide at once, `None` if it must wait (then call
     /// `check_with`).
@@ -585,6 +647,20 @@ impl HttpPolicy {
     /// [`check_now`](Self::check_now), with `given` limits in place of the
     /// route table's when there are some.
     pub(crate) fn decide_now(
+        &self,
+        view: &RequestView<'_>,
+        given: Option<&Limits>,
+    ) -> Option<Outcome> {
+        if given.is_none()
+            && let Some(limits) = self.direct()
+        {
+            return self.decide_direct(view, limits);
+        }
+        self.decide_each_step_now(view, given)
+    }
+
+    /// [`decide_now`](Self::decide_now) through every step.
+    fn decide_each_step_now(
         &self,
         view: &RequestView<'_>,
         given: Option<&Limits>,
@@ -1097,5 +1173,153 @@ impl Answers {
             *d = Some(decision);
         }
         answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test helpers")]
+    use super::*;
+    use crate::ClientIpPolicy;
+    use ratekeeper_core::clock::ManualClock;
+    use ratekeeper_core::{Algorithm, Quota};
+    use ratekeeper_memory::MemoryStorage;
+
+    fn gcra(name: &str) -> Rule {
+        Rule::new(name, Algorithm::Gcra, Quota::per_minute(3).unwrap()).unwrap()
+    }
+
+    /// A policy on a store of its own, at a manual time.
+    fn policy(routes: RouteTable, keys: KeyExtractor, clock: &ManualClock) -> HttpPolicy {
+        let limiter = Limiter::builder(Arc::new(MemoryStorage::new()))
+            .clock(clock.clone())
+            .build();
+        HttpPolicy::new(limiter, routes, keys)
+    }
+
+    fn by_ip(rules: Vec<Rule>) -> (RouteTable, KeyExtractor) {
+        (
+            RouteTable::new().default_limits(Limits::new(rules)),
+            KeyExtractor::new(KeySource::Ip),
+        )
+    }
+
+    #[test]
+    fn only_a_plain_policy_by_client_address_is_decided_directly() {
+        let clock = ManualClock::new(Timestamp::from_micros(1_000_000));
+        let plain = |rules| {
+            let (routes, keys) = by_ip(rules);
+            policy(routes, keys, &clock)
+        };
+        assert!(plain(vec![gcra("a")]).direct().is_some());
+        // Headers, the decision for handlers and the store-error mode are
+        // the outcome's business, not the plan's.
+        let answers = plain(vec![gcra("a")])
+            .headers(HeaderStyle::Both, ResetFormat::UnixTime)
+            .decision_for_handlers(true)
+            .on_store_error(ErrorMode::FailOpen);
+        assert!(answers.direct().is_some());
+        let hook: BlockedHook = Arc::new(|_, _| {});
+        let error_hook: ErrorHook = Arc::new(|_, _| {});
+        let not_direct = [
+            plain(vec![gcra("a"), gcra("b")]),
+            plain(vec![
+                Rule::new("c", Algorithm::Concurrency, Quota::per_minute(3).unwrap()).unwrap(),
+            ]),
+            plain(vec![gcra("a")]).shadow(true),
+            plain(vec![gcra("a")]).shadow_rules(["a"]),
+            plain(vec![gcra("a")]).on_blocked(hook),
+            plain(vec![gcra("a")]).on_error(error_hook),
+            plain(vec![gcra("a")]).auto_block(AutoBlock {
+                denials: 3,
+                within: Duration::from_secs(1),
+                block_for: Duration::from_secs(1),
+                max_clients: 10,
+            }),
+            plain(vec![gcra("a")]).degraded(Limiter::new(Arc::new(MemoryStorage::new())), 2),
+            policy(
+                RouteTable::new()
+                    .route("/x", &[], Limits::new(vec![gcra("x")]))
+                    .unwrap()
+                    .default_limits(Limits::new(vec![gcra("a")])),
+                KeyExtractor::new(KeySource::Ip),
+                &clock,
+            ),
+            policy(
+                RouteTable::new()
+                    .exempt("/health")
+                    .unwrap()
+                    .default_limits(Limits::new(vec![gcra("a")])),
+                KeyExtractor::new(KeySource::Ip),
+                &clock,
+            ),
+            policy(
+                RouteTable::new().default_limits(
+                    Limits::new(vec![gcra("a")]).key(KeySource::Header("x-api-key".into())),
+                ),
+                KeyExtractor::new(KeySource::Ip),
+                &clock,
+            ),
+            policy(
+                RouteTable::new().default_limits(Limits::new(vec![gcra("a")])),
+                KeyExtractor::new(KeySource::User),
+                &clock,
+            ),
+            policy(RouteTable::new(), KeyExtractor::new(KeySource::Ip), &clock),
+        ];
+        for (i, policy) in not_direct.iter().enumerate() {
+            assert!(policy.direct().is_none(), "policy {i}");
+        }
+    }
+
+    /// Requests from clients spelled several ways (a mapped IPv4 address,
+    /// IPv6 addresses of one /64, a forwarding header from a trusted proxy
+    /// and from an untrusted one) get, on the direct plan, the outcome
+    /// every step gives the same requests at the same times.
+    #[test]
+    fn the_direct_plan_decides_as_every_step() {
+        let clock = ManualClock::new(Timestamp::from_micros(1_000_000));
+        let keys = || {
+            KeyExtractor::new(KeySource::Ip)
+                .proxies(ClientIpPolicy::new().trust(["10.0.0.0/8"]).unwrap())
+        };
+        let make = || {
+            let routes = RouteTable::new().default_limits(Limits::new(vec![gcra("a")]));
+            policy(routes, keys(), &clock).headers(HeaderStyle::Both, ResetFormat::Seconds)
+        };
+        let (direct, every_step) = (make(), make());
+        assert!(direct.direct().is_some());
+        type Headers<'a> = &'a [(&'a str, &'a [u8])];
+        let forwarded: Headers<'_> = &[("x-forwarded-for", b"203.0.113.9")];
+        let none: Headers<'_> = &[];
+        let requests: [(&str, Headers<'_>); 7] = [
+            ("192.0.2.1", none),
+            ("::ffff:192.0.2.1", none),
+            ("2001:db8::1", none),
+            ("2001:db8::2", none),
+            ("10.1.2.3", forwarded),
+            ("198.51.100.7", forwarded),
+            ("203.0.113.9", none),
+        ];
+        let mut denied = 0;
+        for round in 0..6 {
+            for (peer, headers) in &requests {
+                let view = RequestView {
+                    method: "GET",
+                    path: "/anything",
+                    route: None,
+                    peer: peer.parse().unwrap(),
+                    headers,
+                    identity: None,
+                };
+                let a = direct.check_now(&view).unwrap();
+                let b = every_step.decide_each_step_now(&view, None).unwrap();
+                assert_eq!(a, b, "round {round}, peer {peer}");
+                denied += usize::from(matches!(a, Outcome::Respond { .. }));
+            }
+            clock.advance(Duration::from_secs(7));
+        }
+        // The rounds reach denials and the refill after them.
+        assert!(denied > 0);
     }
 }

@@ -323,6 +323,19 @@ impl RouteTable {
             .chain(self.default.as_ref())
     }
 
+    /// The limits every request gets whatever its method, path or client:
+    /// the default, in a table with no routes, no exemption (path or
+    /// predicate) and no allowed or denied networks. `None` for any other
+    /// table.
+    pub(crate) fn only_default(&self) -> Option<&Limits> {
+        let nothing_else = self.entries.is_empty()
+            && !self.has_exempt
+            && self.exempt_when.is_none()
+            && self.allow.is_empty()
+            && self.deny.is_empty();
+        self.default.as_ref().filter(|_| nothing_else)
+    }
+
     /// Whether the exemption predicate may read the matched route pattern.
     pub(crate) fn has_exempt_predicate(&self) -> bool {
         self.exempt_when.is_some()
