@@ -284,15 +284,17 @@ fn in_process_command(
 
 /// Instructions per request of each mode, counted by callgrind: the
 /// difference between a run of 20 000 requests and one of 60 000, over
-/// 40 000, so start-up and one-time work cancel out. (Not quite all of it:
-/// the threads actix-web and Rocket start at once do a varying amount of
-/// work before the loop, up to a few million instructions; over 40 000
-/// requests that is a few tens per request. Work timed by the clock, such
-/// as a store's cleanup task, is rare next to 40 000 requests.) It moves
-/// far less than time on a shared machine: a few hundred instructions
-/// between runs in the modes with a limiter, where time moves by a third.
-/// Modes it cannot count (no valgrind, a failed run) are left out, with a
-/// message.
+/// 40 000, so start-up and one-time work cancel out. Less, in each run,
+/// what `quanta::Clock::new` executed: the clock both limiters read
+/// calibrates itself against the OS clock for a fixed time, so for a number
+/// of instructions that changes from run to run (3 to 16 million, which
+/// moved the modes with a limiter by up to 150 per request). (Not quite all
+/// of the rest: the threads actix-web and Rocket start at once do a varying
+/// amount of work before the loop, up to a few million instructions; over
+/// 40 000 requests that is a few tens per request. Work timed by the clock,
+/// such as a store's cleanup task, is rare next to 40 000 requests.) It
+/// moves far less than time on a shared machine. Modes it cannot count (no
+/// valgrind, a failed run) are left out, with a message.
 fn in_process_instructions(
     (binary, flag): &(PathBuf, Option<&'static str>),
     modes: &[&'static str],
@@ -304,22 +306,29 @@ fn in_process_instructions(
         return Vec::new();
     }
     let count = |mode: &str, n: &str| -> Option<f64> {
-        let out = std::process::Command::new("valgrind")
-            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        let profile =
+            std::env::temp_dir().join(format!("xtask-callgrind-{}-{}.out", std::process::id(), n));
+        let ran = std::process::Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", profile.display()))
             .arg(binary)
             .arg(mode)
             .args(*flag)
             .arg(n)
             .output()
             .ok()
-            .filter(|o| o.status.success())?;
-        let text = String::from_utf8_lossy(&out.stderr);
-        text.split("Collected : ")
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|_| {
+                std::process::Command::new("callgrind_annotate")
+                    .args(["--inclusive=yes", "--auto=no"])
+                    .arg(&profile)
+                    .output()
+                    .ok()
+            });
+        let _ = std::fs::remove_file(&profile);
+        let text = String::from_utf8_lossy(&ran?.stdout).into_owned();
+        let (total, calibration) = program_and_calibration(&text)?;
+        Some(total - calibration)
     };
     modes
         .iter()
@@ -334,6 +343,32 @@ fn in_process_instructions(
             per_request.map(|n| (*mode, n))
         })
         .collect()
+}
+
+/// From `callgrind_annotate --inclusive=yes`: the program's instructions,
+/// and those `quanta::Clock::new` executed with what it called (0 if it
+/// did not run). `None` without the program's total.
+fn program_and_calibration(text: &str) -> Option<(f64, f64)> {
+    let count = |line: &str| -> Option<f64> {
+        line.split_whitespace()
+            .next()?
+            .replace(',', "")
+            .parse()
+            .ok()
+    };
+    let total = text
+        .lines()
+        .find(|l| l.contains("PROGRAM TOTALS"))
+        .and_then(count)?;
+    let calibration = text
+        .lines()
+        .filter(|l| {
+            let function = l.split(" [").next().unwrap_or(l).trim_end();
+            function.ends_with(":quanta::Clock::new")
+        })
+        .filter_map(count)
+        .fold(0.0, f64::max);
+    Some((total, calibration))
 }
 
 /// Nanoseconds per request of each mode, measured in process (pinned to
@@ -850,4 +885,30 @@ fn update_doc_in(root: &Path, doc: &str, suite: &str, table: &str) -> Result<(),
         _ => format!("{doc}\n{section}\n"),
     };
     fs::write(&path, updated).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::program_and_calibration;
+
+    #[test]
+    fn the_clocks_calibration_is_taken_out_of_the_program_total() {
+        let text = "\
+--------------------------------------------------------------------------------
+624,070,246 (100.0%)  PROGRAM TOTALS
+--------------------------------------------------------------------------------
+Ir                   file:function
+--------------------------------------------------------------------------------
+ 14,304,587 ( 2.29%)  ???:quanta::Clock::new [/bin/profile_http]
+ 14,304,361 ( 2.29%)  ???:quanta::Calibration::calibrate [/bin/profile_http]
+        181 ( 0.00%)  ???:quanta::Clock::new_with_mock [/bin/profile_http]
+";
+        assert_eq!(
+            program_and_calibration(text),
+            Some((624_070_246.0, 14_304_587.0))
+        );
+        let without = "  9 (100.0%)  PROGRAM TOTALS\n";
+        assert_eq!(program_and_calibration(without), Some((9.0, 0.0)));
+        assert_eq!(program_and_calibration("nothing"), None);
+    }
 }
