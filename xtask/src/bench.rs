@@ -285,10 +285,11 @@ fn in_process_command(
 /// Instructions per request of each mode, counted by callgrind: the
 /// difference between a run of 20 000 requests and one of 60 000, over
 /// 40 000, so start-up and one-time work cancel out. Less, in each run,
-/// what making a `quanta` clock executed ([`CALIBRATING`]): the clock both limiters read
-/// calibrates itself against the OS clock for a fixed time, so for a number
-/// of instructions that changes from run to run (3 to 16 million, which
-/// moved the modes with a limiter by up to 150 per request). (Not quite all
+/// what making a `quanta` clock executed ([`CALIBRATING`]): the clock both
+/// limiters read calibrates itself against the OS clock until its estimate
+/// settles (or 200 ms pass), so for a number of instructions that changes
+/// from run to run (3 to 16 million, which moved the modes with a limiter
+/// by up to 250 per request). (Not quite all
 /// of the rest: the threads actix-web and Rocket start at once do a varying
 /// amount of work before the loop, up to a few million instructions; over
 /// 40 000 requests that is a few tens per request. Work timed by the clock,
@@ -331,6 +332,12 @@ fn in_process_instructions(
         let _ = std::fs::remove_file(&profile);
         let text = String::from_utf8_lossy(&ran?.stdout).into_owned();
         let (total, calibration) = program_and_calibration(&text)?;
+        if calibration == 0.0 && mode != "none" {
+            eprintln!(
+                "xtask: no quanta clock made in {mode} ({n} requests): its calibration, if any, \
+                 is counted (a quanta version that names its constructors otherwise?)"
+            );
+        }
         Some(total - calibration)
     };
     modes

@@ -24,8 +24,8 @@ fn main() {
         policy_alone(n);
         return;
     }
-    if let Some(fields) = mode.strip_prefix("response") {
-        response_alone(fields == "+fields", n);
+    if mode == "response" || mode == "response+fields" {
+        response_alone(mode == "response+fields", n);
         return;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -1219,6 +1219,19 @@ mod tests {
             .decision_for_handlers(true)
             .on_store_error(ErrorMode::FailOpen);
         assert!(answers.direct().is_some());
+        // A key named on the limits that is the client address too.
+        let named = policy(
+            RouteTable::new().default_limits(Limits::new(vec![gcra("a")]).key(KeySource::Ip)),
+            KeyExtractor::new(KeySource::Ip),
+            &clock,
+        );
+        assert!(named.direct().is_some());
+        let lists = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(RuntimeLists::load(Arc::new(MemoryStorage::new())))
+            .unwrap();
         let hook: BlockedHook = Arc::new(|_, _| {});
         let error_hook: ErrorHook = Arc::new(|_, _| {});
         let not_direct = [
@@ -1228,6 +1241,17 @@ mod tests {
             ]),
             plain(vec![gcra("a")]).shadow(true),
             plain(vec![gcra("a")]).shadow_rules(["a"]),
+            plain(vec![gcra("a")]).hide_headers_of(["a"]),
+            plain(vec![gcra("a")]).tiers(Tiers::new()),
+            plain(vec![gcra("a")]).runtime_lists(lists),
+            policy(
+                RouteTable::new().default_limits(
+                    Limits::new(vec![gcra("a")])
+                        .count_when(crate::CountWhen::predicate(|s| s.is_success())),
+                ),
+                KeyExtractor::new(KeySource::Ip),
+                &clock,
+            ),
             plain(vec![gcra("a")]).on_blocked(hook),
             plain(vec![gcra("a")]).on_error(error_hook),
             plain(vec![gcra("a")]).auto_block(AutoBlock {
