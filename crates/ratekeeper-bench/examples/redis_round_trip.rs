@@ -5,7 +5,12 @@
 //! `cargo run --release -p ratekeeper-bench --example redis_round_trip -- [SECONDS]`
 //! (starts its own `redis-server`; prints calls per second, three rounds
 //! taking turns).
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
 
 use std::time::{Duration, Instant};
 
