@@ -1182,8 +1182,62 @@ mod tests {
     use super::*;
     use crate::ClientIpPolicy;
     use ratekeeper_core::clock::ManualClock;
+    use ratekeeper_core::kit::{self, RuleState};
     use ratekeeper_core::{Algorithm, Quota};
-    use ratekeeper_memory::MemoryStorage;
+    use ratekeeper_core::{DecideRequest, Storage};
+
+    /// A store for these tests that decides at once: the states in a
+    /// locked map, stepped by `kit::decide_all` (kept past their expiry,
+    /// which a GCRA state, the only kind here, decides as no state would);
+    /// `get` finds nothing (empty runtime lists). The memory store cannot
+    /// be a dev-dependency here: its own tests depend on this crate through
+    /// the test kit, which would make packaging's order a cycle.
+    #[derive(Debug, Default)]
+    struct Steps(std::sync::Mutex<std::collections::HashMap<String, RuleState>>);
+
+    impl Steps {
+        fn step(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+            let mut states = self
+                .0
+                .lock()
+                .map_err(|_| Error::new(ErrorKind::Other, "poisoned"))?;
+            let keys: Vec<String> = request
+                .entries
+                .iter()
+                .map(|e| kit::state_key(e.rule, e.key))
+                .collect();
+            let (decision, writes) = {
+                let inputs: Vec<_> = request
+                    .entries
+                    .iter()
+                    .zip(&keys)
+                    .map(|(e, k)| (e.rule, states.get(k), e.cost))
+                    .collect();
+                kit::decide_all(&inputs, request.now)?
+            };
+            for (key, write) in keys.into_iter().zip(writes) {
+                if let Some(write) = write {
+                    states.insert(key, write.state);
+                }
+            }
+            Ok(decision)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Steps {
+        async fn decide(&self, request: &DecideRequest<'_>) -> Result<Decision> {
+            self.step(request)
+        }
+
+        fn decide_now(&self, request: &DecideRequest<'_>) -> Option<Result<Decision>> {
+            Some(self.step(request))
+        }
+
+        async fn get(&self, _key: &str) -> Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+    }
 
     fn gcra(name: &str) -> Rule {
         Rule::new(name, Algorithm::Gcra, Quota::per_minute(3).unwrap()).unwrap()
@@ -1191,7 +1245,7 @@ mod tests {
 
     /// A policy on a store of its own, at a manual time.
     fn policy(routes: RouteTable, keys: KeyExtractor, clock: &ManualClock) -> HttpPolicy {
-        let limiter = Limiter::builder(Arc::new(MemoryStorage::new()))
+        let limiter = Limiter::builder(Arc::new(Steps::default()))
             .clock(clock.clone())
             .build();
         HttpPolicy::new(limiter, routes, keys)
@@ -1230,7 +1284,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(RuntimeLists::load(Arc::new(MemoryStorage::new())))
+            .block_on(RuntimeLists::load(Arc::new(Steps::default())))
             .unwrap();
         let hook: BlockedHook = Arc::new(|_, _| {});
         let error_hook: ErrorHook = Arc::new(|_, _| {});
@@ -1260,7 +1314,7 @@ mod tests {
                 block_for: Duration::from_secs(1),
                 max_clients: 10,
             }),
-            plain(vec![gcra("a")]).degraded(Limiter::new(Arc::new(MemoryStorage::new())), 2),
+            plain(vec![gcra("a")]).degraded(Limiter::new(Arc::new(Steps::default())), 2),
             policy(
                 RouteTable::new()
                     .route("/x", &[], Limits::new(vec![gcra("x")]))
