@@ -18,6 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::rule::{Algorithm, Rule};
 use crate::state::{GcraState, RuleState};
 use crate::storage::Adjustment;
+use smol_str::SmolStr;
 
 /// A state to store for one rule, and how long to keep it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,21 +116,8 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
             write: None,
         });
     }
-    if step.allowed {
-        let decision = Decision::allow_us(name, limit, step.remaining, step.reset_after);
-        let write = step.consumed.then(|| {
-            write(
-                RuleState {
-                    blocked_until: 0,
-                    algorithm: step.state,
-                },
-                step.ttl,
-            )
-        });
-        return Ok(Verdict { decision, write });
-    }
     match rule.penalty() {
-        Some(penalty) if cost > 0 => {
+        Some(penalty) if !step.allowed && cost > 0 => {
             let p = crate::clock::duration_to_micros(penalty);
             let decision = Decision::deny_us(
                 name,
@@ -150,16 +138,9 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
                 write: Some(penalty),
             })
         }
-        _ => Ok(Verdict {
-            decision: Decision::deny_us(
-                name,
-                limit,
-                step.remaining,
-                step.reset_after,
-                step.retry_after,
-            ),
-            // An older quota's debt, capped: stored, so the wait stays true.
-            write: (step.rewrite && cost > 0).then(|| {
+        _ => {
+            let (decision, writes) = plain(name, limit, &step, cost);
+            let write = writes.then(|| {
                 write(
                     RuleState {
                         blocked_until: 0,
@@ -167,8 +148,34 @@ fn evaluate(rule: &Rule, state: Option<&RuleState>, now: u64, cost: u64) -> Resu
                     },
                     step.ttl,
                 )
-            }),
-        }),
+            });
+            Ok(Verdict { decision, write })
+        }
+    }
+}
+
+/// A step's decision and whether to store its state, where no block or
+/// penalty applies: an admission stores what it consumed; a denial stores
+/// only an older quota's debt, capped (so the wait stays true), and never
+/// on a peek.
+#[inline]
+fn plain<S>(name: SmolStr, limit: u64, step: &algorithm::Step<S>, cost: u64) -> (Decision, bool) {
+    if step.allowed {
+        (
+            Decision::allow_us(name, limit, step.remaining, step.reset_after),
+            step.consumed,
+        )
+    } else {
+        (
+            Decision::deny_us(
+                name,
+                limit,
+                step.remaining,
+                step.reset_after,
+                step.retry_after,
+            ),
+            step.rewrite && cost > 0,
+        )
     }
 }
 
@@ -214,26 +221,13 @@ pub fn decide_gcra(
     }
     let state = tat.map(|tat| GcraState { tat });
     let step = algorithm::gcra::step(rule.quota(), state.as_ref(), now.as_micros(), cost);
-    let name = rule.shared_name().clone();
-    let limit = rule.quota().limit();
     // As `evaluate` decides without a penalty or a block.
-    let (decision, write) = if step.allowed {
-        (
-            Decision::allow_us(name, limit, step.remaining, step.reset_after),
-            step.consumed,
-        )
-    } else {
-        (
-            Decision::deny_us(
-                name,
-                limit,
-                step.remaining,
-                step.reset_after,
-                step.retry_after,
-            ),
-            step.rewrite && cost > 0,
-        )
-    };
+    let (decision, write) = plain(
+        rule.shared_name().clone(),
+        rule.quota().limit(),
+        &step,
+        cost,
+    );
     Some(Ok((decision, write.then_some(step.state.tat))))
 }
 
