@@ -610,7 +610,8 @@ impl HttpPolicy {
             && self.per_rule.is_none()
             && self.degraded.is_none();
         if plain {
-            self.routes.only_default()
+            // `by_ip_alone`: the table holds its default alone.
+            self.routes.default_limits_of()
         } else {
             None
         }

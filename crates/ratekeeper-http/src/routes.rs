@@ -336,6 +336,11 @@ impl RouteTable {
         self.default.as_ref().filter(|_| nothing_else)
     }
 
+    /// The default limits, whatever else the table holds.
+    pub(crate) fn default_limits_of(&self) -> Option<&Limits> {
+        self.default.as_ref()
+    }
+
     /// Whether the exemption predicate may read the matched route pattern.
     pub(crate) fn has_exempt_predicate(&self) -> bool {
         self.exempt_when.is_some()
