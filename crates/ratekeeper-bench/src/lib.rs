@@ -100,13 +100,18 @@ pub fn bench_policy(
     .decision_for_handlers(decision))
 }
 
-/// The mean time of one script call (`EVAL`, `EVALSHA`) on `server` since
-/// its last `CONFIG RESETSTAT`, µs, from `INFO commandstats`.
+/// The mean time of one call of the decision engine (`FCALL`, or the
+/// scripts: `EVAL`, `EVALSHA`) on `server` since its last `CONFIG
+/// RESETSTAT`, µs, from `INFO commandstats`.
 pub fn script_us_per_call(server: &ratekeeper_testkit::redis::RedisServer) -> f64 {
     let text = server.cmd(&["INFO", "commandstats"]).text();
     let (calls, usec) = text
         .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter(|l| {
+            ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_fcall:"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .fold((0.0, 0.0), |(calls, usec), line| {
             let field = |name: &str| {
                 line.split(name)

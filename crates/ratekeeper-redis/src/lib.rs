@@ -16,11 +16,32 @@ pub use config::{
 pub use storage::{RedisStorage, RedisStorageBuilder};
 
 /// The Lua source of the decision script for requests whose rules all use
-/// `algorithm` (what the store loads and calls with `EVALSHA`), for
-/// inspection and for benchmarking the script on its own. Its arguments are
-/// described at the top of its engine part.
+/// `algorithm` (what the store calls with `EVALSHA` where the server has no
+/// functions), for inspection and for benchmarking the script on its own.
+/// Its arguments are described at the top of its engine part.
 pub fn decision_script(algorithm: ratekeeper_core::Algorithm) -> &'static str {
-    scripts::SCRIPTS.decision(std::iter::once(algorithm)).code
+    scripts::SCRIPTS
+        .decision(std::iter::once(algorithm))
+        .script
+        .code
+}
+
+/// The `FUNCTION LOAD` source of the decision engine as a Redis function
+/// library (Redis 7 and later), which the store loads and calls with
+/// `FCALL` where it can: every step made once, when the library is loaded,
+/// rather than on every call. Its name is `ratekeeper_` and part of the
+/// engine's SHA-1, so each version of the engine is a library of its own.
+pub fn decision_library() -> &'static str {
+    &scripts::SCRIPTS.library.code
+}
+
+/// The name of the library function ([`decision_library`]) that does what
+/// [`decision_script`] for `algorithm` does, with the same keys and
+/// arguments.
+pub fn decision_function(algorithm: ratekeeper_core::Algorithm) -> &'static str {
+    scripts::SCRIPTS
+        .decision(std::iter::once(algorithm))
+        .function
 }
 
 /// How registries open Redis URLs (the facade's `from_url`, the

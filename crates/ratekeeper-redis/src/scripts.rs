@@ -5,6 +5,15 @@
 //! all use one algorithm run that algorithm's script; a request mixing
 //! algorithms runs the script holding all seven. Either way, all rules of a
 //! request are decided by one call.
+//!
+//! The same engine, with every step, is also a function library (Redis 7
+//! and later: `FUNCTION LOAD`, `FCALL`), with one function per decision
+//! script. A script call makes every helper and step again (Lua allocates
+//! each function and table as it runs the chunk: a few microseconds of the
+//! server's time per call); a library makes them once, when it is loaded.
+//! The store calls the functions where the server has them and falls back
+//! to the scripts where it cannot (an older server, a user whose ACL allows
+//! no functions).
 
 use std::sync::LazyLock;
 
@@ -26,7 +35,9 @@ impl LuaScript {
     }
 }
 
-macro_rules! decision_script {
+/// The engine with the steps of `$algorithm`s, as a chunk that defines
+/// `decide` (and, with the sliding log's step, sets `HAS_LOG`).
+macro_rules! engine {
     ($($algorithm:literal),+) => {
         concat!(
             include_str!("scripts/prelude.lua"),
@@ -36,10 +47,75 @@ macro_rules! decision_script {
     };
 }
 
+/// The engine as a script: it decides `KEYS` with `ARGV`.
+macro_rules! decision_script {
+    ($($algorithm:literal),+) => {
+        concat!(engine!($($algorithm),+), "return decide(KEYS, ARGV, HAS_LOG)\n")
+    };
+}
+
+/// Every step, in tag order.
+const ENGINE: &str = engine!(
+    "fixed_window",
+    "sliding_window_log",
+    "sliding_window_counter",
+    "token_bucket",
+    "leaky_bucket",
+    "gcra",
+    "concurrency"
+);
+
+/// One decision script and the library function that does what it does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Engine<'a> {
+    pub(crate) script: &'a LuaScript,
+    pub(crate) function: &'a str,
+}
+
+/// The engine as a Redis function library.
+#[derive(Debug)]
+pub(crate) struct Library {
+    /// The `FUNCTION LOAD` source. The library's name is `ratekeeper_` and
+    /// the first 16 hex digits of the engine's SHA-1: each version of the
+    /// engine is a library of its own, so processes of two versions sharing
+    /// a server (a rolling upgrade) never replace each other's functions.
+    pub(crate) code: String,
+    /// Function names, by algorithm tag − 1, then the mixed one.
+    functions: [String; 8],
+}
+
+impl Library {
+    fn new() -> Self {
+        let hash = redis::Script::new(ENGINE).get_hash().to_owned();
+        let name = format!("ratekeeper_{}", hash.get(..16).unwrap_or(&hash));
+        let mut code = format!("#!lua name={name}\n{ENGINE}");
+        let mut functions: [String; 8] = Default::default();
+        let names = Algorithm::ALL.map(|a| a.as_str()).into_iter();
+        for (slot, kind) in functions.iter_mut().zip(names.chain(["mixed"])) {
+            *slot = format!("{name}_{kind}");
+            // The steps whose states can be longer than a first read takes.
+            let has_log = matches!(kind, "sliding_window_log" | "concurrency" | "mixed");
+            code.push_str(&format!(
+                "redis.register_function('{slot}', function(keys, args) \
+                 return decide(keys, args, {has_log}) end)\n"
+            ));
+        }
+        Self { code, functions }
+    }
+
+    /// The `FUNCTION LOAD REPLACE` command that (re)loads the library.
+    pub(crate) fn load(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(self.code.as_str());
+        cmd
+    }
+}
+
 pub(crate) struct Scripts {
     /// By algorithm tag − 1.
     per_algorithm: [LuaScript; 7],
     mixed: LuaScript,
+    pub(crate) library: Library,
     pub(crate) increment: LuaScript,
     pub(crate) compare_and_swap: LuaScript,
 }
@@ -64,22 +140,30 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         "gcra",
         "concurrency"
     )),
+    library: Library::new(),
     increment: LuaScript::new(include_str!("scripts/increment.lua")),
     compare_and_swap: LuaScript::new(include_str!("scripts/compare_and_swap.lua")),
 });
 
 impl Scripts {
-    /// The script deciding rules of these algorithms.
-    pub(crate) fn decision(&self, mut algorithms: impl Iterator<Item = Algorithm>) -> &LuaScript {
+    /// The script (and library function) deciding rules of these
+    /// algorithms.
+    pub(crate) fn decision(&self, mut algorithms: impl Iterator<Item = Algorithm>) -> Engine<'_> {
+        let mixed = Engine {
+            script: &self.mixed,
+            function: self.library.functions.get(7).map_or("", String::as_str),
+        };
         let Some(first) = algorithms.next() else {
-            return &self.mixed;
+            return mixed;
         };
         if algorithms.any(|a| a != first) {
-            return &self.mixed;
+            return mixed;
         }
-        self.per_algorithm
-            .get(usize::from(first.state_tag()).wrapping_sub(1))
-            .unwrap_or(&self.mixed)
+        let i = usize::from(first.state_tag()).wrapping_sub(1);
+        match (self.per_algorithm.get(i), self.library.functions.get(i)) {
+            (Some(script), Some(function)) => Engine { script, function },
+            _ => mixed,
+        }
     }
 
     /// Every script, for loading ahead of time.
@@ -108,7 +192,7 @@ mod tests {
         assert_eq!(SCRIPTS.per_algorithm.len(), Algorithm::ALL.len());
         for a in Algorithm::ALL {
             let step = lua(a.as_str());
-            let script = SCRIPTS.decision(std::iter::once(a));
+            let script = SCRIPTS.decision(std::iter::once(a)).script;
             assert!(script.code.contains(&step), "{a}'s script lacks its step");
             // Concurrency's leases are a sliding log's pairs: its script
             // holds the log's step too.
@@ -128,6 +212,33 @@ mod tests {
                 "the mixed script lacks {a}"
             );
         }
+        // Each library function does what its script does: the same
+        // engine, reading states as that script reads them.
+        let library = &SCRIPTS.library.code;
+        let scripts = Algorithm::ALL.map(|a| (a.as_str(), SCRIPTS.decision(std::iter::once(a))));
+        let mixed = ("mixed", SCRIPTS.decision(Algorithm::ALL.into_iter()));
+        for (name, engine) in scripts.into_iter().chain([mixed]) {
+            assert!(engine.function.ends_with(&format!("_{name}")), "{name}");
+            let has_log = engine.script.code.contains("\nHAS_LOG = true");
+            let registered = format!(
+                "redis.register_function('{}', function(keys, args) return decide(keys, args, {has_log}) end)",
+                engine.function
+            );
+            assert!(library.contains(&registered), "{registered}");
+            let body = engine
+                .script
+                .code
+                .trim_end_matches("return decide(KEYS, ARGV, HAS_LOG)\n");
+            assert_ne!(
+                body.len(),
+                engine.script.code.len(),
+                "{name}: the script calls the engine"
+            );
+            if name == "mixed" {
+                assert!(library.contains(body), "the library holds the mixed engine");
+            }
+        }
+        assert!(library.starts_with("#!lua name=ratekeeper_"));
         let prelude = lua("prelude");
         let line = prelude
             .lines()

@@ -5,7 +5,7 @@
 //! beside it.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,7 +20,7 @@ use crate::config::{RedisConfig, TimeSource, Topology};
 use crate::connection::Backend;
 use crate::error::{invalid, redis as redis_error, timeout};
 use crate::keys::{prefix_pattern, redis_key, slot, tagged};
-use crate::scripts::{LuaScript, SCRIPTS};
+use crate::scripts::{Engine, LuaScript, SCRIPTS};
 
 /// Keys read per `SCAN` step.
 const SCAN_COUNT: u64 = 1_000;
@@ -63,6 +63,10 @@ struct Inner {
     backend: RwLock<Option<Arc<Backend>>>,
     config: RedisConfig,
     next: AtomicUsize,
+    /// Whether decisions go through the function library (`FCALL`): until
+    /// the server shows it has no functions or does not let this user load
+    /// or call them; then through the scripts (`EVALSHA`), for good.
+    functions: AtomicBool,
 }
 
 /// Builds a [`RedisStorage`].
@@ -149,6 +153,7 @@ impl RedisStorageBuilder {
                 backend: RwLock::new(Some(Arc::new(backend))),
                 config: self.config,
                 next: AtomicUsize::new(0),
+                functions: AtomicBool::new(true),
             }),
         })
     }
@@ -279,6 +284,19 @@ impl RedisStorage {
         }
     }
 
+    /// [`deadline`](Self::deadline), leaving the server's answer (an error
+    /// too) to the caller.
+    async fn deadline_raw<T>(
+        &self,
+        what: &str,
+        work: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<redis::RedisResult<T>> {
+        let limit = self.inner.config.response_timeout;
+        tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| timeout(what, limit))
+    }
+
     /// Runs a script by its SHA-1; if the server does not know it (a restart
     /// or failover flushed the script cache), sends the source, which also
     /// caches it again.
@@ -289,25 +307,14 @@ impl RedisStorage {
         keys: &[String],
         args: &[Arg<'_>],
     ) -> Result<Value> {
-        let build = |verb: &str, body: &str| {
-            let mut cmd = redis::cmd(verb);
-            cmd.arg(body).arg(keys.len());
-            for key in keys {
-                cmd.arg(key.as_str());
-            }
-            for arg in args {
-                arg.write(&mut cmd);
-            }
-            cmd
-        };
         let backend = self.backend()?;
         let exchange = async {
             let mut handle = backend.handle(&self.inner.next).await?;
-            match handle.send(&build("EVALSHA", &script.sha)).await {
+            match handle.send(&call("EVALSHA", &script.sha, keys, args)).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    handle.send(&build("EVAL", script.code)).await
+                    handle.send(&call("EVAL", script.code, keys, args)).await
                 }
                 other => other,
             }
@@ -315,33 +322,109 @@ impl RedisStorage {
         self.deadline(what, exchange).await
     }
 
-    /// Loads every script on the server (every Cluster master), so the first
-    /// decisions need no extra round trip.
+    /// Runs the decision engine: its library function (`FCALL`) where the
+    /// server has functions, loading the library first if the server does
+    /// not know it (a new node, a `FUNCTION FLUSH`); else its script
+    /// ([`eval`](Self::eval)). A server without functions, or a user not
+    /// allowed to load or call them, sends this store to the scripts for
+    /// good.
+    async fn run_engine(
+        &self,
+        what: &str,
+        engine: Engine<'_>,
+        keys: &[String],
+        args: &[Arg<'_>],
+    ) -> Result<Value> {
+        if self.inner.functions.load(Ordering::Relaxed) {
+            let backend = self.backend()?;
+            let exchange = async {
+                let mut handle = backend.handle(&self.inner.next).await?;
+                let fcall = call("FCALL", engine.function, keys, args);
+                match handle.send(&fcall).await {
+                    Err(e) if function_missing(&e) => {
+                        match handle.send(&SCRIPTS.library.load()).await {
+                            Err(e) if no_functions(&e) => Ok(None),
+                            Err(e) => Err(e),
+                            Ok(_) => handle.send(&fcall).await.map(Some),
+                        }
+                    }
+                    Err(e) if no_functions(&e) => Ok(None),
+                    other => other.map(Some),
+                }
+            };
+            match self.deadline(what, exchange).await? {
+                Some(reply) => return Ok(reply),
+                None => self.scripts_only(),
+            }
+        }
+        self.eval(what, engine.script, keys, args).await
+    }
+
+    /// From now on, decisions go through the scripts.
+    fn scripts_only(&self) {
+        if self.inner.functions.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                target: "ratekeeper",
+                "the Redis server has no functions for this store (an older server, or an ACL \
+                 without FUNCTION LOAD or FCALL): decisions run as scripts (EVALSHA)"
+            );
+        }
+    }
+
+    /// Loads the function library and every script on the server (every
+    /// Cluster master), so the first decisions need no extra round trip.
     async fn load_scripts(&self) -> Result<()> {
         let backend = self.backend()?;
         let masters = backend
             .cluster_masters()
             .await
             .map_err(|e| redis_error(e, "CLUSTER NODES"))?;
-        for script in SCRIPTS.all() {
-            let mut cmd = redis::cmd("SCRIPT");
-            cmd.arg("LOAD").arg(script.code);
-            match &masters {
-                Some(masters) => {
-                    for (host, port) in masters {
-                        self.deadline(
-                            "SCRIPT LOAD",
-                            backend.send_to_node(host, *port, cmd.clone()),
-                        )
-                        .await?;
-                    }
-                }
-                None => {
-                    self.call("SCRIPT LOAD", &cmd).await?;
+        let nodes: Vec<Option<&(String, u16)>> = match &masters {
+            Some(masters) => masters.iter().map(Some).collect(),
+            None => vec![None],
+        };
+        for &node in &nodes {
+            if !self.inner.functions.load(Ordering::Relaxed) {
+                break;
+            }
+            let loaded = self
+                .deadline_raw(
+                    "FUNCTION LOAD",
+                    self.send_to(&backend, node, SCRIPTS.library.load()),
+                )
+                .await?;
+            match loaded {
+                Err(e) if no_functions(&e) => self.scripts_only(),
+                other => {
+                    other.map_err(|e| redis_error(e, "FUNCTION LOAD"))?;
                 }
             }
         }
+        for script in SCRIPTS.all() {
+            let mut cmd = redis::cmd("SCRIPT");
+            cmd.arg("LOAD").arg(script.code);
+            for &node in &nodes {
+                self.deadline("SCRIPT LOAD", self.send_to(&backend, node, cmd.clone()))
+                    .await?;
+            }
+        }
         Ok(())
+    }
+
+    /// Sends `cmd` to a Cluster master, or (`None`) to the one server.
+    async fn send_to(
+        &self,
+        backend: &Backend,
+        node: Option<&(String, u16)>,
+        cmd: Cmd,
+    ) -> redis::RedisResult<Value> {
+        match node {
+            Some((host, port)) => backend.send_to_node(host, *port, cmd).await,
+            None => {
+                let mut handle = backend.handle(&self.inner.next).await?;
+                handle.send(&cmd).await
+            }
+        }
     }
 
     /// The nodes holding the store's keys: every Cluster master, or `None`
@@ -448,6 +531,39 @@ impl RedisStorage {
 /// Reads a reply as a `T`.
 fn parse<T: redis::FromRedisValue>(reply: Value, what: &str) -> Result<T> {
     redis::from_redis_value(reply).map_err(|e| redis_error(e.into(), what))
+}
+
+/// `verb` (`EVAL`, `EVALSHA`, `FCALL`) of `body` (the source, its SHA-1,
+/// the function's name) on `keys` with `args`.
+fn call(verb: &str, body: &str, keys: &[String], args: &[Arg<'_>]) -> Cmd {
+    let mut cmd = redis::cmd(verb);
+    cmd.arg(body).arg(keys.len());
+    for key in keys {
+        cmd.arg(key.as_str());
+    }
+    for arg in args {
+        arg.write(&mut cmd);
+    }
+    cmd
+}
+
+/// The server has functions but not this one: the library is not loaded
+/// there (a new node, a `FUNCTION FLUSH`).
+fn function_missing(e: &redis::RedisError) -> bool {
+    e.code() == Some("ERR")
+        && e.detail()
+            .is_some_and(|d| d.starts_with("Function not found"))
+}
+
+/// The server has no functions for this store: an older server (no
+/// `FCALL`, no `FUNCTION`), commands renamed away, or an ACL that lets this
+/// user run neither.
+fn no_functions(e: &redis::RedisError) -> bool {
+    match e.code() {
+        Some("NOPERM") => true,
+        Some("ERR") => e.detail().is_some_and(|d| d.starts_with("unknown command")),
+        _ => false,
+    }
 }
 
 fn int(v: Option<&Value>) -> Option<i64> {
@@ -799,8 +915,8 @@ impl RedisStorage {
             ]);
             args.extend(tail);
         }
-        let script = SCRIPTS.decision(pairs.iter().map(|(rule, _)| rule.algorithm()));
-        let reply = self.eval(what, script, &keys, &args).await?;
+        let engine = SCRIPTS.decision(pairs.iter().map(|(rule, _)| rule.algorithm()));
+        let reply = self.run_engine(what, engine, &keys, &args).await?;
         let Value::Array(items) = &reply else {
             return Err(unexpected(what, &reply));
         };

@@ -407,17 +407,38 @@ fn scripts_on(server: &ratekeeper_testkit::redis::RedisServer) -> Vec<bool> {
         .collect()
 }
 
-/// Connecting loads every script on the server, and on every master of a
-/// Cluster, before the first decision: no decision pays for a `NOSCRIPT`
-/// round trip.
+/// The function library's name, from its `FUNCTION LOAD` source.
+fn library_name() -> &'static str {
+    ratekeeper_redis::decision_library()
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("#!lua name="))
+        .expect("the library's first line names it")
+}
+
+/// Whether `server` holds the decision engine's function library.
+fn library_on(server: &ratekeeper_testkit::redis::RedisServer) -> bool {
+    match server.cmd(&["FUNCTION", "LIST", "LIBRARYNAME", library_name()]) {
+        Reply::Array(Some(found)) => !found.is_empty(),
+        other => panic!("FUNCTION LIST answered {other:?}"),
+    }
+}
+
+/// Connecting loads the function library and every script on the server,
+/// and on every master of a Cluster, before the first decision: no
+/// decision pays for a missing function or a `NOSCRIPT` round trip. A
+/// library flushed from every node of a Cluster is loaded again by the
+/// first decision that misses it, on every master.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_loads_every_script_on_every_master() {
     let server = tokio::task::spawn_blocking(ratekeeper_testkit::redis::RedisServer::start)
         .await
         .unwrap();
     assert_eq!(scripts_on(&server), [false; 7]);
+    assert!(!library_on(&server));
     let _store = RedisStorage::connect(&server.url()).await.unwrap();
     assert_eq!(scripts_on(&server), [true; 7]);
+    assert!(library_on(&server));
 
     let cluster =
         tokio::task::spawn_blocking(|| ratekeeper_testkit::redis::RedisCluster::start(3, 0))
@@ -425,10 +446,28 @@ async fn connecting_loads_every_script_on_every_master() {
             .unwrap();
     for node in cluster.nodes() {
         assert_eq!(scripts_on(node), [false; 7]);
+        assert!(!library_on(node));
     }
-    let _store = RedisStorage::connect(&cluster.url()).await.unwrap();
+    let store = RedisStorage::connect(&cluster.url()).await.unwrap();
     for node in cluster.nodes() {
         assert_eq!(scripts_on(node), [true; 7], "node {}", node.port());
+        assert!(library_on(node), "node {}", node.port());
+    }
+    for node in cluster.nodes() {
+        assert_eq!(node.cmd(&["FUNCTION", "FLUSH"]), Reply::Status("OK".into()));
+    }
+    let limiter = Limiter::new(Arc::new(store));
+    let r = rule("spread", "5/minute");
+    // Keys in many slots, so every master decides some.
+    for i in 0..60 {
+        let key = format!("user-{i}");
+        for expected in [4, 3] {
+            let d = limiter.check(&r, &key).await.unwrap();
+            assert_eq!(d.remaining(), expected, "{key}");
+        }
+    }
+    for node in cluster.nodes() {
+        assert!(library_on(node), "node {}", node.port());
     }
 }
 

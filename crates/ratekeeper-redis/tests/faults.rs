@@ -268,29 +268,135 @@ async fn the_store_reconnects_after_a_restart() {
     server.stop();
 }
 
-/// How many times the server ran command `name`, from `INFO commandstats`.
-fn command_calls(stats: &str, name: &str) -> u64 {
+/// Field `field` (`calls`, `failed_calls`) of command `name`'s line in
+/// `INFO commandstats`: 0 when the server has not run it.
+fn command_stat(stats: &str, name: &str, field: &str) -> u64 {
     stats
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-        .and_then(|rest| rest.split(',').next())
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:")))
+        .and_then(|rest| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+        })
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0)
 }
 
+/// How many times the server ran command `name`, from `INFO commandstats`.
+fn command_calls(stats: &str, name: &str) -> u64 {
+    command_stat(stats, name, "calls")
+}
+
+fn hourly_rule() -> Rule {
+    Rule::new(
+        "flush",
+        Algorithm::SlidingWindowCounter,
+        "100/hour".parse().unwrap(),
+    )
+    .unwrap()
+}
+
+/// Decisions go through the function library; a library flushed away
+/// (`FUNCTION FLUSH`, a new node) is loaded again by the first call that
+/// misses it, which then runs, and no decision is lost or counted twice.
 #[tokio::test]
-async fn a_flushed_script_cache_is_refilled_by_itself() {
+async fn a_flushed_function_library_is_loaded_again_by_itself() {
     let server = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
     let store = RedisStorage::connect(&server.url()).await.unwrap();
     let limiter = Limiter::new(Arc::new(store));
-    let rule = Rule::new(
-        "flush",
-        Algorithm::SlidingWindowCounter,
-        "100/hour".parse().unwrap(),
-    )
-    .unwrap();
+    let rule = hourly_rule();
+    limiter.check(&rule, "k").await.unwrap();
+    assert_eq!(
+        server.cmd(&["FUNCTION", "FLUSH"]),
+        Reply::Status("OK".into())
+    );
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    for expected in (90..=98).rev() {
+        let d = limiter.check(&rule, "k").await.unwrap();
+        assert_eq!(d.remaining(), expected);
+    }
+    // FCALL missed the library once, FUNCTION LOAD put it back, and every
+    // call (the missed one again) ran the function; no script ran.
+    let stats = server.cmd(&["INFO", "commandstats"]).text();
+    let calls = |name: &str| command_calls(&stats, name);
+    assert_eq!(calls("function|load"), 1, "{stats}");
+    assert_eq!(calls("fcall"), 10, "{stats}");
+    assert_eq!(command_stat(&stats, "fcall", "failed_calls"), 1, "{stats}");
+    assert_eq!((calls("eval"), calls("evalsha")), (0, 0), "{stats}");
+
+    // A call the server refuses for another reason (a full server) does
+    // not load the library again: the error is the answer.
+    assert_eq!(
+        server.cmd(&["CONFIG", "SET", "maxmemory", "1"]),
+        Reply::Status("OK".into())
+    );
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    let err = limiter.check(&rule, "full").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let stats = server.cmd(&["INFO", "commandstats"]).text();
+    let calls = |name: &str| command_calls(&stats, name);
+    assert_eq!(calls("function|load"), 0, "{stats}");
+    assert_eq!((calls("eval"), calls("evalsha")), (0, 0), "{stats}");
+    server.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    assert!(limiter.check(&rule, "full").await.unwrap().is_allowed());
+}
+
+/// A user whose ACL allows no functions (as on a server without them)
+/// decides through the scripts, with the same answers: whether it may call
+/// functions but not load them (found out on the first decision) or may do
+/// neither (found out at connect). A flushed script cache is then refilled
+/// by itself: `EVALSHA` meets `NOSCRIPT` once and `EVAL` sends the source.
+#[tokio::test]
+async fn without_functions_decisions_run_as_scripts() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    for (user, denied) in [
+        ("nofunction", &["-function"][..]),
+        ("nofcall", &["-fcall", "-function"]),
+    ] {
+        let mut acl = vec!["ACL", "SETUSER", user, "on", ">secret", "~*", "+@all"];
+        acl.extend(denied);
+        assert_eq!(server.cmd(&acl), Reply::Status("OK".into()));
+    }
+    let url = |user: &str| format!("redis://{user}:secret@127.0.0.1:{}", server.port());
+    let rule = hourly_rule();
+
+    // Allowed FCALL but not FUNCTION LOAD, with no library on the server,
+    // and not connected ahead (nothing loaded): the first decision finds
+    // out.
+    assert_eq!(
+        server.cmd(&["FUNCTION", "FLUSH"]),
+        Reply::Status("OK".into())
+    );
+    server.cmd(&["SCRIPT", "FLUSH"]);
+    let store = RedisStorage::builder_from_url(&url("nofunction"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let limiter = Limiter::new(Arc::new(store));
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    for expected in (95..=99).rev() {
+        let d = limiter.check(&rule, "a").await.unwrap();
+        assert_eq!(d.remaining(), expected);
+    }
+    let stats = server.cmd(&["INFO", "commandstats"]).text();
+    let calls = |name: &str| command_calls(&stats, name);
+    // One FCALL missed the library, one FUNCTION LOAD was refused, and
+    // every decision then ran as a script (the first sending its source).
+    assert_eq!(calls("fcall"), 1, "{stats}");
+    assert_eq!(
+        command_stat(&stats, "function|load", "rejected_calls"),
+        1,
+        "{stats}"
+    );
+    assert_eq!((calls("eval"), calls("evalsha")), (1, 5), "{stats}");
+
+    // Allowed neither: connecting finds out, and no FCALL is ever sent.
+    let store = RedisStorage::connect(&url("nofcall")).await.unwrap();
+    let limiter = Limiter::new(Arc::new(store));
     limiter.check(&rule, "k").await.unwrap();
     assert_eq!(server.cmd(&["SCRIPT", "FLUSH"]), Reply::Status("OK".into()));
     server.cmd(&["CONFIG", "RESETSTAT"]);
@@ -298,12 +404,15 @@ async fn a_flushed_script_cache_is_refilled_by_itself() {
         let d = limiter.check(&rule, "k").await.unwrap();
         assert_eq!(d.remaining(), expected);
     }
-    // EVALSHA met NOSCRIPT once, EVAL sent the script (and cached it), and
-    // every later call named it by SHA-1 again.
     let stats = server.cmd(&["INFO", "commandstats"]).text();
     let calls = |name: &str| command_calls(&stats, name);
     assert_eq!(calls("eval"), 1, "{stats}");
     assert_eq!(calls("evalsha"), 9, "{stats}");
+    assert_eq!(
+        command_stat(&stats, "fcall", "rejected_calls"),
+        0,
+        "{stats}"
+    );
 
     // A script the server refuses for another reason (a full server) is
     // not sent again by its source: the error is the answer.

@@ -300,13 +300,17 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis-server on port {} did not answer: {e}", self.port))
     }
 
-    /// How many scripts (`EVAL`, `EVALSHA`) the server has run so far, from
-    /// `INFO commandstats`.
+    /// How many scripts and functions (`EVAL`, `EVALSHA`, `FCALL`) the
+    /// server has run so far, from `INFO commandstats`.
     pub fn script_calls(&self) -> u64 {
         self.cmd(&["INFO", "commandstats"])
             .text()
             .lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter(|l| {
+                ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_fcall:"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
             .filter_map(|l| {
                 l.split("calls=")
                     .nth(1)?

@@ -1,6 +1,7 @@
 //! `cargo xtask bench redis`: decisions per second through the Redis store,
-//! beside `redis-benchmark` running the same decision script with `EVALSHA`,
-//! against the same freshly started `redis-server`, in the same run.
+//! beside `redis-benchmark` calling the same decision function (`FCALL`, the
+//! function the store calls), against the same freshly started
+//! `redis-server`, in the same run.
 //!
 //! Rows are `ALGORITHM/cTASKS`. Ours: `TASKS` tokio tasks calling
 //! `Limiter::check` on one `RedisStorage` (one multiplexed connection, which
@@ -290,10 +291,11 @@ async fn drive_op(
     })
 }
 
-/// Requests per second `redis-benchmark` reports for the same script call.
+/// Requests per second `redis-benchmark` reports for the same call of the
+/// decision function.
 fn peer(
     port: u16,
-    sha: &str,
+    function: &str,
     algorithm: Algorithm,
     clients: u64,
 ) -> Result<f64, Box<dyn std::error::Error>> {
@@ -312,7 +314,7 @@ fn peer(
                 &requests.to_string(),
             ])
             .args(["-r", &KEYS.to_string(), "--csv"])
-            .args(["EVALSHA", sha, "1", &key, "", "1", "0"])
+            .args(["FCALL", function, "1", &key, "", "1", "0"])
             .args([
                 algorithm.state_tag().to_string(),
                 q.limit().to_string(),
@@ -504,8 +506,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = format!("{}?prefix=bench:", server.url());
     let mut rows = Vec::new();
     for algorithm in ALGORITHMS {
-        let script = ratekeeper_redis::decision_script(algorithm);
-        let sha = server.cmd(&["SCRIPT", "LOAD", script]).text();
+        let library = ratekeeper_redis::decision_library();
+        server.cmd(&["FUNCTION", "LOAD", "REPLACE", library]);
+        let function = ratekeeper_redis::decision_function(algorithm);
         for tasks in CONCURRENCY {
             let name = format!("{}/c{tasks}", algorithm.as_str());
             if !selected(&name) {
@@ -521,7 +524,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let peer = if side == "ours" {
                 f64::NAN
             } else {
-                peer(server.port(), &sha, algorithm, tasks)?
+                peer(server.port(), function, algorithm, tasks)?
             };
             eprintln!("{name}: ours {ours:.0}/s, redis-benchmark {peer:.0}/s");
             rows.push(json!({

@@ -1,5 +1,11 @@
 -- ratekeeper: the decision step, mirroring ratekeeper_core's engine.rs.
 --
+-- decide(KEYS, ARGV, has_log) is the engine; a script ends with
+-- `return decide(KEYS, ARGV, HAS_LOG)`, and the function library registers
+-- one function per script calling it (scripts.rs). Every helper is defined
+-- at the top level, so a library makes them once, when it is loaded, and a
+-- call makes none.
+--
 -- KEYS[i]: the state key of rule i.
 -- ARGV[1]: the time in µs since the epoch, or '' to read the server's TIME.
 -- ARGV[2]: '1' to return one decision per rule, '0' for the combined one,
@@ -24,20 +30,9 @@
 -- the others back. Per rule, a rule that would have allowed a denied
 -- request reports what a peek would.
 
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
-local each = ARGV[2] == '1'
-local pad = tonumber(ARGV[3])
-local n = #KEYS
-
 -- Writes a state with its TTL in µs: whole milliseconds, rounded up, so a
--- key never expires early.
-local function store(key, state, ttl)
+-- key never expires early, and `pad` milliseconds more (ARGV[3]).
+local function store(key, state, ttl, pad)
   local ms = math.ceil(math.max(ttl, 1) / 1000) + pad
   redis.call('SET', key, encode(state), 'PX', ms)
 end
@@ -47,24 +42,10 @@ local function flag(b)
   return 0
 end
 
--- Read and check every state before deciding anything.
-local states = {}
-for i = 1, n do
-  local raw, partial = read_state(KEYS[i])
-  if type(raw) == 'table' and raw.err then
-    return { -1, i - 1, raw.err }
-  end
-  if raw then
-    local s, why = decode(raw, partial, KEYS[i])
-    if s == nil then return { -1, i - 1, why } end
-    states[i] = s
-  end
-end
-
--- What a request of one unit would get from state s (nil for none) of a
--- rule, as engine.rs's evaluate with a cost of 0: allowed, remaining,
--- reset_after, retry_after.
-local function look(tag, q, s)
+-- What a request of one unit would get at `now` from state s (nil for
+-- none) of a rule, as engine.rs's evaluate with a cost of 0: allowed,
+-- remaining, reset_after, retry_after.
+local function look(tag, q, s, now)
   local same = nil
   if s ~= nil and s.tag == tag then same = s end
   local allowed, remaining, reset, retry = STEP[tag](q, same, now, 0)
@@ -76,7 +57,8 @@ local function look(tag, q, s)
   return allowed, remaining, reset, retry
 end
 
-local function quota(b)
+-- The quota of the rule whose arguments follow ARGV[b].
+local function quota(ARGV, b)
   local q = {
     limit = tonumber(ARGV[b + 2]),
     window = tonumber(ARGV[b + 3]),
@@ -92,47 +74,54 @@ local function quota(b)
   return q
 end
 
-if ARGV[2] == '2' then
-  -- Every rule's change is worked out before any is written: a corrupt
-  -- state leaves every key as it was.
+-- Rule i's change (arguments from ARGV[b], state s, of its algorithm
+-- `same`): records what to write in writes[i] and appends what the rule
+-- now says to `out`. Run under pcall: a sliding log read lazily reports a
+-- corrupt pair it meets through error().
+local function adjust_one(ARGV, b, i, tag, q, s, same, now, units, taken_at, out, writes)
+  local seen = s
+  local next_state = nil
+  if units > 0 then next_state = ADJUST[tag](q, same, now, ARGV[b + 7] == 'c', units, taken_at) end
+  if next_state ~= nil then
+    next_state.tag = tag
+    -- A penalty in force stays; one that has ended is forgotten.
+    next_state.blocked = 0
+    if s ~= nil and s.blocked > now then next_state.blocked = s.blocked end
+    local _, _, _, _, _, _, ttl = STEP[tag](q, next_state, now, 0)
+    ttl = math.max(ttl, sub(next_state.blocked, now))
+    -- A state equivalent to none replaces only one of this algorithm,
+    -- and then goes (engine.rs); where there was none, nothing is written.
+    if ttl > 0 then
+      writes[i] = { next_state, ttl }
+    elseif same ~= nil then
+      writes[i] = false
+    end
+    seen = next_state
+  end
+  local allowed, remaining, reset, retry = look(tag, q, seen, now)
+  local k = #out
+  out[k + 1] = flag(allowed)
+  out[k + 2] = remaining
+  out[k + 3] = reset
+  out[k + 4] = retry
+end
+
+-- ARGV[2] == '2': every rule's change is worked out before any is
+-- written, so a corrupt state leaves every key as it was.
+local function adjust(KEYS, ARGV, states, now, pad)
+  local n = #KEYS
   local out, writes = { 1 }, {}
   for i = 1, n do
     local b = 3 + (i - 1) * 9
     local tag = tonumber(ARGV[b + 1])
-    local q = quota(b)
+    local q = quota(ARGV, b)
     local units = tonumber(ARGV[b + 8])
     local taken_at = nil
     if ARGV[b + 9] ~= '' then taken_at = tonumber(ARGV[b + 9]) end
     local s = states[i]
     local same = nil
     if s ~= nil and s.tag == tag then same = s end
-    local ok, err = pcall(function()
-      local seen = s
-      local next_state = nil
-      if units > 0 then next_state = ADJUST[tag](q, same, now, ARGV[b + 7] == 'c', units, taken_at) end
-      if next_state ~= nil then
-        next_state.tag = tag
-        -- A penalty in force stays; one that has ended is forgotten.
-        next_state.blocked = 0
-        if s ~= nil and s.blocked > now then next_state.blocked = s.blocked end
-        local _, _, _, _, _, _, ttl = STEP[tag](q, next_state, now, 0)
-        ttl = math.max(ttl, sub(next_state.blocked, now))
-        -- A state equivalent to none replaces only one of this algorithm,
-        -- and then goes (engine.rs); where there was none, nothing is written.
-        if ttl > 0 then
-          writes[i] = { next_state, ttl }
-        elseif same ~= nil then
-          writes[i] = false
-        end
-        seen = next_state
-      end
-      local allowed, remaining, reset, retry = look(tag, q, seen)
-      local k = #out
-      out[k + 1] = flag(allowed)
-      out[k + 2] = remaining
-      out[k + 3] = reset
-      out[k + 4] = retry
-    end)
+    local ok, err = pcall(adjust_one, ARGV, b, i, tag, q, s, same, now, units, taken_at, out, writes)
     if not ok then
       if type(err) == 'table' and err.corrupt then return { -1, i - 1, err.corrupt } end
       error(err)
@@ -143,21 +132,21 @@ if ARGV[2] == '2' then
     if w == false then
       redis.call('DEL', KEYS[i])
     elseif w ~= nil then
-      store(KEYS[i], w[1], w[2])
+      store(KEYS[i], w[1], w[2], pad)
     end
   end
   return out
 end
 
--- Rule i's verdict: allowed, remaining, reset_after, retry_after, what to
--- write (the state and its TTL, or nil), then the step's arguments for a
--- look at the rule without a cost (tag, quota, state of its algorithm) and
--- the request's cost on it; or nil and the reason its state is not
--- rate-limit state.
-local function judge(i)
+-- Rule i's verdict at `now` (its arguments in ARGV, its state states[i]):
+-- allowed, remaining, reset_after, retry_after, what to write (the state
+-- and its TTL, or nil), then the step's arguments for a look at the rule
+-- without a cost (tag, quota, state of its algorithm) and the request's
+-- cost on it; or nil and the reason its state is not rate-limit state.
+local function judge(ARGV, states, now, i)
   local b = 3 + (i - 1) * 7
   local tag = tonumber(ARGV[b + 1])
-  local q = quota(b)
+  local q = quota(ARGV, b)
   local penalty = tonumber(ARGV[b + 6])
   local cost = tonumber(ARGV[b + 7])
   local s = states[i]
@@ -200,36 +189,6 @@ local function judge(i)
   return false, remaining, reset, retry, nil, nil, tag, q, same, cost
 end
 
-if n == 1 then
-  -- One rule (a plain check, a reservation, a place taken), without the
-  -- tables of the general step below. The request is admitted when the
-  -- rule allows or is only looked at, so its write (an admission, a
-  -- penalty, a capped debt) is made either way, and the rule's own answer
-  -- is every answer.
-  local allowed, remaining, reset, retry, state, ttl, _, _, _, cost = judge(1)
-  if allowed == nil then return { -1, 0, remaining } end
-  if state ~= nil then store(KEYS[1], state, ttl) end
-  if each then
-    return { flag(allowed or cost == 0), flag(allowed), remaining, reset, retry, now }
-  end
-  return { flag(allowed), 0, remaining, reset, retry }
-end
-
--- One verdict per rule: { allowed, remaining, reset_after, retry_after, write,
--- peek } where write is { state, ttl } or nil, and peek the step's
--- arguments for a look at the rule without a cost.
-local verdicts = {}
-local admitted = true
-for i = 1, n do
-  local allowed, remaining, reset, retry, state, ttl, tag, q, same, cost = judge(i)
-  if allowed == nil then return { -1, i - 1, remaining } end
-  local w = nil
-  if state ~= nil then w = { state, ttl } end
-  -- A rule only peeked at (cost 0) never holds the request back.
-  if not allowed and cost > 0 then admitted = false end
-  verdicts[i] = { allowed, remaining, reset, retry, w, { tag, q, same } }
-end
-
 -- Decision::is_more_restrictive_than, for the pairs that compete.
 local function more_restrictive(a, b)
   if a[1] ~= b[1] then return not a[1] end
@@ -237,36 +196,98 @@ local function more_restrictive(a, b)
   return a[4] > b[4]
 end
 
-local best = nil
-for i = 1, n do
-  local v = verdicts[i]
-  -- When the request is denied, only denials compete for "most restrictive".
-  if (admitted or not v[1]) and (best == nil or more_restrictive(v, verdicts[best])) then
-    best = i
+-- The engine: decides KEYS with ARGV (above), reading state with one GET
+-- unless `has_log` (the rules may include a sliding log or places in
+-- flight, whose states can be longer than a first read takes).
+local function decide(KEYS, ARGV, has_log)
+  local now
+  if ARGV[1] == '' then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  else
+    now = tonumber(ARGV[1])
   end
-  local w = v[5]
-  if w ~= nil and v[1] == admitted then store(KEYS[i], w[1], w[2]) end
-end
+  local each = ARGV[2] == '1'
+  local pad = tonumber(ARGV[3])
+  local n = #KEYS
 
-if each then
-  local out = { flag(admitted) }
+  -- Read and check every state before deciding anything.
+  local states = {}
+  for i = 1, n do
+    local raw, partial = read_state(KEYS[i], has_log)
+    if type(raw) == 'table' and raw.err then
+      return { -1, i - 1, raw.err }
+    end
+    if raw then
+      local s, why = decode(raw, partial, KEYS[i])
+      if s == nil then return { -1, i - 1, why } end
+      states[i] = s
+    end
+  end
+
+  if ARGV[2] == '2' then return adjust(KEYS, ARGV, states, now, pad) end
+
+  if n == 1 then
+    -- One rule (a plain check, a reservation, a place taken), without the
+    -- tables of the general step below. The request is admitted when the
+    -- rule allows or is only looked at, so its write (an admission, a
+    -- penalty, a capped debt) is made either way, and the rule's own answer
+    -- is every answer.
+    local allowed, remaining, reset, retry, state, ttl, _, _, _, cost = judge(ARGV, states, now, 1)
+    if allowed == nil then return { -1, 0, remaining } end
+    if state ~= nil then store(KEYS[1], state, ttl, pad) end
+    if each then
+      return { flag(allowed or cost == 0), flag(allowed), remaining, reset, retry, now }
+    end
+    return { flag(allowed), 0, remaining, reset, retry }
+  end
+
+  -- One verdict per rule: { allowed, remaining, reset_after, retry_after, write,
+  -- peek } where write is { state, ttl } or nil, and peek the step's
+  -- arguments for a look at the rule without a cost.
+  local verdicts = {}
+  local admitted = true
+  for i = 1, n do
+    local allowed, remaining, reset, retry, state, ttl, tag, q, same, cost = judge(ARGV, states, now, i)
+    if allowed == nil then return { -1, i - 1, remaining } end
+    local w = nil
+    if state ~= nil then w = { state, ttl } end
+    -- A rule only peeked at (cost 0) never holds the request back.
+    if not allowed and cost > 0 then admitted = false end
+    verdicts[i] = { allowed, remaining, reset, retry, w, { tag, q, same } }
+  end
+
+  local best = nil
   for i = 1, n do
     local v = verdicts[i]
-    if v[1] and not admitted then
-      local p = v[6]
-      local _, remaining, reset = STEP[p[1]](p[2], p[3], now, 0)
-      v = { true, remaining, reset, 0 }
+    -- When the request is denied, only denials compete for "most restrictive".
+    if (admitted or not v[1]) and (best == nil or more_restrictive(v, verdicts[best])) then
+      best = i
     end
-    local k = #out
-    out[k + 1] = flag(v[1])
-    out[k + 2] = v[2]
-    out[k + 3] = v[3]
-    out[k + 4] = v[4]
+    local w = v[5]
+    if w ~= nil and v[1] == admitted then store(KEYS[i], w[1], w[2], pad) end
   end
-  -- The time decided at, for a reservation's refunds.
-  out[#out + 1] = now
-  return out
-end
 
-local d = verdicts[best]
-return { flag(d[1]), best - 1, d[2], d[3], d[4] }
+  if each then
+    local out = { flag(admitted) }
+    for i = 1, n do
+      local v = verdicts[i]
+      if v[1] and not admitted then
+        local p = v[6]
+        local _, remaining, reset = STEP[p[1]](p[2], p[3], now, 0)
+        v = { true, remaining, reset, 0 }
+      end
+      local k = #out
+      out[k + 1] = flag(v[1])
+      out[k + 2] = v[2]
+      out[k + 3] = v[3]
+      out[k + 4] = v[4]
+    end
+    -- The time decided at, for a reservation's refunds.
+    out[#out + 1] = now
+    return out
+  end
+
+  local d = verdicts[best]
+  return { flag(d[1]), best - 1, d[2], d[3], d[4] }
+end

@@ -83,17 +83,18 @@ local LOG_PAIRS = 15
 local HEAD = 64
 
 -- Whether this script holds the sliding log's step (sliding_window_log.lua
--- sets it): only then can a state be longer than HEAD.
+-- sets it): only then can a state be longer than HEAD. A call names the
+-- steps it may meet (decide's `has_log`): the library holds every step.
 local HAS_LOG = false
 
 -- Reads the state at `key`: the value, or nil when there is none. A long
 -- sliding log is not read whole (fetching a 160 kB value into Lua costs far
 -- more than deciding on it): only its first HEAD bytes, the rest lazily
 -- (log_pair). Returns the value read and whether it is only the head. A
--- script without the log reads with one GET (a state of another algorithm
--- found there is no state of its rules either way).
-local function read_state(key)
-  if not HAS_LOG then return redis.pcall('GET', key), false end
+-- call without the log (`has_log` false) reads with one GET (a state of
+-- another algorithm found there is no state of its rules either way).
+local function read_state(key, has_log)
+  if not has_log then return redis.pcall('GET', key), false end
   local head = redis.pcall('GETRANGE', key, 0, HEAD - 1)
   if type(head) == 'table' then return head, false end
   if #head == 0 then
