@@ -555,13 +555,16 @@ fn function_missing(e: &redis::RedisError) -> bool {
             .is_some_and(|d| d.starts_with("Function not found"))
 }
 
-/// The server has no functions for this store: an older server (no
-/// `FCALL`, no `FUNCTION`), commands renamed away, or an ACL that lets this
-/// user run neither.
+/// The server has no functions for this store: an older server or another
+/// server speaking the protocol (no `FCALL`, no `FUNCTION` or no `FUNCTION
+/// LOAD`), commands renamed away, or an ACL that does not let this user
+/// call or load them.
 fn no_functions(e: &redis::RedisError) -> bool {
     match e.code() {
         Some("NOPERM") => true,
-        Some("ERR") => e.detail().is_some_and(|d| d.starts_with("unknown command")),
+        Some("ERR") => e.detail().is_some_and(|d| {
+            d.starts_with("unknown command") || d.starts_with("unknown subcommand")
+        }),
         _ => false,
     }
 }

@@ -428,6 +428,26 @@ async fn without_functions_decisions_run_as_scripts() {
     assert_eq!((calls("eval"), calls("evalsha")), (0, 1), "{stats}");
     server.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
     assert!(limiter.check(&rule, "full").await.unwrap().is_allowed());
+
+    // A server without functions (as before Redis 7: FCALL and FUNCTION
+    // are unknown commands there).
+    let older = tokio::task::spawn_blocking(|| {
+        RedisServer::start_with(&["rename-command FCALL \"\"", "rename-command FUNCTION \"\""])
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(older.cmd(&["FUNCTION", "LIST"]), Reply::Error(e) if e.contains("unknown command"))
+    );
+    let store = RedisStorage::connect(&older.url()).await.unwrap();
+    let limiter = Limiter::new(Arc::new(store));
+    older.cmd(&["CONFIG", "RESETSTAT"]);
+    for expected in (95..=99).rev() {
+        let d = limiter.check(&rule, "k").await.unwrap();
+        assert_eq!(d.remaining(), expected);
+    }
+    let stats = older.cmd(&["INFO", "commandstats"]).text();
+    assert_eq!(command_calls(&stats, "evalsha"), 5, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
