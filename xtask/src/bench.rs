@@ -427,11 +427,14 @@ fn in_process_ns(
 
 /// `cargo xtask bench redis`: the `redis-bench` binary starts its own
 /// `redis-server`, measures our store and `redis-benchmark` on the same
-/// script back to back, and prints the rows as JSON.
+/// decision function back to back, and prints the rows as JSON.
 fn redis(root: &Path) -> Result<(), String> {
     let bench = release_binary(root, "redis-bench")?;
     let mut command = std::process::Command::new(&bench);
-    match limitador_peer(root) {
+    // A limitador peer built already (its RocksDB takes long to build) can
+    // be named instead of built.
+    let prebuilt = std::env::var_os("LIMITADOR_PEER").map(PathBuf::from);
+    match prebuilt.map_or_else(|| limitador_peer(root), Ok) {
         Ok(limitador) => {
             command.env("LIMITADOR_PEER", limitador);
         }
@@ -545,15 +548,15 @@ fn redis_footnote(row: &Value) -> String {
         )
     } else if name == "places/c50" {
         "\n`places/c50`: 50 tasks each taking a place on a concurrency rule and giving it back (`Limiter::acquire`, \
-         `Permit::release`: two script calls) on 1 000 keys; the peer column is the same 50 tasks making GCRA decisions \
-         (one script call each) on the same server. The goal is at least 0.5.\n"
+         `Permit::release`: two calls of the Lua engine) on 1 000 keys; the peer column is the same 50 tasks making GCRA \
+         decisions (one call each) on the same server. The goal is at least 0.5.\n"
             .to_owned()
     } else if name.ends_with("/vs-limitador") {
         format!(
             "\n`{name}`: the peer column is limitador 0.14 (`AsyncRateLimiter` on its Redis counters without a cache, \
              `AsyncRedisStorage`) making the same requests on the same server: {:.0} fixed window(s) per request, keys \
-             over 1 000 values, never denied; ours is `Limiter::check_rules` on the Redis store. Script calls per \
-             decision: ours {:.2}, limitador {:.2}.\n",
+             over 1 000 values, never denied; ours is `Limiter::check_rules` on the Redis store. Lua calls per \
+             decision (ours `FCALL`, limitador's scripts): ours {:.2}, limitador {:.2}.\n",
             field("limits"),
             field("ours_script_calls_per_decision"),
             field("peer_script_calls_per_decision"),
@@ -561,7 +564,7 @@ fn redis_footnote(row: &Value) -> String {
     } else if name == "sliding_window_log/denied-full/c50" {
         format!(
             "\n`{name}`: 50 tasks, every request denied by one key whose sliding log holds 10 000 entries; the peer column is \
-             50 tasks on fresh keys (empty logs), same store. Redis time per script call: {:.1} µs denied on the full log, \
+             50 tasks on fresh keys (empty logs), same store. Redis time per call: {:.1} µs denied on the full log, \
              {:.1} µs on a fresh key ({:.2}×; the goal is at most 2×).\n",
             field("ours_usec_per_call"),
             field("peer_usec_per_call"),
@@ -663,7 +666,7 @@ fn capacity(root: &Path) -> Result<(), String> {
         .map_err(|e| format!("capacity-bench printed no JSON rows: {e}"))?;
     let mut table = String::from(
         "| row | Redis bytes/key (`used_memory`) | Redis `MEMORY USAGE` | Redis CPU µs/decision | \
-         script µs/call | decisions/s at 50 tasks | memory store bytes/key (estimate) | memory store \
+         engine µs/call | decisions/s at 50 tasks | memory store bytes/key (estimate) | memory store \
          bytes/key (resident) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut sizing = format!(

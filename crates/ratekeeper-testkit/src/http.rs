@@ -1153,6 +1153,60 @@ pub async fn store_failures(h: Arc<dyn HttpHarness>) {
     assert_eq!(errors.load(Ordering::SeqCst), 3);
 }
 
+/// The plainest policy (one limit by client address and nothing else,
+/// which the policy decides on a direct plan): every spelling of every
+/// path, with any method, counts against the client's one key, and a
+/// failed store answers by the policy's error mode.
+pub async fn the_plainest_policy(h: Arc<dyn HttpHarness>) {
+    let p = policy(
+        &h,
+        default_limit("4/hour"),
+        KeyExtractor::new(KeySource::Ip),
+    )
+    .await;
+    let (_server, c) = start(&h, p).await;
+    let admitted = [
+        ("GET", "/counted"),
+        ("HEAD", "//counted/"),
+        ("GET", "/%2Fcounted"),
+        ("POST", "/COUNTED?page=2"),
+    ];
+    for (method, path) in admitted {
+        let r = c.send(method, path, &[]).await;
+        assert_ne!(r.status, 429, "{method} {path} was refused early: {r:?}");
+    }
+    let refused = [
+        ("GET", "/"),
+        ("HEAD", "/counted"),
+        ("GET", "/c%6Funted"),
+        ("DELETE", "/./counted//"),
+        ("GET", "/no-such-page"),
+    ];
+    for (method, path) in refused {
+        let r = c.send(method, path, &[]).await;
+        assert_eq!(r.status, 429, "{method} {path} got past the limit: {r:?}");
+    }
+    drop(_server);
+
+    // A real store in a real failed state: closed.
+    let store = h.store().await;
+    store.close().await.expect("close");
+    let closed = HttpPolicy::new(
+        Limiter::new(store),
+        default_limit("10/minute"),
+        KeyExtractor::new(KeySource::Ip),
+    );
+    let (_server, c) = start(&h, closed.clone()).await;
+    let r = c.get("/", &[]).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("rate_limiter_unavailable"), "{}", r.body);
+    assert_eq!(c.send("HEAD", "/counted", &[]).await.status, 503);
+    drop(_server);
+    let (_server, c) = start(&h, closed.on_store_error(ErrorMode::FailOpen)).await;
+    let r = c.get("/", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+}
+
 /// Shadow mode decides and reports (headers, the blocked hook) but never blocks.
 pub async fn shadow_mode(h: Arc<dyn HttpHarness>) {
     let blocked = Arc::new(AtomicU32::new(0));
@@ -1702,6 +1756,7 @@ macro_rules! http_behaviour_tests {
             limit_reached, header_styles, exemptions, allow_and_deny_lists,
             routes_and_methods, path_spellings, forged_forwarding_headers_behind_a_proxy, forwarded_for_only_from_trusted_proxies,
             hostile_forwarding_headers, ipv6_prefix_grouping, identity_and_header_keys, store_failures,
+            the_plainest_policy,
             shadow_mode, concurrent_requests, handlers_see_the_decision,
             refused_requests_never_reach_the_handler, tiers, policy_replaced_while_serving,
             config_reloaded_under_load, counting_only_failed_logins, requests_in_flight,
