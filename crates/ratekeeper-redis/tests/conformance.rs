@@ -1,5 +1,6 @@
-//! The whole conformance suite on real Redis: a standalone server, a
-//! 3-master Cluster and a Sentinel group.
+//! The whole conformance suite on real Redis: a standalone server (its
+//! functions, and its scripts as a user allowed no functions), a 3-master
+//! Cluster and a Sentinel group.
 
 mod common;
 
@@ -7,6 +8,13 @@ mod standalone {
     ratekeeper_testkit::storage_conformance_tests!(
         super::common::RedisHarness::standalone(),
         model_cases = 200
+    );
+}
+
+mod standalone_scripts {
+    ratekeeper_testkit::storage_conformance_tests!(
+        super::common::RedisHarness::standalone_scripts(),
+        model_cases = 100
     );
 }
 

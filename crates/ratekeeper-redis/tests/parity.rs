@@ -473,8 +473,17 @@ async fn compare_states(
 }
 
 #[test]
+fn lua_functions_decide_exactly_as_the_rust_engine() {
+    parity(&common::standalone().url(), "functions");
+}
+
+/// The same engine as scripts (`EVALSHA`), as a user allowed no functions.
+#[test]
 fn lua_scripts_decide_exactly_as_the_rust_engine() {
-    let url = common::standalone().url();
+    parity(&common::scripts_url(), "scripts");
+}
+
+fn parity(url: &str, what: &str) {
     let cases = std::env::var("RATELIMIT_PARITY_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -488,9 +497,9 @@ fn lua_scripts_decide_exactly_as_the_rust_engine() {
         failure_persistence: None,
         ..Config::default()
     });
-    let result = runner.run(&scenario(), |s| runtime.block_on(run(s, &url)));
+    let result = runner.run(&scenario(), |s| runtime.block_on(run(s, url)));
     if let Err(e) = result {
-        panic!("the Lua scripts and the Rust engine disagree: {e}");
+        panic!("the Lua {what} and the Rust engine disagree: {e}");
     }
 }
 

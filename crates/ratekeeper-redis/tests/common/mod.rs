@@ -19,6 +19,26 @@ pub(crate) fn standalone() -> &'static RedisServer {
     SERVER.get_or_init(RedisServer::start)
 }
 
+/// The shared standalone server's URL for a user whose ACL allows every
+/// command but `FCALL` and `FUNCTION`: a store there decides through the
+/// scripts.
+pub(crate) fn scripts_url() -> String {
+    let server = standalone();
+    let reply = server.cmd(&[
+        "ACL",
+        "SETUSER",
+        "scripts",
+        "on",
+        ">secret",
+        "~*",
+        "+@all",
+        "-fcall",
+        "-function",
+    ]);
+    assert_eq!(reply, ratekeeper_testkit::redis::Reply::Status("OK".into()));
+    format!("redis://scripts:secret@127.0.0.1:{}", server.port())
+}
+
 /// One 3-master Cluster for the whole test binary.
 pub(crate) fn cluster() -> &'static RedisCluster {
     static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
@@ -72,6 +92,16 @@ impl RedisHarness {
     pub(crate) fn standalone() -> Self {
         Self {
             url: standalone().url(),
+            tagged: false,
+        }
+    }
+
+    /// The standalone server, as a user whose ACL allows no functions: the
+    /// store decides through the scripts (`EVALSHA`), as on a server
+    /// without functions.
+    pub(crate) fn standalone_scripts() -> Self {
+        Self {
+            url: scripts_url(),
             tagged: false,
         }
     }
