@@ -237,6 +237,8 @@ impl Backend {
     }
 
     /// Sends `cmd` to the Cluster node at `host:port`.
+    /// Sends `cmd` to one Cluster node and reads its reply; an error reply
+    /// is an `Err`, as from [`Handle::send`].
     pub(crate) async fn send_to_node(&self, host: &str, port: u16, cmd: Cmd) -> RedisResult<Value> {
         match self {
             Self::Cluster { connections } => {
@@ -249,7 +251,8 @@ impl Backend {
                             port,
                         }),
                     )
-                    .await
+                    .await?
+                    .extract_error()
             }
             _ => Err(redis::RedisError::from((
                 redis::ErrorKind::Client,

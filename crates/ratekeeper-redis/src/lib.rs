@@ -29,8 +29,8 @@ pub fn decision_script(algorithm: ratekeeper_core::Algorithm) -> &'static str {
 /// The `FUNCTION LOAD` source of the decision engine as a Redis function
 /// library (Redis 7 and later), which the store loads and calls with
 /// `FCALL` where it can: every step made once, when the library is loaded,
-/// rather than on every call. Its name is `ratekeeper_` and part of the
-/// engine's SHA-1, so each version of the engine is a library of its own.
+/// rather than on every call. Its name is `ratekeeper_` and part of its
+/// source's SHA-1, so each version is a library of its own.
 pub fn decision_library() -> &'static str {
     &scripts::SCRIPTS.library.code
 }

@@ -76,9 +76,10 @@ pub(crate) struct Engine<'a> {
 #[derive(Debug)]
 pub(crate) struct Library {
     /// The `FUNCTION LOAD` source. The library's name is `ratekeeper_` and
-    /// the first 16 hex digits of the engine's SHA-1: each version of the
-    /// engine is a library of its own, so processes of two versions sharing
-    /// a server (a rolling upgrade) never replace each other's functions.
+    /// the first 16 hex digits of the SHA-1 of its source (with the name
+    /// itself left out): each version of the library is a library of its
+    /// own, so processes of two versions sharing a server (a rolling
+    /// upgrade) never replace each other's functions.
     pub(crate) code: String,
     /// Function names, by algorithm tag − 1, then the mixed one.
     functions: [String; 8],
@@ -86,13 +87,14 @@ pub(crate) struct Library {
 
 impl Library {
     fn new() -> Self {
-        let hash = redis::Script::new(ENGINE).get_hash().to_owned();
-        let name = format!("ratekeeper_{}", hash.get(..16).unwrap_or(&hash));
-        let mut code = format!("#!lua name={name}\n{ENGINE}");
+        // The name is the hash of everything but itself: the engine and the
+        // registrations, with a stand-in for the name.
+        const NAME: &str = "@NAME@";
+        let mut code = format!("#!lua name={NAME}\n{ENGINE}");
         let mut functions: [String; 8] = Default::default();
         let names = Algorithm::ALL.map(|a| a.as_str()).into_iter();
         for (slot, kind) in functions.iter_mut().zip(names.chain(["mixed"])) {
-            *slot = format!("{name}_{kind}");
+            *slot = format!("{NAME}_{kind}");
             // The steps whose states can be longer than a first read takes.
             let has_log = matches!(kind, "sliding_window_log" | "concurrency" | "mixed");
             code.push_str(&format!(
@@ -100,14 +102,32 @@ impl Library {
                  return decide(keys, args, {has_log}) end)\n"
             ));
         }
-        Self { code, functions }
+        let hash = redis::Script::new(&code).get_hash().to_owned();
+        let name = format!("ratekeeper_{}", hash.get(..16).unwrap_or(&hash));
+        for slot in &mut functions {
+            *slot = slot.replace(NAME, &name);
+        }
+        Self {
+            code: code.replace(NAME, &name),
+            functions,
+        }
     }
 
-    /// The `FUNCTION LOAD REPLACE` command that (re)loads the library.
+    /// The `FUNCTION LOAD` command that loads the library. Without
+    /// `REPLACE`: a library of this name is this very code (the name is its
+    /// hash), so where one is loaded already the server answers at once
+    /// that it exists, without compiling it again
+    /// ([`already_loaded`](Self::already_loaded)).
     pub(crate) fn load(&self) -> redis::Cmd {
         let mut cmd = redis::cmd("FUNCTION");
-        cmd.arg("LOAD").arg("REPLACE").arg(self.code.as_str());
+        cmd.arg("LOAD").arg(self.code.as_str());
         cmd
+    }
+
+    /// Whether `e` is the server's answer that the library is loaded
+    /// already (another call or process loaded it first).
+    pub(crate) fn already_loaded(e: &redis::RedisError) -> bool {
+        e.detail().is_some_and(|d| d.contains("already exists"))
     }
 }
 
@@ -239,6 +259,7 @@ mod tests {
             }
         }
         assert!(library.starts_with("#!lua name=ratekeeper_"));
+        assert!(!library.contains("@NAME@"));
         let prelude = lua("prelude");
         let line = prelude
             .lines()

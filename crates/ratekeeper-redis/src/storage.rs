@@ -20,7 +20,7 @@ use crate::config::{RedisConfig, TimeSource, Topology};
 use crate::connection::Backend;
 use crate::error::{invalid, redis as redis_error, timeout};
 use crate::keys::{prefix_pattern, redis_key, slot, tagged};
-use crate::scripts::{Engine, LuaScript, SCRIPTS};
+use crate::scripts::{Engine, Library, LuaScript, SCRIPTS};
 
 /// Keys read per `SCAN` step.
 const SCAN_COUNT: u64 = 1_000;
@@ -344,8 +344,8 @@ impl RedisStorage {
                     Err(e) if function_missing(&e) => {
                         match handle.send(&SCRIPTS.library.load()).await {
                             Err(e) if no_functions(&e) => Ok(None),
-                            Err(e) => Err(e),
-                            Ok(_) => handle.send(&fcall).await.map(Some),
+                            Err(e) if !Library::already_loaded(&e) => Err(e),
+                            _ => handle.send(&fcall).await.map(Some),
                         }
                     }
                     Err(e) if no_functions(&e) => Ok(None),
@@ -393,11 +393,13 @@ impl RedisStorage {
                     self.send_to(&backend, node, SCRIPTS.library.load()),
                 )
                 .await?;
-            match loaded {
-                Err(e) if no_functions(&e) => self.scripts_only(),
-                other => {
-                    other.map_err(|e| redis_error(e, "FUNCTION LOAD"))?;
-                }
+            // Any other refusal (a full or read-only server) leaves the
+            // library to the first decision, which loads it or reports why
+            // it cannot: connecting checks what it checked before.
+            if let Err(e) = loaded
+                && no_functions(&e)
+            {
+                self.scripts_only();
             }
         }
         for script in SCRIPTS.all() {
@@ -560,11 +562,17 @@ fn function_missing(e: &redis::RedisError) -> bool {
 /// LOAD`), commands renamed away, or an ACL that does not let this user
 /// call or load them.
 fn no_functions(e: &redis::RedisError) -> bool {
+    let detail = e.detail().unwrap_or_default().to_ascii_lowercase();
     match e.code() {
-        Some("NOPERM") => true,
-        Some("ERR") => e.detail().is_some_and(|d| {
-            d.starts_with("unknown command") || d.starts_with("unknown subcommand")
-        }),
+        // Not a refusal of a key (`No permissions to access a key`): that
+        // is the answer.
+        Some("NOPERM") => detail.contains("'fcall'") || detail.contains("'function"),
+        Some("ERR") => {
+            detail.starts_with("unknown command")
+                || detail.starts_with("unknown subcommand")
+                || detail.contains("not supported")
+                || detail.contains("unsupported")
+        }
         _ => false,
     }
 }

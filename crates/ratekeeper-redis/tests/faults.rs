@@ -394,8 +394,18 @@ async fn without_functions_decisions_run_as_scripts() {
     );
     assert_eq!((calls("eval"), calls("evalsha")), (1, 5), "{stats}");
 
-    // Allowed neither: connecting finds out, and no FCALL is ever sent.
+    // Allowed neither: connecting finds out (its FUNCTION LOAD refused),
+    // and no FCALL is ever sent.
+    server.cmd(&["CONFIG", "RESETSTAT"]);
     let store = RedisStorage::connect(&url("nofcall")).await.unwrap();
+    let stats = server.cmd(&["INFO", "commandstats"]).text();
+    let rejected = |name: &str| command_stat(&stats, name, "rejected_calls");
+    assert_eq!(rejected("function|load"), 1, "{stats}");
+    assert_eq!(
+        (command_calls(&stats, "fcall"), rejected("fcall")),
+        (0, 0),
+        "{stats}"
+    );
     let limiter = Limiter::new(Arc::new(store));
     limiter.check(&rule, "k").await.unwrap();
     assert_eq!(server.cmd(&["SCRIPT", "FLUSH"]), Reply::Status("OK".into()));
@@ -448,6 +458,55 @@ async fn without_functions_decisions_run_as_scripts() {
     }
     let stats = older.cmd(&["INFO", "commandstats"]).text();
     assert_eq!(command_calls(&stats, "evalsha"), 5, "{stats}");
+    // The same, found out by a store's first decision (not connected
+    // ahead): its FCALL is an unknown command.
+    let store = RedisStorage::builder_from_url(&older.url())
+        .unwrap()
+        .build()
+        .unwrap();
+    let limiter = Limiter::new(Arc::new(store));
+    for expected in (95..=99).rev() {
+        let d = limiter.check(&rule, "lazy").await.unwrap();
+        assert_eq!(d.remaining(), expected);
+    }
+}
+
+/// A user refused a key by its ACL (`NOPERM` on the key, not on `FCALL`)
+/// gets that refusal as the answer, and the store keeps calling the
+/// functions for the keys it may use.
+#[tokio::test]
+async fn a_key_the_acl_refuses_does_not_turn_functions_off() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "keyed",
+        "on",
+        ">secret",
+        "~allowed:*",
+        "+@all",
+    ];
+    assert_eq!(server.cmd(&acl), Reply::Status("OK".into()));
+    let url = format!(
+        "redis://keyed:secret@127.0.0.1:{}?prefix=allowed:",
+        server.port()
+    );
+    let allowed = RedisStorage::connect(&url).await.unwrap();
+    let denied = allowed.with_prefix("denied:");
+    let rule = hourly_rule();
+    let allowed = Limiter::new(Arc::new(allowed));
+    let denied = Limiter::new(Arc::new(denied));
+    assert_eq!(allowed.check(&rule, "k").await.unwrap().remaining(), 99);
+    let err = denied.check(&rule, "k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(!err.is_transient(), "{err}");
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(allowed.check(&rule, "k").await.unwrap().remaining(), 98);
+    let stats = server.cmd(&["INFO", "commandstats"]).text();
+    let calls = |name: &str| command_calls(&stats, name);
+    assert_eq!((calls("fcall"), calls("evalsha")), (1, 0), "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,8 +12,8 @@
 //!   `MEASURE` (one `RedisStorage`, one multiplexed connection, a
 //!   single-threaded runtime: the setting of the `bench redis` rows), the
 //!   server's CPU time (`INFO cpu`, user and system) per decision, the
-//!   script's own time per call (`INFO commandstats`), and decisions per
-//!   second;
+//!   engine's own time per call (`FCALL`; `INFO commandstats`), and
+//!   decisions per second;
 //! - **the memory store**: `MEMORY_KEYS` keys decided `PER_KEY` times each
 //!   (a microsecond apart, on a manual clock, so that a log holds
 //!   `PER_KEY` entries), the store's own estimate of its bytes per key
