@@ -54,16 +54,23 @@ macro_rules! decision_script {
     };
 }
 
-/// Every step, in tag order.
-const ENGINE: &str = engine!(
-    "fixed_window",
-    "sliding_window_log",
-    "sliding_window_counter",
-    "token_bucket",
-    "leaky_bucket",
-    "gcra",
-    "concurrency"
-);
+/// [`decision_script!`] or [`engine!`] with every step, in tag order.
+macro_rules! every_step {
+    ($with:ident) => {
+        $with!(
+            "fixed_window",
+            "sliding_window_log",
+            "sliding_window_counter",
+            "token_bucket",
+            "leaky_bucket",
+            "gcra",
+            "concurrency"
+        )
+    };
+}
+
+/// The engine with every step: the library's.
+const ENGINE: &str = every_step!(engine);
 
 /// One decision script and the library function that does what it does.
 #[derive(Debug, Clone, Copy)]
@@ -151,15 +158,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         // Leases are a sliding log's pairs: its step is the log's.
         LuaScript::new(decision_script!("sliding_window_log", "concurrency")),
     ],
-    mixed: LuaScript::new(decision_script!(
-        "fixed_window",
-        "sliding_window_log",
-        "sliding_window_counter",
-        "token_bucket",
-        "leaky_bucket",
-        "gcra",
-        "concurrency"
-    )),
+    mixed: LuaScript::new(every_step!(decision_script)),
     library: Library::new(),
     increment: LuaScript::new(include_str!("scripts/increment.lua")),
     compare_and_swap: LuaScript::new(include_str!("scripts/compare_and_swap.lua")),

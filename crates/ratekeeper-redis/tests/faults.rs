@@ -313,10 +313,7 @@ async fn a_flushed_function_library_is_loaded_again_by_itself() {
         Reply::Status("OK".into())
     );
     server.cmd(&["CONFIG", "RESETSTAT"]);
-    for expected in (90..=98).rev() {
-        let d = limiter.check(&rule, "k").await.unwrap();
-        assert_eq!(d.remaining(), expected);
-    }
+    counts_down(&limiter, &rule, "k", 90..=98).await;
     // FCALL missed the library once, FUNCTION LOAD put it back, and every
     // call (the missed one again) ran the function; no script ran.
     let stats = server.cmd(&["INFO", "commandstats"]).text();
@@ -328,19 +325,41 @@ async fn a_flushed_function_library_is_loaded_again_by_itself() {
 
     // A call the server refuses for another reason (a full server) does
     // not load the library again: the error is the answer.
+    let stats = refused_when_full(&server, &limiter, &rule).await;
+    let calls = |name: &str| command_calls(&stats, name);
+    assert_eq!(calls("function|load"), 0, "{stats}");
+    assert_eq!((calls("eval"), calls("evalsha")), (0, 0), "{stats}");
+}
+
+/// Decisions on `key` whose remaining counts go down through `remaining`,
+/// from its top.
+async fn counts_down(
+    limiter: &Limiter,
+    rule: &Rule,
+    key: &str,
+    remaining: std::ops::RangeInclusive<u64>,
+) {
+    for expected in remaining.rev() {
+        let d = limiter.check(rule, key).await.unwrap();
+        assert_eq!(d.remaining(), expected, "{key}");
+    }
+}
+
+/// A decision while `server` is full (`maxmemory` 1 byte): refused,
+/// `Unavailable`; then the server's `INFO commandstats` for that decision
+/// alone, once a decision is answered again with memory freed.
+async fn refused_when_full(server: &RedisServer, limiter: &Limiter, rule: &Rule) -> String {
     assert_eq!(
         server.cmd(&["CONFIG", "SET", "maxmemory", "1"]),
         Reply::Status("OK".into())
     );
     server.cmd(&["CONFIG", "RESETSTAT"]);
-    let err = limiter.check(&rule, "full").await.unwrap_err();
+    let err = limiter.check(rule, "full").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     let stats = server.cmd(&["INFO", "commandstats"]).text();
-    let calls = |name: &str| command_calls(&stats, name);
-    assert_eq!(calls("function|load"), 0, "{stats}");
-    assert_eq!((calls("eval"), calls("evalsha")), (0, 0), "{stats}");
     server.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
-    assert!(limiter.check(&rule, "full").await.unwrap().is_allowed());
+    assert!(limiter.check(rule, "full").await.unwrap().is_allowed());
+    stats
 }
 
 /// A user whose ACL allows no functions (as on a server without them)
@@ -378,10 +397,7 @@ async fn without_functions_decisions_run_as_scripts() {
         .unwrap();
     let limiter = Limiter::new(Arc::new(store));
     server.cmd(&["CONFIG", "RESETSTAT"]);
-    for expected in (95..=99).rev() {
-        let d = limiter.check(&rule, "a").await.unwrap();
-        assert_eq!(d.remaining(), expected);
-    }
+    counts_down(&limiter, &rule, "a", 95..=99).await;
     let stats = server.cmd(&["INFO", "commandstats"]).text();
     let calls = |name: &str| command_calls(&stats, name);
     // One FCALL missed the library, one FUNCTION LOAD was refused, and
@@ -410,10 +426,7 @@ async fn without_functions_decisions_run_as_scripts() {
     limiter.check(&rule, "k").await.unwrap();
     assert_eq!(server.cmd(&["SCRIPT", "FLUSH"]), Reply::Status("OK".into()));
     server.cmd(&["CONFIG", "RESETSTAT"]);
-    for expected in (90..=98).rev() {
-        let d = limiter.check(&rule, "k").await.unwrap();
-        assert_eq!(d.remaining(), expected);
-    }
+    counts_down(&limiter, &rule, "k", 90..=98).await;
     let stats = server.cmd(&["INFO", "commandstats"]).text();
     let calls = |name: &str| command_calls(&stats, name);
     assert_eq!(calls("eval"), 1, "{stats}");
@@ -426,18 +439,9 @@ async fn without_functions_decisions_run_as_scripts() {
 
     // A script the server refuses for another reason (a full server) is
     // not sent again by its source: the error is the answer.
-    assert_eq!(
-        server.cmd(&["CONFIG", "SET", "maxmemory", "1"]),
-        Reply::Status("OK".into())
-    );
-    server.cmd(&["CONFIG", "RESETSTAT"]);
-    let err = limiter.check(&rule, "full").await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-    let stats = server.cmd(&["INFO", "commandstats"]).text();
+    let stats = refused_when_full(&server, &limiter, &rule).await;
     let calls = |name: &str| command_calls(&stats, name);
     assert_eq!((calls("eval"), calls("evalsha")), (0, 1), "{stats}");
-    server.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
-    assert!(limiter.check(&rule, "full").await.unwrap().is_allowed());
 
     // A server without functions (as before Redis 7: FCALL and FUNCTION
     // are unknown commands there).
@@ -452,10 +456,7 @@ async fn without_functions_decisions_run_as_scripts() {
     let store = RedisStorage::connect(&older.url()).await.unwrap();
     let limiter = Limiter::new(Arc::new(store));
     older.cmd(&["CONFIG", "RESETSTAT"]);
-    for expected in (95..=99).rev() {
-        let d = limiter.check(&rule, "k").await.unwrap();
-        assert_eq!(d.remaining(), expected);
-    }
+    counts_down(&limiter, &rule, "k", 95..=99).await;
     let stats = older.cmd(&["INFO", "commandstats"]).text();
     assert_eq!(command_calls(&stats, "evalsha"), 5, "{stats}");
     // The same, found out by a store's first decision (not connected
@@ -465,10 +466,7 @@ async fn without_functions_decisions_run_as_scripts() {
         .build()
         .unwrap();
     let limiter = Limiter::new(Arc::new(store));
-    for expected in (95..=99).rev() {
-        let d = limiter.check(&rule, "lazy").await.unwrap();
-        assert_eq!(d.remaining(), expected);
-    }
+    counts_down(&limiter, &rule, "lazy", 95..=99).await;
 }
 
 /// A user refused a key by its ACL (`NOPERM` on the key, not on `FCALL`)
