@@ -236,9 +236,8 @@ impl Backend {
         Ok(Some(parse_cluster_masters(&text)))
     }
 
-    /// Sends `cmd` to the Cluster node at `host:port`.
-    /// Sends `cmd` to one Cluster node and reads its reply; an error reply
-    /// is an `Err`, as from [`Handle::send`].
+    /// Sends `cmd` to the Cluster node at `host:port` and reads its reply;
+    /// an error reply is an `Err`, as from [`Handle::send`].
     pub(crate) async fn send_to_node(&self, host: &str, port: u16, cmd: Cmd) -> RedisResult<Value> {
         match self {
             Self::Cluster { connections } => {
