@@ -104,23 +104,6 @@ pub fn bench_policy(
 /// scripts: `EVAL`, `EVALSHA`) on `server` since its last `CONFIG
 /// RESETSTAT`, µs, from `INFO commandstats`.
 pub fn script_us_per_call(server: &ratekeeper_testkit::redis::RedisServer) -> f64 {
-    let text = server.cmd(&["INFO", "commandstats"]).text();
-    let (calls, usec) = text
-        .lines()
-        .filter(|l| {
-            ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_fcall:"]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .fold((0.0, 0.0), |(calls, usec), line| {
-            let field = |name: &str| {
-                line.split(name)
-                    .nth(1)
-                    .and_then(|rest| rest.split(',').next())
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            (calls + field("calls="), usec + field("usec="))
-        });
-    usec / f64::max(calls, 1.0)
+    let (calls, usec) = server.script_totals();
+    usec as f64 / calls.max(1) as f64
 }

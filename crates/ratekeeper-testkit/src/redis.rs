@@ -303,6 +303,20 @@ impl RedisServer {
     /// How many scripts and functions (`EVAL`, `EVALSHA`, `FCALL`) the
     /// server has run so far, from `INFO commandstats`.
     pub fn script_calls(&self) -> u64 {
+        self.script_totals().0
+    }
+
+    /// How many scripts and functions (`EVAL`, `EVALSHA`, `FCALL`) the
+    /// server has run so far, and the microseconds it spent in them, from
+    /// `INFO commandstats`.
+    pub fn script_totals(&self) -> (u64, u64) {
+        let field = |line: &str, name: &str| {
+            line.split(name)
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         self.cmd(&["INFO", "commandstats"])
             .text()
             .lines()
@@ -311,15 +325,9 @@ impl RedisServer {
                     .iter()
                     .any(|p| l.starts_with(p))
             })
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
+            .fold((0, 0), |(calls, usec), l| {
+                (calls + field(l, "calls="), usec + field(l, "usec="))
             })
-            .sum()
     }
 
     /// Whether the process is running.

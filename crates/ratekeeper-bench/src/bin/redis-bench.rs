@@ -505,9 +505,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = RedisServer::start();
     let url = format!("{}?prefix=bench:", server.url());
     let mut rows = Vec::new();
+    // The peer's calls find the library whichever rows run.
+    server.cmd(&["FUNCTION", "LOAD", ratekeeper_redis::decision_library()]);
     for algorithm in ALGORITHMS {
-        let library = ratekeeper_redis::decision_library();
-        server.cmd(&["FUNCTION", "LOAD", "REPLACE", library]);
         let function = ratekeeper_redis::decision_function(algorithm);
         for tasks in CONCURRENCY {
             let name = format!("{}/c{tasks}", algorithm.as_str());
