@@ -167,9 +167,22 @@ enum Op {
     AcquireRelease,
 }
 
-/// Places in flight against decisions: `(pairs per second, decisions per
-/// second)` with `tasks` tasks on one store each.
-fn places(url: &str, tasks: u64) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+/// What the `places` row measured of one side: operations (pairs, or
+/// decisions) per second, and the engine's time per operation on the
+/// server (µs, `INFO commandstats`: two calls per pair).
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    per_s: f64,
+    engine_us: f64,
+}
+
+/// Places in flight against decisions, with `tasks` tasks on one store
+/// each: `(acquire+release pairs, GCRA decisions)`.
+fn places(
+    server: &RedisServer,
+    url: &str,
+    tasks: u64,
+) -> Result<(Side, Side), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -179,6 +192,12 @@ fn places(url: &str, tasks: u64) -> Result<(f64, f64), Box<dyn std::error::Error
         let key: fn(u64, u64, u64) -> String = |_, i, _| format!("k{}", i % KEYS);
         let store = RedisStorage::connect(url).await?;
         let limiter = Limiter::new(Arc::new(store));
+        // The engine's time per operation, warm-up included.
+        let engine_us = |ops: u64| {
+            let (_, usec) = server.script_totals();
+            usec as f64 / ops.max(1) as f64
+        };
+        server.cmd(&["CONFIG", "RESETSTAT"]);
         let ours = drive_op(
             std::slice::from_ref(&limiter),
             std::slice::from_ref(&places),
@@ -187,8 +206,17 @@ fn places(url: &str, tasks: u64) -> Result<(f64, f64), Box<dyn std::error::Error
             Op::AcquireRelease,
         )
         .await?;
+        let ours = Side {
+            per_s: ours.per_s,
+            engine_us: engine_us(ours.total),
+        };
+        server.cmd(&["CONFIG", "RESETSTAT"]);
         let peer = drive(&[limiter], &decisions, tasks, key).await?;
-        Ok((ours.per_s, peer.per_s))
+        let peer = Side {
+            per_s: peer.per_s,
+            engine_us: engine_us(peer.total),
+        };
+        Ok((ours, peer))
     })
 }
 
@@ -536,13 +564,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if selected("places/c50") {
-        let (ours, peer) = places(&url, 50)?;
-        eprintln!("places/c50: {ours:.0} acquire+release pairs/s, {peer:.0} GCRA decisions/s");
+        let (ours, peer) = places(&server, &url, 50)?;
+        eprintln!(
+            "places/c50: {:.0} acquire+release pairs/s ({:.1} engine µs/pair), \
+             {:.0} GCRA decisions/s ({:.1} engine µs/decision)",
+            ours.per_s, ours.engine_us, peer.per_s, peer.engine_us
+        );
         rows.push(json!({
             "name": "places/c50",
-            "ours_per_s": (ours * 10.0).round() / 10.0,
-            "peer_per_s": (peer * 10.0).round() / 10.0,
-            "ratio": ((ours / peer) * 100.0).round() / 100.0,
+            "ours_per_s": (ours.per_s * 10.0).round() / 10.0,
+            "peer_per_s": (peer.per_s * 10.0).round() / 10.0,
+            "ratio": ((ours.per_s / peer.per_s) * 100.0).round() / 100.0,
+            "ours_engine_us": (ours.engine_us * 100.0).round() / 100.0,
+            "peer_engine_us": (peer.engine_us * 100.0).round() / 100.0,
         }));
     }
     for (name, tasks, limits) in [

@@ -42,19 +42,25 @@ local function flag(b)
   return 0
 end
 
--- What a request of one unit would get at `now` from state s (nil for
--- none) of a rule, as engine.rs's evaluate with a cost of 0: allowed,
--- remaining, reset_after, retry_after.
-local function look(tag, q, s, now)
-  local same = nil
-  if s ~= nil and s.tag == tag then same = s end
-  local allowed, remaining, reset, retry = STEP[tag](q, same, now, 0)
+-- What a request of one unit gets at `now` from state s (nil for none),
+-- given the step's answer without a cost on s's algorithm (allowed,
+-- remaining, reset_after, retry_after): a penalty in force denies.
+local function looked(s, now, allowed, remaining, reset, retry)
   if s ~= nil and now < s.blocked then
     local wait = s.blocked - now
     return false, 0, math.max(reset, wait), wait
   end
   if allowed then retry = 0 end
   return allowed, remaining, reset, retry
+end
+
+-- What a request of one unit would get at `now` from state s (nil for
+-- none) of a rule, as engine.rs's evaluate with a cost of 0: allowed,
+-- remaining, reset_after, retry_after.
+local function look(tag, q, s, now)
+  local same = nil
+  if s ~= nil and s.tag == tag then same = s end
+  return looked(s, now, STEP[tag](q, same, now, 0))
 end
 
 -- The quota of the rule whose arguments follow ARGV[b].
@@ -79,15 +85,16 @@ end
 -- now says to `out`. Run under pcall: a sliding log read lazily reports a
 -- corrupt pair it meets through error().
 local function adjust_one(ARGV, b, i, tag, q, s, same, now, units, taken_at, out, writes)
-  local seen = s
   local next_state = nil
   if units > 0 then next_state = ADJUST[tag](q, same, now, ARGV[b + 7] == 'c', units, taken_at) end
+  local allowed, remaining, reset, retry
   if next_state ~= nil then
     next_state.tag = tag
     -- A penalty in force stays; one that has ended is forgotten.
     next_state.blocked = 0
     if s ~= nil and s.blocked > now then next_state.blocked = s.blocked end
-    local _, _, _, _, _, _, ttl = STEP[tag](q, next_state, now, 0)
+    -- One step without a cost gives both the TTL and what the rule now says.
+    local a, r, reset_after, retry_after, _, _, ttl = STEP[tag](q, next_state, now, 0)
     ttl = math.max(ttl, sub(next_state.blocked, now))
     -- A state equivalent to none replaces only one of this algorithm,
     -- and then goes (engine.rs); where there was none, nothing is written.
@@ -96,9 +103,10 @@ local function adjust_one(ARGV, b, i, tag, q, s, same, now, units, taken_at, out
     elseif same ~= nil then
       writes[i] = false
     end
-    seen = next_state
+    allowed, remaining, reset, retry = looked(next_state, now, a, r, reset_after, retry_after)
+  else
+    allowed, remaining, reset, retry = look(tag, q, s, now)
   end
-  local allowed, remaining, reset, retry = look(tag, q, seen, now)
   local k = #out
   out[k + 1] = flag(allowed)
   out[k + 2] = remaining

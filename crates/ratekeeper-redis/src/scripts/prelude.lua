@@ -196,6 +196,9 @@ local function log_pair(s, i)
   local ts, total
   if memo then
     ts, total = memo[1], memo[2]
+  elseif s.raw ~= nil then
+    -- Read in place, without cutting the pair out first.
+    ts, total = struct.unpack('<I8I8', s.raw, s.at + 16 * (i - 1))
   else
     ts, total = struct.unpack('<I8I8', log_bytes(s, s.at + 16 * (i - 1), 16))
     if s.memo then s.memo[i] = { ts, total } end
@@ -209,17 +212,18 @@ end
 -- Pairs a search reads in one GETRANGE once it has narrowed to them.
 local LOG_BLOCK = 64
 
--- The first i in [lo, hi) for which pred(i) holds (pred is false, then
--- true), or hi. It gallops from lo (lo, lo + 1, lo + 3, lo + 7, …), so an
+-- The first i in [lo, hi) for which pred(s, i, a, b) holds (pred is
+-- false, then true), or hi. The predicate takes its arguments rather than
+-- closing over them, so a search makes no closure. It gallops from lo (lo, lo + 1, lo + 3, lo + 7, …), so an
 -- answer near lo costs few reads: a denial's first live pair is never more
 -- than the request's cost from the start of the log, since the log held at
 -- most the limit after its last admission. On a view read from its key,
 -- halving then goes pair by pair only until LOG_BLOCK pairs are left, which
 -- are read at once.
-local function log_search(s, lo, hi, pred)
+local function log_search(s, lo, hi, pred, a, b)
   local step = 1
   local probe = lo
-  while probe < hi and not pred(probe) do
+  while probe < hi and not pred(s, probe, a, b) do
     lo = probe + 1
     probe = lo + step
     step = step * 2
@@ -228,7 +232,7 @@ local function log_search(s, lo, hi, pred)
   if s.raw == nil then
     while hi - lo > LOG_BLOCK do
       local mid = math.floor((lo + hi) / 2)
-      if pred(mid) then hi = mid else lo = mid + 1 end
+      if pred(s, mid, a, b) then hi = mid else lo = mid + 1 end
     end
     local missing = false
     for i = lo, hi - 1 do
@@ -245,7 +249,7 @@ local function log_search(s, lo, hi, pred)
   end
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
-    if pred(mid) then hi = mid else lo = mid + 1 end
+    if pred(s, mid, a, b) then hi = mid else lo = mid + 1 end
   end
   return lo
 end

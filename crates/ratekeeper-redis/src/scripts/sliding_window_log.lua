@@ -5,16 +5,25 @@
 -- pairs of a log of n (each a GETRANGE of 16 bytes when the log was not read
 -- whole); an admission reads the live pairs once and writes them back.
 HAS_LOG = true
+-- Whether pair i of `view` is live at `now` (log_search's predicate).
+local function log_is_live(view, i, window, now)
+  local ts = log_pair(view, i)
+  return ts + window > now
+end
+
+-- Whether pair i of `view` has a running total of at least `need`.
+local function log_reaches(view, i, need)
+  local _, t = log_pair(view, i)
+  return t >= need
+end
+
 -- The view of log `s` (an empty one for nil), its first live pair (an
 -- entry counts while now < timestamp + window: sliding_log.rs's live), and
 -- the running total before that pair.
 local function log_live(s, window, now)
   local view = s
   if view == nil then view = { n = 0, raw = '', at = 1, shift = 0 } end
-  local first = log_search(view, 1, view.n + 1, function(i)
-    local ts = log_pair(view, i)
-    return ts + window > now
-  end)
+  local first = log_search(view, 1, view.n + 1, log_is_live, window, now)
   local prior = 0
   if first > 1 then
     local _, t = log_pair(view, first - 1)
@@ -41,12 +50,8 @@ STEP[2] = function(q, s, now, cost)
     -- reaches last_total + probe - limit. On a full log of single units
     -- that is the first live pair itself, looked at first.
     local need = last_total + probe - limit
-    local reaches = function(i)
-      local _, t = log_pair(view, i)
-      return t >= need
-    end
     local k = first
-    if not reaches(first) then k = log_search(view, first + 1, n + 1, reaches) end
+    if not log_reaches(view, first, need) then k = log_search(view, first + 1, n + 1, log_reaches, need) end
     if k <= n then
       local ts = log_pair(view, k)
       retry_after = sub(ts + window, now)
