@@ -57,7 +57,7 @@ impl Limiter {
     fn adjusted(
         &self,
         changes: &[(&Rule, &str, Adjustment)],
-        decisions: Vec<Decision>,
+        mut decisions: Vec<Decision>,
     ) -> Vec<Decision> {
         if !self.inner.lines.is_empty() {
             for (rule, key, change) in changes {
@@ -65,6 +65,13 @@ impl Limiter {
                     self.inner.lines.freed(&self.state_key(rule, key));
                 }
             }
+        }
+        // Only a rule with a line on a bucket reads the store's answer
+        // differently: without one, the answer is the store's as it is
+        // (one per change at most, as the pairing below gives).
+        if !super::waits_in_line(changes.iter().map(|(rule, _, _)| *rule)) {
+            decisions.truncate(changes.len());
+            return decisions;
         }
         decisions
             .into_iter()
